@@ -1,0 +1,45 @@
+"""The v2 token scheme: ``authorization: Bearer v2.<hex hmac>.<unix seconds>``.
+
+The HMAC-SHA256 is keyed with the shared secret and taken over the decimal
+timestamp, so a token proves knowledge of the secret and expires with the
+allowed clock skew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+from gitquorum.errors import PermissionDenied, Unauthenticated
+
+DEFAULT_SKEW = 30.0
+
+
+def v2_token(secret: bytes, now: float | None = None) -> str:
+    timestamp = str(int(time.time() if now is None else now))
+    digest = hmac.new(secret, timestamp.encode(), hashlib.sha256).hexdigest()
+    return f"v2.{digest}.{timestamp}"
+
+
+def bearer(secret: bytes) -> tuple[str, str]:
+    return ("authorization", f"Bearer {v2_token(secret)}")
+
+
+def check(header: str | None, secret: bytes, skew: float = DEFAULT_SKEW, now: float | None = None) -> None:
+    """Raise Unauthenticated (no token) or PermissionDenied (wrong or stale token)."""
+    if not header:
+        raise Unauthenticated("authentication required")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthenticated("authentication required: expected a Bearer token")
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != "v2" or not parts[2].isdigit():
+        raise PermissionDenied("permission denied")
+    _version, digest, timestamp = parts
+    current = time.time() if now is None else now
+    if abs(current - int(timestamp)) > skew:
+        raise PermissionDenied("permission denied")
+    expected = hmac.new(secret, timestamp.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, digest):
+        raise PermissionDenied("permission denied")

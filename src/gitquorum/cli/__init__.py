@@ -1,0 +1,1 @@
+"""The ``gitquorum`` command: one module per subcommand."""

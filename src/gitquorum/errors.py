@@ -1,0 +1,103 @@
+"""One exception hierarchy, mapped to gRPC status codes in one place.
+
+Domain code raises these; only the server edge (``grpc_status``/``abort_with``)
+turns them into RPC statuses, so services never call ``context.abort`` with a
+hand-picked code.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+
+
+class GitquorumError(Exception):
+    """Base of every error that has a defined gRPC status."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(GitquorumError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(GitquorumError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(GitquorumError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(GitquorumError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(GitquorumError):
+    code = grpc.StatusCode.ABORTED
+
+
+class Unavailable(GitquorumError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(GitquorumError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(GitquorumError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(GitquorumError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceeded(GitquorumError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unimplemented(GitquorumError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class DataLoss(GitquorumError):
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class Canceled(GitquorumError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class Internal(GitquorumError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class ConfigError(GitquorumError):
+    """Invalid configuration; ``problems`` lists every one with its dotted path."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status an exception maps to; unknown exceptions are INTERNAL."""
+    if isinstance(exc, GitquorumError):
+        return exc.code, exc.message
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED, "method not implemented"
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    code, message = grpc_status(exc)
+    await context.abort(code, message)
+    raise AssertionError("unreachable")  # context.abort always raises

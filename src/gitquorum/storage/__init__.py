@@ -1,0 +1,1 @@
+"""The storage node: a Gitaly-compatible gRPC server over real git repositories."""

@@ -1,0 +1,177 @@
+"""Run the real git CLI asynchronously.
+
+Every git process gets a clean environment (no user or system config, no
+prompts) and is killed if the RPC that started it goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitquorum.errors import InvalidArgument
+
+GIT = os.environ.get("GITQUORUM_GIT", "git")
+ZERO_OID = "0" * 40
+CHUNK = 64 * 1024
+
+_BASE_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "LC_ALL": "C",
+    "LANG": "C",
+}
+
+
+def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(_BASE_ENV)
+    env.setdefault("HOME", "/nonexistent")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def config_args(options: Sequence[str]) -> list[str]:
+    """Turn ``key=value`` strings from a request into ``-c`` arguments."""
+    args: list[str] = []
+    for option in options:
+        key, sep, _value = option.partition("=")
+        if not sep or not key or "\x00" in option or "\n" in key:
+            raise InvalidArgument(f"invalid git config option {option!r}: expected key=value")
+        args += ["-c", option]
+    return args
+
+
+def protocol_env(git_protocol: str) -> dict[str, str]:
+    """GIT_PROTOCOL for v1/v2 requests; anything else means v0."""
+    if git_protocol in ("version=1", "version=2"):
+        return {"GIT_PROTOCOL": git_protocol}
+    return {}
+
+
+@dataclass(frozen=True)
+class GitResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class GitProcess:
+    """A started git command; ``kill`` is safe to call any number of times."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter:
+        assert self.proc.stdin is not None
+        return self.proc.stdin
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+    @property
+    def stderr(self) -> asyncio.StreamReader:
+        assert self.proc.stderr is not None
+        return self.proc.stderr
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                # The whole group: git spawns helpers (pack-objects, index-pack).
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    async def wait(self) -> int:
+        return await self.proc.wait()
+
+    async def close_stdin(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+            self.proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await self.proc.stdin.wait_closed()
+
+
+async def spawn(
+    args: Sequence[str],
+    *,
+    git_dir: Path | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: bool = False,
+) -> GitProcess:
+    cmd = [GIT]
+    if git_dir is not None:
+        cmd.append(f"--git-dir={git_dir}")
+    cmd += list(args)
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=base_env(env),
+        cwd=str(cwd) if cwd else None,
+        start_new_session=True,
+        limit=CHUNK * 4,
+    )
+    return GitProcess(proc)
+
+
+@contextlib.asynccontextmanager
+async def started(
+    args: Sequence[str],
+    *,
+    git_dir: Path | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: bool = False,
+) -> AsyncIterator[GitProcess]:
+    """Start git and make sure it is dead when the block ends, however it ends."""
+    process = await spawn(args, git_dir=git_dir, cwd=cwd, env=env, stdin=stdin)
+    try:
+        yield process
+    finally:
+        process.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(process.wait())
+
+
+async def run(
+    args: Sequence[str],
+    *,
+    git_dir: Path | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    input: bytes | None = None,
+) -> GitResult:
+    """Run git to completion and collect its output."""
+    async with started(
+        args, git_dir=git_dir, cwd=cwd, env=env, stdin=input is not None
+    ) as process:
+        stdout, stderr = await process.proc.communicate(input)
+        return GitResult(process.proc.returncode or 0, stdout, stderr)
+
+
+async def read_chunks(reader: asyncio.StreamReader, size: int = CHUNK) -> AsyncIterator[bytes]:
+    while True:
+        chunk = await reader.read(size)
+        if not chunk:
+            return
+        yield chunk
+
+
+async def version() -> str:
+    result = await run(["version"])
+    return result.stdout.decode().strip().removeprefix("git version ")

@@ -1,0 +1,125 @@
+"""Map a protocol ``Repository`` to a directory inside a storage root, safely.
+
+Every path a client names is checked here and nowhere else: no absolute paths,
+no ``..`` components, no NUL bytes, and after resolving symlinks the path must
+still lie inside the storage root. Quarantine directories
+(``git_object_directory`` and alternates) get the same treatment relative to
+the repository.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitquorum.errors import FailedPrecondition, InvalidArgument, NotFound
+from gitquorum.gitaly import shared_pb2
+
+# Private per-storage area (temporary directories, removed repositories).
+INTERNAL_DIR = "+gitquorum"
+
+
+@dataclass(frozen=True)
+class RepoPath:
+    """A validated repository location and the git environment it needs."""
+
+    storage: str
+    relative_path: str
+    path: Path
+    # Extra environment for quarantined object directories, if any.
+    env: tuple[tuple[str, str], ...] = ()
+
+    def git_env(self) -> dict[str, str]:
+        return dict(self.env)
+
+
+def validate_relative(relative: str, what: str = "relative path") -> str:
+    """Reject anything that could point outside a root before touching disk."""
+    if "\x00" in relative:
+        raise InvalidArgument(f"{what} contains a NUL byte")
+    if relative.startswith("/") or os.path.isabs(relative):
+        raise InvalidArgument(f"{what} is absolute: relative path escapes root directory")
+    parts = [p for p in relative.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise InvalidArgument(f"{what} contains '..': relative path escapes root directory")
+    if not parts:
+        raise InvalidArgument(f"{what} not set")
+    return "/".join(parts)
+
+
+def _inside(root: Path, candidate: Path) -> bool:
+    """True when candidate, with symlinks resolved as far as they exist, is under root."""
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(candidate))
+    return real == real_root or real_root in real.parents
+
+
+class StorageLocator:
+    """Knows the configured storages and validates repository addresses."""
+
+    def __init__(self, storages: dict[str, Path]) -> None:
+        self.storages = {name: Path(root) for name, root in storages.items()}
+
+    def storage_root(self, name: str) -> Path:
+        if not name:
+            raise InvalidArgument("storage name not set")
+        if "\x00" in name:
+            raise InvalidArgument("storage name contains a NUL byte")
+        root = self.storages.get(name)
+        if root is None:
+            raise InvalidArgument(f"storage name not found: {name!r}")
+        return root
+
+    def internal_dir(self, storage: str, *parts: str) -> Path:
+        path = self.storage_root(storage).joinpath(INTERNAL_DIR, *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def locate(self, repo: shared_pb2.Repository | None) -> RepoPath:
+        """Validate the address without requiring the repository to exist."""
+        if repo is None or (not repo.storage_name and not repo.relative_path):
+            raise InvalidArgument("repository not set")
+        root = self.storage_root(repo.storage_name)
+        if not repo.relative_path:
+            raise InvalidArgument("repository path not set")
+        relative = validate_relative(repo.relative_path)
+        if relative.split("/")[0] == INTERNAL_DIR:
+            raise InvalidArgument("relative path names the storage's internal directory")
+        path = root / relative
+        if not _inside(root, path) or path == root:
+            raise InvalidArgument("relative path escapes root directory")
+        env: list[tuple[str, str]] = []
+        if repo.git_object_directory:
+            env.append(("GIT_OBJECT_DIRECTORY", str(self._quarantine(path, repo.git_object_directory))))
+        if repo.git_alternate_object_directories:
+            alternates = [
+                str(self._quarantine(path, d)) for d in repo.git_alternate_object_directories
+            ]
+            env.append(("GIT_ALTERNATE_OBJECT_DIRECTORIES", ":".join(alternates)))
+        return RepoPath(repo.storage_name, relative, path, tuple(env))
+
+    def _quarantine(self, repo_path: Path, relative: str) -> Path:
+        cleaned = validate_relative(relative, "object directory")
+        path = repo_path / cleaned
+        if not _inside(repo_path, path):
+            raise InvalidArgument("object directory escapes the repository")
+        return path
+
+    def repository(self, repo: shared_pb2.Repository | None) -> RepoPath:
+        """Validate the address and require a valid repository there."""
+        located = self.locate(repo)
+        check_repository(located.path)
+        return located
+
+
+def is_repository(path: Path) -> bool:
+    return path.is_dir() and all((path / e).exists() for e in ("objects", "refs", "HEAD"))
+
+
+def check_repository(path: Path) -> None:
+    if not path.is_dir():
+        raise NotFound("repository not found")
+    for entry in ("objects", "refs", "HEAD"):
+        if not (path / entry).exists():
+            raise FailedPrecondition(f'repository not valid: "{entry}" does not exist')

@@ -1,0 +1,168 @@
+"""Assemble and run a storage node: gRPC services, health, metrics, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from gitquorum import log
+from gitquorum.config import NodeConfig, parse_address
+from gitquorum.metrics import MetricsServer, RpcMetrics
+from gitquorum.storage import git
+from gitquorum.storage.catfile import CatFileCache
+from gitquorum.storage.context import NodeContext
+from gitquorum.storage.interceptor import ErrorInterceptor
+from gitquorum.storage.locator import StorageLocator
+from gitquorum.storage.transaction import VoteCoordinator
+
+logger = log.get("gitquorum.node")
+
+MAX_MESSAGE = 64 * 1024 * 1024
+
+# (module under gitquorum.storage, servicer class, registration function name)
+SERVICES: tuple[tuple[str, str, str], ...] = (
+    ("repository_service", "RepositoryService", "add_RepositoryServiceServicer_to_server"),
+    ("ref_service", "RefService", "add_RefServiceServicer_to_server"),
+    ("commit_service", "CommitService", "add_CommitServiceServicer_to_server"),
+    ("blob_service", "BlobService", "add_BlobServiceServicer_to_server"),
+    ("operation_service", "OperationService", "add_OperationServiceServicer_to_server"),
+    ("smarthttp_service", "SmartHTTPService", "add_SmartHTTPServiceServicer_to_server"),
+    ("ssh_service", "SSHService", "add_SSHServiceServicer_to_server"),
+    ("server_service", "ServerService", "add_ServerServiceServicer_to_server"),
+)
+_PB2_GRPC = {
+    "RepositoryService": "repository_pb2_grpc",
+    "RefService": "ref_pb2_grpc",
+    "CommitService": "commit_pb2_grpc",
+    "BlobService": "blob_pb2_grpc",
+    "OperationService": "operations_pb2_grpc",
+    "SmartHTTPService": "smarthttp_pb2_grpc",
+    "SSHService": "ssh_pb2_grpc",
+    "ServerService": "server_pb2_grpc",
+}
+
+
+def op_types() -> dict[str, str]:
+    """Full method name -> ACCESSOR/MUTATOR/MAINTENANCE, read from the descriptors."""
+    from gitquorum.gitaly import lint_pb2
+
+    table: dict[str, str] = {}
+    for pb2 in _PB2_GRPC.values():
+        module = importlib.import_module(f"gitquorum.gitaly.{pb2.removesuffix('_grpc')}")
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                options = method.GetOptions()
+                name = f"/{service.full_name}/{method.name}"
+                if options.HasExtension(lint_pb2.op_type):
+                    op = options.Extensions[lint_pb2.op_type].op
+                    table[name] = lint_pb2.OperationMsg.Operation.Name(op)
+                else:
+                    table[name] = "INTERCEPTED"
+    return table
+
+
+@dataclass
+class NodeServer:
+    config: NodeConfig
+    registry: CollectorRegistry
+
+    def __post_init__(self) -> None:
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else None
+        self.context: NodeContext | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        storages = {s.name: s.path for s in self.config.storages}
+        for root in storages.values():
+            Path(root).mkdir(parents=True, exist_ok=True)
+        voting = VoteCoordinator()
+        await voting.start()
+        self.context = NodeContext(
+            locator=StorageLocator(storages),
+            catfile=CatFileCache(),
+            voting=voting,
+            git_version=await git.version(),
+        )
+        rpc_metrics = RpcMetrics(self.registry, "node")
+        self.server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(rpc_metrics, op_types())],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        for module_name, class_name, add_name in SERVICES:
+            module = importlib.import_module(f"gitquorum.storage.{module_name}")
+            servicer = getattr(module, class_name)(self.context)
+            grpc_module = importlib.import_module(f"gitquorum.gitaly.{_PB2_GRPC[class_name]}")
+            getattr(grpc_module, add_name)(servicer, self.server)
+        health_servicer = _HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+        self.port = self.server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await self.server.start()
+        host, port = parse_address(self.config.metrics_listen)
+        self._metrics_server = MetricsServer(self.registry, host, port)
+        self.metrics_port = await self._metrics_server.start()
+        logger.info(
+            "node serving",
+            extra=log.fields(
+                listen=self.address, metrics_port=self.metrics_port, storages=sorted(storages)
+            ),
+        )
+
+    @property
+    def address(self) -> str:
+        host, _ = parse_address(self.config.listen)
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight RPCs finish within the grace period, then close."""
+        if self.server is not None:
+            await self.server.stop(self.config.graceful_timeout if grace is None else grace)
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
+        if self.context is not None:
+            self.context.catfile.close()
+            await self.context.voting.close()
+        self._stopped.set()
+
+    async def wait_closed(self) -> None:
+        await self._stopped.wait()
+
+
+class _HealthServicer(health_pb2_grpc.HealthServicer):
+    """SERVING while the process runs; the proxy's health checks call this."""
+
+    async def Check(  # noqa: N802 - gRPC method name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain gracefully."""
+    node = NodeServer(config, CollectorRegistry())
+    await node.start()
+    if ready_file is not None:
+        ready_file.write_text(f"{node.address} {node.metrics_port}\n")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("draining", extra=log.fields(grace_seconds=config.graceful_timeout))
+    await node.stop()
