@@ -1,0 +1,28 @@
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: install proto lint typecheck test test-unit test-integration bench
+
+install:
+	$(PYTHON) -m pip install -e '.[dev]'
+
+# Regenerate the protocol modules from proto/ (tests fail while they are stale).
+proto:
+	$(PYTHON) -m gitquorum.protogen
+
+lint:
+	$(PYTHON) -m ruff check src tests bench
+	$(PYTHON) -m ruff format --check src tests bench
+
+typecheck:
+	$(PYTHON) -m mypy
+
+# The whole suite: lint, types, then every test tier.
+test: lint typecheck
+	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit:
+	$(PYTHON) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test-integration:
+	$(PYTHON) -m pytest -q tests/integration tests/acceptance $(PYTEST_ARGS)
