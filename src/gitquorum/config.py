@@ -99,7 +99,9 @@ class _Reader:
             return default
         return value
 
-    def choice(self, data: dict[str, Any], key: str, path: str, default: str, allowed: set[str]) -> str:
+    def choice(
+        self, data: dict[str, Any], key: str, path: str, default: str, allowed: set[str]
+    ) -> str:
         value = data.get(key, default)
         if value not in allowed:
             self.problem(f"{path}{key}", f"expected one of {sorted(allowed)}")
@@ -180,3 +182,186 @@ def load_yaml(path: str | Path) -> Any:
 
 def load_node_config(path: str | Path) -> NodeConfig:
     return node_config_from_dict(load_yaml(path))
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    """A physical storage node behind a virtual storage."""
+
+    storage: str
+    address: str
+
+
+@dataclass(frozen=True)
+class VirtualStorageConfig:
+    name: str
+    nodes: tuple[NodeEntry, ...]
+    default_replication_factor: int = 3
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    endpoints: tuple[str, ...]
+    prefix: str = "/gitquorum/default"
+    username: str = ""
+    password_file: str = ""
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """A proxy: one client-facing endpoint for one or more virtual storages."""
+
+    listen: str
+    name: str
+    etcd: EtcdSettings
+    virtual_storages: tuple[VirtualStorageConfig, ...]
+    metrics_listen: str = "127.0.0.1:0"
+    log_level: str = "info"
+    graceful_timeout: float = 10.0
+    health_interval: float = 1.0
+    health_timeout: float = 1.0
+    election_ttl: float = 5.0
+    vote_timeout: float = 10.0
+    write_timeout: float = 10.0
+    replication_workers: int = 2
+    replication_attempts: int = 3
+    reconcile_interval: float = 30.0
+    verify_interval: float = 300.0
+    # Address nodes use to reach this proxy for votes; default: the listen address.
+    advertise: str = ""
+    auth_token_file: str = ""
+    node_token_file: str = ""
+
+
+def proxy_config_from_dict(data: Any) -> ProxyConfig:
+    reader = _Reader()
+    top = reader.mapping(data, "")
+    reader.unknown(
+        top,
+        {
+            "listen",
+            "name",
+            "etcd",
+            "virtual_storages",
+            "metrics_listen",
+            "log_level",
+            "graceful_timeout",
+            "health",
+            "election",
+            "vote_timeout",
+            "write_timeout",
+            "replication",
+            "advertise",
+            "auth",
+        },
+        "",
+    )
+    listen = reader.address(top, "listen", "", None)
+    name = reader.string(top, "name", "", listen or "proxy")
+    etcd_raw = reader.mapping(top.get("etcd"), "etcd")
+    reader.unknown(
+        etcd_raw,
+        {"endpoints", "prefix", "username", "password_file", "ca_file", "cert_file", "key_file"},
+        "etcd.",
+    )
+    endpoints = etcd_raw.get("endpoints")
+    if (
+        not isinstance(endpoints, list)
+        or not endpoints
+        or not all(isinstance(e, str) and e for e in endpoints)
+    ):
+        reader.problem("etcd.endpoints", "expected a non-empty list of host:port strings")
+        endpoints = []
+    prefix = reader.string(etcd_raw, "prefix", "etcd.", "/gitquorum/default")
+    if prefix and not prefix.startswith("/"):
+        reader.problem("etcd.prefix", "expected an absolute key prefix starting with '/'")
+    etcd = EtcdSettings(
+        tuple(endpoints),
+        prefix,
+        *(
+            str(etcd_raw.get(k, ""))
+            for k in ("username", "password_file", "ca_file", "cert_file", "key_file")
+        ),
+    )
+    storages: list[VirtualStorageConfig] = []
+    raw = top.get("virtual_storages")
+    if not isinstance(raw, list) or not raw:
+        reader.problem("virtual_storages", "expected a non-empty list")
+        raw = []
+    seen_vs: set[str] = set()
+    for i, item in enumerate(raw):
+        path = f"virtual_storages.{i}."
+        vs = reader.mapping(item, path.rstrip("."))
+        reader.unknown(vs, {"name", "nodes", "default_replication_factor"}, path)
+        vs_name = reader.string(vs, "name", path)
+        if vs_name in seen_vs:
+            reader.problem(f"{path}name", f"duplicate virtual storage {vs_name!r}")
+        seen_vs.add(vs_name)
+        nodes_raw = vs.get("nodes")
+        if not isinstance(nodes_raw, list) or not nodes_raw:
+            reader.problem(f"{path}nodes", "expected a non-empty list of {storage, address}")
+            nodes_raw = []
+        nodes: list[NodeEntry] = []
+        seen_nodes: set[str] = set()
+        for j, node_item in enumerate(nodes_raw):
+            npath = f"{path}nodes.{j}."
+            node = reader.mapping(node_item, npath.rstrip("."))
+            reader.unknown(node, {"storage", "address"}, npath)
+            storage = reader.string(node, "storage", npath)
+            if storage in seen_nodes:
+                reader.problem(f"{npath}storage", f"duplicate storage {storage!r}")
+            seen_nodes.add(storage)
+            nodes.append(NodeEntry(storage, reader.address(node, "address", npath, None)))
+        # Unset: three replicas, or every node when there are fewer.
+        rf = reader.integer(vs, "default_replication_factor", path, min(3, max(1, len(nodes))), 1)
+        if nodes and rf > len(nodes):
+            reader.problem(
+                f"{path}default_replication_factor",
+                f"{rf} is more than the {len(nodes)} configured nodes",
+            )
+        storages.append(VirtualStorageConfig(vs_name, tuple(nodes), rf))
+    health = reader.mapping(top.get("health"), "health")
+    reader.unknown(health, {"interval", "timeout"}, "health.")
+    election = reader.mapping(top.get("election"), "election")
+    reader.unknown(election, {"ttl"}, "election.")
+    replication = reader.mapping(top.get("replication"), "replication")
+    reader.unknown(
+        replication,
+        {"workers", "attempts", "reconcile_interval", "verify_interval"},
+        "replication.",
+    )
+    auth = reader.mapping(top.get("auth"), "auth")
+    reader.unknown(auth, {"token_file", "node_token_file"}, "auth.")
+    config = ProxyConfig(
+        listen=listen,
+        name=name,
+        etcd=etcd,
+        virtual_storages=tuple(storages),
+        metrics_listen=reader.address(top, "metrics_listen", "", "127.0.0.1:0"),
+        log_level=reader.choice(top, "log_level", "", "info", LOG_LEVELS),
+        graceful_timeout=reader.duration(top, "graceful_timeout", "", "10s"),
+        health_interval=reader.duration(health, "interval", "health.", "1s"),
+        health_timeout=reader.duration(health, "timeout", "health.", "1s"),
+        election_ttl=reader.duration(election, "ttl", "election.", "5s"),
+        vote_timeout=reader.duration(top, "vote_timeout", "", "10s"),
+        write_timeout=reader.duration(top, "write_timeout", "", "10s"),
+        replication_workers=reader.integer(replication, "workers", "replication.", 2, 1),
+        replication_attempts=reader.integer(replication, "attempts", "replication.", 3, 1),
+        reconcile_interval=reader.duration(
+            replication, "reconcile_interval", "replication.", "30s"
+        ),
+        verify_interval=reader.duration(replication, "verify_interval", "replication.", "5m"),
+        advertise=str(top.get("advertise", "")),
+        auth_token_file=str(auth.get("token_file", "")),
+        node_token_file=str(auth.get("node_token_file", "")),
+    )
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return config
+
+
+def load_proxy_config(path: str | Path) -> ProxyConfig:
+    return proxy_config_from_dict(load_yaml(path))

@@ -1,0 +1,1 @@
+"""The client-facing endpoint: registry, router, raw-bytes handler, transactions."""

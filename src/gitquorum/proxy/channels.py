@@ -1,0 +1,58 @@
+"""Connections from the proxy to storage nodes, and the metadata each hop carries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import grpc
+
+from gitquorum import auth
+from gitquorum.storage.transaction import SERVER_KEY, TRANSACTION_KEY
+
+# Client metadata that must not travel to nodes: the proxy sets these itself.
+_HOP_KEYS = frozenset({"authorization", TRANSACTION_KEY, SERVER_KEY, "gitaly-servers"})
+MAX_MESSAGE = 64 * 1024 * 1024
+
+
+class NodeChannels:
+    """One long-lived channel per node (keyed by storage name)."""
+
+    def __init__(self, addresses: Mapping[str, str], secret: bytes | None = None) -> None:
+        self.addresses = dict(addresses)
+        self.secret = secret
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, node: str) -> grpc.aio.Channel:
+        channel = self._channels.get(node)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(
+                self.addresses[node],
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE),
+                    ("grpc.max_send_message_length", MAX_MESSAGE),
+                    ("grpc.keepalive_time_ms", 10_000),
+                    ("grpc.keepalive_timeout_ms", 5_000),
+                    # A dead node must fail calls quickly instead of queueing them.
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1_000),
+                ],
+            )
+            self._channels[node] = channel
+        return channel
+
+    def forward_metadata(
+        self, incoming: Sequence[tuple[str, str | bytes]] | None, extra: Sequence[tuple[str, str]] = ()
+    ) -> list[tuple[str, str | bytes]]:
+        """Client metadata minus hop-specific keys, plus the proxy's own token."""
+        out: list[tuple[str, str | bytes]] = [
+            (k, v) for k, v in incoming or () if k not in _HOP_KEYS and not k.startswith(":")
+        ]
+        out.extend(extra)
+        if self.secret:
+            out.append(auth.bearer(self.secret))
+        return out
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()

@@ -1,0 +1,305 @@
+"""The raw-bytes stream handler: the proxy's mechanics.
+
+Only the first request message of a call is decoded, to find the target
+repository and rewrite it to the chosen node's storage and replica path.
+Every other message passes through as bytes. The routing decision comes from
+``router`` (policy) and is executed here; mutators go through ``fanout``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import message as _message
+
+from gitquorum import log
+from gitquorum.errors import AlreadyExists, GitquorumError, InvalidArgument, NotFound, grpc_status
+from gitquorum.gitaly import repository_pb2, shared_pb2
+from gitquorum.proxy import router
+from gitquorum.proxy.channels import NodeChannels
+from gitquorum.proxy.fanout import Fanout, PassThrough
+from gitquorum.proxy.metrics import ProxyMetrics
+from gitquorum.proxy.registry import MethodInfo, MethodRegistry, Op, Shape
+from gitquorum.proxy.routes import Route
+from gitquorum.proxy.state import ClusterPort
+from gitquorum.proxy.transactions import TransactionManager
+
+logger = log.get("gitquorum.proxy")
+
+# RPCs that bring a repository into existence: they allocate an id and replica path.
+CREATORS = frozenset(
+    {
+        "/gitaly.RepositoryService/CreateRepository",
+        "/gitaly.RepositoryService/CreateRepositoryFromBundle",
+    }
+)
+REPOSITORY_EXISTS = "/gitaly.RepositoryService/RepositoryExists"
+REMOVE_REPOSITORY = "/gitaly.RepositoryService/RemoveRepository"
+
+
+class BackendError(Exception):
+    """A node answered with a non-OK status; relayed to the client unchanged."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def rewrite(
+    info: MethodInfo, request: _message.Message, storage: str, replica_path: str
+) -> bytes:
+    """The first message as one node must see it: physical storage and replica path."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    target = info.target_repository(copy)
+    target.storage_name = storage
+    target.relative_path = replica_path
+    return copy.SerializeToString()
+
+
+class ProxyHandler(grpc.GenericRpcHandler):
+    def __init__(
+        self,
+        registry: MethodRegistry,
+        cluster: ClusterPort,
+        channels: NodeChannels,
+        transactions: TransactionManager,
+        vote_address: Callable[[], str],
+        metrics: ProxyMetrics,
+        write_timeout: float = 10.0,
+    ) -> None:
+        self.registry = registry
+        self.cluster = cluster
+        self.channels = channels
+        self.transactions = transactions
+        self.vote_address = vote_address
+        self.metrics = metrics
+        self.write_timeout = write_timeout
+
+    # -- grpc plumbing -------------------------------------------------------------
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        info = self.registry.get(handler_call_details.method)
+        if info is None or info.op is Op.INTERCEPTED:
+            return None  # UNIMPLEMENTED, or served by a registered servicer
+        if info.shape is Shape.UNARY_UNARY:
+
+            async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                result = b""
+                async for response in self._guarded(info, _single(request), context):
+                    result = response
+                return result
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary)
+        if info.shape is Shape.UNARY_STREAM:
+
+            async def unary_stream(
+                request: bytes, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[bytes]:
+                async for response in self._guarded(info, _single(request), context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream)
+        if info.shape is Shape.STREAM_UNARY:
+
+            async def stream_unary(
+                requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+            ) -> bytes:
+                result = b""
+                async for response in self._guarded(info, requests, context):
+                    result = response
+                return result
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary)
+
+        async def stream_stream(
+            requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
+            async for response in self._guarded(info, requests, context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream)
+
+    async def _guarded(
+        self, info: MethodInfo, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """Run one call; turn every failure into a status, log it and count it."""
+        metadata = context.invocation_metadata()
+        log.correlation_id.set(log.correlation_from_metadata(metadata))
+        started = time.perf_counter()
+        fields: dict[str, object] = {"method": info.full_name, "op_type": info.op.value}
+        code = "OK"
+        try:
+            async for response in self._serve(info, requests, context, fields):
+                yield response
+        except BackendError as exc:
+            code = exc.code.name
+            await context.abort(exc.code, exc.details)
+        except GitquorumError as exc:
+            status, message = grpc_status(exc)
+            code = status.name
+            await context.abort(status, message)
+        except Exception as exc:
+            if type(exc).__name__ == "AbortError":
+                raise
+            code = "INTERNAL"
+            logger.exception("proxy error", extra=log.fields(**fields))
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+        finally:
+            elapsed = time.perf_counter() - started
+            self.metrics.rpc.observe(info.full_name, info.op.value, code, elapsed)
+            fields.update(code=code, duration_ms=round(elapsed * 1000, 2))
+            logger.info("rpc finished", extra={"fields": fields})
+
+    # -- routing -----------------------------------------------------------------------
+
+    async def _serve(
+        self,
+        info: MethodInfo,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+        fields: dict[str, object],
+    ) -> AsyncIterator[bytes]:
+        iterator = requests.__aiter__()
+        try:
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            raise InvalidArgument("empty request stream") from None
+        request = info.decode(first)
+        target = info.target_repository(request)
+        virtual_storage = target.storage_name
+        if not virtual_storage:
+            raise InvalidArgument("storage name not set")
+        if virtual_storage not in self.cluster.virtual_storages():
+            raise InvalidArgument(f"virtual storage not found: {virtual_storage!r}")
+        relative_path = _validated_path(target.relative_path)
+        fields.update(virtual_storage=virtual_storage, relative_path=relative_path)
+        repo = self.cluster.lookup(virtual_storage, relative_path)
+        metadata = context.invocation_metadata() or ()
+        timeout = context.time_remaining()
+
+        if info.full_name == REPOSITORY_EXISTS:
+            # Answered from cluster state: a repository exists when it is recorded.
+            fields["route"] = "intercepted"
+            yield repository_pb2.RepositoryExistsResponse(exists=repo is not None).SerializeToString()
+            return
+
+        if info.op is Op.ACCESSOR:
+            if repo is None:
+                raise NotFound("repository not found")
+            primary_only = any(
+                k == router.PRIMARY_ONLY_HEADER and v == "primary-only" for k, v in metadata
+            ) or info.full_name in router.FORCE_PRIMARY
+            route = router.route_accessor(
+                repo,
+                self.cluster.healthy(virtual_storage),
+                self.cluster.nodes(virtual_storage),
+                primary_only=primary_only,
+                draining=self.cluster.draining(virtual_storage),
+            )
+            _describe(fields, route)
+            self.metrics.reads.labels(virtual_storage, route.node).inc()
+            payload = rewrite(info, request, route.node, route.replica_path)
+            passthrough = PassThrough(self.channels, info)
+            async for response in passthrough.call(
+                route.node, payload, iterator, metadata, timeout
+            ):
+                yield response
+            return
+
+        if info.op is Op.MAINTENANCE:
+            if repo is None:
+                raise NotFound("repository not found")
+            maintenance = router.route_maintenance(
+                repo, self.cluster.healthy(virtual_storage), self.cluster.nodes(virtual_storage)
+            )
+            _describe(fields, maintenance)
+            payloads = {
+                n: rewrite(info, request, n, maintenance.replica_path) for n in maintenance.nodes
+            }
+            async for response in Fanout.broadcast(
+                self.channels, info, payloads, iterator, metadata, timeout
+            ):
+                yield response
+            return
+
+        # Mutators.
+        if info.full_name == REMOVE_REPOSITORY:
+            if repo is None:
+                raise NotFound("repository does not exist")
+            removal = router.route_removal(repo, self.cluster.nodes(virtual_storage))
+            _describe(fields, removal)
+            await self.cluster.remove(virtual_storage, repo)
+            payloads = {n: rewrite(info, request, n, removal.replica_path) for n in removal.nodes}
+            await Fanout.best_effort(self.channels, info, payloads, metadata, timeout=10.0)
+            yield repository_pb2.RemoveRepositoryResponse().SerializeToString()
+            return
+
+        placement = None
+        if repo is None:
+            if info.full_name not in CREATORS:
+                raise NotFound("repository not found")
+            placement = await self.cluster.place(virtual_storage, relative_path)
+            mutator = router.route_creation(
+                placement.repository_id,
+                placement.replica_path,
+                placement.primary,
+                placement.assigned,
+                self.cluster.healthy(virtual_storage),
+            )
+        else:
+            if info.full_name in CREATORS:
+                raise AlreadyExists("repository exists already")
+            repo = await self.cluster.ensure_writable(repo)
+            mutator = router.route_mutator(
+                repo, self.cluster.healthy(virtual_storage), self.cluster.nodes(virtual_storage)
+            )
+        _describe(fields, mutator)
+        payloads = {n: rewrite(info, request, n, mutator.replica_path) for n in mutator.participants}
+        fanout = Fanout(
+            channels=self.channels,
+            info=info,
+            route=mutator,
+            transactions=self.transactions,
+            vote_address=self.vote_address(),
+            metrics=self.metrics,
+            write_timeout=self.write_timeout,
+        )
+
+        async def finalize(result: Any) -> None:
+            fields["outcome"] = result.reason
+            if placement is not None:
+                if result.updated:
+                    await self.cluster.record_creation(
+                        virtual_storage, relative_path, placement, result
+                    )
+            elif result.updated or result.outdated:
+                await self.cluster.record_write(virtual_storage, mutator, result)
+
+        async for response in fanout.run(payloads, iterator, metadata, timeout, finalize):
+            yield response
+
+
+def _describe(fields: dict[str, object], route: Route) -> None:
+    fields.update(route.describe())
+
+
+def _validated_path(relative_path: str) -> str:
+    from gitquorum.storage.locator import validate_relative
+
+    return validate_relative(relative_path, "repository path")
+
+
+async def _single(request: bytes) -> AsyncIterator[bytes]:
+    yield request
+
+
+def repository_of(storage: str, relative_path: str) -> shared_pb2.Repository:
+    return shared_pb2.Repository(storage_name=storage, relative_path=relative_path)
+
+
+__all__: Sequence[str] = ("BackendError", "ProxyHandler", "rewrite")

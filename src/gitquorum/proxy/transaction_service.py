@@ -1,0 +1,53 @@
+"""RefTransaction: where nodes cast their votes (the dial-back model)."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from gitquorum import auth
+from gitquorum.errors import InvalidArgument
+from gitquorum.gitaly import transaction_pb2, transaction_pb2_grpc
+from gitquorum.proxy.metrics import ProxyMetrics
+from gitquorum.proxy.transactions import Outcome, TransactionManager
+
+_STATES = {
+    Outcome.COMMIT: transaction_pb2.VoteTransactionResponse.COMMIT,
+    Outcome.ABORT: transaction_pb2.VoteTransactionResponse.ABORT,
+    Outcome.STOP: transaction_pb2.VoteTransactionResponse.STOP,
+}
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode()
+    return None
+
+
+class RefTransactionService(transaction_pb2_grpc.RefTransactionServicer):
+    def __init__(self, manager: TransactionManager, metrics: ProxyMetrics) -> None:
+        self.manager = manager
+        self.metrics = metrics
+
+    async def VoteTransaction(  # noqa: N802 - gRPC method name
+        self, request: transaction_pb2.VoteTransactionRequest, context: grpc.aio.ServicerContext
+    ) -> transaction_pb2.VoteTransactionResponse:
+        if len(request.reference_updates_hash) != 20:
+            raise InvalidArgument("reference_updates_hash must be a 20-byte SHA-1")
+        tx = self.manager.get(request.transaction_id)
+        # Only the nodes this proxy told the transaction's secret may vote in it.
+        auth.check(_authorization(context), tx.token.encode())
+        started = time.perf_counter()
+        outcome = await tx.vote(request.node, request.reference_updates_hash)
+        self.metrics.vote_latency.observe(time.perf_counter() - started)
+        return transaction_pb2.VoteTransactionResponse(state=_STATES[outcome])
+
+    async def StopTransaction(  # noqa: N802 - gRPC method name
+        self, request: transaction_pb2.StopTransactionRequest, context: grpc.aio.ServicerContext
+    ) -> transaction_pb2.StopTransactionResponse:
+        tx = self.manager.get(request.transaction_id)
+        auth.check(_authorization(context), tx.token.encode())
+        tx.stop()
+        return transaction_pb2.StopTransactionResponse()

@@ -1,0 +1,187 @@
+"""Reference transactions: collect the votes of one mutator's replicas and decide.
+
+Each node's N-th vote belongs to subtransaction N. A subtransaction commits
+the hash whose voters' weight reaches the threshold; voters of another hash
+(or late voters of another hash) are told to abort. The weights make the
+primary mandatory: it weighs S+1 (S = secondaries), each secondary 1, and
+the threshold is S+1 plus, with two or more secondaries, half of S+1 (so the
+primary plus a majority of the secondaries must agree).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import secrets
+from dataclasses import dataclass, field
+
+from gitquorum.errors import InvalidArgument, NotFound
+
+
+class Outcome(enum.Enum):
+    COMMIT = "commit"
+    ABORT = "abort"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class Voter:
+    node: str
+    weight: int
+    primary: bool
+
+
+def quorum(primary: str, secondaries: list[str]) -> tuple[list[Voter], int]:
+    """Voters and threshold: primary mandatory plus a majority of the secondaries."""
+    s = len(secondaries)
+    voters = [Voter(primary, s + 1, True)] + [Voter(n, 1, False) for n in secondaries]
+    threshold = s + 1 + ((s + 1) // 2 if s > 1 else 0)
+    return voters, threshold
+
+
+@dataclass
+class _Subtransaction:
+    votes: dict[str, bytes] = field(default_factory=dict)
+    winner: bytes | None = None
+    failed: bool = False
+    decided: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class VoterState:
+    voter: Voter
+    votes_cast: int = 0
+    committed: int = 0  # subtransactions this voter committed
+    failed: bool = False  # lost a vote, was cancelled, or its stream failed
+
+
+class Transaction:
+    def __init__(self, tx_id: int, voters: list[Voter], threshold: int, vote_timeout: float) -> None:
+        self.id = tx_id
+        # Per-transaction secret the nodes use to authenticate their votes.
+        self.token = secrets.token_hex(16)
+        self.voters = {v.node: VoterState(v) for v in voters}
+        self.threshold = threshold
+        self.vote_timeout = vote_timeout
+        self.subtransactions: list[_Subtransaction] = []
+        self.stopped = False
+
+    def _sub(self, index: int) -> _Subtransaction:
+        while len(self.subtransactions) <= index:
+            self.subtransactions.append(_Subtransaction())
+        return self.subtransactions[index]
+
+    def _decide(self, sub: _Subtransaction) -> None:
+        if sub.decided.is_set():
+            return
+        weights: dict[bytes, int] = {}
+        for node, digest in sub.votes.items():
+            weights[digest] = weights.get(digest, 0) + self.voters[node].voter.weight
+        for digest, weight in weights.items():
+            if weight >= self.threshold:
+                sub.winner = digest
+                sub.decided.set()
+                return
+        # Weight of voters that may still vote for the leading hash.
+        pending = sum(
+            st.voter.weight
+            for node, st in self.voters.items()
+            if node not in sub.votes and not st.failed
+        )
+        best = max(weights.values(), default=0)
+        if best + pending < self.threshold:
+            sub.failed = True
+            sub.decided.set()
+
+    async def vote(self, node: str, digest: bytes) -> Outcome:
+        if self.stopped:
+            return Outcome.STOP
+        state = self.voters.get(node)
+        if state is None:
+            raise NotFound(f"node {node!r} is not a voter of transaction {self.id}")
+        if len(digest) != 20:
+            raise InvalidArgument("reference_updates_hash must be 20 bytes")
+        if state.failed:
+            return Outcome.ABORT
+        index = state.votes_cast
+        state.votes_cast += 1
+        sub = self._sub(index)
+        sub.votes[node] = digest
+        self._decide(sub)
+        try:
+            await asyncio.wait_for(sub.decided.wait(), self.vote_timeout)
+        except TimeoutError:
+            # Voters that have not voted by now are treated as failed.
+            for other, st in self.voters.items():
+                if other not in sub.votes:
+                    st.failed = True
+            self._decide(sub)
+        if self.stopped:
+            return Outcome.STOP
+        if sub.winner is not None and sub.winner == digest:
+            state.committed = index + 1
+            return Outcome.COMMIT
+        state.failed = True
+        return Outcome.ABORT
+
+    def cancel_voter(self, node: str) -> None:
+        """A voter whose stream failed: it can no longer help reach quorum."""
+        state = self.voters.get(node)
+        if state is None or state.failed:
+            return
+        state.failed = True
+        for sub in self.subtransactions:
+            self._decide(sub)
+
+    def stop(self) -> None:
+        self.stopped = True
+        for sub in self.subtransactions:
+            sub.decided.set()
+
+    def committed_nodes(self) -> set[str]:
+        """Voters that committed every subtransaction (at least one was held)."""
+        total = len(self.subtransactions)
+        if total == 0:
+            return set()
+        return {
+            node
+            for node, st in self.voters.items()
+            if not st.failed and st.committed == total
+        }
+
+    @property
+    def had_votes(self) -> bool:
+        return bool(self.subtransactions)
+
+
+class TransactionManager:
+    def __init__(self, vote_timeout: float = 10.0) -> None:
+        self.vote_timeout = vote_timeout
+        # A random start keeps ids of a restarted proxy apart from stale votes.
+        self._ids = itertools.count(secrets.randbits(40) + 1)
+        self._transactions: dict[int, Transaction] = {}
+
+    def register(self, primary: str, secondaries: list[str]) -> Transaction:
+        voters, threshold = quorum(primary, secondaries)
+        tx = Transaction(next(self._ids), voters, threshold, self.vote_timeout)
+        self._transactions[tx.id] = tx
+        return tx
+
+    def get(self, tx_id: int) -> Transaction:
+        tx = self._transactions.get(tx_id)
+        if tx is None:
+            raise NotFound(f"transaction {tx_id} not found")
+        return tx
+
+    async def vote(self, tx_id: int, node: str, digest: bytes) -> Outcome:
+        return await self.get(tx_id).vote(node, digest)
+
+    def stop(self, tx_id: int) -> None:
+        self.get(tx_id).stop()
+
+    def unregister(self, tx_id: int) -> None:
+        self._transactions.pop(tx_id, None)
+
+    def __len__(self) -> int:
+        return len(self._transactions)
