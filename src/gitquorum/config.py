@@ -7,6 +7,7 @@ so an operator fixes a file in one pass. Durations are strings: "1s", "500ms".
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +28,33 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"negative duration: {value!r}")
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"not a duration: {value!r} (use e.g. '1s', '500ms')")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+        seconds = _finite(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (use e.g. '1s', '500ms')")
+        seconds = _finite(float(match.group(1)) * _UNITS[match.group(2)])
+    return seconds
+
+
+def _finite(value: float) -> float:
+    # YAML has .nan and .inf, and a long digit string overflows float: none of
+    # them is a usable timeout, and float(huge int) raises OverflowError rather
+    # than the ValueError callers handle.
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a finite duration: {value!r}")
+    return seconds
 
 
 def parse_address(value: str) -> tuple[str, int]:
     """``host:port`` (IPv6 hosts in brackets); port 0 means any free port."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    # isascii: str.isdigit() also accepts digits such as "²" that int() rejects.
+    if not sep or not (port.isascii() and port.isdigit()) or not host:
         raise ValueError(f"not a host:port address: {value!r}")
     number = int(port)
     if number > 65535:
@@ -76,6 +93,16 @@ class _Reader:
             return ""
         return value
 
+    def optional_string(self, data: dict[str, Any], key: str, path: str) -> str:
+        """An optional string option: absent is "", anything but a string is a problem."""
+        value = data.get(key)
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            self.problem(f"{path}{key}", "expected a string")
+            return ""
+        return value
+
     def address(self, data: dict[str, Any], key: str, path: str, default: str | None) -> str:
         value = self.string(data, key, path, default)
         if value:
@@ -103,7 +130,8 @@ class _Reader:
         self, data: dict[str, Any], key: str, path: str, default: str, allowed: set[str]
     ) -> str:
         value = data.get(key, default)
-        if value not in allowed:
+        # Unhashable YAML values (lists, mappings) cannot be looked up in a set.
+        if not isinstance(value, str) or value not in allowed:
             self.problem(f"{path}{key}", f"expected one of {sorted(allowed)}")
             return default
         return str(value)
@@ -153,7 +181,8 @@ def node_config_from_dict(data: Any) -> NodeConfig:
         reader.unknown(entry, {"name", "path"}, path)
         name = reader.string(entry, "name", path)
         root = reader.string(entry, "path", path)
-        if name in seen:
+        # A missing name is already reported; don't call it a duplicate too.
+        if name and name in seen:
             reader.problem(f"{path}name", f"duplicate storage name {name!r}")
         seen.add(name)
         if root and not Path(root).is_absolute():
@@ -164,7 +193,7 @@ def node_config_from_dict(data: Any) -> NodeConfig:
     grace = reader.duration(top, "graceful_timeout", "", "10s")
     auth = reader.mapping(top.get("auth"), "auth")
     reader.unknown(auth, {"token_file"}, "auth.")
-    token_file = str(auth.get("token_file", ""))
+    token_file = reader.optional_string(auth, "token_file", "auth.")
     if reader.problems:
         raise ConfigError(reader.problems)
     return NodeConfig(listen, tuple(storages), metrics, level, grace, token_file)
@@ -176,8 +205,13 @@ def load_yaml(path: str | Path) -> Any:
             return yaml.safe_load(fh)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not valid UTF-8: {exc}"]) from exc
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    except RecursionError as exc:
+        # The YAML parser recurses once per nesting level.
+        raise ConfigError([f"{path}: not valid YAML: nested too deeply"]) from exc
 
 
 def load_node_config(path: str | Path) -> NodeConfig:
@@ -202,7 +236,8 @@ class VirtualStorageConfig:
 @dataclass(frozen=True)
 class EtcdSettings:
     endpoints: tuple[str, ...]
-    prefix: str = "/gitquorum/default"
+    # Every key of the cluster lives under /gitquorum/<cluster>/.
+    cluster: str = "default"
     username: str = ""
     password_file: str = ""
     ca_file: str = ""
@@ -264,7 +299,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
     etcd_raw = reader.mapping(top.get("etcd"), "etcd")
     reader.unknown(
         etcd_raw,
-        {"endpoints", "prefix", "username", "password_file", "ca_file", "cert_file", "key_file"},
+        {"endpoints", "cluster", "username", "password_file", "ca_file", "cert_file", "key_file"},
         "etcd.",
     )
     endpoints = etcd_raw.get("endpoints")
@@ -275,14 +310,14 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
     ):
         reader.problem("etcd.endpoints", "expected a non-empty list of host:port strings")
         endpoints = []
-    prefix = reader.string(etcd_raw, "prefix", "etcd.", "/gitquorum/default")
-    if prefix and not prefix.startswith("/"):
-        reader.problem("etcd.prefix", "expected an absolute key prefix starting with '/'")
+    cluster = reader.string(etcd_raw, "cluster", "etcd.", "default")
+    if cluster and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", cluster):
+        reader.problem("etcd.cluster", "expected letters, digits, '.', '_' or '-'")
     etcd = EtcdSettings(
         tuple(endpoints),
-        prefix,
+        cluster,
         *(
-            str(etcd_raw.get(k, ""))
+            reader.optional_string(etcd_raw, k, "etcd.")
             for k in ("username", "password_file", "ca_file", "cert_file", "key_file")
         ),
     )
@@ -297,7 +332,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
         vs = reader.mapping(item, path.rstrip("."))
         reader.unknown(vs, {"name", "nodes", "default_replication_factor"}, path)
         vs_name = reader.string(vs, "name", path)
-        if vs_name in seen_vs:
+        if vs_name and vs_name in seen_vs:
             reader.problem(f"{path}name", f"duplicate virtual storage {vs_name!r}")
         seen_vs.add(vs_name)
         nodes_raw = vs.get("nodes")
@@ -311,7 +346,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
             node = reader.mapping(node_item, npath.rstrip("."))
             reader.unknown(node, {"storage", "address"}, npath)
             storage = reader.string(node, "storage", npath)
-            if storage in seen_nodes:
+            if storage and storage in seen_nodes:
                 reader.problem(f"{npath}storage", f"duplicate storage {storage!r}")
             seen_nodes.add(storage)
             nodes.append(NodeEntry(storage, reader.address(node, "address", npath, None)))
@@ -354,9 +389,9 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
             replication, "reconcile_interval", "replication.", "30s"
         ),
         verify_interval=reader.duration(replication, "verify_interval", "replication.", "5m"),
-        advertise=str(top.get("advertise", "")),
-        auth_token_file=str(auth.get("token_file", "")),
-        node_token_file=str(auth.get("node_token_file", "")),
+        advertise=reader.optional_string(top, "advertise", ""),
+        auth_token_file=reader.optional_string(auth, "token_file", "auth."),
+        node_token_file=reader.optional_string(auth, "node_token_file", "auth."),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

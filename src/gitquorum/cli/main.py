@@ -10,6 +10,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "node": "node",
     "git-ssh": "git_ssh",
+    "config": "config_cmd",
 }
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from gitquorum import log
-from gitquorum.config import load_node_config, node_config_from_dict
+from gitquorum.config import load_node_config, node_config_from_dict, parse_duration
 from gitquorum.errors import ConfigError
 
 
@@ -24,10 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--metrics-listen", default=None, help="address of /metrics")
     parser.add_argument("--ready-file", type=Path, help="write 'ADDRESS METRICS_PORT' here once serving")
+    parser.add_argument(
+        "--vote-timeout",
+        default="60s",
+        help="how long one transaction vote waits for the proxy (e.g. '1s', '500ms')",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        try:
+            vote_timeout = parse_duration(args.vote_timeout)
+        except ValueError as exc:
+            raise ConfigError([f"--vote-timeout: {exc}"]) from exc
         if args.config:
             config = load_node_config(args.config)
         else:
@@ -46,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
     log.setup(config.log_level)
     from gitquorum.storage.server import serve
 
-    asyncio.run(serve(config, args.ready_file))
+    asyncio.run(serve(config, args.ready_file, vote_timeout))
     return 0

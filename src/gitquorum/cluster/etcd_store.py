@@ -306,12 +306,12 @@ class EtcdStore(Store):
                 return Compacted(f"etcd {operation}: {details}")
             return StoreUnavailable(f"etcd {operation}: {cause.code().name} {details}")
         if isinstance(exc, TimeoutError):
-            return StoreUnavailable(f"etcd {operation}: timed out after {self.config.request_timeout}s")
+            return StoreUnavailable(
+                f"etcd {operation}: timed out after {self.config.request_timeout}s"
+            )
         return StoreUnavailable(f"etcd {operation}: {exc}")
 
-    async def _call(
-        self, operation: str, fn: Callable[[], Awaitable[T]], *, idempotent: bool
-    ) -> T:
+    async def _call(self, operation: str, fn: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
         if self._closed:
             raise StoreUnavailable("etcd store closed")
         attempts = max(1, self.config.attempts) if idempotent else 1
@@ -565,7 +565,9 @@ class EtcdStore(Store):
                         # 3.4 releases could send it ahead of pending events).
                         yield WatchBatch((), next_revision - 1)
             except (grpc.aio.AioRpcError, TimeoutError) as exc:
-                log.info("etcd watch on %s interrupted (%s); resuming at %d", key, exc, next_revision)
+                log.info(
+                    "etcd watch on %s interrupted (%s); resuming at %d", key, exc, next_revision
+                )
             finally:
                 pinger.cancel()
                 requests.put_nowait(None)
@@ -576,4 +578,6 @@ class EtcdStore(Store):
     async def _ask_progress(self, requests: asyncio.Queue[Any]) -> None:
         while True:
             await asyncio.sleep(self.config.watch_progress_interval)
-            requests.put_nowait(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
+            requests.put_nowait(
+                rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest())
+            )

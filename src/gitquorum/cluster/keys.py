@@ -51,18 +51,13 @@ class Keyspace:
     def prefix(self) -> str:
         return f"{self.root}/{self.cluster}/"
 
-    # Proxies and their health views (lease: the proxy's membership lease).
+    # Proxies, each with its view of node health in the same value, so that
+    # membership and votes change together (lease: the proxy's own lease).
     def proxies(self) -> str:
         return f"{self.prefix}proxies/"
 
     def proxy(self, name: str) -> str:
         return f"{self.proxies()}{check_name('proxy', name)}"
-
-    def health(self) -> str:
-        return f"{self.prefix}health/"
-
-    def health_of(self, proxy: str) -> str:
-        return f"{self.health()}{check_name('proxy', proxy)}"
 
     # Leader election (lease: the leader's election lease).
     def leader(self, election: str = "leader") -> str:

@@ -13,6 +13,7 @@ import asyncio
 import bisect
 import contextlib
 import itertools
+import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
@@ -43,8 +44,14 @@ class _LeaseState:
 
 
 class MemoryStore(Store):
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(
+        self, clock: Clock | None = None, *, interleave: random.Random | None = None
+    ) -> None:
+        """``interleave``: every call first yields to the event loop 0-2 times (drawn
+        from this generator) so concurrent tasks interleave like remote calls do."""
         self._clock: Clock = clock or REAL_CLOCK
+        self._interleave = interleave
+        self._watches_paused = False
         self._kvs: dict[bytes, KeyValue] = {}
         self._sorted: list[bytes] = []
         self._revision = 1
@@ -70,6 +77,12 @@ class MemoryStore(Store):
             self._expire()
             self._wake()
 
+    def pause_watches(self, paused: bool) -> None:
+        """Hold back watch deliveries (writes continue), e.g. to let history be compacted."""
+        self._watches_paused = paused
+        if not paused:
+            self._wake()
+
     def fail_after_apply(self, count: int = 1) -> None:
         """The next ``count`` writes are applied but report StoreUnavailable."""
         self._fail_after_apply = count
@@ -83,6 +96,12 @@ class MemoryStore(Store):
         return {kv.key: kv.value for kv in self._kvs.values() if kv.key.startswith(prefix)}
 
     # -- internals ------------------------------------------------------------
+
+    async def _enter(self) -> None:
+        if self._interleave is not None:
+            for _ in range(self._interleave.randint(0, 2)):
+                await asyncio.sleep(0)
+        self._check()
 
     def _check(self) -> None:
         self.calls += 1
@@ -221,12 +240,12 @@ class MemoryStore(Store):
         revision: int = 0,
         limit: int = 0,
     ) -> RangeResult:
-        self._check()
+        await self._enter()
         end = prefix_end(key) if prefix else range_end
         return self._range(key, end, revision, limit)
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
-        self._check()
+        await self._enter()
         if lease and lease not in self._leases:
             raise LeaseExpired(f"lease {lease:x} not found")
         self._revision += 1
@@ -235,7 +254,7 @@ class MemoryStore(Store):
         return self._revision
 
     async def delete(self, key: str, *, prefix: bool = False) -> int:
-        self._check()
+        await self._enter()
         end = encode_key(prefix_end(key)) if prefix else None
         keys = self._keys_in(encode_key(key), end)
         if not keys:
@@ -259,7 +278,7 @@ class MemoryStore(Store):
         success: Sequence[Op],
         failure: Sequence[Op] = (),
     ) -> TxnResult:
-        self._check()
+        await self._enter()
         succeeded = all(self._holds(c) for c in compares)
         ops = success if succeeded else failure
         for op in ops:
@@ -303,14 +322,14 @@ class MemoryStore(Store):
         return TxnResult(succeeded, rev, tuple(responses))
 
     async def grant(self, ttl: float) -> Lease:
-        self._check()
+        await self._enter()
         lease_id = next(self._lease_ids)
         self._leases[lease_id] = _LeaseState(ttl, self._clock.now() + ttl)
         self._ensure_reaper()
         return Lease(lease_id, ttl)
 
     async def keep_alive(self, lease_id: int) -> float:
-        self._check()
+        await self._enter()
         state = self._leases.get(lease_id)
         if state is None:
             raise LeaseExpired(f"lease {lease_id:x} not found")
@@ -318,18 +337,18 @@ class MemoryStore(Store):
         return state.ttl
 
     async def revoke(self, lease_id: int) -> None:
-        self._check()
+        await self._enter()
         self._drop_lease(lease_id)
 
     async def time_to_live(self, lease_id: int) -> float:
-        self._check()
+        await self._enter()
         state = self._leases.get(lease_id)
         if state is None:
             return -1
         return max(0.0, state.expiry - self._clock.now())
 
     async def compact(self, revision: int) -> None:
-        self._check()
+        await self._enter()
         revision = min(revision, self._revision)
         if revision <= self._compacted:
             return
@@ -364,7 +383,7 @@ class MemoryStore(Store):
         try:
             while not self._closed:
                 wake.clear()
-                if self._available:
+                if self._available and not self._watches_paused:
                     if next_rev < self._compacted:
                         yield WatchBatch((), self._compacted, compacted=True)
                         return

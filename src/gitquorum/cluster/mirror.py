@@ -78,7 +78,9 @@ class PrefixMirror:
                     self.prefix, prefix=True, start_revision=self.revision + 1
                 ):
                     if batch.compacted:
-                        log.warning("watch on %s compacted at %d; resync", self.prefix, batch.revision)
+                        log.warning(
+                            "watch on %s compacted at %d; resync", self.prefix, batch.revision
+                        )
                         break
                     if batch.events:
                         self._apply(batch.events, batch.revision)
@@ -100,15 +102,14 @@ class PrefixMirror:
                     log.warning("reload of %s failed: %s", self.prefix, exc)
                     await asyncio.sleep(self.retry_delay)
 
-    async def wait_for_revision(self, revision: int, timeout: float | None = None) -> None:
+    async def wait_for_revision(self, revision: int) -> None:
         """Wait until every change up to ``revision`` under the prefix was applied.
 
         Only meaningful for revisions of writes under the prefix (other writes
         produce no event here), e.g. to read one's own writes.
         """
-        async with asyncio.timeout(timeout):
-            async with self._progress:
-                await self._progress.wait_for(lambda: self.revision >= revision)
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.revision >= revision)
 
     async def close(self) -> None:
         if self._task is not None:

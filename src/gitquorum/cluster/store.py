@@ -39,7 +39,7 @@ Atomicity. Each of these is atomic and linearizable:
 
 Watches. :meth:`Store.watch` yields :class:`WatchBatch` values in revision
 order, starting at ``start_revision``: every change to the watched key or range
-at or after it, each exactly once, all events of one revision in one batch.
+at or after it, each exactly once; a batch holds whole revisions (one or more).
 Transient disconnections are hidden: the implementation resumes from the
 revision after the last one it delivered, so no event is missed or repeated.
 If the history needed to resume was compacted, the watch yields one batch
@@ -85,22 +85,22 @@ __all__ = [
 ]
 
 
+def encode_key(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
 def prefix_end(prefix: str) -> str:
     """The exclusive upper bound of all keys starting with ``prefix``.
 
     Works on the UTF-8 bytes like etcd does; the result is decoded with
     ``surrogateescape`` so it can be carried as ``str`` and encoded back exactly.
     """
-    raw = bytearray(prefix.encode())
+    raw = bytearray(encode_key(prefix))
     for i in range(len(raw) - 1, -1, -1):
         if raw[i] < 0xFF:
             raw[i] += 1
             return bytes(raw[: i + 1]).decode("utf-8", "surrogateescape")
     return "\x00"  # etcd's "all keys" marker
-
-
-def encode_key(key: str) -> bytes:
-    return key.encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +166,9 @@ class Compare:
         return cls._make(key, CompareTarget.CREATE, op, revision, False)
 
     @classmethod
-    def mod_revision(cls, key: str, revision: int, op: str = "==", *, prefix: bool = False) -> Compare:
+    def mod_revision(
+        cls, key: str, revision: int, op: str = "==", *, prefix: bool = False
+    ) -> Compare:
         return cls._make(key, CompareTarget.MOD, op, revision, prefix)
 
     @classmethod
@@ -187,7 +189,7 @@ class Compare:
         if kv is None:
             if self.target is CompareTarget.VALUE:
                 return False
-            actual: bytes | int = 0
+            actual: object = 0
         else:
             actual = {
                 CompareTarget.VALUE: kv.value,
@@ -196,7 +198,7 @@ class Compare:
                 CompareTarget.MOD: kv.mod_revision,
                 CompareTarget.LEASE: kv.lease,
             }[self.target]
-        operand = self.operand
+        operand: object = self.operand
         if self.op is CompareOp.EQUAL:
             return actual == operand
         if self.op is CompareOp.NOT_EQUAL:
@@ -266,8 +268,8 @@ class WatchEvent:
 @dataclass(frozen=True, slots=True)
 class WatchBatch:
     events: tuple[WatchEvent, ...]
-    # Everything up to this revision has been delivered (for compacted batches:
-    # the compaction revision).
+    # Everything up to this revision has been delivered: the last event's
+    # revision (for compacted batches: the compaction revision).
     revision: int
     compacted: bool = False
 

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from gitquorum.storage import git
 from gitquorum.storage.locator import RepoPath
 
+# SIGKILLed processes exit at once; this only bounds a stuck reaper.
+_REAP_TIMEOUT = 5.0
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -37,6 +40,10 @@ class BatchProcess:
         self.lock = asyncio.Lock()
         self.last_used = time.monotonic()
         self.broken = False
+        # Requests that were handed this process and have not finished with it;
+        # counted from the cache lookup on, so that eviction never closes a
+        # process between lookup and lock (the lock alone leaves that gap).
+        self.users = 0
 
     async def _header(self, revision: bytes) -> ObjectInfo:
         if b"\n" in revision or b"\x00" in revision:
@@ -47,10 +54,13 @@ class BatchProcess:
         if not line:
             self.broken = True
             raise ObjectNotFound(revision.decode(errors="replace"))
-        fields = line.rstrip(b"\n").split(b" ")
-        if len(fields) == 2 and fields[1] in (b"missing", b"ambiguous"):
+        line = line.rstrip(b"\n")
+        # "<revision> missing": the revision is echoed verbatim and may itself
+        # contain spaces (e.g. "HEAD:a file"), so look at the end of the line.
+        if line.endswith((b" missing", b" ambiguous")):
             raise ObjectNotFound(revision.decode(errors="replace"))
-        if len(fields) != 3:
+        fields = line.split(b" ")
+        if len(fields) != 3 or not fields[2].isdigit():
             self.broken = True
             raise ObjectNotFound(revision.decode(errors="replace"))
         return ObjectInfo(fields[0].decode(), fields[1].decode(), int(fields[2]))
@@ -117,8 +127,11 @@ class CatFileCache:
         async with self._spawn_lock:
             proc = self._procs.get(key)
             if proc is not None and (proc.broken or proc.process.proc.returncode is not None):
-                proc.close()
                 del self._procs[key]
+                # A request may still be inside it (invalidate() marks busy
+                # processes broken); the last user closes it on release.
+                if proc.users == 0:
+                    proc.close()
                 proc = None
             if proc is None:
                 process = await git.spawn(
@@ -128,6 +141,7 @@ class CatFileCache:
                 proc = cls(process)
                 self._procs[key] = proc
             self._procs.move_to_end(key)
+            proc.users += 1
             self._evict()
             return proc
 
@@ -136,38 +150,54 @@ class CatFileCache:
         for key, proc in list(self._procs.items()):
             too_many = len(self._procs) > self.max_processes
             idle = now - proc.last_used > self.max_idle
-            if (too_many or idle) and not proc.lock.locked():
+            if (too_many or idle or proc.broken) and proc.users == 0:
                 proc.close()
                 del self._procs[key]
 
+    @staticmethod
+    def _release(proc: BatchProcess) -> None:
+        proc.users -= 1
+        if proc.broken and proc.users == 0:
+            proc.close()
+
+    @contextlib.asynccontextmanager
+    async def _use(self, repo: RepoPath, mode: str) -> AsyncIterator[BatchProcess]:
+        while True:
+            proc = await self._get(repo, mode)
+            try:
+                await proc.lock.acquire()
+            except BaseException:
+                self._release(proc)
+                raise
+            if not proc.broken and proc.process.proc.returncode is None:
+                break
+            # The previous holder left the process out of step (or it died)
+            # while this request waited for the lock: its output can no longer
+            # be trusted, so take a fresh process.
+            proc.lock.release()
+            self._release(proc)
+        try:
+            yield proc
+        except ObjectNotFound:
+            raise
+        except BaseException:
+            proc.broken = True
+            raise
+        finally:
+            proc.last_used = time.monotonic()
+            proc.lock.release()
+            self._release(proc)
+
     @contextlib.asynccontextmanager
     async def batch(self, repo: RepoPath) -> AsyncIterator[BatchProcess]:
-        proc = await self._get(repo, "batch")
-        async with proc.lock:
-            try:
-                yield proc
-            except ObjectNotFound:
-                raise
-            except BaseException:
-                proc.broken = True
-                raise
-            finally:
-                proc.last_used = time.monotonic()
+        async with self._use(repo, "batch") as proc:
+            yield proc
 
     @contextlib.asynccontextmanager
     async def batch_check(self, repo: RepoPath) -> AsyncIterator[BatchCheckProcess]:
-        proc = await self._get(repo, "batch-check")
-        assert isinstance(proc, BatchCheckProcess)
-        async with proc.lock:
-            try:
-                yield proc
-            except ObjectNotFound:
-                raise
-            except BaseException:
-                proc.broken = True
-                raise
-            finally:
-                proc.last_used = time.monotonic()
+        async with self._use(repo, "batch-check") as proc:
+            assert isinstance(proc, BatchCheckProcess)
+            yield proc
 
     async def read(self, repo: RepoPath, revision: bytes) -> tuple[ObjectInfo, bytes]:
         async with self.batch(repo) as proc:
@@ -180,11 +210,31 @@ class CatFileCache:
     def invalidate(self, repo_path: str) -> None:
         """Drop processes of a repository that was removed or replaced."""
         for key, proc in list(self._procs.items()):
-            if key[1] == repo_path and not proc.lock.locked():
+            if key[1] != repo_path:
+                continue
+            if proc.users == 0:
                 proc.close()
                 del self._procs[key]
+            else:
+                # In use: let the current request finish, then replace it on
+                # the next lookup instead of serving the old repository again.
+                proc.broken = True
 
     def close(self) -> None:
         for proc in self._procs.values():
             proc.close()
         self._procs.clear()
+
+    async def aclose(self) -> None:
+        """``close`` and wait for the processes to be reaped.
+
+        Killed processes are reaped through the event loop; a loop that closes
+        first leaves their transports behind and prints warnings at exit.
+        """
+        procs = list(self._procs.values())
+        self.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(p.process.wait() for p in procs), return_exceptions=True),
+                _REAP_TIMEOUT,
+            )

@@ -101,7 +101,11 @@ class GitProcess:
         if self.proc.stdin is not None and not self.proc.stdin.is_closing():
             self.proc.stdin.close()
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await self.proc.stdin.wait_closed()
+                # wait_closed() awaits asyncio's own close future: cancelling
+                # this task (the RPC ends) would cancel that future, and asyncio
+                # later fails to resolve it with an InvalidStateError logged at
+                # error level. Shielded, only this wait is abandoned.
+                await asyncio.shield(self.proc.stdin.wait_closed())
 
 
 async def spawn(
@@ -157,9 +161,7 @@ async def run(
     input: bytes | None = None,
 ) -> GitResult:
     """Run git to completion and collect its output."""
-    async with started(
-        args, git_dir=git_dir, cwd=cwd, env=env, stdin=input is not None
-    ) as process:
+    async with started(args, git_dir=git_dir, cwd=cwd, env=env, stdin=input is not None) as process:
         stdout, stderr = await process.proc.communicate(input)
         return GitResult(process.proc.returncode or 0, stdout, stderr)
 

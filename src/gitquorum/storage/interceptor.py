@@ -88,9 +88,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         op_type = self.op_types.get(method, "")
         metadata = handler_call_details.invocation_metadata
 
-        def finish(context: grpc.aio.ServicerContext, started: float, exc: BaseException | None) -> None:
+        def finish(
+            context: grpc.aio.ServicerContext, started: float, exc: BaseException | None
+        ) -> None:
             code = _code_name(context)
-            if exc is not None and not isinstance(exc, GitquorumError | asyncio.CancelledError):
+            if isinstance(exc, asyncio.CancelledError):
+                # The client went away (or the drain deadline passed): the
+                # context still says nothing, which would count it as OK.
+                code = "CANCELLED"
+            elif exc is not None and not isinstance(exc, GitquorumError):
                 code = "INTERNAL"
             elapsed = time.perf_counter() - started
             if self.metrics is not None:
@@ -99,7 +105,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             if code in ("OK", "NOT_FOUND", "INVALID_ARGUMENT", "ALREADY_EXISTS", "CANCELLED"):
                 logger.info("rpc finished", extra=fields)
             else:
-                logger.warning("rpc failed", extra=fields, exc_info=exc if code == "INTERNAL" else None)
+                logger.warning(
+                    "rpc failed", extra=fields, exc_info=exc if code == "INTERNAL" else None
+                )
 
         async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
             code, message = grpc_status(exc)
@@ -112,6 +120,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 error: BaseException | None = None
                 try:
                     return await behavior(_checked(request), context)
+                except asyncio.CancelledError as exc:
+                    error = exc
+                    raise
                 except (GitquorumError, Exception) as exc:
                     if _is_abort(exc):
                         raise
@@ -123,13 +134,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return wrapper
 
         def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def wrapper(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
                 log.correlation_id.set(log.correlation_from_metadata(metadata))
                 started = time.perf_counter()
                 error: BaseException | None = None
                 try:
                     async for response in behavior(_checked(request), context):
                         yield response
+                except asyncio.CancelledError as exc:
+                    error = exc
+                    raise
                 except (GitquorumError, Exception) as exc:
                     if _is_abort(exc):
                         raise

@@ -48,6 +48,19 @@ def validate_relative(relative: str, what: str = "relative path") -> str:
     return "/".join(parts)
 
 
+def _quote_alternate(path: str) -> str:
+    """One entry of GIT_ALTERNATE_OBJECT_DIRECTORIES, safe to join with ':'.
+
+    git splits the variable at every ':', so an entry such as
+    "objects:/srv/other.git/objects" would add a second, absolute alternate
+    outside the storage. Entries with a ':' (or a leading quote) are written
+    C-quoted, which git reads back as one literal path.
+    """
+    if ":" not in path and not path.startswith('"'):
+        return path
+    return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _inside(root: Path, candidate: Path) -> bool:
     """True when candidate, with symlinks resolved as far as they exist, is under root."""
     real_root = Path(os.path.realpath(root))
@@ -87,14 +100,24 @@ class StorageLocator:
         if relative.split("/")[0] == INTERNAL_DIR:
             raise InvalidArgument("relative path names the storage's internal directory")
         path = root / relative
-        if not _inside(root, path) or path == root:
+        real_root = Path(os.path.realpath(root))
+        real = Path(os.path.realpath(path))
+        # Judge where symlinks lead, not the spelling: a link to the storage
+        # root itself or into the internal directory would let an RPC act on
+        # (or remove) the whole storage or its private data.
+        if real == real_root or real_root not in real.parents:
             raise InvalidArgument("relative path escapes root directory")
+        if real.relative_to(real_root).parts[0] == INTERNAL_DIR:
+            raise InvalidArgument("relative path names the storage's internal directory")
         env: list[tuple[str, str]] = []
         if repo.git_object_directory:
-            env.append(("GIT_OBJECT_DIRECTORY", str(self._quarantine(path, repo.git_object_directory))))
+            env.append(
+                ("GIT_OBJECT_DIRECTORY", str(self._quarantine(path, repo.git_object_directory)))
+            )
         if repo.git_alternate_object_directories:
             alternates = [
-                str(self._quarantine(path, d)) for d in repo.git_alternate_object_directories
+                _quote_alternate(str(self._quarantine(path, d)))
+                for d in repo.git_alternate_object_directories
             ]
             env.append(("GIT_ALTERNATE_OBJECT_DIRECTORIES", ":".join(alternates)))
         return RepoPath(repo.storage_name, relative, path, tuple(env))

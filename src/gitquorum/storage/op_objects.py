@@ -1,9 +1,8 @@
-"""Commit and tag objects as protocol messages, and signatures for new objects.
+"""Object lookups and signatures for the objects operations write.
 
-Operation responses carry the commit a branch or tag points at as a full
-``GitCommit``; this reads it through the node's cat-file processes and parses
-the raw object the way Gitaly presents it (subject = first line, body capped
-at 10 KiB with the full size in ``body_size``).
+Parsing lives in ``gitobjects`` (one GitCommit shape for every RPC); this adds
+what writing RPCs need: revision resolution that never trips the shared
+cat-file process, and the identity and date of new commits and tags.
 """
 
 from __future__ import annotations
@@ -15,111 +14,25 @@ from google.protobuf import timestamp_pb2
 
 from gitquorum.errors import InvalidArgument
 from gitquorum.gitaly import shared_pb2
+from gitquorum.storage import gitobjects
 from gitquorum.storage.catfile import CatFileCache, ObjectInfo, ObjectNotFound
 from gitquorum.storage.locator import RepoPath
 
-# Gitaly caps commit and tag messages in responses at this size.
-MAX_MESSAGE_SIZE = 10 * 1024
-# Dates git cannot represent are shown as the last representable second, as Gitaly does.
+# Dates a commit or tag header can carry (protobuf Timestamp's range).
 _MAX_DATE = 253402300799
 _MIN_DATE = -62135596800
-
-_SIGNATURE_PREFIXES = (
-    (b"-----BEGIN PGP SIGNATURE-----", shared_pb2.PGP),
-    (b"-----BEGIN PGP MESSAGE-----", shared_pb2.PGP),
-    (b"-----BEGIN SIGNED MESSAGE-----", shared_pb2.X509),
-    (b"-----BEGIN SSH SIGNATURE-----", shared_pb2.SSH),
-)
-
-
-def _split_object(raw: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Header fields (continuation lines folded in) and the message."""
-    head, sep, message = raw.partition(b"\n\n")
-    if not sep:
-        head, message = raw.rstrip(b"\n"), b""
-    headers: list[tuple[bytes, bytes]] = []
-    for line in head.split(b"\n"):
-        if line.startswith(b" ") and headers:
-            key, value = headers[-1]
-            headers[-1] = (key, value + b"\n" + line[1:])
-            continue
-        key, _, value = line.partition(b" ")
-        headers.append((key, value))
-    return headers, message
-
-
-def parse_signature(value: bytes) -> shared_pb2.CommitAuthor:
-    """``Name <email> 1700000000 +0100`` as a CommitAuthor."""
-    ident, sep, when = value.rpartition(b"> ")
-    if not sep:
-        ident, when = value.rstrip(b">"), b""
-    name, _, email = ident.partition(b"<")
-    fields = when.split()
-    seconds = _MAX_DATE
-    timezone = b"+0000"
-    if fields:
-        try:
-            seconds = int(fields[0])
-        except ValueError:
-            seconds = _MAX_DATE
-        if not _MIN_DATE <= seconds <= _MAX_DATE:
-            seconds = _MAX_DATE
-    if len(fields) > 1:
-        timezone = fields[1]
-    return shared_pb2.CommitAuthor(
-        name=name.strip(),
-        email=email,
-        date=timestamp_pb2.Timestamp(seconds=seconds),
-        timezone=timezone,
-    )
-
-
-def _subject(message: bytes) -> bytes:
-    return message.split(b"\n", 1)[0].rstrip(b"\r\n")
-
-
-def parse_commit(oid: str, raw: bytes) -> shared_pb2.GitCommit:
-    headers, message = _split_object(raw)
-    commit = shared_pb2.GitCommit(
-        id=oid,
-        subject=_subject(message),
-        body=message[:MAX_MESSAGE_SIZE],
-        body_size=len(message),
-    )
-    for key, value in headers:
-        if key == b"tree":
-            commit.tree_id = value.decode(errors="replace")
-        elif key == b"parent":
-            commit.parent_ids.append(value.decode(errors="replace"))
-        elif key == b"author":
-            commit.author.CopyFrom(parse_signature(value))
-        elif key == b"committer":
-            commit.committer.CopyFrom(parse_signature(value))
-        elif key == b"encoding":
-            commit.encoding = value.decode(errors="replace")
-        elif key in (b"gpgsig", b"gpgsig-sha256"):
-            for prefix, kind in _SIGNATURE_PREFIXES:
-                if value.startswith(prefix):
-                    commit.signature_type = kind  # type: ignore[assignment]
-                    break
-    return commit
-
-
-def parse_tag_message(raw: bytes) -> bytes:
-    _, message = _split_object(raw)
-    return message
 
 
 async def read_commit(catfile: CatFileCache, repo: RepoPath, oid: str) -> shared_pb2.GitCommit:
     info, raw = await catfile.read(repo, oid.encode())
     if info.type != "commit":
         raise ObjectNotFound(oid)
-    return parse_commit(info.oid, raw)
+    return gitobjects.parse_commit(info.oid, raw)
 
 
 async def resolve(catfile: CatFileCache, repo: RepoPath, revision: bytes) -> ObjectInfo | None:
     """The object a revision names, or None (no exception for unknown revisions)."""
-    if not revision or b"\n" in revision or b"\x00" in revision:
+    if not gitobjects.safe_object_name(revision):
         return None
     try:
         return await catfile.info(repo, revision)

@@ -16,15 +16,9 @@ from gitquorum.errors import AlreadyExists, FailedPrecondition, InvalidArgument,
 from gitquorum.gitaly import operations_pb2, shared_pb2
 from gitquorum.storage import git
 from gitquorum.storage.context import NodeContext
+from gitquorum.storage.gitobjects import MAX_MESSAGE_SIZE, parse_author, validate_revision
 from gitquorum.storage.locator import RepoPath
-from gitquorum.storage.op_objects import (
-    MAX_MESSAGE_SIZE,
-    check_identity,
-    parse_signature,
-    read_commit,
-    resolve,
-    signature_time,
-)
+from gitquorum.storage.op_objects import check_identity, read_commit, resolve, signature_time
 from gitquorum.storage.refupdate import (
     ZERO_OID,
     RefUpdate,
@@ -192,9 +186,12 @@ async def create_tag(
     if not request.tag_name:
         raise InvalidArgument("validating request: empty tag name")
     try:
+        # Gitaly's revision rules first (no leading '-', no whitespace or ':'), then git's.
+        validate_revision(request.tag_name)
         ref = await _reference(repo, "refs/tags/", request.tag_name, "tag name")
     except InvalidArgument as exc:
-        raise InvalidArgument(f"validating request: {exc.message}") from exc
+        message = exc.message.removeprefix("invalid tag name: ")
+        raise InvalidArgument(f"validating request: invalid tag name: {message}") from exc
     if not request.HasField("user"):
         raise InvalidArgument("validating request: empty user")
     if not request.target_revision:
@@ -222,14 +219,19 @@ async def create_tag(
     tag = shared_pb2.Tag(name=request.tag_name)
     if annotated:
         tag_oid = await _write_tag(
-            repo, target.oid, target.type, ref.removeprefix("refs/tags/"),
-            request.message, request.user, when,
+            repo,
+            target.oid,
+            target.type,
+            ref.removeprefix("refs/tags/"),
+            request.message,
+            request.user,
+            when,
         )
         tag.id = tag_oid
         tag.message = request.message[:MAX_MESSAGE_SIZE]
         tag.message_size = len(request.message)
         ident = request.user.name.strip() + b" <" + request.user.email + b"> "
-        tag.tagger.CopyFrom(parse_signature(ident + f"{when[0]} {when[1]}".encode()))
+        tag.tagger.CopyFrom(parse_author(ident + f"{when[0]} {when[1]}".encode()))
         ref_oid = tag_oid
     else:
         tag.id = peeled.oid

@@ -9,6 +9,7 @@ command so the same update is not voted on twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,10 +18,18 @@ from gitquorum.errors import Aborted, FailedPrecondition, Internal, InvalidArgum
 from gitquorum.gitaly import shared_pb2
 from gitquorum.storage import git
 from gitquorum.storage.locator import RepoPath
-from gitquorum.storage.transaction import COMMITTED, PREPARED, Transaction, VoteCoordinator, vote_hash
+from gitquorum.storage.transaction import (
+    COMMITTED,
+    PREPARED,
+    Transaction,
+    VoteCoordinator,
+    vote_hash,
+)
 
 ZERO_OID = git.ZERO_OID
 _OID = re.compile(r"^[0-9a-f]{40}$")
+# How long an abandoned update-ref may take to roll back before it is killed.
+_ABANDON_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -71,13 +80,33 @@ async def current_values(repo: RepoPath, refs: Sequence[str]) -> dict[str, str]:
 def _classify(stderr: bytes, refs: Sequence[str]) -> Exception:
     text = stderr.decode(errors="replace").strip()
     for ref in refs:
-        if ref in text and ("File exists" in text or "Unable to create" in text and ".lock" in text):
+        locked = "File exists" in text or ("Unable to create" in text and ".lock" in text)
+        if ref in text and locked:
             return RefLockedError(ref)
     if "cannot lock ref" in text or "is at" in text or "expected" in text:
         return RefUpdateError(text.removeprefix("fatal: "))
     if "not a valid" in text or "invalid" in text or "trying to write" in text:
         return RefUpdateError(text.removeprefix("fatal: "))
     return Internal(f"update-ref failed: {text}")
+
+
+async def _abandon(process: git.GitProcess) -> None:
+    """End an unfinished ``update-ref --stdin`` transaction cleanly (git drops its locks)."""
+    if process.proc.returncode is not None:
+        return
+    with contextlib.suppress(Exception):
+        process.stdin.write(b"abort\x00")
+    with contextlib.suppress(Exception):
+        await process.close_stdin()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.shield(process.wait()), _ABANDON_TIMEOUT)
+
+
+async def _finish(process: git.GitProcess) -> tuple[bytes, bytes, int]:
+    await process.close_stdin()
+    line = await process.stdout.readline()
+    stderr = await process.stderr.read()
+    return line, stderr, await process.wait()
 
 
 async def update_refs(
@@ -103,35 +132,37 @@ async def update_refs(
     for update in updates:
         old = update.old if update.old is not None else present.get(update.ref, ZERO_OID)
         vote_lines.append(f"{old} {update.new} {update.ref}\n")
-        commands.append(
-            f"update {update.ref}\x00{update.new}\x00{old}\x00".encode()
-        )
+        commands.append(f"update {update.ref}\x00{update.new}\x00{old}\x00".encode())
     commands.append(b"prepare\x00")
     data = "".join(vote_lines).encode()
     args = [*voting.no_hooks_args(), "update-ref", "-z", "--stdin"]
     async with git.started(args, git_dir=repo.path, env=repo.git_env(), stdin=True) as process:
-        process.stdin.write(b"".join(commands))
-        await process.stdin.drain()
-        for expected in (b"start: ok", b"prepare: ok"):
-            line = await process.stdout.readline()
-            if line.rstrip(b"\n") != expected:
-                await process.close_stdin()
-                stderr = await process.stderr.read()
-                await process.wait()
-                raise _classify(stderr, refs)
         try:
+            process.stdin.write(b"".join(commands))
+            await process.stdin.drain()
+            for expected in (b"start: ok", b"prepare: ok"):
+                line = await process.stdout.readline()
+                if line.rstrip(b"\n") != expected:
+                    await process.close_stdin()
+                    stderr = await process.stderr.read()
+                    await process.wait()
+                    raise _classify(stderr, refs)
             await voting.vote(tx, repository, vote_hash(data), PREPARED)
         except BaseException:
-            with_abort = b"abort\x00"
-            process.stdin.write(with_abort)
-            await process.close_stdin()
-            await asyncio.shield(process.wait())
+            # Also on cancellation: a killed git leaves its .lock files behind
+            # and the references stay locked for good, so let git abort itself.
+            await _abandon(process)
             raise
         process.stdin.write(b"commit\x00")
-        await process.close_stdin()
-        line = await process.stdout.readline()
-        stderr = await process.stderr.read()
-        code = await process.wait()
+        finish = asyncio.ensure_future(_finish(process))
+        try:
+            line, stderr, code = await asyncio.shield(finish)
+        except asyncio.CancelledError:
+            # git is committing: killing it now could leave locks or half the
+            # update; it takes milliseconds, so wait for it before giving up.
+            with contextlib.suppress(Exception):
+                await finish
+            raise
         if line.rstrip(b"\n") != b"commit: ok" or code != 0:
             raise _classify(stderr, refs)
     await voting.vote(tx, repository, vote_hash(data), COMMITTED)

@@ -60,6 +60,9 @@ async def default_branch_ref(raw: bytes) -> str:
     except UnicodeDecodeError as exc:
         raise InvalidArgument("default branch is not valid UTF-8") from exc
     ref = name if name.startswith("refs/heads/") else f"refs/heads/{name}"
+    if ref.removeprefix("refs/heads/").startswith("-"):
+        # git itself refuses such branch names: they read like options.
+        raise InvalidArgument(f"invalid default branch name {name!r}")
     await check_ref_format(ref)
     return ref
 
@@ -126,7 +129,9 @@ async def remove_repository(
         raise NotFound("repository does not exist")
     relative = request.repository.relative_path
     with _removal_lock(repo.path):
-        await node.voting.vote(tx, request.repository, vote_digest(f"pre-remove {relative}"), PREPARED)
+        await node.voting.vote(
+            tx, request.repository, vote_digest(f"pre-remove {relative}"), PREPARED
+        )
         try:
             removed = move_aside(node.locator, repo.storage, repo.path, "removed")
         except FileNotFoundError as exc:

@@ -72,6 +72,8 @@ def op_types() -> dict[str, str]:
 class NodeServer:
     config: NodeConfig
     registry: CollectorRegistry
+    # How long one transaction vote may wait for the proxy's answer.
+    vote_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         self.server: grpc.aio.Server | None = None
@@ -86,7 +88,7 @@ class NodeServer:
         storages = {s.name: s.path for s in self.config.storages}
         for root in storages.values():
             Path(root).mkdir(parents=True, exist_ok=True)
-        voting = VoteCoordinator()
+        voting = VoteCoordinator(vote_timeout=self.vote_timeout)
         await voting.start()
         self.context = NodeContext(
             locator=StorageLocator(storages),
@@ -153,9 +155,11 @@ class _HealthServicer(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
-async def serve(config: NodeConfig, ready_file: Path | None = None) -> None:
+async def serve(
+    config: NodeConfig, ready_file: Path | None = None, vote_timeout: float = 60.0
+) -> None:
     """Run until SIGTERM/SIGINT, then drain gracefully."""
-    node = NodeServer(config, CollectorRegistry())
+    node = NodeServer(config, CollectorRegistry(), vote_timeout)
     await node.start()
     if ready_file is not None:
         ready_file.write_text(f"{node.address} {node.metrics_port}\n")

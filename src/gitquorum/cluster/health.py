@@ -1,0 +1,231 @@
+"""Node health: local gRPC health checks and the cluster-wide consensus over them.
+
+Every proxy checks every node with ``grpc.health.v1.Health/Check`` (default
+every 1 s, 1 s timeout) and publishes its *view* (virtual storage -> node ->
+healthy) in its membership key, only when the view changes. A node is healthy
+for the cluster when a **strict majority of live proxies** currently see it
+healthy (:func:`consensus`, a pure function of a :class:`HealthSnapshot`).
+A proxy is live while its lease-bound membership key exists, so a crashed
+proxy stops voting once its lease expires.
+
+Flapping guard: a node turns unhealthy in the local view after
+``unhealthy_after`` consecutive failed checks (default 2, i.e. about 2 s) and
+healthy again after one successful check. With one check a single slow answer
+could start a failover; Praefect waits ten seconds, which is longer than
+gitquorum's failover target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# virtual storage -> node -> healthy
+HealthMap = Mapping[str, Mapping[str, bool]]
+Probe = Callable[[str], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class HealthSnapshot:
+    """Live proxies and each one's published view, as read at one moment."""
+
+    proxies: frozenset[str]
+    views: Mapping[str, HealthMap] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Consensus:
+    """Healthy nodes per virtual storage by majority of live proxies (treat as immutable)."""
+
+    healthy_nodes: Mapping[str, frozenset[str]]
+    proxies: frozenset[str] = frozenset()
+
+    def healthy(self, virtual_storage: str) -> frozenset[str]:
+        return self.healthy_nodes.get(virtual_storage, frozenset())
+
+    def is_healthy(self, virtual_storage: str, node: str) -> bool:
+        return node in self.healthy(virtual_storage)
+
+
+def consensus(snapshot: HealthSnapshot) -> Consensus:
+    """Nodes seen healthy by more than half of the live proxies.
+
+    A live proxy without a published view counts as seeing nothing healthy;
+    views of proxies that are not live are ignored.
+    """
+    live = snapshot.proxies
+    needed = len(live) // 2 + 1
+    votes: Counter[tuple[str, str]] = Counter()
+    for proxy in live:
+        for virtual_storage, nodes in snapshot.views.get(proxy, {}).items():
+            for node, healthy in nodes.items():
+                if healthy:
+                    votes[(virtual_storage, node)] += 1
+    healthy_nodes: dict[str, set[str]] = {}
+    for (virtual_storage, node), count in votes.items():
+        if count >= needed:
+            healthy_nodes.setdefault(virtual_storage, set()).add(node)
+    return Consensus({vs: frozenset(nodes) for vs, nodes in healthy_nodes.items()}, live)
+
+
+def grpc_target(address: str) -> str:
+    """A node address as a gRPC target ("tcp://h:p" -> "h:p"; unix: paths stay)."""
+    if address.startswith("tcp://"):
+        return address[len("tcp://") :]
+    return address
+
+
+class GrpcHealthProbe:
+    """``grpc.health.v1.Health/Check`` with a deadline; SERVING means healthy."""
+
+    def __init__(
+        self,
+        timeout: float = 1.0,
+        *,
+        service: str = "",
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self.timeout = timeout
+        self.service = service
+        self.metadata = metadata
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def __call__(self, address: str) -> bool:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(grpc_target(address))
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = await stub.Check(
+                health_pb2.HealthCheckRequest(service=self.service),
+                timeout=self.timeout,
+                metadata=self.metadata or None,
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.debug("health check of %s failed: %s", address, exc.code().name)
+            return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()
+
+
+ViewListener = Callable[[HealthMap], None]
+
+
+class HealthChecker:
+    """Checks every node periodically; publishes the local view when it changes."""
+
+    def __init__(
+        self,
+        nodes: Mapping[str, Mapping[str, str]],
+        *,
+        publish: Callable[[HealthMap], Awaitable[None]] | None = None,
+        probe: Probe | None = None,
+        interval: float = 1.0,
+        timeout: float = 1.0,
+        unhealthy_after: int = 2,
+    ) -> None:
+        """``nodes``: virtual storage -> node -> address."""
+        self.nodes = {vs: dict(members) for vs, members in nodes.items()}
+        self.publish = publish
+        self._own_probe = probe is None
+        self.probe: Probe = probe or GrpcHealthProbe(timeout)
+        self.interval = interval
+        self.timeout = timeout
+        self.unhealthy_after = max(1, unhealthy_after)
+        self._failures: dict[tuple[str, str], int] = {}
+        self._view: dict[str, dict[str, bool]] = {}
+        self._published: dict[str, dict[str, bool]] | None = None
+        self._listeners: list[ViewListener] = []
+        self._task: asyncio.Task[None] | None = None
+        self.rounds = 0
+
+    @property
+    def local_view(self) -> HealthMap:
+        return {vs: dict(nodes) for vs, nodes in self._view.items()}
+
+    def is_healthy(self, virtual_storage: str, node: str) -> bool:
+        return self._view.get(virtual_storage, {}).get(node, False)
+
+    def add_listener(self, callback: ViewListener) -> None:
+        """``callback(view)`` whenever the local view changes."""
+        self._listeners.append(callback)
+
+    async def _check(self, address: str) -> bool:
+        try:
+            return await asyncio.wait_for(self.probe(address), self.timeout)
+        except Exception:
+            return False
+
+    async def check_once(self) -> HealthMap:
+        """One round over all nodes in parallel; returns the (possibly new) view."""
+        targets = [
+            (vs, node, address)
+            for vs, members in self.nodes.items()
+            for node, address in members.items()
+        ]
+        results = await asyncio.gather(*(self._check(address) for _, _, address in targets))
+        view: dict[str, dict[str, bool]] = {vs: {} for vs in self.nodes}
+        for (vs, node, _), ok in zip(targets, results, strict=True):
+            key = (vs, node)
+            previous = self._view.get(vs, {}).get(node)
+            if ok:
+                self._failures[key] = 0
+                view[vs][node] = True
+            else:
+                self._failures[key] = self._failures.get(key, 0) + 1
+                # The first round has no history to be lenient with.
+                view[vs][node] = bool(previous) and self._failures[key] < self.unhealthy_after
+        self.rounds += 1
+        if view != self._view:
+            self._view = view
+            for callback in list(self._listeners):
+                callback(self.local_view)
+        await self._publish_if_changed()
+        return self.local_view
+
+    async def _publish_if_changed(self) -> None:
+        if self.publish is None or self._published == self._view:
+            return
+        snapshot = {vs: dict(nodes) for vs, nodes in self._view.items()}
+        try:
+            await self.publish(snapshot)
+        except Exception as exc:
+            # Retried on the next round, since the view still differs.
+            log.warning("publishing the health view failed: %s", exc)
+            return
+        self._published = snapshot
+
+    async def start(self) -> None:
+        """Run a first round (so the first published view is real), then loop."""
+        await self.check_once()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="health-checker")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await self.check_once()
+            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._own_probe and isinstance(self.probe, GrpcHealthProbe):
+            await self.probe.close()

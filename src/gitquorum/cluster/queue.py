@@ -1,0 +1,449 @@
+"""The replication queue: jobs that bring outdated replicas up to date.
+
+Keys (see ``docs/keyspace.md``):
+
+* ``jobs/<vs>/<target>/<repo id>/<job id>`` -> JSON job, no lease.
+* ``locks/<vs>/<target>/<repo id>`` -> ``{"job":..,"worker":..}`` on the claiming
+  worker's lease.
+
+Semantics (at-least-once, one at a time per replica):
+
+* **enqueue** de-duplicates: if a pending (ready or failed) job with the same
+  type and source already exists for the same target replica, that job is
+  returned instead. The check and the insert are one txn guarded by "nothing
+  under this replica's job prefix changed since I read it".
+* **claim** is one txn: create the lock key *if absent*, attached to the
+  worker's lease, and move the job to ``in_progress`` (attempts + 1). Hence at
+  most one job is in flight per (target node, repository) across all proxies.
+  Within a replica, jobs run oldest first.
+* **heartbeat** is the worker's lease keep-alive: there is no per-job
+  heartbeat. The worker must stop running jobs when its lease is lost
+  (``LeaseKeeper.lost``), which happens before etcd expires the lease.
+* **ack** (success) deletes the job and the lock, and drops identical pending
+  jobs created before the claim (their work is included). **fail** releases
+  the lock and makes the job ``failed`` with exponential backoff
+  (``not_before``), or ``dead`` once it used ``max_attempts`` attempts (default 3).
+  Both are guarded by the lock's create_revision: a worker whose lease expired
+  cannot acknowledge (:class:`ClaimLost`).
+* **recovery**: when a worker dies its lease expires and its lock keys vanish;
+  :meth:`ReplicationQueue.recover_orphans` (run periodically, e.g. by the
+  leader) returns ``in_progress`` jobs without their lock to ``ready`` (or
+  ``dead`` when out of attempts).
+
+Cost: a claim reads the job and lock prefixes of the targets asked for, so it
+is linear in that backlog; workers should claim per target node.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import random
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from gitquorum.cluster.errors import ClaimLost, Conflict, FailedPrecondition
+from gitquorum.cluster.keys import Keyspace, check_name, replica_path
+from gitquorum.cluster.store import Compare, KeyValue, Op, RangeResult, Store
+
+
+class JobType(enum.StrEnum):
+    UPDATE = "update"
+    CREATE = "create"
+    DELETE_REPLICA = "delete_replica"
+
+
+class JobState(enum.StrEnum):
+    READY = "ready"
+    IN_PROGRESS = "in_progress"
+    FAILED = "failed"
+    DEAD = "dead"
+
+
+PENDING = frozenset({JobState.READY, JobState.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationJob:
+    job_id: str
+    type: JobType
+    virtual_storage: str
+    repository_id: int
+    relative_path: str
+    target_node: str
+    source_node: str | None = None
+    state: JobState = JobState.READY
+    attempts: int = 0
+    created_at: float = 0.0
+    not_before: float = 0.0
+    correlation_id: str = ""
+    worker: str = ""
+    last_error: str = ""
+    # Store revisions: of the last change, and of creation (queue order).
+    revision: int = 0
+    created_revision: int = 0
+
+    @property
+    def replica_path(self) -> str:
+        return replica_path(self.repository_id)
+
+    def same_change(self, other: ReplicationJob) -> bool:
+        return (
+            self.type == other.type
+            and self.source_node == other.source_node
+            and self.virtual_storage == other.virtual_storage
+            and self.target_node == other.target_node
+            and self.repository_id == other.repository_id
+        )
+
+
+def encode_job(job: ReplicationJob) -> bytes:
+    value: dict[str, object] = {
+        "type": str(job.type),
+        "path": job.relative_path,
+        "source": job.source_node,
+        "state": str(job.state),
+        "attempts": job.attempts,
+        "created_at": round(job.created_at, 3),
+        "not_before": round(job.not_before, 3),
+    }
+    for name, item in (
+        ("correlation_id", job.correlation_id),
+        ("worker", job.worker),
+        ("error", job.last_error),
+    ):
+        if item:
+            value[name] = item
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def decode_job(keys: Keyspace, kv: KeyValue) -> ReplicationJob:
+    vs, target, rid, job_id = kv.key[len(keys.jobs()) :].split("/")
+    data = json.loads(kv.value)
+    return ReplicationJob(
+        job_id=job_id,
+        type=JobType(data["type"]),
+        virtual_storage=vs,
+        repository_id=int(rid),
+        relative_path=data.get("path", ""),
+        target_node=target,
+        source_node=data.get("source"),
+        state=JobState(data["state"]),
+        attempts=int(data.get("attempts", 0)),
+        created_at=float(data.get("created_at", 0.0)),
+        not_before=float(data.get("not_before", 0.0)),
+        correlation_id=data.get("correlation_id", ""),
+        worker=data.get("worker", ""),
+        last_error=data.get("error", ""),
+        revision=kv.mod_revision,
+        created_revision=kv.create_revision,
+    )
+
+
+class WorkerLease(Protocol):
+    """What a claim needs from the worker: its lease (``LeaseKeeper`` fits)."""
+
+    @property
+    def lease_id(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    job: ReplicationJob
+    lock_key: str
+    # create_revision of the lock key: identifies this claim.
+    claim_revision: int
+    lease_id: int
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    # (virtual storage, target node, state) -> number of jobs
+    depth: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    # (virtual storage, target node) -> age in seconds of the oldest pending job
+    oldest_pending_age: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+def queue_stats(jobs: Iterable[ReplicationJob], now: float) -> QueueStats:
+    depth: dict[tuple[str, str, str], int] = {}
+    oldest: dict[tuple[str, str], float] = {}
+    for job in jobs:
+        key = (job.virtual_storage, job.target_node, str(job.state))
+        depth[key] = depth.get(key, 0) + 1
+        if job.state in PENDING or job.state is JobState.IN_PROGRESS:
+            target = (job.virtual_storage, job.target_node)
+            oldest[target] = max(oldest.get(target, 0.0), now - job.created_at)
+    return QueueStats(depth, oldest)
+
+
+TargetFilter = Callable[[str, str], bool]
+
+
+class ReplicationQueue:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keyspace,
+        *,
+        max_attempts: int = 3,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        max_races: int = 100,
+    ) -> None:
+        """``clock`` is wall time: ``not_before`` and ``created_at`` are shared by proxies."""
+        self.store = store
+        self.keys = keys
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.max_races = max_races
+
+    def _key(self, job: ReplicationJob) -> str:
+        return self.keys.job(job.virtual_storage, job.target_node, job.repository_id, job.job_id)
+
+    def _decode(self, result: RangeResult) -> list[ReplicationJob]:
+        return [decode_job(self.keys, kv) for kv in result.kvs]
+
+    def _new_id(self) -> str:
+        return f"{int(self.clock() * 1000):011x}{secrets.token_hex(3)}"
+
+    async def enqueue(
+        self,
+        type: JobType,
+        virtual_storage: str,
+        repository_id: int,
+        relative_path: str,
+        target_node: str,
+        *,
+        source_node: str | None = None,
+        correlation_id: str = "",
+    ) -> ReplicationJob:
+        """Queue a job, or return the identical pending one already queued."""
+        check_name("node", target_node)
+        if source_node is not None:
+            check_name("node", source_node)
+        prefix = self.keys.jobs(virtual_storage, target_node, repository_id)
+        now = self.clock()
+        job = ReplicationJob(
+            job_id=self._new_id(),
+            type=JobType(type),
+            virtual_storage=virtual_storage,
+            repository_id=repository_id,
+            relative_path=relative_path,
+            target_node=target_node,
+            source_node=source_node,
+            created_at=now,
+            not_before=now,
+            correlation_id=correlation_id,
+        )
+        for _ in range(self.max_races):
+            current = await self.store.range(prefix, prefix=True)
+            for existing in self._decode(current):
+                if existing.state in PENDING and existing.same_change(job):
+                    return existing
+            result = await self.store.txn(
+                [Compare.unchanged_since(prefix, current.revision)],
+                [Op.put(self._key(job), encode_job(job))],
+            )
+            if result.succeeded:
+                return replace(job, revision=result.revision, created_revision=result.revision)
+        raise Conflict(f"could not enqueue a job for {target_node}/{repository_id}")
+
+    async def jobs(self, virtual_storage: str | None = None) -> list[ReplicationJob]:
+        result = await self.store.get_prefix(self.keys.jobs(virtual_storage))
+        return self._decode(result)
+
+    async def _snapshot(
+        self, targets: Iterable[tuple[str, str]] | None
+    ) -> tuple[list[ReplicationJob], dict[str, KeyValue]]:
+        """Jobs and held locks, read in one txn so both are at the same revision."""
+        prefixes = (
+            [(self.keys.jobs(vs, t), self.keys.locks(vs, t)) for vs, t in targets]
+            if targets is not None
+            else [(self.keys.jobs(), self.keys.locks())]
+        )
+        ops = [
+            op
+            for jobs, locks in prefixes
+            for op in (Op.get(jobs, prefix=True), Op.get(locks, prefix=True))
+        ]
+        result = await self.store.txn([], ops)
+        jobs: list[ReplicationJob] = []
+        locks: dict[str, KeyValue] = {}
+        for i in range(0, len(ops), 2):
+            jobs.extend(self._decode(result.range(i)))
+            locks.update((kv.key, kv) for kv in result.range(i + 1).kvs)
+        return jobs, locks
+
+    async def claim_next(
+        self,
+        worker: WorkerLease,
+        *,
+        targets: Iterable[tuple[str, str]] | None = None,
+        target_filter: TargetFilter | None = None,
+    ) -> ClaimedJob | None:
+        """Claim the oldest runnable job among ``targets`` ((virtual storage, node)
+        pairs; default all) passing ``target_filter``, or None if there is none.
+
+        Raises LeaseExpired when the worker's lease is gone."""
+        target_list = list(targets) if targets is not None else None
+        for _ in range(self.max_races):
+            jobs, locks = await self._snapshot(target_list)
+            candidates = self._runnable(jobs, locks, target_filter)
+            if not candidates:
+                return None
+            # Racing workers would all try the oldest job; a little shuffle at
+            # the head of the line lets them take different ones.
+            head = candidates[:4]
+            self.rng.shuffle(head)
+            for job in head + candidates[4:12]:
+                claim = await self._try_claim(job, worker)
+                if claim is not None:
+                    return claim
+        return None
+
+    def _runnable(
+        self,
+        jobs: Sequence[ReplicationJob],
+        locks: dict[str, KeyValue],
+        target_filter: TargetFilter | None,
+    ) -> list[ReplicationJob]:
+        now = self.clock()
+        first: dict[tuple[str, str, int], ReplicationJob] = {}
+        busy = {self.keys.parse_lock(key) for key in locks}
+        for job in sorted(jobs, key=lambda j: j.created_revision):
+            replica = (job.virtual_storage, job.target_node, job.repository_id)
+            if job.state is JobState.IN_PROGRESS:
+                busy.add(replica)
+            elif job.state in PENDING and replica not in first:
+                first[replica] = job
+        runnable = [
+            job
+            for replica, job in first.items()
+            if replica not in busy
+            and job.not_before <= now
+            and (target_filter is None or target_filter(job.virtual_storage, job.target_node))
+        ]
+        runnable.sort(key=lambda j: j.created_revision)
+        return runnable
+
+    async def _try_claim(self, job: ReplicationJob, worker: WorkerLease) -> ClaimedJob | None:
+        lock_key = self.keys.lock(job.virtual_storage, job.target_node, job.repository_id)
+        claimed = replace(
+            job, state=JobState.IN_PROGRESS, attempts=job.attempts + 1, worker=worker.name
+        )
+        lock_value = json.dumps({"job": job.job_id, "worker": worker.name}).encode()
+        result = await self.store.txn(
+            [Compare.absent(lock_key), Compare.mod_revision(self._key(job), job.revision)],
+            [
+                Op.put(lock_key, lock_value, lease=worker.lease_id),
+                Op.put(self._key(job), encode_job(claimed)),
+            ],
+        )
+        if not result.succeeded:
+            return None
+        return ClaimedJob(
+            replace(claimed, revision=result.revision), lock_key, result.revision, worker.lease_id
+        )
+
+    def _guard(self, claim: ClaimedJob) -> list[Compare]:
+        return [
+            Compare.create_revision(claim.lock_key, claim.claim_revision),
+            Compare.mod_revision(self._key(claim.job), claim.job.revision),
+        ]
+
+    async def ack(self, claim: ClaimedJob) -> None:
+        """The job succeeded: remove it, its lock and identical older pending jobs."""
+        job = claim.job
+        prefix = self.keys.jobs(job.virtual_storage, job.target_node, job.repository_id)
+        siblings = self._decode(await self.store.range(prefix, prefix=True))
+        superseded = [
+            Op.delete(self._key(other))
+            for other in siblings
+            if other.job_id != job.job_id
+            and other.state in PENDING
+            and other.same_change(job)
+            and other.created_revision < claim.claim_revision
+        ]
+        result = await self.store.txn(
+            self._guard(claim),
+            [Op.delete(claim.lock_key), Op.delete(self._key(job)), *superseded],
+        )
+        if not result.succeeded:
+            raise ClaimLost(f"job {job.job_id}: claim lost before acknowledgement")
+
+    def backoff_for(self, attempts: int) -> float:
+        return float(min(self.max_backoff, self.backoff * 2 ** max(0, attempts - 1)))
+
+    async def fail(self, claim: ClaimedJob, error: str) -> ReplicationJob:
+        """The job failed: retry later with backoff, or dead after ``max_attempts``."""
+        job = claim.job
+        now = self.clock()
+        if job.attempts >= self.max_attempts:
+            failed = replace(job, state=JobState.DEAD, last_error=error[:500], worker="")
+        else:
+            failed = replace(
+                job,
+                state=JobState.FAILED,
+                not_before=now + self.backoff_for(job.attempts),
+                last_error=error[:500],
+                worker="",
+            )
+        result = await self.store.txn(
+            self._guard(claim),
+            [Op.delete(claim.lock_key), Op.put(self._key(job), encode_job(failed))],
+        )
+        if not result.succeeded:
+            raise ClaimLost(f"job {job.job_id}: claim lost before reporting failure")
+        return replace(failed, revision=result.revision)
+
+    async def recover_orphans(self) -> int:
+        """Re-ready in-progress jobs whose worker's lock is gone; returns how many."""
+        jobs, holders = await self._snapshot(None)
+        recovered = 0
+        now = self.clock()
+        for job in jobs:
+            if job.state is not JobState.IN_PROGRESS:
+                continue
+            lock_key = self.keys.lock(job.virtual_storage, job.target_node, job.repository_id)
+            lock = holders.get(lock_key)
+            if lock is not None and json.loads(lock.value).get("job") == job.job_id:
+                continue
+            # The txn re-checks both facts: a claim that raced this read wins.
+            guard = (
+                Compare.absent(lock_key)
+                if lock is None
+                else Compare.mod_revision(lock_key, lock.mod_revision)
+            )
+            reason = "worker lost its lease"
+            if job.attempts >= self.max_attempts:
+                new = replace(job, state=JobState.DEAD, worker="", last_error=reason)
+            else:
+                new = replace(
+                    job, state=JobState.READY, worker="", not_before=now, last_error=reason
+                )
+            result = await self.store.txn(
+                [guard, Compare.mod_revision(self._key(job), job.revision)],
+                [Op.put(self._key(job), encode_job(new))],
+            )
+            recovered += int(result.succeeded)
+        return recovered
+
+    async def remove(self, job: ReplicationJob) -> bool:
+        """Delete a job that is not in flight (e.g. an operator dropping a dead job)."""
+        if job.state is JobState.IN_PROGRESS:
+            raise FailedPrecondition(f"job {job.job_id} is in progress")
+        result = await self.store.txn(
+            [Compare.mod_revision(self._key(job), job.revision)], [Op.delete(self._key(job))]
+        )
+        return result.succeeded

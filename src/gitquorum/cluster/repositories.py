@@ -1,0 +1,832 @@
+"""Repository records: ids, placement, primaries and generations, in etcd.
+
+One compact JSON value per repository at ``repositories/<vs>/<id>``::
+
+    {"path":"@hashed/ab/cd/x.git","primary":"n1","assigned":["n1","n2","n3"],
+     "generation":7,"replicas":{"n1":7,"n2":7,"n3":6}}
+
+plus a path index ``paths/<vs>/<relative path>`` -> decimal id that makes
+"relative path already taken" a create-if-absent compare. Virtual storage and
+id come from the key, the replica path is derived from the id, so a record is
+typically 100-200 bytes.
+
+Every change is a compare-and-swap on the record's ``mod_revision`` inside one
+txn (plus the leader's fence when the caller passes one), retried with a fresh
+read when another writer won: no update is ever lost and generations only move
+the way the operation allows. Decisions over many repositories (valid
+primaries, outdated replicas, dataloss) are pure functions of immutable records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, replace
+
+from gitquorum.cluster.election import FencingToken, fenced_txn
+from gitquorum.cluster.errors import (
+    Compacted,
+    Conflict,
+    DowngradeAttempted,
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidReplicationFactor,
+    LeaseExpired,
+    NoHealthyNode,
+    RepositoryExists,
+    RepositoryNotFound,
+    StoreUnavailable,
+    WriteToOutdatedReplicas,
+)
+from gitquorum.cluster.keys import Keyspace, check_name, replica_path
+from gitquorum.cluster.mirror import PrefixMirror
+from gitquorum.cluster.store import (
+    Compare,
+    EventType,
+    KeyValue,
+    Op,
+    Store,
+    TxnResult,
+    WatchEvent,
+)
+
+# A replica that does not exist has generation -1 (as in Praefect).
+MISSING = -1
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryRecord:
+    repository_id: int
+    virtual_storage: str
+    relative_path: str
+    primary: str | None
+    assigned: tuple[str, ...]
+    generation: int
+    # (node, generation) of every existing replica, sorted by node.
+    replicas: tuple[tuple[str, int], ...]
+    # mod_revision of the record in the store (0: not stored yet).
+    revision: int = 0
+
+    @property
+    def replica_path(self) -> str:
+        return replica_path(self.repository_id)
+
+    def replica_generation(self, node: str) -> int:
+        for name, generation in self.replicas:
+            if name == node:
+                return generation
+        return MISSING
+
+    @property
+    def replica_nodes(self) -> tuple[str, ...]:
+        return tuple(node for node, _ in self.replicas)
+
+    def is_assigned(self, node: str) -> bool:
+        # No assignments means "every node of the virtual storage".
+        return not self.assigned or node in self.assigned
+
+    def with_replicas(self, replicas: Mapping[str, int], **changes: object) -> RepositoryRecord:
+        ordered = tuple(sorted((sys.intern(n), g) for n, g in replicas.items() if g > MISSING))
+        return replace(self, replicas=ordered, **changes)  # type: ignore[arg-type]
+
+
+def encode_record(record: RepositoryRecord) -> bytes:
+    value = {
+        "path": record.relative_path,
+        "primary": record.primary,
+        "assigned": list(record.assigned),
+        "generation": record.generation,
+        "replicas": dict(record.replicas),
+    }
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def decode_record(
+    virtual_storage: str, repository_id: int, value: bytes, revision: int = 0
+) -> RepositoryRecord:
+    data = json.loads(value)
+    intern = sys.intern
+    primary = data.get("primary")
+    return RepositoryRecord(
+        repository_id,
+        intern(virtual_storage),
+        data["path"],
+        intern(primary) if primary else None,
+        tuple(intern(n) for n in data.get("assigned", ())),
+        int(data.get("generation", 0)),
+        tuple(sorted((intern(n), int(g)) for n, g in data.get("replicas", {}).items())),
+        revision,
+    )
+
+
+# -- pure decisions --------------------------------------------------------------
+
+
+def place_replicas(
+    nodes: Sequence[str],
+    healthy: AbstractSet[str],
+    replication_factor: int = 0,
+    rng: random.Random | None = None,
+) -> tuple[str, tuple[str, ...]]:
+    """(primary, assigned) for a new repository.
+
+    The primary is a random healthy node; the secondaries are a random choice
+    among the other configured nodes (healthy or not: unhealthy ones get a
+    replication job). ``replication_factor`` 0 assigns every node.
+    """
+    rng = rng or random.Random()
+    if replication_factor < 0 or replication_factor > len(nodes):
+        raise InvalidReplicationFactor(
+            f"replication factor {replication_factor} not in 0..{len(nodes)}"
+        )
+    candidates = [n for n in nodes if n in healthy]
+    if not candidates:
+        raise NoHealthyNode("no healthy node to create the repository on")
+    primary = rng.choice(candidates)
+    others = [n for n in nodes if n != primary]
+    rng.shuffle(others)
+    count = (replication_factor or len(nodes)) - 1
+    return primary, (primary, *others[:count])
+
+
+def up_to_date_replicas(record: RepositoryRecord) -> frozenset[str]:
+    """Replicas at the repository's generation."""
+    return frozenset(n for n, g in record.replicas if g == record.generation)
+
+
+def valid_primaries(record: RepositoryRecord, healthy: AbstractSet[str]) -> frozenset[str]:
+    """Nodes that may serve as primary: healthy, up to date and assigned."""
+    return frozenset(
+        n
+        for n, g in record.replicas
+        if g == record.generation and n in healthy and record.is_assigned(n)
+    )
+
+
+def outdated_replicas(record: RepositoryRecord) -> tuple[str, ...]:
+    """Assigned nodes whose replica is behind or missing."""
+    assigned = record.assigned or record.replica_nodes
+    return tuple(n for n in assigned if record.replica_generation(n) < record.generation)
+
+
+def outdated_by_node(records: Iterable[RepositoryRecord]) -> dict[tuple[str, str], list[int]]:
+    """(virtual storage, node) -> ids of repositories whose replica there is outdated."""
+    result: dict[tuple[str, str], list[int]] = {}
+    for record in records:
+        for node in outdated_replicas(record):
+            result.setdefault((record.virtual_storage, node), []).append(record.repository_id)
+    return result
+
+
+HealthyNodes = Mapping[str, AbstractSet[str]]
+
+
+def unavailable_by_virtual_storage(
+    records: Iterable[RepositoryRecord], healthy: HealthyNodes
+) -> Counter[str]:
+    """Repositories with no valid primary, per virtual storage."""
+    counts: Counter[str] = Counter()
+    empty: frozenset[str] = frozenset()
+    for record in records:
+        if not valid_primaries(record, healthy.get(record.virtual_storage, empty)):
+            counts[record.virtual_storage] += 1
+    return counts
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    node: str
+    generation: int
+    behind_by: int
+    assigned: bool
+    healthy: bool
+    valid_primary: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DatalossEntry:
+    record: RepositoryRecord
+    # No healthy, up-to-date, assigned replica: neither reads nor writes are served.
+    unavailable: bool
+    replicas: tuple[ReplicaStatus, ...]
+
+
+def replica_statuses(
+    record: RepositoryRecord, healthy: AbstractSet[str]
+) -> tuple[ReplicaStatus, ...]:
+    nodes = dict.fromkeys((*record.assigned, *record.replica_nodes))
+    valid = valid_primaries(record, healthy)
+    statuses = []
+    for node in nodes:
+        generation = record.replica_generation(node)
+        statuses.append(
+            ReplicaStatus(
+                node,
+                generation,
+                record.generation - generation,
+                record.is_assigned(node),
+                node in healthy,
+                node in valid,
+            )
+        )
+    return tuple(statuses)
+
+
+def dataloss(
+    records: Iterable[RepositoryRecord],
+    healthy: HealthyNodes,
+    *,
+    include_partially_replicated: bool = False,
+    virtual_storage: str | None = None,
+) -> list[DatalossEntry]:
+    """Unavailable repositories and, optionally, those with some assigned replica
+    outdated or on an unhealthy node (partially replicated), sorted by path."""
+    entries = []
+    empty: frozenset[str] = frozenset()
+    for record in records:
+        if virtual_storage is not None and record.virtual_storage != virtual_storage:
+            continue
+        nodes = healthy.get(record.virtual_storage, empty)
+        unavailable = not valid_primaries(record, nodes)
+        partial = any(
+            status.assigned and (status.behind_by > 0 or not status.healthy)
+            for status in replica_statuses(record, nodes)
+        )
+        if unavailable or (include_partially_replicated and partial):
+            entries.append(DatalossEntry(record, unavailable, replica_statuses(record, nodes)))
+    entries.sort(key=lambda e: (e.record.virtual_storage, e.record.relative_path))
+    return entries
+
+
+# -- stored operations -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreationPlan:
+    """Where a new repository goes; known before the replicas are created on disk."""
+
+    virtual_storage: str
+    relative_path: str
+    repository_id: int
+    primary: str
+    assigned: tuple[str, ...]
+
+    @property
+    def replica_path(self) -> str:
+        return replica_path(self.repository_id)
+
+
+Mutation = Callable[[RepositoryRecord], RepositoryRecord]
+
+
+class RepositoryStore:
+    """Atomic operations on repository records (each one CAS txn, retried on races)."""
+
+    def __init__(
+        self,
+        store: Store,
+        keys: Keyspace,
+        *,
+        rng: random.Random | None = None,
+        max_attempts: int = 200,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.rng = rng or random.Random()
+        self.max_attempts = max_attempts
+
+    async def _txn(
+        self,
+        fence: FencingToken | None,
+        compares: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op] = (),
+    ) -> TxnResult:
+        if fence is not None:
+            return await fenced_txn(self.store, fence, compares, success, failure)
+        return await self.store.txn(compares, success, failure)
+
+    async def _backoff(self, attempt: int) -> None:
+        # Jitter spreads racing writers so one of them wins each round.
+        await asyncio.sleep(self.rng.uniform(0, 0.001 * min(attempt, 20)))
+
+    # -- ids and creation --------------------------------------------------------
+
+    async def reserve_ids(self, count: int = 1) -> int:
+        """Reserve ``count`` consecutive repository ids; returns the first.
+
+        A counter key bumped by CAS: ids are unique and never reused; gaps
+        (an id reserved but never created) are allowed.
+        """
+        key = self.keys.repository_id_counter()
+        for attempt in range(self.max_attempts):
+            kv = await self.store.get(key)
+            last = int(kv.value) if kv is not None else 0
+            guard = (
+                Compare.mod_revision(key, kv.mod_revision)
+                if kv is not None
+                else Compare.absent(key)
+            )
+            result = await self.store.txn([guard], [Op.put(key, str(last + count).encode())])
+            if result.succeeded:
+                return last + 1
+            await self._backoff(attempt)
+        raise Conflict("could not reserve a repository id")
+
+    async def plan_creation(
+        self,
+        virtual_storage: str,
+        relative_path: str,
+        *,
+        nodes: Sequence[str],
+        healthy: AbstractSet[str],
+        replication_factor: int = 0,
+    ) -> CreationPlan:
+        """Reserve an id and place replicas; nothing is recorded for the path yet."""
+        check_name("virtual storage", virtual_storage)
+        if not relative_path:
+            raise InvalidArgument("empty relative path")
+        if await self.store.get(self.keys.path(virtual_storage, relative_path)) is not None:
+            raise RepositoryExists(f"repository {virtual_storage}/{relative_path} already exists")
+        primary, assigned = place_replicas(nodes, healthy, replication_factor, self.rng)
+        repository_id = await self.reserve_ids()
+        return CreationPlan(virtual_storage, relative_path, repository_id, primary, assigned)
+
+    async def commit_creation(
+        self, plan: CreationPlan, created_on: Collection[str] | None = None
+    ) -> RepositoryRecord:
+        """Record the repository once its replicas exist on ``created_on`` (default:
+        every assigned node); those start at generation 0, the rest are missing."""
+        created = plan.assigned if created_on is None else tuple(created_on)
+        record = RepositoryRecord(
+            plan.repository_id,
+            plan.virtual_storage,
+            plan.relative_path,
+            plan.primary,
+            plan.assigned,
+            0,
+            (),
+        ).with_replicas(dict.fromkeys(created, 0))
+        path_key = self.keys.path(plan.virtual_storage, plan.relative_path)
+        record_key = self.keys.repository(plan.virtual_storage, plan.repository_id)
+        id_value = str(plan.repository_id).encode()
+        try:
+            result = await self.store.txn(
+                [Compare.absent(path_key), Compare.absent(record_key)],
+                [Op.put(record_key, encode_record(record)), Op.put(path_key, id_value)],
+            )
+        except StoreUnavailable:
+            # Unknown outcome: it went through iff the path now names our id.
+            kv = await self.store.get(path_key)
+            if kv is None or kv.value != id_value:
+                raise
+            return await self.get(plan.virtual_storage, plan.repository_id)
+        if not result.succeeded:
+            raise RepositoryExists(
+                f"repository {plan.virtual_storage}/{plan.relative_path} already exists"
+            )
+        return replace(record, revision=result.revision)
+
+    async def create(
+        self,
+        virtual_storage: str,
+        relative_path: str,
+        *,
+        nodes: Sequence[str],
+        healthy: AbstractSet[str],
+        replication_factor: int = 0,
+        created_on: Collection[str] | None = None,
+    ) -> RepositoryRecord:
+        plan = await self.plan_creation(
+            virtual_storage,
+            relative_path,
+            nodes=nodes,
+            healthy=healthy,
+            replication_factor=replication_factor,
+        )
+        return await self.commit_creation(plan, created_on)
+
+    # -- reads ---------------------------------------------------------------------
+
+    async def get(self, virtual_storage: str, repository_id: int) -> RepositoryRecord:
+        kv = await self.store.get(self.keys.repository(virtual_storage, repository_id))
+        if kv is None:
+            raise RepositoryNotFound(f"repository {virtual_storage}/{repository_id} not found")
+        return decode_record(virtual_storage, repository_id, kv.value, kv.mod_revision)
+
+    async def find(self, virtual_storage: str, relative_path: str) -> RepositoryRecord | None:
+        kv = await self.store.get(self.keys.path(virtual_storage, relative_path))
+        if kv is None:
+            return None
+        try:
+            record = await self.get(virtual_storage, int(kv.value))
+        except RepositoryNotFound:
+            return None
+        return record if record.relative_path == relative_path else None
+
+    async def get_by_path(self, virtual_storage: str, relative_path: str) -> RepositoryRecord:
+        record = await self.find(virtual_storage, relative_path)
+        if record is None:
+            raise RepositoryNotFound(f"repository {virtual_storage}/{relative_path} not found")
+        return record
+
+    async def list(self, virtual_storage: str | None = None) -> list[RepositoryRecord]:
+        result = await self.store.get_prefix(self.keys.repositories(virtual_storage))
+        records = []
+        for kv in result.kvs:
+            vs, rid = self.keys.parse_repository(kv.key)
+            records.append(decode_record(vs, rid, kv.value, kv.mod_revision))
+        return records
+
+    # -- updates ----------------------------------------------------------------------
+
+    async def update(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        mutate: Mutation,
+        *,
+        fence: FencingToken | None = None,
+    ) -> RepositoryRecord:
+        """Apply ``mutate`` to the current record by CAS, re-reading on every race.
+
+        ``mutate`` is pure and may raise to refuse the change; returning the
+        record unchanged writes nothing.
+        """
+        key = self.keys.repository(virtual_storage, repository_id)
+        for attempt in range(self.max_attempts):
+            current = await self.get(virtual_storage, repository_id)
+            new = mutate(current)
+            value = encode_record(new)
+            if value == encode_record(current):
+                return current
+            try:
+                result = await self._txn(
+                    fence, [Compare.mod_revision(key, current.revision)], [Op.put(key, value)]
+                )
+            except (LeaseExpired, Compacted):
+                raise
+            except StoreUnavailable:
+                # Unknown outcome: applied iff the record now holds exactly our value.
+                kv = await self.store.get(key)
+                if kv is not None and kv.value == value and kv.mod_revision != current.revision:
+                    return replace(new, revision=kv.mod_revision)
+                raise
+            if result.succeeded:
+                return replace(new, revision=result.revision)
+            await self._backoff(attempt)
+        raise Conflict(f"repository {virtual_storage}/{repository_id}: too many concurrent updates")
+
+    async def increment_generation(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        nodes: Collection[str],
+        *,
+        fence: FencingToken | None = None,
+    ) -> RepositoryRecord:
+        """After a write: move the repository and those of ``nodes`` that were up to
+        date to the next generation. Nodes that were behind stay behind (they
+        missed an earlier write); if none of ``nodes`` was up to date the write
+        went only to outdated replicas and is refused."""
+
+        def bump(record: RepositoryRecord) -> RepositoryRecord:
+            current = [n for n in nodes if record.replica_generation(n) == record.generation]
+            if not current:
+                raise WriteToOutdatedReplicas(
+                    f"repository {record.repository_id}: none of {sorted(nodes)} is at "
+                    f"generation {record.generation}"
+                )
+            new_generation = record.generation + 1
+            replicas = dict(record.replicas)
+            for node in current:
+                replicas[node] = new_generation
+            return record.with_replicas(replicas, generation=new_generation)
+
+        return await self.update(virtual_storage, repository_id, bump, fence=fence)
+
+    async def set_replica_generation(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        node: str,
+        generation: int,
+        *,
+        fence: FencingToken | None = None,
+    ) -> RepositoryRecord:
+        """After replicating to ``node`` from a source that was at ``generation``
+        (read before replicating). Refuses to move a replica backwards or sideways."""
+
+        def set_generation(record: RepositoryRecord) -> RepositoryRecord:
+            if generation > record.generation:
+                raise InvalidArgument(
+                    f"generation {generation} is ahead of the repository's {record.generation}"
+                )
+            current = record.replica_generation(node)
+            if current >= generation:
+                raise DowngradeAttempted(
+                    f"replica on {node} is at generation {current}, not moving to {generation}"
+                )
+            replicas = dict(record.replicas)
+            replicas[node] = generation
+            return record.with_replicas(replicas)
+
+        return await self.update(virtual_storage, repository_id, set_generation, fence=fence)
+
+    async def set_primary(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        node: str,
+        *,
+        expected: str | None = None,
+        fence: FencingToken | None = None,
+    ) -> RepositoryRecord:
+        """Make ``node`` primary. With ``expected``, only if the primary is still that
+        node (failover must not undo a concurrent decision). ``node`` must hold an
+        assigned, up-to-date replica; health is the caller's (consensus) decision."""
+
+        def elect(record: RepositoryRecord) -> RepositoryRecord:
+            if record.primary == node:
+                return record
+            if expected is not None and record.primary != expected:
+                raise Conflict(
+                    f"repository {record.repository_id}: primary is {record.primary}, "
+                    f"not {expected}"
+                )
+            if not record.is_assigned(node) or record.replica_generation(node) != record.generation:
+                raise FailedPrecondition(
+                    f"{node} is not an assigned, up-to-date replica of {record.repository_id}"
+                )
+            return replace(record, primary=node)
+
+        return await self.update(virtual_storage, repository_id, elect, fence=fence)
+
+    async def set_replication_factor(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        replication_factor: int,
+        *,
+        nodes: Sequence[str],
+        fence: FencingToken | None = None,
+    ) -> RepositoryRecord:
+        """Assign or unassign random nodes to reach the factor; the primary stays."""
+        if not 1 <= replication_factor <= len(nodes):
+            raise InvalidReplicationFactor(
+                f"replication factor {replication_factor} not in 1..{len(nodes)}"
+            )
+        rng = self.rng
+
+        def resize(record: RepositoryRecord) -> RepositoryRecord:
+            configured = set(nodes)
+            assigned = [n for n in record.assigned if n in configured]
+            if record.primary is not None and record.primary in configured:
+                assigned = [record.primary, *(n for n in assigned if n != record.primary)]
+            if len(assigned) < replication_factor:
+                spare = [n for n in nodes if n not in assigned]
+                rng.shuffle(spare)
+                assigned.extend(spare[: replication_factor - len(assigned)])
+            elif len(assigned) > replication_factor:
+                keep = assigned[:1] if assigned and assigned[0] == record.primary else []
+                rest = [n for n in assigned if n not in keep]
+                rng.shuffle(rest)
+                assigned = keep + rest[: replication_factor - len(keep)]
+            ordered = tuple(sorted(assigned, key=lambda n: (n != record.primary, n)))
+            return replace(record, assigned=ordered)
+
+        return await self.update(virtual_storage, repository_id, resize, fence=fence)
+
+    async def mark_outdated(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        nodes: Collection[str],
+        *,
+        fence: FencingToken | None = None,
+    ) -> RepositoryRecord:
+        """Stop counting ``nodes`` as up to date (e.g. a write is known to have
+        missed them). Their generation drops to one below the repository's, so
+        replication brings them back; at generation 0 the replica counts as missing."""
+
+        def demote(record: RepositoryRecord) -> RepositoryRecord:
+            replicas = dict(record.replicas)
+            for node in nodes:
+                if replicas.get(node, MISSING) >= record.generation:
+                    replicas[node] = record.generation - 1
+            return record.with_replicas(replicas)
+
+        return await self.update(virtual_storage, repository_id, demote, fence=fence)
+
+    async def set_authoritative(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        node: str,
+        *,
+        fence: FencingToken | None = None,
+    ) -> RepositoryRecord:
+        """Accept data loss: ``node``'s replica becomes the only up-to-date one (the
+        repository moves to a new generation with it) and the primary. The
+        reconciler then replicates it to the other assigned nodes."""
+
+        def authorize(record: RepositoryRecord) -> RepositoryRecord:
+            if not record.is_assigned(node):
+                raise FailedPrecondition(f"{node} is not assigned to {record.repository_id}")
+            if record.replica_generation(node) == MISSING:
+                raise FailedPrecondition(f"{node} holds no replica of {record.repository_id}")
+            new_generation = record.generation + 1
+            replicas = dict(record.replicas)
+            replicas[node] = new_generation
+            return record.with_replicas(replicas, generation=new_generation, primary=node)
+
+        return await self.update(virtual_storage, repository_id, authorize, fence=fence)
+
+    async def remove_replica(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        node: str,
+        *,
+        fence: FencingToken | None = None,
+    ) -> RepositoryRecord:
+        """Forget the replica on ``node`` (after a delete_replica job removed it)."""
+
+        def forget(record: RepositoryRecord) -> RepositoryRecord:
+            if record.primary == node:
+                raise FailedPrecondition(f"{node} is the primary of {record.repository_id}")
+            replicas = dict(record.replicas)
+            replicas.pop(node, None)
+            return record.with_replicas(replicas)
+
+        return await self.update(virtual_storage, repository_id, forget, fence=fence)
+
+    async def rename(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        new_path: str,
+        *,
+        fence: FencingToken | None = None,
+    ) -> RepositoryRecord:
+        """Move a repository to another relative path (metadata only: the replica
+        path is derived from the id and does not change)."""
+        new_key = self.keys.path(virtual_storage, new_path)
+        key = self.keys.repository(virtual_storage, repository_id)
+        for attempt in range(self.max_attempts):
+            current = await self.get(virtual_storage, repository_id)
+            if current.relative_path == new_path:
+                return current
+            new = replace(current, relative_path=new_path)
+            old_key = self.keys.path(virtual_storage, current.relative_path)
+            result = await self._txn(
+                fence,
+                [Compare.mod_revision(key, current.revision), Compare.absent(new_key)],
+                [
+                    Op.delete(old_key),
+                    Op.put(new_key, str(repository_id).encode()),
+                    Op.put(key, encode_record(new)),
+                ],
+                [Op.get(new_key)],
+            )
+            if result.succeeded:
+                return replace(new, revision=result.revision)
+            if result.range(0).kvs:
+                raise RepositoryExists(f"repository {virtual_storage}/{new_path} already exists")
+            await self._backoff(attempt)
+        raise Conflict(f"repository {virtual_storage}/{repository_id}: too many concurrent updates")
+
+    async def delete(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        *,
+        fence: FencingToken | None = None,
+    ) -> RepositoryRecord:
+        """Remove the record and its path entry (removing replicas from disk is the caller's)."""
+        key = self.keys.repository(virtual_storage, repository_id)
+        for attempt in range(self.max_attempts):
+            current = await self.get(virtual_storage, repository_id)
+            path_key = self.keys.path(virtual_storage, current.relative_path)
+            result = await self._txn(
+                fence,
+                [Compare.mod_revision(key, current.revision)],
+                [Op.delete(key), Op.delete(path_key)],
+            )
+            if result.succeeded:
+                return current
+            await self._backoff(attempt)
+        raise Conflict(f"repository {virtual_storage}/{repository_id}: too many concurrent updates")
+
+
+# -- watch-fed cache ------------------------------------------------------------------
+
+RecordListener = Callable[[RepositoryRecord | None, RepositoryRecord | None], None]
+
+
+class RepositoryCache:
+    """Every repository record, kept current by the watch: O(1) lookups by
+    (virtual storage, relative path) and by id, no etcd round trip per request."""
+
+    def __init__(self, store: Store, keys: Keyspace, *, page_size: int = 2000) -> None:
+        self.keys = keys
+        self._by_id: dict[int, RepositoryRecord] = {}
+        self._by_path: dict[str, dict[str, RepositoryRecord]] = {}
+        self._listeners: list[RecordListener] = []
+        self._mirror = PrefixMirror(
+            store, keys.repositories(), reset=self._reset, apply=self._apply, page_size=page_size
+        )
+
+    async def start(self) -> None:
+        """Warm from one consistent (paged) read, then follow the watch."""
+        await self._mirror.start()
+
+    async def close(self) -> None:
+        await self._mirror.close()
+
+    @property
+    def revision(self) -> int:
+        return self._mirror.revision
+
+    @property
+    def last_sync(self) -> float:
+        """Monotonic time the cache was last known to be current."""
+        return self._mirror.last_sync
+
+    @property
+    def resyncs(self) -> int:
+        return self._mirror.resyncs
+
+    async def wait_for_revision(self, revision: int) -> None:
+        """Wait until a repository write at ``revision`` is visible (read-your-writes)."""
+        await self._mirror.wait_for_revision(revision)
+
+    def add_listener(self, callback: RecordListener) -> None:
+        """``callback(old, new)`` per changed record (None for created/deleted)."""
+        self._listeners.append(callback)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, virtual_storage: str, relative_path: str) -> RepositoryRecord | None:
+        paths = self._by_path.get(virtual_storage)
+        return paths.get(relative_path) if paths is not None else None
+
+    def get_by_id(self, repository_id: int) -> RepositoryRecord | None:
+        return self._by_id.get(repository_id)
+
+    def records(self, virtual_storage: str | None = None) -> tuple[RepositoryRecord, ...]:
+        """An immutable snapshot for the pure query functions."""
+        if virtual_storage is None:
+            return tuple(self._by_id.values())
+        return tuple(self._by_path.get(virtual_storage, {}).values())
+
+    def _notify(self, old: RepositoryRecord | None, new: RepositoryRecord | None) -> None:
+        for callback in self._listeners:
+            callback(old, new)
+
+    def _put(self, record: RepositoryRecord) -> RepositoryRecord | None:
+        old = self._by_id.get(record.repository_id)
+        if old is not None and old.relative_path != record.relative_path:
+            self._unindex(old)
+        self._by_id[record.repository_id] = record
+        self._by_path.setdefault(record.virtual_storage, {})[record.relative_path] = record
+        return old
+
+    def _unindex(self, record: RepositoryRecord) -> None:
+        paths = self._by_path.get(record.virtual_storage)
+        if paths is not None and paths.get(record.relative_path) is record:
+            del paths[record.relative_path]
+
+    def _reset(self, kvs: Sequence[KeyValue], _revision: int) -> None:
+        previous = self._by_id
+        self._by_id = {}
+        self._by_path = {}
+        for kv in kvs:
+            vs, rid = self.keys.parse_repository(kv.key)
+            self._put(decode_record(vs, rid, kv.value, kv.mod_revision))
+        if self._listeners:
+            for rid, record in self._by_id.items():
+                old = previous.get(rid)
+                if old is None or old.revision != record.revision:
+                    self._notify(old, record)
+            for rid, old in previous.items():
+                if rid not in self._by_id:
+                    self._notify(old, None)
+
+    def _apply(self, events: Sequence[WatchEvent], _revision: int) -> None:
+        for event in events:
+            vs, rid = self.keys.parse_repository(event.kv.key)
+            if event.type is EventType.DELETE:
+                old = self._by_id.pop(rid, None)
+                if old is not None:
+                    self._unindex(old)
+                    self._notify(old, None)
+                continue
+            record = decode_record(vs, rid, event.kv.value, event.kv.mod_revision)
+            self._notify(self._put(record), record)

@@ -1,0 +1,291 @@
+"""Replication workers: drain the etcd queue by having targets pull from sources.
+
+Every proxy runs a few workers. A worker claims a job under its lease (so a
+crashed proxy's claims are recovered once the lease expires), asks the
+target node to ``ReplicateRepository`` from the source named in
+``gitaly-servers`` metadata, records the target's new generation (the
+source's generation read *before* replicating, so a write that lands during
+replication is never claimed), and acknowledges the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import grpc
+from prometheus_client import CollectorRegistry, Histogram
+
+from gitquorum import log
+from gitquorum.cluster.errors import DowngradeAttempted, RepositoryNotFound, StoreUnavailable
+from gitquorum.cluster.lease import LeaseKeeper
+from gitquorum.cluster.queue import ClaimedJob, JobType, ReplicationQueue
+from gitquorum.cluster.repositories import (
+    MISSING,
+    RepositoryCache,
+    RepositoryRecord,
+    RepositoryStore,
+    up_to_date_replicas,
+)
+from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
+from gitquorum.proxy.channels import NodeChannels
+
+logger = log.get("gitquorum.replication")
+
+REPLICATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class ReplicationMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.delay = Histogram(
+            "gitquorum_replication_delay_seconds",
+            "Time from a replication job being queued to a worker starting it.",
+            ["type"],
+            buckets=REPLICATION_BUCKETS,
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "gitquorum_replication_latency_seconds",
+            "Time a replication job ran, by type and result.",
+            ["type", "result"],
+            buckets=REPLICATION_BUCKETS,
+            registry=registry,
+        )
+
+
+def gitaly_servers(storage: str, address: str, token: str) -> tuple[str, str]:
+    """The metadata that tells a target node how to reach the source."""
+    value = {storage: {"address": f"tcp://{address}", "token": token}}
+    return ("gitaly-servers", base64.b64encode(json.dumps(value).encode()).decode())
+
+
+class Replicator:
+    """Runs one claimed job against the nodes."""
+
+    def __init__(
+        self,
+        repositories: RepositoryStore,
+        cache: RepositoryCache,
+        channels: NodeChannels,
+        healthy: Callable[[str], frozenset[str]],
+        node_token: str = "",
+        timeout: float = 300.0,
+    ) -> None:
+        self.repositories = repositories
+        self.cache = cache
+        self.channels = channels
+        self.healthy = healthy
+        self.node_token = node_token
+        self.timeout = timeout
+
+    def _source(self, record: RepositoryRecord, preferred: str | None, target: str) -> str:
+        candidates = up_to_date_replicas(record) & self.healthy(record.virtual_storage)
+        candidates -= {target}
+        if preferred in candidates:
+            return preferred
+        if record.primary in candidates:
+            return record.primary
+        if not candidates:
+            raise RuntimeError("no healthy, up-to-date replica to replicate from")
+        return sorted(candidates)[0]
+
+    async def run(self, claim: ClaimedJob) -> str:
+        """Do the job; returns a short outcome. Raises on failure (the job is retried)."""
+        job = claim.job
+        try:
+            record = await self.repositories.get(job.virtual_storage, job.repository_id)
+        except RepositoryNotFound:
+            return "repository-gone"
+        metadata = self.channels.forward_metadata(
+            [("x-gitquorum-correlation-id", job.correlation_id)] if job.correlation_id else []
+        )
+        stub = repository_pb2_grpc.RepositoryServiceStub(self.channels.channel(job.target_node))
+        target = shared_pb2.Repository(
+            storage_name=job.target_node, relative_path=record.replica_path
+        )
+        if job.type is JobType.DELETE_REPLICA:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await stub.RemoveRepository(
+                    repository_pb2.RemoveRepositoryRequest(repository=target),
+                    metadata=metadata,
+                    timeout=self.timeout,
+                )
+            await self.repositories.remove_replica(
+                job.virtual_storage, job.repository_id, job.target_node
+            )
+            return "deleted"
+        if record.replica_generation(job.target_node) == record.generation:
+            return "already-up-to-date"
+        source_node = self._source(record, job.source_node, job.target_node)
+        # The generation the target will be at: read before copying, so a write
+        # landing during replication is not claimed for the target.
+        generation = record.replica_generation(source_node)
+        source = shared_pb2.Repository(storage_name=source_node, relative_path=record.replica_path)
+        address = self.channels.addresses[source_node]
+        metadata = [*metadata, gitaly_servers(source_node, address, self.node_token)]
+        await stub.ReplicateRepository(
+            repository_pb2.ReplicateRepositoryRequest(repository=target, source=source),
+            metadata=metadata,
+            timeout=self.timeout,
+        )
+        try:
+            updated = await self.repositories.set_replica_generation(
+                job.virtual_storage, job.repository_id, job.target_node, generation
+            )
+        except DowngradeAttempted:
+            return "already-up-to-date"
+        await self.cache.wait_for_revision(updated.revision)
+        return f"replicated-from-{source_node}"
+
+
+class ReplicationWorkers:
+    """A pool of workers sharing one lease; woken early when jobs may be waiting."""
+
+    def __init__(
+        self,
+        name: str,
+        queue: ReplicationQueue,
+        replicator: Replicator,
+        targets: Callable[[], Sequence[tuple[str, str]]],
+        metrics: ReplicationMetrics,
+        *,
+        workers: int = 2,
+        lease_ttl: float = 5.0,
+        idle_min: float = 0.05,
+        idle_max: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self.replicator = replicator
+        self.targets = targets
+        self.metrics = metrics
+        self.workers = workers
+        self.lease_ttl = lease_ttl
+        self.idle_min = idle_min
+        self.idle_max = idle_max
+        self.wake = asyncio.Event()
+        self._keeper: LeaseKeeper | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._running = 0
+        self._idle = asyncio.Condition()
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.get_running_loop().create_task(self._worker(i), name=f"replication-{i}")
+            for i in range(self.workers)
+        ]
+
+    async def _lease(self) -> LeaseKeeper:
+        keeper = self._keeper
+        if keeper is None or not keeper.alive:
+            if keeper is not None:
+                await keeper.close(revoke=False)
+            keeper = LeaseKeeper(self.queue.store, self.lease_ttl, name=f"worker:{self.name}")
+            await keeper.start()
+            self._keeper = keeper
+        return keeper
+
+    async def _worker(self, index: int) -> None:
+        idle = self.idle_min
+        while not self._stopping.is_set():
+            try:
+                keeper = await self._lease()
+                targets = list(self.targets())
+                claim = (
+                    await self.queue.claim_next(_Worker(keeper, f"{self.name}/{index}"), targets=targets)
+                    if targets
+                    else None
+                )
+            except StoreUnavailable as exc:
+                logger.warning("replication queue unavailable", extra=log.fields(error=str(exc)))
+                claim = None
+            if claim is None:
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), idle)
+                idle = min(self.idle_max, idle * 2)
+                continue
+            idle = self.idle_min
+            await self._process(claim)
+
+    async def _process(self, claim: ClaimedJob) -> None:
+        job = claim.job
+        self._running += 1
+        started = time.time()
+        self.metrics.delay.labels(str(job.type)).observe(max(0.0, started - job.created_at))
+        log.correlation_id.set(job.correlation_id or log.new_correlation_id())
+        fields = dict(
+            job_id=job.job_id,
+            type=str(job.type),
+            virtual_storage=job.virtual_storage,
+            repository_id=job.repository_id,
+            target=job.target_node,
+            attempt=job.attempts,
+        )
+        try:
+            outcome = await self.replicator.run(claim)
+            await self.queue.ack(claim)
+            self.metrics.latency.labels(str(job.type), "ok").observe(time.time() - started)
+            logger.info("replication job done", extra=log.fields(outcome=outcome, **fields))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.metrics.latency.labels(str(job.type), "error").observe(time.time() - started)
+            error = _describe(exc)
+            logger.warning("replication job failed", extra=log.fields(error=error, **fields))
+            with contextlib.suppress(Exception):
+                await self.queue.fail(claim, error)
+        finally:
+            self._running -= 1
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop claiming; let running jobs finish within ``grace``; release the lease."""
+        self._stopping.set()
+        self.wake.set()
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._keeper is not None:
+            # Revoking drops our locks at once, so unfinished claims are recovered quickly.
+            await self._keeper.close(revoke=True)
+
+
+class _Worker:
+    def __init__(self, keeper: LeaseKeeper, name: str) -> None:
+        self._keeper = keeper
+        self._name = name
+
+    @property
+    def lease_id(self) -> int:
+        return self._keeper.lease_id
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def healthy_targets(
+    nodes: Mapping[str, Sequence[str]], healthy: Callable[[str], frozenset[str]]
+) -> Callable[[], list[tuple[str, str]]]:
+    """Only replicate to nodes that are up: jobs for a down node wait for it."""
+
+    def targets() -> list[tuple[str, str]]:
+        return [(vs, n) for vs, members in nodes.items() for n in members if n in healthy(vs)]
+
+    return targets
+
+
+__all__ = ["MISSING", "ReplicationMetrics", "ReplicationWorkers", "Replicator", "healthy_targets"]

@@ -1,0 +1,237 @@
+"""The async git runner: results, clean environment, and no leaked processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from gitquorum.errors import InvalidArgument
+from gitquorum.storage import git
+from tests.harness.gitrepo import git as git_cli
+from tests.harness.gitrepo import make_repo
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie counts as dead: it only waits for its parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def wait_dead(pid: int) -> None:
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while alive(pid):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"process {pid} still alive after 5s")
+        await asyncio.sleep(0.01)
+
+
+def complete_line(path: Path) -> str | None:
+    text = path.read_text() if path.exists() else ""
+    return text if text.endswith("\n") else None
+
+
+async def wait_file(path: Path) -> str:
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while (text := complete_line(path)) is None:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{path} not written after 5s")
+        await asyncio.sleep(0.01)
+    return text
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("runner") / "repo", commits=2)
+
+
+def hang_args(pid_file: Path) -> list[str]:
+    """A git command whose helper (a shell, then sleep) records its pid and hangs."""
+    return ["-c", f"alias.hang=!echo $$ > {pid_file}; exec sleep 60", "hang"]
+
+
+async def test_run_returns_output(repo: Path) -> None:
+    result = await git.run(["rev-parse", "HEAD"], git_dir=repo / ".git")
+    assert result.ok
+    assert result.returncode == 0
+    assert result.stdout.decode().strip() == git_cli("rev-parse", "HEAD", cwd=repo).strip()
+    assert result.stderr == b""
+
+
+async def test_run_reports_failure(repo: Path) -> None:
+    result = await git.run(["rev-parse", "--verify", "no-such-ref"], git_dir=repo / ".git")
+    assert not result.ok
+    assert result.returncode == 128
+    assert b"fatal" in result.stderr or b"Needed a single revision" in result.stderr
+
+
+async def test_run_exit_code_passthrough(repo: Path) -> None:
+    result = await git.run(["-c", "alias.five=!exit 5", "five"], cwd=repo)
+    assert result.returncode == 5
+
+
+async def test_run_with_input(repo: Path) -> None:
+    result = await git.run(["hash-object", "--stdin"], git_dir=repo / ".git", input=b"hello\n")
+    assert result.ok
+    expected = git_cli("hash-object", "--stdin", cwd=repo, input=b"hello\n").strip()
+    assert result.stdout.decode().strip() == expected
+
+
+async def test_run_uses_cwd_and_env(repo: Path) -> None:
+    result = await git.run(
+        ["var", "GIT_AUTHOR_IDENT"],
+        cwd=repo,
+        env={"GIT_AUTHOR_NAME": "Env Name", "GIT_AUTHOR_EMAIL": "e@x"},
+    )
+    assert result.stdout.decode().startswith("Env Name <e@x>")
+
+
+async def test_environment_is_clean(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A GIT_DIR or GIT_CONFIG_* in the node's own environment must not leak into git.
+    monkeypatch.setenv("GIT_DIR", "/nonexistent")
+    monkeypatch.setenv("GIT_CONFIG_PARAMETERS", "'user.name'='Leaked'")
+    monkeypatch.setenv("HOME", str(repo))
+    (repo / ".gitconfig").write_text("[user]\n\tname = From Home\n")
+    result = await git.run(["config", "--get", "user.name"], git_dir=repo / ".git")
+    assert result.returncode == 1, result.stdout
+    env = git.base_env({"GIT_PROTOCOL": "version=2"})
+    assert env["GIT_TERMINAL_PROMPT"] == "0"
+    assert env["GIT_CONFIG_NOSYSTEM"] == "1"
+    assert env["GIT_PROTOCOL"] == "version=2"
+    assert "GIT_DIR" not in env
+    (repo / ".gitconfig").unlink()
+
+
+async def test_started_kills_git_on_exit(repo: Path) -> None:
+    async with git.started(["cat-file", "--batch"], git_dir=repo / ".git", stdin=True) as proc:
+        pid = proc.proc.pid
+        proc.stdin.write(b"HEAD\n")
+        await proc.stdin.drain()
+        header = await proc.stdout.readline()
+        assert header.split()[1] == b"commit"
+        assert alive(pid)
+        # stdin stays open: cat-file would wait for the next request forever.
+    await wait_dead(pid)
+    assert proc.proc.returncode is not None
+
+
+async def test_started_kills_the_whole_process_group(tmp_path: Path, repo: Path) -> None:
+    pid_file = tmp_path / "helper.pid"
+    async with git.started(hang_args(pid_file), cwd=repo) as proc:
+        helper = int(await wait_file(pid_file))
+        assert helper != proc.proc.pid
+        assert alive(helper)
+    await wait_dead(proc.proc.pid)
+    await wait_dead(helper)
+
+
+async def test_started_kills_on_exception(repo: Path) -> None:
+    pid = 0
+    with pytest.raises(RuntimeError, match="handler failed"):
+        async with git.started(["cat-file", "--batch"], git_dir=repo / ".git", stdin=True) as p:
+            pid = p.proc.pid
+            raise RuntimeError("handler failed")
+    await wait_dead(pid)
+
+
+async def test_run_cancelled_kills_git(tmp_path: Path, repo: Path) -> None:
+    pid_file = tmp_path / "helper.pid"
+    task = asyncio.create_task(git.run(hang_args(pid_file), cwd=repo))
+    helper = int(await wait_file(pid_file))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_dead(helper)
+
+
+async def test_kill_is_idempotent(repo: Path) -> None:
+    async with git.started(["version"]) as proc:
+        await proc.wait()
+        proc.kill()
+        proc.kill()
+    assert proc.proc.returncode == 0
+
+
+async def test_close_stdin_ends_batch(repo: Path) -> None:
+    async with git.started(["cat-file", "--batch"], git_dir=repo / ".git", stdin=True) as proc:
+        await proc.close_stdin()
+        await proc.close_stdin()
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+
+
+async def test_cancelled_close_stdin_leaves_asyncio_consistent(repo: Path) -> None:
+    """An RPC cancelled while closing git's stdin must not upset asyncio's pipe bookkeeping."""
+    loop = asyncio.get_running_loop()
+    problems: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: problems.append(context))
+    try:
+        async with git.started(["cat-file", "--batch"], git_dir=repo / ".git", stdin=True) as p:
+            closing = asyncio.create_task(p.close_stdin())
+            await asyncio.sleep(0)  # inside wait_closed()
+            closing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await closing
+            assert await asyncio.wait_for(p.wait(), 5) == 0
+        for _ in range(10):  # let the pipe callbacks run
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert not problems, problems
+
+
+async def test_read_chunks(repo: Path) -> None:
+    size = 300_000
+    (repo / "big.bin").write_bytes(os.urandom(size))
+    async with git.started(["hash-object", "-w", "big.bin"], cwd=repo) as proc:
+        oid = (await proc.stdout.read()).decode().strip()
+    async with git.started(["cat-file", "blob", oid], git_dir=repo / ".git") as proc:
+        chunks = [chunk async for chunk in git.read_chunks(proc.stdout, 65536)]
+    assert all(len(c) <= 65536 for c in chunks)
+    assert b"".join(chunks) == (repo / "big.bin").read_bytes()
+    (repo / "big.bin").unlink()
+
+
+async def test_version() -> None:
+    version = await git.version()
+    assert version[0].isdigit()
+    assert git_cli("version").strip().endswith(version)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ([], []),
+        (["core.bigFileThreshold=1m"], ["-c", "core.bigFileThreshold=1m"]),
+        (["a.b=", "c.d=x=y"], ["-c", "a.b=", "-c", "c.d=x=y"]),
+    ],
+)
+def test_config_args(options: list[str], expected: list[str]) -> None:
+    assert git.config_args(options) == expected
+
+
+@pytest.mark.parametrize("bad", ["no-equals", "=value", "", "a.b=x\x00y", "a\nb=c", "\x00=1"])
+def test_config_args_rejects(bad: str) -> None:
+    with pytest.raises(InvalidArgument, match="invalid git config option"):
+        git.config_args(["ok.key=1", bad])
+
+
+@pytest.mark.parametrize(
+    ("protocol", "env"),
+    [
+        ("version=2", {"GIT_PROTOCOL": "version=2"}),
+        ("version=1", {"GIT_PROTOCOL": "version=1"}),
+        ("", {}),
+        ("version=0", {}),
+        ("version=3", {}),
+        ("version=2:evil", {}),
+        ("version=2\nGIT_DIR=/", {}),
+    ],
+)
+def test_protocol_env(protocol: str, env: dict[str, str]) -> None:
+    assert git.protocol_env(protocol) == env
