@@ -226,16 +226,19 @@ class EtcdCluster:
         self.wait_healthy([index], timeout=timeout)
 
     def leader_index(self) -> int | None:
-        """Index of the member that is raft leader, from each member's /v2/stats/self."""
+        """Index of the raft leader, from the members' v3 status (JSON gateway)."""
         for i, member in enumerate(self.members):
             if not member.alive() or member.paused:
                 continue
             try:
-                url = f"{member.client_url}/v2/stats/self"
-                with urllib.request.urlopen(url, timeout=0.5) as resp:
-                    if json.loads(resp.read()).get("state") == "StateLeader":
-                        return i
-            except (OSError, ValueError):
+                request = urllib.request.Request(
+                    f"{member.client_url}/v3/maintenance/status", data=b"{}", method="POST"
+                )
+                with urllib.request.urlopen(request, timeout=0.5) as resp:
+                    status = json.loads(resp.read())
+                if status.get("leader") and status["leader"] == status["header"]["member_id"]:
+                    return i
+            except (OSError, ValueError, KeyError):
                 continue
         return None
 

@@ -8,7 +8,7 @@ through :func:`fenced_txn`, which adds ``leader key create_revision == token``
 to the *same* txn: a write from a leader that lost the key, however late it
 arrives (a paused process, a slow network), is rejected by etcd itself.
 
-Stepping down. The lease keeper (``lease.LeaseKeeper``) renews every TTL/4 and
+Stepping down. The lease keeper (``lease.LeaseKeeper``) renews every TTL/6 and
 declares the lease lost when no keep-alive sent in the last TTL/2 was
 acknowledged. On loss the election steps down synchronously: ``is_leader``
 turns false, listeners run and tasks started with :meth:`LeaderElection.run_while_leader`

@@ -166,7 +166,8 @@ class HealthChecker:
 
     async def _check(self, address: str) -> bool:
         try:
-            return await asyncio.wait_for(self.probe(address), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await self.probe(address)
         except Exception:
             return False
 

@@ -3,8 +3,10 @@
 The server expires a lease ``ttl`` seconds after it processed the last
 keep-alive, so the lease is certainly alive until ``sent + ttl`` where ``sent``
 is when the last acknowledged keep-alive left this process. The keeper renews
-every ``ttl / 4`` and declares the lease **lost** once no keep-alive sent in the
-last ``ttl * safety`` (default ``ttl / 2``) was acknowledged. Holders of
+every ``ttl / 6`` and declares the lease **lost** once no keep-alive sent in the
+last ``ttl * safety`` (default ``ttl / 2``) was acknowledged: with the default
+TTL of 5 s that tolerates an etcd hiccup (e.g. a raft leader election) of at
+least 1.6 s without giving up the lease. Holders of
 lease-bound roles (leader, replication job claims) stop their work on loss,
 which therefore happens at least ``ttl / 2`` before the server could expire the
 lease and hand the role to someone else. That margin absorbs clock-rate drift
@@ -47,7 +49,7 @@ class LeaseKeeper:
         self.ttl = ttl
         self.name = name
         self.clock: Clock = clock or REAL_CLOCK
-        self.interval = interval if interval is not None else ttl / 4
+        self.interval = interval if interval is not None else ttl / 6
         self.safety = safety
         self.lease_id = 0
         self.lost = asyncio.Event()
@@ -112,9 +114,10 @@ class LeaseKeeper:
             sent = self.clock.now()
             try:
                 # Bound the attempt by the deadline so a hung member cannot
-                # delay the loss decision past it.
-                remaining = max(0.01, self._deadline - sent)
-                ttl = await asyncio.wait_for(self.store.keep_alive(self.lease_id), remaining)
+                # delay the loss decision past it. (asyncio.timeout, not
+                # wait_for: on 3.11 wait_for can swallow a cancellation.)
+                async with asyncio.timeout(max(0.01, self._deadline - sent)):
+                    ttl = await self.store.keep_alive(self.lease_id)
             except LeaseExpired as exc:
                 self._mark_lost(f"lease expired: {exc}")
                 return
@@ -140,4 +143,5 @@ class LeaseKeeper:
         self._mark_lost("closed")
         if revoke and self.lease_id and not was_lost:
             with contextlib.suppress(StoreUnavailable, TimeoutError):
-                await asyncio.wait_for(self.store.revoke(self.lease_id), self.ttl)
+                async with asyncio.timeout(self.ttl):
+                    await self.store.revoke(self.lease_id)

@@ -135,7 +135,13 @@ class CatFileCache:
                 proc = None
             if proc is None:
                 process = await git.spawn(
-                    ["cat-file", f"--{mode}"], git_dir=repo.path, env=repo.git_env(), stdin=True
+                    # Nobody reads a batch process's stderr; warnings such as
+                    # "refname is ambiguous" would fill the pipe and stall it.
+                    ["-c", "core.warnAmbiguousRefs=false", "cat-file", f"--{mode}"],
+                    git_dir=repo.path,
+                    env=repo.git_env(),
+                    stdin=True,
+                    stderr=False,
                 )
                 cls = BatchCheckProcess if mode == "batch-check" else BatchProcess
                 proc = cls(process)

@@ -115,6 +115,7 @@ async def spawn(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     stdin: bool = False,
+    stderr: bool = True,
 ) -> GitProcess:
     cmd = [GIT]
     if git_dir is not None:
@@ -124,7 +125,7 @@ async def spawn(
         *cmd,
         stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE if stderr else asyncio.subprocess.DEVNULL,
         env=base_env(env),
         cwd=str(cwd) if cwd else None,
         start_new_session=True,

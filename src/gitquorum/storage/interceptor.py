@@ -72,9 +72,17 @@ def _code_name(context: grpc.aio.ServicerContext) -> str:
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Applies to every service on the server (health included)."""
 
-    def __init__(self, metrics: RpcMetrics | None, op_types: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        metrics: RpcMetrics | None,
+        op_types: dict[str, str] | None = None,
+        skip: Callable[[str], bool] | None = None,
+    ) -> None:
         self.metrics = metrics
         self.op_types = op_types or {}
+        # Methods whose handler does its own error mapping and logging (the
+        # proxy's raw-bytes handler): wrapping them again would double-count.
+        self.skip = skip
 
     async def intercept_service(
         self,
@@ -85,6 +93,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        if self.skip is not None and self.skip(method):
+            return handler
         op_type = self.op_types.get(method, "")
         metadata = handler_call_details.invocation_metadata
 
@@ -102,7 +112,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             if self.metrics is not None:
                 self.metrics.observe(method, op_type, code, elapsed)
             fields = log.fields(method=method, code=code, duration_ms=round(elapsed * 1000, 2))
-            if code in ("OK", "NOT_FOUND", "INVALID_ARGUMENT", "ALREADY_EXISTS", "CANCELLED"):
+            if method.startswith("/grpc.health.v1.Health/") and code == "OK":
+                # Probed every second by every proxy: not worth a line each.
+                logger.debug("rpc finished", extra=fields)
+            elif code in ("OK", "NOT_FOUND", "INVALID_ARGUMENT", "ALREADY_EXISTS", "CANCELLED"):
                 logger.info("rpc finished", extra=fields)
             else:
                 logger.warning(

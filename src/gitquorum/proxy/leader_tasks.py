@@ -1,0 +1,220 @@
+"""Cluster-wide background work run only by the leader.
+
+* **Failover**: whenever the health consensus changes (and periodically),
+  every repository whose primary is no longer a valid primary (healthy by
+  consensus, up to date, assigned) gets a new one by compare-and-swap. Never an
+  outdated replica: with no valid candidate the repository stays unavailable
+  and shows in ``dataloss``.
+* **Reconciler**: queues a replication job for every outdated assigned
+  replica on a healthy node (de-duplicated by the queue).
+* **Orphan recovery**: re-readies jobs whose worker's lease expired.
+* **Cluster gauges**: exported once, by the leader, so alerts fire once.
+
+Every write carries the leader's fencing token: a deposed leader that wakes
+up cannot act on a stale view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+from gitquorum import log
+from gitquorum.cluster.election import LeaderElection
+from gitquorum.cluster.errors import Conflict, FailedPrecondition, StoreUnavailable
+from gitquorum.cluster.membership import HealthView
+from gitquorum.cluster.metrics import ClusterMetrics
+from gitquorum.cluster.queue import JobType, ReplicationQueue, queue_stats
+from gitquorum.cluster.repositories import (
+    RepositoryCache,
+    RepositoryStore,
+    outdated_replicas,
+    valid_primaries,
+)
+from gitquorum.proxy.metrics import ProxyMetrics
+
+logger = log.get("gitquorum.leader")
+
+
+class LeaderTasks:
+    def __init__(
+        self,
+        election: LeaderElection,
+        repositories: RepositoryStore,
+        cache: RepositoryCache,
+        health: HealthView,
+        queue: ReplicationQueue,
+        metrics: ProxyMetrics,
+        cluster_metrics: ClusterMetrics | None,
+        *,
+        draining: Callable[[str], frozenset[str]] = lambda _vs: frozenset(),
+        paused: Callable[[], bool] = lambda: False,
+        reconcile_interval: float = 30.0,
+        failover_interval: float = 1.0,
+        wake: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.election = election
+        self.repositories = repositories
+        self.cache = cache
+        self.health = health
+        self.queue = queue
+        self.metrics = metrics
+        self.cluster_metrics = cluster_metrics
+        self.draining = draining
+        self.paused = paused
+        self.reconcile_interval = reconcile_interval
+        self.failover_interval = failover_interval
+        self.wake = wake
+        self._health_changed = asyncio.Event()
+        health.add_listener(lambda _old, _new: self._health_changed.set())
+
+    def install(self) -> None:
+        self.election.run_while_leader("failover", self.failover_loop)
+        self.election.run_while_leader("reconciler", self.reconcile_loop)
+        self.election.run_while_leader("orphans", self.orphan_loop)
+        self.election.run_while_leader("cluster-metrics", self.metrics_loop)
+
+    # -- failover ---------------------------------------------------------------------
+
+    async def failover_once(self) -> int:
+        """Elect new primaries where needed; returns how many changed."""
+        if self.paused():
+            return 0
+        changed = 0
+        fence = self.election.token
+        for record in self.cache.records():
+            healthy = self.health.healthy(record.virtual_storage)
+            valid = valid_primaries(record, healthy)
+            if record.primary in valid:
+                continue
+            draining = self.draining(record.virtual_storage)
+            candidates = sorted(valid - draining) or sorted(valid)
+            if not candidates:
+                continue  # unavailable: reported by dataloss, never served stale
+            # Prefer the least-loaded candidate so one node does not take every primary.
+            load = self._primary_load(record.virtual_storage)
+            choice = min(candidates, key=lambda n: (load.get(n, 0), n))
+            try:
+                updated = await self.repositories.set_primary(
+                    record.virtual_storage,
+                    record.repository_id,
+                    choice,
+                    expected=record.primary,
+                    fence=fence,
+                )
+            except (Conflict, FailedPrecondition):
+                continue
+            changed += 1
+            self.metrics.failovers.labels(record.virtual_storage, "primary-unhealthy").inc()
+            logger.warning(
+                "failover",
+                extra=log.fields(
+                    repository_id=record.repository_id,
+                    relative_path=record.relative_path,
+                    old_primary=record.primary,
+                    new_primary=updated.primary,
+                ),
+            )
+        return changed
+
+    def _primary_load(self, virtual_storage: str) -> dict[str, int]:
+        load: dict[str, int] = {}
+        for record in self.cache.records(virtual_storage):
+            if record.primary:
+                load[record.primary] = load.get(record.primary, 0) + 1
+        return load
+
+    async def failover_loop(self) -> None:
+        while True:
+            self._health_changed.clear()
+            try:
+                await self.failover_once()
+            except StoreUnavailable as exc:
+                logger.warning("failover pass failed", extra=log.fields(error=str(exc)))
+            try:
+                await asyncio.wait_for(self._health_changed.wait(), self.failover_interval)
+            except TimeoutError:
+                pass
+
+    # -- reconciler ---------------------------------------------------------------------
+
+    async def reconcile_once(self) -> int:
+        """Queue a job for every outdated assigned replica on a healthy node."""
+        if self.paused():
+            return 0
+        queued = 0
+        pending = {
+            (j.virtual_storage, j.target_node, j.repository_id)
+            for j in await self.queue.jobs()
+            if str(j.state) in ("ready", "in_progress", "failed")
+        }
+        for record in self.cache.records():
+            healthy = self.health.healthy(record.virtual_storage)
+            sources = valid_primaries(record, healthy)
+            if not sources:
+                continue
+            for node in outdated_replicas(record):
+                if node not in healthy:
+                    continue
+                if (record.virtual_storage, node, record.repository_id) in pending:
+                    continue
+                source = record.primary if record.primary in sources else sorted(sources)[0]
+                await self.queue.enqueue(
+                    JobType.UPDATE,
+                    record.virtual_storage,
+                    record.repository_id,
+                    record.relative_path,
+                    node,
+                    source_node=source,
+                )
+                queued += 1
+        if queued:
+            self.wake()
+            logger.info("reconciler queued jobs", extra=log.fields(count=queued))
+        return queued
+
+    async def reconcile_loop(self) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except StoreUnavailable as exc:
+                logger.warning("reconciliation failed", extra=log.fields(error=str(exc)))
+            await asyncio.sleep(self.reconcile_interval)
+
+    # -- jobs of crashed workers ------------------------------------------------------------
+
+    async def orphan_loop(self) -> None:
+        while True:
+            try:
+                if await self.queue.recover_orphans():
+                    self.wake()
+            except StoreUnavailable as exc:
+                logger.warning("orphan recovery failed", extra=log.fields(error=str(exc)))
+            await asyncio.sleep(2.0)
+
+    # -- cluster-wide gauges --------------------------------------------------------------
+
+    async def metrics_loop(self) -> None:
+        if self.cluster_metrics is None:
+            return
+        try:
+            while True:
+                try:
+                    jobs = await self.queue.jobs()
+                    self.cluster_metrics.update_queue(queue_stats(jobs, time.time()))
+                    self.cluster_metrics.update_repositories(
+                        self.cache.records(),
+                        {vs: self.health.healthy(vs) for vs in _virtual_storages(self.cache)},
+                    )
+                except StoreUnavailable:
+                    pass
+                await asyncio.sleep(2.0)
+        finally:
+            # A former leader stops exporting cluster-wide gauges.
+            self.cluster_metrics.update_queue(queue_stats([], time.time()))
+            self.cluster_metrics.update_repositories((), {})
+
+
+def _virtual_storages(cache: RepositoryCache) -> Sequence[str]:
+    return sorted({r.virtual_storage for r in cache.records()})

@@ -1,0 +1,286 @@
+"""Assemble and run a proxy: etcd state, health, election, routing, replication."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from gitquorum import log
+from gitquorum.cluster.election import LeaderElection
+from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
+from gitquorum.cluster.health import HealthChecker
+from gitquorum.cluster.keys import Keyspace
+from gitquorum.cluster.membership import HealthView, ProxyMembership
+from gitquorum.cluster.metrics import ClusterMetrics
+from gitquorum.cluster.queue import ReplicationQueue
+from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
+from gitquorum.config import ProxyConfig, parse_address
+from gitquorum.gitaly import praefect_pb2_grpc, server_pb2_grpc, transaction_pb2_grpc
+from gitquorum.metrics import MetricsServer
+from gitquorum.proxy.channels import MAX_MESSAGE, NodeChannels
+from gitquorum.proxy.cluster_port import EtcdClusterPort
+from gitquorum.proxy.handler import ProxyHandler
+from gitquorum.proxy.info_service import PraefectInfoService
+from gitquorum.proxy.leader_tasks import LeaderTasks
+from gitquorum.proxy.metrics import ProxyMetrics
+from gitquorum.proxy.registry import MethodRegistry, Op
+from gitquorum.proxy.replication import (
+    ReplicationMetrics,
+    ReplicationWorkers,
+    Replicator,
+    healthy_targets,
+)
+from gitquorum.proxy.server_info import ServerInfoService
+from gitquorum.proxy.transaction_service import RefTransactionService
+from gitquorum.proxy.transactions import TransactionManager
+from gitquorum.proxy.verifier import VerificationStore, Verifier
+from gitquorum.storage.interceptor import ErrorInterceptor
+
+logger = log.get("gitquorum.proxy")
+
+
+def _read_secret(path: str) -> bytes | None:
+    if not path:
+        return None
+    return Path(path).read_bytes().strip()
+
+
+class ProxyServer:
+    def __init__(self, config: ProxyConfig, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.port = 0
+        self.metrics_port = 0
+        self._closed = asyncio.Event()
+        self._closers: list[object] = []
+
+    @property
+    def address(self) -> str:
+        host, _ = parse_address(self.config.listen)
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        config = self.config
+        self.registry_methods = MethodRegistry.from_descriptors()  # refuses unannotated methods
+        self.metrics = ProxyMetrics(self.registry)
+        self.cluster_metrics = ClusterMetrics(self.registry, proxy=config.name)
+        password = _read_secret(config.etcd.password_file)
+        self.store = EtcdStore(
+            EtcdConfig(
+                endpoints=config.etcd.endpoints,
+                ca_file=config.etcd.ca_file or None,
+                cert_file=config.etcd.cert_file or None,
+                key_file=config.etcd.key_file or None,
+                username=config.etcd.username or None,
+                password=password.decode() if password else None,
+            ),
+            observer=self.cluster_metrics,
+        )
+        await self.store.connect()
+        keys = Keyspace(cluster=config.etcd.cluster)
+        self.nodes = {vs.name: [n.storage for n in vs.nodes] for vs in config.virtual_storages}
+        addresses = {n.storage: n.address for vs in config.virtual_storages for n in vs.nodes}
+        node_secret = _read_secret(config.node_token_file)
+        self.channels = NodeChannels(addresses, node_secret)
+
+        # Cluster state: caches first, so routing has data before serving.
+        self.repositories = RepositoryStore(self.store, keys)
+        self.cache = RepositoryCache(self.store, keys)
+        await self.cache.start()
+        self.health_view = HealthView(self.store, keys)
+        await self.health_view.start()
+        self.queue = ReplicationQueue(
+            self.store, keys, max_attempts=config.replication_attempts
+        )
+
+        # The gRPC server is started before health checks publish anything so
+        # that the advertised vote address is known.
+        self.transactions = TransactionManager(vote_timeout=config.vote_timeout)
+        self.server = grpc.aio.server(
+            interceptors=[
+                ErrorInterceptor(
+                    self.metrics.rpc,
+                    skip=lambda m: (info := self.registry_methods.get(m)) is not None
+                    and info.op is not Op.INTERCEPTED,
+                )
+            ],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.port = self.server.add_insecure_port(config.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.listen}")
+
+        self.membership = ProxyMembership(
+            self.store, keys, config.name, address=self.address, ttl=config.election_ttl
+        )
+        node_map = {
+            vs.name: {n.storage: n.address for n in vs.nodes} for vs in config.virtual_storages
+        }
+        self.checker = HealthChecker(
+            node_map,
+            publish=self.membership.publish_health,
+            interval=config.health_interval,
+            timeout=config.health_timeout,
+        )
+        await self.checker.check_once()
+        await self.membership.start(self.checker.local_view)
+        await self.checker.start()
+        self.checker.add_listener(
+            lambda view: self.cluster_metrics.update_health(local=view)
+        )
+        self.cluster_metrics.update_health(local=self.checker.local_view)
+        self.health_view.add_listener(
+            lambda _old, new: self.cluster_metrics.update_health(
+                consensus={vs: new.healthy(vs) for vs in self.nodes}, nodes=self.nodes
+            )
+        )
+
+        self.port_api = EtcdClusterPort(
+            self.nodes,
+            {vs.name: vs.default_replication_factor for vs in config.virtual_storages},
+            self.repositories,
+            self.cache,
+            self.health_view,
+            self.checker.is_healthy,
+            self.queue,
+            self.metrics,
+        )
+        advertise = config.advertise or self.address
+        handler = ProxyHandler(
+            self.registry_methods,
+            self.port_api,
+            self.channels,
+            self.transactions,
+            lambda: advertise,
+            self.metrics,
+            write_timeout=config.write_timeout,
+        )
+        self.verification = VerificationStore(self.store, keys)
+        transaction_pb2_grpc.add_RefTransactionServicer_to_server(
+            RefTransactionService(self.transactions, self.metrics), self.server
+        )
+        praefect_pb2_grpc.add_PraefectInfoServiceServicer_to_server(
+            PraefectInfoService(
+                self.nodes,
+                self.repositories,
+                self.cache,
+                self.queue,
+                self.channels,
+                self.port_api.healthy,
+                self.verification,
+            ),
+            self.server,
+        )
+        server_pb2_grpc.add_ServerServiceServicer_to_server(
+            ServerInfoService(self.nodes, self.channels, self.port_api.healthy), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(_Health(), self.server)
+        self.server.add_generic_rpc_handlers([handler])
+
+        # Replication and leadership.
+        replicator = Replicator(
+            self.repositories,
+            self.cache,
+            self.channels,
+            self.port_api.healthy,
+            node_token=node_secret.decode() if node_secret else "",
+        )
+        self.workers = ReplicationWorkers(
+            config.name,
+            self.queue,
+            replicator,
+            healthy_targets(self.nodes, self.port_api.healthy),
+            ReplicationMetrics(self.registry),
+            workers=config.replication_workers,
+            lease_ttl=config.election_ttl,
+        )
+        self.election = LeaderElection(self.store, keys, config.name, ttl=config.election_ttl)
+        self.election.add_listener(lambda leading, _t: self.cluster_metrics.set_leader(leading))
+        self.leader_tasks = LeaderTasks(
+            self.election,
+            self.repositories,
+            self.cache,
+            self.health_view,
+            self.queue,
+            self.metrics,
+            self.cluster_metrics,
+            reconcile_interval=config.reconcile_interval,
+            wake=self.workers.wake.set,
+        )
+        self.leader_tasks.install()
+        self.verifier = Verifier(
+            self.repositories,
+            self.cache,
+            self.queue,
+            self.channels,
+            self.verification,
+            self.port_api.healthy,
+            interval=config.verify_interval,
+        )
+        self.election.run_while_leader("verifier", self.verifier.run)
+        # Wake the workers when a node comes back: its jobs become runnable.
+        self.health_view.add_listener(lambda _old, _new: self.workers.wake.set())
+
+        await self.server.start()
+        await self.workers.start()
+        await self.election.start()
+        host, port = parse_address(config.metrics_listen)
+        self.metrics_server = MetricsServer(self.registry, host, port)
+        self.metrics_port = await self.metrics_server.start()
+        logger.info(
+            "proxy serving",
+            extra=log.fields(
+                name=config.name,
+                listen=self.address,
+                metrics_port=self.metrics_port,
+                virtual_storages=sorted(self.nodes),
+            ),
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting; let in-flight RPCs and jobs finish within the grace period."""
+        grace = self.config.graceful_timeout if grace is None else grace
+        await self.server.stop(grace)
+        await self.workers.close(grace)
+        await self.election.close()
+        await self.checker.close()
+        await self.membership.close()
+        await self.health_view.close()
+        await self.cache.close()
+        await self.channels.close()
+        await self.metrics_server.close()
+        await self.store.close()
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
+class _Health(health_pb2_grpc.HealthServicer):
+    async def Check(  # noqa: N802 - gRPC method name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+async def serve(config: ProxyConfig, ready_file: Path | None = None) -> None:
+    proxy = ProxyServer(config)
+    await proxy.start()
+    if ready_file is not None:
+        ready_file.write_text(f"{proxy.address} {proxy.metrics_port}\n")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("draining", extra=log.fields(grace_seconds=config.graceful_timeout))
+    await proxy.stop()

@@ -1,0 +1,190 @@
+"""The verifier: replicas recorded in etcd must exist on disk and match the primary.
+
+Run by the leader. Each pass takes the replicas verified longest ago (never
+verified first), checks each one with ``RepositoryExists`` and
+``CalculateChecksum``, and records when it was verified under
+``verified/<virtual storage>/<repository id>/<node>``. A replica that is
+missing, or up to date yet differing from its primary, is marked outdated and
+gets a replication job: the record no longer claims what the disk lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from gitquorum import log
+from gitquorum.cluster.keys import Keyspace
+from gitquorum.cluster.queue import JobType, ReplicationQueue
+from gitquorum.cluster.repositories import RepositoryCache, RepositoryRecord, RepositoryStore
+from gitquorum.cluster.store import Store
+from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
+from gitquorum.proxy.channels import NodeChannels
+
+logger = log.get("gitquorum.verifier")
+
+
+class VerificationStore:
+    """When each replica was last verified, kept in etcd."""
+
+    def __init__(self, store: Store, keys: Keyspace) -> None:
+        self.store = store
+        self.prefix = f"{keys.prefix}verified/"
+
+    def _key(self, virtual_storage: str, repository_id: int, node: str) -> str:
+        return f"{self.prefix}{virtual_storage}/{repository_id}/{node}"
+
+    async def record(self, virtual_storage: str, repository_id: int, node: str) -> None:
+        await self.store.put(self._key(virtual_storage, repository_id, node), str(time.time()).encode())
+
+    async def verified_at(self, virtual_storage: str, repository_id: int) -> dict[str, float]:
+        prefix = f"{self.prefix}{virtual_storage}/{repository_id}/"
+        result = await self.store.range(prefix, prefix=True)
+        return {kv.key[len(prefix) :]: float(kv.value) for kv in result.kvs}
+
+    async def all(self) -> dict[tuple[str, int, str], float]:
+        result = await self.store.get_prefix(self.prefix)
+        out: dict[tuple[str, int, str], float] = {}
+        for kv in result.kvs:
+            vs, rid, node = kv.key[len(self.prefix) :].split("/")
+            out[(vs, int(rid), node)] = float(kv.value)
+        return out
+
+    async def clear(
+        self, virtual_storage: str, repository_id: int | None = None, node: str | None = None
+    ) -> int:
+        """Forget verifications so the verifier checks those replicas first."""
+        prefix = f"{self.prefix}{virtual_storage}/"
+        if repository_id is not None:
+            prefix += f"{repository_id}/"
+        result = await self.store.range(prefix, prefix=True)
+        keys = [kv.key for kv in result.kvs if node is None or kv.key.endswith(f"/{node}")]
+        for key in keys:
+            await self.store.delete(key)
+        return len(keys)
+
+
+class Verifier:
+    def __init__(
+        self,
+        repositories: RepositoryStore,
+        cache: RepositoryCache,
+        queue: ReplicationQueue,
+        channels: NodeChannels,
+        verification: VerificationStore,
+        healthy: Callable[[str], frozenset[str]],
+        *,
+        interval: float = 300.0,
+        batch: int = 25,
+        tick: float = 2.0,
+    ) -> None:
+        self.repositories = repositories
+        self.cache = cache
+        self.queue = queue
+        self.channels = channels
+        self.verification = verification
+        self.healthy = healthy
+        self.interval = interval
+        self.batch = batch
+        self.tick = tick
+        self.passes = 0
+
+    async def run(self) -> None:
+        """Leader task: verify continuously until cancelled."""
+        while True:
+            try:
+                checked = await self.verify_once()
+            except Exception as exc:
+                logger.warning("verification pass failed", extra=log.fields(error=str(exc)))
+                checked = 0
+            await asyncio.sleep(self.tick if checked else max(self.tick, 5.0))
+
+    def _due(
+        self, verified: dict[tuple[str, int, str], float], now: float, force: bool
+    ) -> list[tuple[RepositoryRecord, str]]:
+        due: list[tuple[float, RepositoryRecord, str]] = []
+        for record in self.cache.records():
+            healthy = self.healthy(record.virtual_storage)
+            for node in record.replica_nodes:
+                if node not in healthy:
+                    continue
+                when = verified.get((record.virtual_storage, record.repository_id, node), 0.0)
+                if force or now - when >= self.interval:
+                    due.append((when, record, node))
+        due.sort(key=lambda item: item[0])
+        return [(record, node) for _, record, node in due]
+
+    async def verify_once(self, *, force: bool = False, limit: int | None = None) -> int:
+        """Verify up to ``limit`` (default: batch) due replicas; returns how many."""
+        verified = await self.verification.all()
+        due = self._due(verified, time.time(), force)[: limit or self.batch]
+        for record, node in due:
+            await self._verify(record, node)
+        self.passes += 1
+        return len(due)
+
+    async def _checksum(self, node: str, replica_path: str) -> str | None:
+        """The replica's checksum; None when it does not exist."""
+        stub = repository_pb2_grpc.RepositoryServiceStub(self.channels.channel(node))
+        repo = shared_pb2.Repository(storage_name=node, relative_path=replica_path)
+        metadata = self.channels.forward_metadata(())
+        exists = await stub.RepositoryExists(
+            repository_pb2.RepositoryExistsRequest(repository=repo), metadata=metadata, timeout=30
+        )
+        if not exists.exists:
+            return None
+        response = await stub.CalculateChecksum(
+            repository_pb2.CalculateChecksumRequest(repository=repo), metadata=metadata, timeout=60
+        )
+        return response.checksum
+
+    async def _verify(self, record: RepositoryRecord, node: str) -> None:
+        try:
+            checksum = await self._checksum(node, record.replica_path)
+            reference = None
+            up_to_date = record.replica_generation(node) == record.generation
+            if (
+                checksum is not None
+                and up_to_date
+                and record.primary
+                and record.primary != node
+                and record.replica_generation(record.primary) == record.generation
+            ):
+                reference = await self._checksum(record.primary, record.replica_path)
+        except grpc.aio.AioRpcError as exc:
+            logger.info(
+                "replica not verifiable now",
+                extra=log.fields(node=node, repository_id=record.repository_id, error=exc.code().name),
+            )
+            return
+        problem = ""
+        if checksum is None:
+            problem = "replica missing on disk"
+        elif reference is not None and reference != checksum and up_to_date:
+            problem = "replica differs from the primary"
+        if problem:
+            # A missing primary is demoted too: failover then picks a replica
+            # that really holds the data, or the repository shows as dataloss.
+            logger.warning(
+                "verification failed",
+                extra=log.fields(node=node, repository_id=record.repository_id, problem=problem),
+            )
+            updated = await self.repositories.mark_outdated(
+                record.virtual_storage, record.repository_id, [node]
+            )
+            await self.queue.enqueue(
+                JobType.UPDATE,
+                updated.virtual_storage,
+                updated.repository_id,
+                updated.relative_path,
+                node,
+                source_node=updated.primary,
+            )
+        await self.verification.record(record.virtual_storage, record.repository_id, node)
+
+
+def nodes_of(nodes: dict[str, Sequence[str]]) -> list[tuple[str, str]]:
+    return [(vs, n) for vs, members in nodes.items() for n in members]
