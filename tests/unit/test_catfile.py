@@ -23,7 +23,7 @@ BLOB_SIZE = 200_000
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going while read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 

@@ -18,7 +18,7 @@ def alive(pid: int) -> bool:
     """Running (a zombie counts as dead: it only waits for its parent to reap it)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going while read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 

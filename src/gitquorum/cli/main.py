@@ -14,7 +14,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "node": ("node", "run a storage node"),
     "proxy": ("proxy", "run a proxy (the client-facing endpoint)"),
     "git-ssh": ("git_ssh", "GIT_SSH_COMMAND helper: git over SSHUploadPack/SSHReceivePack"),
+    "http": ("http", "smart-HTTP gateway for the git CLI"),
     "config": ("config_cmd", "validate configuration files"),
+    "repo": ("repo", "create, list, remove and inspect repositories"),
 }
 
 

@@ -30,8 +30,10 @@ Semantics (at-least-once, one at a time per replica):
   leader) returns ``in_progress`` jobs without their lock to ``ready`` (or
   ``dead`` when out of attempts).
 
-Cost: a claim reads the job and lock prefixes of the targets asked for, so it
-is linear in that backlog; workers should claim per target node.
+Cost: without a view, a claim reads the job and lock prefixes of the targets
+asked for (linear in that backlog). With a started :class:`QueueView` (watch-fed
+jobs and locks) a claim is one txn and an ack one more; the view may lag, which
+costs at most a failed compare and a retry, never correctness.
 """
 
 from __future__ import annotations
@@ -47,7 +49,16 @@ from typing import Protocol
 
 from gitquorum.cluster.errors import ClaimLost, Conflict, FailedPrecondition
 from gitquorum.cluster.keys import Keyspace, check_name, replica_path
-from gitquorum.cluster.store import Compare, KeyValue, Op, RangeResult, Store
+from gitquorum.cluster.mirror import PrefixMirror
+from gitquorum.cluster.store import (
+    Compare,
+    EventType,
+    KeyValue,
+    Op,
+    RangeResult,
+    Store,
+    WatchEvent,
+)
 
 
 class JobType(enum.StrEnum):
@@ -185,6 +196,89 @@ def queue_stats(jobs: Iterable[ReplicationJob], now: float) -> QueueStats:
 TargetFilter = Callable[[str, str], bool]
 
 
+class QueueView:
+    """The whole queue (jobs and locks) kept current by the watch.
+
+    Lets workers pick candidates without reading the backlog on every claim
+    (a claim is then one txn) and feeds the queue metrics without polling. A
+    stale view is harmless: every claim is still guarded by the txn's compares.
+    """
+
+    def __init__(self, store: Store, keys: Keyspace) -> None:
+        self.keys = keys
+        # (virtual storage, target node) -> job key -> job
+        self._jobs: dict[tuple[str, str], dict[str, ReplicationJob]] = {}
+        self._locks: dict[str, KeyValue] = {}
+        self._jobs_mirror = PrefixMirror(
+            store, keys.jobs(), reset=self._reset_jobs, apply=self._apply_jobs
+        )
+        self._locks_mirror = PrefixMirror(
+            store, keys.locks(), reset=self._reset_locks, apply=self._apply_locks
+        )
+
+    async def start(self) -> None:
+        await self._jobs_mirror.start()
+        await self._locks_mirror.start()
+
+    async def close(self) -> None:
+        await self._jobs_mirror.close()
+        await self._locks_mirror.close()
+
+    @property
+    def revision(self) -> int:
+        return self._jobs_mirror.revision
+
+    async def wait_for_revision(self, revision: int) -> None:
+        """Wait until a job change at ``revision`` is visible."""
+        await self._jobs_mirror.wait_for_revision(revision)
+
+    def jobs(self) -> list[ReplicationJob]:
+        return [job for by_key in self._jobs.values() for job in by_key.values()]
+
+    def snapshot(
+        self, targets: Iterable[tuple[str, str]] | None
+    ) -> tuple[list[ReplicationJob], dict[str, KeyValue]]:
+        chosen = list(targets) if targets is not None else list(self._jobs)
+        jobs = [job for target in chosen for job in self._jobs.get(target, {}).values()]
+        return jobs, dict(self._locks)
+
+    def siblings(self, job: ReplicationJob) -> list[ReplicationJob]:
+        """Jobs for the same replica (target node and repository)."""
+        by_key = self._jobs.get((job.virtual_storage, job.target_node), {})
+        return [other for other in by_key.values() if other.repository_id == job.repository_id]
+
+    def _put_job(self, kv: KeyValue) -> None:
+        job = decode_job(self.keys, kv)
+        self._jobs.setdefault((job.virtual_storage, job.target_node), {})[kv.key] = job
+
+    def _reset_jobs(self, kvs: Sequence[KeyValue], _revision: int) -> None:
+        self._jobs = {}
+        for kv in kvs:
+            self._put_job(kv)
+
+    def _apply_jobs(self, events: Sequence[WatchEvent], _revision: int) -> None:
+        for event in events:
+            if event.type is EventType.PUT:
+                self._put_job(event.kv)
+                continue
+            vs, target = event.kv.key[len(self.keys.jobs()) :].split("/")[:2]
+            by_key = self._jobs.get((vs, target))
+            if by_key is not None:
+                by_key.pop(event.kv.key, None)
+                if not by_key:
+                    del self._jobs[(vs, target)]
+
+    def _reset_locks(self, kvs: Sequence[KeyValue], _revision: int) -> None:
+        self._locks = {kv.key: kv for kv in kvs}
+
+    def _apply_locks(self, events: Sequence[WatchEvent], _revision: int) -> None:
+        for event in events:
+            if event.type is EventType.PUT:
+                self._locks[event.kv.key] = event.kv
+            else:
+                self._locks.pop(event.kv.key, None)
+
+
 class ReplicationQueue:
     def __init__(
         self,
@@ -197,8 +291,11 @@ class ReplicationQueue:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         max_races: int = 100,
+        view: QueueView | None = None,
     ) -> None:
-        """``clock`` is wall time: ``not_before`` and ``created_at`` are shared by proxies."""
+        """``clock`` is wall time: ``not_before`` and ``created_at`` are shared by
+        proxies. With a started ``view``, claims pick candidates from it instead
+        of reading the backlog."""
         self.store = store
         self.keys = keys
         self.max_attempts = max_attempts
@@ -207,12 +304,23 @@ class ReplicationQueue:
         self.clock = clock
         self.rng = rng or random.Random()
         self.max_races = max_races
+        self.view = view
+        # Decoded jobs by key, reused while their mod_revision is unchanged.
+        self._decoded: dict[str, ReplicationJob] = {}
 
     def _key(self, job: ReplicationJob) -> str:
         return self.keys.job(job.virtual_storage, job.target_node, job.repository_id, job.job_id)
 
     def _decode(self, result: RangeResult) -> list[ReplicationJob]:
-        return [decode_job(self.keys, kv) for kv in result.kvs]
+        if len(self._decoded) > 200_000:
+            self._decoded.clear()
+        jobs = []
+        for kv in result.kvs:
+            job = self._decoded.get(kv.key)
+            if job is None or job.revision != kv.mod_revision:
+                job = self._decoded[kv.key] = decode_job(self.keys, kv)
+            jobs.append(job)
+        return jobs
 
     def _new_id(self) -> str:
         return f"{int(self.clock() * 1000):011x}{secrets.token_hex(3)}"
@@ -298,7 +406,10 @@ class ReplicationQueue:
         Raises LeaseExpired when the worker's lease is gone."""
         target_list = list(targets) if targets is not None else None
         for _ in range(self.max_races):
-            jobs, locks = await self._snapshot(target_list)
+            if self.view is not None:
+                jobs, locks = self.view.snapshot(target_list)
+            else:
+                jobs, locks = await self._snapshot(target_list)
             candidates = self._runnable(jobs, locks, target_filter)
             if not candidates:
                 return None
@@ -310,6 +421,9 @@ class ReplicationQueue:
                 claim = await self._try_claim(job, worker)
                 if claim is not None:
                     return claim
+            if self.view is not None:
+                # Every candidate was stale: let the watch catch up first.
+                return None
         return None
 
     def _runnable(
@@ -366,7 +480,13 @@ class ReplicationQueue:
         """The job succeeded: remove it, its lock and identical older pending jobs."""
         job = claim.job
         prefix = self.keys.jobs(job.virtual_storage, job.target_node, job.repository_id)
-        siblings = self._decode(await self.store.range(prefix, prefix=True))
+        siblings: Iterable[ReplicationJob]
+        if self.view is not None:
+            # A sibling the view has not seen yet just stays queued: it runs
+            # once more, which at-least-once delivery allows.
+            siblings = self.view.siblings(job)
+        else:
+            siblings = self._decode(await self.store.range(prefix, prefix=True))
         superseded = [
             Op.delete(self._key(other))
             for other in siblings

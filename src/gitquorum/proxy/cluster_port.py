@@ -56,6 +56,7 @@ class EtcdClusterPort:
         queue: ReplicationQueue,
         metrics: ProxyMetrics,
         draining: Callable[[str], frozenset[str]] = lambda _vs: frozenset(),
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self._nodes = {vs: list(members) for vs, members in nodes.items()}
         self._replication_factors = dict(replication_factors)
@@ -66,6 +67,7 @@ class EtcdClusterPort:
         self.queue = queue
         self.metrics = metrics
         self._draining = draining
+        self._paused = paused
 
     def virtual_storages(self) -> Sequence[str]:
         return list(self._nodes)
@@ -94,6 +96,12 @@ class EtcdClusterPort:
         consensus = self.health.healthy(repo.virtual_storage)
         if record.primary in valid_primaries(record, consensus):
             return repo
+        if self._paused():
+            # Operator pause (gitquorum pause) stops lazy failover as well as the leader's.
+            raise Unavailable(
+                f"repository {repo.relative_path!r} is unavailable: its primary is not a valid "
+                "primary and automatic failover is paused (see `gitquorum resume`)"
+            )
         candidates = sorted(valid_primaries(record, self.healthy(repo.virtual_storage)))
         draining = self._draining(repo.virtual_storage)
         candidates = [n for n in candidates if n not in draining] or candidates
@@ -130,7 +138,9 @@ class EtcdClusterPort:
             virtual_storage,
             relative_path,
             nodes=self.nodes(virtual_storage),
-            healthy=self.healthy(virtual_storage),
+            # Drained nodes get no new primaries (they still get replicas) unless nothing else is up.
+            healthy=(self.healthy(virtual_storage) - self._draining(virtual_storage))
+            or self.healthy(virtual_storage),
             replication_factor=self._replication_factors.get(virtual_storage, 0),
         )
         return Placement(plan.repository_id, plan.replica_path, plan.primary, plan.assigned)

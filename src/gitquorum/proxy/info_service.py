@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -29,7 +29,7 @@ _BATCH = 100
 class PraefectInfoService(praefect_pb2_grpc.PraefectInfoServiceServicer):
     def __init__(
         self,
-        nodes: dict[str, Sequence[str]],
+        nodes: Mapping[str, Sequence[str]],
         repositories: RepositoryStore,
         cache: RepositoryCache,
         queue: ReplicationQueue,

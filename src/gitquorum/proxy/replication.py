@@ -157,6 +157,7 @@ class ReplicationWorkers:
         lease_ttl: float = 5.0,
         idle_min: float = 0.05,
         idle_max: float = 1.0,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self.name = name
         self.queue = queue
@@ -167,6 +168,8 @@ class ReplicationWorkers:
         self.lease_ttl = lease_ttl
         self.idle_min = idle_min
         self.idle_max = idle_max
+        # Operator pause (gitquorum pause): claim nothing; running jobs finish.
+        self.paused = paused
         self.wake = asyncio.Event()
         self._keeper: LeaseKeeper | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -195,7 +198,7 @@ class ReplicationWorkers:
         while not self._stopping.is_set():
             try:
                 keeper = await self._lease()
-                targets = list(self.targets())
+                targets = [] if self.paused() else list(self.targets())
                 claim = (
                     await self.queue.claim_next(_Worker(keeper, f"{self.name}/{index}"), targets=targets)
                     if targets

@@ -17,6 +17,7 @@ from gitquorum.cluster.health import HealthChecker
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import HealthView, ProxyMembership
 from gitquorum.cluster.metrics import ClusterMetrics
+from gitquorum.cluster.operator_state import OperatorStateView
 from gitquorum.cluster.queue import ReplicationQueue
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
 from gitquorum.config import ProxyConfig, parse_address
@@ -94,6 +95,9 @@ class ProxyServer:
         await self.cache.start()
         self.health_view = HealthView(self.store, keys)
         await self.health_view.start()
+        # Drained nodes and the pause flag set with the admin CLI (drain, pause).
+        self.operator_view = OperatorStateView(self.store, keys, registry=self.registry)
+        await self.operator_view.start()
         self.queue = ReplicationQueue(
             self.store, keys, max_attempts=config.replication_attempts
         )
@@ -143,6 +147,11 @@ class ProxyServer:
                 consensus={vs: new.healthy(vs) for vs in self.nodes}, nodes=self.nodes
             )
         )
+        # The consensus may already have changed (our own vote arrives through
+        # the watch) before the listener existed: export the current one too.
+        self.cluster_metrics.update_health(
+            consensus={vs: self.health_view.healthy(vs) for vs in self.nodes}, nodes=self.nodes
+        )
 
         self.port_api = EtcdClusterPort(
             self.nodes,
@@ -153,6 +162,8 @@ class ProxyServer:
             self.checker.is_healthy,
             self.queue,
             self.metrics,
+            draining=self.operator_view.draining,
+            paused=self.operator_view.paused,
         )
         advertise = config.advertise or self.address
         handler = ProxyHandler(
@@ -202,6 +213,7 @@ class ProxyServer:
             ReplicationMetrics(self.registry),
             workers=config.replication_workers,
             lease_ttl=config.election_ttl,
+            paused=self.operator_view.paused,
         )
         self.election = LeaderElection(self.store, keys, config.name, ttl=config.election_ttl)
         self.election.add_listener(lambda leading, _t: self.cluster_metrics.set_leader(leading))
@@ -215,6 +227,8 @@ class ProxyServer:
             self.cluster_metrics,
             reconcile_interval=config.reconcile_interval,
             wake=self.workers.wake.set,
+            draining=self.operator_view.draining,
+            paused=self.operator_view.paused,
         )
         self.leader_tasks.install()
         self.verifier = Verifier(
@@ -229,6 +243,8 @@ class ProxyServer:
         self.election.run_while_leader("verifier", self.verifier.run)
         # Wake the workers when a node comes back: its jobs become runnable.
         self.health_view.add_listener(lambda _old, _new: self.workers.wake.set())
+        # ... and when an operator resumes a paused cluster: held-back jobs become claimable.
+        self.operator_view.add_listener(lambda _old, _new: self.workers.wake.set())
 
         await self.server.start()
         await self.workers.start()
@@ -255,6 +271,7 @@ class ProxyServer:
         await self.checker.close()
         await self.membership.close()
         await self.health_view.close()
+        await self.operator_view.close()
         await self.cache.close()
         await self.channels.close()
         await self.metrics_server.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 
@@ -15,7 +15,7 @@ from gitquorum.proxy.channels import NodeChannels
 class ServerInfoService(server_pb2_grpc.ServerServiceServicer):
     def __init__(
         self,
-        nodes: dict[str, Sequence[str]],
+        nodes: Mapping[str, Sequence[str]],
         channels: NodeChannels,
         healthy: Callable[[str], frozenset[str]],
     ) -> None:

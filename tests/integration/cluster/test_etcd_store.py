@@ -11,6 +11,7 @@ from gitquorum.cluster.lease import LeaseKeeper
 from gitquorum.cluster.store import EventType, WatchEvent
 from tests.harness.etcd import EtcdCluster
 from tests.integration.cluster.conftest import StoreFactory
+from tests.integration.cluster.polling import eventually
 from tests.unit.cluster.store_contract import CHECKS
 
 
@@ -45,16 +46,10 @@ class Recorder:
             self.events.extend(batch.events)
 
 
-async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def test_watch_resumes_across_a_restart_of_the_only_member(
-    tmp_path, make_store: StoreFactory, keys: Keyspace  # type: ignore[no-untyped-def]
+    tmp_path,
+    make_store: StoreFactory,
+    keys: Keyspace,  # type: ignore[no-untyped-def]
 ) -> None:
     with EtcdCluster(1, tmp_path / "etcd") as cluster:
         store = make_store(cluster, watch_progress_interval=0.5, watch_idle_timeout=2.0)
@@ -62,12 +57,12 @@ async def test_watch_resumes_across_a_restart_of_the_only_member(
         first = await writer.put(f"{keys.prefix}0", b"0")
         recorder = Recorder()
         task = asyncio.ensure_future(recorder.follow(store, keys.prefix, first))
-        await wait_until(lambda: len(recorder.events) == 1, 10, "first event")
+        await eventually(lambda: len(recorder.events) == 1, 10, "first event")
         cluster.kill(0)
         cluster.restart(0)
         for i in range(1, 20):
             await writer.put(f"{keys.prefix}{i}", str(i).encode())
-        await wait_until(lambda: len(recorder.events) >= 20, 15, "events after restart")
+        await eventually(lambda: len(recorder.events) >= 20, 15, "events after restart")
         task.cancel()
         assert [e.kv.value for e in recorder.events] == [str(i).encode() for i in range(20)]
 
@@ -98,7 +93,7 @@ async def test_three_members_keep_working_when_one_is_killed(
                 await asyncio.sleep(0.05)
         written.append(str(i).encode())
         await asyncio.sleep(0.005)
-    await wait_until(lambda: len(recorder.events) >= 150, 15, "all watch events")
+    await eventually(lambda: len(recorder.events) >= 150, 15, "all watch events")
     assert keeper.alive, keeper.lost_reason
     assert await store.time_to_live(keeper.lease_id) > 0
     # Exactly once and in order; a put repeated after an ambiguous failure

@@ -39,8 +39,8 @@ _SEEDED: dict[str, Seeded] = {}
 
 
 def _disk(target: Target, repo: shared_pb2.Repository) -> Path:
-    # Differential checks read the replica's disk; through a proxy there is none.
-    return target.disk_path(repo) if target.storage_path is not None else Path("/nonexistent")
+    # Differential checks read the replica's disk: through a proxy, the primary's replica.
+    return target.disk_path(repo)
 
 
 @pytest.fixture

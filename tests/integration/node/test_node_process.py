@@ -86,7 +86,7 @@ def children(pid: int) -> set[int]:
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going while read
         return False
     return state != "Z"
 
@@ -96,6 +96,12 @@ async def health(address: str, rpc_timeout: float = 5.0, **kwargs: Any) -> int:
         stub = health_pb2_grpc.HealthStub(channel)
         response = await stub.Check(health_pb2.HealthCheckRequest(), timeout=rpc_timeout, **kwargs)
         return int(response.status)
+
+
+async def server_info(address: str, **kwargs: Any) -> server_pb2.ServerInfoResponse:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = server_pb2_grpc.ServerServiceStub(channel)
+        return await stub.ServerInfo(server_pb2.ServerInfoRequest(), timeout=5, **kwargs)
 
 
 # --- the shared node ---------------------------------------------------------------------------
@@ -124,10 +130,8 @@ async def test_metrics_endpoint_counts_rpcs(node_session: NodeProcess) -> None:
     metrics = await counted()
     assert "# TYPE gitquorum_rpc_requests_total counter" in metrics
     assert "gitquorum_rpc_duration_seconds_bucket{" in metrics
-    # A failed RPC is counted under its own code.
-    async with grpc.aio.insecure_channel(node_session.address) as channel:
-        stub = server_pb2_grpc.ServerServiceStub(channel)
-        await stub.ServerInfo(server_pb2.ServerInfoRequest())
+    # Other services are counted under their own method.
+    await server_info(node_session.address)
     metrics = await asyncio.to_thread(fetch_metrics, node_session.metrics_port)
     assert requests_total(metrics, "/gitaly.ServerService/ServerInfo", "OK") >= 1
 
@@ -147,21 +151,23 @@ async def test_unknown_path_is_not_found(node_session: NodeProcess) -> None:
 
 async def test_logs_are_json_with_correlation_id(node_session: NodeProcess) -> None:
     correlation = f"test-{uuid.uuid4().hex}"
-    await health(node_session.address, metadata=((CORRELATION_KEY, correlation),))
-    await health(node_session.address)
+    # ServerInfo rather than a health check: successful health probes log at debug.
+    await server_info(node_session.address, metadata=((CORRELATION_KEY, correlation),))
+    await server_info(node_session.address)
 
     def logged() -> list[dict[str, Any]]:
         return [e for e in log_entries(node_session) if e.get("correlation_id") == correlation]
 
     (entry,) = wait_for(logged, 5, what="the RPC's log line")
-    assert entry["method"] == HEALTH_CHECK
+    assert entry["method"] == "/gitaly.ServerService/ServerInfo"
     assert entry["code"] == "OK"
     assert entry["level"] == "info"
+    assert entry["msg"] == "rpc finished"
     assert isinstance(entry["duration_ms"], int | float)
     assert entry["time"].endswith("Z")
     # Every RPC line has a correlation id, made up when the caller sent none.
     rpc_lines = [e for e in log_entries(node_session) if "method" in e]
-    assert rpc_lines
+    assert len(rpc_lines) >= 2
     assert all(e.get("correlation_id") for e in rpc_lines)
     serving = [e for e in log_entries(node_session) if e["msg"] == "node serving"]
     assert serving and serving[0]["listen"] == node_session.address
@@ -285,7 +291,7 @@ async def test_sigterm_drains_in_flight_rpc(draining_node: NodeProcess, source_r
     returncode = await asyncio.to_thread(node.proc.wait, GRACE + 5)
     elapsed = time.monotonic() - signalled
     assert returncode == 0
-    assert elapsed < GRACE + 1.0, f"drain took {elapsed:.1f}s, grace is {GRACE}s"
+    assert elapsed < GRACE + 1.5, f"drain took {elapsed:.1f}s, grace is {GRACE}s"
     assert not any(alive(pid) for pid in git_processes), "git outlived the node"
     entries = log_entries(node)
     assert not [e for e in entries if e["level"] == "error"]
@@ -314,7 +320,7 @@ async def test_sigterm_cancels_rpcs_beyond_grace(draining_node: NodeProcess) -> 
             code = exc.code()
         assert code != grpc.StatusCode.OK, "an RPC cut short must not look successful"
     assert returncode == 0
-    assert GRACE - 0.5 <= elapsed < GRACE + 1.5, f"exited after {elapsed:.1f}s"
+    assert GRACE - 0.5 <= elapsed < GRACE + 2.5, f"exited after {elapsed:.1f}s"
     assert not any(alive(pid) for pid in git_processes), "git outlived the node"
     errors = [e for e in log_entries(node) if e["level"] == "error"]
     assert not errors, errors

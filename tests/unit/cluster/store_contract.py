@@ -49,7 +49,9 @@ async def check_txn(store: Store, p: str) -> None:
     # Range compare: nothing under the prefix changed since a revision.
     sub = f"{p}range/"
     read = await store.range(sub, prefix=True)
-    assert (await store.txn([Compare.unchanged_since(sub, read.revision)], [Op.put(f"{sub}1", b"")])).succeeded
+    assert (
+        await store.txn([Compare.unchanged_since(sub, read.revision)], [Op.put(f"{sub}1", b"")])
+    ).succeeded
     assert not (
         await store.txn([Compare.unchanged_since(sub, read.revision)], [Op.put(f"{sub}2", b"")])
     ).succeeded

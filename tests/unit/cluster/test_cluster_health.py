@@ -54,14 +54,21 @@ VIEWS = st.dictionaries(
 
 
 @given(live=PROXIES, views=VIEWS)
-def test_consensus_matches_its_definition(live: set[str], views: dict[str, dict[str, bool]]) -> None:
+def test_consensus_matches_its_definition(
+    live: set[str], views: dict[str, dict[str, bool]]
+) -> None:
     result = consensus(HealthSnapshot(frozenset(live), {p: {"vs": v} for p, v in views.items()}))
     for node in ("n1", "n2", "n3"):
         votes = sum(1 for p in live if views.get(p, {}).get(node, False))
         assert (node in result.healthy("vs")) == (votes * 2 > len(live))
 
 
-@given(live=PROXIES, views=VIEWS, voter=st.sampled_from(["a", "b", "c", "d", "e"]), node=st.sampled_from(["n1", "n2", "n3"]))
+@given(
+    live=PROXIES,
+    views=VIEWS,
+    voter=st.sampled_from(["a", "b", "c", "d", "e"]),
+    node=st.sampled_from(["n1", "n2", "n3"]),
+)
 def test_one_more_healthy_vote_never_makes_a_node_unhealthy(
     live: set[str], views: dict[str, dict[str, bool]], voter: str, node: str
 ) -> None:
@@ -82,7 +89,9 @@ async def test_checker_hysteresis_and_publish_on_change_only() -> None:
     async def publish(v) -> None:  # type: ignore[no-untyped-def]
         published.append(v)
 
-    checker = HealthChecker({"vs": {"n1": "a1", "n2": "a2"}}, publish=publish, probe=probe, unhealthy_after=2)
+    checker = HealthChecker(
+        {"vs": {"n1": "a1", "n2": "a2"}}, publish=publish, probe=probe, unhealthy_after=2
+    )
     await checker.check_once()
     await checker.check_once()
     assert published == [{"vs": {"n1": True, "n2": True}}]

@@ -14,7 +14,10 @@ def test_keys_live_under_one_cluster_prefix_and_parse_back() -> None:
     assert keys.repository_id_counter() == "/gitquorum/prod/ids/repository"
     assert keys.repository("default", 42) == "/gitquorum/prod/repositories/default/42"
     assert keys.parse_repository(keys.repository("default", 42)) == ("default", 42)
-    assert keys.path("default", "@hashed/ab/cd.git") == "/gitquorum/prod/paths/default/@hashed/ab/cd.git"
+    assert (
+        keys.path("default", "@hashed/ab/cd.git")
+        == "/gitquorum/prod/paths/default/@hashed/ab/cd.git"
+    )
     assert keys.job("vs", "n1", 7, "j1") == "/gitquorum/prod/jobs/vs/n1/7/j1"
     assert keys.lock("vs", "n1", 7) == "/gitquorum/prod/locks/vs/n1/7"
     assert keys.parse_lock(keys.lock("vs", "n1", 7)) == ("vs", "n1", 7)

@@ -29,18 +29,72 @@ def test_cluster_metrics_export() -> None:
     metrics.observe_store_request("txn", 0.002, None)
     metrics.observe_store_request("txn", 0.5, "unavailable")
 
-    assert sample(registry, "gitquorum_replication_queue_depth", {"virtual_storage": "vs", "target_node": "n2", "state": "ready"}) == 1
-    assert sample(registry, "gitquorum_replication_queue_depth", {"virtual_storage": "vs", "target_node": "n2", "state": "dead"}) == 1
-    assert sample(registry, "gitquorum_replication_queue_oldest_pending_seconds", {"virtual_storage": "vs", "target_node": "n2"}) == 60.0
-    assert sample(registry, "gitquorum_outdated_replicas", {"virtual_storage": "vs", "storage": "n2"}) == 1
+    assert (
+        sample(
+            registry,
+            "gitquorum_replication_queue_depth",
+            {"virtual_storage": "vs", "target_node": "n2", "state": "ready"},
+        )
+        == 1
+    )
+    assert (
+        sample(
+            registry,
+            "gitquorum_replication_queue_depth",
+            {"virtual_storage": "vs", "target_node": "n2", "state": "dead"},
+        )
+        == 1
+    )
+    assert (
+        sample(
+            registry,
+            "gitquorum_replication_queue_oldest_pending_seconds",
+            {"virtual_storage": "vs", "target_node": "n2"},
+        )
+        == 60.0
+    )
+    assert (
+        sample(registry, "gitquorum_outdated_replicas", {"virtual_storage": "vs", "storage": "n2"})
+        == 1
+    )
     assert sample(registry, "gitquorum_unavailable_repositories", {"virtual_storage": "vs"}) == 1
     assert sample(registry, "gitquorum_unavailable_repositories", {"virtual_storage": "empty"}) == 0
-    assert sample(registry, "gitquorum_node_healthy", {"virtual_storage": "vs", "storage": "n2", "view": "local"}) == 0
-    assert sample(registry, "gitquorum_node_healthy", {"virtual_storage": "vs", "storage": "n1", "view": "consensus"}) == 1
-    assert sample(registry, "gitquorum_node_healthy", {"virtual_storage": "vs", "storage": "n2", "view": "consensus"}) == 0
+    assert (
+        sample(
+            registry,
+            "gitquorum_node_healthy",
+            {"virtual_storage": "vs", "storage": "n2", "view": "local"},
+        )
+        == 0
+    )
+    assert (
+        sample(
+            registry,
+            "gitquorum_node_healthy",
+            {"virtual_storage": "vs", "storage": "n1", "view": "consensus"},
+        )
+        == 1
+    )
+    assert (
+        sample(
+            registry,
+            "gitquorum_node_healthy",
+            {"virtual_storage": "vs", "storage": "n2", "view": "consensus"},
+        )
+        == 0
+    )
     assert sample(registry, "gitquorum_leader", {"proxy": "p1"}) == 1
-    assert sample(registry, "gitquorum_etcd_request_duration_seconds_count", {"operation": "txn"}) == 2
-    assert sample(registry, "gitquorum_etcd_request_errors_total", {"operation": "txn", "error": "unavailable"}) == 1
+    assert (
+        sample(registry, "gitquorum_etcd_request_duration_seconds_count", {"operation": "txn"}) == 2
+    )
+    assert (
+        sample(
+            registry,
+            "gitquorum_etcd_request_errors_total",
+            {"operation": "txn", "error": "unavailable"},
+        )
+        == 1
+    )
     # A drained target disappears instead of lingering.
     metrics.update_queue(queue_stats([], now=200.0))
     assert b"gitquorum_replication_queue_depth{" not in generate_latest(registry)

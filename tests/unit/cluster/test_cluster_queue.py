@@ -17,6 +17,7 @@ from gitquorum.cluster.queue import (
     ClaimedJob,
     JobState,
     JobType,
+    QueueView,
     ReplicationQueue,
     queue_stats,
 )
@@ -189,16 +190,21 @@ class QueueMachine(RuleBasedStateMachine):
             return
         worker = candidates[index % len(candidates)]
         claim = worker.claims.pop(0)
-        valid = self.lease_alive(worker) and self.active.get(
-            (claim.job.target_node, claim.job.repository_id), (None, None)
-        )[1] is claim
+        valid = (
+            self.lease_alive(worker)
+            and self.active.get((claim.job.target_node, claim.job.repository_id), (None, None))[1]
+            is claim
+        )
         try:
             if succeed:
                 self.run(self.queue.ack(claim))
                 self.acked[claim.job.job_id] = self.acked.get(claim.job.job_id, 0) + 1
                 job = claim.job
                 self.ack_marks.append(
-                    ((job.type, job.source_node, job.target_node, job.repository_id), claim.claim_revision)
+                    (
+                        (job.type, job.source_node, job.target_node, job.repository_id),
+                        claim.claim_revision,
+                    )
                 )
             else:
                 self.run(self.queue.fail(claim, "failed"))
@@ -287,7 +293,8 @@ QueueMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=
 test_queue_machine = QueueMachine.TestCase
 
 
-async def test_concurrent_workers_drain_everything_once() -> None:
+@pytest.mark.parametrize("with_view", [False, True])
+async def test_concurrent_workers_drain_everything_once(with_view: bool) -> None:
     clock = ManualClock()
     store = MemoryStore(clock, interleave=random.Random(3))
     queue = ReplicationQueue(store, KEYS, clock=clock, rng=random.Random(3))
@@ -299,14 +306,28 @@ async def test_concurrent_workers_drain_everything_once() -> None:
 
     async def work(name: str) -> None:
         worker = Worker(name, (await store.grant(1000)).id)
-        while (claim := await queue.claim_next(worker)) is not None:
+        mine = queue
+        view = None
+        if with_view:
+            view = QueueView(store, KEYS)
+            await view.start()
+            mine = ReplicationQueue(store, KEYS, clock=clock, rng=random.Random(name), view=view)
+        for _ in range(10_000):
+            claim = await mine.claim_next(worker)
+            if claim is None:
+                if not await queue.jobs():
+                    break
+                await asyncio.sleep(0)  # a stale view catches up
+                continue
             replica = (claim.job.target_node, claim.job.repository_id)
             assert replica not in running
             running.add(replica)
             await asyncio.sleep(0)
             running.discard(replica)
-            await queue.ack(claim)
+            await mine.ack(claim)
             done[claim.job.job_id] = done.get(claim.job.job_id, 0) + 1
+        if view is not None:
+            await view.close()
 
     await asyncio.gather(*(work(f"w{i}") for i in range(3)))
     assert len(done) == 60 and set(done.values()) == {1}

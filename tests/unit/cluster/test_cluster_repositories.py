@@ -37,8 +37,12 @@ KEYS = Keyspace("unit")
 NODES = ("n1", "n2", "n3")
 
 
-def record(gen: int, replicas: dict[str, int], primary: str = "n1", assigned=NODES, rid: int = 1) -> RepositoryRecord:  # type: ignore[no-untyped-def]
-    return RepositoryRecord(rid, "vs", f"repo{rid}.git", primary, tuple(assigned), gen, ()).with_replicas(replicas)
+def record(
+    gen: int, replicas: dict[str, int], primary: str = "n1", assigned=NODES, rid: int = 1
+) -> RepositoryRecord:  # type: ignore[no-untyped-def]
+    return RepositoryRecord(
+        rid, "vs", f"repo{rid}.git", primary, tuple(assigned), gen, ()
+    ).with_replicas(replicas)
 
 
 def test_replica_path_matches_the_praefect_layout() -> None:
@@ -109,7 +113,9 @@ async def test_create_assigns_and_indexes(repos: RepositoryStore) -> None:
     assert rec.primary == "n2" and len(rec.assigned) == 2 and rec.generation == 0
     assert up_to_date_replicas(rec) == set(rec.assigned)
     assert (await repos.get_by_path("vs", "a.git")) == rec
-    assert (await repos.get("vs", rec.repository_id)).replica_path == replica_path(rec.repository_id)
+    assert (await repos.get("vs", rec.repository_id)).replica_path == replica_path(
+        rec.repository_id
+    )
     with pytest.raises(RepositoryExists):
         await repos.create("vs", "a.git", nodes=NODES, healthy={"n2"})
     second = await repos.create("vs", "b.git", nodes=NODES, healthy={"n1"}, created_on=["n1"])
@@ -227,7 +233,9 @@ OPS = st.lists(
 
 @settings(max_examples=60, deadline=None)
 @given(batches=st.lists(OPS, min_size=1, max_size=3), seed=st.integers(0, 2**32 - 1))
-def test_generations_never_go_backwards(batches: list[list[tuple[str, set[str]]]], seed: int) -> None:
+def test_generations_never_go_backwards(
+    batches: list[list[tuple[str, set[str]]]], seed: int
+) -> None:
     async def run_ops(repos: RepositoryStore, rid: int, ops: list[tuple[str, set[str]]]) -> None:
         for op, nodes in ops:
             node = sorted(nodes)[0]
@@ -259,13 +267,15 @@ def test_generations_never_go_backwards(batches: list[list[tuple[str, set[str]]]
             return  # nothing was written
         async with asyncio.timeout(5):
             async for batch in store.watch(key, start_revision=start):
-                history.extend(decode_record("vs", rec.repository_id, e.kv.value) for e in batch.events)
+                history.extend(
+                    decode_record("vs", rec.repository_id, e.kv.value) for e in batch.events
+                )
                 if batch.revision >= store.revision:
                     break
         previous = rec
         for current in history:
             assert current.generation >= previous.generation
-            for node, generation in current.replicas:
+            for _node, generation in current.replicas:
                 assert generation <= current.generation
             previous = current
 

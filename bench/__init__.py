@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of gitquorum; recorded results live in docs/benchmarks.md."""

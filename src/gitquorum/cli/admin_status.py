@@ -1,0 +1,185 @@
+"""``gitquorum status``: proxies, leader, node health, queue depth and replica lag.
+
+Read from etcd only (no proxy needed): live proxies from their membership
+keys, the leader from the election key, each node's health as every proxy
+sees it and by consensus (what failover acts on), operator state (paused,
+drained), and per node the primaries and replicas it holds, its outdated
+replicas, its replication jobs by state and the age of its oldest pending job.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gitquorum.cli import admin_common as common
+from gitquorum.cli.admin_view import ClusterView, read_view
+from gitquorum.cluster.operator_state import Mark
+from gitquorum.cluster.queue import JobState, queue_stats
+from gitquorum.cluster.repositories import outdated_by_node, valid_primaries
+
+STATES = (JobState.READY, JobState.IN_PROGRESS, JobState.FAILED, JobState.DEAD)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_common_arguments(parser)
+
+
+def mark_data(mark: Mark | None) -> dict[str, Any] | None:
+    if mark is None:
+        return None
+    return {"since": mark.since, "reason": mark.reason, "by": mark.by}
+
+
+def build_status(view: ClusterView, nodes: dict[str, list[str]], cluster: str) -> dict[str, Any]:
+    """The whole report as plain data (the JSON output; the table renders it)."""
+    stats = queue_stats(view.jobs, view.read_at)
+    outdated = outdated_by_node(view.records)
+    storages = []
+    for vs, configured in nodes.items():
+        records = view.records_of(vs)
+        healthy = view.healthy(vs)
+        draining = view.operator.draining(vs)
+        seen = [
+            *configured,
+            *sorted(
+                {j.target_node for j in view.jobs if j.virtual_storage == vs} - set(configured)
+            ),
+        ]
+        rows = []
+        for node in seen:
+            queue = {str(s): stats.depth.get((vs, node, str(s)), 0) for s in STATES}
+            rows.append(
+                {
+                    "name": node,
+                    "configured": node in configured,
+                    "healthy": node in healthy,
+                    "votes": {
+                        p.name: bool(p.health.get(vs, {}).get(node, False)) for p in view.proxies
+                    },
+                    "draining": node in draining,
+                    "primaries": sum(1 for r in records if r.primary == node),
+                    "replicas": sum(1 for r in records if node in r.replica_nodes),
+                    "outdated": len(outdated.get((vs, node), ())),
+                    "queue": queue,
+                    # Ready, failed (waiting to retry) or running; dead jobs wait for an operator.
+                    "oldest_pending_age": stats.oldest_pending_age.get((vs, node)),
+                }
+            )
+        storages.append(
+            {
+                "name": vs,
+                "repositories": len(records),
+                "unavailable": sum(1 for r in records if not valid_primaries(r, healthy)),
+                "nodes": rows,
+            }
+        )
+    return {
+        "cluster": cluster,
+        "leader": view.leader,
+        "paused": mark_data(view.operator.pause),
+        "proxies": [
+            {
+                "name": p.name,
+                "address": p.address,
+                "started_at": p.started_at,
+                "leader": p.name == view.leader,
+            }
+            for p in view.proxies
+        ],
+        "virtual_storages": storages,
+        "read_at": view.read_at,
+    }
+
+
+def render_status(status: dict[str, Any]) -> str:
+    now = status["read_at"]
+    paused = status["paused"]
+    head = [
+        f"cluster {status['cluster']}",
+        f"leader {status['leader'] or 'NONE'}",
+        "paused since " + common.format_time(paused["since"]) if paused else "not paused",
+    ]
+    parts = ["   ".join(head)]
+    if paused and paused.get("reason"):
+        parts.append(f"pause reason: {paused['reason']}")
+    if status["proxies"]:
+        parts.append(
+            common.table(
+                ["PROXY", "ADDRESS", "LEADER", "UP"],
+                [
+                    [
+                        p["name"],
+                        p["address"],
+                        "*" if p["leader"] else "",
+                        common.format_age(now - p["started_at"]) if p["started_at"] else None,
+                    ]
+                    for p in status["proxies"]
+                ],
+            )
+        )
+    else:
+        parts.append("no live proxy: node health is unknown (every node counts as unhealthy)")
+    for vs in status["virtual_storages"]:
+        parts.append("")
+        parts.append(
+            f"virtual storage {vs['name']}: {vs['repositories']} repositories, "
+            f"{vs['unavailable']} unavailable"
+        )
+        rows = []
+        for node in vs["nodes"]:
+            votes = " ".join(
+                f"{proxy}:{'ok' if ok else 'down'}" for proxy, ok in sorted(node["votes"].items())
+            )
+            name = node["name"] if node["configured"] else f"{node['name']} (not configured)"
+            rows.append(
+                [
+                    name,
+                    "healthy" if node["healthy"] else "UNHEALTHY",
+                    votes or None,
+                    "DRAINING" if node["draining"] else "",
+                    node["primaries"],
+                    node["replicas"],
+                    node["outdated"],
+                    *(node["queue"][str(s)] for s in STATES),
+                    common.format_age(node["oldest_pending_age"]),
+                ]
+            )
+        parts.append(
+            common.table(
+                [
+                    "NODE",
+                    "HEALTH",
+                    "VOTES",
+                    "DRAIN",
+                    "PRIMARIES",
+                    "REPLICAS",
+                    "OUTDATED",
+                    "READY",
+                    "RUNNING",
+                    "FAILED",
+                    "DEAD",
+                    "OLDEST JOB",
+                ],
+                rows,
+            )
+        )
+    return "\n".join(parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    async def body(admin: common.Admin) -> int:
+        view = await read_view(await admin.store(), admin.keys)
+        selected = getattr(args, "virtual_storage", None)
+        nodes = {
+            vs.name: [n.storage for n in vs.nodes]
+            for vs in admin.config.virtual_storages
+            if selected is None or vs.name == selected
+        }
+        if selected is not None and not nodes:
+            raise common.UsageError(f"virtual storage {selected!r} is not configured")
+        status = build_status(view, nodes, admin.config.etcd.cluster)
+        common.emit(args, status, lambda: render_status(status))
+        return common.EXIT_OK
+
+    return common.run(args, body)

@@ -1,0 +1,215 @@
+"""``gitquorum verify``: have the verifier re-check replicas now.
+
+``MarkUnverified`` on a proxy forgets when the selected replicas were last
+verified, so the leader's verifier (which takes the least recently verified
+first) checks them on its next passes: that each exists on disk and, when up
+to date, matches its primary; a replica that fails is marked outdated and
+repaired by replication. Select one repository (``--repository`` or
+``--repository-id``), a whole virtual storage, or one node of it
+(``--storage``). With ``--wait`` the command waits until every selected
+replica on a healthy node has been verified again and reports what changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+from gitquorum.cli import admin_common as common
+from gitquorum.cli.admin_view import consensus_of, read_proxies
+from gitquorum.cluster.errors import StoreUnavailable
+from gitquorum.cluster.repositories import RepositoryRecord, RepositoryStore, decode_record
+from gitquorum.cluster.store import EventType
+from gitquorum.gitaly import praefect_pb2, praefect_pb2_grpc
+from gitquorum.proxy.verifier import VerificationStore
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    common.add_common_arguments(parser)
+    parser.add_argument(
+        "--repository", "--relative-path", dest="repository", metavar="PATH", help="one repository"
+    )
+    parser.add_argument("--repository-id", type=int, metavar="ID", help="one repository, by id")
+    parser.add_argument(
+        "--storage", metavar="NODE", help="only this node's replicas (with a virtual storage)"
+    )
+    parser.add_argument(
+        "--wait",
+        type=common.parse_duration_arg,
+        metavar="DURATION",
+        help="wait up to this long (e.g. 60s) for the verifier to re-check them",
+    )
+
+
+def selection(
+    args: argparse.Namespace, vs: str, repository_id: int | None
+) -> praefect_pb2.MarkUnverifiedRequest:
+    if repository_id is not None:
+        return praefect_pb2.MarkUnverifiedRequest(repository_id=repository_id)
+    if args.storage:
+        return praefect_pb2.MarkUnverifiedRequest(
+            storage=praefect_pb2.MarkUnverifiedRequest.Storage(
+                virtual_storage=vs, storage=args.storage
+            )
+        )
+    return praefect_pb2.MarkUnverifiedRequest(virtual_storage=vs)
+
+
+def selected_replicas(
+    records: tuple[RepositoryRecord, ...],
+    vs: str,
+    repository_id: int | None,
+    node: str | None,
+    healthy: frozenset[str],
+) -> set[tuple[int, str]]:
+    """(repository id, node) of every replica the verifier will re-check."""
+    chosen = set()
+    for record in records:
+        if record.virtual_storage != vs:
+            continue
+        if repository_id is not None and record.repository_id != repository_id:
+            continue
+        for replica in record.replica_nodes:
+            if (node is None or replica == node) and replica in healthy:
+                chosen.add((record.repository_id, replica))
+    return chosen
+
+
+async def wait_verified(
+    admin: common.Admin,
+    vs: str,
+    repository_id: int | None,
+    node: str | None,
+    since: float,
+    deadline: float,
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """(verified, selected, replicas that fell behind meanwhile), once every selected
+    replica was re-verified or at the deadline.
+
+    A replica the verifier finds missing or different is marked outdated and
+    may be repaired again before the next poll, so demotions are collected
+    from the watch on the records rather than from the final state.
+    """
+    store = await admin.store()
+    verification = VerificationStore(store, admin.keys)
+    prefix = admin.keys.repositories()
+    initial = await store.get_prefix(prefix)
+    state: dict[int, RepositoryRecord] = {}
+    for kv in initial.kvs:
+        rvs, rid = admin.keys.parse_repository(kv.key)
+        state[rid] = decode_record(rvs, rid, kv.value, kv.mod_revision)
+    demoted: dict[tuple[int, str], dict[str, Any]] = {}
+
+    def selected(rid: int, replica: str) -> bool:
+        return (repository_id is None or rid == repository_id) and (node is None or replica == node)
+
+    async def follow() -> None:
+        async for batch in store.watch(prefix, prefix=True, start_revision=initial.revision + 1):
+            for event in batch.events:
+                rvs, rid = admin.keys.parse_repository(event.kv.key)
+                if event.type is EventType.DELETE or rvs != vs:
+                    state.pop(rid, None)
+                    continue
+                new = decode_record(rvs, rid, event.kv.value, event.kv.mod_revision)
+                old = state.get(rid)
+                state[rid] = new
+                if old is None:
+                    continue
+                for replica in new.replica_nodes:
+                    fell_behind = (
+                        old.replica_generation(replica) == old.generation
+                        and new.replica_generation(replica) < new.generation
+                    )
+                    if fell_behind and selected(rid, replica):
+                        demoted[(rid, replica)] = {
+                            "repository_id": rid,
+                            "relative_path": new.relative_path,
+                            "node": replica,
+                        }
+            if batch.compacted:
+                return
+
+    watcher = asyncio.get_running_loop().create_task(follow())
+    try:
+        while True:
+            records = tuple(state.values())
+            healthy = consensus_of(await read_proxies(store, admin.keys)).healthy(vs)
+            wanted = selected_replicas(records, vs, repository_id, node, healthy)
+            verified_at = await verification.all()
+            done = {(rid, n) for rid, n in wanted if verified_at.get((vs, rid, n), 0.0) >= since}
+            if done == wanted or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+            await watcher
+    return (
+        len(done),
+        len(wanted),
+        sorted(demoted.values(), key=lambda d: (d["repository_id"], d["node"])),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    async def body(admin: common.Admin) -> int:
+        chosen = sum(x is not None for x in (args.repository, args.repository_id))
+        if chosen > 1:
+            raise common.UsageError("pass either --repository or --repository-id, not both")
+        if chosen and args.storage:
+            raise common.UsageError("--storage selects a node's replicas of a virtual storage")
+        vs = admin.virtual_storage.name
+        if args.storage and args.storage not in admin.nodes(vs):
+            raise common.UsageError(f"node {args.storage!r} is not part of virtual storage {vs!r}")
+        repository_id = args.repository_id
+        if args.repository is not None:
+            record = await RepositoryStore(await admin.store(), admin.keys).find(
+                vs, args.repository
+            )
+            if record is None:
+                raise common.CommandError(f"repository {vs}/{args.repository} not found")
+            repository_id = record.repository_id
+        # Verifications recorded from now on are the re-checks (wall time, as recorded).
+        since = time.time()
+        channel = await admin.proxy()
+        response = await praefect_pb2_grpc.PraefectInfoServiceStub(channel).MarkUnverified(
+            selection(args, vs, repository_id),
+            metadata=admin.proxy_metadata(),
+            timeout=admin.timeout,
+        )
+        data: dict[str, Any] = {
+            "virtual_storage": vs,
+            "repository_id": repository_id,
+            "storage": args.storage,
+            "replicas_marked": response.replicas_marked,
+        }
+        status = common.EXIT_OK
+        if args.wait is not None:
+            verified, wanted, demoted = await wait_verified(
+                admin, vs, repository_id, args.storage, since, time.monotonic() + args.wait
+            )
+            data.update(verified=verified, selected=wanted, outdated=demoted)
+            if verified < wanted or demoted:
+                status = common.EXIT_PROBLEM
+
+        def human() -> str:
+            lines = [
+                f"marked {response.replicas_marked} replica(s) unverified; "
+                "the verifier re-checks them first"
+            ]
+            if args.wait is not None:
+                lines.append(f"re-verified {data['verified']} of {data['selected']} replica(s)")
+                lines.extend(
+                    f"fell behind while verifying (queued for repair): {d['relative_path']} "
+                    f"on {d['node']}"
+                    for d in data["outdated"]
+                )
+            return "\n".join(lines)
+
+        common.emit(args, data, human)
+        return status
+
+    return common.run(args, body)

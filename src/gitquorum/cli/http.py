@@ -1,0 +1,101 @@
+"""Run the smart-HTTP gateway: git clone/fetch/push over http:// through a proxy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from gitquorum import log
+from gitquorum.config import parse_address, parse_duration
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen", default="127.0.0.1:8080", help="HTTP address host:port (default %(default)s)"
+    )
+    parser.add_argument(
+        "--proxy", required=True, metavar="ADDR", help="gRPC address of the proxy (or a node)"
+    )
+    parser.add_argument(
+        "--storage",
+        default="default",
+        metavar="NAME",
+        help="virtual storage that URL paths name repositories of (default %(default)s)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default="",
+        help="gateway users' secrets, one per line ('SECRET' or 'SECRET read-only'); "
+        "without it anyone may fetch and push",
+    )
+    parser.add_argument(
+        "--proxy-token-file",
+        default="",
+        help="shared secret for v2 tokens sent to the proxy, if it requires authentication",
+    )
+    parser.add_argument(
+        "--create-on-push",
+        action="store_true",
+        help="create a missing repository when someone pushes to it",
+    )
+    parser.add_argument(
+        "--timeout",
+        default="60s",
+        help="deadline of ref advertisements and repository creation (default %(default)s)",
+    )
+    parser.add_argument(
+        "--graceful-timeout",
+        default="30s",
+        help="how long SIGTERM lets requests in flight finish (default %(default)s)",
+    )
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    parser.add_argument("--ready-file", type=Path, help="write 'ADDRESS METRICS_PORT' once serving")
+
+
+def run(args: argparse.Namespace) -> int:
+    from gitquorum.gateway.http import GatewayConfig, serve
+
+    problems: list[str] = []
+    for option, value in (("--listen", args.listen), ("--proxy", args.proxy)):
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            problems.append(f"{option}: {exc}")
+    durations: dict[str, float] = {}
+    for option, value in (("timeout", args.timeout), ("graceful_timeout", args.graceful_timeout)):
+        try:
+            durations[option] = parse_duration(value)
+        except ValueError as exc:
+            problems.append(f"--{option.replace('_', '-')}: {exc}")
+    for option, path in (
+        ("--token-file", args.token_file),
+        ("--proxy-token-file", args.proxy_token_file),
+    ):
+        if path and not Path(path).is_file():
+            problems.append(f"{option}: no such file: {path}")
+    if not args.storage:
+        problems.append("--storage: empty")
+    if problems:
+        for problem in problems:
+            print(f"config: {problem}", file=sys.stderr)
+        return 2
+    config = GatewayConfig(
+        proxy=args.proxy,
+        listen=args.listen,
+        storage=args.storage,
+        token_file=args.token_file,
+        proxy_token_file=args.proxy_token_file,
+        create_on_push=args.create_on_push,
+        timeout=durations["timeout"],
+        graceful_timeout=durations["graceful_timeout"],
+    )
+    log.setup(args.log_level)
+    try:
+        asyncio.run(serve(config, args.ready_file))
+    except ValueError as exc:
+        # A malformed token file.
+        print(f"config: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,85 @@
+"""The gateway's side of gRPC: one channel to a proxy (or node) and its calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from gitquorum import auth, log
+from gitquorum.gitaly import (
+    repository_pb2,
+    repository_pb2_grpc,
+    shared_pb2,
+    smarthttp_pb2,
+    smarthttp_pb2_grpc,
+)
+
+# A pack message is at most one body chunk, but the ref advertisement of a
+# repository with many refs arrives in whatever size the backend chose.
+MAX_MESSAGE = 64 * 1024 * 1024
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    # A restarted proxy is back in service within seconds, not after grpc's
+    # default two-minute reconnect backoff.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+class Backend:
+    """SmartHTTPService (and CreateRepository) on one gRPC target."""
+
+    def __init__(self, target: str, storage: str, secret: bytes | None = None) -> None:
+        self.target = target
+        self.storage = storage
+        self._secret = secret
+        self._channel: grpc.aio.Channel | None = None
+
+    async def open(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self.smarthttp = smarthttp_pb2_grpc.SmartHTTPServiceStub(self._channel)
+        self.repositories = repository_pb2_grpc.RepositoryServiceStub(self._channel)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    def repository(self, relative_path: str) -> shared_pb2.Repository:
+        return shared_pb2.Repository(storage_name=self.storage, relative_path=relative_path)
+
+    def metadata(self) -> list[tuple[str, str]]:
+        """Per call: a v2 token carries its own timestamp and expires."""
+        metadata = [(log.CORRELATION_METADATA_KEYS[0], log.correlation_id.get())]
+        if self._secret is not None:
+            metadata.append(auth.bearer(self._secret))
+        return metadata
+
+    def info_refs(
+        self, relative_path: str, push: bool, git_protocol: str, timeout: float
+    ) -> grpc.aio.UnaryStreamCall[Any, Any]:
+        request = smarthttp_pb2.InfoRefsRequest(
+            repository=self.repository(relative_path), git_protocol=git_protocol
+        )
+        method = self.smarthttp.InfoRefsReceivePack if push else self.smarthttp.InfoRefsUploadPack
+        return method(request, metadata=self.metadata(), timeout=timeout)
+
+    def post_upload_pack(self) -> grpc.aio.StreamStreamCall[Any, Any]:
+        return self.smarthttp.PostUploadPack(metadata=self.metadata())
+
+    def post_receive_pack(self) -> grpc.aio.StreamStreamCall[Any, Any]:
+        return self.smarthttp.PostReceivePack(metadata=self.metadata())
+
+    async def create_repository(self, relative_path: str, deadline: float) -> None:
+        """Create the repository; one that a concurrent push just created is fine."""
+        request = repository_pb2.CreateRepositoryRequest(repository=self.repository(relative_path))
+        try:
+            await self.repositories.CreateRepository(
+                request, metadata=self.metadata(), timeout=deadline
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
