@@ -135,13 +135,15 @@ async def load(endpoints: list[str], keys: Keyspace, count: int) -> dict[str, fl
     }
 
 
-async def measure_cache(endpoints: list[str], cluster: str, updates: int) -> dict[str, float]:
+async def measure_cache(
+    endpoints: list[str], cluster: str, updates: int, page_size: int
+) -> dict[str, float]:
     """In the child: warm a cache, measure RSS, then time watch propagation."""
     keys = Keyspace(cluster)
     gc.collect()
     rss_before = rss_bytes()
     reader = EtcdStore(EtcdConfig(endpoints=tuple(endpoints), request_timeout=30))
-    cache = RepositoryCache(reader, keys, page_size=2000)
+    cache = RepositoryCache(reader, keys, page_size=page_size)
     started = time.perf_counter()
     await cache.start()
     warm_seconds = time.perf_counter() - started
@@ -224,6 +226,7 @@ def main() -> None:
     parser.add_argument("--repositories", type=int, default=100_000)
     parser.add_argument("--updates", type=int, default=1000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--page-size", type=int, default=RepositoryCache.DEFAULT_PAGE_SIZE)
     parser.add_argument(
         "--child", nargs=2, metavar=("CLUSTER", "ENDPOINTS"), help=argparse.SUPPRESS
     )
@@ -231,7 +234,9 @@ def main() -> None:
 
     if args.child:
         cluster, endpoints = args.child
-        result = asyncio.run(measure_cache(endpoints.split(","), cluster, args.updates))
+        result = asyncio.run(
+            measure_cache(endpoints.split(","), cluster, args.updates, args.page_size)
+        )
         print(json.dumps(result))
         return
 
@@ -250,6 +255,8 @@ def main() -> None:
                     __file__,
                     "--updates",
                     str(args.updates),
+                    "--page-size",
+                    str(args.page_size),
                     "--child",
                     keys.cluster,
                     ",".join(etcd.endpoints),
@@ -259,7 +266,13 @@ def main() -> None:
                 check=True,
             )
             cached = json.loads(child.stdout.strip().splitlines()[-1])
-    result = {"repositories": args.repositories, **loaded, **cached, "machine": machine()}
+    result = {
+        "repositories": args.repositories,
+        "page_size": args.page_size,
+        **loaded,
+        **cached,
+        "machine": machine(),
+    }
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

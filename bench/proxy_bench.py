@@ -1,8 +1,8 @@
 """What the proxy costs: the same node, directly and through the proxy, in one run.
 
-Starts a real cluster (one etcd member, three storage nodes, one proxy; the
-test harness's ``Cluster``) and measures, alternating direct and proxied
-rounds so that drift on the machine hits both sides alike:
+Starts a real cluster (one etcd member, three storage nodes, one proxy: the
+test harness's ``Cluster``) and measures, switching sides every batch so that
+drift on the machine hits every side alike:
 
 1. unary accessor latency: FindCommit at concurrency 1, p50/p99;
 2. accessor throughput: FindCommit calls/s at concurrency 16;
@@ -14,14 +14,17 @@ rounds so that drift on the machine hits both sides alike:
    replicas, voting) against ``git push`` straight to one node; and the same
    push as one SSHReceivePack call with a canned command and pack.
 
-How reads reach the same node: proxied calls carry
-``gitaly-route-repository-accessor-policy: primary-only``, and the direct
-path calls the repository's primary node with its storage name and replica
-path (from PraefectInfoService.GetRepositoryMetadata). ``git clone`` through
-``git-ssh`` cannot set that header, so the proxy spreads it over the three
-up-to-date replicas, identical node processes on the same machine. The
-direct push goes to a repository created directly on that primary node, not
-to a replica the cluster tracks, so the cluster state stays true.
+Sides. ``direct``: the repository's primary node, called with its storage
+name and replica path (from PraefectInfoService.GetRepositoryMetadata).
+``proxy``: the virtual storage and relative path, with
+``gitaly-route-repository-accessor-policy: primary-only`` so that reads reach
+that same node. ``hop``: the smallest raw-bytes grpc.aio forwarder (this file,
+``--serve-hop``) in front of the same node: what any Python gRPC hop costs on
+the machine, so the rest of the proxy's overhead is its own. ``git clone``
+through ``git-ssh`` cannot set the policy header, so the proxy spreads it
+over the three up-to-date replicas, identical node processes on this machine.
+The direct push goes to a repository created directly on the primary node,
+outside the cluster's records, so the cluster state stays true.
 
     python bench/proxy_bench.py            # full run, markdown on stdout (~3 min)
     python bench/proxy_bench.py --quick    # smoke run (< 60 s, small clone)
@@ -29,7 +32,7 @@ to a replica the cluster tracks, so the cluster state stays true.
     python bench/proxy_bench.py --profile /tmp/prof   # + py-spy of the proxy per phase
 
 Progress goes to stderr. Figures from a ``--profile`` run include the
-sampler's overhead; record figures from a run without it.
+sampler's overhead: record figures from a run without it.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -61,12 +63,21 @@ from bench.common import (  # noqa: E402
     CpuMeter,
     Latency,
     PySpy,
+    build_large_repo,
+    build_small_repo,
+    git,
     hot_spots,
     machine_info,
     machine_table,
+    make_bundle,
     markdown_table,
+    pack_from_upload_pack,
+    pack_is_whole,
     percentile,
     ratio,
+    receive_pack_request,
+    ref_tips,
+    upload_pack_request,
 )
 from gitquorum.gitaly import (  # noqa: E402
     commit_pb2,
@@ -87,42 +98,36 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
 ]
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Bench Author",
-    "GIT_AUTHOR_EMAIL": "bench@example.com",
-    "GIT_COMMITTER_NAME": "Bench Committer",
-    "GIT_COMMITTER_EMAIL": "bench@example.com",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_TERMINAL_PROMPT": "0",
-}
 PHASES = ("unary", "throughput", "clone", "push")
+SIDES = ("direct", "hop", "proxy")
+SIDE_TITLES = {"direct": "direct", "hop": "bare grpc.aio hop", "proxy": "proxy"}
 
 
 @dataclass(frozen=True)
 class Settings:
-    unary_calls: int = 5000  # per side
-    unary_batch: int = 250  # calls per side before switching sides
-    throughput_seconds: float = 5.0  # per segment
-    throughput_rounds: int = 2  # direct+proxy segment pairs
+    unary_calls: int = 4000  # per side
+    unary_batch: int = 100  # calls per side before switching sides
+    throughput_seconds: float = 1.0  # per segment
+    throughput_rounds: int = 8  # segments per side, interleaved with the other sides
     concurrency: int = 16
     clone_mb: int = 52
     clone_rounds: int = 3
     git_clone_rounds: int = 2
     pushes: int = 25  # per side and per method
     push_commits: int = 3  # new commits in each push
+    proxy_log_level: str = "info"
 
     @classmethod
     def quick(cls) -> Settings:
         return cls(
-            unary_calls=600,
-            unary_batch=150,
-            throughput_seconds=1.5,
-            throughput_rounds=1,
+            unary_calls=400,
+            unary_batch=100,
+            throughput_seconds=0.75,
+            throughput_rounds=2,
             clone_mb=12,
             clone_rounds=1,
             git_clone_rounds=1,
-            pushes=5,
+            pushes=4,
         )
 
 
@@ -140,35 +145,35 @@ class Check:
 def checks(results: dict[str, Any]) -> list[Check]:
     out: list[Check] = []
     if "unary" in results:
-        added = results["unary"]["added_p50_ms"]
+        added = results["unary"]["proxy_added_p50_ms"]
         out.append(
-            Check("unary FindCommit p50, proxy adds", "<= 0.5 ms", f"{added:.3f} ms", added <= 0.5)
+            Check(
+                "FindCommit p50 at concurrency 1: proxy adds",
+                "<= 0.5 ms",
+                f"{added:.2f} ms",
+                added <= 0.5,
+            )
         )
     if "throughput" in results:
         share = results["throughput"]["proxy_vs_direct"]
         out.append(
             Check(
-                "FindCommit throughput at concurrency 16, proxy / direct",
+                "FindCommit calls/s at concurrency 16: proxy / direct",
                 ">= 60%",
                 f"{share:.0%}",
                 share >= 0.6,
             )
         )
     if "clone" in results:
-        share = results["clone"]["grpc"]["proxy_vs_direct"]
-        out.append(
-            Check(
-                f"clone of {results['clone']['pack_mb']:.0f} MB over SSHUploadPack, proxy / direct",
-                ">= 80%",
-                f"{share:.0%}",
-                share >= 0.8,
-            )
-        )
+        c = results["clone"]
+        share = c["grpc"]["proxy_vs_direct"]
+        name = f"clone of {c['pack_mb']:.0f} MB over SSHUploadPack: proxy / direct MB/s"
+        out.append(Check(name, ">= 80%", f"{share:.0%}", share >= 0.8))
     if "push" in results:
         factor = results["push"]["git"]["proxy_vs_direct_p50"]
         out.append(
             Check(
-                "git push p50, 3 replicas with voting / one node",
+                "git push p50: 3 replicas with voting / one node",
                 "<= 2x",
                 f"{factor:.2f}x",
                 factor <= 2.0,
@@ -177,143 +182,62 @@ def checks(results: dict[str, Any]) -> list[Check]:
     return out
 
 
-# -- git and the pack protocol ------------------------------------------------------------------
+# -- the bare hop --------------------------------------------------------------------------
 
 
-def git(
-    *args: str,
-    cwd: Path | None = None,
-    stdin: bytes | None = None,
-    env: dict[str, str] | None = None,
-) -> bytes:
-    proc = subprocess.run(
-        ["git", *args],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        env={**os.environ, **GIT_ENV, **(env or {})},
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed: {proc.stderr.decode(errors='replace')}")
-    return proc.stdout
+def serve_hop(target: str) -> None:
+    """Forward every call to ``target`` as raw bytes, nothing else; print the port."""
+
+    async def serve() -> None:
+        channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+        class Forward(grpc.GenericRpcHandler):
+            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+                method = details.method
+                if method.startswith("/gitaly.SSHService/"):
+
+                    async def stream(requests: Any, context: Any) -> Any:
+                        async for response in channel.stream_stream(method)(requests):
+                            yield response
+
+                    return grpc.stream_stream_rpc_method_handler(stream)
+
+                async def unary(request: bytes, context: Any) -> Any:
+                    return await channel.unary_unary(method)(request)
+
+                return grpc.unary_unary_rpc_method_handler(unary)
+
+        server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        server.add_generic_rpc_handlers((Forward(),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(port, flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
 
 
-def pkt(data: bytes) -> bytes:
-    return b"%04x" % (len(data) + 4) + data
+class Hop:
+    """The bare forwarder as a child process."""
+
+    def __init__(self, target: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve-hop", target],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.isdigit():
+            raise RuntimeError("the bare hop did not start")
+        self.address = f"127.0.0.1:{int(line)}"
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
 
 
-FLUSH = b"0000"
-
-
-def pkt_lines(data: bytes) -> Iterator[bytes | None]:
-    """Payloads of a pkt-line stream; None for a flush packet."""
-    offset = 0
-    while offset + 4 <= len(data):
-        size = int(data[offset : offset + 4], 16)
-        if size == 0:
-            yield None
-            offset += 4
-            continue
-        yield data[offset + 4 : offset + size]
-        offset += size
-
-
-def pack_from_upload_pack(stdout: bytes) -> bytes:
-    """The pack in a protocol-v0 upload-pack answer: advertisement, NAK, side band 1."""
-    lines = pkt_lines(stdout)
-    for line in lines:  # the ref advertisement ends with the first flush
-        if line is None:
-            break
-    pack = bytearray()
-    for line in lines:
-        if line is None:
-            break
-        if line.startswith((b"NAK", b"ACK")):
-            continue
-        if line[:1] == b"\x01":
-            pack += line[1:]
-        elif line[:1] == b"\x03":
-            raise RuntimeError(f"upload-pack error: {line[1:]!r}")
-    return bytes(pack)
-
-
-def pack_is_whole(pack: bytes) -> bool:
-    """A pack ends with the SHA-1 of everything before it."""
-    return (
-        len(pack) > 32 and pack[:4] == b"PACK" and hashlib.sha1(pack[:-20]).digest() == pack[-20:]
-    )
-
-
-def upload_pack_request(oids: Sequence[str]) -> bytes:
-    """want every ref tip, done: a whole clone without reading the advertisement first."""
-    unique = list(dict.fromkeys(oids))
-    lines = [pkt(f"want {unique[0]} side-band-64k ofs-delta no-progress\n".encode())]
-    lines += [pkt(f"want {oid}\n".encode()) for oid in unique[1:]]
-    return b"".join(lines) + FLUSH + pkt(b"done\n")
-
-
-def receive_pack_request(old: str, new: str, ref: str, pack: bytes) -> bytes:
-    command = f"{old} {new} {ref}\0report-status side-band-64k quiet agent=gitquorum-bench\n"
-    return pkt(command.encode()) + FLUSH + pack
-
-
-def fast_import_stream(blobs: int, blob_size: int) -> Iterator[bytes]:
-    """Commits that each add one random (incompressible) blob; main plus a tag halfway."""
-    for i in range(blobs):
-        data = os.urandom(blob_size)
-        message = f"add blob {i}\n".encode()
-        yield b"blob\nmark :%d\ndata %d\n" % (i + 1, len(data)) + data + b"\n"
-        header = b"commit refs/heads/main\nmark :%d\n" % (100_000 + i)
-        header += b"committer Bench <bench@example.com> %d +0000\n" % (1_700_000_000 + i)
-        header += b"data %d\n" % len(message) + message
-        if i:
-            header += b"from :%d\n" % (100_000 + i - 1)
-        header += b"M 100644 :%d blobs/%03d.bin\n\n" % (i + 1, i)
-        yield header
-        if i == blobs // 2:
-            yield b"reset refs/tags/half\nfrom :%d\n\n" % (100_000 + i)
-
-
-def build_large_repo(path: Path, megabytes: int, blob_mb: int = 2) -> None:
-    git("init", "-q", "--bare", str(path))
-    blobs = max(1, -(-megabytes // blob_mb))
-    proc = subprocess.Popen(
-        ["git", "fast-import", "--quiet"],
-        cwd=path,
-        stdin=subprocess.PIPE,
-        env={**os.environ, **GIT_ENV},
-    )
-    assert proc.stdin is not None
-    for chunk in fast_import_stream(blobs, blob_mb * 1024 * 1024):
-        proc.stdin.write(chunk)
-    proc.stdin.close()
-    if proc.wait(300) != 0:
-        raise RuntimeError("git fast-import failed")
-    git("symbolic-ref", "HEAD", "refs/heads/main", cwd=path)
-
-
-def build_small_repo(path: Path, commits: int = 5) -> None:
-    git("init", "-q", "-b", "main", str(path))
-    for i in range(commits):
-        (path / "README.md").write_text(f"# bench\n\nrevision {i}\n")
-        (path / f"file{i}.txt").write_text(f"content {i}\n" * 20)
-        git("add", "-A", cwd=path)
-        git("commit", "-q", "-m", f"commit {i}", cwd=path)
-
-
-def ref_tips(path: Path) -> dict[str, str]:
-    out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=path).decode()
-    return {name: oid for oid, name in (line.split(" ", 1) for line in out.splitlines())}
-
-
-def make_bundle(path: Path, out: Path) -> bytes:
-    # No delta search: the blobs are random, so it would only burn CPU.
-    git("-c", "pack.window=0", "bundle", "create", str(out), "--all", cwd=path)
-    return out.read_bytes()
-
-
-# -- the cluster ------------------------------------------------------------------------------
+# -- the cluster and the sides --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -334,21 +258,14 @@ class Target:
         return shared_pb2.Repository(storage_name=self.node, relative_path=self.replica_path)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Side:
-    """One way of reaching a repository: directly or through the proxy."""
+    """One way of reaching a repository."""
 
     name: str
     address: str
     repository: shared_pb2.Repository
     metadata: tuple[tuple[str, str], ...] = ()
-
-
-def sides(target: Target, proxy_address: str) -> tuple[Side, Side]:
-    return (
-        Side("direct", target.node_address, target.direct),
-        Side("proxy", proxy_address, target.via_proxy, PRIMARY_ONLY),
-    )
 
 
 @dataclass
@@ -360,28 +277,34 @@ class Bench:
     cluster: Any = None
     results: dict[str, Any] = field(default_factory=dict)
     _channels: dict[str, grpc.Channel] = field(default_factory=dict)
-
-    # -- setup ---------------------------------------------------------------------------
+    _hops: dict[str, Hop] = field(default_factory=dict)
+    _read_target: Target | None = None
 
     def start(self) -> None:
         from tests.harness.cluster import Cluster
 
         started = time.perf_counter()
         self.cluster = Cluster(
-            self.workdir / "cluster", nodes_count=3, proxies_count=1, replication_factor=3
+            self.workdir / "cluster",
+            nodes_count=3,
+            proxies_count=1,
+            replication_factor=3,
+            proxy_settings={"log_level": self.settings.proxy_log_level},
         ).start()
         self.results["cluster"] = {
             "etcd_members": 1,
             "nodes": 3,
             "proxies": 1,
             "replication_factor": 3,
-            "proxy_config": "tests/harness/cluster.py defaults (log_level info, health 250ms)",
+            "proxy_log_level": self.settings.proxy_log_level,
             "start_s": round(time.perf_counter() - started, 2),
         }
 
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
+        for hop in self._hops.values():
+            hop.close()
         if self.cluster is not None:
             self.cluster.close()
 
@@ -393,6 +316,26 @@ class Bench:
         if address not in self._channels:
             self._channels[address] = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         return self._channels[address]
+
+    def hop(self, node_address: str) -> Hop:
+        if node_address not in self._hops:
+            self._hops[node_address] = Hop(node_address)
+        return self._hops[node_address]
+
+    def sides(self, target: Target) -> list[Side]:
+        return [
+            Side("direct", target.node_address, target.direct),
+            Side("hop", self.hop(target.node_address).address, target.direct),
+            Side("proxy", self.proxy_address, target.via_proxy, PRIMARY_ONLY),
+        ]
+
+    def pids(self, target: Target) -> dict[str, int]:
+        return {
+            "client": os.getpid(),
+            "hop": self.hop(target.node_address).proc.pid,
+            "proxy": self.cluster.proxies[0].proc.pid,
+            "node": self.cluster.node(target.node).proc.pid,
+        }
 
     def seed(self, address: str, repository: shared_pb2.Repository, bundle: bytes) -> float:
         """CreateRepositoryFromBundle; returns the seconds it took."""
@@ -417,31 +360,30 @@ class Bench:
         query = praefect_pb2.GetRepositoryMetadataRequest.Path(
             virtual_storage=VIRTUAL_STORAGE, relative_path=relative_path
         )
-        return stub.GetRepositoryMetadata(
-            praefect_pb2.GetRepositoryMetadataRequest(path=query), timeout=10
-        )
-
-    def target(self, relative_path: str) -> Target:
-        md = self.metadata(relative_path)
-        return Target(
-            relative_path, md.primary, self.cluster.node(md.primary).address, md.replica_path
-        )
+        request = praefect_pb2.GetRepositoryMetadataRequest(path=query)
+        return stub.GetRepositoryMetadata(request, timeout=10)
 
     def seed_through_proxy(self, relative_path: str, source: Path) -> tuple[Target, float, int]:
         bundle = make_bundle(source, self.workdir / f"{relative_path.replace('/', '_')}.bundle")
-        seconds = self.seed(
-            self.proxy_address,
-            shared_pb2.Repository(storage_name=VIRTUAL_STORAGE, relative_path=relative_path),
-            bundle,
+        repository = shared_pb2.Repository(
+            storage_name=VIRTUAL_STORAGE, relative_path=relative_path
         )
-        return self.target(relative_path), seconds, len(bundle)
+        seconds = self.seed(self.proxy_address, repository, bundle)
+        md = self.metadata(relative_path)
+        node = self.cluster.node(md.primary)
+        return (
+            Target(relative_path, md.primary, node.address, md.replica_path),
+            seconds,
+            len(bundle),
+        )
 
-    def pids(self, target: Target) -> dict[str, int]:
-        return {
-            "client": os.getpid(),
-            "proxy": self.cluster.proxies[0].proc.pid,
-            "node": self.cluster.node(target.node).proc.pid,
-        }
+    def read_target(self) -> Target:
+        """The small repository the accessor phases read."""
+        if self._read_target is None:
+            source = self.workdir / "read-src"
+            build_small_repo(source)
+            self._read_target, _, _ = self.seed_through_proxy("bench/read.git", source)
+        return self._read_target
 
     @contextlib.contextmanager
     def profiled(self, phase: str) -> Iterator[None]:
@@ -449,7 +391,8 @@ class Bench:
             yield
             return
         output = self.profile_dir / f"proxy-{phase}.txt"
-        spy = PySpy(self.cluster.proxies[0].proc.pid, output, native=self.profile_native).start()
+        pid = self.cluster.proxies[0].proc.pid
+        spy = PySpy(pid, output, native=self.profile_native).start()
         try:
             yield
         finally:
@@ -463,105 +406,85 @@ class Bench:
 
     def unary(self) -> None:
         s = self.settings
-        source = self.workdir / "unary-src"
-        build_small_repo(source)
-        target, _, _ = self.seed_through_proxy("bench/unary.git", source)
-        pair = sides(target, self.proxy_address)
-        stubs = {
-            side.name: commit_pb2_grpc.CommitServiceStub(self.channel(side.address))
-            for side in pair
+        target = self.read_target()
+        sides = self.sides(target)
+        calls = {
+            side.name: commit_pb2_grpc.CommitServiceStub(self.channel(side.address)).FindCommit
+            for side in sides
         }
-        samples: dict[str, list[float]] = {side.name: [] for side in pair}
+        requests = {
+            side.name: commit_pb2.FindCommitRequest(repository=side.repository, revision=b"main")
+            for side in sides
+        }
         answers = set()
-        for side in pair:
-            request = commit_pb2.FindCommitRequest(repository=side.repository, revision=b"main")
+        for side in sides:
             for _ in range(200):  # warm connections, caches and cat-file processes
-                answers.add(stubs[side.name].FindCommit(request, metadata=side.metadata).commit.id)
+                response = calls[side.name](requests[side.name], metadata=side.metadata)
+                answers.add(response.commit.id)
         if len(answers) != 1:
-            raise RuntimeError(f"direct and proxied FindCommit disagree: {answers}")
-        meter = CpuMeter(self.pids(target)).start()
-        cpu: dict[str, dict[str, float]] = {
-            side.name: dict.fromkeys(meter.pids, 0.0) for side in pair
-        }
+            raise RuntimeError(f"the sides disagree on FindCommit: {answers}")
+        samples: dict[str, list[float]] = {side.name: [] for side in sides}
+        meter = CpuMeter(self.pids(target))
+        cpu = {side.name: dict.fromkeys(meter.pids, 0.0) for side in sides}
         with self.profiled("unary"):
             done = 0
             while done < s.unary_calls:
                 batch = min(s.unary_batch, s.unary_calls - done)
-                for side in pair:
-                    request = commit_pb2.FindCommitRequest(
-                        repository=side.repository, revision=b"main"
-                    )
-                    call = stubs[side.name].FindCommit
-                    out = samples[side.name]
+                for side in sides:
+                    call, request, out = calls[side.name], requests[side.name], samples[side.name]
                     meter.start()
                     for _ in range(batch):
                         started = time.perf_counter()
                         call(request, metadata=side.metadata)
                         out.append(time.perf_counter() - started)
-                    for name, used in meter.stop().items():
-                        cpu[side.name][name] += used
+                    _add(cpu[side.name], meter.stop())
                 done += batch
-        direct, proxy = Latency.of(samples["direct"]), Latency.of(samples["proxy"])
+        latency = {name: Latency.of(values) for name, values in samples.items()}
+        direct, hop, proxy = latency["direct"], latency["hop"], latency["proxy"]
         self.results["unary"] = {
-            "rpc": "CommitService/FindCommit (revision main)",
+            "rpc": "CommitService/FindCommit (revision main), sync client",
             "node": target.node,
             "calls_per_side": s.unary_calls,
-            "direct": direct.as_dict(),
-            "proxy": proxy.as_dict(),
-            "added_p50_ms": round(proxy.p50_ms - direct.p50_ms, 3),
-            "added_p99_ms": round(proxy.p99_ms - direct.p99_ms, 3),
-            "p50_ratio": ratio(proxy.p50_ms, direct.p50_ms),
-            "p99_ratio": ratio(proxy.p99_ms, direct.p99_ms),
-            "cpu_us_per_call": {
-                side: {name: round(1e6 * used / s.unary_calls, 1) for name, used in per.items()}
-                for side, per in cpu.items()
-            },
+            "latency": {name: value.as_dict() for name, value in latency.items()},
+            "proxy_added_p50_ms": round(proxy.p50_ms - direct.p50_ms, 3),
+            "proxy_added_p99_ms": round(proxy.p99_ms - direct.p99_ms, 3),
+            "hop_added_p50_ms": round(hop.p50_ms - direct.p50_ms, 3),
+            "hop_added_p99_ms": round(hop.p99_ms - direct.p99_ms, 3),
+            "cpu_us_per_call": _per_call(cpu, dict.fromkeys(cpu, s.unary_calls)),
         }
-        self._unary_target = target
 
     # -- 2. throughput -----------------------------------------------------------------------
 
     def throughput(self) -> None:
         s = self.settings
-        target = getattr(self, "_unary_target", None)
-        if target is None:
-            source = self.workdir / "unary-src"
-            build_small_repo(source)
-            target, _, _ = self.seed_through_proxy("bench/unary.git", source)
-        pair = sides(target, self.proxy_address)
-        calls = {side.name: 0 for side in pair}
-        seconds = {side.name: 0.0 for side in pair}
-        latencies: dict[str, list[float]] = {side.name: [] for side in pair}
+        target = self.read_target()
+        sides = self.sides(target)
+        calls = dict.fromkeys(SIDES, 0)
+        seconds = dict.fromkeys(SIDES, 0.0)
+        latencies: dict[str, list[float]] = {name: [] for name in SIDES}
         meter = CpuMeter(self.pids(target))
-        cpu: dict[str, dict[str, float]] = {
-            side.name: dict.fromkeys(meter.pids, 0.0) for side in pair
-        }
+        cpu = {name: dict.fromkeys(meter.pids, 0.0) for name in SIDES}
         with self.profiled("throughput"):
             for _ in range(s.throughput_rounds):
-                for side in pair:
+                for side in sides:
                     meter.start()
                     n, elapsed, lat = asyncio.run(
                         _drive_concurrently(side, s.concurrency, s.throughput_seconds)
                     )
-                    for name, used in meter.stop().items():
-                        cpu[side.name][name] += used
+                    _add(cpu[side.name], meter.stop())
                     calls[side.name] += n
                     seconds[side.name] += elapsed
                     latencies[side.name] += lat
-        rate = {name: calls[name] / seconds[name] for name in calls}
+        rate = {name: calls[name] / seconds[name] for name in SIDES}
         self.results["throughput"] = {
-            "rpc": "CommitService/FindCommit (revision main)",
+            "rpc": "CommitService/FindCommit (revision main), grpc.aio client, one channel",
             "concurrency": s.concurrency,
             "seconds_per_side": round(seconds["direct"], 1),
-            "direct_calls_per_s": round(rate["direct"], 1),
-            "proxy_calls_per_s": round(rate["proxy"], 1),
+            "calls_per_s": {name: round(value, 1) for name, value in rate.items()},
             "proxy_vs_direct": ratio(rate["proxy"], rate["direct"]),
-            "direct_latency": Latency.of(latencies["direct"]).as_dict(),
-            "proxy_latency": Latency.of(latencies["proxy"]).as_dict(),
-            "cpu_us_per_call": {
-                side: {name: round(1e6 * used / calls[side], 1) for name, used in per.items()}
-                for side, per in cpu.items()
-            },
+            "hop_vs_direct": ratio(rate["hop"], rate["direct"]),
+            "latency": {name: Latency.of(values).as_dict() for name, values in latencies.items()},
+            "cpu_us_per_call": _per_call(cpu, calls),
         }
 
     # -- 3. clone --------------------------------------------------------------------------
@@ -575,30 +498,34 @@ class Bench:
         target, seed_s, bundle_bytes = self.seed_through_proxy("bench/clone.git", source)
         tips = ref_tips(source)
         request = upload_pack_request(list(tips.values()))
-        pair = sides(target, self.proxy_address)
-        rates: dict[str, list[float]] = {side.name: [] for side in pair}
+        sides = self.sides(target)
+        rates: dict[str, list[float]] = {name: [] for name in SIDES}
         pack_bytes = 0
+        meter = CpuMeter(self.pids(target))
+        cpu = {name: dict.fromkeys(meter.pids, 0.0) for name in SIDES}
         with self.profiled("clone"):
             for _ in range(s.clone_rounds):
-                for side in pair:
+                for side in sides:
+                    meter.start()
                     seconds, stdout = self._upload_pack(side, request)
+                    _add(cpu[side.name], meter.stop())
                     pack = pack_from_upload_pack(stdout)
                     if not pack_is_whole(pack):
                         raise RuntimeError(f"{side.name} clone returned a broken pack")
                     pack_bytes = len(pack)
                     rates[side.name].append(len(stdout) / seconds / 1e6)
-        git_rates: dict[str, list[float]] = {side.name: [] for side in pair}
+        git_rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+        by_name = {side.name: side for side in sides}
         for i in range(s.git_clone_rounds):
-            for side in pair:
-                dest = self.workdir / f"git-clone-{side.name}-{i}.git"
-                seconds = self._git_clone(side, target, dest)
-                cloned = ref_tips(dest)
-                if cloned != tips:
-                    raise RuntimeError(f"git clone {side.name}: refs differ from the source")
-                git_rates[side.name].append(pack_bytes / seconds / 1e6)
+            for name in git_rates:
+                dest = self.workdir / f"git-clone-{name}-{i}.git"
+                seconds = self._git_clone(by_name[name], target, dest)
+                if ref_tips(dest) != tips:
+                    raise RuntimeError(f"git clone {name}: refs differ from the source")
+                git_rates[name].append(pack_bytes / seconds / 1e6)
                 shutil.rmtree(dest)
-        grpc_direct, grpc_proxy = _median(rates["direct"]), _median(rates["proxy"])
-        git_direct, git_proxy = _median(git_rates["direct"]), _median(git_rates["proxy"])
+        grpc_rate = {name: _median(values) for name, values in rates.items()}
+        git_rate = {name: _median(values) for name, values in git_rates.items()}
         self.results["clone"] = {
             "node": target.node,
             "pack_mb": round(pack_bytes / 1e6, 1),
@@ -608,16 +535,21 @@ class Bench:
             "seed_through_proxy_mb_per_s": round(bundle_bytes / seed_s / 1e6, 1),
             "grpc": {
                 "rounds": s.clone_rounds,
-                "direct_mb_per_s": round(grpc_direct, 1),
-                "proxy_mb_per_s": round(grpc_proxy, 1),
-                "proxy_vs_direct": ratio(grpc_proxy, grpc_direct),
+                "mb_per_s": {name: round(value, 1) for name, value in grpc_rate.items()},
+                "proxy_vs_direct": ratio(grpc_rate["proxy"], grpc_rate["direct"]),
+                "hop_vs_direct": ratio(grpc_rate["hop"], grpc_rate["direct"]),
                 "samples": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
+                "cpu_ms_per_clone": {
+                    side: {
+                        name: round(1e3 * used / s.clone_rounds, 1) for name, used in per.items()
+                    }
+                    for side, per in cpu.items()
+                },
             },
             "git_clone": {
                 "rounds": s.git_clone_rounds,
-                "direct_mb_per_s": round(git_direct, 1),
-                "proxy_mb_per_s": round(git_proxy, 1),
-                "proxy_vs_direct": ratio(git_proxy, git_direct),
+                "mb_per_s": {name: round(value, 1) for name, value in git_rate.items()},
+                "proxy_vs_direct": ratio(git_rate["proxy"], git_rate["direct"]),
                 "proxy_routing": "distributed over 3 up-to-date replicas (git-ssh sends no policy)",
             },
         }
@@ -640,18 +572,10 @@ class Bench:
         return time.perf_counter() - started, b"".join(out)
 
     def _git_clone(self, side: Side, target: Target, dest: Path) -> float:
-        path = target.replica_path if side.name == "direct" else target.relative_path
-        url = f"ssh://{side.address}/{path}"
+        url = f"ssh://{side.address}/{side.repository.relative_path}"
         started = time.perf_counter()
-        git("clone", "-q", "--bare", "--no-local", url, str(dest), env=self._ssh_env(side))
+        git("clone", "-q", "--bare", "--no-local", url, str(dest), env=_ssh_env(side))
         return time.perf_counter() - started
-
-    def _ssh_env(self, side: Side) -> dict[str, str]:
-        return {
-            "GIT_SSH_COMMAND": f"{sys.executable} -m gitquorum.cli.main git-ssh",
-            "GIT_SSH_VARIANT": "ssh",
-            "GITQUORUM_STORAGE": side.repository.storage_name,
-        }
 
     # -- 4. push --------------------------------------------------------------------------
 
@@ -660,20 +584,15 @@ class Bench:
         source = self.workdir / "push-src"
         build_small_repo(source)
         target, _, _ = self.seed_through_proxy("bench/push.git", source)
-        # The one-node side: a repository of its own on the same node, outside the cluster's records.
-        direct_path = "bench-direct/push.git"
-        self.seed(
-            target.node_address,
-            shared_pb2.Repository(storage_name=target.node, relative_path=direct_path),
-            make_bundle(source, self.workdir / "push-direct.bundle"),
+        # One node alone: a repository of its own on the same node, outside the cluster's records.
+        alone = shared_pb2.Repository(
+            storage_name=target.node, relative_path="bench-direct/push.git"
         )
-        direct = Side(
-            "direct",
-            target.node_address,
-            shared_pb2.Repository(storage_name=target.node, relative_path=direct_path),
+        self.seed(target.node_address, alone, make_bundle(source, self.workdir / "alone.bundle"))
+        pair = (
+            Side("direct", target.node_address, alone),
+            Side("proxy", self.proxy_address, target.via_proxy),
         )
-        proxy = Side("proxy", self.proxy_address, target.via_proxy)
-        pair = (direct, proxy)
         clones: dict[str, Path] = {}
         for side in pair:
             clones[side.name] = self.workdir / f"push-{side.name}"
@@ -684,17 +603,17 @@ class Bench:
         grpc_samples: dict[str, list[float]] = {side.name: [] for side in pair}
         with self.profiled("push"):
             for i in range(s.pushes):
-                # Alternate which side goes first so neither always follows the other.
+                # Alternate which side goes first so that neither always follows the other.
                 for side in pair if i % 2 == 0 else pair[::-1]:
                     work = clones[side.name]
-                    self._commit(work, f"git-{i}", s.push_commits)
+                    _commit(work, f"git-{i}", s.push_commits)
                     started = time.perf_counter()
-                    git("push", "-q", "origin", "HEAD:main", cwd=work, env=self._ssh_env(side))
+                    git("push", "-q", "origin", "HEAD:main", cwd=work, env=_ssh_env(side))
                     git_samples[side.name].append(time.perf_counter() - started)
                     old = git("rev-parse", "HEAD", cwd=work).decode().strip()
-                    self._commit(work, f"grpc-{i}", s.push_commits)
-                    grpc_samples[side.name].append(self._receive_pack(side, work, old))
-        pushed = 2 * s.pushes
+                    _commit(work, f"grpc-{i}", s.push_commits)
+                    tag = f"bench-push-{side.name}-{i}"
+                    grpc_samples[side.name].append(self._receive_pack(side, work, old, tag))
         md = self.metadata(target.relative_path)
         up_to_date = sum(1 for r in md.replicas if r.generation == md.generation)
         checksums = {
@@ -706,42 +625,69 @@ class Bench:
         }
         if len(set(checksums.values())) != 1:
             raise RuntimeError(f"replicas differ after the pushes: {checksums}")
-        git_direct, git_proxy = Latency.of(git_samples["direct"]), Latency.of(git_samples["proxy"])
-        rpc_direct, rpc_proxy = (
-            Latency.of(grpc_samples["direct"]),
-            Latency.of(grpc_samples["proxy"]),
-        )
-        self.results["push"] = {
+        results: dict[str, Any] = {
             "node": target.node,
             "pushes_per_side_and_method": s.pushes,
             "commits_per_push": s.push_commits,
-            "git": {
-                "direct": git_direct.as_dict(),
-                "proxy": git_proxy.as_dict(),
-                "proxy_vs_direct_p50": ratio(git_proxy.p50_ms, git_direct.p50_ms),
-            },
-            "grpc": {
-                "direct": rpc_direct.as_dict(),
-                "proxy": rpc_proxy.as_dict(),
-                "proxy_vs_direct_p50": ratio(rpc_proxy.p50_ms, rpc_direct.p50_ms),
-            },
             "generation_after": md.generation,
-            "writes_through_proxy": pushed,
+            "writes_through_proxy": 2 * s.pushes,
             "replicas_up_to_date": f"{up_to_date}/{len(md.replicas)}",
             "replica_checksums_equal": True,
         }
+        for method, samples in (("git", git_samples), ("grpc", grpc_samples)):
+            direct, proxy = Latency.of(samples["direct"]), Latency.of(samples["proxy"])
+            results[method] = {
+                "latency": {"direct": direct.as_dict(), "proxy": proxy.as_dict()},
+                "proxy_vs_direct_p50": ratio(proxy.p50_ms, direct.p50_ms),
+                "proxy_vs_direct_p99": ratio(proxy.p99_ms, direct.p99_ms),
+            }
+        results["grpc"]["breakdown_p50_ms"] = self._push_breakdown(target.node, grpc_samples)
+        self.results["push"] = results
 
-    def _commit(self, work: Path, tag: str, commits: int) -> None:
-        for j in range(commits):
-            (work / f"{tag}-{j}.txt").write_text(f"{tag} {j} {time.time_ns()}\n")
-            git("add", "-A", cwd=work)
-            git("commit", "-q", "-m", f"{tag} {j}", cwd=work)
+    def _push_breakdown(self, primary: str, client: dict[str, list[float]]) -> dict[str, Any]:
+        """Median milliseconds per process for the gRPC pushes, from the cluster's logs."""
+        durations: dict[str, dict[str, float]] = {}
+        for path in (self.cluster.base / "logs").glob("*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if "bench-push-" not in line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if "duration_ms" in entry and entry.get("msg") == "rpc finished":
+                    per_push = durations.setdefault(entry.get("correlation_id", ""), {})
+                    per_push[path.stem] = float(entry["duration_ms"])
 
-    def _receive_pack(self, side: Side, work: Path, old: str) -> float:
+        def p50(side: str, pick: Callable[[dict[str, float]], float | None]) -> float:
+            values = [
+                v
+                for cid, per in durations.items()
+                if cid.startswith(f"bench-push-{side}-") and (v := pick(per)) is not None
+            ]
+            return round(percentile(values, 50), 1) if values else float("nan")
+
+        def slowest_secondary(per: dict[str, float]) -> float | None:
+            others = [v for name, v in per.items() if name.startswith("node") and name != primary]
+            return max(others) if others else None
+
+        return {
+            "direct": {
+                "client": round(1000 * _median(client["direct"]), 1),
+                "node": p50("direct", lambda per: per.get(primary)),
+            },
+            "proxy": {
+                "client": round(1000 * _median(client["proxy"]), 1),
+                "proxy": p50("proxy", lambda per: per.get("proxy1")),
+                "primary": p50("proxy", lambda per: per.get(primary)),
+                "slowest_secondary": p50("proxy", slowest_secondary),
+            },
+        }
+
+    def _receive_pack(self, side: Side, work: Path, old: str, correlation_id: str) -> float:
         new = git("rev-parse", "HEAD", cwd=work).decode().strip()
-        pack = git(
-            "pack-objects", "--stdout", "--revs", "-q", cwd=work, stdin=f"{new}\n^{old}\n".encode()
-        )
+        revs = f"{new}\n^{old}\n".encode()
+        pack = git("pack-objects", "--stdout", "--revs", "-q", cwd=work, stdin=revs)
         stdin = receive_pack_request(old, new, "refs/heads/main", pack)
         stub = ssh_pb2_grpc.SSHServiceStub(self.channel(side.address))
         first = ssh_pb2.SSHReceivePackRequest(repository=side.repository, gl_id="user-1")
@@ -752,7 +698,9 @@ class Bench:
 
         out = bytearray()
         started = time.perf_counter()
-        for response in stub.SSHReceivePack(requests(), timeout=60):
+        # The proxy passes the id on to the nodes: their log lines show where the time went.
+        metadata = (("x-gitlab-correlation-id", correlation_id),)
+        for response in stub.SSHReceivePack(requests(), metadata=metadata, timeout=60):
             out += response.stdout
         elapsed = time.perf_counter() - started
         if b"ok refs/heads/main" not in out:
@@ -768,7 +716,7 @@ class Bench:
 async def _drive_concurrently(
     side: Side, concurrency: int, seconds: float
 ) -> tuple[int, float, list[float]]:
-    """FindCommit from ``concurrency`` loops on one channel for ``seconds``."""
+    """FindCommit from ``concurrency`` loops sharing one channel, for ``seconds``."""
     async with grpc.aio.insecure_channel(side.address, options=CHANNEL_OPTIONS) as channel:
         stub = commit_pb2_grpc.CommitServiceStub(channel)
         request = commit_pb2.FindCommitRequest(repository=side.repository, revision=b"main")
@@ -788,6 +736,33 @@ async def _drive_concurrently(
         return len(latencies), time.perf_counter() - started, latencies
 
 
+def _ssh_env(side: Side) -> dict[str, str]:
+    return {
+        "GIT_SSH_COMMAND": f"{sys.executable} -m gitquorum.cli.main git-ssh",
+        "GIT_SSH_VARIANT": "ssh",
+        "GITQUORUM_STORAGE": side.repository.storage_name,
+    }
+
+
+def _commit(work: Path, tag: str, commits: int) -> None:
+    for j in range(commits):
+        (work / f"{tag}-{j}.txt").write_text(f"{tag} {j} {time.time_ns()}\n")
+        git("add", "-A", cwd=work)
+        git("commit", "-q", "-m", f"{tag} {j}", cwd=work)
+
+
+def _add(total: dict[str, float], used: dict[str, float]) -> None:
+    for name, seconds in used.items():
+        total[name] += seconds
+
+
+def _per_call(cpu: dict[str, dict[str, float]], calls: dict[str, int]) -> dict[str, Any]:
+    return {
+        side: {name: round(1e6 * used / max(1, calls[side]), 1) for name, used in per.items()}
+        for side, per in cpu.items()
+    }
+
+
 def _median(values: Sequence[float]) -> float:
     return percentile(values, 50)
 
@@ -795,150 +770,158 @@ def _median(values: Sequence[float]) -> float:
 # -- report ------------------------------------------------------------------------------------
 
 
+def _row(label: str, values: dict[str, Any], versus: str, key: str = "") -> list[object]:
+    cells = [values.get(name, "") for name in SIDES]
+    if key:
+        cells = [cell[key] if isinstance(cell, dict) else cell for cell in cells]
+    return [label, *cells, versus]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     r = report["results"]
-    parts = ["## Machine", "", machine_table(report["machine"]), ""]
     rows: list[Sequence[object]] = []
     if "unary" in r:
         u = r["unary"]
-        rows.append(
-            (
-                "FindCommit p50, concurrency 1 (ms)",
-                u["direct"]["p50_ms"],
-                u["proxy"]["p50_ms"],
-                f"+{u['added_p50_ms']:.3f} ms (x{u['p50_ratio']:.2f})",
+        for q in ("p50", "p99"):
+            proxy_added, hop_added = u[f"proxy_added_{q}_ms"], u[f"hop_added_{q}_ms"]
+            versus = f"+{proxy_added:.2f} ms (bare hop +{hop_added:.2f} ms)"
+            rows.append(
+                _row(f"FindCommit {q}, concurrency 1 (ms)", u["latency"], versus, f"{q}_ms")
             )
-        )
-        rows.append(
-            (
-                "FindCommit p99, concurrency 1 (ms)",
-                u["direct"]["p99_ms"],
-                u["proxy"]["p99_ms"],
-                f"+{u['added_p99_ms']:.3f} ms (x{u['p99_ratio']:.2f})",
-            )
-        )
     if "throughput" in r:
         t = r["throughput"]
-        rows.append(
-            (
-                f"FindCommit calls/s, concurrency {t['concurrency']}",
-                t["direct_calls_per_s"],
-                t["proxy_calls_per_s"],
-                f"{t['proxy_vs_direct']:.0%}",
+        c = t["concurrency"]
+        versus = f"{t['proxy_vs_direct']:.0%} (bare hop {t['hop_vs_direct']:.0%})"
+        rows.append(_row(f"FindCommit calls/s, concurrency {c}", t["calls_per_s"], versus))
+        for q in ("p50", "p99"):
+            rows.append(
+                _row(f"FindCommit {q} at concurrency {c} (ms)", t["latency"], "", f"{q}_ms")
             )
-        )
-        rows.append(
-            (
-                f"FindCommit p50 / p99 at concurrency {t['concurrency']} (ms)",
-                f"{t['direct_latency']['p50_ms']} / {t['direct_latency']['p99_ms']}",
-                f"{t['proxy_latency']['p50_ms']} / {t['proxy_latency']['p99_ms']}",
-                "",
-            )
-        )
     if "clone" in r:
         c = r["clone"]
+        g = c["grpc"]
+        versus = f"{g['proxy_vs_direct']:.0%} (bare hop {g['hop_vs_direct']:.0%})"
         rows.append(
-            (
-                f"clone {c['pack_mb']} MB, SSHUploadPack gRPC client (MB/s)",
-                c["grpc"]["direct_mb_per_s"],
-                c["grpc"]["proxy_mb_per_s"],
-                f"{c['grpc']['proxy_vs_direct']:.0%}",
+            _row(
+                f"clone {c['pack_mb']} MB, SSHUploadPack gRPC client (MB/s)", g["mb_per_s"], versus
             )
         )
+        gc = c["git_clone"]
         rows.append(
-            (
+            _row(
                 f"clone {c['pack_mb']} MB, git clone via git-ssh (MB/s)",
-                c["git_clone"]["direct_mb_per_s"],
-                c["git_clone"]["proxy_mb_per_s"],
-                f"{c['git_clone']['proxy_vs_direct']:.0%}",
+                gc["mb_per_s"],
+                f"{gc['proxy_vs_direct']:.0%}",
             )
         )
     if "push" in r:
         p = r["push"]
-        for key, label in (("git", "git push via git-ssh"), ("grpc", "SSHReceivePack gRPC client")):
-            d, x = p[key]["direct"], p[key]["proxy"]
-            rows.append(
-                (
-                    f"push, {label}, p50 (ms)",
-                    d["p50_ms"],
-                    x["p50_ms"],
-                    f"x{p[key]['proxy_vs_direct_p50']:.2f}",
+        for method, label in (
+            ("git", "git push via git-ssh"),
+            ("grpc", "SSHReceivePack gRPC client"),
+        ):
+            for q in ("p50", "p99"):
+                versus = f"x{p[method][f'proxy_vs_direct_{q}']:.2f}"
+                rows.append(
+                    _row(f"push, {label}, {q} (ms)", p[method]["latency"], versus, f"{q}_ms")
                 )
-            )
-            rows.append(
-                (
-                    f"push, {label}, p99 (ms)",
-                    d["p99_ms"],
-                    x["p99_ms"],
-                    f"x{ratio(x['p99_ms'], d['p99_ms']):.2f}",
-                )
-            )
-    parts += [
-        "## Results",
-        "",
-        markdown_table(("measurement", "direct", "proxy", "proxy vs direct"), rows),
-        "",
-    ]
-    targets = [asdict(c) for c in checks(r)]
+    headers = ["measurement", *(SIDE_TITLES[name] for name in SIDES), "proxy vs direct"]
+    parts = ["### Machine", "", machine_table(report["machine"]), ""]
+    parts += ["### Results", "", markdown_table(headers, rows), ""]
+    targets = report["targets"]
     if targets:
+        target_rows = [
+            (t["name"], t["target"], t["measured"], "yes" if t["met"] else "**no**")
+            for t in targets
+        ]
         parts += [
-            "## Targets",
+            "### Targets",
             "",
-            markdown_table(
-                ("target", "goal", "measured", "met"),
-                [
-                    (t["name"], t["target"], t["measured"], "yes" if t["met"] else "**no**")
-                    for t in targets
-                ],
-            ),
+            markdown_table(("target", "goal", "measured", "met"), target_rows),
             "",
         ]
-    cpu_rows = []
-    for phase in ("unary", "throughput"):
-        if phase in r:
-            for side, per in r[phase]["cpu_us_per_call"].items():
-                cpu_rows.append((phase, side, per["client"], per["proxy"], per["node"]))
-    if cpu_rows:
-        parts += [
-            "## CPU per call (microseconds)",
-            "",
-            markdown_table(("phase", "side", "client", "proxy", "node"), cpu_rows),
-            "",
-        ]
-    details = []
-    if "clone" in r:
-        c = r["clone"]
-        details.append(
-            f"- clone repository: {c['pack_mb']} MB pack, {c['refs']} refs; built in {c['build_s']} s; seeded through the proxy (3 replicas) in {c['seed_through_proxy_s']} s ({c['seed_through_proxy_mb_per_s']} MB/s); gRPC samples MB/s {c['grpc']['samples']}"
-        )
-    if "push" in r:
-        p = r["push"]
-        details.append(
-            f"- push: {p['pushes_per_side_and_method']} pushes per side and method, {p['commits_per_push']} commits each; after them the repository is at generation {p['generation_after']} with {p['replicas_up_to_date']} replicas up to date and equal checksums"
-        )
-    if "cluster" in r:
-        c = r["cluster"]
-        details.append(
-            f"- cluster: {c['etcd_members']} etcd member, {c['nodes']} nodes, {c['proxies']} proxy, replication factor {c['replication_factor']}; {c['proxy_config']}; started in {c['start_s']} s"
-        )
-    details.append(f"- settings: {report['settings']}")
-    parts += ["## Details", "", *details, ""]
+    parts += _cpu_section(r)
+    parts += ["### Details", "", *_details(report), ""]
     for phase, prof in r.get("profile", {}).items():
-        parts += [f"## Proxy profile: {phase} ({prof['samples']} samples, {prof['file']})", ""]
+        parts += [f"### Proxy profile: {phase} ({prof['samples']} samples, `{prof['file']}`)", ""]
         parts += [
-            markdown_table(
-                ("self %", "function (file)"), [(share, frame) for frame, share in prof["self"]]
-            ),
+            markdown_table(("self %", "function (file)"), [(v, f) for f, v in prof["self"]]),
             "",
         ]
         parts += [
             markdown_table(
-                ("inclusive %", "function (file)"),
-                [(share, frame) for frame, share in prof["inclusive"]],
+                ("inclusive %", "gitquorum function (file)"), [(v, f) for f, v in prof["focus"]]
             ),
             "",
         ]
     return "\n".join(parts)
+
+
+def _cpu_section(r: dict[str, Any]) -> list[str]:
+    rows = []
+    for phase in ("unary", "throughput"):
+        for side, per in r.get(phase, {}).get("cpu_us_per_call", {}).items():
+            rows.append(
+                (phase, SIDE_TITLES[side], per["client"], per["hop"], per["proxy"], per["node"])
+            )
+    for side, per in r.get("clone", {}).get("grpc", {}).get("cpu_ms_per_clone", {}).items():
+        rows.append(
+            (
+                "clone (ms per clone)",
+                SIDE_TITLES[side],
+                per["client"],
+                per["hop"],
+                per["proxy"],
+                per["node"],
+            )
+        )
+    if not rows:
+        return []
+    headers = ("phase", "side", "client", "bare hop process", "proxy process", "node process")
+    return ["### CPU per call (microseconds unless noted)", "", markdown_table(headers, rows), ""]
+
+
+def _details(report: dict[str, Any]) -> list[str]:
+    r = report["results"]
+    lines = []
+    if "cluster" in r:
+        c = r["cluster"]
+        lines.append(
+            f"- cluster: {c['etcd_members']} etcd member, {c['nodes']} nodes, "
+            f"{c['proxies']} proxy, replication factor {c['replication_factor']}, "
+            f"proxy log level {c['proxy_log_level']} "
+            f"(tests/harness/cluster.py otherwise); started in {c['start_s']} s"
+        )
+    if "unary" in r:
+        lines.append(
+            f"- unary: {r['unary']['calls_per_side']} calls per side, node {r['unary']['node']}"
+        )
+    if "clone" in r:
+        c = r["clone"]
+        lines.append(
+            f"- clone: {c['pack_mb']} MB pack, {c['refs']} refs, built in {c['build_s']} s; "
+            f"seeded through the proxy (3 replicas) in {c['seed_through_proxy_s']} s "
+            f"({c['seed_through_proxy_mb_per_s']} MB/s); gRPC samples MB/s {c['grpc']['samples']}"
+        )
+    if "push" in r:
+        p = r["push"]
+        lines.append(
+            f"- push: {p['pushes_per_side_and_method']} pushes per side and method, "
+            f"{p['commits_per_push']} commits each; afterwards generation {p['generation_after']}, "
+            f"{p['replicas_up_to_date']} replicas up to date, replica checksums equal"
+        )
+        b = p["grpc"]["breakdown_p50_ms"]
+        lines.append(
+            f"- gRPC push, p50 ms per process (from the cluster's logs): one node alone: client "
+            f"{b['direct']['client']}, node {b['direct']['node']}; through the proxy: client "
+            f"{b['proxy']['client']}, proxy {b['proxy']['proxy']}, primary "
+            f"{b['proxy']['primary']}, slowest secondary {b['proxy']['slowest_secondary']}"
+        )
+    lines.append(f"- settings: `{json.dumps(report['settings'])}`; total {report['total_s']} s")
+    return lines
+
+
+# -- command line ---------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -949,35 +932,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="small smoke run (< 60 s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"subset of {','.join(PHASES)}")
     parser.add_argument(
-        "--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
+        "--profile", type=Path, metavar="DIR", help="py-spy the proxy per phase into DIR"
     )
     parser.add_argument(
-        "--profile",
-        type=Path,
-        metavar="DIR",
-        help="sample the proxy with py-spy per phase into DIR",
+        "--profile-native", action="store_true", help="with --profile: C/Cython frames too"
     )
     parser.add_argument(
-        "--workdir",
-        type=Path,
-        help="where the cluster and repositories live (default: a temporary directory)",
+        "--proxy-log-level", default="info", help="the proxy's log level (default info)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="cluster and repositories (default: a temporary dir)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--clone-mb", type=int, help="size of the clone repository in MB")
     parser.add_argument("--pushes", type=int, help="pushes per side and method")
+    parser.add_argument("--serve-hop", metavar="TARGET", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
         parser.error(f"unknown phase(s): {', '.join(unknown)}")
+    if args.clone_mb is not None and args.clone_mb < 1:
+        parser.error("--clone-mb must be at least 1")
+    if args.pushes is not None and args.pushes < 1:
+        parser.error("--pushes must be at least 1")
     args.phases = phases
     return args
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     base = Settings.quick() if args.quick else Settings()
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"proxy_log_level": args.proxy_log_level}
     if args.clone_mb:
         overrides["clone_mb"] = args.clone_mb
     if args.pushes:
@@ -987,21 +974,24 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.serve_hop:
+        serve_hop(args.serve_hop)
+        return 0
     settings = settings_from(args)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gitquorum-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"machine": machine_info(), "settings": asdict(settings)}
     bench = Bench(settings, workdir, args.profile, args.profile_native)
     started = time.perf_counter()
+    steps: dict[str, Callable[[], None]] = {
+        "unary": bench.unary,
+        "throughput": bench.throughput,
+        "clone": bench.clone,
+        "push": bench.push,
+    }
     try:
-        _progress("starting cluster (etcd, 3 nodes, 1 proxy)")
+        _progress("starting the cluster: etcd, 3 nodes, 1 proxy")
         bench.start()
-        steps: dict[str, Callable[[], None]] = {
-            "unary": bench.unary,
-            "throughput": bench.throughput,
-            "clone": bench.clone,
-            "push": bench.push,
-        }
         for phase in args.phases:
             phase_started = time.perf_counter()
             _progress(f"{phase} ...")
@@ -1015,14 +1005,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.close()
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+    report["machine"]["loadavg_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     report["results"] = bench.results
     report["targets"] = [asdict(c) for c in checks(bench.results)]
     report["total_s"] = round(time.perf_counter() - started, 1)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(render_markdown(report))
-        print(f"\n(total {report['total_s']} s)")
+    print(json.dumps(report, indent=2) if args.json else render_markdown(report))
     return 0
 
 

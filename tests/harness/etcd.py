@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -24,6 +25,86 @@ from pathlib import Path
 from types import TracebackType
 
 ETCD_BIN = os.environ.get("ETCD_BIN") or shutil.which("etcd") or "/usr/bin/etcd"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA, a server certificate for 127.0.0.1/localhost and a client one."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def create(cls, directory: Path) -> TlsFiles:
+        directory.mkdir(parents=True, exist_ok=True)
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gitquorum-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        )
+        for name, extension in (
+            ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+            ("client", "extendedKeyUsage=clientAuth"),
+        ):
+            openssl(
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                f"/CN={name}",
+                "-keyout",
+                f"{name}.key",
+                "-out",
+                f"{name}.csr",
+            )
+            (directory / f"{name}.ext").write_text(extension + "\n")
+            openssl(
+                "x509",
+                "-req",
+                "-in",
+                f"{name}.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                f"{name}.ext",
+                "-out",
+                f"{name}.pem",
+            )
+        return cls(
+            directory / "ca.pem",
+            directory / "server.pem",
+            directory / "server.key",
+            directory / "client.pem",
+            directory / "client.key",
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
 
 
 def free_ports(count: int) -> list[int]:
@@ -49,6 +130,7 @@ class EtcdMember:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     paused: bool = False
+    tls: TlsFiles | None = None
 
     @property
     def endpoint(self) -> str:
@@ -56,7 +138,12 @@ class EtcdMember:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
+
+    def _open(self, request: str | urllib.request.Request, timeout: float):  # type: ignore[no-untyped-def]
+        context = self.tls.ssl_context() if self.tls else None
+        return urllib.request.urlopen(request, timeout=timeout, context=context)
 
     @property
     def peer_url(self) -> str:
@@ -69,7 +156,7 @@ class EtcdMember:
         if not self.alive() or self.paused:
             return False
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=timeout) as resp:
+            with self._open(f"{self.client_url}/health", timeout) as resp:
                 return bool(json.loads(resp.read()).get("health") == "true")
         except (OSError, urllib.error.URLError, ValueError):
             return False
@@ -85,6 +172,9 @@ class EtcdCluster:
     # leader in well under a second (still 10 heartbeats per election timeout).
     heartbeat_ms: int = 50
     election_ms: int = 500
+    # Serve clients over TLS with client certificates (peers stay plain).
+    tls: bool = False
+    tls_files: TlsFiles | None = None
     members: list[EtcdMember] = field(default_factory=list)
     _own_dir: bool = False
 
@@ -93,6 +183,8 @@ class EtcdCluster:
             self.base_dir = Path(tempfile.mkdtemp(prefix="etcd-"))
             self._own_dir = True
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        if self.tls and self.tls_files is None:
+            self.tls_files = TlsFiles.create(self.base_dir / "tls")
         ports = free_ports(2 * self.size)
         for i in range(self.size):
             name = f"etcd{i}"
@@ -103,6 +195,7 @@ class EtcdCluster:
                     ports[2 * i + 1],
                     self.base_dir / f"{name}.data",
                     self.base_dir / f"{name}.log",
+                    tls=self.tls_files,
                 )
             )
 
@@ -143,6 +236,7 @@ class EtcdCluster:
             "--log-outputs",
             "stderr",
             *(["--quota-backend-bytes", str(self.quota_bytes)] if self.quota_bytes else []),
+            *self._tls_args(),
             *self.extra_args,
         ]
         with open(member.log_path, "ab") as log:
@@ -155,6 +249,20 @@ class EtcdCluster:
                 start_new_session=True,
             )
         member.paused = False
+
+    def _tls_args(self) -> list[str]:
+        files = self.tls_files
+        if files is None:
+            return []
+        return [
+            "--cert-file",
+            str(files.server_cert),
+            "--key-file",
+            str(files.server_key),
+            "--trusted-ca-file",
+            str(files.ca),
+            "--client-cert-auth",
+        ]
 
     def start(self, timeout: float = 30.0) -> EtcdCluster:
         try:
@@ -234,7 +342,7 @@ class EtcdCluster:
                 request = urllib.request.Request(
                     f"{member.client_url}/v3/maintenance/status", data=b"{}", method="POST"
                 )
-                with urllib.request.urlopen(request, timeout=0.5) as resp:
+                with member._open(request, 0.5) as resp:
                     status = json.loads(resp.read())
                 if status.get("leader") and status["leader"] == status["header"]["member_id"]:
                     return i

@@ -78,53 +78,67 @@ def selected_replicas(
     return chosen
 
 
-async def wait_verified(
-    admin: common.Admin,
-    vs: str,
-    repository_id: int | None,
-    node: str | None,
-    since: float,
-    deadline: float,
-) -> tuple[int, int, list[dict[str, Any]]]:
-    """(verified, selected, replicas that fell behind meanwhile), once every selected
-    replica was re-verified or at the deadline.
+class Reverification:
+    """Follows the selected replicas from before ``MarkUnverified`` until re-verified.
 
-    A replica the verifier finds missing or different is marked outdated and
-    may be repaired again before the next poll, so demotions are collected
-    from the watch on the records rather than from the final state.
+    A replica the verifier finds missing or different is marked outdated (a
+    missing one at generation 0 even drops out of the record) and may be
+    repaired before the next poll, so demotions are collected from the watch
+    on the records, which starts before the replicas are marked.
     """
-    store = await admin.store()
-    verification = VerificationStore(store, admin.keys)
-    prefix = admin.keys.repositories()
-    initial = await store.get_prefix(prefix)
-    state: dict[int, RepositoryRecord] = {}
-    for kv in initial.kvs:
-        rvs, rid = admin.keys.parse_repository(kv.key)
-        state[rid] = decode_record(rvs, rid, kv.value, kv.mod_revision)
-    demoted: dict[tuple[int, str], dict[str, Any]] = {}
 
-    def selected(rid: int, replica: str) -> bool:
-        return (repository_id is None or rid == repository_id) and (node is None or replica == node)
+    def __init__(
+        self, admin: common.Admin, vs: str, repository_id: int | None, node: str | None
+    ) -> None:
+        self.admin = admin
+        self.vs = vs
+        self.repository_id = repository_id
+        self.node = node
+        self.state: dict[int, RepositoryRecord] = {}
+        self.wanted: set[tuple[int, str]] = set()
+        self.demoted: dict[tuple[int, str], dict[str, Any]] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
-    async def follow() -> None:
-        async for batch in store.watch(prefix, prefix=True, start_revision=initial.revision + 1):
+    def _selected(self, rid: int, replica: str) -> bool:
+        return (self.repository_id is None or rid == self.repository_id) and (
+            self.node is None or replica == self.node
+        )
+
+    async def start(self) -> None:
+        store = await self.admin.store()
+        prefix = self.admin.keys.repositories()
+        initial = await store.get_prefix(prefix)
+        for kv in initial.kvs:
+            rvs, rid = self.admin.keys.parse_repository(kv.key)
+            self.state[rid] = decode_record(rvs, rid, kv.value, kv.mod_revision)
+        healthy = consensus_of(await read_proxies(store, self.admin.keys)).healthy(self.vs)
+        self.wanted = selected_replicas(
+            tuple(self.state.values()), self.vs, self.repository_id, self.node, healthy
+        )
+        self._watcher = asyncio.get_running_loop().create_task(
+            self._follow(prefix, initial.revision + 1)
+        )
+
+    async def _follow(self, prefix: str, revision: int) -> None:
+        store = await self.admin.store()
+        async for batch in store.watch(prefix, prefix=True, start_revision=revision):
             for event in batch.events:
-                rvs, rid = admin.keys.parse_repository(event.kv.key)
-                if event.type is EventType.DELETE or rvs != vs:
-                    state.pop(rid, None)
+                rvs, rid = self.admin.keys.parse_repository(event.kv.key)
+                if event.type is EventType.DELETE or rvs != self.vs:
+                    self.state.pop(rid, None)
                     continue
                 new = decode_record(rvs, rid, event.kv.value, event.kv.mod_revision)
-                old = state.get(rid)
-                state[rid] = new
+                old = self.state.get(rid)
+                self.state[rid] = new
                 if old is None:
                     continue
-                for replica in new.replica_nodes:
+                for replica in set(old.replica_nodes) | set(new.replica_nodes):
                     fell_behind = (
                         old.replica_generation(replica) == old.generation
                         and new.replica_generation(replica) < new.generation
                     )
-                    if fell_behind and selected(rid, replica):
-                        demoted[(rid, replica)] = {
+                    if fell_behind and self._selected(rid, replica):
+                        self.demoted[(rid, replica)] = {
                             "repository_id": rid,
                             "relative_path": new.relative_path,
                             "node": replica,
@@ -132,26 +146,35 @@ async def wait_verified(
             if batch.compacted:
                 return
 
-    watcher = asyncio.get_running_loop().create_task(follow())
-    try:
-        while True:
-            records = tuple(state.values())
-            healthy = consensus_of(await read_proxies(store, admin.keys)).healthy(vs)
-            wanted = selected_replicas(records, vs, repository_id, node, healthy)
-            verified_at = await verification.all()
-            done = {(rid, n) for rid, n in wanted if verified_at.get((vs, rid, n), 0.0) >= since}
-            if done == wanted or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.5)
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
-            await watcher
-    return (
-        len(done),
-        len(wanted),
-        sorted(demoted.values(), key=lambda d: (d["repository_id"], d["node"])),
-    )
+    async def wait(self, since: float, deadline: float) -> tuple[int, int, list[dict[str, Any]]]:
+        """(verified, selected, replicas that fell behind) once every selected replica
+        still on a healthy node was verified after ``since``, or at the deadline."""
+        store = await self.admin.store()
+        verification = VerificationStore(store, self.admin.keys)
+        try:
+            while True:
+                healthy = consensus_of(await read_proxies(store, self.admin.keys)).healthy(self.vs)
+                wanted = {(rid, n) for rid, n in self.wanted if n in healthy and rid in self.state}
+                verified_at = await verification.all()
+                done = {
+                    (rid, n)
+                    for rid, n in wanted
+                    if verified_at.get((self.vs, rid, n), 0.0) >= since
+                }
+                if done == wanted or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.5)
+        finally:
+            await self.close()
+        demoted = sorted(self.demoted.values(), key=lambda d: (d["repository_id"], d["node"]))
+        return len(done), len(wanted), demoted
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+                await self._watcher
+            self._watcher = None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,14 +195,23 @@ def run(args: argparse.Namespace) -> int:
             if record is None:
                 raise common.CommandError(f"repository {vs}/{args.repository} not found")
             repository_id = record.repository_id
+        follower = None
+        if args.wait is not None:
+            follower = Reverification(admin, vs, repository_id, args.storage)
+            await follower.start()
         # Verifications recorded from now on are the re-checks (wall time, as recorded).
         since = time.time()
-        channel = await admin.proxy()
-        response = await praefect_pb2_grpc.PraefectInfoServiceStub(channel).MarkUnverified(
-            selection(args, vs, repository_id),
-            metadata=admin.proxy_metadata(),
-            timeout=admin.timeout,
-        )
+        try:
+            channel = await admin.proxy()
+            response = await praefect_pb2_grpc.PraefectInfoServiceStub(channel).MarkUnverified(
+                selection(args, vs, repository_id),
+                metadata=admin.proxy_metadata(),
+                timeout=admin.timeout,
+            )
+        except BaseException:
+            if follower is not None:
+                await follower.close()
+            raise
         data: dict[str, Any] = {
             "virtual_storage": vs,
             "repository_id": repository_id,
@@ -187,10 +219,8 @@ def run(args: argparse.Namespace) -> int:
             "replicas_marked": response.replicas_marked,
         }
         status = common.EXIT_OK
-        if args.wait is not None:
-            verified, wanted, demoted = await wait_verified(
-                admin, vs, repository_id, args.storage, since, time.monotonic() + args.wait
-            )
+        if follower is not None:
+            verified, wanted, demoted = await follower.wait(since, time.monotonic() + args.wait)
             data.update(verified=verified, selected=wanted, outdated=demoted)
             if verified < wanted or demoted:
                 status = common.EXIT_PROBLEM

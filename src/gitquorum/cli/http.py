@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from pathlib import Path
 
 from gitquorum import log
 from gitquorum.config import parse_address, parse_duration
+
+_GRPC_SCHEME = re.compile(r"(dns|unix|unix-abstract|ipv4|ipv6|vsock):")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,26 +58,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gitquorum.gateway.credentials import Credentials
     from gitquorum.gateway.http import GatewayConfig, serve
 
     problems: list[str] = []
-    for option, value in (("--listen", args.listen), ("--proxy", args.proxy)):
+    try:
+        parse_address(args.listen)
+    except ValueError as exc:
+        problems.append(f"--listen: {exc}")
+    # gRPC also takes targets such as dns:///host:port or unix:/path.
+    if not _GRPC_SCHEME.match(args.proxy):
         try:
-            parse_address(value)
+            parse_address(args.proxy)
         except ValueError as exc:
-            problems.append(f"{option}: {exc}")
+            problems.append(f"--proxy: {exc}")
     durations: dict[str, float] = {}
     for option, value in (("timeout", args.timeout), ("graceful_timeout", args.graceful_timeout)):
         try:
             durations[option] = parse_duration(value)
         except ValueError as exc:
             problems.append(f"--{option.replace('_', '-')}: {exc}")
-    for option, path in (
-        ("--token-file", args.token_file),
-        ("--proxy-token-file", args.proxy_token_file),
-    ):
-        if path and not Path(path).is_file():
-            problems.append(f"{option}: no such file: {path}")
+    if args.token_file:
+        try:
+            Credentials.load(args.token_file)
+        except (OSError, ValueError) as exc:
+            problems.append(f"--token-file: {exc}")
+    if args.proxy_token_file:
+        try:
+            if not Path(args.proxy_token_file).read_bytes().strip():
+                problems.append(f"--proxy-token-file: {args.proxy_token_file} is empty")
+        except OSError as exc:
+            problems.append(f"--proxy-token-file: {exc}")
     if not args.storage:
         problems.append("--storage: empty")
     if problems:
@@ -94,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
     log.setup(args.log_level)
     try:
         asyncio.run(serve(config, args.ready_file))
-    except ValueError as exc:
-        # A malformed token file.
-        print(f"config: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        print(f"http: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 1
     return 0

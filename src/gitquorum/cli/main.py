@@ -16,6 +16,37 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "git-ssh": ("git_ssh", "GIT_SSH_COMMAND helper: git over SSHUploadPack/SSHReceivePack"),
     "http": ("http", "smart-HTTP gateway for the git CLI"),
     "config": ("config_cmd", "validate configuration files"),
+    # Operator commands (admin_*.py); they read the proxy's --config.
+    "status": ("admin_status", "proxies, leader, node health, queue depth and replica lag"),
+    "check": ("admin_check", "check etcd, proxies, nodes, disks and clocks; exit 1 on failure"),
+    "dataloss": ("admin_dataloss", "list repositories without a healthy, up-to-date replica"),
+    "accept-dataloss": (
+        "admin_accept_dataloss",
+        "make one replica authoritative and writable again; repair the others from it",
+    ),
+    "metadata": ("admin_metadata", "show a repository's id, primary, generation and replicas"),
+    "set-replication-factor": (
+        "admin_set_replication_factor",
+        "assign or unassign nodes to reach a repository's replication factor",
+    ),
+    "track-repository": (
+        "admin_track_repository",
+        "adopt a repository found on a node's disk but not tracked in etcd",
+    ),
+    "list-untracked-repositories": (
+        "admin_list_untracked",
+        "list git repositories on this host's node disks that etcd does not track",
+    ),
+    "remove-repository": (
+        "admin_remove_repository",
+        "remove a repository from etcd and every node (dry run without --apply)",
+    ),
+    "verify": ("admin_verify", "have the verifier re-check replicas now"),
+    "switchover": ("admin_switchover", "move primaries to another node without failing writes"),
+    "drain": ("admin_drain", "stop new primaries and reads on a node; move its primaries away"),
+    "undrain": ("admin_drain", "return a drained node to service"),
+    "pause": ("admin_pause", "pause automatic failover and repair for maintenance"),
+    "resume": ("admin_pause", "resume automatic failover and repair"),
     "repo": ("repo", "create, list, remove and inspect repositories"),
 }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -121,7 +121,11 @@ def _list(args: argparse.Namespace) -> int:
     )
     rows = repo_list.list_repositories(settings, args.storage, args.timeout)
     if args.json:
-        print(json.dumps({"virtual_storage": args.storage, "repositories": [r.as_dict() for r in rows]}))
+        print(
+            json.dumps(
+                {"virtual_storage": args.storage, "repositories": [r.as_dict() for r in rows]}
+            )
+        )
     elif rows:
         print(repo_list.table(rows))
     else:
@@ -155,9 +159,11 @@ def _checksums(ch: grpc.Channel, target: Target, path: str) -> dict[str, str]:
         )
     except grpc.RpcError as error:
         raise target.describe(error, f"repository {path!r}") from None
-    details = [response.primary, *response.replicas] if response.HasField("primary") else [
-        *response.replicas
-    ]
+    details = (
+        [response.primary, *response.replicas]
+        if response.HasField("primary")
+        else [*response.replicas]
+    )
     return {d.repository.storage_name: d.checksum for d in details}
 
 

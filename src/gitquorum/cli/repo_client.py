@@ -97,7 +97,9 @@ class Target:
             return CliError(f"{subject} already exists on {where}")
         if code == grpc.StatusCode.UNAVAILABLE:
             if "failed to connect" in details.lower():
-                return CliError(f"cannot reach the proxy at {self.address}: is it running? ({details})")
+                return CliError(
+                    f"cannot reach the proxy at {self.address}: is it running? ({details})"
+                )
             return CliError(f"the proxy at {self.address} is unavailable: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return CliError(f"the proxy at {self.address} did not answer within {self.timeout:g}s")
@@ -105,7 +107,7 @@ class Target:
             hint = "" if self.token_file else " (pass --token-file)"
             return CliError(f"the proxy at {self.address} refused access: {details}{hint}")
         exit_code = EXIT_USAGE if code in _USAGE_CODES else EXIT_FAILED
-        return CliError(f"{code.name.lower()}: {details}", exit_code)
+        return CliError(f"{details or 'request failed'} ({code.name})", exit_code)
 
 
 def _dialable(listen: str) -> str:

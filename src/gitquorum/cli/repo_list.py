@@ -14,6 +14,7 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from gitquorum.cli.repo_client import EXIT_USAGE, CliError
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
 from gitquorum.cluster.health import HealthSnapshot, consensus
@@ -26,7 +27,6 @@ from gitquorum.cluster.repositories import (
     up_to_date_replicas,
     valid_primaries,
 )
-from gitquorum.cli.repo_client import EXIT_USAGE, CliError
 from gitquorum.config import EtcdSettings
 from gitquorum.errors import InvalidArgument
 
@@ -34,12 +34,17 @@ from gitquorum.errors import InvalidArgument
 @dataclass(frozen=True)
 class Listed:
     record: RepositoryRecord
-    healthy: frozenset[str]
+    # Healthy nodes by the proxies' consensus; None when no proxy is running
+    # (nobody checks the nodes, so their health is unknown).
+    healthy: frozenset[str] | None
 
     @property
     def status(self) -> str:
         """ok: every assigned replica up to date on a healthy node; degraded: some
-        are not; unavailable: no healthy, up-to-date, assigned replica to serve."""
+        are not; unavailable: no healthy, up-to-date, assigned replica to serve;
+        unknown: no proxy is running to judge node health."""
+        if self.healthy is None:
+            return "unknown"
         if not valid_primaries(self.record, self.healthy):
             return "unavailable"
         assigned = self.record.assigned or self.record.replica_nodes
@@ -75,13 +80,18 @@ def etcd_settings(config_etcd: EtcdSettings | None, endpoints: str, cluster: str
     return config_etcd
 
 
-async def _read(settings: EtcdSettings, virtual_storage: str, timeout: float) -> list[Listed]:
-    password = None
-    if settings.password_file:
-        try:
-            password = Path(settings.password_file).read_text().strip()
-        except OSError as exc:
-            raise CliError(f"cannot read etcd password file: {exc.strerror}", EXIT_USAGE) from exc
+def _password(settings: EtcdSettings) -> str | None:
+    if not settings.password_file:
+        return None
+    try:
+        return Path(settings.password_file).read_text().strip()
+    except OSError as exc:
+        raise CliError(f"cannot read etcd password file: {exc.strerror}", EXIT_USAGE) from exc
+
+
+async def _read(
+    settings: EtcdSettings, password: str | None, virtual_storage: str, per_request: float
+) -> list[Listed]:
     store = EtcdStore(
         EtcdConfig(
             endpoints=settings.endpoints,
@@ -91,7 +101,7 @@ async def _read(settings: EtcdSettings, virtual_storage: str, timeout: float) ->
             username=settings.username or None,
             password=password,
             # A command line answers quickly: no long retry loop on a dead etcd.
-            request_timeout=min(timeout, 3.0),
+            request_timeout=min(per_request, 3.0),
             attempts=2,
         )
     )
@@ -106,16 +116,22 @@ async def _read(settings: EtcdSettings, virtual_storage: str, timeout: float) ->
     for kv in members.kvs:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             views[kv.key[len(keys.proxies()) :]] = decode_member(kv.value)[1]
-    healthy = consensus(HealthSnapshot(frozenset(views), views)).healthy(virtual_storage)
+    healthy = (
+        consensus(HealthSnapshot(frozenset(views), views)).healthy(virtual_storage)
+        if views
+        else None
+    )
     return [Listed(r, healthy) for r in sorted(records, key=lambda r: r.relative_path)]
 
 
 def list_repositories(settings: EtcdSettings, virtual_storage: str, timeout: float) -> list[Listed]:
     try:
-        return asyncio.run(asyncio.wait_for(_read(settings, virtual_storage, timeout), timeout))
+        reading = _read(settings, _password(settings), virtual_storage, timeout)
+        return asyncio.run(asyncio.wait_for(reading, timeout))
     except (StoreUnavailable, TimeoutError) as exc:
         endpoints = ", ".join(settings.endpoints)
-        raise CliError(f"cannot read the cluster state from etcd at {endpoints}: {exc}") from exc
+        reason = str(exc) or f"no answer within {timeout:g}s"
+        raise CliError(f"cannot read the cluster state from etcd at {endpoints}: {reason}") from exc
     except (ValueError, InvalidArgument) as exc:
         raise CliError(f"bad etcd settings or storage name: {exc}", EXIT_USAGE) from exc
 

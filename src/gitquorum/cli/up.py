@@ -83,16 +83,21 @@ def _summary(info: dict[str, Any]) -> str:
         f"virtual storage {info['virtual_storage']!r}",
         "",
     ]
+    rows: list[tuple[str, str, str]] = []
     for p in info["proxies"]:
-        lines.append(f"  {p['name']:<8} {p['address']:<22} metrics {p['metrics_url']}")
+        rows.append((p["name"], p["address"], p["metrics_url"]))
     if info["http"] is not None:
         http = info["http"]
-        lines.append(f"  {'http':<8} {http['url']:<22} metrics {http['metrics_url'] or '-'}")
+        rows.append(("http", http["url"], http["metrics_url"]))
     for n in info["nodes"]:
-        lines.append(f"  {n['name']:<8} {n['address']:<22} metrics {n['metrics_url']}")
-        lines.append(f"  {'':<8} storage {n['storage_path']}")
+        rows.append((n["name"], n["address"], n["metrics_url"]))
     etcd = info["etcd"]
-    lines.append(f"  {'etcd':<8} {etcd['address']:<22} metrics {etcd['metrics_url']}")
+    rows.append(("etcd", etcd["address"], etcd["metrics_url"]))
+    width = max(len(address) for _, address, _ in rows)
+    for name, address, metrics in rows:
+        lines.append(f"  {name:<8} {address:<{width}}  metrics {metrics or '-'}")
+    storages = {n["name"]: n["storage_path"] for n in info["nodes"]}
+    lines += [f"  {'':<8} {name} storage: {path}" for name, path in storages.items()]
     lines += [
         "",
         f"  config   {config}  (for `gitquorum proxy --config` and `gitquorum repo --config`)",
@@ -111,8 +116,8 @@ def _summary(info: dict[str, Any]) -> str:
         lines += [
             "",
             "Or over HTTP (a new project is created by its first push):",
-            f"  git push {url}group/project.git main",
-            f"  git clone {url}group/project.git",
+            f"  git push {url}group/web.git main",
+            f"  git clone {url}group/web.git",
         ]
     lines += [
         "",

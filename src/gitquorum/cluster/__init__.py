@@ -7,17 +7,21 @@ Everything here is written against :class:`gitquorum.cluster.store.Store`;
 
 from gitquorum.cluster.election import FencingToken, LeaderElection, fenced_txn
 from gitquorum.cluster.errors import StoreUnavailable
+from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
 from gitquorum.cluster.health import Consensus, HealthChecker, HealthSnapshot, consensus
 from gitquorum.cluster.keys import Keyspace, replica_path
 from gitquorum.cluster.lease import LeaseKeeper
 from gitquorum.cluster.membership import HealthView, ProxyMembership
-from gitquorum.cluster.queue import JobState, JobType, ReplicationJob, ReplicationQueue
+from gitquorum.cluster.memory_store import MemoryStore
+from gitquorum.cluster.queue import JobState, JobType, QueueView, ReplicationJob, ReplicationQueue
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryRecord, RepositoryStore
 from gitquorum.cluster.store import Compare, Op, Store
 
 __all__ = [
     "Compare",
     "Consensus",
+    "EtcdConfig",
+    "EtcdStore",
     "FencingToken",
     "HealthChecker",
     "HealthSnapshot",
@@ -27,8 +31,10 @@ __all__ = [
     "Keyspace",
     "LeaderElection",
     "LeaseKeeper",
+    "MemoryStore",
     "Op",
     "ProxyMembership",
+    "QueueView",
     "ReplicationJob",
     "ReplicationQueue",
     "RepositoryCache",

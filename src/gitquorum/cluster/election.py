@@ -119,6 +119,8 @@ class LeaderElection:
         self._factories: list[tuple[str, TaskFactory]] = []
         self._leader_tasks: list[asyncio.Task[None]] = []
         self.changed = asyncio.Condition()
+        # Set while this proxy leads; cleared at the moment it steps down.
+        self.leading = asyncio.Event()
         self.terms = 0
 
     # -- state --------------------------------------------------------------------
@@ -210,6 +212,7 @@ class LeaderElection:
     def _become_leader(self, token: FencingToken) -> None:
         self._token = token
         self.terms += 1
+        self.leading.set()
         log.info(
             "%s is leader (token %d, lease %x)", self.proxy, token.create_revision, token.lease_id
         )
@@ -226,6 +229,7 @@ class LeaderElection:
             return
         log.warning("%s steps down: %s", self.proxy, reason)
         self._token = None
+        self.leading.clear()
         for task in self._leader_tasks:
             task.cancel()
         for callback in list(self._listeners):

@@ -200,9 +200,20 @@ def _request_op(op: Op) -> Any:
 
 
 def _error_kind(exc: BaseException) -> str:
+    """A short, bounded label for the errors counter."""
+    if isinstance(exc, LeaseExpired):
+        return "lease_expired"
+    if isinstance(exc, Compacted):
+        return "compacted"
+    if isinstance(exc, TimeoutError | EtcdTransientError):
+        return "timeout"
+    if isinstance(exc, EtcdUnauthenticatedError):
+        return "unauthenticated"
+    if isinstance(exc, EtcdPermissionDeniedError):
+        return "permission_denied"
     if isinstance(exc, grpc.aio.AioRpcError):
         return exc.code().name.lower()
-    return type(exc).__name__
+    return "unavailable"
 
 
 class EtcdStore(Store):
@@ -267,9 +278,16 @@ class EtcdStore(Store):
 
     async def _authenticate(self) -> None:
         assert self.config.username is not None
-        response = await self._auth.authenticate(
-            self.config.username, self.config.password or "", timeout=self.config.request_timeout
-        )
+        try:
+            response = await self._auth.authenticate(
+                self.config.username,
+                self.config.password or "",
+                timeout=self.config.request_timeout,
+            )
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"etcd authentication as {self.config.username!r} failed: {exc}"
+            ) from exc
         self._token = response.token
         for service in (self._kv, self._lease, self._maintenance):
             service.set_token(self._token)
@@ -335,9 +353,12 @@ class EtcdStore(Store):
                     EtcdError,
                     grpc.aio.AioRpcError,
                     TimeoutError,
+                    StoreUnavailable,
                 ) as exc:
                     wrapped = self._wrap(exc, operation)
-                    error = _error_kind(exc)
+                    error = _error_kind(
+                        wrapped if isinstance(wrapped, LeaseExpired | Compacted) else exc
+                    )
                     if isinstance(wrapped, LeaseExpired | Compacted) or attempt == attempts:
                         raise wrapped from exc
                     await asyncio.sleep(delay)

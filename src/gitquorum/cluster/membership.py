@@ -145,7 +145,12 @@ ConsensusListener = Callable[[Consensus, Consensus], None]
 
 
 class HealthView:
-    """Every live proxy's vote, kept current by the watch; exposes the consensus."""
+    """Every live proxy's vote, kept current by the watch; exposes the consensus.
+
+    On every change of the consensus: listeners run (synchronously, with the
+    old and new value), ``changed`` is set (consumers clear it) and
+    :meth:`wait_for` waiters re-check their predicate.
+    """
 
     def __init__(self, store: Store, keys: Keyspace, *, clock: Clock | None = None) -> None:
         self.keys = keys

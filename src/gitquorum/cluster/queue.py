@@ -47,7 +47,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from gitquorum.cluster.errors import ClaimLost, Conflict, FailedPrecondition
+from gitquorum.cluster.errors import (
+    ClaimLost,
+    Compacted,
+    Conflict,
+    FailedPrecondition,
+    LeaseExpired,
+    StoreUnavailable,
+)
 from gitquorum.cluster.keys import Keyspace, check_name, replica_path
 from gitquorum.cluster.mirror import PrefixMirror
 from gitquorum.cluster.store import (
@@ -307,6 +314,8 @@ class ReplicationQueue:
         self.view = view
         # Decoded jobs by key, reused while their mod_revision is unchanged.
         self._decoded: dict[str, ReplicationJob] = {}
+        # Claims whose txn outcome is unknown, per worker lease.
+        self._uncertain: dict[int, list[tuple[ReplicationJob, str]]] = {}
 
     def _key(self, job: ReplicationJob) -> str:
         return self.keys.job(job.virtual_storage, job.target_node, job.repository_id, job.job_id)
@@ -405,6 +414,10 @@ class ReplicationQueue:
 
         Raises LeaseExpired when the worker's lease is gone."""
         target_list = list(targets) if targets is not None else None
+        if worker.lease_id in self._uncertain:
+            adopted = await self._resolve_uncertain(worker)
+            if adopted is not None:
+                return adopted
         for _ in range(self.max_races):
             if self.view is not None:
                 jobs, locks = self.view.snapshot(target_list)
@@ -457,18 +470,46 @@ class ReplicationQueue:
             job, state=JobState.IN_PROGRESS, attempts=job.attempts + 1, worker=worker.name
         )
         lock_value = json.dumps({"job": job.job_id, "worker": worker.name}).encode()
-        result = await self.store.txn(
-            [Compare.absent(lock_key), Compare.mod_revision(self._key(job), job.revision)],
-            [
-                Op.put(lock_key, lock_value, lease=worker.lease_id),
-                Op.put(self._key(job), encode_job(claimed)),
-            ],
-        )
+        try:
+            result = await self.store.txn(
+                [Compare.absent(lock_key), Compare.mod_revision(self._key(job), job.revision)],
+                [
+                    Op.put(lock_key, lock_value, lease=worker.lease_id),
+                    Op.put(self._key(job), encode_job(claimed)),
+                ],
+            )
+        except (LeaseExpired, Compacted):
+            raise
+        except StoreUnavailable:
+            # If the claim went through unseen, its lock would live as long as
+            # this worker's lease and the job would never run: remember it and
+            # find out before claiming anything else.
+            self._uncertain.setdefault(worker.lease_id, []).append((job, lock_key))
+            raise
         if not result.succeeded:
             return None
         return ClaimedJob(
             replace(claimed, revision=result.revision), lock_key, result.revision, worker.lease_id
         )
+
+    async def _resolve_uncertain(self, worker: WorkerLease) -> ClaimedJob | None:
+        """Adopt a claim whose txn answer was lost, if it did go through."""
+        pending = self._uncertain.get(worker.lease_id, [])
+        while pending:
+            job, lock_key = pending[0]
+            result = await self.store.txn([], [Op.get(lock_key), Op.get(self._key(job))])
+            pending.pop(0)
+            locks, jobs = result.range(0).kvs, result.range(1).kvs
+            if (
+                locks
+                and jobs
+                and locks[0].lease == worker.lease_id
+                and json.loads(locks[0].value).get("job") == job.job_id
+            ):
+                current = decode_job(self.keys, jobs[0])
+                return ClaimedJob(current, lock_key, locks[0].create_revision, worker.lease_id)
+        self._uncertain.pop(worker.lease_id, None)
+        return None
 
     def _guard(self, claim: ClaimedJob) -> list[Compare]:
         return [
@@ -495,12 +536,32 @@ class ReplicationQueue:
             and other.same_change(job)
             and other.created_revision < claim.claim_revision
         ]
-        result = await self.store.txn(
-            self._guard(claim),
-            [Op.delete(claim.lock_key), Op.delete(self._key(job)), *superseded],
-        )
+        try:
+            result = await self.store.txn(
+                self._guard(claim),
+                [Op.delete(claim.lock_key), Op.delete(self._key(job)), *superseded],
+            )
+        except (LeaseExpired, Compacted):
+            raise
+        except StoreUnavailable:
+            # Unknown outcome: the ack went through iff our lock and job are gone.
+            if await self._claim_released(claim, expect_job=False):
+                return
+            raise
         if not result.succeeded:
             raise ClaimLost(f"job {job.job_id}: claim lost before acknowledgement")
+
+    async def _claim_released(self, claim: ClaimedJob, *, expect_job: bool) -> bool:
+        """After an ambiguous ack/fail: is our lock gone and the job in the
+        expected state (gone for an ack, present and no longer ours for a fail)?"""
+        result = await self.store.txn([], [Op.get(claim.lock_key), Op.get(self._key(claim.job))])
+        locks, jobs = result.range(0).kvs, result.range(1).kvs
+        ours = bool(locks) and locks[0].create_revision == claim.claim_revision
+        if ours:
+            return False
+        if not expect_job:
+            return not jobs
+        return bool(jobs) and jobs[0].mod_revision > claim.job.revision
 
     def backoff_for(self, attempts: int) -> float:
         return float(min(self.max_backoff, self.backoff * 2 ** max(0, attempts - 1)))
@@ -519,10 +580,17 @@ class ReplicationQueue:
                 last_error=error[:500],
                 worker="",
             )
-        result = await self.store.txn(
-            self._guard(claim),
-            [Op.delete(claim.lock_key), Op.put(self._key(job), encode_job(failed))],
-        )
+        try:
+            result = await self.store.txn(
+                self._guard(claim),
+                [Op.delete(claim.lock_key), Op.put(self._key(job), encode_job(failed))],
+            )
+        except (LeaseExpired, Compacted):
+            raise
+        except StoreUnavailable:
+            if await self._claim_released(claim, expect_job=True):
+                return failed
+            raise
         if not result.succeeded:
             raise ClaimLost(f"job {job.job_id}: claim lost before reporting failure")
         return replace(failed, revision=result.revision)

@@ -22,9 +22,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
     # A restarted proxy is back in service within seconds, not after grpc's
-    # default two-minute reconnect backoff.
+    # default two-minute reconnect backoff. (grpc.min_reconnect_backoff_ms is
+    # left alone: it is also the connection attempt timeout.)
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 

@@ -329,6 +329,18 @@ class GatewayServer:
         except body.UnsupportedEncoding as exc:
             raise _Failure(415, f"gitquorum: {exc}") from None
         protocol = _git_protocol(request)
+        head = b""
+        if push and request.content_length == len(pktline.FLUSH) and not encoding:
+            # Before a push larger than its post buffer, git probes with a bare
+            # flush to settle authentication. receive-pack would read no
+            # command and answer nothing; answered here, the probe costs no
+            # write transaction (and generation bump) on every replica.
+            head = await request.content.read()
+            if head == pktline.FLUSH:
+                probe = _result_response(service)
+                await probe.prepare(request)
+                await probe.write_eof()
+                return probe
         repository = self.backend.repository(target.relative_path)
         make: Callable[..., Any]
         if push:
@@ -344,17 +356,14 @@ class GatewayServer:
             make = smarthttp_pb2.PostUploadPackRequest
             first = make(repository=repository, git_protocol=protocol)
             call = self.backend.post_upload_pack()
-        chunks = body.chunks(request.content, encoding, self.config.chunk_size)
+        chunks = _prepend(head, body.chunks(request.content, encoding, self.config.chunk_size))
         pump = asyncio.create_task(_pump(call, first, chunks, make, exchange))
         response: web.StreamResponse | None = None
         try:
             try:
                 async for message in call:
                     if response is None:
-                        response = web.StreamResponse(
-                            status=200,
-                            headers={**NO_CACHE, "Content-Type": f"application/x-{service}-result"},
-                        )
+                        response = _result_response(service)
                         await response.prepare(request)
                     await self._write(response, message.data, exchange)
             except asyncio.CancelledError:
@@ -387,11 +396,9 @@ class GatewayServer:
             with contextlib.suppress(BaseException):
                 await pump
         if response is None:
-            # The backend answered nothing (git's probe of a push, "0000"):
-            # still a successful, empty result.
-            response = web.StreamResponse(
-                status=200, headers={**NO_CACHE, "Content-Type": f"application/x-{service}-result"}
-            )
+            # The backend answered nothing (a request without commands): still
+            # a successful, empty result.
+            response = _result_response(service)
             await response.prepare(request)
         await response.write_eof()
         return response
@@ -436,6 +443,19 @@ class GatewayServer:
     async def _write(self, response: web.StreamResponse, data: bytes, exchange: _Exchange) -> None:
         exchange.bytes_out += len(data)
         await response.write(data)
+
+
+def _result_response(service: str) -> web.StreamResponse:
+    return web.StreamResponse(
+        status=200, headers={**NO_CACHE, "Content-Type": f"application/x-{service}-result"}
+    )
+
+
+async def _prepend(head: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in chunks:
+        yield chunk
 
 
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:

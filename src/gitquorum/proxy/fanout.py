@@ -44,6 +44,49 @@ async def _requests(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[b
         yield message
 
 
+# What grpc.aio reports when a request write fails because the call just ended.
+_WRITE_RACE = (grpc.StatusCode.INTERNAL, "Internal error from Core")
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class StatusWatch:
+    """The status a node really sent on a client-streaming call.
+
+    A node may end such a call before reading every request (a rejected header,
+    say). When a request write is in flight at that moment, grpc.aio replaces
+    the node's status with INTERNAL "Internal error from Core" (grpc/grpc#36066),
+    before or after the real status arrives. Every status given to the call is
+    recorded as it is set (done callbacks run on each), so the node's own answer
+    can be relayed instead of the write race.
+    """
+
+    def __init__(self, call: grpc.aio.Call) -> None:
+        self.statuses: list[tuple[grpc.StatusCode, str]] = []
+        self._answered = asyncio.Event()
+        call.add_done_callback(self._on_status)
+
+    def _on_status(self, call: grpc.aio.Call) -> None:
+        status = getattr(getattr(call, "_cython_call", None), "_status", None)
+        if status is None:
+            return
+        entry = (_CODES.get(status.code(), grpc.StatusCode.UNKNOWN), status.details() or "")
+        self.statuses.append(entry)
+        if entry != _WRITE_RACE:
+            self._answered.set()
+
+    async def resolve(self, code: grpc.StatusCode, details: str) -> tuple[grpc.StatusCode, str]:
+        """The node's status in place of a write race; anything else unchanged."""
+        if (code, details) != _WRITE_RACE:
+            return code, details
+        with contextlib.suppress(TimeoutError):
+            # The node's status may still be on its way: wait a little for it.
+            await asyncio.wait_for(self._answered.wait(), 1.0)
+        for entry in self.statuses:
+            if entry != _WRITE_RACE:
+                return entry
+        return code, details
+
+
 class PassThrough:
     """Relay one call to one node."""
 
@@ -61,6 +104,7 @@ class PassThrough:
     ) -> AsyncIterator[bytes]:
         channel = self.channels.channel(node)
         outgoing = self.channels.forward_metadata(metadata)
+        watch: StatusWatch | None = None
         try:
             if self.info.shape is Shape.UNARY_UNARY:
                 yield await channel.unary_unary(self.info.full_name)(
@@ -75,10 +119,16 @@ class PassThrough:
                 call = channel.stream_stream(self.info.full_name)(
                     _requests(first, rest), metadata=outgoing, timeout=timeout
                 )
+                watch = StatusWatch(call)
             async for response in call:
                 yield response
         except grpc.aio.AioRpcError as exc:
-            raise _backend_error(exc) from None
+            if watch is None:
+                raise _backend_error(exc) from None
+            code, details = await watch.resolve(exc.code(), exc.details() or "")
+            from gitquorum.proxy.handler import BackendError
+
+            raise BackendError(code, details) from None
 
 
 @dataclass
@@ -92,15 +142,44 @@ class _Leg:
     code: grpc.StatusCode | None = None  # final status; None while running
     details: str = ""
     dropped: bool = False
+    watch: StatusWatch | None = None
 
-    async def requests(self, first: bytes) -> AsyncIterator[bytes]:
-        yield first
-        while True:
-            item = await self.queue.get()
-            if item is _END:
-                return
-            assert isinstance(item, bytes)
-            yield item
+    def requests(self, first: bytes) -> _LegRequests:
+        return _LegRequests(first, self)
+
+    async def fail(self, exc: grpc.aio.AioRpcError) -> None:
+        """Record the node's final status (not grpc.aio's write race, see StatusWatch)."""
+        code, details = exc.code(), exc.details() or ""
+        if self.watch is not None:
+            code, details = await self.watch.resolve(code, details)
+        self.code, self.details = code, details
+
+
+class _LegRequests:
+    """The requests one node receives: the first message, then the shared stream.
+
+    A plain async iterator rather than an async generator: grpc.aio cancels its
+    consumer mid-``queue.get()`` when a call ends early, and an async generator
+    finalized in that state logs "aclose(): asynchronous generator is already
+    running" errors.
+    """
+
+    def __init__(self, first: bytes, leg: _Leg) -> None:
+        self._first: bytes | None = first
+        self._leg = leg
+
+    def __aiter__(self) -> _LegRequests:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        item = await self._leg.queue.get()
+        if item is _END:
+            raise StopAsyncIteration
+        assert isinstance(item, bytes)
+        return item
 
 
 class Fanout:
@@ -159,6 +238,8 @@ class Fanout:
                 leg.call.cancel()
             logger.warning("replica left the write", extra=log.fields(node=leg.node, reason=reason))
 
+        ended = False  # set once the call is over: nothing left for pump() to cancel
+
         async def pump() -> None:
             try:
                 async for message in rest:
@@ -169,13 +250,21 @@ class Fanout:
                             await asyncio.wait_for(leg.queue.put(message), self.write_timeout)
                         except TimeoutError:
                             drop(leg, "not reading its requests")
-            finally:
+            except Exception as exc:
+                # The client's stream broke (or the call already ended): the nodes
+                # must not mistake that for the end of the requests and act on a
+                # truncated stream, so their calls are cancelled instead.
                 for leg in legs.values():
-                    if not leg.dropped and leg.code is None:
-                        try:
-                            await asyncio.wait_for(leg.queue.put(_END), self.write_timeout)
-                        except TimeoutError:
-                            drop(leg, "not reading its requests")
+                    if leg.code is None and leg.call is not None and not ended:
+                        drop(leg, f"client stream failed: {type(exc).__name__}")
+                return
+            # Only a complete client stream ends the nodes' streams.
+            for leg in legs.values():
+                if not leg.dropped and leg.code is None:
+                    try:
+                        await asyncio.wait_for(leg.queue.put(_END), self.write_timeout)
+                    except TimeoutError:
+                        drop(leg, "not reading its requests")
 
         async def drive_secondary(leg: _Leg) -> None:
             assert leg.call is not None
@@ -184,7 +273,7 @@ class Fanout:
                     pass
                 leg.code = grpc.StatusCode.OK
             except grpc.aio.AioRpcError as exc:
-                leg.code, leg.details = exc.code(), exc.details() or ""
+                await leg.fail(exc)
                 if tx is not None:
                     tx.cancel_voter(leg.node)
             except asyncio.CancelledError:
@@ -198,6 +287,7 @@ class Fanout:
                 metadata=self._metadata(leg.node, tx, metadata),
                 timeout=timeout,
             )
+            leg.watch = StatusWatch(leg.call)
             if leg is not primary:
                 leg.task = asyncio.ensure_future(drive_secondary(leg))
         pump_task = asyncio.ensure_future(pump())
@@ -212,7 +302,7 @@ class Fanout:
                         yield response
                 primary.code = grpc.StatusCode.OK
             except grpc.aio.AioRpcError as exc:
-                primary.code, primary.details = exc.code(), exc.details() or ""
+                await primary.fail(exc)
                 if tx is not None:
                     tx.cancel_voter(route.primary)
             await self._settle(legs, drop)
@@ -227,10 +317,16 @@ class Fanout:
 
                 raise BackendError(primary.code or grpc.StatusCode.UNKNOWN, primary.details)
         finally:
+            ended = True
             pump_task.cancel()
             for leg in legs.values():
                 if leg.code is None and leg.call is not None:
                     leg.call.cancel()
+                # End every leg's request stream: grpc.aio's consumer of a call the
+                # node already ended would otherwise wait on the queue forever and be
+                # garbage-collected pending ("Task was destroyed but it is pending").
+                with contextlib.suppress(asyncio.QueueFull):
+                    leg.queue.put_nowait(_END)
                 if leg.task is not None and not leg.task.done():
                     leg.task.cancel()
             if tx is not None:

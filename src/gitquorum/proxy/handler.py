@@ -16,7 +16,14 @@ import grpc
 from google.protobuf import message as _message
 
 from gitquorum import log
-from gitquorum.errors import AlreadyExists, GitquorumError, InvalidArgument, NotFound, grpc_status
+from gitquorum.errors import (
+    AlreadyExists,
+    GitquorumError,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+    grpc_status,
+)
 from gitquorum.gitaly import repository_pb2, shared_pb2
 from gitquorum.proxy import router
 from gitquorum.proxy.channels import NodeChannels
@@ -56,9 +63,49 @@ def rewrite(
     copy = type(request)()
     copy.CopyFrom(request)
     target = info.target_repository(copy)
+    # Another repository field in the virtual storage (UserCommitFiles' start
+    # repository) names the target (``_check_other_repositories``): it must name
+    # the same replica, or the node cannot tell it is the target.
+    for other in other_repositories(info, copy):
+        if other.storage_name == target.storage_name:
+            other.storage_name = storage
+            other.relative_path = replica_path
     target.storage_name = storage
     target.relative_path = replica_path
     return copy.SerializeToString()
+
+
+def other_repositories(info: MethodInfo, request: _message.Message) -> list[shared_pb2.Repository]:
+    """Populated Repository fields of a request besides its target (few RPCs have any)."""
+    found: list[shared_pb2.Repository] = []
+
+    def walk(message: _message.Message, path: tuple[str, ...], depth: int) -> None:
+        for field, value in message.ListFields():
+            if field.message_type is None or field.is_repeated:
+                continue
+            here = (*path, field.name)
+            if field.message_type.full_name == "gitaly.Repository":
+                if here not in info.target_paths:
+                    found.append(value)
+            elif depth < 4 and not field.message_type.full_name.startswith("google.protobuf."):
+                walk(value, here, depth + 1)
+
+    walk(request, (), 0)
+    return found
+
+
+def _check_other_repositories(
+    info: MethodInfo, request: _message.Message, virtual_storage: str, relative_path: str
+) -> None:
+    """A second repository of this virtual storage can only be the target itself:
+    the replica the node works on holds no other repository."""
+    for other in other_repositories(info, request):
+        if other.storage_name != virtual_storage:
+            continue  # another Gitaly's address (e.g. a replication source): left alone
+        if _validated_path(other.relative_path) != relative_path:
+            raise Unimplemented(
+                f"{info.name}: a second repository other than the target is not supported"
+            )
 
 
 class ProxyHandler(grpc.GenericRpcHandler):
@@ -178,6 +225,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
             raise InvalidArgument(f"virtual storage not found: {virtual_storage!r}")
         relative_path = _validated_path(target.relative_path)
         fields.update(virtual_storage=virtual_storage, relative_path=relative_path)
+        _check_other_repositories(info, request, virtual_storage, relative_path)
         repo = self.cluster.lookup(virtual_storage, relative_path)
         metadata = context.invocation_metadata() or ()
         timeout = context.time_remaining()
@@ -289,9 +337,13 @@ def _describe(fields: dict[str, object], route: Route) -> None:
 
 
 def _validated_path(relative_path: str) -> str:
-    from gitquorum.storage.locator import validate_relative
+    from gitquorum.storage.locator import INTERNAL_DIR, validate_relative
 
-    return validate_relative(relative_path, "repository path")
+    relative = validate_relative(relative_path, "repository path")
+    # Refused as a node refuses it, so a client sees the same answer through the proxy.
+    if relative.split("/")[0] == INTERNAL_DIR:
+        raise InvalidArgument("relative path names the storage's internal directory")
+    return relative
 
 
 async def _single(request: bytes) -> AsyncIterator[bytes]:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from gitquorum.cluster.clock import ManualClock
-from gitquorum.cluster.errors import ClaimLost, LeaseExpired
+from gitquorum.cluster.errors import ClaimLost, LeaseExpired, StoreUnavailable
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.queue import (
@@ -118,6 +118,28 @@ async def test_ack_drops_identical_jobs_queued_before_the_claim() -> None:
     await queue.ack(claim)
     assert [j.job_id for j in await queue.jobs()] == [later.job_id]
     assert first.job_id != later.job_id
+
+
+async def test_lost_answers_to_claim_ack_and_fail_are_resolved() -> None:
+    _, store, queue = await make_queue()
+    worker = Worker("w", (await store.grant(1000)).id)
+    await queue.enqueue(JobType.UPDATE, "vs", 1, "r.git", "n1", source_node="n2")
+    await queue.enqueue(JobType.UPDATE, "vs", 2, "r.git", "n1", source_node="n2")
+    store.fail_after_apply(1)
+    with pytest.raises(StoreUnavailable):
+        await queue.claim_next(worker)
+    # The claim went through unseen: the next call adopts it instead of
+    # leaving the job locked for as long as this worker lives.
+    adopted = await queue.claim_next(worker)
+    assert adopted is not None and adopted.job.state is JobState.IN_PROGRESS
+    store.fail_after_apply(1)
+    await queue.ack(adopted)  # applied, answer lost, resolved by reading back
+    other = await queue.claim_next(worker)
+    assert other is not None and other.job.repository_id != adopted.job.repository_id
+    store.fail_after_apply(1)
+    failed = await queue.fail(other, "boom")
+    assert failed.state is JobState.FAILED
+    assert [j.state for j in await queue.jobs()] == [JobState.FAILED]
 
 
 class QueueMachine(RuleBasedStateMachine):
