@@ -123,31 +123,43 @@ def machine_table(info: dict[str, Any]) -> str:
     return markdown_table(("machine", "value"), rows)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (0 when it is gone)."""
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU time a process has used so far (0 when it is gone).
+
+    ``children`` adds the CPU of the children it has waited for: the git
+    commands a node runs.
+    """
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
     except OSError:
         return 0.0
-    # Fields after the command name start at field 3 (state); utime and stime are 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    # fields[0] is field 3 (state): utime, stime, cutime, cstime are fields 14 to 17.
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
     """CPU seconds used by a set of processes between start() and stop()."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], children: bool = False) -> None:
         self.pids = pids
+        self.children = children
         self._start: dict[str, float] = {}
         self.used: dict[str, float] = {}
 
+    def _now(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid, self.children) for name, pid in self.pids.items()}
+
     def start(self) -> CpuMeter:
-        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._start = self._now()
         return self
 
     def stop(self) -> dict[str, float]:
-        self.used = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
+        now = self._now()
+        self.used = {name: now[name] - self._start[name] for name in self.pids}
         return self.used
 
 

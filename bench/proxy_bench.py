@@ -601,6 +601,12 @@ class Bench:
             git("remote", "set-url", "origin", url, cwd=clones[side.name])
         git_samples: dict[str, list[float]] = {side.name: [] for side in pair}
         grpc_samples: dict[str, list[float]] = {side.name: [] for side in pair}
+        # Server-side CPU of the gRPC pushes, git children of the nodes included.
+        servers = {"proxy": self.cluster.proxies[0].proc.pid}
+        servers |= {n.name: n.proc.pid for n in self.cluster.nodes}
+        servers |= {m.name: m.proc.pid for m in self.cluster.etcd.members}
+        meter = CpuMeter(servers, children=True)
+        cpu = {side.name: dict.fromkeys(servers, 0.0) for side in pair}
         with self.profiled("push"):
             for i in range(s.pushes):
                 # Alternate which side goes first so that neither always follows the other.
@@ -613,7 +619,9 @@ class Bench:
                     old = git("rev-parse", "HEAD", cwd=work).decode().strip()
                     _commit(work, f"grpc-{i}", s.push_commits)
                     tag = f"bench-push-{side.name}-{i}"
+                    meter.start()
                     grpc_samples[side.name].append(self._receive_pack(side, work, old, tag))
+                    _add(cpu[side.name], meter.stop())
         md = self.metadata(target.relative_path)
         up_to_date = sum(1 for r in md.replicas if r.generation == md.generation)
         checksums = {
@@ -642,6 +650,22 @@ class Bench:
                 "proxy_vs_direct_p99": ratio(proxy.p99_ms, direct.p99_ms),
             }
         results["grpc"]["breakdown_p50_ms"] = self._push_breakdown(target.node, grpc_samples)
+        results["grpc"]["server_cpu_ms_per_push"] = {
+            side: {
+                "proxy": round(1e3 * per["proxy"] / s.pushes, 1),
+                "primary node": round(1e3 * per[target.node] / s.pushes, 1),
+                "other nodes": round(
+                    1e3
+                    * sum(per[n.name] for n in self.cluster.nodes if n.name != target.node)
+                    / s.pushes,
+                    1,
+                ),
+                "etcd": round(
+                    1e3 * sum(per[m.name] for m in self.cluster.etcd.members) / s.pushes, 1
+                ),
+            }
+            for side, per in cpu.items()
+        }
         self.results["push"] = results
 
     def _push_breakdown(self, primary: str, client: dict[str, list[float]]) -> dict[str, Any]:
@@ -916,6 +940,12 @@ def _details(report: dict[str, Any]) -> list[str]:
             f"{b['direct']['client']}, node {b['direct']['node']}; through the proxy: client "
             f"{b['proxy']['client']}, proxy {b['proxy']['proxy']}, primary "
             f"{b['proxy']['primary']}, slowest secondary {b['proxy']['slowest_secondary']}"
+        )
+        lines.append(
+            "- gRPC push, server CPU ms per push (git children included): "
+            + "; ".join(
+                f"{side}: {per}" for side, per in p["grpc"]["server_cpu_ms_per_push"].items()
+            )
         )
     lines.append(f"- settings: `{json.dumps(report['settings'])}`; total {report['total_s']} s")
     return lines

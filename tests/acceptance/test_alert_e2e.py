@@ -3,13 +3,12 @@
 Prometheus scrapes both proxies and the three nodes every second and evaluates
 deploy/prometheus/gitquorum.rules.yml every second; only the replica-lag
 alert's threshold and ``for`` (and the node-unhealthy alert's ``for``) are
-shortened so the test takes seconds, not minutes. A secondary node is
-stopped while writes keep going through the proxy: the lag alert must fire
-for that node, no sooner than its threshold plus ``for`` and no later than a
-few scrape intervals after, and only once although two proxies are scraped.
-Started again, the node is repaired by
-replication and the alert must resolve. Every acknowledged write must then be
-on every replica, and the replicas' checksums must agree.
+shortened so the test takes seconds, not minutes. A secondary node is stopped
+while writes keep going through the proxy: the lag alert must fire for that
+node, no sooner than its threshold plus ``for``, no later than a few scrape
+intervals after, and once although two proxies are scraped. Started again, the
+node is repaired by replication and the alert must resolve. Every acknowledged
+write must then be on every replica, and the replicas' checksums must agree.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from gitquorum.gitaly import praefect_pb2, praefect_pb2_grpc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser)
+    common.add_common_arguments(parser, proxy=True)
     common.add_repository_argument(parser)
     parser.add_argument(
         "--authoritative-storage",

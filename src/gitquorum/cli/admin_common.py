@@ -64,7 +64,14 @@ class Unreachable(CommandError):
 # -- arguments ---------------------------------------------------------------------------
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, virtual_storage: bool = True) -> None:
+def command_name(parser: argparse.ArgumentParser) -> str:
+    """The subcommand a parser was made for (one module may serve two commands)."""
+    return parser.prog.split()[-1]
+
+
+def add_common_arguments(
+    parser: argparse.ArgumentParser, *, virtual_storage: bool = True, proxy: bool = False
+) -> None:
     parser.add_argument(
         "--config",
         default=os.environ.get(CONFIG_ENV),
@@ -72,11 +79,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, virtual_storage: bo
         help=f"the proxy's YAML configuration (default: ${CONFIG_ENV})",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
-    parser.add_argument(
-        "--proxy",
-        metavar="ADDR",
-        help="proxy to send RPCs to (default: a live proxy from etcd's membership)",
-    )
+    if proxy:
+        parser.add_argument(
+            "--proxy",
+            metavar="ADDR",
+            help="proxy to send RPCs to (default: a live proxy from etcd's membership)",
+        )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -192,23 +200,27 @@ class Admin:
         if self._store is None:
             etcd = self.config.etcd
             password = _secret(etcd.password_file)
-            store = EtcdStore(
-                EtcdConfig(
-                    endpoints=etcd.endpoints,
-                    ca_file=etcd.ca_file or None,
-                    cert_file=etcd.cert_file or None,
-                    key_file=etcd.key_file or None,
-                    username=etcd.username or None,
-                    password=password.decode() if password else None,
-                    request_timeout=min(self.timeout, 5.0),
-                    attempts=2,
+            try:
+                store = EtcdStore(
+                    EtcdConfig(
+                        endpoints=etcd.endpoints,
+                        ca_file=etcd.ca_file or None,
+                        cert_file=etcd.cert_file or None,
+                        key_file=etcd.key_file or None,
+                        username=etcd.username or None,
+                        password=password.decode() if password else None,
+                        request_timeout=min(self.timeout, 5.0),
+                        attempts=2,
+                    )
                 )
-            )
+            except (OSError, ValueError) as exc:
+                # Unreadable TLS files, an endpoint that is not host:port.
+                raise UsageError(f"etcd settings: {exc}") from exc
             try:
                 await store.connect()
                 # A first read proves the endpoints answer (the channel is lazy).
                 await store.range(self.keys.prefix, limit=1, prefix=True)
-            except (StoreUnavailable, OSError, ValueError) as exc:
+            except StoreUnavailable as exc:
                 await store.close()
                 raise Unreachable(
                     f"cannot reach etcd at {', '.join(etcd.endpoints)}: {exc}"

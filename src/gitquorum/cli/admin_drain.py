@@ -28,12 +28,13 @@ from gitquorum.cluster.operator_state import OperatorState
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_common_arguments(parser)
     parser.add_argument("node", metavar="NODE", help="the node (storage name)")
-    parser.add_argument("--reason", default="", help="why (shown by `gitquorum status`)")
-    parser.add_argument(
-        "--no-switchover",
-        action="store_true",
-        help="drain: keep the node's current primaries where they are",
-    )
+    if common.command_name(parser) == "drain":
+        parser.add_argument("--reason", default="", help="why (shown by `gitquorum status`)")
+        parser.add_argument(
+            "--no-switchover",
+            action="store_true",
+            help="keep the node's current primaries where they are",
+        )
 
 
 def operator_name() -> str:

@@ -16,7 +16,7 @@ from gitquorum.gitaly import praefect_pb2, praefect_pb2_grpc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser)
+    common.add_common_arguments(parser, proxy=True)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--repository", "--relative-path", dest="repository", metavar="PATH", help="relative path"

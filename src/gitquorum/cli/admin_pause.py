@@ -22,7 +22,8 @@ from gitquorum.cluster.operator_state import OperatorState
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_common_arguments(parser, virtual_storage=False)
-    parser.add_argument("--reason", default="", help="pause: why (shown by `gitquorum status`)")
+    if common.command_name(parser) == "pause":
+        parser.add_argument("--reason", default="", help="why (shown by `gitquorum status`)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from gitquorum.proxy.verifier import VerificationStore
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser)
+    common.add_common_arguments(parser, proxy=True)
     common.add_repository_argument(parser)
     parser.add_argument(
         "--apply", action="store_true", help="really remove it (default: show what would go)"

@@ -123,7 +123,8 @@ def render_status(status: dict[str, Any]) -> str:
     for vs in status["virtual_storages"]:
         parts.append("")
         parts.append(
-            f"virtual storage {vs['name']}: {vs['repositories']} repositories, "
+            f"virtual storage {vs['name']}: {vs['repositories']} "
+            f"repositor{'y' if vs['repositories'] == 1 else 'ies'}, "
             f"{vs['unavailable']} unavailable"
         )
         rows = []

@@ -39,7 +39,7 @@ REPLICA_ROOT = "@cluster/"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser)
+    common.add_common_arguments(parser, proxy=True)
     common.add_repository_argument(parser)
     parser.add_argument(
         "--authoritative-storage",

@@ -28,7 +28,7 @@ from gitquorum.proxy.verifier import VerificationStore
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    common.add_common_arguments(parser)
+    common.add_common_arguments(parser, proxy=True)
     parser.add_argument(
         "--repository", "--relative-path", dest="repository", metavar="PATH", help="one repository"
     )

@@ -53,7 +53,9 @@ class LeaderTasks:
         reconcile_interval: float = 30.0,
         failover_interval: float = 1.0,
         wake: Callable[[], None] = lambda: None,
+        virtual_storages: Sequence[str] = (),
     ) -> None:
+        self.virtual_storages = list(virtual_storages)
         self.election = election
         self.repositories = repositories
         self.cache = cache
@@ -203,9 +205,12 @@ class LeaderTasks:
                 try:
                     jobs = await self.queue.jobs()
                     self.cluster_metrics.update_queue(queue_stats(jobs, time.time()))
+                    storages = self.virtual_storages or _virtual_storages(self.cache)
                     self.cluster_metrics.update_repositories(
                         self.cache.records(),
-                        {vs: self.health.healthy(vs) for vs in _virtual_storages(self.cache)},
+                        {vs: self.health.healthy(vs) for vs in storages},
+                        # Listed so the gauge reads 0, not absent, when all is well.
+                        virtual_storages=storages,
                     )
                 except StoreUnavailable:
                     pass

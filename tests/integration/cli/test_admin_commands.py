@@ -50,6 +50,10 @@ def all_up_to_date(cluster: Cluster, path: str) -> bool:
     return len(meta.replicas) == 3 and all(r.generation == meta.generation for r in meta.replicas)
 
 
+def verified(cluster: Cluster, path: str) -> bool:
+    return all(r.HasField("verified_at") for r in metadata(cluster, path).replicas)
+
+
 def test_status_shows_proxies_leader_nodes_and_queue(cluster: Cluster, source: Path) -> None:
     seed(cluster, "status/a.git", source, cluster.base / "scratch-status")
     status = cli(cluster, "status", "--json")
@@ -147,11 +151,7 @@ def test_verify_finds_a_deleted_replica_and_replication_repairs_it(
     seed(cluster, "verify/a.git", source, cluster.base / "scratch-verify")
     # The verifier checks new replicas on its own; let it, so that the deletion
     # below is found by the re-check this command asks for.
-    wait_for(
-        lambda: all(r.HasField("verified_at") for r in metadata(cluster, "verify/a.git").replicas),
-        60,
-        what="first verification",
-    )
+    wait_for(lambda: verified(cluster, "verify/a.git"), 60, what="first verification")
     meta = metadata(cluster, "verify/a.git")
     victim = next(r.storage for r in meta.replicas if r.storage != meta.primary)
     replica_dir = cluster.replica_dir(victim, meta.replica_path)
@@ -275,6 +275,9 @@ def test_remove_repository_is_a_dry_run_until_applied(cluster: Cluster, source: 
 def test_switchover_under_a_write_loop_fails_no_write(cluster: Cluster, source: Path) -> None:
     path = "switch/a.git"
     seed(cluster, path, source, cluster.base / "scratch-switch")
+    # Let the verifier check the new replicas first: it compares checksums of
+    # replicas taken at different moments, which a write loop can tell apart.
+    wait_for(lambda: verified(cluster, path), 60, what="first verification")
     values = commits(source)
     acknowledged: list[str] = []
     failures: list[str] = []
@@ -303,12 +306,15 @@ def test_switchover_under_a_write_loop_fails_no_write(cluster: Cluster, source: 
             assert moved.code == 0, moved
             (move,) = moved.json()["moves"]
             assert move["ok"] and move["to"] == target
-            assert metadata(cluster, path).primary == target
+            # The proxies follow etcd through a watch: a moment later they agree.
+            wait_for(lambda t=target: metadata(cluster, path).primary == t, 10, what="new primary")
             before = len(acknowledged)
             wait_for(lambda b=before: len(acknowledged) >= b + 3, 30, what="writes after a move")
         away = cli(cluster, "switchover", "--from", targets[-1], "--json")
         assert away.code == 0, away
-        assert metadata(cluster, path).primary != targets[-1]
+        (move,) = [m for m in away.json()["moves"] if m["relative_path"] == path]
+        assert move["ok"] and move["to"] != targets[-1]
+        wait_for(lambda: metadata(cluster, path).primary == move["to"], 10, what="new primary")
         before = len(acknowledged)
         wait_for(lambda: len(acknowledged) >= before + 3, 30, what="writes after --from")
     finally:
@@ -335,8 +341,11 @@ def test_drain_moves_primaries_and_stops_reads(cluster: Cluster, source: Path) -
     assert drained.code == 0, drained
     (result,) = drained.json()["results"]
     assert result["changed"] and all(m["ok"] for m in result["moves"])
-    for i in range(3):
-        assert metadata(cluster, f"drain/{i}.git").primary != "node1"
+    wait_for(
+        lambda: all(metadata(cluster, f"drain/{i}.git").primary != "node1" for i in range(3)),
+        10,
+        what="the proxy to see the moved primaries",
+    )
     wait_for(
         lambda: (
             sample(

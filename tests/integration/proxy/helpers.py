@@ -144,6 +144,10 @@ def wait_all_healthy(cluster: Cluster, timeout: float = 30.0) -> None:
     wait_for(lambda: healthy_nodes(cluster) == names, timeout, 0.1, "every node to be healthy")
 
 
+def wait_healthy(cluster: Cluster, node: str, timeout: float = 30.0) -> None:
+    wait_for(lambda: node in healthy_nodes(cluster), timeout, 0.1, f"{node} to be seen healthy")
+
+
 def wait_unhealthy(cluster: Cluster, node: str, timeout: float = 30.0) -> None:
     wait_for(
         lambda: node not in healthy_nodes(cluster), timeout, 0.1, f"{node} to be seen unhealthy"

@@ -1,0 +1,413 @@
+"""The chaos workload and its recorder.
+
+Concurrent writers and readers go through the proxies (round robin; after a
+failure a client retries against the next proxy) and every operation lands in
+a :class:`History` with its start and end time and an outcome:
+
+* ``ok`` -- acknowledged;
+* ``failed`` -- refused before anything could apply (a compare-and-swap
+  whose old value no longer matched, a bad argument);
+* ``unknown`` -- anything else once the request was sent (timeout,
+  UNAVAILABLE, a dropped connection, a failed ``git push``): it may or may
+  not have been applied.
+
+Writes:
+
+* **create**: ``UpdateReferences`` of a ref no one else writes,
+  ``refs/heads/w<client>/<seq>``, to a commit of the seed chain, with the zero
+  old value (the ref must not exist yet);
+* **cas**: read ``refs/heads/shared`` and move it one step along the seed
+  chain with ``old_object_id`` set (compare-and-swap): the chain position is
+  the branch's monotonic counter, so reads can be ordered against writes;
+* **push**: a real ``git push`` over ``gitquorum git-ssh`` of a new commit to
+  ``refs/heads/p<client>/<seq>``.
+
+Reads (``FindBranch``) of the shared branch and of unique refs acknowledged
+earlier feed the stale-read check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from gitquorum.gitaly import ref_pb2, ref_pb2_grpc, shared_pb2
+from tests.harness import gitrepo
+from tests.harness.cluster import VIRTUAL_STORAGE
+
+SHARED = "refs/heads/shared"
+ZERO_OID = "0" * 40
+GIT_SSH = f"{shlex.quote(sys.executable)} -m gitquorum.cli.main git-ssh"
+
+# Refused before anything could apply: a definite failure.
+DEFINITE_FAILURES = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.NOT_FOUND,
+    }
+)
+
+
+# -- the seed ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A bare repository with a linear history: commit ``i`` is counter value ``i``."""
+
+    path: Path
+    oids: tuple[str, ...]
+    index: dict[str, int] = field(default_factory=dict, compare=False)
+
+    def counter(self, oid: str) -> int | None:
+        return self.index.get(oid)
+
+
+def build_chain(path: Path, length: int) -> Chain:
+    """``length`` empty-tree commits on ``main``; ``shared`` at the first one."""
+    path.mkdir(parents=True, exist_ok=True)
+    gitrepo.git("init", "-q", "--bare", "-b", "main", str(path))
+    lines: list[str] = []
+    for i in range(length):
+        message = f"chain {i}\n".encode()
+        lines.append("commit refs/heads/main")
+        lines.append(f"mark :{i + 1}")
+        lines.append(f"committer Cy Committer <cy@example.com> {1_700_000_000 + i} +0000")
+        lines.append(f"data {len(message)}\n{message.decode()}")
+        if i:
+            lines.append(f"from :{i}")
+        lines.append("")
+    lines += ["reset " + SHARED, "from :1", ""]
+    marks = path / "marks"
+    gitrepo.git(
+        "fast-import",
+        "--quiet",
+        f"--export-marks={marks}",
+        cwd=path,
+        input="\n".join(lines).encode(),
+    )
+    by_mark = dict(line.split() for line in marks.read_text().splitlines())
+    oids = tuple(by_mark[f":{i + 1}"] for i in range(length))
+    return Chain(path, oids, {oid: i for i, oid in enumerate(oids)})
+
+
+# -- the history ---------------------------------------------------------------------------
+
+
+@dataclass
+class Op:
+    process: str
+    kind: str  # create | cas | push | read
+    key: str  # full ref name
+    value: str  # written oid, or the oid read ("" = absent)
+    start: float
+    end: float = 0.0
+    outcome: str = ""  # ok | failed | unknown
+    proxy: str = ""
+    detail: str = ""
+    # For reads: the write this read must see (an acknowledged create), if any.
+    expects: str = ""
+
+    @property
+    def is_write(self) -> bool:
+        return self.kind != "read"
+
+
+@dataclass
+class History:
+    ops: list[Op] = field(default_factory=list)
+
+    def add(self, op: Op) -> Op:
+        self.ops.append(op)
+        return op
+
+    def writes(self, outcome: str | None = None) -> list[Op]:
+        return [o for o in self.ops if o.is_write and (outcome is None or o.outcome == outcome)]
+
+    def reads(self) -> list[Op]:
+        return [o for o in self.ops if o.kind == "read" and o.outcome == "ok"]
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for op in self.ops:
+            key = f"{op.kind}:{op.outcome}"
+            counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def first_ok_write_after(self, at: float) -> float | None:
+        """Seconds from ``at`` to the first acknowledged write that started after it."""
+        ends = [o.end for o in self.writes("ok") if o.start >= at]
+        return min(ends) - at if ends else None
+
+
+def classify(exc: grpc.aio.AioRpcError) -> str:
+    return "failed" if exc.code() in DEFINITE_FAILURES else "unknown"
+
+
+# -- the workload --------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    writers: int = 4
+    readers: int = 2
+    cas_ratio: float = 0.3
+    # Share of writer 0's operations that are real git pushes.
+    push_ratio: float = 0.25
+    op_timeout: float = 10.0
+    # Pause after a failed operation before retrying against the next proxy.
+    retry_pause: float = 0.05
+    read_pause: float = 0.02
+
+
+class Workload:
+    def __init__(
+        self,
+        proxies: Sequence[str],
+        relative_path: str,
+        chain: Chain,
+        history: History,
+        scratch: Path,
+        settings: Settings | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.proxies = list(proxies)
+        self.relative_path = relative_path
+        self.chain = chain
+        self.history = history
+        self.scratch = scratch
+        self.settings = settings or Settings()
+        self.rng = random.Random(seed)
+        self.repository = shared_pb2.Repository(
+            storage_name=VIRTUAL_STORAGE, relative_path=relative_path
+        )
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._acked_creates: list[Op] = []
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> Workload:
+        for address in self.proxies:
+            self._channels[address] = grpc.aio.insecure_channel(address)
+        loop = asyncio.get_running_loop()
+        for i in range(self.settings.writers):
+            self._tasks.append(loop.create_task(self._writer(i), name=f"writer-{i}"))
+        for i in range(self.settings.readers):
+            self._tasks.append(loop.create_task(self._reader(i), name=f"reader-{i}"))
+        return self
+
+    async def stop(self) -> None:
+        """Stop issuing operations; in-flight ones finish (bounded by their timeouts)."""
+        self._stop.set()
+        _done, pending = await asyncio.wait(self._tasks, timeout=self.settings.op_timeout * 3)
+        for task in pending:
+            task.cancel()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for channel in self._channels.values():
+            await channel.close()
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise errors[0]
+
+    def acknowledged(self) -> int:
+        return len(self.history.writes("ok"))
+
+    # -- writers ---------------------------------------------------------------------------
+
+    async def _writer(self, index: int) -> None:
+        rng = random.Random(self.rng.random())
+        name = f"w{index}"
+        proxy = index % len(self.proxies)
+        clone: Path | None = None
+        seq = 0
+        while not self._stop.is_set():
+            seq += 1
+            address = self.proxies[proxy % len(self.proxies)]
+            roll = rng.random()
+            if index == 0 and roll < self.settings.push_ratio:
+                if clone is None:
+                    clone = await asyncio.to_thread(self._clone, name)
+                op = await self._push(name, seq, address, clone, rng)
+            elif roll < self.settings.push_ratio + self.settings.cas_ratio:
+                op = await self._cas(name, address)
+            else:
+                op = await self._create(name, seq, address, rng)
+            if op.outcome != "ok":
+                proxy += 1
+                await asyncio.sleep(self.settings.retry_pause)
+
+    def _stub(self, address: str) -> ref_pb2_grpc.RefServiceStub:
+        return ref_pb2_grpc.RefServiceStub(self._channels[address])
+
+    async def _update(
+        self, op: Op, address: str, ref: str, new: str, old: str
+    ) -> Op:
+        request = ref_pb2.UpdateReferencesRequest(
+            repository=self.repository,
+            updates=[
+                ref_pb2.UpdateReferencesRequest.Update(
+                    reference=ref.encode(), old_object_id=old.encode(), new_object_id=new.encode()
+                )
+            ],
+        )
+
+        async def requests():  # type: ignore[no-untyped-def]
+            yield request
+
+        try:
+            await self._stub(address).UpdateReferences(
+                requests(), timeout=self.settings.op_timeout
+            )
+            op.outcome = "ok"
+        except grpc.aio.AioRpcError as exc:
+            op.outcome = classify(exc)
+            op.detail = f"{exc.code().name}: {exc.details()}"
+        op.end = time.monotonic()
+        return op
+
+    async def _create(self, name: str, seq: int, address: str, rng: random.Random) -> Op:
+        ref = f"refs/heads/{name}/{seq}"
+        value = rng.choice(self.chain.oids)
+        op = self.history.add(
+            Op(name, "create", ref, value, time.monotonic(), proxy=address)
+        )
+        await self._update(op, address, ref, value, ZERO_OID)
+        if op.outcome == "ok":
+            self._acked_creates.append(op)
+        return op
+
+    async def _cas(self, name: str, address: str) -> Op:
+        read = await self._read(name, address, SHARED)
+        current = self.chain.counter(read.value) if read.outcome == "ok" else None
+        if current is None or current + 1 >= len(self.chain.oids):
+            # Nothing sensible to swap (unreadable, or the chain is used up).
+            return read
+        new = self.chain.oids[current + 1]
+        op = self.history.add(Op(name, "cas", SHARED, new, time.monotonic(), proxy=address))
+        return await self._update(op, address, SHARED, new, read.value)
+
+    def _clone(self, name: str) -> Path:
+        clone = self.scratch / f"clone-{name}"
+        if not clone.exists():
+            gitrepo.git("clone", "-q", "--bare", str(self.chain.path), str(clone))
+        return clone
+
+    async def _push(
+        self, name: str, seq: int, address: str, clone: Path, rng: random.Random
+    ) -> Op:
+        parent = rng.choice(self.chain.oids)
+        commit = (
+            await _git(
+                clone,
+                "commit-tree",
+                "4b825dc642cb6eb9a060e54bf8d69288fbee4904",  # the empty tree
+                "-p",
+                parent,
+                "-m",
+                f"push {name} {seq}",
+            )
+        ).strip()
+        ref = f"refs/heads/p{name[1:]}/{seq}"
+        op = self.history.add(Op(name, "push", ref, commit, time.monotonic(), proxy=address))
+        env = {k: v for k, v in os.environ.items() if k not in ("GIT_SSH", "GIT_SSH_VARIANT")}
+        env.update(gitrepo.GIT_ENV, GIT_SSH_COMMAND=GIT_SSH, GITQUORUM_STORAGE=VIRTUAL_STORAGE)
+        proc = await asyncio.create_subprocess_exec(
+            "git",
+            "push",
+            "--quiet",
+            f"ssh://{address}/{self.relative_path}",
+            f"{commit}:{ref}",
+            cwd=clone,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            async with asyncio.timeout(self.settings.op_timeout * 2):
+                _, stderr = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            op.outcome, op.detail = "unknown", "git push timed out"
+        else:
+            if proc.returncode == 0:
+                op.outcome = "ok"
+            else:
+                # A failed push may still have updated the ref on the nodes.
+                op.outcome = "unknown"
+                op.detail = stderr.decode(errors="replace").strip()[-300:]
+        op.end = time.monotonic()
+        return op
+
+    # -- readers ---------------------------------------------------------------------------
+
+    async def _read(self, name: str, address: str, ref: str, expects: str = "") -> Op:
+        op = self.history.add(
+            Op(name, "read", ref, "", time.monotonic(), proxy=address, expects=expects)
+        )
+        branch = ref.removeprefix("refs/heads/")
+        try:
+            response = await self._stub(address).FindBranch(
+                ref_pb2.FindBranchRequest(repository=self.repository, name=branch.encode()),
+                timeout=self.settings.op_timeout,
+            )
+            op.value = response.branch.target_commit.id if response.HasField("branch") else ""
+            op.outcome = "ok"
+        except grpc.aio.AioRpcError as exc:
+            op.outcome = "failed"  # reads change nothing
+            op.detail = f"{exc.code().name}: {exc.details()}"
+        op.end = time.monotonic()
+        return op
+
+    async def _reader(self, index: int) -> None:
+        rng = random.Random(self.rng.random())
+        name = f"r{index}"
+        proxy = index
+        while not self._stop.is_set():
+            address = self.proxies[proxy % len(self.proxies)]
+            if self._acked_creates and rng.random() < 0.5:
+                target = rng.choice(self._acked_creates[-50:])
+                op = await self._read(name, address, target.key, expects=target.value)
+            else:
+                op = await self._read(name, address, SHARED)
+            proxy += 1
+            if op.outcome != "ok":
+                await asyncio.sleep(self.settings.retry_pause)
+            else:
+                await asyncio.sleep(self.settings.read_pause)
+
+
+async def _git(cwd: Path, *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "git",
+        *args,
+        cwd=cwd,
+        env={**os.environ, **gitrepo.GIT_ENV},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)}: {err.decode(errors='replace')}")
+    return out.decode()
+
+
+def run_git(cwd: Path, *args: str) -> str:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return gitrepo.git(*args, cwd=cwd)
+    raise TimeoutError(f"git {' '.join(args)} timed out")
