@@ -69,6 +69,10 @@ class ProxyServer:
         config = self.config
         self.registry_methods = MethodRegistry.from_descriptors()  # refuses unannotated methods
         self.metrics = ProxyMetrics(self.registry)
+        for vs in config.virtual_storages:
+            # Present from the start, so rate() and increase() see the first failover.
+            for reason in ("primary-unhealthy", "lazy"):
+                self.metrics.failovers.labels(vs.name, reason)
         self.cluster_metrics = ClusterMetrics(self.registry, proxy=config.name)
         password = _read_secret(config.etcd.password_file)
         self.store = EtcdStore(
@@ -227,6 +231,7 @@ class ProxyServer:
             self.cluster_metrics,
             reconcile_interval=config.reconcile_interval,
             wake=self.workers.wake.set,
+            virtual_storages=list(self.nodes),
             draining=self.operator_view.draining,
             paused=self.operator_view.paused,
         )
