@@ -144,9 +144,10 @@ async def measure_cache(
     rss_before = rss_bytes()
     reader = EtcdStore(EtcdConfig(endpoints=tuple(endpoints), request_timeout=30))
     cache = RepositoryCache(reader, keys, page_size=page_size)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     await cache.start()
     warm_seconds = time.perf_counter() - started
+    warm_cpu_seconds = time.process_time() - cpu_started
     gc.collect()
     rss_after = rss_bytes()
     cached = len(cache)
@@ -192,6 +193,7 @@ async def measure_cache(
     return {
         "cached_records": cached,
         "warm_seconds": warm_seconds,
+        "warm_cpu_seconds": warm_cpu_seconds,
         "rss_before_bytes": rss_before,
         "rss_after_bytes": rss_after,
         "propagation_p50_ms": pct(end_to_end, 50) * 1000,
@@ -267,6 +269,7 @@ def main() -> None:
             )
             cached = json.loads(child.stdout.strip().splitlines()[-1])
     result = {
+        "load_average_1m": os.getloadavg()[0],
         "repositories": args.repositories,
         "page_size": args.page_size,
         **loaded,

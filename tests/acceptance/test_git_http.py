@@ -55,10 +55,18 @@ class GatewayProcess:
     def url(self) -> str:
         return f"http://{self.address}"
 
-    def peak_rss_kib(self) -> int:
+    def _status_kib(self, field: str) -> int:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+        line = next(line for line in status.splitlines() if line.startswith(f"{field}:"))
         return int(line.split()[1])
+
+    def peak_rss_kib(self) -> int:
+        return self._status_kib("VmHWM")
+
+    def reset_peak_rss(self) -> int:
+        """Start a new peak-RSS measurement; the current RSS, its baseline."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+        return self._status_kib("VmRSS")
 
     def log_tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -307,8 +315,11 @@ def test_push_of_a_large_repository_reaches_every_replica(
     assert pushed.rss_growth_kib < BINARY_SIZE // 1024 // 2
 
 
-def test_clone_over_protocol_v2_and_v0(source: Path, pushed: Pushed, tmp_path: Path) -> None:
+def test_clone_over_protocol_v2_and_v0(
+    gateway: GatewayProcess, source: Path, pushed: Pushed, tmp_path: Path
+) -> None:
     expected = heads_and_tags(source)
+    baseline = gateway.reset_peak_rss()
     v2 = tmp_path / "v2.git"
     proc = ok(
         run_git(
@@ -326,6 +337,10 @@ def test_clone_over_protocol_v2_and_v0(source: Path, pushed: Pushed, tmp_path: P
     # The clone's fetch request wants ~45 tips: git gzips bodies over 1 KiB.
     assert "Content-Encoding: gzip" in proc.stderr
     assert heads_and_tags(v2) == expected
+    # The 20 MB pack streamed through, it was never held.
+    growth = gateway.peak_rss_kib() - baseline
+    print(f"gateway peak RSS growth during a 20 MB clone: {growth} KiB")
+    assert growth < BINARY_SIZE // 1024 // 2
     gitrepo.git("fsck", "--full", "--strict", "--no-progress", cwd=v2)
 
     v0 = tmp_path / "v0"

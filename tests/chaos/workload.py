@@ -33,7 +33,6 @@ import contextlib
 import os
 import random
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -224,6 +223,12 @@ class Workload:
         if errors:
             raise errors[0]
 
+    async def stop_quietly(self) -> None:
+        """Stop after a failed test: nothing may keep running, errors no longer matter."""
+        if self._tasks and not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                await self.stop()
+
     def acknowledged(self) -> int:
         return len(self.history.writes("ok"))
 
@@ -405,9 +410,3 @@ async def _git(cwd: Path, *args: str) -> str:
     if proc.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)}: {err.decode(errors='replace')}")
     return out.decode()
-
-
-def run_git(cwd: Path, *args: str) -> str:
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        return gitrepo.git(*args, cwd=cwd)
-    raise TimeoutError(f"git {' '.join(args)} timed out")

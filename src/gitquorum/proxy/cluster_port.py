@@ -138,7 +138,8 @@ class EtcdClusterPort:
             virtual_storage,
             relative_path,
             nodes=self.nodes(virtual_storage),
-            # Drained nodes get no new primaries (they still get replicas) unless nothing else is up.
+            # Drained nodes get no new primaries (they still get replicas), unless no
+            # other node is up.
             healthy=(self.healthy(virtual_storage) - self._draining(virtual_storage))
             or self.healthy(virtual_storage),
             replication_factor=self._replication_factors.get(virtual_storage, 0),

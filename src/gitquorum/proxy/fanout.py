@@ -305,7 +305,7 @@ class Fanout:
                 await primary.fail(exc)
                 if tx is not None:
                     tx.cancel_voter(route.primary)
-            await self._settle(legs, drop)
+            await self._settle(legs, drop, tx)
             result = self._result(tx, legs)
             self._count(result)
             if result.updated or result.outdated:
@@ -332,8 +332,28 @@ class Fanout:
             if tx is not None:
                 self.transactions.unregister(tx.id)
 
-    async def _settle(self, legs: Mapping[str, _Leg], drop: Callable[[_Leg, str], None]) -> None:
-        """Give secondaries a bounded time to finish after the primary did."""
+    async def _settle(
+        self,
+        legs: Mapping[str, _Leg],
+        drop: Callable[[_Leg, str], None],
+        tx: Transaction | None,
+    ) -> None:
+        """Give secondaries a bounded time to finish after the primary did.
+
+        A failed primary decides the write: every secondary that cannot hold
+        what the quorum decided (it did not commit every decided subtransaction,
+        and none can be decided any more without the primary) is cancelled at
+        once rather than holding the client for ``write_timeout``. Only the
+        secondaries that committed every decided subtransaction get the bounded
+        time: they are just finishing, and ``_result`` keeps the write they hold.
+        """
+        if legs[self.route.primary].code is not grpc.StatusCode.OK:
+            decided = _decided(tx)
+            for leg in legs.values():
+                if leg.task is None or leg.code is not None:
+                    continue
+                if tx is None or decided == 0 or tx.voters[leg.node].committed < decided:
+                    drop(leg, "the primary failed")
         tasks = [leg.task for leg in legs.values() if leg.task is not None]
         if not tasks:
             return
@@ -358,6 +378,10 @@ class Fanout:
         committed = tx.committed_nodes()
         secondaries = frozenset(route.secondaries)
         if route.primary not in committed:
+            if primary.code is not grpc.StatusCode.OK:
+                failed = self._primary_failed(tx, legs, secondaries, targets)
+                if failed is not None:
+                    return failed
             return WriteResult(frozenset(), secondaries | targets, "primary-not-committed")
         updated = {route.primary} | {
             node
@@ -367,6 +391,45 @@ class Fanout:
         outdated = (secondaries - updated) | targets
         reason = "committed" if not (secondaries - updated) else "secondaries-outdated"
         return WriteResult(frozenset(updated), frozenset(outdated), reason)
+
+    def _primary_failed(
+        self,
+        tx: Transaction,
+        legs: Mapping[str, _Leg],
+        secondaries: frozenset[str],
+        targets: frozenset[str],
+    ) -> WriteResult | None:
+        """The outcome when the primary's call failed, if it can be known for sure.
+
+        Marking every secondary outdated (the general rule) would leave a
+        repository whose primary died mid-write without any valid primary, i.e.
+        unavailable until that node returns. Two cases are certain instead:
+
+        * no subtransaction was decided: the primary's vote is part of every
+          decision, so no replica received a COMMIT and none changed;
+        * some were: a secondary whose call ended after it committed every
+          decided subtransaction and voted in every later one (a node votes
+          again only after applying what it committed) holds exactly the
+          decided update. Those secondaries move to the next generation; the
+          primary, which may or may not have applied it, becomes outdated and
+          is repaired by replication. The client still gets the primary's
+          error: the write's outcome is unknown to it, and it is now kept.
+        """
+        decided = _decided(tx)
+        if decided == 0:
+            return WriteResult(frozenset(), frozenset(), "primary-failed-before-commit")
+        holders = frozenset(
+            node
+            for node in secondaries
+            if not legs[node].dropped
+            and legs[node].code is not None
+            and tx.voters[node].committed == decided
+            and tx.voters[node].votes_cast == len(tx.subtransactions)
+        )
+        if not holders:
+            return None
+        outdated = (secondaries - holders) | targets | {self.route.primary}
+        return WriteResult(holders, frozenset(outdated), "primary-failed-after-commit")
 
     def _count(self, result: WriteResult) -> None:
         self.metrics.transactions.labels(result.reason).inc()
@@ -445,6 +508,13 @@ class Fanout:
                 )
 
         await asyncio.gather(*(one(n) for n in payloads))
+
+
+def _decided(tx: Transaction | None) -> int:
+    """How many subtransactions were decided (committed); they form a prefix."""
+    if tx is None:
+        return 0
+    return sum(1 for sub in tx.subtransactions if sub.winner is not None)
 
 
 async def _empty() -> AsyncIterator[bytes]:

@@ -307,6 +307,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
                 repo, self.cluster.healthy(virtual_storage), self.cluster.nodes(virtual_storage)
             )
         _describe(fields, mutator)
+        _pin_timestamps(request)
         payloads = {n: rewrite(info, request, n, mutator.replica_path) for n in mutator.participants}
         fanout = Fanout(
             channels=self.channels,
@@ -334,6 +335,30 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
 def _describe(fields: dict[str, object], route: Route) -> None:
     fields.update(route.describe())
+
+
+def _pin_timestamps(request: _message.Message) -> None:
+    """Give an unset commit/tag ``timestamp`` the proxy's clock.
+
+    Each replica would otherwise take its own clock: when the nodes straddle a
+    second, they create different commits, vote differently and the secondaries
+    are outvoted for nothing. One timestamp for all keeps their objects identical.
+    """
+    candidates = [request]
+    candidates += [
+        value
+        for field, value in request.ListFields()
+        if field.message_type is not None and not field.is_repeated
+    ]
+    for message in candidates:
+        field = message.DESCRIPTOR.fields_by_name.get("timestamp")
+        if (
+            field is not None
+            and field.message_type is not None
+            and field.message_type.full_name == "google.protobuf.Timestamp"
+            and not message.HasField("timestamp")
+        ):
+            getattr(message, "timestamp").seconds = int(time.time())
 
 
 def _validated_path(relative_path: str) -> str:

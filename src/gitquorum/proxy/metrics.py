@@ -19,7 +19,8 @@ class ProxyMetrics:
         self.transactions = Counter(
             "gitquorum_transactions_total",
             "Mutator transactions by outcome (committed, secondaries-outdated, "
-            "primary-not-committed, no-votes, primary-only, primary-failed).",
+            "primary-not-committed, primary-failed-before-commit, primary-failed-after-commit, "
+            "no-votes, primary-only, primary-failed).",
             ["outcome"],
             registry=registry,
         )

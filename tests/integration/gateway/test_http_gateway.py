@@ -500,3 +500,56 @@ async def test_proxy_token_and_refused_credentials(
         "request-wrong",
         "request-right",
     ]
+
+
+class _FailingMidStream(smarthttp_pb2_grpc.SmartHTTPServiceServicer):
+    """A backend that sends one message, then fails: the status is already out."""
+
+    async def InfoRefsUploadPack(
+        self, request: smarthttp_pb2.InfoRefsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[smarthttp_pb2.InfoRefsResponse]:
+        yield smarthttp_pb2.InfoRefsResponse(data=b"001e# service=git-upload-pack\n0000")
+        await context.abort(grpc.StatusCode.INTERNAL, "disk on fire")
+
+    async def PostUploadPack(
+        self,
+        request_iterator: AsyncIterator[smarthttp_pb2.PostUploadPackRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[smarthttp_pb2.PostUploadPackResponse]:
+        async for _request in request_iterator:
+            pass
+        yield smarthttp_pb2.PostUploadPackResponse(data=b"0008NAK\n")
+        await context.abort(grpc.StatusCode.INTERNAL, "pack-objects died")
+
+
+async def test_failures_after_the_status_went_out(make_gateway: MakeGateway) -> None:
+    server = grpc.aio.server()
+    smarthttp_pb2_grpc.add_SmartHTTPServiceServicer_to_server(_FailingMidStream(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        gateway = await make_gateway(proxy=f"127.0.0.1:{port}")
+        async with aiohttp.ClientSession() as session:
+            # A ref advertisement ends with an ERR packet git stops on.
+            async with session.get(
+                f"{gateway.url}/a/b.git/info/refs?service=git-upload-pack"
+            ) as resp:
+                assert resp.status == 200
+                data = await resp.read()
+            assert data.startswith(b"001e# service=git-upload-pack\n0000")
+            assert data.endswith(b"ERR gitquorum: internal: disk on fire\n")
+            # A pack stream is cut off without its last chunk: a transfer
+            # error, never a clean (truncated) end.
+            async with session.post(
+                f"{gateway.url}/a/b.git/git-upload-pack",
+                data=ls_refs_request(),
+                headers={"Content-Type": UPLOAD_REQUEST},
+            ) as resp:
+                assert resp.status == 200
+                with pytest.raises(aiohttp.ClientPayloadError):
+                    await resp.read()
+            async with session.get(f"{gateway.url}/metrics") as resp:
+                text = await resp.text()
+    finally:
+        await server.stop(0)
+    assert 'gitquorum_http_requests_total{code="aborted",service="PostUploadPack"} 1.0' in text

@@ -42,6 +42,13 @@ def stub(channel: grpc.aio.Channel) -> repository_pb2_grpc.RepositoryServiceStub
     return repository_pb2_grpc.RepositoryServiceStub(channel)
 
 
+def replica(target: Target, repo: shared_pb2.Repository) -> Path:
+    """A repository created through the target, on disk: the node's directory, or
+    through a proxy the primary's replica (every replica is up to date after a
+    write, and the tests below read only what every replica agrees on)."""
+    return target.disk_path(repo)
+
+
 def on_disk(target: Target) -> Path:
     """The storage root; tests that read disk directly do not run through a proxy."""
     if target.storage_path is None:
@@ -265,7 +272,7 @@ async def test_create_repository_defaults(stub, target) -> None:
     repo = target.repository(f"group/sub/{os.urandom(4).hex()}.git")
     await stub.CreateRepository(R.CreateRepositoryRequest(repository=repo))
     assert (await stub.RepositoryExists(R.RepositoryExistsRequest(repository=repo))).exists
-    path = on_disk(target) / repo.relative_path
+    path = replica(target, repo)
     assert git("--git-dir", str(path), "symbolic-ref", "HEAD").strip() == "refs/heads/main"
     assert git("--git-dir", str(path), "rev-parse", "--is-bare-repository").strip() == "true"
     assert git("--git-dir", str(path), "rev-parse", "--show-object-format").strip() == "sha1"
@@ -282,7 +289,7 @@ async def test_create_repository_branch_and_sha256(stub, target) -> None:
             object_format=shared_pb2.OBJECT_FORMAT_SHA256,
         )
     )
-    path = on_disk(target) / repo.relative_path
+    path = replica(target, repo)
     assert git("--git-dir", str(path), "symbolic-ref", "HEAD").strip() == "refs/heads/develop"
     assert git("--git-dir", str(path), "rev-parse", "--show-object-format").strip() == "sha256"
 
@@ -380,7 +387,7 @@ async def test_remove_repository_locked(stub, channel, target, workdir) -> None:
 async def test_repository_size_matches_du(stub, channel, target, workdir) -> None:
     repo, _ = await seeded(channel, target, workdir, binary_size=300_000)
     response = await stub.RepositorySize(R.RepositorySizeRequest(repository=repo))
-    path = on_disk(target) / repo.relative_path
+    path = replica(target, repo)
     assert response.size == du_sk(path)
     assert response.size >= 300  # KiB, and the random blob does not compress
 
@@ -446,7 +453,7 @@ async def test_repository_info(stub, channel, target, workdir) -> None:
 
 async def test_optimize_repository(stub, channel, target, workdir) -> None:
     repo, _ = await seeded(channel, target, workdir)
-    path = on_disk(target) / repo.relative_path
+    path = replica(target, repo)
     refs_before = gitrepo.refs(path)
     for strategy in (
         R.OptimizeRepositoryRequest.STRATEGY_UNSPECIFIED,
@@ -479,7 +486,7 @@ async def test_optimize_empty_repository(stub, target) -> None:
 
 async def test_calculate_checksum_matches_git(stub, channel, target, workdir) -> None:
     repo, local = await seeded(channel, target, workdir)
-    path = on_disk(target) / repo.relative_path
+    path = replica(target, repo)
     response = await stub.CalculateChecksum(R.CalculateChecksumRequest(repository=repo))
     assert response.checksum == show_ref_checksum(path)
     # Same refs, same checksum, whatever the packing: a second copy agrees.
@@ -533,7 +540,7 @@ async def test_calculate_checksum_invalid_repository_is_data_loss(stub, target) 
 
 async def test_write_ref_creates_updates_and_deletes(stub, channel, target, workdir) -> None:
     repo, local = await seeded(channel, target, workdir)
-    path = on_disk(target) / repo.relative_path
+    path = replica(target, repo)
     head, parent = (git("-C", str(local), "rev-parse", r).strip() for r in ("main", "main~1"))
     await stub.WriteRef(
         R.WriteRefRequest(repository=repo, ref=b"refs/heads/topic", revision=b"main~1")
@@ -562,7 +569,7 @@ async def test_write_ref_creates_updates_and_deletes(stub, channel, target, work
 
 async def test_write_ref_stale_old_revision(stub, channel, target, workdir) -> None:
     repo, local = await seeded(channel, target, workdir)
-    path = on_disk(target) / repo.relative_path
+    path = replica(target, repo)
     parent = git("-C", str(local), "rev-parse", "main~1").strip()
     before = gitrepo.refs(path)
     await expect_code(
@@ -678,7 +685,7 @@ async def test_create_bundle_empty_repository(stub, target) -> None:
 
 async def test_create_repository_from_bundle(stub, channel, target, workdir) -> None:
     repo, local = await seeded(channel, target, workdir)
-    path = on_disk(target) / repo.relative_path
+    path = replica(target, repo)
     assert gitrepo.refs(path) == gitrepo.refs(local)
     assert git("--git-dir", str(path), "symbolic-ref", "HEAD").strip() == "refs/heads/main"
     git("--git-dir", str(path), "fsck", "--no-progress")
@@ -690,7 +697,7 @@ async def test_create_repository_from_bundle_takes_head(stub, channel, target, w
     git("checkout", "-q", "-b", "develop", "feature", cwd=local)
     repo = target.repository()
     await gitrepo.seed(channel, repo, local, workdir)
-    path = on_disk(target) / repo.relative_path
+    path = replica(target, repo)
     assert git("--git-dir", str(path), "symbolic-ref", "HEAD").strip() == "refs/heads/develop"
 
 
@@ -700,7 +707,7 @@ async def test_create_repository_from_bundle_sha256(stub, channel, target, workd
     git("commit", "-q", "--allow-empty", "-m", "first", cwd=local)
     repo = target.repository()
     await gitrepo.seed(channel, repo, local, workdir)
-    path = on_disk(target) / repo.relative_path
+    path = replica(target, repo)
     assert git("--git-dir", str(path), "rev-parse", "--show-object-format").strip() == "sha256"
     assert gitrepo.refs(path) == gitrepo.refs(local)
 

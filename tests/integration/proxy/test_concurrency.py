@@ -9,8 +9,10 @@ replicas' refs are identical.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tests.harness import gitrepo
@@ -62,7 +64,10 @@ def shared_pusher(address: str, repo: str, work: Path, name: str, ledger: Ledger
     for i in range(COMMITS):
         helpers.commit(work, f"{name}-{i}.txt")
         for _ in range(ATTEMPTS):
-            if helpers.run_git("push", "origin", "HEAD:refs/heads/shared", cwd=work).returncode == 0:
+            if (
+                helpers.run_git("push", "origin", "HEAD:refs/heads/shared", cwd=work).returncode
+                == 0
+            ):
                 ledger.on_shared(repo, gitrepo.git("rev-parse", "HEAD", cwd=work).strip())
                 break
             with ledger.lock:
@@ -73,9 +78,7 @@ def shared_pusher(address: str, repo: str, work: Path, name: str, ledger: Ledger
             raise AssertionError(f"{name}: push to shared never succeeded")
 
 
-def test_concurrent_pushes_lose_nothing(
-    healthy: Cluster, source: Path, tmp_path: Path
-) -> None:
+def test_concurrent_pushes_lose_nothing(healthy: Cluster, source: Path, tmp_path: Path) -> None:
     proxies = [p.address for p in healthy.proxies]
     repos = [f"proxy/concurrent-{tmp_path.name}-{i}.git" for i in range(2)]
     for repo in repos:
@@ -83,18 +86,18 @@ def test_concurrent_pushes_lose_nothing(
         helpers.push(proxies[0], repo, source, "main", "main:refs/heads/shared")
 
     ledger = Ledger()
-    jobs = []
+    jobs: list[Callable[[], None]] = []
     for r, repo in enumerate(repos):
         for i in range(OWN_BRANCH_PUSHERS):
             address = proxies[(r + i) % 2]
             work = tmp_path / f"own-{r}-{i}"
-            jobs.append((own_branch_pusher, address, repo, work, f"b{i}", ledger))
+            jobs.append(partial(own_branch_pusher, address, repo, work, f"b{i}", ledger))
         for i in range(SHARED_PUSHERS):
             address = proxies[(r + i + 1) % 2]
             work = tmp_path / f"shared-{r}-{i}"
-            jobs.append((shared_pusher, address, repo, work, f"s{r}{i}", ledger))
+            jobs.append(partial(shared_pusher, address, repo, work, f"s{r}{i}", ledger))
     with ThreadPoolExecutor(max_workers=6) as pool:
-        for future in [pool.submit(*job) for job in jobs]:
+        for future in [pool.submit(job) for job in jobs]:
             future.result()
 
     assert len(ledger.branches) == len(repos) * OWN_BRANCH_PUSHERS
@@ -108,7 +111,7 @@ def test_concurrent_pushes_lose_nothing(
         for (name, branch), oid in ledger.branches.items():
             if name == repo:
                 assert first[f"refs/heads/{branch}"] == oid
-        for node, path in helpers.replica_dirs(healthy, proxies[0], repo).items():
+        for path in helpers.replica_dirs(healthy, proxies[0], repo).values():
             tip = first["refs/heads/shared"]
             for oid in ledger.shared[repo]:
                 gitrepo.git("merge-base", "--is-ancestor", oid, tip, cwd=path)

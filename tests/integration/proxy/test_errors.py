@@ -71,7 +71,9 @@ async def test_unknown_method_is_unimplemented(channel: grpc.aio.Channel) -> Non
         assert await code_of(call) == Code.UNIMPLEMENTED
 
 
-async def test_unknown_virtual_storage(channel: grpc.aio.Channel, existing: shared_pb2.Repository) -> None:
+async def test_unknown_virtual_storage(
+    channel: grpc.aio.Channel, existing: shared_pb2.Repository
+) -> None:
     other = shared_pb2.Repository(storage_name="nope", relative_path=existing.relative_path)
     assert await code_of(find_commit(channel, other)) == Code.INVALID_ARGUMENT
     assert await code_of(update_ref(channel, other)) == Code.INVALID_ARGUMENT
@@ -172,7 +174,9 @@ async def test_node_errors_are_relayed(
     assert (await missing).HasField("commit") is False
     bad = ref_pb2.UpdateReferencesRequest(
         repository=existing,
-        updates=[ref_pb2.UpdateReferencesRequest.Update(reference=b"refs/heads/x", new_object_id=b"zz")],
+        updates=[
+            ref_pb2.UpdateReferencesRequest.Update(reference=b"refs/heads/x", new_object_id=b"zz")
+        ],
     )
     call = ref_pb2_grpc.RefServiceStub(channel).UpdateReferences(iter([bad]))
     assert await code_of(call) == Code.INVALID_ARGUMENT

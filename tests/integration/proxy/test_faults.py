@@ -120,7 +120,9 @@ def test_no_up_to_date_replica_is_reported_and_never_served_stale(
     with grpc.insecure_channel(address) as channel:
         with pytest.raises(grpc.RpcError) as info:
             commit_pb2_grpc.CommitServiceStub(channel).FindCommit(
-                commit_pb2.FindCommitRequest(repository=repository(relative_path), revision=b"main"),
+                commit_pb2.FindCommitRequest(
+                    repository=repository(relative_path), revision=b"main"
+                ),
                 timeout=10,
             )
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]

@@ -62,7 +62,9 @@ def test_get_repository_metadata_by_id_and_path(
 ) -> None:
     by_path = info.GetRepositoryMetadata(
         P.GetRepositoryMetadataRequest(
-            path=P.GetRepositoryMetadataRequest.Path(virtual_storage="default", relative_path=pushed)
+            path=P.GetRepositoryMetadataRequest.Path(
+                virtual_storage="default", relative_path=pushed
+            )
         )
     )
     by_id = info.GetRepositoryMetadata(
@@ -137,7 +139,9 @@ def test_set_replication_factor_down_and_up(
     address = healthy.proxies[0].address
     meta = helpers.metadata(address, pushed)
     shrunk = info.SetReplicationFactor(
-        P.SetReplicationFactorRequest(virtual_storage="default", relative_path=pushed, replication_factor=1)
+        P.SetReplicationFactorRequest(
+            virtual_storage="default", relative_path=pushed, replication_factor=1
+        )
     )
     assert list(shrunk.storages) == [meta.primary]
     after = helpers.metadata(address, pushed)
@@ -155,7 +159,9 @@ def test_set_replication_factor_down_and_up(
     assert all(g < written.generation for n, g in gens.items() if n != meta.primary)
 
     grown = info.SetReplicationFactor(
-        P.SetReplicationFactorRequest(virtual_storage="default", relative_path=pushed, replication_factor=3)
+        P.SetReplicationFactorRequest(
+            virtual_storage="default", relative_path=pushed, replication_factor=3
+        )
     )
     assert sorted(grown.storages) == sorted(n.name for n in healthy.nodes)
     assert grown.storages[0] == meta.primary

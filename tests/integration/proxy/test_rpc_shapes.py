@@ -105,12 +105,14 @@ async def test_update_references_writes_every_replica(
     address = healthy.proxies[0].address
     first = gitrepo.git("rev-list", "--max-parents=0", "main", cwd=source).strip()
     head = gitrepo.git("rev-parse", "main", cwd=source).strip()
-    Update = ref_pb2.UpdateReferencesRequest.Update  # noqa: N806 - message class
+    Update = ref_pb2.UpdateReferencesRequest.Update
 
     async def updates() -> AsyncIterator[ref_pb2.UpdateReferencesRequest]:
         yield ref_pb2.UpdateReferencesRequest(
             repository=seeded,
-            updates=[Update(reference=b"refs/heads/u1", old_object_id=b"", new_object_id=first.encode())],
+            updates=[
+                Update(reference=b"refs/heads/u1", old_object_id=b"", new_object_id=first.encode())
+            ],
         )
         # The second message carries more updates of the same transaction.
         yield ref_pb2.UpdateReferencesRequest(
@@ -138,7 +140,7 @@ async def test_user_commit_files_commits_on_every_replica(
     healthy: Cluster, channel: grpc.aio.Channel, seeded: shared_pb2.Repository, source: Path
 ) -> None:
     address = healthy.proxies[0].address
-    Action = operations_pb2.UserCommitFilesActionHeader  # noqa: N806 - message class
+    Action = operations_pb2.UserCommitFilesActionHeader
     header = operations_pb2.UserCommitFilesRequestHeader(
         repository=seeded,
         user=shared_pb2.User(gl_id="user-1", name=b"Jane Doe", email=b"jane@example.com"),
@@ -159,7 +161,9 @@ async def test_user_commit_files_commits_on_every_replica(
         )
         for offset in range(0, len(body), 64 * 1024):
             yield operations_pb2.UserCommitFilesRequest(
-                action=operations_pb2.UserCommitFilesAction(content=body[offset : offset + 64 * 1024])
+                action=operations_pb2.UserCommitFilesAction(
+                    content=body[offset : offset + 64 * 1024]
+                )
             )
 
     response = await operations_pb2_grpc.OperationServiceStub(channel).UserCommitFiles(requests())
@@ -206,7 +210,9 @@ def test_git_push_and_clone_through_the_proxy(
     generations; SSHUploadPack (git clone, protocol v0 and v2) reads it back."""
     address = healthy.proxies[0].address
     helpers.create(address, relative_path)
-    helpers.push(address, relative_path, source, "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*")
+    helpers.push(
+        address, relative_path, source, "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*"
+    )
     expected = _heads_and_tags(gitrepo.refs(source))
 
     meta = helpers.metadata(address, relative_path)
