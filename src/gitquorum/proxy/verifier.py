@@ -80,7 +80,9 @@ class Verifier:
         interval: float = 300.0,
         batch: int = 25,
         tick: float = 2.0,
+        recheck_delay: float = 1.0,
     ) -> None:
+        self.recheck_delay = recheck_delay
         self.repositories = repositories
         self.cache = cache
         self.queue = queue
@@ -154,6 +156,12 @@ class Verifier:
                 and record.replica_generation(record.primary) == record.generation
             ):
                 reference = await self._checksum(record.primary, record.replica_path)
+                if reference != checksum:
+                    # A write may be between its votes and its finalizer: look
+                    # again once it had time to land everywhere.
+                    await asyncio.sleep(self.recheck_delay)
+                    checksum = await self._checksum(node, record.replica_path)
+                    reference = await self._checksum(record.primary, record.replica_path)
         except grpc.aio.AioRpcError as exc:
             logger.info(
                 "replica not verifiable now",
@@ -164,7 +172,14 @@ class Verifier:
         if checksum is None:
             problem = "replica missing on disk"
         elif reference is not None and reference != checksum and up_to_date:
-            problem = "replica differs from the primary"
+            # The two checksums were taken at different moments: a write that
+            # landed in between makes them differ without anything being wrong.
+            # Only a comparison across an unchanged generation is evidence.
+            current = self.cache.get_by_id(record.repository_id)
+            if current is not None and current.generation == record.generation:
+                problem = "replica differs from the primary"
+            else:
+                return
         if problem:
             # A missing primary is demoted too: failover then picks a replica
             # that really holds the data, or the repository shows as dataloss.
