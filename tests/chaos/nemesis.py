@@ -18,10 +18,13 @@ checker can measure the time from a fault to the first successful write.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -221,6 +224,57 @@ def kill_etcd_member(cluster: Cluster, index: int, faults: FaultLog) -> Fault:
     fault = faults.record("kill-etcd", f"etcd{index}")
     cluster.etcd.kill(index)
     return fault
+
+
+# -- reading cluster state from etcd (the v3 JSON gateway: no client library needed) ---------
+
+PREFIX = "/gitquorum/default/"
+
+
+def etcd_range(cluster: Cluster, prefix: str) -> dict[str, bytes]:
+    """Every key under ``prefix`` (relative to the cluster's keyspace) and its value."""
+    assert cluster.etcd is not None
+    key = (PREFIX + prefix).encode()
+    end = key[:-1] + bytes([key[-1] + 1])
+    body = json.dumps(
+        {"key": base64.b64encode(key).decode(), "range_end": base64.b64encode(end).decode()}
+    ).encode()
+    for member in cluster.etcd.members:
+        if not member.alive() or member.paused:
+            continue
+        request = urllib.request.Request(
+            f"{member.client_url}/v3/kv/range", data=body, method="POST"
+        )
+        try:
+            with member._open(request, 2.0) as response:
+                answer = json.loads(response.read())
+        except (OSError, ValueError):
+            continue
+        return {
+            base64.b64decode(kv["key"]).decode()[len(PREFIX) :]: base64.b64decode(
+                kv.get("value", "")
+            )
+            for kv in answer.get("kvs", [])
+        }
+    raise RuntimeError("no etcd member answered")
+
+
+def leader(cluster: Cluster) -> str | None:
+    """The proxy holding the leader key."""
+    value = etcd_range(cluster, "election/leader").get("election/leader")
+    return str(json.loads(value)["proxy"]) if value else None
+
+
+def locks(cluster: Cluster) -> dict[str, str]:
+    """Replication job locks: lock key -> worker name ("<proxy>/<index>")."""
+    return {
+        key: str(json.loads(value).get("worker", ""))
+        for key, value in etcd_range(cluster, "locks/").items()
+    }
+
+
+def jobs(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    return {key: json.loads(value) for key, value in etcd_range(cluster, "jobs/").items()}
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> Any:

@@ -215,7 +215,7 @@ class GatewayServer:
                 "http request",
                 extra=log.fields(
                     method=request.method,
-                    path=request.path,
+                    path=request.raw_path,
                     service=exchange.service,
                     relative_path=exchange.relative_path,
                     code=exchange.code,

@@ -142,6 +142,8 @@ class _Leg:
     code: grpc.StatusCode | None = None  # final status; None while running
     details: str = ""
     dropped: bool = False
+    # The primary's call, given up because the transaction counts it as failed.
+    abandoned: bool = False
     watch: StatusWatch | None = None
 
     def requests(self, first: bytes) -> _LegRequests:
@@ -291,6 +293,15 @@ class Fanout:
             if leg is not primary:
                 leg.task = asyncio.ensure_future(drive_secondary(leg))
         pump_task = asyncio.ensure_future(pump())
+        # A primary that the transaction counts as failed (it did not vote within
+        # the vote timeout: a paused or partitioned node) can no longer commit
+        # anything: its call is given up instead of holding the client until the
+        # client's deadline.
+        give_up = (
+            asyncio.ensure_future(self._give_up_when_lost(tx, primary))
+            if tx is not None
+            else None
+        )
         held: list[bytes] = []
         try:
             try:
@@ -305,6 +316,17 @@ class Fanout:
                 await primary.fail(exc)
                 if tx is not None:
                     tx.cancel_voter(route.primary)
+            except asyncio.CancelledError:
+                # grpc.aio raises CancelledError from a call cancelled locally: only
+                # a give-up is handled here, never a cancellation of this task.
+                task = asyncio.current_task()
+                if not primary.abandoned or (task is not None and task.cancelling()):
+                    raise
+                primary.code = grpc.StatusCode.UNAVAILABLE
+                primary.details = (
+                    f"primary node {route.primary} did not vote in time; "
+                    "the write's outcome is unknown"
+                )
             await self._settle(legs, drop, tx)
             result = self._result(tx, legs)
             self._count(result)
@@ -319,6 +341,8 @@ class Fanout:
         finally:
             ended = True
             pump_task.cancel()
+            if give_up is not None:
+                give_up.cancel()
             for leg in legs.values():
                 if leg.code is None and leg.call is not None:
                     leg.call.cancel()
@@ -331,6 +355,17 @@ class Fanout:
                     leg.task.cancel()
             if tx is not None:
                 self.transactions.unregister(tx.id)
+
+    @staticmethod
+    async def _give_up_when_lost(tx: Transaction, primary: _Leg) -> None:
+        await tx.voters[primary.node].lost.wait()
+        if primary.code is None and primary.call is not None:
+            primary.abandoned = True
+            logger.warning(
+                "giving up on the primary",
+                extra=log.fields(node=primary.node, reason="failed in the transaction"),
+            )
+            primary.call.cancel()
 
     async def _settle(
         self,
@@ -372,8 +407,9 @@ class Fanout:
             if primary.code is grpc.StatusCode.OK:
                 return WriteResult(frozenset({route.primary}), targets, "primary-only")
             return WriteResult(frozenset(), frozenset(), "primary-failed")
-        if not tx.had_votes:
-            # Every ref change on a node is voted on: no vote means nothing changed.
+        if not tx.had_votes or tx.changed_nothing:
+            # Every ref change on a node is voted on: no vote (or only the
+            # closing zero vote) means nothing changed.
             return WriteResult(frozenset(), frozenset(), "no-votes")
         committed = tx.committed_nodes()
         secondaries = frozenset(route.secondaries)

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from gitquorum import log
 from gitquorum.cluster.election import LeaderElection
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
-from gitquorum.cluster.health import HealthChecker
+from gitquorum.cluster.health import Consensus, HealthChecker
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import HealthView, ProxyMembership
 from gitquorum.cluster.metrics import ClusterMetrics
@@ -246,6 +246,9 @@ class ProxyServer:
             interval=config.verify_interval,
         )
         self.election.run_while_leader("verifier", self.verifier.run)
+        # A node the consensus turns unhealthy stops holding up in-flight writes it
+        # is primary of: they end now instead of after the vote timeout.
+        self.health_view.add_listener(self._fail_unhealthy_primaries)
         # Wake the workers when a node comes back: its jobs become runnable.
         self.health_view.add_listener(lambda _old, _new: self.workers.wake.set())
         # ... and when an operator resumes a paused cluster: held-back jobs become claimable.
@@ -266,6 +269,15 @@ class ProxyServer:
                 virtual_storages=sorted(self.nodes),
             ),
         )
+
+    def _fail_unhealthy_primaries(self, old: Consensus, new: Consensus) -> None:
+        for virtual_storage in self.nodes:
+            for node in old.healthy(virtual_storage) - new.healthy(virtual_storage):
+                if self.transactions.fail_primary(node):
+                    logger.warning(
+                        "in-flight writes give up on an unhealthy primary",
+                        extra=log.fields(node=node),
+                    )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting; let in-flight RPCs and jobs finish within the grace period."""

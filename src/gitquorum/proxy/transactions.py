@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 from gitquorum.errors import InvalidArgument, NotFound
 
 
+ZERO_HASH = b"\x00" * 20
+
+
 class Outcome(enum.Enum):
     COMMIT = "commit"
     ABORT = "abort"
@@ -54,6 +57,13 @@ class VoterState:
     votes_cast: int = 0
     committed: int = 0  # subtransactions this voter committed
     failed: bool = False  # lost a vote, was cancelled, or its stream failed
+    # Set with ``failed``: the fan-out stops waiting for a primary that can no
+    # longer commit anything (e.g. it did not vote within the vote timeout).
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def fail(self) -> None:
+        self.failed = True
+        self.lost.set()
 
 
 class Transaction:
@@ -115,14 +125,14 @@ class Transaction:
             # Voters that have not voted by now are treated as failed.
             for other, st in self.voters.items():
                 if other not in sub.votes:
-                    st.failed = True
+                    st.fail()
             self._decide(sub)
         if self.stopped:
             return Outcome.STOP
         if sub.winner is not None and sub.winner == digest:
             state.committed = index + 1
             return Outcome.COMMIT
-        state.failed = True
+        state.fail()
         return Outcome.ABORT
 
     def cancel_voter(self, node: str) -> None:
@@ -130,7 +140,7 @@ class Transaction:
         state = self.voters.get(node)
         if state is None or state.failed:
             return
-        state.failed = True
+        state.fail()
         for sub in self.subtransactions:
             self._decide(sub)
 
@@ -153,6 +163,17 @@ class Transaction:
     @property
     def had_votes(self) -> bool:
         return bool(self.subtransactions)
+
+    @property
+    def changed_nothing(self) -> bool:
+        """Every decided vote was the zero vote: no reference moved anywhere.
+
+        receive-pack ends every push with a zero vote, even one that updated no
+        ref (git's probe before a large HTTP push); that is not a write.
+        """
+        return all(
+            sub.winner == ZERO_HASH for sub in self.subtransactions if sub.winner is not None
+        ) and all(sub.winner is not None for sub in self.subtransactions)
 
 
 class TransactionManager:
@@ -179,6 +200,18 @@ class TransactionManager:
 
     def stop(self, tx_id: int) -> None:
         self.get(tx_id).stop()
+
+    def fail_primary(self, node: str) -> int:
+        """``node`` turned unhealthy: in-flight transactions whose primary it is stop
+        waiting for it (a paused or cut-off node never votes; the fan-out then
+        gives its call up). Returns how many transactions were affected."""
+        affected = 0
+        for tx in list(self._transactions.values()):
+            state = tx.voters.get(node)
+            if state is not None and state.voter.primary and not state.failed:
+                tx.cancel_voter(node)
+                affected += 1
+        return affected
 
     def unregister(self, tx_id: int) -> None:
         self._transactions.pop(tx_id, None)

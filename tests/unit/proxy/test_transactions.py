@@ -111,3 +111,14 @@ async def test_bad_votes_are_rejected() -> None:
         await tx.vote("stranger", A)
     with pytest.raises(NotFound):
         await manager.vote(tx.id + 1000, "p", A)
+
+
+async def test_only_the_zero_vote_means_nothing_changed() -> None:
+    zero = b"\x00" * 20
+    tx = TransactionManager(vote_timeout=5).register("p", ["s1"])
+    assert await asyncio.gather(tx.vote("p", zero), tx.vote("s1", zero)) == [Outcome.COMMIT] * 2
+    assert tx.had_votes and tx.changed_nothing
+    moved = TransactionManager(vote_timeout=5).register("p", ["s1"])
+    await asyncio.gather(moved.vote("p", A), moved.vote("s1", A))
+    await asyncio.gather(moved.vote("p", zero), moved.vote("s1", zero))
+    assert not moved.changed_nothing
