@@ -111,7 +111,7 @@ class Settings:
     throughput_rounds: int = 8  # segments per side, interleaved with the other sides
     concurrency: int = 16
     clone_mb: int = 52
-    clone_rounds: int = 3
+    clone_rounds: int = 4
     git_clone_rounds: int = 2
     pushes: int = 25  # per side and per method
     push_commits: int = 3  # new commits in each push
@@ -485,6 +485,13 @@ class Bench:
             "hop_vs_direct": ratio(rate["hop"], rate["direct"]),
             "latency": {name: Latency.of(values).as_dict() for name, values in latencies.items()},
             "cpu_us_per_call": _per_call(cpu, calls),
+            # If the machine had nothing else to run, every call would need this CPU from the
+            # shared cores: a ceiling that the load of other processes cannot move.
+            "cpu_ceiling_calls_per_s": {
+                name: round(len(os.sched_getaffinity(0)) * calls[name] / sum(cpu[name].values()), 1)
+                for name in SIDES
+                if sum(cpu[name].values())
+            },
         }
 
     # -- 3. clone --------------------------------------------------------------------------
@@ -500,6 +507,7 @@ class Bench:
         request = upload_pack_request(list(tips.values()))
         sides = self.sides(target)
         rates: dict[str, list[float]] = {name: [] for name in SIDES}
+        messages: dict[str, list[int]] = {name: [] for name in SIDES}
         pack_bytes = 0
         meter = CpuMeter(self.pids(target))
         cpu = {name: dict.fromkeys(meter.pids, 0.0) for name in SIDES}
@@ -507,8 +515,10 @@ class Bench:
             for _ in range(s.clone_rounds):
                 for side in sides:
                     meter.start()
-                    seconds, stdout = self._upload_pack(side, request)
+                    seconds, chunks = self._upload_pack(side, request)
                     _add(cpu[side.name], meter.stop())
+                    messages[side.name].append(len(chunks))
+                    stdout = b"".join(chunks)
                     pack = pack_from_upload_pack(stdout)
                     if not pack_is_whole(pack):
                         raise RuntimeError(f"{side.name} clone returned a broken pack")
@@ -539,6 +549,8 @@ class Bench:
                 "proxy_vs_direct": ratio(grpc_rate["proxy"], grpc_rate["direct"]),
                 "hop_vs_direct": ratio(grpc_rate["hop"], grpc_rate["direct"]),
                 "samples": {k: [round(v, 1) for v in vs] for k, vs in rates.items()},
+                # The node sends each pipe read as one message: fewer means cheaper hops.
+                "messages_per_clone": messages,
                 "cpu_ms_per_clone": {
                     side: {
                         name: round(1e3 * used / s.clone_rounds, 1) for name, used in per.items()
@@ -554,7 +566,8 @@ class Bench:
             },
         }
 
-    def _upload_pack(self, side: Side, request: bytes) -> tuple[float, bytes]:
+    def _upload_pack(self, side: Side, request: bytes) -> tuple[float, list[bytes]]:
+        """Seconds for one whole clone, and the stdout of each response message."""
         stub = ssh_pb2_grpc.SSHServiceStub(self.channel(side.address))
         first = ssh_pb2.SSHUploadPackRequest(repository=side.repository)
 
@@ -569,7 +582,7 @@ class Bench:
                 out.append(response.stdout)
             if response.HasField("exit_status") and response.exit_status.value:
                 raise RuntimeError(f"upload-pack exited {response.exit_status.value}")
-        return time.perf_counter() - started, b"".join(out)
+        return time.perf_counter() - started, out
 
     def _git_clone(self, side: Side, target: Target, dest: Path) -> float:
         url = f"ssh://{side.address}/{side.repository.relative_path}"
@@ -817,6 +830,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         c = t["concurrency"]
         versus = f"{t['proxy_vs_direct']:.0%} (bare hop {t['hop_vs_direct']:.0%})"
         rows.append(_row(f"FindCommit calls/s, concurrency {c}", t["calls_per_s"], versus))
+        ceiling = t.get("cpu_ceiling_calls_per_s", {})
+        if len(ceiling) == len(SIDES):
+            share = ratio(ceiling["proxy"], ceiling["direct"])
+            label = "FindCommit calls/s ceiling from CPU per call (model)"
+            rows.append(_row(label, ceiling, f"{share:.0%}"))
         for q in ("p50", "p99"):
             rows.append(
                 _row(f"FindCommit {q} at concurrency {c} (ms)", t["latency"], "", f"{q}_ms")
@@ -925,7 +943,8 @@ def _details(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"- clone: {c['pack_mb']} MB pack, {c['refs']} refs, built in {c['build_s']} s; "
             f"seeded through the proxy (3 replicas) in {c['seed_through_proxy_s']} s "
-            f"({c['seed_through_proxy_mb_per_s']} MB/s); gRPC samples MB/s {c['grpc']['samples']}"
+            f"({c['seed_through_proxy_mb_per_s']} MB/s); gRPC samples MB/s {c['grpc']['samples']}, "
+            f"response messages per clone {c['grpc']['messages_per_clone']}"
         )
     if "push" in r:
         p = r["push"]
@@ -978,6 +997,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--clone-mb", type=int, help="size of the clone repository in MB")
     parser.add_argument("--pushes", type=int, help="pushes per side and method")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="print the markdown of a saved --json report"
+    )
     parser.add_argument("--serve-hop", metavar="TARGET", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
@@ -1006,6 +1028,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_hop:
         serve_hop(args.serve_hop)
+        return 0
+    if args.render:
+        print(render_markdown(json.loads(args.render.read_text())))
         return 0
     settings = settings_from(args)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gitquorum-bench-"))

@@ -138,9 +138,90 @@ class _Reader:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Admission limits of a node or a proxy (every one is described in docs/limits.md)."""
+
+    # Largest gRPC message accepted or sent; a bigger request fails RESOURCE_EXHAUSTED.
+    max_message_size: int = 64 * 1024 * 1024
+    # Per repository: mutators running at once, and expensive reads (pack, bundle,
+    # snapshot and archive streams) running at once; 0 means no limit.
+    mutator_concurrency: int = 10
+    read_concurrency: int = 20
+    # Per repository and kind: calls waiting for a slot; beyond, RESOURCE_EXHAUSTED at once.
+    max_queued: int = 100
+    # How long a call waits for a slot before RESOURCE_EXHAUSTED.
+    queue_timeout: float = 10.0
+
+
+# A node serves every proxy: its per-repository limits must not be the tighter ones,
+# or writes the proxies admitted would queue a second time on the nodes.
+NODE_LIMITS = LimitsConfig(mutator_concurrency=32, read_concurrency=64, max_queued=200)
+PROXY_LIMITS = LimitsConfig()
+_LIMIT_KEYS = {
+    "max_message_size",
+    "mutator_concurrency",
+    "read_concurrency",
+    "max_queued",
+    "queue_timeout",
+}
+
+
+def _limits(reader: _Reader, data: Any, defaults: LimitsConfig) -> LimitsConfig:
+    """The ``limits`` section of a node or proxy configuration."""
+    raw = reader.mapping(data, "limits")
+    reader.unknown(raw, _LIMIT_KEYS, "limits.")
+    return LimitsConfig(
+        # At least 64 KiB: the pack streams are sent in chunks of that size.
+        max_message_size=reader.integer(
+            raw, "max_message_size", "limits.", defaults.max_message_size, 64 * 1024
+        ),
+        mutator_concurrency=reader.integer(
+            raw, "mutator_concurrency", "limits.", defaults.mutator_concurrency, 0
+        ),
+        read_concurrency=reader.integer(
+            raw, "read_concurrency", "limits.", defaults.read_concurrency, 0
+        ),
+        max_queued=reader.integer(raw, "max_queued", "limits.", defaults.max_queued, 0),
+        queue_timeout=reader.duration(
+            raw, "queue_timeout", "limits.", f"{defaults.queue_timeout}s"
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     name: str
     path: Path
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Certificate files of one side of gRPC connections ("" when unset; docs/security.md).
+
+    As a listener: ``cert_file`` + ``key_file`` serve TLS, ``client_ca_file``
+    also requires client certificates signed by it. As a dialler: ``ca_file``
+    verifies servers (empty: the system's roots), ``cert_file`` + ``key_file``
+    are presented when a server asks for a client certificate.
+    """
+
+    cert_file: str = ""
+    key_file: str = ""
+    ca_file: str = ""
+    client_ca_file: str = ""
+
+
+def _tls(reader: _Reader, data: Any, path: str, keys: set[str], *, listener: bool) -> TlsSettings:
+    """A ``tls``-style section: file options, the certificate and key given together."""
+    raw = reader.mapping(data, path)
+    reader.unknown(raw, keys, f"{path}.")
+    files = {k: reader.optional_string(raw, k, f"{path}.") for k in sorted(keys)}
+    settings = TlsSettings(**files)
+    if bool(settings.cert_file) != bool(settings.key_file):
+        missing = "key_file" if settings.cert_file else "cert_file"
+        reader.problem(f"{path}.{missing}", "required with cert_file and key_file together")
+    if listener and settings.client_ca_file and not settings.cert_file:
+        reader.problem(f"{path}.cert_file", "required: the listener serves TLS only with one")
+    return settings
 
 
 @dataclass(frozen=True)
@@ -155,6 +236,11 @@ class NodeConfig:
     # Optional secret file for the v2 token scheme; empty means no authentication.
     auth_token_file: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Message size, per-repository concurrency and queueing (docs/limits.md).
+    limits: LimitsConfig = NODE_LIMITS
+    # TLS of the listener, and of the node's calls to proxies (votes) and to
+    # other nodes (replication) when they advertise tls:// (docs/security.md).
+    tls: TlsSettings = TlsSettings()
 
 
 LOG_LEVELS = {"debug", "info", "warning", "error"}
@@ -165,7 +251,16 @@ def node_config_from_dict(data: Any) -> NodeConfig:
     top = reader.mapping(data, "")
     reader.unknown(
         top,
-        {"listen", "storages", "metrics_listen", "log_level", "graceful_timeout", "auth"},
+        {
+            "listen",
+            "storages",
+            "metrics_listen",
+            "log_level",
+            "graceful_timeout",
+            "auth",
+            "limits",
+            "tls",
+        },
         "",
     )
     listen = reader.address(top, "listen", "", None)
@@ -194,9 +289,19 @@ def node_config_from_dict(data: Any) -> NodeConfig:
     auth = reader.mapping(top.get("auth"), "auth")
     reader.unknown(auth, {"token_file"}, "auth.")
     token_file = reader.optional_string(auth, "token_file", "auth.")
+    limits = _limits(reader, top.get("limits"), NODE_LIMITS)
+    tls = _tls(
+        reader,
+        top.get("tls"),
+        "tls",
+        {"cert_file", "key_file", "client_ca_file", "ca_file"},
+        listener=True,
+    )
     if reader.problems:
         raise ConfigError(reader.problems)
-    return NodeConfig(listen, tuple(storages), metrics, level, grace, token_file)
+    return NodeConfig(
+        listen, tuple(storages), metrics, level, grace, token_file, limits=limits, tls=tls
+    )
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -261,6 +366,9 @@ class ProxyConfig:
     election_ttl: float = 5.0
     vote_timeout: float = 10.0
     write_timeout: float = 10.0
+    # Without contact with etcd for this long, the proxy stops serving from its
+    # cached cluster state (reads get UNAVAILABLE; writes already fail closed).
+    stale_read_limit: float = 30.0
     replication_workers: int = 2
     replication_attempts: int = 3
     reconcile_interval: float = 30.0
@@ -269,6 +377,11 @@ class ProxyConfig:
     advertise: str = ""
     auth_token_file: str = ""
     node_token_file: str = ""
+    # Message size, per-repository concurrency and queueing (docs/limits.md).
+    limits: LimitsConfig = PROXY_LIMITS
+    # TLS of the client-facing listener, and of the channels to nodes (docs/security.md).
+    tls: TlsSettings = TlsSettings()
+    node_tls: TlsSettings | None = None
 
 
 def proxy_config_from_dict(data: Any) -> ProxyConfig:
@@ -288,9 +401,13 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
             "election",
             "vote_timeout",
             "write_timeout",
+            "stale_read_limit",
             "replication",
             "advertise",
             "auth",
+            "limits",
+            "tls",
+            "node_tls",
         },
         "",
     )
@@ -383,6 +500,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
         election_ttl=reader.duration(election, "ttl", "election.", "5s"),
         vote_timeout=reader.duration(top, "vote_timeout", "", "10s"),
         write_timeout=reader.duration(top, "write_timeout", "", "10s"),
+        stale_read_limit=reader.duration(top, "stale_read_limit", "", "30s"),
         replication_workers=reader.integer(replication, "workers", "replication.", 2, 1),
         replication_attempts=reader.integer(replication, "attempts", "replication.", 3, 1),
         reconcile_interval=reader.duration(
@@ -392,6 +510,24 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
         advertise=reader.optional_string(top, "advertise", ""),
         auth_token_file=reader.optional_string(auth, "token_file", "auth."),
         node_token_file=reader.optional_string(auth, "node_token_file", "auth."),
+        limits=_limits(reader, top.get("limits"), PROXY_LIMITS),
+        tls=_tls(
+            reader,
+            top.get("tls"),
+            "tls",
+            {"cert_file", "key_file", "client_ca_file"},
+            listener=True,
+        ),
+        # Present (even empty: the system's roots verify the nodes) means TLS to every node.
+        node_tls=None
+        if top.get("node_tls") is None
+        else _tls(
+            reader,
+            top["node_tls"],
+            "node_tls",
+            {"ca_file", "cert_file", "key_file"},
+            listener=False,
+        ),
     )
     if reader.problems:
         raise ConfigError(reader.problems)

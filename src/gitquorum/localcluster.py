@@ -17,6 +17,8 @@ The data directory holds everything, so ``--dir`` keeps a cluster across runs::
     nodeN/storage/      the repositories of storage node ``nodeN``
     logs/NAME.log       each child's stdout and stderr
     run/NAME.ready      ready files written by the children
+    node-token          the node secret (mode 0600), made with ``--token-file``:
+                        proxies -> nodes; the client secret is the given file
     up.lock             held while a cluster runs on this directory
 
 Children die with the launcher even when it is killed with SIGKILL: on Linux
@@ -38,6 +40,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -66,6 +69,8 @@ GRACEFUL_TIMEOUT = "5s"
 PORT_WAIT = 15.0
 
 _PR_SET_PDEATHSIG = 1
+NODE_TOKEN_FILE = "node-token"
+_SECRET_VARIABLES = ("GITQUORUM_TOKEN", "GITQUORUM_NODE_TOKEN")
 
 
 class LaunchError(Exception):
@@ -82,6 +87,8 @@ class Settings:
     health_interval: str = "1s"
     election_ttl: str = "5s"
     reconcile_interval: str = "5s"
+    # Client secret file (``gitquorum up --token-file``): authentication on.
+    token_file: str = ""
 
     @property
     def effective_replication_factor(self) -> int:
@@ -232,9 +239,14 @@ class Child:
     def spawn(self, preexec: Callable[[], None] | None) -> None:
         if self.ready_file is not None:
             self.ready_file.unlink(missing_ok=True)
+        # Secrets come from the files named in argv and configs only: a token
+        # variable in the caller's shell (meant for git-ssh) must not switch
+        # authentication on or change a secret behind the launcher's back.
+        env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -341,6 +353,34 @@ class LocalCluster:
     def proxy_config_path(self, index: int = 0) -> Path:
         return self.data_dir / f"proxy{index + 1}.yaml"
 
+    @property
+    def node_token_path(self) -> Path:
+        return self.data_dir / NODE_TOKEN_FILE
+
+    def _node_token_args(self) -> list[str]:
+        return ["--token-file", str(self.node_token_path)] if self.settings.token_file else []
+
+    def _ensure_node_secret(self) -> None:
+        """A node secret of our own, kept with the data (0600) so restarts reuse it.
+
+        It differs from the client secret: clients cannot call nodes directly.
+        """
+        from gitquorum.authn import load_secrets
+        from gitquorum.errors import ConfigError
+
+        try:
+            clients = set(load_secrets(self.settings.token_file))
+        except ConfigError as exc:
+            raise LaunchError(str(exc)) from exc
+        path = self.node_token_path
+        if path.exists():
+            if not clients & set(load_secrets(str(path))):
+                return
+            path.unlink()
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+
     # -- start ------------------------------------------------------------------
 
     def start(self, timeout: float = 60.0) -> LocalCluster:
@@ -393,6 +433,8 @@ class LocalCluster:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
         self.run_dir.mkdir(exist_ok=True)
+        if self.settings.token_file:
+            self._ensure_node_secret()
         # Held (open) until close(); the kernel drops the lock if we die.
         lock = open(self.data_dir / "up.lock", "ab")
         try:
@@ -463,6 +505,7 @@ class LocalCluster:
                         f"{HOST}:{ports.port(name + '.metrics')}",
                         "--ready-file",
                         str(self.run_dir / f"{name}.ready"),
+                        *self._node_token_args(),
                     ),
                     self.logs_dir / f"{name}.log",
                     self.run_dir / f"{name}.ready",
@@ -515,6 +558,16 @@ class LocalCluster:
             "replication": {"reconcile_interval": self.settings.reconcile_interval},
             "graceful_timeout": GRACEFUL_TIMEOUT,
             "log_level": "info",
+            **(
+                {
+                    "auth": {
+                        "token_file": self.settings.token_file,
+                        "node_token_file": str(self.node_token_path),
+                    }
+                }
+                if self.settings.token_file
+                else {}
+            ),
         }
 
     def _plan_http(self, ports: PortBook) -> None:
@@ -541,6 +594,13 @@ class LocalCluster:
                 "--create-on-push",
                 "--graceful-timeout",
                 GRACEFUL_TIMEOUT,
+                # The client secret both admits git users (HTTP Basic password)
+                # and signs the gateway's calls to the proxy.
+                *(
+                    ["--token-file", token, "--proxy-token-file", token]
+                    if (token := self.settings.token_file)
+                    else []
+                ),
                 "--ready-file",
                 str(self.run_dir / "http.ready"),
             ),
@@ -624,10 +684,18 @@ class LocalCluster:
 
         from gitquorum.gitaly import server_pb2, server_pb2_grpc
 
+        metadata = []
+        if self.settings.token_file:
+            from gitquorum import auth
+            from gitquorum.authn import load_secrets, signing_secret
+
+            secret = signing_secret(load_secrets(self.settings.token_file))
+            if secret is not None:
+                metadata.append(auth.bearer(secret))
         with grpc.insecure_channel(self.proxies[0].address) as channel:
             try:
                 response = server_pb2_grpc.ServerServiceStub(channel).ServerInfo(
-                    server_pb2.ServerInfoRequest(), timeout=5
+                    server_pb2.ServerInfoRequest(), timeout=5, metadata=metadata
                 )
             except grpc.RpcError:
                 return False
@@ -702,6 +770,13 @@ class LocalCluster:
                 "url_template": f"ssh://{proxy.address}/<repository>.git",
             },
             "http_url_template": f"{http_url}<repository>.git" if http_url else None,
+            # Paths, never the secrets themselves.
+            "auth": {
+                "token_file": self.settings.token_file,
+                "node_token_file": str(self.node_token_path),
+            }
+            if self.settings.token_file
+            else None,
             "settings": asdict(self.settings),
         }
 

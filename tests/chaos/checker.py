@@ -233,6 +233,12 @@ def check_final(
     on_disk = {r.node: disk_refs(cluster, r) for r in final.replicas if r.assigned}
     for node, refs in on_disk.items():
         problems += check_refs(refs, history, chain, seed, f"replica on {node}")
+    for replica in final.replicas:
+        # A git killed mid-update leaves its lock files: the ref is stuck for good.
+        root = cluster.replica_dir(replica.node, replica.replica_path)
+        stale = sorted(str(p.relative_to(root)) for p in root.rglob("*.lock"))
+        if stale:
+            problems.append(f"replica on {replica.node}: stale lock files {stale[:5]}")
     if len({tuple(sorted(refs.items())) for refs in on_disk.values()}) != 1:
         problems.append(f"replicas differ on disk: { {n: len(r) for n, r in on_disk.items()} }")
     for proxy in proxies:

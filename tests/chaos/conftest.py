@@ -143,6 +143,9 @@ class Scenario:
     def primary(self) -> str:
         return checker.metadata(self.proxies[0], self.relative_path).primary
 
+    def push_in_flight(self) -> bool:
+        return any(o.kind == "push" and not o.outcome for o in self.history.ops)
+
     def unhealthy(self, node: str) -> bool:
         """``node`` is unhealthy by the consensus of the proxies (as reported by one of them)."""
         meta = checker.metadata(self.proxies[0], self.relative_path)
@@ -234,6 +237,12 @@ class Scenario:
         return self.measurements
 
     def _report(self) -> None:
+        # The whole history stays next to the cluster's logs, for post-mortems.
+        with open(self.base / "history.jsonl", "w") as out:
+            for op in self.history.ops:
+                out.write(json.dumps(op.__dict__) + "\n")
+            for fault in self.faults.faults:
+                out.write(json.dumps({"fault": fault.name, "target": fault.target, "at": fault.at}) + "\n")
         print(f"chaos {self.name}: {json.dumps(self.measurements, sort_keys=True)}")
         path = os.environ.get("GITQUORUM_CHAOS_RESULTS")
         if path:

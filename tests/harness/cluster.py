@@ -111,20 +111,27 @@ class Cluster:
     replication_factor: int = 3
     etcd_size: int = 1
     proxy_settings: dict[str, object] = field(default_factory=dict)
+    # Given already started (e.g. with TLS and users), it is used as is (and closed).
     etcd: EtcdCluster | None = None
+    # Extra command-line arguments and environment of every node (auth, TLS).
+    node_args: list[str] = field(default_factory=list)
+    node_env: dict[str, str] = field(default_factory=dict)
     nodes: list[NodeProcess] = field(default_factory=list)
     proxies: list[ProxyProcess] = field(default_factory=list)
 
     def start(self) -> Cluster:
         self.base.mkdir(parents=True, exist_ok=True)
         try:
-            self.etcd = EtcdCluster(size=self.etcd_size, base_dir=self.base / "etcd").start()
+            if self.etcd is None:
+                self.etcd = EtcdCluster(size=self.etcd_size, base_dir=self.base / "etcd").start()
             ports = free_ports(self.nodes_count)
             for i in range(self.nodes_count):
                 node = NodeProcess(
                     f"node{i + 1}",
                     self.base / f"node{i + 1}" / "storage",
                     self.base / "logs",
+                    env=dict(self.node_env),
+                    extra_args=list(self.node_args),
                     listen=f"127.0.0.1:{ports[i]}",
                 )
                 self.nodes.append(node.start())

@@ -33,7 +33,6 @@ import grpc
 
 from gitquorum.cli import admin_common as common
 from gitquorum.cli.admin_view import ClusterView, read_view
-from gitquorum.cluster.health import grpc_target
 from gitquorum.cluster.repositories import valid_primaries
 from gitquorum.gitaly import server_pb2, server_pb2_grpc
 
@@ -165,7 +164,7 @@ async def check_proxies(admin: common.Admin, view: ClusterView) -> list[Check]:
         return [Check("proxies", FAIL, "no proxy is registered in etcd")]
 
     async def answers(address: str) -> bool:
-        channel = grpc.aio.insecure_channel(grpc_target(address))
+        channel = admin.dial_proxy(address)  # TLS when the proxies serve it
         try:
             return await common.health_check(channel, min(admin.timeout, 5.0))
         finally:

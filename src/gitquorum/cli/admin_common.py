@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gitquorum import auth
+from gitquorum import auth, authn, tls
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
 from gitquorum.cluster.health import grpc_target
@@ -152,9 +152,11 @@ def _secret(path: str) -> bytes | None:
     if not path:
         return None
     try:
-        return Path(path).read_bytes().strip()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read token file {path}: {exc.strerror}") from exc
+    # Token files may list several secrets during a rotation; the first signs.
+    return authn.signing_secret(authn.parse_secrets(data)) or data.strip()
 
 
 @dataclass
@@ -231,7 +233,12 @@ class Admin:
     def node_channels(self) -> NodeChannels:
         """Channels to nodes, carrying the node token when one is configured."""
         if self._nodes is None:
-            self._nodes = NodeChannels(self.node_addresses(), _secret(self.config.node_token_file))
+            node_tls = self.config.node_tls
+            self._nodes = NodeChannels(
+                self.node_addresses(),
+                _secret(self.config.node_token_file),
+                tls.client_tls(node_tls) if node_tls is not None else None,
+            )
         return self._nodes
 
     def node_metadata(self) -> list[tuple[str, str | bytes]]:
@@ -264,19 +271,31 @@ class Admin:
                 raise Unreachable("no live proxy is registered in etcd (pass --proxy ADDR)")
         failures = []
         for address in candidates:
-            channel = grpc.aio.insecure_channel(
-                grpc_target(address),
-                options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE),
-                    ("grpc.max_send_message_length", MAX_MESSAGE),
-                ],
-            )
+            channel = self.dial_proxy(address)
             if await health_check(channel, min(self.timeout, 3.0)):
                 self._proxy, self._proxy_address = channel, address
                 return channel
             await channel.close()
             failures.append(address)
         raise Unreachable(f"no proxy answers (tried {', '.join(failures)})")
+
+    def dial_proxy(self, address: str) -> grpc.aio.Channel:
+        """A channel to a proxy: TLS when the configuration's proxy serves it,
+        verified with $GITQUORUM_TLS_CA, else node_tls.ca_file, else the system's roots."""
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+        ]
+        client = None
+        if self.config.tls.cert_file:
+            ca = os.environ.get("GITQUORUM_TLS_CA") or (
+                self.config.node_tls.ca_file if self.config.node_tls is not None else ""
+            )
+            client = tls.ClientTLS(ca)
+        try:
+            return tls.aio_channel(grpc_target(address), client, options)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from exc
 
     async def close(self) -> None:
         if self._proxy is not None:

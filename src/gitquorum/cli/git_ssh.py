@@ -7,8 +7,13 @@ one SSHService call on HOST:PORT (or ``GITQUORUM_ADDRESS``):
 
 * ``GITQUORUM_STORAGE``    storage name (default ``default``); the repository's
   relative path is the path git asked for, without its leading ``/``;
-* ``GITQUORUM_TOKEN_FILE`` shared secret for the v2 bearer token, if the
-  endpoint requires authentication;
+* ``GITQUORUM_TOKEN_FILE`` (or ``GITQUORUM_TOKEN``, the secret itself) shared
+  secret for the v2 bearer token, if the endpoint requires authentication (the
+  file's first line signs);
+* ``GITQUORUM_TLS_CA`` dial TLS, verifying the endpoint with this CA file;
+  ``GITQUORUM_TLS=1`` dials TLS with the system's roots, ``GITQUORUM_TLS=0``
+  plaintext whatever else is set; ``GITQUORUM_TLS_CERT``/``GITQUORUM_TLS_KEY``
+  a client certificate for endpoints that require one;
 * ``GL_ID``/``GL_USERNAME``/``GL_REPOSITORY`` who is pushing (``GL_ID``
   defaults to ``user-1``); ``GIT_PROTOCOL`` (set by git) selects protocol v2.
 
@@ -115,6 +120,46 @@ def _describe(error: Any, relative: str, storage: str, target: str) -> str:
     return f"fatal: {code.name.lower()}: {details}"
 
 
+def _secret() -> bytes:
+    """The signing secret: the first line of GITQUORUM_TOKEN_FILE, else GITQUORUM_TOKEN."""
+    token_file = os.environ.get("GITQUORUM_TOKEN_FILE")
+    if token_file:
+        try:
+            with open(token_file, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise OSError(f"cannot read GITQUORUM_TOKEN_FILE: {exc}") from exc
+    else:
+        data = os.environ.get("GITQUORUM_TOKEN", "").encode()
+    lines = [line.strip() for line in data.splitlines() if line.strip()]
+    if token_file and not lines:
+        raise ValueError(f"GITQUORUM_TOKEN_FILE {token_file} holds no secret")
+    return lines[0] if lines else b""
+
+
+def _credentials(grpc: Any) -> Any:
+    """Channel credentials when TLS is asked for (see the module docstring), else None."""
+    ca_file = os.environ.get("GITQUORUM_TLS_CA", "")
+    switch = os.environ.get("GITQUORUM_TLS", "")
+    if switch == "0" or (switch != "1" and not ca_file):
+        return None
+
+    def read(name: str) -> bytes | None:
+        path = os.environ.get(name, "")
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise OSError(f"cannot read {name}: {exc}") from exc
+
+    cert, key = read("GITQUORUM_TLS_CERT"), read("GITQUORUM_TLS_KEY")
+    if (cert is None) != (key is None):
+        raise ValueError("GITQUORUM_TLS_CERT and GITQUORUM_TLS_KEY go together")
+    return grpc.ssl_channel_credentials(read("GITQUORUM_TLS_CA"), key, cert)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.probe:
         return 0
@@ -131,26 +176,27 @@ def run(args: argparse.Namespace) -> int:
     from gitquorum.gitaly import shared_pb2, ssh_pb2, ssh_pb2_grpc
 
     metadata: list[tuple[str, str]] = []
-    token_file = os.environ.get("GITQUORUM_TOKEN_FILE")
-    if token_file:
+    try:
+        secret = _secret()
+        credentials = _credentials(grpc)
+    except (OSError, ValueError) as exc:
+        print(f"fatal: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if secret:
         from gitquorum import auth
 
-        try:
-            with open(token_file, "rb") as f:
-                secret = f.read().strip()
-        except OSError as exc:
-            print(f"fatal: cannot read GITQUORUM_TOKEN_FILE: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
         metadata.append(auth.bearer(secret))
 
     repository = shared_pb2.Repository(storage_name=storage, relative_path=relative)
     protocol = os.environ.get("GIT_PROTOCOL", "")
-    channel = grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ],
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+    ]
+    channel = (
+        grpc.insecure_channel(target, options=options)
+        if credentials is None
+        else grpc.secure_channel(target, credentials, options=options)
     )
     stub = ssh_pb2_grpc.SSHServiceStub(channel)
     requests: Iterator[Any]

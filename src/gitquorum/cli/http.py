@@ -39,6 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="shared secret for v2 tokens sent to the proxy, if it requires authentication",
     )
     parser.add_argument(
+        "--tls-cert", default="", metavar="FILE", help="serve HTTPS with this certificate"
+    )
+    parser.add_argument("--tls-key", default="", metavar="FILE", help="the key of --tls-cert")
+    parser.add_argument(
+        "--proxy-ca",
+        default="",
+        metavar="FILE",
+        help="dial the proxy with TLS, verifying it with this CA file",
+    )
+    parser.add_argument(
         "--create-on-push",
         action="store_true",
         help="create a missing repository when someone pushes to it",
@@ -55,6 +65,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     parser.add_argument("--ready-file", type=Path, help="write 'ADDRESS METRICS_PORT' once serving")
+
+
+def _tls_problems(args: argparse.Namespace) -> list[str]:
+    """Unreadable or unpaired certificate files, reported before serving."""
+    import ssl
+
+    from gitquorum import tls
+    from gitquorum.errors import ConfigError
+
+    problems = []
+    if bool(args.tls_cert) != bool(args.tls_key):
+        problems.append("--tls-cert and --tls-key go together")
+    elif args.tls_cert:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                args.tls_cert, args.tls_key
+            )
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"--tls-cert/--tls-key: {exc}")
+    if args.proxy_ca:
+        try:
+            tls.read_pem(args.proxy_ca, "--proxy-ca")
+        except ConfigError as exc:
+            problems += exc.problems
+    return problems
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
                 problems.append(f"--proxy-token-file: {args.proxy_token_file} is empty")
         except OSError as exc:
             problems.append(f"--proxy-token-file: {exc}")
+    problems += _tls_problems(args)
     if not args.storage:
         problems.append("--storage: empty")
     if problems:
@@ -101,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
         storage=args.storage,
         token_file=args.token_file,
         proxy_token_file=args.proxy_token_file,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+        proxy_ca_file=args.proxy_ca,
         create_on_push=args.create_on_push,
         timeout=durations["timeout"],
         graceful_timeout=durations["graceful_timeout"],

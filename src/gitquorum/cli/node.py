@@ -7,7 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from gitquorum import log
+from gitquorum import log, tls
+from gitquorum.authn import NODE_TOKEN_ENV, take_secrets
 from gitquorum.config import load_node_config, node_config_from_dict, parse_duration
 from gitquorum.errors import ConfigError
 
@@ -23,11 +24,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a storage to serve (repeatable; without --config)",
     )
     parser.add_argument("--metrics-listen", default=None, help="address of /metrics")
-    parser.add_argument("--ready-file", type=Path, help="write 'ADDRESS METRICS_PORT' here once serving")
+    parser.add_argument(
+        "--ready-file", type=Path, help="write 'ADDRESS METRICS_PORT' here once serving"
+    )
     parser.add_argument(
         "--vote-timeout",
         default="60s",
         help="how long one transaction vote waits for the proxy (e.g. '1s', '500ms')",
+    )
+    # Secrets only ever by file or environment: argv is visible to every user (ps).
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"node secret file: require v2 tokens signed with it (else ${NODE_TOKEN_ENV}; "
+        "without --config)",
+    )
+    parser.add_argument(
+        "--tls-cert", metavar="FILE", help="serve TLS with this certificate (without --config)"
+    )
+    parser.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require client certificates signed by this CA (mutual TLS)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="CA verifying tls:// proxies and nodes this node calls (default: system roots)",
     )
 
 
@@ -37,7 +61,19 @@ def run(args: argparse.Namespace) -> int:
             vote_timeout = parse_duration(args.vote_timeout)
         except ValueError as exc:
             raise ConfigError([f"--vote-timeout: {exc}"]) from exc
+        file_flags = {
+            "--token-file": ("auth", "token_file", args.token_file),
+            "--tls-cert": ("tls", "cert_file", args.tls_cert),
+            "--tls-key": ("tls", "key_file", args.tls_key),
+            "--tls-client-ca": ("tls", "client_ca_file", args.tls_client_ca),
+            "--tls-ca": ("tls", "ca_file", args.tls_ca),
+        }
         if args.config:
+            given = [flag for flag, (_, _, value) in file_flags.items() if value]
+            if given:
+                raise ConfigError(
+                    [f"{flag}: set it in the --config file instead" for flag in given]
+                )
             config = load_node_config(args.config)
         else:
             storages = []
@@ -47,7 +83,19 @@ def run(args: argparse.Namespace) -> int:
             data: dict[str, object] = {"listen": args.listen, "storages": storages}
             if args.metrics_listen:
                 data["metrics_listen"] = args.metrics_listen
+            for section, key, value in file_flags.values():
+                if value:
+                    entry = data.setdefault(section, {})
+                    assert isinstance(entry, dict)
+                    entry[key] = str(Path(value).resolve())
             config = node_config_from_dict(data)
+        # Read now, so an unreadable file is a configuration error, not a crash;
+        # the variable is then dropped so git and hooks do not inherit it.
+        secrets = take_secrets(config.auth_token_file, NODE_TOKEN_ENV)
+        server_tls = tls.server_tls(config.tls)
+        if server_tls is not None:
+            server_tls.credentials()
+        tls.client_tls(config.tls).credentials()
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)
@@ -55,5 +103,5 @@ def run(args: argparse.Namespace) -> int:
     log.setup(config.log_level)
     from gitquorum.storage.server import serve
 
-    asyncio.run(serve(config, args.ready_file, vote_timeout))
+    asyncio.run(serve(config, args.ready_file, vote_timeout, secrets))
     return 0

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from gitquorum import log
+from gitquorum import log, tls
 from gitquorum.config import load_proxy_config
 from gitquorum.errors import ConfigError
 
@@ -18,8 +18,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gitquorum.proxy.server import load_proxy_secrets
+
     try:
         config = load_proxy_config(args.config)
+        # Read now, so an unreadable file is a configuration error, not a crash.
+        secrets = load_proxy_secrets(config, take=True)
+        server_tls = tls.server_tls(config.tls)
+        if server_tls is not None:
+            server_tls.credentials()
+        if config.node_tls is not None:
+            tls.client_tls(config.node_tls).credentials()
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)
@@ -27,5 +36,5 @@ def run(args: argparse.Namespace) -> int:
     log.setup(config.log_level)
     from gitquorum.proxy.server import serve
 
-    asyncio.run(serve(config, args.ready_file))
+    asyncio.run(serve(config, args.ready_file, secrets))
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -81,9 +82,11 @@ class Target:
 
         try:
             with open(self.token_file, "rb") as fh:
-                secret = fh.read().strip()
+                data = fh.read()
         except OSError as exc:
             raise CliError(f"cannot read token file {self.token_file}: {exc.strerror}", 2) from exc
+        # A token file may list several secrets during a rotation; the first signs.
+        secret = next((line.strip() for line in data.splitlines() if line.strip()), b"")
         return [auth.bearer(secret)]
 
     def describe(self, error: grpc.RpcError, subject: str) -> CliError:
@@ -159,4 +162,12 @@ def resolve(args: argparse.Namespace, need_proxy: bool = True) -> Target:
 
 
 def channel(target: Target) -> grpc.Channel:
-    return grpc.insecure_channel(target.address)
+    # TLS, as git-ssh: when $GITQUORUM_TLS_CA names a CA or the --config proxy serves TLS.
+    ca_file = os.environ.get("GITQUORUM_TLS_CA", "")
+    if not ca_file and (target.config is None or not target.config.tls.cert_file):
+        return grpc.insecure_channel(target.address)
+    try:
+        ca = Path(ca_file).read_bytes() if ca_file else None
+    except OSError as exc:
+        raise CliError(f"cannot read GITQUORUM_TLS_CA {ca_file}: {exc.strerror}", 2) from exc
+    return grpc.secure_channel(target.address, grpc.ssl_channel_credentials(ca))

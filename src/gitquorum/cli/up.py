@@ -8,6 +8,7 @@ on exit; with it, repositories, etcd state and ports survive restarts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import signal
@@ -48,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=90.0, help="seconds to wait for the cluster to serve"
     )
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="turn authentication on: FILE holds the client secret (one word); "
+        "proxies and nodes share a separate node secret kept in the data directory",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -64,11 +72,29 @@ def _settings(args: argparse.Namespace) -> Settings:
         proxies=pick("proxies", 1),
         replication_factor=pick("replication_factor", 0),
         http=not args.no_http,
+        token_file=_token_file(args.token_file) if args.token_file is not None else "",
     )
     if args.replication_factor is None and settings.replication_factor > settings.nodes:
-        settings = Settings(settings.nodes, settings.proxies, 0, settings.http)
+        settings = dataclasses.replace(settings, replication_factor=0)
     settings.validate()
     return settings
+
+
+def _token_file(path: Path) -> str:
+    """The client secret file, checked: readable, one secret, usable by every front end."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"--token-file {path}: cannot read: {exc.strerror}") from exc
+    words = data.split()
+    if not words:
+        raise ValueError(f"--token-file {path}: holds no secret")
+    # The HTTP gateway reads the same file as its users' secrets, one word each.
+    if len(words) != 1:
+        raise ValueError(f"--token-file {path}: expected one secret without blanks")
+    if path.stat().st_mode & 0o077:
+        _note(f"warning: {path} is readable by other users; chmod 600 it")
+    return str(path.resolve())
 
 
 def _summary(info: dict[str, Any]) -> str:
@@ -76,6 +102,9 @@ def _summary(info: dict[str, Any]) -> str:
     ssh = info["ssh"]["git_ssh_command"]
     config = info["config"]
     nodes, proxies = len(info["nodes"]), len(info["proxies"])
+    auth = info.get("auth")
+    # With authentication on, git-ssh signs its calls with the client secret.
+    token_env = f"GITQUORUM_TOKEN_FILE={shlex.quote(auth['token_file'])} " if auth else ""
     lines = [
         f"gitquorum local cluster is up: {nodes} node{'s' * (nodes != 1)}, "
         f"{proxies} prox{'ies' if proxies != 1 else 'y'}, "
@@ -108,8 +137,8 @@ def _summary(info: dict[str, Any]) -> str:
         "Create a repository, push and clone over the SSH transport (git over gRPC):",
         f"  gitquorum repo create --config {shlex.quote(config)} group/project.git",
         f"  git remote add origin ssh://{proxy}/group/project.git",
-        f"  GIT_SSH_COMMAND={shlex.quote(ssh)} git push origin main",
-        f"  GIT_SSH_COMMAND={shlex.quote(ssh)} git clone ssh://{proxy}/group/project.git",
+        f"  {token_env}GIT_SSH_COMMAND={shlex.quote(ssh)} git push origin main",
+        f"  {token_env}GIT_SSH_COMMAND={shlex.quote(ssh)} git clone ssh://{proxy}/group/project.git",
     ]
     if info["http"] is not None:
         url = info["http"]["url"]
@@ -118,6 +147,14 @@ def _summary(info: dict[str, Any]) -> str:
             "Or over HTTP (a new project is created by its first push):",
             f"  git push {url}group/web.git main",
             f"  git clone {url}group/web.git",
+        ]
+    if auth:
+        lines += [
+            "",
+            f"Authentication is on: clients need the secret in {auth['token_file']}",
+            "  SSH transport: GITQUORUM_TOKEN_FILE names it (as above)",
+            "  HTTP: any user name, the secret as password (git asks, or a credential helper)",
+            "  gitquorum repo/admin: --config reads it from the proxy configuration",
         ]
     lines += [
         "",

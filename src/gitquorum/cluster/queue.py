@@ -412,7 +412,9 @@ class ReplicationQueue:
         """Claim the oldest runnable job among ``targets`` ((virtual storage, node)
         pairs; default all) passing ``target_filter``, or None if there is none.
 
-        Raises LeaseExpired when the worker's lease is gone."""
+        Raises LeaseExpired when the worker's lease is gone, StoreUnavailable
+        when etcd cannot be reached (a claim whose answer was lost is adopted
+        by this worker's next call)."""
         target_list = list(targets) if targets is not None else None
         if worker.lease_id in self._uncertain:
             adopted = await self._resolve_uncertain(worker)

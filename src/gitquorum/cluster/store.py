@@ -353,7 +353,8 @@ class Store(abc.ABC):
     def watch(
         self, key: str, *, prefix: bool = False, start_revision: int
     ) -> AsyncIterator[WatchBatch]:
-        """Changes from ``start_revision`` on (see the module contract)."""
+        """Changes from ``start_revision`` on (0: from the next change), see the
+        module contract."""
 
     @abc.abstractmethod
     async def compact(self, revision: int) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from gitquorum import auth, log
+from gitquorum import auth, log, tls
 from gitquorum.gitaly import (
     repository_pb2,
     repository_pb2_grpc,
@@ -32,14 +32,22 @@ _CHANNEL_OPTIONS = [
 class Backend:
     """SmartHTTPService (and CreateRepository) on one gRPC target."""
 
-    def __init__(self, target: str, storage: str, secret: bytes | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        storage: str,
+        secret: bytes | None = None,
+        client_tls: tls.ClientTLS | None = None,
+    ) -> None:
         self.target = target
         self.storage = storage
         self._secret = secret
+        # Set: the proxy is dialled with TLS (gitquorum http --proxy-ca).
+        self.client_tls = client_tls
         self._channel: grpc.aio.Channel | None = None
 
     async def open(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.target, options=_CHANNEL_OPTIONS)
+        self._channel = tls.aio_channel(self.target, self.client_tls, _CHANNEL_OPTIONS)
         self.smarthttp = smarthttp_pb2_grpc.SmartHTTPServiceStub(self._channel)
         self.repositories = repository_pb2_grpc.RepositoryServiceStub(self._channel)
 

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import re
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gitquorum import log
+from gitquorum import authn, log, tls
 from gitquorum.config import parse_address
 from gitquorum.errors import GitquorumError, PermissionDenied
 from gitquorum.gateway import body, paths, pktline, status
@@ -71,6 +72,11 @@ class GatewayConfig:
     token_file: str = ""
     # Shared secret for v2 tokens towards the proxy; empty: none sent.
     proxy_token_file: str = ""
+    # HTTPS: certificate and key of the listener; empty: plain HTTP.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    # TLS to the proxy, verified with this CA; empty: plaintext gRPC.
+    proxy_ca_file: str = ""
     # On a push to a missing repository, create it (receive-pack only).
     create_on_push: bool = False
     # Deadline of ref advertisements and repository creation, in seconds.
@@ -126,10 +132,15 @@ class GatewayServer:
         self.registry = registry or CollectorRegistry()
         self.metrics = HttpMetrics(self.registry)
         self.credentials = Credentials.load(config.token_file) if config.token_file else None
+        # A token file may list several secrets during a rotation; the first signs.
         secret = (
-            Path(config.proxy_token_file).read_bytes().strip() if config.proxy_token_file else None
+            authn.signing_secret(authn.load_secrets(config.proxy_token_file))
+            if config.proxy_token_file
+            else None
         )
-        self.backend = Backend(config.proxy, config.storage, secret)
+        proxy_tls = tls.ClientTLS(config.proxy_ca_file) if config.proxy_ca_file else None
+        self.backend = Backend(config.proxy, config.storage, secret, proxy_tls)
+        self._ssl = _ssl_context(config)
         self.host, self.port = parse_address(config.listen)
         self._runner: web.AppRunner | None = None
         self._closed = asyncio.Event()
@@ -141,7 +152,7 @@ class GatewayServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}"
+        return f"{'https' if self._ssl is not None else 'http'}://{self.address}"
 
     def make_app(self) -> web.Application:
         app = web.Application()
@@ -160,7 +171,7 @@ class GatewayServer:
             shutdown_timeout=self.config.graceful_timeout,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl)
         await site.start()
         server = site._server
         if server is not None and server.sockets:  # type: ignore[attr-defined]
@@ -172,6 +183,8 @@ class GatewayServer:
                 proxy=self.config.proxy,
                 virtual_storage=self.config.storage,
                 authentication=self.credentials is not None,
+                https=self._ssl is not None,
+                proxy_tls=bool(self.config.proxy_ca_file),
                 create_on_push=self.config.create_on_push,
             ),
         )
@@ -520,6 +533,15 @@ def _abort(
     if request.transport is not None:
         request.transport.close()
     return response
+
+
+def _ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    """The listener's TLS context; read once: a new certificate takes a restart."""
+    if not config.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert_file, config.tls_key_file or None)
+    return context
 
 
 async def serve(config: GatewayConfig, ready_file: Path | None = None) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 
-from gitquorum import auth
+from gitquorum import auth, tls
 from gitquorum.storage.transaction import SERVER_KEY, TRANSACTION_KEY
 
 # Client metadata that must not travel to nodes: the proxy sets these itself.
@@ -17,31 +17,48 @@ MAX_MESSAGE = 64 * 1024 * 1024
 class NodeChannels:
     """One long-lived channel per node (keyed by storage name)."""
 
-    def __init__(self, addresses: Mapping[str, str], secret: bytes | None = None) -> None:
+    def __init__(
+        self,
+        addresses: Mapping[str, str],
+        secret: bytes | None = None,
+        client_tls: tls.ClientTLS | None = None,
+    ) -> None:
         self.addresses = dict(addresses)
         self.secret = secret
+        # Set: every node is dialled with TLS (the proxy's node_tls section).
+        self.client_tls = client_tls
+        self._credentials = client_tls.credentials() if client_tls is not None else None
         self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def url(self, node: str) -> str:
+        """The node's address as other nodes dial it (gitaly-servers): tls:// or tcp://."""
+        return tls.url(self.addresses[node], self.client_tls is not None)
 
     def channel(self, node: str) -> grpc.aio.Channel:
         channel = self._channels.get(node)
         if channel is None:
-            channel = grpc.aio.insecure_channel(
-                self.addresses[node],
-                options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE),
-                    ("grpc.max_send_message_length", MAX_MESSAGE),
-                    ("grpc.keepalive_time_ms", 10_000),
-                    ("grpc.keepalive_timeout_ms", 5_000),
-                    # A dead node must fail calls quickly instead of queueing them.
-                    ("grpc.initial_reconnect_backoff_ms", 100),
-                    ("grpc.max_reconnect_backoff_ms", 1_000),
-                ],
-            )
+            options = [
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE),
+                ("grpc.keepalive_time_ms", 10_000),
+                ("grpc.keepalive_timeout_ms", 5_000),
+                # A dead node must fail calls quickly instead of queueing them.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1_000),
+            ]
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(self.addresses[node], options=options)
+            else:
+                channel = grpc.aio.secure_channel(
+                    self.addresses[node], self._credentials, options=options
+                )
             self._channels[node] = channel
         return channel
 
     def forward_metadata(
-        self, incoming: Sequence[tuple[str, str | bytes]] | None, extra: Sequence[tuple[str, str]] = ()
+        self,
+        incoming: Sequence[tuple[str, str | bytes]] | None,
+        extra: Sequence[tuple[str, str]] = (),
     ) -> list[tuple[str, str | bytes]]:
         """Client metadata minus hop-specific keys, plus the proxy's own token."""
         out: list[tuple[str, str | bytes]] = [

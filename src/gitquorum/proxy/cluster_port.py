@@ -9,6 +9,7 @@ own write back from a replica the cache still believes current.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from gitquorum import log
@@ -57,6 +58,8 @@ class EtcdClusterPort:
         metrics: ProxyMetrics,
         draining: Callable[[str], frozenset[str]] = lambda _vs: frozenset(),
         paused: Callable[[], bool] = lambda: False,
+        stale_read_limit: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._nodes = {vs: list(members) for vs, members in nodes.items()}
         self._replication_factors = dict(replication_factors)
@@ -68,6 +71,8 @@ class EtcdClusterPort:
         self.metrics = metrics
         self._draining = draining
         self._paused = paused
+        self._stale_read_limit = stale_read_limit
+        self._clock = clock
 
     def virtual_storages(self) -> Sequence[str]:
         return list(self._nodes)
@@ -86,8 +91,27 @@ class EtcdClusterPort:
         return self._draining(virtual_storage)
 
     def lookup(self, virtual_storage: str, relative_path: str) -> RepositoryView | None:
+        self._check_fresh()
         record = self.cache.get(virtual_storage, relative_path)
         return view_of(record) if record is not None else None
+
+    def _check_fresh(self) -> None:
+        """Refuse to route from a cache that etcd has not confirmed for too long.
+
+        During an etcd outage the cache keeps serving reads from the last known
+        state (writes fail closed: nothing can be recorded), but only for
+        ``stale_read_limit`` seconds: meanwhile another proxy that still reaches
+        etcd may have moved primaries or recorded writes this one cannot see.
+        ``last_sync`` advances with every watch event and progress notification.
+        """
+        if not self._stale_read_limit:
+            return
+        age = self._clock() - self.cache.last_sync
+        if age > self._stale_read_limit:
+            raise Unavailable(
+                f"cluster state is stale: no contact with etcd for {age:.0f}s "
+                f"(stale_read_limit {self._stale_read_limit:g}s)"
+            )
 
     async def ensure_writable(self, repo: RepositoryView) -> RepositoryView:
         record = self.cache.get_by_id(repo.repository_id)

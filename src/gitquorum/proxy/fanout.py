@@ -208,7 +208,14 @@ class Fanout:
         if tx is not None:
             extra = encode_metadata(
                 NodeTransaction(
-                    tx.id, node, node == self.route.primary, f"tcp://{self.vote_address}", tx.token
+                    tx.id,
+                    node,
+                    node == self.route.primary,
+                    # tls://host:port from a TLS proxy (server.py); plain host:port is tcp.
+                    self.vote_address
+                    if "://" in self.vote_address
+                    else f"tcp://{self.vote_address}",
+                    tx.token,
                 )
             )
         return self.channels.forward_metadata(incoming, extra)
@@ -293,10 +300,10 @@ class Fanout:
             if leg is not primary:
                 leg.task = asyncio.ensure_future(drive_secondary(leg))
         pump_task = asyncio.ensure_future(pump())
-        # A primary that the transaction counts as failed (it did not vote within
-        # the vote timeout: a paused or partitioned node) can no longer commit
-        # anything: its call is given up instead of holding the client until the
-        # client's deadline.
+        # A primary that stopped answering (it did not vote within the vote timeout,
+        # or the cluster found it unhealthy: a paused or partitioned node) can no
+        # longer commit anything: its call is given up instead of holding the
+        # client until the client's deadline.
         give_up = (
             asyncio.ensure_future(self._give_up_when_lost(tx, primary))
             if tx is not None
@@ -358,12 +365,12 @@ class Fanout:
 
     @staticmethod
     async def _give_up_when_lost(tx: Transaction, primary: _Leg) -> None:
-        await tx.voters[primary.node].lost.wait()
+        await tx.primary_unresponsive.wait()
         if primary.code is None and primary.call is not None:
             primary.abandoned = True
             logger.warning(
                 "giving up on the primary",
-                extra=log.fields(node=primary.node, reason="failed in the transaction"),
+                extra=log.fields(node=primary.node, reason="not answering"),
             )
             primary.call.cancel()
 

@@ -25,6 +25,7 @@ from gitquorum.errors import (
     grpc_status,
 )
 from gitquorum.gitaly import repository_pb2, shared_pb2
+from gitquorum.limits import Admission
 from gitquorum.proxy import router
 from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.fanout import Fanout, PassThrough
@@ -118,6 +119,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
         vote_address: Callable[[], str],
         metrics: ProxyMetrics,
         write_timeout: float = 10.0,
+        admission: Admission | None = None,
     ) -> None:
         self.registry = registry
         self.cluster = cluster
@@ -126,6 +128,8 @@ class ProxyHandler(grpc.GenericRpcHandler):
         self.vote_address = vote_address
         self.metrics = metrics
         self.write_timeout = write_timeout
+        # Drain gate and per-repository concurrency limits (gitquorum.limits).
+        self.admission = admission or Admission(what="proxy")
 
     # -- grpc plumbing -------------------------------------------------------------
 
@@ -181,8 +185,10 @@ class ProxyHandler(grpc.GenericRpcHandler):
         fields: dict[str, object] = {"method": info.full_name, "op_type": info.op.value}
         code = "OK"
         try:
-            async for response in self._serve(info, requests, context, fields):
-                yield response
+            # Refused with UNAVAILABLE once a drain began; counted while in flight.
+            with self.admission.gate.enter():
+                async for response in self._serve(info, requests, context, fields):
+                    yield response
         except BackendError as exc:
             code = exc.code.name
             await context.abort(exc.code, exc.details)
@@ -226,6 +232,29 @@ class ProxyHandler(grpc.GenericRpcHandler):
         relative_path = _validated_path(target.relative_path)
         fields.update(virtual_storage=virtual_storage, relative_path=relative_path)
         _check_other_repositories(info, request, virtual_storage, relative_path)
+        # Per-repository concurrency limit, held until the call (and for a
+        # mutator its finalizer) is over: a bounded queue, then RESOURCE_EXHAUSTED.
+        async with self.admission.slot(
+            info.full_name,
+            info.op is Op.MUTATOR,
+            (virtual_storage, relative_path),
+            context.time_remaining(),
+        ):
+            async for response in self._route(
+                info, request, iterator, context, fields, virtual_storage, relative_path
+            ):
+                yield response
+
+    async def _route(
+        self,
+        info: MethodInfo,
+        request: _message.Message,
+        iterator: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+        fields: dict[str, object],
+        virtual_storage: str,
+        relative_path: str,
+    ) -> AsyncIterator[bytes]:
         repo = self.cluster.lookup(virtual_storage, relative_path)
         metadata = context.invocation_metadata() or ()
         timeout = context.time_remaining()

@@ -59,7 +59,9 @@ class ReplicationMetrics:
 
 def gitaly_servers(storage: str, address: str, token: str) -> tuple[str, str]:
     """The metadata that tells a target node how to reach the source."""
-    value = {storage: {"address": f"tcp://{address}", "token": token}}
+    # A scheme given (tls:// with node TLS, see NodeChannels.url) is kept.
+    url = address if "://" in address else f"tcp://{address}"
+    value = {storage: {"address": url, "token": token}}
     return ("gitaly-servers", base64.b64encode(json.dumps(value).encode()).decode())
 
 
@@ -125,7 +127,7 @@ class Replicator:
         # landing during replication is not claimed for the target.
         generation = record.replica_generation(source_node)
         source = shared_pb2.Repository(storage_name=source_node, relative_path=record.replica_path)
-        address = self.channels.addresses[source_node]
+        address = self.channels.url(source_node)
         metadata = [*metadata, gitaly_servers(source_node, address, self.node_token)]
         await stub.ReplicateRepository(
             repository_pb2.ReplicateRepositoryRequest(repository=target, source=source),

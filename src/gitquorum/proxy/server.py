@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from pathlib import Path
 
@@ -10,10 +11,20 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from gitquorum import log
+from gitquorum import log, tls
+from gitquorum.authn import (
+    HEALTH_METHODS,
+    NODE_TOKEN_ENV,
+    TOKEN_ENV,
+    VOTE_METHODS,
+    AuthInterceptor,
+    load_secrets,
+    signing_secret,
+    take_secrets,
+)
 from gitquorum.cluster.election import LeaderElection
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
-from gitquorum.cluster.health import Consensus, HealthChecker
+from gitquorum.cluster.health import Consensus, GrpcHealthProbe, HealthChecker
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import HealthView, ProxyMembership
 from gitquorum.cluster.metrics import ClusterMetrics
@@ -21,7 +32,9 @@ from gitquorum.cluster.operator_state import OperatorStateView
 from gitquorum.cluster.queue import ReplicationQueue
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
 from gitquorum.config import ProxyConfig, parse_address
+from gitquorum.errors import ConfigError
 from gitquorum.gitaly import praefect_pb2_grpc, server_pb2_grpc, transaction_pb2_grpc
+from gitquorum.limits import Admission, DrainGate
 from gitquorum.metrics import MetricsServer
 from gitquorum.proxy.channels import MAX_MESSAGE, NodeChannels
 from gitquorum.proxy.cluster_port import EtcdClusterPort
@@ -51,10 +64,40 @@ def _read_secret(path: str) -> bytes | None:
     return Path(path).read_bytes().strip()
 
 
+def load_proxy_secrets(
+    config: ProxyConfig, *, take: bool = False
+) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """(client secrets, node secrets) from the token files or the environment.
+
+    ``take``: drop the variables from the environment once read (a server
+    process). The two sets must not share a secret: a client holding the
+    node secret could call the nodes directly, bypassing the proxy.
+    """
+    load = take_secrets if take else load_secrets
+    clients = load(config.auth_token_file, TOKEN_ENV)
+    nodes = load(config.node_token_file, NODE_TOKEN_ENV)
+    if set(clients) & set(nodes):
+        raise ConfigError(
+            [
+                "auth: the client secret (token_file) and the node secret "
+                "(node_token_file) must differ, or clients could bypass the proxy"
+            ]
+        )
+    return clients, nodes
+
+
 class ProxyServer:
-    def __init__(self, config: ProxyConfig, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        registry: CollectorRegistry | None = None,
+        *,
+        secrets: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None,
+    ) -> None:
         self.config = config
         self.registry = registry or CollectorRegistry()
+        # (client, node) secrets; None: read from the configuration at start.
+        self.secrets = secrets
         self.port = 0
         self.metrics_port = 0
         self._closed = asyncio.Event()
@@ -90,8 +133,11 @@ class ProxyServer:
         keys = Keyspace(cluster=config.etcd.cluster)
         self.nodes = {vs.name: [n.storage for n in vs.nodes] for vs in config.virtual_storages}
         addresses = {n.storage: n.address for vs in config.virtual_storages for n in vs.nodes}
-        node_secret = _read_secret(config.node_token_file)
-        self.channels = NodeChannels(addresses, node_secret)
+        client_secrets, node_secrets = self.secrets or load_proxy_secrets(config)
+        node_secret = signing_secret(node_secrets)
+        # node_tls present: every node is dialled with TLS (docs/security.md).
+        node_tls = tls.client_tls(config.node_tls) if config.node_tls is not None else None
+        self.channels = NodeChannels(addresses, node_secret, node_tls)
 
         # Cluster state: caches first, so routing has data before serving.
         self.repositories = RepositoryStore(self.store, keys)
@@ -109,8 +155,19 @@ class ProxyServer:
         # The gRPC server is started before health checks publish anything so
         # that the advertised vote address is known.
         self.transactions = TransactionManager(vote_timeout=config.vote_timeout)
+        # Drain gate and per-repository concurrency limits (config.limits).
+        self.admission = Admission(config.limits, what="proxy")
+        # Client secret on every call but health and votes (each vote carries
+        # its transaction's own secret, checked by RefTransactionService).
+        # First: a refused call reaches no handler and no other interceptor.
+        auth_interceptors: list[grpc.aio.ServerInterceptor] = (
+            [AuthInterceptor(client_secrets, HEALTH_METHODS | VOTE_METHODS, role="proxy")]
+            if client_secrets
+            else []
+        )
         self.server = grpc.aio.server(
             interceptors=[
+                *auth_interceptors,
                 ErrorInterceptor(
                     self.metrics.rpc,
                     skip=lambda m: (info := self.registry_methods.get(m)) is not None
@@ -118,12 +175,17 @@ class ProxyServer:
                 )
             ],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                # limits.max_message_size: a larger request fails RESOURCE_EXHAUSTED.
+                ("grpc.max_receive_message_length", config.limits.max_message_size),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        self.port = self.server.add_insecure_port(config.listen)
+        server_tls = tls.server_tls(config.tls)
+        if server_tls is None:
+            self.port = self.server.add_insecure_port(config.listen)
+        else:
+            self.port = self.server.add_secure_port(config.listen, server_tls.credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {config.listen}")
 
@@ -138,6 +200,11 @@ class ProxyServer:
             publish=self.membership.publish_health,
             interval=config.health_interval,
             timeout=config.health_timeout,
+            # Health is open (no token) but not plaintext when nodes serve TLS.
+            probe=GrpcHealthProbe(
+                config.health_timeout,
+                credentials=node_tls.credentials() if node_tls is not None else None,
+            ),
         )
         await self.checker.check_once()
         await self.membership.start(self.checker.local_view)
@@ -168,8 +235,12 @@ class ProxyServer:
             self.metrics,
             draining=self.operator_view.draining,
             paused=self.operator_view.paused,
+            stale_read_limit=config.stale_read_limit,
         )
+        # Nodes dial back to vote: tls:// tells them to use TLS (storage/transaction.py).
         advertise = config.advertise or self.address
+        if "://" not in advertise:
+            advertise = tls.url(advertise, server_tls is not None)
         handler = ProxyHandler(
             self.registry_methods,
             self.port_api,
@@ -178,6 +249,7 @@ class ProxyServer:
             lambda: advertise,
             self.metrics,
             write_timeout=config.write_timeout,
+            admission=self.admission,
         )
         self.verification = VerificationStore(self.store, keys)
         transaction_pb2_grpc.add_RefTransactionServicer_to_server(
@@ -198,7 +270,7 @@ class ProxyServer:
         server_pb2_grpc.add_ServerServiceServicer_to_server(
             ServerInfoService(self.nodes, self.channels, self.port_api.healthy), self.server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(_Health(), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(_Health(self.admission.gate), self.server)
         self.server.add_generic_rpc_handlers([handler])
 
         # Replication and leadership.
@@ -267,8 +339,18 @@ class ProxyServer:
                 listen=self.address,
                 metrics_port=self.metrics_port,
                 virtual_storages=sorted(self.nodes),
+                # Whether, never with what: secrets stay out of logs.
+                client_authentication=bool(client_secrets),
+                node_authentication=bool(node_secrets),
+                tls=server_tls is not None,
+                node_tls=node_tls is not None,
             ),
         )
+        if client_secrets and not node_secrets:
+            logger.warning(
+                "clients must authenticate but nodes are called without a token: "
+                "anyone who reaches a node can bypass the proxy (set auth.node_token_file)"
+            )
 
     def _fail_unhealthy_primaries(self, old: Consensus, new: Consensus) -> None:
         for virtual_storage in self.nodes:
@@ -280,10 +362,27 @@ class ProxyServer:
                     )
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting; let in-flight RPCs and jobs finish within the grace period."""
+        """Stop accepting; let in-flight RPCs and jobs finish within the grace period.
+
+        New client calls are refused (UNAVAILABLE, health NOT_SERVING) while the
+        gRPC server keeps running: writes in flight still need this proxy's
+        RefTransaction service for their votes, which a stopped server refuses.
+        The server stops once they are done, or when the grace period is over.
+        """
         grace = self.config.graceful_timeout if grace is None else grace
-        await self.server.stop(grace)
-        await self.workers.close(grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self.admission.gate.drain()
+        # Workers stop claiming now and finish their running jobs meanwhile;
+        # closing revokes their lease, so a job cut short is re-claimed at once.
+        workers = asyncio.ensure_future(self.workers.close(grace))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.admission.gate.wait_idle()
+        cut = self.admission.gate.inflight
+        await self.server.stop(max(0.0, deadline - loop.time()))
+        await workers
+        logger.info("drained", extra=log.fields(calls_cut_short=cut))
         await self.election.close()
         await self.checker.close()
         await self.membership.close()
@@ -300,14 +399,24 @@ class ProxyServer:
 
 
 class _Health(health_pb2_grpc.HealthServicer):
+    def __init__(self, gate: DrainGate | None = None) -> None:
+        self.gate = gate
+
     async def Check(  # noqa: N802 - gRPC method name
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
+        # NOT_SERVING while draining: load balancers stop sending new calls here.
+        if self.gate is not None and self.gate.draining:
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
-async def serve(config: ProxyConfig, ready_file: Path | None = None) -> None:
-    proxy = ProxyServer(config)
+async def serve(
+    config: ProxyConfig,
+    ready_file: Path | None = None,
+    secrets: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None,
+) -> None:
+    proxy = ProxyServer(config, secrets=secrets)
     await proxy.start()
     if ready_file is not None:
         ready_file.write_text(f"{proxy.address} {proxy.metrics_port}\n")

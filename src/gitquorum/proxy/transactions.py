@@ -57,13 +57,6 @@ class VoterState:
     votes_cast: int = 0
     committed: int = 0  # subtransactions this voter committed
     failed: bool = False  # lost a vote, was cancelled, or its stream failed
-    # Set with ``failed``: the fan-out stops waiting for a primary that can no
-    # longer commit anything (e.g. it did not vote within the vote timeout).
-    lost: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def fail(self) -> None:
-        self.failed = True
-        self.lost.set()
 
 
 class Transaction:
@@ -76,6 +69,10 @@ class Transaction:
         self.vote_timeout = vote_timeout
         self.subtransactions: list[_Subtransaction] = []
         self.stopped = False
+        # The primary stopped answering: it missed the vote timeout, or the cluster
+        # found it unhealthy. It can no longer commit anything, so the fan-out gives
+        # its call up rather than wait for the client's deadline.
+        self.primary_unresponsive = asyncio.Event()
 
     def _sub(self, index: int) -> _Subtransaction:
         while len(self.subtransactions) <= index:
@@ -125,14 +122,16 @@ class Transaction:
             # Voters that have not voted by now are treated as failed.
             for other, st in self.voters.items():
                 if other not in sub.votes:
-                    st.fail()
+                    st.failed = True
+                    if st.voter.primary:
+                        self.primary_unresponsive.set()
             self._decide(sub)
         if self.stopped:
             return Outcome.STOP
         if sub.winner is not None and sub.winner == digest:
             state.committed = index + 1
             return Outcome.COMMIT
-        state.fail()
+        state.failed = True
         return Outcome.ABORT
 
     def cancel_voter(self, node: str) -> None:
@@ -140,7 +139,7 @@ class Transaction:
         state = self.voters.get(node)
         if state is None or state.failed:
             return
-        state.fail()
+        state.failed = True
         for sub in self.subtransactions:
             self._decide(sub)
 
@@ -210,6 +209,7 @@ class TransactionManager:
             state = tx.voters.get(node)
             if state is not None and state.voter.primary and not state.failed:
                 tx.cancel_voter(node)
+                tx.primary_unresponsive.set()
                 affected += 1
         return affected
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gitquorum.storage.catfile import CatFileCache
 from gitquorum.storage.locator import StorageLocator
 from gitquorum.storage.transaction import VoteCoordinator
+from gitquorum.tls import ClientTLS
 
 
 @dataclass
@@ -15,3 +16,5 @@ class NodeContext:
     catfile: CatFileCache
     voting: VoteCoordinator
     git_version: str = ""
+    # How this node dials other nodes that advertise tls:// (replication sources).
+    client_tls: ClientTLS | None = None

@@ -94,12 +94,25 @@ async def _abandon(process: git.GitProcess) -> None:
     """End an unfinished ``update-ref --stdin`` transaction cleanly (git drops its locks)."""
     if process.proc.returncode is not None:
         return
-    with contextlib.suppress(Exception):
-        process.stdin.write(b"abort\x00")
-    with contextlib.suppress(Exception):
-        await process.close_stdin()
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(asyncio.shield(process.wait()), _ABANDON_TIMEOUT)
+
+    async def abort() -> None:
+        with contextlib.suppress(Exception):
+            process.stdin.write(b"abort\x00")
+        with contextlib.suppress(Exception):
+            await process.close_stdin()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(process.wait(), _ABANDON_TIMEOUT)
+
+    # Shielded: the RPC may be cancelled while git aborts (the proxy gives up on a
+    # call after a lost vote); git would then be killed holding its .lock files
+    # and the references would stay locked for good (seen in the chaos tests).
+    task = asyncio.ensure_future(abort())
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 async def _finish(process: git.GitProcess) -> tuple[bytes, bytes, int]:

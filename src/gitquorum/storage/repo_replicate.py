@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from gitquorum import auth, log
+from gitquorum import auth, log, tls
 from gitquorum.errors import (
     Aborted,
     AlreadyExists,
@@ -62,7 +62,12 @@ class SourceServer:
 
     @property
     def grpc_target(self) -> str:
-        return self.address.removeprefix("tcp://")
+        return tls.split(self.address)[0]
+
+    @property
+    def uses_tls(self) -> bool:
+        # The proxy advertises tls:// when it reaches nodes over TLS (docs/security.md).
+        return tls.split(self.address)[1]
 
     @property
     def host_port(self) -> str:
@@ -147,7 +152,7 @@ class Replication:
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
-        async with grpc.aio.insecure_channel(self.server.grpc_target, options=options) as channel:
+        async with tls.dial(self.server.address, self.node.client_tls, options) as channel:
             await self._require_source(channel)
             if not is_repository(self.target.path):
                 await self._create_from_snapshot(channel)
@@ -210,6 +215,19 @@ class Replication:
             with os.fdopen(fd, "w") as handle:
                 handle.write(self.server.token)
             env["GITQUORUM_TOKEN_FILE"] = str(token_file)
+        # Explicit either way: a GITQUORUM_TLS_* inherited from the node's own
+        # environment must not decide how git-ssh dials the source.
+        env["GITQUORUM_TLS"] = "1" if self.server.uses_tls else "0"
+        if self.server.uses_tls:
+            # File paths only, never key material, travel in the environment.
+            client = self.node.client_tls or tls.ClientTLS()
+            for name, path in (
+                ("GITQUORUM_TLS_CA", client.ca_file),
+                ("GITQUORUM_TLS_CERT", client.cert_file),
+                ("GITQUORUM_TLS_KEY", client.key_file),
+            ):
+                if path:
+                    env[name] = path
         return env
 
     @property

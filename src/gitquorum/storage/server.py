@@ -12,13 +12,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from gitquorum import log
+from gitquorum import log, tls
+from gitquorum.authn import HEALTH_METHODS, NODE_TOKEN_ENV, AuthInterceptor, load_secrets
 from gitquorum.config import NodeConfig, parse_address
+from gitquorum.limits import Admission
 from gitquorum.metrics import MetricsServer, RpcMetrics
 from gitquorum.storage import git
 from gitquorum.storage.catfile import CatFileCache
 from gitquorum.storage.context import NodeContext
 from gitquorum.storage.interceptor import ErrorInterceptor
+from gitquorum.storage.limiter import LimitInterceptor
 from gitquorum.storage.locator import StorageLocator
 from gitquorum.storage.transaction import VoteCoordinator
 
@@ -74,6 +77,9 @@ class NodeServer:
     registry: CollectorRegistry
     # How long one transaction vote may wait for the proxy's answer.
     vote_timeout: float = 60.0
+    # Node secrets accepted from callers; None: from the configuration (or
+    # $GITQUORUM_NODE_TOKEN). Empty: no authentication.
+    secrets: tuple[bytes, ...] | None = None
 
     def __post_init__(self) -> None:
         self.server: grpc.aio.Server | None = None
@@ -88,19 +94,37 @@ class NodeServer:
         storages = {s.name: s.path for s in self.config.storages}
         for root in storages.values():
             Path(root).mkdir(parents=True, exist_ok=True)
-        voting = VoteCoordinator(vote_timeout=self.vote_timeout)
+        # Outgoing calls (votes to a tls:// proxy, replication from a tls://
+        # node) verify with the configured CA and present the node's certificate.
+        client_tls = tls.client_tls(self.config.tls)
+        voting = VoteCoordinator(vote_timeout=self.vote_timeout, client_tls=client_tls)
         await voting.start()
         self.context = NodeContext(
             locator=StorageLocator(storages),
             catfile=CatFileCache(),
             voting=voting,
             git_version=await git.version(),
+            client_tls=client_tls,
         )
         rpc_metrics = RpcMetrics(self.registry, "node")
+        secrets = self.secrets
+        if secrets is None:
+            secrets = load_secrets(self.config.auth_token_file, NODE_TOKEN_ENV)
+        interceptors: list[grpc.aio.ServerInterceptor] = []
+        if secrets:
+            # First: a refused call reaches no handler and no other interceptor.
+            interceptors.append(AuthInterceptor(secrets, HEALTH_METHODS, role="node"))
         self.server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(rpc_metrics, op_types())],
+            # LimitInterceptor inside ErrorInterceptor: its RESOURCE_EXHAUSTED is
+            # mapped and logged like any other error (docs/limits.md).
+            interceptors=[
+                *interceptors,
+                ErrorInterceptor(rpc_metrics, op_types()),
+                LimitInterceptor(Admission(self.config.limits, what="node")),
+            ],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                # limits.max_message_size: a larger request fails RESOURCE_EXHAUSTED.
+                ("grpc.max_receive_message_length", self.config.limits.max_message_size),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
                 ("grpc.so_reuseport", 0),
             ],
@@ -112,7 +136,11 @@ class NodeServer:
             getattr(grpc_module, add_name)(servicer, self.server)
         health_servicer = _HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
-        self.port = self.server.add_insecure_port(self.config.listen)
+        server_tls = tls.server_tls(self.config.tls)
+        if server_tls is None:
+            self.port = self.server.add_insecure_port(self.config.listen)
+        else:
+            self.port = self.server.add_secure_port(self.config.listen, server_tls.credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await self.server.start()
@@ -122,7 +150,13 @@ class NodeServer:
         logger.info(
             "node serving",
             extra=log.fields(
-                listen=self.address, metrics_port=self.metrics_port, storages=sorted(storages)
+                listen=self.address,
+                metrics_port=self.metrics_port,
+                storages=sorted(storages),
+                # Whether, never with what: secrets stay out of logs.
+                authentication=bool(secrets),
+                tls=server_tls is not None,
+                client_certificates=bool(server_tls and server_tls.client_ca_file),
             ),
         )
 
@@ -149,17 +183,20 @@ class NodeServer:
 class _HealthServicer(health_pb2_grpc.HealthServicer):
     """SERVING while the process runs; the proxy's health checks call this."""
 
-    async def Check(  # noqa: N802 - gRPC method name
+    async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
 async def serve(
-    config: NodeConfig, ready_file: Path | None = None, vote_timeout: float = 60.0
+    config: NodeConfig,
+    ready_file: Path | None = None,
+    vote_timeout: float = 60.0,
+    secrets: tuple[bytes, ...] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain gracefully."""
-    node = NodeServer(config, CollectorRegistry(), vote_timeout)
+    node = NodeServer(config, CollectorRegistry(), vote_timeout, secrets)
     await node.start()
     if ready_file is not None:
         ready_file.write_text(f"{node.address} {node.metrics_port}\n")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import grpc
 
-from gitquorum import auth, log
+from gitquorum import auth, log, tls
 from gitquorum.errors import Aborted, InvalidArgument, Unavailable
 from gitquorum.gitaly import shared_pb2, transaction_pb2, transaction_pb2_grpc
 
@@ -104,10 +104,8 @@ def transaction_from_metadata(
 
 
 def _target(address: str) -> str:
-    # Addresses come as tcp://host:port or unix:///path, as in gitaly-servers.
-    if address.startswith("tcp://"):
-        return address[len("tcp://") :]
-    return address
+    # Addresses come as tcp://host:port, tls://host:port or unix:///path, as in gitaly-servers.
+    return tls.split(address)[0]
 
 
 def vote_hash(data: bytes) -> bytes:
@@ -117,9 +115,7 @@ def vote_hash(data: bytes) -> bytes:
 def only_force_deletions(data: bytes) -> bool:
     """git's packed-refs cleanup transactions: every line deletes with zero old value."""
     lines = [line for line in data.split(b"\n") if line]
-    return bool(lines) and all(
-        line.split(b" ")[:2] == [_ZERO_OID, _ZERO_OID] for line in lines
-    )
+    return bool(lines) and all(line.split(b" ")[:2] == [_ZERO_OID, _ZERO_OID] for line in lines)
 
 
 @dataclass
@@ -131,9 +127,16 @@ class _HookSession:
 class VoteCoordinator:
     """Casts this node's votes and serves the reference-transaction hook."""
 
-    def __init__(self, vote_timeout: float = 60.0, proxy_secret: bytes | None = None) -> None:
+    def __init__(
+        self,
+        vote_timeout: float = 60.0,
+        proxy_secret: bytes | None = None,
+        client_tls: tls.ClientTLS | None = None,
+    ) -> None:
         self.vote_timeout = vote_timeout
         self.proxy_secret = proxy_secret
+        # CA (and client certificate) for proxies that advertise tls://.
+        self.client_tls = client_tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._sessions: dict[str, _HookSession] = {}
         self._server: asyncio.base_events.Server | None = None
@@ -209,7 +212,8 @@ class VoteCoordinator:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(_target(address))
+            # The proxy's scheme decides: tls:// is dialled with TLS, tcp:// without.
+            channel = tls.dial(address, self.client_tls)
             self._channels[address] = channel
         return channel
 
@@ -240,7 +244,9 @@ class VoteCoordinator:
                 request, timeout=self.vote_timeout, metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"transaction vote failed: {exc.code().name}: {exc.details()}") from exc
+            raise Unavailable(
+                f"transaction vote failed: {exc.code().name}: {exc.details()}"
+            ) from exc
         state = transaction_pb2.VoteTransactionResponse
         if response.state == state.COMMIT:
             return

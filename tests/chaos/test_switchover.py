@@ -1,0 +1,71 @@
+"""A planned switchover (``gitquorum switchover``) under the workload.
+
+Moving the primary on purpose is one compare-and-swap to a valid primary:
+no write may fail or end in doubt because of it. Writes to refs nobody else
+touches must all succeed; the shared branch's compare-and-swaps can only lose
+to each other (contention), never to the switchover.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.chaos.conftest import Scenario
+
+pytestmark = pytest.mark.timeout(180)
+
+SWITCHES = 3
+# A lost compare-and-swap race: the old value moved, or another writer held the ref.
+CONTENTION = ("FAILED_PRECONDITION", "ABORTED")
+
+
+def switchover(config: str, relative_path: str, target: str) -> dict[str, object]:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gitquorum.cli.main",
+            "switchover",
+            "--repository",
+            relative_path,
+            "--to",
+            target,
+            "--config",
+            config,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    answer: dict[str, object] = json.loads(proc.stdout)
+    return answer
+
+
+async def test_planned_switchover_fails_no_write(scenario: Scenario) -> None:
+    cluster = await scenario.start()
+    await scenario.run_workload()
+    config = str(cluster.proxies[0].config_path)
+
+    for _ in range(SWITCHES):
+        old = scenario.primary()
+        target = next(n.name for n in cluster.nodes if n.name != old)
+        fault = scenario.faults.record("switchover", f"{old}->{target}")
+        await asyncio.to_thread(switchover, config, scenario.relative_path, target)
+        assert scenario.primary() == target
+        await scenario.acknowledged(10, 30, "writes after the switchover", after=fault.at)
+    await scenario.finish()
+
+    broken = [
+        o
+        for o in scenario.history.writes()
+        if o.outcome != "ok"
+        and not (o.kind == "cas" and o.detail.startswith(CONTENTION))
+    ]
+    assert not broken, [(o.kind, o.key, o.outcome, o.detail) for o in broken]
