@@ -7,8 +7,8 @@ One compact JSON value per repository at ``repositories/<vs>/<id>``::
 
 plus a path index ``paths/<vs>/<relative path>`` -> decimal id that makes
 "relative path already taken" a create-if-absent compare. Virtual storage and
-id come from the key, the replica path is derived from the id, so a record is
-typically 100-200 bytes.
+id come from the key, the replica path is derived from the id, so a record value
+is typically 150-250 bytes, most of it the relative path.
 
 Every change is a compare-and-swap on the record's ``mod_revision`` inside one
 txn (plus the leader's fence when the caller passes one), retried with a fresh

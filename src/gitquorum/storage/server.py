@@ -127,6 +127,12 @@ class NodeServer:
                 ("grpc.max_receive_message_length", self.config.limits.max_message_size),
                 ("grpc.max_send_message_length", MAX_MESSAGE),
                 ("grpc.so_reuseport", 0),
+                # Clients (proxies, the gateway) ping every 10 s to find dead
+                # peers quickly; the default policy would answer that with
+                # GOAWAY "too many pings" and drop calls in flight.
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_ping_strikes", 0),
             ],
         )
         for module_name, class_name, add_name in SERVICES:
