@@ -162,7 +162,7 @@ class Cluster:
                 }
             ],
             "health": {"interval": "250ms", "timeout": "500ms"},
-            "election": {"ttl": "2s"},
+            "election": {"ttl": "3s"},
             "vote_timeout": "5s",
             "write_timeout": "5s",
             "replication": {"reconcile_interval": "2s"},

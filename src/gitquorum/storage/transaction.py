@@ -47,6 +47,15 @@ _ZERO_OID = b"0" * 40
 
 logger = log.get("gitquorum.voting")
 
+# Wait for a reference locked by a concurrent transaction instead of failing at
+# once (git's default is 100 ms): the lock is held only while that transaction
+# votes. Concurrent updates of one ref reach the replicas in different orders; a
+# secondary that gave up at once was marked outdated although it would have
+# applied the winning update a moment later (seen in the chaos tests: two
+# secondaries outdated together, the repository unavailable when the primary
+# then failed).
+_LOCK_WAIT = ("-c", "core.filesRefLockTimeout=1000")
+
 
 @dataclass(frozen=True)
 class Transaction:
@@ -166,7 +175,7 @@ class VoteCoordinator:
 
     def no_hooks_args(self) -> list[str]:
         """git -c arguments that keep repository hooks from running at all."""
-        return ["-c", f"core.hooksPath={self._empty_hooks_dir}"]
+        return ["-c", f"core.hooksPath={self._empty_hooks_dir}", *_LOCK_WAIT]
 
     @contextlib.asynccontextmanager
     async def hook_session(
@@ -180,7 +189,7 @@ class VoteCoordinator:
         self._sessions[token] = _HookSession(tx, repository)
         try:
             env = {"GITQUORUM_VOTE_PORT": str(self._port), "GITQUORUM_VOTE_TOKEN": token}
-            yield ["-c", f"core.hooksPath={self._vote_hooks_dir}"], env
+            yield ["-c", f"core.hooksPath={self._vote_hooks_dir}", *_LOCK_WAIT], env
         finally:
             self._sessions.pop(token, None)
 

@@ -311,7 +311,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert all(count == 1 for count in self.acked.values())
 
 
-QueueMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+QueueMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 test_queue_machine = QueueMachine.TestCase
 
 
