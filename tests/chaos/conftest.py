@@ -36,7 +36,7 @@ import pytest
 
 from tests.chaos import checker
 from tests.chaos.nemesis import FaultLog, Relay
-from tests.chaos.workload import SHARED, Chain, History, Settings, Workload, build_chain
+from tests.chaos.workload import SHARED, Chain, History, Op, Settings, Workload, build_chain
 from tests.harness import gitrepo
 from tests.harness.cluster import Cluster
 from tests.integration.proxy.helpers import samples, scrape
@@ -142,6 +142,11 @@ class Scenario:
 
     def primary(self) -> str:
         return checker.metadata(self.proxies[0], self.relative_path).primary
+
+    def record_external_write(self, kind: str, ref: str, value: str) -> None:
+        """A write the test made itself (acknowledged), for the checker."""
+        now = time.monotonic()
+        self.history.add(Op("test", kind, ref, value, now, now, "ok"))
 
     def push_in_flight(self) -> bool:
         return any(o.kind == "push" and not o.outcome for o in self.history.ops)

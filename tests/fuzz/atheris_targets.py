@@ -24,6 +24,7 @@ import atheris
 # Only our own code is instrumented: instrumenting grpc and protobuf costs minutes.
 with atheris.instrument_imports(include=["gitquorum"]):
     import yaml
+    from google.protobuf.message import DecodeError
 
     from gitquorum.config import node_config_from_dict, proxy_config_from_dict
     from gitquorum.errors import GitquorumError
@@ -41,11 +42,23 @@ ROUTED = sorted(n for n, i in REGISTRY.methods.items() if i.op is not Op.INTERCE
 
 
 def first_message(data: bytes) -> None:
-    if not data:
-        return
-    info = REGISTRY.methods[ROUTED[data[0] % len(ROUTED)]]
+    """Raw bytes as a first message, or (guided) a message whose target the input spells."""
+    provider = atheris.FuzzedDataProvider(data)
+    info = REGISTRY.methods[ROUTED[provider.ConsumeIntInRange(0, len(ROUTED) - 1)]]
+    structured = provider.ConsumeBool()
     try:
-        request = info.decode(data[1:])
+        if structured:
+            # protobuf's parser is native code libFuzzer cannot see into: spell
+            # the target repository from the input so path handling is explored.
+            request = info.request_class()
+            node = request
+            for name in info.target_paths[0]:
+                node = getattr(node, name)
+            node.storage_name = provider.ConsumeUnicodeNoSurrogates(12)
+            node.relative_path = provider.ConsumeUnicodeNoSurrogates(64)
+            request.MergeFromString(provider.ConsumeBytes(provider.remaining_bytes()))
+        else:
+            request = info.decode(provider.ConsumeBytes(provider.remaining_bytes()))
         target = info.target_repository(request)
         relative = _validated_path(target.relative_path)
         _check_other_repositories(info, request, target.storage_name, relative)
@@ -53,13 +66,22 @@ def first_message(data: bytes) -> None:
         rewritten = info.decode(rewrite(info, request, "node1", "@cluster/r/1"))
     except GitquorumError:
         return
+    except DecodeError:
+        if structured:  # MergeFromString of raw bytes: not the code under test
+            return
+        raise
     assert ".." not in relative.split("/") and not relative.startswith("/")
     new = info.target_repository(rewritten)
     assert (new.storage_name, new.relative_path) == ("node1", "@cluster/r/1")
 
 
+_ENDPOINTS = ["/info/refs", "/git-upload-pack", "/git-receive-pack", ""]
+
+
 def gateway_path(data: bytes) -> None:
-    raw = data.decode("latin-1")
+    # The endpoint suffix comes from the first byte, so the fuzzer spends its
+    # time on the repository part rather than on guessing "/info/refs".
+    raw = data[1:].decode("latin-1") + (_ENDPOINTS[data[0] % 4] if data else "")
     try:
         target = paths.parse(raw)
     except (paths.InvalidPath, paths.UnknownEndpoint):

@@ -29,7 +29,7 @@ from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import HealthView, ProxyMembership
 from gitquorum.cluster.metrics import ClusterMetrics
 from gitquorum.cluster.operator_state import OperatorStateView
-from gitquorum.cluster.queue import ReplicationQueue
+from gitquorum.cluster.queue import QueueView, ReplicationQueue
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
 from gitquorum.config import ProxyConfig, parse_address
 from gitquorum.errors import ConfigError
@@ -148,8 +148,12 @@ class ProxyServer:
         # Drained nodes and the pause flag set with the admin CLI (drain, pause).
         self.operator_view = OperatorStateView(self.store, keys, registry=self.registry)
         await self.operator_view.start()
+        # A watch-fed copy of the queue makes a claim one txn instead of a
+        # read of the whole backlog.
+        self.queue_view = QueueView(self.store, keys)
+        await self.queue_view.start()
         self.queue = ReplicationQueue(
-            self.store, keys, max_attempts=config.replication_attempts
+            self.store, keys, max_attempts=config.replication_attempts, view=self.queue_view
         )
 
         # The gRPC server is started before health checks publish anything so
@@ -395,6 +399,7 @@ class ProxyServer:
         await self.health_view.close()
         await self.operator_view.close()
         await self.cache.close()
+        await self.queue_view.close()
         await self.channels.close()
         await self.metrics_server.close()
         await self.store.close()
