@@ -8,9 +8,10 @@ Run one target for as long as you like::
 Targets: ``first_message`` (decode + target + path validation + rewrite of
 every routed RPC; the first input byte picks the method), ``gateway_path``
 (the HTTP gateway's URL path parser), ``config`` (YAML config loading) and
-``body`` (gzip/deflate request-body decoding). An input that makes a target
-raise anything but its documented error is a crash libFuzzer reports and
-saves. ``tests/fuzz/test_atheris.py`` runs each briefly when atheris is installed.
+``body`` (gzip/deflate request-body decoding); ``all`` picks one per input.
+An input that makes a target raise anything but its documented error is a
+crash libFuzzer reports and saves. ``tests/fuzz/test_atheris.py`` runs ``all``
+briefly when atheris is installed.
 """
 
 from __future__ import annotations
@@ -133,6 +134,16 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "config": config,
     "body": body_chunks,
 }
+_EACH = list(TARGETS.values())
+
+
+def every_target(data: bytes) -> None:
+    """All targets in one process (the first byte picks one): a cheap smoke run."""
+    if data:
+        _EACH[data[0] % len(_EACH)](data[1:])
+
+
+TARGETS["all"] = every_target
 
 
 def main() -> None:

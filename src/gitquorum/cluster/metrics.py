@@ -25,6 +25,7 @@ from gitquorum.cluster.health import HealthMap
 from gitquorum.cluster.queue import QueueStats
 from gitquorum.cluster.repositories import (
     RepositoryRecord,
+    generation_lag_by_node,
     outdated_by_node,
     unavailable_by_virtual_storage,
 )
@@ -52,6 +53,7 @@ class ClusterMetrics(Collector):
         self._lock = threading.Lock()
         self._queue = QueueStats()
         self._outdated: dict[tuple[str, str], int] = {}
+        self._generation_lag: dict[tuple[str, str], int] = {}
         self._unavailable: dict[str, int] = {}
         self._local: dict[tuple[str, str], bool] = {}
         self._consensus: dict[tuple[str, str], bool] = {}
@@ -82,9 +84,11 @@ class ClusterMetrics(Collector):
         outdated = {key: len(ids) for key, ids in outdated_by_node(snapshot).items()}
         unavailable = dict.fromkeys(virtual_storages, 0)
         unavailable.update(unavailable_by_virtual_storage(snapshot, healthy))
+        lag = generation_lag_by_node(snapshot)
         with self._lock:
             self._outdated = outdated
             self._unavailable = unavailable
+            self._generation_lag = lag
 
     def update_health(
         self,
@@ -119,6 +123,7 @@ class ClusterMetrics(Collector):
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             queue, outdated, unavailable = self._queue, self._outdated, self._unavailable
+            generation_lag = self._generation_lag
             local, consensus, leader = self._local, self._consensus, self._leader
         depth = GaugeMetricFamily(
             "gitquorum_replication_queue_depth",
@@ -144,6 +149,14 @@ class ClusterMetrics(Collector):
         for (vs, node), count in sorted(outdated.items()):
             stale.add_metric([vs, node], count)
         yield stale
+        lag = GaugeMetricFamily(
+            "gitquorum_replica_generation_lag",
+            "Most generations any assigned replica on the node is behind (missing: generation+1)",
+            labels=["virtual_storage", "storage"],
+        )
+        for (vs, node), behind in sorted(generation_lag.items()):
+            lag.add_metric([vs, node], behind)
+        yield lag
         down = GaugeMetricFamily(
             "gitquorum_unavailable_repositories",
             "Repositories with no healthy, up-to-date, assigned replica",

@@ -191,6 +191,23 @@ def outdated_by_node(records: Iterable[RepositoryRecord]) -> dict[tuple[str, str
     return result
 
 
+def generation_lag_by_node(records: Iterable[RepositoryRecord]) -> dict[tuple[str, str], int]:
+    """(virtual storage, node) -> the most generations any assigned replica there is behind.
+
+    A missing replica counts as one generation more than the repository has
+    (it lacks even the creation). Nodes with nothing behind report 0.
+    """
+    lag: dict[tuple[str, str], int] = {}
+    for record in records:
+        assigned = record.assigned or record.replica_nodes
+        for node in assigned:
+            generation = record.replica_generation(node)
+            behind = record.generation + 1 if generation == MISSING else record.generation - generation
+            key = (record.virtual_storage, node)
+            lag[key] = max(lag.get(key, 0), behind)
+    return lag
+
+
 HealthyNodes = Mapping[str, AbstractSet[str]]
 
 
