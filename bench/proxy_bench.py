@@ -386,21 +386,29 @@ class Bench:
         return self._read_target
 
     @contextlib.contextmanager
-    def profiled(self, phase: str) -> Iterator[None]:
+    def profiled(self, phase: str, hop: Hop | None = None) -> Iterator[None]:
+        """py-spy the proxy (and the bare hop, the floor to compare with) during a phase."""
         if self.profile_dir is None:
             yield
             return
-        output = self.profile_dir / f"proxy-{phase}.txt"
-        pid = self.cluster.proxies[0].proc.pid
-        spy = PySpy(pid, output, native=self.profile_native).start()
+        processes = {"proxy": self.cluster.proxies[0].proc.pid}
+        if hop is not None:
+            processes["hop"] = hop.proc.pid
+        spies = {
+            name: PySpy(pid, self.profile_dir / f"{name}-{phase}.txt", native=self.profile_native)
+            for name, pid in processes.items()
+        }
+        for spy in spies.values():
+            spy.start()
         try:
             yield
         finally:
-            spy.stop()
-            self.results.setdefault("profile", {})[phase] = {
-                "file": str(output),
-                **hot_spots(output),
-            }
+            for spy in spies.values():
+                spy.stop()
+            profile = self.results.setdefault("profile", {})
+            for name, spy in spies.items():
+                key = phase if name == "proxy" else f"{phase} (bare hop)"
+                profile[key] = {"file": str(spy.output), **hot_spots(spy.output)}
 
     # -- 1. unary latency --------------------------------------------------------------------
 
@@ -426,7 +434,7 @@ class Bench:
         samples: dict[str, list[float]] = {side.name: [] for side in sides}
         meter = CpuMeter(self.pids(target))
         cpu = {side.name: dict.fromkeys(meter.pids, 0.0) for side in sides}
-        with self.profiled("unary"):
+        with self.profiled("unary", self.hop(target.node_address)):
             done = 0
             while done < s.unary_calls:
                 batch = min(s.unary_batch, s.unary_calls - done)
@@ -464,7 +472,7 @@ class Bench:
         latencies: dict[str, list[float]] = {name: [] for name in SIDES}
         meter = CpuMeter(self.pids(target))
         cpu = {name: dict.fromkeys(meter.pids, 0.0) for name in SIDES}
-        with self.profiled("throughput"):
+        with self.profiled("throughput", self.hop(target.node_address)):
             for _ in range(s.throughput_rounds):
                 for side in sides:
                     meter.start()
@@ -510,7 +518,7 @@ class Bench:
         pack_bytes = 0
         meter = CpuMeter(self.pids(target))
         cpu = {name: dict.fromkeys(meter.pids, 0.0) for name in SIDES}
-        with self.profiled("clone"):
+        with self.profiled("clone", self.hop(target.node_address)):
             for _ in range(s.clone_rounds):
                 for side in sides:
                     meter.start()
@@ -533,8 +541,9 @@ class Bench:
                     raise RuntimeError(f"git clone {name}: refs differ from the source")
                 git_rates[name].append(pack_bytes / seconds / 1e6)
                 shutil.rmtree(dest)
-        grpc_rate = {name: _median(values) for name, values in rates.items()}
-        git_rate = {name: _median(values) for name, values in git_rates.items()}
+        # Equal bytes each round: the harmonic mean is total bytes over total time.
+        grpc_rate = {name: _harmonic(values) for name, values in rates.items()}
+        git_rate = {name: _harmonic(values) for name, values in git_rates.items()}
         self.results["clone"] = {
             "node": target.node,
             "pack_mb": round(pack_bytes / 1e6, 1),
@@ -544,6 +553,7 @@ class Bench:
             "seed_through_proxy_mb_per_s": round(bundle_bytes / seed_s / 1e6, 1),
             "grpc": {
                 "rounds": s.clone_rounds,
+                "rate": "total bytes / total seconds over the rounds",
                 "mb_per_s": {name: round(value, 1) for name, value in grpc_rate.items()},
                 "proxy_vs_direct": ratio(grpc_rate["proxy"], grpc_rate["direct"]),
                 "hop_vs_direct": ratio(grpc_rate["hop"], grpc_rate["direct"]),
@@ -808,6 +818,10 @@ def _ceiling(cpu: dict[str, float], calls: int) -> float:
     return min(cores / sum(per_call), 1 / max(per_call))
 
 
+def _harmonic(values: Sequence[float]) -> float:
+    return len(values) / sum(1 / v for v in values) if values and all(values) else float("nan")
+
+
 def _median(values: Sequence[float]) -> float:
     return percentile(values, 50)
 
@@ -893,17 +907,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     parts += _cpu_section(r)
     parts += ["### Details", "", *_details(report), ""]
     for phase, prof in r.get("profile", {}).items():
-        parts += [f"### Proxy profile: {phase} ({prof['samples']} samples, `{prof['file']}`)", ""]
-        parts += [
-            markdown_table(("self %", "function (file)"), [(v, f) for f, v in prof["self"]]),
-            "",
-        ]
-        parts += [
-            markdown_table(
-                ("inclusive %", "gitquorum function (file)"), [(v, f) for f, v in prof["focus"]]
-            ),
-            "",
-        ]
+        parts += [f"### Profile: {phase} ({prof['samples']} samples, `{prof['file']}`)", ""]
+        own = [(v, f) for f, v in prof["self"]]
+        parts += [markdown_table(("self %", "function (file)"), own), ""]
+        if prof["focus"]:
+            mine = [(v, f) for f, v in prof["focus"]]
+            parts += [markdown_table(("inclusive %", "gitquorum function (file)"), mine), ""]
     return "\n".join(parts)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import grpc
 
 from gitquorum import auth, log
-from gitquorum.errors import ConfigError, GitquorumError
+from gitquorum.errors import ConfigError, GitquorumError, Unauthenticated
 
 TOKEN_ENV = "GITQUORUM_TOKEN"
 NODE_TOKEN_ENV = "GITQUORUM_NODE_TOKEN"
@@ -106,7 +106,8 @@ def verify(header: str | None, secrets: Sequence[bytes], skew: float = auth.DEFA
             return
         except GitquorumError as exc:
             error = exc
-    raise error or ConfigError(["no secret to check tokens against"])
+    # No secret at all refuses everything: fail closed.
+    raise error or Unauthenticated("no secret to check tokens against")
 
 
 def rejection_reason(header: str | None, skew: float = auth.DEFAULT_SKEW) -> str:
@@ -192,10 +193,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if handler is None:
                 # Unknown method: UNIMPLEMENTED says nothing about repositories.
                 return handler
-            reason = rejection_reason(header, self.skew)
+            metadata = handler_call_details.invocation_metadata
             logger.warning(
                 "call refused: not authenticated",
-                extra=log.fields(method=method, reason=reason, role=self.role),
+                extra=log.fields(
+                    method=method,
+                    reason=rejection_reason(header, self.skew),
+                    role=self.role,
+                    # The caller's id, when it sent one, ties this to its own logs.
+                    correlation_id=log.correlation_from_metadata(metadata),
+                ),
             )
-            return _denied(handler, MISSING if header is None else FAILED)
+            return _denied(handler, FAILED if header else MISSING)
         return await continuation(handler_call_details)

@@ -143,6 +143,29 @@ class Scenario:
     def primary(self) -> str:
         return checker.metadata(self.proxies[0], self.relative_path).primary
 
+    async def steady(self, writes: int = 3) -> str:
+        """Let every replica catch up, then resume writing; returns the primary.
+
+        Under a continuous stream of writes to one repository an outdated replica
+        never catches up (each replication round ends behind the latest write, see
+        docs/failover.md), and concurrent compare-and-swaps of one branch leave a
+        secondary outdated now and then. A fault meant to be survived by failover
+        is injected only once the writers are back at work on a repository whose
+        secondaries are all valid primaries.
+        """
+        assert self.cluster is not None and self.workload is not None
+        self.workload.writing.clear()
+        try:
+            await until(
+                lambda: checker.converged(self.cluster, self.proxies[0], self.relative_path),  # type: ignore[arg-type]
+                CONVERGE_TIMEOUT,
+                "every replica up to date before the fault",
+            )
+        finally:
+            self.workload.writing.set()
+        await self.acknowledged(writes, 30, "writes before the fault", after=time.monotonic())
+        return self.primary()
+
     def record_external_write(self, kind: str, ref: str, value: str) -> None:
         """A write the test made itself (acknowledged), for the checker."""
         now = time.monotonic()

@@ -36,14 +36,15 @@ async def test_kill_nodes_between_votes(scenario: Scenario) -> None:
     cluster = await scenario.start()
     await scenario.run_workload()
 
-    primary = scenario.primary()
+    primary = await scenario.steady()
     fault = await _pause_then_kill(scenario, primary)
     await scenario.acknowledged(10, 30, "writes after the primary died", after=fault.at)
     assert scenario.primary() != primary
     back = await asyncio.to_thread(nemesis.restart_node, cluster, primary, scenario.faults)
     await scenario.acknowledged(5, 30, "writes with the node back", after=back.at)
 
-    secondary = next(n.name for n in cluster.nodes if n.name != scenario.primary())
+    current = await scenario.steady()
+    secondary = next(n.name for n in cluster.nodes if n.name != current)
     second = await _pause_then_kill(scenario, secondary)
     await scenario.acknowledged(10, 30, "writes after a secondary died", after=second.at)
     back = await asyncio.to_thread(nemesis.restart_node, cluster, secondary, scenario.faults)

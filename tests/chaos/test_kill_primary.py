@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(180)
 async def test_kill_primary_node(scenario: Scenario) -> None:
     cluster = await scenario.start()
     await scenario.run_workload()
-    old = scenario.primary()
+    old = await scenario.steady()
 
     fault = await asyncio.to_thread(nemesis.kill_node, cluster, old, scenario.faults)
     await scenario.acknowledged(10, 30, "writes after the primary died", after=fault.at)

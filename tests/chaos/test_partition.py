@@ -26,7 +26,7 @@ async def test_cut_off_a_secondary(scenario: Scenario) -> None:
         relayed=("node1", "node2", "node3"), settings={"write_timeout": f"{WRITE_TIMEOUT}s"}
     )
     await scenario.run_workload()
-    primary = scenario.primary()
+    primary = await scenario.steady()
     secondary = next(n.name for n in cluster.nodes if n.name != primary)
     relay = cluster.relays[secondary]
 

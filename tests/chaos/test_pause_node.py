@@ -27,7 +27,7 @@ SLACK = 3.0
 async def test_pause_primary_node(scenario: Scenario) -> None:
     cluster = await scenario.start(settings={"vote_timeout": f"{VOTE_TIMEOUT}s"})
     await scenario.run_workload()
-    old = scenario.primary()
+    old = await scenario.steady()
 
     fault = await asyncio.to_thread(nemesis.pause_node, cluster, old, scenario.faults)
     unhealthy = await until(

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.chaos.conftest import Scenario
+from tests.chaos.conftest import Scenario, until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -54,11 +54,12 @@ async def test_planned_switchover_fails_no_write(scenario: Scenario) -> None:
     config = str(cluster.proxies[0].config_path)
 
     for _ in range(SWITCHES):
-        old = scenario.primary()
+        # A planned move targets an up-to-date replica.
+        old = await scenario.steady()
         target = next(n.name for n in cluster.nodes if n.name != old)
         fault = scenario.faults.record("switchover", f"{old}->{target}")
         await asyncio.to_thread(switchover, config, scenario.relative_path, target)
-        assert scenario.primary() == target
+        await until(lambda t=target: scenario.primary() == t, 10, f"{target} as primary")
         await scenario.acknowledged(10, 30, "writes after the switchover", after=fault.at)
     await scenario.finish()
 

@@ -163,7 +163,7 @@ def classify(exc: grpc.aio.AioRpcError) -> str:
 class Settings:
     writers: int = 4
     readers: int = 2
-    cas_ratio: float = 0.3
+    cas_ratio: float = 0.2
     # Share of writer 0's operations that are real git pushes.
     push_ratio: float = 0.25
     op_timeout: float = 10.0
@@ -195,6 +195,9 @@ class Workload:
         )
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stop = asyncio.Event()
+        # Cleared to hold the writers (readers go on): see ``Scenario.steady``.
+        self.writing = asyncio.Event()
+        self.writing.set()
         self._tasks: list[asyncio.Task[None]] = []
         self._acked_creates: list[Op] = []
 
@@ -213,6 +216,7 @@ class Workload:
     async def stop(self) -> None:
         """Stop issuing operations; in-flight ones finish (bounded by their timeouts)."""
         self._stop.set()
+        self.writing.set()
         _done, pending = await asyncio.wait(self._tasks, timeout=self.settings.op_timeout * 3)
         for task in pending:
             task.cancel()
@@ -241,6 +245,7 @@ class Workload:
         clone: Path | None = None
         seq = 0
         while not self._stop.is_set():
+            await self.writing.wait()
             seq += 1
             address = self.proxies[proxy % len(self.proxies)]
             roll = rng.random()
