@@ -180,14 +180,14 @@ class Writer:
         return min(ends) - at if ends else None
 
 
-async def until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
+async def until(predicate: Any, within: float, what: str) -> Any:
+    deadline = time.monotonic() + within
     while True:
         value = await asyncio.to_thread(predicate)
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
@@ -226,16 +226,18 @@ async def phase_kill(cluster: Cluster, source: Path, scratch: Path, trials: int)
             writer.running.set()
             floor = time.monotonic()
             await until(
-                lambda: sum(1 for w in writer.writes if w.ok and w.start >= floor) >= 5,
+                lambda floor=floor: sum(1 for w in writer.writes if w.ok and w.start >= floor) >= 5,
                 30,
                 "steady writes",
             )
             await asyncio.sleep(random.uniform(0, 1.0))  # a random phase of the health checks
             # The primary as every proxy sees it (they agree once their caches caught up).
             primary = await until(
-                lambda: len(seen := {metadata(p, relative_path).primary for p in live_proxies(cluster)})
-                == 1
-                and seen.pop(),
+                lambda: (
+                    len(seen := {metadata(p, relative_path).primary for p in live_proxies(cluster)})
+                    == 1
+                    and seen.pop()
+                ),
                 10,
                 "the proxies to agree on the primary",
             )
@@ -243,7 +245,7 @@ async def phase_kill(cluster: Cluster, source: Path, scratch: Path, trials: int)
             killed = time.monotonic()
             await asyncio.to_thread(node.kill)
             unhealthy = await until(
-                lambda: (
+                lambda primary=primary: (
                     not any(
                         r.storage == primary and r.healthy
                         for r in metadata(address, relative_path).replicas
@@ -254,7 +256,7 @@ async def phase_kill(cluster: Cluster, source: Path, scratch: Path, trials: int)
                 f"{primary} unhealthy",
             )
             recovered = await until(
-                lambda: writer.first_ok_after(killed), 60, "a write after the kill"
+                lambda killed=killed: writer.first_ok_after(killed), 60, "a write after the kill"
             )
             new_primary = metadata(address, relative_path).primary
             failed = sum(1 for w in writer.writes if not w.ok and w.start >= killed)
@@ -311,7 +313,7 @@ async def phase_catchup(
         await asyncio.to_thread(node.start, 60)
         serving = time.monotonic()
         await until(
-            lambda: all(node_up_to_date(address, rp, node.name) for rp in paths),
+            lambda node=node: all(node_up_to_date(address, rp, node.name) for rp in paths),
             120,
             f"every replica on {node.name} up to date",
         )
@@ -349,7 +351,7 @@ async def single_write(proxies: Sequence[str], relative_path: str, oid: str, nam
                 ],
             )
 
-            async def one() -> Any:
+            async def one(request: ref_pb2.UpdateReferencesRequest = request) -> Any:
                 yield request
 
             try:
@@ -400,7 +402,7 @@ async def phase_switchover(
         for trial in range(trials):
             floor = time.monotonic()
             await until(
-                lambda: (
+                lambda floor=floor: (
                     sum(1 for w in writers for x in w.writes if x.ok and x.start >= floor) >= 20
                 ),
                 60,

@@ -26,7 +26,11 @@ over the three up-to-date replicas, identical node processes on this machine.
 The direct push goes to a repository created directly on the primary node,
 outside the cluster's records, so the cluster state stays true.
 
-    python bench/proxy_bench.py            # full run, markdown on stdout (~3 min)
+Each phase also reads the CPU time of the client, hop, proxy and node
+processes from /proc and reports CPU per call: steadier than latency on a
+shared machine. docs/benchmarks.md records results and how to read them.
+
+    python bench/proxy_bench.py            # full run, markdown on stdout (~4 min)
     python bench/proxy_bench.py --quick    # smoke run (< 60 s, small clone)
     python bench/proxy_bench.py --json     # JSON instead of markdown
     python bench/proxy_bench.py --profile /tmp/prof   # + py-spy of the proxy per phase
@@ -127,7 +131,8 @@ class Settings:
             clone_mb=12,
             clone_rounds=1,
             git_clone_rounds=1,
-            pushes=4,
+            pushes=3,
+            push_commits=1,
         )
 
 
@@ -224,7 +229,6 @@ class Hop:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--serve-hop", target],
             stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()

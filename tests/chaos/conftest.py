@@ -73,15 +73,15 @@ class ChaosCluster(Cluster):
             relay.close()
 
 
-async def until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` (run in a thread) until truthy, or fail after the deadline."""
-    deadline = time.monotonic() + timeout
+async def until(predicate: Callable[[], Any], within: float, what: str) -> Any:
+    """Poll ``predicate`` (run in a thread) until truthy, or fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while True:
         value = await asyncio.to_thread(predicate)
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.1)
 
 
@@ -185,7 +185,9 @@ class Scenario:
         total = 0.0
         for proxy in self.cluster.proxies:
             if proxy.alive():
-                total += sum(samples(scrape(proxy.metrics_port), "gitquorum_failovers_total").values())
+                total += sum(
+                    samples(scrape(proxy.metrics_port), "gitquorum_failovers_total").values()
+                )
         return total
 
     async def run_workload(
@@ -200,11 +202,11 @@ class Scenario:
             self.base,
             settings,
         ).start()
-        await self.acknowledged(warmup_writes, timeout=60, what="the workload to warm up")
+        await self.acknowledged(warmup_writes, 60, "the workload to warm up")
         return self.workload
 
     async def acknowledged(
-        self, count: int, timeout: float, what: str, after: float | None = None
+        self, count: int, within: float, what: str, after: float | None = None
     ) -> float:
         """Wait for ``count`` acknowledged writes (started after ``after``); returns the time."""
 
@@ -212,11 +214,11 @@ class Scenario:
             since = after if after is not None else float("-inf")
             return sum(1 for o in self.history.writes("ok") if o.start >= since) >= count
 
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while not enough():
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"timed out after {timeout}s waiting for {what}: {self.history.summary()}"
+                    f"timed out after {within}s waiting for {what}: {self.history.summary()}"
                 )
             await asyncio.sleep(0.05)
         return time.monotonic()
@@ -251,7 +253,11 @@ class Scenario:
             operations=self.history.summary(),
             acknowledged_writes=len(self.history.writes("ok")),
             shared_position=max(
-                (self.chain.counter(o.value) or 0 for o in self.history.writes("ok") if o.key == SHARED),
+                (
+                    self.chain.counter(o.value) or 0
+                    for o in self.history.writes("ok")
+                    if o.key == SHARED
+                ),
                 default=0,
             ),
         )
@@ -270,7 +276,9 @@ class Scenario:
             for op in self.history.ops:
                 out.write(json.dumps(op.__dict__) + "\n")
             for fault in self.faults.faults:
-                out.write(json.dumps({"fault": fault.name, "target": fault.target, "at": fault.at}) + "\n")
+                out.write(
+                    json.dumps({"fault": fault.name, "target": fault.target, "at": fault.at}) + "\n"
+                )
         print(f"chaos {self.name}: {json.dumps(self.measurements, sort_keys=True)}")
         path = os.environ.get("GITQUORUM_CHAOS_RESULTS")
         if path:

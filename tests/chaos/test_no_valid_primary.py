@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from gitquorum.gitaly import praefect_pb2, praefect_pb2_grpc
-from tests.chaos import checker, nemesis
+from tests.chaos import nemesis
 from tests.chaos.conftest import Scenario, until
 from tests.chaos.workload import GIT_SSH
 from tests.harness import gitrepo
@@ -86,9 +86,7 @@ async def test_no_valid_primary_means_unavailable(scenario: Scenario) -> None:
     cluster.relays[primary].throttle(THROTTLE)
     for node in secondaries:
         await asyncio.to_thread(nemesis.restart_node, cluster, node, scenario.faults)
-    await until(
-        lambda: not any(scenario.unhealthy(n) for n in secondaries), 20, "secondaries back"
-    )
+    await until(lambda: not any(scenario.unhealthy(n) for n in secondaries), 20, "secondaries back")
     fault = await asyncio.to_thread(nemesis.kill_node, cluster, primary, scenario.faults)
 
     # Unavailable: a clear UNAVAILABLE for writes, listed by Dataloss.

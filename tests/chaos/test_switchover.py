@@ -59,14 +59,17 @@ async def test_planned_switchover_fails_no_write(scenario: Scenario) -> None:
         target = next(n.name for n in cluster.nodes if n.name != old)
         fault = scenario.faults.record("switchover", f"{old}->{target}")
         await asyncio.to_thread(switchover, config, scenario.relative_path, target)
-        await until(lambda t=target: scenario.primary() == t, 10, f"{target} as primary")
+
+        def moved(target: str = target) -> bool:
+            return scenario.primary() == target
+
+        await until(moved, 10, f"{target} as primary")
         await scenario.acknowledged(10, 30, "writes after the switchover", after=fault.at)
     await scenario.finish()
 
     broken = [
         o
         for o in scenario.history.writes()
-        if o.outcome != "ok"
-        and not (o.kind == "cas" and o.detail.startswith(CONTENTION))
+        if o.outcome != "ok" and not (o.kind == "cas" and o.detail.startswith(CONTENTION))
     ]
     assert not broken, [(o.kind, o.key, o.outcome, o.detail) for o in broken]

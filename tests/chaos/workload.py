@@ -167,6 +167,10 @@ class Settings:
     # Share of writer 0's operations that are real git pushes.
     push_ratio: float = 0.25
     op_timeout: float = 10.0
+    # Share of creates sent with a deadline short enough to expire mid-write: the
+    # client hangs up while replicas vote and commit (test_client_hangups).
+    impatient_ratio: float = 0.0
+    impatient_timeout: tuple[float, float] = (0.02, 0.3)
     # Pause after a failed operation before retrying against the next proxy.
     retry_pause: float = 0.05
     read_pause: float = 0.02
@@ -265,7 +269,7 @@ class Workload:
         return ref_pb2_grpc.RefServiceStub(self._channels[address])
 
     async def _update(
-        self, op: Op, address: str, ref: str, new: str, old: str
+        self, op: Op, address: str, ref: str, new: str, old: str, deadline: float | None = None
     ) -> Op:
         request = ref_pb2.UpdateReferencesRequest(
             repository=self.repository,
@@ -281,7 +285,7 @@ class Workload:
 
         try:
             await self._stub(address).UpdateReferences(
-                requests(), timeout=self.settings.op_timeout
+                requests(), timeout=deadline or self.settings.op_timeout
             )
             op.outcome = "ok"
         except grpc.aio.AioRpcError as exc:
@@ -293,10 +297,11 @@ class Workload:
     async def _create(self, name: str, seq: int, address: str, rng: random.Random) -> Op:
         ref = f"refs/heads/{name}/{seq}"
         value = rng.choice(self.chain.oids)
-        op = self.history.add(
-            Op(name, "create", ref, value, time.monotonic(), proxy=address)
-        )
-        await self._update(op, address, ref, value, ZERO_OID)
+        op = self.history.add(Op(name, "create", ref, value, time.monotonic(), proxy=address))
+        timeout = None
+        if rng.random() < self.settings.impatient_ratio:
+            timeout = rng.uniform(*self.settings.impatient_timeout)
+        await self._update(op, address, ref, value, ZERO_OID, timeout)
         if op.outcome == "ok":
             self._acked_creates.append(op)
         return op
@@ -317,9 +322,7 @@ class Workload:
             gitrepo.git("clone", "-q", "--bare", str(self.chain.path), str(clone))
         return clone
 
-    async def _push(
-        self, name: str, seq: int, address: str, clone: Path, rng: random.Random
-    ) -> Op:
+    async def _push(self, name: str, seq: int, address: str, clone: Path, rng: random.Random) -> Op:
         parent = rng.choice(self.chain.oids)
         commit = (
             await _git(

@@ -305,9 +305,7 @@ class Fanout:
         # longer commit anything: its call is given up instead of holding the
         # client until the client's deadline.
         give_up = (
-            asyncio.ensure_future(self._give_up_when_lost(tx, primary))
-            if tx is not None
-            else None
+            asyncio.ensure_future(self._give_up_when_lost(tx, primary)) if tx is not None else None
         )
         held: list[bytes] = []
         try:
