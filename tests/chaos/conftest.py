@@ -229,6 +229,7 @@ class Scenario:
         """Stop the workload, wait for convergence, check every invariant."""
         assert self.cluster is not None and self.workload is not None
         await self.workload.stop()
+        self._write_history()
         proxies = self.proxies
         started = time.monotonic()
         final = await until(
@@ -270,7 +271,7 @@ class Scenario:
         assert not problems, "invariants violated:\n" + "\n".join(problems[:50])
         return self.measurements
 
-    def _report(self) -> None:
+    def _write_history(self) -> None:
         # The whole history stays next to the cluster's logs, for post-mortems.
         with open(self.base / "history.jsonl", "w") as out:
             for op in self.history.ops:
@@ -279,6 +280,8 @@ class Scenario:
                 out.write(
                     json.dumps({"fault": fault.name, "target": fault.target, "at": fault.at}) + "\n"
                 )
+
+    def _report(self) -> None:
         print(f"chaos {self.name}: {json.dumps(self.measurements, sort_keys=True)}")
         path = os.environ.get("GITQUORUM_CHAOS_RESULTS")
         if path:

@@ -24,8 +24,8 @@ from gitquorum.proxy.registry import MethodInfo, Shape
 from gitquorum.proxy.routes import MutatorRoute
 from gitquorum.proxy.state import WriteResult
 from gitquorum.proxy.transactions import Transaction, TransactionManager
+from gitquorum.storage.transaction import COMMITTED, encode_metadata
 from gitquorum.storage.transaction import Transaction as NodeTransaction
-from gitquorum.storage.transaction import encode_metadata
 
 logger = log.get("gitquorum.proxy.fanout")
 _END = object()
@@ -308,6 +308,7 @@ class Fanout:
             asyncio.ensure_future(self._give_up_when_lost(tx, primary)) if tx is not None else None
         )
         held: list[bytes] = []
+        outcome_known = False
         try:
             try:
                 assert primary.call is not None
@@ -334,6 +335,7 @@ class Fanout:
                 )
             await self._settle(legs, drop, tx)
             result = self._result(tx, legs)
+            outcome_known = True
             self._count(result)
             if result.updated or result.outdated:
                 await self._finalize(finalize, result)
@@ -359,6 +361,8 @@ class Fanout:
                 if leg.task is not None and not leg.task.done():
                     leg.task.cancel()
             if tx is not None:
+                if not outcome_known and tx.had_votes:
+                    self._record_abandoned(tx, finalize)
                 self.transactions.unregister(tx.id)
 
     @staticmethod
@@ -449,9 +453,9 @@ class Fanout:
         * no subtransaction was decided: the primary's vote is part of every
           decision, so no replica received a COMMIT and none changed;
         * some were: a secondary whose call ended after it committed every
-          decided subtransaction and voted in every later one (a node votes
-          again only after applying what it committed) holds exactly the
-          decided update. Those secondaries move to the next generation; the
+          decided subtransaction and whose last vote, in every subtransaction,
+          was a committed-phase one (cast only after applying the update) holds
+          exactly the decided update. Those secondaries move to the next generation; the
           primary, which may or may not have applied it, becomes outdated and
           is repaired by replication. The client still gets the primary's
           error: the write's outcome is unknown to it, and it is now kept.
@@ -462,15 +466,72 @@ class Fanout:
         holders = frozenset(
             node
             for node in secondaries
-            if not legs[node].dropped
-            and legs[node].code is not None
-            and tx.voters[node].committed == decided
-            and tx.voters[node].votes_cast == len(tx.subtransactions)
+            if not legs[node].dropped and legs[node].code is not None and _holds(tx, node, decided)
         )
         if not holders:
             return None
         outdated = (secondaries - holders) | targets | {self.route.primary}
         return WriteResult(holders, frozenset(outdated), "primary-failed-after-commit")
+
+    def _record_abandoned(
+        self, tx: Transaction, finalize: Callable[[WriteResult], Awaitable[None]]
+    ) -> None:
+        """Record a write whose call ended before its outcome was known.
+
+        The client hung up, or its deadline passed, while the replicas were
+        voting or committing: some of them may hold the update. Left unrecorded,
+        replicas would differ at equal generations for good. Stopping the
+        transaction freezes who received a COMMIT (every waiting or later vote
+        now gets STOP and aborts), so the outcome can be decided now and
+        recorded in the background.
+        """
+        tx.stop()
+        result = self._abandoned_result(tx)
+        self._count(result)
+        logger.warning(
+            "write abandoned mid-transaction",
+            extra=log.fields(
+                reason=result.reason,
+                updated=sorted(result.updated),
+                outdated=sorted(result.outdated),
+            ),
+        )
+        if not (result.updated or result.outdated):
+            return
+
+        async def record() -> None:
+            try:
+                async with asyncio.timeout(30):
+                    await finalize(result)
+            except Exception:
+                logger.exception("recording an abandoned write failed")
+
+        task = asyncio.ensure_future(record())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    def _abandoned_result(self, tx: Transaction) -> WriteResult:
+        """Who holds an abandoned write, from the frozen transaction.
+
+        Nobody received a COMMIT: nothing changed. Otherwise the replicas that
+        committed every decided subtransaction and voted in every later one
+        hold exactly the decided update (as in ``_primary_failed``, the primary
+        included this time): they move on, the others are outdated. If none
+        provably holds it, the primary stays the reference and every secondary
+        is outdated.
+        """
+        route = self.route
+        targets = frozenset(route.replication_targets)
+        participants = frozenset(route.participants)
+        if not any(state.committed for state in tx.voters.values()):
+            return WriteResult(frozenset(), frozenset(), "abandoned-before-commit")
+        decided = _decided(tx)
+        holders = frozenset(node for node in participants if _holds(tx, node, decided))
+        if not holders:
+            return WriteResult(
+                frozenset(), frozenset(route.secondaries) | targets, "primary-not-committed"
+            )
+        return WriteResult(holders, (participants - holders) | targets, "abandoned-after-commit")
 
     def _count(self, result: WriteResult) -> None:
         self.metrics.transactions.labels(result.reason).inc()
@@ -549,6 +610,23 @@ class Fanout:
                 )
 
         await asyncio.gather(*(one(n) for n in payloads))
+
+
+# Background recordings of abandoned writes, referenced until they finish.
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _holds(tx: Transaction, node: str, decided: int) -> bool:
+    """``node`` provably applied exactly the decided update: it committed every
+    decided subtransaction, voted in every one, and its last vote was cast in the
+    committed phase, i.e. after its update was applied."""
+    state = tx.voters[node]
+    return (
+        decided > 0
+        and state.committed == decided
+        and state.votes_cast == len(tx.subtransactions)
+        and state.last_phase == COMMITTED
+    )
 
 
 def _decided(tx: Transaction | None) -> int:

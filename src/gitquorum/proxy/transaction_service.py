@@ -40,7 +40,7 @@ class RefTransactionService(transaction_pb2_grpc.RefTransactionServicer):
         # Only the nodes this proxy told the transaction's secret may vote in it.
         auth.check(_authorization(context), tx.token.encode())
         started = time.perf_counter()
-        outcome = await tx.vote(request.node, request.reference_updates_hash)
+        outcome = await tx.vote(request.node, request.reference_updates_hash, request.phase)
         self.metrics.vote_latency.observe(time.perf_counter() - started)
         return transaction_pb2.VoteTransactionResponse(state=_STATES[outcome])
 

@@ -57,6 +57,10 @@ class VoterState:
     votes_cast: int = 0
     committed: int = 0  # subtransactions this voter committed
     failed: bool = False  # lost a vote, was cancelled, or its stream failed
+    # Phase of the last vote counted (VoteTransactionRequest.Phase; 0: unknown). A
+    # node votes in the committed phase only after applying its update, which is
+    # how a write whose primary failed is known to be held by a secondary.
+    last_phase: int = 0
 
 
 class Transaction:
@@ -101,7 +105,7 @@ class Transaction:
             sub.failed = True
             sub.decided.set()
 
-    async def vote(self, node: str, digest: bytes) -> Outcome:
+    async def vote(self, node: str, digest: bytes, phase: int = 0) -> Outcome:
         if self.stopped:
             return Outcome.STOP
         state = self.voters.get(node)
@@ -113,6 +117,7 @@ class Transaction:
             return Outcome.ABORT
         index = state.votes_cast
         state.votes_cast += 1
+        state.last_phase = phase
         sub = self._sub(index)
         sub.votes[node] = digest
         self._decide(sub)
@@ -194,8 +199,8 @@ class TransactionManager:
             raise NotFound(f"transaction {tx_id} not found")
         return tx
 
-    async def vote(self, tx_id: int, node: str, digest: bytes) -> Outcome:
-        return await self.get(tx_id).vote(node, digest)
+    async def vote(self, tx_id: int, node: str, digest: bytes, phase: int = 0) -> Outcome:
+        return await self.get(tx_id).vote(node, digest, phase)
 
     def stop(self, tx_id: int) -> None:
         self.get(tx_id).stop()
