@@ -22,7 +22,12 @@ GIT_ENV = {
 }
 
 
-def git(*args: str, cwd: Path | None = None, input: bytes | None = None, env: dict[str, str] | None = None) -> str:
+def git(
+    *args: str,
+    cwd: Path | None = None,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """Run git and return stdout; raise with stderr on failure."""
     proc = subprocess.run(
         ["git", *args],
@@ -83,7 +88,9 @@ async def seed(
         chunk = 1 << 20
         yield repository_pb2.CreateRepositoryFromBundleRequest(repository=repo, data=data[:chunk])
         for offset in range(chunk, len(data), chunk):
-            yield repository_pb2.CreateRepositoryFromBundleRequest(data=data[offset : offset + chunk])
+            yield repository_pb2.CreateRepositoryFromBundleRequest(
+                data=data[offset : offset + chunk]
+            )
 
     await stub.CreateRepositoryFromBundle(requests())
 

@@ -51,7 +51,7 @@ class NodeProcess:
         self.storage_path.mkdir(parents=True, exist_ok=True)
         ready = self.workdir / f"{self.name}.ready"
         ready.unlink(missing_ok=True)
-        logfile = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        logfile = open(self.log_path, "ab")
         # Reuse the previous port on restart so clients can reconnect.
         listen = self.address or self.listen
         self.proc = subprocess.Popen(

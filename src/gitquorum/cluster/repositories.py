@@ -202,7 +202,9 @@ def generation_lag_by_node(records: Iterable[RepositoryRecord]) -> dict[tuple[st
         assigned = record.assigned or record.replica_nodes
         for node in assigned:
             generation = record.replica_generation(node)
-            behind = record.generation + 1 if generation == MISSING else record.generation - generation
+            behind = (
+                record.generation + 1 if generation == MISSING else record.generation - generation
+            )
             key = (record.virtual_storage, node)
             lag[key] = max(lag.get(key, 0), behind)
     return lag

@@ -18,8 +18,13 @@ from gitquorum.cluster.repositories import (
     replica_statuses,
 )
 from gitquorum.errors import InvalidArgument, NotFound
-from gitquorum.gitaly import praefect_pb2, praefect_pb2_grpc, repository_pb2, shared_pb2
-from gitquorum.gitaly import repository_pb2_grpc
+from gitquorum.gitaly import (
+    praefect_pb2,
+    praefect_pb2_grpc,
+    repository_pb2,
+    repository_pb2_grpc,
+    shared_pb2,
+)
 from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.verifier import VerificationStore
 
@@ -61,7 +66,7 @@ class PraefectInfoService(praefect_pb2_grpc.PraefectInfoServiceServicer):
             raise NotFound("repository not found")
         return record
 
-    async def RepositoryReplicas(  # noqa: N802 - gRPC method name
+    async def RepositoryReplicas(
         self, request: praefect_pb2.RepositoryReplicasRequest, context: grpc.aio.ServicerContext
     ) -> praefect_pb2.RepositoryReplicasResponse:
         record = self._record(request.repository.storage_name, request.repository.relative_path)
@@ -92,7 +97,7 @@ class PraefectInfoService(praefect_pb2_grpc.PraefectInfoServiceServicer):
             replicas=[d for n, d in by_node.items() if n != record.primary],
         )
 
-    async def Dataloss(  # noqa: N802 - gRPC method name
+    async def Dataloss(
         self, request: praefect_pb2.DatalossRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[praefect_pb2.DatalossResponse]:
         vs = self._virtual_storage(request.virtual_storage)
@@ -127,7 +132,7 @@ class PraefectInfoService(praefect_pb2_grpc.PraefectInfoServiceServicer):
         if batch or not entries:
             yield praefect_pb2.DatalossResponse(repositories=batch)
 
-    async def SetAuthoritativeStorage(  # noqa: N802 - gRPC method name
+    async def SetAuthoritativeStorage(
         self,
         request: praefect_pb2.SetAuthoritativeStorageRequest,
         context: grpc.aio.ServicerContext,
@@ -152,7 +157,7 @@ class PraefectInfoService(praefect_pb2_grpc.PraefectInfoServiceServicer):
         await self.cache.wait_for_revision(updated.revision)
         return praefect_pb2.SetAuthoritativeStorageResponse()
 
-    async def MarkUnverified(  # noqa: N802 - gRPC method name
+    async def MarkUnverified(
         self, request: praefect_pb2.MarkUnverifiedRequest, context: grpc.aio.ServicerContext
     ) -> praefect_pb2.MarkUnverifiedResponse:
         selector = request.WhichOneof("selector")
@@ -173,7 +178,7 @@ class PraefectInfoService(praefect_pb2_grpc.PraefectInfoServiceServicer):
             raise InvalidArgument("no selector given")
         return praefect_pb2.MarkUnverifiedResponse(replicas_marked=marked)
 
-    async def SetReplicationFactor(  # noqa: N802 - gRPC method name
+    async def SetReplicationFactor(
         self,
         request: praefect_pb2.SetReplicationFactorRequest,
         context: grpc.aio.ServicerContext,
@@ -199,7 +204,7 @@ class PraefectInfoService(praefect_pb2_grpc.PraefectInfoServiceServicer):
         await self.cache.wait_for_revision(updated.revision)
         return praefect_pb2.SetReplicationFactorResponse(storages=list(updated.assigned))
 
-    async def GetRepositoryMetadata(  # noqa: N802 - gRPC method name
+    async def GetRepositoryMetadata(
         self,
         request: praefect_pb2.GetRepositoryMetadataRequest,
         context: grpc.aio.ServicerContext,

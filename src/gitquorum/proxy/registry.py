@@ -140,7 +140,9 @@ class MethodRegistry:
         return self.methods.get(full_name)
 
     @classmethod
-    def from_descriptors(cls, files: Iterable[_descriptor.FileDescriptor] | None = None) -> MethodRegistry:
+    def from_descriptors(
+        cls, files: Iterable[_descriptor.FileDescriptor] | None = None
+    ) -> MethodRegistry:
         if files is None:
             files = _protocol_files()
         methods: dict[str, MethodInfo] = {}
@@ -205,4 +207,3 @@ def _protocol_files() -> list[_descriptor.FileDescriptor]:
         if module.name.endswith("_pb2"):
             files.append(importlib.import_module(f"gitquorum.gitaly.{module.name}").DESCRIPTOR)
     return files
-

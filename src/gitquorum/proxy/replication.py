@@ -202,7 +202,9 @@ class ReplicationWorkers:
                 keeper = await self._lease()
                 targets = [] if self.paused() else list(self.targets())
                 claim = (
-                    await self.queue.claim_next(_Worker(keeper, f"{self.name}/{index}"), targets=targets)
+                    await self.queue.claim_next(
+                        _Worker(keeper, f"{self.name}/{index}"), targets=targets
+                    )
                     if targets
                     else None
                 )

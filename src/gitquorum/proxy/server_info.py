@@ -23,7 +23,7 @@ class ServerInfoService(server_pb2_grpc.ServerServiceServicer):
         self.channels = channels
         self.healthy = healthy
 
-    async def ServerInfo(  # noqa: N802 - gRPC method name
+    async def ServerInfo(
         self, request: server_pb2.ServerInfoRequest, context: grpc.aio.ServicerContext
     ) -> server_pb2.ServerInfoResponse:
         """One status per virtual storage: readable/writeable when any healthy node is."""

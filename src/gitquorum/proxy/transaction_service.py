@@ -31,7 +31,7 @@ class RefTransactionService(transaction_pb2_grpc.RefTransactionServicer):
         self.manager = manager
         self.metrics = metrics
 
-    async def VoteTransaction(  # noqa: N802 - gRPC method name
+    async def VoteTransaction(
         self, request: transaction_pb2.VoteTransactionRequest, context: grpc.aio.ServicerContext
     ) -> transaction_pb2.VoteTransactionResponse:
         if len(request.reference_updates_hash) != 20:
@@ -44,7 +44,7 @@ class RefTransactionService(transaction_pb2_grpc.RefTransactionServicer):
         self.metrics.vote_latency.observe(time.perf_counter() - started)
         return transaction_pb2.VoteTransactionResponse(state=_STATES[outcome])
 
-    async def StopTransaction(  # noqa: N802 - gRPC method name
+    async def StopTransaction(
         self, request: transaction_pb2.StopTransactionRequest, context: grpc.aio.ServicerContext
     ) -> transaction_pb2.StopTransactionResponse:
         tx = self.manager.get(request.transaction_id)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from gitquorum.errors import InvalidArgument, NotFound
 
-
 ZERO_HASH = b"\x00" * 20
 
 
@@ -64,7 +63,9 @@ class VoterState:
 
 
 class Transaction:
-    def __init__(self, tx_id: int, voters: list[Voter], threshold: int, vote_timeout: float) -> None:
+    def __init__(
+        self, tx_id: int, voters: list[Voter], threshold: int, vote_timeout: float
+    ) -> None:
         self.id = tx_id
         # Per-transaction secret the nodes use to authenticate their votes.
         self.token = secrets.token_hex(16)
@@ -158,11 +159,7 @@ class Transaction:
         total = len(self.subtransactions)
         if total == 0:
             return set()
-        return {
-            node
-            for node, st in self.voters.items()
-            if not st.failed and st.committed == total
-        }
+        return {node for node, st in self.voters.items() if not st.failed and st.committed == total}
 
     @property
     def had_votes(self) -> bool:

@@ -38,7 +38,9 @@ class VerificationStore:
         return f"{self.prefix}{virtual_storage}/{repository_id}/{node}"
 
     async def record(self, virtual_storage: str, repository_id: int, node: str) -> None:
-        await self.store.put(self._key(virtual_storage, repository_id, node), str(time.time()).encode())
+        await self.store.put(
+            self._key(virtual_storage, repository_id, node), str(time.time()).encode()
+        )
 
     async def verified_at(self, virtual_storage: str, repository_id: int) -> dict[str, float]:
         prefix = f"{self.prefix}{virtual_storage}/{repository_id}/"
@@ -165,7 +167,9 @@ class Verifier:
         except grpc.aio.AioRpcError as exc:
             logger.info(
                 "replica not verifiable now",
-                extra=log.fields(node=node, repository_id=record.repository_id, error=exc.code().name),
+                extra=log.fields(
+                    node=node, repository_id=record.repository_id, error=exc.code().name
+                ),
             )
             return
         problem = ""
