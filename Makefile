@@ -17,9 +17,11 @@ lint:
 typecheck:
 	$(PYTHON) -m mypy
 
-# The whole suite: lint, types, then every test tier.
+# The whole suite: lint, types, every test tier, then the storage-node suite
+# again through a proxy in front of three nodes.
 test: lint typecheck
 	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	GITQUORUM_TEST_THROUGH_PROXY=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration/node $(PYTEST_ARGS)
 
 test-unit:
 	$(PYTHON) -m pytest -q tests/unit $(PYTEST_ARGS)

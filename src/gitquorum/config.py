@@ -141,7 +141,7 @@ class _Reader:
 class LimitsConfig:
     """Admission limits of a node or a proxy (every one is described in docs/limits.md)."""
 
-    # Largest gRPC message accepted or sent; a bigger request fails RESOURCE_EXHAUSTED.
+    # Largest gRPC request message accepted; a bigger one fails RESOURCE_EXHAUSTED.
     max_message_size: int = 64 * 1024 * 1024
     # Per repository: mutators running at once, and expensive reads (pack, bundle,
     # snapshot and archive streams) running at once; 0 means no limit.

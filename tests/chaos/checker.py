@@ -10,7 +10,8 @@ read from every replica on disk and through every proxy:
    that value, by some ``ok`` or ``unknown`` operation (never by a ``failed``
    one, never a value nobody wrote).
 3. **Converged**: every assigned replica is at the repository's generation
-   and all replicas have the same ``CalculateChecksum`` and the same refs.
+   and all replicas have the same ``CalculateChecksum`` and the same refs; no
+   replica keeps a stale ``.lock`` file (a ref locked for good).
 4. **No stale read**: a read returns the value of every write acknowledged
    before the read started, or a later one (shared branch: a chain position
    at least the highest acknowledged one; unique refs: their value).

@@ -25,13 +25,12 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from tests.harness.cluster import Cluster
-from tests.harness.node import wait_for
 
 
 @dataclass
@@ -49,9 +48,6 @@ class FaultLog:
         fault = Fault(name, target, time.monotonic())
         self.faults.append(fault)
         return fault
-
-    def first(self, name: str) -> Fault:
-        return next(f for f in self.faults if f.name == name)
 
 
 class Relay:
@@ -275,8 +271,3 @@ def locks(cluster: Cluster) -> dict[str, str]:
 
 def jobs(cluster: Cluster) -> dict[str, dict[str, Any]]:
     return {key: json.loads(value) for key, value in etcd_range(cluster, "jobs/").items()}
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> Any:
-    """``wait_for`` with a slower poll, for checks that make RPCs."""
-    return wait_for(predicate, timeout, interval=0.1, what=what)

@@ -203,7 +203,9 @@ class Fanout:
         self.metrics = metrics
         self.write_timeout = write_timeout
 
-    def _metadata(self, node: str, tx: Transaction | None, incoming: Metadata) -> list[tuple[str, str | bytes]]:
+    def _metadata(
+        self, node: str, tx: Transaction | None, incoming: Metadata
+    ) -> list[tuple[str, str | bytes]]:
         extra: list[tuple[str, str]] = []
         if tx is not None:
             extra = encode_metadata(
@@ -455,9 +457,9 @@ class Fanout:
         * some were: a secondary whose call ended after it committed every
           decided subtransaction and whose last vote, in every subtransaction,
           was a committed-phase one (cast only after applying the update) holds
-          exactly the decided update. Those secondaries move to the next generation; the
-          primary, which may or may not have applied it, becomes outdated and
-          is repaired by replication. The client still gets the primary's
+          exactly the decided update. Those secondaries move to the next
+          generation; the primary, which may or may not have applied it, becomes
+          outdated and is repaired by replication. The client still gets the primary's
           error: the write's outcome is unknown to it, and it is now kept.
         """
         decided = _decided(tx)
@@ -514,16 +516,15 @@ class Fanout:
         """Who holds an abandoned write, from the frozen transaction.
 
         Nobody received a COMMIT: nothing changed. Otherwise the replicas that
-        committed every decided subtransaction and voted in every later one
-        hold exactly the decided update (as in ``_primary_failed``, the primary
-        included this time): they move on, the others are outdated. If none
+        provably applied the decided update (``_holds``, as in ``_primary_failed``
+        but the primary included) move on, and the others are outdated. If none
         provably holds it, the primary stays the reference and every secondary
         is outdated.
         """
         route = self.route
         targets = frozenset(route.replication_targets)
         participants = frozenset(route.participants)
-        if not any(state.committed for state in tx.voters.values()):
+        if tx.changed_nothing or not any(state.committed for state in tx.voters.values()):
             return WriteResult(frozenset(), frozenset(), "abandoned-before-commit")
         decided = _decided(tx)
         holders = frozenset(node for node in participants if _holds(tx, node, decided))

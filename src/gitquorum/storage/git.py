@@ -19,6 +19,8 @@ from gitquorum.errors import InvalidArgument
 GIT = os.environ.get("GITQUORUM_GIT", "git")
 ZERO_OID = "0" * 40
 CHUNK = 64 * 1024
+# How long git gets to clean up after SIGTERM before it is killed.
+_TERMINATE_GRACE = 2.0
 
 _BASE_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
@@ -94,6 +96,11 @@ class GitProcess:
                 # The whole group: git spawns helpers (pack-objects, index-pack).
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
+    def terminate(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+
     async def wait(self) -> int:
         return await self.proc.wait()
 
@@ -148,6 +155,13 @@ async def started(
     try:
         yield process
     finally:
+        # SIGTERM first: git removes its lock files on SIGTERM, not on SIGKILL. A
+        # git killed while it held a ref's lock (a push whose RPC was cancelled
+        # while its hook waited for the vote) left that ref locked for good on
+        # the node (found by the chaos tests).
+        process.terminate()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(process.wait()), _TERMINATE_GRACE)
         process.kill()
         with contextlib.suppress(Exception):
             await asyncio.shield(process.wait())
