@@ -551,7 +551,7 @@ async def serve(config: GatewayConfig, ready_file: Path | None = None) -> None:
     if ready_file is not None:
         # "ADDRESS METRICS_PORT" like the node and the proxy; /metrics is on
         # the same port.
-        ready_file.write_text(f"{gateway.address} {gateway.port}\n")  # noqa: ASYNC240 - once
+        ready_file.write_text(f"{gateway.address} {gateway.port}\n")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

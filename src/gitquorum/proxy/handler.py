@@ -57,9 +57,7 @@ class BackendError(Exception):
         self.details = details
 
 
-def rewrite(
-    info: MethodInfo, request: _message.Message, storage: str, replica_path: str
-) -> bytes:
+def rewrite(info: MethodInfo, request: _message.Message, storage: str, replica_path: str) -> bytes:
     """The first message as one node must see it: physical storage and replica path."""
     copy = type(request)()
     copy.CopyFrom(request)
@@ -133,7 +131,9 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
     # -- grpc plumbing -------------------------------------------------------------
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         info = self.registry.get(handler_call_details.method)
         if info is None or info.op is Op.INTERCEPTED:
             return None  # UNIMPLEMENTED, or served by a registered servicer
@@ -262,15 +262,18 @@ class ProxyHandler(grpc.GenericRpcHandler):
         if info.full_name == REPOSITORY_EXISTS:
             # Answered from cluster state: a repository exists when it is recorded.
             fields["route"] = "intercepted"
-            yield repository_pb2.RepositoryExistsResponse(exists=repo is not None).SerializeToString()
+            yield repository_pb2.RepositoryExistsResponse(
+                exists=repo is not None
+            ).SerializeToString()
             return
 
         if info.op is Op.ACCESSOR:
             if repo is None:
                 raise NotFound("repository not found")
-            primary_only = any(
-                k == router.PRIMARY_ONLY_HEADER and v == "primary-only" for k, v in metadata
-            ) or info.full_name in router.FORCE_PRIMARY
+            primary_only = (
+                any(k == router.PRIMARY_ONLY_HEADER and v == "primary-only" for k, v in metadata)
+                or info.full_name in router.FORCE_PRIMARY
+            )
             route = router.route_accessor(
                 repo,
                 self.cluster.healthy(virtual_storage),
@@ -337,7 +340,9 @@ class ProxyHandler(grpc.GenericRpcHandler):
             )
         _describe(fields, mutator)
         _pin_timestamps(request)
-        payloads = {n: rewrite(info, request, n, mutator.replica_path) for n in mutator.participants}
+        payloads = {
+            n: rewrite(info, request, n, mutator.replica_path) for n in mutator.participants
+        }
         fanout = Fanout(
             channels=self.channels,
             info=info,
@@ -387,7 +392,7 @@ def _pin_timestamps(request: _message.Message) -> None:
             and field.message_type.full_name == "google.protobuf.Timestamp"
             and not message.HasField("timestamp")
         ):
-            getattr(message, "timestamp").seconds = int(time.time())
+            message.timestamp.seconds = int(time.time())
 
 
 def _validated_path(relative_path: str) -> str:

@@ -174,9 +174,11 @@ class ProxyServer:
                 *auth_interceptors,
                 ErrorInterceptor(
                     self.metrics.rpc,
-                    skip=lambda m: (info := self.registry_methods.get(m)) is not None
-                    and info.op is not Op.INTERCEPTED,
-                )
+                    skip=lambda m: (
+                        (info := self.registry_methods.get(m)) is not None
+                        and info.op is not Op.INTERCEPTED
+                    ),
+                ),
             ],
             options=[
                 # limits.max_message_size: a larger request fails RESOURCE_EXHAUSTED.
@@ -219,9 +221,7 @@ class ProxyServer:
         await self.checker.check_once()
         await self.membership.start(self.checker.local_view)
         await self.checker.start()
-        self.checker.add_listener(
-            lambda view: self.cluster_metrics.update_health(local=view)
-        )
+        self.checker.add_listener(lambda view: self.cluster_metrics.update_health(local=view))
         self.cluster_metrics.update_health(local=self.checker.local_view)
         self.health_view.add_listener(
             lambda _old, new: self.cluster_metrics.update_health(
@@ -413,7 +413,7 @@ class _Health(health_pb2_grpc.HealthServicer):
     def __init__(self, gate: DrainGate | None = None) -> None:
         self.gate = gate
 
-    async def Check(  # noqa: N802 - gRPC method name
+    async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> health_pb2.HealthCheckResponse:
         # NOT_SERVING while draining: load balancers stop sending new calls here.
