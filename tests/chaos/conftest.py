@@ -42,10 +42,19 @@ from tests.harness.cluster import Cluster
 from tests.integration.proxy.helpers import samples, scrape
 
 CHAIN_LENGTH = 3000
-# Repairs start within a second; the verifier stays out of the way.
+# Repairs start within a second. The verifier stays out of the way: replicas must
+# converge through the write path and replication alone, and the convergence check
+# sees any divergence.
 PROXY_SETTINGS: dict[str, object] = {
     "replication": {"reconcile_interval": "1s", "verify_interval": "10m"},
 }
+# For faults that leave replicas differing at equal generations, which only the
+# verifier (a replica compared with its primary) finds and repairs: it checks every
+# replica every few seconds.
+VERIFYING: dict[str, object] = {
+    "replication": {"reconcile_interval": "1s", "verify_interval": "3s"},
+}
+DIVERGED = "replica differs from the primary"
 CONVERGE_TIMEOUT = 45.0
 
 
@@ -267,9 +276,19 @@ class Scenario:
             self.measurements[f"{fault.name}:{fault.target}:first_ok_write_s"] = (
                 round(recovery, 2) if recovery is not None else None
             )
+        self.measurements["verifier_repairs"] = self.verifier_repairs()
         self._report()
         assert not problems, "invariants violated:\n" + "\n".join(problems[:50])
         return self.measurements
+
+    def verifier_repairs(self) -> int:
+        """Replicas the verifier found differing from their primary (proxy logs)."""
+        assert self.cluster is not None
+        return sum(
+            proxy.log_path.read_text(errors="replace").count(DIVERGED)
+            for proxy in self.cluster.proxies
+            if proxy.log_path.exists()
+        )
 
     def _write_history(self) -> None:
         # The whole history stays next to the cluster's logs, for post-mortems.

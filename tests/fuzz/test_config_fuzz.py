@@ -26,7 +26,7 @@ from gitquorum.config import (
 from gitquorum.errors import ConfigError
 
 SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 scalars = st.one_of(
@@ -123,7 +123,7 @@ def test_hostile_yaml_files(tmp_path: Path, text: str) -> None:
         load_proxy_config(path)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(value=st.one_of(scalars, st.text(max_size=12)))
 def test_duration_and_address_parsers_raise_value_error_only(value: Any) -> None:
     for parse in (parse_duration, parse_address):

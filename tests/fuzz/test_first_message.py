@@ -32,7 +32,7 @@ REGISTRY = MethodRegistry.from_descriptors()
 ROUTED = sorted(name for name, info in REGISTRY.methods.items() if info.op is not Op.INTERCEPTED)
 NODE = "node1"
 REPLICA = "@cluster/repositories/ab/cd/42"
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _examine(info: MethodInfo, request: _message.Message) -> None:
@@ -94,7 +94,7 @@ def test_random_valid_messages(method: str, data: st.DataObject) -> None:
     _run(info, encoded)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(method=st.sampled_from(ROUTED), data=st.data())
 def test_mutated_valid_messages(method: str, data: st.DataObject) -> None:
     """Valid messages with bytes flipped, cut or appended: the decoder's edge cases."""

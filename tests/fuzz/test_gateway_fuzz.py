@@ -206,7 +206,7 @@ async def _send(setup: Setup, request: dict[str, object]) -> tuple[int, str, byt
 
 def test_hostile_requests_get_clear_answers(setup: Setup) -> None:
     @settings(
-        max_examples=150,
+        max_examples=120,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )

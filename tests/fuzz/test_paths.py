@@ -24,7 +24,7 @@ from gitquorum.proxy.handler import _validated_path
 from gitquorum.storage.locator import INTERNAL_DIR, StorageLocator, validate_relative
 from tests.fuzz.strategies import TRAVERSALS, relative_paths, url_paths
 
-SETTINGS = settings(max_examples=400, deadline=None)
+SETTINGS = settings(max_examples=200, deadline=None)
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_the_proxy_refuses_what_the_node_refuses(storage: Path, relative: str) -
     assert cleaned.split("/")[0] != INTERNAL_DIR
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(raw=st.one_of(url_paths(), st.text(max_size=60), st.sampled_from(TRAVERSALS)))
 def test_gateway_paths_are_refused_or_safe(raw: str) -> None:
     try:

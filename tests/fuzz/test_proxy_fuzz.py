@@ -126,7 +126,7 @@ def test_random_first_messages_get_clear_statuses(cluster: Cluster) -> None:
     with grpc.insecure_channel(proxy.address) as channel:
 
         @settings(
-            max_examples=200,
+            max_examples=150,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )

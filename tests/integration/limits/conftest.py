@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -32,7 +31,7 @@ LIMITS = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster = Cluster(
         tmp_path_factory.mktemp("limited"),
@@ -58,7 +57,7 @@ def cluster(limited: Cluster, request: pytest.FixtureRequest) -> Iterator[Cluste
         print(limited.log_tail())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def limited_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     base = tmp_path_factory.mktemp("limited-node")
     config = base / "node.yaml"
@@ -91,10 +90,3 @@ def new_repository(address: str, prefix: str = "limits") -> shared_pb2.Repositor
             repository_pb2.CreateRepositoryRequest(repository=repo), timeout=30
         )
     return repo
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.harness import gitrepo
-
-    return gitrepo.make_repo(tmp_path_factory.mktemp("limits-source") / "source", commits=2)
