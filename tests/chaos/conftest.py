@@ -56,6 +56,7 @@ VERIFYING: dict[str, object] = {
 }
 DIVERGED = "replica differs from the primary"
 CONVERGE_TIMEOUT = 45.0
+START_ATTEMPTS = 3
 
 
 @dataclass
@@ -116,17 +117,25 @@ class Scenario:
         relayed: tuple[str, ...] = (),
         settings: dict[str, object] | None = None,
     ) -> ChaosCluster:
-        cluster = ChaosCluster(
-            self.base / "cluster",
-            nodes_count=3,
-            proxies_count=2,
-            replication_factor=3,
-            etcd_size=etcd_size,
-            proxy_settings={**PROXY_SETTINGS, **(settings or {})},
-            relayed=relayed,
-        )
+        for attempt in range(1, START_ATTEMPTS + 1):
+            cluster = ChaosCluster(
+                self.base / f"cluster{attempt}" if attempt > 1 else self.base / "cluster",
+                nodes_count=3,
+                proxies_count=2,
+                replication_factor=3,
+                etcd_size=etcd_size,
+                proxy_settings={**PROXY_SETTINGS, **(settings or {})},
+                relayed=relayed,
+            )
+            try:
+                await asyncio.to_thread(cluster.start)
+                break
+            except RuntimeError as exc:
+                # A free port picked by the harness can be taken by another process
+                # before the node binds it (other test suites share the machine).
+                if "Address already in use" not in str(exc) or attempt == START_ATTEMPTS:
+                    raise
         self.cluster = cluster
-        await asyncio.to_thread(cluster.start)
         await self._seed()
         return cluster
 

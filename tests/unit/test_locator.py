@@ -272,6 +272,8 @@ def test_locate_does_not_require_existence(locator: StorageLocator, root: Path) 
 
 def test_quarantine_directories_become_git_env(locator: StorageLocator, root: Path) -> None:
     make_git_dir(root / "q.git")
+    # The quarantine must exist: repository() refuses one that does not.
+    (root / "q.git" / "objects" / "incoming-abc").mkdir(parents=True)
     located = locator.repository(
         repo(
             "q.git",
@@ -284,6 +286,12 @@ def test_quarantine_directories_become_git_env(locator: StorageLocator, root: Pa
     assert env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] == ":".join(
         [str(root / "q.git" / "objects"), str(root / "q.git" / "objects" / "other")]
     )
+
+
+def test_a_missing_quarantine_directory_is_refused(locator: StorageLocator, root: Path) -> None:
+    make_git_dir(root / "q.git")
+    with pytest.raises(InvalidArgument, match="object directory does not exist"):
+        locator.repository(repo("q.git", git_object_directory="objects/incoming-gone"))
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,8 @@ from gitquorum.cluster.store import (
 
 # A replica that does not exist has generation -1 (as in Praefect).
 MISSING = -1
+# Attempts of a record update after a txn that timed out without applying.
+UNAVAILABLE_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,6 +488,7 @@ class RepositoryStore:
         record unchanged writes nothing.
         """
         key = self.keys.repository(virtual_storage, repository_id)
+        unavailable_retries = 0
         for attempt in range(self.max_attempts):
             current = await self.get(virtual_storage, repository_id)
             new = mutate(current)
@@ -503,6 +506,19 @@ class RepositoryStore:
                 kv = await self.store.get(key)
                 if kv is not None and kv.value == value and kv.mod_revision != current.revision:
                     return replace(new, revision=kv.mod_revision)
+                if (
+                    kv is not None
+                    and kv.mod_revision == current.revision
+                    and unavailable_retries < UNAVAILABLE_RETRIES
+                ):
+                    # The record did not change: the txn certainly did not apply, so
+                    # it is safe to try again. An etcd leader election (a member
+                    # lost) times the txn out while reads already work; a write's
+                    # finalizer then records the write instead of failing it (seen
+                    # in the chaos tests).
+                    unavailable_retries += 1
+                    await asyncio.sleep(0.1 * unavailable_retries)
+                    continue
                 raise
             if result.succeeded:
                 return replace(new, revision=result.revision)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from gitquorum import log
+from gitquorum.cluster.errors import WriteToOutdatedReplicas
 from gitquorum.errors import Unavailable
 from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.metrics import ProxyMetrics
@@ -105,6 +106,7 @@ class PassThrough:
         channel = self.channels.channel(node)
         outgoing = self.channels.forward_metadata(metadata)
         watch: StatusWatch | None = None
+        call: grpc.aio.Call | None = None
         try:
             if self.info.shape is Shape.UNARY_UNARY:
                 yield await channel.unary_unary(self.info.full_name)(
@@ -129,6 +131,11 @@ class PassThrough:
             from gitquorum.proxy.handler import BackendError
 
             raise BackendError(code, details) from None
+        finally:
+            # Abandoned mid-stream (the client went away): end the node's call
+            # now, so its git process dies now, not when the call is collected.
+            if call is not None and not call.done():
+                call.cancel()
 
 
 @dataclass
@@ -403,12 +410,30 @@ class Fanout:
         tasks = [leg.task for leg in legs.values() if leg.task is not None]
         if not tasks:
             return
-        _done, pending = await asyncio.wait(tasks, timeout=self.write_timeout)
+        # Secondaries the cluster finds unhealthy meanwhile are dropped at once.
+        watcher = asyncio.ensure_future(self._drop_lost(tx, legs, drop)) if tx is not None else None
+        try:
+            _done, pending = await asyncio.wait(tasks, timeout=self.write_timeout)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
         for leg in legs.values():
             if leg.task in pending:
                 drop(leg, "did not finish in time")
         if pending:
             await asyncio.wait(pending, timeout=1.0)
+
+    @staticmethod
+    async def _drop_lost(
+        tx: Transaction, legs: Mapping[str, _Leg], drop: Callable[[_Leg, str], None]
+    ) -> None:
+        while True:
+            tx.secondary_lost.clear()
+            for node in tx.lost_secondaries:
+                leg = legs.get(node)
+                if leg is not None and leg.code is None:
+                    drop(leg, "unhealthy")
+            await tx.secondary_lost.wait()
 
     def _result(self, tx: Transaction | None, legs: Mapping[str, _Leg]) -> WriteResult:
         route = self.route
@@ -553,9 +578,13 @@ class Fanout:
             raise
         except Unavailable:
             raise
+        except WriteToOutdatedReplicas as exc:
+            # The replicas applied the write but it cannot be recorded (a concurrent
+            # write or failover outdated them meanwhile): its outcome is unknown to
+            # the client, never a refusal (FAILED_PRECONDITION would claim nothing
+            # was applied; seen in the chaos tests: a read then returned it).
+            raise Unavailable(f"write could not be recorded: {exc}") from exc
         except Exception as exc:
-            if isinstance(exc, Unavailable):
-                raise
             from gitquorum.errors import GitquorumError
 
             if isinstance(exc, GitquorumError):

@@ -8,8 +8,10 @@ Every other message passes through as bytes. The routing decision comes from
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -151,7 +153,10 @@ class ProxyHandler(grpc.GenericRpcHandler):
             async def unary_stream(
                 request: bytes, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[bytes]:
-                async for response in self._guarded(info, _single(request), context):
+                responses = _closed_when_done(
+                    context, self._guarded(info, _single(request), context)
+                )
+                async for response in responses:
                     yield response
 
             return grpc.unary_stream_rpc_method_handler(unary_stream)
@@ -170,14 +175,15 @@ class ProxyHandler(grpc.GenericRpcHandler):
         async def stream_stream(
             requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
         ) -> AsyncIterator[bytes]:
-            async for response in self._guarded(info, requests, context):
+            responses = _closed_when_done(context, self._guarded(info, requests, context))
+            async for response in responses:
                 yield response
 
         return grpc.stream_stream_rpc_method_handler(stream_stream)
 
     async def _guarded(
         self, info: MethodInfo, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Run one call; turn every failure into a status, log it and count it."""
         metadata = context.invocation_metadata()
         log.correlation_id.set(log.correlation_from_metadata(metadata))
@@ -190,8 +196,15 @@ class ProxyHandler(grpc.GenericRpcHandler):
                 async for response in self._serve(info, requests, context, fields):
                     yield response
         except BackendError as exc:
-            code = exc.code.name
-            await context.abort(exc.code, exc.details)
+            status, details = exc.code, exc.details
+            if status is grpc.StatusCode.CANCELLED and details in ("", "CANCELLED"):
+                # Cancelled by the node with no reason of its own (its own
+                # cancellations say why): gRPC does that to calls in flight when
+                # a node stops. This client did not cancel: to it, the node went
+                # away mid-call, which UNAVAILABLE says (and clients retry).
+                status, details = grpc.StatusCode.UNAVAILABLE, "node stopped during the call"
+            code = status.name
+            await context.abort(status, details)
         except GitquorumError as exc:
             status, message = grpc_status(exc)
             code = status.name
@@ -202,6 +215,9 @@ class ProxyHandler(grpc.GenericRpcHandler):
             code = "INTERNAL"
             logger.exception("proxy error", extra=log.fields(**fields))
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "CANCELLED"  # the client went away (or the drain's grace ran out)
+            raise
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.rpc.observe(info.full_name, info.op.value, code, elapsed)
@@ -407,6 +423,35 @@ def _validated_path(relative_path: str) -> str:
 
 async def _single(request: bytes) -> AsyncIterator[bytes]:
     yield request
+
+
+# Closing tasks of cancelled calls, referenced until done (the loop keeps weak ones).
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _closed_when_done(
+    context: grpc.aio.ServicerContext, responses: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
+    """Close a server-streaming call's responses as soon as the call ends.
+
+    When a client goes away while a response is being sent, grpc cancels that
+    send, not this generator: left suspended at its ``yield`` until garbage
+    collection, it would keep the node's call (and its git process), the
+    repository's concurrency slot and the drain gate's count. Closing it runs
+    every ``finally`` at once.
+    """
+
+    async def close() -> None:
+        with contextlib.suppress(RuntimeError):  # still running: it ends by itself
+            await responses.aclose()
+
+    def done(_context: object) -> None:
+        task = asyncio.ensure_future(close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    context.add_done_callback(done)
+    return responses
 
 
 def repository_of(storage: str, relative_path: str) -> shared_pb2.Repository:

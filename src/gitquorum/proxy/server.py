@@ -328,9 +328,9 @@ class ProxyServer:
             interval=config.verify_interval,
         )
         self.election.run_while_leader("verifier", self.verifier.run)
-        # A node the consensus turns unhealthy stops holding up in-flight writes it
-        # is primary of: they end now instead of after the vote timeout.
-        self.health_view.add_listener(self._fail_unhealthy_primaries)
+        # A node the consensus turns unhealthy stops holding up in-flight writes: they
+        # end now instead of after the vote (primary) or write (secondary) timeout.
+        self.health_view.add_listener(self._release_unhealthy_nodes)
         # Wake the workers when a node comes back: its jobs become runnable.
         self.health_view.add_listener(lambda _old, _new: self.workers.wake.set())
         # ... and when an operator resumes a paused cluster: held-back jobs become claimable.
@@ -362,12 +362,12 @@ class ProxyServer:
                 "anyone who reaches a node can bypass the proxy (set auth.node_token_file)"
             )
 
-    def _fail_unhealthy_primaries(self, old: Consensus, new: Consensus) -> None:
+    def _release_unhealthy_nodes(self, old: Consensus, new: Consensus) -> None:
         for virtual_storage in self.nodes:
             for node in old.healthy(virtual_storage) - new.healthy(virtual_storage):
-                if self.transactions.fail_primary(node):
+                if self.transactions.node_unhealthy(node):
                     logger.warning(
-                        "in-flight writes give up on an unhealthy primary",
+                        "in-flight writes stop waiting for an unhealthy node",
                         extra=log.fields(node=node),
                     )
 

@@ -78,6 +78,10 @@ class Transaction:
         # found it unhealthy. It can no longer commit anything, so the fan-out gives
         # its call up rather than wait for the client's deadline.
         self.primary_unresponsive = asyncio.Event()
+        # Secondaries the cluster found unhealthy during the write: once the primary
+        # answered, the fan-out drops them instead of waiting ``write_timeout``.
+        self.lost_secondaries: set[str] = set()
+        self.secondary_lost = asyncio.Event()
 
     def _sub(self, index: int) -> _Subtransaction:
         while len(self.subtransactions) <= index:
@@ -202,17 +206,24 @@ class TransactionManager:
     def stop(self, tx_id: int) -> None:
         self.get(tx_id).stop()
 
-    def fail_primary(self, node: str) -> int:
-        """``node`` turned unhealthy: in-flight transactions whose primary it is stop
-        waiting for it (a paused or cut-off node never votes; the fan-out then
-        gives its call up). Returns how many transactions were affected."""
+    def node_unhealthy(self, node: str) -> int:
+        """``node`` turned unhealthy: in-flight transactions stop waiting for it (a
+        paused or cut-off node never answers). Where it is primary, it can no
+        longer commit and the fan-out gives its call up; where it is a secondary,
+        the fan-out drops it once the primary answered. Returns how many
+        transactions were affected."""
         affected = 0
         for tx in list(self._transactions.values()):
             state = tx.voters.get(node)
-            if state is not None and state.voter.primary and not state.failed:
+            if state is None or state.failed:
+                continue
+            if state.voter.primary:
                 tx.cancel_voter(node)
                 tx.primary_unresponsive.set()
-                affected += 1
+            else:
+                tx.lost_secondaries.add(node)
+                tx.secondary_lost.set()
+            affected += 1
         return affected
 
     def unregister(self, tx_id: int) -> None:

@@ -7,7 +7,8 @@
   so that it cannot cancel anything, the node still ends the call and kills
   git when the deadline passes.
 * A clone cancelled mid-stream leaves no upload-pack or pack-objects behind
-  on any node (children of the node processes, read from /proc).
+  on any node (children of the node processes, read from /proc), and gives
+  its repository's concurrency slot back at once.
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ async def test_a_cancelled_clone_leaves_no_git_process(
         serving = _serving(cluster)
         assert serving, "the clone should still be streaming"
         held.call.cancel()
+        # The cancelled clone gave its repository slot back at once (one
+        # expensive read per repository here): the next clone is admitted
+        # within the 1 s queue timeout instead of RESOURCE_EXHAUSTED.
+        after = await hold_upload_pack(channel, repo)
+        assert after.waited < 1.0, after.waited
+        after.call.cancel()
     for node in serving:
         await wait_until(
             lambda node=node: not procs.git_processes(_node_pid(node)),  # type: ignore[misc]
