@@ -17,15 +17,12 @@ lint:
 typecheck:
 	$(PYTHON) -m mypy
 
-# The whole suite: lint, types, every test tier.
-# Fault (chaos), soak, limits and shutdown suites are still being brought to a
-# reliable state on a 2-core machine; they run separately (make test-faults)
-# until they are.
-UNFINISHED = --ignore=tests/chaos --ignore=tests/soak \
-	--ignore=tests/integration/limits --ignore=tests/integration/shutdown
-
+# The whole suite: lint, types, every test tier (unit, integration, acceptance,
+# fuzz, fault, limits, shutdown, soak), then the storage-node suite again
+# through a proxy in front of three nodes.
 test: lint typecheck
-	$(PYTHON) -m pytest -q -p no:cacheprovider $(UNFINISHED) $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	GITQUORUM_TEST_THROUGH_PROXY=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration/node $(PYTEST_ARGS)
 
 test-unit:
 	$(PYTHON) -m pytest -q tests/unit $(PYTEST_ARGS)
@@ -36,6 +33,6 @@ test-integration:
 test-faults:
 	$(PYTHON) -m pytest -q tests/chaos tests/soak tests/integration/limits tests/integration/shutdown $(PYTEST_ARGS)
 
-# The storage-node suite again, through a proxy in front of three nodes.
+# The storage-node suite alone, through a proxy in front of three nodes.
 test-through-proxy:
 	GITQUORUM_TEST_THROUGH_PROXY=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration/node $(PYTEST_ARGS)
