@@ -197,6 +197,30 @@ async def test_read_chunks(repo: Path) -> None:
     (repo / "big.bin").unlink()
 
 
+async def test_read_chunks_joins_output_already_written() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"0005\x01")  # a side-band header, its payload written just after
+    asyncio.get_running_loop().call_soon(reader.feed_data, b"payload")
+    chunks = git.read_chunks(reader, 64)
+    assert await anext(chunks) == b"0005\x01payload"
+    # Nothing more written yet: what there is goes out at once, no waiting.
+    reader.feed_data(b"progress")
+    assert await asyncio.wait_for(anext(chunks), 1) == b"progress"
+    reader.feed_eof()
+    assert [c async for c in chunks] == []
+
+
+async def test_read_chunks_never_joins_past_the_size() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"abc")
+    asyncio.get_running_loop().call_soon(reader.feed_data, b"0123456789")
+    asyncio.get_running_loop().call_soon(reader.feed_eof)
+    chunks = [c async for c in git.read_chunks(reader, 8)]
+    assert chunks[0] == b"abc01234"
+    assert all(len(c) <= 8 for c in chunks)
+    assert b"".join(chunks) == b"abc0123456789"
+
+
 async def test_version() -> None:
     version = await git.version()
     assert version[0].isdigit()

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 
-from gitquorum import auth, tls
+from gitquorum import auth, log, tls
 from gitquorum.storage.transaction import SERVER_KEY, TRANSACTION_KEY
 
 # Client metadata that must not travel to nodes: the proxy sets these itself.
@@ -64,6 +64,11 @@ class NodeChannels:
         out: list[tuple[str, str | bytes]] = [
             (k, v) for k, v in incoming or () if k not in _HOP_KEYS and not k.startswith(":")
         ]
+        # A call without a correlation id got one from the proxy for its own log
+        # line: pass it on, so the nodes' log lines of the call join the proxy's.
+        correlation = log.correlation_id.get()
+        if correlation and not any(k in log.CORRELATION_METADATA_KEYS for k, _ in out):
+            out.append((log.CORRELATION_METADATA_KEYS[0], correlation))
         out.extend(extra)
         if self.secret:
             out.append(auth.bearer(self.secret))

@@ -182,11 +182,31 @@ async def run(
 
 
 async def read_chunks(reader: asyncio.StreamReader, size: int = CHUNK) -> AsyncIterator[bytes]:
+    """git's output in chunks of at most ``size`` bytes, each as full as is cheap.
+
+    git writes a side-band packet's 5-byte header and its payload with separate
+    ``write()``s, so a plain read often returns a few bytes, and every chunk
+    becomes one gRPC message that every hop pays for. After a short read, one
+    turn of the event loop takes in what git has already written; it never
+    waits for output that is not there (progress and keep-alives go out at once).
+    """
     while True:
         chunk = await reader.read(size)
         if not chunk:
             return
+        if len(chunk) < size:
+            await asyncio.sleep(0)
+            waiting = _buffered(reader)
+            if waiting:
+                chunk += await reader.read(min(waiting, size - len(chunk)))
         yield chunk
+
+
+def _buffered(reader: asyncio.StreamReader) -> int:
+    # StreamReader has no public "bytes available" call; its buffer is stable
+    # across CPython releases, and without it we only lose the coalescing.
+    buffer = getattr(reader, "_buffer", None)
+    return len(buffer) if buffer is not None else 0
 
 
 async def version() -> str:
