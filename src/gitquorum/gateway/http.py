@@ -35,6 +35,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gitquorum import authn, log, tls
+from gitquorum.callstatus import StatusWatch
 from gitquorum.config import parse_address
 from gitquorum.errors import GitquorumError, PermissionDenied
 from gitquorum.gateway import body, paths, pktline, status
@@ -370,6 +371,9 @@ class GatewayServer:
             first = make(repository=repository, git_protocol=protocol)
             call = self.backend.post_upload_pack()
         chunks = _prepend(head, body.chunks(request.content, encoding, self.config.chunk_size))
+        # The body is still being sent when a backend refuses the call (a
+        # missing repository): the watch recovers its status from the write race.
+        watch = StatusWatch(call)
         pump = asyncio.create_task(_pump(call, first, chunks, make, exchange))
         response: web.StreamResponse | None = None
         try:
@@ -390,13 +394,14 @@ class GatewayServer:
                 body_error = _pump_error(pump)
                 if body_error is not None:
                     return self._body_failed(request, response, body_error, exchange, target)
+                code, details = await watch.resolve(error.code(), error.details() or "")
                 if response is not None:
                     logger.warning(
                         f"{service} failed mid-stream",
-                        extra=log.fields(code=error.code().name, details=error.details()),
+                        extra=log.fields(code=code.name, details=details),
                     )
                     return _abort(request, response, exchange)
-                raise self._backend_failure(error, target.relative_path) from None
+                raise self._failure(code, details, target.relative_path) from None
             except ConnectionError:
                 # The client went away; the call is cancelled below.
                 if response is None:
@@ -449,8 +454,10 @@ class GatewayServer:
         return identity
 
     def _backend_failure(self, error: grpc.aio.AioRpcError, relative: str) -> _Failure:
-        code = error.code()
-        text = status.describe(code, error.details() or "", relative, self.backend.storage)
+        return self._failure(error.code(), error.details() or "", relative)
+
+    def _failure(self, code: grpc.StatusCode, details: str, relative: str) -> _Failure:
+        text = status.describe(code, details, relative, self.backend.storage)
         return _Failure(status.http_status(code), text)
 
     async def _write(self, response: web.StreamResponse, data: bytes, exchange: _Exchange) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from gitquorum import log
+from gitquorum.callstatus import StatusWatch
 from gitquorum.cluster.errors import WriteToOutdatedReplicas
 from gitquorum.errors import Unavailable
 from gitquorum.proxy.channels import NodeChannels
@@ -43,49 +44,6 @@ async def _requests(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[b
     yield first
     async for message in rest:
         yield message
-
-
-# What grpc.aio reports when a request write fails because the call just ended.
-_WRITE_RACE = (grpc.StatusCode.INTERNAL, "Internal error from Core")
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
-
-
-class StatusWatch:
-    """The status a node really sent on a client-streaming call.
-
-    A node may end such a call before reading every request (a rejected header,
-    say). When a request write is in flight at that moment, grpc.aio replaces
-    the node's status with INTERNAL "Internal error from Core" (grpc/grpc#36066),
-    before or after the real status arrives. Every status given to the call is
-    recorded as it is set (done callbacks run on each), so the node's own answer
-    can be relayed instead of the write race.
-    """
-
-    def __init__(self, call: grpc.aio.Call) -> None:
-        self.statuses: list[tuple[grpc.StatusCode, str]] = []
-        self._answered = asyncio.Event()
-        call.add_done_callback(self._on_status)
-
-    def _on_status(self, call: grpc.aio.Call) -> None:
-        status = getattr(getattr(call, "_cython_call", None), "_status", None)
-        if status is None:
-            return
-        entry = (_CODES.get(status.code(), grpc.StatusCode.UNKNOWN), status.details() or "")
-        self.statuses.append(entry)
-        if entry != _WRITE_RACE:
-            self._answered.set()
-
-    async def resolve(self, code: grpc.StatusCode, details: str) -> tuple[grpc.StatusCode, str]:
-        """The node's status in place of a write race; anything else unchanged."""
-        if (code, details) != _WRITE_RACE:
-            return code, details
-        with contextlib.suppress(TimeoutError):
-            # The node's status may still be on its way: wait a little for it.
-            await asyncio.wait_for(self._answered.wait(), 1.0)
-        for entry in self.statuses:
-            if entry != _WRITE_RACE:
-                return entry
-        return code, details
 
 
 class PassThrough:

@@ -145,6 +145,27 @@ async def test_missing_repository_is_404_and_not_created(
     assert not await repository_exists(channel, missing)
 
 
+async def test_missing_repository_is_404_while_a_large_body_is_still_sent(
+    gateway: GatewayServer, target: Target
+) -> None:
+    # The backend refuses the call while the gateway is still streaming the
+    # body: the client must see the backend's NOT_FOUND, not grpc's write race
+    # (INTERNAL, which became a 500).
+    missing = target.repository("missing/large-body.git")
+    haves = b"".join(pkt(f"have {i:040x}\n") for i in range(60_000))  # ~3 MB
+    body = pkt("command=fetch\n") + b"0001" + haves + pkt("done\n") + b"0000"
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.post(
+                url(gateway, missing, "git-upload-pack"),
+                data=body,
+                headers={"Content-Type": UPLOAD_REQUEST, "Git-Protocol": "version=2"},
+            ) as response:
+                text = await response.text()
+                assert response.status == 404, text
+                assert "not found" in text
+
+
 @pytest.mark.parametrize(
     ("path", "reason"),
     [
