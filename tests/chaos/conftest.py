@@ -57,6 +57,7 @@ VERIFYING: dict[str, object] = {
 DIVERGED = "replica differs from the primary"
 CONVERGE_TIMEOUT = 45.0
 START_ATTEMPTS = 3
+STEADY_ATTEMPTS = 5
 
 
 @dataclass
@@ -172,17 +173,30 @@ class Scenario:
         secondaries are all valid primaries.
         """
         assert self.cluster is not None and self.workload is not None
-        self.workload.writing.clear()
-        try:
-            await until(
-                lambda: checker.converged(self.cluster, self.proxies[0], self.relative_path),  # type: ignore[arg-type]
-                CONVERGE_TIMEOUT,
-                "every replica up to date before the fault",
-            )
-        finally:
-            self.workload.writing.set()
-        await self.acknowledged(writes, 30, "writes before the fault", after=time.monotonic())
-        return self.primary()
+        for _ in range(STEADY_ATTEMPTS):
+            self.workload.writing.clear()
+            try:
+                await until(
+                    lambda: checker.converged(self.cluster, self.proxies[0], self.relative_path),  # type: ignore[arg-type]
+                    CONVERGE_TIMEOUT,
+                    "every replica up to date before the fault",
+                )
+            finally:
+                self.workload.writing.set()
+            await self.acknowledged(writes, 30, "writes before the fault", after=time.monotonic())
+            # The writes since may have outdated the secondaries again (contended
+            # compare-and-swaps, more frequent on a loaded machine): the fault
+            # goes in only while a secondary is still a valid primary.
+            if await asyncio.to_thread(self._valid_secondary):
+                return self.primary()
+        raise TimeoutError(f"no valid secondary after {STEADY_ATTEMPTS} rounds of catching up")
+
+    def _valid_secondary(self) -> bool:
+        meta = checker.metadata(self.proxies[0], self.relative_path)
+        return any(
+            r.storage != meta.primary and r.healthy and r.generation == meta.generation
+            for r in meta.replicas
+        )
 
     def record_external_write(self, kind: str, ref: str, value: str) -> None:
         """A write the test made itself (acknowledged), for the checker."""

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from gitquorum import log
-from gitquorum.cluster.errors import Conflict, FailedPrecondition
+from gitquorum.cluster.errors import Conflict, FailedPrecondition, StoreUnavailable
 from gitquorum.cluster.membership import HealthView
 from gitquorum.cluster.queue import JobType, ReplicationQueue
 from gitquorum.cluster.repositories import (
@@ -198,7 +198,19 @@ class EtcdClusterPort:
                 virtual_storage, route.repository_id, result.outdated
             )
         for node in result.outdated:
-            await self._enqueue(record, node, JobType.UPDATE)
+            try:
+                await self._enqueue(record, node, JobType.UPDATE)
+            except StoreUnavailable as exc:
+                # The write is recorded (the generation change above is durable):
+                # failing it now would report a durable write as unavailable. The
+                # outdated replica is in the record, so the reconciler queues the
+                # job on its next pass (seen during an etcd leader election).
+                logger.warning(
+                    "replication job not queued; the reconciler will queue it",
+                    extra=log.fields(
+                        repository_id=record.repository_id, target=node, error=str(exc)
+                    ),
+                )
         await self.cache.wait_for_revision(record.revision)
 
     async def _enqueue(self, record: RepositoryRecord, target: str, kind: JobType) -> None:
