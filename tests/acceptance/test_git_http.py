@@ -308,7 +308,16 @@ def test_push_of_a_large_repository_reaches_every_replica(
     found = metadata(cluster, pushed.relative)
     # One write: git's probe before the large pack did not count as another.
     assert found.generation == 1
-    assert all(r.generation == found.generation for r in found.replicas)
+    # Every replica at that generation. Not asserted at the instant of the
+    # push: the verifier's first check of the new repository can coincide
+    # with the push's commit phase and flag a replica that is then repaired
+    # (docs/failover.md, known limits); what must hold is that they converge.
+    wait_for(
+        lambda: all(r.generation == 1 for r in metadata(cluster, pushed.relative).replicas),
+        30,
+        interval=0.2,
+        what="every replica at generation 1",
+    )
     print(f"push of {COMMITS} commits + 20 MB binary: {pushed.seconds:.2f}s")
     # Streamed, never held: the push did not grow the gateway by its size.
     print(f"gateway peak RSS growth during the push: {pushed.rss_growth_kib} KiB")
