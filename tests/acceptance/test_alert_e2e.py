@@ -70,13 +70,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     # Restarted nodes keep their metrics port, so Prometheus's targets stay valid.
     for node in cluster.nodes:
         node.extra_args = ["--metrics-listen", f"127.0.0.1:{node.metrics_port}"]
-    try:
+    with cluster.reporting():
         yield cluster
-    except BaseException:
-        print(cluster.log_tail())
-        raise
-    finally:
-        cluster.close()
 
 
 @pytest.fixture

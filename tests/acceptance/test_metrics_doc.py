@@ -35,13 +35,8 @@ RELATIVE_PATH = "metrics/doc.git"
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     cluster = Cluster(tmp_path / "cluster").start()
-    try:
+    with cluster.reporting():
         yield cluster
-    except BaseException:
-        print(cluster.log_tail())
-        raise
-    finally:
-        cluster.close()
 
 
 @pytest.fixture

@@ -193,10 +193,7 @@ class Scenario:
 
     def _valid_secondary(self) -> bool:
         meta = checker.metadata(self.proxies[0], self.relative_path)
-        return any(
-            r.storage != meta.primary and r.healthy and r.generation == meta.generation
-            for r in meta.replicas
-        )
+        return any(r.storage != meta.primary and r.valid_primary for r in meta.replicas)
 
     def record_external_write(self, kind: str, ref: str, value: str) -> None:
         """A write the test made itself (acknowledged), for the checker."""

@@ -11,6 +11,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +185,17 @@ class Cluster:
         if self.etcd is not None:
             parts.append(f"--- etcd ---\n{self.etcd.log_tail(10)}")
         return "\n".join(parts)
+
+    @contextmanager
+    def reporting(self) -> Iterator[Cluster]:
+        """Yield the cluster; print its logs if the body fails; always close it."""
+        try:
+            yield self
+        except BaseException:
+            print(self.log_tail())
+            raise
+        finally:
+            self.close()
 
     def close(self) -> None:
         for proxy in self.proxies:

@@ -94,13 +94,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         proxies_count=2,
         proxy_settings={"replication": {"reconcile_interval": "1s"}},
     ).start()
-    try:
+    with cluster.reporting():
         yield cluster
-    except BaseException:
-        print(cluster.log_tail())
-        raise
-    finally:
-        cluster.close()
 
 
 def _pid(process: ProxyProcess | NodeProcess) -> int:

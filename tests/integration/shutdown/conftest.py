@@ -7,8 +7,11 @@ quick to test. Every test starts with every process up and every node healthy.
 from __future__ import annotations
 
 import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -107,3 +110,52 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return gitrepo.make_repo(
         tmp_path_factory.mktemp("drain-source") / "source", commits=3, binary_size=2 * 1024 * 1024
     )
+
+
+@dataclass
+class WriteLoop:
+    """Writers creating unique refs in a loop, one thread per address.
+
+    Every refusal ``expected`` accepts goes to ``refused`` (and the writer goes
+    on); any other goes to ``unexpected``. ``acknowledged`` holds every ref a
+    proxy confirmed, for the lost-write check.
+    """
+
+    relative: str
+    oid: str
+    prefix: str
+    expected: Callable[[grpc.RpcError], bool]
+    acknowledged: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _write(self, index: int, address: str) -> None:
+        count = 0
+        while not self._stop.is_set():
+            ref = f"refs/heads/{self.prefix}{index}-{count}"
+            count += 1
+            try:
+                write_ref(address, self.relative, ref, self.oid, timeout=15)
+            except grpc.RpcError as exc:
+                line = f"{ref}: {exc.code().name} {exc.details()}"  # type: ignore[attr-defined]
+                with self._lock:
+                    (self.refused if self.expected(exc) else self.unexpected).append(line)
+                time.sleep(0.05)  # a client's pause before retrying
+                continue
+            with self._lock:
+                self.acknowledged.append(ref)
+
+    @contextmanager
+    def running(self, writers: Sequence[tuple[int, str]]) -> Iterator[WriteLoop]:
+        """Run one writer per (index, address) until the block ends."""
+        threads = [threading.Thread(target=self._write, args=w) for w in writers]
+        for thread in threads:
+            thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            for thread in threads:
+                thread.join(30)

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from tests.harness.cluster import Cluster
 from tests.harness.node import wait_for
 from tests.integration.limits.calls import hold_upload_pack
 from tests.integration.proxy import helpers
-from tests.integration.shutdown.conftest import exit_code, seed, sigterm, write_ref
+from tests.integration.shutdown.conftest import WriteLoop, exit_code, seed, sigterm
 
 NODE_GRACE = 10.0  # a node's default graceful_timeout
 RETRYABLE = {
@@ -81,33 +80,9 @@ def test_writes_while_a_node_drains_and_returns_lose_nothing(
     oid = gitrepo.git("rev-parse", "main", cwd=source).strip()
     # Drain the primary: the hardest case (writes must move to a new primary).
     node = cluster.node(helpers.metadata(a.address, relative).primary)
-    acknowledged: list[str] = []
-    unexpected: list[str] = []
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def writer(index: int, address: str) -> None:
-        count = 0
-        while not stop.is_set():
-            ref = f"refs/heads/n{index}-{count}"
-            count += 1
-            try:
-                write_ref(address, relative, ref, oid, timeout=15)
-            except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE:  # type: ignore[attr-defined]
-                    with lock:
-                        unexpected.append(f"{ref}: {exc.code()} {exc.details()}")  # type: ignore[attr-defined]
-                time.sleep(0.05)
-                continue
-            with lock:
-                acknowledged.append(ref)
-
-    threads = [
-        threading.Thread(target=writer, args=(i, p.address)) for i, p in enumerate([a, b, a])
-    ]
-    for thread in threads:
-        thread.start()
-    try:
+    loop = WriteLoop(relative, oid, "n", lambda exc: exc.code() in RETRYABLE)  # type: ignore[attr-defined]
+    acknowledged = loop.acknowledged
+    with loop.running([(i, p.address) for i, p in enumerate([a, b, a])]):
         wait_for(lambda: len(acknowledged) >= 10, 30, 0.05, "writes to be acknowledged")
         sigterm(node)
         assert exit_code(node, NODE_GRACE + 10) == 0
@@ -116,10 +91,7 @@ def test_writes_while_a_node_drains_and_returns_lose_nothing(
         node.start()
         count = len(acknowledged)
         wait_for(lambda: len(acknowledged) >= count + 5, 30, 0.05, "writes after its return")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
+    unexpected = loop.unexpected
     assert not unexpected, unexpected
     helpers.wait_converged(a.address, relative, timeout=60)
     for name, refs in helpers.replica_refs(cluster, a.address, relative).items():

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from tests.integration.limits.calls import FLUSH, hold_receive_pack, pkt
 from tests.integration.proxy import helpers
 from tests.integration.shutdown.conftest import (
     GRACE,
+    WriteLoop,
     exit_code,
     jobs,
     sigterm,
@@ -114,6 +114,17 @@ async def test_an_in_flight_push_completes_during_the_drain(
         assert refs.get("refs/heads/main") == head, node
 
 
+def _refused_cleanly(exc: grpc.RpcError) -> bool:
+    code = exc.code()  # type: ignore[attr-defined]
+    # Refused by the drain (or the listener is gone): UNAVAILABLE. A call that
+    # reaches gRPC at the very instant the server stops is cancelled by gRPC
+    # itself before any handler ran: CANCELLED.
+    return bool(
+        code == grpc.StatusCode.UNAVAILABLE
+        or (code == grpc.StatusCode.CANCELLED and exc.details() == "CANCELLED")  # type: ignore[attr-defined]
+    )
+
+
 def test_writes_through_a_draining_proxy_fail_cleanly_and_none_is_lost(
     cluster: Cluster, source: Path, tmp_path: Path
 ) -> None:
@@ -123,50 +134,15 @@ def test_writes_through_a_draining_proxy_fail_cleanly_and_none_is_lost(
 
     seed(a.address, relative, source, tmp_path)
     oid = gitrepo.git("rev-parse", "main", cwd=source).strip()
-    acknowledged: list[str] = []
-    refused: list[str] = []
-    unexpected: list[str] = []
-    stop = threading.Event()
-    lock = threading.Lock()
-
-    def writer(index: int, address: str) -> None:
-        count = 0
-        while not stop.is_set():
-            ref = f"refs/heads/w{index}-{count}"
-            count += 1
-            try:
-                write_ref(address, relative, ref, oid, timeout=15)
-            except grpc.RpcError as exc:
-                code = exc.code()  # type: ignore[attr-defined]
-                # Refused by the drain (or the listener is gone): UNAVAILABLE.
-                # A call that reaches gRPC at the very instant the server stops
-                # is cancelled by gRPC itself before any handler ran: CANCELLED.
-                clean = code == grpc.StatusCode.UNAVAILABLE or (
-                    code == grpc.StatusCode.CANCELLED and exc.details() == "CANCELLED"  # type: ignore[attr-defined]
-                )
-                with lock:
-                    (refused if clean else unexpected).append(
-                        f"{ref}: {code.name} {exc.details()}"  # type: ignore[attr-defined]
-                    )
-                time.sleep(0.05)
-                continue
-            with lock:
-                acknowledged.append(ref)
-
-    threads = [threading.Thread(target=writer, args=(i, a.address)) for i in range(3)]
-    threads.append(threading.Thread(target=writer, args=(9, b.address)))
-    for thread in threads:
-        thread.start()
-    try:
+    loop = WriteLoop(relative, oid, "w", _refused_cleanly)
+    acknowledged = loop.acknowledged
+    with loop.running([(0, a.address), (1, a.address), (2, a.address), (9, b.address)]):
         wait_for(lambda: len(acknowledged) >= 10, 30, 0.05, "writes to be acknowledged")
         before = len(acknowledged)
         sigterm(a)
         assert exit_code(a, GRACE + 15) == 0
         wait_for(lambda: len(acknowledged) >= before + 5, 30, 0.05, "writes through B")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(30)
+    refused, unexpected = loop.refused, loop.unexpected
     assert not unexpected, unexpected
     assert refused, "the loop should have hit the drained proxy"
     helpers.wait_converged(b.address, relative, timeout=60)
