@@ -22,12 +22,27 @@ CHUNK = 64 * 1024
 # How long git gets to clean up after SIGTERM before it is killed.
 _TERMINATE_GRACE = 2.0
 
+# Durable before the committed vote: git's defaults fsync neither loose objects
+# nor references, and a node that lost power after voting "committed" could come
+# back without a write etcd records it as holding. These settings make every
+# object, pack, derived file (commit-graph, multi-pack-index, …) and reference
+# git writes reach the disk before git reports success (git >= 2.36).
+DURABILITY_CONFIG = {
+    "core.fsync": "objects,derived-metadata,reference",
+    "core.fsyncMethod": "fsync",
+}
+
 _BASE_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_CONFIG_NOSYSTEM": "1",
     "GIT_CONFIG_GLOBAL": "/dev/null",
     "LC_ALL": "C",
     "LANG": "C",
+    # Passed as environment configuration so that every git the node runs gets
+    # it, including those git itself starts (hooks, pack-objects, index-pack).
+    "GIT_CONFIG_COUNT": str(len(DURABILITY_CONFIG)),
+    **{f"GIT_CONFIG_KEY_{i}": key for i, key in enumerate(DURABILITY_CONFIG)},
+    **{f"GIT_CONFIG_VALUE_{i}": value for i, value in enumerate(DURABILITY_CONFIG.values())},
 }
 
 
@@ -47,6 +62,9 @@ def config_args(options: Sequence[str]) -> list[str]:
         key, sep, _value = option.partition("=")
         if not sep or not key or "\x00" in option or "\n" in key:
             raise InvalidArgument(f"invalid git config option {option!r}: expected key=value")
+        if key.lower().startswith("core.fsync"):
+            # A client must not be able to trade the node's durability for speed.
+            raise InvalidArgument(f"git config option {key!r} is set by the node")
         args += ["-c", option]
     return args
 

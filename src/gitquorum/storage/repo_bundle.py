@@ -150,6 +150,6 @@ async def create_from_bundle(
             await git.run(["symbolic-ref", "HEAD", head], git_dir=staged)
         digest = await refs_digest(staged)
         await node.voting.vote(tx, first.repository, digest, PREPARED)
-        move_into_place(staged, repo.path)
+        await asyncio.to_thread(move_into_place, staged, repo.path)
     node.catfile.invalidate(str(repo.path))
     await node.voting.vote(tx, first.repository, digest, COMMITTED)

@@ -9,6 +9,7 @@ before the rename leaves the storage untouched.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -99,7 +100,7 @@ async def create_repository(
         # vote all replicas agree on regardless of their git versions.
         digest = vote_digest(f"create {head} {object_format}\n")
         await node.voting.vote(tx, request.repository, digest, PREPARED)
-        move_into_place(staged, repo.path)
+        await asyncio.to_thread(move_into_place, staged, repo.path)
     node.catfile.invalidate(str(repo.path))
     await node.voting.vote(tx, request.repository, digest, COMMITTED)
 

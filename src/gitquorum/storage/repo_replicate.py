@@ -195,7 +195,7 @@ class Replication:
             staged = scratch / "repo.git"
             await asyncio.to_thread(extract_snapshot, archive, staged)
             try:
-                move_into_place(staged, self.target.path)
+                await asyncio.to_thread(move_into_place, staged, self.target.path)
             except AlreadyExists:
                 # A concurrent replication got there first; the fetch below
                 # brings whichever copy won up to date.

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from gitquorum.errors import AlreadyExists
+from gitquorum.storage.durable import fsync_path, sync_tree
 from gitquorum.storage.locator import StorageLocator
 
 
@@ -57,9 +58,14 @@ def ensure_absent(target: Path) -> None:
 
 
 def move_into_place(source: Path, target: Path) -> None:
-    """Rename a finished repository to its final path; refuse to replace anything."""
+    """Rename a finished repository to its final path; refuse to replace anything.
+
+    Durable when it returns: the repository's files first, then the rename in
+    both directories (see ``durable``). Blocking: call it from a thread.
+    """
     ensure_absent(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    sync_tree(source)
+    _make_parents(target.parent)
     try:
         # rename(2) replaces at most an empty directory, so a repository created
         # concurrently at the same path makes this fail instead of being lost.
@@ -68,10 +74,27 @@ def move_into_place(source: Path, target: Path) -> None:
         if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
             raise AlreadyExists("repository exists already") from exc
         raise
+    fsync_path(target.parent)
+    fsync_path(source.parent)
+
+
+def _make_parents(directory: Path) -> None:
+    """``mkdir -p`` whose new directory entries are on disk too."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            path.mkdir()
+        fsync_path(path.parent)
 
 
 def move_aside(locator: StorageLocator, storage: str, path: Path, label: str) -> Path:
     """Rename ``path`` into ``+gitquorum/tmp`` so it vanishes atomically; return the new path."""
     destination = tmp_root(locator, storage) / f"{label}-{secrets.token_hex(8)}"
     os.rename(path, destination)
+    # A removal or a stale replica set aside must not reappear after a power loss.
+    fsync_path(path.parent)
+    fsync_path(destination.parent)
     return destination
