@@ -16,7 +16,8 @@ from typing import Any
 
 from gitquorum.cli import admin_common as common
 from gitquorum.cli.admin_view import read_view
-from gitquorum.cluster.repositories import MISSING, RepositoryStore, valid_primaries
+from gitquorum.cluster.decisions import valid_primaries
+from gitquorum.cluster.repositories import MISSING, RepositoryStore
 from gitquorum.gitaly import praefect_pb2, praefect_pb2_grpc
 
 

@@ -33,7 +33,7 @@ import grpc
 
 from gitquorum.cli import admin_common as common
 from gitquorum.cli.admin_view import ClusterView, read_view
-from gitquorum.cluster.repositories import valid_primaries
+from gitquorum.cluster.decisions import valid_primaries
 from gitquorum.gitaly import server_pb2, server_pb2_grpc
 
 OK, WARN, FAIL = "ok", "warn", "fail"

@@ -19,7 +19,7 @@ from typing import Any
 
 from gitquorum.cli import admin_common as common
 from gitquorum.cli.admin_view import read_view
-from gitquorum.cluster.repositories import DatalossEntry, dataloss
+from gitquorum.cluster.reports import DatalossEntry, dataloss
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,9 +14,10 @@ from typing import Any
 
 from gitquorum.cli import admin_common as common
 from gitquorum.cli.admin_view import ClusterView, read_view
+from gitquorum.cluster.decisions import valid_primaries
 from gitquorum.cluster.operator_state import Mark
 from gitquorum.cluster.queue import JobState, queue_stats
-from gitquorum.cluster.repositories import outdated_by_node, valid_primaries
+from gitquorum.cluster.reports import outdated_by_node
 
 STATES = (JobState.READY, JobState.IN_PROGRESS, JobState.FAILED, JobState.DEAD)
 

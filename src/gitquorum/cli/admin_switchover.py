@@ -2,7 +2,8 @@
 
 ``--repository PATH --to NODE`` moves one repository's primary;
 ``--from NODE [--to NODE]`` moves every primary a node holds (to ``--to``,
-or each to the least-loaded valid candidate that is not drained).
+or each where failover would put it: the least-loaded valid candidate, a
+drained one only when no other qualifies).
 
 A move is one compare-and-swap on the repository record: it applies only if
 the primary is still the one read, and only to a *valid primary* (healthy by
@@ -22,9 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from gitquorum.cli import admin_common as common
-from gitquorum.cli.admin_view import ClusterView, read_view
+from gitquorum.cli.admin_view import read_view
+from gitquorum.cluster.decisions import choose_primary, primary_load, valid_primaries
 from gitquorum.cluster.errors import Conflict, FailedPrecondition, RepositoryNotFound
-from gitquorum.cluster.repositories import RepositoryRecord, RepositoryStore, valid_primaries
+from gitquorum.cluster.repositories import RepositoryRecord, RepositoryStore
 from gitquorum.cluster.store import Store
 
 # A candidate can be a generation behind for the few milliseconds a write
@@ -64,28 +66,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", dest="target", metavar="NODE", help="the new primary")
 
 
-def choose_target(
-    record: RepositoryRecord,
-    healthy: frozenset[str],
-    avoid: frozenset[str],
-    load: dict[str, int],
-) -> str | None:
-    """The least-loaded valid primary outside ``avoid`` (drained nodes, the source)."""
-    candidates = sorted(valid_primaries(record, healthy) - avoid)
-    if not candidates:
-        return None
-    return min(candidates, key=lambda n: (load.get(n, 0), n))
-
-
 async def move_primary(
     repositories: RepositoryStore,
     record: RepositoryRecord,
     target: str | None,
     healthy: frozenset[str],
-    avoid: frozenset[str] = frozenset(),
+    draining: frozenset[str] = frozenset(),
     load: dict[str, int] | None = None,
 ) -> Move:
-    """Move ``record``'s primary away from its current one (to ``target`` if given)."""
+    """Move ``record``'s primary away from its current one: to ``target`` if given,
+    else where failover would put it (``decisions.choose_primary``: least loaded,
+    drained nodes only when nothing else qualifies)."""
     old = record.primary
     load = load if load is not None else {}
     last_problem = ""
@@ -107,10 +98,12 @@ async def move_primary(
                     ok,
                     "moved concurrently",
                 )
-        choice = target or choose_target(record, healthy, avoid | {old or ""}, load)
+        choice = target or choose_primary(
+            record, healthy, load=load, draining=draining, exclude=frozenset({old or ""})
+        )
         if choice is None:
             last_problem = "no other healthy, up-to-date, assigned replica"
-            others = set(record.assigned or record.replica_nodes) - avoid - {old or ""}
+            others = set(record.assigned or record.replica_nodes) - {old or ""}
             if not others & healthy:
                 break  # nothing healthy to wait for: no retry can succeed
             continue
@@ -133,14 +126,6 @@ async def move_primary(
     return Move(record.repository_id, record.relative_path, old, target, False, last_problem)
 
 
-def primary_load(view: ClusterView, virtual_storage: str) -> dict[str, int]:
-    load: dict[str, int] = {}
-    for record in view.records_of(virtual_storage):
-        if record.primary:
-            load[record.primary] = load.get(record.primary, 0) + 1
-    return load
-
-
 async def move_all_from(
     store: Store,
     admin: common.Admin,
@@ -152,13 +137,13 @@ async def move_all_from(
     view = await read_view(store, admin.keys, with_jobs=False)
     repositories = RepositoryStore(store, admin.keys)
     healthy = view.healthy(virtual_storage)
-    avoid = view.operator.draining(virtual_storage) | {node}
-    load = primary_load(view, virtual_storage)
+    draining = view.operator.draining(virtual_storage)
+    load = primary_load(view.records_of(virtual_storage))
     moves = []
     for record in sorted(view.records_of(virtual_storage), key=lambda r: r.relative_path):
         if record.primary != node:
             continue
-        moves.append(await move_primary(repositories, record, target, healthy, avoid, load))
+        moves.append(await move_primary(repositories, record, target, healthy, draining, load))
     return moves
 
 

@@ -15,18 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gitquorum.cli.repo_client import EXIT_USAGE, CliError
+from gitquorum.cluster.decisions import outdated_replicas, up_to_date_replicas, valid_primaries
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
 from gitquorum.cluster.health import HealthSnapshot, consensus
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import decode_member
-from gitquorum.cluster.repositories import (
-    RepositoryRecord,
-    RepositoryStore,
-    outdated_replicas,
-    up_to_date_replicas,
-    valid_primaries,
-)
+from gitquorum.cluster.repositories import RepositoryRecord, RepositoryStore
 from gitquorum.config import EtcdSettings
 from gitquorum.errors import InvalidArgument
 

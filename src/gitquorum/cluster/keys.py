@@ -120,6 +120,26 @@ class Keyspace:
             return key
         return f"{key}{check_name('node', target)}/"
 
+    # When each replica was last verified (the leader's verifier).
+    def verifications(
+        self, virtual_storage: str | None = None, repository_id: int | None = None
+    ) -> str:
+        key = f"{self.prefix}verified/"
+        if virtual_storage is None:
+            return key
+        key += f"{check_name('virtual storage', virtual_storage)}/"
+        if repository_id is None:
+            return key
+        return f"{key}{int(repository_id)}/"
+
+    def verification(self, virtual_storage: str, repository_id: int, node: str) -> str:
+        return f"{self.verifications(virtual_storage, repository_id)}{check_name('node', node)}"
+
+    def parse_verification(self, key: str) -> tuple[str, int, str]:
+        """(virtual storage, repository id, node) of a verification key."""
+        virtual_storage, rid, node = key[len(self.verifications()) :].split("/")
+        return virtual_storage, int(rid), node
+
     def lock(self, virtual_storage: str, target: str, repository_id: int) -> str:
         return f"{self.locks(virtual_storage, target)}{int(repository_id)}"
 

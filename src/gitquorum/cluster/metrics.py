@@ -23,12 +23,12 @@ from prometheus_client.registry import Collector
 
 from gitquorum.cluster.health import HealthMap
 from gitquorum.cluster.queue import QueueStats
-from gitquorum.cluster.repositories import (
-    RepositoryRecord,
+from gitquorum.cluster.reports import (
     generation_lag_by_node,
     outdated_by_node,
     unavailable_by_virtual_storage,
 )
+from gitquorum.cluster.repositories import RepositoryRecord
 
 ETCD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 

@@ -13,8 +13,9 @@ is typically 150-250 bytes, most of it the relative path.
 Every change is a compare-and-swap on the record's ``mod_revision`` inside one
 txn (plus the leader's fence when the caller passes one), retried with a fresh
 read when another writer won: no update is ever lost and generations only move
-the way the operation allows. Decisions over many repositories (valid
-primaries, outdated replicas, dataloss) are pure functions of immutable records.
+the way the operation allows. Decisions over records (valid primaries,
+failover, repairs) are pure functions in ``decisions``; reports over many
+records (dataloss, lag) in ``reports``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ import asyncio
 import json
 import random
 import sys
-from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 
@@ -134,7 +134,9 @@ def decode_record(
     )
 
 
-# -- pure decisions --------------------------------------------------------------
+# -- placement of a new repository --------------------------------------------------
+# Kept next to ``RepositoryStore.plan_creation``, its only user: the other pure
+# rules live in ``decisions``, which builds on the record defined here.
 
 
 def place_replicas(
@@ -162,134 +164,6 @@ def place_replicas(
     rng.shuffle(others)
     count = (replication_factor or len(nodes)) - 1
     return primary, (primary, *others[:count])
-
-
-def up_to_date_replicas(record: RepositoryRecord) -> frozenset[str]:
-    """Replicas at the repository's generation."""
-    return frozenset(n for n, g in record.replicas if g == record.generation)
-
-
-def valid_primaries(record: RepositoryRecord, healthy: AbstractSet[str]) -> frozenset[str]:
-    """Nodes that may serve as primary: healthy, up to date and assigned."""
-    return frozenset(
-        n
-        for n, g in record.replicas
-        if g == record.generation and n in healthy and record.is_assigned(n)
-    )
-
-
-def outdated_replicas(record: RepositoryRecord) -> tuple[str, ...]:
-    """Assigned nodes whose replica is behind or missing."""
-    assigned = record.assigned or record.replica_nodes
-    return tuple(n for n in assigned if record.replica_generation(n) < record.generation)
-
-
-def outdated_by_node(records: Iterable[RepositoryRecord]) -> dict[tuple[str, str], list[int]]:
-    """(virtual storage, node) -> ids of repositories whose replica there is outdated."""
-    result: dict[tuple[str, str], list[int]] = {}
-    for record in records:
-        for node in outdated_replicas(record):
-            result.setdefault((record.virtual_storage, node), []).append(record.repository_id)
-    return result
-
-
-def generation_lag_by_node(records: Iterable[RepositoryRecord]) -> dict[tuple[str, str], int]:
-    """(virtual storage, node) -> the most generations any assigned replica there is behind.
-
-    A missing replica counts as one generation more than the repository has
-    (it lacks even the creation). Nodes with nothing behind report 0.
-    """
-    lag: dict[tuple[str, str], int] = {}
-    for record in records:
-        assigned = record.assigned or record.replica_nodes
-        for node in assigned:
-            generation = record.replica_generation(node)
-            behind = (
-                record.generation + 1 if generation == MISSING else record.generation - generation
-            )
-            key = (record.virtual_storage, node)
-            lag[key] = max(lag.get(key, 0), behind)
-    return lag
-
-
-HealthyNodes = Mapping[str, AbstractSet[str]]
-
-
-def unavailable_by_virtual_storage(
-    records: Iterable[RepositoryRecord], healthy: HealthyNodes
-) -> Counter[str]:
-    """Repositories with no valid primary, per virtual storage."""
-    counts: Counter[str] = Counter()
-    empty: frozenset[str] = frozenset()
-    for record in records:
-        if not valid_primaries(record, healthy.get(record.virtual_storage, empty)):
-            counts[record.virtual_storage] += 1
-    return counts
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaStatus:
-    node: str
-    generation: int
-    behind_by: int
-    assigned: bool
-    healthy: bool
-    valid_primary: bool
-
-
-@dataclass(frozen=True, slots=True)
-class DatalossEntry:
-    record: RepositoryRecord
-    # No healthy, up-to-date, assigned replica: neither reads nor writes are served.
-    unavailable: bool
-    replicas: tuple[ReplicaStatus, ...]
-
-
-def replica_statuses(
-    record: RepositoryRecord, healthy: AbstractSet[str]
-) -> tuple[ReplicaStatus, ...]:
-    nodes = dict.fromkeys((*record.assigned, *record.replica_nodes))
-    valid = valid_primaries(record, healthy)
-    statuses = []
-    for node in nodes:
-        generation = record.replica_generation(node)
-        statuses.append(
-            ReplicaStatus(
-                node,
-                generation,
-                record.generation - generation,
-                record.is_assigned(node),
-                node in healthy,
-                node in valid,
-            )
-        )
-    return tuple(statuses)
-
-
-def dataloss(
-    records: Iterable[RepositoryRecord],
-    healthy: HealthyNodes,
-    *,
-    include_partially_replicated: bool = False,
-    virtual_storage: str | None = None,
-) -> list[DatalossEntry]:
-    """Unavailable repositories and, optionally, those with some assigned replica
-    outdated or on an unhealthy node (partially replicated), sorted by path."""
-    entries = []
-    empty: frozenset[str] = frozenset()
-    for record in records:
-        if virtual_storage is not None and record.virtual_storage != virtual_storage:
-            continue
-        nodes = healthy.get(record.virtual_storage, empty)
-        unavailable = not valid_primaries(record, nodes)
-        partial = any(
-            status.assigned and (status.behind_by > 0 or not status.healthy)
-            for status in replica_statuses(record, nodes)
-        )
-        if unavailable or (include_partially_replicated and partial):
-            entries.append(DatalossEntry(record, unavailable, replica_statuses(record, nodes)))
-    entries.sort(key=lambda e: (e.record.virtual_storage, e.record.relative_path))
-    return entries
 
 
 # -- stored operations -----------------------------------------------------------------

@@ -13,36 +13,30 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from gitquorum import log
+from gitquorum.cluster.decisions import (
+    Repair,
+    choose_primary,
+    prefer_undrained,
+    primary_is_valid,
+    primary_load,
+    repairs,
+)
 from gitquorum.cluster.errors import Conflict, FailedPrecondition, StoreUnavailable
 from gitquorum.cluster.membership import HealthView
-from gitquorum.cluster.queue import JobType, ReplicationQueue
+from gitquorum.cluster.queue import ReplicationQueue
+from gitquorum.cluster.repair_jobs import queue_repairs
 from gitquorum.cluster.repositories import (
     CreationPlan,
     RepositoryCache,
     RepositoryRecord,
     RepositoryStore,
-    valid_primaries,
 )
 from gitquorum.errors import Unavailable
 from gitquorum.proxy.metrics import ProxyMetrics
-from gitquorum.proxy.router import RepositoryView
 from gitquorum.proxy.routes import MutatorRoute
-from gitquorum.proxy.state import Placement, WriteResult
+from gitquorum.proxy.state import WriteResult
 
 logger = log.get("gitquorum.proxy.cluster")
-
-
-def view_of(record: RepositoryRecord) -> RepositoryView:
-    return RepositoryView(
-        repository_id=record.repository_id,
-        virtual_storage=record.virtual_storage,
-        relative_path=record.relative_path,
-        replica_path=record.replica_path,
-        primary=record.primary or "",
-        generation=record.generation,
-        replicas=dict(record.replicas),
-        assigned=frozenset(record.assigned),
-    )
 
 
 class EtcdClusterPort:
@@ -90,10 +84,9 @@ class EtcdClusterPort:
     def draining(self, virtual_storage: str) -> frozenset[str]:
         return self._draining(virtual_storage)
 
-    def lookup(self, virtual_storage: str, relative_path: str) -> RepositoryView | None:
+    def lookup(self, virtual_storage: str, relative_path: str) -> RepositoryRecord | None:
         self._check_fresh()
-        record = self.cache.get(virtual_storage, relative_path)
-        return view_of(record) if record is not None else None
+        return self.cache.get(virtual_storage, relative_path)
 
     def _check_fresh(self) -> None:
         """Refuse to route from a cache that etcd has not confirmed for too long.
@@ -113,12 +106,12 @@ class EtcdClusterPort:
                 f"(stale_read_limit {self._stale_read_limit:g}s)"
             )
 
-    async def ensure_writable(self, repo: RepositoryView) -> RepositoryView:
+    async def ensure_writable(self, repo: RepositoryRecord) -> RepositoryRecord:
         record = self.cache.get_by_id(repo.repository_id)
         if record is None:
             return repo
-        consensus = self.health.healthy(repo.virtual_storage)
-        if record.primary in valid_primaries(record, consensus):
+        vs = record.virtual_storage
+        if primary_is_valid(record, self.health.healthy(vs)):
             return repo
         if self._paused():
             # Operator pause (gitquorum pause) stops lazy failover as well as the leader's.
@@ -126,64 +119,58 @@ class EtcdClusterPort:
                 f"repository {repo.relative_path!r} is unavailable: its primary is not a valid "
                 "primary and automatic failover is paused (see `gitquorum resume`)"
             )
-        candidates = sorted(valid_primaries(record, self.healthy(repo.virtual_storage)))
-        draining = self._draining(repo.virtual_storage)
-        candidates = [n for n in candidates if n not in draining] or candidates
-        if not candidates:
+        # The leader's rule, so that both pick the same node when they race;
+        # among the nodes this proxy can reach, since it is about to write to it.
+        choice = choose_primary(
+            record,
+            self.healthy(vs),
+            load=primary_load(self.cache.records(vs)),
+            draining=self._draining(vs),
+        )
+        if choice is None:
             raise Unavailable(
                 f"repository {repo.relative_path!r} is unavailable: no healthy, up-to-date "
                 "replica can become primary (see `gitquorum dataloss`)"
             )
         try:
             updated = await self.repositories.set_primary(
-                repo.virtual_storage,
-                repo.repository_id,
-                candidates[0],
-                expected=record.primary,
+                vs, record.repository_id, choice, expected=record.primary
             )
-            self.metrics.failovers.labels(repo.virtual_storage, "lazy").inc()
+            self.metrics.failovers.labels(vs, "lazy").inc()
             logger.warning(
                 "failover",
                 extra=log.fields(
-                    repository_id=repo.repository_id,
+                    repository_id=record.repository_id,
                     old_primary=record.primary,
-                    new_primary=candidates[0],
+                    new_primary=choice,
                     reason="primary not a valid primary at write time",
                 ),
             )
         except (Conflict, FailedPrecondition):
             # Someone else (the leader or another proxy) decided first.
-            updated = await self.repositories.get(repo.virtual_storage, repo.repository_id)
+            updated = await self.repositories.get(vs, record.repository_id)
         await self.cache.wait_for_revision(updated.revision)
-        return view_of(updated)
+        return updated
 
-    async def place(self, virtual_storage: str, relative_path: str) -> Placement:
-        plan = await self.repositories.plan_creation(
+    async def place(self, virtual_storage: str, relative_path: str) -> CreationPlan:
+        return await self.repositories.plan_creation(
             virtual_storage,
             relative_path,
             nodes=self.nodes(virtual_storage),
             # Drained nodes get no new primaries (they still get replicas), unless no
             # other node is up.
-            healthy=(self.healthy(virtual_storage) - self._draining(virtual_storage))
-            or self.healthy(virtual_storage),
+            healthy=prefer_undrained(
+                self.healthy(virtual_storage), self._draining(virtual_storage)
+            ),
             replication_factor=self._replication_factors.get(virtual_storage, 0),
         )
-        return Placement(plan.repository_id, plan.replica_path, plan.primary, plan.assigned)
 
     async def record_creation(
-        self, virtual_storage: str, relative_path: str, placement: Placement, result: WriteResult
+        self, virtual_storage: str, relative_path: str, plan: CreationPlan, result: WriteResult
     ) -> None:
-        plan = CreationPlan(
-            virtual_storage,
-            relative_path,
-            placement.repository_id,
-            placement.primary,
-            placement.assigned,
-        )
         record = await self.repositories.commit_creation(plan, created_on=result.updated)
-        for node in placement.assigned:
-            if node not in result.updated:
-                await self._enqueue(record, node, JobType.CREATE)
+        # The assigned nodes the creation missed are still missing: they get created.
+        await self._queue_repairs(record, repairs(record, self.health.healthy(virtual_storage)))
         await self.cache.wait_for_revision(record.revision)
 
     async def record_write(
@@ -197,34 +184,28 @@ class EtcdClusterPort:
             record = await self.repositories.mark_outdated(
                 virtual_storage, route.repository_id, result.outdated
             )
-        for node in result.outdated:
-            try:
-                await self._enqueue(record, node, JobType.UPDATE)
-            except StoreUnavailable as exc:
-                # The write is recorded (the generation change above is durable):
-                # failing it now would report a durable write as unavailable. The
-                # outdated replica is in the record, so the reconciler queues the
-                # job on its next pass (seen during an etcd leader election).
-                logger.warning(
-                    "replication job not queued; the reconciler will queue it",
-                    extra=log.fields(
-                        repository_id=record.repository_id, target=node, error=str(exc)
-                    ),
-                )
+        needed = repairs(record, self.health.healthy(virtual_storage), targets=result.outdated)
+        await self._queue_repairs(record, needed)
         await self.cache.wait_for_revision(record.revision)
 
-    async def _enqueue(self, record: RepositoryRecord, target: str, kind: JobType) -> None:
-        await self.queue.enqueue(
-            kind,
-            record.virtual_storage,
-            record.repository_id,
-            record.relative_path,
-            target,
-            source_node=record.primary,
-            correlation_id=log.correlation_id.get(),
-        )
+    async def _queue_repairs(self, record: RepositoryRecord, needed: tuple[Repair, ...]) -> None:
+        try:
+            await queue_repairs(self.queue, record, needed, correlation_id=log.correlation_id.get())
+        except StoreUnavailable as exc:
+            # The write is recorded (the record change before is durable):
+            # failing it now would report a durable write as unavailable. The
+            # outdated replicas are in the record, so the reconciler queues
+            # their jobs on its next pass (seen during an etcd leader election).
+            logger.warning(
+                "replication jobs not queued; the reconciler will queue them",
+                extra=log.fields(
+                    repository_id=record.repository_id,
+                    targets=sorted(r.target for r in needed),
+                    error=str(exc),
+                ),
+            )
 
-    async def remove(self, virtual_storage: str, repo: RepositoryView) -> None:
+    async def remove(self, virtual_storage: str, repo: RepositoryRecord) -> None:
         await self.repositories.delete(virtual_storage, repo.repository_id)
         # Jobs for a repository that no longer exists are dropped by the workers.
         # Wait (bounded) until our own cache forgets it: read-your-writes.

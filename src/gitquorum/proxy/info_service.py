@@ -8,14 +8,15 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 import grpc
 from google.protobuf import timestamp_pb2
 
-from gitquorum.cluster.queue import JobType, ReplicationQueue
+from gitquorum.cluster.decisions import repairs
+from gitquorum.cluster.queue import ReplicationQueue
+from gitquorum.cluster.repair_jobs import queue_repairs
+from gitquorum.cluster.reports import dataloss, replica_statuses
 from gitquorum.cluster.repositories import (
     MISSING,
     RepositoryCache,
     RepositoryRecord,
     RepositoryStore,
-    dataloss,
-    replica_statuses,
 )
 from gitquorum.errors import InvalidArgument, NotFound
 from gitquorum.gitaly import (
@@ -144,16 +145,9 @@ class PraefectInfoService(praefect_pb2_grpc.PraefectInfoServiceServicer):
         updated = await self.repositories.set_authoritative(
             request.virtual_storage, record.repository_id, node
         )
-        for other in updated.assigned or self.nodes[request.virtual_storage]:
-            if other != node:
-                await self.queue.enqueue(
-                    JobType.UPDATE,
-                    updated.virtual_storage,
-                    updated.repository_id,
-                    updated.relative_path,
-                    other,
-                    source_node=node,
-                )
+        # ``node`` is now the only up-to-date replica: every other one is repaired from it.
+        needed = repairs(updated, self.healthy(updated.virtual_storage))
+        await queue_repairs(self.queue, updated, needed)
         await self.cache.wait_for_revision(updated.revision)
         return praefect_pb2.SetAuthoritativeStorageResponse()
 
@@ -190,17 +184,9 @@ class PraefectInfoService(praefect_pb2_grpc.PraefectInfoServiceServicer):
             request.replication_factor,
             nodes=self.nodes[request.virtual_storage],
         )
-        # Newly assigned nodes get their replica from the primary.
-        for node in updated.assigned:
-            if updated.replica_generation(node) < updated.generation:
-                await self.queue.enqueue(
-                    JobType.UPDATE,
-                    updated.virtual_storage,
-                    updated.repository_id,
-                    updated.relative_path,
-                    node,
-                    source_node=updated.primary,
-                )
+        # Newly assigned nodes get their replica (from the primary while it can serve).
+        needed = repairs(updated, self.healthy(updated.virtual_storage))
+        await queue_repairs(self.queue, updated, needed)
         await self.cache.wait_for_revision(updated.revision)
         return praefect_pb2.SetReplicationFactorResponse(storages=list(updated.assigned))
 

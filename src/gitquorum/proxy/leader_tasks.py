@@ -6,7 +6,8 @@
   outdated replica: with no valid candidate the repository stays unavailable
   and shows in ``dataloss``.
 * **Reconciler**: queues a replication job for every outdated assigned
-  replica on a healthy node (de-duplicated by the queue).
+  replica that has none pending (``decisions.repairs``; workers hold jobs for
+  a node that is down until it is back).
 * **Orphan recovery**: re-readies jobs whose worker's lease expired.
 * **Cluster gauges**: exported once, by the leader, so alerts fire once.
 
@@ -21,17 +22,20 @@ import time
 from collections.abc import Callable, Sequence
 
 from gitquorum import log
+from gitquorum.cluster.decisions import (
+    choose_primary,
+    pending_repairs,
+    primary_is_valid,
+    primary_load,
+    repairs,
+)
 from gitquorum.cluster.election import LeaderElection
 from gitquorum.cluster.errors import Conflict, FailedPrecondition, StoreUnavailable
 from gitquorum.cluster.membership import HealthView
 from gitquorum.cluster.metrics import ClusterMetrics
-from gitquorum.cluster.queue import JobType, ReplicationQueue, queue_stats
-from gitquorum.cluster.repositories import (
-    RepositoryCache,
-    RepositoryStore,
-    outdated_replicas,
-    valid_primaries,
-)
+from gitquorum.cluster.queue import ReplicationQueue, queue_stats
+from gitquorum.cluster.repair_jobs import queue_repairs
+from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
 from gitquorum.proxy.metrics import ProxyMetrics
 
 logger = log.get("gitquorum.leader")
@@ -85,21 +89,24 @@ class LeaderTasks:
             return 0
         changed = 0
         fence = self.election.token
+        # Primaries per node, per virtual storage: read once per pass and kept
+        # current with every move, so that one pass spreads a failed node's
+        # primaries over the others instead of piling them on one.
+        loads: dict[str, dict[str, int]] = {}
         for record in self.cache.records():
-            healthy = self.health.healthy(record.virtual_storage)
-            valid = valid_primaries(record, healthy)
-            if record.primary in valid:
+            vs = record.virtual_storage
+            healthy = self.health.healthy(vs)
+            if primary_is_valid(record, healthy):
                 continue
-            draining = self.draining(record.virtual_storage)
-            candidates = sorted(valid - draining) or sorted(valid)
-            if not candidates:
+            load = loads.get(vs)
+            if load is None:
+                load = loads[vs] = self._primary_load(vs)
+            choice = choose_primary(record, healthy, load=load, draining=self.draining(vs))
+            if choice is None:
                 continue  # unavailable: reported by dataloss, never served stale
-            # Prefer the least-loaded candidate so one node does not take every primary.
-            load = self._primary_load(record.virtual_storage)
-            choice = min(candidates, key=lambda n: (load.get(n, 0), n))
             try:
                 updated = await self.repositories.set_primary(
-                    record.virtual_storage,
+                    vs,
                     record.repository_id,
                     choice,
                     expected=record.primary,
@@ -108,7 +115,10 @@ class LeaderTasks:
             except (Conflict, FailedPrecondition):
                 continue
             changed += 1
-            self.metrics.failovers.labels(record.virtual_storage, "primary-unhealthy").inc()
+            load[choice] = load.get(choice, 0) + 1
+            if record.primary:
+                load[record.primary] = max(0, load.get(record.primary, 0) - 1)
+            self.metrics.failovers.labels(vs, "primary-unhealthy").inc()
             logger.warning(
                 "failover",
                 extra=log.fields(
@@ -121,11 +131,7 @@ class LeaderTasks:
         return changed
 
     def _primary_load(self, virtual_storage: str) -> dict[str, int]:
-        load: dict[str, int] = {}
-        for record in self.cache.records(virtual_storage):
-            if record.primary:
-                load[record.primary] = load.get(record.primary, 0) + 1
-        return load
+        return primary_load(self.cache.records(virtual_storage))
 
     async def failover_loop(self) -> None:
         while True:
@@ -142,35 +148,15 @@ class LeaderTasks:
     # -- reconciler ---------------------------------------------------------------------
 
     async def reconcile_once(self) -> int:
-        """Queue a job for every outdated assigned replica on a healthy node."""
+        """Queue a job for every outdated assigned replica that has none."""
         if self.paused():
             return 0
         queued = 0
-        pending = {
-            (j.virtual_storage, j.target_node, j.repository_id)
-            for j in await self.queue.jobs()
-            if str(j.state) in ("ready", "in_progress", "failed")
-        }
+        pending = pending_repairs(await self.queue.jobs())
         for record in self.cache.records():
-            healthy = self.health.healthy(record.virtual_storage)
-            sources = valid_primaries(record, healthy)
-            if not sources:
-                continue
-            for node in outdated_replicas(record):
-                if node not in healthy:
-                    continue
-                if (record.virtual_storage, node, record.repository_id) in pending:
-                    continue
-                source = record.primary if record.primary in sources else sorted(sources)[0]
-                await self.queue.enqueue(
-                    JobType.UPDATE,
-                    record.virtual_storage,
-                    record.repository_id,
-                    record.relative_path,
-                    node,
-                    source_node=source,
-                )
-                queued += 1
+            needed = repairs(record, self.health.healthy(record.virtual_storage), pending=pending)
+            if needed:
+                queued += len(await queue_repairs(self.queue, record, needed))
         if queued:
             self.wake()
             logger.info("reconciler queued jobs", extra=log.fields(count=queued))

@@ -21,6 +21,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Histogram
 
 from gitquorum import log
+from gitquorum.cluster.decisions import choose_source
 from gitquorum.cluster.errors import DowngradeAttempted, RepositoryNotFound, StoreUnavailable
 from gitquorum.cluster.lease import LeaseKeeper
 from gitquorum.cluster.queue import ClaimedJob, JobType, ReplicationQueue
@@ -29,7 +30,6 @@ from gitquorum.cluster.repositories import (
     RepositoryCache,
     RepositoryRecord,
     RepositoryStore,
-    up_to_date_replicas,
 )
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
 from gitquorum.proxy.channels import NodeChannels
@@ -85,15 +85,12 @@ class Replicator:
         self.timeout = timeout
 
     def _source(self, record: RepositoryRecord, preferred: str | None, target: str) -> str:
-        candidates = up_to_date_replicas(record) & self.healthy(record.virtual_storage)
-        candidates -= {target}
-        if preferred in candidates:
-            return preferred
-        if record.primary in candidates:
-            return record.primary
-        if not candidates:
+        source = choose_source(
+            record, self.healthy(record.virtual_storage), target=target, preferred=preferred
+        )
+        if source is None:
             raise RuntimeError("no healthy, up-to-date replica to replicate from")
-        return sorted(candidates)[0]
+        return source
 
     async def run(self, claim: ClaimedJob) -> str:
         """Do the job; returns a short outcome. Raises on failure (the job is retried)."""

@@ -1,11 +1,12 @@
-"""Routing policy: pure functions from repository state and node health to a route."""
+"""Routing policy: pure functions from a repository record and node health to a route."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
+from gitquorum.cluster.decisions import up_to_date_replicas
+from gitquorum.cluster.repositories import MISSING, RepositoryRecord
 from gitquorum.errors import FailedPrecondition, Unavailable
 from gitquorum.proxy.routes import AccessorRoute, MaintenanceRoute, MutatorRoute, RemoveRoute
 
@@ -14,32 +15,14 @@ PRIMARY_ONLY_HEADER = "gitaly-route-repository-accessor-policy"
 FORCE_PRIMARY = frozenset({"/gitaly.RepositoryService/RepositorySize"})
 
 
-@dataclass(frozen=True)
-class RepositoryView:
-    """What routing needs to know about one repository (a snapshot)."""
-
-    repository_id: int
-    virtual_storage: str
-    relative_path: str
-    replica_path: str
-    primary: str
-    generation: int
-    # node -> replica generation (-1: not created yet)
-    replicas: Mapping[str, int] = field(default_factory=dict)
-    assigned: frozenset[str] = frozenset()
-
-    def up_to_date(self) -> frozenset[str]:
-        return frozenset(n for n, g in self.replicas.items() if g == self.generation)
-
-
-def _assigned(repo: RepositoryView, configured: Sequence[str]) -> list[str]:
+def _assigned(repo: RepositoryRecord, configured: Sequence[str]) -> list[str]:
     # An empty assignment means every configured node holds a replica.
     nodes = repo.assigned or frozenset(configured)
     return [n for n in configured if n in nodes]
 
 
 def route_accessor(
-    repo: RepositoryView,
+    repo: RepositoryRecord,
     healthy: frozenset[str],
     configured: Sequence[str],
     *,
@@ -47,13 +30,14 @@ def route_accessor(
     choose: Callable[[Sequence[str]], str] = random.choice,
     draining: frozenset[str] = frozenset(),
 ) -> AccessorRoute:
+    up_to_date = up_to_date_replicas(repo)
     if primary_only:
-        if repo.primary not in healthy:
-            raise Unavailable(f"repository unavailable: primary {repo.primary} is not healthy")
-        if repo.primary not in repo.up_to_date():
+        primary = repo.primary
+        if primary is None or primary not in healthy:
+            raise Unavailable(f"repository unavailable: primary {primary or ''} is not healthy")
+        if primary not in up_to_date:
             raise Unavailable("repository unavailable: primary is not up to date")
-        return AccessorRoute(repo.repository_id, repo.replica_path, repo.primary, "primary-only")
-    up_to_date = repo.up_to_date()
+        return AccessorRoute(repo.repository_id, repo.replica_path, primary, "primary-only")
     candidates = [n for n in _assigned(repo, configured) if n in healthy and n in up_to_date]
     preferred = [n for n in candidates if n not in draining] or candidates
     if not preferred:
@@ -64,31 +48,30 @@ def route_accessor(
 
 
 def route_mutator(
-    repo: RepositoryView,
+    repo: RepositoryRecord,
     healthy: frozenset[str],
     configured: Sequence[str],
     *,
     transactional: bool = True,
 ) -> MutatorRoute:
-    if repo.primary not in healthy:
-        raise Unavailable(f"repository unavailable: primary {repo.primary} is not healthy")
-    up_to_date = repo.up_to_date()
-    if repo.primary not in up_to_date:
+    primary = repo.primary
+    if primary is None or primary not in healthy:
+        raise Unavailable(f"repository unavailable: primary {primary or ''} is not healthy")
+    up_to_date = up_to_date_replicas(repo)
+    if primary not in up_to_date:
         raise FailedPrecondition("repository is in read-only mode: primary is not up to date")
     assigned = _assigned(repo, configured)
-    secondaries = tuple(
-        n for n in assigned if n != repo.primary and n in healthy and n in up_to_date
-    )
+    secondaries = tuple(n for n in assigned if n != primary and n in healthy and n in up_to_date)
     if not transactional:
         secondaries_for_write: tuple[str, ...] = ()
-        targets = tuple(n for n in assigned if n != repo.primary)
+        targets = tuple(n for n in assigned if n != primary)
     else:
         secondaries_for_write = secondaries
-        targets = tuple(n for n in assigned if n != repo.primary and n not in secondaries)
+        targets = tuple(n for n in assigned if n != primary and n not in secondaries)
     return MutatorRoute(
         repository_id=repo.repository_id,
         replica_path=repo.replica_path,
-        primary=repo.primary,
+        primary=primary,
         secondaries=secondaries_for_write,
         replication_targets=targets,
         transactional=transactional,
@@ -121,16 +104,19 @@ def route_creation(
 
 
 def route_maintenance(
-    repo: RepositoryView, healthy: frozenset[str], configured: Sequence[str]
+    repo: RepositoryRecord, healthy: frozenset[str], configured: Sequence[str]
 ) -> MaintenanceRoute:
     nodes = tuple(
-        n for n in _assigned(repo, configured) if n in healthy and repo.replicas.get(n, -1) >= 0
+        n
+        for n in _assigned(repo, configured)
+        if n in healthy and repo.replica_generation(n) > MISSING
     )
     if not nodes:
         raise Unavailable("repository unavailable: no healthy replica for maintenance")
     return MaintenanceRoute(repo.repository_id, repo.replica_path, nodes)
 
 
-def route_removal(repo: RepositoryView, configured: Sequence[str]) -> RemoveRoute:
-    nodes = tuple(n for n in configured if n in repo.replicas or n in repo.assigned)
+def route_removal(repo: RepositoryRecord, configured: Sequence[str]) -> RemoveRoute:
+    present = repo.replica_nodes
+    nodes = tuple(n for n in configured if n in present or n in repo.assigned)
     return RemoveRoute(repo.repository_id, repo.replica_path, nodes)

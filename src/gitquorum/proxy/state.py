@@ -10,18 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gitquorum.proxy.router import RepositoryView
+from gitquorum.cluster.repositories import CreationPlan, RepositoryRecord
 from gitquorum.proxy.routes import MutatorRoute
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a new repository goes."""
-
-    repository_id: int
-    replica_path: str
-    primary: str
-    assigned: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -42,16 +32,16 @@ class ClusterPort(Protocol):
 
     def draining(self, virtual_storage: str) -> frozenset[str]: ...
 
-    def lookup(self, virtual_storage: str, relative_path: str) -> RepositoryView | None: ...
+    def lookup(self, virtual_storage: str, relative_path: str) -> RepositoryRecord | None: ...
 
-    async def ensure_writable(self, repo: RepositoryView) -> RepositoryView:
+    async def ensure_writable(self, repo: RepositoryRecord) -> RepositoryRecord:
         """Elect a new primary lazily when the current one is not a valid primary."""
         ...
 
-    async def place(self, virtual_storage: str, relative_path: str) -> Placement: ...
+    async def place(self, virtual_storage: str, relative_path: str) -> CreationPlan: ...
 
     async def record_creation(
-        self, virtual_storage: str, relative_path: str, placement: Placement, result: WriteResult
+        self, virtual_storage: str, relative_path: str, plan: CreationPlan, result: WriteResult
     ) -> None:
         """Record a created repository; raise AlreadyExists when another create won."""
         ...
@@ -62,4 +52,4 @@ class ClusterPort(Protocol):
         """Bump the generation of ``updated``; mark ``outdated`` and queue their repair."""
         ...
 
-    async def remove(self, virtual_storage: str, repo: RepositoryView) -> None: ...
+    async def remove(self, virtual_storage: str, repo: RepositoryRecord) -> None: ...

@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from gitquorum import log
+from gitquorum.cluster.decisions import repairs
 from gitquorum.cluster.keys import Keyspace
-from gitquorum.cluster.queue import JobType, ReplicationQueue
+from gitquorum.cluster.queue import ReplicationQueue
+from gitquorum.cluster.repair_jobs import queue_repairs
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryRecord, RepositoryStore
 from gitquorum.cluster.store import Store
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
@@ -32,38 +34,34 @@ class VerificationStore:
 
     def __init__(self, store: Store, keys: Keyspace) -> None:
         self.store = store
-        self.prefix = f"{keys.prefix}verified/"
-
-    def _key(self, virtual_storage: str, repository_id: int, node: str) -> str:
-        return f"{self.prefix}{virtual_storage}/{repository_id}/{node}"
+        self.keys = keys
 
     async def record(self, virtual_storage: str, repository_id: int, node: str) -> None:
         await self.store.put(
-            self._key(virtual_storage, repository_id, node), str(time.time()).encode()
+            self.keys.verification(virtual_storage, repository_id, node),
+            str(time.time()).encode(),
         )
 
     async def verified_at(self, virtual_storage: str, repository_id: int) -> dict[str, float]:
-        prefix = f"{self.prefix}{virtual_storage}/{repository_id}/"
+        prefix = self.keys.verifications(virtual_storage, repository_id)
         result = await self.store.range(prefix, prefix=True)
-        return {kv.key[len(prefix) :]: float(kv.value) for kv in result.kvs}
+        return {self.keys.parse_verification(kv.key)[2]: float(kv.value) for kv in result.kvs}
 
     async def all(self) -> dict[tuple[str, int, str], float]:
-        result = await self.store.get_prefix(self.prefix)
-        out: dict[tuple[str, int, str], float] = {}
-        for kv in result.kvs:
-            vs, rid, node = kv.key[len(self.prefix) :].split("/")
-            out[(vs, int(rid), node)] = float(kv.value)
-        return out
+        result = await self.store.get_prefix(self.keys.verifications())
+        return {self.keys.parse_verification(kv.key): float(kv.value) for kv in result.kvs}
 
     async def clear(
         self, virtual_storage: str, repository_id: int | None = None, node: str | None = None
     ) -> int:
         """Forget verifications so the verifier checks those replicas first."""
-        prefix = f"{self.prefix}{virtual_storage}/"
-        if repository_id is not None:
-            prefix += f"{repository_id}/"
+        prefix = self.keys.verifications(virtual_storage, repository_id)
         result = await self.store.range(prefix, prefix=True)
-        keys = [kv.key for kv in result.kvs if node is None or kv.key.endswith(f"/{node}")]
+        keys = [
+            kv.key
+            for kv in result.kvs
+            if node is None or self.keys.parse_verification(kv.key)[2] == node
+        ]
         for key in keys:
             await self.store.delete(key)
         return len(keys)
@@ -194,14 +192,8 @@ class Verifier:
             updated = await self.repositories.mark_outdated(
                 record.virtual_storage, record.repository_id, [node]
             )
-            await self.queue.enqueue(
-                JobType.UPDATE,
-                updated.virtual_storage,
-                updated.repository_id,
-                updated.relative_path,
-                node,
-                source_node=updated.primary,
-            )
+            needed = repairs(updated, self.healthy(updated.virtual_storage), targets=(node,))
+            await queue_repairs(self.queue, updated, needed)
         await self.verification.record(record.virtual_storage, record.repository_id, node)
 
 

@@ -4,7 +4,8 @@ import asyncio
 import random
 
 from gitquorum.cluster.keys import Keyspace
-from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore, dataloss
+from gitquorum.cluster.reports import dataloss
+from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
 from tests.harness.etcd import EtcdCluster
 from tests.integration.cluster.conftest import StoreFactory
 from tests.integration.cluster.polling import eventually

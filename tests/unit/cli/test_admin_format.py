@@ -19,13 +19,15 @@ from gitquorum.cli.admin_list_untracked import classify, storage_roots, tracked_
 from gitquorum.cli.admin_metadata import metadata_data
 from gitquorum.cli.admin_metadata import render as render_metadata
 from gitquorum.cli.admin_status import build_status, render_status
-from gitquorum.cli.admin_switchover import Move, choose_target
+from gitquorum.cli.admin_switchover import Move
 from gitquorum.cli.admin_switchover import render as render_moves
 from gitquorum.cli.admin_view import ClusterView, ProxyMember, consensus_of
+from gitquorum.cluster.decisions import choose_primary
 from gitquorum.cluster.keys import replica_path
 from gitquorum.cluster.operator_state import Mark, OperatorSnapshot
 from gitquorum.cluster.queue import JobState, JobType, ReplicationJob
-from gitquorum.cluster.repositories import RepositoryRecord, dataloss
+from gitquorum.cluster.reports import dataloss
+from gitquorum.cluster.repositories import RepositoryRecord
 from gitquorum.config import (
     EtcdSettings,
     NodeEntry,
@@ -295,10 +297,12 @@ def test_metadata_rendering() -> None:
 def test_switchover_target_choice_and_rendering() -> None:
     rec = record(1, "a.git", "n1", 2, n1=2, n2=2, n3=2)
     healthy = frozenset({"n1", "n2", "n3"})
-    assert choose_target(rec, healthy, frozenset({"n1"}), {"n2": 5, "n3": 1}) == "n3"
-    assert choose_target(rec, healthy, frozenset({"n1", "n3"}), {}) == "n2"
+    # The switchover of n1's primaries (n1 excluded; n3 drained in the second case).
+    moved = frozenset({"n1"})
+    assert choose_primary(rec, healthy, load={"n2": 5, "n3": 1}, exclude=moved) == "n3"
+    assert choose_primary(rec, healthy, load={}, exclude=moved, draining=frozenset({"n3"})) == "n2"
     behind = record(2, "b.git", "n1", 2, n1=2, n2=1, n3=2)
-    assert choose_target(behind, frozenset({"n1", "n2"}), frozenset({"n1"}), {}) is None
+    assert choose_primary(behind, frozenset({"n1", "n2"}), load={}, exclude=moved) is None
     text = render_moves(
         [Move(1, "a.git", "n1", "n3", True), Move(2, "b.git", "n1", None, False, "no candidate")]
     )

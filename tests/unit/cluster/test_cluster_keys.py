@@ -27,3 +27,14 @@ def test_keys_live_under_one_cluster_prefix_and_parse_back() -> None:
 def test_names_with_slashes_are_refused(bad: str) -> None:
     with pytest.raises(InvalidArgument):
         Keyspace("c").proxy(bad)
+
+
+def test_verification_keys_are_per_replica_and_parse_back() -> None:
+    keys = Keyspace("prod")
+    assert keys.verifications() == "/gitquorum/prod/verified/"
+    assert keys.verifications("vs") == "/gitquorum/prod/verified/vs/"
+    assert keys.verifications("vs", 7) == "/gitquorum/prod/verified/vs/7/"
+    assert keys.verification("vs", 7, "n1") == "/gitquorum/prod/verified/vs/7/n1"
+    assert keys.parse_verification(keys.verification("vs", 7, "n1")) == ("vs", 7, "n1")
+    with pytest.raises(InvalidArgument):
+        keys.verification("vs", 7, "a/b")

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gitquorum.cluster.clock import ManualClock
+from gitquorum.cluster.decisions import up_to_date_replicas, valid_primaries
 from gitquorum.cluster.errors import (
     Conflict,
     DowngradeAttempted,
@@ -20,17 +21,13 @@ from gitquorum.cluster.errors import (
 )
 from gitquorum.cluster.keys import Keyspace, replica_path
 from gitquorum.cluster.memory_store import MemoryStore
+from gitquorum.cluster.reports import dataloss, outdated_by_node, unavailable_by_virtual_storage
 from gitquorum.cluster.repositories import (
     RepositoryRecord,
     RepositoryStore,
-    dataloss,
     decode_record,
     encode_record,
-    outdated_by_node,
     place_replicas,
-    unavailable_by_virtual_storage,
-    up_to_date_replicas,
-    valid_primaries,
 )
 
 KEYS = Keyspace("unit")

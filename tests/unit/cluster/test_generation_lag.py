@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gitquorum.cluster.repositories import RepositoryRecord, generation_lag_by_node
+from gitquorum.cluster.reports import generation_lag_by_node
+from gitquorum.cluster.repositories import RepositoryRecord
 
 
 def record(

@@ -23,6 +23,13 @@ KEYS = Keyspace("unit")
 NODES = ("n1", "n2", "n3")
 
 
+class AllHealthy:
+    """The health consensus: every node healthy."""
+
+    def healthy(self, _virtual_storage: str) -> frozenset[str]:
+        return frozenset(NODES)
+
+
 class UnreachableQueue(ReplicationQueue):
     """A queue whose etcd txn times out, as during an etcd leader election."""
 
@@ -41,7 +48,7 @@ async def test_a_job_that_cannot_be_queued_does_not_fail_a_recorded_write() -> N
         {"vs": 3},
         repos,
         cache,
-        health=None,  # type: ignore[arg-type]  # not used when recording a write
+        health=AllHealthy(),  # type: ignore[arg-type]  # only its healthy() is used
         local_health=lambda _vs, _node: True,
         queue=UnreachableQueue(store, KEYS),
         metrics=ProxyMetrics(CollectorRegistry()),

@@ -1,0 +1,152 @@
+"""Routing over repository records: which replicas serve a read, a write, maintenance."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from gitquorum.cluster.repositories import RepositoryRecord
+from gitquorum.errors import FailedPrecondition, Unavailable
+from gitquorum.proxy import router
+
+NODES = ("n1", "n2", "n3")
+ALL = frozenset(NODES)
+
+
+def rec(
+    generation: int,
+    replicas: Mapping[str, int],
+    primary: str | None = "n1",
+    assigned: tuple[str, ...] = NODES,
+) -> RepositoryRecord:
+    return RepositoryRecord(7, "vs", "r.git", primary, assigned, generation, ()).with_replicas(
+        replicas
+    )
+
+
+def first(nodes: Sequence[str]) -> str:
+    return nodes[0]
+
+
+CURRENT = rec(2, {"n1": 2, "n2": 2, "n3": 2})
+
+
+@pytest.mark.parametrize(
+    ("record", "healthy", "draining", "primary_only", "expected"),
+    [
+        pytest.param(CURRENT, ALL, frozenset(), False, ("n1", "distributed"), id="any up to date"),
+        pytest.param(
+            rec(2, {"n1": 1, "n2": 2}),
+            ALL,
+            frozenset(),
+            False,
+            ("n2", "distributed"),
+            id="outdated skipped",
+        ),
+        pytest.param(
+            CURRENT, ALL, frozenset({"n1"}), False, ("n2", "distributed"), id="drained last"
+        ),
+        pytest.param(
+            CURRENT,
+            ALL,
+            frozenset(ALL),
+            False,
+            ("n1", "distributed"),
+            id="only drained: still served",
+        ),
+        pytest.param(
+            rec(2, {"n1": 2, "n9": 2}),
+            ALL,
+            frozenset(),
+            False,
+            ("n1", "distributed"),
+            id="unassigned skipped",
+        ),
+        pytest.param(CURRENT, ALL, frozenset(), True, ("n1", "primary-only"), id="primary only"),
+    ],
+)
+def test_route_accessor(
+    record: RepositoryRecord,
+    healthy: frozenset[str],
+    draining: frozenset[str],
+    primary_only: bool,
+    expected: tuple[str, str],
+) -> None:
+    route = router.route_accessor(
+        record, healthy, NODES, primary_only=primary_only, choose=first, draining=draining
+    )
+    assert (route.node, route.reason) == expected
+    assert route.replica_path == record.replica_path
+
+
+@pytest.mark.parametrize(
+    ("record", "healthy", "primary_only"),
+    [
+        pytest.param(rec(2, {"n1": 1, "n2": 1}), ALL, False, id="nothing up to date"),
+        pytest.param(CURRENT, frozenset(), False, id="nothing healthy"),
+        pytest.param(CURRENT, frozenset({"n2"}), True, id="primary only: primary unhealthy"),
+        pytest.param(rec(2, {"n1": 1, "n2": 2}), ALL, True, id="primary only: primary outdated"),
+        pytest.param(rec(2, {"n1": 2}, primary=None), ALL, True, id="primary only: no primary"),
+    ],
+)
+def test_route_accessor_unavailable(
+    record: RepositoryRecord, healthy: frozenset[str], primary_only: bool
+) -> None:
+    with pytest.raises(Unavailable):
+        router.route_accessor(record, healthy, NODES, primary_only=primary_only, choose=first)
+
+
+@pytest.mark.parametrize(
+    ("record", "healthy", "transactional", "secondaries", "targets"),
+    [
+        pytest.param(CURRENT, ALL, True, ("n2", "n3"), (), id="all up to date"),
+        pytest.param(
+            rec(2, {"n1": 2, "n2": 2, "n3": 1}),
+            ALL,
+            True,
+            ("n2",),
+            ("n3",),
+            id="outdated replicated",
+        ),
+        pytest.param(
+            CURRENT, frozenset({"n1", "n3"}), True, ("n3",), ("n2",), id="unhealthy replicated"
+        ),
+        pytest.param(CURRENT, ALL, False, (), ("n2", "n3"), id="not transactional"),
+    ],
+)
+def test_route_mutator(
+    record: RepositoryRecord,
+    healthy: frozenset[str],
+    transactional: bool,
+    secondaries: tuple[str, ...],
+    targets: tuple[str, ...],
+) -> None:
+    route = router.route_mutator(record, healthy, NODES, transactional=transactional)
+    assert route.primary == "n1" and route.generation == record.generation
+    assert (route.secondaries, route.replication_targets) == (secondaries, targets)
+
+
+@pytest.mark.parametrize(
+    ("record", "healthy", "error"),
+    [
+        pytest.param(CURRENT, frozenset({"n2", "n3"}), Unavailable, id="primary unhealthy"),
+        pytest.param(rec(2, {"n2": 2}, primary=None), ALL, Unavailable, id="no primary"),
+        pytest.param(rec(2, {"n1": 1, "n2": 2}), ALL, FailedPrecondition, id="primary outdated"),
+    ],
+)
+def test_route_mutator_refused(
+    record: RepositoryRecord, healthy: frozenset[str], error: type[Exception]
+) -> None:
+    with pytest.raises(error):
+        router.route_mutator(record, healthy, NODES)
+
+
+def test_route_maintenance_and_removal_use_existing_replicas() -> None:
+    record = rec(2, {"n1": 2, "n2": 1}, assigned=("n1", "n2"))
+    assert router.route_maintenance(record, ALL, NODES).nodes == ("n1", "n2")
+    assert router.route_maintenance(record, frozenset({"n2"}), NODES).nodes == ("n2",)
+    with pytest.raises(Unavailable):
+        router.route_maintenance(record, frozenset({"n3"}), NODES)
+    spread = rec(2, {"n1": 2, "n3": 0}, assigned=("n1", "n2"))
+    assert router.route_removal(spread, NODES).nodes == ("n1", "n2", "n3")
