@@ -3,6 +3,10 @@
 Every part is a separate process on free loopback ports, so tests can kill
 (-9), pause (SIGSTOP) and resume any of them. Logs stay in the cluster's
 directory; ``log_tail`` prints them when a test fails.
+
+The parts are the package's launcher (:mod:`gitquorum.launch`): its child
+processes, its etcd members and its proxy configuration, with the settings
+in which tests differ from ``gitquorum up`` passed as overrides.
 """
 
 from __future__ import annotations
@@ -102,14 +106,18 @@ class Cluster:
                     extra_args=list(self.node_args),
                     listen=f"127.0.0.1:{ports[i]}",
                 )
-                self.nodes.append(node.start())
+                # Listed before it starts: a start that fails half-way stops it too.
+                self.nodes.append(node)
+                node.start()
             proxy_ports = free_ports(self.proxies_count)
             for i in range(self.proxies_count):
                 name = f"proxy{i + 1}"
                 config = self.proxy_config(name, proxy_ports[i])
                 path = self.base / f"{name}.yaml"
                 path.write_text(yaml.safe_dump(config))
-                self.proxies.append(ProxyProcess(name, path, self.base / "logs").start())
+                proxy = ProxyProcess(name, path, self.base / "logs")
+                self.proxies.append(proxy)
+                proxy.start()
         except BaseException:
             print(self.log_tail())
             self.close()
