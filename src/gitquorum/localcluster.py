@@ -57,7 +57,7 @@ from gitquorum.launch.etcd import etcd_command, etcd_healthy, find_etcd
 from gitquorum.launch.process import HOST, ChildProcess, LaunchError, die_with_parent, stop_group
 from gitquorum.launch.proxy_config import VIRTUAL_STORAGE, proxy_config
 
-__all__ = ["LaunchError", "LocalCluster", "Settings", "find_etcd", "saved_settings"]
+__all__ = ["Child", "LaunchError", "LocalCluster", "Settings", "find_etcd", "saved_settings"]
 
 STATE_FILE = "cluster.json"
 # How long a child gets between SIGTERM and SIGKILL on close; the proxy's own
