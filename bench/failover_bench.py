@@ -11,8 +11,9 @@ Measures, against targets from the failover issue:
 * **switchover**: ``gitquorum switchover`` moves the primary while four
   clients write -> zero failed writes.
 
-Every trial runs against a real cluster (etcd, three nodes, two proxies, all
-separate processes on loopback) configured with the documented defaults:
+Every trial runs against a real cluster started by ``gitquorum up``'s launcher
+(``gitquorum.localcluster``, without the HTTP gateway: etcd, three nodes, two
+proxies, all separate processes on loopback) with the proxies' documented defaults:
 health checks every 1 s with a 1 s timeout, election TTL 5 s, vote and write
 timeouts 10 s.
 
@@ -44,19 +45,29 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
 import grpc  # noqa: E402
 
-from bench.common import machine_info, machine_table, markdown_table, percentile  # noqa: E402
+from bench.common import (  # noqa: E402
+    build_small_repo,
+    machine_info,
+    machine_table,
+    make_bundle,
+    markdown_table,
+    percentile,
+    ref_tips,
+)
 from gitquorum.gitaly import (  # noqa: E402
     praefect_pb2,
     praefect_pb2_grpc,
     ref_pb2,
     ref_pb2_grpc,
+    repository_pb2,
+    repository_pb2_grpc,
     shared_pb2,
 )
-from tests.harness import gitrepo  # noqa: E402
-from tests.harness.cluster import VIRTUAL_STORAGE, Cluster  # noqa: E402
+from gitquorum.launch.proxy_config import VIRTUAL_STORAGE  # noqa: E402
+from gitquorum.localcluster import LocalCluster, Settings  # noqa: E402
 
 PHASES = ("kill", "catchup", "switchover")
-# The proxies' documented defaults (the test harness uses faster ones).
+# The proxies' documented defaults (gitquorum up and the tests use faster ones).
 DEFAULTS: dict[str, object] = {
     "health": {"interval": "1s", "timeout": "1s"},
     "election": {"ttl": "5s"},
@@ -194,26 +205,47 @@ async def until(predicate: Any, within: float, what: str) -> Any:
 # -- set-up ------------------------------------------------------------------------------
 
 
+async def seed(address: str, relative_path: str, source: Path, scratch: Path) -> None:
+    """CreateRepositoryFromBundle of ``source`` through the proxy at ``address``."""
+    data = make_bundle(source, scratch / "seed.bundle")
+    chunk = 1 << 20
+
+    async def requests() -> Any:
+        yield repository_pb2.CreateRepositoryFromBundleRequest(
+            repository=repository(relative_path), data=data[:chunk]
+        )
+        for offset in range(chunk, len(data), chunk):
+            yield repository_pb2.CreateRepositoryFromBundleRequest(
+                data=data[offset : offset + chunk]
+            )
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        await repository_pb2_grpc.RepositoryServiceStub(channel).CreateRepositoryFromBundle(
+            requests(), timeout=OP_TIMEOUT
+        )
+
+
 async def create_repository(
-    cluster: Cluster, relative_path: str, source: Path, scratch: Path
+    cluster: LocalCluster, relative_path: str, source: Path, scratch: Path
 ) -> None:
-    async with grpc.aio.insecure_channel(cluster.proxies[0].address) as channel:
-        await gitrepo.seed(channel, repository(relative_path), source, scratch)
+    await seed(cluster.proxies[0].address, relative_path, source, scratch)
     address = cluster.proxies[0].address
     await until(lambda: up_to_date(address, relative_path), 60, f"{relative_path} everywhere")
 
 
-def live_proxies(cluster: Cluster) -> list[str]:
+def live_proxies(cluster: LocalCluster) -> list[str]:
     return [p.address for p in cluster.proxies if p.alive()]
 
 
 # -- phases --------------------------------------------------------------------------------
 
 
-async def phase_kill(cluster: Cluster, source: Path, scratch: Path, trials: int) -> dict[str, Any]:
+async def phase_kill(
+    cluster: LocalCluster, source: Path, scratch: Path, trials: int
+) -> dict[str, Any]:
     relative_path = f"bench/failover-{uuid.uuid4().hex}.git"
     await create_repository(cluster, relative_path, source, scratch)
-    oid = gitrepo.refs(source)["refs/heads/main"]
+    oid = ref_tips(source)["refs/heads/main"]
     writer = Writer(live_proxies(cluster), relative_path, oid)
     task = asyncio.create_task(writer.run())
     address = cluster.proxies[0].address
@@ -285,12 +317,12 @@ async def phase_kill(cluster: Cluster, source: Path, scratch: Path, trials: int)
 
 
 async def phase_catchup(
-    cluster: Cluster, source: Path, scratch: Path, trials: int, repositories: int, writes: int
+    cluster: LocalCluster, source: Path, scratch: Path, trials: int, repositories: int, writes: int
 ) -> dict[str, Any]:
     paths = [f"bench/catchup-{uuid.uuid4().hex[:8]}-{i}.git" for i in range(repositories)]
     for relative_path in paths:
         await create_repository(cluster, relative_path, source, scratch)
-    oid = gitrepo.refs(source)["refs/heads/main"]
+    oid = ref_tips(source)["refs/heads/main"]
     address = cluster.proxies[0].address
     samples: list[dict[str, Any]] = []
     for trial in range(trials):
@@ -364,7 +396,7 @@ async def single_write(proxies: Sequence[str], relative_path: str, oid: str, nam
     return False
 
 
-def switchover(cluster: Cluster, relative_path: str, target: str) -> None:
+def switchover(cluster: LocalCluster, relative_path: str, target: str) -> None:
     proc = subprocess.run(
         [
             sys.executable,
@@ -376,7 +408,7 @@ def switchover(cluster: Cluster, relative_path: str, target: str) -> None:
             "--to",
             target,
             "--config",
-            str(cluster.proxies[0].config_path),
+            str(cluster.proxy_config_path(0)),
             "--json",
         ],
         capture_output=True,
@@ -389,11 +421,11 @@ def switchover(cluster: Cluster, relative_path: str, target: str) -> None:
 
 
 async def phase_switchover(
-    cluster: Cluster, source: Path, scratch: Path, trials: int
+    cluster: LocalCluster, source: Path, scratch: Path, trials: int
 ) -> dict[str, Any]:
     relative_path = f"bench/switchover-{uuid.uuid4().hex}.git"
     await create_repository(cluster, relative_path, source, scratch)
-    oid = gitrepo.refs(source)["refs/heads/main"]
+    oid = ref_tips(source)["refs/heads/main"]
     writers = [Writer(live_proxies(cluster), relative_path, oid, name=f"s{i}") for i in range(4)]
     tasks = [asyncio.create_task(w.run()) for w in writers]
     address = cluster.proxies[0].address
@@ -556,10 +588,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="failover-bench-"))
-    source = gitrepo.make_repo(base / "source", commits=3)
+    source = base / "source"
+    build_small_repo(source, commits=3)
     results: dict[str, Any] = {"machine": machine_info(), "settings": DEFAULTS}
-    cluster = Cluster(base / "cluster", nodes_count=3, proxies_count=2, proxy_settings=DEFAULTS)
-    await asyncio.to_thread(cluster.start)
+    cluster = LocalCluster(
+        Settings(nodes=3, proxies=2, http=False, proxy_settings=DEFAULTS), base / "cluster"
+    )
+    # On this thread, which outlives the cluster: its children die with it.
+    cluster.start(timeout=120)
     try:
         if "kill" in args.phases:
             print("phase kill", flush=True)
@@ -573,7 +609,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print("phase switchover", flush=True)
             results["switchover"] = await phase_switchover(cluster, source, base, args.trials)
     finally:
-        await asyncio.to_thread(cluster.close)
+        cluster.close()
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
     return results

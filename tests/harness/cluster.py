@@ -3,103 +3,73 @@
 Every part is a separate process on free loopback ports, so tests can kill
 (-9), pause (SIGSTOP) and resume any of them. Logs stay in the cluster's
 directory; ``log_tail`` prints them when a test fails.
+
+The parts are the package's launcher (:mod:`gitquorum.launch`): its child
+processes, its etcd members and its proxy configuration, with the settings
+in which tests differ from ``gitquorum up`` passed as overrides.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
 
-from tests.harness.etcd import EtcdCluster, free_ports
-from tests.harness.node import NodeProcess, wait_for
+from gitquorum.launch.etcd import EtcdCluster
+from gitquorum.launch.process import ChildProcess, free_ports
+from gitquorum.launch.proxy_config import VIRTUAL_STORAGE, proxy_config
+from tests.harness.node import NodeProcess
 
-VIRTUAL_STORAGE = "default"
+__all__ = ["HARNESS_PROXY_SETTINGS", "VIRTUAL_STORAGE", "Cluster", "ProxyProcess"]
+
+# Where tests differ from gitquorum up's defaults: failures are seen within a
+# second, leadership moves after 3 s, a stuck write fails after 5 s, and a
+# proxy drains for as long as a production one (10 s).
+HARNESS_PROXY_SETTINGS: dict[str, Any] = {
+    "health": {"interval": "250ms", "timeout": "500ms"},
+    "election": {"ttl": "3s"},
+    "vote_timeout": "5s",
+    "write_timeout": "5s",
+    "replication": {"reconcile_interval": "2s"},
+    "graceful_timeout": "10s",
+}
 
 
-@dataclass
-class ProxyProcess:
-    name: str
-    config_path: Path
-    workdir: Path
-    address: str = ""
-    metrics_port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+class ProxyProcess(ChildProcess):
+    """``gitquorum proxy --config CONFIG_PATH`` with its log and ready file in ``workdir``."""
 
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"{self.name}.log"
+    def __init__(self, name: str, config_path: Path, workdir: Path) -> None:
+        super().__init__(name, workdir / f"{name}.log", workdir / f"{name}.ready")
+        self.config_path = config_path
+        self.workdir = workdir
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "gitquorum.cli.main",
+            "proxy",
+            "--config",
+            str(self.config_path),
+            "--ready-file",
+            str(self.ready_file),
+        ]
 
     def start(self, timeout: float = 30.0) -> ProxyProcess:
-        ready = self.workdir / f"{self.name}.ready"
-        ready.unlink(missing_ok=True)
-        with open(self.log_path, "ab") as logfile:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "gitquorum.cli.main",
-                    "proxy",
-                    "--config",
-                    str(self.config_path),
-                    "--ready-file",
-                    str(ready),
-                ],
-                stdout=logfile,
-                stderr=subprocess.STDOUT,
-                env=os.environ.copy(),
-            )
-
-        def is_ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"proxy {self.name} exited:\n{self.log_tail()}")
-            return ready.exists() and ready.read_text().endswith("\n")
-
-        wait_for(is_ready, timeout, what=f"proxy {self.name} to serve")
-        address, metrics = ready.read_text().split()
-        self.address, self.metrics_port = address, int(metrics)
+        super().start(timeout)
         return self
 
     def log_tail(self, lines: int = 80) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+        return super().log_tail(lines)
 
     def terminate(self, timeout: float = 30.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+        return super().terminate(timeout)
 
     def channel(self) -> grpc.aio.Channel:
         return grpc.aio.insecure_channel(self.address)
@@ -136,14 +106,18 @@ class Cluster:
                     extra_args=list(self.node_args),
                     listen=f"127.0.0.1:{ports[i]}",
                 )
-                self.nodes.append(node.start())
+                # Listed before it starts: a start that fails half-way stops it too.
+                self.nodes.append(node)
+                node.start()
             proxy_ports = free_ports(self.proxies_count)
             for i in range(self.proxies_count):
                 name = f"proxy{i + 1}"
                 config = self.proxy_config(name, proxy_ports[i])
                 path = self.base / f"{name}.yaml"
                 path.write_text(yaml.safe_dump(config))
-                self.proxies.append(ProxyProcess(name, path, self.base / "logs").start())
+                proxy = ProxyProcess(name, path, self.base / "logs")
+                self.proxies.append(proxy)
+                proxy.start()
         except BaseException:
             print(self.log_tail())
             self.close()
@@ -152,26 +126,14 @@ class Cluster:
 
     def proxy_config(self, name: str, port: int) -> dict[str, object]:
         assert self.etcd is not None
-        config: dict[str, object] = {
-            "listen": f"127.0.0.1:{port}",
-            "name": name,
-            "etcd": {"endpoints": self.etcd.endpoints},
-            "virtual_storages": [
-                {
-                    "name": VIRTUAL_STORAGE,
-                    "default_replication_factor": self.replication_factor,
-                    "nodes": [{"storage": n.name, "address": n.address} for n in self.nodes],
-                }
-            ],
-            "health": {"interval": "250ms", "timeout": "500ms"},
-            "election": {"ttl": "3s"},
-            "vote_timeout": "5s",
-            "write_timeout": "5s",
-            "replication": {"reconcile_interval": "2s"},
-            "log_level": "info",
-        }
-        config.update(self.proxy_settings)
-        return config
+        return proxy_config(
+            name=name,
+            listen=f"127.0.0.1:{port}",
+            etcd_endpoints=self.etcd.endpoints,
+            nodes=[(n.name, n.address) for n in self.nodes],
+            replication_factor=self.replication_factor,
+            overrides={**HARNESS_PROXY_SETTINGS, **self.proxy_settings},
+        )
 
     def node(self, name: str) -> NodeProcess:
         return next(n for n in self.nodes if n.name == name)

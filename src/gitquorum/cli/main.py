@@ -51,14 +51,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(name: str) -> ModuleType | None:
-    module_name = COMMANDS[name][0]
-    try:
-        return importlib.import_module(f"gitquorum.cli.{module_name}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"gitquorum.cli.{module_name}":
-            return None
-        raise
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(f"gitquorum.cli.{COMMANDS[name][0]}")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -73,8 +67,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=summary, description=summary)
         if only is None or name == only:
             module = _load(name)
-            if module is None:
-                continue
             module.add_arguments(command)
             command.set_defaults(_module=module)
     return parser
@@ -85,10 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     only = args_list[0] if args_list and args_list[0] in COMMANDS else None
     parser = build_parser(only)
     args = parser.parse_args(args_list)
-    module = getattr(args, "_module", None)
-    if module is None:
-        parser.error(f"command {args.command!r} is not available")
-    sys.exit(module.run(args))
+    sys.exit(args._module.run(args))
 
 
 if __name__ == "__main__":
