@@ -19,7 +19,6 @@ primaries, outdated replicas, dataloss) are pure functions of immutable records.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import sys
@@ -28,6 +27,9 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 
+from tenacity import wait_incrementing
+
+from gitquorum.cluster.cas import RETRY, Retry, compare_and_swap, jittered_backoff
 from gitquorum.cluster.election import FencingToken, fenced_txn
 from gitquorum.cluster.errors import (
     Compacted,
@@ -54,11 +56,17 @@ from gitquorum.cluster.store import (
     TxnResult,
     WatchEvent,
 )
+from gitquorum.cluster.store_retry import store_retry
 
 # A replica that does not exist has generation -1 (as in Praefect).
 MISSING = -1
 # Attempts of a record update after a txn that timed out without applying.
 UNAVAILABLE_RETRIES = 3
+
+
+class TxnNotApplied(StoreUnavailable):
+    """A txn's answer was lost, and a read shows the record unchanged since:
+    it certainly did not apply, so trying again cannot apply it twice."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +336,8 @@ class RepositoryStore:
         self.keys = keys
         self.rng = rng or random.Random()
         self.max_attempts = max_attempts
+        # Between lost races: jitter spreads racing writers so one of them wins each round.
+        self._backoff = jittered_backoff(self.rng)
 
     async def _txn(
         self,
@@ -340,10 +350,6 @@ class RepositoryStore:
             return await fenced_txn(self.store, fence, compares, success, failure)
         return await self.store.txn(compares, success, failure)
 
-    async def _backoff(self, attempt: int) -> None:
-        # Jitter spreads racing writers so one of them wins each round.
-        await asyncio.sleep(self.rng.uniform(0, 0.001 * min(attempt, 20)))
-
     # -- ids and creation --------------------------------------------------------
 
     async def reserve_ids(self, count: int = 1) -> int:
@@ -353,7 +359,8 @@ class RepositoryStore:
         (an id reserved but never created) are allowed.
         """
         key = self.keys.repository_id_counter()
-        for attempt in range(self.max_attempts):
+
+        async def attempt(_number: int) -> int | Retry:
             kv = await self.store.get(key)
             last = int(kv.value) if kv is not None else 0
             guard = (
@@ -362,10 +369,14 @@ class RepositoryStore:
                 else Compare.absent(key)
             )
             result = await self.store.txn([guard], [Op.put(key, str(last + count).encode())])
-            if result.succeeded:
-                return last + 1
-            await self._backoff(attempt)
-        raise Conflict("could not reserve a repository id")
+            return last + 1 if result.succeeded else RETRY
+
+        return await compare_and_swap(
+            attempt,
+            attempts=self.max_attempts,
+            conflict="could not reserve a repository id",
+            backoff=self._backoff,
+        )
 
     async def plan_creation(
         self,
@@ -487,43 +498,54 @@ class RepositoryStore:
         ``mutate`` is pure and may raise to refuse the change; returning the
         record unchanged writes nothing.
         """
+        # A txn that timed out is tried again only when the record provably did
+        # not change (TxnNotApplied): an etcd leader election (a member lost)
+        # times txns out while reads already work, and a write's finalizer then
+        # records the write instead of failing it (seen in the chaos tests).
+        policy = store_retry(
+            attempts=UNAVAILABLE_RETRIES + 1,
+            wait=wait_incrementing(start=0.1, increment=0.1),
+            retry_on=lambda exc: isinstance(exc, TxnNotApplied),
+        )
+        return await policy(
+            compare_and_swap,
+            lambda _number: self._update_once(virtual_storage, repository_id, mutate, fence),
+            attempts=self.max_attempts,
+            conflict=f"repository {virtual_storage}/{repository_id}: too many concurrent updates",
+            backoff=self._backoff,
+        )
+
+    async def _update_once(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        mutate: Mutation,
+        fence: FencingToken | None,
+    ) -> RepositoryRecord | Retry:
+        """One read-mutate-CAS round; RETRY when another writer won."""
         key = self.keys.repository(virtual_storage, repository_id)
-        unavailable_retries = 0
-        for attempt in range(self.max_attempts):
-            current = await self.get(virtual_storage, repository_id)
-            new = mutate(current)
-            value = encode_record(new)
-            if value == encode_record(current):
-                return current
-            try:
-                result = await self._txn(
-                    fence, [Compare.mod_revision(key, current.revision)], [Op.put(key, value)]
-                )
-            except (LeaseExpired, Compacted):
-                raise
-            except StoreUnavailable:
-                # Unknown outcome: applied iff the record now holds exactly our value.
-                kv = await self.store.get(key)
-                if kv is not None and kv.value == value and kv.mod_revision != current.revision:
-                    return replace(new, revision=kv.mod_revision)
-                if (
-                    kv is not None
-                    and kv.mod_revision == current.revision
-                    and unavailable_retries < UNAVAILABLE_RETRIES
-                ):
-                    # The record did not change: the txn certainly did not apply, so
-                    # it is safe to try again. An etcd leader election (a member
-                    # lost) times the txn out while reads already work; a write's
-                    # finalizer then records the write instead of failing it (seen
-                    # in the chaos tests).
-                    unavailable_retries += 1
-                    await asyncio.sleep(0.1 * unavailable_retries)
-                    continue
-                raise
-            if result.succeeded:
-                return replace(new, revision=result.revision)
-            await self._backoff(attempt)
-        raise Conflict(f"repository {virtual_storage}/{repository_id}: too many concurrent updates")
+        current = await self.get(virtual_storage, repository_id)
+        new = mutate(current)
+        value = encode_record(new)
+        if value == encode_record(current):
+            return current
+        try:
+            result = await self._txn(
+                fence, [Compare.mod_revision(key, current.revision)], [Op.put(key, value)]
+            )
+        except (LeaseExpired, Compacted):
+            raise
+        except StoreUnavailable as exc:
+            # Unknown outcome: applied iff the record now holds exactly our value.
+            kv = await self.store.get(key)
+            if kv is not None and kv.value == value and kv.mod_revision != current.revision:
+                return replace(new, revision=kv.mod_revision)
+            if kv is not None and kv.mod_revision == current.revision:
+                raise TxnNotApplied(str(exc)) from exc
+            raise
+        if result.succeeded:
+            return replace(new, revision=result.revision)
+        return RETRY
 
     async def increment_generation(
         self,
@@ -721,7 +743,8 @@ class RepositoryStore:
         path is derived from the id and does not change)."""
         new_key = self.keys.path(virtual_storage, new_path)
         key = self.keys.repository(virtual_storage, repository_id)
-        for attempt in range(self.max_attempts):
+
+        async def attempt(_number: int) -> RepositoryRecord | Retry:
             current = await self.get(virtual_storage, repository_id)
             if current.relative_path == new_path:
                 return current
@@ -741,8 +764,14 @@ class RepositoryStore:
                 return replace(new, revision=result.revision)
             if result.range(0).kvs:
                 raise RepositoryExists(f"repository {virtual_storage}/{new_path} already exists")
-            await self._backoff(attempt)
-        raise Conflict(f"repository {virtual_storage}/{repository_id}: too many concurrent updates")
+            return RETRY
+
+        return await compare_and_swap(
+            attempt,
+            attempts=self.max_attempts,
+            conflict=f"repository {virtual_storage}/{repository_id}: too many concurrent updates",
+            backoff=self._backoff,
+        )
 
     async def delete(
         self,
@@ -753,7 +782,8 @@ class RepositoryStore:
     ) -> RepositoryRecord:
         """Remove the record and its path entry (removing replicas from disk is the caller's)."""
         key = self.keys.repository(virtual_storage, repository_id)
-        for attempt in range(self.max_attempts):
+
+        async def attempt(_number: int) -> RepositoryRecord | Retry:
             current = await self.get(virtual_storage, repository_id)
             path_key = self.keys.path(virtual_storage, current.relative_path)
             result = await self._txn(
@@ -761,10 +791,14 @@ class RepositoryStore:
                 [Compare.mod_revision(key, current.revision)],
                 [Op.delete(key), Op.delete(path_key)],
             )
-            if result.succeeded:
-                return current
-            await self._backoff(attempt)
-        raise Conflict(f"repository {virtual_storage}/{repository_id}: too many concurrent updates")
+            return current if result.succeeded else RETRY
+
+        return await compare_and_swap(
+            attempt,
+            attempts=self.max_attempts,
+            conflict=f"repository {virtual_storage}/{repository_id}: too many concurrent updates",
+            backoff=self._backoff,
+        )
 
 
 # -- watch-fed cache ------------------------------------------------------------------
