@@ -5,8 +5,8 @@ txn that holds only if nothing changed since the read (the read's
 ``mod_revision``, or "nothing under this prefix changed"). When another writer
 won the race the txn fails and the whole round starts again from a fresh read,
 so no update is lost and each decision is taken on the value it replaces. The
-loop is bounded: a key that keeps changing under us is reported as
-:class:`~gitquorum.cluster.errors.Conflict` instead of spinning forever.
+loop is bounded: a key that keeps changing under us is reported (usually as
+:class:`~gitquorum.cluster.errors.Conflict`) instead of spinning forever.
 
 What an attempt does is the caller's: it returns its result, or :data:`RETRY`
 when its txn lost the race. Anything it raises (a refused change, the store
@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Awaitable, Callable
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal, NoReturn, TypeVar
 
 from gitquorum.cluster.clock import REAL_CLOCK
 from gitquorum.cluster.errors import Conflict
@@ -62,15 +62,25 @@ def fixed_backoff(delay: float) -> Backoff:
     return backoff
 
 
+def conflict(message: str) -> Callable[[], NoReturn]:
+    """Giving up as most updates do: the caller sees Conflict and may retry later."""
+
+    def give_up() -> NoReturn:
+        raise Conflict(message)
+
+    return give_up
+
+
 async def compare_and_swap(
     attempt: Attempt[T],
     *,
     attempts: int,
-    conflict: str,
+    give_up: Callable[[], T],
     backoff: Backoff = no_backoff,
 ) -> T:
     """Run ``attempt(n)`` for n = 0, 1, ... until it returns something other than
-    :data:`RETRY`; after ``attempts`` lost races raise ``Conflict(conflict)``.
+    :data:`RETRY`; after ``attempts`` lost races return (or raise) ``give_up()``,
+    usually :func:`conflict`.
 
     ``backoff(n)`` runs between a lost attempt n and the next one (not after
     the last: there is nothing left to wait for).
@@ -81,4 +91,4 @@ async def compare_and_swap(
             return result
         if number + 1 < attempts:
             await backoff(number)
-    raise Conflict(conflict)
+    return give_up()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 from tenacity import wait_incrementing
 
-from gitquorum.cluster.cas import RETRY, Retry, compare_and_swap, jittered_backoff
+from gitquorum.cluster.cas import RETRY, Retry, compare_and_swap, conflict, jittered_backoff
 from gitquorum.cluster.election import FencingToken, fenced_txn
 from gitquorum.cluster.errors import (
     Compacted,
@@ -56,7 +56,7 @@ from gitquorum.cluster.store import (
     TxnResult,
     WatchEvent,
 )
-from gitquorum.cluster.store_retry import store_retry
+from gitquorum.cluster.store_retry import StoreRetry
 
 # A replica that does not exist has generation -1 (as in Praefect).
 MISSING = -1
@@ -374,7 +374,7 @@ class RepositoryStore:
         return await compare_and_swap(
             attempt,
             attempts=self.max_attempts,
-            conflict="could not reserve a repository id",
+            give_up=conflict("could not reserve a repository id"),
             backoff=self._backoff,
         )
 
@@ -502,7 +502,7 @@ class RepositoryStore:
         # not change (TxnNotApplied): an etcd leader election (a member lost)
         # times txns out while reads already work, and a write's finalizer then
         # records the write instead of failing it (seen in the chaos tests).
-        policy = store_retry(
+        policy = StoreRetry(
             attempts=UNAVAILABLE_RETRIES + 1,
             wait=wait_incrementing(start=0.1, increment=0.1),
             retry_on=lambda exc: isinstance(exc, TxnNotApplied),
@@ -511,7 +511,9 @@ class RepositoryStore:
             compare_and_swap,
             lambda _number: self._update_once(virtual_storage, repository_id, mutate, fence),
             attempts=self.max_attempts,
-            conflict=f"repository {virtual_storage}/{repository_id}: too many concurrent updates",
+            give_up=conflict(
+                f"repository {virtual_storage}/{repository_id}: too many concurrent updates"
+            ),
             backoff=self._backoff,
         )
 
@@ -769,7 +771,9 @@ class RepositoryStore:
         return await compare_and_swap(
             attempt,
             attempts=self.max_attempts,
-            conflict=f"repository {virtual_storage}/{repository_id}: too many concurrent updates",
+            give_up=conflict(
+                f"repository {virtual_storage}/{repository_id}: too many concurrent updates"
+            ),
             backoff=self._backoff,
         )
 
@@ -796,7 +800,9 @@ class RepositoryStore:
         return await compare_and_swap(
             attempt,
             attempts=self.max_attempts,
-            conflict=f"repository {virtual_storage}/{repository_id}: too many concurrent updates",
+            give_up=conflict(
+                f"repository {virtual_storage}/{repository_id}: too many concurrent updates"
+            ),
             backoff=self._backoff,
         )
 
