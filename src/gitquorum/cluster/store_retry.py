@@ -24,7 +24,8 @@ from tenacity import (
     stop_after_attempt,
     stop_after_delay,
     stop_never,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 from tenacity.stop import stop_base
 from tenacity.wait import WaitBaseT
@@ -47,9 +48,27 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, StoreUnavailable) and not isinstance(exc, LeaseExpired | Compacted)
 
 
+def store_failure(exc: BaseException) -> bool:
+    """Any store failure, a lost lease included: for loops that must get through
+    (re-registering, re-reading a view) and build everything afresh each try."""
+    return isinstance(exc, StoreUnavailable)
+
+
+def report(callback: Callable[[BaseException], None]) -> BeforeRetry:
+    """A ``before_retry`` that hands the failure that is being retried to ``callback``."""
+
+    async def before_retry(state: RetryCallState) -> None:
+        if state.outcome is not None:
+            failure = state.outcome.exception()
+            if failure is not None:
+                callback(failure)
+
+    return before_retry
+
+
 def backoff(initial: float = INITIAL_WAIT, maximum: float = MAX_WAIT) -> WaitBaseT:
     """initial, 2 x initial, ... up to ``maximum``, each plus up to ``initial`` of jitter."""
-    return wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+    return wait_exponential(multiplier=initial, max=maximum) + wait_random(0, initial)
 
 
 class StoreRetry:
