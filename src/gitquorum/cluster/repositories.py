@@ -19,6 +19,7 @@ primaries, outdated replicas, dataloss) are pure functions of immutable records.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import sys
@@ -824,6 +825,9 @@ class RepositoryCache:
         self._by_id: dict[int, RepositoryRecord] = {}
         self._by_path: dict[str, dict[str, RepositoryRecord]] = {}
         self._listeners: list[RecordListener] = []
+        # Set (and replaced) after every change the watch applies, while anyone waits.
+        self._changed = asyncio.Event()
+        self._waiting = 0
         self._mirror = PrefixMirror(
             store, keys.repositories(), reset=self._reset, apply=self._apply, page_size=page_size
         )
@@ -851,6 +855,22 @@ class RepositoryCache:
     async def wait_for_revision(self, revision: int) -> None:
         """Wait until a repository write at ``revision`` is visible (read-your-writes)."""
         await self._mirror.wait_for_revision(revision)
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds, looking again after every change the
+        watch applies (e.g. until a deleted record is forgotten). Unbounded: the
+        caller sets the deadline."""
+        self._waiting += 1
+        try:
+            while not condition():
+                await self._changed.wait()
+        finally:
+            self._waiting -= 1
+
+    def _signal_change(self) -> None:
+        if self._waiting:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     def add_listener(self, callback: RecordListener) -> None:
         """``callback(old, new)`` per changed record (None for created/deleted)."""
@@ -904,6 +924,7 @@ class RepositoryCache:
             for rid, old in previous.items():
                 if rid not in self._by_id:
                     self._notify(old, None)
+        self._signal_change()
 
     def _apply(self, events: Sequence[WatchEvent], _revision: int) -> None:
         for event in events:
@@ -916,3 +937,4 @@ class RepositoryCache:
                 continue
             record = decode_record(vs, rid, event.kv.value, event.kv.mod_revision)
             self._notify(self._put(record), record)
+        self._signal_change()
