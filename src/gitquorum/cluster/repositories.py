@@ -61,8 +61,10 @@ from gitquorum.cluster.store_retry import StoreRetry
 
 # A replica that does not exist has generation -1 (as in Praefect).
 MISSING = -1
-# Attempts of a record update after a txn that timed out without applying.
+# Attempts of a record update after a txn that timed out without applying,
+# and the waits before them (0.1 s, 0.2 s, 0.3 s).
 UNAVAILABLE_RETRIES = 3
+UNAVAILABLE_WAIT = wait_incrementing(start=0.1, increment=0.1)
 
 
 class TxnNotApplied(StoreUnavailable):
@@ -505,7 +507,7 @@ class RepositoryStore:
         # records the write instead of failing it (seen in the chaos tests).
         policy = StoreRetry(
             attempts=UNAVAILABLE_RETRIES + 1,
-            wait=wait_incrementing(start=0.1, increment=0.1),
+            wait=UNAVAILABLE_WAIT,
             retry_on=lambda exc: isinstance(exc, TxnNotApplied),
         )
         return await policy(
