@@ -18,12 +18,12 @@ proxy's cache sees the change. No replica is ever demoted, so no write fails.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from gitquorum.cli import admin_common as common
 from gitquorum.cli.admin_view import read_view
+from gitquorum.cluster.cas import RETRY, Retry, compare_and_swap, fixed_backoff
 from gitquorum.cluster.decisions import choose_primary, primary_load, valid_primaries
 from gitquorum.cluster.errors import Conflict, FailedPrecondition, RepositoryNotFound
 from gitquorum.cluster.repositories import RepositoryRecord, RepositoryStore
@@ -80,9 +80,10 @@ async def move_primary(
     old = record.primary
     load = load if load is not None else {}
     last_problem = ""
-    for attempt in range(ATTEMPTS):
-        if attempt:
-            await asyncio.sleep(RETRY_DELAY)
+
+    async def attempt(number: int) -> Move | Retry:
+        nonlocal record, last_problem
+        if number:
             try:
                 record = await repositories.get(record.virtual_storage, record.repository_id)
             except RepositoryNotFound:
@@ -105,25 +106,31 @@ async def move_primary(
             last_problem = "no other healthy, up-to-date, assigned replica"
             others = set(record.assigned or record.replica_nodes) - {old or ""}
             if not others & healthy:
-                break  # nothing healthy to wait for: no retry can succeed
-            continue
+                return failed()  # nothing healthy to wait for: no retry can succeed
+            return RETRY
         if choice == old:
             return Move(record.repository_id, record.relative_path, old, old, True, "already")
         if choice not in valid_primaries(record, healthy):
             last_problem = f"{choice} is not a valid primary (healthy, up to date, assigned)"
-            continue
+            return RETRY
         try:
             updated = await repositories.set_primary(
                 record.virtual_storage, record.repository_id, choice, expected=old
             )
         except (Conflict, FailedPrecondition) as exc:
             last_problem = str(exc)
-            continue
+            return RETRY
         load[choice] = load.get(choice, 0) + 1
         if old:
             load[old] = max(0, load.get(old, 0) - 1)
         return Move(updated.repository_id, updated.relative_path, old, updated.primary, True)
-    return Move(record.repository_id, record.relative_path, old, target, False, last_problem)
+
+    def failed() -> Move:
+        return Move(record.repository_id, record.relative_path, old, target, False, last_problem)
+
+    return await compare_and_swap(
+        attempt, attempts=ATTEMPTS, give_up=failed, backoff=fixed_backoff(RETRY_DELAY)
+    )
 
 
 async def move_all_from(

@@ -31,11 +31,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tenacity import wait_fixed
+
 from gitquorum.cluster.clock import REAL_CLOCK, Clock
 from gitquorum.cluster.errors import LeadershipLost, LeaseExpired, NotLeader, StoreUnavailable
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.lease import LeaseKeeper
 from gitquorum.cluster.store import Compare, EventType, KeyValue, Op, Store, TxnResult
+from gitquorum.cluster.store_retry import StoreRetry, report, store_failure
 
 log = logging.getLogger(__name__)
 
@@ -237,17 +240,24 @@ class LeaderElection:
         self._notify()
 
     async def _new_keeper(self) -> LeaseKeeper:
-        while True:
-            try:
-                keeper = LeaseKeeper(
-                    self.store, self.ttl, name=f"election:{self.proxy}", clock=self.clock
-                )
-                await keeper.start()
-                keeper.on_lost(lambda: self._step_down("lease lost"))
-                return keeper
-            except StoreUnavailable as exc:
-                log.info("%s cannot get an election lease: %s", self.proxy, exc)
-                await self.clock.sleep(self.retry_delay)
+        async def start() -> LeaseKeeper:
+            keeper = LeaseKeeper(
+                self.store, self.ttl, name=f"election:{self.proxy}", clock=self.clock
+            )
+            await keeper.start()
+            keeper.on_lost(lambda: self._step_down("lease lost"))
+            return keeper
+
+        # No leader can be elected without a lease: keep trying until etcd answers.
+        until_granted = StoreRetry(
+            retry_on=store_failure,
+            wait=wait_fixed(self.retry_delay),
+            sleep=self.clock.sleep,
+            before_retry=report(
+                lambda exc: log.info("%s cannot get an election lease: %s", self.proxy, exc)
+            ),
+        )
+        return await until_granted(start)
 
     async def _campaign(self) -> None:
         while not self._stop.is_set():

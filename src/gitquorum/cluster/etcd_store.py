@@ -43,8 +43,10 @@ from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 from etcd3aio.maintenance import MaintenanceService
 from etcd3aio.watch import WatchStub
+from tenacity import RetryCallState
 
 from gitquorum.cluster.errors import Compacted, LeaseExpired, StoreUnavailable
+from gitquorum.cluster.periodic import run_periodically
 from gitquorum.cluster.store import (
     Compare,
     CompareOp,
@@ -62,6 +64,7 @@ from gitquorum.cluster.store import (
     encode_key,
     prefix_end,
 )
+from gitquorum.cluster.store_retry import StoreRetry, backoff, transient
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,20 @@ _COMPARE_RESULT = {
     CompareOp.LESS: rpc_pb2.Compare.LESS,
     CompareOp.NOT_EQUAL: rpc_pb2.Compare.NOT_EQUAL,
 }
+
+
+class _Unauthenticated(StoreUnavailable):
+    """etcd rejected the auth token (expired, or the server restarted)."""
+
+
+_backoff = backoff()
+
+
+def _retry_wait(state: RetryCallState) -> float:
+    # A new token is all a rejected one needs: no wait before trying it.
+    if state.outcome is not None and isinstance(state.outcome.exception(), _Unauthenticated):
+        return 0.0
+    return float(_backoff(state))
 
 
 class StoreObserver(Protocol):
@@ -293,12 +310,13 @@ class EtcdStore(Store):
             service.set_token(self._token)
 
     async def _refresh_token(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.token_refresh_interval)
-            try:
-                await self._authenticate()
-            except Exception as exc:
-                log.warning("etcd token refresh failed: %s", exc)
+        await run_periodically(
+            self._authenticate,
+            self.config.token_refresh_interval,
+            delay_first=True,
+            errors=(Exception,),
+            on_error=lambda exc: log.warning("etcd token refresh failed: %s", exc),
+        )
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         # hasleader: a member cut off from the raft leader cancels our watch
@@ -332,38 +350,53 @@ class EtcdStore(Store):
     async def _call(self, operation: str, fn: Callable[[], Awaitable[T]], *, idempotent: bool) -> T:
         if self._closed:
             raise StoreUnavailable("etcd store closed")
-        attempts = max(1, self.config.attempts) if idempotent else 1
-        delay = 0.05
         started = time.perf_counter()
         error: str | None = None
+
+        async def attempt() -> T:
+            nonlocal error
+            try:
+                async with asyncio.timeout(self.config.request_timeout):
+                    return await fn()
+            except EtcdUnauthenticatedError as exc:
+                error = "unauthenticated"
+                raise _Unauthenticated(str(self._wrap(exc, operation))) from exc
+            except (
+                EtcdConnectionError,
+                EtcdTransientError,
+                EtcdPermissionDeniedError,
+                EtcdError,
+                grpc.aio.AioRpcError,
+                TimeoutError,
+                StoreUnavailable,
+            ) as exc:
+                wrapped = self._wrap(exc, operation)
+                error = _error_kind(
+                    wrapped if isinstance(wrapped, LeaseExpired | Compacted) else exc
+                )
+                raise wrapped from exc
+
+        def retryable(exc: BaseException) -> bool:
+            # A rejected token is worth another try only with a new one.
+            if isinstance(exc, _Unauthenticated):
+                return bool(self.config.username)
+            return transient(exc)
+
+        async def before_retry(state: RetryCallState) -> None:
+            if state.outcome is not None and isinstance(
+                state.outcome.exception(), _Unauthenticated
+            ):
+                await self._authenticate()
+
+        # A txn is sent once: its outcome after a failure is unknown and the caller decides.
+        policy = StoreRetry(
+            attempts=max(1, self.config.attempts) if idempotent else 1,
+            wait=_retry_wait,
+            retry_on=retryable,
+            before_retry=before_retry,
+        )
         try:
-            for attempt in range(1, attempts + 1):
-                try:
-                    async with asyncio.timeout(self.config.request_timeout):
-                        return await fn()
-                except EtcdUnauthenticatedError as exc:
-                    error = "unauthenticated"
-                    if not self.config.username or attempt == attempts:
-                        raise self._wrap(exc, operation) from exc
-                    await self._authenticate()
-                except (
-                    EtcdConnectionError,
-                    EtcdTransientError,
-                    EtcdPermissionDeniedError,
-                    EtcdError,
-                    grpc.aio.AioRpcError,
-                    TimeoutError,
-                    StoreUnavailable,
-                ) as exc:
-                    wrapped = self._wrap(exc, operation)
-                    error = _error_kind(
-                        wrapped if isinstance(wrapped, LeaseExpired | Compacted) else exc
-                    )
-                    if isinstance(wrapped, LeaseExpired | Compacted) or attempt == attempts:
-                        raise wrapped from exc
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.5)
-            raise AssertionError("unreachable")
+            return await policy(attempt)
         finally:
             if self.observer is not None:
                 self.observer.observe_store_request(operation, time.perf_counter() - started, error)
@@ -597,8 +630,9 @@ class EtcdStore(Store):
             backoff = min(backoff * 2, 1.0)
 
     async def _ask_progress(self, requests: asyncio.Queue[Any]) -> None:
-        while True:
-            await asyncio.sleep(self.config.watch_progress_interval)
+        async def ask() -> None:
             requests.put_nowait(
                 rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest())
             )
+
+        await run_periodically(ask, self.config.watch_progress_interval, delay_first=True)

@@ -28,6 +28,8 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gitquorum.cluster.periodic import run_periodically
+
 log = logging.getLogger(__name__)
 
 # virtual storage -> node -> healthy
@@ -239,11 +241,8 @@ class HealthChecker:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="health-checker")
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            await self.check_once()
-            await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
+        # A fixed rate: a slow round (a node timing out) does not delay the next.
+        await run_periodically(self.check_once, self.interval, from_start=True)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -21,6 +21,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from tenacity import wait_fixed
+
 from gitquorum.cluster.clock import REAL_CLOCK, Clock
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.health import Consensus, HealthMap, HealthSnapshot, consensus
@@ -28,6 +30,7 @@ from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.lease import LeaseKeeper
 from gitquorum.cluster.mirror import PrefixMirror
 from gitquorum.cluster.store import EventType, KeyValue, Store, WatchEvent
+from gitquorum.cluster.store_retry import StoreRetry, report, store_failure
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,17 @@ class ProxyMembership:
             self.keeper = keeper
             self.registrations += 1
 
+    @property
+    def _until_registered(self) -> StoreRetry:
+        return StoreRetry(
+            retry_on=store_failure,
+            wait=wait_fixed(self.retry_delay),
+            sleep=self.clock.sleep,
+            before_retry=report(
+                lambda exc: log.info("registration of %s failed: %s", self.proxy, exc)
+            ),
+        )
+
     def _value(self) -> bytes:
         return encode_member(self.address, self.started_at, self._health)
 
@@ -113,13 +127,7 @@ class ProxyMembership:
                 await keeper.lost.wait()
                 await keeper.close(revoke=False)
             log.warning("proxy %s lost its membership lease; registering again", self.proxy)
-            while True:
-                try:
-                    await self._register()
-                    break
-                except StoreUnavailable as exc:
-                    log.info("registration of %s failed: %s", self.proxy, exc)
-                    await self.clock.sleep(self.retry_delay)
+            await self._until_registered(self._register)
 
     async def publish_health(self, health: HealthMap) -> None:
         """Store this proxy's view of node health (raises StoreUnavailable)."""

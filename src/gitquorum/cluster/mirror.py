@@ -15,9 +15,12 @@ import gc
 import logging
 from collections.abc import Callable, Sequence
 
+from tenacity import wait_fixed
+
 from gitquorum.cluster.clock import REAL_CLOCK, Clock
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.store import KeyValue, Store, WatchEvent
+from gitquorum.cluster.store_retry import StoreRetry, report, store_failure
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +107,18 @@ class PrefixMirror:
             except Exception:
                 log.exception("watch consumer for %s failed; resync", self.prefix)
             # Resync: a fresh snapshot replaces the view.
-            while True:
-                try:
-                    await self._load()
-                    self.resyncs += 1
-                    break
-                except StoreUnavailable as exc:
-                    log.warning("reload of %s failed: %s", self.prefix, exc)
-                    await asyncio.sleep(self.retry_delay)
+            await self._until_loaded(self._load)
+            self.resyncs += 1
+
+    @property
+    def _until_loaded(self) -> StoreRetry:
+        return StoreRetry(
+            retry_on=store_failure,
+            wait=wait_fixed(self.retry_delay),
+            before_retry=report(
+                lambda exc: log.warning("reload of %s failed: %s", self.prefix, exc)
+            ),
+        )
 
     async def wait_for_revision(self, revision: int) -> None:
         """Wait until every change up to ``revision`` under the prefix was applied.

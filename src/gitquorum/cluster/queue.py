@@ -47,10 +47,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from gitquorum.cluster.cas import RETRY, Retry, compare_and_swap, conflict
 from gitquorum.cluster.errors import (
     ClaimLost,
     Compacted,
-    Conflict,
     FailedPrecondition,
     LeaseExpired,
     StoreUnavailable,
@@ -363,7 +363,8 @@ class ReplicationQueue:
             not_before=now,
             correlation_id=correlation_id,
         )
-        for _ in range(self.max_races):
+
+        async def attempt(_number: int) -> ReplicationJob | Retry:
             current = await self.store.range(prefix, prefix=True)
             for existing in self._decode(current):
                 if existing.state in PENDING and existing.same_change(job):
@@ -372,9 +373,15 @@ class ReplicationQueue:
                 [Compare.unchanged_since(prefix, current.revision)],
                 [Op.put(self._key(job), encode_job(job))],
             )
-            if result.succeeded:
-                return replace(job, revision=result.revision, created_revision=result.revision)
-        raise Conflict(f"could not enqueue a job for {target_node}/{repository_id}")
+            if not result.succeeded:
+                return RETRY
+            return replace(job, revision=result.revision, created_revision=result.revision)
+
+        return await compare_and_swap(
+            attempt,
+            attempts=self.max_races,
+            give_up=conflict(f"could not enqueue a job for {target_node}/{repository_id}"),
+        )
 
     async def jobs(self, virtual_storage: str | None = None) -> list[ReplicationJob]:
         result = await self.store.get_prefix(self.keys.jobs(virtual_storage))
@@ -420,7 +427,8 @@ class ReplicationQueue:
             adopted = await self._resolve_uncertain(worker)
             if adopted is not None:
                 return adopted
-        for _ in range(self.max_races):
+
+        async def attempt(_number: int) -> ClaimedJob | Retry | None:
             if self.view is not None:
                 jobs, locks = self.view.snapshot(target_list)
             else:
@@ -439,7 +447,10 @@ class ReplicationQueue:
             if self.view is not None:
                 # Every candidate was stale: let the watch catch up first.
                 return None
-        return None
+            return RETRY
+
+        # Losing every race only means other workers took the work.
+        return await compare_and_swap(attempt, attempts=self.max_races, give_up=lambda: None)
 
     def _runnable(
         self,

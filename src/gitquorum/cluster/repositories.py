@@ -28,6 +28,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 
+from tenacity import wait_incrementing
+
+from gitquorum.cluster.cas import RETRY, Retry, compare_and_swap, conflict, jittered_backoff
 from gitquorum.cluster.election import FencingToken, fenced_txn
 from gitquorum.cluster.errors import (
     Compacted,
@@ -54,11 +57,19 @@ from gitquorum.cluster.store import (
     TxnResult,
     WatchEvent,
 )
+from gitquorum.cluster.store_retry import StoreRetry
 
 # A replica that does not exist has generation -1 (as in Praefect).
 MISSING = -1
-# Attempts of a record update after a txn that timed out without applying.
+# Attempts of a record update after a txn that timed out without applying,
+# and the waits before them (0.1 s, 0.2 s, 0.3 s).
 UNAVAILABLE_RETRIES = 3
+UNAVAILABLE_WAIT = wait_incrementing(start=0.1, increment=0.1)
+
+
+class TxnNotApplied(StoreUnavailable):
+    """A txn's answer was lost, and a read shows the record unchanged since:
+    it certainly did not apply, so trying again cannot apply it twice."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +213,8 @@ class RepositoryStore:
         self.keys = keys
         self.rng = rng or random.Random()
         self.max_attempts = max_attempts
+        # Between lost races: jitter spreads racing writers so one of them wins each round.
+        self._backoff = jittered_backoff(self.rng)
 
     async def _txn(
         self,
@@ -214,10 +227,6 @@ class RepositoryStore:
             return await fenced_txn(self.store, fence, compares, success, failure)
         return await self.store.txn(compares, success, failure)
 
-    async def _backoff(self, attempt: int) -> None:
-        # Jitter spreads racing writers so one of them wins each round.
-        await asyncio.sleep(self.rng.uniform(0, 0.001 * min(attempt, 20)))
-
     # -- ids and creation --------------------------------------------------------
 
     async def reserve_ids(self, count: int = 1) -> int:
@@ -227,7 +236,8 @@ class RepositoryStore:
         (an id reserved but never created) are allowed.
         """
         key = self.keys.repository_id_counter()
-        for attempt in range(self.max_attempts):
+
+        async def attempt(_number: int) -> int | Retry:
             kv = await self.store.get(key)
             last = int(kv.value) if kv is not None else 0
             guard = (
@@ -236,10 +246,14 @@ class RepositoryStore:
                 else Compare.absent(key)
             )
             result = await self.store.txn([guard], [Op.put(key, str(last + count).encode())])
-            if result.succeeded:
-                return last + 1
-            await self._backoff(attempt)
-        raise Conflict("could not reserve a repository id")
+            return last + 1 if result.succeeded else RETRY
+
+        return await compare_and_swap(
+            attempt,
+            attempts=self.max_attempts,
+            give_up=conflict("could not reserve a repository id"),
+            backoff=self._backoff,
+        )
 
     async def plan_creation(
         self,
@@ -361,43 +375,56 @@ class RepositoryStore:
         ``mutate`` is pure and may raise to refuse the change; returning the
         record unchanged writes nothing.
         """
+        # A txn that timed out is tried again only when the record provably did
+        # not change (TxnNotApplied): an etcd leader election (a member lost)
+        # times txns out while reads already work, and a write's finalizer then
+        # records the write instead of failing it (seen in the chaos tests).
+        policy = StoreRetry(
+            attempts=UNAVAILABLE_RETRIES + 1,
+            wait=UNAVAILABLE_WAIT,
+            retry_on=lambda exc: isinstance(exc, TxnNotApplied),
+        )
+        return await policy(
+            compare_and_swap,
+            lambda _number: self._update_once(virtual_storage, repository_id, mutate, fence),
+            attempts=self.max_attempts,
+            give_up=conflict(
+                f"repository {virtual_storage}/{repository_id}: too many concurrent updates"
+            ),
+            backoff=self._backoff,
+        )
+
+    async def _update_once(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        mutate: Mutation,
+        fence: FencingToken | None,
+    ) -> RepositoryRecord | Retry:
+        """One read-mutate-CAS round; RETRY when another writer won."""
         key = self.keys.repository(virtual_storage, repository_id)
-        unavailable_retries = 0
-        for attempt in range(self.max_attempts):
-            current = await self.get(virtual_storage, repository_id)
-            new = mutate(current)
-            value = encode_record(new)
-            if value == encode_record(current):
-                return current
-            try:
-                result = await self._txn(
-                    fence, [Compare.mod_revision(key, current.revision)], [Op.put(key, value)]
-                )
-            except (LeaseExpired, Compacted):
-                raise
-            except StoreUnavailable:
-                # Unknown outcome: applied iff the record now holds exactly our value.
-                kv = await self.store.get(key)
-                if kv is not None and kv.value == value and kv.mod_revision != current.revision:
-                    return replace(new, revision=kv.mod_revision)
-                if (
-                    kv is not None
-                    and kv.mod_revision == current.revision
-                    and unavailable_retries < UNAVAILABLE_RETRIES
-                ):
-                    # The record did not change: the txn certainly did not apply, so
-                    # it is safe to try again. An etcd leader election (a member
-                    # lost) times the txn out while reads already work; a write's
-                    # finalizer then records the write instead of failing it (seen
-                    # in the chaos tests).
-                    unavailable_retries += 1
-                    await asyncio.sleep(0.1 * unavailable_retries)
-                    continue
-                raise
-            if result.succeeded:
-                return replace(new, revision=result.revision)
-            await self._backoff(attempt)
-        raise Conflict(f"repository {virtual_storage}/{repository_id}: too many concurrent updates")
+        current = await self.get(virtual_storage, repository_id)
+        new = mutate(current)
+        value = encode_record(new)
+        if value == encode_record(current):
+            return current
+        try:
+            result = await self._txn(
+                fence, [Compare.mod_revision(key, current.revision)], [Op.put(key, value)]
+            )
+        except (LeaseExpired, Compacted):
+            raise
+        except StoreUnavailable as exc:
+            # Unknown outcome: applied iff the record now holds exactly our value.
+            kv = await self.store.get(key)
+            if kv is not None and kv.value == value and kv.mod_revision != current.revision:
+                return replace(new, revision=kv.mod_revision)
+            if kv is not None and kv.mod_revision == current.revision:
+                raise TxnNotApplied(str(exc)) from exc
+            raise
+        if result.succeeded:
+            return replace(new, revision=result.revision)
+        return RETRY
 
     async def increment_generation(
         self,
@@ -595,7 +622,8 @@ class RepositoryStore:
         path is derived from the id and does not change)."""
         new_key = self.keys.path(virtual_storage, new_path)
         key = self.keys.repository(virtual_storage, repository_id)
-        for attempt in range(self.max_attempts):
+
+        async def attempt(_number: int) -> RepositoryRecord | Retry:
             current = await self.get(virtual_storage, repository_id)
             if current.relative_path == new_path:
                 return current
@@ -615,8 +643,16 @@ class RepositoryStore:
                 return replace(new, revision=result.revision)
             if result.range(0).kvs:
                 raise RepositoryExists(f"repository {virtual_storage}/{new_path} already exists")
-            await self._backoff(attempt)
-        raise Conflict(f"repository {virtual_storage}/{repository_id}: too many concurrent updates")
+            return RETRY
+
+        return await compare_and_swap(
+            attempt,
+            attempts=self.max_attempts,
+            give_up=conflict(
+                f"repository {virtual_storage}/{repository_id}: too many concurrent updates"
+            ),
+            backoff=self._backoff,
+        )
 
     async def delete(
         self,
@@ -627,7 +663,8 @@ class RepositoryStore:
     ) -> RepositoryRecord:
         """Remove the record and its path entry (removing replicas from disk is the caller's)."""
         key = self.keys.repository(virtual_storage, repository_id)
-        for attempt in range(self.max_attempts):
+
+        async def attempt(_number: int) -> RepositoryRecord | Retry:
             current = await self.get(virtual_storage, repository_id)
             path_key = self.keys.path(virtual_storage, current.relative_path)
             result = await self._txn(
@@ -635,10 +672,16 @@ class RepositoryStore:
                 [Compare.mod_revision(key, current.revision)],
                 [Op.delete(key), Op.delete(path_key)],
             )
-            if result.succeeded:
-                return current
-            await self._backoff(attempt)
-        raise Conflict(f"repository {virtual_storage}/{repository_id}: too many concurrent updates")
+            return current if result.succeeded else RETRY
+
+        return await compare_and_swap(
+            attempt,
+            attempts=self.max_attempts,
+            give_up=conflict(
+                f"repository {virtual_storage}/{repository_id}: too many concurrent updates"
+            ),
+            backoff=self._backoff,
+        )
 
 
 # -- watch-fed cache ------------------------------------------------------------------
@@ -658,6 +701,9 @@ class RepositoryCache:
         self._by_id: dict[int, RepositoryRecord] = {}
         self._by_path: dict[str, dict[str, RepositoryRecord]] = {}
         self._listeners: list[RecordListener] = []
+        # Set (and replaced) after every change the watch applies, while anyone waits.
+        self._changed = asyncio.Event()
+        self._waiting = 0
         self._mirror = PrefixMirror(
             store, keys.repositories(), reset=self._reset, apply=self._apply, page_size=page_size
         )
@@ -685,6 +731,22 @@ class RepositoryCache:
     async def wait_for_revision(self, revision: int) -> None:
         """Wait until a repository write at ``revision`` is visible (read-your-writes)."""
         await self._mirror.wait_for_revision(revision)
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds, looking again after every change the
+        watch applies (e.g. until a deleted record is forgotten). Unbounded: the
+        caller sets the deadline."""
+        self._waiting += 1
+        try:
+            while not condition():
+                await self._changed.wait()
+        finally:
+            self._waiting -= 1
+
+    def _signal_change(self) -> None:
+        if self._waiting:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     def add_listener(self, callback: RecordListener) -> None:
         """``callback(old, new)`` per changed record (None for created/deleted)."""
@@ -738,6 +800,7 @@ class RepositoryCache:
             for rid, old in previous.items():
                 if rid not in self._by_id:
                     self._notify(old, None)
+        self._signal_change()
 
     def _apply(self, events: Sequence[WatchEvent], _revision: int) -> None:
         for event in events:
@@ -750,3 +813,4 @@ class RepositoryCache:
                 continue
             record = decode_record(vs, rid, event.kv.value, event.kv.mod_revision)
             self._notify(self._put(record), record)
+        self._signal_change()

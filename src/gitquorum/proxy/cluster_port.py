@@ -9,6 +9,7 @@ own write back from a replica the cache still believes current.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -209,8 +210,8 @@ class EtcdClusterPort:
         await self.repositories.delete(virtual_storage, repo.repository_id)
         # Jobs for a repository that no longer exists are dropped by the workers.
         # Wait (bounded) until our own cache forgets it: read-your-writes.
-        deadline = asyncio.get_running_loop().time() + 2.0
-        while self.cache.get_by_id(repo.repository_id) is not None:
-            if asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.005)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.cache.wait_until(
+                    lambda: self.cache.get_by_id(repo.repository_id) is None
+                )

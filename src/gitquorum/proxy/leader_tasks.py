@@ -30,15 +30,20 @@ from gitquorum.cluster.decisions import (
     repairs,
 )
 from gitquorum.cluster.election import LeaderElection
-from gitquorum.cluster.errors import Conflict, FailedPrecondition, StoreUnavailable
+from gitquorum.cluster.errors import Conflict, FailedPrecondition
 from gitquorum.cluster.membership import HealthView
 from gitquorum.cluster.metrics import ClusterMetrics
+from gitquorum.cluster.periodic import run_periodically, warn
 from gitquorum.cluster.queue import ReplicationQueue, queue_stats
 from gitquorum.cluster.repair_jobs import queue_repairs
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
 from gitquorum.proxy.metrics import ProxyMetrics
 
 logger = log.get("gitquorum.leader")
+
+# Seconds between passes of orphan recovery and of the cluster-wide gauges.
+ORPHAN_INTERVAL = 2.0
+METRICS_INTERVAL = 2.0
 
 
 class LeaderTasks:
@@ -134,16 +139,13 @@ class LeaderTasks:
         return primary_load(self.cache.records(virtual_storage))
 
     async def failover_loop(self) -> None:
-        while True:
-            self._health_changed.clear()
-            try:
-                await self.failover_once()
-            except StoreUnavailable as exc:
-                logger.warning("failover pass failed", extra=log.fields(error=str(exc)))
-            try:
-                await asyncio.wait_for(self._health_changed.wait(), self.failover_interval)
-            except TimeoutError:
-                pass
+        # A change of the health consensus starts a pass at once.
+        await run_periodically(
+            self.failover_once,
+            self.failover_interval,
+            wake=self._health_changed,
+            on_error=warn(logger, "failover pass failed"),
+        )
 
     # -- reconciler ---------------------------------------------------------------------
 
@@ -163,48 +165,50 @@ class LeaderTasks:
         return queued
 
     async def reconcile_loop(self) -> None:
-        while True:
-            try:
-                await self.reconcile_once()
-            except StoreUnavailable as exc:
-                logger.warning("reconciliation failed", extra=log.fields(error=str(exc)))
-            await asyncio.sleep(self.reconcile_interval)
+        await run_periodically(
+            self.reconcile_once,
+            self.reconcile_interval,
+            on_error=warn(logger, "reconciliation failed"),
+        )
 
     # -- jobs of crashed workers ------------------------------------------------------------
 
     async def orphan_loop(self) -> None:
-        while True:
-            try:
-                if await self.queue.recover_orphans():
-                    self.wake()
-            except StoreUnavailable as exc:
-                logger.warning("orphan recovery failed", extra=log.fields(error=str(exc)))
-            await asyncio.sleep(2.0)
+        await run_periodically(
+            self._recover_orphans,
+            ORPHAN_INTERVAL,
+            on_error=warn(logger, "orphan recovery failed"),
+        )
+
+    async def _recover_orphans(self) -> None:
+        if await self.queue.recover_orphans():
+            self.wake()
 
     # -- cluster-wide gauges --------------------------------------------------------------
 
     async def metrics_loop(self) -> None:
-        if self.cluster_metrics is None:
+        cluster_metrics = self.cluster_metrics
+        if cluster_metrics is None:
             return
+
+        async def export() -> None:
+            jobs = await self.queue.jobs()
+            cluster_metrics.update_queue(queue_stats(jobs, time.time()))
+            storages = self.virtual_storages or _virtual_storages(self.cache)
+            cluster_metrics.update_repositories(
+                self.cache.records(),
+                {vs: self.health.healthy(vs) for vs in storages},
+                # Listed so the gauge reads 0, not absent, when all is well.
+                virtual_storages=storages,
+            )
+
         try:
-            while True:
-                try:
-                    jobs = await self.queue.jobs()
-                    self.cluster_metrics.update_queue(queue_stats(jobs, time.time()))
-                    storages = self.virtual_storages or _virtual_storages(self.cache)
-                    self.cluster_metrics.update_repositories(
-                        self.cache.records(),
-                        {vs: self.health.healthy(vs) for vs in storages},
-                        # Listed so the gauge reads 0, not absent, when all is well.
-                        virtual_storages=storages,
-                    )
-                except StoreUnavailable:
-                    pass
-                await asyncio.sleep(2.0)
+            # An unreachable store only leaves the gauges as they were until the next pass.
+            await run_periodically(export, METRICS_INTERVAL)
         finally:
             # A former leader stops exporting cluster-wide gauges.
-            self.cluster_metrics.update_queue(queue_stats([], time.time()))
-            self.cluster_metrics.update_repositories((), {})
+            cluster_metrics.update_queue(queue_stats([], time.time()))
+            cluster_metrics.update_repositories((), {})
 
 
 def _virtual_storages(cache: RepositoryCache) -> Sequence[str]:

@@ -19,6 +19,7 @@ import grpc
 from gitquorum import log
 from gitquorum.cluster.decisions import repairs
 from gitquorum.cluster.keys import Keyspace
+from gitquorum.cluster.periodic import run_periodically, warn
 from gitquorum.cluster.queue import ReplicationQueue
 from gitquorum.cluster.repair_jobs import queue_repairs
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryRecord, RepositoryStore
@@ -96,13 +97,13 @@ class Verifier:
 
     async def run(self) -> None:
         """Leader task: verify continuously until cancelled."""
-        while True:
-            try:
-                checked = await self.verify_once()
-            except Exception as exc:
-                logger.warning("verification pass failed", extra=log.fields(error=str(exc)))
-                checked = 0
-            await asyncio.sleep(self.tick if checked else max(self.tick, 5.0))
+        # Nothing was due (or the pass failed): rest longer before looking again.
+        await run_periodically(
+            self.verify_once,
+            lambda checked: self.tick if checked else max(self.tick, 5.0),
+            errors=(Exception,),
+            on_error=warn(logger, "verification pass failed"),
+        )
 
     def _due(
         self, verified: dict[tuple[str, int, str], float], now: float, force: bool

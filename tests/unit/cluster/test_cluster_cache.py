@@ -79,3 +79,44 @@ async def test_cache_keeps_serving_while_the_store_is_down() -> None:
     await settled(cache, bumped.revision)
     assert cache.get("vs", "a.git") == bumped
     await cache.close()
+
+
+async def test_wait_until_wakes_on_the_change_that_makes_it_true() -> None:
+    store = MemoryStore(ManualClock())
+    repos = RepositoryStore(store, KEYS, rng=random.Random(3))
+    gone = await repos.create("vs", "gone.git", nodes=NODES, healthy={"n1"})
+    cache = RepositoryCache(store, KEYS)
+    await cache.start()
+    # Already true: returns at once.
+    async with asyncio.timeout(5):
+        await cache.wait_until(lambda: cache.get_by_id(gone.repository_id) is not None)
+    forgotten = asyncio.ensure_future(
+        cache.wait_until(lambda: cache.get_by_id(gone.repository_id) is None)
+    )
+    # Another change wakes the waiter, which looks and keeps waiting.
+    await repos.create("vs", "other.git", nodes=NODES, healthy={"n1"})
+    await settled(cache, store.revision)
+    assert not forgotten.done()
+    await repos.delete("vs", gone.repository_id)
+    async with asyncio.timeout(5):
+        await forgotten
+    assert cache.get_by_id(gone.repository_id) is None
+    await cache.close()
+
+
+async def test_wait_until_follows_a_resync() -> None:
+    store = MemoryStore(ManualClock())
+    repos = RepositoryStore(store, KEYS, rng=random.Random(4))
+    first = await repos.create("vs", "a.git", nodes=NODES, healthy={"n1"})
+    cache = RepositoryCache(store, KEYS)
+    await cache.start()
+    forgotten = asyncio.ensure_future(
+        cache.wait_until(lambda: cache.get_by_id(first.repository_id) is None)
+    )
+    store.pause_watches(True)
+    await repos.delete("vs", first.repository_id)
+    await store.compact(store.revision)
+    store.pause_watches(False)
+    async with asyncio.timeout(5):
+        await forgotten
+    await cache.close()
