@@ -17,7 +17,6 @@ from typing import Any
 import grpc
 from google.protobuf import message as _message
 
-from gitquorum import log
 from gitquorum.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -36,8 +35,6 @@ from gitquorum.proxy.transactions import TransactionManager
 from gitquorum.wire.finishing import RpcCall, op_label
 from gitquorum.wire.paths import validate_repository_path
 from gitquorum.wire.registry import MethodInfo, MethodRegistry, Op, Shape
-
-logger = log.get("gitquorum.proxy")
 
 # RPCs that bring a repository into existence: they allocate an id and replica path.
 CREATORS = frozenset(
