@@ -94,14 +94,11 @@ from gitquorum.gitaly import (  # noqa: E402
     ssh_pb2,
     ssh_pb2_grpc,
 )
+from gitquorum.wire.options import message_size_options  # noqa: E402
 
 VIRTUAL_STORAGE = "default"
 PRIMARY_ONLY = (("gitaly-route-repository-accessor-policy", "primary-only"),)
-MAX_MESSAGE = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-]
+CHANNEL_OPTIONS = message_size_options()
 # The proxy timings every recorded figure was measured with (docs/benchmarks.md:
 # the background work billed to each call comes from health checks every 250 ms).
 PROXY_SETTINGS: dict[str, Any] = {

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from gitquorum.errors import ConfigError
+from gitquorum.wire.options import MAX_MESSAGE_SIZE
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -142,7 +143,7 @@ class LimitsConfig:
     """Admission limits of a node or a proxy (every one is described in docs/limits.md)."""
 
     # Largest gRPC request message accepted; a bigger one fails RESOURCE_EXHAUSTED.
-    max_message_size: int = 64 * 1024 * 1024
+    max_message_size: int = MAX_MESSAGE_SIZE
     # Per repository: mutators running at once, and expensive reads (pack, bundle,
     # snapshot and archive streams) running at once; 0 means no limit.
     mutator_concurrency: int = 10

@@ -33,10 +33,10 @@ with atheris.instrument_imports(include=["gitquorum"]):
     from gitquorum.proxy.handler import (
         _check_other_repositories,
         _pin_timestamps,
-        _validated_path,
         rewrite,
     )
-    from gitquorum.proxy.registry import MethodRegistry, Op
+    from gitquorum.wire.paths import validate_repository_path
+    from gitquorum.wire.registry import MethodRegistry, Op
 
 REGISTRY = MethodRegistry.from_descriptors()
 ROUTED = sorted(n for n, i in REGISTRY.methods.items() if i.op is not Op.INTERCEPTED)
@@ -61,7 +61,7 @@ def first_message(data: bytes) -> None:
         else:
             request = info.decode(provider.ConsumeBytes(provider.remaining_bytes()))
         target = info.target_repository(request)
-        relative = _validated_path(target.relative_path)
+        relative = validate_repository_path(target.relative_path)
         _check_other_repositories(info, request, target.storage_name, relative)
         _pin_timestamps(request)
         rewritten = info.decode(rewrite(info, request, "node1", "@cluster/r/1"))

@@ -21,11 +21,10 @@ from gitquorum.errors import GitquorumError
 from gitquorum.proxy.handler import (
     _check_other_repositories,
     _pin_timestamps,
-    _validated_path,
-    other_repositories,
     rewrite,
 )
-from gitquorum.proxy.registry import MethodInfo, MethodRegistry, Op
+from gitquorum.wire.paths import validate_repository_path
+from gitquorum.wire.registry import MethodInfo, MethodRegistry, Op
 from tests.fuzz.strategies import messages
 
 REGISTRY = MethodRegistry.from_descriptors()
@@ -40,7 +39,7 @@ def _examine(info: MethodInfo, request: _message.Message) -> None:
     original = request.SerializeToString()
     target = info.target_repository(request)
     virtual_storage = target.storage_name
-    relative = _validated_path(target.relative_path)
+    relative = validate_repository_path(target.relative_path)
     # A validated path is relative, normalized and free of parent components.
     assert relative and not relative.startswith("/")
     assert ".." not in relative.split("/") and "" not in relative.split("/")
@@ -55,7 +54,7 @@ def _examine(info: MethodInfo, request: _message.Message) -> None:
     restored = _with_target(info, rewritten, target)
     expected = info.decode(original)
     _pin_timestamps(expected)
-    for other in other_repositories(info, expected):
+    for other in info.additional_repositories(expected):
         if other.storage_name == virtual_storage:
             other.storage_name, other.relative_path = NODE, REPLICA
     assert restored == expected

@@ -2,7 +2,7 @@
 
 The node's ``StorageLocator`` (with symlinks on disk pointing out of the root,
 at the root itself and into the internal directory), the proxy's
-``_validated_path`` and the HTTP gateway's URL path parser, over traversal
+``validate_repository_path`` and the HTTP gateway's URL path parser, over traversal
 attempts: ``..``, absolute paths, percent-encoding (single and double),
 overlong UTF-8, Unicode look-alikes of '.' and '/', NUL and control bytes.
 """
@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from gitquorum.errors import GitquorumError, InvalidArgument
 from gitquorum.gateway import paths
 from gitquorum.gitaly import shared_pb2
-from gitquorum.proxy.handler import _validated_path
-from gitquorum.storage.locator import INTERNAL_DIR, StorageLocator, validate_relative
+from gitquorum.storage.locator import StorageLocator
+from gitquorum.wire.paths import INTERNAL_DIR, validate_relative, validate_repository_path
 from tests.fuzz.strategies import TRAVERSALS, relative_paths, url_paths
 
 SETTINGS = settings(max_examples=200, deadline=None)
@@ -128,7 +128,7 @@ def test_every_escaping_symlink_is_refused(storage: Path, name: str) -> None:
 def test_the_proxy_refuses_what_the_node_refuses(storage: Path, relative: str) -> None:
     """The proxy validates before routing: what it passes, a node accepts the spelling of."""
     try:
-        cleaned = _validated_path(relative)
+        cleaned = validate_repository_path(relative)
     except InvalidArgument:
         with pytest.raises(InvalidArgument):
             StorageLocator({"s": storage}).locate(

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
-from gitquorum.proxy.registry import MethodInfo, MethodRegistry, Op, Shape
+from gitquorum.wire.registry import MethodInfo, MethodRegistry, Op, Shape
 from tests.fuzz.background import LoopThread
 from tests.fuzz.strategies import messages, relative_paths, valid_paths
 from tests.harness.cluster import VIRTUAL_STORAGE, Cluster

@@ -22,12 +22,16 @@ from gitquorum.gitaly import (
     ssh_pb2_grpc,
 )
 from gitquorum.metrics import RpcMetrics
-from gitquorum.storage.interceptor import ErrorInterceptor
+from gitquorum.wire.finishing import op_label
+from gitquorum.wire.interceptor import ErrorInterceptor
+from gitquorum.wire.registry import MethodRegistry
 
 EXISTS = "/gitaly.RepositoryService/RepositoryExists"
 BUNDLE = "/gitaly.RepositoryService/CreateBundle"
 FROM_BUNDLE = "/gitaly.RepositoryService/CreateRepositoryFromBundle"
 UPLOAD_PACK = "/gitaly.SSHService/SSHUploadPack"
+
+REGISTRY = MethodRegistry.from_descriptors()
 
 # Truncated length-delimited field, and a string field holding invalid UTF-8.
 GARBAGE = [b"\x0a\xff", b"\x0a\x03\x12\x01\xff", b"\xff\xff\xff\xff"]
@@ -117,7 +121,12 @@ class Edge:
     def count(self, method: str, code: str) -> float:
         value = self.registry.get_sample_value(
             "gitquorum_rpc_requests_total",
-            {"component": "test", "method": method, "op_type": "ACCESSOR", "code": code},
+            {
+                "component": "test",
+                "method": method,
+                "op_type": op_label(REGISTRY.get(method)),
+                "code": code,
+            },
         )
         return value or 0.0
 
@@ -145,9 +154,8 @@ class Edge:
 @pytest.fixture
 async def edge() -> AsyncIterator[Edge]:
     registry = CollectorRegistry()
-    op_types = {m: "ACCESSOR" for m in (EXISTS, BUNDLE, FROM_BUNDLE, UPLOAD_PACK)}
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor(RpcMetrics(registry, "test"), op_types)]
+        interceptors=[ErrorInterceptor(RpcMetrics(registry, "test"), REGISTRY)]
     )
     repository_pb2_grpc.add_RepositoryServiceServicer_to_server(FakeRepositoryService(), server)
     ssh_pb2_grpc.add_SSHServiceServicer_to_server(FakeSSHService(), server)

@@ -16,7 +16,7 @@ from gitquorum.config import (
 )
 from gitquorum.errors import ConfigError, DeadlineExceeded, ResourceExhausted, Unavailable
 from gitquorum.limits import EXPENSIVE_READS, Admission, DrainGate, RepositoryLimiter
-from gitquorum.proxy.registry import MethodRegistry, Op
+from gitquorum.wire.registry import MethodRegistry, Op
 
 KEY = ("default", "group/repo.git")
 OTHER = ("default", "group/other.git")

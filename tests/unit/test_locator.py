@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from gitquorum.errors import FailedPrecondition, InvalidArgument, NotFound
 from gitquorum.gitaly import shared_pb2
-from gitquorum.storage.locator import INTERNAL_DIR, StorageLocator, validate_relative
+from gitquorum.storage.locator import StorageLocator
+from gitquorum.wire.paths import INTERNAL_DIR, validate_relative
 
 STORAGE = "default"
 # The fixtures are read-only across examples: one storage tree serves them all.

@@ -37,7 +37,8 @@ from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import decode_member
 from gitquorum.config import ProxyConfig, VirtualStorageConfig, load_proxy_config
 from gitquorum.errors import ConfigError, GitquorumError
-from gitquorum.proxy.channels import MAX_MESSAGE, NodeChannels
+from gitquorum.proxy.channels import NodeChannels
+from gitquorum.wire.options import message_size_options
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -282,10 +283,7 @@ class Admin:
     def dial_proxy(self, address: str) -> grpc.aio.Channel:
         """A channel to a proxy: TLS when the configuration's proxy serves it,
         verified with $GITQUORUM_TLS_CA, else node_tls.ca_file, else the system's roots."""
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ]
+        options = message_size_options()
         client = None
         if self.config.tls.cert_file:
             ca = os.environ.get("GITQUORUM_TLS_CA") or (

@@ -37,7 +37,7 @@ from gitquorum.cluster.keys import replica_path
 from gitquorum.cluster.repositories import RepositoryRecord
 from gitquorum.config import load_node_config
 from gitquorum.errors import ConfigError
-from gitquorum.storage.locator import INTERNAL_DIR
+from gitquorum.wire.paths import INTERNAL_DIR
 
 _REPLICA = re.compile(r"^@cluster/repositories/[0-9a-f]{2}/[0-9a-f]{2}/([0-9]+)$")
 

@@ -33,11 +33,12 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from gitquorum.wire.options import message_size_options
+
 # Exit code of ssh when the remote command could not be run; git reports it as
 # "Could not read from remote repository".
 EXIT_FAILURE = 128
 CHUNK = 64 * 1024
-MAX_MESSAGE = 64 * 1024 * 1024
 SERVICES = ("git-upload-pack", "git-receive-pack", "git-upload-archive")
 
 
@@ -189,10 +190,7 @@ def run(args: argparse.Namespace) -> int:
 
     repository = shared_pb2.Repository(storage_name=storage, relative_path=relative)
     protocol = os.environ.get("GIT_PROTOCOL", "")
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE),
-        ("grpc.max_send_message_length", MAX_MESSAGE),
-    ]
+    options = message_size_options()
     channel = (
         grpc.insecure_channel(target, options=options)
         if credentials is None

@@ -65,6 +65,7 @@ from gitquorum.cluster.store import (
     prefix_end,
 )
 from gitquorum.cluster.store_retry import StoreRetry, backoff, transient
+from gitquorum.wire.options import MAX_MESSAGE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ class EtcdStore(Store):
             ("grpc.keepalive_timeout_ms", 3_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_SIZE),
             # Faster reconnects to a restarted member than the 1 s..120 s default.
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),

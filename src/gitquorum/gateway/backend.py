@@ -14,19 +14,13 @@ from gitquorum.gitaly import (
     smarthttp_pb2,
     smarthttp_pb2_grpc,
 )
+from gitquorum.wire.options import message_size_options, reconnect_options
 
 # A pack message is at most one body chunk, but the ref advertisement of a
-# repository with many refs arrives in whatever size the backend chose.
-MAX_MESSAGE = 64 * 1024 * 1024
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    # A restarted proxy is back in service within seconds, not after grpc's
-    # default two-minute reconnect backoff. (grpc.min_reconnect_backoff_ms is
-    # left alone: it is also the connection attempt timeout.)
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-]
+# repository with many refs arrives in whatever size the backend chose. A
+# restarted proxy is back in service within seconds, not after grpc's default
+# two-minute reconnect backoff.
+_CHANNEL_OPTIONS = [*message_size_options(), *reconnect_options(200, 2_000)]
 
 
 class Backend:

@@ -35,7 +35,6 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from gitquorum import authn, log, tls
-from gitquorum.callstatus import StatusWatch
 from gitquorum.config import parse_address
 from gitquorum.errors import GitquorumError, PermissionDenied
 from gitquorum.gateway import body, paths, pktline, status
@@ -43,6 +42,7 @@ from gitquorum.gateway.backend import Backend
 from gitquorum.gateway.credentials import CHALLENGE, Credentials, Identity
 from gitquorum.gateway.metrics import ABORTED, NO_SERVICE, HttpMetrics
 from gitquorum.gitaly import smarthttp_pb2
+from gitquorum.wire.callstatus import StatusWatch
 
 logger = log.get("gitquorum.gateway")
 

@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 import grpc
 
 from gitquorum import auth, log, tls
-from gitquorum.storage.transaction import SERVER_KEY, TRANSACTION_KEY
+from gitquorum.wire.options import node_channel_options
+from gitquorum.wire.transaction_metadata import SERVER_KEY, TRANSACTION_KEY
 
 # Client metadata that must not travel to nodes: the proxy sets these itself.
 _HOP_KEYS = frozenset({"authorization", TRANSACTION_KEY, SERVER_KEY, "gitaly-servers"})
-MAX_MESSAGE = 64 * 1024 * 1024
 
 
 class NodeChannels:
@@ -37,15 +37,7 @@ class NodeChannels:
     def channel(self, node: str) -> grpc.aio.Channel:
         channel = self._channels.get(node)
         if channel is None:
-            options = [
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-                ("grpc.keepalive_time_ms", 10_000),
-                ("grpc.keepalive_timeout_ms", 5_000),
-                # A dead node must fail calls quickly instead of queueing them.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1_000),
-            ]
+            options = node_channel_options()
             if self._credentials is None:
                 channel = grpc.aio.insecure_channel(self.addresses[node], options=options)
             else:

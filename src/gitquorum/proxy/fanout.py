@@ -17,17 +17,18 @@ from dataclasses import dataclass, field
 import grpc
 
 from gitquorum import log
-from gitquorum.callstatus import StatusWatch
 from gitquorum.cluster.errors import WriteToOutdatedReplicas
 from gitquorum.errors import Unavailable
 from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.metrics import ProxyMetrics
-from gitquorum.proxy.registry import MethodInfo, Shape
 from gitquorum.proxy.routes import MutatorRoute
 from gitquorum.proxy.state import WriteResult
 from gitquorum.proxy.transactions import Transaction, TransactionManager
-from gitquorum.storage.transaction import COMMITTED, encode_metadata
-from gitquorum.storage.transaction import Transaction as NodeTransaction
+from gitquorum.wire.callstatus import StatusWatch
+from gitquorum.wire.finishing import BackendError
+from gitquorum.wire.registry import MethodInfo, Shape
+from gitquorum.wire.transaction_metadata import COMMITTED, encode_metadata
+from gitquorum.wire.transaction_metadata import Transaction as NodeTransaction
 
 logger = log.get("gitquorum.proxy.fanout")
 _END = object()
@@ -35,8 +36,6 @@ Metadata = Sequence[tuple[str, str | bytes]]
 
 
 def _backend_error(exc: grpc.aio.AioRpcError) -> Exception:
-    from gitquorum.proxy.handler import BackendError
-
     return BackendError(exc.code(), exc.details() or "")
 
 
@@ -86,8 +85,6 @@ class PassThrough:
             if watch is None:
                 raise _backend_error(exc) from None
             code, details = await watch.resolve(exc.code(), exc.details() or "")
-            from gitquorum.proxy.handler import BackendError
-
             raise BackendError(code, details) from None
         finally:
             # Abandoned mid-stream (the client went away): end the node's call
@@ -309,8 +306,6 @@ class Fanout:
             for response in held:
                 yield response
             if primary.code is not grpc.StatusCode.OK:
-                from gitquorum.proxy.handler import BackendError
-
                 raise BackendError(primary.code or grpc.StatusCode.UNKNOWN, primary.details)
         finally:
             ended = True

@@ -17,14 +17,11 @@ from typing import Any
 import grpc
 from google.protobuf import message as _message
 
-from gitquorum import log
 from gitquorum.errors import (
     AlreadyExists,
-    GitquorumError,
     InvalidArgument,
     NotFound,
     Unimplemented,
-    grpc_status,
 )
 from gitquorum.gitaly import repository_pb2, shared_pb2
 from gitquorum.limits import Admission
@@ -32,12 +29,12 @@ from gitquorum.proxy import router
 from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.fanout import Fanout, PassThrough
 from gitquorum.proxy.metrics import ProxyMetrics
-from gitquorum.proxy.registry import MethodInfo, MethodRegistry, Op, Shape
 from gitquorum.proxy.routes import Route
 from gitquorum.proxy.state import ClusterPort
 from gitquorum.proxy.transactions import TransactionManager
-
-logger = log.get("gitquorum.proxy")
+from gitquorum.wire.finishing import RpcCall, op_label
+from gitquorum.wire.paths import validate_repository_path
+from gitquorum.wire.registry import MethodInfo, MethodRegistry, Op, Shape
 
 # RPCs that bring a repository into existence: they allocate an id and replica path.
 CREATORS = frozenset(
@@ -50,15 +47,6 @@ REPOSITORY_EXISTS = "/gitaly.RepositoryService/RepositoryExists"
 REMOVE_REPOSITORY = "/gitaly.RepositoryService/RemoveRepository"
 
 
-class BackendError(Exception):
-    """A node answered with a non-OK status; relayed to the client unchanged."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
 def rewrite(info: MethodInfo, request: _message.Message, storage: str, replica_path: str) -> bytes:
     """The first message as one node must see it: physical storage and replica path."""
     copy = type(request)()
@@ -67,7 +55,7 @@ def rewrite(info: MethodInfo, request: _message.Message, storage: str, replica_p
     # Another repository field in the virtual storage (UserCommitFiles' start
     # repository) names the target (``_check_other_repositories``): it must name
     # the same replica, or the node cannot tell it is the target.
-    for other in other_repositories(info, copy):
+    for other in info.additional_repositories(copy):
         if other.storage_name == target.storage_name:
             other.storage_name = storage
             other.relative_path = replica_path
@@ -76,34 +64,15 @@ def rewrite(info: MethodInfo, request: _message.Message, storage: str, replica_p
     return copy.SerializeToString()
 
 
-def other_repositories(info: MethodInfo, request: _message.Message) -> list[shared_pb2.Repository]:
-    """Populated Repository fields of a request besides its target (few RPCs have any)."""
-    found: list[shared_pb2.Repository] = []
-
-    def walk(message: _message.Message, path: tuple[str, ...], depth: int) -> None:
-        for field, value in message.ListFields():
-            if field.message_type is None or field.is_repeated:
-                continue
-            here = (*path, field.name)
-            if field.message_type.full_name == "gitaly.Repository":
-                if here not in info.target_paths:
-                    found.append(value)
-            elif depth < 4 and not field.message_type.full_name.startswith("google.protobuf."):
-                walk(value, here, depth + 1)
-
-    walk(request, (), 0)
-    return found
-
-
 def _check_other_repositories(
     info: MethodInfo, request: _message.Message, virtual_storage: str, relative_path: str
 ) -> None:
     """A second repository of this virtual storage can only be the target itself:
     the replica the node works on holds no other repository."""
-    for other in other_repositories(info, request):
+    for other in info.additional_repositories(request):
         if other.storage_name != virtual_storage:
             continue  # another Gitaly's address (e.g. a replication source): left alone
-        if _validated_path(other.relative_path) != relative_path:
+        if validate_repository_path(other.relative_path) != relative_path:
             raise Unimplemented(
                 f"{info.name}: a second repository other than the target is not supported"
             )
@@ -185,44 +154,18 @@ class ProxyHandler(grpc.GenericRpcHandler):
         self, info: MethodInfo, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[bytes, None]:
         """Run one call; turn every failure into a status, log it and count it."""
-        metadata = context.invocation_metadata()
-        log.correlation_id.set(log.correlation_from_metadata(metadata))
-        started = time.perf_counter()
-        fields: dict[str, object] = {"method": info.full_name, "op_type": info.op.value}
-        code = "OK"
-        try:
+        call = RpcCall(
+            info.full_name,
+            op_label(info),
+            context,
+            context.invocation_metadata(),
+            self.metrics.rpc,
+        )
+        async with call:
             # Refused with UNAVAILABLE once a drain began; counted while in flight.
             with self.admission.gate.enter():
-                async for response in self._serve(info, requests, context, fields):
+                async for response in self._serve(info, requests, context, call.fields):
                     yield response
-        except BackendError as exc:
-            status, details = exc.code, exc.details
-            if status is grpc.StatusCode.CANCELLED and details in ("", "CANCELLED"):
-                # Cancelled by the node with no reason of its own (its own
-                # cancellations say why): gRPC does that to calls in flight when
-                # a node stops. This client did not cancel: to it, the node went
-                # away mid-call, which UNAVAILABLE says (and clients retry).
-                status, details = grpc.StatusCode.UNAVAILABLE, "node stopped during the call"
-            code = status.name
-            await context.abort(status, details)
-        except GitquorumError as exc:
-            status, message = grpc_status(exc)
-            code = status.name
-            await context.abort(status, message)
-        except Exception as exc:
-            if type(exc).__name__ == "AbortError":
-                raise
-            code = "INTERNAL"
-            logger.exception("proxy error", extra=log.fields(**fields))
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
-        except (asyncio.CancelledError, GeneratorExit):
-            code = "CANCELLED"  # the client went away (or the drain's grace ran out)
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            self.metrics.rpc.observe(info.full_name, info.op.value, code, elapsed)
-            fields.update(code=code, duration_ms=round(elapsed * 1000, 2))
-            logger.info("rpc finished", extra={"fields": fields})
 
     # -- routing -----------------------------------------------------------------------
 
@@ -245,7 +188,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
             raise InvalidArgument("storage name not set")
         if virtual_storage not in self.cluster.virtual_storages():
             raise InvalidArgument(f"virtual storage not found: {virtual_storage!r}")
-        relative_path = _validated_path(target.relative_path)
+        relative_path = validate_repository_path(target.relative_path)
         fields.update(virtual_storage=virtual_storage, relative_path=relative_path)
         _check_other_repositories(info, request, virtual_storage, relative_path)
         # Per-repository concurrency limit, held until the call (and for a
@@ -411,16 +354,6 @@ def _pin_timestamps(request: _message.Message) -> None:
             message.timestamp.seconds = int(time.time())
 
 
-def _validated_path(relative_path: str) -> str:
-    from gitquorum.storage.locator import INTERNAL_DIR, validate_relative
-
-    relative = validate_relative(relative_path, "repository path")
-    # Refused as a node refuses it, so a client sees the same answer through the proxy.
-    if relative.split("/")[0] == INTERNAL_DIR:
-        raise InvalidArgument("relative path names the storage's internal directory")
-    return relative
-
-
 async def _single(request: bytes) -> AsyncIterator[bytes]:
     yield request
 
@@ -458,4 +391,4 @@ def repository_of(storage: str, relative_path: str) -> shared_pb2.Repository:
     return shared_pb2.Repository(storage_name=storage, relative_path=relative_path)
 
 
-__all__: Sequence[str] = ("BackendError", "ProxyHandler", "rewrite")
+__all__: Sequence[str] = ("ProxyHandler", "rewrite")

@@ -36,13 +36,12 @@ from gitquorum.errors import ConfigError
 from gitquorum.gitaly import praefect_pb2_grpc, server_pb2_grpc, transaction_pb2_grpc
 from gitquorum.limits import Admission, DrainGate
 from gitquorum.metrics import MetricsServer
-from gitquorum.proxy.channels import MAX_MESSAGE, NodeChannels
+from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.cluster_port import EtcdClusterPort
 from gitquorum.proxy.handler import ProxyHandler
 from gitquorum.proxy.info_service import PraefectInfoService
 from gitquorum.proxy.leader_tasks import LeaderTasks
 from gitquorum.proxy.metrics import ProxyMetrics
-from gitquorum.proxy.registry import MethodRegistry, Op
 from gitquorum.proxy.replication import (
     ReplicationMetrics,
     ReplicationWorkers,
@@ -53,7 +52,9 @@ from gitquorum.proxy.server_info import ServerInfoService
 from gitquorum.proxy.transaction_service import RefTransactionService
 from gitquorum.proxy.transactions import TransactionManager
 from gitquorum.proxy.verifier import VerificationStore, Verifier
-from gitquorum.storage.interceptor import ErrorInterceptor
+from gitquorum.wire.interceptor import ErrorInterceptor
+from gitquorum.wire.options import server_options
+from gitquorum.wire.registry import MethodRegistry, Op
 
 logger = log.get("gitquorum.proxy")
 
@@ -180,18 +181,7 @@ class ProxyServer:
                     ),
                 ),
             ],
-            options=[
-                # limits.max_message_size: a larger request fails RESOURCE_EXHAUSTED.
-                ("grpc.max_receive_message_length", config.limits.max_message_size),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-                ("grpc.so_reuseport", 0),
-                # Clients (proxies, the gateway) ping every 10 s to find dead
-                # peers quickly; the default policy would answer that with
-                # GOAWAY "too many pings" and drop calls in flight.
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.max_ping_strikes", 0),
-            ],
+            options=server_options(config.limits.max_message_size),
         )
         server_tls = tls.server_tls(config.tls)
         if server_tls is None:

@@ -19,8 +19,8 @@ import grpc
 
 from gitquorum.errors import GitquorumError
 from gitquorum.limits import Admission, RepositoryLimiter
-from gitquorum.proxy.registry import MethodInfo, MethodRegistry, Op
-from gitquorum.storage.locator import validate_relative
+from gitquorum.wire.paths import validate_relative
+from gitquorum.wire.registry import MethodInfo, MethodRegistry, Op
 
 
 def repository_key(info: MethodInfo, request: Any) -> Hashable | None:

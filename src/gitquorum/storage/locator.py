@@ -1,7 +1,8 @@
 """Map a protocol ``Repository`` to a directory inside a storage root, safely.
 
-Every path a client names is checked here and nowhere else: no absolute paths,
-no ``..`` components, no NUL bytes, and after resolving symlinks the path must
+Every path a client names is checked here (its spelling by
+``gitquorum.wire.paths``, which the proxy applies too): no absolute paths, no
+``..`` components, no NUL bytes, and after resolving symlinks the path must
 still lie inside the storage root. Quarantine directories
 (``git_object_directory`` and alternates) get the same treatment relative to
 the repository.
@@ -15,9 +16,7 @@ from pathlib import Path
 
 from gitquorum.errors import FailedPrecondition, InvalidArgument, NotFound
 from gitquorum.gitaly import shared_pb2
-
-# Private per-storage area (temporary directories, removed repositories).
-INTERNAL_DIR = "+gitquorum"
+from gitquorum.wire.paths import INTERNAL_DIR, validate_relative, validate_repository_path
 
 
 @dataclass(frozen=True)
@@ -32,20 +31,6 @@ class RepoPath:
 
     def git_env(self) -> dict[str, str]:
         return dict(self.env)
-
-
-def validate_relative(relative: str, what: str = "relative path") -> str:
-    """Reject anything that could point outside a root before touching disk."""
-    if "\x00" in relative:
-        raise InvalidArgument(f"{what} contains a NUL byte")
-    if relative.startswith("/") or os.path.isabs(relative):
-        raise InvalidArgument(f"{what} is absolute: relative path escapes root directory")
-    parts = [p for p in relative.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise InvalidArgument(f"{what} contains '..': relative path escapes root directory")
-    if not parts:
-        raise InvalidArgument(f"{what} not set")
-    return "/".join(parts)
 
 
 def _quote_alternate(path: str) -> str:
@@ -96,9 +81,7 @@ class StorageLocator:
         root = self.storage_root(repo.storage_name)
         if not repo.relative_path:
             raise InvalidArgument("repository path not set")
-        relative = validate_relative(repo.relative_path)
-        if relative.split("/")[0] == INTERNAL_DIR:
-            raise InvalidArgument("relative path names the storage's internal directory")
+        relative = validate_repository_path(repo.relative_path, "relative path")
         path = root / relative
         real_root = Path(os.path.realpath(root))
         real = Path(os.path.realpath(path))

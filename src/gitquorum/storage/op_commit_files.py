@@ -45,7 +45,7 @@ from gitquorum.storage.refupdate import (
     check_refname,
     update_refs,
 )
-from gitquorum.storage.transaction import Transaction
+from gitquorum.wire.transaction_metadata import Transaction
 
 Header = operations_pb2.UserCommitFilesActionHeader
 _REGULAR = "100644"

@@ -27,7 +27,7 @@ from gitquorum.storage.refupdate import (
     current_values,
     update_refs,
 )
-from gitquorum.storage.transaction import Transaction
+from gitquorum.wire.transaction_metadata import Transaction
 
 _HEX_OID = re.compile(r"^[0-9a-f]{40}$")
 _NON_SPACE = re.compile(rb"\S")

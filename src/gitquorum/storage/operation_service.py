@@ -14,7 +14,7 @@ import grpc
 from gitquorum.gitaly import operations_pb2, operations_pb2_grpc
 from gitquorum.storage import op_commit_files, op_refs
 from gitquorum.storage.context import NodeContext
-from gitquorum.storage.transaction import Transaction, transaction_from_metadata
+from gitquorum.wire.transaction_metadata import Transaction, transaction_from_metadata
 
 
 def _transaction(context: grpc.aio.ServicerContext) -> Transaction | None:

@@ -14,7 +14,7 @@ from gitquorum.storage.context import NodeContext
 from gitquorum.storage.locator import RepoPath
 from gitquorum.storage.repo_create import DEFAULT_BRANCH, init_bare
 from gitquorum.storage.repo_tmp import ensure_absent, move_into_place, scratch_dir
-from gitquorum.storage.transaction import COMMITTED, PREPARED, Transaction
+from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED, Transaction
 
 _SIGNATURES = (b"# v2 git bundle\n", b"# v3 git bundle\n")
 _HEADER_LIMIT = 1 << 20

@@ -28,7 +28,7 @@ from gitquorum.storage.repo_tmp import (
     remove_tree,
     scratch_dir,
 )
-from gitquorum.storage.transaction import COMMITTED, PREPARED, Transaction
+from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED, Transaction
 
 DEFAULT_BRANCH = "main"
 _FORMATS = {

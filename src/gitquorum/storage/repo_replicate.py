@@ -34,15 +34,16 @@ from gitquorum.errors import (
 from gitquorum.gitaly import ref_pb2, ref_pb2_grpc, repository_pb2, repository_pb2_grpc, shared_pb2
 from gitquorum.storage import git
 from gitquorum.storage.context import NodeContext
-from gitquorum.storage.locator import RepoPath, is_repository, validate_relative
+from gitquorum.storage.locator import RepoPath, is_repository
 from gitquorum.storage.repo_create import check_ref_format
 from gitquorum.storage.repo_snapshot import extract_snapshot
 from gitquorum.storage.repo_tmp import move_aside, move_into_place, remove_tree, scratch_dir
-from gitquorum.storage.transaction import Transaction
+from gitquorum.wire.options import message_size_options
+from gitquorum.wire.paths import validate_relative
+from gitquorum.wire.transaction_metadata import Transaction
 
 SERVERS_KEY = "gitaly-servers"
 SOURCE_TIMEOUT = 30.0
-MAX_MESSAGE = 64 * 1024 * 1024
 # Fetch settings Gitaly also uses when replicating: the source is trusted and
 # objects were checked when they first arrived.
 _FETCH_CONFIG = (
@@ -148,10 +149,7 @@ class Replication:
         self.source: shared_pb2.Repository = source
 
     async def run(self) -> None:
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-        ]
+        options = message_size_options()
         async with tls.dial(self.server.address, self.node.client_tls, options) as channel:
             await self._require_source(channel)
             if not is_repository(self.target.path):

@@ -13,7 +13,7 @@ from gitquorum.storage.context import NodeContext
 from gitquorum.storage.locator import RepoPath
 from gitquorum.storage.refupdate import RefUpdate, update_refs
 from gitquorum.storage.repo_create import check_ref_format
-from gitquorum.storage.transaction import COMMITTED, PREPARED, Transaction
+from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED, Transaction
 
 _FULL_OID = re.compile(rb"^[0-9a-fA-F]{40}$")
 

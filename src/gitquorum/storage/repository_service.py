@@ -24,7 +24,7 @@ from gitquorum.storage.repo_optimize import optimize
 from gitquorum.storage.repo_replicate import Replication
 from gitquorum.storage.repo_snapshot import stream_snapshot
 from gitquorum.storage.repo_writeref import write_ref
-from gitquorum.storage.transaction import transaction_from_metadata
+from gitquorum.wire.transaction_metadata import transaction_from_metadata
 
 
 class RepositoryService(repository_pb2_grpc.RepositoryServiceServicer):

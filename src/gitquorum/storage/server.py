@@ -20,14 +20,14 @@ from gitquorum.metrics import MetricsServer, RpcMetrics
 from gitquorum.storage import git
 from gitquorum.storage.catfile import CatFileCache
 from gitquorum.storage.context import NodeContext
-from gitquorum.storage.interceptor import ErrorInterceptor
 from gitquorum.storage.limiter import LimitInterceptor
 from gitquorum.storage.locator import StorageLocator
 from gitquorum.storage.transaction import VoteCoordinator
+from gitquorum.wire.interceptor import ErrorInterceptor
+from gitquorum.wire.options import server_options
+from gitquorum.wire.registry import MethodRegistry
 
 logger = log.get("gitquorum.node")
-
-MAX_MESSAGE = 64 * 1024 * 1024
 
 # (module under gitquorum.storage, servicer class, registration function name)
 SERVICES: tuple[tuple[str, str, str], ...] = (
@@ -50,25 +50,6 @@ _PB2_GRPC = {
     "SSHService": "ssh_pb2_grpc",
     "ServerService": "server_pb2_grpc",
 }
-
-
-def op_types() -> dict[str, str]:
-    """Full method name -> ACCESSOR/MUTATOR/MAINTENANCE, read from the descriptors."""
-    from gitquorum.gitaly import lint_pb2
-
-    table: dict[str, str] = {}
-    for pb2 in _PB2_GRPC.values():
-        module = importlib.import_module(f"gitquorum.gitaly.{pb2.removesuffix('_grpc')}")
-        for service in module.DESCRIPTOR.services_by_name.values():
-            for method in service.methods:
-                options = method.GetOptions()
-                name = f"/{service.full_name}/{method.name}"
-                if options.HasExtension(lint_pb2.op_type):
-                    op = options.Extensions[lint_pb2.op_type].op
-                    table[name] = lint_pb2.OperationMsg.Operation.Name(op)
-                else:
-                    table[name] = "INTERCEPTED"
-    return table
 
 
 @dataclass
@@ -114,26 +95,17 @@ class NodeServer:
         if secrets:
             # First: a refused call reaches no handler and no other interceptor.
             interceptors.append(AuthInterceptor(secrets, HEALTH_METHODS, role="node"))
+        # The op types the proxy routes by: metric labels and per-repository limits.
+        registry = MethodRegistry.from_descriptors()
         self.server = grpc.aio.server(
             # LimitInterceptor inside ErrorInterceptor: its RESOURCE_EXHAUSTED is
             # mapped and logged like any other error (docs/limits.md).
             interceptors=[
                 *interceptors,
-                ErrorInterceptor(rpc_metrics, op_types()),
-                LimitInterceptor(Admission(self.config.limits, what="node")),
+                ErrorInterceptor(rpc_metrics, registry),
+                LimitInterceptor(Admission(self.config.limits, what="node"), registry),
             ],
-            options=[
-                # limits.max_message_size: a larger request fails RESOURCE_EXHAUSTED.
-                ("grpc.max_receive_message_length", self.config.limits.max_message_size),
-                ("grpc.max_send_message_length", MAX_MESSAGE),
-                ("grpc.so_reuseport", 0),
-                # Clients (proxies, the gateway) ping every 10 s to find dead
-                # peers quickly; the default policy would answer that with
-                # GOAWAY "too many pings" and drop calls in flight.
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.max_ping_strikes", 0),
-            ],
+            options=server_options(self.config.limits.max_message_size),
         )
         for module_name, class_name, add_name in SERVICES:
             module = importlib.import_module(f"gitquorum.storage.{module_name}")

@@ -19,7 +19,7 @@ import grpc
 import gitquorum
 from gitquorum.gitaly import server_pb2, server_pb2_grpc
 from gitquorum.storage.context import NodeContext
-from gitquorum.storage.locator import INTERNAL_DIR
+from gitquorum.wire.paths import INTERNAL_DIR
 
 FILESYSTEM_ID = "filesystem_id"
 MOUNTS = Path("/proc/mounts")

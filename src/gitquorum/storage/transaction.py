@@ -1,8 +1,7 @@
 """Reference-transaction voting on the node (the dial-back model).
 
-A mutator routed through the proxy carries two metadata entries:
-``gitaly-reference-transaction`` (base64 JSON ``{id, node, primary}``) and
-``gitaly-praefect-server`` (base64 JSON ``{listen_addr, token}``: where to
+A mutator routed through the proxy carries the transaction metadata decoded
+by ``gitquorum.wire.transaction_metadata`` (which transaction, and where to
 vote). The node votes with the SHA-1 of the reference updates, in the same
 ``<old> SP <new> SP <ref> LF`` form that git hands the
 ``reference-transaction`` hook, and commits only on a COMMIT answer.
@@ -18,30 +17,24 @@ Two paths produce votes:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
-import json
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import grpc
 
 from gitquorum import auth, log, tls
-from gitquorum.errors import Aborted, InvalidArgument, Unavailable
+from gitquorum.errors import Aborted, Unavailable
 from gitquorum.gitaly import shared_pb2, transaction_pb2, transaction_pb2_grpc
+from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED, Transaction
 
-TRANSACTION_KEY = "gitaly-reference-transaction"
-SERVER_KEY = "gitaly-praefect-server"
 ZERO_VOTE = b"\x00" * 20
-PREPARED = transaction_pb2.VoteTransactionRequest.PREPARED_PHASE
-COMMITTED = transaction_pb2.VoteTransactionRequest.COMMITTED_PHASE
 _PHASES = {"prepared": PREPARED, "committed": COMMITTED}
 _ZERO_OID = b"0" * 40
 
@@ -55,61 +48,6 @@ logger = log.get("gitquorum.voting")
 # secondaries outdated together, the repository unavailable when the primary
 # then failed).
 _LOCK_WAIT = ("-c", "core.filesRefLockTimeout=1000")
-
-
-@dataclass(frozen=True)
-class Transaction:
-    """A transaction this node takes part in, and where to send its votes."""
-
-    id: int
-    node: str
-    primary: bool
-    proxy_address: str
-    token: str = field(repr=False, default="")
-
-
-def _b64json(value: str | bytes, key: str) -> dict[str, object]:
-    try:
-        raw = base64.b64decode(value, validate=True)
-        decoded = json.loads(raw)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidArgument(f"{key} metadata is not base64 JSON") from exc
-    if not isinstance(decoded, dict):
-        raise InvalidArgument(f"{key} metadata is not a JSON object")
-    return decoded
-
-
-def encode_metadata(tx: Transaction) -> list[tuple[str, str]]:
-    """The metadata a proxy attaches for one node (used by the proxy and tests)."""
-    info = json.dumps({"id": tx.id, "node": tx.node, "primary": tx.primary})
-    server = json.dumps({"listen_addr": tx.proxy_address, "token": tx.token})
-    return [
-        (TRANSACTION_KEY, base64.b64encode(info.encode()).decode()),
-        (SERVER_KEY, base64.b64encode(server.encode()).decode()),
-    ]
-
-
-def transaction_from_metadata(
-    metadata: Sequence[tuple[str, str | bytes]] | None,
-) -> Transaction | None:
-    values = {k: v for k, v in metadata or ()}
-    raw_tx = values.get(TRANSACTION_KEY)
-    if raw_tx is None:
-        return None
-    info = _b64json(raw_tx, TRANSACTION_KEY)
-    raw_server = values.get(SERVER_KEY)
-    if raw_server is None:
-        raise InvalidArgument(f"{TRANSACTION_KEY} given without {SERVER_KEY}")
-    server = _b64json(raw_server, SERVER_KEY)
-    tx_id, node, primary = info.get("id"), info.get("node"), info.get("primary")
-    address, token = server.get("listen_addr"), server.get("token", "")
-    if not isinstance(tx_id, int) or isinstance(tx_id, bool) or tx_id < 0:
-        raise InvalidArgument("transaction id must be a non-negative integer")
-    if not isinstance(node, str) or not node or not isinstance(primary, bool):
-        raise InvalidArgument("transaction needs a node name and a primary flag")
-    if not isinstance(address, str) or not address or not isinstance(token, str):
-        raise InvalidArgument("praefect server needs listen_addr and token")
-    return Transaction(tx_id, node, primary, address, token)
 
 
 def _target(address: str) -> str:

@@ -23,7 +23,7 @@ from gitquorum.gitaly import (
     transaction_pb2,
     transaction_pb2_grpc,
 )
-from gitquorum.storage.transaction import Transaction, encode_metadata
+from gitquorum.wire.transaction_metadata import Transaction, encode_metadata
 from tests.conftest import THROUGH_PROXY, Target
 from tests.harness import gitrepo
 from tests.harness.gitrepo import git

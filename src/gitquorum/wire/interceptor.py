@@ -1,24 +1,22 @@
-"""The server edge: map exceptions to statuses, log each RPC, record metrics.
+"""The server edge for servicer-based services, on nodes and proxies alike.
 
-Wrapping the handlers here keeps every service free of ``context.abort``
-calls and guarantees that no exception from a handler reaches grpc as an
-unexplained UNKNOWN.
+Every handler is wrapped in the RPC-finishing layer (``wire.finishing``):
+services stay free of ``context.abort`` calls, and no exception from a handler
+reaches grpc as an unexplained UNKNOWN. Undecodable requests become
+INVALID_ARGUMENT instead of grpc's INTERNAL.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from gitquorum import log
-from gitquorum.errors import GitquorumError, InvalidArgument, grpc_status
+from gitquorum.errors import InvalidArgument
 from gitquorum.metrics import RpcMetrics
-
-logger = log.get("gitquorum.rpc")
+from gitquorum.wire.finishing import RpcCall, op_label
+from gitquorum.wire.registry import MethodRegistry
 
 
 class _Malformed:
@@ -60,28 +58,20 @@ def _checked(request: Any) -> Any:
     return _check(request)
 
 
-def _code_name(context: grpc.aio.ServicerContext) -> str:
-    code = context.code()
-    if code is None:
-        return "OK"
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    return str(code)
-
-
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Applies to every service on the server (health included)."""
 
     def __init__(
         self,
         metrics: RpcMetrics | None,
-        op_types: dict[str, str] | None = None,
+        registry: MethodRegistry | None = None,
         skip: Callable[[str], bool] | None = None,
     ) -> None:
         self.metrics = metrics
-        self.op_types = op_types or {}
-        # Methods whose handler does its own error mapping and logging (the
-        # proxy's raw-bytes handler): wrapping them again would double-count.
+        # Where the op_type label comes from; without one, every label is empty.
+        self.registry = registry
+        # Methods whose handler finishes its calls itself (the proxy's
+        # raw-bytes handler): wrapping them again would double-count.
         self.skip = skip
 
     async def intercept_service(
@@ -95,54 +85,17 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if self.skip is not None and self.skip(method):
             return handler
-        op_type = self.op_types.get(method, "")
+        info = self.registry.get(method) if self.registry is not None else None
+        op_type = op_label(info)
         metadata = handler_call_details.invocation_metadata
 
-        def finish(
-            context: grpc.aio.ServicerContext, started: float, exc: BaseException | None
-        ) -> None:
-            code = _code_name(context)
-            if isinstance(exc, asyncio.CancelledError):
-                # The client went away (or the drain deadline passed): the
-                # context still says nothing, which would count it as OK.
-                code = "CANCELLED"
-            elif exc is not None and not isinstance(exc, GitquorumError):
-                code = "INTERNAL"
-            elapsed = time.perf_counter() - started
-            if self.metrics is not None:
-                self.metrics.observe(method, op_type, code, elapsed)
-            fields = log.fields(method=method, code=code, duration_ms=round(elapsed * 1000, 2))
-            if method.startswith("/grpc.health.v1.Health/") and code == "OK":
-                # Probed every second by every proxy: not worth a line each.
-                logger.debug("rpc finished", extra=fields)
-            elif code in ("OK", "NOT_FOUND", "INVALID_ARGUMENT", "ALREADY_EXISTS", "CANCELLED"):
-                logger.info("rpc finished", extra=fields)
-            else:
-                logger.warning(
-                    "rpc failed", extra=fields, exc_info=exc if code == "INTERNAL" else None
-                )
-
-        async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-            code, message = grpc_status(exc)
-            await context.abort(code, message)
+        def call(context: grpc.aio.ServicerContext) -> RpcCall:
+            return RpcCall(method, op_type, context, metadata, self.metrics)
 
         def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
             async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                log.correlation_id.set(log.correlation_from_metadata(metadata))
-                started = time.perf_counter()
-                error: BaseException | None = None
-                try:
+                async with call(context):
                     return await behavior(_checked(request), context)
-                except asyncio.CancelledError as exc:
-                    error = exc
-                    raise
-                except (GitquorumError, Exception) as exc:
-                    if _is_abort(exc):
-                        raise
-                    error = exc
-                    await abort(context, exc)
-                finally:
-                    finish(context, started, error)
 
             return wrapper
 
@@ -150,22 +103,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def wrapper(
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                log.correlation_id.set(log.correlation_from_metadata(metadata))
-                started = time.perf_counter()
-                error: BaseException | None = None
-                try:
+                async with call(context):
                     async for response in behavior(_checked(request), context):
                         yield response
-                except asyncio.CancelledError as exc:
-                    error = exc
-                    raise
-                except (GitquorumError, Exception) as exc:
-                    if _is_abort(exc):
-                        raise
-                    error = exc
-                    await abort(context, exc)
-                finally:
-                    finish(context, started, error)
 
             return wrapper
 
@@ -192,8 +132,3 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
-
-
-def _is_abort(exc: BaseException) -> bool:
-    # context.abort raises a plain Exception subclass internal to grpc.aio.
-    return type(exc).__name__ == "AbortError"

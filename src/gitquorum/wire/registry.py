@@ -1,9 +1,10 @@
-"""The method registry: every served RPC's op type, scope and target field.
+"""The method registry: every served RPC's op type, scope and repository fields.
 
 Built once at start-up from the protocol descriptors' annotations, so routing
-follows the proto files rather than a hand-kept list. A served method without
-an op type (outside an intercepted service) is a configuration error and the
-proxy refuses to start.
+follows the proto files rather than a hand-kept list. The proxy routes by it,
+the node labels its metrics and limits its calls by it. A served method
+without an op type (outside an intercepted service) is a configuration error
+and the proxy refuses to start.
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class MethodInfo:
     response_class: type[_message.Message]
     # Paths (field names from the request root) of fields marked target_repository.
     target_paths: tuple[FieldPath, ...]
+    # Every other Repository field: those marked additional_repository, and
+    # those without a mark (UserCommitFiles' start repository, ReplicateRepository's
+    # source), which name a repository all the same and must be seen by the
+    # proxy (rewritten or refused), not passed to a node unexamined.
     additional_paths: tuple[FieldPath, ...]
     storage_paths: tuple[FieldPath, ...]
 
@@ -85,6 +90,7 @@ class MethodInfo:
         return found[0]
 
     def additional_repositories(self, request: _message.Message) -> list[shared_pb2.Repository]:
+        """The populated Repository fields of a request besides its target (few RPCs have any)."""
         return list(_populated(request, self.additional_paths))
 
 
@@ -120,6 +126,30 @@ def _field_paths(
             for sub in _field_paths(field.message_type, extension, depth + 1):
                 paths.append((field.name, *sub))
     return paths
+
+
+def _repository_paths(message: _descriptor.Descriptor, depth: int = 0) -> list[FieldPath]:
+    """Every path to a singular Repository field, annotated or not."""
+    paths: list[FieldPath] = []
+    for field in message.fields:
+        if field.message_type is None or field.is_repeated:
+            continue
+        if field.message_type.full_name == REPOSITORY_TYPE:
+            paths.append((field.name,))
+        elif depth < 4 and not field.message_type.full_name.startswith("google.protobuf."):
+            for sub in _repository_paths(field.message_type, depth + 1):
+                paths.append((field.name, *sub))
+    return paths
+
+
+def additional_paths(
+    method: _descriptor.MethodDescriptor, targets: Iterable[FieldPath]
+) -> tuple[FieldPath, ...]:
+    """Annotated additional repositories first, then every other non-target Repository field."""
+    marked = _field_paths(method.input_type, lint_pb2.additional_repository)
+    others = [p for p in _repository_paths(method.input_type) if p not in marked]
+    excluded = set(targets)
+    return tuple(p for p in (*marked, *others) if p not in excluded)
 
 
 def _shape(method: _descriptor.MethodDescriptor) -> Shape:
@@ -191,9 +221,7 @@ class MethodRegistry:
                         request_class=message_factory.GetMessageClass(method.input_type),
                         response_class=message_factory.GetMessageClass(method.output_type),
                         target_paths=tuple(targets),
-                        additional_paths=tuple(
-                            _field_paths(method.input_type, lint_pb2.additional_repository)
-                        ),
+                        additional_paths=additional_paths(method, targets),
                         storage_paths=tuple(_field_paths(method.input_type, lint_pb2.storage)),
                     )
         if problems:

@@ -1,0 +1,149 @@
+"""Finishing an RPC, the same on every server: its status, its log line, its metrics.
+
+The node's interceptor and the proxy's raw-bytes handler both end each call
+here: an exception becomes a status (``status_of``), the call is counted in
+``gitquorum_rpc_*`` and gets one log line whose level depends only on the
+method and the status code (``log_level``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+import grpc
+
+from gitquorum import log
+from gitquorum.errors import grpc_status
+from gitquorum.metrics import RpcMetrics
+from gitquorum.wire.registry import MethodInfo, Op
+
+logger = log.get("gitquorum.rpc")
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# Outcomes of a call that went as the client asked, or failed because of the
+# client's own request or departure: routine, logged at info. Every other code
+# (UNAVAILABLE, INTERNAL, RESOURCE_EXHAUSTED, ...) says the service could not
+# serve the call and is logged at warning, so that it shows at that level.
+ROUTINE_CODES = frozenset({"OK", "NOT_FOUND", "INVALID_ARGUMENT", "ALREADY_EXISTS", "CANCELLED"})
+
+
+class BackendError(Exception):
+    """A node answered with a non-OK status; relayed to the client unchanged."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status a call that raised ``exc`` ends with."""
+    if isinstance(exc, BackendError):
+        if exc.code is grpc.StatusCode.CANCELLED and exc.details in ("", "CANCELLED"):
+            # Cancelled by the node with no reason of its own (its own
+            # cancellations say why): gRPC does that to calls in flight when a
+            # node stops. The client did not cancel: to it, the node went away
+            # mid-call, which UNAVAILABLE says (and clients retry).
+            return grpc.StatusCode.UNAVAILABLE, "node stopped during the call"
+        return exc.code, exc.details
+    return grpc_status(exc)
+
+
+def log_level(method: str, code: str) -> int:
+    """One level per (method, code): routine outcomes at info, failures at warning."""
+    if method.startswith(HEALTH_PREFIX) and code == "OK":
+        # Probed every second by every proxy: not worth a line each.
+        return logging.DEBUG
+    return logging.INFO if code in ROUTINE_CODES else logging.WARNING
+
+
+def op_label(info: MethodInfo | None) -> str:
+    """The ``op_type`` label of a method: empty for methods without an op type."""
+    if info is None or info.op is Op.INTERCEPTED:
+        return ""
+    return info.op.value
+
+
+def is_abort(exc: BaseException) -> bool:
+    # context.abort raises a plain Exception subclass internal to grpc.aio.
+    return type(exc).__name__ == "AbortError"
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    code = context.code()
+    if code is None:
+        return "OK"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return str(code)
+
+
+class RpcCall:
+    """One call from start to finish: ``async with`` around the handler's work.
+
+    An exception leaving the block is mapped to a status and the call aborted
+    with it; a handler's own abort or ``set_code`` is kept. On the way out the
+    call is counted and logged, with ``fields`` (which the handler may extend,
+    e.g. with its routing decision) on the log line.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        op_type: str,
+        context: grpc.aio.ServicerContext,
+        metadata: Sequence[tuple[str, str | bytes]] | None,
+        metrics: RpcMetrics | None,
+    ) -> None:
+        self.method = method
+        self.op_type = op_type
+        self.context = context
+        self.metadata = metadata
+        self.metrics = metrics
+        self.fields: dict[str, object] = {"method": method, "op_type": op_type}
+        self._code: str | None = None
+        self._error: BaseException | None = None
+        self._started = 0.0
+
+    async def __aenter__(self) -> RpcCall:
+        log.correlation_id.set(log.correlation_from_metadata(self.metadata))
+        self._started = time.perf_counter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            if exc is None or is_abort(exc):
+                return
+            if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                # The client went away (or the drain's grace ran out): the
+                # context still says nothing, which would count it as OK.
+                self._code = "CANCELLED"
+                return
+            status, details = status_of(exc)
+            self._code, self._error = status.name, exc
+            await self.context.abort(status, details)
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        code = self._code or _code_name(self.context)
+        elapsed = time.perf_counter() - self._started
+        if self.metrics is not None:
+            self.metrics.observe(self.method, self.op_type, code, elapsed)
+        self.fields.update(code=code, duration_ms=round(elapsed * 1000, 2))
+        level = log_level(self.method, code)
+        logger.log(
+            level,
+            "rpc finished" if level < logging.WARNING else "rpc failed",
+            extra={"fields": self.fields},
+            exc_info=self._error if code == "INTERNAL" else None,
+        )
