@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gitquorum.cluster.decisions import WriteResult as WriteResult
 from gitquorum.proxy.router import RepositoryView
 from gitquorum.proxy.routes import MutatorRoute
 
@@ -22,15 +23,6 @@ class Placement:
     replica_path: str
     primary: str
     assigned: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """Which replicas took a write: the finalizer's input."""
-
-    updated: frozenset[str]
-    outdated: frozenset[str]
-    reason: str
 
 
 class ClusterPort(Protocol):
