@@ -1,10 +1,11 @@
 """Pure cluster decisions over immutable repository records and the health consensus.
 
 Every caller that picks a primary, a replication source or the repairs a
-repository needs asks these functions instead of deciding on its own, so the
-leader, the write path, the operator commands, the verifier and the info
-service cannot disagree. Nothing here does I/O: health, load, drained nodes
-and pending jobs are inputs.
+repository needs, or that settles which replicas took a write, asks these
+functions instead of deciding on its own, so the leader, the write path, the
+operator commands, the verifier and the info service cannot disagree. Nothing
+here does I/O and nothing takes a grpc object: health, load, drained nodes,
+pending jobs and what a write's calls and votes did are inputs.
 """
 
 from __future__ import annotations
@@ -169,3 +170,206 @@ def repairs(
         missing = record.replica_generation(node) == MISSING
         found.append(Repair(JobType.CREATE if missing else JobType.UPDATE, node, source))
     return tuple(found)
+
+
+# -- write outcome ---------------------------------------------------------------------
+#
+# Which replicas took a mutator's write, from its transaction's votes and the
+# final status of each node's call. The fan-out summarizes both once the
+# primary's call is over (or the client went away) and records the answer.
+
+OK = "OK"  # the status name of a call that succeeded
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Which replicas took a write: the finalizer's input."""
+
+    updated: frozenset[str]
+    outdated: frozenset[str]
+    reason: str
+
+
+@dataclass(frozen=True)
+class LegState:
+    """How one node's call of a write ended."""
+
+    # Final gRPC status name ("OK", "UNAVAILABLE", ...); None while the call runs.
+    status: str | None = None
+    # Left the write (too slow, unhealthy, or unable to hold the decided update).
+    dropped: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.status is not None
+
+
+@dataclass(frozen=True)
+class VoterTally:
+    """One voter's part in the transaction."""
+
+    committed: int = 0  # subtransactions it committed (a prefix)
+    votes_cast: int = 0
+    # Its last vote was cast in the committed phase, i.e. after it applied the update.
+    last_vote_committed: bool = False
+    failed: bool = False  # lost a vote, was cancelled, or its stream failed
+
+
+@dataclass(frozen=True)
+class VoteTally:
+    """A transaction's votes, frozen at the moment the outcome is decided."""
+
+    subtransactions: int  # how many were opened (one per vote round)
+    decided: int  # how many were decided (committed); they form a prefix
+    # Every decided vote was the zero vote: no reference moved anywhere.
+    changed_nothing: bool
+    voters: Mapping[str, VoterTally]
+
+    @property
+    def had_votes(self) -> bool:
+        return self.subtransactions > 0
+
+    def committed_nodes(self) -> frozenset[str]:
+        """Voters that committed every subtransaction (at least one was held)."""
+        if self.subtransactions == 0:
+            return frozenset()
+        return frozenset(
+            node
+            for node, state in self.voters.items()
+            if not state.failed and state.committed == self.subtransactions
+        )
+
+
+@dataclass(frozen=True)
+class WriteState:
+    """Everything the outcome of one write depends on."""
+
+    primary: str
+    secondaries: tuple[str, ...]
+    # Assigned replicas left out of the write: outdated whatever happens.
+    replication_targets: tuple[str, ...]
+    legs: Mapping[str, LegState]
+    votes: VoteTally | None  # None: the write was not transactional
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        return (self.primary, *self.secondaries)
+
+
+def holds_decided_update(votes: VoteTally, node: str) -> bool:
+    """``node`` provably applied exactly the decided update: it committed every
+    decided subtransaction, voted in every one, and its last vote was cast in the
+    committed phase, i.e. after its update was applied."""
+    state = votes.voters[node]
+    return (
+        votes.decided > 0
+        and state.committed == votes.decided
+        and state.votes_cast == votes.subtransactions
+        and state.last_vote_committed
+    )
+
+
+def may_hold_decided_update(votes: VoteTally | None, node: str) -> bool:
+    """Whether a secondary still running after its primary failed can end up
+    holding what the quorum decided: only if it committed every decided
+    subtransaction, since none can be decided any more without the primary."""
+    if votes is None or votes.decided == 0:
+        return False
+    return votes.voters[node].committed >= votes.decided
+
+
+def write_outcome(write: WriteState) -> WriteResult:
+    """The outcome of a write whose primary's call is over."""
+    targets = frozenset(write.replication_targets)
+    primary = write.legs[write.primary]
+    votes = write.votes
+    if votes is None:
+        if primary.status == OK:
+            return WriteResult(frozenset({write.primary}), targets, "primary-only")
+        return WriteResult(frozenset(), frozenset(), "primary-failed")
+    if not votes.had_votes or votes.changed_nothing:
+        # Every ref change on a node is voted on: no vote (or only the
+        # closing zero vote) means nothing changed.
+        return WriteResult(frozenset(), frozenset(), "no-votes")
+    committed = votes.committed_nodes()
+    secondaries = frozenset(write.secondaries)
+    if write.primary not in committed:
+        if primary.status != OK:
+            failed = primary_failed_outcome(write)
+            if failed is not None:
+                return failed
+        return WriteResult(frozenset(), secondaries | targets, "primary-not-committed")
+    updated = {write.primary} | {
+        node
+        for node in secondaries & committed
+        if write.legs[node].status == primary.status and not write.legs[node].dropped
+    }
+    outdated = (secondaries - updated) | targets
+    reason = "committed" if not (secondaries - updated) else "secondaries-outdated"
+    return WriteResult(frozenset(updated), frozenset(outdated), reason)
+
+
+def primary_failed_outcome(write: WriteState) -> WriteResult | None:
+    """The outcome when the primary's call failed, if it can be known for sure.
+
+    Marking every secondary outdated (the general rule) would leave a
+    repository whose primary died mid-write without any valid primary, i.e.
+    unavailable until that node returns. Two cases are certain instead:
+
+    * no subtransaction was decided: the primary's vote is part of every
+      decision, so no replica received a COMMIT and none changed;
+    * some were: a secondary whose call ended after it committed every
+      decided subtransaction and whose last vote, in every subtransaction,
+      was a committed-phase one (cast only after applying the update) holds
+      exactly the decided update. Those secondaries move to the next
+      generation; the primary, which may or may not have applied it, becomes
+      outdated and is repaired by replication. The client still gets the primary's
+      error: the write's outcome is unknown to it, and it is now kept.
+    """
+    votes = write.votes
+    if votes is None:
+        return None
+    if votes.decided == 0:
+        return WriteResult(frozenset(), frozenset(), "primary-failed-before-commit")
+    holders = frozenset(
+        node
+        for node in write.secondaries
+        if not write.legs[node].dropped
+        and write.legs[node].finished
+        and holds_decided_update(votes, node)
+    )
+    if not holders:
+        return None
+    outdated = (
+        (frozenset(write.secondaries) - holders)
+        | frozenset(write.replication_targets)
+        | {write.primary}
+    )
+    return WriteResult(holders, frozenset(outdated), "primary-failed-after-commit")
+
+
+def abandoned_outcome(write: WriteState) -> WriteResult:
+    """Who holds a write whose call ended before its outcome was known.
+
+    The caller stopped the transaction first, which freezes who received a
+    COMMIT. Nobody did: nothing changed. Otherwise the replicas that provably
+    applied the decided update (``holds_decided_update``, as in
+    ``primary_failed_outcome`` but the primary included) move on, and the
+    others are outdated. If none provably holds it, the primary stays the
+    reference and every secondary is outdated.
+    """
+    votes = write.votes
+    targets = frozenset(write.replication_targets)
+    participants = frozenset(write.participants)
+    if (
+        votes is None
+        or votes.changed_nothing
+        or not any(state.committed for state in votes.voters.values())
+    ):
+        return WriteResult(frozenset(), frozenset(), "abandoned-before-commit")
+    holders = frozenset(node for node in participants if holds_decided_update(votes, node))
+    if not holders:
+        return WriteResult(
+            frozenset(), frozenset(write.secondaries) | targets, "primary-not-committed"
+        )
+    return WriteResult(holders, (participants - holders) | targets, "abandoned-after-commit")

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from gitquorum import log
 from gitquorum.cluster.decisions import (
     Repair,
+    WriteResult,
     choose_primary,
     prefer_undrained,
     primary_is_valid,
@@ -35,7 +36,6 @@ from gitquorum.cluster.repositories import (
 from gitquorum.errors import Unavailable
 from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.routes import MutatorRoute
-from gitquorum.proxy.state import WriteResult
 
 logger = log.get("gitquorum.proxy.cluster")
 

@@ -3,7 +3,10 @@
 Only the first request message of a call is decoded, to find the target
 repository and rewrite it to the chosen node's storage and replica path.
 Every other message passes through as bytes. The routing decision comes from
-``router`` (policy) and is executed here; mutators go through ``fanout``.
+``router`` (policy) and is executed here, through one route function per op
+type (and per RPC the proxy treats on its own): reads go through
+``passthrough``, maintenance and removal through ``broadcast``, writes
+through ``fanout``.
 """
 
 from __future__ import annotations
@@ -11,25 +14,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf import message as _message
 
+from gitquorum.cluster.decisions import WriteResult
+from gitquorum.cluster.repositories import RepositoryRecord
 from gitquorum.errors import (
     AlreadyExists,
     InvalidArgument,
     NotFound,
     Unimplemented,
 )
-from gitquorum.gitaly import repository_pb2, shared_pb2
+from gitquorum.gitaly import repository_pb2
 from gitquorum.limits import Admission
 from gitquorum.proxy import router
+from gitquorum.proxy.broadcast import best_effort, broadcast
 from gitquorum.proxy.channels import NodeChannels
-from gitquorum.proxy.fanout import Fanout, PassThrough
+from gitquorum.proxy.fanout import Fanout, Finalize
 from gitquorum.proxy.metrics import ProxyMetrics
-from gitquorum.proxy.routes import Route
+from gitquorum.proxy.passthrough import PassThrough
+from gitquorum.proxy.routes import MutatorRoute, Route
 from gitquorum.proxy.state import ClusterPort
 from gitquorum.proxy.transactions import TransactionManager
 from gitquorum.wire.finishing import RpcCall, op_label
@@ -204,7 +211,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
             ):
                 yield response
 
-    async def _route(
+    def _route(
         self,
         info: MethodInfo,
         request: _message.Message,
@@ -214,116 +221,173 @@ class ProxyHandler(grpc.GenericRpcHandler):
         virtual_storage: str,
         relative_path: str,
     ) -> AsyncIterator[bytes]:
-        repo = self.cluster.lookup(virtual_storage, relative_path)
-        metadata = context.invocation_metadata() or ()
-        timeout = context.time_remaining()
+        """The route function of this RPC: by name for the RPCs the proxy treats
+        on its own, else by op type. Returned, not iterated here: one async
+        generator less per call."""
+        call = _Call(
+            info=info,
+            request=request,
+            rest=iterator,
+            metadata=context.invocation_metadata() or (),
+            timeout=context.time_remaining(),
+            fields=fields,
+            virtual_storage=virtual_storage,
+            relative_path=relative_path,
+            repo=self.cluster.lookup(virtual_storage, relative_path),
+        )
+        route = _SPECIAL_ROUTES.get(info.full_name) or _ROUTES_BY_OP[info.op]
+        return route(self, call)
 
-        if info.full_name == REPOSITORY_EXISTS:
-            # Answered from cluster state: a repository exists when it is recorded.
-            fields["route"] = "intercepted"
-            yield repository_pb2.RepositoryExistsResponse(
-                exists=repo is not None
-            ).SerializeToString()
-            return
+    # -- routes: one per op type, and the RPCs the proxy treats on its own ---------------
 
-        if info.op is Op.ACCESSOR:
-            if repo is None:
-                raise NotFound("repository not found")
-            primary_only = (
-                any(k == router.PRIMARY_ONLY_HEADER and v == "primary-only" for k, v in metadata)
-                or info.full_name in router.FORCE_PRIMARY
-            )
-            route = router.route_accessor(
-                repo,
-                self.cluster.healthy(virtual_storage),
-                self.cluster.nodes(virtual_storage),
-                primary_only=primary_only,
-                draining=self.cluster.draining(virtual_storage),
-            )
-            _describe(fields, route)
-            self.metrics.reads.labels(virtual_storage, route.node).inc()
-            payload = rewrite(info, request, route.node, route.replica_path)
-            passthrough = PassThrough(self.channels, info)
-            async for response in passthrough.call(
-                route.node, payload, iterator, metadata, timeout
-            ):
-                yield response
-            return
+    async def _repository_exists(self, call: _Call) -> AsyncIterator[bytes]:
+        # Answered from cluster state: a repository exists when it is recorded.
+        call.fields["route"] = "intercepted"
+        yield repository_pb2.RepositoryExistsResponse(
+            exists=call.repo is not None
+        ).SerializeToString()
 
-        if info.op is Op.MAINTENANCE:
-            if repo is None:
-                raise NotFound("repository not found")
-            maintenance = router.route_maintenance(
-                repo, self.cluster.healthy(virtual_storage), self.cluster.nodes(virtual_storage)
-            )
-            _describe(fields, maintenance)
-            payloads = {
-                n: rewrite(info, request, n, maintenance.replica_path) for n in maintenance.nodes
-            }
-            async for response in Fanout.broadcast(
-                self.channels, info, payloads, iterator, metadata, timeout
-            ):
-                yield response
-            return
+    async def _read(self, call: _Call) -> AsyncIterator[bytes]:
+        repo = call.existing("repository not found")
+        primary_only = (
+            any(k == router.PRIMARY_ONLY_HEADER and v == "primary-only" for k, v in call.metadata)
+            or call.info.full_name in router.FORCE_PRIMARY
+        )
+        route = router.route_accessor(
+            repo,
+            self.cluster.healthy(call.virtual_storage),
+            self.cluster.nodes(call.virtual_storage),
+            primary_only=primary_only,
+            draining=self.cluster.draining(call.virtual_storage),
+        )
+        _describe(call.fields, route)
+        self.metrics.reads.labels(call.virtual_storage, route.node).inc()
+        payload = rewrite(call.info, call.request, route.node, route.replica_path)
+        passthrough = PassThrough(self.channels, call.info)
+        async for response in passthrough.call(
+            route.node, payload, call.rest, call.metadata, call.timeout
+        ):
+            yield response
 
-        # Mutators.
-        if info.full_name == REMOVE_REPOSITORY:
-            if repo is None:
-                raise NotFound("repository does not exist")
-            removal = router.route_removal(repo, self.cluster.nodes(virtual_storage))
-            _describe(fields, removal)
-            await self.cluster.remove(virtual_storage, repo)
-            payloads = {n: rewrite(info, request, n, removal.replica_path) for n in removal.nodes}
-            await Fanout.best_effort(self.channels, info, payloads, metadata, timeout=10.0)
-            yield repository_pb2.RemoveRepositoryResponse().SerializeToString()
-            return
+    async def _maintain(self, call: _Call) -> AsyncIterator[bytes]:
+        repo = call.existing("repository not found")
+        route = router.route_maintenance(
+            repo,
+            self.cluster.healthy(call.virtual_storage),
+            self.cluster.nodes(call.virtual_storage),
+        )
+        _describe(call.fields, route)
+        async for response in broadcast(
+            self.channels,
+            call.info,
+            call.payloads(route.nodes, route.replica_path),
+            call.rest,
+            call.metadata,
+            call.timeout,
+        ):
+            yield response
 
-        placement = None
-        if repo is None:
-            if info.full_name not in CREATORS:
-                raise NotFound("repository not found")
-            placement = await self.cluster.place(virtual_storage, relative_path)
-            mutator = router.route_creation(
-                placement.repository_id,
-                placement.replica_path,
-                placement.primary,
-                placement.assigned,
-                self.cluster.healthy(virtual_storage),
-            )
-        else:
-            if info.full_name in CREATORS:
-                raise AlreadyExists("repository exists already")
-            repo = await self.cluster.ensure_writable(repo)
-            mutator = router.route_mutator(
-                repo, self.cluster.healthy(virtual_storage), self.cluster.nodes(virtual_storage)
-            )
-        _describe(fields, mutator)
-        _pin_timestamps(request)
-        payloads = {
-            n: rewrite(info, request, n, mutator.replica_path) for n in mutator.participants
-        }
+    async def _remove(self, call: _Call) -> AsyncIterator[bytes]:
+        repo = call.existing("repository does not exist")
+        route = router.route_removal(repo, self.cluster.nodes(call.virtual_storage))
+        _describe(call.fields, route)
+        await self.cluster.remove(call.virtual_storage, repo)
+        payloads = call.payloads(route.nodes, route.replica_path)
+        await best_effort(self.channels, call.info, payloads, call.metadata, timeout=10.0)
+        yield repository_pb2.RemoveRepositoryResponse().SerializeToString()
+
+    async def _create(self, call: _Call) -> AsyncIterator[bytes]:
+        if call.repo is not None:
+            raise AlreadyExists("repository exists already")
+        placement = await self.cluster.place(call.virtual_storage, call.relative_path)
+        route = router.route_creation(
+            placement.repository_id,
+            placement.replica_path,
+            placement.primary,
+            placement.assigned,
+            self.cluster.healthy(call.virtual_storage),
+        )
+
+        async def finalize(result: WriteResult) -> None:
+            call.fields["outcome"] = result.reason
+            if result.updated:
+                await self.cluster.record_creation(
+                    call.virtual_storage, call.relative_path, placement, result
+                )
+
+        async for response in self._write(call, route, finalize):
+            yield response
+
+    async def _mutate(self, call: _Call) -> AsyncIterator[bytes]:
+        repo = await self.cluster.ensure_writable(call.existing("repository not found"))
+        route = router.route_mutator(
+            repo,
+            self.cluster.healthy(call.virtual_storage),
+            self.cluster.nodes(call.virtual_storage),
+        )
+
+        async def finalize(result: WriteResult) -> None:
+            call.fields["outcome"] = result.reason
+            if result.updated or result.outdated:
+                await self.cluster.record_write(call.virtual_storage, route, result)
+
+        async for response in self._write(call, route, finalize):
+            yield response
+
+    def _write(self, call: _Call, route: MutatorRoute, finalize: Finalize) -> AsyncIterator[bytes]:
+        """The fan-out of a write (returned, not iterated: one async generator less)."""
+        _describe(call.fields, route)
+        _pin_timestamps(call.request)
         fanout = Fanout(
             channels=self.channels,
-            info=info,
-            route=mutator,
+            info=call.info,
+            route=route,
             transactions=self.transactions,
             vote_address=self.vote_address(),
             metrics=self.metrics,
             write_timeout=self.write_timeout,
         )
+        payloads = call.payloads(route.participants, route.replica_path)
+        return fanout.run(payloads, call.rest, call.metadata, call.timeout, finalize)
 
-        async def finalize(result: Any) -> None:
-            fields["outcome"] = result.reason
-            if placement is not None:
-                if result.updated:
-                    await self.cluster.record_creation(
-                        virtual_storage, relative_path, placement, result
-                    )
-            elif result.updated or result.outdated:
-                await self.cluster.record_write(virtual_storage, mutator, result)
 
-        async for response in fanout.run(payloads, iterator, metadata, timeout, finalize):
-            yield response
+@dataclass(frozen=True)
+class _Call:
+    """One routed call: its decoded first message and the repository it names."""
+
+    info: MethodInfo
+    request: _message.Message
+    rest: AsyncIterator[bytes]  # the requests after the first
+    metadata: Sequence[tuple[str, str | bytes]]
+    timeout: float | None
+    fields: dict[str, object]  # the call's log line
+    virtual_storage: str
+    relative_path: str
+    repo: RepositoryRecord | None  # None: not recorded in the cluster
+
+    def existing(self, missing: str) -> RepositoryRecord:
+        if self.repo is None:
+            raise NotFound(missing)
+        return self.repo
+
+    def payloads(self, nodes: Iterable[str], replica_path: str) -> dict[str, bytes]:
+        """The first message as each node must see it."""
+        return {node: rewrite(self.info, self.request, node, replica_path) for node in nodes}
+
+
+_Route = Callable[[ProxyHandler, _Call], AsyncIterator[bytes]]
+
+# RPCs routed on their own, before their op type is looked at.
+_SPECIAL_ROUTES: dict[str, _Route] = {
+    REPOSITORY_EXISTS: ProxyHandler._repository_exists,
+    REMOVE_REPOSITORY: ProxyHandler._remove,
+    **dict.fromkeys(CREATORS, ProxyHandler._create),
+}
+_ROUTES_BY_OP: dict[Op, _Route] = {
+    Op.ACCESSOR: ProxyHandler._read,
+    Op.MAINTENANCE: ProxyHandler._maintain,
+    Op.MUTATOR: ProxyHandler._mutate,
+}
 
 
 def _describe(fields: dict[str, object], route: Route) -> None:
@@ -385,10 +449,6 @@ def _closed_when_done(
 
     context.add_done_callback(done)
     return responses
-
-
-def repository_of(storage: str, relative_path: str) -> shared_pb2.Repository:
-    return shared_pb2.Repository(storage_name=storage, relative_path=relative_path)
 
 
 __all__: Sequence[str] = ("ProxyHandler", "rewrite")

@@ -7,20 +7,11 @@ keeping it narrow lets the handler be tested and reasoned about without etcd.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
+from gitquorum.cluster.decisions import WriteResult
 from gitquorum.cluster.repositories import CreationPlan, RepositoryRecord
 from gitquorum.proxy.routes import MutatorRoute
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """Which replicas took a write: the finalizer's input."""
-
-    updated: frozenset[str]
-    outdated: frozenset[str]
-    reason: str
 
 
 class ClusterPort(Protocol):

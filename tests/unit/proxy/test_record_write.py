@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gitquorum.cluster.clock import ManualClock
+from gitquorum.cluster.decisions import WriteResult
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
@@ -17,7 +18,6 @@ from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
 from gitquorum.proxy.cluster_port import EtcdClusterPort
 from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.routes import MutatorRoute
-from gitquorum.proxy.state import WriteResult
 
 KEYS = Keyspace("unit")
 NODES = ("n1", "n2", "n3")
