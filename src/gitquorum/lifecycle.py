@@ -83,6 +83,11 @@ async def _first(task: asyncio.Future[Any], received: asyncio.Queue[int]) -> int
     getter = asyncio.ensure_future(received.get())
     try:
         await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        # Cancelled ourselves: so is the start or close we waited for, which unwinds.
+        task.cancel()
+        await asyncio.wait({task})
+        raise
     finally:
         if not getter.done():
             getter.cancel()
@@ -124,10 +129,14 @@ async def run_until_signalled(
             await _cancel(starting)
             return
         starting.result()  # a failed start raises here, after closing what it opened
-        if ready is not None:
-            ready()
-        if sig is None:
-            sig = await received.get()
+        try:
+            if ready is not None:
+                ready()
+            if sig is None:
+                sig = await received.get()
+        except BaseException:
+            await server.close(0.0)  # e.g. the ready file cannot be written
+            raise
         logger.info("draining", extra=log.fields(grace_seconds=grace, signal=_name(sig)))
         closing = asyncio.ensure_future(server.close(grace))
         again = await _first(closing, received)

@@ -167,6 +167,39 @@ async def test_a_failed_start_raises_and_restores_the_handlers(
         assert signal.getsignal(sig) is handler
 
 
+async def test_a_failing_ready_callback_closes_the_server_at_once(
+    own_handlers: dict[signal.Signals, object],
+) -> None:
+    server = FakeServer()
+    server.idle.set()
+
+    def ready() -> None:
+        raise PermissionError("ready file")
+
+    with pytest.raises(PermissionError):
+        await run_until_signalled(server, grace=30.0, ready=ready)
+    assert server.started and server.graces == [0.0] and server.outcome == "drained"
+    for sig, handler in own_handlers.items():
+        assert signal.getsignal(sig) is handler
+
+
+async def test_cancelling_the_helper_while_draining_cuts_the_drain(
+    own_handlers: dict[signal.Signals, object],
+) -> None:
+    server, ready = FakeServer(), []
+    task = await _run(server, ready, grace=3600.0)
+    _kill(signal.SIGTERM)
+    async with asyncio.timeout(WAIT):
+        await server.closing.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(WAIT):
+            await task
+    assert server.outcome == "stopped at once"
+    for sig, handler in own_handlers.items():
+        assert signal.getsignal(sig) is handler
+
+
 @pytest.mark.parametrize(
     ("address", "reason", "message"),
     [
