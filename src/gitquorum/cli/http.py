@@ -10,6 +10,7 @@ from pathlib import Path
 
 from gitquorum import log
 from gitquorum.config import parse_address, parse_duration
+from gitquorum.lifecycle import ListenError
 
 _GRPC_SCHEME = re.compile(r"(dns|unix|unix-abstract|ipv4|ipv6|vsock):")
 
@@ -147,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
     log.setup(args.log_level)
     try:
         asyncio.run(serve(config, args.ready_file))
+    except ListenError as exc:
+        print(f"http: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"http: cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ from gitquorum import log, tls
 from gitquorum.authn import NODE_TOKEN_ENV, take_secrets
 from gitquorum.config import load_node_config, node_config_from_dict, parse_duration
 from gitquorum.errors import ConfigError
+from gitquorum.lifecycle import ListenError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,5 +104,9 @@ def run(args: argparse.Namespace) -> int:
     log.setup(config.log_level)
     from gitquorum.storage.server import serve
 
-    asyncio.run(serve(config, args.ready_file, vote_timeout, secrets))
+    try:
+        asyncio.run(serve(config, args.ready_file, vote_timeout, secrets))
+    except ListenError as exc:
+        print(f"node: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from gitquorum import log, tls
 from gitquorum.config import load_proxy_config
 from gitquorum.errors import ConfigError
+from gitquorum.lifecycle import ListenError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,5 +37,9 @@ def run(args: argparse.Namespace) -> int:
     log.setup(config.log_level)
     from gitquorum.proxy.server import serve
 
-    asyncio.run(serve(config, args.ready_file, secrets))
+    try:
+        asyncio.run(serve(config, args.ready_file, secrets))
+    except ListenError as exc:
+        print(f"proxy: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -78,7 +78,16 @@ class LeaseKeeper:
 
     async def start(self) -> LeaseKeeper:
         sent = self.clock.now()
-        lease = await self.store.grant(self.ttl)
+        grant = asyncio.ensure_future(self.store.grant(self.ttl))
+        try:
+            lease = await asyncio.shield(grant)
+        except asyncio.CancelledError:
+            # etcd may grant it all the same: take the answer and revoke it, so
+            # a start cancelled half-way (a server closing) leaves no lease behind.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.ttl):
+                    await self.store.revoke((await grant).id)
+            raise
         self.lease_id = lease.id
         self.ttl = lease.ttl
         self.last_ack = sent

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -42,6 +41,7 @@ from gitquorum.gateway.backend import Backend
 from gitquorum.gateway.credentials import CHALLENGE, Credentials, Identity
 from gitquorum.gateway.metrics import ABORTED, NO_SERVICE, HttpMetrics
 from gitquorum.gitaly import smarthttp_pb2
+from gitquorum.lifecycle import ListenError, run_until_signalled
 from gitquorum.wire.callstatus import StatusWatch
 
 logger = log.get("gitquorum.gateway")
@@ -143,7 +143,11 @@ class GatewayServer:
         self.backend = Backend(config.proxy, config.storage, secret, proxy_tls)
         self._ssl = _ssl_context(config)
         self.host, self.port = parse_address(config.listen)
+        # Opened by start(); None until then.
         self._runner: web.AppRunner | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        # The grace period of the close in progress (read when the runner stops).
+        self._grace = config.graceful_timeout
         self._closed = asyncio.Event()
 
     @property
@@ -163,20 +167,29 @@ class GatewayServer:
         return app
 
     async def start(self) -> None:
-        await self.backend.open()
-        self._runner = web.AppRunner(
-            self.make_app(),
-            access_log=None,
-            # Bodies are inflated by body.chunks, with a bound on every chunk.
-            auto_decompress=False,
-            shutdown_timeout=self.config.graceful_timeout,
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl)
-        await site.start()
-        server = site._server
-        if server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        """Open the backend channel, then listen; a failed start closes what it opened."""
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(self.backend.close)
+            await self.backend.open()
+            self._runner = runner = web.AppRunner(
+                self.make_app(),
+                access_log=None,
+                # Bodies are inflated by body.chunks, with a bound on every chunk.
+                auto_decompress=False,
+                shutdown_timeout=self.config.graceful_timeout,
+            )
+            # Stops the listener, then lets requests in flight finish (the drain).
+            stack.push_async_callback(self._cleanup_runner)
+            await runner.setup()
+            site = web.TCPSite(runner, self.host, self.port, ssl_context=self._ssl)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise ListenError(self.config.listen, exc.strerror or exc) from exc
+            server = site._server
+            if server is not None and server.sockets:  # type: ignore[attr-defined]
+                self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+            self._stack = stack.pop_all()
         logger.info(
             "http gateway serving",
             extra=log.fields(
@@ -190,12 +203,26 @@ class GatewayServer:
             ),
         )
 
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        await self.backend.close()
-        self._closed.set()
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting; requests in flight finish within the grace period.
+
+        ``grace``: None is ``config.graceful_timeout``. Cancelled (a second
+        signal), the wait ends at once and the backend channel is closed.
+        """
+        self._grace = self.config.graceful_timeout if grace is None else grace
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            self._closed.set()
+
+    async def _cleanup_runner(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            # aiohttp reads the drain's timeout from the runner; set it per close.
+            runner._shutdown_timeout = self._grace
+            await runner.cleanup()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -552,17 +579,15 @@ def _ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
 
 
 async def serve(config: GatewayConfig, ready_file: Path | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then drain requests in flight."""
+    """Run until SIGTERM/SIGINT, then drain requests in flight; a second signal stops at once."""
     gateway = GatewayServer(config)
-    await gateway.start()
-    if ready_file is not None:
-        # "ADDRESS METRICS_PORT" like the node and the proxy; /metrics is on
-        # the same port.
-        ready_file.write_text(f"{gateway.address} {gateway.port}\n")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logger.info("draining", extra=log.fields(grace_seconds=config.graceful_timeout))
-    await gateway.close()
+
+    def ready() -> None:
+        if ready_file is not None:
+            # "ADDRESS METRICS_PORT" like the node and the proxy; /metrics is on
+            # the same port.
+            ready_file.write_text(f"{gateway.address} {gateway.port}\n")
+
+    await run_until_signalled(
+        gateway, grace=config.graceful_timeout, ready=ready, logger_name=logger.name
+    )

@@ -171,6 +171,7 @@ class ReplicationWorkers:
         self.paused = paused
         self.wake = asyncio.Event()
         self._keeper: LeaseKeeper | None = None
+        self._lease_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._running = 0
@@ -183,14 +184,17 @@ class ReplicationWorkers:
         ]
 
     async def _lease(self) -> LeaseKeeper:
-        keeper = self._keeper
-        if keeper is None or not keeper.alive:
-            if keeper is not None:
-                await keeper.close(revoke=False)
-            keeper = LeaseKeeper(self.queue.store, self.lease_ttl, name=f"worker:{self.name}")
-            await keeper.start()
-            self._keeper = keeper
-        return keeper
+        # One at a time: workers racing here would each grant a lease, and only
+        # the last would ever be closed.
+        async with self._lease_lock:
+            keeper = self._keeper
+            if keeper is None or not keeper.alive:
+                if keeper is not None:
+                    await keeper.close(revoke=False)
+                keeper = LeaseKeeper(self.queue.store, self.lease_ttl, name=f"worker:{self.name}")
+                await keeper.start()
+                self._keeper = keeper
+            return keeper
 
     async def _worker(self, index: int) -> None:
         idle = self.idle_min

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -34,6 +34,7 @@ from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
 from gitquorum.config import ProxyConfig, parse_address
 from gitquorum.errors import ConfigError
 from gitquorum.gitaly import praefect_pb2_grpc, server_pb2_grpc, transaction_pb2_grpc
+from gitquorum.lifecycle import ListenError, bind_port, run_until_signalled
 from gitquorum.limits import Admission, DrainGate
 from gitquorum.metrics import MetricsServer
 from gitquorum.proxy.channels import NodeChannels
@@ -88,6 +89,14 @@ def load_proxy_secrets(
 
 
 class ProxyServer:
+    """One proxy: start() opens everything in order, close() releases it in reverse.
+
+    Every step of start() registers the cleanup of what it opened on one
+    ``AsyncExitStack`` at once, so a start that fails half-way (a port already
+    taken, etcd unreachable) closes its watches, leases and tasks before the
+    error propagates. The last entry is the graceful drain, which close() runs first.
+    """
+
     def __init__(
         self,
         config: ProxyConfig,
@@ -101,8 +110,37 @@ class ProxyServer:
         self.secrets = secrets
         self.port = 0
         self.metrics_port = 0
+        # Pure parts: built here, nothing to release.
+        self.registry_methods = MethodRegistry.from_descriptors()  # refuses unannotated methods
+        self.metrics = ProxyMetrics(self.registry)
+        self.cluster_metrics = ClusterMetrics(self.registry, proxy=config.name)
+        self.nodes = {vs.name: [n.storage for n in vs.nodes] for vs in config.virtual_storages}
+        self.transactions = TransactionManager(vote_timeout=config.vote_timeout)
+        # Drain gate and per-repository concurrency limits (config.limits).
+        self.admission = Admission(config.limits, what="proxy")
+        # Opened by start(); None until then.
+        self.store: EtcdStore | None = None
+        self.channels: NodeChannels | None = None
+        self.repositories: RepositoryStore | None = None
+        self.cache: RepositoryCache | None = None
+        self.health_view: HealthView | None = None
+        self.operator_view: OperatorStateView | None = None
+        self.queue_view: QueueView | None = None
+        self.queue: ReplicationQueue | None = None
+        self.server: grpc.aio.Server | None = None
+        self.membership: ProxyMembership | None = None
+        self.checker: HealthChecker | None = None
+        self.port_api: EtcdClusterPort | None = None
+        self.verification: VerificationStore | None = None
+        self.workers: ReplicationWorkers | None = None
+        self.election: LeaderElection | None = None
+        self.leader_tasks: LeaderTasks | None = None
+        self.verifier: Verifier | None = None
+        self.metrics_server: MetricsServer | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        # The grace period of the close in progress (read by the drain step).
+        self._grace = config.graceful_timeout
         self._closed = asyncio.Event()
-        self._closers: list[object] = []
 
     @property
     def address(self) -> str:
@@ -110,16 +148,67 @@ class ProxyServer:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
+        """Open everything in order; on failure close what was opened, then re-raise."""
         config = self.config
-        self.registry_methods = MethodRegistry.from_descriptors()  # refuses unannotated methods
-        self.metrics = ProxyMetrics(self.registry)
         for vs in config.virtual_storages:
             # Present from the start, so rate() and increase() see the first failover.
             for reason in ("primary-unhealthy", "lazy"):
                 self.metrics.failovers.labels(vs.name, reason)
-        self.cluster_metrics = ClusterMetrics(self.registry, proxy=config.name)
+        client_secrets, node_secrets = self.secrets or load_proxy_secrets(config)
+        node_secret = signing_secret(node_secrets)
+        # node_tls present: every node is dialled with TLS (docs/security.md).
+        node_tls = tls.client_tls(config.node_tls) if config.node_tls is not None else None
+        server_tls = tls.server_tls(config.tls)
+        keys = Keyspace(cluster=config.etcd.cluster)
+        async with contextlib.AsyncExitStack() as stack:
+            store = await self._open_store(stack)
+            channels = self._open_channels(stack, node_secret, node_tls)
+            # Cluster state: caches first, so routing has data before serving.
+            views = await self._open_views(stack, store, keys)
+            # The gRPC server is bound before health checks publish anything so
+            # that the advertised vote address is known.
+            server = self._open_server(stack, client_secrets, server_tls)
+            checker = await self._open_health(stack, store, keys, node_tls, views)
+            port_api = self._open_port_api(views, checker)
+            self._add_services(server, port_api, channels, store, keys, views, server_tls)
+            workers, election = self._plan_replication(
+                store, keys, channels, port_api, views, node_secret
+            )
+            await server.start()
+            stack.push_async_callback(workers.close, 0.0)
+            await workers.start()
+            stack.push_async_callback(election.close)
+            await election.start()
+            await self._open_metrics(stack)
+            # Last in, first out: close() drains before anything else is released.
+            stack.push_async_callback(self._drain)
+            self._stack = stack.pop_all()
+        logger.info(
+            "proxy serving",
+            extra=log.fields(
+                name=config.name,
+                listen=self.address,
+                metrics_port=self.metrics_port,
+                virtual_storages=sorted(self.nodes),
+                # Whether, never with what: secrets stay out of logs.
+                client_authentication=bool(client_secrets),
+                node_authentication=bool(node_secrets),
+                tls=server_tls is not None,
+                node_tls=node_tls is not None,
+            ),
+        )
+        if client_secrets and not node_secrets:
+            logger.warning(
+                "clients must authenticate but nodes are called without a token: "
+                "anyone who reaches a node can bypass the proxy (set auth.node_token_file)"
+            )
+
+    # -- start-up steps: each registers the cleanup of what it opens ------------------
+
+    async def _open_store(self, stack: contextlib.AsyncExitStack) -> EtcdStore:
+        config = self.config
         password = _read_secret(config.etcd.password_file)
-        self.store = EtcdStore(
+        self.store = store = EtcdStore(
             EtcdConfig(
                 endpoints=config.etcd.endpoints,
                 ca_file=config.etcd.ca_file or None,
@@ -130,38 +219,54 @@ class ProxyServer:
             ),
             observer=self.cluster_metrics,
         )
-        await self.store.connect()
-        keys = Keyspace(cluster=config.etcd.cluster)
-        self.nodes = {vs.name: [n.storage for n in vs.nodes] for vs in config.virtual_storages}
-        addresses = {n.storage: n.address for vs in config.virtual_storages for n in vs.nodes}
-        client_secrets, node_secrets = self.secrets or load_proxy_secrets(config)
-        node_secret = signing_secret(node_secrets)
-        # node_tls present: every node is dialled with TLS (docs/security.md).
-        node_tls = tls.client_tls(config.node_tls) if config.node_tls is not None else None
-        self.channels = NodeChannels(addresses, node_secret, node_tls)
+        stack.push_async_callback(store.close)
+        await store.connect()
+        return store
 
-        # Cluster state: caches first, so routing has data before serving.
-        self.repositories = RepositoryStore(self.store, keys)
-        self.cache = RepositoryCache(self.store, keys)
-        await self.cache.start()
-        self.health_view = HealthView(self.store, keys)
-        await self.health_view.start()
+    def _open_channels(
+        self,
+        stack: contextlib.AsyncExitStack,
+        node_secret: bytes | None,
+        node_tls: tls.ClientTLS | None,
+    ) -> NodeChannels:
+        config = self.config
+        addresses = {n.storage: n.address for vs in config.virtual_storages for n in vs.nodes}
+        self.channels = channels = NodeChannels(addresses, node_secret, node_tls)
+        stack.push_async_callback(channels.close)
+        return channels
+
+    async def _open_views(
+        self, stack: contextlib.AsyncExitStack, store: EtcdStore, keys: Keyspace
+    ) -> _Views:
+        self.repositories = RepositoryStore(store, keys)
+        self.cache = cache = RepositoryCache(store, keys)
+        stack.push_async_callback(cache.close)
+        await cache.start()
+        self.health_view = health_view = HealthView(store, keys)
+        stack.push_async_callback(health_view.close)
+        await health_view.start()
         # Drained nodes and the pause flag set with the admin CLI (drain, pause).
-        self.operator_view = OperatorStateView(self.store, keys, registry=self.registry)
-        await self.operator_view.start()
+        self.operator_view = operator_view = OperatorStateView(store, keys, registry=self.registry)
+        stack.push_async_callback(operator_view.close)
+        await operator_view.start()
         # A watch-fed copy of the queue makes a claim one txn instead of a
         # read of the whole backlog.
-        self.queue_view = QueueView(self.store, keys)
-        await self.queue_view.start()
+        self.queue_view = queue_view = QueueView(store, keys)
+        stack.push_async_callback(queue_view.close)
+        await queue_view.start()
         self.queue = ReplicationQueue(
-            self.store, keys, max_attempts=config.replication_attempts, view=self.queue_view
+            store, keys, max_attempts=self.config.replication_attempts, view=queue_view
         )
+        return _Views(self.repositories, cache, health_view, operator_view, self.queue)
 
-        # The gRPC server is started before health checks publish anything so
-        # that the advertised vote address is known.
-        self.transactions = TransactionManager(vote_timeout=config.vote_timeout)
-        # Drain gate and per-repository concurrency limits (config.limits).
-        self.admission = Admission(config.limits, what="proxy")
+    def _open_server(
+        self,
+        stack: contextlib.AsyncExitStack,
+        client_secrets: tuple[bytes, ...],
+        server_tls: tls.ServerTLS | None,
+    ) -> grpc.aio.Server:
+        """Create the gRPC server and bind its port (ListenError if taken)."""
+        config = self.config
         # Client secret on every call but health and votes (each vote carries
         # its transaction's own secret, checked by RefTransactionService).
         # First: a refused call reaches no handler and no other interceptor.
@@ -183,23 +288,33 @@ class ProxyServer:
             ],
             options=server_options(config.limits.max_message_size),
         )
-        server_tls = tls.server_tls(config.tls)
-        if server_tls is None:
-            self.port = self.server.add_insecure_port(config.listen)
-        else:
-            self.port = self.server.add_secure_port(config.listen, server_tls.credentials())
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.listen}")
+        server = self.server
+        # Without grace: the drain step, above it on the stack, is the graceful part.
+        stack.push_async_callback(server.stop, 0)
+        self.port = bind_port(
+            server, config.listen, server_tls.credentials() if server_tls is not None else None
+        )
+        return server
 
-        self.membership = ProxyMembership(
-            self.store, keys, config.name, address=self.address, ttl=config.election_ttl
+    async def _open_health(
+        self,
+        stack: contextlib.AsyncExitStack,
+        store: EtcdStore,
+        keys: Keyspace,
+        node_tls: tls.ClientTLS | None,
+        views: _Views,
+    ) -> HealthChecker:
+        """Register this proxy (its membership lease) and start checking the nodes."""
+        config = self.config
+        self.membership = membership = ProxyMembership(
+            store, keys, config.name, address=self.address, ttl=config.election_ttl
         )
         node_map = {
             vs.name: {n.storage: n.address for n in vs.nodes} for vs in config.virtual_storages
         }
-        self.checker = HealthChecker(
+        self.checker = checker = HealthChecker(
             node_map,
-            publish=self.membership.publish_health,
+            publish=membership.publish_health,
             interval=config.health_interval,
             timeout=config.health_timeout,
             # Health is open (no token) but not plaintext when nodes serve TLS.
@@ -208,149 +323,165 @@ class ProxyServer:
                 credentials=node_tls.credentials() if node_tls is not None else None,
             ),
         )
-        await self.checker.check_once()
-        await self.membership.start(self.checker.local_view)
-        await self.checker.start()
-        self.checker.add_listener(lambda view: self.cluster_metrics.update_health(local=view))
-        self.cluster_metrics.update_health(local=self.checker.local_view)
-        self.health_view.add_listener(
-            lambda _old, new: self.cluster_metrics.update_health(
-                consensus={vs: new.healthy(vs) for vs in self.nodes}, nodes=self.nodes
+        # The checker closes first: it publishes through the membership.
+        stack.push_async_callback(membership.close)
+        stack.push_async_callback(checker.close)
+        await checker.check_once()
+        await membership.start(checker.local_view)
+        await checker.start()
+        cluster_metrics, nodes, health_view = self.cluster_metrics, self.nodes, views.health
+        checker.add_listener(lambda view: cluster_metrics.update_health(local=view))
+        cluster_metrics.update_health(local=checker.local_view)
+        health_view.add_listener(
+            lambda _old, new: cluster_metrics.update_health(
+                consensus={vs: new.healthy(vs) for vs in nodes}, nodes=nodes
             )
         )
         # The consensus may already have changed (our own vote arrives through
         # the watch) before the listener existed: export the current one too.
-        self.cluster_metrics.update_health(
-            consensus={vs: self.health_view.healthy(vs) for vs in self.nodes}, nodes=self.nodes
+        cluster_metrics.update_health(
+            consensus={vs: health_view.healthy(vs) for vs in nodes}, nodes=nodes
         )
+        return checker
 
+    def _open_port_api(self, views: _Views, checker: HealthChecker) -> EtcdClusterPort:
+        config = self.config
         self.port_api = EtcdClusterPort(
             self.nodes,
             {vs.name: vs.default_replication_factor for vs in config.virtual_storages},
-            self.repositories,
-            self.cache,
-            self.health_view,
-            self.checker.is_healthy,
-            self.queue,
+            views.repositories,
+            views.cache,
+            views.health,
+            checker.is_healthy,
+            views.queue,
             self.metrics,
-            draining=self.operator_view.draining,
-            paused=self.operator_view.paused,
+            draining=views.operator.draining,
+            paused=views.operator.paused,
             stale_read_limit=config.stale_read_limit,
         )
+        return self.port_api
+
+    def _add_services(
+        self,
+        server: grpc.aio.Server,
+        port_api: EtcdClusterPort,
+        channels: NodeChannels,
+        store: EtcdStore,
+        keys: Keyspace,
+        views: _Views,
+        server_tls: tls.ServerTLS | None,
+    ) -> None:
+        config = self.config
         # Nodes dial back to vote: tls:// tells them to use TLS (storage/transaction.py).
         advertise = config.advertise or self.address
         if "://" not in advertise:
             advertise = tls.url(advertise, server_tls is not None)
         handler = ProxyHandler(
             self.registry_methods,
-            self.port_api,
-            self.channels,
+            port_api,
+            channels,
             self.transactions,
             lambda: advertise,
             self.metrics,
             write_timeout=config.write_timeout,
             admission=self.admission,
         )
-        self.verification = VerificationStore(self.store, keys)
+        self.verification = VerificationStore(store, keys)
         transaction_pb2_grpc.add_RefTransactionServicer_to_server(
-            RefTransactionService(self.transactions, self.metrics), self.server
+            RefTransactionService(self.transactions, self.metrics), server
         )
         praefect_pb2_grpc.add_PraefectInfoServiceServicer_to_server(
             PraefectInfoService(
                 self.nodes,
-                self.repositories,
-                self.cache,
-                self.queue,
-                self.channels,
-                self.port_api.healthy,
+                views.repositories,
+                views.cache,
+                views.queue,
+                channels,
+                port_api.healthy,
                 self.verification,
             ),
-            self.server,
+            server,
         )
         server_pb2_grpc.add_ServerServiceServicer_to_server(
-            ServerInfoService(self.nodes, self.channels, self.port_api.healthy), self.server
+            ServerInfoService(self.nodes, channels, port_api.healthy), server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(_Health(self.admission.gate), self.server)
-        self.server.add_generic_rpc_handlers([handler])
+        health_pb2_grpc.add_HealthServicer_to_server(_Health(self.admission.gate), server)
+        server.add_generic_rpc_handlers([handler])
 
-        # Replication and leadership.
+    def _plan_replication(
+        self,
+        store: EtcdStore,
+        keys: Keyspace,
+        channels: NodeChannels,
+        port_api: EtcdClusterPort,
+        views: _Views,
+        node_secret: bytes | None,
+    ) -> tuple[ReplicationWorkers, LeaderElection]:
+        """Replication workers and the leader election, wired but not started."""
+        config = self.config
         replicator = Replicator(
-            self.repositories,
-            self.cache,
-            self.channels,
-            self.port_api.healthy,
+            views.repositories,
+            views.cache,
+            channels,
+            port_api.healthy,
             node_token=node_secret.decode() if node_secret else "",
         )
-        self.workers = ReplicationWorkers(
+        self.workers = workers = ReplicationWorkers(
             config.name,
-            self.queue,
+            views.queue,
             replicator,
-            healthy_targets(self.nodes, self.port_api.healthy),
+            healthy_targets(self.nodes, port_api.healthy),
             ReplicationMetrics(self.registry),
             workers=config.replication_workers,
             lease_ttl=config.election_ttl,
-            paused=self.operator_view.paused,
+            paused=views.operator.paused,
         )
-        self.election = LeaderElection(self.store, keys, config.name, ttl=config.election_ttl)
-        self.election.add_listener(lambda leading, _t: self.cluster_metrics.set_leader(leading))
+        self.election = election = LeaderElection(store, keys, config.name, ttl=config.election_ttl)
+        cluster_metrics = self.cluster_metrics
+        election.add_listener(lambda leading, _t: cluster_metrics.set_leader(leading))
         self.leader_tasks = LeaderTasks(
-            self.election,
-            self.repositories,
-            self.cache,
-            self.health_view,
-            self.queue,
+            election,
+            views.repositories,
+            views.cache,
+            views.health,
+            views.queue,
             self.metrics,
-            self.cluster_metrics,
+            cluster_metrics,
             reconcile_interval=config.reconcile_interval,
-            wake=self.workers.wake.set,
+            wake=workers.wake.set,
             virtual_storages=list(self.nodes),
-            draining=self.operator_view.draining,
-            paused=self.operator_view.paused,
+            draining=views.operator.draining,
+            paused=views.operator.paused,
         )
         self.leader_tasks.install()
+        assert self.verification is not None
         self.verifier = Verifier(
-            self.repositories,
-            self.cache,
-            self.queue,
-            self.channels,
+            views.repositories,
+            views.cache,
+            views.queue,
+            channels,
             self.verification,
-            self.port_api.healthy,
+            port_api.healthy,
             interval=config.verify_interval,
         )
-        self.election.run_while_leader("verifier", self.verifier.run)
+        election.run_while_leader("verifier", self.verifier.run)
         # A node the consensus turns unhealthy stops holding up in-flight writes: they
         # end now instead of after the vote (primary) or write (secondary) timeout.
-        self.health_view.add_listener(self._release_unhealthy_nodes)
+        views.health.add_listener(self._release_unhealthy_nodes)
         # Wake the workers when a node comes back: its jobs become runnable.
-        self.health_view.add_listener(lambda _old, _new: self.workers.wake.set())
+        views.health.add_listener(lambda _old, _new: workers.wake.set())
         # ... and when an operator resumes a paused cluster: held-back jobs become claimable.
-        self.operator_view.add_listener(lambda _old, _new: self.workers.wake.set())
+        views.operator.add_listener(lambda _old, _new: workers.wake.set())
+        return workers, election
 
-        await self.server.start()
-        await self.workers.start()
-        await self.election.start()
-        host, port = parse_address(config.metrics_listen)
-        self.metrics_server = MetricsServer(self.registry, host, port)
-        self.metrics_port = await self.metrics_server.start()
-        logger.info(
-            "proxy serving",
-            extra=log.fields(
-                name=config.name,
-                listen=self.address,
-                metrics_port=self.metrics_port,
-                virtual_storages=sorted(self.nodes),
-                # Whether, never with what: secrets stay out of logs.
-                client_authentication=bool(client_secrets),
-                node_authentication=bool(node_secrets),
-                tls=server_tls is not None,
-                node_tls=node_tls is not None,
-            ),
-        )
-        if client_secrets and not node_secrets:
-            logger.warning(
-                "clients must authenticate but nodes are called without a token: "
-                "anyone who reaches a node can bypass the proxy (set auth.node_token_file)"
-            )
+    async def _open_metrics(self, stack: contextlib.AsyncExitStack) -> None:
+        host, port = parse_address(self.config.metrics_listen)
+        self.metrics_server = metrics_server = MetricsServer(self.registry, host, port)
+        stack.push_async_callback(metrics_server.close)
+        try:
+            self.metrics_port = await metrics_server.start()
+        except OSError as exc:
+            raise ListenError(self.config.metrics_listen, exc.strerror or exc) from exc
 
     def _release_unhealthy_nodes(self, old: Consensus, new: Consensus) -> None:
         for virtual_storage in self.nodes:
@@ -361,42 +492,60 @@ class ProxyServer:
                         extra=log.fields(node=node),
                     )
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting; let in-flight RPCs and jobs finish within the grace period.
+    # -- shutdown -------------------------------------------------------------------
+
+    async def close(self, grace: float | None = None) -> None:
+        """Drain within the grace period, then release everything start() opened.
 
         New client calls are refused (UNAVAILABLE, health NOT_SERVING) while the
         gRPC server keeps running: writes in flight still need this proxy's
         RefTransaction service for their votes, which a stopped server refuses.
         The server stops once they are done, or when the grace period is over.
+        Cancelled (a second signal), the drain ends at once and the rest is
+        released without waiting.
         """
-        grace = self.config.graceful_timeout if grace is None else grace
+        self._grace = self.config.graceful_timeout if grace is None else grace
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            self._closed.set()
+
+    async def _drain(self) -> None:
+        assert self.server is not None and self.workers is not None
+        grace = self._grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         self.admission.gate.drain()
         # Workers stop claiming now and finish their running jobs meanwhile;
         # closing revokes their lease, so a job cut short is re-claimed at once.
         workers = asyncio.ensure_future(self.workers.close(grace))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
-                await self.admission.gate.wait_idle()
-        cut = self.admission.gate.inflight
-        await self.server.stop(max(0.0, deadline - loop.time()))
-        await workers
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.admission.gate.wait_idle()
+            cut = self.admission.gate.inflight
+            await self.server.stop(max(0.0, deadline - loop.time()))
+            await workers
+        finally:
+            # Cut short: the workers' own cleanup, further down the stack, stops them now.
+            workers.cancel()
         logger.info("drained", extra=log.fields(calls_cut_short=cut))
-        await self.election.close()
-        await self.checker.close()
-        await self.membership.close()
-        await self.health_view.close()
-        await self.operator_view.close()
-        await self.cache.close()
-        await self.queue_view.close()
-        await self.channels.close()
-        await self.metrics_server.close()
-        await self.store.close()
-        self._closed.set()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+
+@dataclass(frozen=True)
+class _Views:
+    """The watch-fed cluster state start() opened, handed to the later steps."""
+
+    repositories: RepositoryStore
+    cache: RepositoryCache
+    health: HealthView
+    operator: OperatorStateView
+    queue: ReplicationQueue
 
 
 class _Health(health_pb2_grpc.HealthServicer):
@@ -417,14 +566,13 @@ async def serve(
     ready_file: Path | None = None,
     secrets: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None,
 ) -> None:
+    """Run until SIGTERM/SIGINT, then drain gracefully; a second signal stops at once."""
     proxy = ProxyServer(config, secrets=secrets)
-    await proxy.start()
-    if ready_file is not None:
-        ready_file.write_text(f"{proxy.address} {proxy.metrics_port}\n")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logger.info("draining", extra=log.fields(grace_seconds=config.graceful_timeout))
-    await proxy.stop()
+
+    def ready() -> None:
+        if ready_file is not None:
+            ready_file.write_text(f"{proxy.address} {proxy.metrics_port}\n")
+
+    await run_until_signalled(
+        proxy, grace=config.graceful_timeout, ready=ready, logger_name=logger.name
+    )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from gitquorum import log, tls
 from gitquorum.authn import HEALTH_METHODS, NODE_TOKEN_ENV, AuthInterceptor, load_secrets
 from gitquorum.config import NodeConfig, parse_address
+from gitquorum.lifecycle import ListenError, bind_port, run_until_signalled
 from gitquorum.limits import Admission
 from gitquorum.metrics import MetricsServer, RpcMetrics
 from gitquorum.storage import git
@@ -54,6 +55,14 @@ _PB2_GRPC = {
 
 @dataclass
 class NodeServer:
+    """One storage node: start() opens everything in order, close() releases it in reverse.
+
+    Each step of start() registers the cleanup of what it opened on one
+    ``AsyncExitStack``, so a start that fails half-way (a port already taken)
+    closes the vote listener, the cat-file processes and the gRPC server
+    before the error propagates. The last entry is the graceful drain.
+    """
+
     config: NodeConfig
     registry: CollectorRegistry
     # How long one transaction vote may wait for the proxy's answer.
@@ -63,34 +72,79 @@ class NodeServer:
     secrets: tuple[bytes, ...] | None = None
 
     def __post_init__(self) -> None:
-        self.server: grpc.aio.Server | None = None
         self.port = 0
         self.metrics_port = 0
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else None
+        # Opened by start(); None until then.
+        self.server: grpc.aio.Server | None = None
         self.context: NodeContext | None = None
         self._metrics_server: MetricsServer | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        # The grace period of the close in progress (read by the drain step).
+        self._grace = self.config.graceful_timeout
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
+        """Open everything in order; on failure close what was opened, then re-raise."""
         storages = {s.name: s.path for s in self.config.storages}
         for root in storages.values():
             Path(root).mkdir(parents=True, exist_ok=True)
+        secrets = self.secrets
+        if secrets is None:
+            secrets = load_secrets(self.config.auth_token_file, NODE_TOKEN_ENV)
+        server_tls = tls.server_tls(self.config.tls)
+        async with contextlib.AsyncExitStack() as stack:
+            self.context = await self._open_context(stack, storages)
+            self.server = self._open_server(stack, secrets)
+            self.port = bind_port(
+                self.server,
+                self.config.listen,
+                server_tls.credentials() if server_tls is not None else None,
+            )
+            await self.server.start()
+            await self._open_metrics(stack)
+            # Last in, first out: close() drains before anything else is released.
+            stack.push_async_callback(self._drain)
+            self._stack = stack.pop_all()
+        logger.info(
+            "node serving",
+            extra=log.fields(
+                listen=self.address,
+                metrics_port=self.metrics_port,
+                storages=sorted(storages),
+                # Whether, never with what: secrets stay out of logs.
+                authentication=bool(secrets),
+                tls=server_tls is not None,
+                client_certificates=bool(server_tls and server_tls.client_ca_file),
+            ),
+        )
+
+    async def _open_context(
+        self, stack: contextlib.AsyncExitStack, storages: dict[str, Path]
+    ) -> NodeContext:
+        """The vote listener and the cat-file cache every service shares."""
         # Outgoing calls (votes to a tls:// proxy, replication from a tls://
         # node) verify with the configured CA and present the node's certificate.
         client_tls = tls.client_tls(self.config.tls)
         voting = VoteCoordinator(vote_timeout=self.vote_timeout, client_tls=client_tls)
+        stack.push_async_callback(voting.close)
         await voting.start()
-        self.context = NodeContext(
+        catfile = CatFileCache()
+        stack.callback(catfile.close)
+        return NodeContext(
             locator=StorageLocator(storages),
-            catfile=CatFileCache(),
+            catfile=catfile,
             voting=voting,
             git_version=await git.version(),
             client_tls=client_tls,
         )
+
+    def _open_server(
+        self, stack: contextlib.AsyncExitStack, secrets: tuple[bytes, ...]
+    ) -> grpc.aio.Server:
+        """The gRPC server with every service registered, not yet bound."""
+        assert self.context is not None
         rpc_metrics = RpcMetrics(self.registry, "node")
-        secrets = self.secrets
-        if secrets is None:
-            secrets = load_secrets(self.config.auth_token_file, NODE_TOKEN_ENV)
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if secrets:
             # First: a refused call reaches no handler and no other interceptor.
@@ -107,6 +161,8 @@ class NodeServer:
             ],
             options=server_options(self.config.limits.max_message_size),
         )
+        # Without grace: the drain step, above it on the stack, is the graceful part.
+        stack.push_async_callback(self.server.stop, 0)
         for module_name, class_name, add_name in SERVICES:
             module = importlib.import_module(f"gitquorum.storage.{module_name}")
             servicer = getattr(module, class_name)(self.context)
@@ -114,45 +170,39 @@ class NodeServer:
             getattr(grpc_module, add_name)(servicer, self.server)
         health_servicer = _HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
-        server_tls = tls.server_tls(self.config.tls)
-        if server_tls is None:
-            self.port = self.server.add_insecure_port(self.config.listen)
-        else:
-            self.port = self.server.add_secure_port(self.config.listen, server_tls.credentials())
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
-        await self.server.start()
+        return self.server
+
+    async def _open_metrics(self, stack: contextlib.AsyncExitStack) -> None:
         host, port = parse_address(self.config.metrics_listen)
-        self._metrics_server = MetricsServer(self.registry, host, port)
-        self.metrics_port = await self._metrics_server.start()
-        logger.info(
-            "node serving",
-            extra=log.fields(
-                listen=self.address,
-                metrics_port=self.metrics_port,
-                storages=sorted(storages),
-                # Whether, never with what: secrets stay out of logs.
-                authentication=bool(secrets),
-                tls=server_tls is not None,
-                client_certificates=bool(server_tls and server_tls.client_ca_file),
-            ),
-        )
+        self._metrics_server = metrics_server = MetricsServer(self.registry, host, port)
+        stack.push_async_callback(metrics_server.close)
+        try:
+            self.metrics_port = await metrics_server.start()
+        except OSError as exc:
+            raise ListenError(self.config.metrics_listen, exc.strerror or exc) from exc
 
     @property
     def address(self) -> str:
         host, _ = parse_address(self.config.listen)
         return f"{host}:{self.port}"
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let in-flight RPCs finish within the grace period, then close."""
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight RPCs finish within the grace period, then close.
+
+        Cancelled (a second signal), the drain ends at once: calls still
+        running are cut and the rest is released without waiting.
+        """
+        self._grace = self.config.graceful_timeout if grace is None else grace
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            self._stopped.set()
+
+    async def _drain(self) -> None:
         if self.server is not None:
-            await self.server.stop(self.config.graceful_timeout if grace is None else grace)
-        if self._metrics_server is not None:
-            await self._metrics_server.close()
-        if self.context is not None:
-            self.context.catfile.close()
-            await self.context.voting.close()
-        self._stopped.set()
+            await self.server.stop(self._grace)
 
     async def wait_closed(self) -> None:
         await self._stopped.wait()
@@ -173,15 +223,13 @@ async def serve(
     vote_timeout: float = 60.0,
     secrets: tuple[bytes, ...] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT, then drain gracefully."""
+    """Run until SIGTERM/SIGINT, then drain gracefully; a second signal stops at once."""
     node = NodeServer(config, CollectorRegistry(), vote_timeout, secrets)
-    await node.start()
-    if ready_file is not None:
-        ready_file.write_text(f"{node.address} {node.metrics_port}\n")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logger.info("draining", extra=log.fields(grace_seconds=config.graceful_timeout))
-    await node.stop()
+
+    def ready() -> None:
+        if ready_file is not None:
+            ready_file.write_text(f"{node.address} {node.metrics_port}\n")
+
+    await run_until_signalled(
+        node, grace=config.graceful_timeout, ready=ready, logger_name=logger.name
+    )

@@ -36,6 +36,7 @@ from tests.harness.node import NodeProcess, wait_for
 CORRELATION_KEY = "x-gitquorum-correlation-id"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 GRACE = 2.0
+PATIENT_GRACE = 120.0
 
 
 def log_entries(node: NodeProcess) -> list[dict[str, Any]]:
@@ -181,9 +182,8 @@ def source_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_repo(tmp_path_factory.mktemp("source") / "repo", commits=2)
 
 
-@pytest.fixture
-def draining_node(tmp_path: Path, source_repo: Path) -> Iterator[NodeProcess]:
-    """A node with a short grace period and one repository, created on disk."""
+def _start_draining_node(tmp_path: Path, source_repo: Path, grace: float) -> NodeProcess:
+    """A node with the given grace period and one repository, created on disk."""
     storage = tmp_path / "storage"
     storage.mkdir()
     git("clone", "-q", "--bare", str(source_repo), str(storage / "drain.git"))
@@ -193,13 +193,27 @@ def draining_node(tmp_path: Path, source_repo: Path) -> Iterator[NodeProcess]:
             {
                 "listen": "127.0.0.1:0",
                 "storages": [{"name": "drain", "path": str(storage)}],
-                "graceful_timeout": f"{GRACE}s",
+                "graceful_timeout": f"{grace}s",
             }
         )
     )
-    node = NodeProcess(
+    return NodeProcess(
         "drain", storage, tmp_path / "logs", extra_args=["--config", str(config)]
     ).start()
+
+
+@pytest.fixture
+def draining_node(tmp_path: Path, source_repo: Path) -> Iterator[NodeProcess]:
+    """A node with a short grace period and one repository, created on disk."""
+    node = _start_draining_node(tmp_path, source_repo, GRACE)
+    yield node
+    node.kill()
+
+
+@pytest.fixture
+def patient_node(tmp_path: Path, source_repo: Path) -> Iterator[NodeProcess]:
+    """A node whose grace period outlasts any test: only a second signal ends a drain early."""
+    node = _start_draining_node(tmp_path, source_repo, PATIENT_GRACE)
     yield node
     node.kill()
 
@@ -324,6 +338,51 @@ async def test_sigterm_cancels_rpcs_beyond_grace(draining_node: NodeProcess) -> 
     assert not any(alive(pid) for pid in git_processes), "git outlived the node"
     errors = [e for e in log_entries(node) if e["level"] == "error"]
     assert not errors, errors
+
+
+async def test_a_second_sigterm_stops_at_once(patient_node: NodeProcess) -> None:
+    node = patient_node
+    assert node.proc is not None
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        session = UploadPackSession(channel)
+        await session.start("drain", "drain.git")
+        node.signal(signal.SIGTERM)
+
+        async def refused() -> bool:
+            try:
+                await health(node.address, rpc_timeout=0.5)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+            return False
+
+        # Stage one: draining (new calls refused), the call in flight still served.
+        deadline = time.monotonic() + 10
+        while not await refused():
+            assert time.monotonic() < deadline, "new connections still accepted while draining"
+        assert node.alive(), "the node must wait for the in-flight RPC"
+        assert not session.call.done(), "the in-flight RPC must keep being served"
+
+        # Stage two: stop at once, not after the grace period.
+        node.signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        returncode = await asyncio.to_thread(node.proc.wait, 15)
+        elapsed = time.monotonic() - signalled
+        try:
+            while await asyncio.wait_for(session.call.read(), 5) is not grpc.aio.EOF:
+                pass
+            code = await session.call.code()
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+        assert code != grpc.StatusCode.OK, "an RPC cut short must not look successful"
+    assert returncode == 0
+    assert elapsed < 10, f"exited {elapsed:.1f}s after the second signal"
+    entries = log_entries(node)
+    assert any(e["msg"] == "draining" for e in entries)
+    assert any(e["msg"] == "stopping at once" for e in entries)
+    assert not [e for e in entries if e["level"] == "error"]
 
 
 # --- bad configuration ---------------------------------------------------------------------------

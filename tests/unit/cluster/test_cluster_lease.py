@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from gitquorum.cluster.clock import ManualClock
 from gitquorum.cluster.lease import LeaseKeeper
 from gitquorum.cluster.memory_store import MemoryStore
+from gitquorum.cluster.store import Lease
 
 
 async def test_keeper_renews_while_store_answers() -> None:
@@ -54,3 +59,37 @@ async def test_alive_is_false_past_deadline_even_if_the_loop_did_not_run() -> No
     clock.advance(2.5)  # no chance for the keeper task to run
     assert not keeper.alive
     await keeper.close()
+
+
+class _LateGrant(MemoryStore):
+    """Grants a lease only when told to: etcd answering after the caller gave up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+        self.granted: list[int] = []
+
+    async def grant(self, ttl: float) -> Lease:
+        self.asked.set()
+        await self.answer.wait()
+        lease = await super().grant(ttl)
+        self.granted.append(lease.id)
+        return lease
+
+
+async def test_a_start_cancelled_during_the_grant_revokes_the_lease() -> None:
+    store = _LateGrant()
+    keeper = LeaseKeeper(store, 4.0)
+    starting = asyncio.create_task(keeper.start())
+    async with asyncio.timeout(5):
+        await store.asked.wait()
+    starting.cancel()
+    await asyncio.sleep(0)  # the cancellation reaches start() before etcd answers
+    store.answer.set()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):
+            await starting
+    assert len(store.granted) == 1
+    assert await store.time_to_live(store.granted[0]) == -1, "the granted lease outlived start()"
+    assert keeper.lease_id == 0

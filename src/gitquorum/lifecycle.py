@@ -1,0 +1,153 @@
+"""Run a long-lived server until it is told to stop, in two stages.
+
+The first SIGTERM or SIGINT starts a graceful drain: the server's ``close``
+with its grace period, during which calls in flight finish. A second signal
+stops at once: the drain is cancelled, which makes the server's close skip
+what is left of the grace period and release the rest without waiting.
+
+Servers assemble themselves with ``contextlib.AsyncExitStack``: each start-up
+step registers its own cleanup as soon as it has opened something, so a start
+that fails half-way (a port already taken) closes what it opened, and
+``close`` unwinds the same stack in reverse order.
+
+This module knows nothing of proxies, nodes or gateways: they depend on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+import grpc
+
+from gitquorum import log
+
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+
+
+class Server(Protocol):
+    """What run_until_signalled drives: start, then close with a grace period."""
+
+    async def start(self) -> None: ...
+
+    async def close(self, grace: float | None = None) -> None: ...
+
+
+class ListenError(OSError):
+    """A server cannot listen on its address (taken, or not an address of this host)."""
+
+    def __init__(self, address: str, reason: object) -> None:
+        super().__init__(f"cannot listen on {address}: {reason}")
+        self.address = address
+
+
+def bind_port(
+    server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None = None
+) -> int:
+    """Bind a gRPC server to ``listen`` (TLS with ``credentials``); the port, or ListenError."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
+    except RuntimeError as exc:
+        # grpc raises "Failed to bind to address ..." and logs the cause itself.
+        raise ListenError(listen, "address in use or not available") from exc
+    if port == 0:  # older grpc releases answer 0 instead of raising
+        raise ListenError(listen, "address in use or not available")
+    return port
+
+
+@contextlib.contextmanager
+def _signals_to(
+    loop: asyncio.AbstractEventLoop, signals: Sequence[signal.Signals], queue: asyncio.Queue[int]
+) -> Iterator[None]:
+    """Deliver ``signals`` to ``queue`` while the block runs; restore the old handlers after."""
+    previous: dict[signal.Signals, Any] = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        for sig in signals:
+            loop.add_signal_handler(sig, queue.put_nowait, int(sig))
+        yield
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            # remove_signal_handler resets to the default; put back whatever was there.
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+async def _first(task: asyncio.Future[Any], received: asyncio.Queue[int]) -> int | None:
+    """Wait for ``task`` to end or a signal to arrive; the signal number, or None."""
+    getter = asyncio.ensure_future(received.get())
+    try:
+        await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        # Cancelled ourselves: so is the start or close we waited for, which unwinds.
+        task.cancel()
+        await asyncio.wait({task})
+        raise
+    finally:
+        if not getter.done():
+            getter.cancel()
+    if getter.done() and not getter.cancelled():
+        return getter.result()
+    return None
+
+
+async def _cancel(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has unwound (its cancellation is not ours)."""
+    task.cancel()
+    await asyncio.wait({task})
+    if not task.cancelled() and (error := task.exception()) is not None:
+        raise error
+
+
+async def run_until_signalled(
+    server: Server,
+    *,
+    grace: float,
+    ready: Callable[[], None] | None = None,
+    signals: Sequence[signal.Signals] = STOP_SIGNALS,
+    logger_name: str = "gitquorum",
+) -> None:
+    """Start ``server``, serve until a signal, drain; a second signal stops at once.
+
+    ``grace``: the drain's grace period, passed to ``server.close``. ``ready``
+    runs once the server serves (e.g. writes the ready file). A signal during
+    start-up cancels the start, which closes whatever it had opened.
+    """
+    logger = log.get(logger_name)
+    loop = asyncio.get_running_loop()
+    received: asyncio.Queue[int] = asyncio.Queue()
+    with _signals_to(loop, signals, received):
+        starting = asyncio.ensure_future(server.start())
+        sig = await _first(starting, received)
+        if sig is not None and not starting.done():
+            logger.info("stopping before serving", extra=log.fields(signal=_name(sig)))
+            await _cancel(starting)
+            return
+        starting.result()  # a failed start raises here, after closing what it opened
+        try:
+            if ready is not None:
+                ready()
+            if sig is None:
+                sig = await received.get()
+        except BaseException:
+            await server.close(0.0)  # e.g. the ready file cannot be written
+            raise
+        logger.info("draining", extra=log.fields(grace_seconds=grace, signal=_name(sig)))
+        closing = asyncio.ensure_future(server.close(grace))
+        again = await _first(closing, received)
+        if again is not None and not closing.done():
+            logger.warning("stopping at once", extra=log.fields(signal=_name(again)))
+            await _cancel(closing)
+            return
+        closing.result()
+
+
+def _name(sig: int) -> str:
+    with contextlib.suppress(ValueError):
+        return signal.Signals(sig).name
+    return str(sig)
