@@ -261,7 +261,7 @@ class LocalCluster:
 
         It differs from the client secret: clients cannot call nodes directly.
         """
-        from gitquorum.authn import load_secrets
+        from gitquorum.authentication import load_secrets
         from gitquorum.errors import ConfigError
 
         try:
@@ -536,12 +536,12 @@ class LocalCluster:
 
         metadata = []
         if self.settings.token_file:
-            from gitquorum import auth
-            from gitquorum.authn import load_secrets, signing_secret
+            from gitquorum import tokens
+            from gitquorum.authentication import load_secrets, signing_secret
 
             secret = signing_secret(load_secrets(self.settings.token_file))
             if secret is not None:
-                metadata.append(auth.bearer(secret))
+                metadata.append(tokens.bearer(secret))
         with grpc.insecure_channel(self.proxies[0].address) as channel:
             try:
                 response = server_pb2_grpc.ServerServiceStub(channel).ServerInfo(

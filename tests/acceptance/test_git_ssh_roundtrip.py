@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gitquorum import auth
+from gitquorum import tokens
 from gitquorum.cli import git_ssh
 from gitquorum.gitaly import (
     repository_pb2,
@@ -327,7 +327,7 @@ async def test_helper_sends_token_identity_and_exit_status(tmp_path: Path) -> No
     assert (recorder.first.gl_id, recorder.first.gl_username) == ("key-42", "ada")
     assert recorder.first.git_protocol == "version=2"
     assert not recorder.first.stdin
-    auth.check(recorder.metadata.get("authorization"), b"s3cret")
+    tokens.check(recorder.metadata.get("authorization"), b"s3cret")
 
 
 @pytest.mark.parametrize(

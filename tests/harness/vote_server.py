@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from gitquorum import auth
+from gitquorum import tokens
 from gitquorum.gitaly import transaction_pb2, transaction_pb2_grpc
 
 COMMIT = "commit"
@@ -106,7 +106,7 @@ class VoteServer(transaction_pb2_grpc.RefTransactionServicer):
             if key == "authorization":
                 header = value if isinstance(value, str) else value.decode()
         try:
-            auth.check(header, self.token.encode())
+            tokens.check(header, self.token.encode())
         except Exception:
             return False
         return True

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gitquorum import auth, authn, tls
+from gitquorum import authentication, tls, tokens
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
 from gitquorum.cluster.health import grpc_target
@@ -157,7 +157,7 @@ def _secret(path: str) -> bytes | None:
     except OSError as exc:
         raise UsageError(f"cannot read token file {path}: {exc.strerror}") from exc
     # Token files may list several secrets during a rotation; the first signs.
-    return authn.signing_secret(authn.parse_secrets(data)) or data.strip()
+    return authentication.signing_secret(authentication.parse_secrets(data)) or data.strip()
 
 
 @dataclass
@@ -246,7 +246,7 @@ class Admin:
         return self.node_channels().forward_metadata(())
 
     def proxy_metadata(self) -> list[tuple[str, str]]:
-        return [auth.bearer(self._client_secret)] if self._client_secret else []
+        return [tokens.bearer(self._client_secret)] if self._client_secret else []
 
     async def live_proxies(self) -> dict[str, str]:
         """Proxies registered in etcd (their lease is alive) -> address."""

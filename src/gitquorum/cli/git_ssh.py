@@ -184,9 +184,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"fatal: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     if secret:
-        from gitquorum import auth
+        from gitquorum import tokens
 
-        metadata.append(auth.bearer(secret))
+        metadata.append(tokens.bearer(secret))
 
     repository = shared_pb2.Repository(storage_name=storage, relative_path=relative)
     protocol = os.environ.get("GIT_PROTOCOL", "")

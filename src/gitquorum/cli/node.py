@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from gitquorum import log, tls
-from gitquorum.authn import NODE_TOKEN_ENV, take_secrets
+from gitquorum.authentication import NODE_TOKEN_ENV, take_secrets
 from gitquorum.config import load_node_config, node_config_from_dict, parse_duration
 from gitquorum.errors import ConfigError
 from gitquorum.lifecycle import ListenError

@@ -78,7 +78,7 @@ class Target:
     def metadata(self) -> list[tuple[str, str]]:
         if not self.token_file:
             return []
-        from gitquorum import auth
+        from gitquorum import tokens
 
         try:
             with open(self.token_file, "rb") as fh:
@@ -87,7 +87,7 @@ class Target:
             raise CliError(f"cannot read token file {self.token_file}: {exc.strerror}", 2) from exc
         # A token file may list several secrets during a rotation; the first signs.
         secret = next((line.strip() for line in data.splitlines() if line.strip()), b"")
-        return [auth.bearer(secret)]
+        return [tokens.bearer(secret)]
 
     def describe(self, error: grpc.RpcError, subject: str) -> CliError:
         """A person's message for a failed call about ``subject``."""

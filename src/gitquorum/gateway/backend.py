@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from gitquorum import auth, log, tls
+from gitquorum import log, tls, tokens
 from gitquorum.gitaly import (
     repository_pb2,
     repository_pb2_grpc,
@@ -57,7 +57,7 @@ class Backend:
         """Per call: a v2 token carries its own timestamp and expires."""
         metadata = [(log.CORRELATION_METADATA_KEYS[0], log.correlation_id.get())]
         if self._secret is not None:
-            metadata.append(auth.bearer(self._secret))
+            metadata.append(tokens.bearer(self._secret))
         return metadata
 
     def info_refs(

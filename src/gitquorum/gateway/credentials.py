@@ -4,7 +4,7 @@ One credential per line, ``SECRET`` (fetch and push) or ``SECRET read-only``
 (fetch only); blank lines and ``#`` comments are ignored. A client proves it
 knows a secret with HTTP Basic auth (any user name, the secret as password:
 what git's credential helpers store), with ``Authorization: Bearer SECRET``,
-or with a v2 token signed by the secret (``gitquorum.auth``).
+or with a v2 token signed by the secret (``gitquorum.tokens``).
 
 No or wrong credentials are a 401 with a Basic challenge, so git asks its
 credential helper (and forgets a stored password that failed); a read-only
@@ -19,7 +19,7 @@ import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitquorum import auth
+from gitquorum import tokens
 from gitquorum.errors import GitquorumError, PermissionDenied, Unauthenticated
 
 REALM = "gitquorum"
@@ -97,7 +97,7 @@ class Credentials:
     def _match_v2(self, header: str) -> _Secret | None:
         for secret in self._secrets:
             try:
-                auth.check(header, secret.value)
+                tokens.check(header, secret.value)
             except GitquorumError:
                 continue
             return secret

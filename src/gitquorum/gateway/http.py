@@ -33,7 +33,7 @@ import grpc
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from gitquorum import authn, log, tls
+from gitquorum import authentication, log, tls
 from gitquorum.config import parse_address
 from gitquorum.errors import GitquorumError, PermissionDenied
 from gitquorum.gateway import body, paths, pktline, status
@@ -135,7 +135,7 @@ class GatewayServer:
         self.credentials = Credentials.load(config.token_file) if config.token_file else None
         # A token file may list several secrets during a rotation; the first signs.
         secret = (
-            authn.signing_secret(authn.load_secrets(config.proxy_token_file))
+            authentication.signing_secret(authentication.load_secrets(config.proxy_token_file))
             if config.proxy_token_file
             else None
         )

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 
-from gitquorum import auth, log, tls
+from gitquorum import log, tls, tokens
 from gitquorum.wire.options import node_channel_options
 from gitquorum.wire.transaction_metadata import SERVER_KEY, TRANSACTION_KEY
 
@@ -63,7 +63,7 @@ class NodeChannels:
             out.append((log.CORRELATION_METADATA_KEYS[0], correlation))
         out.extend(extra)
         if self.secret:
-            out.append(auth.bearer(self.secret))
+            out.append(tokens.bearer(self.secret))
         return out
 
     async def close(self) -> None:

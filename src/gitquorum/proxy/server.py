@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from gitquorum import log, tls
-from gitquorum.authn import (
+from gitquorum.authentication import (
     HEALTH_METHODS,
     NODE_TOKEN_ENV,
     TOKEN_ENV,

@@ -6,7 +6,7 @@ import time
 
 import grpc
 
-from gitquorum import auth
+from gitquorum import tokens
 from gitquorum.errors import InvalidArgument
 from gitquorum.gitaly import transaction_pb2, transaction_pb2_grpc
 from gitquorum.proxy.metrics import ProxyMetrics
@@ -38,7 +38,7 @@ class RefTransactionService(transaction_pb2_grpc.RefTransactionServicer):
             raise InvalidArgument("reference_updates_hash must be a 20-byte SHA-1")
         tx = self.manager.get(request.transaction_id)
         # Only the nodes this proxy told the transaction's secret may vote in it.
-        auth.check(_authorization(context), tx.token.encode())
+        tokens.check(_authorization(context), tx.token.encode())
         started = time.perf_counter()
         outcome = await tx.vote(request.node, request.reference_updates_hash, request.phase)
         self.metrics.vote_latency.observe(time.perf_counter() - started)
@@ -48,6 +48,6 @@ class RefTransactionService(transaction_pb2_grpc.RefTransactionServicer):
         self, request: transaction_pb2.StopTransactionRequest, context: grpc.aio.ServicerContext
     ) -> transaction_pb2.StopTransactionResponse:
         tx = self.manager.get(request.transaction_id)
-        auth.check(_authorization(context), tx.token.encode())
+        tokens.check(_authorization(context), tx.token.encode())
         tx.stop()
         return transaction_pb2.StopTransactionResponse()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from gitquorum import auth, log, tls
+from gitquorum import log, tls, tokens
 from gitquorum.errors import (
     Aborted,
     AlreadyExists,
@@ -83,7 +83,7 @@ class SourceServer:
             # The source logs the same correlation id as this node.
             metadata.append((log.CORRELATION_METADATA_KEYS[0], correlation))
         if self.token:
-            metadata.append(auth.bearer(self.token.encode()))
+            metadata.append(tokens.bearer(self.token.encode()))
         return metadata
 
 

@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from gitquorum import log, tls
-from gitquorum.authn import HEALTH_METHODS, NODE_TOKEN_ENV, AuthInterceptor, load_secrets
+from gitquorum.authentication import HEALTH_METHODS, NODE_TOKEN_ENV, AuthInterceptor, load_secrets
 from gitquorum.config import NodeConfig, parse_address
 from gitquorum.lifecycle import ListenError, bind_port, run_until_signalled
 from gitquorum.limits import Admission

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import grpc
 
-from gitquorum import auth, log, tls
+from gitquorum import log, tls, tokens
 from gitquorum.errors import Aborted, Unavailable
 from gitquorum.gitaly import shared_pb2, transaction_pb2, transaction_pb2_grpc
 from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED, Transaction
@@ -185,7 +185,7 @@ class VoteCoordinator:
         metadata = []
         secret = self.proxy_secret if self.proxy_secret is not None else tx.token.encode()
         if secret:
-            metadata.append(auth.bearer(secret))
+            metadata.append(tokens.bearer(secret))
         try:
             response = await stub.VoteTransaction(
                 request, timeout=self.vote_timeout, metadata=metadata

@@ -21,7 +21,7 @@ import grpc
 import pytest
 import yarl
 
-from gitquorum import auth
+from gitquorum import tokens
 from gitquorum.gateway.http import GatewayServer
 from gitquorum.gitaly import (
     repository_pb2,
@@ -316,7 +316,7 @@ async def test_token_file_guards_every_request(
         for headers in (
             basic("ada", "s3cret"),
             {"Authorization": "Bearer s3cret"},
-            {"Authorization": auth.bearer(b"s3cret")[1]},
+            {"Authorization": tokens.bearer(b"s3cret")[1]},
             basic("reader", "reader-secret"),
         ):
             async with session.get(fetch, headers=headers) as response:
@@ -479,7 +479,7 @@ class _RecordingSmartHTTP(smarthttp_pb2_grpc.SmartHTTPServiceServicer):
         if not header:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication required")
         try:
-            auth.check(header, self.secret)
+            tokens.check(header, self.secret)
         except Exception:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "permission denied")
         yield smarthttp_pb2.InfoRefsResponse(data=b"001e# service=git-upload-pack\n0000")

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gitquorum import auth
+from gitquorum import tokens
 from gitquorum.errors import PermissionDenied, Unauthenticated
 from gitquorum.gateway import body, paths, pktline, status
 from gitquorum.gateway.credentials import Credentials
@@ -145,7 +145,7 @@ def test_credentials_from_a_token_file(tmp_path: Path) -> None:
     assert not credentials.authenticate(_basic("bob", "reader-secret")).can_push
     assert credentials.authenticate("Bearer writer-secret").can_push
     assert credentials.authenticate("bearer  writer-secret ").can_push
-    assert credentials.authenticate(auth.bearer(b"reader-secret")[1]).username == ""
+    assert credentials.authenticate(tokens.bearer(b"reader-secret")[1]).username == ""
     with pytest.raises(PermissionDenied):
         credentials.authorize(_basic("bob", "reader-secret"), push=True)
     for header in (
@@ -157,7 +157,7 @@ def test_credentials_from_a_token_file(tmp_path: Path) -> None:
         "Basic " + base64.b64encode(b"no-colon").decode(),
         "Bearer ",
         "Bearer wrong",
-        "Bearer " + auth.v2_token(b"writer-secret", now=0),
+        "Bearer " + tokens.v2_token(b"writer-secret", now=0),
         "Digest writer-secret",
         "writer-secret",
     ):

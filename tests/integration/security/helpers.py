@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 
-from gitquorum import auth
+from gitquorum import tokens
 from gitquorum.gitaly import (
     praefect_pb2,
     praefect_pb2_grpc,
@@ -38,7 +38,7 @@ Metadata = list[tuple[str, str]]
 
 def bearer(secret: str | bytes, now: float | None = None) -> Metadata:
     value = secret.encode() if isinstance(secret, str) else secret
-    return [("authorization", f"Bearer {auth.v2_token(value, now=now)}")]
+    return [("authorization", f"Bearer {tokens.v2_token(value, now=now)}")]
 
 
 @dataclass(frozen=True)

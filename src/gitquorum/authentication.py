@@ -1,4 +1,4 @@
-"""Who may call a gRPC server: the v2 token (``gitquorum.auth``) checked at its edge.
+"""Who may call a gRPC server: the v2 token (``gitquorum.tokens``) checked at its edge.
 
 Two secrets, so that clients cannot bypass the proxy:
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import grpc
 
-from gitquorum import auth, log
+from gitquorum import log, tokens
 from gitquorum.errors import ConfigError, GitquorumError, Unauthenticated
 
 TOKEN_ENV = "GITQUORUM_TOKEN"
@@ -97,12 +97,12 @@ def signing_secret(secrets: Sequence[bytes]) -> bytes | None:
     return secrets[0] if secrets else None
 
 
-def verify(header: str | None, secrets: Sequence[bytes], skew: float = auth.DEFAULT_SKEW) -> None:
+def verify(header: str | None, secrets: Sequence[bytes], skew: float = tokens.DEFAULT_SKEW) -> None:
     """Pass when ``header`` is a valid v2 token of any of ``secrets``; raise otherwise."""
     error: GitquorumError | None = None
     for secret in secrets:
         try:
-            auth.check(header, secret, skew)
+            tokens.check(header, secret, skew)
             return
         except GitquorumError as exc:
             error = exc
@@ -110,7 +110,7 @@ def verify(header: str | None, secrets: Sequence[bytes], skew: float = auth.DEFA
     raise error or Unauthenticated("no secret to check tokens against")
 
 
-def rejection_reason(header: str | None, skew: float = auth.DEFAULT_SKEW) -> str:
+def rejection_reason(header: str | None, skew: float = tokens.DEFAULT_SKEW) -> str:
     """Why a token was refused, for the server's log (never for the client)."""
     if not header:
         return "no token"
@@ -166,7 +166,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self,
         secrets: Sequence[bytes],
         exempt: Collection[str] = HEALTH_METHODS,
-        skew: float = auth.DEFAULT_SKEW,
+        skew: float = tokens.DEFAULT_SKEW,
         *,
         role: str = "server",
     ) -> None:

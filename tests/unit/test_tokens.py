@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gitquorum import auth
+from gitquorum import tokens
 from gitquorum.errors import GitquorumError, PermissionDenied, Unauthenticated
 
 SECRET = b"correct horse battery staple"
@@ -22,16 +22,16 @@ def header(token: str) -> str:
 
 
 def test_round_trip() -> None:
-    token = auth.v2_token(SECRET, now=NOW)
-    auth.check(header(token), SECRET, now=NOW)
+    token = tokens.v2_token(SECRET, now=NOW)
+    tokens.check(header(token), SECRET, now=NOW)
     # Also with the real clock and the ready-made metadata pair.
-    key, value = auth.bearer(SECRET)
+    key, value = tokens.bearer(SECRET)
     assert key == "authorization"
-    auth.check(value, SECRET)
+    tokens.check(value, SECRET)
 
 
 def test_token_format_matches_gitaly() -> None:
-    token = auth.v2_token(SECRET, now=NOW)
+    token = tokens.v2_token(SECRET, now=NOW)
     version, digest, timestamp = token.split(".")
     assert version == "v2"
     assert timestamp == str(int(NOW))
@@ -39,50 +39,50 @@ def test_token_format_matches_gitaly() -> None:
 
 
 def test_scheme_is_case_insensitive() -> None:
-    auth.check(f"bearer {auth.v2_token(SECRET, now=NOW)}", SECRET, now=NOW)
+    tokens.check(f"bearer {tokens.v2_token(SECRET, now=NOW)}", SECRET, now=NOW)
 
 
 def test_wrong_secret_denied() -> None:
-    token = auth.v2_token(b"other secret", now=NOW)
+    token = tokens.v2_token(b"other secret", now=NOW)
     with pytest.raises(PermissionDenied, match="permission denied"):
-        auth.check(header(token), SECRET, now=NOW)
+        tokens.check(header(token), SECRET, now=NOW)
 
 
 def test_tampered_timestamp_denied() -> None:
-    version, digest, _ = auth.v2_token(SECRET, now=NOW).split(".")
+    version, digest, _ = tokens.v2_token(SECRET, now=NOW).split(".")
     with pytest.raises(PermissionDenied):
-        auth.check(header(f"{version}.{digest}.{int(NOW) + 1}"), SECRET, now=NOW)
+        tokens.check(header(f"{version}.{digest}.{int(NOW) + 1}"), SECRET, now=NOW)
 
 
 @pytest.mark.parametrize("value", [None, ""])
 def test_missing_token_unauthenticated(value: str | None) -> None:
     with pytest.raises(Unauthenticated, match="authentication required"):
-        auth.check(value, SECRET, now=NOW)
+        tokens.check(value, SECRET, now=NOW)
 
 
 @pytest.mark.parametrize("value", ["Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "token"])
 def test_not_a_bearer_token_unauthenticated(value: str) -> None:
     with pytest.raises(Unauthenticated):
-        auth.check(value, SECRET, now=NOW)
+        tokens.check(value, SECRET, now=NOW)
 
 
 @pytest.mark.parametrize("offset", [31.0, -31.0, 3600.0, -NOW])
 def test_stale_or_future_timestamp_denied(offset: float) -> None:
-    token = auth.v2_token(SECRET, now=NOW + offset)
+    token = tokens.v2_token(SECRET, now=NOW + offset)
     with pytest.raises(PermissionDenied):
-        auth.check(header(token), SECRET, now=NOW)
+        tokens.check(header(token), SECRET, now=NOW)
 
 
 @pytest.mark.parametrize("offset", [0.0, 29.0, -29.0, 30.0, -30.0])
 def test_within_skew_accepted(offset: float) -> None:
-    auth.check(header(auth.v2_token(SECRET, now=NOW + offset)), SECRET, now=NOW)
+    tokens.check(header(tokens.v2_token(SECRET, now=NOW + offset)), SECRET, now=NOW)
 
 
 def test_custom_skew() -> None:
-    token = auth.v2_token(SECRET, now=NOW - 100)
-    auth.check(header(token), SECRET, skew=120, now=NOW)
+    token = tokens.v2_token(SECRET, now=NOW - 100)
+    tokens.check(header(token), SECRET, skew=120, now=NOW)
     with pytest.raises(PermissionDenied):
-        auth.check(header(token), SECRET, skew=60, now=NOW)
+        tokens.check(header(token), SECRET, skew=60, now=NOW)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ def test_custom_skew() -> None:
 )
 def test_malformed_tokens_denied(token: str) -> None:
     with pytest.raises(PermissionDenied):
-        auth.check(header(token), SECRET, now=NOW)
+        tokens.check(header(token), SECRET, now=NOW)
 
 
 @settings(max_examples=300, deadline=None)
@@ -123,7 +123,7 @@ def test_malformed_tokens_denied(token: str) -> None:
 )
 def test_fuzz_never_crashes(value: str) -> None:
     try:
-        auth.check(value, SECRET, now=NOW)
+        tokens.check(value, SECRET, now=NOW)
     except (Unauthenticated, PermissionDenied):
         return
     except GitquorumError as exc:  # pragma: no cover - would be a wrong status
@@ -132,6 +132,6 @@ def test_fuzz_never_crashes(value: str) -> None:
 
 
 def test_default_clock_is_used() -> None:
-    auth.check(header(auth.v2_token(SECRET)), SECRET)
+    tokens.check(header(tokens.v2_token(SECRET)), SECRET)
     with pytest.raises(PermissionDenied):
-        auth.check(header(auth.v2_token(SECRET, now=time.time() - 3600)), SECRET)
+        tokens.check(header(tokens.v2_token(SECRET, now=time.time() - 3600)), SECRET)

@@ -18,7 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from gitquorum import auth, authn
+from gitquorum import authentication, tokens
 from gitquorum.errors import ConfigError, PermissionDenied
 from gitquorum.gitaly import shared_pb2
 
@@ -111,7 +111,9 @@ class Server:
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
     handler = _handlers()
-    interceptor = authn.AuthInterceptor([SECRET, OLD], authn.HEALTH_METHODS, role="test")
+    interceptor = authentication.AuthInterceptor(
+        [SECRET, OLD], authentication.HEALTH_METHODS, role="test"
+    )
     grpc_server = grpc.aio.server(interceptors=[interceptor])
     grpc_server.add_generic_rpc_handlers([handler])
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), grpc_server)
@@ -131,7 +133,7 @@ def bearer(token: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("shape", SHAPES)
 async def test_valid_token_of_either_secret_passes(server: Server, shape: str) -> None:
     for secret in (SECRET, OLD):
-        answer = await server.call(shape, [auth.bearer(secret)])
+        answer = await server.call(shape, [tokens.bearer(secret)])
         assert answer in (b"payload", b"group/secret-project.git")
     assert len(server.calls) == 2
 
@@ -146,10 +148,10 @@ async def test_missing_token_is_unauthenticated(server: Server, shape: str) -> N
 
 
 BAD_TOKENS = {
-    "wrong-secret": lambda: bearer(auth.v2_token(b"some other secret")),
+    "wrong-secret": lambda: bearer(tokens.v2_token(b"some other secret")),
     # Made when the test runs: the clock moves on after collection.
-    "stale": lambda: bearer(auth.v2_token(SECRET, now=time.time() - 120)),
-    "future": lambda: bearer(auth.v2_token(SECRET, now=time.time() + 120)),
+    "stale": lambda: bearer(tokens.v2_token(SECRET, now=time.time() - 120)),
+    "future": lambda: bearer(tokens.v2_token(SECRET, now=time.time() + 120)),
     "garbage": lambda: bearer("v2.deadbeef.notanumber"),
     "raw-secret": lambda: bearer(SECRET.decode()),  # the secret itself is not a token
     "basic": lambda: [("authorization", "Basic dXNlcjpwYXNz")],
@@ -194,11 +196,11 @@ async def test_health_is_open_and_unknown_methods_stay_unimplemented(server: Ser
 async def test_rejections_are_logged_without_secrets(
     server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
-    token = auth.v2_token(b"wrong secret")
+    token = tokens.v2_token(b"wrong secret")
     caplog.set_level(logging.INFO, logger="gitquorum.auth")
     with pytest.raises(grpc.RpcError):
         await server.call("UnaryUnary", bearer(token))
-    stale = auth.v2_token(SECRET, now=time.time() - 3600)
+    stale = tokens.v2_token(SECRET, now=time.time() - 3600)
     with pytest.raises(grpc.RpcError):
         await server.call("UnaryUnary", bearer(stale))
     reasons = [getattr(r, "fields", {}).get("reason") for r in caplog.records]
@@ -209,43 +211,46 @@ async def test_rejections_are_logged_without_secrets(
 
 
 def test_rejection_reasons() -> None:
-    assert authn.rejection_reason(None) == "no token"
-    assert authn.rejection_reason("Bearer abc") == "not a v2 bearer token"
-    assert authn.rejection_reason("Bearer v2.x.y") == "malformed timestamp"
-    assert authn.rejection_reason("Bearer v2.x.1") == "timestamp outside the allowed clock skew"
-    assert authn.rejection_reason(f"Bearer v2.x.{int(time.time())}") == "wrong signature"
+    assert authentication.rejection_reason(None) == "no token"
+    assert authentication.rejection_reason("Bearer abc") == "not a v2 bearer token"
+    assert authentication.rejection_reason("Bearer v2.x.y") == "malformed timestamp"
+    assert (
+        authentication.rejection_reason("Bearer v2.x.1")
+        == "timestamp outside the allowed clock skew"
+    )
+    assert authentication.rejection_reason(f"Bearer v2.x.{int(time.time())}") == "wrong signature"
 
 
 def test_verify_accepts_any_listed_secret() -> None:
-    authn.verify(f"Bearer {auth.v2_token(OLD)}", [SECRET, OLD])
+    authentication.verify(f"Bearer {tokens.v2_token(OLD)}", [SECRET, OLD])
     with pytest.raises(PermissionDenied):
-        authn.verify(f"Bearer {auth.v2_token(OLD)}", [SECRET])
+        authentication.verify(f"Bearer {tokens.v2_token(OLD)}", [SECRET])
     with pytest.raises(ValueError):
-        authn.AuthInterceptor([])
+        authentication.AuthInterceptor([])
 
 
 def test_secret_files_and_environment(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_bytes(b"  new-secret \n\nold-secret\n")
-    assert authn.parse_secrets(path.read_bytes()) == (b"new-secret", b"old-secret")
-    assert authn.signing_secret(authn.load_secrets(str(path))) == b"new-secret"
-    env = {authn.TOKEN_ENV: "from-env"}
+    assert authentication.parse_secrets(path.read_bytes()) == (b"new-secret", b"old-secret")
+    assert authentication.signing_secret(authentication.load_secrets(str(path))) == b"new-secret"
+    env = {authentication.TOKEN_ENV: "from-env"}
     # The file wins over the environment; the environment serves without a file.
-    assert authn.load_secrets(str(path), authn.TOKEN_ENV, env)[0] == b"new-secret"
-    assert authn.load_secrets("", authn.TOKEN_ENV, env) == (b"from-env",)
-    assert authn.load_secrets("", authn.TOKEN_ENV, {}) == ()
-    assert authn.signing_secret(()) is None
+    assert authentication.load_secrets(str(path), authentication.TOKEN_ENV, env)[0] == b"new-secret"
+    assert authentication.load_secrets("", authentication.TOKEN_ENV, env) == (b"from-env",)
+    assert authentication.load_secrets("", authentication.TOKEN_ENV, {}) == ()
+    assert authentication.signing_secret(()) is None
     with pytest.raises(ConfigError, match=r"\$GITQUORUM_TOKEN is set but empty"):
-        authn.load_secrets("", authn.TOKEN_ENV, {authn.TOKEN_ENV: " \n"})
+        authentication.load_secrets("", authentication.TOKEN_ENV, {authentication.TOKEN_ENV: " \n"})
     empty = tmp_path / "empty"
     empty.write_bytes(b"\n  \n")
     with pytest.raises(ConfigError, match="holds no secret"):
-        authn.load_secrets(str(empty))
+        authentication.load_secrets(str(empty))
     with pytest.raises(ConfigError, match="cannot read"):
-        authn.load_secrets(str(tmp_path / "missing"))
+        authentication.load_secrets(str(tmp_path / "missing"))
 
 
 def test_take_secrets_drops_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(authn.NODE_TOKEN_ENV, "node-secret")
-    assert authn.take_secrets("", authn.NODE_TOKEN_ENV) == (b"node-secret",)
-    assert authn.NODE_TOKEN_ENV not in os.environ
+    monkeypatch.setenv(authentication.NODE_TOKEN_ENV, "node-secret")
+    assert authentication.take_secrets("", authentication.NODE_TOKEN_ENV) == (b"node-secret",)
+    assert authentication.NODE_TOKEN_ENV not in os.environ
