@@ -29,12 +29,12 @@ from gitquorum.gitaly import (
     shared_pb2,
     transaction_pb2,
 )
-from gitquorum.proxy import router
+from gitquorum.proxy import routing
 from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.handler import ProxyHandler
 from gitquorum.proxy.metrics import ProxyMetrics
-from gitquorum.proxy.routes import MutatorRoute
-from gitquorum.proxy.transactions import TransactionManager
+from gitquorum.proxy.routing import MutatorRoute
+from gitquorum.proxy.vote_counting import TransactionManager
 from gitquorum.wire.registry import MethodInfo, MethodRegistry, Shape
 
 VS = "default"
@@ -298,7 +298,7 @@ async def test_reads_spread_over_the_up_to_date_replicas(proxy: Proxy) -> None:
 
 async def test_the_primary_only_header_reads_from_the_primary(proxy: Proxy) -> None:
     proxy.cluster.records[PATH] = record({"n1": 1, "n2": 1, "n3": 1}, primary="n3")
-    header = [(router.PRIMARY_ONLY_HEADER, "primary-only")]
+    header = [(routing.PRIMARY_ONLY_HEADER, "primary-only")]
     for _ in range(6):
         await proxy.unary(
             READ, ref_pb2.FindDefaultBranchNameRequest(repository=repository()), header

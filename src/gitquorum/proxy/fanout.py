@@ -32,8 +32,8 @@ from gitquorum.errors import GitquorumError, Unavailable
 from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.passthrough import Metadata, backend_error
-from gitquorum.proxy.routes import MutatorRoute
-from gitquorum.proxy.transactions import Transaction, TransactionManager
+from gitquorum.proxy.routing import MutatorRoute
+from gitquorum.proxy.vote_counting import Transaction, TransactionManager
 from gitquorum.wire.callstatus import StatusWatch
 from gitquorum.wire.registry import MethodInfo
 from gitquorum.wire.transaction_metadata import COMMITTED, encode_metadata

@@ -30,15 +30,15 @@ from gitquorum.errors import (
 )
 from gitquorum.gitaly import repository_pb2
 from gitquorum.limits import Admission
-from gitquorum.proxy import router
+from gitquorum.proxy import routing
 from gitquorum.proxy.broadcast import best_effort, broadcast
 from gitquorum.proxy.channels import NodeChannels
+from gitquorum.proxy.cluster_port import ClusterPort
 from gitquorum.proxy.fanout import Fanout, Finalize
 from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.passthrough import PassThrough
-from gitquorum.proxy.routes import MutatorRoute, Route
-from gitquorum.proxy.state import ClusterPort
-from gitquorum.proxy.transactions import TransactionManager
+from gitquorum.proxy.routing import MutatorRoute, Route
+from gitquorum.proxy.vote_counting import TransactionManager
 from gitquorum.wire.finishing import RpcCall, op_label
 from gitquorum.wire.paths import validate_repository_path
 from gitquorum.wire.registry import MethodInfo, MethodRegistry, Op, Shape
@@ -250,10 +250,10 @@ class ProxyHandler(grpc.GenericRpcHandler):
     async def _read(self, call: _Call) -> AsyncIterator[bytes]:
         repo = call.existing("repository not found")
         primary_only = (
-            any(k == router.PRIMARY_ONLY_HEADER and v == "primary-only" for k, v in call.metadata)
-            or call.info.full_name in router.FORCE_PRIMARY
+            any(k == routing.PRIMARY_ONLY_HEADER and v == "primary-only" for k, v in call.metadata)
+            or call.info.full_name in routing.FORCE_PRIMARY
         )
-        route = router.route_accessor(
+        route = routing.route_accessor(
             repo,
             self.cluster.healthy(call.virtual_storage),
             self.cluster.nodes(call.virtual_storage),
@@ -271,7 +271,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
     async def _maintain(self, call: _Call) -> AsyncIterator[bytes]:
         repo = call.existing("repository not found")
-        route = router.route_maintenance(
+        route = routing.route_maintenance(
             repo,
             self.cluster.healthy(call.virtual_storage),
             self.cluster.nodes(call.virtual_storage),
@@ -289,7 +289,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
     async def _remove(self, call: _Call) -> AsyncIterator[bytes]:
         repo = call.existing("repository does not exist")
-        route = router.route_removal(repo, self.cluster.nodes(call.virtual_storage))
+        route = routing.route_removal(repo, self.cluster.nodes(call.virtual_storage))
         _describe(call.fields, route)
         await self.cluster.remove(call.virtual_storage, repo)
         payloads = call.payloads(route.nodes, route.replica_path)
@@ -300,7 +300,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
         if call.repo is not None:
             raise AlreadyExists("repository exists already")
         placement = await self.cluster.place(call.virtual_storage, call.relative_path)
-        route = router.route_creation(
+        route = routing.route_creation(
             placement.repository_id,
             placement.replica_path,
             placement.primary,
@@ -320,7 +320,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
     async def _mutate(self, call: _Call) -> AsyncIterator[bytes]:
         repo = await self.cluster.ensure_writable(call.existing("repository not found"))
-        route = router.route_mutator(
+        route = routing.route_mutator(
             repo,
             self.cluster.healthy(call.virtual_storage),
             self.cluster.nodes(call.virtual_storage),

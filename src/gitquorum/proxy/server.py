@@ -38,11 +38,12 @@ from gitquorum.lifecycle import ListenError, bind_port, run_until_signalled
 from gitquorum.limits import Admission, DrainGate
 from gitquorum.metrics import MetricsServer
 from gitquorum.proxy.channels import NodeChannels
-from gitquorum.proxy.cluster_port import EtcdClusterPort
+from gitquorum.proxy.etcd_cluster_port import EtcdClusterPort
 from gitquorum.proxy.handler import ProxyHandler
 from gitquorum.proxy.info_service import PraefectInfoService
 from gitquorum.proxy.leader_tasks import LeaderTasks
 from gitquorum.proxy.metrics import ProxyMetrics
+from gitquorum.proxy.ref_transaction_service import RefTransactionService
 from gitquorum.proxy.replication import (
     ReplicationMetrics,
     ReplicationWorkers,
@@ -50,9 +51,8 @@ from gitquorum.proxy.replication import (
     healthy_targets,
 )
 from gitquorum.proxy.server_info import ServerInfoService
-from gitquorum.proxy.transaction_service import RefTransactionService
-from gitquorum.proxy.transactions import TransactionManager
 from gitquorum.proxy.verifier import VerificationStore, Verifier
+from gitquorum.proxy.vote_counting import TransactionManager
 from gitquorum.wire.interceptor import ErrorInterceptor
 from gitquorum.wire.options import server_options
 from gitquorum.wire.registry import MethodRegistry, Op

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gitquorum.storage.catfile import CatFileCache
 from gitquorum.storage.locator import StorageLocator
-from gitquorum.storage.transaction import VoteCoordinator
+from gitquorum.storage.voting import VoteCoordinator
 from gitquorum.tls import ClientTLS
 
 

@@ -43,7 +43,7 @@ from gitquorum.storage.refupdate import (
     current_values,
     update_refs,
 )
-from gitquorum.storage.transaction import vote_hash
+from gitquorum.storage.voting import vote_hash
 from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED, transaction_from_metadata
 
 # References per ListRefs message, and branches (each with a commit) per FindLocalBranches message.

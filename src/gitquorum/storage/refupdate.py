@@ -18,7 +18,7 @@ from gitquorum.errors import Aborted, FailedPrecondition, Internal, InvalidArgum
 from gitquorum.gitaly import shared_pb2
 from gitquorum.storage import git
 from gitquorum.storage.locator import RepoPath
-from gitquorum.storage.transaction import VoteCoordinator, vote_hash
+from gitquorum.storage.voting import VoteCoordinator, vote_hash
 from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED, Transaction
 
 ZERO_OID = git.ZERO_OID

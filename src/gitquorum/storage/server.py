@@ -23,7 +23,7 @@ from gitquorum.storage.catfile import CatFileCache
 from gitquorum.storage.context import NodeContext
 from gitquorum.storage.limiter import LimitInterceptor
 from gitquorum.storage.locator import StorageLocator
-from gitquorum.storage.transaction import VoteCoordinator
+from gitquorum.storage.voting import VoteCoordinator
 from gitquorum.wire.interceptor import ErrorInterceptor
 from gitquorum.wire.options import server_options
 from gitquorum.wire.registry import MethodRegistry

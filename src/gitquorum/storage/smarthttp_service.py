@@ -19,7 +19,7 @@ from gitquorum.errors import InvalidArgument
 from gitquorum.gitaly import smarthttp_pb2, smarthttp_pb2_grpc
 from gitquorum.storage import git, pack
 from gitquorum.storage.context import NodeContext
-from gitquorum.storage.transaction import ZERO_VOTE
+from gitquorum.storage.voting import ZERO_VOTE
 from gitquorum.wire.transaction_metadata import COMMITTED, transaction_from_metadata
 
 

@@ -22,7 +22,7 @@ from gitquorum.gitaly import shared_pb2, ssh_pb2, ssh_pb2_grpc
 from gitquorum.storage import git, pack
 from gitquorum.storage.context import NodeContext
 from gitquorum.storage.locator import RepoPath
-from gitquorum.storage.transaction import ZERO_VOTE
+from gitquorum.storage.voting import ZERO_VOTE
 from gitquorum.wire.transaction_metadata import COMMITTED, transaction_from_metadata
 
 _Response = TypeVar(

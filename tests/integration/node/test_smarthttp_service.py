@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 
 from gitquorum.gitaly import shared_pb2, smarthttp_pb2, smarthttp_pb2_grpc
-from gitquorum.storage.transaction import ZERO_VOTE
+from gitquorum.storage.voting import ZERO_VOTE
 from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED
 from tests.conftest import Target
 from tests.harness import gitrepo

@@ -31,7 +31,7 @@ from gitquorum.gitaly import (
     transaction_pb2,
     transaction_pb2_grpc,
 )
-from gitquorum.storage.transaction import ZERO_VOTE
+from gitquorum.storage.voting import ZERO_VOTE
 from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED, Transaction, encode_metadata
 from tests.conftest import THROUGH_PROXY, Target
 from tests.harness import gitrepo

@@ -28,7 +28,7 @@ from gitquorum.gitaly import operations_pb2, operations_pb2_grpc, shared_pb2
 from gitquorum.storage import git as gitrun
 from gitquorum.storage.locator import RepoPath
 from gitquorum.storage.refupdate import RefUpdate, update_refs
-from gitquorum.storage.transaction import VoteCoordinator
+from gitquorum.storage.voting import VoteCoordinator
 from gitquorum.wire.transaction_metadata import (
     SERVER_KEY,
     TRANSACTION_KEY,

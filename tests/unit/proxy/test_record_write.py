@@ -15,9 +15,9 @@ from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.queue import ReplicationQueue
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
-from gitquorum.proxy.cluster_port import EtcdClusterPort
+from gitquorum.proxy.etcd_cluster_port import EtcdClusterPort
 from gitquorum.proxy.metrics import ProxyMetrics
-from gitquorum.proxy.routes import MutatorRoute
+from gitquorum.proxy.routing import MutatorRoute
 
 KEYS = Keyspace("unit")
 NODES = ("n1", "n2", "n3")

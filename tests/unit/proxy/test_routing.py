@@ -8,7 +8,7 @@ import pytest
 
 from gitquorum.cluster.repositories import RepositoryRecord
 from gitquorum.errors import FailedPrecondition, Unavailable
-from gitquorum.proxy import router
+from gitquorum.proxy import routing
 
 NODES = ("n1", "n2", "n3")
 ALL = frozenset(NODES)
@@ -73,7 +73,7 @@ def test_route_accessor(
     primary_only: bool,
     expected: tuple[str, str],
 ) -> None:
-    route = router.route_accessor(
+    route = routing.route_accessor(
         record, healthy, NODES, primary_only=primary_only, choose=first, draining=draining
     )
     assert (route.node, route.reason) == expected
@@ -94,7 +94,7 @@ def test_route_accessor_unavailable(
     record: RepositoryRecord, healthy: frozenset[str], primary_only: bool
 ) -> None:
     with pytest.raises(Unavailable):
-        router.route_accessor(record, healthy, NODES, primary_only=primary_only, choose=first)
+        routing.route_accessor(record, healthy, NODES, primary_only=primary_only, choose=first)
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_route_mutator(
     secondaries: tuple[str, ...],
     targets: tuple[str, ...],
 ) -> None:
-    route = router.route_mutator(record, healthy, NODES, transactional=transactional)
+    route = routing.route_mutator(record, healthy, NODES, transactional=transactional)
     assert route.primary == "n1" and route.generation == record.generation
     assert (route.secondaries, route.replication_targets) == (secondaries, targets)
 
@@ -139,14 +139,14 @@ def test_route_mutator_refused(
     record: RepositoryRecord, healthy: frozenset[str], error: type[Exception]
 ) -> None:
     with pytest.raises(error):
-        router.route_mutator(record, healthy, NODES)
+        routing.route_mutator(record, healthy, NODES)
 
 
 def test_route_maintenance_and_removal_use_existing_replicas() -> None:
     record = rec(2, {"n1": 2, "n2": 1}, assigned=("n1", "n2"))
-    assert router.route_maintenance(record, ALL, NODES).nodes == ("n1", "n2")
-    assert router.route_maintenance(record, frozenset({"n2"}), NODES).nodes == ("n2",)
+    assert routing.route_maintenance(record, ALL, NODES).nodes == ("n1", "n2")
+    assert routing.route_maintenance(record, frozenset({"n2"}), NODES).nodes == ("n2",)
     with pytest.raises(Unavailable):
-        router.route_maintenance(record, frozenset({"n3"}), NODES)
+        routing.route_maintenance(record, frozenset({"n3"}), NODES)
     spread = rec(2, {"n1": 2, "n3": 0}, assigned=("n1", "n2"))
-    assert router.route_removal(spread, NODES).nodes == ("n1", "n2", "n3")
+    assert routing.route_removal(spread, NODES).nodes == ("n1", "n2", "n3")

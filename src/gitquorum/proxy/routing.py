@@ -1,18 +1,97 @@
-"""Routing policy: pure functions from a repository record and node health to a route."""
+"""Routing: pure functions from a repository record and node health to a route.
+
+The functions decide; the handler executes. A route is an immutable value that
+names the physical nodes and the replica path, and renders itself for the
+RPC's log line.
+"""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from gitquorum.cluster.decisions import up_to_date_replicas
 from gitquorum.cluster.repositories import MISSING, RepositoryRecord
 from gitquorum.errors import FailedPrecondition, Unavailable
-from gitquorum.proxy.routes import AccessorRoute, MaintenanceRoute, MutatorRoute, RemoveRoute
 
 PRIMARY_ONLY_HEADER = "gitaly-route-repository-accessor-policy"
 # Reads that must see the primary's view (sizes differ between packings).
 FORCE_PRIMARY = frozenset({"/gitaly.RepositoryService/RepositorySize"})
+
+
+# -- route values ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccessorRoute:
+    """A read served by one replica."""
+
+    repository_id: int
+    replica_path: str
+    node: str
+    reason: str  # "distributed" or "primary-only"
+
+    def describe(self) -> dict[str, object]:
+        return {"route": "accessor", "node": self.node, "policy": self.reason}
+
+
+@dataclass(frozen=True)
+class MutatorRoute:
+    """A write: primary plus up-to-date healthy secondaries, and who must catch up later."""
+
+    repository_id: int
+    replica_path: str
+    primary: str
+    secondaries: tuple[str, ...]
+    # Assigned replicas left out of the write (unhealthy or outdated): they get jobs.
+    replication_targets: tuple[str, ...]
+    transactional: bool
+    generation: int  # the repository generation the write starts from
+    creates: bool = False  # the RPC creates the repository
+
+    @property
+    def participants(self) -> tuple[str, ...]:
+        return (self.primary, *self.secondaries)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "route": "mutator",
+            "primary": self.primary,
+            "secondaries": list(self.secondaries),
+            "replication_targets": list(self.replication_targets),
+            "transactional": self.transactional,
+        }
+
+
+@dataclass(frozen=True)
+class MaintenanceRoute:
+    """Sent to every healthy replica; generations unchanged."""
+
+    repository_id: int
+    replica_path: str
+    nodes: tuple[str, ...]
+
+    def describe(self) -> dict[str, object]:
+        return {"route": "maintenance", "nodes": list(self.nodes)}
+
+
+@dataclass(frozen=True)
+class RemoveRoute:
+    """Remove the record first, then every replica (best effort)."""
+
+    repository_id: int
+    replica_path: str
+    nodes: tuple[str, ...]
+
+    def describe(self) -> dict[str, object]:
+        return {"route": "remove", "nodes": list(self.nodes)}
+
+
+Route = AccessorRoute | MutatorRoute | MaintenanceRoute | RemoveRoute
+
+
+# -- routing policy ------------------------------------------------------------------------
 
 
 def _assigned(repo: RepositoryRecord, configured: Sequence[str]) -> list[str]:

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from gitquorum.errors import InvalidArgument, NotFound
-from gitquorum.proxy.transactions import Outcome, TransactionManager, quorum
+from gitquorum.proxy.vote_counting import Outcome, TransactionManager, quorum
 
 A = hashlib.sha1(b"a").digest()
 B = hashlib.sha1(b"b").digest()

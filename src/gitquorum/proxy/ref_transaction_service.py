@@ -10,7 +10,7 @@ from gitquorum import tokens
 from gitquorum.errors import InvalidArgument
 from gitquorum.gitaly import transaction_pb2, transaction_pb2_grpc
 from gitquorum.proxy.metrics import ProxyMetrics
-from gitquorum.proxy.transactions import Outcome, TransactionManager
+from gitquorum.proxy.vote_counting import Outcome, TransactionManager
 
 _STATES = {
     Outcome.COMMIT: transaction_pb2.VoteTransactionResponse.COMMIT,

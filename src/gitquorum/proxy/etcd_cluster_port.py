@@ -1,0 +1,217 @@
+"""``ClusterPort`` over etcd: the repository cache, health consensus and queue.
+
+Reads come from watch-fed caches (no etcd round trip per request). Writes are
+one compare-and-swap each, and the proxy waits until its own cache shows a
+write it recorded before answering the client, so a client never reads its
+own write back from a replica the cache still believes current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from gitquorum import log
+from gitquorum.cluster.decisions import (
+    Repair,
+    WriteResult,
+    choose_primary,
+    prefer_undrained,
+    primary_is_valid,
+    primary_load,
+    repairs,
+)
+from gitquorum.cluster.errors import Conflict, FailedPrecondition, StoreUnavailable
+from gitquorum.cluster.membership import HealthView
+from gitquorum.cluster.queue import ReplicationQueue
+from gitquorum.cluster.repair_jobs import queue_repairs
+from gitquorum.cluster.repositories import (
+    CreationPlan,
+    RepositoryCache,
+    RepositoryRecord,
+    RepositoryStore,
+)
+from gitquorum.errors import Unavailable
+from gitquorum.proxy.metrics import ProxyMetrics
+from gitquorum.proxy.routing import MutatorRoute
+
+logger = log.get("gitquorum.proxy.cluster")
+
+
+class EtcdClusterPort:
+    def __init__(
+        self,
+        nodes: Mapping[str, Sequence[str]],
+        replication_factors: Mapping[str, int],
+        repositories: RepositoryStore,
+        cache: RepositoryCache,
+        health: HealthView,
+        local_health: Callable[[str, str], bool],
+        queue: ReplicationQueue,
+        metrics: ProxyMetrics,
+        draining: Callable[[str], frozenset[str]] = lambda _vs: frozenset(),
+        paused: Callable[[], bool] = lambda: False,
+        stale_read_limit: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._nodes = {vs: list(members) for vs, members in nodes.items()}
+        self._replication_factors = dict(replication_factors)
+        self.repositories = repositories
+        self.cache = cache
+        self.health = health
+        self.local_health = local_health
+        self.queue = queue
+        self.metrics = metrics
+        self._draining = draining
+        self._paused = paused
+        self._stale_read_limit = stale_read_limit
+        self._clock = clock
+
+    def virtual_storages(self) -> Sequence[str]:
+        return list(self._nodes)
+
+    def nodes(self, virtual_storage: str) -> Sequence[str]:
+        return self._nodes.get(virtual_storage, [])
+
+    def healthy(self, virtual_storage: str) -> frozenset[str]:
+        """Healthy by consensus and reachable from here: a node this proxy cannot
+        reach is no use to it even when the other proxies can."""
+        return frozenset(
+            n for n in self.health.healthy(virtual_storage) if self.local_health(virtual_storage, n)
+        )
+
+    def draining(self, virtual_storage: str) -> frozenset[str]:
+        return self._draining(virtual_storage)
+
+    def lookup(self, virtual_storage: str, relative_path: str) -> RepositoryRecord | None:
+        self._check_fresh()
+        return self.cache.get(virtual_storage, relative_path)
+
+    def _check_fresh(self) -> None:
+        """Refuse to route from a cache that etcd has not confirmed for too long.
+
+        During an etcd outage the cache keeps serving reads from the last known
+        state (writes fail closed: nothing can be recorded), but only for
+        ``stale_read_limit`` seconds: meanwhile another proxy that still reaches
+        etcd may have moved primaries or recorded writes this one cannot see.
+        ``last_sync`` advances with every watch event and progress notification.
+        """
+        if not self._stale_read_limit:
+            return
+        age = self._clock() - self.cache.last_sync
+        if age > self._stale_read_limit:
+            raise Unavailable(
+                f"cluster state is stale: no contact with etcd for {age:.0f}s "
+                f"(stale_read_limit {self._stale_read_limit:g}s)"
+            )
+
+    async def ensure_writable(self, repo: RepositoryRecord) -> RepositoryRecord:
+        record = self.cache.get_by_id(repo.repository_id)
+        if record is None:
+            return repo
+        vs = record.virtual_storage
+        if primary_is_valid(record, self.health.healthy(vs)):
+            return repo
+        if self._paused():
+            # Operator pause (gitquorum pause) stops lazy failover as well as the leader's.
+            raise Unavailable(
+                f"repository {repo.relative_path!r} is unavailable: its primary is not a valid "
+                "primary and automatic failover is paused (see `gitquorum resume`)"
+            )
+        # The leader's rule, so that both pick the same node when they race;
+        # among the nodes this proxy can reach, since it is about to write to it.
+        choice = choose_primary(
+            record,
+            self.healthy(vs),
+            load=primary_load(self.cache.records(vs)),
+            draining=self._draining(vs),
+        )
+        if choice is None:
+            raise Unavailable(
+                f"repository {repo.relative_path!r} is unavailable: no healthy, up-to-date "
+                "replica can become primary (see `gitquorum dataloss`)"
+            )
+        try:
+            updated = await self.repositories.set_primary(
+                vs, record.repository_id, choice, expected=record.primary
+            )
+            self.metrics.failovers.labels(vs, "lazy").inc()
+            logger.warning(
+                "failover",
+                extra=log.fields(
+                    repository_id=record.repository_id,
+                    old_primary=record.primary,
+                    new_primary=choice,
+                    reason="primary not a valid primary at write time",
+                ),
+            )
+        except (Conflict, FailedPrecondition):
+            # Someone else (the leader or another proxy) decided first.
+            updated = await self.repositories.get(vs, record.repository_id)
+        await self.cache.wait_for_revision(updated.revision)
+        return updated
+
+    async def place(self, virtual_storage: str, relative_path: str) -> CreationPlan:
+        return await self.repositories.plan_creation(
+            virtual_storage,
+            relative_path,
+            nodes=self.nodes(virtual_storage),
+            # Drained nodes get no new primaries (they still get replicas), unless no
+            # other node is up.
+            healthy=prefer_undrained(
+                self.healthy(virtual_storage), self._draining(virtual_storage)
+            ),
+            replication_factor=self._replication_factors.get(virtual_storage, 0),
+        )
+
+    async def record_creation(
+        self, virtual_storage: str, relative_path: str, plan: CreationPlan, result: WriteResult
+    ) -> None:
+        record = await self.repositories.commit_creation(plan, created_on=result.updated)
+        # The assigned nodes the creation missed are still missing: they get created.
+        await self._queue_repairs(record, repairs(record, self.health.healthy(virtual_storage)))
+        await self.cache.wait_for_revision(record.revision)
+
+    async def record_write(
+        self, virtual_storage: str, route: MutatorRoute, result: WriteResult
+    ) -> None:
+        if result.updated:
+            record = await self.repositories.increment_generation(
+                virtual_storage, route.repository_id, result.updated
+            )
+        else:
+            record = await self.repositories.mark_outdated(
+                virtual_storage, route.repository_id, result.outdated
+            )
+        needed = repairs(record, self.health.healthy(virtual_storage), targets=result.outdated)
+        await self._queue_repairs(record, needed)
+        await self.cache.wait_for_revision(record.revision)
+
+    async def _queue_repairs(self, record: RepositoryRecord, needed: tuple[Repair, ...]) -> None:
+        try:
+            await queue_repairs(self.queue, record, needed, correlation_id=log.correlation_id.get())
+        except StoreUnavailable as exc:
+            # The write is recorded (the record change before is durable):
+            # failing it now would report a durable write as unavailable. The
+            # outdated replicas are in the record, so the reconciler queues
+            # their jobs on its next pass (seen during an etcd leader election).
+            logger.warning(
+                "replication jobs not queued; the reconciler will queue them",
+                extra=log.fields(
+                    repository_id=record.repository_id,
+                    targets=sorted(r.target for r in needed),
+                    error=str(exc),
+                ),
+            )
+
+    async def remove(self, virtual_storage: str, repo: RepositoryRecord) -> None:
+        await self.repositories.delete(virtual_storage, repo.repository_id)
+        # Jobs for a repository that no longer exists are dropped by the workers.
+        # Wait (bounded) until our own cache forgets it: read-your-writes.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self.cache.wait_until(
+                    lambda: self.cache.get_by_id(repo.repository_id) is None
+                )
