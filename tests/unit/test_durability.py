@@ -89,7 +89,7 @@ def test_clients_cannot_turn_durability_off(option: str) -> None:
 
 
 def test_a_repository_moved_into_place_is_durable(tmp_path: Path) -> None:
-    """Files, directories and the rename itself are fsynced before the move returns."""
+    """Files and directories as staged, then the rename itself, are fsynced."""
     staged = tmp_path / "scratch" / "repo.git"
     (staged / "refs" / "heads").mkdir(parents=True)
     (staged / "HEAD").write_text("ref: refs/heads/main\n")
@@ -97,8 +97,9 @@ def test_a_repository_moved_into_place_is_durable(tmp_path: Path) -> None:
     target = tmp_path / "storage" / "ab" / "cd" / "repo.git"
     code = (
         "import sys; from pathlib import Path; "
+        "from gitquorum.storage.durable import sync_tree; "
         "from gitquorum.storage.repo_tmp import move_into_place; "
-        "move_into_place(Path(sys.argv[1]), Path(sys.argv[2]))"
+        "sync_tree(Path(sys.argv[1])); move_into_place(Path(sys.argv[1]), Path(sys.argv[2]))"
     )
     paths = fsynced(
         [sys.executable, "-c", code, str(staged), str(target)], git.base_env(), tmp_path, tmp_path

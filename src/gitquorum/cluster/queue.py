@@ -315,7 +315,9 @@ class ReplicationQueue:
         # Decoded jobs by key, reused while their mod_revision is unchanged.
         self._decoded: dict[str, ReplicationJob] = {}
         # Claims whose txn outcome is unknown, per worker lease.
-        self._uncertain: dict[int, list[tuple[ReplicationJob, str]]] = {}
+        # Claims whose txn answer was lost, per worker name (several workers may
+        # share one lease: each resolves only its own, so none adopts another's).
+        self._uncertain: dict[str, list[tuple[ReplicationJob, str]]] = {}
 
     def _key(self, job: ReplicationJob) -> str:
         return self.keys.job(job.virtual_storage, job.target_node, job.repository_id, job.job_id)
@@ -423,7 +425,7 @@ class ReplicationQueue:
         when etcd cannot be reached (a claim whose answer was lost is adopted
         by this worker's next call)."""
         target_list = list(targets) if targets is not None else None
-        if worker.lease_id in self._uncertain:
+        if worker.name in self._uncertain:
             adopted = await self._resolve_uncertain(worker)
             if adopted is not None:
                 return adopted
@@ -497,7 +499,7 @@ class ReplicationQueue:
             # If the claim went through unseen, its lock would live as long as
             # this worker's lease and the job would never run: remember it and
             # find out before claiming anything else.
-            self._uncertain.setdefault(worker.lease_id, []).append((job, lock_key))
+            self._uncertain.setdefault(worker.name, []).append((job, lock_key))
             raise
         if not result.succeeded:
             return None
@@ -507,21 +509,24 @@ class ReplicationQueue:
 
     async def _resolve_uncertain(self, worker: WorkerLease) -> ClaimedJob | None:
         """Adopt a claim whose txn answer was lost, if it did go through."""
-        pending = self._uncertain.get(worker.lease_id, [])
+        pending = self._uncertain.pop(worker.name, [])
         while pending:
-            job, lock_key = pending[0]
-            result = await self.store.txn([], [Op.get(lock_key), Op.get(self._key(job))])
-            pending.pop(0)
+            # Taken off the list before the await: nothing else can resolve it twice.
+            job, lock_key = pending.pop(0)
+            try:
+                result = await self.store.txn([], [Op.get(lock_key), Op.get(self._key(job))])
+            except StoreUnavailable:
+                # Still unknown: keep it (and the rest) for the next call.
+                self._uncertain.setdefault(worker.name, [])[:0] = [(job, lock_key), *pending]
+                raise
             locks, jobs = result.range(0).kvs, result.range(1).kvs
-            if (
-                locks
-                and jobs
-                and locks[0].lease == worker.lease_id
-                and json.loads(locks[0].value).get("job") == job.job_id
-            ):
-                current = decode_job(self.keys, jobs[0])
-                return ClaimedJob(current, lock_key, locks[0].create_revision, worker.lease_id)
-        self._uncertain.pop(worker.lease_id, None)
+            if locks and jobs and locks[0].lease == worker.lease_id:
+                holder = json.loads(locks[0].value)
+                if holder.get("job") == job.job_id and holder.get("worker") == worker.name:
+                    if pending:
+                        self._uncertain.setdefault(worker.name, []).extend(pending)
+                    current = decode_job(self.keys, jobs[0])
+                    return ClaimedJob(current, lock_key, locks[0].create_revision, worker.lease_id)
         return None
 
     def _guard(self, claim: ClaimedJob) -> list[Compare]:

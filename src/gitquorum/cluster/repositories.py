@@ -68,8 +68,14 @@ UNAVAILABLE_WAIT = wait_incrementing(start=0.1, increment=0.1)
 
 
 class TxnNotApplied(StoreUnavailable):
-    """A txn's answer was lost, and a read shows the record unchanged since:
-    it certainly did not apply, so trying again cannot apply it twice."""
+    """A txn's answer was lost, and a later read showed the record unchanged.
+
+    Not applied as of that read (etcd may still commit a proposal of a
+    timed-out request after it, in principle). Retrying is safe all the same:
+    the retry re-reads the record and re-applies its change to what it finds,
+    conditional on that revision, so the worst case is the same update applied
+    to a record that already had it (a generation bumped for the same replicas
+    again), never a replica recorded up to date without the write."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -212,6 +212,10 @@ class ReplicationWorkers:
             except StoreUnavailable as exc:
                 logger.warning("replication queue unavailable", extra=log.fields(error=str(exc)))
                 claim = None
+            except Exception:
+                # A bug must not end this worker silently: log it and go on claiming.
+                logger.exception("replication worker error")
+                claim = None
             if claim is None:
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):

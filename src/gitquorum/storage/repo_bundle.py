@@ -11,6 +11,7 @@ from gitquorum.errors import FailedPrecondition, Internal, InvalidArgument
 from gitquorum.gitaly import repository_pb2
 from gitquorum.storage import git
 from gitquorum.storage.context import NodeContext
+from gitquorum.storage.durable import sync_tree
 from gitquorum.storage.locator import RepoPath
 from gitquorum.storage.repo_create import DEFAULT_BRANCH, init_bare
 from gitquorum.storage.repo_tmp import ensure_absent, move_into_place, scratch_dir
@@ -149,7 +150,9 @@ async def create_from_bundle(
         if head is not None:
             await git.run(["symbolic-ref", "HEAD", head], git_dir=staged)
         digest = await refs_digest(staged)
+        # On disk before the vote (``durable``); the rename after it is quick.
+        await asyncio.to_thread(sync_tree, staged)
         await node.voting.vote(tx, first.repository, digest, PREPARED)
-        await asyncio.to_thread(move_into_place, staged, repo.path)
+        move_into_place(staged, repo.path)
     node.catfile.invalidate(str(repo.path))
     await node.voting.vote(tx, first.repository, digest, COMMITTED)

@@ -20,6 +20,7 @@ from gitquorum.errors import FailedPrecondition, Internal, InvalidArgument, NotF
 from gitquorum.gitaly import repository_pb2, shared_pb2
 from gitquorum.storage import git
 from gitquorum.storage.context import NodeContext
+from gitquorum.storage.durable import sync_tree
 from gitquorum.storage.locator import RepoPath
 from gitquorum.storage.repo_tmp import (
     ensure_absent,
@@ -99,8 +100,10 @@ async def create_repository(
         # Every replica builds the same thing, so a description of it is a
         # vote all replicas agree on regardless of their git versions.
         digest = vote_digest(f"create {head} {object_format}\n")
+        # On disk before the vote (``durable``); the rename after it is quick.
+        await asyncio.to_thread(sync_tree, staged)
         await node.voting.vote(tx, request.repository, digest, PREPARED)
-        await asyncio.to_thread(move_into_place, staged, repo.path)
+        move_into_place(staged, repo.path)
     node.catfile.invalidate(str(repo.path))
     await node.voting.vote(tx, request.repository, digest, COMMITTED)
 

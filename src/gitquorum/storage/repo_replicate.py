@@ -34,6 +34,7 @@ from gitquorum.errors import (
 from gitquorum.gitaly import ref_pb2, ref_pb2_grpc, repository_pb2, repository_pb2_grpc, shared_pb2
 from gitquorum.storage import git
 from gitquorum.storage.context import NodeContext
+from gitquorum.storage.durable import sync_tree
 from gitquorum.storage.locator import RepoPath, is_repository
 from gitquorum.storage.repo_create import check_ref_format
 from gitquorum.storage.repo_snapshot import extract_snapshot
@@ -192,8 +193,10 @@ class Replication:
                 raise _remote_error(exc, "GetSnapshot") from exc
             staged = scratch / "repo.git"
             await asyncio.to_thread(extract_snapshot, archive, staged)
+            # On disk before the replica can be recorded up to date (``durable``).
+            await asyncio.to_thread(sync_tree, staged)
             try:
-                await asyncio.to_thread(move_into_place, staged, self.target.path)
+                move_into_place(staged, self.target.path)
             except AlreadyExists:
                 # A concurrent replication got there first; the fetch below
                 # brings whichever copy won up to date.

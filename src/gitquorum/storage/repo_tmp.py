@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from gitquorum.errors import AlreadyExists
-from gitquorum.storage.durable import fsync_path, sync_tree
+from gitquorum.storage.durable import fsync_path
 from gitquorum.storage.locator import StorageLocator
 
 
@@ -60,11 +60,12 @@ def ensure_absent(target: Path) -> None:
 def move_into_place(source: Path, target: Path) -> None:
     """Rename a finished repository to its final path; refuse to replace anything.
 
-    Durable when it returns: the repository's files first, then the rename in
-    both directories (see ``durable``). Blocking: call it from a thread.
+    The caller made ``source``'s files durable first (``durable.sync_tree``,
+    before its vote); this makes the rename durable in both directories. A few
+    directory fsyncs: run inline, so a cancelled call cannot leave the rename
+    half-way behind it while its scratch space is being deleted.
     """
     ensure_absent(target)
-    sync_tree(source)
     _make_parents(target.parent)
     try:
         # rename(2) replaces at most an empty directory, so a repository created
