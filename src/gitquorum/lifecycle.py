@@ -36,6 +36,38 @@ class Server(Protocol):
     async def close(self, grace: float | None = None) -> None: ...
 
 
+class Assembled:
+    """A server assembled on one exit stack: ``close`` unwinds it once, in reverse.
+
+    ``start`` builds its steps on an ``AsyncExitStack`` and keeps it in
+    ``_stack`` once every step succeeded (``stack.pop_all()``); the last step it
+    pushes is the server's drain, so ``close`` drains before anything else is
+    released. ``_grace`` is the grace period of the close in progress, read by
+    that drain step.
+    """
+
+    def __init__(self, default_grace: float) -> None:
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._default_grace = default_grace
+        self._grace = default_grace
+        self._closed = asyncio.Event()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Drain within ``grace`` (None: the configured one), then release
+        everything start() opened. Cancelled (a second signal), the drain ends
+        at once and the rest is released without waiting."""
+        self._grace = self._default_grace if grace is None else grace
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+
 class ListenError(OSError):
     """A server cannot listen on its address (taken, or not an address of this host)."""
 

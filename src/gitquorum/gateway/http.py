@@ -41,7 +41,7 @@ from gitquorum.gateway.backend import Backend
 from gitquorum.gateway.credentials import CHALLENGE, Credentials, Identity
 from gitquorum.gateway.metrics import ABORTED, NO_SERVICE, HttpMetrics
 from gitquorum.gitaly import smarthttp_pb2
-from gitquorum.lifecycle import ListenError, run_until_signalled
+from gitquorum.lifecycle import Assembled, ListenError, run_until_signalled
 from gitquorum.wire.callstatus import StatusWatch
 
 logger = log.get("gitquorum.gateway")
@@ -120,7 +120,7 @@ class _Exchange:
     bytes_out: int = 0
 
 
-class GatewayServer:
+class GatewayServer(Assembled):
     """The gateway: an aiohttp server in front of one gRPC backend.
 
     ``start()`` listens on ``config.listen`` (port 0 picks a free port, see
@@ -129,6 +129,7 @@ class GatewayServer:
     """
 
     def __init__(self, config: GatewayConfig, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(config.graceful_timeout)
         self.config = config
         self.registry = registry or CollectorRegistry()
         self.metrics = HttpMetrics(self.registry)
@@ -145,10 +146,6 @@ class GatewayServer:
         self.host, self.port = parse_address(config.listen)
         # Opened by start(); None until then.
         self._runner: web.AppRunner | None = None
-        self._stack: contextlib.AsyncExitStack | None = None
-        # The grace period of the close in progress (read when the runner stops).
-        self._grace = config.graceful_timeout
-        self._closed = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -203,29 +200,12 @@ class GatewayServer:
             ),
         )
 
-    async def close(self, grace: float | None = None) -> None:
-        """Stop accepting; requests in flight finish within the grace period.
-
-        ``grace``: None is ``config.graceful_timeout``. Cancelled (a second
-        signal), the wait ends at once and the backend channel is closed.
-        """
-        self._grace = self.config.graceful_timeout if grace is None else grace
-        stack, self._stack = self._stack, None
-        try:
-            if stack is not None:
-                await stack.aclose()
-        finally:
-            self._closed.set()
-
     async def _cleanup_runner(self) -> None:
         runner, self._runner = self._runner, None
         if runner is not None:
             # aiohttp reads the drain's timeout from the runner; set it per close.
             runner._shutdown_timeout = self._grace
             await runner.cleanup()
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(

@@ -34,7 +34,7 @@ from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
 from gitquorum.config import ProxyConfig, parse_address
 from gitquorum.errors import ConfigError
 from gitquorum.gitaly import praefect_pb2_grpc, server_pb2_grpc, transaction_pb2_grpc
-from gitquorum.lifecycle import ListenError, bind_port, run_until_signalled
+from gitquorum.lifecycle import Assembled, ListenError, bind_port, run_until_signalled
 from gitquorum.limits import Admission, DrainGate
 from gitquorum.metrics import MetricsServer
 from gitquorum.proxy.channels import NodeChannels
@@ -88,7 +88,7 @@ def load_proxy_secrets(
     return clients, nodes
 
 
-class ProxyServer:
+class ProxyServer(Assembled):
     """One proxy: start() opens everything in order, close() releases it in reverse.
 
     Every step of start() registers the cleanup of what it opened on one
@@ -104,6 +104,7 @@ class ProxyServer:
         *,
         secrets: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None,
     ) -> None:
+        super().__init__(config.graceful_timeout)
         self.config = config
         self.registry = registry or CollectorRegistry()
         # (client, node) secrets; None: read from the configuration at start.
@@ -137,10 +138,6 @@ class ProxyServer:
         self.leader_tasks: LeaderTasks | None = None
         self.verifier: Verifier | None = None
         self.metrics_server: MetricsServer | None = None
-        self._stack: contextlib.AsyncExitStack | None = None
-        # The grace period of the close in progress (read by the drain step).
-        self._grace = config.graceful_timeout
-        self._closed = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -494,25 +491,14 @@ class ProxyServer:
 
     # -- shutdown -------------------------------------------------------------------
 
-    async def close(self, grace: float | None = None) -> None:
-        """Drain within the grace period, then release everything start() opened.
+    async def _drain(self) -> None:
+        """The first step of ``close``.
 
         New client calls are refused (UNAVAILABLE, health NOT_SERVING) while the
         gRPC server keeps running: writes in flight still need this proxy's
         RefTransaction service for their votes, which a stopped server refuses.
         The server stops once they are done, or when the grace period is over.
-        Cancelled (a second signal), the drain ends at once and the rest is
-        released without waiting.
         """
-        self._grace = self.config.graceful_timeout if grace is None else grace
-        stack, self._stack = self._stack, None
-        try:
-            if stack is not None:
-                await stack.aclose()
-        finally:
-            self._closed.set()
-
-    async def _drain(self) -> None:
         assert self.server is not None and self.workers is not None
         grace = self._grace
         loop = asyncio.get_running_loop()
@@ -532,9 +518,6 @@ class ProxyServer:
             # Cut short: the workers' own cleanup, further down the stack, stops them now.
             workers.cancel()
         logger.info("drained", extra=log.fields(calls_cut_short=cut))
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
 
 @dataclass(frozen=True)

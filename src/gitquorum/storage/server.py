@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from gitquorum import log, tls
 from gitquorum.authentication import HEALTH_METHODS, NODE_TOKEN_ENV, AuthInterceptor, load_secrets
 from gitquorum.config import NodeConfig, parse_address
-from gitquorum.lifecycle import ListenError, bind_port, run_until_signalled
+from gitquorum.lifecycle import Assembled, ListenError, bind_port, run_until_signalled
 from gitquorum.limits import Admission
 from gitquorum.metrics import MetricsServer, RpcMetrics
 from gitquorum.storage import git
@@ -54,7 +53,7 @@ _PB2_GRPC = {
 
 
 @dataclass
-class NodeServer:
+class NodeServer(Assembled):
     """One storage node: start() opens everything in order, close() releases it in reverse.
 
     Each step of start() registers the cleanup of what it opened on one
@@ -72,6 +71,7 @@ class NodeServer:
     secrets: tuple[bytes, ...] | None = None
 
     def __post_init__(self) -> None:
+        super().__init__(self.config.graceful_timeout)
         self.port = 0
         self.metrics_port = 0
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else None
@@ -79,10 +79,6 @@ class NodeServer:
         self.server: grpc.aio.Server | None = None
         self.context: NodeContext | None = None
         self._metrics_server: MetricsServer | None = None
-        self._stack: contextlib.AsyncExitStack | None = None
-        # The grace period of the close in progress (read by the drain step).
-        self._grace = self.config.graceful_timeout
-        self._stopped = asyncio.Event()
 
     async def start(self) -> None:
         """Open everything in order; on failure close what was opened, then re-raise."""
@@ -186,26 +182,11 @@ class NodeServer:
         host, _ = parse_address(self.config.listen)
         return f"{host}:{self.port}"
 
-    async def close(self, grace: float | None = None) -> None:
-        """Stop accepting, let in-flight RPCs finish within the grace period, then close.
-
-        Cancelled (a second signal), the drain ends at once: calls still
-        running are cut and the rest is released without waiting.
-        """
-        self._grace = self.config.graceful_timeout if grace is None else grace
-        stack, self._stack = self._stack, None
-        try:
-            if stack is not None:
-                await stack.aclose()
-        finally:
-            self._stopped.set()
-
     async def _drain(self) -> None:
+        """Stop accepting; in-flight RPCs finish within the grace period (cut
+        at once when a second signal cancels the drain)."""
         if self.server is not None:
             await self.server.stop(self._grace)
-
-    async def wait_closed(self) -> None:
-        await self._stopped.wait()
 
 
 class _HealthServicer(health_pb2_grpc.HealthServicer):
