@@ -298,9 +298,9 @@ async def test_corrupt_or_truncated_gzip_is_400(
 async def test_token_file_guards_every_request(
     make_gateway: MakeGateway, seeded: shared_pb2.Repository, tmp_path: Path
 ) -> None:
-    tokens = tmp_path / "tokens"
-    tokens.write_text("# gateway users\ns3cret\n\nreader-secret read-only\n")
-    gateway = await make_gateway(token_file=str(tokens))
+    token_file = tmp_path / "tokens"
+    token_file.write_text("# gateway users\ns3cret\n\nreader-secret read-only\n")
+    gateway = await make_gateway(token_file=str(token_file))
 
     def basic(user: str, password: str) -> dict[str, str]:
         value = base64.b64encode(f"{user}:{password}".encode()).decode()

@@ -118,8 +118,18 @@ def test_push_votes_clone_and_replication_over_tls(secure: Secure, tmp_path: Pat
     (work / "more.txt").write_text("more\n")
     gitrepo.git("add", "more.txt", cwd=work)
     gitrepo.git("commit", "-q", "-m", "more", cwd=work)
-    ok(git("push", remote, "main", cwd=work, **tls_env(secure)))
-    node.start()
+    try:
+        # Until the cluster sees the stopped node unhealthy, a push that needs it
+        # (as primary) is refused with UNAVAILABLE: retry, as a client would.
+        wait_for(
+            lambda: git("push", remote, "main", cwd=work, **tls_env(secure)).returncode == 0,
+            30,
+            interval=0.5,
+            what="a push once the stopped node is seen unhealthy",
+        )
+    finally:
+        # Whatever happened, the module's other tests get their three nodes back.
+        node.start()
     assert wait_converged(proxy, relative, timeout=60) != first
 
 
