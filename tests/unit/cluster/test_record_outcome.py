@@ -62,9 +62,10 @@ def test_nobody_holding_the_write_demotes_the_named_replicas_still_at_its_start(
 
 
 def test_replicas_that_moved_past_the_writes_start_are_not_demoted() -> None:
-    current = record(G + 1, p=G, s2=G)  # only s1 took a write recorded since
+    current = record(G + 1, s2=G)  # p and s1 took a write recorded since
     out = record_outcome(current, G, result([], [S1, S2]))
     assert out.record is current
+    assert up_to_date_replicas(out.record) == {P, S1}
     assert out.spared == {S1}
 
 
