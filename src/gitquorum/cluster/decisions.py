@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
+from gitquorum.cluster.errors import WriteToOutdatedReplicas
 from gitquorum.cluster.queue import JobState, JobType, ReplicationJob
 from gitquorum.cluster.repositories import MISSING, RepositoryRecord
 
@@ -373,3 +374,76 @@ def abandoned_outcome(write: WriteState) -> WriteResult:
             frozenset(), frozenset(write.secondaries) | targets, "primary-not-committed"
         )
     return WriteResult(holders, (participants - holders) | targets, "abandoned-after-commit")
+
+
+# -- recording a write's outcome -------------------------------------------------------
+#
+# Several writes of one repository can be in flight at once, and their outcomes
+# reach etcd in any order. Each one is recorded by one compare-and-swap over the
+# record as read, so outcomes are serialized; this rule makes every order safe.
+
+
+@dataclass(frozen=True)
+class RecordedOutcome:
+    """The record a write's outcome leaves, and what the rule did to get there."""
+
+    record: RepositoryRecord  # the input record itself when nothing changes
+    bumped: frozenset[str]  # moved to the new generation with the repository
+    demoted: frozenset[str]  # no longer up to date
+    # Named outdated by the write but left up to date: they moved past the
+    # generation the write started from, or they are the last up-to-date replica.
+    spared: frozenset[str]
+
+
+def record_outcome(
+    record: RepositoryRecord, started_at: int, result: WriteResult
+) -> RecordedOutcome:
+    """The repository record after ``result``, for a write routed at generation ``started_at``.
+
+    ``record`` is the record as read now: other outcomes, repairs, failovers
+    and verifier results may have changed it since the write was routed.
+
+    * Some replica took the write: those of ``result.updated`` still up to date
+      (at the record's generation: they also hold every write recorded since)
+      move with the repository to the next generation; every other replica is
+      then behind, so no demotion is needed. If none of them is up to date the
+      write went only to replicas that missed another recorded write:
+      :class:`WriteToOutdatedReplicas`, nothing is recorded (the client learns
+      the outcome is unknown).
+    * Nobody is known to hold it: the replicas of ``result.outdated`` that are
+      up to date are demoted (one below the repository's generation), but only
+      those that have not moved past ``started_at``. A replica at a later
+      generation got there through an outcome or a repair recorded after this
+      write started; that newer record of it stands, and this write, which
+      nobody acknowledged, cannot take it back.
+    * The demotions never empty the up-to-date set. Every replica recorded up
+      to date holds every acknowledged write, so keeping one of them is always
+      safe; if the demotions would remove them all, the primary is kept (the
+      repository stays writable without a failover), or else the first by
+      name, and the others are demoted so that they are repaired from it.
+    """
+    generation = record.generation
+    replicas = dict(record.replicas)
+    if result.updated:
+        bumped = frozenset(n for n in result.updated if replicas.get(n) == generation)
+        if not bumped:
+            raise WriteToOutdatedReplicas(
+                f"repository {record.repository_id}: none of {sorted(result.updated)} is at "
+                f"generation {generation}"
+            )
+        for node in bumped:
+            replicas[node] = generation + 1
+        new = record.with_replicas(replicas, generation=generation + 1)
+        return RecordedOutcome(new, bumped, frozenset(), frozenset())
+    current = up_to_date_replicas(record)
+    named = current & result.outdated
+    demoted = frozenset(n for n in named if replicas[n] <= started_at)
+    if demoted and demoted == current:
+        keep = record.primary if record.primary in demoted else min(demoted)
+        demoted -= {keep}
+    if not demoted:
+        return RecordedOutcome(record, frozenset(), frozenset(), named)
+    for node in demoted:
+        replicas[node] = generation - 1
+    new = record.with_replicas(replicas)
+    return RecordedOutcome(new, frozenset(), demoted, named - demoted)

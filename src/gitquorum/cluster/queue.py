@@ -200,6 +200,16 @@ def queue_stats(jobs: Iterable[ReplicationJob], now: float) -> QueueStats:
     return QueueStats(depth, oldest)
 
 
+@dataclass(frozen=True)
+class EnqueueTxn:
+    """Jobs to queue as part of someone else's txn (see ``prepare_enqueue``)."""
+
+    queued: tuple[ReplicationJob, ...] = ()  # put by ``ops`` (revisions unset)
+    existing: tuple[ReplicationJob, ...] = ()  # identical pending jobs already queued
+    compares: tuple[Compare, ...] = ()
+    ops: tuple[Op, ...] = ()
+
+
 TargetFilter = Callable[[str, str], bool]
 
 
@@ -384,6 +394,69 @@ class ReplicationQueue:
             attempts=self.max_races,
             give_up=conflict(f"could not enqueue a job for {target_node}/{repository_id}"),
         )
+
+    def new_job(
+        self,
+        type: JobType,
+        virtual_storage: str,
+        repository_id: int,
+        relative_path: str,
+        target_node: str,
+        *,
+        source_node: str | None = None,
+        correlation_id: str = "",
+    ) -> ReplicationJob:
+        """A ready job, not stored yet (for :meth:`prepare_enqueue`)."""
+        check_name("node", target_node)
+        if source_node is not None:
+            check_name("node", source_node)
+        now = self.clock()
+        return ReplicationJob(
+            job_id=self._new_id(),
+            type=JobType(type),
+            virtual_storage=virtual_storage,
+            repository_id=repository_id,
+            relative_path=relative_path,
+            target_node=target_node,
+            source_node=source_node,
+            created_at=now,
+            not_before=now,
+            correlation_id=correlation_id,
+        )
+
+    async def prepare_enqueue(self, jobs: Sequence[ReplicationJob]) -> EnqueueTxn:
+        """What queues ``jobs`` inside a caller's txn, without running it.
+
+        Reads the job prefix of every target replica (one read), leaves out a
+        job whose identical pending job is already queued (as :meth:`enqueue`
+        does), and guards the puts with "nothing under those prefixes changed
+        since the read", so the de-duplication holds when the caller's txn
+        succeeds; when it fails on these compares, prepare again."""
+        prefixes = list(
+            dict.fromkeys(
+                self.keys.jobs(j.virtual_storage, j.target_node, j.repository_id) for j in jobs
+            )
+        )
+        if not prefixes:
+            return EnqueueTxn()
+        result = await self.store.txn([], [Op.get(p, prefix=True) for p in prefixes])
+        pending = [
+            job
+            for i in range(len(prefixes))
+            for job in self._decode(result.range(i))
+            if job.state in PENDING
+        ]
+        queued, existing, ops = [], [], []
+        for job in jobs:
+            same = next((other for other in pending if other.same_change(job)), None)
+            if same is not None:
+                existing.append(same)
+                continue
+            pending.append(job)  # two identical requests queue one job
+            queued.append(job)
+            ops.append(Op.put(self._key(job), encode_job(job)))
+        compares = tuple(Compare.unchanged_since(p, result.revision) for p in prefixes)
+        return EnqueueTxn(tuple(queued), tuple(existing), compares, tuple(ops))
 
     async def jobs(self, virtual_storage: str | None = None) -> list[ReplicationJob]:
         result = await self.store.get_prefix(self.keys.jobs(virtual_storage))

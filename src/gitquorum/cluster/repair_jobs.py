@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from gitquorum.cluster.decisions import Repair
-from gitquorum.cluster.queue import ReplicationJob, ReplicationQueue
+from gitquorum.cluster.queue import EnqueueTxn, ReplicationJob, ReplicationQueue
 from gitquorum.cluster.repositories import RepositoryRecord
 
 
@@ -38,3 +38,27 @@ async def queue_repairs(
             )
         )
     return jobs
+
+
+async def prepare_repairs(
+    queue: ReplicationQueue,
+    record: RepositoryRecord,
+    repairs: Iterable[Repair],
+    *,
+    correlation_id: str = "",
+) -> EnqueueTxn:
+    """The compares and ops that queue ``repairs`` of ``record`` inside a caller's
+    txn (de-duplicated against the pending jobs as :func:`queue_repairs` is)."""
+    jobs = [
+        queue.new_job(
+            repair.kind,
+            record.virtual_storage,
+            record.repository_id,
+            record.relative_path,
+            repair.target,
+            source_node=repair.source,
+            correlation_id=correlation_id,
+        )
+        for repair in repairs
+    ]
+    return await queue.prepare_enqueue(jobs)

@@ -24,7 +24,7 @@ import asyncio
 import json
 import random
 import sys
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 
@@ -204,6 +204,30 @@ class CreationPlan:
 Mutation = Callable[[RepositoryRecord], RepositoryRecord]
 
 
+@dataclass(frozen=True)
+class TxnExtras:
+    """Compares and ops that go into a record change's txn (``update_with``)."""
+
+    compares: tuple[Compare, ...] = ()
+    ops: tuple[Op, ...] = ()
+
+
+NO_EXTRAS = TxnExtras()
+# The record as read -> (the record to store, what else its txn carries).
+Planner = Callable[[RepositoryRecord], Awaitable[tuple[RepositoryRecord, TxnExtras]]]
+
+
+class ExtrasUncertain(StoreUnavailable):
+    """A txn that changed no record, only carried extras, lost its answer.
+
+    The record needed no change, so nothing about it is in doubt; only the
+    extras (e.g. repair jobs) may or may not have been applied."""
+
+    def __init__(self, message: str, record: RepositoryRecord) -> None:
+        super().__init__(message)
+        self.record = record
+
+
 class RepositoryStore:
     """Atomic operations on repository records (each one CAS txn, retried on races)."""
 
@@ -381,6 +405,29 @@ class RepositoryStore:
         ``mutate`` is pure and may raise to refuse the change; returning the
         record unchanged writes nothing.
         """
+
+        async def plan(record: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
+            return mutate(record), NO_EXTRAS
+
+        return await self.update_with(virtual_storage, repository_id, plan, fence=fence)
+
+    async def update_with(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        plan: Planner,
+        *,
+        fence: FencingToken | None = None,
+    ) -> RepositoryRecord:
+        """Like :meth:`update`, with more in the same txn: ``plan`` returns the new
+        record and the extra compares and ops (e.g. the repair jobs the change
+        needs), all applied in one txn conditional on the revision read, or not
+        at all. A lost race re-reads and plans again.
+
+        When the record does not change, the extras alone are applied (still
+        conditional on the revision read); if that txn's answer is lost,
+        :class:`ExtrasUncertain` says so with the record as read.
+        """
         # A txn that timed out is tried again only when the record provably did
         # not change (TxnNotApplied): an etcd leader election (a member lost)
         # times txns out while reads already work, and a write's finalizer then
@@ -392,7 +439,7 @@ class RepositoryStore:
         )
         return await policy(
             compare_and_swap,
-            lambda _number: self._update_once(virtual_storage, repository_id, mutate, fence),
+            lambda _number: self._update_once(virtual_storage, repository_id, plan, fence),
             attempts=self.max_attempts,
             give_up=conflict(
                 f"repository {virtual_storage}/{repository_id}: too many concurrent updates"
@@ -404,20 +451,27 @@ class RepositoryStore:
         self,
         virtual_storage: str,
         repository_id: int,
-        mutate: Mutation,
+        plan: Planner,
         fence: FencingToken | None,
     ) -> RepositoryRecord | Retry:
-        """One read-mutate-CAS round; RETRY when another writer won."""
+        """One read-plan-CAS round; RETRY when another writer won."""
         key = self.keys.repository(virtual_storage, repository_id)
         current = await self.get(virtual_storage, repository_id)
-        new = mutate(current)
+        new, extras = await plan(current)
         value = encode_record(new)
+        guard = [Compare.mod_revision(key, current.revision), *extras.compares]
         if value == encode_record(current):
-            return current
+            if not extras.ops:
+                return current
+            try:
+                result = await self._txn(fence, guard, extras.ops)
+            except (LeaseExpired, Compacted):
+                raise
+            except StoreUnavailable as exc:
+                raise ExtrasUncertain(str(exc), current) from exc
+            return current if result.succeeded else RETRY
         try:
-            result = await self._txn(
-                fence, [Compare.mod_revision(key, current.revision)], [Op.put(key, value)]
-            )
+            result = await self._txn(fence, guard, [Op.put(key, value), *extras.ops])
         except (LeaseExpired, Compacted):
             raise
         except StoreUnavailable as exc:

@@ -21,17 +21,21 @@ from gitquorum.cluster.decisions import (
     prefer_undrained,
     primary_is_valid,
     primary_load,
+    record_outcome,
     repairs,
 )
 from gitquorum.cluster.errors import Conflict, FailedPrecondition, StoreUnavailable
 from gitquorum.cluster.membership import HealthView
 from gitquorum.cluster.queue import ReplicationQueue
-from gitquorum.cluster.repair_jobs import queue_repairs
+from gitquorum.cluster.repair_jobs import prepare_repairs, queue_repairs
 from gitquorum.cluster.repositories import (
+    NO_EXTRAS,
     CreationPlan,
+    ExtrasUncertain,
     RepositoryCache,
     RepositoryRecord,
     RepositoryStore,
+    TxnExtras,
 )
 from gitquorum.errors import Unavailable
 from gitquorum.proxy.metrics import ProxyMetrics
@@ -177,17 +181,70 @@ class EtcdClusterPort:
     async def record_write(
         self, virtual_storage: str, route: MutatorRoute, result: WriteResult
     ) -> None:
-        if result.updated:
-            record = await self.repositories.increment_generation(
-                virtual_storage, route.repository_id, result.updated
+        """Record a write's outcome and the repairs it needs in one etcd txn.
+
+        The new record is computed by ``decisions.record_outcome`` from the
+        record as read and the generation the write was routed at, and written
+        together with the repair jobs, conditional on the record's revision and
+        on the job prefixes read: another outcome, repair or failover that
+        lands in between makes the txn fail, and the whole round is read and
+        computed again. Raises WriteToOutdatedReplicas when none of the
+        replicas that took the write is up to date any more (nothing recorded).
+        """
+        healthy = self.health.healthy(virtual_storage)
+        correlation_id = log.correlation_id.get()
+
+        async def plan(current: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
+            outcome = record_outcome(current, route.generation, result)
+            if outcome.spared:
+                logger.warning(
+                    "write outcome: replicas named outdated left up to date",
+                    extra=log.fields(
+                        repository_id=current.repository_id,
+                        reason=result.reason,
+                        started_at=route.generation,
+                        generation=current.generation,
+                        spared=sorted(outcome.spared),
+                        demoted=sorted(outcome.demoted),
+                    ),
+                )
+            needed = repairs(outcome.record, healthy, targets=result.outdated)
+            return outcome.record, await self._repair_extras(outcome.record, needed, correlation_id)
+
+        try:
+            record = await self.repositories.update_with(virtual_storage, route.repository_id, plan)
+        except ExtrasUncertain as exc:
+            # The record already said what this outcome says (nothing to
+            # record): only the jobs' txn lost its answer. The outdated
+            # replicas are in the record, so the reconciler queues them.
+            logger.warning(
+                "replication jobs may not be queued; the reconciler will queue them",
+                extra=log.fields(repository_id=route.repository_id, error=str(exc)),
             )
-        else:
-            record = await self.repositories.mark_outdated(
-                virtual_storage, route.repository_id, result.outdated
-            )
-        needed = repairs(record, self.health.healthy(virtual_storage), targets=result.outdated)
-        await self._queue_repairs(record, needed)
+            record = exc.record
         await self.cache.wait_for_revision(record.revision)
+
+    async def _repair_extras(
+        self, record: RepositoryRecord, needed: tuple[Repair, ...], correlation_id: str
+    ) -> TxnExtras:
+        """The repair jobs as part of the record's txn. If the queue cannot even be
+        read, the record change goes alone: the write must still be recorded, and
+        the reconciler queues the jobs of the outdated replicas it then shows."""
+        if not needed:
+            return NO_EXTRAS
+        try:
+            jobs = await prepare_repairs(self.queue, record, needed, correlation_id=correlation_id)
+        except StoreUnavailable as exc:
+            logger.warning(
+                "replication jobs not queued; the reconciler will queue them",
+                extra=log.fields(
+                    repository_id=record.repository_id,
+                    targets=sorted(r.target for r in needed),
+                    error=str(exc),
+                ),
+            )
+            return NO_EXTRAS
+        return TxnExtras(jobs.compares, jobs.ops)
 
     async def _queue_repairs(self, record: RepositoryRecord, needed: tuple[Repair, ...]) -> None:
         try:

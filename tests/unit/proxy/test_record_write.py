@@ -31,10 +31,14 @@ class AllHealthy:
 
 
 class UnreachableQueue(ReplicationQueue):
-    """A queue whose etcd txn times out, as during an etcd leader election."""
+    """A queue whose etcd requests time out, as during an etcd leader election."""
 
     async def enqueue(self, *args: Any, **kwargs: Any) -> Any:
         raise StoreUnavailable("etcd txn: timed out after 3.0s")
+
+    async def prepare_enqueue(self, *args: Any, **kwargs: Any) -> Any:
+        # The jobs go into the outcome's txn; reading the queue for them fails.
+        raise StoreUnavailable("etcd range: timed out after 3.0s")
 
 
 async def test_a_job_that_cannot_be_queued_does_not_fail_a_recorded_write() -> None:
