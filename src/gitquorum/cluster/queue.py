@@ -207,18 +207,24 @@ class QueueStats:
     depth: dict[tuple[str, str, str], int] = field(default_factory=dict)
     # (virtual storage, target node) -> age in seconds of the oldest pending job
     oldest_pending_age: dict[tuple[str, str], float] = field(default_factory=dict)
+    # (virtual storage, target node) -> dead jobs, i.e. replicas whose repair
+    # failed every attempt (at most one each); 0 for every target with jobs, so
+    # the gauge reads 0 rather than being absent while the node's queue is busy.
+    dead: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def queue_stats(jobs: Iterable[ReplicationJob], now: float) -> QueueStats:
     depth: dict[tuple[str, str, str], int] = {}
     oldest: dict[tuple[str, str], float] = {}
+    dead: dict[tuple[str, str], int] = {}
     for job in jobs:
         key = (job.virtual_storage, job.target_node, str(job.state))
         depth[key] = depth.get(key, 0) + 1
+        target = (job.virtual_storage, job.target_node)
+        dead[target] = dead.get(target, 0) + int(job.state is JobState.DEAD)
         if job.state in PENDING or job.state is JobState.IN_PROGRESS:
-            target = (job.virtual_storage, job.target_node)
             oldest[target] = max(oldest.get(target, 0.0), now - job.created_at)
-    return QueueStats(depth, oldest)
+    return QueueStats(depth, oldest, dead)
 
 
 TargetFilter = Callable[[str, str], bool]
