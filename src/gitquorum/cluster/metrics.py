@@ -4,9 +4,8 @@ State gauges (queue depth, dead replication jobs, outdated replicas,
 unavailable repositories, node health, leadership) are exported by a custom
 collector from snapshots that the owner refreshes (``update_*``), so a scrape
 never sees half of an update and label sets that disappear (a drained target)
-vanish from the output. The
-etcd latency histogram and error counter are ordinary metrics fed by the
-store (:class:`~gitquorum.cluster.etcd_store.StoreObserver`).
+vanish from the output. The etcd latency histogram and error counter are
+ordinary metrics fed by the store (:class:`~gitquorum.cluster.etcd_store.StoreObserver`).
 
 Pass a ``CollectorRegistry`` to keep tests apart; the default is the global
 registry, where one ``ClusterMetrics`` per process may exist.
