@@ -413,7 +413,7 @@ def _job(state: JobState, target: str = "n2", rid: int = 1) -> ReplicationJob:
         pytest.param(JobState.READY, True, id="ready"),
         pytest.param(JobState.IN_PROGRESS, True, id="in progress"),
         pytest.param(JobState.FAILED, True, id="failed: retried by the queue"),
-        pytest.param(JobState.DEAD, False, id="dead: a new job may be queued"),
+        pytest.param(JobState.DEAD, True, id="dead: retried by the queue, never duplicated"),
     ],
 )
 def test_pending_repairs(state: JobState, pending: bool) -> None:

@@ -63,7 +63,7 @@ def build_status(view: ClusterView, nodes: dict[str, list[str]], cluster: str) -
                     "replicas": sum(1 for r in records if node in r.replica_nodes),
                     "outdated": len(outdated.get((vs, node), ())),
                     "queue": queue,
-                    # Ready, failed (waiting to retry) or running; dead jobs wait for an operator.
+                    # Ready, failed (waiting to retry) or running; not dead (retried later).
                     "oldest_pending_age": stats.oldest_pending_age.get((vs, node)),
                 }
             )

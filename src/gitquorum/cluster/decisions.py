@@ -129,12 +129,15 @@ class Repair:
 # (virtual storage, target node, repository id) of a job still to run or running.
 PendingKey = tuple[str, str, int]
 
-# Failed jobs are retried by the queue: a new job would only duplicate them.
-_PENDING_STATES = frozenset({JobState.READY, JobState.IN_PROGRESS, JobState.FAILED})
+# Failed and dead jobs are retried by the queue (dead ones with a backoff of up
+# to an hour): a new job would only duplicate them, and a replica whose repair
+# keeps failing would gain a job, soon dead, on every reconciliation pass.
+_PENDING_STATES = frozenset({JobState.READY, JobState.IN_PROGRESS, JobState.FAILED, JobState.DEAD})
 
 
 def pending_repairs(jobs: Iterable[ReplicationJob]) -> frozenset[PendingKey]:
-    """The replicas a job is already queued for (dead jobs do not count)."""
+    """The replicas a job is already queued for, dead jobs included: the queue
+    retries those itself, so the reconciler never adds a second one."""
     return frozenset(
         (j.virtual_storage, j.target_node, j.repository_id)
         for j in jobs

@@ -1,11 +1,11 @@
 """Prometheus metrics of the cluster layer (``gitquorum_*``).
 
-State gauges (queue depth, outdated replicas, unavailable repositories, node
-health, leadership) are exported by a custom collector from snapshots that
-the owner refreshes (``update_*``), so a scrape never sees half of an update
-and label sets that disappear (a drained target) vanish from the output. The
-etcd latency histogram and error counter are ordinary metrics fed by the
-store (:class:`~gitquorum.cluster.etcd_store.StoreObserver`).
+State gauges (queue depth, dead replication jobs, outdated replicas,
+unavailable repositories, node health, leadership) are exported by a custom
+collector from snapshots that the owner refreshes (``update_*``), so a scrape
+never sees half of an update and label sets that disappear (a drained target)
+vanish from the output. The etcd latency histogram and error counter are
+ordinary metrics fed by the store (:class:`~gitquorum.cluster.etcd_store.StoreObserver`).
 
 Pass a ``CollectorRegistry`` to keep tests apart; the default is the global
 registry, where one ``ClusterMetrics`` per process may exist.
@@ -141,6 +141,15 @@ class ClusterMetrics(Collector):
         for (vs, target), seconds in sorted(queue.oldest_pending_age.items()):
             age.add_metric([vs, target], seconds)
         yield age
+        dead = GaugeMetricFamily(
+            "gitquorum_replication_queue_dead_jobs",
+            "Replicas on the target node whose replication job failed every attempt "
+            "(one dead job each, retried with a backoff of up to an hour)",
+            labels=["virtual_storage", "target_node"],
+        )
+        for (vs, target), count in sorted(queue.dead.items()):
+            dead.add_metric([vs, target], count)
+        yield dead
         stale = GaugeMetricFamily(
             "gitquorum_outdated_replicas",
             "Assigned replicas behind their repository's generation, per node",

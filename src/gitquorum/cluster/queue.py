@@ -25,6 +25,14 @@ Semantics (at-least-once, one at a time per replica):
   (``not_before``), or ``dead`` once it used ``max_attempts`` attempts (default 3).
   Both are guarded by the lock's create_revision: a worker whose lease expired
   cannot acknowledge (:class:`ClaimLost`).
+* **dead jobs** stay bounded and are retried, never left to pile up: at most
+  one dead job exists per (target node, repository), because the txn that
+  makes a job dead deletes every other dead job of that replica and is
+  guarded by "nothing under this replica's job prefix changed since I read
+  it". A dead job is claimed again, after every pending job of its replica,
+  once its ``not_before`` has passed: ``DEAD_RETRY_BASE`` after it first died,
+  twice as long after each further death, at most ``DEAD_RETRY_CAP``. A success
+  (its own, or any later repair of the same replica) removes it.
 * **recovery**: when a worker dies its lease expires and its lock keys vanish;
   :meth:`ReplicationQueue.recover_orphans` (run periodically, e.g. by the
   leader) returns ``in_progress`` jobs without their lock to ``ready`` (or
@@ -82,6 +90,19 @@ class JobState(enum.StrEnum):
 
 
 PENDING = frozenset({JobState.READY, JobState.FAILED})
+
+# Jobs that bring a replica up to date: once one of them succeeded, any other
+# for the same replica has nothing left to do.
+REPAIR_TYPES = frozenset({JobType.UPDATE, JobType.CREATE})
+
+# A dead job is retried, not dropped: its replica still needs the repair. The
+# first retry comes DEAD_RETRY_BASE seconds after the job died, each further
+# one twice as late as the one before, at most DEAD_RETRY_CAP apart. A target
+# that stays broken (a full disk) then costs one attempt and one etcd write an
+# hour; one that is fixed catches up within the hour, or at once when a write
+# queues a fresh job for it.
+DEAD_RETRY_BASE = 60.0
+DEAD_RETRY_CAP = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,18 +207,24 @@ class QueueStats:
     depth: dict[tuple[str, str, str], int] = field(default_factory=dict)
     # (virtual storage, target node) -> age in seconds of the oldest pending job
     oldest_pending_age: dict[tuple[str, str], float] = field(default_factory=dict)
+    # (virtual storage, target node) -> dead jobs, i.e. replicas whose repair
+    # failed every attempt (at most one each); 0 for every target with jobs, so
+    # the gauge reads 0 rather than being absent while the node's queue is busy.
+    dead: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def queue_stats(jobs: Iterable[ReplicationJob], now: float) -> QueueStats:
     depth: dict[tuple[str, str, str], int] = {}
     oldest: dict[tuple[str, str], float] = {}
+    dead: dict[tuple[str, str], int] = {}
     for job in jobs:
         key = (job.virtual_storage, job.target_node, str(job.state))
         depth[key] = depth.get(key, 0) + 1
+        target = (job.virtual_storage, job.target_node)
+        dead[target] = dead.get(target, 0) + int(job.state is JobState.DEAD)
         if job.state in PENDING or job.state is JobState.IN_PROGRESS:
-            target = (job.virtual_storage, job.target_node)
             oldest[target] = max(oldest.get(target, 0.0), now - job.created_at)
-    return QueueStats(depth, oldest)
+    return QueueStats(depth, oldest, dead)
 
 
 @dataclass(frozen=True)
@@ -309,6 +336,8 @@ class ReplicationQueue:
         rng: random.Random | None = None,
         max_races: int = 100,
         view: QueueView | None = None,
+        dead_retry_base: float = DEAD_RETRY_BASE,
+        dead_retry_cap: float = DEAD_RETRY_CAP,
     ) -> None:
         """``clock`` is wall time: ``not_before`` and ``created_at`` are shared by
         proxies. With a started ``view``, claims pick candidates from it instead
@@ -318,6 +347,8 @@ class ReplicationQueue:
         self.max_attempts = max_attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.dead_retry_base = dead_retry_base
+        self.dead_retry_cap = dead_retry_cap
         self.clock = clock
         self.rng = rng or random.Random()
         self.max_races = max_races
@@ -535,6 +566,7 @@ class ReplicationQueue:
     ) -> list[ReplicationJob]:
         now = self.clock()
         first: dict[tuple[str, str, int], ReplicationJob] = {}
+        dead: dict[tuple[str, str, int], ReplicationJob] = {}
         busy = {self.keys.parse_lock(key) for key in locks}
         for job in sorted(jobs, key=lambda j: j.created_revision):
             replica = (job.virtual_storage, job.target_node, job.repository_id)
@@ -542,6 +574,12 @@ class ReplicationQueue:
                 busy.add(replica)
             elif job.state in PENDING and replica not in first:
                 first[replica] = job
+            elif job.state is JobState.DEAD and replica not in dead:
+                dead[replica] = job
+        # A dead job's replica is retried only when nothing fresher is queued
+        # for it: a pending job's success removes the dead one anyway.
+        for replica, job in dead.items():
+            first.setdefault(replica, job)
         runnable = [
             job
             for replica, job in first.items()
@@ -623,9 +661,15 @@ class ReplicationQueue:
             Op.delete(self._key(other))
             for other in siblings
             if other.job_id != job.job_id
-            and other.state in PENDING
-            and other.same_change(job)
             and other.created_revision < claim.claim_revision
+            and (
+                (other.state in PENDING and other.same_change(job))
+                # The replica is repaired: a dead repair of it has nothing left to do.
+                or (
+                    other.state is JobState.DEAD
+                    and (other.same_change(job) or {other.type, job.type} <= REPAIR_TYPES)
+                )
+            )
         ]
         try:
             result = await self.store.txn(
@@ -657,12 +701,42 @@ class ReplicationQueue:
     def backoff_for(self, attempts: int) -> float:
         return float(min(self.max_backoff, self.backoff * 2 ** max(0, attempts - 1)))
 
+    def dead_backoff_for(self, attempts: int) -> float:
+        """Seconds until a dead job that used ``attempts`` attempts is retried:
+        ``dead_retry_base`` after its first death, doubling with each further one
+        (one attempt each), at most ``dead_retry_cap``."""
+        deaths = max(1, attempts - self.max_attempts + 1)
+        # The exponent is bounded so a job retried for years cannot overflow it.
+        return float(min(self.dead_retry_cap, self.dead_retry_base * 2 ** min(deaths - 1, 60)))
+
+    def _bury(
+        self, job: ReplicationJob, error: str, siblings: Iterable[ReplicationJob]
+    ) -> tuple[ReplicationJob, list[Op]]:
+        """``job`` made dead, absorbing the other dead jobs of its replica, and
+        the ops that delete those: one dead job per replica, the newest (it
+        reflects the latest placement). Its attempts count the absorbed deaths
+        so the retry backoff keeps growing, and ``created_at`` keeps the oldest
+        so it tells how long the replica's repair has been failing."""
+        others = [o for o in siblings if o.job_id != job.job_id and o.state is JobState.DEAD]
+        attempts = max([job.attempts, *(o.attempts + 1 for o in others)])
+        dead = replace(
+            job,
+            state=JobState.DEAD,
+            attempts=attempts,
+            created_at=min([job.created_at, *(o.created_at for o in others)]),
+            not_before=self.clock() + self.dead_backoff_for(attempts),
+            last_error=error[:500],
+            worker="",
+        )
+        return dead, [Op.delete(self._key(other)) for other in others]
+
     async def fail(self, claim: ClaimedJob, error: str) -> ReplicationJob:
-        """The job failed: retry later with backoff, or dead after ``max_attempts``."""
+        """The job failed: retry later with backoff, or dead after ``max_attempts``
+        (then retried with the longer dead-job backoff)."""
         job = claim.job
         now = self.clock()
         if job.attempts >= self.max_attempts:
-            failed = replace(job, state=JobState.DEAD, last_error=error[:500], worker="")
+            failed, _ = self._bury(job, error, ())
         else:
             failed = replace(
                 job,
@@ -672,6 +746,8 @@ class ReplicationQueue:
                 worker="",
             )
         try:
+            if failed.state is JobState.DEAD:
+                return await self._fail_dead(claim, error)
             result = await self.store.txn(
                 self._guard(claim),
                 [Op.delete(claim.lock_key), Op.put(self._key(job), encode_job(failed))],
@@ -685,6 +761,41 @@ class ReplicationQueue:
         if not result.succeeded:
             raise ClaimLost(f"job {job.job_id}: claim lost before reporting failure")
         return replace(failed, revision=result.revision)
+
+    async def _fail_dead(self, claim: ClaimedJob, error: str) -> ReplicationJob:
+        """Make the claimed job dead in one txn with the removal of its replica's
+        other dead jobs, read from the store (not the view: the bound must hold
+        exactly) and guarded against any new job under the replica's prefix."""
+        job = claim.job
+        prefix = self.keys.jobs(job.virtual_storage, job.target_node, job.repository_id)
+
+        async def attempt(_number: int) -> ReplicationJob | Retry:
+            read = await self.store.txn([], [Op.get(prefix, prefix=True), Op.get(claim.lock_key)])
+            siblings = self._decode(read.range(0))
+            locks = read.range(1).kvs
+            ours = any(
+                s.job_id == job.job_id and s.revision == job.revision for s in siblings
+            ) and bool(locks and locks[0].create_revision == claim.claim_revision)
+            if not ours:
+                raise ClaimLost(f"job {job.job_id}: claim lost before reporting failure")
+            dead, absorbed = self._bury(job, error, siblings)
+            result = await self.store.txn(
+                [*self._guard(claim), Compare.unchanged_since(prefix, read.revision)],
+                [
+                    Op.delete(claim.lock_key),
+                    Op.put(self._key(job), encode_job(dead)),
+                    *absorbed,
+                ],
+            )
+            if not result.succeeded:
+                return RETRY  # a job was queued meanwhile, or the claim is gone: re-read
+            return replace(dead, revision=result.revision)
+
+        return await compare_and_swap(
+            attempt,
+            attempts=self.max_races,
+            give_up=conflict(f"could not report job {job.job_id} dead"),
+        )
 
     async def recover_orphans(self) -> int:
         """Re-ready in-progress jobs whose worker's lock is gone; returns how many."""
@@ -705,15 +816,21 @@ class ReplicationQueue:
                 else Compare.mod_revision(lock_key, lock.mod_revision)
             )
             reason = "worker lost its lease"
+            compares = [guard, Compare.mod_revision(self._key(job), job.revision)]
+            absorbed: list[Op] = []
             if job.attempts >= self.max_attempts:
-                new = replace(job, state=JobState.DEAD, worker="", last_error=reason)
+                # Dead: absorb the replica's other dead jobs, read afresh; a job
+                # queued meanwhile fails the txn and the next pass tries again.
+                prefix = self.keys.jobs(job.virtual_storage, job.target_node, job.repository_id)
+                current = await self.store.range(prefix, prefix=True)
+                new, absorbed = self._bury(job, reason, self._decode(current))
+                compares.append(Compare.unchanged_since(prefix, current.revision))
             else:
                 new = replace(
                     job, state=JobState.READY, worker="", not_before=now, last_error=reason
                 )
             result = await self.store.txn(
-                [guard, Compare.mod_revision(self._key(job), job.revision)],
-                [Op.put(self._key(job), encode_job(new))],
+                compares, [Op.put(self._key(job), encode_job(new)), *absorbed]
             )
             recovered += int(result.succeeded)
         return recovered

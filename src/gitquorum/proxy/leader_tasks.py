@@ -6,8 +6,10 @@
   outdated replica: with no valid candidate the repository stays unavailable
   and shows in ``dataloss``.
 * **Reconciler**: queues a replication job for every outdated assigned
-  replica that has none pending (``decisions.repairs``; workers hold jobs for
-  a node that is down until it is back).
+  replica that has none queued (``decisions.repairs``; workers hold jobs for
+  a node that is down until it is back). A dead job counts as queued: the
+  queue retries it with a backoff of up to an hour, so a replica whose repair
+  keeps failing keeps one job instead of gaining one per pass.
 * **Orphan recovery**: re-readies jobs whose worker's lease expired.
 * **Cluster gauges**: exported once, by the leader, so alerts fire once.
 
@@ -150,7 +152,7 @@ class LeaderTasks:
     # -- reconciler ---------------------------------------------------------------------
 
     async def reconcile_once(self) -> int:
-        """Queue a job for every outdated assigned replica that has none."""
+        """Queue a job for every outdated assigned replica that has none (dead included)."""
         if self.paused():
             return 0
         queued = 0

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gitquorum.cluster.metrics import ClusterMetrics
@@ -95,9 +96,47 @@ def test_cluster_metrics_export() -> None:
         )
         == 1
     )
+    dead = {"virtual_storage": "vs", "target_node": "n2"}
+    assert sample(registry, "gitquorum_replication_queue_dead_jobs", dead) == 1
     # A drained target disappears instead of lingering.
     metrics.update_queue(queue_stats([], now=200.0))
     assert b"gitquorum_replication_queue_depth{" not in generate_latest(registry)
+    assert sample(registry, "gitquorum_replication_queue_dead_jobs", dead) is None
+
+
+def _job(job_id: str, target: str, state: JobState, vs: str = "vs") -> ReplicationJob:
+    return ReplicationJob(job_id, JobType.UPDATE, vs, int(job_id), "r", target, "n1", state, 3)
+
+
+@pytest.mark.parametrize(
+    ("jobs", "dead"),
+    [
+        pytest.param([], {}, id="no jobs: no series"),
+        pytest.param(
+            [_job("1", "n2", JobState.READY), _job("2", "n2", JobState.IN_PROGRESS)],
+            {("vs", "n2"): 0},
+            id="busy target without dead jobs: 0",
+        ),
+        pytest.param(
+            [_job("1", "n2", JobState.DEAD), _job("2", "n2", JobState.DEAD)],
+            {("vs", "n2"): 2},
+            id="one per replica, counted",
+        ),
+        pytest.param(
+            [
+                _job("1", "n2", JobState.DEAD),
+                _job("2", "n3", JobState.FAILED),
+                _job("3", "n2", JobState.DEAD, vs="other"),
+            ],
+            {("vs", "n2"): 1, ("vs", "n3"): 0, ("other", "n2"): 1},
+            id="by virtual storage and target node",
+        ),
+    ],
+)
+def test_queue_stats_count_dead_jobs_per_target(
+    jobs: list[ReplicationJob], dead: dict[tuple[str, str], int]
+) -> None:
+    assert queue_stats(jobs, now=0.0).dead == dead
 
 
 def test_two_instances_do_not_collide_in_separate_registries() -> None:

@@ -35,10 +35,19 @@ class Worker:
     claims: list[ClaimedJob] = field(default_factory=list)
 
 
-async def make_queue() -> tuple[ManualClock, MemoryStore, ReplicationQueue]:
+async def make_queue(
+    dead_retry_base: float = 60.0,
+) -> tuple[ManualClock, MemoryStore, ReplicationQueue]:
     clock = ManualClock()
     store = MemoryStore(clock)
-    queue = ReplicationQueue(store, KEYS, max_attempts=MAX_ATTEMPTS, backoff=1.0, clock=clock)
+    queue = ReplicationQueue(
+        store,
+        KEYS,
+        max_attempts=MAX_ATTEMPTS,
+        backoff=1.0,
+        clock=clock,
+        dead_retry_base=dead_retry_base,
+    )
     return clock, store, queue
 
 
@@ -148,7 +157,10 @@ class QueueMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.clock, self.store, self.queue = self.run(make_queue())
+        # Dead jobs retried within seconds, so that examples reach their retries.
+        self.clock, self.store, self.queue = self.run(make_queue(dead_retry_base=1.0))
+        # State of each job at the last check: a dead job may vanish into another.
+        self.last_state: dict[str, JobState] = {}
         self.workers: list[Worker] = []
         self.enqueued: dict[str, tuple[object, int]] = {}  # job id -> (change, created_revision)
         self.acked: dict[str, int] = {}
@@ -203,6 +215,8 @@ class QueueMachine(RuleBasedStateMachine):
         # Never two claims at once: the previous holder must be gone (lease expired).
         assert holder is None or not self.lease_alive(holder[0]), (replica, holder)
         event("claimed over an expired claim" if holder else "claimed")
+        if claim.job.attempts > MAX_ATTEMPTS:
+            event("retried a dead job")
         self.active[replica] = (worker, claim)
         worker.claims.append(claim)
 
@@ -282,12 +296,21 @@ class QueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def attempts_and_states(self) -> None:
+        # Dead jobs are retried, one attempt at a time: only they go past MAX_ATTEMPTS.
         for job in self.run(self.queue.jobs()):
-            assert job.attempts <= MAX_ATTEMPTS
             if job.state is JobState.DEAD:
                 assert job.attempts >= MAX_ATTEMPTS
-            if job.state is JobState.FAILED:
+            if job.state in (JobState.FAILED, JobState.READY):
                 assert job.attempts < MAX_ATTEMPTS
+
+    @invariant()
+    def at_most_one_dead_job_per_replica(self) -> None:
+        dead = [
+            (job.target_node, job.repository_id)
+            for job in self.run(self.queue.jobs())
+            if job.state is JobState.DEAD
+        ]
+        assert len(dead) == len(set(dead)), dead
 
     @invariant()
     def one_in_flight_per_replica(self) -> None:
@@ -303,12 +326,25 @@ class QueueMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_job_lost_or_done_twice(self) -> None:
-        present = {job.job_id for job in self.run(self.queue.jobs())}
+        jobs = self.run(self.queue.jobs())
+        present = {job.job_id for job in jobs}
+        dead_replicas = {(j.target_node, j.repository_id) for j in jobs if j.state is JobState.DEAD}
         for job_id, (change, created) in self.enqueued.items():
             if job_id in present or job_id in self.acked:
                 continue
-            assert any(c == change and rev > created for c, rev in self.ack_marks), job_id
+            if any(c == change and rev > created for c, rev in self.ack_marks):
+                continue
+            # Only a dead job may go otherwise: absorbed by the replica's newer
+            # dead job (still there), or removed by a later success on its replica.
+            assert self.last_state.get(job_id) is JobState.DEAD, job_id
+            event("a dead job went without its own ack")
+            _kind, _source, node, repo = change  # type: ignore[misc]
+            assert (node, repo) in dead_replicas or any(
+                c[2:] == (node, repo) and rev > created  # type: ignore[index]
+                for c, rev in self.ack_marks
+            ), job_id
         assert all(count == 1 for count in self.acked.values())
+        self.last_state = {job.job_id: job.state for job in jobs}
 
 
 QueueMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
