@@ -218,10 +218,12 @@ Planner = Callable[[RepositoryRecord], Awaitable[tuple[RepositoryRecord, TxnExtr
 
 
 class ExtrasUncertain(StoreUnavailable):
-    """A txn that changed no record, only carried extras, lost its answer.
+    """A txn that changed no record, only carried extras, lost its answer,
+    and a read after it found the record at the revision the plan read.
 
-    The record needed no change, so nothing about it is in doubt; only the
-    extras (e.g. repair jobs) may or may not have been applied."""
+    The record needed no change and none landed since, so nothing about it is
+    in doubt; only the extras (e.g. repair jobs) may or may not have been
+    applied. (A record that changed meanwhile is planned again instead.)"""
 
     def __init__(self, message: str, record: RepositoryRecord) -> None:
         super().__init__(message)
@@ -425,8 +427,10 @@ class RepositoryStore:
         at all. A lost race re-reads and plans again.
 
         When the record does not change, the extras alone are applied (still
-        conditional on the revision read); if that txn's answer is lost,
-        :class:`ExtrasUncertain` says so with the record as read.
+        conditional on the revision read). If that txn's answer is lost, the
+        record is read again: changed since the plan's read, the round is
+        planned again on it; unchanged, :class:`ExtrasUncertain` says so with
+        the record as read.
         """
         # A txn that timed out is tried again only when the record provably did
         # not change (TxnNotApplied): an etcd leader election (a member lost)
@@ -468,6 +472,16 @@ class RepositoryStore:
             except (LeaseExpired, Compacted):
                 raise
             except StoreUnavailable as exc:
+                # Unknown outcome, but this txn changes no record. If the record
+                # moved since the read, another change (a repair, an outcome, a
+                # failover) landed before our txn, which then failed on its
+                # compare, or after it: either way the plan was taken on a record
+                # that is gone and must be taken again on the new one. Planning
+                # again is safe: jobs that did land are pending, and the next
+                # plan leaves them out. A failed read raises: nothing is known.
+                kv = await self.store.get(key)
+                if kv is None or kv.mod_revision != current.revision:
+                    return RETRY
                 raise ExtrasUncertain(str(exc), current) from exc
             return current if result.succeeded else RETRY
         try:

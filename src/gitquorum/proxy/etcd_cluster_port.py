@@ -215,8 +215,10 @@ class EtcdClusterPort:
             record = await self.repositories.update_with(virtual_storage, route.repository_id, plan)
         except ExtrasUncertain as exc:
             # The record already said what this outcome says (nothing to
-            # record): only the jobs' txn lost its answer. The outdated
-            # replicas are in the record, so the reconciler queues them.
+            # record), and a read after the jobs' lost txn answer found it
+            # unchanged (a change in between is planned again instead): only
+            # the jobs are in doubt. The outdated replicas are in the record,
+            # so the reconciler queues them.
             logger.warning(
                 "replication jobs may not be queued; the reconciler will queue them",
                 extra=log.fields(repository_id=route.repository_id, error=str(exc)),

@@ -273,3 +273,101 @@ async def test_update_after_a_lost_answer_and_a_change_is_not_retried() -> None:
         await repos.update("vs", record.repository_id, _demote_n3)
     assert not isinstance(raised.value, TxnNotApplied)
     assert calls == 1
+
+
+# -- update_with: a txn that carries only extras and loses its answer ------------------
+
+
+MARKER = "unit/marker"
+
+
+def _extras_planner(calls: list[RepositoryRecord]) -> repositories.Planner:
+    """Demote n3 if it is up to date; either way put a marker key (the extras)."""
+
+    async def plan(
+        record: RepositoryRecord,
+    ) -> tuple[RepositoryRecord, repositories.TxnExtras]:
+        calls.append(record)
+        new = _demote_n3(record) if record.replica_generation("n3") == record.generation else record
+        return new, repositories.TxnExtras(ops=(Op.put(MARKER, b"1"),))
+
+    return plan
+
+
+@pytest.mark.parametrize("applied", [False, True])
+async def test_lost_extras_answer_with_the_record_unchanged_is_uncertain(applied: bool) -> None:
+    store = MemoryStore(ManualClock())
+    repos, record = await _created(store)
+    record = await repos.update("vs", record.repository_id, _demote_n3)  # n3 behind
+    fake = LostAnswers(store, 1, applied=applied)
+    calls: list[RepositoryRecord] = []
+    with pytest.raises(repositories.ExtrasUncertain) as raised:
+        await repos.update_with("vs", record.repository_id, _extras_planner(calls))
+    assert raised.value.record == record
+    assert len(calls) == fake.calls == 1
+
+
+@pytest.mark.parametrize("applied", [False, True])
+async def test_lost_extras_answer_after_the_record_changed_plans_again(applied: bool) -> None:
+    """A repair moves n3 up to date around the extras' txn whose answer is lost
+    (before it: the txn fails on its compare; after it: the txn went through).
+    The plan was taken on a record that is gone: it is taken again on the new
+    one, which demotes n3, instead of reporting only the extras as uncertain."""
+    store = MemoryStore(ManualClock())
+    repos, record = await _created(store)
+    record = await repos.increment_generation("vs", record.repository_id, NODES)
+    behind = await repos.update("vs", record.repository_id, _demote_n3)
+    key = KEYS.repository("vs", record.repository_id)
+    real = store.txn
+    txns = 0
+
+    async def repair_then_lost(
+        compares: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        nonlocal txns
+        txns += 1
+        if txns > 1:
+            return await real(compares, success, failure)
+        repaired = repositories.encode_record(record)  # n3 back at the repository's generation
+        if applied:
+            await real(compares, success, failure)
+            await store.put(key, repaired)
+        else:
+            await store.put(key, repaired)
+            assert not (await real(compares, success, failure)).succeeded
+        raise StoreUnavailable("etcd txn: timed out")
+
+    store.txn = repair_then_lost  # type: ignore[method-assign]
+    calls: list[RepositoryRecord] = []
+    updated = await repos.update_with("vs", record.repository_id, _extras_planner(calls))
+    assert [c.replica_generation("n3") for c in calls] == [
+        behind.replica_generation("n3"),
+        record.generation,
+    ]
+    assert updated.replica_generation("n3") == record.generation - 1
+    assert updated.revision == store.revision
+    assert await store.get(MARKER) is not None
+    assert txns == 2
+
+
+async def test_lost_extras_answer_and_a_failed_read_raises_unavailable() -> None:
+    store = MemoryStore(ManualClock())
+    repos, record = await _created(store)
+    record = await repos.update("vs", record.repository_id, _demote_n3)
+    LostAnswers(store, 1, applied=False)
+
+    async def unreachable(_key: str) -> None:
+        raise StoreUnavailable("etcd range: timed out")
+
+    real_get = store.get
+    reads = 0
+
+    async def get(key: str) -> object:
+        nonlocal reads
+        reads += 1
+        return await (real_get(key) if reads == 1 else unreachable(key))
+
+    store.get = get  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable) as raised:
+        await repos.update_with("vs", record.repository_id, _extras_planner([]))
+    assert not isinstance(raised.value, repositories.ExtrasUncertain)
