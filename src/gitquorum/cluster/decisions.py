@@ -399,7 +399,11 @@ class RecordedOutcome:
 
 
 def record_outcome(
-    record: RepositoryRecord, started_at: int, result: WriteResult
+    record: RepositoryRecord,
+    started_at: int,
+    result: WriteResult,
+    *,
+    healthy: AbstractSet[str],
 ) -> RecordedOutcome:
     """The repository record after ``result``, for a write routed at generation ``started_at``.
 
@@ -421,9 +425,12 @@ def record_outcome(
       nobody acknowledged, cannot take it back.
     * The demotions never empty the up-to-date set. Every replica recorded up
       to date holds every acknowledged write, so keeping one of them is always
-      safe; if the demotions would remove them all, the primary is kept (the
-      repository stays writable without a failover), or else the first by
-      name, and the others are demoted so that they are repaired from it.
+      safe; if the demotions would remove them all, one is kept and the others
+      are demoted so that they are repaired from it. The one kept should be
+      able to serve: the primary if it is ``healthy`` (the repository stays
+      writable without a failover), else the first ``healthy`` one by name
+      (failover can pick it), and only when none is healthy the primary, or
+      else the first by name.
     """
     generation = record.generation
     replicas = dict(record.replicas)
@@ -442,11 +449,27 @@ def record_outcome(
     named = current & result.outdated
     demoted = frozenset(n for n in named if replicas[n] <= started_at)
     if demoted and demoted == current:
-        keep = record.primary if record.primary in demoted else min(demoted)
-        demoted -= {keep}
+        demoted -= {_replica_to_keep(record.primary, demoted, healthy)}
     if not demoted:
         return RecordedOutcome(record, frozenset(), frozenset(), named)
     for node in demoted:
         replicas[node] = generation - 1
     new = record.with_replicas(replicas)
     return RecordedOutcome(new, frozenset(), demoted, named - demoted)
+
+
+def _replica_to_keep(
+    primary: str | None, candidates: frozenset[str], healthy: AbstractSet[str]
+) -> str:
+    """Which of ``candidates`` (every up-to-date replica) stays up to date: keeping
+    an unhealthy one while a healthy one is demoted would leave the repository
+    without a valid primary although a healthy replica holds every acknowledged
+    write."""
+    serving = candidates & healthy
+    if primary in serving:
+        return primary
+    if serving:
+        return min(serving)
+    if primary in candidates:
+        return primary
+    return min(candidates)

@@ -195,7 +195,7 @@ class EtcdClusterPort:
         correlation_id = log.correlation_id.get()
 
         async def plan(current: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
-            outcome = record_outcome(current, route.generation, result)
+            outcome = record_outcome(current, route.generation, result, healthy=healthy)
             if outcome.spared:
                 logger.warning(
                     "write outcome: replicas named outdated left up to date",
