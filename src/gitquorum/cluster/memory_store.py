@@ -35,7 +35,6 @@ from gitquorum.cluster.store import (
     prefix_end,
 )
 
-
 # etcd refuses a txn whose compares, success ops or failure ops number more
 # than ``--max-txn-ops`` (default 128): each of the three lists is counted on
 # its own, not their sum (``checkTxnRequest`` in etcd's v3rpc). The error is
