@@ -889,6 +889,18 @@ class ReplicationQueue:
             await self._delete_unchanged(absorbed[MAX_ABSORBED:])
         return result.succeeded
 
+    async def retry_now(self, job: ReplicationJob) -> bool:
+        """Make a dead job due at once (its replica can be repaired again);
+        False if it changed since it was read (claimed, absorbed, removed)."""
+        if job.state is not JobState.DEAD:
+            raise FailedPrecondition(f"job {job.job_id} is not dead")
+        due = replace(job, not_before=self.clock())
+        result = await self.store.txn(
+            [Compare.mod_revision(self._key(job), job.revision)],
+            [Op.put(self._key(job), encode_job(due))],
+        )
+        return result.succeeded
+
     async def remove(self, job: ReplicationJob) -> bool:
         """Delete a job that is not in flight (e.g. an operator dropping a dead job)."""
         if job.state is JobState.IN_PROGRESS:
