@@ -27,9 +27,10 @@ Semantics (at-least-once, one at a time per replica):
   cannot acknowledge (:class:`ClaimLost`).
 * **dead jobs** stay bounded and are retried, never left to pile up: at most
   one dead job exists per (target node, repository), because the txn that
-  makes a job dead deletes every other dead job of that replica and is
-  guarded by "nothing under this replica's job prefix changed since I read
-  it". A dead job is claimed again, after every pending job of its replica,
+  makes a job dead deletes the other dead jobs of that replica (at most
+  ``MAX_ABSORBED`` of them, the rest in further txns: etcd's txn size limit)
+  and is guarded by "nothing under this replica's job prefix changed since I
+  read it". A dead job is claimed again, after every pending job of its replica,
   once its ``not_before`` has passed: ``DEAD_RETRY_BASE`` after it first died,
   twice as long after each further death, at most ``DEAD_RETRY_CAP``. A success
   (its own, or any later repair of the same replica) removes it.
@@ -100,10 +101,15 @@ REPAIR_TYPES = frozenset({JobType.UPDATE, JobType.CREATE})
 
 # A dead job is retried, not dropped: its replica still needs the repair. The
 # first retry comes DEAD_RETRY_BASE seconds after the job died, each further
-# one twice as late as the one before, at most DEAD_RETRY_CAP apart. A target
-# that stays broken (a full disk) then costs one attempt and one etcd write an
-# hour; one that is fixed catches up within the hour, or at once when a write
-# queues a fresh job for it.
+# one twice as late as the one before, at most DEAD_RETRY_CAP apart. For a
+# repository that receives no writes, a target that stays broken (a full disk)
+# then costs one attempt and a few etcd writes an hour. A write still queues a
+# fresh job beside the dead one (de-duplication skips only pending jobs): it
+# runs its attempts, dies and absorbs the dead one. A busy repository's broken
+# target thus keeps at most two jobs (one pending, one dead), but costs about
+# one attempt every few seconds while writes keep coming. A target that is
+# fixed catches up at its next retry, at once after a write, or when the leader
+# makes the dead job due because the target or a source came back.
 DEAD_RETRY_BASE = 60.0
 DEAD_RETRY_CAP = 3600.0
 
