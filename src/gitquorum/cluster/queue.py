@@ -514,9 +514,16 @@ class ReplicationQueue:
         self, targets: Iterable[tuple[str, str]] | None
     ) -> tuple[list[ReplicationJob], dict[str, KeyValue]]:
         """Jobs and held locks, read in one txn so both are at the same revision."""
+        chosen = list(targets) if targets is not None else None
+        if chosen is not None and 2 * len(chosen) > MAX_ABSORBED:
+            # Two reads per target would exceed etcd's ops per txn: read the
+            # whole queue and keep the targets' jobs.
+            wanted = set(chosen)
+            jobs, locks = await self._snapshot(None)
+            return [j for j in jobs if (j.virtual_storage, j.target_node) in wanted], locks
         prefixes = (
-            [(self.keys.jobs(vs, t), self.keys.locks(vs, t)) for vs, t in targets]
-            if targets is not None
+            [(self.keys.jobs(vs, t), self.keys.locks(vs, t)) for vs, t in chosen]
+            if chosen is not None
             else [(self.keys.jobs(), self.keys.locks())]
         )
         ops = [

@@ -315,3 +315,17 @@ async def test_leftover_dead_jobs_are_deleted_in_bounded_txns() -> None:
     claimed = await claim(queue, worker)
     await queue.ack(claimed)
     assert await queue.jobs() == []
+
+
+@pytest.mark.parametrize("targets", [1, 64, 65, 300])
+async def test_a_claim_among_many_targets_stays_within_etcds_txn_limit(targets: int) -> None:
+    """Without a view a claim reads each target's jobs and locks; with many
+    nodes that read would exceed etcd's 128 operations per txn."""
+    _clock, queue, worker = await setup()
+    job = await queue.enqueue(JobType.UPDATE, "vs", 1, "r.git", "n0", source_node="x")
+    await queue.enqueue(JobType.UPDATE, "vs", 2, "r.git", "other", source_node="x")
+    chosen = [("vs", f"n{i}") for i in range(targets)]
+    claimed = await queue.claim_next(worker, targets=chosen)
+    assert claimed is not None and claimed.job.job_id == job.job_id
+    # Only the targets asked for: the other node's job is left alone.
+    assert await queue.claim_next(worker, targets=chosen) is None
