@@ -519,8 +519,8 @@ class ReplicationQueue:
             # Two reads per target would exceed etcd's ops per txn: read the
             # whole queue and keep the targets' jobs.
             wanted = set(chosen)
-            jobs, locks = await self._snapshot(None)
-            return [j for j in jobs if (j.virtual_storage, j.target_node) in wanted], locks
+            every, held = await self._snapshot(None)
+            return [j for j in every if (j.virtual_storage, j.target_node) in wanted], held
         prefixes = (
             [(self.keys.jobs(vs, t), self.keys.locks(vs, t)) for vs, t in chosen]
             if chosen is not None
