@@ -106,8 +106,8 @@ REPAIR_TYPES = frozenset({JobType.UPDATE, JobType.CREATE})
 # then costs one attempt and a few etcd writes an hour. A write still queues a
 # fresh job beside the dead one (de-duplication skips only pending jobs): it
 # runs its attempts, dies and absorbs the dead one. A busy repository's broken
-# target thus keeps at most two jobs (one pending, one dead), but costs about
-# one attempt every few seconds while writes keep coming. A target that is
+# target thus keeps at most two jobs (one pending, one dead), but costs up to
+# about one attempt a second while writes keep coming. A target that is
 # fixed catches up at its next retry, at once after a write, or when the leader
 # makes the dead job due because the target or a source came back.
 DEAD_RETRY_BASE = 60.0
