@@ -35,6 +35,13 @@ from gitquorum.cluster.store import (
     prefix_end,
 )
 
+# etcd refuses a txn whose compares, success ops or failure ops number more
+# than ``--max-txn-ops`` (default 128): each of the three lists is counted on
+# its own, not their sum (``checkTxnRequest`` in etcd's v3rpc). The error is
+# INVALID_ARGUMENT, which the etcd store reports as StoreUnavailable like every
+# other etcd error; so does this store, so unit tests meet the limit too.
+MAX_TXN_OPS = 128
+
 
 @dataclass
 class _LeaseState:
@@ -45,11 +52,17 @@ class _LeaseState:
 
 class MemoryStore(Store):
     def __init__(
-        self, clock: Clock | None = None, *, interleave: random.Random | None = None
+        self,
+        clock: Clock | None = None,
+        *,
+        interleave: random.Random | None = None,
+        max_txn_ops: int = MAX_TXN_OPS,
     ) -> None:
         """``interleave``: every call first yields to the event loop 0-2 times (drawn
-        from this generator) so concurrent tasks interleave like remote calls do."""
+        from this generator) so concurrent tasks interleave like remote calls do.
+        ``max_txn_ops``: etcd's ``--max-txn-ops``, see :data:`MAX_TXN_OPS`."""
         self._clock: Clock = clock or REAL_CLOCK
+        self.max_txn_ops = max_txn_ops
         self._interleave = interleave
         self._watches_paused = False
         self._kvs: dict[bytes, KeyValue] = {}
@@ -279,6 +292,12 @@ class MemoryStore(Store):
         failure: Sequence[Op] = (),
     ) -> TxnResult:
         await self._enter()
+        if max(len(compares), len(success), len(failure)) > self.max_txn_ops:
+            raise StoreUnavailable(
+                "INVALID_ARGUMENT etcdserver: too many operations in txn request"
+                f" ({len(compares)} compares, {len(success)} + {len(failure)} ops,"
+                f" limit {self.max_txn_ops})"
+            )
         succeeded = all(self._holds(c) for c in compares)
         ops = success if succeeded else failure
         for op in ops:

@@ -27,9 +27,10 @@ Semantics (at-least-once, one at a time per replica):
   cannot acknowledge (:class:`ClaimLost`).
 * **dead jobs** stay bounded and are retried, never left to pile up: at most
   one dead job exists per (target node, repository), because the txn that
-  makes a job dead deletes every other dead job of that replica and is
-  guarded by "nothing under this replica's job prefix changed since I read
-  it". A dead job is claimed again, after every pending job of its replica,
+  makes a job dead deletes the other dead jobs of that replica (at most
+  ``MAX_ABSORBED`` of them, the rest in further txns: etcd's txn size limit)
+  and is guarded by "nothing under this replica's job prefix changed since I
+  read it". A dead job is claimed again, after every pending job of its replica,
   once its ``not_before`` has passed: ``DEAD_RETRY_BASE`` after it first died,
   twice as long after each further death, at most ``DEAD_RETRY_CAP``. A success
   (its own, or any later repair of the same replica) removes it.
@@ -55,6 +56,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from gitquorum import log
 from gitquorum.cluster.cas import RETRY, Retry, compare_and_swap, conflict
 from gitquorum.cluster.errors import (
     ClaimLost,
@@ -74,6 +76,8 @@ from gitquorum.cluster.store import (
     Store,
     WatchEvent,
 )
+
+logger = log.get("gitquorum.queue")
 
 
 class JobType(enum.StrEnum):
@@ -97,12 +101,25 @@ REPAIR_TYPES = frozenset({JobType.UPDATE, JobType.CREATE})
 
 # A dead job is retried, not dropped: its replica still needs the repair. The
 # first retry comes DEAD_RETRY_BASE seconds after the job died, each further
-# one twice as late as the one before, at most DEAD_RETRY_CAP apart. A target
-# that stays broken (a full disk) then costs one attempt and one etcd write an
-# hour; one that is fixed catches up within the hour, or at once when a write
-# queues a fresh job for it.
+# one twice as late as the one before, at most DEAD_RETRY_CAP apart. For a
+# repository that receives no writes, a target that stays broken (a full disk)
+# then costs one attempt and a few etcd writes an hour. A write still queues a
+# fresh job beside the dead one (de-duplication skips only pending jobs): it
+# runs its attempts, dies and absorbs the dead one. A busy repository's broken
+# target thus keeps at most two jobs (one pending, one dead), but costs up to
+# about one attempt a second while writes keep coming. A target that is
+# fixed catches up at its next retry, at once after a write, or when the leader
+# makes the dead job due because the target or a source came back.
 DEAD_RETRY_BASE = 60.0
 DEAD_RETRY_CAP = 3600.0
+
+# etcd refuses a txn with more than 128 operations in one branch
+# (``--max-txn-ops``), and a replica can hold hundreds of dead jobs left by
+# older versions (one per reconciler pass). The txn that acknowledges a job or
+# makes it dead deletes at most this many of its replica's other jobs; the rest
+# are deleted afterwards in txns of the same size. Left behind by a crash, they
+# are harmless: the replica's next death or success absorbs them.
+MAX_ABSORBED = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,9 +514,16 @@ class ReplicationQueue:
         self, targets: Iterable[tuple[str, str]] | None
     ) -> tuple[list[ReplicationJob], dict[str, KeyValue]]:
         """Jobs and held locks, read in one txn so both are at the same revision."""
+        chosen = list(targets) if targets is not None else None
+        if chosen is not None and 2 * len(chosen) > MAX_ABSORBED:
+            # Two reads per target would exceed etcd's ops per txn: read the
+            # whole queue and keep the targets' jobs.
+            wanted = set(chosen)
+            every, held = await self._snapshot(None)
+            return [j for j in every if (j.virtual_storage, j.target_node) in wanted], held
         prefixes = (
-            [(self.keys.jobs(vs, t), self.keys.locks(vs, t)) for vs, t in targets]
-            if targets is not None
+            [(self.keys.jobs(vs, t), self.keys.locks(vs, t)) for vs, t in chosen]
+            if chosen is not None
             else [(self.keys.jobs(), self.keys.locks())]
         )
         ops = [
@@ -658,7 +682,7 @@ class ReplicationQueue:
         else:
             siblings = self._decode(await self.store.range(prefix, prefix=True))
         superseded = [
-            Op.delete(self._key(other))
+            other
             for other in siblings
             if other.job_id != job.job_id
             and other.created_revision < claim.claim_revision
@@ -674,7 +698,11 @@ class ReplicationQueue:
         try:
             result = await self.store.txn(
                 self._guard(claim),
-                [Op.delete(claim.lock_key), Op.delete(self._key(job)), *superseded],
+                [
+                    Op.delete(claim.lock_key),
+                    Op.delete(self._key(job)),
+                    *(Op.delete(self._key(other)) for other in superseded[:MAX_ABSORBED]),
+                ],
             )
         except (LeaseExpired, Compacted):
             raise
@@ -685,6 +713,26 @@ class ReplicationQueue:
             raise
         if not result.succeeded:
             raise ClaimLost(f"job {job.job_id}: claim lost before acknowledgement")
+        await self._delete_unchanged(superseded[MAX_ABSORBED:])
+
+    async def _delete_unchanged(self, jobs: Sequence[ReplicationJob]) -> None:
+        """Delete ``jobs`` (absorbed by another job) in txns of at most
+        MAX_ABSORBED, each job only if unchanged since it was read: one claimed
+        meanwhile is left to run. Best effort: the job that absorbed them is
+        already recorded, and a job left behind is absorbed again later."""
+        for start in range(0, len(jobs), MAX_ABSORBED):
+            batch = jobs[start : start + MAX_ABSORBED]
+            try:
+                await self.store.txn(
+                    [Compare.mod_revision(self._key(job), job.revision) for job in batch],
+                    [Op.delete(self._key(job)) for job in batch],
+                )
+            except StoreUnavailable as exc:
+                logger.warning(
+                    "could not delete absorbed replication jobs",
+                    extra=log.fields(count=len(jobs) - start, error=str(exc)),
+                )
+                return
 
     async def _claim_released(self, claim: ClaimedJob, *, expect_job: bool) -> bool:
         """After an ambiguous ack/fail: is our lock gone and the job in the
@@ -711,12 +759,12 @@ class ReplicationQueue:
 
     def _bury(
         self, job: ReplicationJob, error: str, siblings: Iterable[ReplicationJob]
-    ) -> tuple[ReplicationJob, list[Op]]:
+    ) -> tuple[ReplicationJob, list[ReplicationJob]]:
         """``job`` made dead, absorbing the other dead jobs of its replica, and
-        the ops that delete those: one dead job per replica, the newest (it
-        reflects the latest placement). Its attempts count the absorbed deaths
-        so the retry backoff keeps growing, and ``created_at`` keeps the oldest
-        so it tells how long the replica's repair has been failing."""
+        those (to delete): one dead job per replica, the newest (it reflects the
+        latest placement). Its attempts count the absorbed deaths so the retry
+        backoff keeps growing, and ``created_at`` keeps the oldest so it tells
+        how long the replica's repair has been failing."""
         others = [o for o in siblings if o.job_id != job.job_id and o.state is JobState.DEAD]
         attempts = max([job.attempts, *(o.attempts + 1 for o in others)])
         dead = replace(
@@ -728,7 +776,7 @@ class ReplicationQueue:
             last_error=error[:500],
             worker="",
         )
-        return dead, [Op.delete(self._key(other)) for other in others]
+        return dead, others
 
     async def fail(self, claim: ClaimedJob, error: str) -> ReplicationJob:
         """The job failed: retry later with backoff, or dead after ``max_attempts``
@@ -784,11 +832,12 @@ class ReplicationQueue:
                 [
                     Op.delete(claim.lock_key),
                     Op.put(self._key(job), encode_job(dead)),
-                    *absorbed,
+                    *(Op.delete(self._key(other)) for other in absorbed[:MAX_ABSORBED]),
                 ],
             )
             if not result.succeeded:
                 return RETRY  # a job was queued meanwhile, or the claim is gone: re-read
+            await self._delete_unchanged(absorbed[MAX_ABSORBED:])
             return replace(dead, revision=result.revision)
 
         return await compare_and_swap(
@@ -798,42 +847,72 @@ class ReplicationQueue:
         )
 
     async def recover_orphans(self) -> int:
-        """Re-ready in-progress jobs whose worker's lock is gone; returns how many."""
+        """Re-ready in-progress jobs whose worker's lock is gone; returns how many.
+
+        A job whose txn fails is reported and left for the next pass: it does
+        not stop the recovery of the others."""
         jobs, holders = await self._snapshot(None)
         recovered = 0
-        now = self.clock()
         for job in jobs:
             if job.state is not JobState.IN_PROGRESS:
                 continue
-            lock_key = self.keys.lock(job.virtual_storage, job.target_node, job.repository_id)
-            lock = holders.get(lock_key)
-            if lock is not None and json.loads(lock.value).get("job") == job.job_id:
-                continue
-            # The txn re-checks both facts: a claim that raced this read wins.
-            guard = (
-                Compare.absent(lock_key)
-                if lock is None
-                else Compare.mod_revision(lock_key, lock.mod_revision)
-            )
-            reason = "worker lost its lease"
-            compares = [guard, Compare.mod_revision(self._key(job), job.revision)]
-            absorbed: list[Op] = []
-            if job.attempts >= self.max_attempts:
-                # Dead: absorb the replica's other dead jobs, read afresh; a job
-                # queued meanwhile fails the txn and the next pass tries again.
-                prefix = self.keys.jobs(job.virtual_storage, job.target_node, job.repository_id)
-                current = await self.store.range(prefix, prefix=True)
-                new, absorbed = self._bury(job, reason, self._decode(current))
-                compares.append(Compare.unchanged_since(prefix, current.revision))
-            else:
-                new = replace(
-                    job, state=JobState.READY, worker="", not_before=now, last_error=reason
+            try:
+                recovered += int(await self._recover_orphan(job, holders))
+            except StoreUnavailable as exc:
+                logger.warning(
+                    "could not recover an orphaned replication job",
+                    extra=log.fields(job_id=job.job_id, error=str(exc)),
                 )
-            result = await self.store.txn(
-                compares, [Op.put(self._key(job), encode_job(new)), *absorbed]
-            )
-            recovered += int(result.succeeded)
         return recovered
+
+    async def _recover_orphan(self, job: ReplicationJob, holders: dict[str, KeyValue]) -> bool:
+        """Re-ready (or bury) ``job`` if its lock is gone; True if it was."""
+        lock_key = self.keys.lock(job.virtual_storage, job.target_node, job.repository_id)
+        lock = holders.get(lock_key)
+        if lock is not None and json.loads(lock.value).get("job") == job.job_id:
+            return False
+        # The txn re-checks both facts: a claim that raced this read wins.
+        guard = (
+            Compare.absent(lock_key)
+            if lock is None
+            else Compare.mod_revision(lock_key, lock.mod_revision)
+        )
+        reason = "worker lost its lease"
+        compares = [guard, Compare.mod_revision(self._key(job), job.revision)]
+        absorbed: list[ReplicationJob] = []
+        if job.attempts >= self.max_attempts:
+            # Dead: absorb the replica's other dead jobs, read afresh; a job
+            # queued meanwhile fails the txn and the next pass tries again.
+            prefix = self.keys.jobs(job.virtual_storage, job.target_node, job.repository_id)
+            current = await self.store.range(prefix, prefix=True)
+            new, absorbed = self._bury(job, reason, self._decode(current))
+            compares.append(Compare.unchanged_since(prefix, current.revision))
+        else:
+            new = replace(
+                job, state=JobState.READY, worker="", not_before=self.clock(), last_error=reason
+            )
+        result = await self.store.txn(
+            compares,
+            [
+                Op.put(self._key(job), encode_job(new)),
+                *(Op.delete(self._key(other)) for other in absorbed[:MAX_ABSORBED]),
+            ],
+        )
+        if result.succeeded:
+            await self._delete_unchanged(absorbed[MAX_ABSORBED:])
+        return result.succeeded
+
+    async def retry_now(self, job: ReplicationJob) -> bool:
+        """Make a dead job due at once (its replica can be repaired again);
+        False if it changed since it was read (claimed, absorbed, removed)."""
+        if job.state is not JobState.DEAD:
+            raise FailedPrecondition(f"job {job.job_id} is not dead")
+        due = replace(job, not_before=self.clock())
+        result = await self.store.txn(
+            [Compare.mod_revision(self._key(job), job.revision)],
+            [Op.put(self._key(job), encode_job(due))],
+        )
+        return result.succeeded
 
     async def remove(self, job: ReplicationJob) -> bool:
         """Delete a job that is not in flight (e.g. an operator dropping a dead job)."""

@@ -10,6 +10,15 @@
   a node that is down until it is back). A dead job counts as queued: the
   queue retries it with a backoff of up to an hour, so a replica whose repair
   keeps failing keeps one job instead of gaining one per pass.
+* **Dead jobs due now**: a repair dies quickly while its replica has no
+  healthy, up-to-date source (three attempts seconds apart) or its target is
+  unreachable. When the health consensus changes (and on every reconciler
+  interval), a dead repair whose target is healthy, whose replica is still
+  outdated and which has a healthy, up-to-date source again is made due at
+  once (one put each) instead of waiting out its backoff of up to an hour —
+  but only when its target or one of its up-to-date replicas became healthy
+  since the last pass (the first pass of a new leader counts every node as
+  newly healthy), so a target that keeps failing on its own keeps its backoff.
 * **Orphan recovery**: re-readies jobs whose worker's lease expired.
 * **Cluster gauges**: exported once, by the leader, so alerts fire once.
 
@@ -21,24 +30,32 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from gitquorum import log
 from gitquorum.cluster.decisions import (
     choose_primary,
+    choose_source,
     pending_repairs,
     primary_is_valid,
     primary_load,
     repairs,
+    up_to_date_replicas,
 )
 from gitquorum.cluster.election import LeaderElection
 from gitquorum.cluster.errors import Conflict, FailedPrecondition
 from gitquorum.cluster.membership import HealthView
 from gitquorum.cluster.metrics import ClusterMetrics
 from gitquorum.cluster.periodic import run_periodically, warn
-from gitquorum.cluster.queue import ReplicationQueue, queue_stats
+from gitquorum.cluster.queue import (
+    REPAIR_TYPES,
+    JobState,
+    ReplicationJob,
+    ReplicationQueue,
+    queue_stats,
+)
 from gitquorum.cluster.repair_jobs import queue_repairs
-from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
+from gitquorum.cluster.repositories import RepositoryCache, RepositoryRecord, RepositoryStore
 from gitquorum.proxy.metrics import ProxyMetrics
 
 logger = log.get("gitquorum.leader")
@@ -80,11 +97,20 @@ class LeaderTasks:
         self.failover_interval = failover_interval
         self.wake = wake
         self._health_changed = asyncio.Event()
-        health.add_listener(lambda _old, _new: self._health_changed.set())
+        self._dead_jobs_wake = asyncio.Event()
+        # Healthy nodes per virtual storage at the last dead-job pass of this
+        # leadership: the nodes healthy now and not then are the ones that came back.
+        self._seen_healthy: dict[str, frozenset[str]] = {}
+        health.add_listener(lambda _old, _new: self._on_health_change())
+
+    def _on_health_change(self) -> None:
+        self._health_changed.set()
+        self._dead_jobs_wake.set()
 
     def install(self) -> None:
         self.election.run_while_leader("failover", self.failover_loop)
         self.election.run_while_leader("reconciler", self.reconcile_loop)
+        self.election.run_while_leader("dead-jobs", self.dead_jobs_loop)
         self.election.run_while_leader("orphans", self.orphan_loop)
         self.election.run_while_leader("cluster-metrics", self.metrics_loop)
 
@@ -173,6 +199,40 @@ class LeaderTasks:
             on_error=warn(logger, "reconciliation failed"),
         )
 
+    # -- dead jobs whose replica can be repaired again ---------------------------------------
+
+    async def retry_dead_jobs_once(self) -> int:
+        """Make due the dead repairs that can run now (see the module docstring)."""
+        if self.paused():
+            return 0
+        records = {(r.virtual_storage, r.repository_id): r for r in self.cache.records()}
+        storages = {vs for vs, _ in records}
+        healthy = {vs: self.health.healthy(vs) for vs in storages}
+        came_back = {vs: healthy[vs] - self._seen_healthy.get(vs, frozenset()) for vs in storages}
+        due = dead_jobs_to_retry(
+            await self.queue.jobs(), records, healthy, came_back, self.queue.clock()
+        )
+        retried = 0
+        for job in due:
+            retried += int(await self.queue.retry_now(job))
+        # Only after a pass that went through: a failed one is redone in full.
+        self._seen_healthy = healthy
+        if retried:
+            self.wake()
+            logger.info("dead jobs due again", extra=log.fields(count=retried))
+        return retried
+
+    async def dead_jobs_loop(self) -> None:
+        # A new leadership starts from "every node came back": a source that
+        # returned during the change of leader is not missed.
+        self._seen_healthy = {}
+        await run_periodically(
+            self.retry_dead_jobs_once,
+            self.reconcile_interval,
+            wake=self._dead_jobs_wake,
+            on_error=warn(logger, "dead job pass failed"),
+        )
+
     # -- jobs of crashed workers ------------------------------------------------------------
 
     async def orphan_loop(self) -> None:
@@ -211,6 +271,34 @@ class LeaderTasks:
             # A former leader stops exporting cluster-wide gauges.
             cluster_metrics.update_queue(queue_stats([], time.time()))
             cluster_metrics.update_repositories((), {})
+
+
+def dead_jobs_to_retry(
+    jobs: Iterable[ReplicationJob],
+    records: Mapping[tuple[str, int], RepositoryRecord],
+    healthy: Mapping[str, frozenset[str]],
+    came_back: Mapping[str, frozenset[str]],
+    now: float,
+) -> list[ReplicationJob]:
+    """The dead repairs to make due now: still backing off, their replica still
+    outdated, the target healthy, a healthy up-to-date source available, and
+    the target or an up-to-date replica among the nodes that ``came_back``."""
+    due = []
+    for job in jobs:
+        if job.state is not JobState.DEAD or job.type not in REPAIR_TYPES or job.not_before <= now:
+            continue
+        record = records.get((job.virtual_storage, job.repository_id))
+        if record is None or record.replica_generation(job.target_node) == record.generation:
+            continue
+        nodes = healthy.get(job.virtual_storage, frozenset())
+        if job.target_node not in nodes:
+            continue
+        if choose_source(record, nodes, target=job.target_node) is None:
+            continue
+        back = came_back.get(job.virtual_storage, frozenset())
+        if job.target_node in back or up_to_date_replicas(record) & back:
+            due.append(job)
+    return due
 
 
 def _virtual_storages(cache: RepositoryCache) -> Sequence[str]:

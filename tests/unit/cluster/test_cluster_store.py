@@ -8,7 +8,7 @@ import pytest
 from gitquorum.cluster.clock import ManualClock
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.memory_store import MemoryStore
-from gitquorum.cluster.store import EventType, Op, prefix_end
+from gitquorum.cluster.store import Compare, EventType, Op, prefix_end
 from tests.unit.cluster.store_contract import CHECKS, collect
 
 
@@ -75,3 +75,31 @@ async def test_paused_watch_then_compaction_reports_resync() -> None:
     store.pause_watches(False)
     batches = await task
     assert batches[-1].compacted
+
+
+@pytest.mark.parametrize(
+    ("compares", "success", "failure", "refused"),
+    [
+        pytest.param(128, 128, 128, False, id="128 in each list: the limit, counted apart"),
+        pytest.param(0, 129, 0, True, id="129 ops on success"),
+        pytest.param(0, 0, 129, True, id="129 ops on failure"),
+        pytest.param(129, 1, 0, True, id="129 compares"),
+    ],
+)
+async def test_memory_store_refuses_txns_over_etcds_max_txn_ops(
+    compares: int, success: int, failure: int, refused: bool
+) -> None:
+    """etcd's --max-txn-ops (128) applies to compares, success and failure
+    ops each on its own; the in-memory store refuses what etcd refuses."""
+    store = MemoryStore(ManualClock())
+    call = store.txn(
+        [Compare.absent(f"k{i}") for i in range(compares)],
+        [Op.put(f"s{i}", b"v") for i in range(success)],
+        [Op.put(f"f{i}", b"v") for i in range(failure)],
+    )
+    if refused:
+        with pytest.raises(StoreUnavailable, match="too many operations"):
+            await call
+        assert store.dump() == {}
+    else:
+        assert (await call).succeeded

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 
 from gitquorum.cluster.clock import ManualClock
+from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.queue import (
@@ -224,3 +225,107 @@ async def test_orphan_recovery_of_a_job_out_of_attempts_absorbs_the_dead_one() -
     assert [(j.job_id, j.state, j.attempts) for j in jobs] == [
         (fresh.job_id, JobState.DEAD, old.attempts + 1)
     ]
+
+
+# -- dead jobs left by older versions (one per reconciler pass) ----------------------------
+
+LEGACY = 300  # more than etcd's 128 operations per txn, more than two batches
+
+
+async def legacy_dead_jobs(queue: ReplicationQueue, count: int = LEGACY) -> list[ReplicationJob]:
+    jobs = [
+        ReplicationJob(
+            f"{i:011x}aaaaaa", JobType.UPDATE, "vs", 1, "r.git", "n2", "n1", JobState.DEAD, 3
+        )
+        for i in range(count)
+    ]
+    for job in jobs:
+        await queue.store.put(queue._key(job), encode_job(job))
+    return jobs
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["no view", "view"])
+async def test_a_success_removes_hundreds_of_legacy_dead_jobs(view: bool) -> None:
+    clock, queue, worker = await setup(view)
+    await legacy_dead_jobs(queue)
+    # Another replica's dead job, not due yet, stays.
+    other = await queue.enqueue(JobType.UPDATE, "vs", 2, "r.git", "n2", source_node="n1")
+    other = replace(other, state=JobState.DEAD, attempts=3, not_before=clock.now() + 10**6)
+    await queue.store.put(queue._key(other), encode_job(other))
+    clock.advance(1)
+    claimed = await claim(queue, worker)
+    assert claimed.job.repository_id == 1
+    await queue.ack(claimed)
+    assert [j.job_id for j in await queue.jobs()] == [other.job_id]
+    assert not (await queue.store.get_prefix(KEYS.locks())).kvs, "the claim's lock is held"
+    if queue.view is not None:
+        await queue.view.close()
+
+
+async def test_a_death_absorbs_hundreds_of_legacy_dead_jobs() -> None:
+    clock, queue, worker = await setup()
+    await legacy_dead_jobs(queue)
+    clock.advance(1)
+    claimed = await claim(queue, worker)
+    dead = await queue.fail(claimed, "still full")
+    jobs = await queue.jobs()
+    assert [(j.job_id, j.state) for j in jobs] == [(claimed.job.job_id, JobState.DEAD)]
+    assert dead.attempts == 4
+    assert not (await queue.store.get_prefix(KEYS.locks())).kvs, "the claim's lock is held"
+
+
+async def test_orphan_recovery_absorbs_legacy_dead_jobs_and_goes_on_after_an_error() -> None:
+    clock, queue, _worker = await setup()
+    store = queue.store
+    await legacy_dead_jobs(queue)
+    healthy = await queue.enqueue(JobType.UPDATE, "vs", 2, "r.git", "n2", source_node="n1")
+    crashed = Worker("crashed", (await store.grant(5)).id)
+    clock.advance(1)
+    # The crashed worker held a legacy dead job's retry (its fourth attempt) and
+    # a job of another replica.
+    first = await claim(queue, crashed)
+    second = await claim(queue, crashed)
+    assert {first.job.repository_id, second.job.repository_id} == {1, 2}
+    clock.advance(6)
+    # The first job's txn meets an etcd error: the other job is still recovered.
+    real_txn = store.txn
+    broken = {first.job.job_id}
+
+    async def txn(compares: Any, ops: Any, failure: Any = ()) -> Any:
+        if any(op.key.endswith(job_id) for op in ops for job_id in broken):
+            broken.clear()
+            raise StoreUnavailable("etcd txn: UNAVAILABLE (injected)")
+        return await real_txn(compares, ops, failure)
+
+    store.txn = txn  # type: ignore[method-assign]
+    assert await queue.recover_orphans() == 1
+    assert await queue.recover_orphans() == 1  # the next pass does the first one
+    jobs = {j.repository_id: j for j in await queue.jobs()}
+    assert len(await queue.jobs()) == 2, "legacy dead jobs left behind"
+    assert jobs[1].state is JobState.DEAD
+    assert (jobs[2].job_id, jobs[2].state) == (healthy.job_id, JobState.READY)
+
+
+async def test_leftover_dead_jobs_are_deleted_in_bounded_txns() -> None:
+    """Every txn the queue sends stays within etcd's limit, however many dead
+    jobs a replica holds."""
+    clock, queue, worker = await setup()
+    await legacy_dead_jobs(queue, 1000)
+    clock.advance(1)
+    claimed = await claim(queue, worker)
+    await queue.ack(claimed)
+    assert await queue.jobs() == []
+
+
+@pytest.mark.parametrize("targets", [1, 64, 65, 300])
+async def test_a_claim_among_many_targets_stays_within_etcds_txn_limit(targets: int) -> None:
+    """Without a view a claim reads each target's jobs and locks; with many
+    nodes that read would exceed etcd's 128 operations per txn."""
+    _clock, queue, worker = await setup()
+    job = await queue.enqueue(JobType.UPDATE, "vs", 1, "r.git", "n0", source_node="x")
+    await queue.enqueue(JobType.UPDATE, "vs", 2, "r.git", "other", source_node="x")
+    chosen = [("vs", f"n{i}") for i in range(targets)]
+    claimed = await queue.claim_next(worker, targets=chosen)
+    assert claimed is not None and claimed.job.job_id == job.job_id
+    # Only the targets asked for: the other node's job is left alone.
+    assert await queue.claim_next(worker, targets=chosen) is None
