@@ -192,8 +192,14 @@ class Scenario:
         raise TimeoutError(f"no valid secondary after {STEADY_ATTEMPTS} rounds of catching up")
 
     def _valid_secondary(self) -> bool:
+        return bool(self.valid_secondaries())
+
+    def valid_secondaries(self) -> list[str]:
+        """Secondaries that are valid primaries now (healthy, up to date, assigned)."""
         meta = checker.metadata(self.proxies[0], self.relative_path)
-        return any(r.storage != meta.primary and r.valid_primary for r in meta.replicas)
+        return sorted(
+            r.storage for r in meta.replicas if r.storage != meta.primary and r.valid_primary
+        )
 
     def record_external_write(self, kind: str, ref: str, value: str) -> None:
         """A write the test made itself (acknowledged), for the checker."""

@@ -54,9 +54,14 @@ async def test_planned_switchover_fails_no_write(scenario: Scenario) -> None:
     config = str(cluster.proxies[0].config_path)
 
     for _ in range(SWITCHES):
-        # A planned move targets an up-to-date replica.
+        # A planned move targets an up-to-date replica: one that is a valid primary
+        # now (a contended compare-and-swap can leave another secondary outdated,
+        # and an operator moves a primary only to a replica `gitquorum status`
+        # shows as valid).
         old = await scenario.steady()
-        target = next(n.name for n in cluster.nodes if n.name != old)
+        candidates = await asyncio.to_thread(scenario.valid_secondaries)
+        assert candidates, "steady() returned without a valid secondary"
+        target = candidates[0]
         fault = scenario.faults.record("switchover", f"{old}->{target}")
         await asyncio.to_thread(switchover, config, scenario.relative_path, target)
 

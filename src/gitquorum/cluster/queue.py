@@ -50,7 +50,6 @@ from __future__ import annotations
 import enum
 import json
 import random
-import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -392,7 +391,9 @@ class ReplicationQueue:
         return jobs
 
     def _new_id(self) -> str:
-        return f"{int(self.clock() * 1000):011x}{secrets.token_hex(3)}"
+        # Time-ordered, then random: from ``rng`` (seeded from the OS unless a
+        # test seeds it to replay an example exactly).
+        return f"{int(self.clock() * 1000):011x}{self.rng.getrandbits(24):06x}"
 
     async def enqueue(
         self,
