@@ -3,10 +3,15 @@
 Every proxy checks every node with ``grpc.health.v1.Health/Check`` (default
 every 1 s, 1 s timeout) and publishes its *view* (virtual storage -> node ->
 healthy) in its membership key, only when the view changes. A node is healthy
-for the cluster when a **strict majority of live proxies** currently see it
-healthy (:func:`consensus`, a pure function of a :class:`HealthSnapshot`).
-A proxy is live while its lease-bound membership key exists, so a crashed
-proxy stops voting once its lease expires.
+for the cluster when **at least half of the live proxies** (rounded up; with
+one proxy, that proxy) currently see it healthy (:func:`consensus`, a pure
+function of a :class:`HealthSnapshot`). Half, not a strict majority, is
+Praefect's rule: with two proxies a strict majority needs both, so one proxy
+that cannot reach a node (its own network path, not the node) would fail the
+node over for everyone. That proxy still routes around the node on its own
+(the proxy intersects the consensus with its local view). A proxy is live
+while its lease-bound membership key exists, so a crashed proxy stops voting
+once its lease expires.
 
 Flapping guard: a node turns unhealthy in the local view after
 ``unhealthy_after`` consecutive failed checks (default 2, i.e. about 2 s) and
@@ -47,7 +52,7 @@ class HealthSnapshot:
 
 @dataclass(frozen=True)
 class Consensus:
-    """Healthy nodes per virtual storage by majority of live proxies (treat as immutable)."""
+    """Healthy nodes per virtual storage by at least half of the live proxies (immutable)."""
 
     healthy_nodes: Mapping[str, frozenset[str]]
     proxies: frozenset[str] = frozenset()
@@ -59,14 +64,20 @@ class Consensus:
         return node in self.healthy(virtual_storage)
 
 
+def votes_needed(live_proxies: int) -> int:
+    """Healthy votes a node needs: at least half of the live proxies, rounded up,
+    and never fewer than one (1 of 1, 1 of 2, 2 of 3, 2 of 4, 3 of 5)."""
+    return max(1, (live_proxies + 1) // 2)
+
+
 def consensus(snapshot: HealthSnapshot) -> Consensus:
-    """Nodes seen healthy by more than half of the live proxies.
+    """Nodes seen healthy by at least half of the live proxies (:func:`votes_needed`).
 
     A live proxy without a published view counts as seeing nothing healthy;
     views of proxies that are not live are ignored.
     """
     live = snapshot.proxies
-    needed = len(live) // 2 + 1
+    needed = votes_needed(len(live))
     votes: Counter[tuple[str, str]] = Counter()
     for proxy in live:
         for virtual_storage, nodes in snapshot.views.get(proxy, {}).items():

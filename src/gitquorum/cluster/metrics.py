@@ -177,7 +177,7 @@ class ClusterMetrics(Collector):
         health = GaugeMetricFamily(
             "gitquorum_node_healthy",
             "1 if the node is healthy as this proxy sees it (view=local) "
-            "or by majority of proxies (view=consensus)",
+            "or by at least half of the live proxies (view=consensus)",
             labels=["virtual_storage", "storage", "view"],
         )
         for (vs, node), ok in sorted(local.items()):

@@ -174,7 +174,11 @@ def test_status_counts_health_votes_queue_and_lag() -> None:
         record(2, "b.git", "n3", 2, n3=2, n2=2),  # missing on n1, primary unhealthy
         record(3, "c.git", "n3", 1, n3=1),  # only replica on the unhealthy node
     )
-    proxies = (member("p1", n1=True, n2=True, n3=False), member("p2", n1=True, n2=True, n3=True))
+    proxies = (
+        member("p1", n1=True, n2=True, n3=False),
+        member("p2", n1=True, n2=True, n3=True),
+        member("p3", n1=True, n2=True, n3=False),
+    )
     jobs = (
         job("n3", JobState.READY, 1900.0),
         job("n1", JobState.FAILED, 1500.0, rid=2),
@@ -187,11 +191,11 @@ def test_status_counts_health_votes_queue_and_lag() -> None:
     assert status["leader"] == "p1"
     assert status["paused"] == {"since": 1990.0, "reason": "upgrade", "by": ""}
     vs = status["virtual_storages"][0]
-    # n3 is seen healthy by one of two proxies: not a majority.
+    # n3 is seen healthy by one of three proxies: fewer than half.
     assert vs["repositories"] == 3 and vs["unavailable"] == 1
     nodes = {n["name"]: n for n in vs["nodes"]}
     assert nodes["n3"]["healthy"] is False
-    assert nodes["n3"]["votes"] == {"p1": False, "p2": True}
+    assert nodes["n3"]["votes"] == {"p1": False, "p2": True, "p3": False}
     assert nodes["n2"]["draining"] is True and nodes["n1"]["draining"] is False
     assert nodes["n1"]["primaries"] == 1 and nodes["n3"]["primaries"] == 2
     assert nodes["n1"]["outdated"] == 2  # b.git missing, c.git missing
@@ -203,7 +207,7 @@ def test_status_counts_health_votes_queue_and_lag() -> None:
     assert "leader p1" in text and "paused since" in text and "pause reason: upgrade" in text
     assert "virtual storage default: 3 repositories, 1 unavailable" in text
     n3 = next(line for line in text.splitlines() if line.startswith("n3 "))
-    assert "UNHEALTHY" in n3 and "p1:down p2:ok" in n3
+    assert "UNHEALTHY" in n3 and "p1:down p2:ok p3:down" in n3
     assert "DRAINING" in next(line for line in text.splitlines() if line.startswith("n2 "))
     assert "8m20s" in next(line for line in text.splitlines() if line.startswith("n1 "))
     json.dumps(status)  # the --json output is plain data

@@ -4,6 +4,7 @@ import asyncio
 
 import grpc
 import grpc.aio
+import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,6 +16,7 @@ from gitquorum.cluster.health import (
     HealthChecker,
     HealthSnapshot,
     consensus,
+    votes_needed,
 )
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import HealthView, ProxyMembership
@@ -27,7 +29,7 @@ def view(**nodes: bool) -> dict[str, dict[str, bool]]:
     return {"vs": dict(nodes)}
 
 
-def test_majority_of_live_proxies() -> None:
+def test_half_of_live_proxies() -> None:
     snapshot = HealthSnapshot(
         frozenset({"a", "b", "c"}),
         {
@@ -38,12 +40,71 @@ def test_majority_of_live_proxies() -> None:
         },
     )
     assert consensus(snapshot).healthy("vs") == {"n1", "n2"}
-    # Two live proxies: both must agree (strict majority).
+    # Two live proxies: one of them is enough (half, not a strict majority).
     two = HealthSnapshot(frozenset({"a", "b"}), snapshot.views)
-    assert consensus(two).healthy("vs") == {"n1"}
+    assert consensus(two).healthy("vs") == {"n1", "n2"}
     # A live proxy that has not published counts as seeing nothing healthy.
-    assert consensus(HealthSnapshot(frozenset({"a", "x"}), snapshot.views)).healthy("vs") == set()
+    assert consensus(HealthSnapshot(frozenset({"x", "y"}), snapshot.views)).healthy("vs") == set()
+    assert consensus(HealthSnapshot(frozenset({"a", "x"}), snapshot.views)).healthy("vs") == {
+        "n1",
+        "n2",
+    }
     assert consensus(HealthSnapshot(frozenset(), {})) == Consensus({}, frozenset())
+
+
+@pytest.mark.parametrize(
+    ("live", "needed"), [(0, 1), (1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (6, 3), (7, 4)]
+)
+def test_votes_needed_is_half_rounded_up(live: int, needed: int) -> None:
+    assert votes_needed(live) == needed
+
+
+# (live proxies, how many of them see n1 healthy, healthy by consensus)
+SEEN_BY = [
+    (1, 0, False),
+    (1, 1, True),
+    (2, 0, False),
+    # One proxy's blind spot: the other proxy alone keeps the node healthy.
+    (2, 1, True),
+    (2, 2, True),
+    (3, 0, False),
+    (3, 1, False),
+    (3, 2, True),
+    (3, 3, True),
+    (4, 1, False),
+    (4, 2, True),
+    (4, 3, True),
+    (5, 1, False),
+    (5, 2, False),
+    (5, 3, True),
+    (5, 5, True),
+]
+
+
+@pytest.mark.parametrize(("live", "seeing", "healthy"), SEEN_BY)
+def test_healthy_when_seen_by_at_least_half(live: int, seeing: int, healthy: bool) -> None:
+    proxies = [f"p{i}" for i in range(live)]
+    views = {p: view(n1=i < seeing, n2=True) for i, p in enumerate(proxies)}
+    result = consensus(HealthSnapshot(frozenset(proxies), views))
+    assert result.is_healthy("vs", "n1") is healthy
+    assert result.healthy("vs") == ({"n1", "n2"} if healthy else {"n2"})
+
+
+@pytest.mark.parametrize(("live", "seeing", "healthy"), SEEN_BY)
+def test_live_proxies_without_a_view_see_nothing(live: int, seeing: int, healthy: bool) -> None:
+    # The proxies that do not see n1 have published nothing at all.
+    proxies = [f"p{i}" for i in range(live)]
+    views = {p: view(n1=True) for p in proxies[:seeing]}
+    assert consensus(HealthSnapshot(frozenset(proxies), views)).is_healthy("vs", "n1") is healthy
+
+
+@pytest.mark.parametrize(("live", "seeing", "healthy"), SEEN_BY)
+def test_views_of_proxies_not_live_are_ignored(live: int, seeing: int, healthy: bool) -> None:
+    # Three departed proxies still have views that see n1: they change nothing.
+    proxies = [f"p{i}" for i in range(live)]
+    views = {p: view(n1=i < seeing) for i, p in enumerate(proxies)}
+    views.update({f"gone{i}": view(n1=True) for i in range(3)})
+    assert consensus(HealthSnapshot(frozenset(proxies), views)).is_healthy("vs", "n1") is healthy
 
 
 PROXIES = st.sets(st.sampled_from(["a", "b", "c", "d", "e"]), max_size=5)
@@ -60,7 +121,7 @@ def test_consensus_matches_its_definition(
     result = consensus(HealthSnapshot(frozenset(live), {p: {"vs": v} for p, v in views.items()}))
     for node in ("n1", "n2", "n3"):
         votes = sum(1 for p in live if views.get(p, {}).get(node, False))
-        assert (node in result.healthy("vs")) == (votes * 2 > len(live))
+        assert (node in result.healthy("vs")) == (votes >= 1 and votes * 2 >= len(live))
 
 
 @given(
@@ -163,7 +224,7 @@ async def test_views_and_membership_drive_the_consensus() -> None:
     async with asyncio.timeout(5):
         await observer.wait_for(lambda c: c.healthy("vs") == {"n1"})
     # p0 dies (its keep-alives stop): after its lease expires two proxies remain
-    # and n1 needs both of them.
+    # and one of them (p2) is enough for n1.
     await members[1].publish_health(view(n1=False, n2=False))
     async with asyncio.timeout(5):
         await observer.wait_for(lambda c: c.healthy("vs") == {"n1"})
@@ -183,7 +244,7 @@ async def test_views_and_membership_drive_the_consensus() -> None:
             break
     async with asyncio.timeout(5):
         final = await observer.wait_for(lambda c: c.proxies == {"p1", "p2"})
-    assert final.healthy("vs") == set()
+    assert final.healthy("vs") == {"n1"}
     assert changes and observer.changed.is_set()
     for member in members[1:]:
         await member.close()
