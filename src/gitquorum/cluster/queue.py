@@ -407,23 +407,16 @@ class ReplicationQueue:
         correlation_id: str = "",
     ) -> ReplicationJob:
         """Queue a job, or return the identical pending one already queued."""
-        check_name("node", target_node)
-        if source_node is not None:
-            check_name("node", source_node)
-        prefix = self.keys.jobs(virtual_storage, target_node, repository_id)
-        now = self.clock()
-        job = ReplicationJob(
-            job_id=self._new_id(),
-            type=JobType(type),
-            virtual_storage=virtual_storage,
-            repository_id=repository_id,
-            relative_path=relative_path,
-            target_node=target_node,
+        job = self.new_job(
+            type,
+            virtual_storage,
+            repository_id,
+            relative_path,
+            target_node,
             source_node=source_node,
-            created_at=now,
-            not_before=now,
             correlation_id=correlation_id,
         )
+        prefix = self.keys.jobs(virtual_storage, target_node, repository_id)
 
         async def attempt(_number: int) -> ReplicationJob | Retry:
             current = await self.store.range(prefix, prefix=True)
