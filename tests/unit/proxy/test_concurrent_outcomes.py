@@ -14,26 +14,15 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from gitquorum.cluster.clock import ManualClock
 from gitquorum.cluster.decisions import WriteResult, up_to_date_replicas
-from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
-from gitquorum.cluster.queue import ReplicationQueue
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryRecord, RepositoryStore
 from gitquorum.cluster.store import Compare, Op, OpKind, TxnResult
 from gitquorum.proxy.etcd_cluster_port import EtcdClusterPort
-from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.routing import MutatorRoute
-
-KEYS = Keyspace("unit")
-NODES = ("n1", "n2", "n3")
-
-
-class AllHealthy:
-    def healthy(self, _virtual_storage: str) -> frozenset[str]:
-        return frozenset(NODES)
+from tests.unit.proxy.finalizer_parts import KEYS, NODES, memory_port
 
 
 async def _port(store: MemoryStore) -> tuple[EtcdClusterPort, RepositoryRecord]:
@@ -41,16 +30,7 @@ async def _port(store: MemoryStore) -> tuple[EtcdClusterPort, RepositoryRecord]:
     record = await repos.create("vs", "a.git", nodes=NODES, healthy=set(NODES))
     cache = RepositoryCache(store, KEYS)
     await cache.start()
-    port = EtcdClusterPort(
-        {"vs": NODES},
-        {"vs": 3},
-        repos,
-        cache,
-        health=AllHealthy(),  # type: ignore[arg-type]  # only its healthy() is used
-        local_health=lambda _vs, _node: True,
-        queue=ReplicationQueue(store, KEYS),
-        metrics=ProxyMetrics(CollectorRegistry()),
-    )
+    port = memory_port(store, repos, cache)
     return port, record
 
 

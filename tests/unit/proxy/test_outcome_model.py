@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from prometheus_client import CollectorRegistry
 
 from gitquorum.cluster.clock import ManualClock
 from gitquorum.cluster.decisions import (
@@ -33,24 +32,14 @@ from gitquorum.cluster.decisions import (
     up_to_date_replicas,
 )
 from gitquorum.cluster.errors import Conflict, FailedPrecondition, WriteToOutdatedReplicas
-from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
-from gitquorum.cluster.queue import ReplicationQueue
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryRecord, RepositoryStore
 from gitquorum.errors import GitquorumError
-from gitquorum.proxy.etcd_cluster_port import EtcdClusterPort
-from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.routing import MutatorRoute, route_mutator
+from tests.unit.proxy.finalizer_parts import KEYS, NODES, memory_port
 
-KEYS = Keyspace("unit")
-NODES = ("n1", "n2", "n3")
 VS = "vs"
 T = TypeVar("T")
-
-
-class AllHealthy:
-    def healthy(self, _virtual_storage: str) -> frozenset[str]:
-        return frozenset(NODES)
 
 
 @dataclass(frozen=True)
@@ -78,16 +67,7 @@ class WriteOutcomes(RuleBasedStateMachine):
             self.repos = RepositoryStore(self.store, KEYS, rng=random.Random(1))
             self.cache = RepositoryCache(self.store, KEYS)
             await self.cache.start()
-            self.port = EtcdClusterPort(
-                {VS: NODES},
-                {VS: 3},
-                self.repos,
-                self.cache,
-                health=AllHealthy(),  # type: ignore[arg-type]  # only healthy() is used
-                local_health=lambda _vs, _node: True,
-                queue=ReplicationQueue(self.store, KEYS),
-                metrics=ProxyMetrics(CollectorRegistry()),
-            )
+            self.port = memory_port(self.store, self.repos, self.cache, virtual_storage=VS)
             return await self.repos.create(VS, "a.git", nodes=NODES, healthy=set(NODES))
 
         self.repository_id = self.run(setup()).repository_id

@@ -8,29 +8,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from gitquorum.cluster.clock import ManualClock
 from gitquorum.cluster.decisions import WriteResult, up_to_date_replicas
 from gitquorum.cluster.errors import StoreUnavailable
-from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.queue import ReplicationQueue
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
 from gitquorum.cluster.store import OpKind
-from gitquorum.proxy.etcd_cluster_port import EtcdClusterPort
-from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.routing import MutatorRoute
-
-KEYS = Keyspace("unit")
-NODES = ("n1", "n2", "n3")
-
-
-class AllHealthy:
-    """The health consensus: every node healthy."""
-
-    def healthy(self, _virtual_storage: str) -> frozenset[str]:
-        return frozenset(NODES)
+from tests.unit.proxy.finalizer_parts import KEYS, NODES, memory_port
 
 
 class UnreachableQueue(ReplicationQueue):
@@ -50,16 +37,7 @@ async def test_a_job_that_cannot_be_queued_does_not_fail_a_recorded_write() -> N
     record = await repos.create("vs", "a.git", nodes=NODES, healthy=set(NODES))
     cache = RepositoryCache(store, KEYS)
     await cache.start()
-    port = EtcdClusterPort(
-        {"vs": NODES},
-        {"vs": 3},
-        repos,
-        cache,
-        health=AllHealthy(),  # type: ignore[arg-type]  # only its healthy() is used
-        local_health=lambda _vs, _node: True,
-        queue=UnreachableQueue(store, KEYS),
-        metrics=ProxyMetrics(CollectorRegistry()),
-    )
+    port = memory_port(store, repos, cache, UnreachableQueue(store, KEYS))
     assert record.primary is not None
     others = [n for n in NODES if n != record.primary]
     route = MutatorRoute(
@@ -136,16 +114,7 @@ async def test_a_lost_jobs_txn_around_a_repair_plans_the_outcome_again(applied: 
     await repos.mark_outdated("vs", record.repository_id, ["n3"])  # the verifier: n3 behind
     cache = RepositoryCache(store, KEYS)
     await cache.start()
-    port = EtcdClusterPort(
-        {"vs": NODES},
-        {"vs": 3},
-        repos,
-        cache,
-        health=AllHealthy(),  # type: ignore[arg-type]  # only its healthy() is used
-        local_health=lambda _vs, _node: True,
-        queue=ReplicationQueue(store, KEYS),
-        metrics=ProxyMetrics(CollectorRegistry()),
-    )
+    port = memory_port(store, repos, cache)
 
     async def repair() -> None:  # read generation 1, copied from n1
         await repos.set_replica_generation("vs", record.repository_id, "n3", 1)
