@@ -237,14 +237,7 @@ class EtcdClusterPort:
         try:
             jobs = await prepare_repairs(self.queue, record, needed, correlation_id=correlation_id)
         except StoreUnavailable as exc:
-            logger.warning(
-                "replication jobs not queued; the reconciler will queue them",
-                extra=log.fields(
-                    repository_id=record.repository_id,
-                    targets=sorted(r.target for r in needed),
-                    error=str(exc),
-                ),
-            )
+            _jobs_not_queued(record, needed, exc)
             return NO_EXTRAS
         return TxnExtras(jobs.compares, jobs.ops)
 
@@ -256,14 +249,7 @@ class EtcdClusterPort:
             # failing it now would report a durable write as unavailable. The
             # outdated replicas are in the record, so the reconciler queues
             # their jobs on its next pass (seen during an etcd leader election).
-            logger.warning(
-                "replication jobs not queued; the reconciler will queue them",
-                extra=log.fields(
-                    repository_id=record.repository_id,
-                    targets=sorted(r.target for r in needed),
-                    error=str(exc),
-                ),
-            )
+            _jobs_not_queued(record, needed, exc)
 
     async def remove(self, virtual_storage: str, repo: RepositoryRecord) -> None:
         await self.repositories.delete(virtual_storage, repo.repository_id)
@@ -274,3 +260,14 @@ class EtcdClusterPort:
                 await self.cache.wait_until(
                     lambda: self.cache.get_by_id(repo.repository_id) is None
                 )
+
+
+def _jobs_not_queued(record: RepositoryRecord, needed: tuple[Repair, ...], exc: Exception) -> None:
+    logger.warning(
+        "replication jobs not queued; the reconciler will queue them",
+        extra=log.fields(
+            repository_id=record.repository_id,
+            targets=sorted(r.target for r in needed),
+            error=str(exc),
+        ),
+    )
