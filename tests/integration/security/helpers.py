@@ -209,6 +209,20 @@ def git(*args: str, cwd: Path | None = None, **env: str) -> subprocess.Completed
     )
 
 
+def push_after_node_stopped(remote: str, work: Path, **env: str) -> None:
+    """Push once the cluster sees a just-stopped node unhealthy.
+
+    Until then, a push that needs that node (as primary) is refused with
+    UNAVAILABLE: retry, as a client would.
+    """
+    wait_for(
+        lambda: git("push", remote, "main", cwd=work, **env).returncode == 0,
+        30,
+        interval=0.5,
+        what="a push once the stopped node is seen unhealthy",
+    )
+
+
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
     assert proc.returncode == 0, f"{proc.args}: {proc.stderr}"
     return proc

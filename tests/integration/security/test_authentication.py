@@ -17,7 +17,6 @@ import grpc
 import pytest
 
 from tests.harness.cluster import Cluster
-from tests.harness.node import wait_for
 from tests.integration.proxy.helpers import url
 from tests.integration.security.conftest import Secrets
 from tests.integration.security.helpers import (
@@ -27,6 +26,7 @@ from tests.integration.security.helpers import (
     git,
     ok,
     probes,
+    push_after_node_stopped,
     server_info,
     wait_converged,
     work_tree,
@@ -144,14 +144,7 @@ def test_push_clone_and_replication_with_the_client_secret(
     (work / "more.txt").write_text("more\n")
     ok(git("add", "more.txt", cwd=work))
     ok(git("commit", "-q", "-m", "more", cwd=work))
-    # Until the cluster sees the stopped node unhealthy, a push that needs it
-    # (as primary) is refused with UNAVAILABLE: retry, as a client would.
-    wait_for(
-        lambda: git("push", remote, "main", cwd=work, **token_env).returncode == 0,
-        30,
-        interval=0.5,
-        what="a push once the stopped node is seen unhealthy",
-    )
+    push_after_node_stopped(remote, work, **token_env)
     cluster.nodes[2].start()
     second = wait_converged(proxy, relative, timeout=60)
     assert second != first

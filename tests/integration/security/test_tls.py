@@ -32,6 +32,7 @@ from tests.integration.security.helpers import (
     git,
     ok,
     probes,
+    push_after_node_stopped,
     server_info,
     status,
     wait_converged,
@@ -119,14 +120,7 @@ def test_push_votes_clone_and_replication_over_tls(secure: Secure, tmp_path: Pat
     gitrepo.git("add", "more.txt", cwd=work)
     gitrepo.git("commit", "-q", "-m", "more", cwd=work)
     try:
-        # Until the cluster sees the stopped node unhealthy, a push that needs it
-        # (as primary) is refused with UNAVAILABLE: retry, as a client would.
-        wait_for(
-            lambda: git("push", remote, "main", cwd=work, **tls_env(secure)).returncode == 0,
-            30,
-            interval=0.5,
-            what="a push once the stopped node is seen unhealthy",
-        )
+        push_after_node_stopped(remote, work, **tls_env(secure))
     finally:
         # Whatever happened, the module's other tests get their three nodes back.
         node.start()
