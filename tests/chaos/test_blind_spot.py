@@ -26,6 +26,7 @@ from gitquorum.gitaly import repository_pb2, repository_pb2_grpc
 from tests.chaos.nemesis import Relay
 from tests.harness import gitrepo
 from tests.harness.cluster import Cluster
+from tests.harness.node import wait_for
 from tests.integration.proxy import helpers
 
 pytestmark = pytest.mark.timeout(180)
@@ -103,14 +104,6 @@ def write_ref(address: str, relative_path: str, ref: str, revision: str) -> None
         )
 
 
-def wait(predicate: Any, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
-        time.sleep(0.1)
-
-
 def test_one_proxy_cut_off_from_one_node_fails_nothing_over(
     cluster: BlindSpotCluster, tmp_path: Path
 ) -> None:
@@ -137,10 +130,11 @@ def test_one_proxy_cut_off_from_one_node_fails_nothing_over(
     assert failovers(cluster) == 0
 
     cluster.relays[cut_node].cut()
-    wait(
+    wait_for(
         lambda: not node_healthy(cluster, CUT_OFF, cut_node, "local"),
         15,
-        f"{CUT_OFF} to see {cut_node} unhealthy",
+        interval=0.1,
+        what=f"{CUT_OFF} to see {cut_node} unhealthy",
     )
     # The consensus keeps the node (seen by one of two proxies) on both proxies,
     # for long enough that a failover would have happened.
@@ -172,10 +166,11 @@ def test_one_proxy_cut_off_from_one_node_fails_nothing_over(
     assert node_healthy(cluster, direct.name, cut_node, "consensus")
 
     cluster.relays[cut_node].heal()
-    wait(
+    wait_for(
         lambda: node_healthy(cluster, CUT_OFF, cut_node, "local"),
         15,
-        f"{CUT_OFF} to see {cut_node} again",
+        interval=0.1,
+        what=f"{CUT_OFF} to see {cut_node} again",
     )
     for primary, relative_path in by_primary.items():
         converged = helpers.wait_converged(direct.address, relative_path, timeout=60)
