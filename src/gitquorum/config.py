@@ -369,7 +369,8 @@ class ProxyConfig:
     write_timeout: float = 10.0
     # Without contact with etcd for this long, the proxy stops serving from its
     # cached cluster state (reads get UNAVAILABLE; writes already fail closed).
-    stale_read_limit: float = 30.0
+    # It bounds how stale a read can be (docs/failover.md, "Reads across proxies").
+    stale_read_limit: float = 5.0
     replication_workers: int = 2
     replication_attempts: int = 3
     reconcile_interval: float = 30.0
@@ -383,6 +384,23 @@ class ProxyConfig:
     # TLS of the client-facing listener, and of the channels to nodes (docs/security.md).
     tls: TlsSettings = TlsSettings()
     node_tls: TlsSettings | None = None
+
+
+# The etcd watch hears from etcd every second (progress notifications) and
+# replaces a silent stream after 3 s (cluster/etcd_store.py): a lower limit
+# would refuse reads while etcd is healthy.
+MIN_STALE_READ_LIMIT = 3.0
+
+
+def _stale_read_limit(reader: _Reader, top: dict[str, Any]) -> float:
+    limit = reader.duration(top, "stale_read_limit", "", "5s")
+    if limit < MIN_STALE_READ_LIMIT:
+        reader.problem(
+            "stale_read_limit",
+            f"must be at least {MIN_STALE_READ_LIMIT:g}s (the etcd watch hears from etcd "
+            "every second and replaces a silent stream after 3s)",
+        )
+    return limit
 
 
 def proxy_config_from_dict(data: Any) -> ProxyConfig:
@@ -501,7 +519,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
         election_ttl=reader.duration(election, "ttl", "election.", "5s"),
         vote_timeout=reader.duration(top, "vote_timeout", "", "10s"),
         write_timeout=reader.duration(top, "write_timeout", "", "10s"),
-        stale_read_limit=reader.duration(top, "stale_read_limit", "", "30s"),
+        stale_read_limit=_stale_read_limit(reader, top),
         replication_workers=reader.integer(replication, "workers", "replication.", 2, 1),
         replication_attempts=reader.integer(replication, "attempts", "replication.", 3, 1),
         reconcile_interval=reader.duration(

@@ -119,10 +119,14 @@ class EtcdConfig:
     request_timeout: float = 3.0
     # Attempts for idempotent calls (reads, puts, deletes, lease grant/revoke).
     attempts: int = 3
-    # The watch asks for a progress notification this often and reconnects
-    # when the stream stays silent for ``watch_idle_timeout``.
-    watch_progress_interval: float = 2.0
-    watch_idle_timeout: float = 10.0
+    # The watch asks for a progress notification this often (first at once on
+    # every new stream) and reconnects when the stream stays silent for
+    # ``watch_idle_timeout``. Each answer is contact with etcd for the stale-read
+    # check (``stale_read_limit``, at least 3 s): an idle watch hears from etcd
+    # every second, and a silently dead stream (a paused or cut-off member) is
+    # replaced after 3 s, before the limit refuses reads.
+    watch_progress_interval: float = 1.0
+    watch_idle_timeout: float = 3.0
     token_refresh_interval: float = 240.0
 
 
@@ -636,4 +640,4 @@ class EtcdStore(Store):
                 rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest())
             )
 
-        await run_periodically(ask, self.config.watch_progress_interval, delay_first=True)
+        await run_periodically(ask, self.config.watch_progress_interval, delay_first=False)

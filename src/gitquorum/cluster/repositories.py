@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from tenacity import wait_incrementing
 
 from gitquorum.cluster.cas import RETRY, Retry, compare_and_swap, conflict, jittered_backoff
+from gitquorum.cluster.clock import Clock
 from gitquorum.cluster.election import FencingToken, fenced_txn
 from gitquorum.cluster.errors import (
     Compacted,
@@ -770,7 +771,14 @@ class RepositoryCache:
     # Records per read while warming (about 250 bytes each on the wire).
     DEFAULT_PAGE_SIZE = 2000
 
-    def __init__(self, store: Store, keys: Keyspace, *, page_size: int = DEFAULT_PAGE_SIZE) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keyspace,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        clock: Clock | None = None,
+    ) -> None:
         self.keys = keys
         self._by_id: dict[int, RepositoryRecord] = {}
         self._by_path: dict[str, dict[str, RepositoryRecord]] = {}
@@ -779,7 +787,12 @@ class RepositoryCache:
         self._changed = asyncio.Event()
         self._waiting = 0
         self._mirror = PrefixMirror(
-            store, keys.repositories(), reset=self._reset, apply=self._apply, page_size=page_size
+            store,
+            keys.repositories(),
+            reset=self._reset,
+            apply=self._apply,
+            page_size=page_size,
+            clock=clock,
         )
 
     async def start(self) -> None:
@@ -795,7 +808,9 @@ class RepositoryCache:
 
     @property
     def last_sync(self) -> float:
-        """Monotonic time the cache was last known to be current."""
+        """Monotonic time the cache last heard from etcd (a load, a watch event
+        or a progress notification): the stale-read check and the state-age
+        gauge measure from it."""
         return self._mirror.last_sync
 
     @property

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from gitquorum.metrics import LATENCY_BUCKETS, RpcMetrics
 
@@ -36,3 +40,41 @@ class ProxyMetrics:
             ["virtual_storage", "reason"],
             registry=registry,
         )
+        self.watch_lag = Histogram(
+            "gitquorum_cluster_watch_lag_seconds",
+            "Time from etcd acknowledging a repository record change this proxy made to its "
+            "own watch-fed cache applying it: how far a cache trails etcd.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.state_age = StateAge(registry)
+
+
+class StateAge(Collector):
+    """``gitquorum_cluster_state_age_seconds``, read from its source at scrape time.
+
+    A value kept up to date by a task would stop moving exactly when the
+    proxy's event loop or etcd stalls; computed on scrape, it keeps growing.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._source: Callable[[], float] | None = None
+        registry.register(self)
+
+    def follow(self, source: Callable[[], float]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        source = self._source
+        if source is None:
+            return
+        age = GaugeMetricFamily(
+            "gitquorum_cluster_state_age_seconds",
+            "Seconds since this proxy's repository cache last heard from etcd (a watch event "
+            "or progress notification); reads are refused beyond stale_read_limit.",
+        )
+        age.add_metric([], source())
+        yield age
