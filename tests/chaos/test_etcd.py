@@ -24,7 +24,7 @@ STALE_READ_LIMIT = 5.0
 # A lost compare-and-swap race: the old value moved, or another writer held the ref.
 CONTENTION = ("FAILED_PRECONDITION", "ABORTED")
 # The cache's last confirmation can predate the fault by one progress
-# notification interval (2 s); a loaded machine adds some more.
+# notification interval (1 s); a loaded machine adds some more.
 STALE_SLACK = 4.0
 
 
