@@ -195,7 +195,9 @@ class EtcdClusterPort:
         correlation_id = log.correlation_id.get()
 
         async def plan(current: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
-            outcome = record_outcome(current, route.generation, result, healthy=healthy)
+            outcome = record_outcome(
+                current, route.generation, result, routed_at=route.revision, healthy=healthy
+            )
             if outcome.spared:
                 logger.warning(
                     "write outcome: replicas named outdated left up to date",
