@@ -36,3 +36,9 @@ class ProxyMetrics:
             ["virtual_storage", "reason"],
             registry=registry,
         )
+        self.write_holds = Histogram(
+            "gitquorum_write_hold_seconds",
+            "Time writes waited while an outdated replica took its last catch-up copy.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
