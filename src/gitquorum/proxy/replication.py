@@ -132,7 +132,7 @@ class Replicator:
         self,
         record: RepositoryRecord,
         stub: repository_pb2_grpc.RepositoryServiceStub,
-        metadata: Sequence[tuple[str, str]],
+        metadata: Sequence[tuple[str, str | bytes]],
         target_node: str,
         preferred: str | None,
     ) -> tuple[str, int]:
@@ -184,7 +184,7 @@ class CatchUp:
         self,
         record: RepositoryRecord,
         stub: repository_pb2_grpc.RepositoryServiceStub,
-        metadata: Sequence[tuple[str, str]],
+        metadata: Sequence[tuple[str, str | bytes]],
         preferred: str | None,
     ) -> str:
         source = ""
@@ -223,7 +223,7 @@ class CatchUp:
     async def _held_copy(
         self,
         stub: repository_pb2_grpc.RepositoryServiceStub,
-        metadata: Sequence[tuple[str, str]],
+        metadata: Sequence[tuple[str, str | bytes]],
         preferred: str | None,
     ) -> str | None:
         """Hold writes, copy, record up to date if nothing landed; None: try again."""
