@@ -10,6 +10,10 @@ Measures, against targets from the failover issue:
   node serving again; the restart itself is reported separately).
 * **switchover**: ``gitquorum switchover`` moves the primary while four
   clients write -> zero failed writes.
+* **busy**: a secondary misses about 2 s of writes to a repository that takes
+  50 writes/s and comes back while they go on -> its replica up to date
+  within 10 s of the node serving again, no write failed; also what writes
+  waited for the catch-up's hold (``gitquorum_write_hold_seconds``).
 
 Every trial runs against a real cluster started by ``gitquorum up``'s launcher
 (``gitquorum.localcluster``, without the HTTP gateway: etcd, three nodes, two
@@ -19,13 +23,15 @@ timeouts 10 s.
 
 Usage::
 
-    python bench/failover_bench.py [--trials 7] [--phases kill,catchup,switchover] [--json out.json]
+    python bench/failover_bench.py [--trials 7] [--phases kill,catchup,switchover,busy]
+        [--rate 50] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -34,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,7 +73,7 @@ from gitquorum.gitaly import (  # noqa: E402
 from gitquorum.launch.proxy_config import VIRTUAL_STORAGE  # noqa: E402
 from gitquorum.localcluster import LocalCluster, Settings  # noqa: E402
 
-PHASES = ("kill", "catchup", "switchover")
+PHASES = ("kill", "catchup", "switchover", "busy")
 # The proxies' documented defaults (gitquorum up and the tests use faster ones).
 DEFAULTS: dict[str, object] = {
     "health": {"interval": "1s", "timeout": "1s"},
@@ -79,6 +86,8 @@ TARGETS = {
     "kill_p50_s": 3.0,
     "kill_max_s": 5.0,
     "catchup_max_s": 10.0,
+    "busy_max_s": 10.0,
+    "busy_failed_writes": 0,
     "switchover_failed_writes": 0,
 }
 OP_TIMEOUT = 15.0
@@ -509,6 +518,18 @@ def checks(results: dict[str, Any]) -> list[Check]:
     if "switchover" in results:
         failed = results["switchover"]["failed_writes"]
         found.append(Check("planned switchover -> failed writes", failed, "0", failed == 0))
+    if "busy" in results:
+        busy = results["busy"]
+        found.append(
+            Check(
+                f"secondary back under {busy['rate']:g} writes/s -> up to date, max",
+                busy["up_to_date_max_s"],
+                f"<= {TARGETS['busy_max_s']} s",
+                busy["up_to_date_max_s"] <= TARGETS["busy_max_s"],
+            )
+        )
+        failed = busy["failed_writes"]
+        found.append(Check("writes failed while it caught up", failed, "0", failed == 0))
     return found
 
 
@@ -559,6 +580,36 @@ def report(results: dict[str, Any]) -> str:
                 for s in results["catchup"]["trials"]
             ],
         )
+    if "busy" in results:
+        text += "\n\nsecondary back under a steady write load, per trial:\n\n" + markdown_table(
+            [
+                "trial",
+                "node",
+                "up to date after serving (s)",
+                "writes meanwhile",
+                "writes/s",
+                "write p50 (ms)",
+                "write max (ms)",
+                "writes held",
+                "mean hold (ms)",
+                "failed writes",
+            ],
+            [
+                [
+                    s["trial"],
+                    s["node"],
+                    s["up_to_date_after_serving_s"],
+                    s["writes_during"],
+                    s["write_rate"],
+                    s["write_p50_ms"],
+                    s["write_max_ms"],
+                    s["writes_held"],
+                    s["hold_mean_ms"],
+                    s["failed_writes"],
+                ]
+                for s in results["busy"]["trials"]
+            ],
+        )
     if "switchover" in results:
         sw = results["switchover"]
         text += (
@@ -568,12 +619,155 @@ def report(results: dict[str, Any]) -> str:
     return text
 
 
+@dataclass
+class PacedWriter:
+    """Moves ten branches among a few commits at ``rate`` writes a second
+    through the proxies in turn (a busy repository that keeps its size)."""
+
+    proxies: list[str]
+    relative_path: str
+    oids: list[str]
+    rate: float
+    writes: list[Write] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        channels = [grpc.aio.insecure_channel(p) for p in self.proxies]
+        next_start, count = time.monotonic(), 0
+        try:
+            while not self._stop.is_set():
+                count += 1
+                stub = ref_pb2_grpc.RefServiceStub(channels[count % len(channels)])
+                update = ref_pb2.UpdateReferencesRequest.Update(
+                    reference=f"refs/heads/busy/{count % 10}".encode(),
+                    new_object_id=self.oids[count % len(self.oids)].encode(),
+                )
+                request = ref_pb2.UpdateReferencesRequest(
+                    repository=repository(self.relative_path), updates=[update]
+                )
+
+                async def one(request: ref_pb2.UpdateReferencesRequest = request) -> Any:
+                    yield request
+
+                start = time.monotonic()
+                try:
+                    await stub.UpdateReferences(one(), timeout=OP_TIMEOUT)
+                    self.writes.append(Write(start, time.monotonic(), True))
+                except grpc.aio.AioRpcError as exc:
+                    detail = f"{exc.code().name}: {exc.details()}"
+                    self.writes.append(Write(start, time.monotonic(), False, detail))
+                next_start += 1 / self.rate
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._stop.wait(), max(0.0, next_start - time.monotonic())
+                    )
+        finally:
+            for channel in channels:
+                await channel.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def hold_seconds(cluster: LocalCluster) -> tuple[float, float]:
+    """(count, sum) of gitquorum_write_hold_seconds over the live proxies."""
+    count = total = 0.0
+    for proxy in cluster.proxies:
+        if not proxy.alive():
+            continue
+        with urllib.request.urlopen(cluster.metrics_url(proxy), timeout=5) as response:
+            text = response.read().decode()
+        for line in text.splitlines():
+            if line.startswith("gitquorum_write_hold_seconds_count"):
+                count += float(line.split()[-1])
+            elif line.startswith("gitquorum_write_hold_seconds_sum"):
+                total += float(line.split()[-1])
+    return count, total
+
+
+async def phase_busy(
+    cluster: LocalCluster, source: Path, scratch: Path, trials: int, rate: float
+) -> dict[str, Any]:
+    relative_path = f"bench/busy-{uuid.uuid4().hex[:8]}.git"
+    await create_repository(cluster, relative_path, source, scratch)
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        ["git", "rev-list", "main"],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    oids = listed.stdout.split()
+    address = cluster.proxies[0].address
+    samples: list[dict[str, Any]] = []
+    for trial in range(trials):
+        await until(lambda: up_to_date(address, relative_path), 60, "convergence")
+        meta = await asyncio.to_thread(metadata, address, relative_path)
+        secondaries = sorted(r.storage for r in meta.replicas if r.storage != meta.primary)
+        node = next(n for n in cluster.nodes if n.name == secondaries[trial % len(secondaries)])
+        writer = PacedWriter(live_proxies(cluster), relative_path, oids, rate)
+        task = asyncio.get_running_loop().create_task(writer.run())
+        try:
+            await until(lambda w=writer: len(w.writes) >= rate, 30, "writes before the kill")
+            await asyncio.to_thread(node.kill)
+            before = len(writer.writes)
+            await until(
+                lambda w=writer, n=before: len(w.writes) >= n + 2 * rate, 30, "writes missed"
+            )
+            holds_before = await asyncio.to_thread(hold_seconds, cluster)
+            await asyncio.to_thread(node.start, 60)
+            serving = time.monotonic()
+            await until(
+                lambda n=node.name: node_up_to_date(address, relative_path, n),
+                60,
+                f"{node.name} up to date under writes",
+            )
+            caught_up = time.monotonic()
+            holds_after = await asyncio.to_thread(hold_seconds, cluster)
+            await until(
+                lambda w=writer, t=caught_up: w.writes[-1].start > t + 1, 30, "writes after"
+            )
+        finally:
+            writer.stop()
+            await task
+        during = [w for w in writer.writes if serving <= w.start <= caught_up]
+        latencies = sorted(w.end - w.start for w in during if w.ok)
+        held = holds_after[0] - holds_before[0]
+        samples.append(
+            {
+                "trial": trial + 1,
+                "node": node.name,
+                "up_to_date_after_serving_s": round(caught_up - serving, 3),
+                "writes_during": len(during),
+                "write_rate": round(len(during) / max(caught_up - serving, 1e-9), 1),
+                "failed_writes": sum(1 for w in writer.writes if not w.ok),
+                "write_p50_ms": round(percentile(latencies, 50) * 1000, 1) if latencies else None,
+                "write_max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
+                "writes_held": int(held),
+                "hold_mean_ms": round((holds_after[1] - holds_before[1]) / held * 1000, 1)
+                if held
+                else 0.0,
+            }
+        )
+        print(f"  busy trial {trial + 1}: {samples[-1]}", flush=True)
+    values = [s["up_to_date_after_serving_s"] for s in samples]
+    return {
+        "trials": samples,
+        "rate": rate,
+        "up_to_date_p50_s": percentile(values, 50),
+        "up_to_date_max_s": max(values),
+        "failed_writes": sum(s["failed_writes"] for s in samples),
+    }
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--trials", type=int, default=7, help="trials per phase (>= 5)")
     parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated phases")
     parser.add_argument("--repositories", type=int, default=10, help="catchup: repositories")
     parser.add_argument("--writes", type=int, default=100, help="catchup: writes missed")
+    parser.add_argument("--rate", type=float, default=50.0, help="busy: writes a second")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the cluster's directory")
     args = parser.parse_args(argv)
@@ -608,6 +802,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if "switchover" in args.phases:
             print("phase switchover", flush=True)
             results["switchover"] = await phase_switchover(cluster, source, base, args.trials)
+        if "busy" in args.phases:
+            print("phase busy", flush=True)
+            results["busy"] = await phase_busy(cluster, source, base, args.trials, args.rate)
     finally:
         cluster.close()
         if not args.keep:

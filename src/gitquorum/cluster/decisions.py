@@ -403,9 +403,11 @@ def record_outcome(
     started_at: int,
     result: WriteResult,
     *,
+    routed_at: int,
     healthy: AbstractSet[str],
 ) -> RecordedOutcome:
-    """The repository record after ``result``, for a write routed at generation ``started_at``.
+    """The repository record after ``result``, for a write routed at generation
+    ``started_at`` from the record at revision ``routed_at``.
 
     ``record`` is the record as read now: other outcomes, repairs, failovers
     and verifier results may have changed it since the write was routed.
@@ -417,6 +419,12 @@ def record_outcome(
       write went only to replicas that missed another recorded write:
       :class:`WriteToOutdatedReplicas`, nothing is recorded (the client learns
       the outcome is unknown).
+    * A replica a repair recorded at or after the revision the write was
+      routed from (``repaired_at >= routed_at``) does not count as holding it:
+      the write may have landed on it while the repair's copy was overwriting
+      its references, which would undo the write there. It stays where it is
+      and falls behind (repaired again). A repair recorded before the routing
+      revision finished its copy before the write was routed: no overlap.
     * Nobody is known to hold it: the replicas of ``result.outdated`` that are
       up to date are demoted (one below the repository's generation), but only
       those that have not moved past ``started_at``. A replica at a later
@@ -435,7 +443,11 @@ def record_outcome(
     generation = record.generation
     replicas = dict(record.replicas)
     if result.updated:
-        bumped = frozenset(n for n in result.updated if replicas.get(n) == generation)
+        bumped = frozenset(
+            n
+            for n in result.updated
+            if replicas.get(n) == generation and record.repaired_at(n) < routed_at
+        )
         if not bumped:
             raise WriteToOutdatedReplicas(
                 f"repository {record.repository_id}: none of {sorted(result.updated)} is at "

@@ -62,6 +62,9 @@ from gitquorum.cluster.store_retry import StoreRetry
 
 # A replica that does not exist has generation -1 (as in Praefect).
 MISSING = -1
+# The longest a catch-up may hold a repository's writes; proxies never wait
+# longer than this for one hold, whatever its deadline says (clocks differ).
+HOLD_CAP = 2.0
 # Attempts of a record update after a txn that timed out without applying,
 # and the waits before them (0.1 s, 0.2 s, 0.3 s).
 UNAVAILABLE_RETRIES = 3
@@ -91,6 +94,15 @@ class RepositoryRecord:
     replicas: tuple[tuple[str, int], ...]
     # mod_revision of the record in the store (0: not stored yet).
     revision: int = 0
+    # (node, revision) of replicas a repair recorded: the record revision the
+    # repair's update compared against. A write routed from a record revision
+    # not above it may have been overwritten on that replica by the repair's
+    # copy (``decisions.record_outcome``), sorted by node.
+    repaired: tuple[tuple[str, int], ...] = ()
+    # A catch-up in progress: new writes of the repository wait (bounded) while
+    # ``hold_for`` takes its last copy; ``hold_until`` is a wall-clock deadline.
+    hold_for: str | None = None
+    hold_until: float = 0.0
 
     @property
     def replica_path(self) -> str:
@@ -110,19 +122,34 @@ class RepositoryRecord:
         # No assignments means "every node of the virtual storage".
         return not self.assigned or node in self.assigned
 
+    def repaired_at(self, node: str) -> int:
+        """The record revision the last repair of ``node`` compared against (-1: none)."""
+        for name, revision in self.repaired:
+            if name == node:
+                return revision
+        return -1
+
     def with_replicas(self, replicas: Mapping[str, int], **changes: object) -> RepositoryRecord:
         ordered = tuple(sorted((sys.intern(n), g) for n, g in replicas.items() if g > MISSING))
-        return replace(self, replicas=ordered, **changes)  # type: ignore[arg-type]
+        kept = {n for n, _ in ordered}
+        repaired = changes.pop("repaired", self.repaired)
+        marks = tuple(m for m in repaired if m[0] in kept)  # type: ignore[attr-defined]
+        return replace(self, replicas=ordered, repaired=marks, **changes)  # type: ignore[arg-type]
 
 
 def encode_record(record: RepositoryRecord) -> bytes:
-    value = {
+    value: dict[str, object] = {
         "path": record.relative_path,
         "primary": record.primary,
         "assigned": list(record.assigned),
         "generation": record.generation,
         "replicas": dict(record.replicas),
     }
+    # Written only when set: most records never carry them.
+    if record.repaired:
+        value["repaired"] = dict(record.repaired)
+    if record.hold_for is not None:
+        value["hold"] = {"node": record.hold_for, "until": record.hold_until}
     return json.dumps(value, separators=(",", ":")).encode()
 
 
@@ -140,6 +167,8 @@ def decode_record(
     replicas = tuple((intern(n), int(g)) for n, g in data.get("replicas", {}).items())
     if any(replicas[i][0] >= replicas[i + 1][0] for i in range(len(replicas) - 1)):
         replicas = tuple(sorted(replicas))
+    repaired = data.get("repaired")
+    hold = data.get("hold")
     return RepositoryRecord(
         repository_id,
         intern(virtual_storage),
@@ -149,6 +178,9 @@ def decode_record(
         int(data.get("generation", 0)),
         replicas,
         revision,
+        tuple(sorted((intern(n), int(r)) for n, r in repaired.items())) if repaired else (),
+        intern(hold["node"]) if hold else None,
+        float(hold["until"]) if hold else 0.0,
     )
 
 
@@ -536,12 +568,28 @@ class RepositoryStore:
         node: str,
         generation: int,
         *,
+        read_revision: int | None = None,
         fence: FencingToken | None = None,
     ) -> RepositoryRecord:
         """After replicating to ``node`` from a source that was at ``generation``
-        (read before replicating). Refuses to move a replica backwards or sideways."""
+        (read before replicating). Refuses to move a replica backwards or sideways.
+
+        The replica is marked repaired at the revision this update compares
+        against: writes routed from that revision or earlier may have landed on
+        the replica while the copy overwrote its references, so their outcomes
+        do not count it as holding them (``decisions.record_outcome``).
+
+        With ``read_revision`` the update applies only if the record is still at
+        that revision (:class:`Conflict` otherwise): no write outcome landed since
+        the copy's generation was read. A catch-up hold ``node`` owns is released
+        in the same update."""
 
         def set_generation(record: RepositoryRecord) -> RepositoryRecord:
+            if read_revision is not None and record.revision != read_revision:
+                raise Conflict(
+                    f"repository {record.repository_id} changed since the copy started "
+                    f"(revision {read_revision} -> {record.revision})"
+                )
             if generation > record.generation:
                 raise InvalidArgument(
                     f"generation {generation} is ahead of the repository's {record.generation}"
@@ -553,9 +601,44 @@ class RepositoryStore:
                 )
             replicas = dict(record.replicas)
             replicas[node] = generation
-            return record.with_replicas(replicas)
+            marks = dict(record.repaired)
+            marks[node] = record.revision
+            hold: dict[str, object] = {}
+            if record.hold_for == node:
+                hold = {"hold_for": None, "hold_until": 0.0}
+            return record.with_replicas(replicas, repaired=tuple(sorted(marks.items())), **hold)
 
         return await self.update(virtual_storage, repository_id, set_generation, fence=fence)
+
+    async def hold_writes(
+        self, virtual_storage: str, repository_id: int, node: str, now: float, duration: float
+    ) -> RepositoryRecord:
+        """Ask every proxy to hold new writes of the repository for ``duration``
+        (wall clock from ``now``) while ``node`` takes its last copy. Refused
+        (Conflict) while another replica's catch-up holds them; DowngradeAttempted
+        when ``node`` is up to date."""
+        until = now + min(duration, HOLD_CAP)
+
+        def hold(record: RepositoryRecord) -> RepositoryRecord:
+            if record.hold_for not in (None, node) and record.hold_until > now:
+                raise Conflict(f"writes of repository {repository_id} held for {record.hold_for}")
+            if record.replica_generation(node) == record.generation:
+                raise DowngradeAttempted(f"replica on {node} is already up to date")
+            return replace(record, hold_for=node, hold_until=until)
+
+        return await self.update(virtual_storage, repository_id, hold)
+
+    async def release_writes(
+        self, virtual_storage: str, repository_id: int, node: str
+    ) -> RepositoryRecord:
+        """End ``node``'s catch-up hold (nothing if it holds none)."""
+
+        def release(record: RepositoryRecord) -> RepositoryRecord:
+            if record.hold_for != node:
+                return record
+            return replace(record, hold_for=None, hold_until=0.0)
+
+        return await self.update(virtual_storage, repository_id, release)
 
     async def set_primary(
         self,

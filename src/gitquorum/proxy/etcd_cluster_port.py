@@ -29,6 +29,7 @@ from gitquorum.cluster.membership import HealthView
 from gitquorum.cluster.queue import ReplicationQueue
 from gitquorum.cluster.repair_jobs import prepare_repairs, queue_repairs
 from gitquorum.cluster.repositories import (
+    HOLD_CAP,
     NO_EXTRAS,
     CreationPlan,
     ExtrasUncertain,
@@ -59,6 +60,7 @@ class EtcdClusterPort:
         paused: Callable[[], bool] = lambda: False,
         stale_read_limit: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._nodes = {vs: list(members) for vs, members in nodes.items()}
         self._replication_factors = dict(replication_factors)
@@ -72,6 +74,7 @@ class EtcdClusterPort:
         self._paused = paused
         self._stale_read_limit = stale_read_limit
         self._clock = clock
+        self._wall_clock = wall_clock
         metrics.state_age.follow(self.state_age)
 
     def virtual_storages(self) -> Sequence[str]:
@@ -121,6 +124,8 @@ class EtcdClusterPort:
         record = self.cache.get_by_id(repo.repository_id)
         if record is None:
             return repo
+        if record.hold_for is not None:
+            repo = record = await self._wait_for_hold(record)
         vs = record.virtual_storage
         if primary_is_valid(record, self.health.healthy(vs)):
             return repo
@@ -163,6 +168,29 @@ class EtcdClusterPort:
         await self.cache.wait_for_revision(updated.revision)
         return updated
 
+    async def _wait_for_hold(self, record: RepositoryRecord) -> RepositoryRecord:
+        """Wait while a replica takes its last catch-up copy (``Replicator``).
+
+        Bounded by the hold's deadline and by ``HOLD_CAP`` from now, whatever
+        the deadline says (another proxy's clock wrote it); the write then goes
+        on with the record as it is, joined by the caught-up replica when the
+        hold was released by its repair."""
+        wait = min(record.hold_until - self._wall_clock(), HOLD_CAP)
+        if wait <= 0:
+            return record
+        repository_id = record.repository_id
+
+        def released() -> bool:
+            current = self.cache.get_by_id(repository_id)
+            return current is None or current.hold_for is None
+
+        started = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self.cache.wait_until(released)
+        self.metrics.write_holds.observe(time.monotonic() - started)
+        return self.cache.get_by_id(repository_id) or record
+
     async def place(self, virtual_storage: str, relative_path: str) -> CreationPlan:
         return await self.repositories.plan_creation(
             virtual_storage,
@@ -201,7 +229,9 @@ class EtcdClusterPort:
         correlation_id = log.correlation_id.get()
 
         async def plan(current: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
-            outcome = record_outcome(current, route.generation, result, healthy=healthy)
+            outcome = record_outcome(
+                current, route.generation, result, routed_at=route.revision, healthy=healthy
+            )
             if outcome.spared:
                 logger.warning(
                     "write outcome: replicas named outdated left up to date",

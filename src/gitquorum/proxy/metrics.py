@@ -40,6 +40,12 @@ class ProxyMetrics:
             ["virtual_storage", "reason"],
             registry=registry,
         )
+        self.write_holds = Histogram(
+            "gitquorum_write_hold_seconds",
+            "Time writes waited while an outdated replica took its last catch-up copy.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.watch_lag = Histogram(
             "gitquorum_cluster_watch_lag_seconds",
             "Time from etcd acknowledging a repository record change this proxy made to its "

@@ -22,10 +22,16 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from gitquorum import log
 from gitquorum.cluster.decisions import choose_source
-from gitquorum.cluster.errors import DowngradeAttempted, RepositoryNotFound, StoreUnavailable
+from gitquorum.cluster.errors import (
+    Conflict,
+    DowngradeAttempted,
+    RepositoryNotFound,
+    StoreUnavailable,
+)
 from gitquorum.cluster.lease import LeaseKeeper
 from gitquorum.cluster.queue import ClaimedJob, JobType, ReplicationQueue
 from gitquorum.cluster.repositories import (
+    HOLD_CAP,
     MISSING,
     RepositoryCache,
     RepositoryRecord,
@@ -119,26 +125,140 @@ class Replicator:
             return "deleted"
         if record.replica_generation(job.target_node) == record.generation:
             return "already-up-to-date"
-        source_node = self._source(record, job.source_node, job.target_node)
-        # The generation the target will be at: read before copying, so a write
-        # landing during replication is not claimed for the target.
+        catch_up = CatchUp(self, job.virtual_storage, job.repository_id, job.target_node)
+        return await catch_up.run(record, stub, metadata, job.source_node)
+
+    async def copy(
+        self,
+        record: RepositoryRecord,
+        stub: repository_pb2_grpc.RepositoryServiceStub,
+        metadata: Sequence[tuple[str, str | bytes]],
+        target_node: str,
+        preferred: str | None,
+    ) -> tuple[str, int]:
+        """One ``ReplicateRepository`` from a healthy up-to-date replica of
+        ``record``; returns the source and its generation, read before copying
+        so that a write landing meanwhile is not claimed for the target."""
+        source_node = self._source(record, preferred, target_node)
         generation = record.replica_generation(source_node)
+        target = shared_pb2.Repository(storage_name=target_node, relative_path=record.replica_path)
         source = shared_pb2.Repository(storage_name=source_node, relative_path=record.replica_path)
         address = self.channels.url(source_node)
-        metadata = [*metadata, gitaly_servers(source_node, address, self.node_token)]
         await stub.ReplicateRepository(
             repository_pb2.ReplicateRepositoryRequest(repository=target, source=source),
-            metadata=metadata,
+            metadata=[*metadata, gitaly_servers(source_node, address, self.node_token)],
             timeout=self.timeout,
         )
+        return source_node, generation
+
+
+class CatchUp:
+    """Bring one outdated replica to the repository's generation while writes go on.
+
+    Each round copies from an up-to-date replica and records the target at
+    the generation read before copying; a busy repository has moved on by
+    then, but each round has less to copy. Once a round is short (at most
+    ``HOLD_AFTER`` seconds) and the target is still behind, the last copy is
+    taken while the repository's writes are held (every proxy waits before
+    routing a new write, at most ``HOLD_CAP``), and the target is recorded up
+    to date only if no write outcome landed since the copy's generation was
+    read (the update compares the record's revision). Writes already in
+    flight when the hold began can still land: the update then fails and the
+    copy is taken again, within the same hold. The hold is released by that
+    update, or explicitly when the catch-up gives up."""
+
+    ROUNDS = 8
+    HOLD_AFTER = 1.0
+    HOLD_ATTEMPTS = 3
+
+    def __init__(
+        self, replicator: Replicator, virtual_storage: str, repository_id: int, target: str
+    ) -> None:
+        self.replicator = replicator
+        self.repositories = replicator.repositories
+        self.virtual_storage = virtual_storage
+        self.repository_id = repository_id
+        self.target = target
+
+    async def run(
+        self,
+        record: RepositoryRecord,
+        stub: repository_pb2_grpc.RepositoryServiceStub,
+        metadata: Sequence[tuple[str, str | bytes]],
+        preferred: str | None,
+    ) -> str:
+        source = ""
+        for _round in range(self.ROUNDS):
+            started = time.monotonic()
+            source, generation = await self.replicator.copy(
+                record, stub, metadata, self.target, preferred
+            )
+            record = await self._record(generation)
+            if record.replica_generation(self.target) >= record.generation:
+                return f"replicated-from-{source}"
+            if time.monotonic() - started <= self.HOLD_AFTER:
+                break
+        else:
+            return f"behind-after-{self.ROUNDS}-rounds-from-{source}"
+        for _attempt in range(self.HOLD_ATTEMPTS):
+            outcome = await self._held_copy(stub, metadata, preferred)
+            if outcome is not None:
+                return outcome
+        return f"behind-after-held-copies-from-{source}"
+
+    async def _record(self, generation: int, read_revision: int | None = None) -> RepositoryRecord:
         try:
             updated = await self.repositories.set_replica_generation(
-                job.virtual_storage, job.repository_id, job.target_node, generation
+                self.virtual_storage,
+                self.repository_id,
+                self.target,
+                generation,
+                read_revision=read_revision,
+            )
+        except DowngradeAttempted:
+            updated = await self.repositories.get(self.virtual_storage, self.repository_id)
+        await self.replicator.cache.wait_for_revision(updated.revision)
+        return updated
+
+    async def _held_copy(
+        self,
+        stub: repository_pb2_grpc.RepositoryServiceStub,
+        metadata: Sequence[tuple[str, str | bytes]],
+        preferred: str | None,
+    ) -> str | None:
+        """Hold writes, copy, record up to date if nothing landed; None: try again."""
+        try:
+            held = await self.repositories.hold_writes(
+                self.virtual_storage, self.repository_id, self.target, time.time(), HOLD_CAP
             )
         except DowngradeAttempted:
             return "already-up-to-date"
-        await self.cache.wait_for_revision(updated.revision)
-        return f"replicated-from-{source_node}"
+        except Conflict:
+            return None  # another replica's catch-up holds the writes
+        deadline = time.monotonic() + HOLD_CAP
+        try:
+            record = held
+            while time.monotonic() < deadline:
+                source, generation = await self.replicator.copy(
+                    record, stub, metadata, self.target, preferred
+                )
+                try:
+                    done = await self._record(generation, read_revision=record.revision)
+                except Conflict:
+                    # A write routed before the hold was seen landed meanwhile.
+                    record = await self.repositories.get(self.virtual_storage, self.repository_id)
+                    if record.replica_generation(self.target) >= record.generation:
+                        return "already-up-to-date"
+                    continue
+                if done.replica_generation(self.target) >= done.generation:
+                    return f"caught-up-from-{source}"
+                record = done
+            return None
+        finally:
+            with contextlib.suppress(Exception):
+                await self.repositories.release_writes(
+                    self.virtual_storage, self.repository_id, self.target
+                )
 
 
 class ReplicationWorkers:

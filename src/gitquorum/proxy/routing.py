@@ -49,6 +49,9 @@ class MutatorRoute:
     transactional: bool
     generation: int  # the repository generation the write starts from
     creates: bool = False  # the RPC creates the repository
+    # The record revision the route was computed from: a replica repaired at
+    # or after it may have lost this write to the repair's copy.
+    revision: int = 0
 
     @property
     def participants(self) -> tuple[str, ...]:
@@ -155,6 +158,7 @@ def route_mutator(
         replication_targets=targets,
         transactional=transactional,
         generation=repo.generation,
+        revision=repo.revision,
     )
 
 

@@ -42,7 +42,7 @@ def result(updated: Sequence[str] = (), outdated: Sequence[str] = ()) -> WriteRe
 
 
 def test_replicas_that_took_the_write_and_were_up_to_date_move_on() -> None:
-    out = record_outcome(record(s2=G - 1), G, result([P, S1, S2], []), healthy=ALL)
+    out = record_outcome(record(s2=G - 1), G, result([P, S1, S2], []), routed_at=0, healthy=ALL)
     assert out.record.generation == G + 1
     assert dict(out.record.replicas) == {P: G + 1, S1: G + 1, S2: G - 1}
     assert out.bumped == {P, S1}
@@ -51,11 +51,13 @@ def test_replicas_that_took_the_write_and_were_up_to_date_move_on() -> None:
 
 def test_a_write_taken_only_by_outdated_replicas_is_refused() -> None:
     with pytest.raises(WriteToOutdatedReplicas):
-        record_outcome(record(G + 1, s1=G, s2=G), G, result([S1, S2], [P]), healthy=ALL)
+        record_outcome(
+            record(G + 1, s1=G, s2=G), G, result([S1, S2], [P]), routed_at=0, healthy=ALL
+        )
 
 
 def test_nobody_holding_the_write_demotes_the_named_replicas_still_at_its_start() -> None:
-    out = record_outcome(record(), G, result([], [S1, S2]), healthy=ALL)
+    out = record_outcome(record(), G, result([], [S1, S2]), routed_at=0, healthy=ALL)
     assert out.record.generation == G
     assert up_to_date_replicas(out.record) == {P}
     assert out.demoted == {S1, S2}
@@ -64,7 +66,7 @@ def test_nobody_holding_the_write_demotes_the_named_replicas_still_at_its_start(
 
 def test_replicas_that_moved_past_the_writes_start_are_not_demoted() -> None:
     current = record(G + 1, s2=G)  # p and s1 took a write recorded since
-    out = record_outcome(current, G, result([], [S1, S2]), healthy=ALL)
+    out = record_outcome(current, G, result([], [S1, S2]), routed_at=0, healthy=ALL)
     assert out.record is current
     assert up_to_date_replicas(out.record) == {P, S1}
     assert out.spared == {S1}
@@ -72,14 +74,14 @@ def test_replicas_that_moved_past_the_writes_start_are_not_demoted() -> None:
 
 def test_already_outdated_replicas_are_left_alone() -> None:
     current = record(s1=G - 2)
-    out = record_outcome(current, G, result([], [S1]), healthy=ALL)
+    out = record_outcome(current, G, result([], [S1]), routed_at=0, healthy=ALL)
     assert out.record is current
     assert not out.demoted and not out.spared
 
 
 def test_demotions_that_would_empty_the_set_keep_the_primary() -> None:
     current = record(p=G - 1, primary=S2)
-    out = record_outcome(current, G, result([], [S1, S2]), healthy=ALL)
+    out = record_outcome(current, G, result([], [S1, S2]), routed_at=0, healthy=ALL)
     assert up_to_date_replicas(out.record) == {S2}
     assert out.demoted == {S1}
     assert out.spared == {S2}
@@ -87,7 +89,7 @@ def test_demotions_that_would_empty_the_set_keep_the_primary() -> None:
 
 def test_demotions_that_would_empty_the_set_keep_the_first_by_name_without_the_primary() -> None:
     current = record(p=G - 1)  # the primary is outdated (failover still to come)
-    out = record_outcome(current, G, result([], [S1, S2]), healthy=ALL)
+    out = record_outcome(current, G, result([], [S1, S2]), routed_at=0, healthy=ALL)
     assert up_to_date_replicas(out.record) == {S1}
     assert out.demoted == {S2}
 
@@ -119,14 +121,14 @@ def test_demotions_that_would_empty_the_set_keep_a_replica_that_can_serve(
     healthy, a healthy replica by name, then the primary, then the first by name."""
     current = replace(record(**({P: G - 1} if outdated_primary else {})), primary=primary)
     named = [S1, S2] if outdated_primary else [P, S1, S2]
-    out = record_outcome(current, G, result([], named), healthy=frozenset(healthy))
+    out = record_outcome(current, G, result([], named), routed_at=0, healthy=frozenset(healthy))
     assert up_to_date_replicas(out.record) == {kept}
     assert out.demoted == set(named) - {kept}
     assert out.spared == {kept}
 
 
 def test_a_demotion_at_generation_zero_forgets_the_replica_as_before() -> None:
-    out = record_outcome(record(0), 0, result([], [S1]), healthy=ALL)
+    out = record_outcome(record(0), 0, result([], [S1]), routed_at=0, healthy=ALL)
     assert S1 not in dict(out.record.replicas)
 
 
@@ -166,7 +168,7 @@ def apply(
     if isinstance(step, Write):
         outcome = result(step.updated, step.outdated)
         try:
-            out = record_outcome(current, step.started_at, outcome, healthy=healthy)
+            out = record_outcome(current, step.started_at, outcome, routed_at=0, healthy=healthy)
         except WriteToOutdatedReplicas:
             return current, False
         return out.record, True

@@ -6,10 +6,13 @@ the real record operations over the in-memory store, with the real routing and
 choice functions. After every step: some replica is up to date, and every
 replica recorded up to date holds every acknowledged write.
 
-A write applies its update to replicas when its outcome is recorded. The race
-where a repair's fetch overwrites a write that lands on its target mid-copy is
-the repair's own rule (its update is conditional on its claim) and is not
-modelled here.
+A write lands on some of its replicas, and its outcome is recorded later (two
+steps, other steps may come between). A repair
+is two steps: it reads the record and snapshots its source (the fetch reading
+the source's references), and later overwrites its target with that snapshot
+and records the target (the fetch updating the target's references, then the
+record update). Writes that land on the target between the two are lost there,
+the race a repair has with a write on its target.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, settings
@@ -31,7 +34,12 @@ from gitquorum.cluster.decisions import (
     choose_source,
     up_to_date_replicas,
 )
-from gitquorum.cluster.errors import Conflict, FailedPrecondition, WriteToOutdatedReplicas
+from gitquorum.cluster.errors import (
+    Conflict,
+    DowngradeAttempted,
+    FailedPrecondition,
+    WriteToOutdatedReplicas,
+)
 from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryRecord, RepositoryStore
 from gitquorum.errors import GitquorumError
@@ -46,6 +54,14 @@ T = TypeVar("T")
 class InFlight:
     write_id: int
     route: MutatorRoute
+    applied: frozenset[str] | None = None  # where it landed; None: not yet
+
+
+@dataclass(frozen=True)
+class Copying:
+    target: str
+    generation: int  # the source's generation read before copying
+    snapshot: frozenset[int]  # the writes the source held when the fetch read it
 
 
 class WriteOutcomes(RuleBasedStateMachine):
@@ -55,6 +71,7 @@ class WriteOutcomes(RuleBasedStateMachine):
         self.holds: dict[str, set[int]] = {n: set() for n in NODES}
         self.acknowledged: set[int] = set()
         self.in_flight: list[InFlight] = []
+        self.copying: list[Copying] = []
         self.next_write = 1
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -93,18 +110,37 @@ class WriteOutcomes(RuleBasedStateMachine):
         self.in_flight.append(InFlight(self.next_write, route))
         self.next_write += 1
 
+    @rule(data=st.data(), pick=st.integers(min_value=0))
+    def land_write(self, data: st.DataObject, pick: int) -> None:
+        """A write's update is applied on some of its participants."""
+        waiting = [w for w in self.in_flight if w.applied is None]
+        if waiting:
+            self._land(waiting[pick % len(waiting)], data)
+
+    def _land(self, write: InFlight, data: st.DataObject) -> InFlight:
+        applied = data.draw(st.sets(st.sampled_from(write.route.participants)), label="applied")
+        for node in applied:
+            self.holds[node].add(write.write_id)
+        landed = replace(write, applied=frozenset(applied))
+        self.in_flight[self.in_flight.index(write)] = landed
+        return landed
+
     @rule(
         data=st.data(),
         pick=st.integers(min_value=0),
         acknowledged=st.booleans(),
     )
     def finish_write(self, data: st.DataObject, pick: int, acknowledged: bool) -> None:
+        """A write's outcome is recorded (it lands first if it has not)."""
         if not self.in_flight:
             return
-        write = self.in_flight.pop(pick % len(self.in_flight))
+        write = self.in_flight[pick % len(self.in_flight)]
+        if write.applied is None:
+            write = self._land(write, data)
+        self.in_flight.remove(write)
         route = write.route
         participants = route.participants
-        applied = data.draw(st.sets(st.sampled_from(participants)), label="applied")
+        applied = write.applied or frozenset()
         known = (
             data.draw(st.sets(st.sampled_from(sorted(applied))), label="known")
             if applied
@@ -121,8 +157,6 @@ class WriteOutcomes(RuleBasedStateMachine):
             # A decided vote nobody is known to hold (primary-not-committed,
             # abandoned without holders): the secondaries may hold it.
             result = WriteResult(frozenset(), frozenset(route.secondaries) | targets, "unknown")
-        for node in applied:
-            self.holds[node].add(write.write_id)
         try:
             self.run(self.port.record_write(VS, route, result))
         except WriteToOutdatedReplicas:
@@ -132,21 +166,39 @@ class WriteOutcomes(RuleBasedStateMachine):
             self.acknowledged.add(write.write_id)
 
     @rule(node=st.sampled_from(NODES))
-    def repair(self, node: str) -> None:
-        """A replication job: copy an up-to-date replica (a forced fetch), then
-        record the target at the generation read before copying."""
+    def start_repair(self, node: str) -> None:
+        """A replication job reads the record and its fetch reads an up-to-date
+        replica's references (one job per target at a time, as the queue's
+        per-replica claim ensures)."""
         current = self.record()
         if current.replica_generation(node) >= current.generation:
+            return
+        if any(copy.target == node for copy in self.copying):
             return
         source = choose_source(current, frozenset(NODES), target=node)
         if source is None:
             return
-        self.holds[node] = set(self.holds[source])
-        self.run(
-            self.repos.set_replica_generation(
-                VS, self.repository_id, node, current.replica_generation(source)
-            )
+        self.copying.append(
+            Copying(node, current.replica_generation(source), frozenset(self.holds[source]))
         )
+
+    @rule(pick=st.integers(min_value=0))
+    def finish_repair(self, pick: int) -> None:
+        """The fetch force-updates the target's references to what it read (a
+        write that landed on the target meanwhile is undone there), then the
+        target is recorded at the generation read before copying."""
+        if not self.copying:
+            return
+        copy = self.copying.pop(pick % len(self.copying))
+        self.holds[copy.target] = set(copy.snapshot)
+        try:
+            self.run(
+                self.repos.set_replica_generation(
+                    VS, self.repository_id, copy.target, copy.generation
+                )
+            )
+        except DowngradeAttempted:
+            pass  # moved on meanwhile: recorded nothing
 
     @rule(healthy=st.sets(st.sampled_from(NODES)), avoid_current=st.booleans())
     def failover(self, healthy: set[str], avoid_current: bool) -> None:
@@ -188,7 +240,7 @@ class WriteOutcomes(RuleBasedStateMachine):
 
 
 WriteOutcomes.TestCase.settings = settings(
-    max_examples=100,
+    max_examples=150,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
