@@ -92,6 +92,7 @@ def test_a_replica_catches_up_while_writes_continue(
         )
         node.start()
         back = time.monotonic()
+        generation_back = helpers.metadata(address, relative_path).generation
         helpers.wait_healthy(faulty, node.name)
 
         def caught_up() -> bool:
@@ -100,9 +101,8 @@ def test_a_replica_catches_up_while_writes_continue(
 
         wait_for(caught_up, 60, 0.05, f"{node.name} up to date while writes continue")
         took = time.monotonic() - back
-        # The writes went on meanwhile and keep going with the replica in them.
-        during = [s for s, _, _ in writer.acknowledged if s >= back]
-        assert len(during) >= RATE * took / 4, (len(during), took)
+        # The writes went on meanwhile (the replica caught up with a moving target).
+        assert helpers.metadata(address, relative_path).generation >= generation_back + 3
         count = len(writer.acknowledged)
         wait_for(lambda: len(writer.acknowledged) >= count + 20, 30, 0.05, "writes after")
         # It takes part in the writes again: still up to date 20 writes later.
