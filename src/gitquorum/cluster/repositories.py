@@ -33,6 +33,7 @@ from tenacity import wait_incrementing
 from gitquorum.cluster.cas import RETRY, Retry, compare_and_swap, conflict, jittered_backoff
 from gitquorum.cluster.election import FencingToken, fenced_txn
 from gitquorum.cluster.errors import (
+    ClaimLost,
     Compacted,
     Conflict,
     DowngradeAttempted,
@@ -535,10 +536,19 @@ class RepositoryStore:
         node: str,
         generation: int,
         *,
+        claim: Sequence[Compare] = (),
         fence: FencingToken | None = None,
     ) -> RepositoryRecord:
         """After replicating to ``node`` from a source that was at ``generation``
-        (read before replicating). Refuses to move a replica backwards or sideways."""
+        (read before replicating). Refuses to move a replica backwards or sideways.
+
+        ``claim``: compares saying the replication job's claim is still held
+        (``ClaimedJob.guard``), checked in the same txn as the record change.
+        When they fail, :class:`ClaimLost` is raised and nothing is recorded:
+        the job was taken over (its worker's lease expired) and its new holder
+        records the outcome of its own copy."""
+        guard = tuple(claim)
+        attempts = 0
 
         def set_generation(record: RepositoryRecord) -> RepositoryRecord:
             if generation > record.generation:
@@ -554,7 +564,19 @@ class RepositoryStore:
             replicas[node] = generation
             return record.with_replicas(replicas)
 
-        return await self.update(virtual_storage, repository_id, set_generation, fence=fence)
+        async def plan(record: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
+            nonlocal attempts
+            attempts += 1
+            # A txn failed: a concurrent record change, or the claim is gone.
+            # Only the latter ends the update (one read, on retries only).
+            if guard and attempts > 1 and not (await self.store.txn(guard, [])).succeeded:
+                raise ClaimLost(
+                    f"repository {virtual_storage}/{repository_id}: the replication claim "
+                    f"for {node} is no longer held; generation {generation} not recorded"
+                )
+            return set_generation(record), TxnExtras(compares=guard)
+
+        return await self.update_with(virtual_storage, repository_id, plan, fence=fence)
 
     async def set_primary(
         self,
