@@ -29,6 +29,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gitquorum import log
+from gitquorum.cluster.clock import Clock
 from gitquorum.cluster.decisions import choose_source
 from gitquorum.cluster.errors import (
     ClaimLost,
@@ -182,7 +183,9 @@ class ReplicationWorkers:
         idle_min: float = 0.05,
         idle_max: float = 1.0,
         paused: Callable[[], bool] = lambda: False,
+        clock: Clock | None = None,
     ) -> None:
+        """``clock``: the lease keeper's (a manual one in unit tests)."""
         self.name = name
         self.queue = queue
         self.replicator = replicator
@@ -194,6 +197,7 @@ class ReplicationWorkers:
         self.idle_max = idle_max
         # Operator pause (gitquorum pause): claim nothing; running jobs finish.
         self.paused = paused
+        self.clock = clock
         self.wake = asyncio.Event()
         self._keeper: LeaseKeeper | None = None
         self._lease_lock = asyncio.Lock()
@@ -216,7 +220,9 @@ class ReplicationWorkers:
             if keeper is None or not keeper.alive:
                 if keeper is not None:
                     await keeper.close(revoke=False)
-                keeper = LeaseKeeper(self.queue.store, self.lease_ttl, name=f"worker:{self.name}")
+                keeper = LeaseKeeper(
+                    self.queue.store, self.lease_ttl, name=f"worker:{self.name}", clock=self.clock
+                )
                 await keeper.start()
                 self._keeper = keeper
             return keeper
