@@ -33,7 +33,8 @@ from tests.integration.proxy.helpers import samples, scrape
 
 pytestmark = pytest.mark.timeout(300)
 
-BLOB_SIZE = 8_000_000
+BLOB_SIZE = 4_000_000
+SEED_ATTEMPTS = 3
 # Bytes per second per relayed connection: a copy of the repository takes
 # about 15 s, far longer than the lease TTL (3 s in the harness).
 THROTTLE = 100_000
@@ -94,8 +95,21 @@ async def test_paused_replication_worker_records_nothing(scenario: Scenario) -> 
     source = await asyncio.to_thread(
         gitrepo.make_repo, scenario.base / "large", commits=1, binary_size=BLOB_SIZE
     )
-    async with grpc.aio.insecure_channel(scenario.proxies[0]) as channel:
-        await gitrepo.seed(channel, checker.repository(RELATIVE_PATH), source, scenario.base)
+    for attempt in range(1, SEED_ATTEMPTS + 1):
+        try:
+            async with grpc.aio.insecure_channel(scenario.proxies[0]) as channel:
+                await gitrepo.seed(
+                    channel, checker.repository(RELATIVE_PATH), source, scenario.base
+                )
+            break
+        except grpc.aio.AioRpcError as exc:
+            # On a loaded machine a large creation can miss the vote timeout
+            # (outcome unknown): go on if it was recorded, else try again.
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == SEED_ATTEMPTS:
+                raise
+            with contextlib.suppress(grpc.RpcError):
+                checker.metadata(scenario.proxies[0], RELATIVE_PATH)
+                break
     meta = checker.metadata(scenario.proxies[0], RELATIVE_PATH)
     lock_suffix = f"/{behind}/{meta.repository_id}"
     for relay in cluster.relays.values():
