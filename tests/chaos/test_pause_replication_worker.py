@@ -41,7 +41,7 @@ THROTTLE = 100_000
 # How long a claim must have been held before the test pauses its proxy.
 STEADY = 1.0
 RELATIVE_PATH = "chaos/large.git"
-STOPPED = "replication job stopped: claim lost, nothing recorded"
+STOPPED = "replication job stopped: claim lost"
 DONE = "replication job done"
 ENDED = (STOPPED, DONE, "replication job failed")
 

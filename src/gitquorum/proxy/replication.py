@@ -315,7 +315,7 @@ class ReplicationWorkers:
     def _claim_lost(self, reason: str, fields: dict[str, object]) -> None:
         self.metrics.claims_lost.inc()
         logger.warning(
-            "replication job stopped: claim lost, nothing recorded",
+            "replication job stopped: claim lost",
             extra=log.fields(reason=reason, **fields),
         )
 
