@@ -19,6 +19,9 @@ Semantics (at-least-once, one at a time per replica):
 * **heartbeat** is the worker's lease keep-alive: there is no per-job
   heartbeat. The worker must stop running jobs when its lease is lost
   (``LeaseKeeper.lost``), which happens before etcd expires the lease.
+  What a job records about its replica goes in a txn guarded by
+  :attr:`ClaimedJob.guard` ("this claim is still held"), so a worker paused
+  past its lease, whose job was meanwhile taken over, records nothing.
 * **ack** (success) deletes the job and the lock, and drops identical pending
   jobs created before the claim (their work is included). **fail** releases
   the lock and makes the job ``failed`` with exponential backoff
@@ -215,6 +218,18 @@ class ClaimedJob:
     # create_revision of the lock key: identifies this claim.
     claim_revision: int
     lease_id: int
+
+    @property
+    def guard(self) -> tuple[Compare, ...]:
+        """Compares that hold while this claim is still held: for a txn that
+        must only apply under it (the replica's generation update).
+
+        The lock key is created by the claim on the worker's lease and deleted
+        by ack, fail or the lease's expiry; a later claim of the same replica
+        creates it anew, at a later revision. So "the lock key's
+        create_revision is the claim's" means: not released, not expired, not
+        taken over."""
+        return (Compare.create_revision(self.lock_key, self.claim_revision),)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from gitquorum.cluster.cas import RETRY, Retry, compare_and_swap, conflict, jitt
 from gitquorum.cluster.clock import Clock
 from gitquorum.cluster.election import FencingToken, fenced_txn
 from gitquorum.cluster.errors import (
+    ClaimLost,
     Compacted,
     Conflict,
     DowngradeAttempted,
@@ -569,6 +570,7 @@ class RepositoryStore:
         generation: int,
         *,
         read_revision: int | None = None,
+        claim: Sequence[Compare] = (),
         fence: FencingToken | None = None,
     ) -> RepositoryRecord:
         """After replicating to ``node`` from a source that was at ``generation``
@@ -582,7 +584,15 @@ class RepositoryStore:
         With ``read_revision`` the update applies only if the record is still at
         that revision (:class:`Conflict` otherwise): no write outcome landed since
         the copy's generation was read. A catch-up hold ``node`` owns is released
-        in the same update."""
+        in the same update.
+
+        ``claim``: compares saying the replication job's claim is still held
+        (``ClaimedJob.guard``), checked in the same txn as the record change.
+        When they fail, :class:`ClaimLost` is raised and nothing is recorded:
+        the job was taken over (its worker's lease expired) and its new holder
+        records the outcome of its own copy."""
+        guard = tuple(claim)
+        attempts = 0
 
         def set_generation(record: RepositoryRecord) -> RepositoryRecord:
             if read_revision is not None and record.revision != read_revision:
@@ -608,7 +618,19 @@ class RepositoryStore:
                 hold = {"hold_for": None, "hold_until": 0.0}
             return record.with_replicas(replicas, repaired=tuple(sorted(marks.items())), **hold)
 
-        return await self.update(virtual_storage, repository_id, set_generation, fence=fence)
+        async def plan(record: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
+            nonlocal attempts
+            attempts += 1
+            # A txn failed: a concurrent record change, or the claim is gone.
+            # Only the latter ends the update (one read, on retries only).
+            if guard and attempts > 1 and not (await self.store.txn(guard, [])).succeeded:
+                raise ClaimLost(
+                    f"repository {virtual_storage}/{repository_id}: the replication claim "
+                    f"for {node} is no longer held; generation {generation} not recorded"
+                )
+            return set_generation(record), TxnExtras(compares=guard)
+
+        return await self.update_with(virtual_storage, repository_id, plan, fence=fence)
 
     async def hold_writes(
         self, virtual_storage: str, repository_id: int, node: str, now: float, duration: float

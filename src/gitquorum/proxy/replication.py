@@ -6,6 +6,14 @@ target node to ``ReplicateRepository`` from the source named in
 ``gitaly-servers`` metadata, records the target's new generation (the
 source's generation read *before* replicating, so a write that lands during
 replication is never claimed), and acknowledges the job.
+
+A job runs only while the lease behind its claim does: when the worker's
+lease keeper declares the lease lost (``ttl / 2`` before etcd can expire it),
+the job is cancelled, with its ReplicateRepository call, and neither recorded
+nor acknowledged; the leader's orphan recovery hands it to another worker once
+etcd expired the lease. What the cancellation cannot stop (a process paused
+past its lease resumes with the copy done) the generation update refuses: it
+is one txn with the check that the claim is still held.
 """
 
 from __future__ import annotations
@@ -18,11 +26,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import grpc
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gitquorum import log
+from gitquorum.cluster.clock import Clock
 from gitquorum.cluster.decisions import choose_source
 from gitquorum.cluster.errors import (
+    ClaimLost,
     Conflict,
     DowngradeAttempted,
     RepositoryNotFound,
@@ -37,6 +47,7 @@ from gitquorum.cluster.repositories import (
     RepositoryRecord,
     RepositoryStore,
 )
+from gitquorum.cluster.store import Compare
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
 from gitquorum.proxy.channels import NodeChannels
 
@@ -59,6 +70,12 @@ class ReplicationMetrics:
             "Time a replication job ran, by type and result.",
             ["type", "result"],
             buckets=REPLICATION_BUCKETS,
+            registry=registry,
+        )
+        self.claims_lost = Counter(
+            "gitquorum_replication_claims_lost",
+            "Replication jobs this proxy stopped without recording anything because the "
+            "claim behind them was lost (lease lost, or the job taken over).",
             registry=registry,
         )
 
@@ -125,7 +142,9 @@ class Replicator:
             return "deleted"
         if record.replica_generation(job.target_node) == record.generation:
             return "already-up-to-date"
-        catch_up = CatchUp(self, job.virtual_storage, job.repository_id, job.target_node)
+        catch_up = CatchUp(
+            self, job.virtual_storage, job.repository_id, job.target_node, claim.guard
+        )
         return await catch_up.run(record, stub, metadata, job.source_node)
 
     async def copy(
@@ -172,9 +191,16 @@ class CatchUp:
     HOLD_ATTEMPTS = 3
 
     def __init__(
-        self, replicator: Replicator, virtual_storage: str, repository_id: int, target: str
+        self,
+        replicator: Replicator,
+        virtual_storage: str,
+        repository_id: int,
+        target: str,
+        claim: Sequence[Compare],
     ) -> None:
         self.replicator = replicator
+        # The job's claim: every record update is conditional on it still being held.
+        self.claim = claim
         self.repositories = replicator.repositories
         self.virtual_storage = virtual_storage
         self.repository_id = repository_id
@@ -208,12 +234,15 @@ class CatchUp:
 
     async def _record(self, generation: int, read_revision: int | None = None) -> RepositoryRecord:
         try:
+            # One txn with "our claim is still held": a worker that was paused
+            # past its lease while its job was taken over records nothing.
             updated = await self.repositories.set_replica_generation(
                 self.virtual_storage,
                 self.repository_id,
                 self.target,
                 generation,
                 read_revision=read_revision,
+                claim=self.claim,
             )
         except DowngradeAttempted:
             updated = await self.repositories.get(self.virtual_storage, self.repository_id)
@@ -277,7 +306,9 @@ class ReplicationWorkers:
         idle_min: float = 0.05,
         idle_max: float = 1.0,
         paused: Callable[[], bool] = lambda: False,
+        clock: Clock | None = None,
     ) -> None:
+        """``clock``: the lease keeper's (a manual one in unit tests)."""
         self.name = name
         self.queue = queue
         self.replicator = replicator
@@ -289,6 +320,7 @@ class ReplicationWorkers:
         self.idle_max = idle_max
         # Operator pause (gitquorum pause): claim nothing; running jobs finish.
         self.paused = paused
+        self.clock = clock
         self.wake = asyncio.Event()
         self._keeper: LeaseKeeper | None = None
         self._lease_lock = asyncio.Lock()
@@ -311,7 +343,9 @@ class ReplicationWorkers:
             if keeper is None or not keeper.alive:
                 if keeper is not None:
                     await keeper.close(revoke=False)
-                keeper = LeaseKeeper(self.queue.store, self.lease_ttl, name=f"worker:{self.name}")
+                keeper = LeaseKeeper(
+                    self.queue.store, self.lease_ttl, name=f"worker:{self.name}", clock=self.clock
+                )
                 await keeper.start()
                 self._keeper = keeper
             return keeper
@@ -343,9 +377,9 @@ class ReplicationWorkers:
                 idle = min(self.idle_max, idle * 2)
                 continue
             idle = self.idle_min
-            await self._process(claim)
+            await self._process(claim, keeper)
 
-    async def _process(self, claim: ClaimedJob) -> None:
+    async def _process(self, claim: ClaimedJob, keeper: LeaseKeeper) -> None:
         job = claim.job
         self._running += 1
         started = time.time()
@@ -360,12 +394,18 @@ class ReplicationWorkers:
             attempt=job.attempts,
         )
         try:
-            outcome = await self.replicator.run(claim)
+            outcome = await self._run_while_held(claim, keeper)
+            if outcome is None:
+                self._claim_lost(f"lease lost: {keeper.lost_reason}", fields)
+                return
             await self.queue.ack(claim)
             self.metrics.latency.labels(str(job.type), "ok").observe(time.time() - started)
             logger.info("replication job done", extra=log.fields(outcome=outcome, **fields))
         except asyncio.CancelledError:
             raise
+        except ClaimLost as exc:
+            # Taken over: the new holder owns the job (nothing to fail or ack).
+            self._claim_lost(str(exc), fields)
         except Exception as exc:
             self.metrics.latency.labels(str(job.type), "error").observe(time.time() - started)
             error = _describe(exc)
@@ -374,6 +414,33 @@ class ReplicationWorkers:
                 await self.queue.fail(claim, error)
         finally:
             self._running -= 1
+
+    async def _run_while_held(self, claim: ClaimedJob, keeper: LeaseKeeper) -> str | None:
+        """The job's outcome, or None if the lease behind the claim was lost first
+        (the job, with its ReplicateRepository call, is then cancelled)."""
+        job = asyncio.ensure_future(self.replicator.run(claim))
+        lost = asyncio.ensure_future(keeper.lost.wait())
+        stopped = False
+        try:
+            await asyncio.wait({job, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not job.done():
+                stopped = True
+                job.cancel()
+                # Wait for the cancellation to land, so nothing of the job
+                # runs on after this returns (or after this task is cancelled).
+                await asyncio.gather(job, return_exceptions=True)
+        if stopped and job.cancelled():
+            return None
+        return job.result()
+
+    def _claim_lost(self, reason: str, fields: dict[str, object]) -> None:
+        self.metrics.claims_lost.inc()
+        logger.warning(
+            "replication job stopped: claim lost",
+            extra=log.fields(reason=reason, **fields),
+        )
 
     async def close(self, grace: float = 10.0) -> None:
         """Stop claiming; let running jobs finish within ``grace``; release the lease."""
