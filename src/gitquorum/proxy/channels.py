@@ -8,10 +8,13 @@ import grpc
 
 from gitquorum import log, tls, tokens
 from gitquorum.wire.options import node_channel_options
+from gitquorum.wire.replication_claim import CLAIM_KEY
 from gitquorum.wire.transaction_metadata import SERVER_KEY, TRANSACTION_KEY
 
 # Client metadata that must not travel to nodes: the proxy sets these itself.
-_HOP_KEYS = frozenset({"authorization", TRANSACTION_KEY, SERVER_KEY, "gitaly-servers"})
+# Never taken from a client: the proxy sets them itself for the node (a client
+# replication claim could fence out the real repairs of a replica).
+_HOP_KEYS = frozenset({"authorization", TRANSACTION_KEY, SERVER_KEY, "gitaly-servers", CLAIM_KEY})
 
 
 class NodeChannels:

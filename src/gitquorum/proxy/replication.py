@@ -50,6 +50,7 @@ from gitquorum.cluster.repositories import (
 from gitquorum.cluster.store import Compare
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
 from gitquorum.proxy.channels import NodeChannels
+from gitquorum.wire.replication_claim import claim_metadata
 
 logger = log.get("gitquorum.replication")
 
@@ -145,6 +146,8 @@ class Replicator:
         catch_up = CatchUp(
             self, job.virtual_storage, job.repository_id, job.target_node, claim.guard
         )
+        # The target node refuses copies of a claim older than one it has seen.
+        metadata = [*metadata, claim_metadata(claim.claim_revision)]
         return await catch_up.run(record, stub, metadata, job.source_node)
 
     async def copy(

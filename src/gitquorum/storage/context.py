@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gitquorum.storage.catfile import CatFileCache
 from gitquorum.storage.locator import StorageLocator
+from gitquorum.storage.replication_fence import ReplicationFence
 from gitquorum.storage.voting import VoteCoordinator
 from gitquorum.tls import ClientTLS
 
@@ -18,3 +19,5 @@ class NodeContext:
     git_version: str = ""
     # How this node dials other nodes that advertise tls:// (replication sources).
     client_tls: ClientTLS | None = None
+    # One copy at a time into a replica, none from a superseded claim.
+    replication_fence: ReplicationFence = field(default_factory=ReplicationFence)

@@ -24,6 +24,7 @@ from gitquorum.storage.repo_optimize import optimize
 from gitquorum.storage.repo_replicate import Replication
 from gitquorum.storage.repo_snapshot import stream_snapshot
 from gitquorum.storage.repo_writeref import write_ref
+from gitquorum.wire.replication_claim import claim_from_metadata
 from gitquorum.wire.transaction_metadata import transaction_from_metadata
 
 
@@ -117,5 +118,8 @@ class RepositoryService(repository_pb2_grpc.RepositoryServiceServicer):
     ) -> repository_pb2.ReplicateRepositoryResponse:
         metadata = context.invocation_metadata()
         tx = transaction_from_metadata(metadata)
-        await Replication(self.node, request, metadata, tx).run()
+        replication = Replication(self.node, request, metadata, tx)
+        claim = claim_from_metadata(metadata)
+        async with self.node.replication_fence.copy(str(replication.target.path), claim):
+            await replication.run()
         return repository_pb2.ReplicateRepositoryResponse()

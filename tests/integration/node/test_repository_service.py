@@ -23,6 +23,7 @@ from gitquorum.gitaly import (
     transaction_pb2,
     transaction_pb2_grpc,
 )
+from gitquorum.wire.replication_claim import claim_metadata
 from gitquorum.wire.transaction_metadata import Transaction, encode_metadata
 from tests.conftest import THROUGH_PROXY, Target
 from tests.harness import gitrepo
@@ -910,6 +911,40 @@ async def test_replicate_repository_replaces_broken_replica(
         )
         assert await _checksum(replica_stub, replica) == await _checksum(stub, source)
     assert not (replica_path / "junk").exists()
+
+
+async def test_replicate_repository_refuses_a_superseded_claim(
+    stub, channel, target, workdir, replica_node
+) -> None:
+    """A copy of a claim older than one the node has seen for the replica is
+    refused (a worker whose job was taken over), and leaves the replica as it is."""
+    on_disk(target)
+    source, _ = await seeded(channel, target, workdir)
+    replica = shared_pb2.Repository(storage_name="replica", relative_path=source.relative_path)
+    replica_path = replica_node.storage_path / replica.relative_path
+    servers = servers_metadata(target.storage, target.address)
+    request = R.ReplicateRepositoryRequest(repository=replica, source=source)
+    async with replica_node.channel() as replica_channel:
+        replica_stub = repository_pb2_grpc.RepositoryServiceStub(replica_channel)
+        await replica_stub.ReplicateRepository(request, metadata=[servers, claim_metadata(40)])
+        copied = gitrepo.refs(replica_path)
+        await stub.WriteRef(
+            R.WriteRefRequest(repository=source, ref=b"refs/heads/late", revision=b"main")
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await replica_stub.ReplicateRepository(request, metadata=[servers, claim_metadata(39)])
+        assert refused.value.code() == grpc.StatusCode.ABORTED
+        assert "superseded" in (refused.value.details() or "")
+        assert gitrepo.refs(replica_path) == copied
+        # The same claim copies again (a catch-up's rounds), and so does a later one.
+        await replica_stub.ReplicateRepository(request, metadata=[servers, claim_metadata(40)])
+        assert "refs/heads/late" in gitrepo.refs(replica_path)
+        await replica_stub.ReplicateRepository(request, metadata=[servers, claim_metadata(41)])
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await replica_stub.ReplicateRepository(
+                request, metadata=[servers, ("x-gitquorum-replication-claim", "soon")]
+            )
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_replicate_repository_with_transaction_votes_on_fetch(
