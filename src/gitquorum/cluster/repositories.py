@@ -90,6 +90,10 @@ class RepositoryRecord:
     replicas: tuple[tuple[str, int], ...]
     # mod_revision of the record in the store (0: not stored yet).
     revision: int = 0
+    # Up-to-date replicas the verifier found different with no majority among
+    # them (empty: none). Nothing is repaired from them until a later check
+    # finds a majority or an operator makes one replica authoritative.
+    conflict: tuple[str, ...] = ()
 
     @property
     def replica_path(self) -> str:
@@ -122,6 +126,9 @@ def encode_record(record: RepositoryRecord) -> bytes:
         "generation": record.generation,
         "replicas": dict(record.replicas),
     }
+    if record.conflict:
+        # Only when set: records without a conflict keep their usual value.
+        value["conflict"] = list(record.conflict)
     return json.dumps(value, separators=(",", ":")).encode()
 
 
@@ -148,6 +155,7 @@ def decode_record(
         int(data.get("generation", 0)),
         replicas,
         revision,
+        tuple(intern(n) for n in data.get("conflict", ())),
     )
 
 
@@ -651,7 +659,8 @@ class RepositoryStore:
     ) -> RepositoryRecord:
         """Accept data loss: ``node``'s replica becomes the only up-to-date one (the
         repository moves to a new generation with it) and the primary. The
-        reconciler then replicates it to the other assigned nodes."""
+        reconciler then replicates it to the other assigned nodes. A conflict
+        the verifier reported is settled by this choice and cleared."""
 
         def authorize(record: RepositoryRecord) -> RepositoryRecord:
             if not record.is_assigned(node):
@@ -661,7 +670,9 @@ class RepositoryStore:
             new_generation = record.generation + 1
             replicas = dict(record.replicas)
             replicas[node] = new_generation
-            return record.with_replicas(replicas, generation=new_generation, primary=node)
+            return record.with_replicas(
+                replicas, generation=new_generation, primary=node, conflict=()
+            )
 
         return await self.update(virtual_storage, repository_id, authorize, fence=fence)
 
