@@ -200,14 +200,15 @@ def test_settle_mismatch(case: Case) -> None:
 
 
 def test_a_silent_up_to_date_primary_is_never_the_source() -> None:
-    # n1 (primary) did not answer; n2 and n3 agree, n4 and n5 are... only three replicas here:
+    # The primary n1 did not answer. Of four up-to-date replicas, two agreeing
+    # are no majority, however likely the primary would be to agree with them.
     record = rec({"n1": 5, "n2": 5, "n3": 5, "n4": 5}, assigned=("n1", "n2", "n3", "n4"))
     settled = settle_mismatch(record, {"n2": "a", "n3": "a", "n4": "b"}, ALL | {"n4"}, load={})
-    # 2 of 4 is no majority: a conflict, although the primary would be the usual source.
-    assert settled.conflict
-    record5 = FIVE
+    assert settled.conflict and not settled.demoted
+    # Of five, three are: n5 is repaired from one of them, not from the primary
+    # (choose_source's usual first choice), whose content nobody checked.
     settled = settle_mismatch(
-        record5, {"n2": "a", "n3": "a", "n4": "a", "n5": "b"}, ALL | {"n4", "n5"}, load={}
+        FIVE, {"n2": "a", "n3": "a", "n4": "a", "n5": "b"}, ALL | {"n4", "n5"}, load={}
     )
     assert settled.demoted == {"n5"}
     assert settled.record.primary == "n1"  # silent, not demoted: it stays
