@@ -550,9 +550,7 @@ def settle_mismatch(
         disagree = len(set(answers.values())) > 1 or everyone
         conflict = tuple(sorted(answers)) if disagree else record.conflict
         new = replace(record, conflict=conflict)
-        return Settlement(
-            new, new != record, None, frozenset(), frozenset(), (), conflict=disagree
-        )
+        return Settlement(new, new != record, None, frozenset(), frozenset(), (), conflict=disagree)
     majority = frozenset(n for n, c in answers.items() if c == agreed)
     demoted = frozenset(answers) - majority
     replicas = dict(record.replicas)
@@ -574,6 +572,4 @@ def settle_mismatch(
             continue
         missing = new.replica_generation(node) == MISSING
         found.append(Repair(JobType.CREATE if missing else JobType.UPDATE, node, source))
-    return Settlement(
-        new, new != record, agreed, majority, demoted, tuple(found), conflict=False
-    )
+    return Settlement(new, new != record, agreed, majority, demoted, tuple(found), conflict=False)

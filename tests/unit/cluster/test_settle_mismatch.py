@@ -31,9 +31,7 @@ THREE = rec({"n1": 5, "n2": 5, "n3": 5})
 TWO = rec({"n1": 5, "n2": 5}, assigned=("n1", "n2"))
 # n3 is behind: only n1 and n2 are up to date, so only they count.
 N3_BEHIND = rec({"n1": 5, "n2": 5, "n3": 4})
-FIVE = rec(
-    {"n1": 5, "n2": 5, "n3": 5, "n4": 5, "n5": 5}, assigned=("n1", "n2", "n3", "n4", "n5")
-)
+FIVE = rec({"n1": 5, "n2": 5, "n3": 5, "n4": 5, "n5": 5}, assigned=("n1", "n2", "n3", "n4", "n5"))
 
 
 @dataclass(frozen=True)
@@ -152,7 +150,11 @@ CASES = {
         TWO, {"n1": None, "n2": None}, conflict=True, recorded_conflict=("n1", "n2"), changed=True
     ),
     "the only up-to-date replica missing: conflict": Case(
-        rec({"n1": 5, "n2": 3}), {"n1": None}, conflict=True, recorded_conflict=("n1",), changed=True
+        rec({"n1": 5, "n2": 3}),
+        {"n1": None},
+        conflict=True,
+        recorded_conflict=("n1",),
+        changed=True,
     ),
     "outdated replicas do not vote": Case(
         N3_BEHIND,
