@@ -128,22 +128,27 @@ def test_the_rolled_back_replica_is_the_one_repaired(
         assert metadata(address, path).primary == before.primary
     finally:
         assert cli(cluster, "resume").code == 0
-    # The verifier finds the mismatch, demotes the rolled-back replica (only
-    # it) and the repair brings the acknowledged head back to it.
-    demoted: list[dict[str, Any]] = wait_for(
-        lambda: _demotions(cluster)[seen:], 60, 0.2, "the verifier to demote a replica"
+    # The verifier finds the mismatch and the repair brings the acknowledged
+    # head back to the rolled-back replica: no acknowledged write is lost.
+    wait_for(
+        lambda: _every_replica_holds(cluster, path, head),
+        90,
+        0.2,
+        "the acknowledged head on every replica",
     )
+    after = wait_converged(address, path, timeout=60).meta
+    # It was the rolled-back replica (only it) that was demoted and repaired,
+    # from the replicas that kept the write.
+    demoted = _demotions(cluster)[seen:]
     assert [d["demoted"] for d in demoted] == [[victim]]
     assert set(demoted[0]["majority"]) == others
     assert set(demoted[0]["sources"].values()) <= others
-    after = wait_converged(address, path, timeout=60).meta
-    wait_for(lambda: _every_replica_holds(cluster, path, head), 30, 0.2, "the head everywhere")
     assert after.generation == before.generation
     if role == "primary":
         assert after.primary in others and demoted[0]["old_primary"] == victim
     else:
         assert after.primary == before.primary
-    # The record never recorded anything against the replicas that kept the write.
+    # Nothing was held against the replicas that kept the write afterwards either.
     assert _demotions(cluster)[seen:] == demoted
 
 
@@ -168,8 +173,13 @@ def test_two_replicas_that_disagree_are_reported_and_left_alone(
     assert sorted(entry["conflict"]) == sorted(r.storage for r in before.replicas)
     assert entry["unavailable"] is False
     assert cli(cluster, "dataloss").code == 1
-    text = scrape(cluster.proxies[0].metrics_port)
-    assert sample(text, "gitquorum_verification_conflicts", virtual_storage="default") == 1
+
+    def conflicts() -> float:
+        text = scrape(cluster.proxies[0].metrics_port)
+        return sample(text, "gitquorum_verification_conflicts", virtual_storage="default")
+
+    # The leader exports the cluster-wide gauges every 2 s.
+    wait_for(lambda: conflicts() == 1, 10, 0.2, "the conflicts gauge to read 1")
     # Nothing was overwritten or demoted: both replicas keep what they hold
     # across further verifier passes (each checks both replicas again).
     since = time.time()
@@ -196,3 +206,4 @@ def test_two_replicas_that_disagree_are_reported_and_left_alone(
     wait_converged(address, path, nodes=2, timeout=60)
     wait_for(lambda: _every_replica_holds(cluster, path, head), 30, 0.2, "the head everywhere")
     assert reported() is None
+    wait_for(lambda: conflicts() == 0, 10, 0.2, "the conflicts gauge to read 0")
