@@ -9,7 +9,7 @@ import pytest
 
 from gitquorum.cluster.decisions import Repair, choose_source, repairs, settle_mismatch
 from gitquorum.cluster.queue import JobType
-from gitquorum.cluster.repositories import MISSING, RepositoryRecord
+from gitquorum.cluster.repositories import MISSING, RepositoryRecord, decode_record, encode_record
 
 ALL = frozenset({"n1", "n2", "n3"})
 NONE: frozenset[str] = frozenset()
@@ -224,3 +224,11 @@ def test_a_conflict_stops_every_repair_of_the_repository() -> None:
     assert choose_source(conflicted, ALL, target="n3") is None
     assert repairs(conflicted, ALL) == ()
     assert repairs(N3_BEHIND, ALL) == (Repair(UPDATE, "n3", "n1"),)
+
+
+def test_the_conflict_is_stored_with_the_record_and_only_when_set() -> None:
+    plain = encode_record(THREE)
+    assert b"conflict" not in plain  # records without one keep their usual value
+    marked = replace(THREE, conflict=("n1", "n2"))
+    assert decode_record("vs", 1, encode_record(marked)).conflict == ("n1", "n2")
+    assert decode_record("vs", 1, plain).conflict == ()
