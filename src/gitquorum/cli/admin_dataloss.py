@@ -7,8 +7,12 @@ useful when no proxy is up. With ``--partially-unavailable`` it also lists
 repositories that are available but have an assigned replica that is
 outdated or on an unhealthy node.
 
-Exit code 1 when any repository is unavailable (partially replicated ones
-alone exit 0: the replication queue is repairing them).
+Repositories whose up-to-date replicas the verifier found different with no
+majority among them are always listed: nothing repairs them until an operator
+chooses the replica to keep (``accept-dataloss``).
+
+Exit code 1 when any repository is unavailable or its replicas disagree
+(partially replicated ones alone exit 0: the replication queue is repairing them).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ def entry_data(entry: DatalossEntry) -> dict[str, Any]:
         "primary": record.primary,
         "generation": record.generation,
         "unavailable": entry.unavailable,
+        # Up-to-date replicas that disagree with no majority (empty: none).
+        "conflict": list(entry.conflict),
         "replicas": [
             {
                 "node": s.node,
@@ -85,8 +91,12 @@ def render(report: dict[str, Any]) -> str:
             )
             continue
         for repo in repositories:
-            state = "unavailable" if repo["unavailable"] else "partially replicated"
-            lines.append(f"  {repo['relative_path']} ({state})")
+            states = ["unavailable"] if repo["unavailable"] else []
+            if repo["conflict"]:
+                states.append(f"replicas disagree, no majority: {', '.join(repo['conflict'])}")
+            lines.append(
+                f"  {repo['relative_path']} ({'; '.join(states) or 'partially replicated'})"
+            )
             lines.append(
                 f"    id {repo['repository_id']}, generation {repo['generation']}, "
                 f"primary {repo['primary'] or '-'}"
@@ -109,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             "partially_unavailable": args.partially_unavailable,
             "virtual_storages": [],
         }
-        unavailable = 0
+        unavailable = conflicts = 0
         for name in names:
             entries = dataloss(
                 view.records,
@@ -118,10 +128,12 @@ def run(args: argparse.Namespace) -> int:
                 virtual_storage=name,
             )
             unavailable += sum(1 for e in entries if e.unavailable)
+            conflicts += sum(1 for e in entries if e.conflict)
             report["virtual_storages"].append(
                 {"name": name, "repositories": [entry_data(e) for e in entries]}
             )
         report["unavailable"] = unavailable
+        report["conflicts"] = conflicts
         common.emit(args, report, lambda: render(report))
         if unavailable and not args.json:
             print(
@@ -130,6 +142,13 @@ def run(args: argparse.Namespace) -> int:
                 "`gitquorum accept-dataloss`",
                 file=sys.stderr,
             )
-        return common.EXIT_PROBLEM if unavailable else common.EXIT_OK
+        if conflicts and not args.json:
+            print(
+                f"{conflicts} repositor{'y' if conflicts == 1 else 'ies'} whose replicas "
+                "disagree with no majority: nothing is repaired until you choose the replica "
+                "to keep with `gitquorum accept-dataloss`",
+                file=sys.stderr,
+            )
+        return common.EXIT_PROBLEM if unavailable or conflicts else common.EXIT_OK
 
     return common.run(args, body)

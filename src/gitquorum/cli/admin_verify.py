@@ -2,9 +2,9 @@
 
 ``MarkUnverified`` on a proxy forgets when the selected replicas were last
 verified, so the leader's verifier (which takes the least recently verified
-first) checks them on its next passes: that each exists on disk and, when up
-to date, matches its primary; a replica that fails is marked outdated and
-repaired by replication. Select one repository (``--repository`` or
+first) checks them on its next passes: that the up-to-date replicas of each
+repository exist on disk and agree; a replica that differs from a majority of
+them is marked outdated and repaired from that majority. Select one repository (``--repository`` or
 ``--repository-id``), a whole virtual storage, or one node of it
 (``--storage``). With ``--wait`` the command waits until every selected
 replica on a healthy node has been verified again and reports what changed.

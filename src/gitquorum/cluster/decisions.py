@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gitquorum.cluster.errors import WriteToOutdatedReplicas
 from gitquorum.cluster.queue import JobState, JobType, ReplicationJob
@@ -102,8 +102,12 @@ def choose_source(
     Any healthy, up-to-date replica other than the target holds every
     acknowledged write. Among them: ``preferred`` (the source a job was queued
     with), then the primary, then assigned replicas (they keep receiving
-    writes), then by name.
+    writes), then by name. None while the verifier reports a conflict
+    (``settle_mismatch``): the up-to-date replicas disagree, and copying any
+    of them would take a side that only an operator may take.
     """
+    if record.conflict:
+        return None
     candidates = (up_to_date_replicas(record) & healthy) - {target}
     if not candidates:
         return None
@@ -485,3 +489,99 @@ def _replica_to_keep(
     if primary in candidates:
         return primary
     return min(candidates)
+
+
+# -- settling a checksum mismatch -------------------------------------------------------
+#
+# The verifier compares the checksums of a repository's up-to-date replicas.
+# Every one of them should hold every acknowledged write, so they should all
+# agree; when they do not, one of them lost data (power loss, a restored backup,
+# bit rot) or gained something nobody acknowledged. Which one is decided by the
+# replicas themselves, never by the primary's word: the primary may be the one
+# that lost data, and a repair copies its source over the target (prune and
+# force), so repairing from a wrong source copies the loss everywhere.
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What one round of checksums decides for a repository."""
+
+    record: RepositoryRecord  # the record to store: the input itself when nothing changes
+    changed: bool  # ``record`` differs from the input and must be written
+    agreed: str | None  # the checksum a majority of the up-to-date replicas agree on
+    majority: frozenset[str]  # the up-to-date replicas holding ``agreed``
+    demoted: frozenset[str]  # up-to-date replicas that differ from the majority
+    repairs: tuple[Repair, ...]  # one per demoted replica, each from a majority source
+    # The up-to-date replicas disagree and no majority holds one checksum:
+    # nothing is demoted or repaired, and the record reports the conflict.
+    conflict: bool
+
+
+def settle_mismatch(
+    record: RepositoryRecord,
+    checksums: Mapping[str, str | None],
+    healthy: AbstractSet[str],
+    *,
+    load: Mapping[str, int],
+    draining: AbstractSet[str] = frozenset(),
+) -> Settlement:
+    """Settle the checksums of ``record``'s up-to-date replicas by majority.
+
+    ``checksums`` maps the replicas that answered to their checksum (None: the
+    replica does not exist on disk); replicas that did not answer are absent,
+    and replicas not up to date are ignored. The majority is counted over the
+    replicas *recorded* up to date, not over those that answered: two answers
+    out of five up-to-date replicas decide nothing.
+
+    * A checksum held by more than half of the up-to-date replicas is the
+      truth: the replicas that answered something else (or are missing) are
+      demoted and repaired from a healthy member of that majority. A primary
+      among them also loses its role to a member of the majority
+      (``choose_primary`` with the others excluded), in the same record. A
+      conflict reported earlier is cleared.
+    * A missing replica holds nothing that a repair could destroy: when every
+      up-to-date replica answered and all those that exist agree, the missing
+      ones are demoted and created from them even without a majority (two
+      replicas, one of them deleted).
+    * Otherwise, if the answers disagree (or every up-to-date replica answered
+      and none holds a majority), nothing is demoted or repaired and the
+      record's ``conflict`` names the up-to-date replicas that answered: an
+      operator decides (``accept-dataloss``), or a later check that finds a
+      majority settles it.
+    * Answers that agree without being a majority (too few answered) decide
+      nothing and change nothing.
+    """
+    voters = up_to_date_replicas(record)
+    answers = {node: checksum for node, checksum in checksums.items() if node in voters}
+    present = Counter(checksum for checksum in answers.values() if checksum is not None)
+    agreed = next((c for c, count in present.items() if 2 * count > len(voters)), None)
+    everyone = bool(voters) and answers.keys() == voters
+    if agreed is None and everyone and len(present) == 1:
+        (agreed,) = present
+    if agreed is None:
+        disagree = len(set(answers.values())) > 1 or everyone
+        conflict = tuple(sorted(answers)) if disagree else record.conflict
+        new = replace(record, conflict=conflict)
+        return Settlement(new, new != record, None, frozenset(), frozenset(), (), conflict=disagree)
+    majority = frozenset(n for n, c in answers.items() if c == agreed)
+    demoted = frozenset(answers) - majority
+    replicas = dict(record.replicas)
+    for node in demoted:
+        replicas[node] = record.generation - 1
+    new = record.with_replicas(replicas, conflict=())
+    if record.primary in demoted:
+        chosen = choose_primary(
+            new, healthy, load=load, draining=draining, exclude=voters - majority
+        )
+        if chosen is not None:
+            new = replace(new, primary=chosen)
+    found = []
+    for node in sorted(demoted):
+        # Only a majority member may be the source: an up-to-date replica that
+        # did not answer is no evidence of anything.
+        source = choose_source(new, healthy & majority, target=node)
+        if source is None:
+            continue
+        missing = new.replica_generation(node) == MISSING
+        found.append(Repair(JobType.CREATE if missing else JobType.UPDATE, node, source))
+    return Settlement(new, new != record, agreed, majority, demoted, tuple(found), conflict=False)

@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from gitquorum.cluster.health import HealthMap
 from gitquorum.cluster.queue import QueueStats
 from gitquorum.cluster.reports import (
+    conflicts_by_virtual_storage,
     generation_lag_by_node,
     outdated_by_node,
     unavailable_by_virtual_storage,
@@ -55,6 +56,7 @@ class ClusterMetrics(Collector):
         self._outdated: dict[tuple[str, str], int] = {}
         self._generation_lag: dict[tuple[str, str], int] = {}
         self._unavailable: dict[str, int] = {}
+        self._conflicts: dict[str, int] = {}
         self._local: dict[tuple[str, str], bool] = {}
         self._consensus: dict[tuple[str, str], bool] = {}
         self._leader = False
@@ -79,13 +81,18 @@ class ClusterMetrics(Collector):
         healthy: Mapping[str, AbstractSet[str]],
         virtual_storages: Iterable[str] = (),
     ) -> None:
-        """Outdated replicas per node and unavailable repositories per virtual storage."""
+        """Outdated replicas per node, and unavailable repositories and repositories
+        whose replicas disagree per virtual storage."""
         snapshot = tuple(records)
         outdated = {key: len(ids) for key, ids in outdated_by_node(snapshot).items()}
+        virtual_storages = tuple(virtual_storages)
         unavailable = dict.fromkeys(virtual_storages, 0)
         unavailable.update(unavailable_by_virtual_storage(snapshot, healthy))
         lag = generation_lag_by_node(snapshot)
+        conflicts = dict.fromkeys(virtual_storages, 0)
+        conflicts.update(conflicts_by_virtual_storage(snapshot))
         with self._lock:
+            self._conflicts = conflicts
             self._outdated = outdated
             self._unavailable = unavailable
             self._generation_lag = lag
@@ -124,6 +131,7 @@ class ClusterMetrics(Collector):
         with self._lock:
             queue, outdated, unavailable = self._queue, self._outdated, self._unavailable
             generation_lag = self._generation_lag
+            conflicts = self._conflicts
             local, consensus, leader = self._local, self._consensus, self._leader
         depth = GaugeMetricFamily(
             "gitquorum_replication_queue_depth",
@@ -174,6 +182,15 @@ class ClusterMetrics(Collector):
         for vs, count in sorted(unavailable.items()):
             down.add_metric([vs], count)
         yield down
+        disagree = GaugeMetricFamily(
+            "gitquorum_verification_conflicts",
+            "Repositories whose up-to-date replicas the verifier found different with no "
+            "majority among them: nothing is repaired until an operator chooses one",
+            labels=["virtual_storage"],
+        )
+        for vs, count in sorted(conflicts.items()):
+            disagree.add_metric([vs], count)
+        yield disagree
         health = GaugeMetricFamily(
             "gitquorum_node_healthy",
             "1 if the node is healthy as this proxy sees it (view=local) "

@@ -48,6 +48,11 @@ def generation_lag_by_node(records: Iterable[RepositoryRecord]) -> dict[tuple[st
 HealthyNodes = Mapping[str, AbstractSet[str]]
 
 
+def conflicts_by_virtual_storage(records: Iterable[RepositoryRecord]) -> Counter[str]:
+    """Repositories whose up-to-date replicas disagree with no majority, per virtual storage."""
+    return Counter(record.virtual_storage for record in records if record.conflict)
+
+
 def unavailable_by_virtual_storage(
     records: Iterable[RepositoryRecord], healthy: HealthyNodes
 ) -> Counter[str]:
@@ -76,6 +81,11 @@ class DatalossEntry:
     # No healthy, up-to-date, assigned replica: neither reads nor writes are served.
     unavailable: bool
     replicas: tuple[ReplicaStatus, ...]
+
+    @property
+    def conflict(self) -> tuple[str, ...]:
+        """Up-to-date replicas the verifier found different, with no majority."""
+        return self.record.conflict
 
 
 def replica_statuses(
@@ -106,8 +116,10 @@ def dataloss(
     include_partially_replicated: bool = False,
     virtual_storage: str | None = None,
 ) -> list[DatalossEntry]:
-    """Unavailable repositories and, optionally, those with some assigned replica
-    outdated or on an unhealthy node (partially replicated), sorted by path."""
+    """Unavailable repositories, those whose up-to-date replicas disagree with
+    no majority (the verifier's conflict: always listed, nothing is repaired
+    until an operator settles it) and, optionally, those with some assigned
+    replica outdated or on an unhealthy node (partially replicated), sorted by path."""
     entries = []
     empty: frozenset[str] = frozenset()
     for record in records:
@@ -119,7 +131,7 @@ def dataloss(
             status.assigned and (status.behind_by > 0 or not status.healthy)
             for status in replica_statuses(record, nodes)
         )
-        if unavailable or (include_partially_replicated and partial):
+        if unavailable or record.conflict or (include_partially_replicated and partial):
             entries.append(DatalossEntry(record, unavailable, replica_statuses(record, nodes)))
     entries.sort(key=lambda e: (e.record.virtual_storage, e.record.relative_path))
     return entries

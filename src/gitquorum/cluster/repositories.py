@@ -104,6 +104,10 @@ class RepositoryRecord:
     # ``hold_for`` takes its last copy; ``hold_until`` is a wall-clock deadline.
     hold_for: str | None = None
     hold_until: float = 0.0
+    # Up-to-date replicas the verifier found different with no majority among
+    # them (empty: none). Nothing is repaired from them until a later check
+    # finds a majority or an operator makes one replica authoritative.
+    conflict: tuple[str, ...] = ()
 
     @property
     def replica_path(self) -> str:
@@ -151,6 +155,9 @@ def encode_record(record: RepositoryRecord) -> bytes:
         value["repaired"] = dict(record.repaired)
     if record.hold_for is not None:
         value["hold"] = {"node": record.hold_for, "until": record.hold_until}
+    if record.conflict:
+        # Only when set: records without a conflict keep their usual value.
+        value["conflict"] = list(record.conflict)
     return json.dumps(value, separators=(",", ":")).encode()
 
 
@@ -182,6 +189,7 @@ def decode_record(
         tuple(sorted((intern(n), int(r)) for n, r in repaired.items())) if repaired else (),
         intern(hold["node"]) if hold else None,
         float(hold["until"]) if hold else 0.0,
+        tuple(intern(n) for n in data.get("conflict", ())),
     )
 
 
@@ -757,7 +765,8 @@ class RepositoryStore:
     ) -> RepositoryRecord:
         """Accept data loss: ``node``'s replica becomes the only up-to-date one (the
         repository moves to a new generation with it) and the primary. The
-        reconciler then replicates it to the other assigned nodes."""
+        reconciler then replicates it to the other assigned nodes. A conflict
+        the verifier reported is settled by this choice and cleared."""
 
         def authorize(record: RepositoryRecord) -> RepositoryRecord:
             if not record.is_assigned(node):
@@ -767,7 +776,9 @@ class RepositoryStore:
             new_generation = record.generation + 1
             replicas = dict(record.replicas)
             replicas[node] = new_generation
-            return record.with_replicas(replicas, generation=new_generation, primary=node)
+            return record.with_replicas(
+                replicas, generation=new_generation, primary=node, conflict=()
+            )
 
         return await self.update(virtual_storage, repository_id, authorize, fence=fence)
 

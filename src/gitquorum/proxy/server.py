@@ -51,7 +51,7 @@ from gitquorum.proxy.replication import (
     healthy_targets,
 )
 from gitquorum.proxy.server_info import ServerInfoService
-from gitquorum.proxy.verifier import VerificationStore, Verifier
+from gitquorum.proxy.verifier import NodeChecksums, VerificationStore, Verifier
 from gitquorum.proxy.vote_counting import TransactionManager
 from gitquorum.wire.interceptor import ErrorInterceptor
 from gitquorum.wire.options import server_options
@@ -456,9 +456,12 @@ class ProxyServer(Assembled):
             views.repositories,
             views.cache,
             views.queue,
-            channels,
+            NodeChecksums(channels),
             self.verification,
             port_api.healthy,
+            fence=lambda: election.token,
+            draining=views.operator.draining,
+            paused=views.operator.paused,
             interval=config.verify_interval,
         )
         election.run_while_leader("verifier", self.verifier.run)

@@ -1,33 +1,97 @@
-"""The verifier: replicas recorded in etcd must exist on disk and match the primary.
+"""The verifier: the replicas recorded up to date must exist on disk and agree.
 
 Run by the leader. Each pass takes the replicas verified longest ago (never
-verified first), checks each one with ``RepositoryExists`` and
-``CalculateChecksum``, and records when it was verified under
-``verified/<virtual storage>/<repository id>/<node>``. A replica that is
-missing, or up to date yet differing from its primary, is marked outdated and
-gets a replication job: the record no longer claims what the disk lacks.
+verified first) and checks their repositories: every healthy, up-to-date
+replica of a repository is asked for ``RepositoryExists`` and
+``CalculateChecksum``, and the answers are settled by majority
+(``decisions.settle_mismatch``). The replicas recorded up to date should all
+hold every acknowledged write, so they should agree; when they do not, the
+majority decides which replicas lost data, whatever the primary says. Those are
+demoted and repaired from a member of the majority (a primary among them loses
+its role); without a majority nothing is demoted or repaired and the record
+reports the conflict (``gitquorum dataloss``, an alert). When each replica was
+verified is kept under ``verified/<virtual storage>/<repository id>/<node>``.
+
+Two guards make a verdict safe to act on:
+
+* **Fencing.** The record change (demotions, a new primary, the conflict mark)
+  and its repair jobs are one txn carrying the leader's fencing token, taken
+  before the checksums are read: a verifier whose proxy lost leadership
+  meanwhile changes nothing.
+* **No write in between.** A write's refs reach its replicas one by one during
+  its commit phase, before its outcome is recorded; checksums read then differ
+  without anything being wrong. The record change is conditional on the
+  record's revision read *before* the first checksum, so any write whose
+  outcome was recorded since then voids the verdict. A write still between its
+  commit and its outcome when the verdict is written is caught by a second
+  round: a mismatch is acted on only if every replica gives the same answer
+  again ``recheck_delay`` later, and a write's replicas apply its refs within
+  milliseconds of each other. See docs/failover.md for what is left.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import grpc
 
 from gitquorum import log
-from gitquorum.cluster.decisions import repairs
+from gitquorum.cluster.decisions import (
+    Settlement,
+    primary_load,
+    settle_mismatch,
+    up_to_date_replicas,
+)
+from gitquorum.cluster.election import FencingToken
+from gitquorum.cluster.errors import Conflict, NotLeader
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.periodic import run_periodically, warn
 from gitquorum.cluster.queue import ReplicationQueue
-from gitquorum.cluster.repair_jobs import queue_repairs
-from gitquorum.cluster.repositories import RepositoryCache, RepositoryRecord, RepositoryStore
+from gitquorum.cluster.repair_jobs import prepare_repairs
+from gitquorum.cluster.repositories import (
+    RepositoryCache,
+    RepositoryRecord,
+    RepositoryStore,
+    TxnExtras,
+)
 from gitquorum.cluster.store import Store
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
 from gitquorum.proxy.channels import NodeChannels
 
 logger = log.get("gitquorum.verifier")
+
+# node -> checksum (None: the replica does not exist); nodes that did not answer are absent.
+Checksums = dict[str, str | None]
+
+
+class ChecksumSource(Protocol):
+    async def __call__(self, node: str, replica_path: str) -> str | None:
+        """The replica's checksum; None when it does not exist. Raises
+        ``grpc.aio.AioRpcError`` when the node cannot answer."""
+
+
+class NodeChecksums:
+    """Checksums asked from the storage nodes."""
+
+    def __init__(self, channels: NodeChannels) -> None:
+        self.channels = channels
+
+    async def __call__(self, node: str, replica_path: str) -> str | None:
+        stub = repository_pb2_grpc.RepositoryServiceStub(self.channels.channel(node))
+        repo = shared_pb2.Repository(storage_name=node, relative_path=replica_path)
+        metadata = self.channels.forward_metadata(())
+        exists = await stub.RepositoryExists(
+            repository_pb2.RepositoryExistsRequest(repository=repo), metadata=metadata, timeout=30
+        )
+        if not exists.exists:
+            return None
+        response = await stub.CalculateChecksum(
+            repository_pb2.CalculateChecksumRequest(repository=repo), metadata=metadata, timeout=60
+        )
+        return str(response.checksum)
 
 
 class VerificationStore:
@@ -68,31 +132,44 @@ class VerificationStore:
         return len(keys)
 
 
+class RecordMoved(Conflict):
+    """The record changed since the checksums were read: their verdict is void."""
+
+
 class Verifier:
     def __init__(
         self,
         repositories: RepositoryStore,
         cache: RepositoryCache,
         queue: ReplicationQueue,
-        channels: NodeChannels,
+        checksum: ChecksumSource,
         verification: VerificationStore,
         healthy: Callable[[str], frozenset[str]],
         *,
+        fence: Callable[[], FencingToken],
+        draining: Callable[[str], frozenset[str]] = lambda _vs: frozenset(),
+        paused: Callable[[], bool] = lambda: False,
         interval: float = 300.0,
         batch: int = 25,
         tick: float = 2.0,
         recheck_delay: float = 1.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.recheck_delay = recheck_delay
         self.repositories = repositories
         self.cache = cache
         self.queue = queue
-        self.channels = channels
+        self.checksum = checksum
         self.verification = verification
         self.healthy = healthy
+        # The leader's current token (raises NotLeader when this proxy does not lead).
+        self.fence = fence
+        self.draining = draining
+        self.paused = paused
         self.interval = interval
         self.batch = batch
         self.tick = tick
+        self.recheck_delay = recheck_delay
+        self.sleep = sleep
         self.passes = 0
 
     async def run(self) -> None:
@@ -121,81 +198,139 @@ class Verifier:
         return [(record, node) for _, record, node in due]
 
     async def verify_once(self, *, force: bool = False, limit: int | None = None) -> int:
-        """Verify up to ``limit`` (default: batch) due replicas; returns how many."""
+        """Verify up to ``limit`` (default: batch) due replicas, a repository at a
+        time; returns how many replicas were due."""
+        if self.paused():
+            # An operator's maintenance window: the cluster does not act on its own.
+            return 0
         verified = await self.verification.all()
         due = self._due(verified, time.time(), force)[: limit or self.batch]
+        by_repository: dict[int, tuple[RepositoryRecord, list[str]]] = {}
         for record, node in due:
-            await self._verify(record, node)
+            by_repository.setdefault(record.repository_id, (record, []))[1].append(node)
+        try:
+            for record, nodes in by_repository.values():
+                await self.verify_repository(record, nodes)
+        except NotLeader as exc:
+            # Deposed (the fence was refused, or the token is gone): a new
+            # leader's verifier takes over; this one changes nothing more.
+            logger.warning("verifier stopped: not the leader", extra=log.fields(error=str(exc)))
         self.passes += 1
         return len(due)
 
-    async def _checksum(self, node: str, replica_path: str) -> str | None:
-        """The replica's checksum; None when it does not exist."""
-        stub = repository_pb2_grpc.RepositoryServiceStub(self.channels.channel(node))
-        repo = shared_pb2.Repository(storage_name=node, relative_path=replica_path)
-        metadata = self.channels.forward_metadata(())
-        exists = await stub.RepositoryExists(
-            repository_pb2.RepositoryExistsRequest(repository=repo), metadata=metadata, timeout=30
-        )
-        if not exists.exists:
-            return None
-        response = await stub.CalculateChecksum(
-            repository_pb2.CalculateChecksumRequest(repository=repo), metadata=metadata, timeout=60
-        )
-        return response.checksum
+    async def _round(self, record: RepositoryRecord, nodes: Sequence[str]) -> Checksums:
+        """Checksums of ``nodes``' replicas, read concurrently; a node that
+        cannot answer now is left out (it decides nothing)."""
 
-    async def _verify(self, record: RepositoryRecord, node: str) -> None:
-        try:
-            checksum = await self._checksum(node, record.replica_path)
-            reference = None
-            up_to_date = record.replica_generation(node) == record.generation
-            if (
-                checksum is not None
-                and up_to_date
-                and record.primary
-                and record.primary != node
-                and record.replica_generation(record.primary) == record.generation
-            ):
-                reference = await self._checksum(record.primary, record.replica_path)
-                if reference != checksum:
-                    # A write may be between its votes and its finalizer: look
-                    # again once it had time to land everywhere.
-                    await asyncio.sleep(self.recheck_delay)
-                    checksum = await self._checksum(node, record.replica_path)
-                    reference = await self._checksum(record.primary, record.replica_path)
-        except grpc.aio.AioRpcError as exc:
-            logger.info(
-                "replica not verifiable now",
+        async def one(node: str) -> str | None:
+            return await self.checksum(node, record.replica_path)
+
+        answers = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
+        result: Checksums = {}
+        for node, answer in zip(nodes, answers, strict=True):
+            if isinstance(answer, grpc.aio.AioRpcError):
+                logger.info(
+                    "replica not verifiable now",
+                    extra=log.fields(
+                        node=node, repository_id=record.repository_id, error=answer.code().name
+                    ),
+                )
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                result[node] = answer
+        return result
+
+    def _settle(self, record: RepositoryRecord, checksums: Checksums) -> Settlement:
+        vs = record.virtual_storage
+        return settle_mismatch(
+            record,
+            checksums,
+            self.healthy(vs),
+            load=primary_load(self.cache.records(vs)),
+            draining=self.draining(vs),
+        )
+
+    async def verify_repository(self, record: RepositoryRecord, due: Sequence[str]) -> bool:
+        """Check ``record``'s up-to-date replicas and act on a verdict; records
+        the ``due`` replicas as verified unless the verdict was void (a write
+        landed meanwhile: they stay due). Returns whether they were recorded."""
+        # Both taken before the first checksum: the verdict is only written
+        # while this record revision and this leadership still hold.
+        fence = self.fence()
+        vs, rid = record.virtual_storage, record.repository_id
+        healthy = self.healthy(vs)
+        voters = sorted(up_to_date_replicas(record) & healthy)
+        first = await self._round(record, voters)
+        settled = self._settle(record, first)
+        if settled.changed and (settled.demoted or settled.conflict):
+            # Read again: a write between its commit and its outcome changes
+            # the checksums of its replicas within milliseconds.
+            await self.sleep(self.recheck_delay)
+            second = await self._round(record, voters)
+            if second != first:
+                logger.info(
+                    "replicas changed while being verified; checking again later",
+                    extra=log.fields(repository_id=rid),
+                )
+                return False
+        if settled.changed:
+            try:
+                await self._write(record, settled, fence)
+            except RecordMoved:
+                logger.info(
+                    "repository changed while being verified; checking again later",
+                    extra=log.fields(repository_id=rid),
+                )
+                return False
+        for node in due:
+            await self.verification.record(vs, rid, node)
+        return True
+
+    async def _write(
+        self, record: RepositoryRecord, settled: Settlement, fence: FencingToken
+    ) -> None:
+        """Store the settlement and its repairs in one txn, fenced with the
+        leader's token and conditional on the record being the one read
+        before the checksums."""
+        vs, rid = record.virtual_storage, record.repository_id
+
+        async def plan(current: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
+            if current.revision != record.revision:
+                raise RecordMoved(
+                    f"repository {rid} moved from revision {record.revision} to {current.revision}"
+                )
+            jobs = await prepare_repairs(self.queue, settled.record, settled.repairs)
+            return settled.record, TxnExtras(jobs.compares, jobs.ops)
+
+        await self.repositories.update_with(vs, rid, plan, fence=fence)
+        if settled.conflict:
+            logger.error(
+                "replicas disagree with no majority: nothing repaired, see gitquorum dataloss",
                 extra=log.fields(
-                    node=node, repository_id=record.repository_id, error=exc.code().name
+                    repository_id=rid,
+                    relative_path=record.relative_path,
+                    replicas=list(settled.record.conflict),
                 ),
             )
-            return
-        problem = ""
-        if checksum is None:
-            problem = "replica missing on disk"
-        elif reference is not None and reference != checksum and up_to_date:
-            # The two checksums were taken at different moments: a write that
-            # landed in between makes them differ without anything being wrong.
-            # Only a comparison across an unchanged generation is evidence.
-            current = self.cache.get_by_id(record.repository_id)
-            if current is not None and current.generation == record.generation:
-                problem = "replica differs from the primary"
-            else:
-                return
-        if problem:
-            # A missing primary is demoted too: failover then picks a replica
-            # that really holds the data, or the repository shows as dataloss.
+        elif settled.demoted:
             logger.warning(
-                "verification failed",
-                extra=log.fields(node=node, repository_id=record.repository_id, problem=problem),
+                "verification failed: replicas differing from the majority demoted",
+                extra=log.fields(
+                    repository_id=rid,
+                    relative_path=record.relative_path,
+                    demoted=sorted(settled.demoted),
+                    majority=sorted(settled.majority),
+                    old_primary=record.primary,
+                    new_primary=settled.record.primary,
+                    sources={r.target: r.source for r in settled.repairs},
+                ),
             )
-            updated = await self.repositories.mark_outdated(
-                record.virtual_storage, record.repository_id, [node]
+        else:
+            logger.info(
+                "replicas agree again: conflict cleared",
+                extra=log.fields(repository_id=rid, relative_path=record.relative_path),
             )
-            needed = repairs(updated, self.healthy(updated.virtual_storage), targets=(node,))
-            await queue_repairs(self.queue, updated, needed)
-        await self.verification.record(record.virtual_storage, record.repository_id, node)
 
 
 def nodes_of(nodes: dict[str, Sequence[str]]) -> list[tuple[str, str]]:

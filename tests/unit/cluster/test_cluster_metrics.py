@@ -142,3 +142,21 @@ def test_queue_stats_count_dead_jobs_per_target(
 def test_two_instances_do_not_collide_in_separate_registries() -> None:
     ClusterMetrics(CollectorRegistry())
     ClusterMetrics(CollectorRegistry())
+
+
+def test_verification_conflicts_per_virtual_storage() -> None:
+    registry = CollectorRegistry()
+    metrics = ClusterMetrics(registry, proxy="p1")
+    agreed = RepositoryRecord(1, "vs", "a", "n1", ("n1", "n2"), 2, (("n1", 2), ("n2", 2)))
+    disagree = RepositoryRecord(
+        2, "vs", "b", "n1", ("n1", "n2"), 2, (("n1", 2), ("n2", 2)), conflict=("n1", "n2")
+    )
+    metrics.update_repositories(
+        [agreed, disagree], {"vs": {"n1", "n2"}}, virtual_storages=["vs", "other"]
+    )
+    name = "gitquorum_verification_conflicts"
+    assert sample(registry, name, {"virtual_storage": "vs"}) == 1
+    # Listed virtual storages read 0, not absent, so the alert can resolve.
+    assert sample(registry, name, {"virtual_storage": "other"}) == 0
+    metrics.update_repositories([agreed], {"vs": {"n1", "n2"}}, virtual_storages=["vs"])
+    assert sample(registry, name, {"virtual_storage": "vs"}) == 0

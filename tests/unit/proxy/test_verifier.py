@@ -1,0 +1,361 @@
+"""The verifier over the in-memory store, with checksums the test decides.
+
+The majority decides which replica lost data, not the primary; without a
+majority nothing is demoted; a deposed leader's verifier changes nothing; and a
+write whose outcome lands while the verifier reads checksums voids the verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+
+from gitquorum.cluster.clock import ManualClock
+from gitquorum.cluster.election import FencingToken
+from gitquorum.cluster.errors import NotLeader
+from gitquorum.cluster.keys import Keyspace
+from gitquorum.cluster.memory_store import MemoryStore
+from gitquorum.cluster.queue import ReplicationJob, ReplicationQueue
+from gitquorum.cluster.reports import dataloss
+from gitquorum.cluster.repositories import (
+    RepositoryCache,
+    RepositoryRecord,
+    RepositoryStore,
+    decode_record,
+)
+from gitquorum.cluster.store import OpKind
+from gitquorum.proxy.verifier import VerificationStore, Verifier
+
+KEYS = Keyspace("unit")
+NODES = ("n1", "n2", "n3")
+VS = "vs"
+
+
+class FakeChecksums:
+    """Replica checksums as the test sets them; an exception value is raised."""
+
+    def __init__(self, values: dict[str, str | BaseException | None]) -> None:
+        self.values = values
+        self.calls: list[str] = []
+
+    async def __call__(self, node: str, _replica_path: str) -> str | None:
+        self.calls.append(node)
+        await asyncio.sleep(0)
+        value = self.values[node]
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+
+class Unreachable(grpc.aio.AioRpcError):
+    def __init__(self) -> None:
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down"
+        )
+
+
+class Leadership:
+    """A leader key with a fencing token, and a way to lose it to another proxy."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.token: FencingToken | None = None
+
+    async def acquire(self, holder: str) -> FencingToken:
+        lease = await self.store.grant(60)
+        key = KEYS.leader()
+        await self.store.put(key, holder.encode(), lease=lease.id)
+        kv = await self.store.get(key)
+        assert kv is not None
+        self.token = FencingToken(key, kv.create_revision, lease.id, holder)
+        return self.token
+
+    async def depose(self) -> None:
+        """Another proxy wins: the key is re-created with a new create_revision."""
+        await self.store.delete(KEYS.leader())
+        await self.acquire("other")
+
+    def current(self, holder: str) -> Callable[[], FencingToken]:
+        def fence() -> FencingToken:
+            if self.token is None or self.token.holder != holder:
+                raise NotLeader(f"{holder} is not the leader")
+            return self.token
+
+        return fence
+
+
+@dataclass
+class Parts:
+    store: MemoryStore
+    repos: RepositoryStore
+    cache: RepositoryCache
+    queue: ReplicationQueue
+    checksums: FakeChecksums
+    leadership: Leadership
+    verifier: Verifier
+    record: RepositoryRecord
+
+    async def get(self) -> RepositoryRecord:
+        return await self.repos.get(VS, self.record.repository_id)
+
+    async def jobs(self) -> list[ReplicationJob]:
+        return await self.queue.jobs()
+
+    async def settle_cache(self) -> None:
+        current = await self.get()
+        await asyncio.wait_for(self.cache.wait_for_revision(current.revision), 5)
+
+
+async def build(
+    store: MemoryStore | None = None,
+    *,
+    nodes: tuple[str, ...] = NODES,
+    primary: str = "n1",
+    healthy: frozenset[str] = frozenset(NODES),
+) -> Parts:
+    store = store or MemoryStore(ManualClock())
+    repos = RepositoryStore(store, KEYS, rng=random.Random(1))
+    record = await repos.create(VS, "a.git", nodes=nodes, healthy=set(nodes))
+    record = await repos.set_primary(VS, record.repository_id, primary)
+    # Generation 1: a demoted replica drops to 0 and stays in the record.
+    record = await repos.increment_generation(VS, record.repository_id, nodes)
+    cache = RepositoryCache(store, KEYS)
+    await cache.start()
+    await asyncio.wait_for(cache.wait_for_revision(record.revision), 5)
+    queue = ReplicationQueue(store, KEYS)
+    checksums = FakeChecksums(dict.fromkeys(nodes, "a"))
+    leadership = Leadership(store)
+    await leadership.acquire("p1")
+    verifier = Verifier(
+        repos,
+        cache,
+        queue,
+        checksums,
+        VerificationStore(store, KEYS),
+        lambda _vs: healthy,
+        fence=leadership.current("p1"),
+        recheck_delay=0.0,
+    )
+    return Parts(store, repos, cache, queue, checksums, leadership, verifier, record)
+
+
+@pytest.fixture
+async def parts() -> AsyncIterator[Parts]:
+    built = await build()
+    yield built
+    await built.cache.close()
+
+
+def generations(record: RepositoryRecord) -> dict[str, int]:
+    return dict(record.replicas)
+
+
+async def test_replicas_that_agree_are_left_alone(parts: Parts) -> None:
+    assert await parts.verifier.verify_once(force=True) == 3
+    after = await parts.get()
+    assert after == parts.record and not await parts.jobs()
+    verified = await parts.verifier.verification.verified_at(VS, parts.record.repository_id)
+    assert set(verified) == set(NODES)
+
+
+async def test_a_primary_in_the_minority_is_demoted_repaired_from_the_majority_and_replaced(
+    parts: Parts,
+) -> None:
+    # The primary came back from a power loss without its last writes.
+    parts.checksums.values["n1"] = "rolled back"
+    await parts.verifier.verify_once(force=True)
+    after = await parts.get()
+    assert generations(after) == {"n1": 0, "n2": 1, "n3": 1}
+    assert after.primary in {"n2", "n3"}
+    (job,) = await parts.jobs()
+    assert job.target_node == "n1" and job.source_node in {"n2", "n3"}
+
+
+async def test_a_secondary_in_the_minority_is_demoted_and_repaired_from_the_primary(
+    parts: Parts,
+) -> None:
+    parts.checksums.values["n3"] = "rolled back"
+    await parts.verifier.verify_once(force=True)
+    after = await parts.get()
+    assert generations(after) == {"n1": 1, "n2": 1, "n3": 0}
+    assert after.primary == "n1"
+    (job,) = await parts.jobs()
+    assert (job.target_node, job.source_node) == ("n3", "n1")
+
+
+async def test_a_replica_that_does_not_answer_decides_nothing(parts: Parts) -> None:
+    parts.checksums.values["n1"] = Unreachable()
+    parts.checksums.values["n3"] = "b"
+    await parts.verifier.verify_once(force=True)
+    after = await parts.get()
+    # n2 and n3 differ and n1 is silent: no majority, a conflict over the two answers.
+    assert generations(after) == generations(parts.record)
+    assert after.conflict == ("n2", "n3")
+    assert not await parts.jobs()
+
+
+async def test_without_a_majority_nothing_is_overwritten_and_dataloss_reports_it() -> None:
+    parts = await build(nodes=("n1", "n2"), healthy=frozenset({"n1", "n2"}))
+    try:
+        parts.checksums.values["n2"] = "b"
+        await parts.verifier.verify_once(force=True)
+        after = await parts.get()
+        assert generations(after) == {"n1": 1, "n2": 1} and after.primary == "n1"
+        assert after.conflict == ("n1", "n2")
+        assert not await parts.jobs()
+        (entry,) = dataloss([after], {VS: frozenset({"n1", "n2"})})
+        assert entry.conflict == ("n1", "n2") and not entry.unavailable
+        # The same disagreement again writes nothing more.
+        await parts.settle_cache()
+        await parts.verifier.verify_once(force=True)
+        assert (await parts.get()).revision == after.revision
+        # A later check that finds them equal clears it.
+        parts.checksums.values["n2"] = "a"
+        await parts.verifier.verify_once(force=True)
+        cleared = await parts.get()
+        assert cleared.conflict == () and generations(cleared) == {"n1": 1, "n2": 1}
+        assert dataloss([cleared], {VS: frozenset({"n1", "n2"})}) == []
+    finally:
+        await parts.cache.close()
+
+
+async def test_an_operator_choosing_the_replica_to_keep_clears_the_conflict() -> None:
+    parts = await build(nodes=("n1", "n2"), healthy=frozenset({"n1", "n2"}))
+    try:
+        parts.checksums.values["n2"] = "b"
+        await parts.verifier.verify_once(force=True)
+        assert (await parts.get()).conflict == ("n1", "n2")
+        kept = await parts.repos.set_authoritative(VS, parts.record.repository_id, "n2")
+        assert kept.conflict == () and kept.primary == "n2"
+        assert generations(kept) == {"n1": 1, "n2": 2}
+    finally:
+        await parts.cache.close()
+
+
+async def test_a_deposed_leaders_verifier_changes_nothing(parts: Parts) -> None:
+    parts.checksums.values["n1"] = "rolled back"
+    reads = 0
+    original = parts.checksums.__call__
+
+    async def lose_leadership_while_reading(node: str, path: str) -> str | None:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            # The proxy stalls while reading checksums; another one is elected.
+            await parts.leadership.depose()
+        return await original(node, path)
+
+    parts.verifier.checksum = lose_leadership_while_reading
+    await parts.verifier.verify_once(force=True)  # no exception: the pass just stops
+    after = await parts.get()
+    assert after == parts.record
+    assert not await parts.jobs()
+    # It did read the checksums: the fence, not a lucky skip, stopped it.
+    assert reads >= 3
+
+
+async def test_a_verifier_that_no_longer_leads_does_not_start(parts: Parts) -> None:
+    parts.checksums.values["n1"] = "rolled back"
+    await parts.leadership.depose()
+    await parts.verifier.verify_once(force=True)
+    assert await parts.get() == parts.record
+    assert parts.checksums.calls == []
+
+
+class OutcomeLandsFirst(MemoryStore):
+    """Replays a write that is in its commit phase while the verifier reads
+    checksums: the primary n1 applied it, n2 and n3 not yet. Its outcome (every
+    replica took it) is recorded just before the verifier's first read of the
+    repository record after its checksums, i.e. the one its record change
+    starts from; from then on every replica returns the new checksum."""
+
+    def __init__(self) -> None:
+        super().__init__(ManualClock())
+        self.land: Callable[[], Any] | None = None
+
+    async def range(self, key: str, *args: Any, **kwargs: Any) -> Any:
+        land, self.land = self.land, None
+        if land is not None and "/repositories/" in key:
+            await land()
+        elif land is not None:
+            self.land = land
+        return await super().range(key, *args, **kwargs)
+
+
+async def test_a_write_recorded_during_verification_demotes_nobody() -> None:
+    store = OutcomeLandsFirst()
+    parts = await build(store)
+    try:
+        parts.checksums.values.update({"n1": "with W", "n2": "before W", "n3": "before W"})
+
+        async def land() -> None:
+            parts.checksums.values.update(dict.fromkeys(NODES, "with W"))
+            await parts.repos.increment_generation(VS, parts.record.repository_id, NODES)
+
+        store.land = land
+        await parts.verifier.verify_once(force=True)
+        after = await parts.get()
+        assert store.land is None, "the interleaving was not replayed"
+        # Every replica holds W and is recorded so; nobody was demoted or repaired.
+        assert generations(after) == {"n1": 2, "n2": 2, "n3": 2}
+        assert after.primary == "n1"
+        assert not await parts.jobs()
+        # The verdict was void: the replicas stay due and are checked again.
+        await parts.settle_cache()
+        await parts.verifier.verify_once()
+        assert set(parts.checksums.calls[-3:]) == set(NODES)
+        assert await parts.get() == after
+    finally:
+        await parts.cache.close()
+
+
+async def test_checksums_that_change_between_rounds_decide_nothing(parts: Parts) -> None:
+    # n1 applied a write the others had not yet in the first round; by the
+    # second round they all have it (its outcome is not recorded yet).
+    parts.checksums.values.update({"n1": "with W", "n2": "before W", "n3": "before W"})
+
+    async def write_lands(_delay: float) -> None:
+        parts.checksums.values.update(dict.fromkeys(NODES, "with W"))
+
+    parts.verifier.sleep = write_lands
+    await parts.verifier.verify_once(force=True)
+    assert await parts.get() == parts.record
+    assert not await parts.jobs()
+
+
+async def test_a_paused_cluster_is_not_verified(parts: Parts) -> None:
+    parts.checksums.values["n1"] = "rolled back"
+    parts.verifier.paused = lambda: True
+    assert await parts.verifier.verify_once(force=True) == 0
+    assert await parts.get() == parts.record and parts.checksums.calls == []
+
+
+async def test_demotion_new_primary_and_repair_job_are_one_fenced_txn(parts: Parts) -> None:
+    parts.checksums.values["n1"] = "rolled back"
+    seen: list[tuple[Any, ...]] = []
+    txn = parts.store.txn
+
+    async def spy(compares: Any, success: Any, failure: Any = ()) -> Any:
+        seen.append((tuple(compares), tuple(success)))
+        return await txn(compares, success, failure)
+
+    parts.store.txn = spy  # type: ignore[method-assign]
+    await parts.verifier.verify_once(force=True)
+    writes = [
+        (compares, success)
+        for compares, success in seen
+        if any(op.kind is OpKind.PUT and "/repositories/" in op.key for op in success)
+    ]
+    (compares, success) = writes[0]
+    assert len(writes) == 1
+    assert any(c.key == KEYS.leader() for c in compares), "not fenced"
+    assert any("/jobs/" in op.key for op in success), "the repair job is not in the same txn"
+    (put,) = [op for op in success if "/repositories/" in op.key]
+    stored = decode_record(VS, parts.record.repository_id, put.value)
+    assert stored.primary != "n1" and stored.replica_generation("n1") == 0
