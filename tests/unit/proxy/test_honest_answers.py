@@ -71,6 +71,9 @@ APPLIES = Script(((PREPARED, UPDATE), (COMMITTED, UPDATE)))
 class ScriptedNodes:
     transactions: TransactionManager
     scripts: dict[str, Script] = field(default_factory=dict)
+    # Votes each node started to cast, and a condition signalled at each one.
+    cast: dict[str, int] = field(default_factory=dict)
+    voted: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     def handler(self, node: str) -> grpc.GenericRpcHandler:
         nodes = self
@@ -80,11 +83,10 @@ class ScriptedNodes:
             metadata = dict(context.invocation_metadata() or ())
             tx = json.loads(base64.b64decode(metadata[TRANSACTION_KEY]))
             for phase, digest in script.votes:
-                outcome = await nodes.transactions.vote(tx["id"], tx["node"], digest, phase)
-                if outcome.value != "commit":
+                if await nodes.vote(tx["id"], tx["node"], digest, phase) != "commit":
                     break
             if script.waits_for_others:
-                await nodes.others_voted(tx["id"], node, script.waits_for_others)
+                await nodes.others_voted(node, script.waits_for_others)
             if script.hangs:
                 nodes.transactions.node_unhealthy(node)
                 await asyncio.Event().wait()
@@ -100,13 +102,18 @@ class ScriptedNodes:
 
         return Handler()
 
-    async def others_voted(self, tx_id: int, node: str, votes: int) -> None:
-        tx = self.transactions.get(tx_id)
-        async with asyncio.timeout(5):
-            while any(
-                state.votes_cast < votes for other, state in tx.voters.items() if other != node
-            ):
-                await asyncio.sleep(0.01)
+    async def others_voted(self, node: str, votes: int) -> None:
+        async with asyncio.timeout(5), self.voted:
+            await self.voted.wait_for(
+                lambda: all(self.cast.get(other, 0) >= votes for other in NODES if other != node)
+            )
+
+    async def vote(self, tx_id: int, node: str, digest: bytes, phase: int) -> str:
+        async with self.voted:
+            self.cast[node] = self.cast.get(node, 0) + 1
+            self.voted.notify_all()
+        outcome = await self.transactions.vote(tx_id, node, digest, phase)
+        return outcome.value
 
 
 class RecordingCluster(FakeCluster):
