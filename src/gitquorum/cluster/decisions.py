@@ -331,8 +331,8 @@ def primary_failed_outcome(write: WriteState) -> WriteResult | None:
       was a committed-phase one (cast only after applying the update) holds
       exactly the decided update. Those secondaries move to the next
       generation; the primary, which may or may not have applied it, becomes
-      outdated and is repaired by replication. The client still gets the primary's
-      error: the write's outcome is unknown to it, and it is now kept.
+      outdated and is repaired by replication. The client gets "outcome
+      unknown" (``cluster.answers``), and the write is now kept.
     """
     votes = write.votes
     if votes is None:

@@ -4,7 +4,9 @@ The same stream goes to the primary and every participating secondary under a
 transaction: the client sees only the primary's responses; responses that
 follow the first vote are held back until the finalizer has recorded the
 outcome in etcd, so nothing is acknowledged that the cluster state does not
-know about. The outcome itself is decided by ``cluster.decisions``.
+know about. The outcome itself is decided by ``cluster.decisions``, and what
+the client is told by ``cluster.answers``: a write some replica may have
+applied is never answered with a definite failure, only with ``OutcomeUnknown``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from gitquorum import log
+from gitquorum.cluster.answers import Answer, client_answer
 from gitquorum.cluster.decisions import (
     LegState,
     VoterTally,
@@ -27,14 +30,14 @@ from gitquorum.cluster.decisions import (
     may_hold_decided_update,
     write_outcome,
 )
-from gitquorum.cluster.errors import WriteToOutdatedReplicas
-from gitquorum.errors import GitquorumError, Unavailable
+from gitquorum.errors import GitquorumError
 from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.passthrough import Metadata, backend_error
 from gitquorum.proxy.routing import MutatorRoute
 from gitquorum.proxy.vote_counting import Transaction, TransactionManager
 from gitquorum.wire.callstatus import StatusWatch
+from gitquorum.wire.finishing import OutcomeUnknown, is_outcome_unknown
 from gitquorum.wire.registry import MethodInfo
 from gitquorum.wire.transaction_metadata import COMMITTED, encode_metadata
 from gitquorum.wire.transaction_metadata import Transaction as NodeTransaction
@@ -227,7 +230,8 @@ class _Write:
                 if not self.given_up():
                     raise
             await self.settle()
-            result = write_outcome(self.state())
+            state = self.state()
+            result = write_outcome(state)
             self.outcome_known = True
             self.fanout.count(result)
             if result.updated or result.outdated:
@@ -235,9 +239,30 @@ class _Write:
             for response in held:
                 yield response
             if primary.code is not grpc.StatusCode.OK:
-                raise backend_error(primary.code or grpc.StatusCode.UNKNOWN, primary.details)
+                raise self.primary_error(client_answer(state), result)
         finally:
             self.close()
+
+    def primary_error(self, answer: Answer, result: WriteResult) -> Exception:
+        """What the client gets for a primary that failed: its own error only when
+        nothing was applied anywhere (``cluster.answers``), else an unknown outcome."""
+        code, details = self.primary.code or grpc.StatusCode.UNKNOWN, self.primary.details
+        if answer is Answer.PRIMARY or is_outcome_unknown(code, details):
+            # A definite failure, or the node's own "outcome unknown": relayed as is.
+            return backend_error(code, details)
+        logger.warning(
+            "write outcome unknown to the client",
+            extra=log.fields(
+                node=self.primary.node,
+                code=code.name,
+                details=details,
+                outcome=result.reason,
+                updated=sorted(result.updated),
+            ),
+        )
+        return OutcomeUnknown(
+            f"the primary failed after the replicas agreed on the update ({code.name}: {details})"
+        )
 
     def given_up(self) -> bool:
         """Whether the primary's call ended because it was given up (then recorded so)."""
@@ -247,9 +272,8 @@ class _Write:
         if not self.primary.abandoned or (task is not None and task.cancelling()):
             return False
         self.primary.code = grpc.StatusCode.UNAVAILABLE
-        self.primary.details = (
-            f"primary node {self.primary.node} did not vote in time; the write's outcome is unknown"
-        )
+        # Unknown outcome or definite failure: ``primary_error`` tells them apart.
+        self.primary.details = f"primary node {self.primary.node} did not vote in time"
         return True
 
     def drop(self, leg: _Leg, reason: str) -> None:
@@ -438,6 +462,11 @@ async def _record(finalize: Finalize, result: WriteResult) -> None:
     """Record the outcome before anything more reaches the client.
 
     Shielded so a client hanging up cannot leave a committed write unrecorded.
+    Whatever stops the recording (etcd unreachable, the replicas that took the
+    write outdated meanwhile by a concurrent write or failover, anything else),
+    the replicas may hold the write: its outcome is unknown to the client, never
+    a refusal (FAILED_PRECONDITION would claim nothing was applied; seen in the
+    chaos tests: a read then returned it).
     """
     task = asyncio.ensure_future(finalize(result))
     try:
@@ -446,18 +475,9 @@ async def _record(finalize: Finalize, result: WriteResult) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.shield(task), 30)
         raise
-    except Unavailable:
-        raise
-    except WriteToOutdatedReplicas as exc:
-        # The replicas applied the write but it cannot be recorded (a concurrent
-        # write or failover outdated them meanwhile): its outcome is unknown to
-        # the client, never a refusal (FAILED_PRECONDITION would claim nothing
-        # was applied; seen in the chaos tests: a read then returned it).
-        raise Unavailable(f"write could not be recorded: {exc}") from exc
-    except GitquorumError:
-        raise
     except Exception as exc:
-        raise Unavailable(f"write could not be recorded: {exc}") from exc
+        reason = exc.message if isinstance(exc, GitquorumError) else str(exc)
+        raise OutcomeUnknown(f"the write could not be recorded: {reason}") from exc
 
 
 async def _record_in_background(finalize: Finalize, result: WriteResult) -> None:

@@ -14,11 +14,17 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gitquorum.errors import Aborted, FailedPrecondition, Internal, InvalidArgument
+from gitquorum.errors import (
+    Aborted,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+)
 from gitquorum.gitaly import shared_pb2
 from gitquorum.storage import git
 from gitquorum.storage.locator import RepoPath
 from gitquorum.storage.voting import VoteCoordinator, vote_hash
+from gitquorum.wire.finishing import OutcomeUnknown
 from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED, Transaction
 
 ZERO_OID = git.ZERO_OID
@@ -172,5 +178,9 @@ async def update_refs(
                 await finish
             raise
         if line.rstrip(b"\n") != b"commit: ok" or code != 0:
-            raise _classify(stderr, refs)
+            # Past prepare, git moves the references one by one: some may be
+            # updated already, and in a transaction the cluster decided the
+            # update, so other replicas may hold it. Not a refusal.
+            text = stderr.decode(errors="replace").strip()
+            raise OutcomeUnknown(f"committing the reference update failed: {text}")
     await voting.vote(tx, repository, vote_hash(data), COMMITTED)

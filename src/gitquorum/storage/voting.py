@@ -32,6 +32,7 @@ import grpc
 from gitquorum import log, tls, tokens
 from gitquorum.errors import Aborted, Unavailable
 from gitquorum.gitaly import shared_pb2, transaction_pb2, transaction_pb2_grpc
+from gitquorum.wire.finishing import OutcomeUnknown
 from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED, Transaction
 
 ZERO_VOTE = b"\x00" * 20
@@ -171,7 +172,14 @@ class VoteCoordinator:
         reference_updates_hash: bytes,
         phase: int,
     ) -> None:
-        """Cast one vote; return on COMMIT, raise Aborted on ABORT/STOP, Unavailable on failure."""
+        """Cast one vote; return on COMMIT.
+
+        In the prepared phase nothing is applied yet: ABORT and STOP raise
+        Aborted, a failed vote Unavailable, and the caller rolls back. In the
+        committed phase the update is applied on this node already, whatever the
+        answer: anything but COMMIT raises OutcomeUnknown, never Aborted (which
+        would claim the update was not applied).
+        """
         if tx is None:
             return
         stub = transaction_pb2_grpc.RefTransactionStub(self._channel(tx.proxy_address))
@@ -191,12 +199,18 @@ class VoteCoordinator:
                 request, timeout=self.vote_timeout, metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
-            raise Unavailable(
-                f"transaction vote failed: {exc.code().name}: {exc.details()}"
-            ) from exc
+            failure = f"transaction vote failed: {exc.code().name}: {exc.details()}"
+            if phase == COMMITTED:
+                raise OutcomeUnknown(f"the update is applied on this node; {failure}") from exc
+            raise Unavailable(failure) from exc
         state = transaction_pb2.VoteTransactionResponse
         if response.state == state.COMMIT:
             return
-        if response.state == state.STOP:
-            raise Aborted("transaction was stopped")
-        raise Aborted("transaction was aborted: the cluster did not agree on the update")
+        refusal = (
+            "transaction was stopped"
+            if response.state == state.STOP
+            else "transaction was aborted: the cluster did not agree on the update"
+        )
+        if phase == COMMITTED:
+            raise OutcomeUnknown(f"the update is applied on this node; {refusal}")
+        raise Aborted(refusal)

@@ -3,7 +3,8 @@
 The node's interceptor and the proxy's raw-bytes handler both end each call
 here: an exception becomes a status (``status_of``), the call is counted in
 ``gitquorum_rpc_*`` and gets one log line whose level depends only on the
-method and the status code (``log_level``).
+method and the status code (``log_level``). A write whose outcome is unknown
+ends, on the proxy and on the nodes alike, with ``OutcomeUnknown``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from types import TracebackType
 import grpc
 
 from gitquorum import log
-from gitquorum.errors import grpc_status
+from gitquorum.errors import Unavailable, grpc_status
 from gitquorum.metrics import RpcMetrics
 from gitquorum.wire.registry import MethodInfo, Op
 
@@ -29,6 +30,34 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # (UNAVAILABLE, INTERNAL, RESOURCE_EXHAUSTED, ...) says the service could not
 # serve the call and is logged at warning, so that it shows at that level.
 ROUTINE_CODES = frozenset({"OK", "NOT_FOUND", "INVALID_ARGUMENT", "ALREADY_EXISTS", "CANCELLED"})
+
+# A write that may or may not have been applied gets exactly this code and a
+# message starting with this prefix, wherever its outcome is unknown (see
+# docs/failover.md, "Honest answers"). UNAVAILABLE is gRPC's code that makes no
+# claim about what the server did ("there is no guarantee that the server has
+# not seen anything"); FAILED_PRECONDITION, ABORTED, INVALID_ARGUMENT and the
+# like say the operation was refused, which a client may take as "not applied".
+OUTCOME_UNKNOWN_CODE = grpc.StatusCode.UNAVAILABLE
+OUTCOME_UNKNOWN_PREFIX = "outcome unknown: "
+
+
+class OutcomeUnknown(Unavailable):
+    """A write that some replica may have applied: never answered with a definite failure.
+
+    The message is ``outcome unknown: <reason> (correlation id <id>)``; the
+    correlation id finds the write's log lines on the proxy and the nodes.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        correlation = log.correlation_id.get()
+        suffix = f" (correlation id {correlation})" if correlation else ""
+        super().__init__(f"{OUTCOME_UNKNOWN_PREFIX}{reason}{suffix}")
+
+
+def is_outcome_unknown(code: grpc.StatusCode | None, details: str) -> bool:
+    """Whether a status already says the outcome is unknown (a node's, relayed)."""
+    return code is OUTCOME_UNKNOWN_CODE and details.startswith(OUTCOME_UNKNOWN_PREFIX)
 
 
 class BackendError(Exception):
