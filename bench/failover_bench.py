@@ -11,9 +11,10 @@ Measures, against targets from the failover issue:
 * **switchover**: ``gitquorum switchover`` moves the primary while four
   clients write -> zero failed writes.
 * **busy**: a secondary misses about 2 s of writes to a repository that takes
-  50 writes/s and comes back while they go on -> its replica up to date
-  within 10 s of the node serving again, no write failed; also what writes
-  waited for the catch-up's hold (``gitquorum_write_hold_seconds``).
+  50 writes/s (started on schedule, concurrently) and comes back while they
+  go on -> its replica up to date within 10 s of the node serving again, no
+  write failed; also what writes waited for the catch-up's hold
+  (``gitquorum_write_hold_seconds``).
 
 Every trial runs against a real cluster started by ``gitquorum up``'s launcher
 (``gitquorum.localcluster``, without the HTTP gateway: etcd, three nodes, two
@@ -621,46 +622,62 @@ def report(results: dict[str, Any]) -> str:
 
 @dataclass
 class PacedWriter:
-    """Moves ten branches among a few commits at ``rate`` writes a second
-    through the proxies in turn (a busy repository that keeps its size)."""
+    """Starts a write every ``1 / rate`` seconds whatever the earlier ones do
+    (open loop, at most ``in_flight`` at once), through the proxies in turn,
+    each moving one of 50 branches among a few commits (a busy repository that
+    keeps its size; a branch is written about once a second at 50 writes/s)."""
 
     proxies: list[str]
     relative_path: str
     oids: list[str]
     rate: float
+    in_flight: int = 16
     writes: list[Write] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
+    async def _one(
+        self, stub: ref_pb2_grpc.RefServiceStub, count: int, slots: asyncio.Semaphore
+    ) -> None:
+        update = ref_pb2.UpdateReferencesRequest.Update(
+            reference=f"refs/heads/busy/{count % 50}".encode(),
+            new_object_id=self.oids[count % len(self.oids)].encode(),
+        )
+        request = ref_pb2.UpdateReferencesRequest(
+            repository=repository(self.relative_path), updates=[update]
+        )
+
+        async def one() -> Any:
+            yield request
+
+        start = time.monotonic()
+        try:
+            await stub.UpdateReferences(one(), timeout=OP_TIMEOUT)
+            self.writes.append(Write(start, time.monotonic(), True))
+        except grpc.aio.AioRpcError as exc:
+            detail = f"{exc.code().name}: {exc.details()}"
+            self.writes.append(Write(start, time.monotonic(), False, detail))
+        finally:
+            slots.release()
+
     async def run(self) -> None:
         channels = [grpc.aio.insecure_channel(p) for p in self.proxies]
+        slots = asyncio.Semaphore(self.in_flight)
+        tasks: set[asyncio.Task[None]] = set()
         next_start, count = time.monotonic(), 0
         try:
             while not self._stop.is_set():
+                await slots.acquire()
                 count += 1
                 stub = ref_pb2_grpc.RefServiceStub(channels[count % len(channels)])
-                update = ref_pb2.UpdateReferencesRequest.Update(
-                    reference=f"refs/heads/busy/{count % 10}".encode(),
-                    new_object_id=self.oids[count % len(self.oids)].encode(),
-                )
-                request = ref_pb2.UpdateReferencesRequest(
-                    repository=repository(self.relative_path), updates=[update]
-                )
-
-                async def one(request: ref_pb2.UpdateReferencesRequest = request) -> Any:
-                    yield request
-
-                start = time.monotonic()
-                try:
-                    await stub.UpdateReferences(one(), timeout=OP_TIMEOUT)
-                    self.writes.append(Write(start, time.monotonic(), True))
-                except grpc.aio.AioRpcError as exc:
-                    detail = f"{exc.code().name}: {exc.details()}"
-                    self.writes.append(Write(start, time.monotonic(), False, detail))
+                task = asyncio.get_running_loop().create_task(self._one(stub, count, slots))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
                 next_start += 1 / self.rate
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._stop.wait(), max(0.0, next_start - time.monotonic())
                     )
+            await asyncio.gather(*tasks)
         finally:
             for channel in channels:
                 await channel.close()
@@ -742,6 +759,8 @@ async def phase_busy(
                 "writes_during": len(during),
                 "write_rate": round(len(during) / max(caught_up - serving, 1e-9), 1),
                 "failed_writes": sum(1 for w in writer.writes if not w.ok),
+                "failed_while_catching_up": sum(1 for w in during if not w.ok),
+                "failures": sorted({w.detail[:120] for w in writer.writes if not w.ok})[:3],
                 "write_p50_ms": round(percentile(latencies, 50) * 1000, 1) if latencies else None,
                 "write_max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
                 "writes_held": int(held),

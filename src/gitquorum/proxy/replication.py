@@ -190,7 +190,7 @@ class CatchUp:
     update, or explicitly when the catch-up gives up."""
 
     ROUNDS = 8
-    HOLD_AFTER = 1.5
+    HOLD_AFTER = HOLD_CAP
     HOLD_ATTEMPTS = 3
 
     def __init__(
