@@ -74,3 +74,10 @@ class InvalidReplicationFactor(InvalidArgument):
 
 class ClaimLost(Aborted):
     """The replication job's lock is no longer held by this worker (its lease expired)."""
+
+
+class SourceRuledOut(Conflict):
+    """A repair's source stopped being a source while the copy ran: demoted (a
+    write outcome or the verifier found it behind or in the minority), repaired
+    anew, or caught in a verifier conflict. The copy may hold what the
+    verdict ruled against: nothing is recorded, the repair copies again."""

@@ -45,6 +45,7 @@ from gitquorum.cluster.errors import (
     NoHealthyNode,
     RepositoryExists,
     RepositoryNotFound,
+    SourceRuledOut,
     StoreUnavailable,
     WriteToOutdatedReplicas,
 )
@@ -140,6 +141,29 @@ class RepositoryRecord:
         repaired = changes.pop("repaired", self.repaired)
         marks = tuple(m for m in repaired if m[0] in kept)  # type: ignore[attr-defined]
         return replace(self, replicas=ordered, repaired=marks, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class CopySource:
+    """The replica a repair copies from, as the record showed it before the copy."""
+
+    node: str
+    generation: int
+    repaired_at: int
+
+    @classmethod
+    def of(cls, record: RepositoryRecord, node: str) -> CopySource:
+        return cls(node, record.replica_generation(node), record.repaired_at(node))
+
+    def ruled_out(self, record: RepositoryRecord) -> str:
+        """Why ``record`` no longer backs a copy taken from this source ("" if it does)."""
+        if record.conflict:
+            return "is in a verifier conflict"
+        if record.replica_generation(self.node) < self.generation:
+            return "was demoted"
+        if record.repaired_at(self.node) != self.repaired_at:
+            return "was repaired anew"
+        return ""
 
 
 def encode_record(record: RepositoryRecord) -> bytes:
@@ -570,6 +594,34 @@ class RepositoryStore:
 
         return await self.update(virtual_storage, repository_id, bump, fence=fence)
 
+    async def _claimed_update(
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        mutate: Mutation,
+        claim: Sequence[Compare],
+        what: str,
+    ) -> RepositoryRecord:
+        """:meth:`update` in one txn with ``claim`` (``ClaimedJob.guard``): a
+        replication job's change to the record applies only while its claim is
+        held. When the claim is gone, :class:`ClaimLost` and nothing changes."""
+        guard = tuple(claim)
+        attempts = 0
+
+        async def plan(record: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
+            nonlocal attempts
+            attempts += 1
+            # A txn failed: a concurrent record change, or the claim is gone.
+            # Only the latter ends the update (one read, on retries only).
+            if guard and attempts > 1 and not (await self.store.txn(guard, [])).succeeded:
+                raise ClaimLost(
+                    f"repository {virtual_storage}/{repository_id}: the replication claim "
+                    f"is no longer held; {what} not recorded"
+                )
+            return mutate(record), TxnExtras(compares=guard)
+
+        return await self.update_with(virtual_storage, repository_id, plan)
+
     async def set_replica_generation(
         self,
         virtual_storage: str,
@@ -578,8 +630,8 @@ class RepositoryStore:
         generation: int,
         *,
         read_revision: int | None = None,
+        source: CopySource | None = None,
         claim: Sequence[Compare] = (),
-        fence: FencingToken | None = None,
     ) -> RepositoryRecord:
         """After replicating to ``node`` from a source that was at ``generation``
         (read before replicating). Refuses to move a replica backwards or sideways.
@@ -594,13 +646,18 @@ class RepositoryStore:
         the copy's generation was read. A catch-up hold ``node`` owns is released
         in the same update.
 
+        With ``source`` (the replica copied from, as read before the copy) the
+        update applies only if that source is still what it was then: not
+        below the generation read (no demotion), not repaired since (the same
+        repair mark), and no verifier conflict stands (:class:`SourceRuledOut`
+        otherwise). A verdict against the source during the copy must not
+        make the copy of the losing side count as up to date.
+
         ``claim``: compares saying the replication job's claim is still held
         (``ClaimedJob.guard``), checked in the same txn as the record change.
         When they fail, :class:`ClaimLost` is raised and nothing is recorded:
         the job was taken over (its worker's lease expired) and its new holder
         records the outcome of its own copy."""
-        guard = tuple(claim)
-        attempts = 0
 
         def set_generation(record: RepositoryRecord) -> RepositoryRecord:
             if read_revision is not None and record.revision != read_revision:
@@ -608,6 +665,13 @@ class RepositoryStore:
                     f"repository {record.repository_id} changed since the copy started "
                     f"(revision {read_revision} -> {record.revision})"
                 )
+            if source is not None:
+                ruled_out = source.ruled_out(record)
+                if ruled_out:
+                    raise SourceRuledOut(
+                        f"repository {record.repository_id}: source {source.node} {ruled_out} "
+                        "since the copy started"
+                    )
             if generation > record.generation:
                 raise InvalidArgument(
                     f"generation {generation} is ahead of the repository's {record.generation}"
@@ -626,27 +690,24 @@ class RepositoryStore:
                 hold = {"hold_for": None, "hold_until": 0.0}
             return record.with_replicas(replicas, repaired=tuple(sorted(marks.items())), **hold)
 
-        async def plan(record: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
-            nonlocal attempts
-            attempts += 1
-            # A txn failed: a concurrent record change, or the claim is gone.
-            # Only the latter ends the update (one read, on retries only).
-            if guard and attempts > 1 and not (await self.store.txn(guard, [])).succeeded:
-                raise ClaimLost(
-                    f"repository {virtual_storage}/{repository_id}: the replication claim "
-                    f"for {node} is no longer held; generation {generation} not recorded"
-                )
-            return set_generation(record), TxnExtras(compares=guard)
-
-        return await self.update_with(virtual_storage, repository_id, plan, fence=fence)
+        return await self._claimed_update(
+            virtual_storage, repository_id, set_generation, claim, f"generation {generation}"
+        )
 
     async def hold_writes(
-        self, virtual_storage: str, repository_id: int, node: str, now: float, duration: float
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        node: str,
+        now: float,
+        duration: float,
+        *,
+        claim: Sequence[Compare] = (),
     ) -> RepositoryRecord:
         """Ask every proxy to hold new writes of the repository for ``duration``
         (wall clock from ``now``) while ``node`` takes its last copy. Refused
         (Conflict) while another replica's catch-up holds them; DowngradeAttempted
-        when ``node`` is up to date."""
+        when ``node`` is up to date; ClaimLost when ``claim`` is no longer held."""
         until = now + min(duration, HOLD_CAP)
 
         def hold(record: RepositoryRecord) -> RepositoryRecord:
@@ -656,19 +717,28 @@ class RepositoryStore:
                 raise DowngradeAttempted(f"replica on {node} is already up to date")
             return replace(record, hold_for=node, hold_until=until)
 
-        return await self.update(virtual_storage, repository_id, hold)
+        return await self._claimed_update(virtual_storage, repository_id, hold, claim, "hold")
 
     async def release_writes(
-        self, virtual_storage: str, repository_id: int, node: str
+        self,
+        virtual_storage: str,
+        repository_id: int,
+        node: str,
+        *,
+        claim: Sequence[Compare] = (),
     ) -> RepositoryRecord:
-        """End ``node``'s catch-up hold (nothing if it holds none)."""
+        """End ``node``'s catch-up hold (nothing if it holds none); only while
+        ``claim`` is held, so that a worker that lost its job cannot end the
+        hold the job's new holder set (ClaimLost)."""
 
         def release(record: RepositoryRecord) -> RepositoryRecord:
             if record.hold_for != node:
                 return record
             return replace(record, hold_for=None, hold_until=0.0)
 
-        return await self.update(virtual_storage, repository_id, release)
+        return await self._claimed_update(
+            virtual_storage, repository_id, release, claim, "release of the hold"
+        )
 
     async def set_primary(
         self,

@@ -44,6 +44,10 @@ from gitquorum.proxy.routing import MutatorRoute
 
 logger = log.get("gitquorum.proxy.cluster")
 
+# A hold whose deadline passed this long ago by this proxy's clock is left
+# over by a worker that died holding it: no clock is that far off.
+STALE_HOLD = 60.0
+
 
 class EtcdClusterPort:
     def __init__(
@@ -75,6 +79,8 @@ class EtcdClusterPort:
         self._stale_read_limit = stale_read_limit
         self._clock = clock
         self._wall_clock = wall_clock
+        # (repository id, hold's replica, hold's deadline) -> when first seen.
+        self._holds_seen: dict[tuple[int, str | None, float], float] = {}
         metrics.state_age.follow(self.state_age)
 
     def virtual_storages(self) -> Sequence[str]:
@@ -171,11 +177,23 @@ class EtcdClusterPort:
     async def _wait_for_hold(self, record: RepositoryRecord) -> RepositoryRecord:
         """Wait while a replica takes its last catch-up copy (``Replicator``).
 
-        Bounded by the hold's deadline and by ``HOLD_CAP`` from now, whatever
-        the deadline says (another proxy's clock wrote it); the write then goes
-        on with the record as it is, joined by the caught-up replica when the
-        hold was released by its repair."""
-        wait = min(record.hold_until - self._wall_clock(), HOLD_CAP)
+        Measured on this proxy's own monotonic clock from when it first saw the
+        hold, at most ``HOLD_CAP``: the hold's wall-clock deadline was written
+        by another proxy, whose clock may differ by more than the cap. The
+        deadline only tells a long-dead hold (a worker that died holding it,
+        minutes ago by any clock) from a live one. The write then goes on with
+        the record as it is, joined by the caught-up replica when the hold was
+        released by its repair."""
+        if record.hold_until < self._wall_clock() - STALE_HOLD:
+            return record
+        key = (record.repository_id, record.hold_for, record.hold_until)
+        now = time.monotonic()
+        first_seen = self._holds_seen.setdefault(key, now)
+        if len(self._holds_seen) > 1024:
+            # Forget holds seen long ago (each is a few bytes; bounded anyway).
+            for old in [k for k, t in self._holds_seen.items() if now - t > STALE_HOLD]:
+                del self._holds_seen[old]
+        wait = first_seen + HOLD_CAP - now
         if wait <= 0:
             return record
         repository_id = record.repository_id
@@ -184,11 +202,10 @@ class EtcdClusterPort:
             current = self.cache.get_by_id(repository_id)
             return current is None or current.hold_for is None
 
-        started = time.monotonic()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 await self.cache.wait_until(released)
-        self.metrics.write_holds.observe(time.monotonic() - started)
+        self.metrics.write_holds.observe(time.monotonic() - now)
         return self.cache.get_by_id(repository_id) or record
 
     async def place(self, virtual_storage: str, relative_path: str) -> CreationPlan:

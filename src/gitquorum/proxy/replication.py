@@ -36,6 +36,7 @@ from gitquorum.cluster.errors import (
     Conflict,
     DowngradeAttempted,
     RepositoryNotFound,
+    SourceRuledOut,
     StoreUnavailable,
 )
 from gitquorum.cluster.lease import LeaseKeeper
@@ -43,6 +44,7 @@ from gitquorum.cluster.queue import ClaimedJob, JobType, ReplicationQueue
 from gitquorum.cluster.repositories import (
     HOLD_CAP,
     MISSING,
+    CopySource,
     RepositoryCache,
     RepositoryRecord,
     RepositoryStore,
@@ -157,12 +159,13 @@ class Replicator:
         metadata: Sequence[tuple[str, str | bytes]],
         target_node: str,
         preferred: str | None,
-    ) -> tuple[str, int]:
+    ) -> CopySource:
         """One ``ReplicateRepository`` from a healthy up-to-date replica of
-        ``record``; returns the source and its generation, read before copying
-        so that a write landing meanwhile is not claimed for the target."""
+        ``record``; returns the source as ``record`` showed it (its generation
+        read before copying, so that a write landing meanwhile is not claimed
+        for the target; the update is refused if the source is ruled out since)."""
         source_node = self._source(record, preferred, target_node)
-        generation = record.replica_generation(source_node)
+        copied_from = CopySource.of(record, source_node)
         target = shared_pb2.Repository(storage_name=target_node, relative_path=record.replica_path)
         source = shared_pb2.Repository(storage_name=source_node, relative_path=record.replica_path)
         address = self.channels.url(source_node)
@@ -171,7 +174,7 @@ class Replicator:
             metadata=[*metadata, gitaly_servers(source_node, address, self.node_token)],
             timeout=self.timeout,
         )
-        return source_node, generation
+        return copied_from
 
 
 class CatchUp:
@@ -219,10 +222,16 @@ class CatchUp:
         source = ""
         for _round in range(self.ROUNDS):
             started = time.monotonic()
-            source, generation = await self.replicator.copy(
-                record, stub, metadata, self.target, preferred
-            )
-            record = await self._record(generation)
+            copied_from = await self.replicator.copy(record, stub, metadata, self.target, preferred)
+            source = copied_from.node
+            try:
+                record = await self._record(copied_from)
+            except SourceRuledOut:
+                # Copy again from a replica the record still backs (none while
+                # a verifier conflict stands: the job fails and is retried).
+                record = await self.repositories.get(self.virtual_storage, self.repository_id)
+                preferred = None
+                continue
             if record.replica_generation(self.target) >= record.generation:
                 return f"replicated-from-{source}"
             if time.monotonic() - started <= self.HOLD_AFTER:
@@ -235,16 +244,20 @@ class CatchUp:
                 return outcome
         return f"behind-after-held-copies-from-{source}"
 
-    async def _record(self, generation: int, read_revision: int | None = None) -> RepositoryRecord:
+    async def _record(
+        self, copied_from: CopySource, read_revision: int | None = None
+    ) -> RepositoryRecord:
         try:
-            # One txn with "our claim is still held": a worker that was paused
-            # past its lease while its job was taken over records nothing.
+            # One txn with "our claim is still held" (a worker that was paused
+            # past its lease while its job was taken over records nothing) and
+            # "the source is still what the copy read" (SourceRuledOut).
             updated = await self.repositories.set_replica_generation(
                 self.virtual_storage,
                 self.repository_id,
                 self.target,
-                generation,
+                copied_from.generation,
                 read_revision=read_revision,
+                source=copied_from,
                 claim=self.claim,
             )
         except DowngradeAttempted:
@@ -261,7 +274,12 @@ class CatchUp:
         """Hold writes, copy, record up to date if nothing landed; None: try again."""
         try:
             held = await self.repositories.hold_writes(
-                self.virtual_storage, self.repository_id, self.target, time.time(), HOLD_CAP
+                self.virtual_storage,
+                self.repository_id,
+                self.target,
+                time.time(),
+                HOLD_CAP,
+                claim=self.claim,
             )
         except DowngradeAttempted:
             return "already-up-to-date"
@@ -271,13 +289,16 @@ class CatchUp:
         try:
             record = held
             while time.monotonic() < deadline:
-                source, generation = await self.replicator.copy(
+                copied_from = await self.replicator.copy(
                     record, stub, metadata, self.target, preferred
                 )
+                source = copied_from.node
                 try:
-                    done = await self._record(generation, read_revision=record.revision)
+                    done = await self._record(copied_from, read_revision=record.revision)
                 except Conflict:
-                    # A write routed before the hold was seen landed meanwhile.
+                    # A write routed before the hold was seen landed meanwhile
+                    # (or the source was ruled out: the next copy picks again).
+                    preferred = None
                     record = await self.repositories.get(self.virtual_storage, self.repository_id)
                     if record.replica_generation(self.target) >= record.generation:
                         return "already-up-to-date"
@@ -289,7 +310,7 @@ class CatchUp:
         finally:
             with contextlib.suppress(Exception):
                 await self.repositories.release_writes(
-                    self.virtual_storage, self.repository_id, self.target
+                    self.virtual_storage, self.repository_id, self.target, claim=self.claim
                 )
 
 
