@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from gitquorum.errors import Aborted, InvalidArgument
 from gitquorum.proxy.channels import NodeChannels
-from gitquorum.storage.replication_fence import ReplicationFence
+from gitquorum.storage.replication_fence import ReplicationFence, claim_file
 from gitquorum.wire.replication_claim import CLAIM_KEY, claim_from_metadata, claim_metadata
 
 
@@ -112,3 +113,25 @@ def test_the_proxy_never_forwards_a_client_replication_claim() -> None:
     )
     assert [v for k, v in out if k == CLAIM_KEY] == ["3"]
     assert ("x-custom", "kept") in out
+
+
+async def test_the_highest_claim_survives_a_restart_of_the_node(tmp_path: Path) -> None:
+    """A copy of an old claim arriving after the node restarted is still refused."""
+    record = claim_file(tmp_path, "@hashed/ab/cd/x.git")
+    before = ReplicationFence()
+    async with before.copy("r", 7, record):
+        pass
+    assert record.read_text().strip() == "7"
+    after = ReplicationFence()  # a new node process: nothing in memory
+    with pytest.raises(Aborted, match="superseded"):
+        async with after.copy("r", 6, record):
+            pytest.fail("an older claim must not copy after a restart")
+    async with after.copy("r", 8, record):
+        pass
+    assert record.read_text().strip() == "8"
+    # A copy without a claim, or of the same claim, does not rewrite it.
+    async with after.copy("r", None, record):
+        pass
+    async with after.copy("r", 8, record):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [record.name]

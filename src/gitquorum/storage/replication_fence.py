@@ -10,24 +10,54 @@ copy whose claim revision is below the highest it has seen for that replica
 (also once it waited its turn). A copy without a claim (a direct call)
 only waits its turn.
 
-The highest revision is kept in memory: a node restart ends every copy that
-was running, and the record's own update is conditional on the claim.
+The highest claim of each replica is also kept on disk (``+gitquorum/
+replication-claims/<sha256 of the relative path>``, written and fsynced before
+the copy is admitted): a node restarted between the new holder's copy and the
+late arrival of the old one still refuses it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gitquorum.errors import Aborted
+from gitquorum.storage.durable import fsync_path
 
 
 @dataclass
 class _Replica:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    highest: int = -1
+    highest: int | None = None  # None: not read from disk yet
+
+
+def claim_file(directory: Path, relative_path: str) -> Path:
+    """Where the highest claim of one replica is kept, under ``directory``."""
+    return directory / hashlib.sha256(relative_path.encode()).hexdigest()
+
+
+def _read(path: Path | None) -> int:
+    if path is None:
+        return -1
+    try:
+        return int(path.read_text().strip() or -1)
+    except (FileNotFoundError, ValueError):
+        return -1
+
+
+def _write(path: Path, claim: int) -> None:
+    staged = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with staged.open("w") as handle:
+        handle.write(f"{claim}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    staged.replace(path)
+    fsync_path(path.parent)
 
 
 class ReplicationFence:
@@ -35,24 +65,33 @@ class ReplicationFence:
         self._replicas: dict[str, _Replica] = {}
 
     @contextlib.asynccontextmanager
-    async def copy(self, replica: str, claim: int | None) -> AsyncIterator[None]:
-        """Hold ``replica`` for one copy under ``claim`` (None: no claim)."""
+    async def copy(
+        self, replica: str, claim: int | None, record: Path | None = None
+    ) -> AsyncIterator[None]:
+        """Hold ``replica`` for one copy under ``claim`` (None: no claim);
+        ``record``: the file that keeps the replica's highest claim."""
         # Kept for the node's life: the highest claim must keep refusing
         # stragglers (a lock and an int per replica ever replicated here).
         state = self._replicas.setdefault(replica, _Replica())
-        self._admit(replica, state, claim)
+        if state.highest is None:
+            state.highest = await asyncio.to_thread(_read, record)
+        await self._admit(replica, state, claim, record)
         async with state.lock:
             # A later claim may have arrived while this one waited.
-            self._admit(replica, state, claim)
+            await self._admit(replica, state, claim, record)
             yield
 
     @staticmethod
-    def _admit(replica: str, state: _Replica, claim: int | None) -> None:
+    async def _admit(replica: str, state: _Replica, claim: int | None, record: Path | None) -> None:
         if claim is None:
             return
-        if claim < state.highest:
+        highest = -1 if state.highest is None else state.highest
+        if claim < highest:
             raise Aborted(
                 f"replication of {replica} superseded: claim {claim} was taken over "
-                f"(claim {state.highest} is later)"
+                f"(claim {highest} is later)"
             )
-        state.highest = claim
+        if claim > highest:
+            state.highest = claim
+            if record is not None:
+                await asyncio.to_thread(_write, record, claim)

@@ -16,6 +16,7 @@ from gitquorum.errors import NotFound
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc
 from gitquorum.storage.context import NodeContext
 from gitquorum.storage.locator import is_repository
+from gitquorum.storage.replication_fence import claim_file
 from gitquorum.storage.repo_bundle import create_from_bundle, stream_bundle
 from gitquorum.storage.repo_checksum import calculate_checksum
 from gitquorum.storage.repo_create import create_repository, remove_repository
@@ -120,6 +121,11 @@ class RepositoryService(repository_pb2_grpc.RepositoryServiceServicer):
         tx = transaction_from_metadata(metadata)
         replication = Replication(self.node, request, metadata, tx)
         claim = claim_from_metadata(metadata)
-        async with self.node.replication_fence.copy(str(replication.target.path), claim):
+        target = replication.target
+        record = claim_file(
+            self.node.locator.internal_dir(target.storage, "replication-claims"),
+            target.relative_path,
+        )
+        async with self.node.replication_fence.copy(str(target.path), claim, record):
             await replication.run()
         return repository_pb2.ReplicateRepositoryResponse()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -64,6 +65,22 @@ CURRENT = rec(2, {"n1": 2, "n2": 2, "n3": 2})
             id="unassigned skipped",
         ),
         pytest.param(CURRENT, ALL, frozenset(), True, ("n1", "primary-only"), id="primary only"),
+        pytest.param(
+            replace(CURRENT, primary="n2", conflict=("n1", "n2")),
+            ALL,
+            frozenset(),
+            False,
+            ("n2", "primary-only"),
+            id="replicas in conflict: the primary's side only",
+        ),
+        pytest.param(
+            replace(CURRENT, primary="n2", conflict=("n1", "n2")),
+            frozenset({"n1", "n3"}),
+            frozenset(),
+            False,
+            ("n1", "distributed"),
+            id="conflict, primary down: any up-to-date replica",
+        ),
     ],
 )
 def test_route_accessor(
