@@ -41,6 +41,7 @@ from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.replication import Replicator
 from gitquorum.proxy.verifier import ChecksumSource, VerificationStore, Verifier
 from tests.unit.proxy.finalizer_parts import KEYS
+from tests.unit.proxy.test_replication_claims import FakeChannels
 from tests.unit.proxy.test_verifier import FakeChecksums, Leadership
 
 VS = "vs"
@@ -67,35 +68,6 @@ class CopyingNode:
         self.checksums.values[target] = copied
         self.copies.append((source, target))
         return repository_pb2.ReplicateRepositoryResponse()
-
-
-class _Channel:
-    def __init__(self, node: CopyingNode) -> None:
-        self.node = node
-
-    def unary_unary(self, method: str, *_args: object, **_kwargs: object) -> object:
-        return self.node.replicate if method.endswith("/ReplicateRepository") else None
-
-    def unary_stream(self, *_args: object, **_kwargs: object) -> None:
-        return None
-
-    stream_unary = stream_stream = unary_stream
-
-
-class _Channels:
-    def __init__(self, node: CopyingNode) -> None:
-        self.node = node
-
-    def channel(self, _name: str) -> _Channel:
-        return _Channel(self.node)
-
-    def url(self, name: str) -> str:
-        return f"tcp://{name}.invalid:1"
-
-    def forward_metadata(
-        self, incoming: object, extra: tuple[tuple[str, str], ...] = ()
-    ) -> list[tuple[str, str]]:
-        return [*(incoming or ()), *extra]  # type: ignore[misc]
 
 
 class _Worker:
@@ -145,7 +117,9 @@ async def _cluster(
         recheck_delay=0.0,
     )
     node = CopyingNode(checksums)
-    replicator = Replicator(repos, cache, cast(NodeChannels, _Channels(node)), lambda _vs: healthy)
+    replicator = Replicator(
+        repos, cache, cast(NodeChannels, FakeChannels(node)), lambda _vs: healthy
+    )
     return store, repos, cache, queue, checksums, verifier, replicator, node, rid
 
 

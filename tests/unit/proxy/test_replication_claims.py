@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -71,8 +71,14 @@ class FakeNode:
         return repository_pb2.ReplicateRepositoryResponse()
 
 
+class Replicating(Protocol):
+    """A fake target node: what its ReplicateRepository does."""
+
+    async def replicate(self, request: Any, **kwargs: object) -> object: ...
+
+
 class _Channel:
-    def __init__(self, node: FakeNode) -> None:
+    def __init__(self, node: Replicating) -> None:
         self.node = node
 
     def unary_unary(self, method: str, *_args: object, **_kwargs: object) -> object:
@@ -85,7 +91,9 @@ class _Channel:
 
 
 class FakeChannels:
-    def __init__(self, node: FakeNode) -> None:
+    """NodeChannels whose every node is ``node`` (only ReplicateRepository answers)."""
+
+    def __init__(self, node: Replicating) -> None:
         self.node = node
 
     def channel(self, _name: str) -> _Channel:
