@@ -135,3 +135,15 @@ async def test_the_highest_claim_survives_a_restart_of_the_node(tmp_path: Path) 
     async with after.copy("r", 8, record):
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == [record.name]
+
+
+async def test_a_removed_replica_leaves_nothing_behind(tmp_path: Path) -> None:
+    record = claim_file(tmp_path, "@hashed/ab/cd/x.git")
+    fence = ReplicationFence()
+    async with fence.copy("r", 3, record):
+        pass
+    await fence.forget("r", record)
+    assert list(tmp_path.iterdir()) == []
+    # Forgetting again, or a replica never copied, is fine.
+    await fence.forget("r", record)
+    await fence.forget("never", claim_file(tmp_path, "other"))

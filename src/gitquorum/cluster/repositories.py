@@ -159,8 +159,11 @@ class CopySource:
         """Why ``record`` no longer backs a copy taken from this source ("" if it does)."""
         if record.conflict:
             return "is in a verifier conflict"
-        if record.replica_generation(self.node) < self.generation:
-            return "was demoted"
+        if record.replica_generation(self.node) != record.generation:
+            # Demoted (also to a generation at or above the one the copy read,
+            # once writes moved the repository on), or behind a write it missed:
+            # either way the record no longer vouches for what was copied.
+            return "is no longer up to date"
         if record.repaired_at(self.node) != self.repaired_at:
             return "was repaired anew"
         return ""
@@ -647,11 +650,12 @@ class RepositoryStore:
         in the same update.
 
         With ``source`` (the replica copied from, as read before the copy) the
-        update applies only if that source is still what it was then: not
-        below the generation read (no demotion), not repaired since (the same
-        repair mark), and no verifier conflict stands (:class:`SourceRuledOut`
-        otherwise). A verdict against the source during the copy must not
-        make the copy of the losing side count as up to date.
+        update applies only if that source is still what it was then: up to
+        date (never demoted since, as it cannot come back without a repair),
+        not repaired since (the same repair mark), and no verifier conflict
+        stands (:class:`SourceRuledOut` otherwise). A verdict against the
+        source during the copy must not make the copy of the losing side count
+        as up to date.
 
         ``claim``: compares saying the replication job's claim is still held
         (``ClaimedJob.guard``), checked in the same txn as the record change.

@@ -113,10 +113,14 @@ def route_accessor(
     draining: frozenset[str] = frozenset(),
 ) -> AccessorRoute:
     up_to_date = up_to_date_replicas(repo)
-    if repo.conflict and repo.primary in healthy and repo.primary in up_to_date:
+    if repo.conflict:
         # Replicas disagree with no majority (the verifier): read one side only,
-        # so that a write does not seem to come and go between reads.
-        primary_only = True
+        # so that a write does not seem to come and go between reads: the
+        # primary's, or while it cannot serve, always the same replica.
+        if repo.primary in healthy and repo.primary in up_to_date:
+            primary_only = True
+        else:
+            choose = min
     if primary_only:
         primary = repo.primary
         if primary is None or primary not in healthy:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from gitquorum.storage.durable import fsync_path
 class _Replica:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     highest: int | None = None  # None: not read from disk yet
+    io: asyncio.Lock = field(default_factory=asyncio.Lock)
+    persisted: int = -1
 
 
 def claim_file(directory: Path, relative_path: str) -> Path:
@@ -51,7 +54,8 @@ def _read(path: Path | None) -> int:
 
 
 def _write(path: Path, claim: int) -> None:
-    staged = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    # A name of its own: two writers must never share (and truncate) one file.
+    staged = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     with staged.open("w") as handle:
         handle.write(f"{claim}\n")
         handle.flush()
@@ -74,7 +78,9 @@ class ReplicationFence:
         # stragglers (a lock and an int per replica ever replicated here).
         state = self._replicas.setdefault(replica, _Replica())
         if state.highest is None:
-            state.highest = await asyncio.to_thread(_read, record)
+            async with state.io:
+                if state.highest is None:
+                    state.highest = state.persisted = await asyncio.to_thread(_read, record)
         await self._admit(replica, state, claim, record)
         async with state.lock:
             # A later claim may have arrived while this one waited.
@@ -94,4 +100,26 @@ class ReplicationFence:
         if claim > highest:
             state.highest = claim
             if record is not None:
-                await asyncio.to_thread(_write, record, claim)
+                async with state.io:
+                    if claim > state.persisted:
+                        await asyncio.to_thread(_write, record, claim)
+                        state.persisted = claim
+
+    async def forget(self, replica: str, record: Path | None = None) -> None:
+        """The replica was removed: drop what is kept of its claims (bounded
+        state; repository ids are never reused, so no later copy needs it).
+        Kept while a copy into it runs or waits."""
+        state = self._replicas.get(replica)
+        if state is not None and (state.lock.locked() or state.io.locked()):
+            return
+        self._replicas.pop(replica, None)
+        if record is not None:
+            await asyncio.to_thread(_unlink, record)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    fsync_path(path.parent)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 
 from gitquorum.errors import NotFound
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc
 from gitquorum.storage.context import NodeContext
-from gitquorum.storage.locator import is_repository
+from gitquorum.storage.locator import RepoPath, is_repository
 from gitquorum.storage.replication_fence import claim_file
 from gitquorum.storage.repo_bundle import create_from_bundle, stream_bundle
 from gitquorum.storage.repo_checksum import calculate_checksum
@@ -112,7 +113,13 @@ class RepositoryService(repository_pb2_grpc.RepositoryServiceServicer):
     ) -> repository_pb2.RemoveRepositoryResponse:
         tx = transaction_from_metadata(context.invocation_metadata())
         await remove_repository(self.node, request, tx)
+        target = self.node.locator.locate(request.repository)
+        await self.node.replication_fence.forget(str(target.path), self._claim_file(target))
         return repository_pb2.RemoveRepositoryResponse()
+
+    def _claim_file(self, target: RepoPath) -> Path:
+        directory = self.node.locator.internal_dir(target.storage, "replication-claims")
+        return claim_file(directory, target.relative_path)
 
     async def ReplicateRepository(
         self, request: repository_pb2.ReplicateRepositoryRequest, context: grpc.aio.ServicerContext
@@ -122,10 +129,7 @@ class RepositoryService(repository_pb2_grpc.RepositoryServiceServicer):
         replication = Replication(self.node, request, metadata, tx)
         claim = claim_from_metadata(metadata)
         target = replication.target
-        record = claim_file(
-            self.node.locator.internal_dir(target.storage, "replication-claims"),
-            target.relative_path,
-        )
+        record = self._claim_file(target)
         async with self.node.replication_fence.copy(str(target.path), claim, record):
             await replication.run()
         return repository_pb2.ReplicateRepositoryResponse()

@@ -79,7 +79,7 @@ CURRENT = rec(2, {"n1": 2, "n2": 2, "n3": 2})
             frozenset(),
             False,
             ("n1", "distributed"),
-            id="conflict, primary down: any up-to-date replica",
+            id="conflict, primary down: always the same replica",
         ),
     ],
 )
@@ -167,3 +167,15 @@ def test_route_maintenance_and_removal_use_existing_replicas() -> None:
         routing.route_maintenance(record, frozenset({"n3"}), NODES)
     spread = rec(2, {"n1": 2, "n3": 0}, assigned=("n1", "n2"))
     assert routing.route_removal(spread, NODES).nodes == ("n1", "n2", "n3")
+
+
+def test_reads_of_replicas_in_conflict_always_go_to_the_same_one() -> None:
+    record = replace(CURRENT, primary="n2", conflict=("n1", "n3"))
+    served = {
+        routing.route_accessor(record, frozenset({"n1", "n3"}), NODES, choose=lambda n: n[-1]).node
+        for _ in range(5)
+    }
+    assert served == {"n1"}
+    # Without a conflict the same choice spreads the reads as usual.
+    spread = routing.route_accessor(CURRENT, frozenset({"n1", "n3"}), NODES, choose=lambda n: n[-1])
+    assert spread.node == "n3"
