@@ -9,6 +9,7 @@ nothing about health consensus or failover.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ def p95(samples: Sequence[float]) -> float | None:
     if len(samples) < MIN_LATENCY_SAMPLES:
         return None
     ordered = sorted(samples)
-    rank = max(1, min(len(ordered), round(0.95 * len(ordered) + 0.5)))
+    rank = max(1, math.ceil(0.95 * len(ordered)))
     return ordered[rank - 1]
 
 
