@@ -206,7 +206,7 @@ class ReadsConfig:
     hedge_delay_floor: float = 0.02
     # Failed reads or lost hedges in a row that take a node out of this proxy's
     # read set, and for how long.
-    outlier_failures: int = 3
+    outlier_failures: int = 5
     outlier_ejection_time: float = 10.0
 
 

@@ -57,6 +57,7 @@ class ReadHealth:
         self._outliers: dict[str, Outlier] = {}
         # node -> end of its ejection; empty almost always, so reads pay one test.
         self._ejected: dict[str, float] = {}
+        self._hedge_tokens = read_rules.HEDGE_BURST
 
     def known(self, nodes: Iterable[str]) -> None:
         """Nodes this proxy routes to: their ejection counters exist from the start."""
@@ -111,10 +112,18 @@ class ReadHealth:
         (None: hedging is off)."""
         if not self.settings.hedging:
             return None
+        self._hedge_tokens = read_rules.hedge_tokens_after_read(self._hedge_tokens)
         latency = self._latency.get((method, node))
         return read_rules.hedge_delay(
             latency.p95 if latency is not None else None, self.settings.hedge_delay_floor
         )
+
+    def spend_hedge(self) -> bool:
+        """Whether the hedge budget pays for one more hedge now (and pay it)."""
+        if not read_rules.hedge_affordable(self._hedge_tokens):
+            return False
+        self._hedge_tokens -= 1.0
+        return True
 
     def answered_in(self, method: str, node: str, seconds: float) -> None:
         latency = self._latency.get((method, node))

@@ -147,6 +147,8 @@ class Reader:
                     timer = None
                 if hedge_at is not None and untried and loop.time() >= hedge_at:
                     hedge_at, hedged = None, True
+                    if not self.health.spend_hedge():
+                        continue  # over the hedge budget: wait for the replica
                     self.health.metrics.read_hedges.labels("sent").inc()
                     self.fields["hedged_to"] = untried[0]
                     start(untried.pop(0))
@@ -164,9 +166,14 @@ class Reader:
         if "hedged_to" in self.fields and winner.node == self.fields["hedged_to"]:
             self.health.metrics.read_hedges.labels("won").inc()
             # Calls started before the winner had not answered within their hedge
-            # delay and still have not: a stall strike each.
+            # delay and still have not: a stall strike each. Their time so far is
+            # kept as a sample (a lower bound): leaving the slow reads out of the
+            # history would lower the p95 and hedge ever more reads.
             for attempt in running:
                 if attempt.started < winner.started:
+                    self.health.answered_in(
+                        self.info.full_name, attempt.node, now - attempt.started
+                    )
                     self.health.failed(attempt.node, "hedge lost")
 
     # -- streaming reads: retried until the first response went out ----------------------

@@ -83,3 +83,13 @@ def test_outlier_ejection(events: list[str], ejected_at_end: bool, ejections: in
         now += 0.001
     assert state.ejected(now) is ejected_at_end
     assert count == ejections
+
+
+def test_the_hedge_budget_allows_a_burst_then_one_hedge_in_twenty_reads() -> None:
+    tokens, hedges = read_rules.HEDGE_BURST, 0
+    for _ in range(1000):  # every read is slow enough to be hedged
+        tokens = read_rules.hedge_tokens_after_read(tokens)
+        if read_rules.hedge_affordable(tokens):
+            tokens -= 1.0
+            hedges += 1
+    assert read_rules.HEDGE_BURST <= hedges <= read_rules.HEDGE_BURST + 1000 * 0.05 + 1
