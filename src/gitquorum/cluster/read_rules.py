@@ -40,6 +40,12 @@ def retryable_read_failure(code: str, details: str) -> bool:
     return code == _STOPPED and details in _STOPPED_DETAILS
 
 
+def read_timed_out(code: str) -> bool:
+    """A read that ended at its deadline: not retried (the client's time is up),
+    but a strike against the node, which said nothing in all that time."""
+    return code == "DEADLINE_EXCEEDED"
+
+
 def p95(samples: Sequence[float]) -> float | None:
     """Nearest-rank 95th percentile, or None with too few samples to say."""
     if len(samples) < MIN_LATENCY_SAMPLES:
@@ -71,6 +77,17 @@ def hedge_delay(
 # which needs a few hedges before it is ejected, finds the burst.
 HEDGE_BUDGET = 0.05
 HEDGE_BURST = 10.0
+
+
+# A read the budget refused to hedge is hedged anyway once it has waited this
+# many hedge delays: rare while nothing is wrong (the delay is the p95), and
+# what keeps a stalled node from holding reads to their deadline while a loaded
+# machine has spent the budget.
+LATE_HEDGE_FACTOR = 4.0
+
+
+def late_hedge_delay(delay: float) -> float:
+    return delay * LATE_HEDGE_FACTOR
 
 
 def hedge_tokens_after_read(tokens: float) -> float:

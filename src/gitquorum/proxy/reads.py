@@ -23,7 +23,11 @@ from dataclasses import dataclass
 
 import grpc
 
-from gitquorum.cluster.read_rules import retryable_read_failure
+from gitquorum.cluster.read_rules import (
+    late_hedge_delay,
+    read_timed_out,
+    retryable_read_failure,
+)
 from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.passthrough import Metadata, PassThrough, backend_error
 from gitquorum.proxy.read_health import ReadHealth
@@ -88,6 +92,8 @@ class Reader:
         wake: asyncio.Future[None] = loop.create_future()
         hedge_at: float | None = None  # when the hedge goes out; None: not planned
         hedged = False  # one hedge per read
+        delay: float | None = None  # the planned hedge's delay
+        over_budget = False  # the hedge was refused by the budget once: the late one is not
         timer: asyncio.TimerHandle | None = None
 
         def signal(_: object = None) -> None:
@@ -104,6 +110,8 @@ class Reader:
 
         def plan_hedge(attempt: _Attempt) -> float | None:
             """When to hedge the attempt that is now alone (None: never)."""
+            nonlocal delay, over_budget
+            over_budget = False
             if hedged or not untried:
                 return None
             delay = self.health.hedge_delay(self.info.full_name, attempt.node)
@@ -122,7 +130,7 @@ class Reader:
                     except grpc.aio.AioRpcError as exc:
                         code, details = exc.code(), exc.details() or ""
                         if not retryable_read_failure(code.name, details):
-                            self.health.succeeded(attempt.node)  # the node's own answer
+                            self._node_answered(attempt.node, code.name)
                             raise backend_error(code, details) from None
                         self.health.failed(attempt.node, code.name)
                         if running:
@@ -146,17 +154,37 @@ class Reader:
                     timer.cancel()
                     timer = None
                 if hedge_at is not None and untried and loop.time() >= hedge_at:
+                    if not over_budget and not self.health.spend_hedge():
+                        # Over the hedge budget: wait longer, then hedge anyway
+                        # (a stalled node must not hold reads to their deadline).
+                        over_budget = True
+                        assert delay is not None
+                        hedge_at = running[0].started + late_hedge_delay(delay)
+                        if deadline is not None and hedge_at >= deadline:
+                            hedge_at = None
+                        continue
                     hedge_at, hedged = None, True
-                    if not self.health.spend_hedge():
-                        continue  # over the hedge budget: wait for the replica
                     self.health.metrics.read_hedges.labels("sent").inc()
                     self.fields["hedged_to"] = untried[0]
                     start(untried.pop(0))
         finally:
             if timer is not None:
                 timer.cancel()
+            timed_out = _at_deadline(loop, deadline)
             for attempt in running:
                 attempt.call.cancel()
+                if timed_out:
+                    # Ended by the client's deadline with no word from the node
+                    # (the proxy's call is cancelled before the node's own
+                    # DEADLINE_EXCEEDED arrives): a timeout strike.
+                    self.health.failed(attempt.node, "DEADLINE_EXCEEDED")
+
+    def _node_answered(self, node: str, code: str) -> None:
+        """A node's own status: an answer, except a timeout (the node said nothing)."""
+        if read_timed_out(code):
+            self.health.failed(node, code)
+        else:
+            self.health.succeeded(node)
 
     def _answered(self, winner: _Attempt, running: list[_Attempt], now: float) -> None:
         self.health.succeeded(winner.node)
@@ -207,7 +235,7 @@ class Reader:
             except BackendError as exc:
                 if responded or not retryable_read_failure(exc.code.name, exc.details):
                     if not responded:
-                        self.health.succeeded(node)  # the node's own answer
+                        self._node_answered(node, exc.code.name)
                     raise
                 self.health.failed(node, exc.code.name)
                 if (
@@ -218,12 +246,22 @@ class Reader:
                     raise
                 self._retried(node)
                 continue
+            except (asyncio.CancelledError, GeneratorExit):
+                if not responded and _at_deadline(loop, deadline):
+                    self.health.failed(node, "DEADLINE_EXCEEDED")  # as for unary reads
+                raise
             finally:
                 replay.stop()
             self.health.succeeded(node)
             if node != self.fields.get("node"):
                 self.fields["served_by"] = node
             return
+
+
+def _at_deadline(loop: asyncio.AbstractEventLoop, deadline: float | None) -> bool:
+    # The server cancels the call a little before or after the deadline this
+    # proxy computed from the client's: within a few milliseconds counts.
+    return deadline is not None and loop.time() >= deadline - 0.05
 
 
 @dataclass

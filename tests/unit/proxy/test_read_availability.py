@@ -187,6 +187,7 @@ class Proxy:
     channel: grpc.aio.Channel
     registry: CollectorRegistry
     clock: Clock
+    health: ReadHealth
 
     async def find_commit(self) -> bytes:
         request = commit_pb2.FindCommitRequest(repository=repository(), revision=b"main")
@@ -220,6 +221,7 @@ async def proxy() -> AsyncIterator[Proxy]:
     registry = CollectorRegistry()
     metrics = ProxyMetrics(registry)
     clock = Clock()
+    health = ReadHealth(SETTINGS, metrics, clock=clock)
     channels = NodeChannels(addresses)
     handler = ProxyHandler(
         registry=REGISTRY,
@@ -228,7 +230,7 @@ async def proxy() -> AsyncIterator[Proxy]:
         transactions=TransactionManager(vote_timeout=5.0),
         vote_address=lambda: "127.0.0.1:1",
         metrics=metrics,
-        read_health=ReadHealth(SETTINGS, metrics, clock=clock),
+        read_health=health,
     )
     front = grpc.aio.server()
     front.add_generic_rpc_handlers([handler])
@@ -236,7 +238,7 @@ async def proxy() -> AsyncIterator[Proxy]:
     await front.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Proxy(nodes, servers, channel, registry, clock)
+        yield Proxy(nodes, servers, channel, registry, clock, health)
     finally:
         await channel.close()
         await front.stop(None)
@@ -338,6 +340,27 @@ async def test_a_hung_node_is_hedged_and_the_loser_cancelled(proxy: Proxy) -> No
     assert proxy.metric("gitquorum_read_hedges_total", result="sent") == 1
     assert proxy.metric("gitquorum_read_hedges_total", result="won") == 1
     assert proxy.metric("gitquorum_read_retries_total") == 0
+
+
+async def test_a_hung_node_is_hedged_late_when_the_hedge_budget_is_spent(proxy: Proxy) -> None:
+    while proxy.health.spend_hedge():
+        pass
+    proxy.nodes.script["n1"] = HANG
+    assert await proxy.find_commit() == b"from n2"
+    assert proxy.metric("gitquorum_read_hedges_total", result="won") == 1
+
+
+async def test_a_node_that_times_out_is_not_retried_but_struck(proxy: Proxy) -> None:
+    proxy.nodes.script["n1"] = HANG
+    request = blob_pb2.GetBlobsRequest(repository=repository()).SerializeToString()
+    for _ in range(SETTINGS.outlier_failures):
+        call = proxy.channel.unary_stream(GET_BLOBS)(request, timeout=0.2)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            async for _message in call:
+                pass
+        assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert proxy.nodes.calls("n2") == 0
+    assert proxy.metric("gitquorum_node_ejections_total", node="n1") == 1
 
 
 async def test_a_fast_answer_is_not_hedged(proxy: Proxy) -> None:
