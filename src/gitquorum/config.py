@@ -127,6 +127,13 @@ class _Reader:
             return default
         return value
 
+    def boolean(self, data: dict[str, Any], key: str, path: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(f"{path}{key}", "expected true or false")
+            return default
+        return value
+
     def choice(
         self, data: dict[str, Any], key: str, path: str, default: str, allowed: set[str]
     ) -> str:
@@ -186,6 +193,46 @@ def _limits(reader: _Reader, data: Any, defaults: LimitsConfig) -> LimitsConfig:
         queue_timeout=reader.duration(
             raw, "queue_timeout", "limits.", f"{defaults.queue_timeout}s"
         ),
+    )
+
+
+@dataclass(frozen=True)
+class ReadsConfig:
+    """How a proxy's reads outlive a failing or stalled replica (docs/failover.md)."""
+
+    # Unary reads not answered within the node's recent p95 (at least the
+    # floor) go to a second up-to-date replica too; the first answer wins.
+    hedging: bool = True
+    hedge_delay_floor: float = 0.02
+    # Failed reads or lost hedges in a row that take a node out of this proxy's
+    # read set, and for how long.
+    outlier_failures: int = 5
+    outlier_ejection_time: float = 10.0
+
+
+_READS_KEYS = {"hedging", "hedge_delay_floor", "outlier_failures", "outlier_ejection_time"}
+
+
+def _reads(reader: _Reader, data: Any) -> ReadsConfig:
+    """The ``reads`` section of a proxy configuration."""
+    raw = reader.mapping(data, "reads")
+    reader.unknown(raw, _READS_KEYS, "reads.")
+    default = ReadsConfig()
+    floor = reader.duration(raw, "hedge_delay_floor", "reads.", "20ms")
+    if not 0.001 <= floor <= 1.0:
+        reader.problem("reads.hedge_delay_floor", "expected a duration from 1ms to 1s")
+        floor = default.hedge_delay_floor
+    ejection = reader.duration(raw, "outlier_ejection_time", "reads.", "10s")
+    if not 0.1 <= ejection <= 600.0:
+        reader.problem("reads.outlier_ejection_time", "expected a duration from 100ms to 10m")
+        ejection = default.outlier_ejection_time
+    return ReadsConfig(
+        hedging=reader.boolean(raw, "hedging", "reads.", default.hedging),
+        hedge_delay_floor=floor,
+        outlier_failures=reader.integer(
+            raw, "outlier_failures", "reads.", default.outlier_failures, 1
+        ),
+        outlier_ejection_time=ejection,
     )
 
 
@@ -381,6 +428,8 @@ class ProxyConfig:
     node_token_file: str = ""
     # Message size, per-repository concurrency and queueing (docs/limits.md).
     limits: LimitsConfig = PROXY_LIMITS
+    # Retries, hedging and outlier detection of reads (docs/failover.md).
+    reads: ReadsConfig = ReadsConfig()
     # TLS of the client-facing listener, and of the channels to nodes (docs/security.md).
     tls: TlsSettings = TlsSettings()
     node_tls: TlsSettings | None = None
@@ -425,6 +474,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
             "advertise",
             "auth",
             "limits",
+            "reads",
             "tls",
             "node_tls",
         },
@@ -530,6 +580,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
         auth_token_file=reader.optional_string(auth, "token_file", "auth."),
         node_token_file=reader.optional_string(auth, "node_token_file", "auth."),
         limits=_limits(reader, top.get("limits"), PROXY_LIMITS),
+        reads=_reads(reader, top.get("reads")),
         tls=_tls(
             reader,
             top.get("tls"),

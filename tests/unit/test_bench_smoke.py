@@ -105,3 +105,26 @@ def test_report_renders_every_measured_phase() -> None:
     assert "FindCommit p50, concurrency 1 (ms)" in text
     assert "+0.40 ms (bare hop +0.30 ms)" in text
     assert "| test cpu |" in text
+
+
+def test_read_availability_bench_arguments_and_report() -> None:
+    from bench import read_availability_bench as bench
+
+    args = bench.parse_args(["--readers", "2", "--stall", "3"])
+    assert (args.readers, args.stall, args.normal) == (2, 3.0, 20.0)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--stall", "0"])
+    reads = [bench.Read(0.0, 0.01), bench.Read(0.1, 0.02, "UNAVAILABLE")]
+    counters = dict.fromkeys(
+        ("accessors", "retries", "hedges_sent", "hedges_won", "ejections"), 1.0
+    )
+    phase = {**bench.summary(reads), "counters": counters}
+    assert (phase["reads"], phase["failed"], phase["errors"]) == (2, 1, ["UNAVAILABLE"])
+    results = {
+        "normal": {**phase, "hedged_fraction": 0.04},
+        "stall": phase,
+        "kill": phase,
+        "goal": {"stall_p99_limit_ms": 250.0, "stall_p99_met": True, "no_failed_reads": False},
+    }
+    text = bench.report(results)
+    assert "4.00% of accessor RPCs" in text and "0 failed reads: NOT met" in text

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gitquorum.config import (
+    ReadsConfig,
     load_node_config,
     load_proxy_config,
     node_config_from_dict,
@@ -453,3 +454,37 @@ def test_fuzz_yaml_text_only_config_errors(
             loader(path)
         except ConfigError as exc:
             assert exc.problems
+
+
+def test_proxy_reads_section() -> None:
+    base = {
+        "listen": "127.0.0.1:0",
+        "etcd": {"endpoints": ["127.0.0.1:2379"]},
+        "virtual_storages": [{"name": "vs", "nodes": [{"storage": "n1", "address": "h:1"}]}],
+    }
+    assert proxy_config_from_dict(base).reads == ReadsConfig()
+    reads = {
+        "hedging": False,
+        "hedge_delay_floor": "50ms",
+        "outlier_failures": 5,
+        "outlier_ejection_time": "30s",
+    }
+    assert proxy_config_from_dict({**base, "reads": reads}).reads == ReadsConfig(
+        hedging=False, hedge_delay_floor=0.05, outlier_failures=5, outlier_ejection_time=30.0
+    )
+    bad = {
+        "hedging": "yes",
+        "hedge_delay_floor": "0s",
+        "outlier_failures": 0,
+        "outlier_ejection_time": "1h",
+        "hedge": True,
+    }
+    with pytest.raises(ConfigError) as failed:
+        proxy_config_from_dict({**base, "reads": bad})
+    assert sorted(p.split(":")[0] for p in failed.value.problems) == [
+        "reads.hedge",
+        "reads.hedge_delay_floor",
+        "reads.hedging",
+        "reads.outlier_ejection_time",
+        "reads.outlier_failures",
+    ]

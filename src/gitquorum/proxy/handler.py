@@ -4,9 +4,9 @@ Only the first request message of a call is decoded, to find the target
 repository and rewrite it to the chosen node's storage and replica path.
 Every other message passes through as bytes. The routing decision comes from
 ``router`` (policy) and is executed here, through one route function per op
-type (and per RPC the proxy treats on its own): reads go through
-``passthrough``, maintenance and removal through ``broadcast``, writes
-through ``fanout``.
+type (and per RPC the proxy treats on its own): reads go through ``reads``
+(retried on another replica, hedged), maintenance and removal through
+``broadcast``, writes through ``fanout``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from google.protobuf import message as _message
 
 from gitquorum.cluster.decisions import WriteResult
 from gitquorum.cluster.repositories import RepositoryRecord
+from gitquorum.config import ReadsConfig
 from gitquorum.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -36,7 +37,8 @@ from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.cluster_port import ClusterPort
 from gitquorum.proxy.fanout import Fanout, Finalize
 from gitquorum.proxy.metrics import ProxyMetrics
-from gitquorum.proxy.passthrough import PassThrough
+from gitquorum.proxy.read_health import ReadHealth
+from gitquorum.proxy.reads import Reader
 from gitquorum.proxy.routing import MutatorRoute, Route
 from gitquorum.proxy.vote_counting import TransactionManager
 from gitquorum.wire.finishing import RpcCall, op_label
@@ -96,6 +98,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
         metrics: ProxyMetrics,
         write_timeout: float = 10.0,
         admission: Admission | None = None,
+        read_health: ReadHealth | None = None,
     ) -> None:
         self.registry = registry
         self.cluster = cluster
@@ -106,6 +109,8 @@ class ProxyHandler(grpc.GenericRpcHandler):
         self.write_timeout = write_timeout
         # Drain gate and per-repository concurrency limits (gitquorum.limits).
         self.admission = admission or Admission(what="proxy")
+        # Latencies and outliers seen by this proxy's reads (hedging, ejection).
+        self.read_health = read_health or ReadHealth(ReadsConfig(), metrics)
 
     # -- grpc plumbing -------------------------------------------------------------
 
@@ -247,7 +252,8 @@ class ProxyHandler(grpc.GenericRpcHandler):
             exists=call.repo is not None
         ).SerializeToString()
 
-    async def _read(self, call: _Call) -> AsyncIterator[bytes]:
+    def _read(self, call: _Call) -> AsyncIterator[bytes]:
+        """Returned, not iterated: one async generator less per call."""
         repo = call.existing("repository not found")
         primary_only = (
             any(k == routing.PRIMARY_ONLY_HEADER and v == "primary-only" for k, v in call.metadata)
@@ -259,15 +265,17 @@ class ProxyHandler(grpc.GenericRpcHandler):
             self.cluster.nodes(call.virtual_storage),
             primary_only=primary_only,
             draining=self.cluster.draining(call.virtual_storage),
+            ejected=self.read_health.ejected(),
         )
         _describe(call.fields, route)
         self.metrics.reads.labels(call.virtual_storage, route.node).inc()
-        payload = rewrite(call.info, call.request, route.node, route.replica_path)
-        passthrough = PassThrough(self.channels, call.info)
-        async for response in passthrough.call(
-            route.node, payload, call.rest, call.metadata, call.timeout
-        ):
-            yield response
+        info, request, replica_path = call.info, call.request, route.replica_path
+
+        def payload_for(node: str) -> bytes:
+            return rewrite(info, request, node, replica_path)
+
+        reader = Reader(self.channels, info, self.read_health, call.fields)
+        return reader.run(route.candidates, payload_for, call.rest, call.metadata, call.timeout)
 
     async def _maintain(self, call: _Call) -> AsyncIterator[bytes]:
         repo = call.existing("repository not found")

@@ -54,6 +54,29 @@ class ProxyMetrics:
             registry=registry,
         )
         self.state_age = StateAge(registry)
+        self.read_retries = Counter(
+            "gitquorum_read_retries_total",
+            "Accessor RPCs sent again to another up-to-date replica because their node "
+            "failed before any response message went to the client.",
+            registry=registry,
+        )
+        self.read_hedges = Counter(
+            "gitquorum_read_hedges_total",
+            "Unary accessor RPCs sent to a second replica because the first had not answered "
+            "within its hedge delay (result=sent), and those the second replica answered "
+            "first (result=won).",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("sent", "won"):
+            self.read_hedges.labels(result)
+        self.node_ejections = Counter(
+            "gitquorum_node_ejections_total",
+            "Times this proxy took a node out of its read set for failing reads or losing "
+            "hedges several times in a row (outlier detection).",
+            ["node"],
+            registry=registry,
+        )
 
 
 class StateAge(Collector):

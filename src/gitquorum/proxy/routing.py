@@ -25,12 +25,18 @@ FORCE_PRIMARY = frozenset({"/gitaly.RepositoryService/RepositorySize"})
 
 @dataclass(frozen=True)
 class AccessorRoute:
-    """A read served by one replica."""
+    """A read served by one replica; the others in ``fallbacks`` take it over, in
+    order, if that replica fails before answering (or is hedged)."""
 
     repository_id: int
     replica_path: str
     node: str
     reason: str  # "distributed" or "primary-only"
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        return (self.node, *self.fallbacks)
 
     def describe(self) -> dict[str, object]:
         return {"route": "accessor", "node": self.node, "policy": self.reason}
@@ -111,7 +117,14 @@ def route_accessor(
     primary_only: bool = False,
     choose: Callable[[Sequence[str]], str] = random.choice,
     draining: frozenset[str] = frozenset(),
+    ejected: frozenset[str] = frozenset(),
 ) -> AccessorRoute:
+    """One healthy, up-to-date replica, and the others as fallbacks.
+
+    Drained nodes and nodes this proxy ejected from its read set (outliers)
+    serve only when no other replica can: they come last among the fallbacks,
+    so that a read still finds them when every other replica fails.
+    """
     up_to_date = up_to_date_replicas(repo)
     if repo.conflict:
         # Replicas disagree with no majority (the verifier): read one side only,
@@ -129,12 +142,27 @@ def route_accessor(
             raise Unavailable("repository unavailable: primary is not up to date")
         return AccessorRoute(repo.repository_id, repo.replica_path, primary, "primary-only")
     candidates = [n for n in _assigned(repo, configured) if n in healthy and n in up_to_date]
-    preferred = [n for n in candidates if n not in draining] or candidates
-    if not preferred:
+    if not candidates:
         raise Unavailable(
             f"repository unavailable: no healthy, up-to-date replica of {repo.relative_path!r}"
         )
-    return AccessorRoute(repo.repository_id, repo.replica_path, choose(preferred), "distributed")
+    avoided = draining | ejected if ejected else draining
+    preferred = [n for n in candidates if n not in avoided]
+    if not preferred:
+        # Ejection is this proxy's guess, draining an operator's wish: with only
+        # such replicas left, serve from a drained one before an ejected one.
+        preferred = [n for n in candidates if n not in ejected] or candidates
+    node = choose(preferred)
+    others = [n for n in preferred if n != node]
+    if len(others) > 1:
+        random.shuffle(others)
+    last = [n for n in candidates if n not in preferred]
+    if len(last) > 1:
+        # Drained before ejected, as above.
+        last.sort(key=lambda n: n in ejected)
+    # In a conflict a retry or hedge on another replica could read the other side.
+    fallbacks = () if repo.conflict else (*others, *last)
+    return AccessorRoute(repo.repository_id, repo.replica_path, node, "distributed", fallbacks)
 
 
 def route_mutator(

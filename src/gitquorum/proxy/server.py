@@ -43,6 +43,7 @@ from gitquorum.proxy.handler import ProxyHandler
 from gitquorum.proxy.info_service import PraefectInfoService
 from gitquorum.proxy.leader_tasks import LeaderTasks
 from gitquorum.proxy.metrics import ProxyMetrics
+from gitquorum.proxy.read_health import ReadHealth
 from gitquorum.proxy.ref_transaction_service import RefTransactionService
 from gitquorum.proxy.replication import (
     ReplicationMetrics,
@@ -119,6 +120,9 @@ class ProxyServer(Assembled):
         self.transactions = TransactionManager(vote_timeout=config.vote_timeout)
         # Drain gate and per-repository concurrency limits (config.limits).
         self.admission = Admission(config.limits, what="proxy")
+        # What reads learn about the nodes: hedge delays and outlier ejection.
+        self.read_health = ReadHealth(config.reads, self.metrics)
+        self.read_health.known(n for members in self.nodes.values() for n in members)
         # Opened by start(); None until then.
         self.store: EtcdStore | None = None
         self.channels: NodeChannels | None = None
@@ -382,6 +386,7 @@ class ProxyServer(Assembled):
             self.metrics,
             write_timeout=config.write_timeout,
             admission=self.admission,
+            read_health=self.read_health,
         )
         self.verification = VerificationStore(store, keys)
         transaction_pb2_grpc.add_RefTransactionServicer_to_server(

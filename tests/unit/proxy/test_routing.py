@@ -176,6 +176,41 @@ def test_reads_of_replicas_in_conflict_always_go_to_the_same_one() -> None:
         for _ in range(5)
     }
     assert served == {"n1"}
+    # No fallback either: a retry or a hedge could read the other side.
+    assert routing.route_accessor(record, frozenset({"n1", "n3"}), NODES).candidates == ("n1",)
     # Without a conflict the same choice spreads the reads as usual.
     spread = routing.route_accessor(CURRENT, frozenset({"n1", "n3"}), NODES, choose=lambda n: n[-1])
     assert spread.node == "n3"
+
+
+@pytest.mark.parametrize(
+    ("draining", "ejected", "candidates"),
+    [
+        pytest.param(frozenset(), frozenset(), ("n1", "n2", "n3"), id="every replica, in order"),
+        pytest.param(frozenset({"n1"}), frozenset(), ("n2", "n3", "n1"), id="drained last"),
+        pytest.param(frozenset(), frozenset({"n2"}), ("n1", "n3", "n2"), id="ejected last"),
+        pytest.param(
+            frozenset({"n1", "n2"}), frozenset({"n3"}), ("n1", "n2", "n3"), id="drained first"
+        ),
+        pytest.param(
+            frozenset({"n3"}), frozenset({"n1"}), ("n2", "n3", "n1"), id="drained before ejected"
+        ),
+        pytest.param(frozenset(), frozenset(ALL), ("n1", "n2", "n3"), id="all ejected: all serve"),
+    ],
+)
+def test_route_accessor_falls_back_to_every_up_to_date_replica(
+    draining: frozenset[str], ejected: frozenset[str], candidates: tuple[str, ...]
+) -> None:
+    route = routing.route_accessor(
+        CURRENT, ALL, NODES, choose=first, draining=draining, ejected=ejected
+    )
+    # The fallbacks after the first are shuffled within their tier: compare tiers.
+    assert route.node == candidates[0]
+    assert sorted(route.candidates) == sorted(candidates)
+    tier = [n in draining or n in ejected for n in route.candidates]
+    assert tier == [n in draining or n in ejected for n in candidates]
+
+
+def test_route_accessor_primary_only_has_no_fallback() -> None:
+    route = routing.route_accessor(CURRENT, ALL, NODES, primary_only=True, choose=first)
+    assert route.candidates == ("n1",)

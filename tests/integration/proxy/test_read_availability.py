@@ -1,0 +1,171 @@
+"""Readers never see a replica die or stall while an up-to-date replica is alive.
+
+Real etcd, nodes, proxy and git (the module's own cluster, ``faulty``).
+Readers call FindCommit and RefExists through the proxy in a loop, and one
+more clones the repository with ``git clone`` over the ``git-ssh`` helper in
+a loop, while (1) the primary and then a secondary are killed with SIGKILL,
+(2) a secondary is stopped with SIGSTOP for longer than the readers'
+deadline. Every read must succeed with the right answer.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gitquorum.gitaly import commit_pb2, commit_pb2_grpc, ref_pb2, ref_pb2_grpc
+from tests.harness import gitrepo
+from tests.harness.cluster import Cluster
+from tests.integration.proxy import helpers
+from tests.integration.proxy.helpers import repository
+
+# Shorter than the stall of the SIGSTOP test: a read left waiting on the
+# stopped node fails at this deadline.
+READ_DEADLINE = 2.0
+UNARY_READERS = 3
+
+
+@dataclass
+class Readers:
+    """Reader threads through one proxy; every failure is kept with its time."""
+
+    address: str
+    relative_path: str
+    head: str
+    workdir: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+    reads: int = 0
+    clones: int = 0
+    failures: list[tuple[float, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _failed(self, what: str) -> None:
+        with self.lock:
+            self.failures.append((time.monotonic(), what))
+
+    def unary(self) -> None:
+        with grpc.insecure_channel(self.address) as channel:
+            commits = commit_pb2_grpc.CommitServiceStub(channel)
+            refs = ref_pb2_grpc.RefServiceStub(channel)
+            repo = repository(self.relative_path)
+            while not self.stop.is_set():
+                try:
+                    found = commits.FindCommit(
+                        commit_pb2.FindCommitRequest(repository=repo, revision=b"main"),
+                        timeout=READ_DEADLINE,
+                    )
+                    exists = refs.RefExists(
+                        ref_pb2.RefExistsRequest(repository=repo, ref=b"refs/heads/main"),
+                        timeout=READ_DEADLINE,
+                    )
+                except grpc.RpcError as exc:
+                    self._failed(f"{exc.code().name}: {exc.details()}")
+                    continue
+                if found.commit.id != self.head or not exists.value:
+                    self._failed(f"wrong answer: {found.commit.id!r} {exists.value}")
+                with self.lock:
+                    self.reads += 2
+
+    def cloning(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            target = self.workdir / f"clone-{n}"
+            proc = helpers.run_git(
+                "clone", "-q", helpers.url(self.address, self.relative_path), str(target)
+            )
+            if proc.returncode != 0:
+                self._failed(f"git clone: {proc.stderr.strip()}")
+            elif gitrepo.git("rev-parse", "HEAD", cwd=target).strip() != self.head:
+                self._failed("git clone: wrong HEAD")
+            else:
+                with self.lock:
+                    self.clones += 1
+            shutil.rmtree(target, ignore_errors=True)
+
+    def counts(self) -> tuple[int, int]:
+        with self.lock:
+            return self.reads, self.clones
+
+    @contextmanager
+    def running(self) -> Iterator[Readers]:
+        threads = [threading.Thread(target=self.unary) for _ in range(UNARY_READERS)]
+        threads.append(threading.Thread(target=self.cloning))
+        for thread in threads:
+            thread.start()
+        try:
+            yield self
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join(timeout=180)
+
+    def wait_for_progress(self, reads: int = 50, clones: int = 1, timeout: float = 60.0) -> None:
+        """Until at least this many more reads and clones have succeeded."""
+        start_reads, start_clones = self.counts()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done_reads, done_clones = self.counts()
+            if done_reads - start_reads >= reads and done_clones - start_clones >= clones:
+                return
+            self.stop.wait(0.05)
+        pytest.fail(f"readers made no progress: {self.counts()} {self.failures[:5]}")
+
+
+def _readers(cluster: Cluster, relative_path: str, tmp_path: Path) -> Readers:
+    address = cluster.proxies[0].address
+    source = gitrepo.make_repo(tmp_path / "source", commits=3)
+    helpers.create(address, relative_path)
+    helpers.push(address, relative_path, source, "main", "feature")
+    helpers.wait_converged(address, relative_path)
+    head = gitrepo.git("rev-parse", "HEAD", cwd=source).strip()
+    return Readers(address, relative_path, head, tmp_path)
+
+
+def test_reads_survive_the_primary_then_a_secondary_being_killed(
+    faulty: Cluster, relative_path: str, tmp_path: Path
+) -> None:
+    readers = _readers(faulty, relative_path, tmp_path)
+    address = readers.address
+    primary = helpers.metadata(address, relative_path).primary
+    with readers.running():
+        readers.wait_for_progress()  # every node has served reads
+        faulty.node(primary).kill()
+        readers.wait_for_progress()
+        helpers.wait_unhealthy(faulty, primary)
+        meta = helpers.metadata(address, relative_path)
+        secondary = next(n.name for n in faulty.nodes if n.name not in (primary, meta.primary))
+        faulty.node(secondary).kill()
+        readers.wait_for_progress()
+        helpers.wait_unhealthy(faulty, secondary)
+        readers.wait_for_progress()  # served by the one replica left
+    assert readers.failures == []
+
+
+def test_reads_survive_a_stalled_secondary(
+    faulty: Cluster, relative_path: str, tmp_path: Path
+) -> None:
+    readers = _readers(faulty, relative_path, tmp_path)
+    primary = helpers.metadata(readers.address, relative_path).primary
+    stalled = faulty.node(next(n.name for n in faulty.nodes if n.name != primary))
+    with readers.running():
+        readers.wait_for_progress(reads=200)  # latency history for the hedge delay
+        stalled.pause()
+        try:
+            # Longer than READ_DEADLINE: a read left waiting on it would fail.
+            stall_ends = time.monotonic() + 2 * READ_DEADLINE
+            while time.monotonic() < stall_ends:
+                readers.wait_for_progress(reads=20, clones=0)
+        finally:
+            stalled.resume()
+        helpers.wait_healthy(faulty, stalled.name)
+        readers.wait_for_progress()
+    assert readers.failures == []
