@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 from google.protobuf import message as _message
-from prometheus_client import CollectorRegistry
 
 from gitquorum.cluster.decisions import WriteResult
 from gitquorum.cluster.repositories import CreationPlan, RepositoryRecord
@@ -30,12 +29,10 @@ from gitquorum.gitaly import (
     transaction_pb2,
 )
 from gitquorum.proxy import routing
-from gitquorum.proxy.channels import NodeChannels
-from gitquorum.proxy.handler import ProxyHandler
-from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.routing import MutatorRoute
 from gitquorum.proxy.vote_counting import TransactionManager
 from gitquorum.wire.registry import MethodInfo, MethodRegistry, Shape
+from tests.unit.proxy.handler_parts import running_proxy
 
 VS = "default"
 NODES = ("n1", "n2", "n3")
@@ -230,39 +227,9 @@ class Proxy:
 async def proxy() -> AsyncIterator[Proxy]:
     transactions = TransactionManager(vote_timeout=5.0)
     nodes = Nodes(transactions)
-    servers: list[grpc.aio.Server] = []
-    addresses: dict[str, str] = {}
-    for name in NODES:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers([nodes.handler(name)])
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        servers.append(server)
-        addresses[name] = f"127.0.0.1:{port}"
     cluster = FakeCluster()
-    channels = NodeChannels(addresses)
-    handler = ProxyHandler(
-        registry=REGISTRY,
-        cluster=cluster,
-        channels=channels,
-        transactions=transactions,
-        vote_address=lambda: "127.0.0.1:1",  # the nodes vote in-process
-        metrics=ProxyMetrics(CollectorRegistry()),
-        write_timeout=5.0,
-    )
-    front = grpc.aio.server()
-    front.add_generic_rpc_handlers([handler])
-    port = front.add_insecure_port("127.0.0.1:0")
-    await front.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield Proxy(cluster, nodes, channel)
-    finally:
-        await channel.close()
-        await front.stop(None)
-        await channels.close()
-        for server in servers:
-            await server.stop(None)
+    async with running_proxy(nodes.handler, NODES, cluster, transactions=transactions) as running:
+        yield Proxy(cluster, nodes, running.channel)
 
 
 def repository(relative_path: str = PATH, storage: str = VS) -> shared_pb2.Repository:

@@ -19,19 +19,16 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from prometheus_client import CollectorRegistry
 
 from gitquorum.cluster.decisions import WriteResult
 from gitquorum.cluster.errors import WriteToOutdatedReplicas
 from gitquorum.errors import FailedPrecondition
 from gitquorum.gitaly import repository_pb2, transaction_pb2
-from gitquorum.proxy.channels import NodeChannels
-from gitquorum.proxy.handler import ProxyHandler
-from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.routing import MutatorRoute
 from gitquorum.proxy.vote_counting import ZERO_HASH, TransactionManager
 from gitquorum.wire.finishing import OUTCOME_UNKNOWN_CODE, OUTCOME_UNKNOWN_PREFIX
-from tests.unit.test_handler import NODES, PATH, REGISTRY, FakeCluster, record, repository
+from tests.unit.proxy.handler_parts import running_proxy
+from tests.unit.test_handler import NODES, PATH, FakeCluster, record, repository
 
 WRITE_REF = "/gitaly.RepositoryService/WriteRef"
 TRANSACTION_KEY = "gitaly-reference-transaction"
@@ -157,40 +154,10 @@ class Proxy:
 async def proxy() -> AsyncIterator[Proxy]:
     transactions = TransactionManager(vote_timeout=5.0)
     nodes = ScriptedNodes(transactions)
-    servers: list[grpc.aio.Server] = []
-    addresses: dict[str, str] = {}
-    for name in NODES:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers([nodes.handler(name)])
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        servers.append(server)
-        addresses[name] = f"127.0.0.1:{port}"
     cluster = RecordingCluster()
     cluster.records[PATH] = record({"n1": 1, "n2": 1, "n3": 1}, primary="n1")
-    channels = NodeChannels(addresses)
-    handler = ProxyHandler(
-        registry=REGISTRY,
-        cluster=cluster,
-        channels=channels,
-        transactions=transactions,
-        vote_address=lambda: "127.0.0.1:1",  # the nodes vote in-process
-        metrics=ProxyMetrics(CollectorRegistry()),
-        write_timeout=5.0,
-    )
-    front = grpc.aio.server()
-    front.add_generic_rpc_handlers([handler])
-    port = front.add_insecure_port("127.0.0.1:0")
-    await front.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield Proxy(cluster, nodes, channel)
-    finally:
-        await channel.close()
-        await front.stop(None)
-        await channels.close()
-        for server in servers:
-            await server.stop(None)
+    async with running_proxy(nodes.handler, NODES, cluster, transactions=transactions) as running:
+        yield Proxy(cluster, nodes, running.channel)
 
 
 def _assert_unknown(error: grpc.aio.AioRpcError | None) -> None:

@@ -21,12 +21,10 @@ from prometheus_client import CollectorRegistry
 from gitquorum.cluster.repositories import CreationPlan, RepositoryRecord
 from gitquorum.config import ReadsConfig
 from gitquorum.gitaly import blob_pb2, commit_pb2, shared_pb2, ssh_pb2
-from gitquorum.proxy.channels import NodeChannels
-from gitquorum.proxy.handler import ProxyHandler
 from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.read_health import ReadHealth
-from gitquorum.proxy.vote_counting import TransactionManager
 from gitquorum.wire.registry import MethodInfo, MethodRegistry, Shape
+from tests.unit.proxy.handler_parts import running_proxy
 
 VS = "default"
 NODES = ("n1", "n2", "n3")
@@ -209,42 +207,14 @@ SETTINGS = ReadsConfig(outlier_failures=3, outlier_ejection_time=30.0)
 @pytest.fixture
 async def proxy() -> AsyncIterator[Proxy]:
     nodes = Nodes()
-    servers: dict[str, grpc.aio.Server] = {}
-    addresses: dict[str, str] = {}
-    for name in NODES:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers([nodes.handler(name)])
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        servers[name] = server
-        addresses[name] = f"127.0.0.1:{port}"
     registry = CollectorRegistry()
     metrics = ProxyMetrics(registry)
     clock = Clock()
     health = ReadHealth(SETTINGS, metrics, clock=clock)
-    channels = NodeChannels(addresses)
-    handler = ProxyHandler(
-        registry=REGISTRY,
-        cluster=FakeCluster(),
-        channels=channels,
-        transactions=TransactionManager(vote_timeout=5.0),
-        vote_address=lambda: "127.0.0.1:1",
-        metrics=metrics,
-        read_health=health,
-    )
-    front = grpc.aio.server()
-    front.add_generic_rpc_handlers([handler])
-    port = front.add_insecure_port("127.0.0.1:0")
-    await front.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield Proxy(nodes, servers, channel, registry, clock, health)
-    finally:
-        await channel.close()
-        await front.stop(None)
-        await channels.close()
-        for server in servers.values():
-            await server.stop(None)
+    async with running_proxy(
+        nodes.handler, NODES, FakeCluster(), metrics=metrics, read_health=health
+    ) as running:
+        yield Proxy(nodes, running.servers, running.channel, registry, clock, health)
 
 
 # -- a node that fails before answering: the read goes to another replica -----------------
