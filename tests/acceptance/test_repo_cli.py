@@ -149,7 +149,7 @@ def test_usage_and_configuration_errors_exit_2(
     assert "pass --proxy" in usage("info", "x.git")
     assert "--config" in usage("list")
     assert "--proxy" in usage("info", "--proxy", "no-port", "x.git")
-    assert "'other'" in usage("info", "--config", config, "--storage", "other", "x.git")
+    assert "'other'" in usage("info", "--config", config, "--virtual-storage", "other", "x.git")
     bad = tmp_path / "bad.yaml"
     bad.write_text("listen: 127.0.0.1:1\nvirtual_storages: []\n")
     err = usage("info", "--config", str(bad), "x.git")
@@ -158,7 +158,7 @@ def test_usage_and_configuration_errors_exit_2(
     # The proxy's verdict on a bad request is a usage error too.
     assert "escapes" in usage("create", "--config", config, "../escape.git")
     assert "nope" in usage(
-        "info", "--proxy", cluster.proxies[0].address, "--storage", "nope", "x.git"
+        "info", "--proxy", cluster.proxies[0].address, "--virtual-storage", "nope", "x.git"
     )
     usage("frobnicate")
     usage("create")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from types import ModuleType
+
+from gitquorum.cli.arguments import Parser, parse
 
 # subcommand -> (module under gitquorum.cli, one-line help). Each module has
 # add_arguments(parser) and run(args) -> int.
@@ -55,13 +56,13 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(f"gitquorum.cli.{COMMANDS[name][0]}")
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> Parser:
     """The parser; with ``only``, just that subcommand's module is imported.
 
     Importing every subcommand costs a third of a second, and git starts the
     ``git-ssh`` helper twice per operation, so dispatch imports lazily.
     """
-    parser = argparse.ArgumentParser(prog="gitquorum", description=__doc__)
+    parser = Parser(prog="gitquorum", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_module, summary) in COMMANDS.items():
         command = sub.add_parser(name, help=summary, description=summary)
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     args_list = sys.argv[1:] if argv is None else argv
     only = args_list[0] if args_list and args_list[0] in COMMANDS else None
     parser = build_parser(only)
-    args = parser.parse_args(args_list)
+    args = parse(parser, args_list)
     sys.exit(args._module.run(args))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from gitquorum.cli import render
 from gitquorum.cli.repo_client import (
     EXIT_OK,
     CliError,
@@ -115,21 +116,24 @@ def _list(args: argparse.Namespace) -> int:
     from gitquorum.cli import repo_list
 
     config = load_config(args)
-    resolve(args, need_proxy=False)  # validates --storage against the config
+    resolve(args, need_proxy=False)  # validates --virtual-storage against the config
     settings = repo_list.etcd_settings(
         config.etcd if config is not None else None, args.etcd, args.cluster
     )
-    rows = repo_list.list_repositories(settings, args.storage, args.timeout)
+    rows = repo_list.list_repositories(settings, args.virtual_storage, args.timeout)
     if args.json:
         print(
             json.dumps(
-                {"virtual_storage": args.storage, "repositories": [r.as_dict() for r in rows]}
+                {
+                    "virtual_storage": args.virtual_storage,
+                    "repositories": [r.as_dict() for r in rows],
+                }
             )
         )
     elif rows:
         print(repo_list.table(rows))
     else:
-        print(f"no repositories on virtual storage {args.storage!r}", file=sys.stderr)
+        print(f"no repositories on virtual storage {args.virtual_storage!r}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -200,10 +204,6 @@ def info_document(meta: Any, checksums: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"
-
-
 def info_table(doc: dict[str, Any]) -> str:
     lines = [
         f"repository   {doc['relative_path']} on virtual storage {doc['virtual_storage']!r}",
@@ -213,7 +213,7 @@ def info_table(doc: dict[str, Any]) -> str:
         "",
     ]
     header = ("STORAGE", "ROLE", "ASSIGNED", "HEALTHY", "GENERATION", "VALID PRIMARY", "CHECKSUM")
-    rows = [header]
+    rows = []
     for r in doc["replicas"]:
         generation = "missing" if r["generation"] < 0 else str(r["generation"])
         if 0 <= r["generation"] < doc["generation"]:
@@ -222,16 +222,14 @@ def info_table(doc: dict[str, Any]) -> str:
             (
                 r["storage"],
                 "primary" if r["primary"] else "secondary",
-                _yes(r["assigned"]),
-                _yes(r["healthy"]),
+                r["assigned"],
+                r["healthy"],
                 generation,
-                _yes(r["valid_primary"]),
-                r["checksum"] or "-",
+                r["valid_primary"],
+                r["checksum"] or None,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    lines.append(render.table(header, rows))
     sums = {r["checksum"] for r in doc["replicas"] if r["up_to_date"] and r["checksum"]}
     if len(sums) > 1:
         lines += ["", "warning: up-to-date replicas have different checksums"]
