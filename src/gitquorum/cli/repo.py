@@ -46,8 +46,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--json", action="store_true", help="one JSON document")
     add_target_arguments(listing)
 
-    remove = actions.add_parser("remove", help="remove a repository and all its replicas")
+    remove = actions.add_parser(
+        "remove",
+        help="remove a repository and all its replicas (dry run without --apply)",
+        description="Shows what would be removed; with --apply (or --yes) removes it.",
+    )
     remove.add_argument("path", help="relative path")
+    remove.add_argument(
+        "--apply",
+        "--yes",
+        dest="apply",
+        action="store_true",
+        help="really remove it (default: show what would go)",
+    )
+    remove.add_argument("--json", action="store_true", help="one JSON document")
     add_target_arguments(remove)
 
     info = actions.add_parser("info", help="primary, generations and replica checksums")
@@ -96,19 +108,52 @@ def _create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def removal_plan(meta: Any) -> dict[str, Any]:
+    """What ``repo remove`` would delete: the record and every replica it lists."""
+    return {
+        "virtual_storage": meta.virtual_storage,
+        "relative_path": meta.relative_path,
+        "repository_id": meta.repository_id,
+        "replica_path": meta.replica_path,
+        "primary": meta.primary or None,
+        "replicas": sorted(r.storage for r in meta.replicas if r.generation >= 0),
+    }
+
+
+def render_plan(plan: dict[str, Any], applied: bool) -> str:
+    where = f"{plan['virtual_storage']}/{plan['relative_path']} (id {plan['repository_id']})"
+    if applied:
+        return f"removed {where}"
+    return "\n".join(
+        [
+            f"would remove {where}:",
+            "  its record in etcd",
+            f"  replicas at {plan['replica_path']} on "
+            + (", ".join(plan["replicas"]) or "no node"),
+            "re-run with --apply (or --yes) to remove it",
+        ]
+    )
+
+
 def _remove(args: argparse.Namespace) -> int:
     from gitquorum.gitaly import repository_pb2, repository_pb2_grpc
 
     target = resolve(args)
-    request = repository_pb2.RemoveRepositoryRequest(repository=_repository(target, args.path))
     with channel(target) as ch:
-        try:
-            repository_pb2_grpc.RepositoryServiceStub(ch).RemoveRepository(
-                request, timeout=target.timeout, metadata=target.metadata()
+        # The dry run and the removal read the same record: a typo fails here, as NOT_FOUND.
+        plan = removal_plan(_metadata(ch, target, args.path))
+        if args.apply:
+            request = repository_pb2.RemoveRepositoryRequest(
+                repository=_repository(target, args.path)
             )
-        except grpc.RpcError as error:
-            raise target.describe(error, f"repository {args.path!r}") from None
-    print(f"removed {args.path} from virtual storage {target.storage!r}")
+            try:
+                repository_pb2_grpc.RepositoryServiceStub(ch).RemoveRepository(
+                    request, timeout=target.timeout, metadata=target.metadata()
+                )
+            except grpc.RpcError as error:
+                raise target.describe(error, f"repository {args.path!r}") from None
+    doc = {"applied": bool(args.apply), **plan}
+    print(json.dumps(doc) if args.json else render_plan(plan, args.apply))
     return EXIT_OK
 
 
