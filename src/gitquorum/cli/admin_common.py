@@ -16,9 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import math
 import os
+import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +38,7 @@ from gitquorum.cli.render import table as table
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
 from gitquorum.cluster.health import grpc_target
+from gitquorum.cluster.history import History
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import decode_member
 from gitquorum.config import ProxyConfig, VirtualStorageConfig, load_proxy_config
@@ -105,14 +108,18 @@ def add_common_arguments(
         )
 
 
-def add_repository_argument(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+def add_repository_argument(
+    parser: argparse.ArgumentParser, *, required: bool = True, many: bool = False
+) -> None:
     parser.add_argument(
         "--repository",
         "--relative-path",
         dest="repository",
         required=required,
         metavar="PATH",
-        help="the repository's relative path, as clients name it",
+        action="append" if many else "store",
+        help="the repository's relative path, as clients name it"
+        + (" (repeatable)" if many else ""),
     )
 
 
@@ -294,6 +301,12 @@ class Admin:
         except ConfigError as exc:
             raise UsageError(str(exc)) from exc
 
+    def history(self) -> History | None:
+        """The history log, for commands that change primaries (after :meth:`store`)."""
+        if self._store is None:
+            return None
+        return History(self._store, self.keys, writer=operator_name())
+
     async def close(self) -> None:
         if self._proxy is not None:
             await self._proxy.close()
@@ -301,6 +314,15 @@ class Admin:
             await self._nodes.close()
         if self._store is not None:
             await self._store.close()
+
+
+def operator_name() -> str:
+    """Who runs this command, as recorded with operator marks and history entries."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
 
 
 async def health_check(channel: grpc.aio.Channel, seconds: float) -> bool:

@@ -25,6 +25,7 @@ from gitquorum.authentication import (
 from gitquorum.cluster.election import LeaderElection
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
 from gitquorum.cluster.health import Consensus, GrpcHealthProbe, HealthChecker
+from gitquorum.cluster.history import History
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import HealthView, ProxyMembership
 from gitquorum.cluster.metrics import ClusterMetrics
@@ -254,7 +255,8 @@ class ProxyServer(Assembled):
         self.queue = ReplicationQueue(
             store, keys, max_attempts=self.config.replication_attempts, view=queue_view
         )
-        return _Views(self.repositories, cache, health_view, operator_view, self.queue)
+        history = History(store, keys, writer=self.config.name)
+        return _Views(self.repositories, cache, health_view, operator_view, self.queue, history)
 
     def _open_server(
         self,
@@ -355,6 +357,7 @@ class ProxyServer(Assembled):
             draining=views.operator.draining,
             paused=views.operator.paused,
             stale_read_limit=config.stale_read_limit,
+            history=views.history,
         )
         return self.port_api
 
@@ -449,6 +452,7 @@ class ProxyServer(Assembled):
             virtual_storages=list(self.nodes),
             draining=views.operator.draining,
             paused=views.operator.paused,
+            history=views.history,
         )
         self.leader_tasks.install()
         assert self.verification is not None
@@ -532,6 +536,7 @@ class _Views:
     health: HealthView
     operator: OperatorStateView
     queue: ReplicationQueue
+    history: History
 
 
 class _Health(health_pb2_grpc.HealthServicer):
