@@ -19,6 +19,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("config_cmd", "validate configuration files"),
     # Operator commands (admin_*.py); they read the proxy's --config.
     "status": ("admin_status", "proxies, leader, node health, queue depth and replica lag"),
+    "list-storages": (
+        "admin_list_storages",
+        "virtual storages and their nodes: address, health, drain, primaries, replicas",
+    ),
+    "history": ("admin_history", "failovers and switchovers: when primaries changed, and why"),
     "check": ("admin_check", "check etcd, proxies, nodes, disks and clocks; exit 1 on failure"),
     "dataloss": ("admin_dataloss", "list repositories without a healthy, up-to-date replica"),
     "accept-dataloss": (
