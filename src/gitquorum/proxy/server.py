@@ -123,6 +123,9 @@ class ProxyServer(Assembled):
         # Opened by start(); None until then.
         self.store: EtcdStore | None = None
         self.channels: NodeChannels | None = None
+        self.auth: AuthInterceptor | None = None
+        self.tls: tls.ReloadableServerTLS | None = None
+        self.replicator: Replicator | None = None
         self.repositories: RepositoryStore | None = None
         self.cache: RepositoryCache | None = None
         self.health_view: HealthView | None = None
@@ -269,10 +272,13 @@ class ProxyServer(Assembled):
         # Client secret on every call but health and votes (each vote carries
         # its transaction's own secret, checked by RefTransactionService).
         # First: a refused call reaches no handler and no other interceptor.
-        auth_interceptors: list[grpc.aio.ServerInterceptor] = (
-            [AuthInterceptor(client_secrets, HEALTH_METHODS | VOTE_METHODS, role="proxy")]
+        self.auth = (
+            AuthInterceptor(client_secrets, HEALTH_METHODS | VOTE_METHODS, role="proxy")
             if client_secrets
-            else []
+            else None
+        )
+        auth_interceptors: list[grpc.aio.ServerInterceptor] = (
+            [self.auth] if self.auth is not None else []
         )
         self.server = grpc.aio.server(
             interceptors=[
@@ -290,10 +296,33 @@ class ProxyServer(Assembled):
         server = self.server
         # Without grace: the drain step, above it on the stack, is the graceful part.
         stack.push_async_callback(server.stop, 0)
+        self.tls = tls.ReloadableServerTLS(server_tls) if server_tls is not None else None
         self.port = bind_port(
-            server, config.listen, server_tls.credentials() if server_tls is not None else None
+            server, config.listen, self.tls.credentials() if self.tls is not None else None
         )
         return server
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the token files and the listener's TLS certificate.
+
+        The client secrets (checked on the listener), the node secret (signing
+        calls to nodes and replication) and the certificate, key and client CA.
+        Secrets from the environment were dropped at start and stay. Raises
+        without changing anything when a file cannot be used or the two
+        secrets overlap.
+        """
+        config = self.config
+        clients, nodes = load_proxy_secrets(config)
+        if self.tls is not None:
+            self.tls.reload()
+        if config.auth_token_file and self.auth is not None:
+            self.auth.replace_secrets(clients)
+        if config.node_token_file:
+            signing = signing_secret(nodes)
+            if self.channels is not None:
+                self.channels.secret = signing
+            if self.replicator is not None:
+                self.replicator.node_token = signing.decode() if signing else ""
 
     async def _open_health(
         self,
@@ -419,7 +448,7 @@ class ProxyServer(Assembled):
     ) -> tuple[ReplicationWorkers, LeaderElection]:
         """Replication workers and the leader election, wired but not started."""
         config = self.config
-        replicator = Replicator(
+        self.replicator = replicator = Replicator(
             views.repositories,
             views.cache,
             channels,
@@ -565,5 +594,9 @@ async def serve(
             ready_file.write_text(f"{proxy.address} {proxy.metrics_port}\n")
 
     await run_until_signalled(
-        proxy, grace=config.graceful_timeout, ready=ready, logger_name=logger.name
+        proxy,
+        grace=config.graceful_timeout,
+        ready=ready,
+        logger_name=logger.name,
+        reload=proxy.reload,
     )
