@@ -21,7 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--listen", default="127.0.0.1:8080", help="HTTP address host:port (default %(default)s)"
     )
     parser.add_argument(
-        "--proxy", required=True, metavar="ADDR", help="gRPC address of the proxy (or a node)"
+        "--proxy",
+        required=True,
+        metavar="ADDR",
+        help="gRPC address of the proxy (or a node); a target naming several proxies "
+        "(dns:///NAME:PORT, ipv4:A:PORT,B:PORT) spreads calls over them",
     )
     parser.add_argument(
         "--virtual-storage",
