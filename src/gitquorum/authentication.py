@@ -177,6 +177,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.skew = skew
         self.role = role
 
+    def replace_secrets(self, secrets: Sequence[bytes]) -> None:
+        """Check calls against ``secrets`` from now on (a reload, e.g. on SIGHUP).
+
+        One assignment of an immutable tuple: a call sees the old set or the
+        new one, never a mix.
+        """
+        if not secrets:
+            raise ValueError("an authenticating server needs at least one secret")
+        self.secrets = tuple(secrets)
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],

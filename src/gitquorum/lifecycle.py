@@ -4,6 +4,11 @@ The first SIGTERM or SIGINT starts a graceful drain: the server's ``close``
 with its grace period, during which calls in flight finish. A second signal
 stops at once: the drain is cancelled, which makes the server's close skip
 what is left of the grace period and release the rest without waiting.
+SIGHUP, for a server that has a ``reload``, re-reads what can change without
+a restart (token files, TLS certificates) and keeps serving.
+
+Under systemd (``Type=notify``) the process says when it serves, reloads and
+stops, and pings the watchdog from its event loop (``gitquorum.sdnotify``).
 
 Servers assemble themselves with ``contextlib.AsyncExitStack``: each start-up
 step registers its own cleanup as soon as it has opened something, so a start
@@ -23,7 +28,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from gitquorum import log
+from gitquorum import log, sdnotify
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
 
@@ -143,40 +148,79 @@ async def run_until_signalled(
     ready: Callable[[], None] | None = None,
     signals: Sequence[signal.Signals] = STOP_SIGNALS,
     logger_name: str = "gitquorum",
+    reload: Callable[[], None] | None = None,
 ) -> None:
     """Start ``server``, serve until a signal, drain; a second signal stops at once.
 
     ``grace``: the drain's grace period, passed to ``server.close``. ``ready``
     runs once the server serves (e.g. writes the ready file). A signal during
-    start-up cancels the start, which closes whatever it had opened.
+    start-up cancels the start, which closes whatever it had opened. With
+    ``reload``, SIGHUP calls it (a failure is logged; the server keeps what it had).
     """
     logger = log.get(logger_name)
     loop = asyncio.get_running_loop()
     received: asyncio.Queue[int] = asyncio.Queue()
-    with _signals_to(loop, signals, received):
+    handled = (*signals, signal.SIGHUP) if reload is not None else tuple(signals)
+    with _signals_to(loop, handled, received):
         starting = asyncio.ensure_future(server.start())
         sig = await _first(starting, received)
+        # A reload before serving has nothing to do: the start reads every file anyway.
+        while sig == signal.SIGHUP and not starting.done():
+            sig = await _first(starting, received)
+        if sig == signal.SIGHUP:
+            sig = None
         if sig is not None and not starting.done():
             logger.info("stopping before serving", extra=log.fields(signal=_name(sig)))
             await _cancel(starting)
             return
         starting.result()  # a failed start raises here, after closing what it opened
+        pinging = _start_watchdog(loop)
         try:
             if ready is not None:
                 ready()
+            sdnotify.notify(sdnotify.READY)
             if sig is None:
                 sig = await received.get()
+            while sig == signal.SIGHUP and reload is not None:
+                _reload(reload, logger)
+                sig = await received.get()
         except BaseException:
+            if pinging is not None:
+                pinging.cancel()
             await server.close(0.0)  # e.g. the ready file cannot be written
             raise
+        sdnotify.notify(sdnotify.STOPPING)
         logger.info("draining", extra=log.fields(grace_seconds=grace, signal=_name(sig)))
         closing = asyncio.ensure_future(server.close(grace))
+        # The watchdog keeps being fed while the drain runs (up to the grace period).
+        if pinging is not None:
+            closing.add_done_callback(lambda _done: pinging.cancel())
         again = await _first(closing, received)
+        while again == signal.SIGHUP and not closing.done():
+            again = await _first(closing, received)  # no reload while draining
         if again is not None and not closing.done():
             logger.warning("stopping at once", extra=log.fields(signal=_name(again)))
             await _cancel(closing)
             return
         closing.result()
+
+
+def _start_watchdog(loop: asyncio.AbstractEventLoop) -> asyncio.Task[None] | None:
+    interval = sdnotify.watchdog_interval()
+    if interval is None:
+        return None
+    return loop.create_task(sdnotify.watchdog(interval), name="sd-watchdog")
+
+
+def _reload(reload: Callable[[], None], logger: Any) -> None:
+    sdnotify.notify(sdnotify.RELOADING)
+    try:
+        reload()
+        logger.info("reloaded", extra=log.fields(signal="SIGHUP"))
+    except Exception as exc:  # a bad new file must not stop a serving process
+        logger.error("reload failed; serving with what was loaded before: %s", exc)
+    finally:
+        sdnotify.notify(sdnotify.READY)
 
 
 def _name(sig: int) -> str:

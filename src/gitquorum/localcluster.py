@@ -444,7 +444,7 @@ class LocalCluster:
                 listen,
                 "--proxy",
                 self.proxies[0].address,
-                "--storage",
+                "--virtual-storage",
                 VIRTUAL_STORAGE,
                 "--create-on-push",
                 "--graceful-timeout",

@@ -11,13 +11,16 @@ Addresses that travel between processes carry their scheme, as Gitaly's do:
 ``tls://host:port`` is dialled with TLS, ``tcp://host:port`` and bare
 ``host:port`` in plaintext (see :func:`dial`).
 
-Files are read once, when the server or channel is built: a replaced
-certificate or key takes effect when the process holding it restarts (nodes
-and proxies one at a time; see docs/security.md for rotation).
+A listener reads its files at start and again on a reload (SIGHUP, see
+:class:`ReloadableServerTLS`): new handshakes get the new certificate,
+connections already open keep theirs. Channels read theirs when built, so a
+replaced client certificate takes effect on the next restart of the process
+that dials (see docs/security.md for rotation).
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +71,52 @@ class ServerTLS:
         return grpc.ssl_server_credentials(
             [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
         )
+
+
+class ReloadableServerTLS:
+    """A listener's TLS whose certificate, key and client CA can be re-read.
+
+    gRPC asks the fetcher for a new configuration at each handshake; it hands
+    over the one :meth:`reload` prepared (files read and checked on the
+    calling thread), once, and None otherwise (keep the current one). A file
+    that cannot be read makes :meth:`reload` raise and changes nothing.
+    """
+
+    def __init__(self, settings: ServerTLS) -> None:
+        self.settings = settings
+        self._pending: Any = None
+        self._initial = self._configuration()
+
+    def _configuration(self) -> Any:
+        s = self.settings
+        pair = (read_pem(s.key_file, "TLS key file"), read_pem(s.cert_file, "TLS certificate file"))
+        client_ca = read_pem(s.client_ca_file, "TLS client CA file") if s.client_ca_file else None
+        try:
+            # gRPC finds a key that does not match its certificate only at a
+            # handshake; ssl finds it now, while the old pair still serves.
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                s.cert_file, s.key_file
+            )
+        except (OSError, ssl.SSLError) as exc:
+            problem = f"TLS certificate {s.cert_file} with key {s.key_file}: {exc}"
+            raise ConfigError([problem]) from exc
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=client_ca)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self._initial,
+            self._fetch,
+            require_client_authentication=bool(self.settings.client_ca_file),
+        )
+
+    def _fetch(self) -> Any:
+        # Called by gRPC's threads: taking the pending value is one swap.
+        pending, self._pending = self._pending, None
+        return pending
+
+    def reload(self) -> None:
+        """Read the files again; new handshakes use them. ConfigError if unusable."""
+        self._pending = self._configuration()
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ class Gateway:
                     "127.0.0.1:0",
                     "--proxy",
                     cluster.proxies[0].address,
-                    "--storage",
+                    "--virtual-storage",
                     VIRTUAL_STORAGE,
                     "--ready-file",
                     str(ready),

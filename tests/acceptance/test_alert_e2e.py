@@ -42,6 +42,8 @@ UNHEALTHY_FOR = 2  # seconds (production: 1m)
 # evaluation; and a few intervals of slack on a busy machine.
 ALERT_SLACK = 2.0 + 6 * SCRAPE_INTERVAL
 
+RUNBOOK_BASE = "https://runbooks.example.test/gitquorum/"
+
 
 def shortened_rules(path: Path) -> Path:
     """A copy of the real rules with the lag and node-health alerts made fast."""
@@ -80,7 +82,12 @@ def prometheus(cluster: Cluster, tmp_path: Path) -> Iterator[PrometheusServer]:
     workdir.mkdir()
     interval = f"{SCRAPE_INTERVAL:g}s"
     config = {
-        "global": {"scrape_interval": interval, "evaluation_interval": interval},
+        "global": {
+            "scrape_interval": interval,
+            "evaluation_interval": interval,
+            # Set once, as docs/operations.md says: every runbook_url becomes absolute.
+            "external_labels": {"gitquorum_runbook_base": RUNBOOK_BASE},
+        },
         "rule_files": [str(shortened_rules(workdir / "gitquorum.rules.yml"))],
         "scrape_configs": [
             {
@@ -203,7 +210,10 @@ async def test_replica_lag_alert_fires_while_a_node_is_down_and_resolves_after_r
         assert alert["labels"]["target_node"] == lagging.name
         assert alert["labels"]["virtual_storage"] == VIRTUAL_STORAGE
         assert alert["labels"]["severity"] == "warning"
-        assert alert["annotations"]["runbook_url"] == "docs/runbook.md#gitquorumreplicalag"
+        assert (
+            alert["annotations"]["runbook_url"]
+            == f"{RUNBOOK_BASE}docs/runbook.md#gitquorumreplicalag"
+        )
         assert lagging.name in alert["annotations"]["summary"]
         assert len(writer.acknowledged) >= 10
 

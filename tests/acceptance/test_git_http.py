@@ -99,7 +99,7 @@ def start_gateway(workdir: Path, name: str, proxy: str, *extra: str) -> GatewayP
                 "127.0.0.1:0",
                 "--proxy",
                 proxy,
-                "--storage",
+                "--virtual-storage",
                 VIRTUAL_STORAGE,
                 "--ready-file",
                 str(ready),

@@ -29,6 +29,7 @@ RULES = DEPLOY / "prometheus" / "gitquorum.rules.yml"
 RULE_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
 DASHBOARD = DEPLOY / "grafana" / "gitquorum.json"
 PROMTOOL = shutil.which("promtool")
+RUNBOOK_BASE = "{{ $externalLabels.gitquorum_runbook_base }}"
 
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed")
 
@@ -160,7 +161,8 @@ def test_every_alert_is_documented_with_a_runbook_section() -> None:
         assert {"summary", "description", "runbook_url"} <= set(annotations), rule["alert"]
         assert rule.get("labels", {}).get("severity") in ("warning", "critical"), rule["alert"]
         page, _, anchor = annotations["runbook_url"].partition("#")
-        assert page == "docs/runbook.md", rule["alert"]
+        # Absolute with the gitquorum_runbook_base external label, set once.
+        assert page == RUNBOOK_BASE + "docs/runbook.md", rule["alert"]
         assert anchor == rule["alert"].lower() and anchor in anchors, rule["alert"]
         names.append(rule["alert"])
     # The alerts the operators were promised, at least.
@@ -173,6 +175,12 @@ def test_every_alert_is_documented_with_a_runbook_section() -> None:
         "GitquorumNoLeader",
         "GitquorumEtcdUnreachable",
         "GitquorumProxyDown",
+        "GitquorumProxyErrors",
+        "GitquorumProxyLatencyHigh",
+        "GitquorumNoProxyScraped",
+        "GitquorumNodeDown",
+        "GitquorumHttpGatewayDown",
+        "GitquorumReplicationJobsDead",
     } <= set(names)
     metrics_doc = (ROOT / "docs" / "metrics.md").read_text()
     for name in names:
@@ -225,6 +233,13 @@ def test_dashboard_panels_query_documented_metrics() -> None:
         assert names <= documented, f"{title}: unknown metrics {names - documented}"
         assert set(_RECORDED.findall(expr)) <= recorded, title
         used |= names
+    # Every query follows the cluster and instance picked at the top.
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"cluster", "instance", "virtual_storage"} <= variables
+    for title, expr in dashboard_queries():
+        for selector in re.findall(r"\b(?:gitquorum_[a-z0-9_]+|up)\{[^}]*\}", expr):
+            assert 'cluster=~"$cluster"' in selector, f"{title}: {selector}"
+            assert 'instance=~"$instance"' in selector, f"{title}: {selector}"
     # The dashboard covers traffic, latency, reads, lag, queue, health and failovers.
     for name in (
         "gitquorum_rpc_requests_total",
@@ -247,6 +262,8 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
         "$__interval": "1m",
         "$__range": "1h",
         "$virtual_storage": ".*",
+        "$cluster": ".*",
+        "$instance": ".*",
     }
     rules = []
     for index, (_title, expr) in enumerate(dashboard_queries()):
@@ -386,7 +403,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     }
     for unit in UNITS:
         copy = tmp_path / unit.name
-        copy.write_text(unit.read_text().replace("/usr/local/bin/gitquorum", str(executable)))
+        copy.write_text(unit.read_text().replace("/opt/gitquorum/bin/gitquorum", str(executable)))
         result = subprocess.run(
             ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
         )

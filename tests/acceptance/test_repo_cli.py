@@ -94,7 +94,14 @@ def test_create_inspect_list_and_remove(cluster: Cluster, config: str) -> None:
     direct = json.loads(ok(repo("list", "--etcd", endpoints, "--json")))
     assert direct == listed
 
-    ok(repo("remove", "--config", config, path))
+    # Without --apply, a dry run: it names what would go and removes nothing.
+    plan = ok(repo("remove", "--config", config, path))
+    assert "would remove" in plan and doc["replica_path"] in plan and "--apply" in plan
+    assert json.loads(ok(repo("info", "--config", config, "--json", path)))["primary"]
+    dry = json.loads(ok(repo("remove", "--config", config, "--json", path)))
+    assert dry["applied"] is False and dry["replicas"] == ["node1", "node2", "node3"]
+
+    assert "removed" in ok(repo("remove", "--config", config, "--apply", path))
     failed(repo("info", "--config", config, path), 1, "not found", path)
     listed = json.loads(ok(repo("list", "--config", config, "--json")))
     assert path not in [r["relative_path"] for r in listed["repositories"]]
@@ -108,7 +115,8 @@ def test_failures_exit_1_with_a_message(cluster: Cluster, config: str) -> None:
     failed(repo("create", "--config", config, path), 1, "already exists", path)
     failed(repo("info", "--config", config, "team/missing.git"), 1, "not found")
     failed(repo("remove", "--config", config, "team/missing.git"), 1, "not found")
-    ok(repo("remove", "--config", config, path))
+    failed(repo("remove", "--config", config, "--yes", "team/missing.git"), 1, "not found")
+    ok(repo("remove", "--config", config, "--yes", path))
 
 
 def test_unreachable_proxy_and_etcd_fail_fast(cluster: Cluster) -> None:
@@ -149,7 +157,7 @@ def test_usage_and_configuration_errors_exit_2(
     assert "pass --proxy" in usage("info", "x.git")
     assert "--config" in usage("list")
     assert "--proxy" in usage("info", "--proxy", "no-port", "x.git")
-    assert "'other'" in usage("info", "--config", config, "--storage", "other", "x.git")
+    assert "'other'" in usage("info", "--config", config, "--virtual-storage", "other", "x.git")
     bad = tmp_path / "bad.yaml"
     bad.write_text("listen: 127.0.0.1:1\nvirtual_storages: []\n")
     err = usage("info", "--config", str(bad), "x.git")
@@ -158,7 +166,7 @@ def test_usage_and_configuration_errors_exit_2(
     # The proxy's verdict on a bad request is a usage error too.
     assert "escapes" in usage("create", "--config", config, "../escape.git")
     assert "nope" in usage(
-        "info", "--proxy", cluster.proxies[0].address, "--storage", "nope", "x.git"
+        "info", "--proxy", cluster.proxies[0].address, "--virtual-storage", "nope", "x.git"
     )
     usage("frobnicate")
     usage("create")

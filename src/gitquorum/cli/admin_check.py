@@ -33,6 +33,7 @@ import grpc
 
 from gitquorum.cli import admin_common as common
 from gitquorum.cli.admin_view import ClusterView, read_view
+from gitquorum.cli.render import table
 from gitquorum.cluster.decisions import valid_primaries
 from gitquorum.gitaly import server_pb2, server_pb2_grpc
 
@@ -224,10 +225,7 @@ def render(checks: list[Check], quiet: bool) -> str:
     shown = [c for c in checks if not quiet or c.status != OK]
     if not shown:
         return ""
-    width = max(len(c.name) for c in shown)
-    return "\n".join(
-        f"{c.status.upper():4}  {c.name.ljust(width)}  {c.detail}".rstrip() for c in shown
-    )
+    return table(None, [(c.status.upper(), c.name, c.detail or "") for c in shown])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import math
 import os
+import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,9 +32,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gitquorum import authentication, tls, tokens
+from gitquorum.cli.arguments import duration, positive_duration
+from gitquorum.cli.render import cell_text as cell_text
+from gitquorum.cli.render import table as table
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
 from gitquorum.cluster.health import grpc_target
+from gitquorum.cluster.history import History
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import decode_member
 from gitquorum.config import ProxyConfig, VirtualStorageConfig, load_proxy_config
@@ -88,10 +94,11 @@ def add_common_arguments(
         )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_duration,
         default=10.0,
-        metavar="SECONDS",
-        help="deadline of each etcd, proxy or node request (default 10)",
+        metavar="DURATION",
+        help="deadline of each etcd, proxy or node request, e.g. 10s or 500ms "
+        "(default 10s; a bare number is seconds)",
     )
     if virtual_storage:
         parser.add_argument(
@@ -101,14 +108,18 @@ def add_common_arguments(
         )
 
 
-def add_repository_argument(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+def add_repository_argument(
+    parser: argparse.ArgumentParser, *, required: bool = True, many: bool = False
+) -> None:
     parser.add_argument(
         "--repository",
         "--relative-path",
         dest="repository",
         required=required,
         metavar="PATH",
-        help="the repository's relative path, as clients name it",
+        action="append" if many else "store",
+        help="the repository's relative path, as clients name it"
+        + (" (repeatable)" if many else ""),
     )
 
 
@@ -138,12 +149,7 @@ def pick_virtual_storage(config: ProxyConfig, name: str | None) -> VirtualStorag
 
 def parse_duration_arg(value: str) -> float:
     """argparse type for durations ("30s", "6h"); bare numbers are seconds."""
-    from gitquorum.config import parse_duration
-
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return duration(value)
 
 
 # -- connections ---------------------------------------------------------------------------
@@ -295,6 +301,12 @@ class Admin:
         except ConfigError as exc:
             raise UsageError(str(exc)) from exc
 
+    def history(self) -> History | None:
+        """The history log, for commands that change primaries (after :meth:`store`)."""
+        if self._store is None:
+            return None
+        return History(self._store, self.keys, writer=operator_name())
+
     async def close(self) -> None:
         if self._proxy is not None:
             await self._proxy.close()
@@ -302,6 +314,15 @@ class Admin:
             await self._nodes.close()
         if self._store is not None:
             await self._store.close()
+
+
+def operator_name() -> str:
+    """Who runs this command, as recorded with operator marks and history entries."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
 
 
 async def health_check(channel: grpc.aio.Channel, seconds: float) -> bool:
@@ -362,29 +383,6 @@ def rpc_exit_code(code: grpc.StatusCode) -> int:
 
 
 # -- output --------------------------------------------------------------------------------
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain-text table: left-aligned columns, two spaces apart, no trailing blanks."""
-    cells = [[str(h) for h in headers], *[[cell_text(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-    return "\n".join(lines)
-
-
-def cell_text(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, list | tuple | set | frozenset):
-        items = (
-            sorted(map(str, value)) if isinstance(value, set | frozenset) else list(map(str, value))
-        )
-        return ",".join(items) if items else "-"
-    return str(value)
 
 
 def format_age(seconds: float | None) -> str:

@@ -15,11 +15,10 @@ that lists it.
 from __future__ import annotations
 
 import argparse
-import getpass
-import socket
 from typing import Any
 
 from gitquorum.cli import admin_common as common
+from gitquorum.cli.admin_common import operator_name
 from gitquorum.cli.admin_switchover import Move, move_all_from
 from gitquorum.cli.admin_switchover import render as render_moves
 from gitquorum.cluster.operator_state import OperatorState
@@ -35,14 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             action="store_true",
             help="keep the node's current primaries where they are",
         )
-
-
-def operator_name() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "?"
-    return f"{user}@{socket.gethostname()}"
 
 
 def storages_of(admin: common.Admin, node: str, selected: str | None) -> list[str]:
@@ -72,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 changed = await state.undrain(vs, args.node)
             vs_moves = (
-                await move_all_from(store, admin, vs, args.node, None)
+                await move_all_from(store, admin, vs, args.node, None, reason="drain")
                 if draining and not args.no_switchover
                 else []
             )

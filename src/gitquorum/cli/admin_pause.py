@@ -16,7 +16,7 @@ import argparse
 from typing import Any
 
 from gitquorum.cli import admin_common as common
-from gitquorum.cli.admin_drain import operator_name
+from gitquorum.cli.admin_common import operator_name
 from gitquorum.cluster.operator_state import OperatorState
 
 

@@ -10,10 +10,15 @@ replicas, its replication jobs by state and the age of its oldest pending job.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
+import json
+import sys
 from typing import Any
 
 from gitquorum.cli import admin_common as common
 from gitquorum.cli.admin_view import ClusterView, read_view
+from gitquorum.cli.arguments import positive_duration
 from gitquorum.cluster.decisions import valid_primaries
 from gitquorum.cluster.operator_state import Mark
 from gitquorum.cluster.queue import JobState, queue_stats
@@ -24,6 +29,15 @@ STATES = (JobState.READY, JobState.IN_PROGRESS, JobState.FAILED, JobState.DEAD)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_common_arguments(parser)
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=positive_duration,
+        metavar="INTERVAL",
+        help="refresh every INTERVAL (default 2s) until Ctrl-C; with --json, one JSON "
+        "document per line",
+    )
 
 
 def mark_data(mark: Mark | None) -> dict[str, Any] | None:
@@ -169,9 +183,12 @@ def render_status(status: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+# Home the cursor and clear the screen: each refresh replaces the last on a terminal.
+CLEAR = "\x1b[H\x1b[2J"
+
+
 def run(args: argparse.Namespace) -> int:
     async def body(admin: common.Admin) -> int:
-        view = await read_view(await admin.store(), admin.keys)
         selected = getattr(args, "virtual_storage", None)
         nodes = {
             vs.name: [n.storage for n in vs.nodes]
@@ -180,8 +197,24 @@ def run(args: argparse.Namespace) -> int:
         }
         if selected is not None and not nodes:
             raise common.UsageError(f"virtual storage {selected!r} is not configured")
-        status = build_status(view, nodes, admin.config.etcd.cluster)
-        common.emit(args, status, lambda: render_status(status))
-        return common.EXIT_OK
+        store = await admin.store()
+        while True:
+            view = await read_view(store, admin.keys)
+            status = build_status(view, nodes, admin.config.etcd.cluster)
+            if args.watch is None:
+                common.emit(args, status, functools.partial(render_status, status))
+                return common.EXIT_OK
+            if args.json:
+                # JSON lines: one compact document per refresh, for a program to follow.
+                print(json.dumps(status, sort_keys=True, separators=(",", ":")), flush=True)
+            else:
+                clear = CLEAR if sys.stdout.isatty() else ""
+                stamp = f"every {common.format_age(args.watch)}: " + common.format_time(
+                    status["read_at"]
+                )
+                print(f"{clear}{stamp}\n{render_status(status)}\n", flush=True)
+            await asyncio.sleep(args.watch)
 
-    return common.run(args, body)
+    code = common.run(args, body)
+    # Ctrl-C is how a watch ends: not a failure.
+    return common.EXIT_OK if code == 130 and args.watch is not None else code

@@ -23,9 +23,11 @@ from typing import Any
 
 from gitquorum.cli import admin_common as common
 from gitquorum.cli.admin_view import read_view
+from gitquorum.cli.progress import Progress
 from gitquorum.cluster.cas import RETRY, Retry, compare_and_swap, fixed_backoff
 from gitquorum.cluster.decisions import choose_primary, primary_load, valid_primaries
 from gitquorum.cluster.errors import Conflict, FailedPrecondition, RepositoryNotFound
+from gitquorum.cluster.history import SWITCHOVER, History
 from gitquorum.cluster.repositories import RepositoryRecord, RepositoryStore
 from gitquorum.cluster.store import Store
 
@@ -73,6 +75,8 @@ async def move_primary(
     healthy: frozenset[str],
     draining: frozenset[str] = frozenset(),
     load: dict[str, int] | None = None,
+    history: History | None = None,
+    reason: str = "switchover",
 ) -> Move:
     """Move ``record``'s primary away from its current one: to ``target`` if given,
     else where failover would put it (``decisions.choose_primary``: least loaded,
@@ -123,6 +127,18 @@ async def move_primary(
         load[choice] = load.get(choice, 0) + 1
         if old:
             load[old] = max(0, load.get(old, 0) - 1)
+        if history is not None:
+            await history.record_quietly(
+                history.event(
+                    SWITCHOVER,
+                    updated.virtual_storage,
+                    updated.repository_id,
+                    updated.relative_path,
+                    old,
+                    updated.primary,
+                    reason=reason,
+                )
+            )
         return Move(updated.repository_id, updated.relative_path, old, updated.primary, True)
 
     def failed() -> Move:
@@ -139,6 +155,7 @@ async def move_all_from(
     virtual_storage: str,
     node: str,
     target: str | None,
+    reason: str = "switchover",
 ) -> list[Move]:
     """Move every primary ``node`` holds in ``virtual_storage``."""
     view = await read_view(store, admin.keys, with_jobs=False)
@@ -146,11 +163,20 @@ async def move_all_from(
     healthy = view.healthy(virtual_storage)
     draining = view.operator.draining(virtual_storage)
     load = primary_load(view.records_of(virtual_storage))
+    history = admin.history()
+    held = sorted(
+        (r for r in view.records_of(virtual_storage) if r.primary == node),
+        key=lambda r: r.relative_path,
+    )
     moves = []
-    for record in sorted(view.records_of(virtual_storage), key=lambda r: r.relative_path):
-        if record.primary != node:
-            continue
-        moves.append(await move_primary(repositories, record, target, healthy, draining, load))
+    with Progress.of(admin.args, f"moving primaries off {node}", len(held)) as progress:
+        for record in held:
+            moves.append(
+                await move_primary(
+                    repositories, record, target, healthy, draining, load, history, reason
+                )
+            )
+            progress.update(len(moves))
     return moves
 
 
@@ -185,7 +211,11 @@ def run(args: argparse.Namespace) -> int:
             if record is None:
                 raise common.CommandError(f"repository {vs}/{args.repository} not found")
             view = await read_view(store, admin.keys, with_jobs=False)
-            moves = [await move_primary(repositories, record, args.target, view.healthy(vs))]
+            moves = [
+                await move_primary(
+                    repositories, record, args.target, view.healthy(vs), history=admin.history()
+                )
+            ]
         else:
             moves = await move_all_from(store, admin, vs, args.source, args.target)
         common.emit(

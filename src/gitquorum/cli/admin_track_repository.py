@@ -32,6 +32,7 @@ import grpc
 from gitquorum.cli import admin_common as common
 from gitquorum.cli.admin_switchover import move_primary
 from gitquorum.cli.admin_view import read_view
+from gitquorum.cli.progress import Progress
 from gitquorum.cluster.repositories import RepositoryStore
 from gitquorum.gitaly import ref_pb2, ref_pb2_grpc, repository_pb2, repository_pb2_grpc, shared_pb2
 
@@ -40,7 +41,7 @@ REPLICA_ROOT = "@cluster/"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_common_arguments(parser, proxy=True)
-    common.add_repository_argument(parser)
+    common.add_repository_argument(parser, many=True)
     parser.add_argument(
         "--authoritative-storage",
         required=True,
@@ -159,90 +160,131 @@ async def checksum(
     return str(response.checksum)
 
 
+async def track_one(
+    admin: common.Admin, vs: str, node: str, path: str, remove_original: bool
+) -> dict[str, Any]:
+    """Track ``path`` from ``node``'s disk; CommandError (or an RPC error) if it cannot."""
+    if path.startswith(REPLICA_ROOT):
+        raise common.UsageError(
+            f"{path} is a replica path; track a repository under the path clients use"
+        )
+    store = await admin.store()
+    repositories = RepositoryStore(store, admin.keys)
+    if await repositories.find(vs, path) is not None:
+        raise common.CommandError(f"repository {vs}/{path} is already tracked")
+    original = shared_pb2.Repository(storage_name=node, relative_path=path)
+    node_stub = repository_pb2_grpc.RepositoryServiceStub(admin.node_channels().channel(node))
+    exists = await node_stub.RepositoryExists(
+        repository_pb2.RepositoryExistsRequest(repository=original),
+        metadata=admin.node_metadata(),
+        timeout=admin.timeout,
+    )
+    if not exists.exists:
+        raise common.CommandError(f"{node} has no repository at {path}")
+    expected = await checksum(node_stub, original, admin.node_metadata(), admin.timeout)
+
+    target = shared_pb2.Repository(storage_name=vs, relative_path=path)
+    method = await copy_through_proxy(admin, original, target)
+    proxy_stub = repository_pb2_grpc.RepositoryServiceStub(await admin.proxy())
+    actual = await checksum(proxy_stub, target, admin.proxy_metadata(), admin.timeout)
+    record = await repositories.get_by_path(vs, path)
+    if actual != expected:
+        raise common.CommandError(
+            f"tracked {path} as id {record.repository_id}, but its checksum {actual} "
+            f"differs from the original's {expected}; the original was left in place"
+        )
+    primary_note = ""
+    if record.primary != node:
+        if record.is_assigned(node):
+            view = await read_view(store, admin.keys, with_jobs=False)
+            move = await move_primary(
+                repositories,
+                record,
+                node,
+                view.healthy(vs),
+                history=admin.history(),
+                reason="track-repository",
+            )
+            primary_note = "" if move.ok else f"{node} not made primary: {move.detail}"
+        else:
+            primary_note = f"{node} is not assigned a replica (replication factor)"
+        record = await repositories.get(vs, record.repository_id)
+    removed = False
+    if remove_original:
+        await node_stub.RemoveRepository(
+            repository_pb2.RemoveRepositoryRequest(repository=original),
+            metadata=admin.node_metadata(),
+            timeout=admin.timeout,
+        )
+        removed = True
+    return {
+        "virtual_storage": vs,
+        "relative_path": path,
+        "repository_id": record.repository_id,
+        "replica_path": record.replica_path,
+        "primary": record.primary,
+        "replicas": list(record.replica_nodes),
+        "authoritative_storage": node,
+        "copied_as": method,
+        "checksum": actual,
+        "original_removed": removed,
+        "note": primary_note,
+    }
+
+
+def render_one(data: dict[str, Any]) -> str:
+    node, path = data["authoritative_storage"], data["relative_path"]
+    lines = [
+        f"tracked {data['virtual_storage']}/{path} as repository {data['repository_id']} "
+        f"({data['replica_path']}), primary {data['primary']}, replicas on "
+        + ", ".join(data["replicas"]),
+        f"checksum {data['checksum']} matches the original on {node}",
+    ]
+    if data["note"]:
+        lines.append(data["note"])
+    lines.append(
+        f"removed the original from {node}"
+        if data["original_removed"]
+        else f"the original stays on {node} at {path} (--remove-original removes it)"
+    )
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     async def body(admin: common.Admin) -> int:
         vs = admin.virtual_storage.name
         node = args.authoritative_storage
-        path = args.repository
         if node not in admin.nodes(vs):
             raise common.UsageError(f"node {node!r} is not part of virtual storage {vs!r}")
-        if path.startswith(REPLICA_ROOT):
-            raise common.UsageError(
-                f"{path} is a replica path; track a repository under the path clients use"
-            )
-        store = await admin.store()
-        repositories = RepositoryStore(store, admin.keys)
-        if await repositories.find(vs, path) is not None:
-            raise common.CommandError(f"repository {vs}/{path} is already tracked")
-        original = shared_pb2.Repository(storage_name=node, relative_path=path)
-        node_stub = repository_pb2_grpc.RepositoryServiceStub(admin.node_channels().channel(node))
-        exists = await node_stub.RepositoryExists(
-            repository_pb2.RepositoryExistsRequest(repository=original),
-            metadata=admin.node_metadata(),
-            timeout=admin.timeout,
-        )
-        if not exists.exists:
-            raise common.CommandError(f"{node} has no repository at {path}")
-        expected = await checksum(node_stub, original, admin.node_metadata(), admin.timeout)
-
-        target = shared_pb2.Repository(storage_name=vs, relative_path=path)
-        method = await copy_through_proxy(admin, original, target)
-        proxy_stub = repository_pb2_grpc.RepositoryServiceStub(await admin.proxy())
-        actual = await checksum(proxy_stub, target, admin.proxy_metadata(), admin.timeout)
-        record = await repositories.get_by_path(vs, path)
-        if actual != expected:
-            raise common.CommandError(
-                f"tracked {path} as id {record.repository_id}, but its checksum {actual} "
-                f"differs from the original's {expected}; the original was left in place"
-            )
-        primary_note = ""
-        if record.primary != node:
-            if record.is_assigned(node):
-                view = await read_view(store, admin.keys, with_jobs=False)
-                move = await move_primary(repositories, record, node, view.healthy(vs))
-                primary_note = "" if move.ok else f"{node} not made primary: {move.detail}"
-            else:
-                primary_note = f"{node} is not assigned a replica (replication factor)"
-            record = await repositories.get(vs, record.repository_id)
-        removed = False
-        if args.remove_original:
-            await node_stub.RemoveRepository(
-                repository_pb2.RemoveRepositoryRequest(repository=original),
-                metadata=admin.node_metadata(),
-                timeout=admin.timeout,
-            )
-            removed = True
-        data = {
-            "virtual_storage": vs,
-            "relative_path": path,
-            "repository_id": record.repository_id,
-            "replica_path": record.replica_path,
-            "primary": record.primary,
-            "replicas": list(record.replica_nodes),
-            "authoritative_storage": node,
-            "copied_as": method,
-            "checksum": actual,
-            "original_removed": removed,
-            "note": primary_note,
-        }
+        paths = list(dict.fromkeys(args.repository))
+        if len(paths) == 1:
+            data = await track_one(admin, vs, node, paths[0], args.remove_original)
+            common.emit(args, data, lambda: render_one(data))
+            return common.EXIT_OK
+        # Many: each on its own; one failing does not stop the others.
+        tracked: list[dict[str, Any]] = []
+        failed: list[dict[str, str]] = []
+        with Progress.of(args, f"tracking from {node}", len(paths)) as progress:
+            for path in paths:
+                try:
+                    tracked.append(await track_one(admin, vs, node, path, args.remove_original))
+                except common.CommandError as exc:
+                    failed.append({"relative_path": path, "error": str(exc)})
+                except grpc.aio.AioRpcError as exc:
+                    failed.append(
+                        {"relative_path": path, "error": f"{exc.code().name}: {exc.details()}"}
+                    )
+                progress.update(len(tracked) + len(failed))
 
         def human() -> str:
-            lines = [
-                f"tracked {vs}/{path} as repository {record.repository_id} "
-                f"({record.replica_path}), primary {record.primary}, replicas on "
-                + ", ".join(record.replica_nodes),
-                f"checksum {actual} matches the original on {node}",
-            ]
-            if primary_note:
-                lines.append(primary_note)
-            lines.append(
-                f"removed the original from {node}"
-                if removed
-                else f"the original stays on {node} at {path} (--remove-original removes it)"
-            )
-            return "\n".join(lines)
+            rows = [
+                [d["relative_path"], "tracked", f"id {d['repository_id']}, primary {d['primary']}"]
+                for d in tracked
+            ] + [[f["relative_path"], "FAILED", f["error"]] for f in failed]
+            summary = f"{len(tracked)} tracked, {len(failed)} failed"
+            return common.table(["REPOSITORY", "RESULT", "DETAIL"], rows) + "\n" + summary
 
-        common.emit(args, data, human)
-        return common.EXIT_OK
+        common.emit(args, {"virtual_storage": vs, "tracked": tracked, "failed": failed}, human)
+        return common.EXIT_PROBLEM if failed else common.EXIT_OK
 
     return common.run(args, body)

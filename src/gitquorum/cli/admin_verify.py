@@ -20,6 +20,7 @@ from typing import Any
 
 from gitquorum.cli import admin_common as common
 from gitquorum.cli.admin_view import consensus_of, read_proxies
+from gitquorum.cli.progress import Progress
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.repositories import RepositoryRecord, RepositoryStore, decode_record
 from gitquorum.cluster.store import EventType
@@ -151,6 +152,7 @@ class Reverification:
         still on a healthy node was verified after ``since``, or at the deadline."""
         store = await self.admin.store()
         verification = VerificationStore(store, self.admin.keys)
+        progress = Progress.of(self.admin.args, "re-verified")
         try:
             while True:
                 healthy = consensus_of(await read_proxies(store, self.admin.keys)).healthy(self.vs)
@@ -161,10 +163,12 @@ class Reverification:
                     for rid, n in wanted
                     if verified_at.get((self.vs, rid, n), 0.0) >= since
                 }
+                progress.update(len(done), len(wanted))
                 if done == wanted or time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(0.5)
         finally:
+            progress.close()
             await self.close()
         demoted = sorted(self.demoted.values(), key=lambda d: (d["repository_id"], d["node"]))
         return len(done), len(wanted), demoted

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from gitquorum import log
-from gitquorum.config import parse_address, parse_duration
+from gitquorum.cli.arguments import add_deprecated_alias, duration, positive_duration
+from gitquorum.config import parse_address
 from gitquorum.lifecycle import ListenError
 
 _GRPC_SCHEME = re.compile(r"(dns|unix|unix-abstract|ipv4|ipv6|vsock):")
@@ -20,14 +21,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--listen", default="127.0.0.1:8080", help="HTTP address host:port (default %(default)s)"
     )
     parser.add_argument(
-        "--proxy", required=True, metavar="ADDR", help="gRPC address of the proxy (or a node)"
+        "--proxy",
+        required=True,
+        metavar="ADDR",
+        help="gRPC address of the proxy (or a node); a target naming several proxies "
+        "(dns:///NAME:PORT, ipv4:A:PORT,B:PORT) spreads calls over them",
     )
     parser.add_argument(
-        "--storage",
+        "--virtual-storage",
+        dest="virtual_storage",
         default="default",
         metavar="NAME",
         help="virtual storage that URL paths name repositories of (default %(default)s)",
     )
+    # `--storage` names a node everywhere else; it meant the virtual storage here before.
+    add_deprecated_alias(parser, "--storage", "--virtual-storage", "virtual_storage")
     parser.add_argument(
         "--token-file",
         default="",
@@ -56,12 +64,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout",
+        type=positive_duration,
         default="60s",
+        metavar="DURATION",
         help="deadline of ref advertisements and repository creation (default %(default)s)",
     )
     parser.add_argument(
         "--graceful-timeout",
+        type=duration,
         default="30s",
+        metavar="DURATION",
         help="how long SIGTERM lets requests in flight finish (default %(default)s)",
     )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
@@ -108,12 +120,6 @@ def run(args: argparse.Namespace) -> int:
             parse_address(args.proxy)
         except ValueError as exc:
             problems.append(f"--proxy: {exc}")
-    durations: dict[str, float] = {}
-    for option, value in (("timeout", args.timeout), ("graceful_timeout", args.graceful_timeout)):
-        try:
-            durations[option] = parse_duration(value)
-        except ValueError as exc:
-            problems.append(f"--{option.replace('_', '-')}: {exc}")
     if args.token_file:
         try:
             Credentials.load(args.token_file)
@@ -126,8 +132,8 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             problems.append(f"--proxy-token-file: {exc}")
     problems += _tls_problems(args)
-    if not args.storage:
-        problems.append("--storage: empty")
+    if not args.virtual_storage:
+        problems.append("--virtual-storage: empty")
     if problems:
         for problem in problems:
             print(f"config: {problem}", file=sys.stderr)
@@ -135,15 +141,15 @@ def run(args: argparse.Namespace) -> int:
     config = GatewayConfig(
         proxy=args.proxy,
         listen=args.listen,
-        storage=args.storage,
+        storage=args.virtual_storage,
         token_file=args.token_file,
         proxy_token_file=args.proxy_token_file,
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
         proxy_ca_file=args.proxy_ca,
         create_on_push=args.create_on_push,
-        timeout=durations["timeout"],
-        graceful_timeout=durations["graceful_timeout"],
+        timeout=args.timeout,
+        graceful_timeout=args.graceful_timeout,
     )
     log.setup(args.log_level)
     try:

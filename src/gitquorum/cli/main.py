@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 from types import ModuleType
+
+from gitquorum.cli.arguments import Parser, parse
 
 # subcommand -> (module under gitquorum.cli, one-line help). Each module has
 # add_arguments(parser) and run(args) -> int.
@@ -18,6 +19,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("config_cmd", "validate configuration files"),
     # Operator commands (admin_*.py); they read the proxy's --config.
     "status": ("admin_status", "proxies, leader, node health, queue depth and replica lag"),
+    "list-storages": (
+        "admin_list_storages",
+        "virtual storages and their nodes: address, health, drain, primaries, replicas",
+    ),
+    "history": ("admin_history", "failovers and switchovers: when primaries changed, and why"),
     "check": ("admin_check", "check etcd, proxies, nodes, disks and clocks; exit 1 on failure"),
     "dataloss": ("admin_dataloss", "list repositories without a healthy, up-to-date replica"),
     "accept-dataloss": (
@@ -55,13 +61,13 @@ def _load(name: str) -> ModuleType:
     return importlib.import_module(f"gitquorum.cli.{COMMANDS[name][0]}")
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> Parser:
     """The parser; with ``only``, just that subcommand's module is imported.
 
     Importing every subcommand costs a third of a second, and git starts the
     ``git-ssh`` helper twice per operation, so dispatch imports lazily.
     """
-    parser = argparse.ArgumentParser(prog="gitquorum", description=__doc__)
+    parser = Parser(prog="gitquorum", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_module, summary) in COMMANDS.items():
         command = sub.add_parser(name, help=summary, description=summary)
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     args_list = sys.argv[1:] if argv is None else argv
     only = args_list[0] if args_list and args_list[0] in COMMANDS else None
     parser = build_parser(only)
-    args = parser.parse_args(args_list)
+    args = parse(parser, args_list)
     sys.exit(args._module.run(args))
 
 

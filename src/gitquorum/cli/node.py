@@ -9,14 +9,17 @@ from pathlib import Path
 
 from gitquorum import log, tls
 from gitquorum.authentication import NODE_TOKEN_ENV, take_secrets
-from gitquorum.config import load_node_config, node_config_from_dict, parse_duration
+from gitquorum.cli.arguments import positive_duration
+from gitquorum.config import load_node_config, node_config_from_dict
 from gitquorum.errors import ConfigError
 from gitquorum.lifecycle import ListenError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML configuration file")
-    parser.add_argument("--listen", help="gRPC address host:port (without --config)")
+    parser.add_argument("--config", metavar="FILE", help="YAML configuration file")
+    parser.add_argument(
+        "--listen", metavar="HOST:PORT", help="gRPC address host:port (without --config)"
+    )
     parser.add_argument(
         "--storage",
         action="append",
@@ -30,8 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vote-timeout",
+        type=positive_duration,
         default="60s",
-        help="how long one transaction vote waits for the proxy (e.g. '1s', '500ms')",
+        metavar="DURATION",
+        help="how long one transaction vote waits for the proxy, e.g. 1s or 500ms "
+        "(default %(default)s; a bare number is seconds)",
     )
     # Secrets only ever by file or environment: argv is visible to every user (ps).
     parser.add_argument(
@@ -56,12 +62,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+NO_ARGUMENTS = (
+    "nothing to serve: pass --config FILE, or --listen HOST:PORT and --storage NAME=PATH "
+    "(repeatable)"
+)
+
+
 def run(args: argparse.Namespace) -> int:
+    if not (args.config or args.listen or args.storage):
+        parser = getattr(args, "_parser", None)
+        if isinstance(parser, argparse.ArgumentParser):
+            parser.error(NO_ARGUMENTS)  # prints the node's usage, exits 2
+        print(f"node: {NO_ARGUMENTS}", file=sys.stderr)
+        return 2
     try:
-        try:
-            vote_timeout = parse_duration(args.vote_timeout)
-        except ValueError as exc:
-            raise ConfigError([f"--vote-timeout: {exc}"]) from exc
+        vote_timeout = args.vote_timeout
         file_flags = {
             "--token-file": ("auth", "token_file", args.token_file),
             "--tls-cert": ("tls", "cert_file", args.tls_cert),

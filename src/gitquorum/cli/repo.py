@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from gitquorum.cli import render
 from gitquorum.cli.repo_client import (
     EXIT_OK,
     CliError,
@@ -45,8 +46,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--json", action="store_true", help="one JSON document")
     add_target_arguments(listing)
 
-    remove = actions.add_parser("remove", help="remove a repository and all its replicas")
+    remove = actions.add_parser(
+        "remove",
+        help="remove a repository and all its replicas (dry run without --apply)",
+        description="Shows what would be removed; with --apply (or --yes) removes it.",
+    )
     remove.add_argument("path", help="relative path")
+    remove.add_argument(
+        "--apply",
+        "--yes",
+        dest="apply",
+        action="store_true",
+        help="really remove it (default: show what would go)",
+    )
+    remove.add_argument("--json", action="store_true", help="one JSON document")
     add_target_arguments(remove)
 
     info = actions.add_parser("info", help="primary, generations and replica checksums")
@@ -95,19 +108,52 @@ def _create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def removal_plan(meta: Any) -> dict[str, Any]:
+    """What ``repo remove`` would delete: the record and every replica it lists."""
+    return {
+        "virtual_storage": meta.virtual_storage,
+        "relative_path": meta.relative_path,
+        "repository_id": meta.repository_id,
+        "replica_path": meta.replica_path,
+        "primary": meta.primary or None,
+        "replicas": sorted(r.storage for r in meta.replicas if r.generation >= 0),
+    }
+
+
+def render_plan(plan: dict[str, Any], applied: bool) -> str:
+    where = f"{plan['virtual_storage']}/{plan['relative_path']} (id {plan['repository_id']})"
+    if applied:
+        return f"removed {where}"
+    return "\n".join(
+        [
+            f"would remove {where}:",
+            "  its record in etcd",
+            f"  replicas at {plan['replica_path']} on "
+            + (", ".join(plan["replicas"]) or "no node"),
+            "re-run with --apply (or --yes) to remove it",
+        ]
+    )
+
+
 def _remove(args: argparse.Namespace) -> int:
     from gitquorum.gitaly import repository_pb2, repository_pb2_grpc
 
     target = resolve(args)
-    request = repository_pb2.RemoveRepositoryRequest(repository=_repository(target, args.path))
     with channel(target) as ch:
-        try:
-            repository_pb2_grpc.RepositoryServiceStub(ch).RemoveRepository(
-                request, timeout=target.timeout, metadata=target.metadata()
+        # The dry run and the removal read the same record: a typo fails here, as NOT_FOUND.
+        plan = removal_plan(_metadata(ch, target, args.path))
+        if args.apply:
+            request = repository_pb2.RemoveRepositoryRequest(
+                repository=_repository(target, args.path)
             )
-        except grpc.RpcError as error:
-            raise target.describe(error, f"repository {args.path!r}") from None
-    print(f"removed {args.path} from virtual storage {target.storage!r}")
+            try:
+                repository_pb2_grpc.RepositoryServiceStub(ch).RemoveRepository(
+                    request, timeout=target.timeout, metadata=target.metadata()
+                )
+            except grpc.RpcError as error:
+                raise target.describe(error, f"repository {args.path!r}") from None
+    doc = {"applied": bool(args.apply), **plan}
+    print(json.dumps(doc) if args.json else render_plan(plan, args.apply))
     return EXIT_OK
 
 
@@ -115,21 +161,24 @@ def _list(args: argparse.Namespace) -> int:
     from gitquorum.cli import repo_list
 
     config = load_config(args)
-    resolve(args, need_proxy=False)  # validates --storage against the config
+    resolve(args, need_proxy=False)  # validates --virtual-storage against the config
     settings = repo_list.etcd_settings(
         config.etcd if config is not None else None, args.etcd, args.cluster
     )
-    rows = repo_list.list_repositories(settings, args.storage, args.timeout)
+    rows = repo_list.list_repositories(settings, args.virtual_storage, args.timeout)
     if args.json:
         print(
             json.dumps(
-                {"virtual_storage": args.storage, "repositories": [r.as_dict() for r in rows]}
+                {
+                    "virtual_storage": args.virtual_storage,
+                    "repositories": [r.as_dict() for r in rows],
+                }
             )
         )
     elif rows:
         print(repo_list.table(rows))
     else:
-        print(f"no repositories on virtual storage {args.storage!r}", file=sys.stderr)
+        print(f"no repositories on virtual storage {args.virtual_storage!r}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -200,10 +249,6 @@ def info_document(meta: Any, checksums: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"
-
-
 def info_table(doc: dict[str, Any]) -> str:
     lines = [
         f"repository   {doc['relative_path']} on virtual storage {doc['virtual_storage']!r}",
@@ -213,7 +258,7 @@ def info_table(doc: dict[str, Any]) -> str:
         "",
     ]
     header = ("STORAGE", "ROLE", "ASSIGNED", "HEALTHY", "GENERATION", "VALID PRIMARY", "CHECKSUM")
-    rows = [header]
+    rows = []
     for r in doc["replicas"]:
         generation = "missing" if r["generation"] < 0 else str(r["generation"])
         if 0 <= r["generation"] < doc["generation"]:
@@ -222,16 +267,14 @@ def info_table(doc: dict[str, Any]) -> str:
             (
                 r["storage"],
                 "primary" if r["primary"] else "secondary",
-                _yes(r["assigned"]),
-                _yes(r["healthy"]),
+                r["assigned"],
+                r["healthy"],
                 generation,
-                _yes(r["valid_primary"]),
-                r["checksum"] or "-",
+                r["valid_primary"],
+                r["checksum"] or None,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    lines.append(render.table(header, rows))
     sums = {r["checksum"] for r in doc["replicas"] if r["up_to_date"] and r["checksum"]}
     if len(sums) > 1:
         lines += ["", "warning: up-to-date replicas have different checksums"]

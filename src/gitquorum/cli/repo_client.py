@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 
+from gitquorum.cli.arguments import add_deprecated_alias, positive_duration
 from gitquorum.config import ProxyConfig, load_proxy_config, parse_address
 from gitquorum.errors import ConfigError
 
@@ -52,10 +53,15 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
         "(default $GITQUORUM_CONFIG)",
     )
     parser.add_argument(
-        "--storage",
+        "--virtual-storage",
+        dest="virtual_storage",
         default=os.environ.get("GITQUORUM_STORAGE", "default"),
+        metavar="NAME",
         help="virtual storage (default $GITQUORUM_STORAGE or 'default')",
     )
+    # `--storage` names a node everywhere else (node, verify); it meant the
+    # virtual storage here before, and still does, with a warning.
+    add_deprecated_alias(parser, "--storage", "--virtual-storage", "virtual_storage")
     parser.add_argument(
         "--token-file",
         default=os.environ.get("GITQUORUM_TOKEN_FILE"),
@@ -63,7 +69,11 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
         help="shared secret when the proxy requires authentication",
     )
     parser.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for an answer (default 30)"
+        "--timeout",
+        type=positive_duration,
+        default=30.0,
+        metavar="DURATION",
+        help="how long to wait for an answer, e.g. 30s (default 30s; a bare number is seconds)",
     )
 
 
@@ -137,16 +147,14 @@ def load_config(args: argparse.Namespace) -> ProxyConfig | None:
 
 def resolve(args: argparse.Namespace, need_proxy: bool = True) -> Target:
     """The proxy and virtual storage from the command line, or a CliError (exit 2)."""
-    if args.timeout <= 0:
-        raise CliError("--timeout must be positive", EXIT_USAGE)
     config = load_config(args)
     address = args.proxy or ""
     if config is not None:
         known = [vs.name for vs in config.virtual_storages]
-        if args.storage not in known:
+        if args.virtual_storage not in known:
             raise CliError(
-                f"virtual storage {args.storage!r} is not in {args.config} "
-                f"(it has {', '.join(known)}): pass --storage",
+                f"virtual storage {args.virtual_storage!r} is not in {args.config} "
+                f"(it has {', '.join(known)}): pass --virtual-storage",
                 EXIT_USAGE,
             )
         address = address or _dialable(config.listen)
@@ -158,7 +166,7 @@ def resolve(args: argparse.Namespace, need_proxy: bool = True) -> Target:
     if need_proxy and not address:
         raise CliError("no proxy given: pass --proxy HOST:PORT or --config FILE", EXIT_USAGE)
     token_file = args.token_file or (config.auth_token_file if config is not None else "")
-    return Target(address, args.storage, args.timeout, token_file or "", config)
+    return Target(address, args.virtual_storage, args.timeout, token_file or "", config)
 
 
 def channel(target: Target) -> grpc.Channel:

@@ -14,6 +14,7 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from gitquorum.cli import render
 from gitquorum.cli.repo_client import EXIT_USAGE, CliError
 from gitquorum.cluster.decisions import outdated_replicas, up_to_date_replicas, valid_primaries
 from gitquorum.cluster.errors import StoreUnavailable
@@ -136,7 +137,7 @@ def table(rows: list[Listed]) -> str:
     body = [
         (
             x.record.relative_path,
-            x.record.primary or "-",
+            x.record.primary,
             str(x.record.generation),
             f"{len(up_to_date_replicas(x.record))}/"
             f"{len(x.record.assigned or x.record.replica_nodes)}",
@@ -145,8 +146,4 @@ def table(rows: list[Listed]) -> str:
         )
         for x in rows
     ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *body]
-    )
+    return render.table(header, body)

@@ -18,6 +18,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from gitquorum.cli import render
+from gitquorum.cli.arguments import positive_duration
 from gitquorum.localcluster import LaunchError, LocalCluster, Settings, saved_settings
 
 # How often the foreground loop looks for children that died.
@@ -47,7 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--json", action="store_true", help="print the endpoints as one JSON line once serving"
     )
     parser.add_argument(
-        "--timeout", type=float, default=90.0, help="seconds to wait for the cluster to serve"
+        "--timeout",
+        type=positive_duration,
+        default=90.0,
+        metavar="DURATION",
+        help="how long to wait for the cluster to serve, e.g. 2m (default 90s; "
+        "a bare number is seconds)",
     )
     parser.add_argument(
         "--token-file",
@@ -122,11 +129,19 @@ def _summary(info: dict[str, Any]) -> str:
         rows.append((n["name"], n["address"], n["metrics_url"]))
     etcd = info["etcd"]
     rows.append(("etcd", etcd["address"], etcd["metrics_url"]))
-    width = max(len(address) for _, address, _ in rows)
-    for name, address, metrics in rows:
-        lines.append(f"  {name:<8} {address:<{width}}  metrics {metrics or '-'}")
+    lines.append(
+        render.table(
+            None,
+            [(name, address, f"metrics {metrics or '-'}") for name, address, metrics in rows],
+            indent="  ",
+        )
+    )
     storages = {n["name"]: n["storage_path"] for n in info["nodes"]}
-    lines += [f"  {'':<8} {name} storage: {path}" for name, path in storages.items()]
+    lines.append(
+        render.table(
+            None, [(name, f"storage {path}") for name, path in storages.items()], indent="  "
+        )
+    )
     lines += [
         "",
         f"  config   {config}  (for `gitquorum proxy --config` and `gitquorum repo --config`)",

@@ -140,6 +140,10 @@ class Keyspace:
         virtual_storage, rid, node = key[len(self.verifications()) :].split("/")
         return virtual_storage, int(rid), node
 
+    # Primary changes (failover, switchover), newest last; bounded by cluster.history.
+    def history(self) -> str:
+        return f"{self.prefix}history/"
+
     def lock(self, virtual_storage: str, target: str, repository_id: int) -> str:
         return f"{self.locks(virtual_storage, target)}{int(repository_id)}"
 

@@ -20,7 +20,14 @@ from gitquorum.wire.options import message_size_options, reconnect_options
 # repository with many refs arrives in whatever size the backend chose. A
 # restarted proxy is back in service within seconds, not after grpc's default
 # two-minute reconnect backoff.
-_CHANNEL_OPTIONS = [*message_size_options(), *reconnect_options(200, 2_000)]
+# Round robin: a target that resolves to several proxies (dns:///proxies:2305,
+# ipv4:10.0.0.11:2305,10.0.0.12:2305) spreads calls over the ones that connect;
+# one address behaves as before.
+_CHANNEL_OPTIONS = [
+    *message_size_options(),
+    *reconnect_options(200, 2_000),
+    ("grpc.lb_policy_name", "round_robin"),
+]
 
 
 class Backend:

@@ -25,6 +25,7 @@ from gitquorum.cluster.decisions import (
     repairs,
 )
 from gitquorum.cluster.errors import Conflict, FailedPrecondition, StoreUnavailable
+from gitquorum.cluster.history import FAILOVER, History
 from gitquorum.cluster.membership import HealthView
 from gitquorum.cluster.queue import ReplicationQueue
 from gitquorum.cluster.repair_jobs import prepare_repairs, queue_repairs
@@ -65,7 +66,9 @@ class EtcdClusterPort:
         stale_read_limit: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        history: History | None = None,
     ) -> None:
+        self.history = history
         self._nodes = {vs: list(members) for vs, members in nodes.items()}
         self._replication_factors = dict(replication_factors)
         self.repositories = repositories
@@ -159,6 +162,18 @@ class EtcdClusterPort:
                 vs, record.repository_id, choice, expected=record.primary
             )
             self.metrics.failovers.labels(vs, "lazy").inc()
+            if self.history is not None:
+                await self.history.record_quietly(
+                    self.history.event(
+                        FAILOVER,
+                        vs,
+                        record.repository_id,
+                        record.relative_path,
+                        record.primary,
+                        choice,
+                        reason="lazy",
+                    )
+                )
             logger.warning(
                 "failover",
                 extra=log.fields(

@@ -44,6 +44,7 @@ from gitquorum.cluster.decisions import (
 )
 from gitquorum.cluster.election import LeaderElection
 from gitquorum.cluster.errors import Conflict, FailedPrecondition
+from gitquorum.cluster.history import FAILOVER, History
 from gitquorum.cluster.membership import HealthView
 from gitquorum.cluster.metrics import ClusterMetrics
 from gitquorum.cluster.periodic import run_periodically, warn
@@ -82,7 +83,9 @@ class LeaderTasks:
         failover_interval: float = 1.0,
         wake: Callable[[], None] = lambda: None,
         virtual_storages: Sequence[str] = (),
+        history: History | None = None,
     ) -> None:
+        self.history = history
         self.virtual_storages = list(virtual_storages)
         self.election = election
         self.repositories = repositories
@@ -152,6 +155,18 @@ class LeaderTasks:
             if record.primary:
                 load[record.primary] = max(0, load.get(record.primary, 0) - 1)
             self.metrics.failovers.labels(vs, "primary-unhealthy").inc()
+            if self.history is not None:
+                await self.history.record_quietly(
+                    self.history.event(
+                        FAILOVER,
+                        vs,
+                        record.repository_id,
+                        record.relative_path,
+                        record.primary,
+                        updated.primary,
+                        reason="primary-unhealthy",
+                    )
+                )
             logger.warning(
                 "failover",
                 extra=log.fields(

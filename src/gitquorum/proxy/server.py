@@ -25,6 +25,7 @@ from gitquorum.authentication import (
 from gitquorum.cluster.election import LeaderElection
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
 from gitquorum.cluster.health import Consensus, GrpcHealthProbe, HealthChecker
+from gitquorum.cluster.history import History
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import HealthView, ProxyMembership
 from gitquorum.cluster.metrics import ClusterMetrics
@@ -126,6 +127,9 @@ class ProxyServer(Assembled):
         # Opened by start(); None until then.
         self.store: EtcdStore | None = None
         self.channels: NodeChannels | None = None
+        self.auth: AuthInterceptor | None = None
+        self.tls: tls.ReloadableServerTLS | None = None
+        self.replicator: Replicator | None = None
         self.repositories: RepositoryStore | None = None
         self.cache: RepositoryCache | None = None
         self.health_view: HealthView | None = None
@@ -258,7 +262,8 @@ class ProxyServer(Assembled):
         self.queue = ReplicationQueue(
             store, keys, max_attempts=self.config.replication_attempts, view=queue_view
         )
-        return _Views(self.repositories, cache, health_view, operator_view, self.queue)
+        history = History(store, keys, writer=self.config.name)
+        return _Views(self.repositories, cache, health_view, operator_view, self.queue, history)
 
     def _open_server(
         self,
@@ -271,10 +276,13 @@ class ProxyServer(Assembled):
         # Client secret on every call but health and votes (each vote carries
         # its transaction's own secret, checked by RefTransactionService).
         # First: a refused call reaches no handler and no other interceptor.
-        auth_interceptors: list[grpc.aio.ServerInterceptor] = (
-            [AuthInterceptor(client_secrets, HEALTH_METHODS | VOTE_METHODS, role="proxy")]
+        self.auth = (
+            AuthInterceptor(client_secrets, HEALTH_METHODS | VOTE_METHODS, role="proxy")
             if client_secrets
-            else []
+            else None
+        )
+        auth_interceptors: list[grpc.aio.ServerInterceptor] = (
+            [self.auth] if self.auth is not None else []
         )
         self.server = grpc.aio.server(
             interceptors=[
@@ -292,10 +300,33 @@ class ProxyServer(Assembled):
         server = self.server
         # Without grace: the drain step, above it on the stack, is the graceful part.
         stack.push_async_callback(server.stop, 0)
+        self.tls = tls.ReloadableServerTLS(server_tls) if server_tls is not None else None
         self.port = bind_port(
-            server, config.listen, server_tls.credentials() if server_tls is not None else None
+            server, config.listen, self.tls.credentials() if self.tls is not None else None
         )
         return server
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the token files and the listener's TLS certificate.
+
+        The client secrets (checked on the listener), the node secret (signing
+        calls to nodes and replication) and the certificate, key and client CA.
+        Secrets from the environment were dropped at start and stay. Raises
+        without changing anything when a file cannot be used or the two
+        secrets overlap.
+        """
+        config = self.config
+        clients, nodes = load_proxy_secrets(config)
+        if self.tls is not None:
+            self.tls.reload()
+        if config.auth_token_file and self.auth is not None:
+            self.auth.replace_secrets(clients)
+        if config.node_token_file:
+            signing = signing_secret(nodes)
+            if self.channels is not None:
+                self.channels.secret = signing
+            if self.replicator is not None:
+                self.replicator.node_token = signing.decode() if signing else ""
 
     async def _open_health(
         self,
@@ -359,6 +390,7 @@ class ProxyServer(Assembled):
             draining=views.operator.draining,
             paused=views.operator.paused,
             stale_read_limit=config.stale_read_limit,
+            history=views.history,
         )
         return self.port_api
 
@@ -421,7 +453,7 @@ class ProxyServer(Assembled):
     ) -> tuple[ReplicationWorkers, LeaderElection]:
         """Replication workers and the leader election, wired but not started."""
         config = self.config
-        replicator = Replicator(
+        self.replicator = replicator = Replicator(
             views.repositories,
             views.cache,
             channels,
@@ -454,6 +486,7 @@ class ProxyServer(Assembled):
             virtual_storages=list(self.nodes),
             draining=views.operator.draining,
             paused=views.operator.paused,
+            history=views.history,
         )
         self.leader_tasks.install()
         assert self.verification is not None
@@ -537,6 +570,7 @@ class _Views:
     health: HealthView
     operator: OperatorStateView
     queue: ReplicationQueue
+    history: History
 
 
 class _Health(health_pb2_grpc.HealthServicer):
@@ -565,5 +599,9 @@ async def serve(
             ready_file.write_text(f"{proxy.address} {proxy.metrics_port}\n")
 
     await run_until_signalled(
-        proxy, grace=config.graceful_timeout, ready=ready, logger_name=logger.name
+        proxy,
+        grace=config.graceful_timeout,
+        ready=ready,
+        logger_name=logger.name,
+        reload=proxy.reload,
     )

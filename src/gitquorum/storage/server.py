@@ -79,6 +79,23 @@ class NodeServer(Assembled):
         self.server: grpc.aio.Server | None = None
         self.context: NodeContext | None = None
         self._metrics_server: MetricsServer | None = None
+        self.auth: AuthInterceptor | None = None
+        self.tls: tls.ReloadableServerTLS | None = None
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the token file and the TLS certificate, key and client CA.
+
+        A secret from ``$GITQUORUM_NODE_TOKEN`` was dropped from the environment
+        at start and stays as it was. Raises (ConfigError) without changing
+        anything when a file cannot be used.
+        """
+        secrets = None
+        if self.auth is not None and self.config.auth_token_file:
+            secrets = load_secrets(self.config.auth_token_file)
+        if self.tls is not None:
+            self.tls.reload()
+        if secrets is not None and self.auth is not None:
+            self.auth.replace_secrets(secrets)
 
     async def start(self) -> None:
         """Open everything in order; on failure close what was opened, then re-raise."""
@@ -89,13 +106,14 @@ class NodeServer(Assembled):
         if secrets is None:
             secrets = load_secrets(self.config.auth_token_file, NODE_TOKEN_ENV)
         server_tls = tls.server_tls(self.config.tls)
+        self.tls = tls.ReloadableServerTLS(server_tls) if server_tls is not None else None
         async with contextlib.AsyncExitStack() as stack:
             self.context = await self._open_context(stack, storages)
             self.server = self._open_server(stack, secrets)
             self.port = bind_port(
                 self.server,
                 self.config.listen,
-                server_tls.credentials() if server_tls is not None else None,
+                self.tls.credentials() if self.tls is not None else None,
             )
             await self.server.start()
             await self._open_metrics(stack)
@@ -144,7 +162,8 @@ class NodeServer(Assembled):
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if secrets:
             # First: a refused call reaches no handler and no other interceptor.
-            interceptors.append(AuthInterceptor(secrets, HEALTH_METHODS, role="node"))
+            self.auth = AuthInterceptor(secrets, HEALTH_METHODS, role="node")
+            interceptors.append(self.auth)
         # The op types the proxy routes by: metric labels and per-repository limits.
         registry = MethodRegistry.from_descriptors()
         self.server = grpc.aio.server(
@@ -212,5 +231,9 @@ async def serve(
             ready_file.write_text(f"{node.address} {node.metrics_port}\n")
 
     await run_until_signalled(
-        node, grace=config.graceful_timeout, ready=ready, logger_name=logger.name
+        node,
+        grace=config.graceful_timeout,
+        ready=ready,
+        logger_name=logger.name,
+        reload=node.reload,
     )
