@@ -260,8 +260,9 @@ class _Write:
                 updated=sorted(result.updated),
             ),
         )
+        # The node's own words (its address, grpc's text) are on the log line above.
         return OutcomeUnknown(
-            f"the primary failed after the replicas agreed on the update ({code.name}: {details})"
+            f"the primary failed after the replicas agreed on the update ({code.name})"
         )
 
     def given_up(self) -> bool:
@@ -476,7 +477,13 @@ async def _record(finalize: Finalize, result: WriteResult) -> None:
             await asyncio.wait_for(asyncio.shield(task), 30)
         raise
     except Exception as exc:
-        reason = exc.message if isinstance(exc, GitquorumError) else str(exc)
+        logger.warning("recording the write failed", extra=log.fields(error=repr(exc)))
+        # The cluster's own refusals say why; etcd's and crashes' text stays in the log.
+        reason = (
+            exc.message
+            if isinstance(exc, GitquorumError) and exc.for_clients
+            else "the cluster state is unavailable"
+        )
         raise OutcomeUnknown(f"the write could not be recorded: {reason}") from exc
 
 

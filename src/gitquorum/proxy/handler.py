@@ -167,6 +167,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
             context,
             context.invocation_metadata(),
             self.metrics.rpc,
+            public=True,
         )
         async with call:
             # Refused with UNAVAILABLE once a drain began; counted while in flight.

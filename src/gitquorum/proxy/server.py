@@ -281,6 +281,7 @@ class ProxyServer(Assembled):
                         (info := self.registry_methods.get(m)) is not None
                         and info.op is not Op.INTERCEPTED
                     ),
+                    public=True,
                 ),
             ],
             options=server_options(config.limits.max_message_size),
