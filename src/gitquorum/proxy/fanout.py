@@ -224,6 +224,7 @@ class _Write:
                 primary.code = grpc.StatusCode.OK
             except grpc.aio.AioRpcError as exc:
                 await primary.fail(exc)
+                self.report_unreachable(primary)
                 if tx is not None:
                     tx.cancel_voter(primary.node)
             except asyncio.CancelledError:
@@ -264,6 +265,13 @@ class _Write:
         return OutcomeUnknown(
             f"the primary failed after the replicas agreed on the update ({code.name})"
         )
+
+    def report_unreachable(self, leg: _Leg) -> None:
+        """A node that could not be reached (refused, reset, gone) is checked now."""
+        if leg.code is grpc.StatusCode.UNAVAILABLE and not is_outcome_unknown(
+            leg.code, leg.details
+        ):
+            self.fanout.channels.unreachable(leg.node)
 
     def given_up(self) -> bool:
         """Whether the primary's call ended because it was given up (then recorded so)."""
@@ -323,6 +331,7 @@ class _Write:
             leg.code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as exc:
             await leg.fail(exc)
+            self.report_unreachable(leg)
             if self.tx is not None:
                 self.tx.cancel_voter(leg.node)
         except asyncio.CancelledError:
