@@ -4,7 +4,9 @@ Measures, against targets from the failover issue:
 
 * **kill**: ``kill -9`` of a repository's primary node while a client writes
   in a loop (retrying at once, alternating proxies) -> the next acknowledged
-  write: p50 <= 3 s, max <= 5 s. Also when the cluster saw the node unhealthy.
+  write: p50 <= 0.5 s, max <= 1.5 s (passive health and the retried write;
+  it was 3 s and 5 s with the periodic checks alone). Also when the cluster saw
+  the node unhealthy.
 * **catchup**: a node misses 100 writes (10 repositories x 10 ref updates)
   and comes back -> every one of its replicas up to date: <= 10 s (from the
   node serving again; the restart itself is reported separately).
@@ -84,8 +86,8 @@ DEFAULTS: dict[str, object] = {
     "replication": {"reconcile_interval": "30s", "verify_interval": "5m"},
 }
 TARGETS = {
-    "kill_p50_s": 3.0,
-    "kill_max_s": 5.0,
+    "kill_p50_s": 0.5,
+    "kill_max_s": 1.5,
     "catchup_max_s": 10.0,
     "busy_max_s": 10.0,
     "busy_failed_writes": 0,

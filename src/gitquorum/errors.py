@@ -16,6 +16,9 @@ class GitquorumError(Exception):
     """Base of every error that has a defined gRPC status."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # False: the message names the cluster's insides (etcd endpoints, grpc
+    # transport text); the proxy shows clients a short message instead.
+    for_clients: bool = True
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

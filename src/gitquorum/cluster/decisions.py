@@ -585,3 +585,22 @@ def settle_mismatch(
         missing = new.replica_generation(node) == MISSING
         found.append(Repair(JobType.CREATE if missing else JobType.UPDATE, node, source))
     return Settlement(new, new != record, agreed, majority, demoted, tuple(found), conflict=False)
+
+
+# -- a write whose primary could not be reached ------------------------------------------
+
+
+def failover_done(
+    record: RepositoryRecord | None, unreachable: str, healthy: AbstractSet[str]
+) -> bool:
+    """Whether a write held back because ``unreachable`` (its primary) refused its
+    connection may go on: the record names another primary, or the cluster no
+    longer counts ``unreachable`` as a valid primary (the write's lazy failover
+    then chooses one), or the repository is gone (the retry answers NOT_FOUND).
+
+    Only the consensus (``healthy``) decides: one proxy that cannot connect to
+    a node must not move the primary away from it (its blind spot).
+    """
+    if record is None:
+        return True
+    return record.primary != unreachable or not primary_is_valid(record, healthy)

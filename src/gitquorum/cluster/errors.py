@@ -21,7 +21,10 @@ class StoreUnavailable(Unavailable):
 
     For a write (put, delete, txn) the outcome is unknown: it may have been
     applied. Callers resolve that by re-reading, never by assuming failure.
+    Its message quotes the etcd client: not for clients of the proxy.
     """
+
+    for_clients = False
 
 
 class LeaseExpired(StoreUnavailable):

@@ -18,6 +18,16 @@ Flapping guard: a node turns unhealthy in the local view after
 healthy again after one successful check. With one check a single slow answer
 could start a failover; Praefect waits ten seconds, which is longer than
 gitquorum's failover target.
+
+Passive health: a proxy that sees a node's connection fail (the health
+channel's own connection dropping, a forwarded RPC refused, another proxy
+publishing the node unhealthy) does not wait for the next interval: it checks
+the node now (:meth:`HealthChecker.suspect`) and, if that check fails, once
+more ``confirm_delay`` later, so the same two failed checks in a row turn the
+node unhealthy within a fraction of a second, and the view is published at
+once. Only this proxy's own checks count: a suspicion is never a vote, so one
+proxy's blind spot still cannot fail a node over (the others check and keep
+seeing it healthy).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -108,8 +119,31 @@ _CHANNEL_OPTIONS = (
 )
 
 
+def next_local_health(
+    previous: bool | None, ok: bool, failures: int, unhealthy_after: int
+) -> tuple[bool, int]:
+    """(healthy in the local view, consecutive failures) after one check (pure).
+
+    Healthy again after one good check; unhealthy after ``unhealthy_after``
+    failed checks in a row; a node never checked before is unhealthy until a
+    check succeeds (the first round has no history to be lenient with).
+    """
+    if ok:
+        return True, 0
+    failures += 1
+    return bool(previous) and failures < unhealthy_after, failures
+
+
+ConnectionLost = Callable[[str], None]
+
+
 class GrpcHealthProbe:
-    """``grpc.health.v1.Health/Check`` with a deadline; SERVING means healthy."""
+    """``grpc.health.v1.Health/Check`` with a deadline; SERVING means healthy.
+
+    Each node's channel is watched: when its connection drops (a killed node
+    closes it at once, long before the next check), ``connection_lost`` is told
+    the node's address.
+    """
 
     def __init__(
         self,
@@ -124,7 +158,9 @@ class GrpcHealthProbe:
         self.metadata = metadata
         # TLS to nodes that serve it (the proxy's node_tls, docs/security.md).
         self.credentials = credentials
+        self.connection_lost: ConnectionLost | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._watches: list[asyncio.Task[None]] = []
 
     async def __call__(self, address: str) -> bool:
         channel = self._channels.get(address)
@@ -134,6 +170,9 @@ class GrpcHealthProbe:
                 grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
                 if self.credentials is None
                 else grpc.aio.secure_channel(target, self.credentials, options=_CHANNEL_OPTIONS)
+            )
+            self._watches.append(
+                asyncio.ensure_future(watch_connection(channel, address, self._lost))
             )
         stub = health_pb2_grpc.HealthStub(channel)
         try:
@@ -147,10 +186,44 @@ class GrpcHealthProbe:
             return False
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
+    def _lost(self, address: str) -> None:
+        if self.connection_lost is not None:
+            self.connection_lost(address)
+
     async def close(self) -> None:
+        watches, self._watches = self._watches, []
+        for task in watches:
+            task.cancel()
+        for task in watches:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             await channel.close()
+
+
+async def watch_connection(channel: grpc.aio.Channel, address: str, lost: ConnectionLost) -> None:
+    """Call ``lost(address)`` whenever the channel's connection stops being READY.
+
+    A channel leaves READY when its connection closes (the peer died or
+    restarted, a GOAWAY), fails, or idles out: the first two are what a
+    killed node looks like within milliseconds; an idle channel only costs a
+    check that succeeds.
+    """
+    state = channel.get_state()
+    while True:
+        await channel.wait_for_state_change(state)
+        previous, state = state, channel.get_state()
+        if previous is grpc.ChannelConnectivity.READY and state is not previous:
+            lost(address)
+
+
+# Why a node was checked out of turn (the trigger label of the probe metric).
+TRIGGER_CONNECTION_LOST = "connection-lost"  # the health channel's connection dropped
+TRIGGER_RPC_FAILED = "rpc-failed"  # a forwarded call could not reach the node
+TRIGGER_PEER_VIEW = "peer-view"  # another proxy published the node unhealthy
+
+ProbeObserver = Callable[[str, str, str, bool], None]
 
 
 ViewListener = Callable[[HealthMap], None]
@@ -168,20 +241,38 @@ class HealthChecker:
         interval: float = 1.0,
         timeout: float = 1.0,
         unhealthy_after: int = 2,
+        confirm_delay: float = 0.1,
+        observe_probe: ProbeObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``nodes``: virtual storage -> node -> address."""
+        """``nodes``: virtual storage -> node -> address.
+
+        ``confirm_delay``: the gap between the checks made out of turn for a
+        suspected node (:meth:`suspect`). ``observe_probe(vs, node, trigger,
+        healthy)`` counts each of them.
+        """
         self.nodes = {vs: dict(members) for vs, members in nodes.items()}
         self.publish = publish
         self._own_probe = probe is None
         self.probe: Probe = probe or GrpcHealthProbe(timeout)
+        if isinstance(self.probe, GrpcHealthProbe):
+            self.probe.connection_lost = self._connection_lost
         self.interval = interval
         self.timeout = timeout
         self.unhealthy_after = max(1, unhealthy_after)
+        self.confirm_delay = confirm_delay
+        self.observe_probe = observe_probe
+        self._clock = clock
         self._failures: dict[tuple[str, str], int] = {}
+        # When the check whose result the view holds started: a slower, older
+        # check (a round that began before the node died) cannot undo a newer one.
+        self._checked_at: dict[tuple[str, str], float] = {}
         self._view: dict[str, dict[str, bool]] = {}
         self._published: dict[str, dict[str, bool]] | None = None
         self._listeners: list[ViewListener] = []
         self._task: asyncio.Task[None] | None = None
+        self._suspected: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._publishing = asyncio.Lock()
         self.rounds = 0
 
     @property
@@ -209,27 +300,81 @@ class HealthChecker:
             for vs, members in self.nodes.items()
             for node, address in members.items()
         ]
+        started = self._clock()
         results = await asyncio.gather(*(self._check(address) for _, _, address in targets))
-        view: dict[str, dict[str, bool]] = {vs: {} for vs in self.nodes}
+        view = {vs: dict(self._view.get(vs, {})) for vs in self.nodes}
         for (vs, node, _), ok in zip(targets, results, strict=True):
-            key = (vs, node)
-            previous = self._view.get(vs, {}).get(node)
-            if ok:
-                self._failures[key] = 0
-                view[vs][node] = True
-            else:
-                self._failures[key] = self._failures.get(key, 0) + 1
-                # The first round has no history to be lenient with.
-                view[vs][node] = bool(previous) and self._failures[key] < self.unhealthy_after
+            self._apply(view, vs, node, ok, started)
         self.rounds += 1
+        self._set_view(view)
+        await self._publish_if_changed()
+        return self.local_view
+
+    def _apply(
+        self, view: dict[str, dict[str, bool]], vs: str, node: str, ok: bool, started: float
+    ) -> None:
+        key = (vs, node)
+        if started < self._checked_at.get(key, float("-inf")):
+            return  # a newer check of this node already decided
+        self._checked_at[key] = started
+        view[vs][node], self._failures[key] = next_local_health(
+            self._view.get(vs, {}).get(node), ok, self._failures.get(key, 0), self.unhealthy_after
+        )
+
+    def _set_view(self, view: dict[str, dict[str, bool]]) -> None:
         if view != self._view:
             self._view = view
             for callback in list(self._listeners):
                 callback(self.local_view)
+
+    # -- passive health: checks out of turn ---------------------------------------------
+
+    def suspect(self, node: str, trigger: str = TRIGGER_RPC_FAILED) -> None:
+        """Check ``node`` now (it failed a connection): at most one such check
+        sequence per node at a time; nothing happens for a node already unhealthy."""
+        for vs, members in self.nodes.items():
+            if node not in members or not self.is_healthy(vs, node):
+                continue
+            key = (vs, node)
+            running = self._suspected.get(key)
+            if running is not None and not running.done():
+                continue
+            self._suspected[key] = asyncio.ensure_future(
+                self._check_out_of_turn(vs, node, members[node], trigger)
+            )
+
+    def _connection_lost(self, address: str) -> None:
+        for members in self.nodes.values():
+            for node, node_address in members.items():
+                if node_address == address:
+                    self.suspect(node, TRIGGER_CONNECTION_LOST)
+
+    async def _check_out_of_turn(self, vs: str, node: str, address: str, trigger: str) -> None:
+        """Checks ``confirm_delay`` apart until one succeeds or the node is unhealthy."""
+        for attempt in range(self.unhealthy_after):
+            if attempt:
+                await asyncio.sleep(self.confirm_delay)
+            started = self._clock()
+            ok = await self._check(address)
+            if self.observe_probe is not None:
+                self.observe_probe(vs, node, trigger, ok)
+            view = {name: dict(nodes) for name, nodes in self._view.items()}
+            view.setdefault(vs, {})
+            self._apply(view, vs, node, ok, started)
+            self._set_view(view)
+            if ok or not self.is_healthy(vs, node):
+                break
+        if not self.is_healthy(vs, node):
+            log.warning("node %s seen unhealthy by a check out of turn (%s)", node, trigger)
         await self._publish_if_changed()
-        return self.local_view
 
     async def _publish_if_changed(self) -> None:
+        # One publication at a time: a check out of turn and a round finishing
+        # together must not write an older view after a newer one.
+        async with self._publishing:
+            await self._publish_latest()
+
+    async def _publish_latest(self) -> None:
         if self.publish is None or self._published == self._view:
             return
         snapshot = {vs: dict(nodes) for vs, nodes in self._view.items()}
@@ -261,5 +406,11 @@ class HealthChecker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        suspected, self._suspected = self._suspected, {}
+        for task in suspected.values():
+            task.cancel()
+        for task in suspected.values():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._own_probe and isinstance(self.probe, GrpcHealthProbe):
             await self.probe.close()

@@ -150,6 +150,20 @@ class ProxyMembership:
 
 
 ConsensusListener = Callable[[Consensus, Consensus], None]
+# (proxy, nodes it newly sees unhealthy as (virtual storage, node) pairs)
+SuspicionListener = Callable[[str, frozenset[tuple[str, str]]], None]
+
+
+def newly_unhealthy(old: HealthMap | None, new: HealthMap) -> frozenset[tuple[str, str]]:
+    """Nodes a proxy's published view turned unhealthy (pure): a proxy that
+    joins seeing a node unhealthy counts too."""
+    before = old or {}
+    return frozenset(
+        (vs, node)
+        for vs, nodes in new.items()
+        for node, healthy in nodes.items()
+        if not healthy and before.get(vs, {}).get(node, True)
+    )
 
 
 class HealthView:
@@ -165,6 +179,7 @@ class HealthView:
         self._members: dict[str, tuple[str, HealthMap]] = {}
         self._consensus = Consensus({}, frozenset())
         self._listeners: list[ConsensusListener] = []
+        self._suspicion_listeners: list[SuspicionListener] = []
         self._changed = asyncio.Condition()
         self.changed = asyncio.Event()
         self.version = 0
@@ -200,6 +215,11 @@ class HealthView:
         """``callback(old, new)`` whenever the consensus changes."""
         self._listeners.append(callback)
 
+    def add_suspicion_listener(self, callback: SuspicionListener) -> None:
+        """``callback(proxy, nodes)`` when a proxy publishes nodes it newly sees
+        unhealthy (passive health: the others check those nodes at once)."""
+        self._suspicion_listeners.append(callback)
+
     async def start(self) -> None:
         await self._mirror.start()
 
@@ -230,10 +250,24 @@ class HealthView:
                 self._members.pop(name, None)
             else:
                 try:
-                    self._members[name] = decode_member(event.kv.value)
+                    member = decode_member(event.kv.value)
                 except ValueError:
                     log.warning("ignoring malformed membership value of %s", name)
+                    continue
+                previous = self._members.get(name)
+                self._members[name] = member
+                self._tell_suspicions(name, previous[1] if previous else None, member[1])
         self._recompute()
+
+    def _tell_suspicions(self, proxy: str, old: HealthMap | None, new: HealthMap) -> None:
+        suspected = newly_unhealthy(old, new)
+        if not suspected:
+            return
+        for callback in list(self._suspicion_listeners):
+            try:
+                callback(proxy, suspected)
+            except Exception:
+                log.exception("suspicion listener failed")
 
     def _recompute(self) -> None:
         new = consensus(self.snapshot())

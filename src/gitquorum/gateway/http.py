@@ -402,13 +402,22 @@ class GatewayServer(Assembled):
                 if body_error is not None:
                     return self._body_failed(request, response, body_error, exchange, target)
                 code, details = await watch.resolve(error.code(), error.details() or "")
-                if response is not None:
+                if code is grpc.StatusCode.OK:
+                    # The backend answered before reading the whole body (git
+                    # stopped at a flush packet): its answer is a success, and
+                    # what the body still held was never used.
+                    logger.info(
+                        f"{service} answered before the end of the request body",
+                        extra=log.fields(bytes_in=exchange.bytes_in),
+                    )
+                elif response is not None:
                     logger.warning(
                         f"{service} failed mid-stream",
                         extra=log.fields(code=code.name, details=details),
                     )
                     return _abort(request, response, exchange)
-                raise self._failure(code, details, target.relative_path) from None
+                else:
+                    raise self._failure(code, details, target.relative_path) from None
             except ConnectionError:
                 # The client went away; the call is cancelled below.
                 if response is None:
@@ -464,8 +473,11 @@ class GatewayServer(Assembled):
         return self._failure(error.code(), error.details() or "", relative)
 
     def _failure(self, code: grpc.StatusCode, details: str, relative: str) -> _Failure:
+        if status.hides_details(code, details):
+            # What the client reads is the short message; the rest is logged here.
+            logger.warning("backend failed", extra=log.fields(code=code.name, details=details))
         text = status.describe(code, details, relative, self.backend.storage)
-        return _Failure(status.http_status(code), text)
+        return _Failure(status.http_status(code), text, status.headers(code))
 
     async def _write(self, response: web.StreamResponse, data: bytes, exchange: _Exchange) -> None:
         exchange.bytes_out += len(data)

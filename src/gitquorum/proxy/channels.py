@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+import contextlib
+import enum
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 
 from gitquorum import log, tls, tokens
+from gitquorum.cluster.health import TRIGGER_CONNECTION_LOST, TRIGGER_RPC_FAILED, watch_connection
 from gitquorum.wire.options import node_channel_options
 from gitquorum.wire.replication_claim import CLAIM_KEY
 from gitquorum.wire.transaction_metadata import SERVER_KEY, TRANSACTION_KEY
@@ -17,8 +21,25 @@ from gitquorum.wire.transaction_metadata import SERVER_KEY, TRANSACTION_KEY
 _HOP_KEYS = frozenset({"authorization", TRANSACTION_KEY, SERVER_KEY, "gitaly-servers", CLAIM_KEY})
 
 
+# (node, trigger): a node whose connection failed, to be checked at once.
+Unreachable = Callable[[str, str], None]
+
+
+class Reach(enum.Enum):
+    """What connecting to a node's channel showed (``NodeChannels.connect``)."""
+
+    CONNECTED = "connected"
+    REFUSED = "refused"  # the connection attempt failed: nothing can have been sent
+    UNDECIDED = "undecided"  # still connecting when the wait ended (a hung node)
+
+
 class NodeChannels:
-    """One long-lived channel per node (keyed by storage name)."""
+    """One long-lived channel per node (keyed by storage name).
+
+    Each channel's connection is watched: when it drops, or a call could not
+    reach the node, ``on_unreachable`` (the health checker's ``suspect``) is
+    told, and the node is checked at once instead of at the next interval.
+    """
 
     def __init__(
         self,
@@ -32,6 +53,42 @@ class NodeChannels:
         self.client_tls = client_tls
         self._credentials = client_tls.credentials() if client_tls is not None else None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._watches: list[asyncio.Task[None]] = []
+        self._nodes_by_address: dict[str, str] = {}
+        self.on_unreachable: Unreachable | None = None
+
+    def unreachable(self, node: str, trigger: str = TRIGGER_RPC_FAILED) -> None:
+        """A call could not reach ``node``: have it checked now."""
+        if self.on_unreachable is not None:
+            self.on_unreachable(node, trigger)
+
+    def _connection_lost(self, address: str) -> None:
+        node = self._nodes_by_address.get(address)
+        if node is not None:
+            self.unreachable(node, TRIGGER_CONNECTION_LOST)
+
+    async def connect(self, node: str, timeout: float) -> Reach:
+        """Connect the node's channel (a no-op when it is connected already).
+
+        REFUSED means the channel's connection attempt failed, so a call made
+        now would be failed by grpc before anything of it is sent.
+        """
+        channel = self.channel(node)
+        state = channel.get_state(try_to_connect=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, timeout)):
+                while state not in (
+                    grpc.ChannelConnectivity.READY,
+                    grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+                    grpc.ChannelConnectivity.SHUTDOWN,
+                ):
+                    await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
+        if state is grpc.ChannelConnectivity.READY:
+            return Reach.CONNECTED
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            return Reach.REFUSED
+        return Reach.UNDECIDED
 
     def url(self, node: str) -> str:
         """The node's address as other nodes dial it (gitaly-servers): tls:// or tcp://."""
@@ -48,6 +105,13 @@ class NodeChannels:
                     self.addresses[node], self._credentials, options=options
                 )
             self._channels[node] = channel
+            self._nodes_by_address[self.addresses[node]] = node
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to watch with
+                self._watches.append(
+                    asyncio.get_running_loop().create_task(
+                        watch_connection(channel, self.addresses[node], self._connection_lost)
+                    )
+                )
         return channel
 
     def forward_metadata(
@@ -70,6 +134,12 @@ class NodeChannels:
         return out
 
     async def close(self) -> None:
+        watches, self._watches = self._watches, []
+        for task in watches:
+            task.cancel()
+        for task in watches:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()

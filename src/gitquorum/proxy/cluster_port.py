@@ -29,6 +29,13 @@ class ClusterPort(Protocol):
         """Elect a new primary lazily when the current one is not a valid primary."""
         ...
 
+    async def wait_for_failover(
+        self, repo: RepositoryRecord, unreachable: str, timeout: float
+    ) -> RepositoryRecord | None:
+        """Wait until a write whose primary refused its connection may go on
+        (a new primary, or the old one no longer valid); None after ``timeout``."""
+        ...
+
     async def place(self, virtual_storage: str, relative_path: str) -> CreationPlan: ...
 
     async def record_creation(

@@ -18,6 +18,7 @@ from gitquorum.cluster.decisions import (
     Repair,
     WriteResult,
     choose_primary,
+    failover_done,
     prefer_undrained,
     primary_is_valid,
     primary_load,
@@ -188,6 +189,37 @@ class EtcdClusterPort:
             updated = await self.repositories.get(vs, record.repository_id)
         await self.cache.wait_for_revision(updated.revision)
         return updated
+
+    async def wait_for_failover(
+        self, repo: RepositoryRecord, unreachable: str, timeout: float
+    ) -> RepositoryRecord | None:
+        """Wait (at most ``timeout``) until a write whose primary ``unreachable``
+        refused its connection may go on (``decisions.failover_done``): the
+        record as it is then, or None when the time ran out. Woken by the
+        health consensus (the node seen unhealthy) and by record changes (the
+        leader's or another proxy's failover), never by polling."""
+        vs, repository_id = repo.virtual_storage, repo.repository_id
+
+        def done() -> bool:
+            return failover_done(
+                self.cache.get_by_id(repository_id), unreachable, self.health.healthy(vs)
+            )
+
+        waits = [
+            asyncio.ensure_future(self.cache.wait_until(done)),
+            asyncio.ensure_future(self.health.wait_for(lambda _consensus: done())),
+        ]
+        try:
+            finished, _ = await asyncio.wait(
+                waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        if not finished and not done():
+            return None
+        return self.cache.get_by_id(repository_id) or repo
 
     async def _wait_for_hold(self, record: RepositoryRecord) -> RepositoryRecord:
         """Wait while a replica takes its last catch-up copy (``Replicator``).

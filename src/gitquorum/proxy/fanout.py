@@ -224,6 +224,7 @@ class _Write:
                 primary.code = grpc.StatusCode.OK
             except grpc.aio.AioRpcError as exc:
                 await primary.fail(exc)
+                self.report_unreachable(primary)
                 if tx is not None:
                     tx.cancel_voter(primary.node)
             except asyncio.CancelledError:
@@ -260,9 +261,17 @@ class _Write:
                 updated=sorted(result.updated),
             ),
         )
+        # The node's own words (its address, grpc's text) are on the log line above.
         return OutcomeUnknown(
-            f"the primary failed after the replicas agreed on the update ({code.name}: {details})"
+            f"the primary failed after the replicas agreed on the update ({code.name})"
         )
+
+    def report_unreachable(self, leg: _Leg) -> None:
+        """A node that could not be reached (refused, reset, gone) is checked now."""
+        if leg.code is grpc.StatusCode.UNAVAILABLE and not is_outcome_unknown(
+            leg.code, leg.details
+        ):
+            self.fanout.channels.unreachable(leg.node)
 
     def given_up(self) -> bool:
         """Whether the primary's call ended because it was given up (then recorded so)."""
@@ -322,6 +331,7 @@ class _Write:
             leg.code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as exc:
             await leg.fail(exc)
+            self.report_unreachable(leg)
             if self.tx is not None:
                 self.tx.cancel_voter(leg.node)
         except asyncio.CancelledError:
@@ -476,7 +486,13 @@ async def _record(finalize: Finalize, result: WriteResult) -> None:
             await asyncio.wait_for(asyncio.shield(task), 30)
         raise
     except Exception as exc:
-        reason = exc.message if isinstance(exc, GitquorumError) else str(exc)
+        logger.warning("recording the write failed", extra=log.fields(error=repr(exc)))
+        # The cluster's own refusals say why; etcd's and crashes' text stays in the log.
+        reason = (
+            exc.message
+            if isinstance(exc, GitquorumError) and exc.for_clients
+            else "the cluster state is unavailable"
+        )
         raise OutcomeUnknown(f"the write could not be recorded: {reason}") from exc
 
 

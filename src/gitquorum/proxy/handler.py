@@ -27,13 +27,14 @@ from gitquorum.errors import (
     AlreadyExists,
     InvalidArgument,
     NotFound,
+    Unavailable,
     Unimplemented,
 )
 from gitquorum.gitaly import repository_pb2
 from gitquorum.limits import Admission
 from gitquorum.proxy import routing
 from gitquorum.proxy.broadcast import best_effort, broadcast
-from gitquorum.proxy.channels import NodeChannels
+from gitquorum.proxy.channels import NodeChannels, Reach
 from gitquorum.proxy.cluster_port import ClusterPort
 from gitquorum.proxy.fanout import Fanout, Finalize
 from gitquorum.proxy.metrics import ProxyMetrics
@@ -54,6 +55,11 @@ CREATORS = frozenset(
 )
 REPOSITORY_EXISTS = "/gitaly.RepositoryService/RepositoryExists"
 REMOVE_REPOSITORY = "/gitaly.RepositoryService/RemoveRepository"
+# How long a write waits for its primary's connection before sending anything.
+# A connected channel answers at once and a refused connection within
+# milliseconds; a node that accepts but never answers (paused) is left to the
+# write's own timeouts after this.
+PRIMARY_CONNECT_WAIT = 1.0
 
 
 def rewrite(info: MethodInfo, request: _message.Message, storage: str, replica_path: str) -> bytes:
@@ -172,6 +178,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
             context,
             context.invocation_metadata(),
             self.metrics.rpc,
+            public=True,
         )
         async with call:
             # Refused with UNAVAILABLE once a drain began; counted while in flight.
@@ -328,11 +335,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
     async def _mutate(self, call: _Call) -> AsyncIterator[bytes]:
         repo = await self.cluster.ensure_writable(call.existing("repository not found"))
-        route = routing.route_mutator(
-            repo,
-            self.cluster.healthy(call.virtual_storage),
-            self.cluster.nodes(call.virtual_storage),
-        )
+        route = await self._route_reachable(call, repo)
 
         async def finalize(result: WriteResult) -> None:
             call.fields["outcome"] = result.reason
@@ -341,6 +344,54 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
         async for response in self._write(call, route, finalize):
             yield response
+
+    def _route_mutator(self, call: _Call, repo: RepositoryRecord) -> MutatorRoute:
+        return routing.route_mutator(
+            repo,
+            self.cluster.healthy(call.virtual_storage),
+            self.cluster.nodes(call.virtual_storage),
+        )
+
+    async def _route_reachable(self, call: _Call, repo: RepositoryRecord) -> MutatorRoute:
+        """The write's route, once its primary's connection is up.
+
+        A primary whose connection attempt fails has received nothing of the
+        write, and no other node has either (no call is opened before this):
+        the write waits for the failover, bounded by the client's deadline, and
+        goes to the new primary, once. Anything that fails after a call was
+        opened keeps the fan-out's honest answer.
+        """
+        route = self._route_mutator(call, repo)
+        started = time.monotonic()
+        budget = call.timeout if call.timeout is not None else self.write_timeout
+        reach = await self.channels.connect(route.primary, min(budget, PRIMARY_CONNECT_WAIT))
+        if reach is not Reach.REFUSED:
+            return route
+        unreachable = route.primary
+        call.fields["primary_unreachable"] = unreachable
+        self.channels.unreachable(unreachable)
+        vs = call.virtual_storage
+        remaining = budget - (time.monotonic() - started)
+        moved = await self.cluster.wait_for_failover(repo, unreachable, remaining)
+        if moved is not None:
+            if self.cluster.lookup(vs, call.relative_path) is None:
+                raise NotFound("repository not found")
+            repo = await self.cluster.ensure_writable(moved)
+            route = self._route_mutator(call, repo)
+            remaining = budget - (time.monotonic() - started)
+            reach = await self.channels.connect(
+                route.primary, max(0.0, min(remaining, PRIMARY_CONNECT_WAIT))
+            )
+        if moved is None or reach is Reach.REFUSED:
+            self.metrics.write_retries.labels(vs, "gave-up").inc()
+            # Definite: no node received anything of this write.
+            raise Unavailable(
+                "repository unavailable: its primary cannot be reached and no other "
+                "primary was available in time"
+            )
+        self.metrics.write_retries.labels(vs, "retried").inc()
+        call.fields["retried_on"] = route.primary
+        return route
 
     def _write(self, call: _Call, route: MutatorRoute, finalize: Finalize) -> AsyncIterator[bytes]:
         """The fan-out of a write (returned, not iterated: one async generator less)."""

@@ -77,6 +77,28 @@ class ProxyMetrics:
             ["node"],
             registry=registry,
         )
+        self.immediate_probes = Counter(
+            "gitquorum_health_immediate_probes_total",
+            "Health checks made out of turn because a node's connection failed, by "
+            "virtual storage, node, trigger (connection-lost, rpc-failed, peer-view) and "
+            "result (healthy, unhealthy).",
+            ["virtual_storage", "node", "trigger", "result"],
+            registry=registry,
+        )
+        self.write_retries = Counter(
+            "gitquorum_write_retries_total",
+            "Writes whose primary could not be connected to before anything was sent, "
+            "by virtual storage and result: retried (sent to the primary after the "
+            "failover), gave-up (no new primary within the deadline; answered UNAVAILABLE).",
+            ["virtual_storage", "result"],
+            registry=registry,
+        )
+
+    def observe_immediate_probe(
+        self, virtual_storage: str, node: str, trigger: str, ok: bool
+    ) -> None:
+        result = "healthy" if ok else "unhealthy"
+        self.immediate_probes.labels(virtual_storage, node, trigger, result).inc()
 
 
 class StateAge(Collector):

@@ -24,7 +24,12 @@ from gitquorum.authentication import (
 )
 from gitquorum.cluster.election import LeaderElection
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
-from gitquorum.cluster.health import Consensus, GrpcHealthProbe, HealthChecker
+from gitquorum.cluster.health import (
+    TRIGGER_PEER_VIEW,
+    Consensus,
+    GrpcHealthProbe,
+    HealthChecker,
+)
 from gitquorum.cluster.history import History
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import HealthView, ProxyMembership
@@ -293,6 +298,7 @@ class ProxyServer(Assembled):
                         (info := self.registry_methods.get(m)) is not None
                         and info.op is not Op.INTERCEPTED
                     ),
+                    public=True,
                 ),
             ],
             options=server_options(config.limits.max_message_size),
@@ -354,6 +360,7 @@ class ProxyServer(Assembled):
                 config.health_timeout,
                 credentials=node_tls.credentials() if node_tls is not None else None,
             ),
+            observe_probe=self.metrics.observe_immediate_probe,
         )
         # The checker closes first: it publishes through the membership.
         stack.push_async_callback(membership.close)
@@ -374,6 +381,21 @@ class ProxyServer(Assembled):
         cluster_metrics.update_health(
             consensus={vs: health_view.healthy(vs) for vs in nodes}, nodes=nodes
         )
+        # Passive health: a node another proxy just published unhealthy is
+        # checked here at once, so the consensus (which needs this proxy's own
+        # check, never its trust) forms without waiting for the next round.
+        own = config.name
+
+        def corroborate(proxy: str, suspected: frozenset[tuple[str, str]]) -> None:
+            if proxy != own:
+                for _vs, node in suspected:
+                    checker.suspect(node, TRIGGER_PEER_VIEW)
+
+        health_view.add_suspicion_listener(corroborate)
+        # A forwarded call that could not reach a node (proxy/channels.py).
+        channels = self.channels
+        if channels is not None:
+            channels.on_unreachable = checker.suspect
         return checker
 
     def _open_port_api(self, views: _Views, checker: HealthChecker) -> EtcdClusterPort:

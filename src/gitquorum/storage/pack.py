@@ -116,12 +116,38 @@ class Exit:
     def ok(self) -> bool:
         return self.code == 0
 
-    def error(self, what: str) -> Internal | Canceled:
-        """The RPC error for a failed command, as Gitaly reports it."""
+    def error(self, what: str) -> Internal | Canceled | InvalidArgument:
+        """The RPC error for a failed command, as Gitaly reports it; a request
+        git could not parse is the client's fault, in git's own words."""
         if self.stderr == HUNG_UP:
             return Canceled(f"user canceled the {what}")
         text = self.stderr.decode(errors="replace").strip()
+        if is_bad_request(text):
+            return InvalidArgument(f"invalid {what} request: {_last_line(text)}")
         return Internal(f"cmd wait: exit status {self.code}, stderr: {text!r}")
+
+
+# What git's pack protocol says when the bytes it was sent are not a valid
+# request (pkt-line.c, upload-pack.c, receive-pack.c): the client sent them.
+_BAD_REQUEST_MARKERS = (
+    "protocol error",
+    "not our ref",
+    "expected flush",
+    "expected shallow",
+    "unknown capability",
+    "bad line length",
+)
+
+
+def is_bad_request(stderr: str) -> bool:
+    """Whether git failed because of what the request said (pure; table-tested)."""
+    lowered = stderr.lower()
+    return any(marker in lowered for marker in _BAD_REQUEST_MARKERS)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
 
 
 class _Done:

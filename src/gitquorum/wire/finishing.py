@@ -5,11 +5,17 @@ here: an exception becomes a status (``status_of``), the call is counted in
 ``gitquorum_rpc_*`` and gets one log line whose level depends only on the
 method and the status code (``log_level``). A write whose outcome is unknown
 ends, on the proxy and on the nodes alike, with ``OutcomeUnknown``.
+
+On the proxy, what a client reads is also decided here (``public_status``): a
+failure of the cluster's insides (a node's transport error, an etcd error, a
+crash) becomes a short message with the call's correlation id, and the details
+go to the call's log line under the same id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Sequence
@@ -18,7 +24,7 @@ from types import TracebackType
 import grpc
 
 from gitquorum import log
-from gitquorum.errors import Unavailable, grpc_status
+from gitquorum.errors import GitquorumError, Unavailable, grpc_status
 from gitquorum.metrics import RpcMetrics
 from gitquorum.wire.registry import MethodInfo, Op
 
@@ -82,6 +88,70 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc_status(exc)
 
 
+# What a client of the proxy reads instead of the cluster's insides (node
+# addresses, grpc transport messages, exception text); the details are on the
+# call's log line with the same correlation id.
+STORAGE_UNAVAILABLE = "storage temporarily unavailable"
+INTERNAL_ERROR = "internal error"
+_CORRELATION_MARK = "correlation id "
+
+
+class Source(enum.Enum):
+    """Where a failed call's status came from: it decides what the client may read."""
+
+    NODE = "node"  # relayed from a node, or made by grpc on the way to it
+    CLUSTER_STATE = "cluster-state"  # etcd could not be reached or refused
+    PROXY = "proxy"  # the proxy's own refusal, in its own words
+    CRASH = "crash"  # an unexpected exception
+
+
+def source_of(exc: BaseException) -> Source:
+    if isinstance(exc, BackendError):
+        return Source.NODE
+    if isinstance(exc, GitquorumError) and not exc.for_clients:
+        return Source.CLUSTER_STATE
+    if isinstance(exc, GitquorumError | NotImplementedError):
+        return Source.PROXY
+    return Source.CRASH
+
+
+def with_correlation(message: str, correlation: str) -> str:
+    return f"{message}, correlation id {correlation}" if correlation else message
+
+
+def public_status(
+    code: grpc.StatusCode, details: str, source: Source, correlation: str
+) -> tuple[grpc.StatusCode, str]:
+    """The status a client of the proxy gets (pure; table in tests/unit/wire).
+
+    * INTERNAL and UNKNOWN, whatever their source: "internal error, correlation id …".
+    * UNAVAILABLE that says "outcome unknown: " keeps its message (a documented
+      contract; it ends with the correlation id already).
+    * UNAVAILABLE from a node (a refused connection, a reset, a node going
+      away, the node's own unavailability) or from etcd: "storage temporarily
+      unavailable, correlation id …".
+    * The proxy's own UNAVAILABLE ("repository … is unavailable: …", "cluster
+      state is stale …", a drain) keeps its words and gets the correlation id.
+    * Every other status is the node's or the proxy's answer about the request
+      (NOT_FOUND, INVALID_ARGUMENT with git's message, …): unchanged.
+    """
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        return code, with_correlation(INTERNAL_ERROR, correlation)
+    if code is not grpc.StatusCode.UNAVAILABLE or details.startswith(OUTCOME_UNKNOWN_PREFIX):
+        return code, details
+    if source is Source.PROXY:
+        if _CORRELATION_MARK in details or not correlation:
+            return code, details
+        return code, f"{details} (correlation id {correlation})"
+    return code, with_correlation(STORAGE_UNAVAILABLE, correlation)
+
+
+def shown_to_client(details: str) -> bool:
+    """Whether a proxy's message was made for clients (it carries a correlation id):
+    a gateway shows those as they are and replaces anything else."""
+    return _CORRELATION_MARK in details
+
+
 def log_level(method: str, code: str) -> int:
     """One level per (method, code): routine outcomes at info, failures at warning."""
     if method.startswith(HEALTH_PREFIX) and code == "OK":
@@ -127,8 +197,12 @@ class RpcCall:
         context: grpc.aio.ServicerContext,
         metadata: Sequence[tuple[str, str | bytes]] | None,
         metrics: RpcMetrics | None,
+        *,
+        public: bool = False,
     ) -> None:
         self.method = method
+        # The proxy: failures reach clients through ``public_status``.
+        self.public = public
         self.op_type = op_type
         self.context = context
         self.metadata = metadata
@@ -159,6 +233,12 @@ class RpcCall:
                 return
             status, details = status_of(exc)
             self._code, self._error = status.name, exc
+            if self.public:
+                shown = public_status(status, details, source_of(exc), log.correlation_id.get())[1]
+                if shown != details:
+                    # What the client no longer reads is on the log line, same id.
+                    self.fields["error_details"] = details
+                details = shown
             await self.context.abort(status, details)
         finally:
             self._finish()

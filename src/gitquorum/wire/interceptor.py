@@ -66,6 +66,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         metrics: RpcMetrics | None,
         registry: MethodRegistry | None = None,
         skip: Callable[[str], bool] | None = None,
+        *,
+        public: bool = False,
     ) -> None:
         self.metrics = metrics
         # Where the op_type label comes from; without one, every label is empty.
@@ -73,6 +75,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         # Methods whose handler finishes its calls itself (the proxy's
         # raw-bytes handler): wrapping them again would double-count.
         self.skip = skip
+        # The proxy's: failures reach clients as ``finishing.public_status`` says.
+        self.public = public
 
     async def intercept_service(
         self,
@@ -90,7 +94,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
 
         def call(context: grpc.aio.ServicerContext) -> RpcCall:
-            return RpcCall(method, op_type, context, metadata, self.metrics)
+            return RpcCall(method, op_type, context, metadata, self.metrics, public=self.public)
 
         def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
             async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:

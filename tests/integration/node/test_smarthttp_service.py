@@ -449,8 +449,9 @@ async def test_post_git_failure_is_an_error(
         getattr(stub, method),
         [message(repository=seeded, **extra), message(data=b"not a pkt-line at all")],
     )
-    assert code == grpc.StatusCode.INTERNAL
-    assert "exit status" in details
+    # A body git cannot parse is the client's fault, in git's words.
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "protocol error" in details and "exit status" not in details
     if before is not None:
         assert gitrepo.refs(target.disk_path(seeded)) == before
 

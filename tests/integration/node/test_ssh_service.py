@@ -218,10 +218,11 @@ async def test_upload_pack_failure_sends_exit_status_then_error(
             ssh_pb2.SSHUploadPackRequest(stdin=b"zzzz not a pkt-line"),
         ],
     )
-    assert code == grpc.StatusCode.INTERNAL
+    # Input git cannot parse is the client's fault: INVALID_ARGUMENT, git's words.
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert exit_statuses(responses) == [128]
     assert b"protocol error" in stderr_of(responses)
-    assert "exit status 128" in details
+    assert "protocol error" in details
 
 
 # --- SSHReceivePack -------------------------------------------------------------
@@ -362,7 +363,7 @@ async def test_receive_pack_failure_sends_exit_status_then_error(
             ssh_pb2.SSHReceivePackRequest(stdin=b"garbage!"),
         ],
     )
-    assert code == grpc.StatusCode.INTERNAL
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert exit_statuses(responses) == [128]
     assert gitrepo.refs(target.disk_path(seeded)) == before
 
