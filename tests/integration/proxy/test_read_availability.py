@@ -1,9 +1,10 @@
 """Readers never see a replica die or stall while an up-to-date replica is alive.
 
 Real etcd, nodes, proxy and git (the module's own cluster, ``faulty``).
-Readers call FindCommit and RefExists through the proxy in a loop, and one
-more clones the repository with ``git clone`` over the ``git-ssh`` helper in
-a loop, while (1) the primary and then a secondary are killed with SIGKILL,
+Readers call FindCommit and RefExists through the proxy in a loop, one more
+clones the repository with ``git clone`` over the ``git-ssh`` helper in a
+loop, and one more with ``git clone`` over HTTP through a ``gitquorum http``
+gateway in front of the proxy, while (1) the primary and then a secondary are killed with SIGKILL,
 (2) a secondary is stopped with SIGSTOP for longer than the readers'
 deadline. Every read must succeed with the right answer.
 """
@@ -11,8 +12,11 @@ deadline. Every read must succeed with the right answer.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +28,7 @@ import pytest
 from gitquorum.gitaly import commit_pb2, commit_pb2_grpc, ref_pb2, ref_pb2_grpc
 from tests.harness import gitrepo
 from tests.harness.cluster import Cluster
+from tests.harness.node import wait_for
 from tests.integration.proxy import helpers
 from tests.integration.proxy.helpers import repository
 
@@ -41,9 +46,11 @@ class Readers:
     relative_path: str
     head: str
     workdir: Path
+    http: str  # the gateway's host:port
     stop: threading.Event = field(default_factory=threading.Event)
     reads: int = 0
     clones: int = 0
+    http_clones: int = 0
     failures: list[tuple[float, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -74,21 +81,24 @@ class Readers:
                 with self.lock:
                     self.reads += 2
 
-    def cloning(self) -> None:
+    def cloning(self, over: str = "ssh") -> None:
         n = 0
+        if over == "http":
+            url = f"http://{self.http}/{self.relative_path}"
+        else:
+            url = helpers.url(self.address, self.relative_path)
         while not self.stop.is_set():
             n += 1
-            target = self.workdir / f"clone-{n}"
-            proc = helpers.run_git(
-                "clone", "-q", helpers.url(self.address, self.relative_path), str(target)
-            )
+            target = self.workdir / f"clone-{over}-{n}"
+            proc = helpers.run_git("clone", "-q", url, str(target))
             if proc.returncode != 0:
-                self._failed(f"git clone: {proc.stderr.strip()}")
+                self._failed(f"git clone over {over}: {proc.stderr.strip()}")
             elif gitrepo.git("rev-parse", "HEAD", cwd=target).strip() != self.head:
-                self._failed("git clone: wrong HEAD")
+                self._failed(f"git clone over {over}: wrong HEAD")
             else:
                 with self.lock:
                     self.clones += 1
+                    self.http_clones += over == "http"
             shutil.rmtree(target, ignore_errors=True)
 
     def counts(self) -> tuple[int, int]:
@@ -98,7 +108,8 @@ class Readers:
     @contextmanager
     def running(self) -> Iterator[Readers]:
         threads = [threading.Thread(target=self.unary) for _ in range(UNARY_READERS)]
-        threads.append(threading.Thread(target=self.cloning))
+        threads.append(threading.Thread(target=self.cloning, args=("ssh",)))
+        threads.append(threading.Thread(target=self.cloning, args=("http",)))
         for thread in threads:
             thread.start()
         try:
@@ -120,20 +131,49 @@ class Readers:
         pytest.fail(f"readers made no progress: {self.counts()} {self.failures[:5]}")
 
 
-def _readers(cluster: Cluster, relative_path: str, tmp_path: Path) -> Readers:
+@pytest.fixture
+def http_gateway(faulty: Cluster, tmp_path: Path) -> Iterator[str]:
+    """``gitquorum http`` in front of the proxy; its host:port."""
+    ready = tmp_path / "http.ready"
+    log_path = faulty.base / "logs" / f"http-{uuid.uuid4().hex[:6]}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "gitquorum.cli.main", "http",
+                "--listen", "127.0.0.1:0",
+                "--proxy", faulty.proxies[0].address,
+                "--ready-file", str(ready),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+
+        def serving() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            return ready.exists() and ready.read_text().endswith("\n")
+
+        wait_for(serving, 30, what="the gateway to serve")
+        yield ready.read_text().split()[0]
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def _readers(cluster: Cluster, relative_path: str, tmp_path: Path, http: str) -> Readers:
     address = cluster.proxies[0].address
     source = gitrepo.make_repo(tmp_path / "source", commits=3)
     helpers.create(address, relative_path)
     helpers.push(address, relative_path, source, "main", "feature")
     helpers.wait_converged(address, relative_path)
     head = gitrepo.git("rev-parse", "HEAD", cwd=source).strip()
-    return Readers(address, relative_path, head, tmp_path)
+    return Readers(address, relative_path, head, tmp_path, http)
 
 
 def test_reads_survive_the_primary_then_a_secondary_being_killed(
-    faulty: Cluster, relative_path: str, tmp_path: Path
+    faulty: Cluster, relative_path: str, tmp_path: Path, http_gateway: str
 ) -> None:
-    readers = _readers(faulty, relative_path, tmp_path)
+    readers = _readers(faulty, relative_path, tmp_path, http_gateway)
     address = readers.address
     primary = helpers.metadata(address, relative_path).primary
     with readers.running():
@@ -148,12 +188,13 @@ def test_reads_survive_the_primary_then_a_secondary_being_killed(
         helpers.wait_unhealthy(faulty, secondary)
         readers.wait_for_progress()  # served by the one replica left
     assert readers.failures == []
+    assert readers.http_clones >= 1
 
 
 def test_reads_survive_a_stalled_secondary(
-    faulty: Cluster, relative_path: str, tmp_path: Path
+    faulty: Cluster, relative_path: str, tmp_path: Path, http_gateway: str
 ) -> None:
-    readers = _readers(faulty, relative_path, tmp_path)
+    readers = _readers(faulty, relative_path, tmp_path, http_gateway)
     primary = helpers.metadata(readers.address, relative_path).primary
     stalled = faulty.node(next(n.name for n in faulty.nodes if n.name != primary))
     with readers.running():
@@ -169,3 +210,4 @@ def test_reads_survive_a_stalled_secondary(
         helpers.wait_healthy(faulty, stalled.name)
         readers.wait_for_progress()
     assert readers.failures == []
+    assert readers.http_clones >= 1
