@@ -7,6 +7,8 @@ import importlib
 import sys
 from types import ModuleType
 
+from gitquorum import __version__
+
 # subcommand -> (module under gitquorum.cli, one-line help). Each module has
 # add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -62,6 +64,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     ``git-ssh`` helper twice per operation, so dispatch imports lazily.
     """
     parser = argparse.ArgumentParser(prog="gitquorum", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gitquorum {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_module, summary) in COMMANDS.items():
         command = sub.add_parser(name, help=summary, description=summary)
