@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gitquorum import log, tls
 from gitquorum.authentication import NODE_TOKEN_ENV, take_secrets
-from gitquorum.config import load_node_config, node_config_from_dict, parse_duration
+from gitquorum.config import load_node_config, node_config_from_dict
 from gitquorum.errors import ConfigError
 from gitquorum.lifecycle import ListenError
 
@@ -30,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--vote-timeout",
-        default="60s",
-        help="how long one transaction vote waits for the proxy (e.g. '1s', '500ms')",
+        default=None,
+        help="how long one transaction vote waits for the proxy (e.g. '1s', '500ms'; "
+        "default 60s; with --config: the file's vote_timeout)",
     )
     # Secrets only ever by file or environment: argv is visible to every user (ps).
     parser.add_argument(
@@ -58,10 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        try:
-            vote_timeout = parse_duration(args.vote_timeout)
-        except ValueError as exc:
-            raise ConfigError([f"--vote-timeout: {exc}"]) from exc
         file_flags = {
             "--token-file": ("auth", "token_file", args.token_file),
             "--tls-cert": ("tls", "cert_file", args.tls_cert),
@@ -71,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.config:
             given = [flag for flag, (_, _, value) in file_flags.items() if value]
+            given += ["--vote-timeout"] if args.vote_timeout is not None else []
             if given:
                 raise ConfigError(
                     [f"{flag}: set it in the --config file instead" for flag in given]
@@ -84,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             data: dict[str, object] = {"listen": args.listen, "storages": storages}
             if args.metrics_listen:
                 data["metrics_listen"] = args.metrics_listen
+            if args.vote_timeout is not None:
+                data["vote_timeout"] = args.vote_timeout
             for section, key, value in file_flags.values():
                 if value:
                     entry = data.setdefault(section, {})
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from gitquorum.storage.server import serve
 
     try:
-        asyncio.run(serve(config, args.ready_file, vote_timeout, secrets))
+        asyncio.run(serve(config, args.ready_file, config.vote_timeout, secrets))
     except ListenError as exc:
         print(f"node: {exc}", file=sys.stderr)
         return 1
