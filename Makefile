@@ -5,7 +5,9 @@ VENV = .venv
 PYTHON = $(VENV)/bin/python
 PYTEST_ARGS ?=
 UP_ARGS ?=
-SETUP = VENV=$(VENV) scripts/setup
+SETUP = VENV=$(VENV) bash scripts/setup
+# Tests run as in an activated environment: its console scripts (gitquorum) on PATH.
+ACTIVATE = $(if $(findstring /,$(PYTHON)),PATH="$(abspath $(dir $(PYTHON))):$$PATH")
 
 .PHONY: up deps deps-test install proto lint typecheck test test-floors test-unit \
 	test-integration test-faults test-through-proxy
@@ -47,18 +49,18 @@ test-floors: deps-test
 # soak), then the storage-node suite again through a proxy in front of three
 # nodes.
 test: deps-test lint typecheck test-floors
-	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
-	GITQUORUM_TEST_THROUGH_PROXY=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration/node $(PYTEST_ARGS)
+	$(ACTIVATE) $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(ACTIVATE) GITQUORUM_TEST_THROUGH_PROXY=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration/node $(PYTEST_ARGS)
 
 test-unit: deps-test
-	$(PYTHON) -m pytest -q tests/unit $(PYTEST_ARGS)
+	$(ACTIVATE) $(PYTHON) -m pytest -q tests/unit $(PYTEST_ARGS)
 
 test-integration: deps-test
-	$(PYTHON) -m pytest -q tests/integration tests/acceptance $(PYTEST_ARGS)
+	$(ACTIVATE) $(PYTHON) -m pytest -q tests/integration tests/acceptance $(PYTEST_ARGS)
 
 test-faults: deps-test
-	$(PYTHON) -m pytest -q tests/chaos tests/soak tests/integration/limits tests/integration/shutdown $(PYTEST_ARGS)
+	$(ACTIVATE) $(PYTHON) -m pytest -q tests/chaos tests/soak tests/integration/limits tests/integration/shutdown $(PYTEST_ARGS)
 
 # The storage-node suite alone, through a proxy in front of three nodes.
 test-through-proxy: deps-test
-	GITQUORUM_TEST_THROUGH_PROXY=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration/node $(PYTEST_ARGS)
+	$(ACTIVATE) GITQUORUM_TEST_THROUGH_PROXY=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration/node $(PYTEST_ARGS)
