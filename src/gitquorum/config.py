@@ -7,19 +7,31 @@ so an operator fixes a file in one pass. Durations are strings: "1s", "500ms".
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gitquorum.config_praefect import (
+    GITALY_NODE_RENAMES,
+    PRAEFECT_PROXY_RENAMES,
+    SECTION_RENAMES,
+    foreign_config_problems,
+    looks_foreign,
+)
+from gitquorum.config_yaml import located, yaml_lines
 from gitquorum.errors import ConfigError
 from gitquorum.wire.options import MAX_MESSAGE_SIZE
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_POSITIVE = "must be greater than zero (e.g. '500ms', '10s')"
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -80,9 +92,17 @@ class _Reader:
             return {}
         return data
 
-    def unknown(self, data: dict[str, Any], known: set[str], path: str) -> None:
+    def unknown(
+        self,
+        data: dict[str, Any],
+        known: set[str],
+        path: str,
+        renames: Mapping[str, str] | None = None,
+    ) -> None:
+        """Unknown keys are problems; a known foreign name (``renames``) says what to use."""
         for key in sorted(set(map(str, data)) - known):
-            self.problem(f"{path}{key}", "unknown option")
+            hint = (renames or {}).get(key)
+            self.problem(f"{path}{key}", f"unknown option: {hint}" if hint else "unknown option")
 
     def string(self, data: dict[str, Any], key: str, path: str, default: str | None = None) -> str:
         value = data.get(key, default)
@@ -114,11 +134,21 @@ class _Reader:
         return value
 
     def duration(self, data: dict[str, Any], key: str, path: str, default: str) -> float:
+        """A duration option; every one is a timeout, an interval or a TTL: above zero."""
+        value = data.get(key, default)
         try:
-            return parse_duration(data.get(key, default))
+            seconds = parse_duration(value)
         except ValueError as exc:
-            self.problem(f"{path}{key}", str(exc))
+            # "-1s" fails the syntax; say what is wrong with it rather than how to write one.
+            negative = (isinstance(value, str) and value.strip().startswith("-")) or (
+                isinstance(value, int | float) and not isinstance(value, bool) and value < 0
+            )
+            self.problem(f"{path}{key}", _POSITIVE if negative else str(exc))
             return parse_duration(default)
+        if seconds <= 0:
+            self.problem(f"{path}{key}", _POSITIVE)
+            return parse_duration(default)
+        return seconds
 
     def integer(self, data: dict[str, Any], key: str, path: str, default: int, minimum: int) -> int:
         value = data.get(key, default)
@@ -261,7 +291,7 @@ class TlsSettings:
 def _tls(reader: _Reader, data: Any, path: str, keys: set[str], *, listener: bool) -> TlsSettings:
     """A ``tls``-style section: file options, the certificate and key given together."""
     raw = reader.mapping(data, path)
-    reader.unknown(raw, keys, f"{path}.")
+    reader.unknown(raw, keys, f"{path}.", SECTION_RENAMES["tls"])
     files = {k: reader.optional_string(raw, k, f"{path}.") for k in sorted(keys)}
     settings = TlsSettings(**files)
     if bool(settings.cert_file) != bool(settings.key_file):
@@ -289,6 +319,8 @@ class NodeConfig:
     # TLS of the listener, and of the node's calls to proxies (votes) and to
     # other nodes (replication) when they advertise tls:// (docs/security.md).
     tls: TlsSettings = TlsSettings()
+    # How long one transaction vote waits for the proxy's answer.
+    vote_timeout: float = 60.0
 
 
 LOG_LEVELS = {"debug", "info", "warning", "error"}
@@ -297,6 +329,8 @@ LOG_LEVELS = {"debug", "info", "warning", "error"}
 def node_config_from_dict(data: Any) -> NodeConfig:
     reader = _Reader()
     top = reader.mapping(data, "")
+    if foreign := looks_foreign(top):
+        reader.problems.append(foreign)
     reader.unknown(
         top,
         {
@@ -308,8 +342,10 @@ def node_config_from_dict(data: Any) -> NodeConfig:
             "auth",
             "limits",
             "tls",
+            "vote_timeout",
         },
         "",
+        GITALY_NODE_RENAMES,
     )
     listen = reader.address(top, "listen", "", None)
     storages: list[StorageConfig] = []
@@ -334,8 +370,9 @@ def node_config_from_dict(data: Any) -> NodeConfig:
     metrics = reader.address(top, "metrics_listen", "", "127.0.0.1:0")
     level = reader.choice(top, "log_level", "", "info", LOG_LEVELS)
     grace = reader.duration(top, "graceful_timeout", "", "10s")
+    vote_timeout = reader.duration(top, "vote_timeout", "", "60s")
     auth = reader.mapping(top.get("auth"), "auth")
-    reader.unknown(auth, {"token_file"}, "auth.")
+    reader.unknown(auth, {"token_file"}, "auth.", SECTION_RENAMES["auth"])
     token_file = reader.optional_string(auth, "token_file", "auth.")
     limits = _limits(reader, top.get("limits"), NODE_LIMITS)
     tls = _tls(
@@ -348,27 +385,70 @@ def node_config_from_dict(data: Any) -> NodeConfig:
     if reader.problems:
         raise ConfigError(reader.problems)
     return NodeConfig(
-        listen, tuple(storages), metrics, level, grace, token_file, limits=limits, tls=tls
+        listen,
+        tuple(storages),
+        metrics,
+        level,
+        grace,
+        token_file,
+        limits=limits,
+        tls=tls,
+        vote_timeout=vote_timeout,
     )
 
 
 def load_yaml(path: str | Path) -> Any:
+    """The file's data; problems reading or parsing it name the file (and line)."""
+    return _load(path)[0]
+
+
+def _load(path: str | Path) -> tuple[Any, dict[str, int]]:
+    """The file's data and the line of each dotted path in it."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            text = fh.read()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not valid UTF-8: {exc}"]) from exc
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+        _refuse_toml(path, text)
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError([f"{where}: not valid YAML: {exc}"]) from exc
     except RecursionError as exc:
         # The YAML parser recurses once per nesting level.
         raise ConfigError([f"{path}: not valid YAML: nested too deeply"]) from exc
+    if not isinstance(data, dict | None):
+        # TOML's "key = value" lines read as one YAML string.
+        _refuse_toml(path, text)
+    return data, yaml_lines(text)
+
+
+def _refuse_toml(path: str | Path, text: str) -> None:
+    """A TOML file (Praefect's and Gitaly's format) gets an error saying so."""
+    try:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return
+    if data:
+        raise ConfigError([f"{path}: {p}" for p in foreign_config_problems(data, toml=True)])
+
+
+def _load_config(path: str | Path, from_dict: Any) -> Any:
+    data, lines = _load(path)
+    try:
+        return from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(located(path, lines, exc.problems)) from exc
 
 
 def load_node_config(path: str | Path) -> NodeConfig:
-    return node_config_from_dict(load_yaml(path))
+    """Problems name the file and, where the key is in it, the line."""
+    config: NodeConfig = _load_config(path, node_config_from_dict)
+    return config
 
 
 @dataclass(frozen=True)
@@ -442,19 +522,24 @@ MIN_STALE_READ_LIMIT = 3.0
 
 
 def _stale_read_limit(reader: _Reader, top: dict[str, Any]) -> float:
-    limit = reader.duration(top, "stale_read_limit", "", "5s")
-    if limit < MIN_STALE_READ_LIMIT:
-        reader.problem(
-            "stale_read_limit",
-            f"must be at least {MIN_STALE_READ_LIMIT:g}s (the etcd watch hears from etcd "
-            "every second and replaces a silent stream after 3s)",
-        )
-    return limit
+    # Below the minimum (zero included) gets the minimum's reason; anything
+    # unreadable is reported by reader.duration.
+    with contextlib.suppress(ValueError):
+        if parse_duration(top.get("stale_read_limit", "5s")) < MIN_STALE_READ_LIMIT:
+            reader.problem(
+                "stale_read_limit",
+                f"must be at least {MIN_STALE_READ_LIMIT:g}s (the etcd watch hears from etcd "
+                "every second and replaces a silent stream after 3s)",
+            )
+            return MIN_STALE_READ_LIMIT
+    return reader.duration(top, "stale_read_limit", "", "5s")
 
 
 def proxy_config_from_dict(data: Any) -> ProxyConfig:
     reader = _Reader()
     top = reader.mapping(data, "")
+    if foreign := looks_foreign(top):
+        reader.problems.append(foreign)
     reader.unknown(
         top,
         {
@@ -479,6 +564,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
             "node_tls",
         },
         "",
+        PRAEFECT_PROXY_RENAMES,
     )
     listen = reader.address(top, "listen", "", None)
     name = reader.string(top, "name", "", listen or "proxy")
@@ -553,9 +639,10 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
         replication,
         {"workers", "attempts", "reconcile_interval", "verify_interval"},
         "replication.",
+        SECTION_RENAMES["replication"],
     )
     auth = reader.mapping(top.get("auth"), "auth")
-    reader.unknown(auth, {"token_file", "node_token_file"}, "auth.")
+    reader.unknown(auth, {"token_file", "node_token_file"}, "auth.", SECTION_RENAMES["auth"])
     config = ProxyConfig(
         listen=listen,
         name=name,
@@ -605,4 +692,6 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
 
 
 def load_proxy_config(path: str | Path) -> ProxyConfig:
-    return proxy_config_from_dict(load_yaml(path))
+    """Problems name the file and, where the key is in it, the line."""
+    config: ProxyConfig = _load_config(path, proxy_config_from_dict)
+    return config

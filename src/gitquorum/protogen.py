@@ -66,7 +66,16 @@ def main() -> None:
         if stale.exists():
             shutil.rmtree(stale)
     files = generate(PACKAGE_DIR)
-    print(f"generated {len(files)} files", file=sys.stderr)
+    from importlib.metadata import version
+
+    # The generated modules refuse older runtimes at import: pyproject.toml's
+    # grpcio and protobuf floors must be at least these (tests/unit/test_packaging.py).
+    print(
+        f"generated {len(files)} files with grpcio-tools {version('grpcio-tools')} "
+        f"(protobuf {version('protobuf')}): the grpcio and protobuf floors must be at least "
+        "the versions in their headers",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -373,7 +373,10 @@ def test_empty_file_reports_required_options(tmp_path: Path) -> None:
     path.write_text("")
     with pytest.raises(ConfigError) as exc:
         load_node_config(path)
-    assert {"listen", "storages"} <= set(problems(exc))
+    # Each problem names the file (no line: the options are missing).
+    assert all(p.startswith(f"{path}: ") for p in exc.value.problems)
+    paths = {p.removeprefix(f"{path}: ").partition(": ")[0] for p in exc.value.problems}
+    assert {"listen", "storages"} <= paths
 
 
 # --- fuzz ------------------------------------------------------------------------------------

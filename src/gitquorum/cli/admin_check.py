@@ -5,6 +5,8 @@ Checks, from the host the command runs on:
 * ``etcd``: the endpoints answer a read;
 * ``proxies``: at least one proxy is registered, and each registered proxy
   answers its gRPC health check; ``leader``: a leader is elected;
+  ``settings``: every live proxy runs with the same cluster-wide settings
+  (the hashes in their membership records; config_settings.py);
 * ``node <name>``: each configured node answers its gRPC health check;
   ``disk <name>``: its ``ServerInfo`` reports the storage readable and
   writeable (the node creates and removes a file to know);
@@ -35,6 +37,8 @@ from gitquorum.cli import admin_common as common
 from gitquorum.cli.admin_view import ClusterView, read_view
 from gitquorum.cli.render import table
 from gitquorum.cluster.decisions import valid_primaries
+from gitquorum.cluster.settings import settings_agreement, settings_hash
+from gitquorum.config_settings import cluster_settings
 from gitquorum.gitaly import server_pb2, server_pb2_grpc
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -184,7 +188,30 @@ async def check_proxies(admin: common.Admin, view: ClusterView) -> list[Check]:
         if view.leader
         else Check("leader", FAIL, "no leader elected: no failover, repair or verification")
     )
+    checks.append(settings_check(admin, view))
     return checks
+
+
+def settings_check(admin: common.Admin, view: ClusterView) -> Check:
+    """The live proxies run with the same cluster-wide settings (and this --config too)."""
+    agreement = settings_agreement({p.name: p.settings for p in view.proxies})
+    if not agreement.agree:
+        groups = "; ".join(f"{', '.join(names)} ({h})" for h, names in agreement.groups)
+        return Check(
+            "settings",
+            FAIL,
+            f"proxies differ in {', '.join(agreement.differing)}: {groups}",
+        )
+    notes = []
+    if agreement.unknown:
+        notes.append(f"no settings published by {', '.join(agreement.unknown)} (older version)")
+    if agreement.groups:
+        shared, _names = agreement.groups[0]
+        if settings_hash(cluster_settings(admin.config)) != shared:
+            notes.append(f"this --config differs from the proxies' ({shared})")
+        if not notes:
+            return Check("settings", OK, f"every proxy runs the same settings ({shared})")
+    return Check("settings", WARN, "; ".join(notes) or "no proxy published settings")
 
 
 def state_checks(admin: common.Admin, view: ClusterView) -> list[Check]:

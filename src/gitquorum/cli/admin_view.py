@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gitquorum.cluster.health import Consensus, HealthMap, HealthSnapshot, consensus
 from gitquorum.cluster.keys import Keyspace
@@ -29,6 +29,8 @@ class ProxyMember:
     address: str
     started_at: float
     health: HealthMap
+    # Hashes of its cluster-wide settings (empty: published none).
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,13 @@ def _member(name: str, value: bytes) -> ProxyMember | None:
             str(vs): {str(node): bool(ok) for node, ok in nodes.items()}
             for vs, nodes in (data.get("health") or {}).items()
         }
+        settings = {str(k): str(v) for k, v in (data.get("settings") or {}).items()}
         return ProxyMember(
-            name, str(data.get("address", "")), float(data.get("started_at", 0.0)), health
+            name,
+            str(data.get("address", "")),
+            float(data.get("started_at", 0.0)),
+            health,
+            settings,
         )
     except (ValueError, AttributeError, TypeError):
         return None

@@ -12,12 +12,13 @@ import argparse
 import sys
 from typing import Any
 
-from gitquorum.config import load_yaml, node_config_from_dict, proxy_config_from_dict
+from gitquorum.config import load_node_config, load_proxy_config, load_yaml
 from gitquorum.errors import ConfigError
 
 KINDS = ("node", "proxy")
-# Options only a proxy configuration has; any of them decides the guess.
-_PROXY_ONLY = ("etcd", "virtual_storages")
+# Options only a proxy configuration has (or Praefect's, for its file); any of
+# them decides the guess.
+_PROXY_ONLY = ("etcd", "virtual_storages", "virtual_storage", "failover", "database")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,18 +42,19 @@ def guess_kind(data: Any) -> str:
 
 
 def validate(path: str, kind: str | None) -> tuple[str, list[str]]:
-    """The kind checked and one line per problem ("FILE: dotted.path: message")."""
+    """The kind checked and one line per problem ("FILE[:LINE]: dotted.path: message")."""
     try:
         data = load_yaml(path)
     except ConfigError as exc:
         # Unreadable or not YAML: these problems already name the file.
         return kind or "node", exc.problems
     kind = kind or guess_kind(data)
-    loader = proxy_config_from_dict if kind == "proxy" else node_config_from_dict
+    loader = load_proxy_config if kind == "proxy" else load_node_config
     try:
-        loader(data)
+        loader(path)
     except ConfigError as exc:
-        return kind, [f"{path}: {problem}" for problem in exc.problems]
+        # Each problem names the file, and the line where the option is in it.
+        return kind, exc.problems
     return kind, []
 
 

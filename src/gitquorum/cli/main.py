@@ -6,6 +6,7 @@ import importlib
 import sys
 from types import ModuleType
 
+from gitquorum import __version__
 from gitquorum.cli.arguments import Parser, parse
 
 # subcommand -> (module under gitquorum.cli, one-line help). Each module has
@@ -68,6 +69,7 @@ def build_parser(only: str | None = None) -> Parser:
     ``git-ssh`` helper twice per operation, so dispatch imports lazily.
     """
     parser = Parser(prog="gitquorum", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gitquorum {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_module, summary) in COMMANDS.items():
         command = sub.add_parser(name, help=summary, description=summary)

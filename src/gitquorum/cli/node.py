@@ -34,10 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--vote-timeout",
         type=positive_duration,
-        default="60s",
+        default=None,
         metavar="DURATION",
-        help="how long one transaction vote waits for the proxy, e.g. 1s or 500ms "
-        "(default %(default)s; a bare number is seconds)",
+        help="how long one transaction vote waits for the proxy (e.g. 1s, 500ms; a bare "
+        "number is seconds; default 60s; with --config: the file's vote_timeout)",
     )
     # Secrets only ever by file or environment: argv is visible to every user (ps).
     parser.add_argument(
@@ -76,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"node: {NO_ARGUMENTS}", file=sys.stderr)
         return 2
     try:
-        vote_timeout = args.vote_timeout
         file_flags = {
             "--token-file": ("auth", "token_file", args.token_file),
             "--tls-cert": ("tls", "cert_file", args.tls_cert),
@@ -86,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         }
         if args.config:
             given = [flag for flag, (_, _, value) in file_flags.items() if value]
+            given += ["--vote-timeout"] if args.vote_timeout is not None else []
             if given:
                 raise ConfigError(
                     [f"{flag}: set it in the --config file instead" for flag in given]
@@ -99,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
             data: dict[str, object] = {"listen": args.listen, "storages": storages}
             if args.metrics_listen:
                 data["metrics_listen"] = args.metrics_listen
+            if args.vote_timeout is not None:
+                # Parsed to seconds by the flag; the file's form for the config.
+                data["vote_timeout"] = f"{args.vote_timeout}s"
             for section, key, value in file_flags.values():
                 if value:
                     entry = data.setdefault(section, {})
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from gitquorum.storage.server import serve
 
     try:
-        asyncio.run(serve(config, args.ready_file, vote_timeout, secrets))
+        asyncio.run(serve(config, args.ready_file, config.vote_timeout, secrets))
     except ListenError as exc:
         print(f"node: {exc}", file=sys.stderr)
         return 1

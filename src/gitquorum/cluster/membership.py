@@ -1,7 +1,8 @@
 """Proxy membership and the watch-fed cluster health view.
 
 Each proxy owns one key, ``proxies/<name>``, attached to its own lease. The
-value carries the proxy's address and its current health view, so joining,
+value carries the proxy's address, its current health view and hashes of its
+cluster-wide settings (compared by ``gitquorum check``), so joining,
 leaving (lease expiry) and changing a vote are each one atomic change that
 every other proxy sees in the same watch event: the consensus never counts a
 proxy whose vote it has not seen yet.
@@ -35,12 +36,20 @@ from gitquorum.cluster.store_retry import StoreRetry, report, store_failure
 log = logging.getLogger(__name__)
 
 
-def encode_member(address: str, started_at: float, health: HealthMap) -> bytes:
-    value = {
+def encode_member(
+    address: str,
+    started_at: float,
+    health: HealthMap,
+    settings: Mapping[str, str] | None = None,
+) -> bytes:
+    value: dict[str, object] = {
         "address": address,
         "started_at": round(started_at, 3),
         "health": {vs: dict(sorted(nodes.items())) for vs, nodes in sorted(health.items())},
     }
+    if settings:
+        # Hashes of the cluster-wide settings, compared by `gitquorum check`.
+        value["settings"] = dict(sorted(settings.items()))
     return json.dumps(value, separators=(",", ":")).encode()
 
 
@@ -64,9 +73,11 @@ class ProxyMembership:
         ttl: float = 5.0,
         clock: Clock | None = None,
         retry_delay: float = 0.5,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.store = store
         self.proxy = proxy
+        self.settings = dict(settings or {})
         self.key = keys.proxy(proxy)
         self.address = address
         self.ttl = ttl
@@ -118,7 +129,7 @@ class ProxyMembership:
         )
 
     def _value(self) -> bytes:
-        return encode_member(self.address, self.started_at, self._health)
+        return encode_member(self.address, self.started_at, self._health, self.settings)
 
     async def _supervise(self) -> None:
         while True:

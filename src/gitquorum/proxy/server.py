@@ -38,6 +38,7 @@ from gitquorum.cluster.operator_state import OperatorStateView
 from gitquorum.cluster.queue import QueueView, ReplicationQueue
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
 from gitquorum.config import ProxyConfig, parse_address
+from gitquorum.config_settings import cluster_settings
 from gitquorum.errors import ConfigError
 from gitquorum.gitaly import praefect_pb2_grpc, server_pb2_grpc, transaction_pb2_grpc
 from gitquorum.lifecycle import Assembled, ListenError, bind_port, run_until_signalled
@@ -345,7 +346,12 @@ class ProxyServer(Assembled):
         """Register this proxy (its membership lease) and start checking the nodes."""
         config = self.config
         self.membership = membership = ProxyMembership(
-            store, keys, config.name, address=self.address, ttl=config.election_ttl
+            store,
+            keys,
+            config.name,
+            address=self.address,
+            ttl=config.election_ttl,
+            settings=cluster_settings(config),
         )
         node_map = {
             vs.name: {n.storage: n.address for n in vs.nodes} for vs in config.virtual_storages
