@@ -58,6 +58,7 @@ class ReadHealth:
         # node -> end of its ejection; empty almost always, so reads pay one test.
         self._ejected: dict[str, float] = {}
         self._hedge_tokens = read_rules.HEDGE_BURST
+        self._late_tokens = read_rules.HEDGE_BURST
 
     def known(self, nodes: Iterable[str]) -> None:
         """Nodes this proxy routes to: their ejection counters exist from the start."""
@@ -113,6 +114,7 @@ class ReadHealth:
         if not self.settings.hedging:
             return None
         self._hedge_tokens = read_rules.hedge_tokens_after_read(self._hedge_tokens)
+        self._late_tokens = read_rules.hedge_tokens_after_read(self._late_tokens)
         latency = self._latency.get((method, node))
         return read_rules.hedge_delay(
             latency.p95 if latency is not None else None, self.settings.hedge_delay_floor
@@ -123,6 +125,15 @@ class ReadHealth:
         if not read_rules.hedge_affordable(self._hedge_tokens):
             return False
         self._hedge_tokens -= 1.0
+        return True
+
+    def spend_late_hedge(self) -> bool:
+        """Whether the late hedges' own budget (as large as the first one) pays
+        for one more: with every replica slow, hedging stays bounded (about
+        twice the budget at most), not one hedge per read."""
+        if not read_rules.hedge_affordable(self._late_tokens):
+            return False
+        self._late_tokens -= 1.0
         return True
 
     def answered_in(self, method: str, node: str, seconds: float) -> None:

@@ -163,6 +163,9 @@ class Reader:
                         if deadline is not None and hedge_at >= deadline:
                             hedge_at = None
                         continue
+                    if over_budget and not self.health.spend_late_hedge():
+                        hedge_at = None  # both budgets spent: no hedge for this read
+                        continue
                     hedge_at, hedged = None, True
                     self.health.metrics.read_hedges.labels("sent").inc()
                     self.fields["hedged_to"] = untried[0]

@@ -129,11 +129,14 @@ def route_accessor(
     if repo.conflict:
         # Replicas disagree with no majority (the verifier): read one side only,
         # so that a write does not seem to come and go between reads: the
-        # primary's, or while it cannot serve, always the same replica.
+        # primary's, or while it cannot serve, always the same replica (the
+        # first by name among the healthy up-to-date ones, whatever this proxy
+        # ejected or an operator drained: every proxy must pick the same).
         if repo.primary in healthy and repo.primary in up_to_date:
             primary_only = True
         else:
             choose = min
+            draining = ejected = frozenset()
     if primary_only:
         primary = repo.primary
         if primary is None or primary not in healthy:

@@ -96,6 +96,10 @@ INTERNAL_ERROR = "internal error"
 _CORRELATION_MARK = "correlation id "
 
 
+# What a client reads of a node's "outcome unknown" (its own reason is logged).
+NODE_OUTCOME_UNKNOWN = "the primary node may have applied the write"
+
+
 class Source(enum.Enum):
     """Where a failed call's status came from: it decides what the client may read."""
 
@@ -125,8 +129,9 @@ def public_status(
     """The status a client of the proxy gets (pure; table in tests/unit/wire).
 
     * INTERNAL and UNKNOWN, whatever their source: "internal error, correlation id …".
-    * UNAVAILABLE that says "outcome unknown: " keeps its message (a documented
-      contract; it ends with the correlation id already).
+    * UNAVAILABLE that says "outcome unknown: " keeps the prefix (a documented
+      contract) and the correlation id; the proxy's own reason is kept, a
+      node's is replaced by a fixed one (it may quote addresses or paths).
     * UNAVAILABLE from a node (a refused connection, a reset, a node going
       away, the node's own unavailability) or from etcd: "storage temporarily
       unavailable, correlation id …".
@@ -137,7 +142,13 @@ def public_status(
     """
     if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
         return code, with_correlation(INTERNAL_ERROR, correlation)
-    if code is not grpc.StatusCode.UNAVAILABLE or details.startswith(OUTCOME_UNKNOWN_PREFIX):
+    if code is grpc.StatusCode.UNAVAILABLE and details.startswith(OUTCOME_UNKNOWN_PREFIX):
+        if source is Source.PROXY:
+            return code, details
+        # A node's reason quotes grpc's or git's text (addresses, paths): the
+        # contract (prefix, correlation id) is kept, the reason goes to the log.
+        return code, with_correlation(OUTCOME_UNKNOWN_PREFIX + NODE_OUTCOME_UNKNOWN, correlation)
+    if code is not grpc.StatusCode.UNAVAILABLE:
         return code, details
     if source is Source.PROXY:
         if _CORRELATION_MARK in details or not correlation:

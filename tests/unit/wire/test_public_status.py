@@ -45,7 +45,13 @@ TABLE = [
     # etcd's client text names the cluster's insides too.
     (Code.UNAVAILABLE, "etcd 127.0.0.1:2379: refused", Source.CLUSTER_STATE, GONE),
     # The documented unknown-outcome contract is kept as it is.
-    (Code.UNAVAILABLE, UNKNOWN_OUTCOME, Source.NODE, UNKNOWN_OUTCOME),
+    # A node's own reason may quote addresses or paths: a fixed one, same contract.
+    (
+        Code.UNAVAILABLE,
+        UNKNOWN_OUTCOME,
+        Source.NODE,
+        "outcome unknown: the primary node may have applied the write, correlation id c0ffee",
+    ),
     (Code.UNAVAILABLE, UNKNOWN_OUTCOME, Source.PROXY, UNKNOWN_OUTCOME),
     # The proxy's own words stay, with the correlation id.
     (Code.UNAVAILABLE, STALE, Source.PROXY, f"{STALE} (correlation id c0ffee)"),
