@@ -124,6 +124,11 @@ class ProxyServer(Assembled):
         self.metrics = ProxyMetrics(self.registry)
         self.cluster_metrics = ClusterMetrics(self.registry, proxy=config.name)
         self.nodes = {vs.name: [n.storage for n in vs.nodes] for vs in config.virtual_storages}
+        for name in self.nodes:
+            # Present from start-up (0), so that "no write was ever retried"
+            # is a sample an alert or a dashboard can read.
+            for result in ("retried", "gave-up"):
+                self.metrics.write_retries.labels(name, result)
         self.transactions = TransactionManager(vote_timeout=config.vote_timeout)
         # Drain gate and per-repository concurrency limits (config.limits).
         self.admission = Admission(config.limits, what="proxy")
