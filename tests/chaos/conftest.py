@@ -49,8 +49,8 @@ PROXY_SETTINGS: dict[str, object] = {
     "replication": {"reconcile_interval": "1s", "verify_interval": "10m"},
 }
 # For faults that leave replicas differing at equal generations, which only the
-# verifier (a replica compared with its primary) finds and repairs: it checks every
-# replica every few seconds.
+# verifier (the up-to-date replicas compared, settled by majority) finds and
+# repairs: it checks every replica every few seconds.
 VERIFYING: dict[str, object] = {
     "replication": {"reconcile_interval": "1s", "verify_interval": "3s"},
 }

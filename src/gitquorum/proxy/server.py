@@ -361,16 +361,20 @@ class ProxyServer(Assembled):
         node_map = {
             vs.name: {n.storage: n.address for n in vs.nodes} for vs in config.virtual_storages
         }
+        # Health is open (no token) but not plaintext when nodes serve TLS.
+        probe = GrpcHealthProbe(
+            config.health_timeout,
+            credentials=node_tls.credentials() if node_tls is not None else None,
+        )
+        # Closed last (its channels and their connection watches), also after a
+        # failed start: the checker only closes probes it made itself.
+        stack.push_async_callback(probe.close)
         self.checker = checker = HealthChecker(
             node_map,
             publish=membership.publish_health,
             interval=config.health_interval,
             timeout=config.health_timeout,
-            # Health is open (no token) but not plaintext when nodes serve TLS.
-            probe=GrpcHealthProbe(
-                config.health_timeout,
-                credentials=node_tls.credentials() if node_tls is not None else None,
-            ),
+            probe=probe,
             observe_probe=self.metrics.observe_immediate_probe,
         )
         # The checker closes first: it publishes through the membership.
