@@ -128,17 +128,7 @@ async def move_primary(
         if old:
             load[old] = max(0, load.get(old, 0) - 1)
         if history is not None:
-            await history.record_quietly(
-                history.event(
-                    SWITCHOVER,
-                    updated.virtual_storage,
-                    updated.repository_id,
-                    updated.relative_path,
-                    old,
-                    updated.primary,
-                    reason=reason,
-                )
-            )
+            await history.primary_moved(SWITCHOVER, updated, old, updated.primary, reason)
         return Move(updated.repository_id, updated.relative_path, old, updated.primary, True)
 
     def failed() -> Move:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gitquorum.cluster.keys import Keyspace
+from gitquorum.cluster.repositories import RepositoryRecord
 from gitquorum.cluster.store import Op, OpKind, Store
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,22 @@ class History:
             await self.record(event)
         except Exception as exc:  # the change is recorded; its account is best effort
             log.warning("history entry not written: %s", exc)
+
+    async def primary_moved(
+        self, kind: str, record: RepositoryRecord, old: str | None, new: str | None, reason: str
+    ) -> None:
+        """Account (quietly) for ``record``'s primary having moved from ``old`` to ``new``."""
+        await self.record_quietly(
+            self.event(
+                kind,
+                record.virtual_storage,
+                record.repository_id,
+                record.relative_path,
+                old,
+                new,
+                reason=reason,
+            )
+        )
 
     def event(
         self,

@@ -164,17 +164,7 @@ class EtcdClusterPort:
             )
             self.metrics.failovers.labels(vs, "lazy").inc()
             if self.history is not None:
-                await self.history.record_quietly(
-                    self.history.event(
-                        FAILOVER,
-                        vs,
-                        record.repository_id,
-                        record.relative_path,
-                        record.primary,
-                        choice,
-                        reason="lazy",
-                    )
-                )
+                await self.history.primary_moved(FAILOVER, record, record.primary, choice, "lazy")
             logger.warning(
                 "failover",
                 extra=log.fields(

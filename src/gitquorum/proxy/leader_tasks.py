@@ -156,16 +156,8 @@ class LeaderTasks:
                 load[record.primary] = max(0, load.get(record.primary, 0) - 1)
             self.metrics.failovers.labels(vs, "primary-unhealthy").inc()
             if self.history is not None:
-                await self.history.record_quietly(
-                    self.history.event(
-                        FAILOVER,
-                        vs,
-                        record.repository_id,
-                        record.relative_path,
-                        record.primary,
-                        updated.primary,
-                        reason="primary-unhealthy",
-                    )
+                await self.history.primary_moved(
+                    FAILOVER, record, record.primary, updated.primary, "primary-unhealthy"
                 )
             logger.warning(
                 "failover",
