@@ -12,11 +12,8 @@ deadline. Every read must succeed with the right answer.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +25,7 @@ import pytest
 from gitquorum.gitaly import commit_pb2, commit_pb2_grpc, ref_pb2, ref_pb2_grpc
 from tests.harness import gitrepo
 from tests.harness.cluster import Cluster
-from tests.harness.node import wait_for
+from tests.harness.gateway import http_gateway as http_gateway_process
 from tests.integration.proxy import helpers
 from tests.integration.proxy.helpers import repository
 
@@ -134,30 +131,8 @@ class Readers:
 @pytest.fixture
 def http_gateway(faulty: Cluster, tmp_path: Path) -> Iterator[str]:
     """``gitquorum http`` in front of the proxy; its host:port."""
-    ready = tmp_path / "http.ready"
-    log_path = faulty.base / "logs" / f"http-{uuid.uuid4().hex[:6]}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "gitquorum.cli.main", "http",
-                "--listen", "127.0.0.1:0",
-                "--proxy", faulty.proxies[0].address,
-                "--ready-file", str(ready),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-
-        def serving() -> bool:
-            assert proc.poll() is None, log_path.read_text()
-            return ready.exists() and ready.read_text().endswith("\n")
-
-        wait_for(serving, 30, what="the gateway to serve")
-        yield ready.read_text().split()[0]
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    with http_gateway_process(faulty.proxies[0].address, faulty.base / "logs", tmp_path) as address:
+        yield address
 
 
 def _readers(cluster: Cluster, relative_path: str, tmp_path: Path, http: str) -> Readers:

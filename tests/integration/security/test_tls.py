@@ -10,8 +10,6 @@ authentication. Certificates come from a CA made for the test.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ import pytest
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
 from tests.harness import gitrepo
-from tests.harness.node import wait_for
+from tests.harness.gateway import http_gateway
 from tests.integration.proxy.helpers import url
 from tests.integration.security.conftest import ETCD_USER, Secure
 from tests.integration.security.helpers import (
@@ -131,36 +129,18 @@ def test_push_votes_clone_and_replication_over_tls(secure: Secure, tmp_path: Pat
 def gateway(secure: Secure, tmp_path: Path) -> Iterator[str]:
     """``gitquorum http`` serving HTTPS, dialling the proxy with TLS and the client secret."""
     pki, keys = secure.pki, secure.keys
-    ready = tmp_path / "http.ready"
-    log_path = secure.cluster.base / "logs" / f"http-{uuid.uuid4().hex[:6]}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "gitquorum.cli.main", "http",
-                "--listen", "127.0.0.1:0",
-                "--proxy", secure.cluster.proxies[0].address,
-                "--proxy-ca", str(pki.ca),
-                "--proxy-token-file", str(keys.client_file),
-                "--token-file", str(keys.client_file),
-                "--tls-cert", str(pki.server_cert),
-                "--tls-key", str(pki.server_key),
-                "--create-on-push",
-                "--ready-file", str(ready),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-
-        def serving() -> bool:
-            assert proc.poll() is None, log_path.read_text()
-            return ready.exists() and ready.read_text().endswith("\n")
-
-        wait_for(serving, 30, what="the gateway to serve")
-        yield ready.read_text().split()[0]
-    finally:
-        proc.terminate()
-        proc.wait(15)
+    with http_gateway(
+        secure.cluster.proxies[0].address,
+        secure.cluster.base / "logs",
+        tmp_path,
+        "--proxy-ca", str(pki.ca),
+        "--proxy-token-file", str(keys.client_file),
+        "--token-file", str(keys.client_file),
+        "--tls-cert", str(pki.server_cert),
+        "--tls-key", str(pki.server_key),
+        "--create-on-push",
+    ) as address:  # fmt: skip
+        yield address
 
 
 def test_https_gateway(secure: Secure, gateway: str, tmp_path: Path) -> None:
