@@ -9,6 +9,7 @@ consensus say anything). The rules are ``cluster/read_rules.py``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -127,10 +128,18 @@ class ReadHealth:
         self._hedge_tokens -= 1.0
         return True
 
-    def spend_late_hedge(self) -> bool:
-        """Whether the late hedges' own budget (as large as the first one) pays
-        for one more: with every replica slow, hedging stays bounded (about
-        twice the budget at most), not one hedge per read."""
+    def late_hedge(self, method: str, node: str) -> bool:
+        """Whether a read the budget refused is hedged late (after four hedge
+        delays) away from ``node``. Always when the node's recent p95 is below
+        the hedge delay's ceiling: it answered normally before, so it looks
+        stalled. Otherwise (slow in general, or no history yet) only while the
+        late hedges' own budget, as large as the first, pays: with every
+        replica slow, hedging stays bounded instead of doubling the load of an
+        overloaded cluster."""
+        latency = self._latency.get((method, node))
+        ceiling = read_rules.hedge_delay(math.inf, self.settings.hedge_delay_floor)
+        if latency is not None and latency.p95 is not None and latency.p95 < ceiling:
+            return True
         if not read_rules.hedge_affordable(self._late_tokens):
             return False
         self._late_tokens -= 1.0

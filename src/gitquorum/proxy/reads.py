@@ -163,8 +163,10 @@ class Reader:
                         if deadline is not None and hedge_at >= deadline:
                             hedge_at = None
                         continue
-                    if over_budget and not self.health.spend_late_hedge():
-                        hedge_at = None  # both budgets spent: no hedge for this read
+                    if over_budget and not self.health.late_hedge(
+                        self.info.full_name, running[0].node
+                    ):
+                        hedge_at = None  # slow in general and both budgets spent
                         continue
                     hedge_at, hedged = None, True
                     self.health.metrics.read_hedges.labels("sent").inc()
