@@ -119,6 +119,8 @@ class Op:
     detail: str = ""
     # For reads: the write this read must see (an acknowledged create), if any.
     expects: str = ""
+    # The repository's relative path (runs over many repositories).
+    repo: str = ""
 
     @property
     def is_write(self) -> bool:
@@ -297,7 +299,9 @@ class Workload:
     async def _create(self, name: str, seq: int, address: str, rng: random.Random) -> Op:
         ref = f"refs/heads/{name}/{seq}"
         value = rng.choice(self.chain.oids)
-        op = self.history.add(Op(name, "create", ref, value, time.monotonic(), proxy=address))
+        op = self.history.add(
+            Op(name, "create", ref, value, time.monotonic(), proxy=address, repo=self.relative_path)
+        )
         timeout = None
         if rng.random() < self.settings.impatient_ratio:
             timeout = rng.uniform(*self.settings.impatient_timeout)
@@ -313,7 +317,9 @@ class Workload:
             # Nothing sensible to swap (unreadable, or the chain is used up).
             return read
         new = self.chain.oids[current + 1]
-        op = self.history.add(Op(name, "cas", SHARED, new, time.monotonic(), proxy=address))
+        op = self.history.add(
+            Op(name, "cas", SHARED, new, time.monotonic(), proxy=address, repo=self.relative_path)
+        )
         return await self._update(op, address, SHARED, new, read.value)
 
     def _clone(self, name: str) -> Path:
@@ -336,7 +342,9 @@ class Workload:
             )
         ).strip()
         ref = f"refs/heads/p{name[1:]}/{seq}"
-        op = self.history.add(Op(name, "push", ref, commit, time.monotonic(), proxy=address))
+        op = self.history.add(
+            Op(name, "push", ref, commit, time.monotonic(), proxy=address, repo=self.relative_path)
+        )
         env = {k: v for k, v in os.environ.items() if k not in ("GIT_SSH", "GIT_SSH_VARIANT")}
         env.update(gitrepo.GIT_ENV, GIT_SSH_COMMAND=GIT_SSH, GITQUORUM_STORAGE=VIRTUAL_STORAGE)
         proc = await asyncio.create_subprocess_exec(
@@ -371,7 +379,16 @@ class Workload:
 
     async def _read(self, name: str, address: str, ref: str, expects: str = "") -> Op:
         op = self.history.add(
-            Op(name, "read", ref, "", time.monotonic(), proxy=address, expects=expects)
+            Op(
+                name,
+                "read",
+                ref,
+                "",
+                time.monotonic(),
+                proxy=address,
+                expects=expects,
+                repo=self.relative_path,
+            )
         )
         branch = ref.removeprefix("refs/heads/")
         try:

@@ -1,0 +1,80 @@
+"""What every nemesis of the fault suite is: a fault it injects and heals.
+
+A nemesis acts on the real processes, network paths, disks or clocks of a
+:class:`~tests.faults.cluster.FaultCluster` through the run's
+:class:`~tests.faults.context.RunContext`. ``inject`` returns what it hit (for
+the fault log and the report); ``heal`` undoes it so that the cluster can
+recover on its own. Both are coroutines; blocking work goes to a thread
+(``asyncio.to_thread``) so the workload's event loop keeps going.
+
+The class attributes tell the checker what the fault allows:
+
+* ``kind`` -- ``process``, ``network``, ``disk``, ``etcd``, ``clock`` or
+  ``operations``. A verifier repair of a replica recorded up to date is a
+  violation unless a ``disk`` fault hit that replica's node.
+* ``reads_available`` -- while this fault is active a read of a repository
+  with an up-to-date replica alive and reachable must succeed (failed reads
+  count as violations). False for faults that take away what reads need by
+  design: etcd past the stale-read limit, every proxy path, the client's own
+  proxy.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from tests.faults.context import RunContext
+
+KINDS = ("process", "network", "disk", "etcd", "clock", "operations")
+
+
+@dataclass
+class Fault:
+    """One injected fault, on the run's monotonic clock."""
+
+    nemesis: str
+    kind: str
+    target: str
+    start: float
+    end: float | None = None
+    detail: str = ""
+    # Nodes whose disks this fault touched (exempts their replicas' repairs).
+    disk_nodes: tuple[str, ...] = ()
+    # Proxies the clients could not reach while it lasted (their failed reads
+    # are the client's path, not the cluster's availability).
+    proxies_down: tuple[str, ...] = ()
+
+
+@dataclass
+class FaultLog:
+    faults: list[Fault] = field(default_factory=list)
+
+    def open(self, fault: Fault) -> Fault:
+        self.faults.append(fault)
+        return fault
+
+    def active(self, at: float) -> list[Fault]:
+        return [f for f in self.faults if f.start <= at and (f.end is None or at <= f.end)]
+
+
+class Nemesis(ABC):
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    reads_available: ClassVar[bool] = True
+    # How long the fault stays before it is healed (seconds, drawn by the schedule).
+    hold: ClassVar[tuple[float, float]] = (4.0, 8.0)
+
+    def applicable(self, run: RunContext) -> bool:
+        """Whether the cluster this run has can take this fault (e.g. 3 etcd members)."""
+        return True
+
+    @abstractmethod
+    async def inject(self, run: RunContext) -> Fault:
+        """Inject the fault; return it (``run.fault(...)`` builds and logs one)."""
+
+    @abstractmethod
+    async def heal(self, run: RunContext) -> None:
+        """Undo the fault: restart, resume, reconnect, restore."""
