@@ -176,6 +176,10 @@ class Settings:
     # Pause after a failed operation before retrying against the next proxy.
     retry_pause: float = 0.05
     read_pause: float = 0.02
+    # Pause after every write (paces runs over many repositories).
+    write_pause: float = 0.0
+    # Each write goes to the next proxy (else a writer stays on one until it fails).
+    rotate: bool = False
 
 
 class Workload:
@@ -263,9 +267,12 @@ class Workload:
                 op = await self._cas(name, address)
             else:
                 op = await self._create(name, seq, address, rng)
-            if op.outcome != "ok":
+            if op.outcome != "ok" or self.settings.rotate:
                 proxy += 1
+            if op.outcome != "ok":
                 await asyncio.sleep(self.settings.retry_pause)
+            elif self.settings.write_pause:
+                await asyncio.sleep(self.settings.write_pause)
 
     def _stub(self, address: str) -> ref_pb2_grpc.RefServiceStub:
         return ref_pb2_grpc.RefServiceStub(self._channels[address])

@@ -46,6 +46,11 @@ class Fault:
     # Proxies the clients could not reach while it lasted (their failed reads
     # are the client's path, not the cluster's availability).
     proxies_down: tuple[str, ...] = ()
+    # Repositories left with no up-to-date replica alive by design of the fault
+    # (their failed reads and writes are expected until it heals).
+    repos_down: tuple[str, ...] = ()
+    # Copied from the nemesis: reads must stay available while it lasts.
+    reads_available: bool = True
 
 
 @dataclass

@@ -63,7 +63,14 @@ class RunContext:
     def fault(self, nemesis: Nemesis, target: str, **details: Any) -> Fault:
         """Open (log) a fault of ``nemesis`` on ``target`` starting now."""
         return self.faults.open(
-            Fault(nemesis.name, nemesis.kind, target, time.monotonic(), **details)
+            Fault(
+                nemesis.name,
+                nemesis.kind,
+                target,
+                time.monotonic(),
+                reads_available=nemesis.reads_available,
+                **details,
+            )
         )
 
     def note(self, text: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tests.faults.base import Nemesis
+
 if TYPE_CHECKING:
     from tests.faults.cluster import FaultCluster
 
@@ -14,3 +16,6 @@ class Disks:
 
     def close(self, cluster: FaultCluster) -> None:
         pass
+
+
+NEMESES: list[type[Nemesis]] = []

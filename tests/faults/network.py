@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tests.faults.base import Nemesis
+
 if TYPE_CHECKING:
     from tests.faults.cluster import FaultCluster
 
@@ -16,3 +18,6 @@ class Paths:
 
     def close(self) -> None:
         pass
+
+
+NEMESES: list[type[Nemesis]] = []

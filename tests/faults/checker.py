@@ -1,0 +1,436 @@
+"""The fault suite's checker: every invariant a named violation.
+
+Checked during the run (:func:`check_up_to_date`, every few seconds) and at
+its end (the rest), over the recorded :class:`~tests.chaos.workload.History`
+(one monotonic clock) and the state etcd records:
+
+``up-to-date-missing-write``
+    a replica etcd records as up to date lacks a write acknowledged before the
+    record was read (the repair/catch-up holes: a replica recorded up to date
+    without a write);
+``lost-write``
+    at the end, an acknowledged write is missing from a replica or from a read
+    through a proxy;
+``phantom``
+    a ref holds a value no client wrote, or wrote with a definite failure;
+``stale-read``
+    a read missed a write acknowledged before it began -- through the same
+    proxy, or through another one more than the documented bound
+    (``stale_read_limit``) earlier;
+``stuck-repository``
+    after the last fault healed, a repository took no write within
+    :data:`STUCK_BOUND` seconds;
+``not-converged``
+    assigned replicas not all up to date with one checksum and no lock file
+    within :data:`CONVERGE_BOUND` seconds of the workload's end;
+``repair-of-up-to-date-replica``
+    the verifier found an up-to-date replica differing from the majority (or
+    no majority) and no disk fault hit its node;
+``failed-read-while-available``
+    a read failed while no active fault excused it (one that takes away what
+    reads need by design, the client's own proxy, or every up-to-date replica
+    of that repository).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from gitquorum.cluster.repositories import RepositoryRecord
+from tests.chaos.workload import SHARED, Chain, History, Op
+from tests.faults.base import Fault
+
+UP_TO_DATE_MISSING = "up-to-date-missing-write"
+LOST = "lost-write"
+PHANTOM = "phantom"
+STALE = "stale-read"
+STUCK = "stuck-repository"
+NOT_CONVERGED = "not-converged"
+REPAIR = "repair-of-up-to-date-replica"
+UNAVAILABLE_READ = "failed-read-while-available"
+
+# The documented bound on cross-proxy staleness (docs/failover.md, "Reads
+# across proxies": stale_read_limit, 5 s by default).
+STALE_BOUND = 5.0
+# After the last fault heals, every repository takes a write within this.
+STUCK_BOUND = 30.0
+# After the workload stops, every repository converges within this.
+CONVERGE_BOUND = 90.0
+# A failed read this soon after a fault healed is still the fault's.
+HEAL_GRACE = 3.0
+# A disk fault excuses repairs of its node's replicas until this long after it healed
+# (the verifier needs a round or two to find and repair them).
+DISK_EXEMPTION = 60.0
+
+
+@dataclass(frozen=True)
+class Violation:
+    name: str
+    repo: str
+    detail: str
+    at: float
+
+    def __str__(self) -> str:
+        return f"[{self.name}] {self.repo} at {self.at:.2f}: {self.detail}"
+
+
+# -- the history, per repository -------------------------------------------------------------
+
+
+@dataclass
+class Acks:
+    """One repository's acknowledged writes, indexed by acknowledgement time."""
+
+    creates: list[Op] = field(default_factory=list)  # create / push, sorted by end
+    shared: list[tuple[float, int]] = field(default_factory=list)  # (end, chain position)
+    shared_max: list[int] = field(default_factory=list)  # running max of positions
+    written: dict[str, set[str]] = field(default_factory=dict)  # ref -> maybe-written values
+    ends: list[float] = field(default_factory=list)
+
+    def floor(self, before: float | None) -> int:
+        """The highest shared-branch position acknowledged before ``before``."""
+        if not self.shared:
+            return 0
+        index = (
+            len(self.shared) if before is None else bisect.bisect_left(self.shared, (before, -1))
+        )
+        return self.shared_max[index - 1] if index else 0
+
+    def creates_before(self, before: float | None) -> list[Op]:
+        if before is None:
+            return self.creates
+        return self.creates[: bisect.bisect_left(self.ends, before)]
+
+
+def index(ops: Iterable[Op], chain: Chain) -> dict[str, Acks]:
+    acks: dict[str, Acks] = {}
+    for op in ops:
+        if not op.is_write:
+            continue
+        entry = acks.setdefault(op.repo, Acks())
+        # In flight ("") or unknown: it may be on the replicas.
+        if op.outcome != "failed":
+            entry.written.setdefault(op.key, set()).add(op.value)
+        if op.outcome != "ok":
+            continue
+        if op.kind == "cas":
+            entry.shared.append((op.end, chain.counter(op.value) or 0))
+        else:
+            entry.creates.append(op)
+    for entry in acks.values():
+        entry.creates.sort(key=lambda o: o.end)
+        entry.ends = [o.end for o in entry.creates]
+        entry.shared.sort()
+        highest = 0
+        for _, position in entry.shared:
+            highest = max(highest, position)
+            entry.shared_max.append(highest)
+    return acks
+
+
+def check_refs(
+    refs: Mapping[str, str],
+    acks: Acks,
+    chain: Chain,
+    seed: Mapping[str, str],
+    before: float | None,
+    missing: str,
+) -> tuple[list[str], list[str]]:
+    """(missing writes, phantoms) of one replica's or one proxy's refs.
+
+    ``before``: only writes acknowledged before it must be there (None: all).
+    """
+    lost: list[str] = []
+    phantoms: list[str] = []
+    for op in acks.creates_before(before):
+        if refs.get(op.key) != op.value:
+            lost.append(
+                f"{missing}: {op.kind} of {op.key}={op.value[:10]} acknowledged at "
+                f"{op.end:.2f} via {op.proxy}, found {refs.get(op.key, 'nothing')[:10]}"
+            )
+    shared = refs.get(SHARED, "")
+    position = chain.counter(shared)
+    floor = acks.floor(before)
+    if position is None:
+        phantoms.append(f"{missing}: {SHARED}={shared[:10]!r} is not a chain commit")
+    elif position < floor:
+        lost.append(f"{missing}: {SHARED} at position {position}, below acknowledged {floor}")
+    for name, value in refs.items():
+        if seed.get(name) == value or value in acks.written.get(name, ()):
+            continue
+        phantoms.append(f"{missing}: {name}={value[:10]} never written by a client")
+    return lost, phantoms
+
+
+# -- during the run --------------------------------------------------------------------------
+
+
+def up_to_date_replicas(record: RepositoryRecord) -> list[str]:
+    return [n for n, g in record.replicas if g == record.generation]
+
+
+def check_up_to_date(
+    records: Mapping[str, RepositoryRecord],
+    read_at: float,
+    replica_refs: Mapping[tuple[str, str], Mapping[str, str] | None],
+    acks: Mapping[str, Acks],
+    chain: Chain,
+    seed: Mapping[str, str],
+    exempt: Iterable[str],
+    now: float,
+) -> list[Violation]:
+    """Every replica recorded up to date (records read at ``read_at``) holds every
+    write acknowledged before ``read_at``. ``replica_refs[(repo, node)]`` was read
+    from the replica's disk after the records; None: unreadable (a copy replacing
+    it, a wiped disk), judged at the end instead."""
+    exempted = set(exempt)
+    problems: list[Violation] = []
+    for repo, record in records.items():
+        entry = acks.get(repo, Acks())
+        for node in up_to_date_replicas(record):
+            if node in exempted:
+                continue
+            refs = replica_refs.get((repo, node))
+            if refs is None:
+                continue
+            lost, phantoms = check_refs(
+                refs, entry, chain, seed, read_at, f"replica on {node} (recorded up to date)"
+            )
+            problems += [Violation(UP_TO_DATE_MISSING, repo, d, now) for d in lost]
+            problems += [Violation(PHANTOM, repo, d, now) for d in phantoms]
+    return problems
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ReadFindings:
+    violations: list[Violation] = field(default_factory=list)
+    # Reads that missed a write another proxy acknowledged before they began,
+    # within the documented bound: allowed, counted.
+    cross_proxy_lag: int = 0
+
+
+def check_reads(
+    history: History, acks: Mapping[str, Acks], chain: Chain, seed: Mapping[str, str]
+) -> ReadFindings:
+    found = ReadFindings()
+    by_proxy: dict[tuple[str, str], list[Op]] = {}
+    for op in history.writes("ok"):
+        by_proxy.setdefault((op.repo, op.proxy), []).append(op)
+    per_proxy = {key: index(ops, chain) for key, ops in by_proxy.items()}
+    for read in history.reads():
+        entry = acks.get(read.repo, Acks())
+        own = per_proxy.get((read.repo, read.proxy), {}).get(read.repo, Acks())
+        if read.key == SHARED:
+            position = chain.counter(read.value)
+            if position is None or (
+                read.value != seed.get(SHARED) and read.value not in entry.written.get(SHARED, ())
+            ):
+                found.violations.append(
+                    Violation(
+                        PHANTOM,
+                        read.repo,
+                        f"read of {SHARED} via {read.proxy} returned "
+                        f"{read.value[:10]!r}, never written",
+                        read.end,
+                    )
+                )
+                continue
+            needed = max(own.floor(read.start), entry.floor(read.start - STALE_BOUND))
+            if position < needed:
+                found.violations.append(
+                    Violation(
+                        STALE,
+                        read.repo,
+                        f"read via {read.proxy} [{read.start:.2f}-{read.end:.2f}] "
+                        f"saw {SHARED} at {position}, {needed} was acknowledged before",
+                        read.end,
+                    )
+                )
+            elif position < entry.floor(read.start):
+                found.cross_proxy_lag += 1
+            continue
+        if read.value and read.value not in entry.written.get(read.key, ()):
+            found.violations.append(
+                Violation(
+                    PHANTOM,
+                    read.repo,
+                    f"read of {read.key} via {read.proxy} returned "
+                    f"{read.value[:10]}, never written",
+                    read.end,
+                )
+            )
+            continue
+        write = (
+            next((o for o in entry.creates if o.key == read.key), None) if read.expects else None
+        )
+        if write is None or write.end >= read.start or read.value == write.value:
+            continue
+        if write.proxy == read.proxy or write.end < read.start - STALE_BOUND:
+            found.violations.append(
+                Violation(
+                    STALE,
+                    read.repo,
+                    f"read via {read.proxy} [{read.start:.2f}-{read.end:.2f}] of "
+                    f"{read.key} found {read.value[:10] or 'nothing'}, acknowledged at "
+                    f"{write.end:.2f} via {write.proxy}",
+                    read.end,
+                )
+            )
+        else:
+            found.cross_proxy_lag += 1
+    return found
+
+
+def excused(read: Op, faults: Sequence[Fault]) -> Fault | None:
+    """The fault that excuses a failed read, if any."""
+    for fault in faults:
+        end = fault.end if fault.end is not None else float("inf")
+        if not (fault.start <= read.end and read.start <= end + HEAL_GRACE):
+            continue
+        if (
+            not fault.reads_available
+            or read.proxy in fault.proxies_down
+            or read.repo in fault.repos_down
+        ):
+            return fault
+    return None
+
+
+def check_failed_reads(
+    history: History, faults: Sequence[Fault], proxy_names: Mapping[str, str]
+) -> list[Violation]:
+    """Failed reads no fault excuses. ``proxy_names``: address -> proxy name."""
+    problems: list[Violation] = []
+    named = [
+        replace(
+            f,
+            proxies_down=tuple(a for a, n in proxy_names.items() if n in f.proxies_down)
+            + f.proxies_down,
+        )
+        for f in faults
+    ]
+    for read in history.ops:
+        if read.kind != "read" or read.outcome != "failed":
+            continue
+        if excused(read, named) is None:
+            during = [
+                f.nemesis
+                for f in named
+                if f.start <= read.end and read.start <= (f.end or float("inf")) + HEAL_GRACE
+            ]
+            problems.append(
+                Violation(
+                    UNAVAILABLE_READ,
+                    read.repo,
+                    f"read via {read.proxy} [{read.start:.2f}-"
+                    f"{read.end:.2f}] failed ({read.detail[:120]}) during {during or 'no fault'}",
+                    read.end,
+                )
+            )
+    return problems
+
+
+# -- the verifier's repairs ------------------------------------------------------------------
+
+DEMOTED = "verification failed: replicas differing from the majority demoted"
+NO_MAJORITY = "replicas disagree with no majority: nothing repaired, see gitquorum dataloss"
+
+
+@dataclass(frozen=True)
+class Repair:
+    repo: str
+    nodes: tuple[str, ...]
+    at: float  # monotonic
+    conflict: bool
+
+
+def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Repair]:
+    """Repairs and conflicts the verifier logged (JSON lines of every proxy)."""
+    from datetime import datetime
+
+    repairs: list[Repair] = []
+    for path in logs:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if DEMOTED not in line and NO_MAJORITY not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            fields = entry.get("fields", entry)
+            wall = datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+            conflict = entry.get("msg") == NO_MAJORITY
+            nodes = fields.get("replicas" if conflict else "demoted", ())
+            repairs.append(
+                Repair(
+                    fields.get("relative_path", "?"),
+                    tuple(nodes),
+                    wall - wall_to_monotonic,
+                    conflict,
+                )
+            )
+    return repairs
+
+
+def check_repairs(repairs: Sequence[Repair], faults: Sequence[Fault]) -> list[Violation]:
+    problems: list[Violation] = []
+    for repair in repairs:
+        for node in repair.nodes:
+            exempt = any(
+                node in f.disk_nodes
+                and f.start <= repair.at
+                and repair.at <= (f.end if f.end is not None else float("inf")) + DISK_EXEMPTION
+                for f in faults
+            )
+            if not exempt:
+                what = (
+                    "no majority among the up-to-date replicas"
+                    if repair.conflict
+                    else ("demoted by the verifier")
+                )
+                problems.append(
+                    Violation(
+                        REPAIR,
+                        repair.repo,
+                        f"replica on {node} recorded up to date: {what}",
+                        repair.at,
+                    )
+                )
+    return problems
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def longest_write_gap(history: History, start: float, end: float) -> float:
+    """The longest time, within [start, end], some repository that was being
+    written went without an acknowledged write."""
+    by_repo: dict[str, list[float]] = {}
+    for op in history.writes("ok"):
+        by_repo.setdefault(op.repo, []).append(op.end)
+    longest = 0.0
+    for ends in by_repo.values():
+        points = sorted([start, *[e for e in ends if start < e < end], end])
+        longest = max(longest, max(b - a for a, b in itertools.pairwise(points)))
+    return longest

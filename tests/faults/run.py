@@ -1,0 +1,506 @@
+"""One fault run: a cluster, twenty repositories, the workload, a schedule of
+faults, the checker during the run and at its end, and the report.
+
+:func:`fault_run` is what the tests call. The run prints its seed first; on a
+violation it prints the seed again, every violation, the operations around
+each and the logs of the processes involved, and fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from gitquorum.gitaly import ref_pb2, ref_pb2_grpc
+from tests.chaos import checker as chaos_checker
+from tests.chaos.workload import ZERO_OID, Chain, History, Op
+from tests.faults import checker
+from tests.faults.base import Fault, Nemesis
+from tests.faults.checker import Violation
+from tests.faults.cluster import FAULT_PROXY_SETTINGS, FaultCluster
+from tests.faults.context import RunContext, read_records
+from tests.faults.schedule import Step, plan
+from tests.faults.workload import Fleet, FleetSettings
+from tests.harness import gitrepo
+
+START_ATTEMPTS = 3
+SEED_CONCURRENCY = 4
+
+
+@dataclass
+class RunSettings:
+    seed: int
+    duration: float
+    nemeses: Sequence[type[Nemesis]]
+    repos: int = 20
+    fleet: FleetSettings = field(default_factory=FleetSettings)
+    gap: tuple[float, float] = (3.0, 6.0)
+    monitor_interval: float = 3.0
+    # Wall-clock cap on the schedule: steps left when it is reached are not run.
+    budget: float | None = None
+
+
+@dataclass
+class Report:
+    seed: int
+    steps_planned: int
+    steps_run: int
+    operations: dict[str, int]
+    violations: list[Violation]
+    faults: list[dict[str, Any]]
+    table: list[dict[str, Any]]
+    figures: dict[str, Any]
+
+
+def _describe(fault: Fault) -> dict[str, Any]:
+    return {k: v for k, v in asdict(fault).items() if v not in ((), "", None)}
+
+
+class FaultRun:
+    def __init__(self, base: Path, chain: Chain, settings: RunSettings) -> None:
+        self.base = base
+        self.chain = chain
+        self.settings = settings
+        self.history = History()
+        self.cluster: FaultCluster | None = None
+        self.fleet: Fleet | None = None
+        self.repos = [f"faults/{uuid.uuid4().hex[:8]}-{i:02d}.git" for i in range(settings.repos)]
+        self.seed_refs: dict[str, str] = {}
+        self.violations: list[Violation] = []
+        self.monitor_rounds = 0
+        self.unreadable = 0
+        self.ctx: RunContext | None = None
+        # wall clock - monotonic clock, to place log lines on the run's clock.
+        self.wall_offset = time.time() - time.monotonic()
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    async def _start_cluster(self) -> FaultCluster:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            cluster = FaultCluster(
+                self.base / f"cluster{attempt}",
+                nodes_count=3,
+                proxies_count=3,
+                replication_factor=3,
+                etcd_size=3,
+                proxy_settings=dict(FAULT_PROXY_SETTINGS),
+            )
+            try:
+                await asyncio.to_thread(cluster.start)
+                return cluster
+            except RuntimeError as exc:
+                # A free port picked by the harness can be taken by another process first.
+                if "Address already in use" not in str(exc) or attempt == START_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _seed(self) -> None:
+        assert self.cluster is not None
+        proxies = [p.address for p in self.cluster.proxies]
+        limit = asyncio.Semaphore(SEED_CONCURRENCY)
+
+        async def one(i: int, repo: str) -> None:
+            scratch = self.base / f"seed-{i}"
+            scratch.mkdir(exist_ok=True)
+            async with limit, grpc.aio.insecure_channel(proxies[i % len(proxies)]) as channel:
+                await gitrepo.seed(
+                    channel, chaos_checker.repository(repo), self.chain.path, scratch
+                )
+
+        await asyncio.gather(*(one(i, r) for i, r in enumerate(self.repos)))
+        self.seed_refs = gitrepo.refs(self.chain.path)
+        await self._until_converged(90.0, "the seeded repositories on every node")
+
+    def _unconverged(self) -> list[str]:
+        assert self.cluster is not None
+        records = read_records(self.cluster)
+        left = []
+        for repo in self.repos:
+            record = records.get(repo)
+            if record is None or not self._converged(record):
+                left.append(repo)
+        return left
+
+    def _converged(self, record: Any) -> bool:
+        assert self.cluster is not None
+        assigned = set(record.assigned)
+        if any(record.replica_generation(n) != record.generation for n in assigned):
+            return False
+        sums = set()
+        for node in assigned:
+            replica = chaos_checker.Replica(
+                node, self.cluster.node(node).address, record.replica_path, 0, True
+            )
+            try:
+                sums.add(chaos_checker.checksum(replica))
+            except grpc.RpcError:
+                return False
+        if len(sums) != 1:
+            return False
+        for node in assigned:
+            root = self.cluster.replica_dir(node, record.replica_path)
+            if any(root.rglob("*.lock")):
+                return False
+        return True
+
+    async def _until_converged(self, within: float, what: str) -> list[str]:
+        deadline = time.monotonic() + within
+        left = self.repos
+        while True:
+            left = await asyncio.to_thread(self._unconverged)
+            if not left or time.monotonic() > deadline:
+                return left
+            await asyncio.sleep(1.0)
+
+    # -- during the run --------------------------------------------------------------------
+
+    def _violation(self, found: Sequence[Violation]) -> None:
+        for violation in found:
+            print(f"VIOLATION (seed {self.settings.seed}): {violation}", flush=True)
+        self.violations += found
+
+    def _read_replicas(self, records: dict[str, Any]) -> dict[tuple[str, str], Any]:
+        assert self.cluster is not None
+        refs: dict[tuple[str, str], Any] = {}
+        for repo, record in records.items():
+            for node in checker.up_to_date_replicas(record):
+                try:
+                    refs[(repo, node)] = gitrepo.refs(
+                        self.cluster.replica_dir(node, record.replica_path)
+                    )
+                except Exception:  # a copy replacing it, a wiped disk: judged at the end
+                    refs[(repo, node)] = None
+                    self.unreadable += 1
+        return refs
+
+    async def _monitor(self) -> None:
+        assert self.cluster is not None and self.ctx is not None
+        while True:
+            await asyncio.sleep(self.settings.monitor_interval)
+            read_at = time.monotonic()
+            try:
+                records = await asyncio.to_thread(read_records, self.cluster)
+            except RuntimeError:
+                continue  # etcd has no quorum now: nothing recorded to check against
+            records = {r: rec for r, rec in records.items() if r in self.repos}
+            refs = await asyncio.to_thread(self._read_replicas, records)
+            now = time.monotonic()
+            exempt = {
+                n
+                for f in self.ctx.faults.faults
+                for n in f.disk_nodes
+                if f.start <= now and (f.end is None or now <= f.end + checker.DISK_EXEMPTION)
+            }
+            acks = checker.index(list(self.history.ops), self.chain)
+            self._violation(
+                checker.check_up_to_date(
+                    records, read_at, refs, acks, self.chain, self.seed_refs, exempt, now
+                )
+            )
+            self.monitor_rounds += 1
+
+    async def _step(self, step: Step, nemesis: Nemesis) -> Fault | None:
+        assert self.ctx is not None
+        await asyncio.sleep(step.gap)
+        print(f"fault: {step.nemesis} for {step.hold}s", flush=True)
+        fault = await nemesis.inject(self.ctx)
+        try:
+            await asyncio.sleep(step.hold)
+        finally:
+            await nemesis.heal(self.ctx)
+            fault.end = time.monotonic()
+        await self._recovered()
+        return fault
+
+    async def _recovered(self, within: float = 60.0) -> None:
+        """Every process up again (a heal that left one down is the nemesis's bug)."""
+        assert self.cluster is not None
+
+        def up() -> bool:
+            assert self.cluster is not None and self.cluster.etcd is not None
+            return (
+                all(n.alive() for n in self.cluster.nodes)
+                and all(p.alive() for p in self.cluster.proxies)
+                and all(m.alive() for m in self.cluster.etcd.members)
+            )
+
+        await self.ctx.until(up, within, "every process to run again")  # type: ignore[union-attr]
+
+    # -- the end ---------------------------------------------------------------------------
+
+    async def _probe_writes(self) -> None:
+        """Every repository takes a write within STUCK_BOUND of the last heal."""
+        assert self.cluster is not None
+        healed = time.monotonic()
+        proxies = [p.address for p in self.cluster.proxies]
+
+        async def probe(i: int, repo: str) -> None:
+            ref = f"refs/heads/probe/{i}"
+            value = self.chain.oids[i % len(self.chain.oids)]
+            attempt = 0
+            while time.monotonic() - healed < checker.STUCK_BOUND:
+                address = proxies[(i + attempt) % len(proxies)]
+                attempt += 1
+                op = self.history.add(
+                    Op("probe", "create", ref, value, time.monotonic(), proxy=address, repo=repo)
+                )
+                request = ref_pb2.UpdateReferencesRequest(
+                    repository=chaos_checker.repository(repo),
+                    updates=[
+                        ref_pb2.UpdateReferencesRequest.Update(
+                            reference=ref.encode(),
+                            old_object_id=ZERO_OID.encode(),
+                            new_object_id=value.encode(),
+                        )
+                    ],
+                )
+                async with grpc.aio.insecure_channel(address) as channel:
+                    stub = ref_pb2_grpc.RefServiceStub(channel)
+                    try:
+                        await stub.UpdateReferences(_once(request), timeout=5)
+                        op.outcome = "ok"
+                    except grpc.aio.AioRpcError as exc:
+                        op.outcome = "unknown"
+                        op.detail = f"{exc.code().name}: {exc.details()}"
+                op.end = time.monotonic()
+                if op.outcome == "ok":
+                    return
+                if "already exists" in op.detail.lower() or "reference" in op.detail.lower():
+                    # An earlier attempt landed after all: a new name for the next one.
+                    ref = f"refs/heads/probe/{i}-{attempt}"
+                await asyncio.sleep(0.5)
+            self._violation(
+                [
+                    Violation(
+                        checker.STUCK,
+                        repo,
+                        f"no write acknowledged within {checker.STUCK_BOUND}s of the last heal",
+                        time.monotonic(),
+                    )
+                ]
+            )
+
+        await asyncio.gather(*(probe(i, r) for i, r in enumerate(self.repos)))
+
+    def _final_refs(self) -> list[Violation]:
+        assert self.cluster is not None
+        found: list[Violation] = []
+        acks = checker.index(self.history.ops, self.chain)
+        records = read_records(self.cluster)
+        now = time.monotonic()
+        for repo in self.repos:
+            record = records[repo]
+            entry = acks.get(repo, checker.Acks())
+            places: list[tuple[str, dict[str, str]]] = []
+            for node in record.assigned:
+                root = self.cluster.replica_dir(node, record.replica_path)
+                places.append((f"replica on {node}", gitrepo.refs(root)))
+            for proxy in self.cluster.proxies:
+                places.append(
+                    (f"read through {proxy.name}", chaos_checker.proxy_refs(proxy.address, repo))
+                )
+            for where, refs in places:
+                lost, phantoms = checker.check_refs(
+                    refs, entry, self.chain, self.seed_refs, None, where
+                )
+                found += [Violation(checker.LOST, repo, d, now) for d in lost]
+                found += [Violation(checker.PHANTOM, repo, d, now) for d in phantoms]
+        return found
+
+    def _table(
+        self, faults: Sequence[Fault], repairs: Sequence[checker.Repair]
+    ) -> list[dict[str, Any]]:
+        rows: dict[str, dict[str, Any]] = {}
+        for fault in faults:
+            end = fault.end or fault.start
+            window = [
+                o for o in self.history.ops if fault.start <= o.start <= end + checker.HEAL_GRACE
+            ]
+            writes = [o for o in window if o.is_write]
+            reads = [o for o in window if o.kind == "read"]
+            latencies = [1000 * (o.end - o.start) for o in reads if o.outcome == "ok"]
+            row = rows.setdefault(
+                fault.nemesis,
+                {
+                    "nemesis": fault.nemesis,
+                    "faults": 0,
+                    "operations": 0,
+                    "acknowledged": 0,
+                    "unknown": 0,
+                    "failed_writes": 0,
+                    "failed_reads": 0,
+                    "read_p99_ms": 0.0,
+                    "longest_write_gap_s": 0.0,
+                    "repairs": 0,
+                },
+            )
+            row["faults"] += 1
+            row["operations"] += len(window)
+            row["acknowledged"] += sum(1 for o in writes if o.outcome == "ok")
+            row["unknown"] += sum(1 for o in writes if o.outcome in ("unknown", ""))
+            row["failed_writes"] += sum(1 for o in writes if o.outcome == "failed")
+            row["failed_reads"] += sum(1 for o in reads if o.outcome == "failed")
+            p99 = checker.percentile(latencies, 99)
+            row["read_p99_ms"] = round(max(row["read_p99_ms"], p99 or 0.0), 1)
+            gap = checker.longest_write_gap(self.history, fault.start, end + checker.HEAL_GRACE)
+            row["longest_write_gap_s"] = round(max(row["longest_write_gap_s"], gap), 2)
+            row["repairs"] += sum(
+                len(r.nodes) for r in repairs if fault.start <= r.at <= end + 30.0
+            )
+        return sorted(rows.values(), key=lambda r: str(r["nemesis"]))
+
+    def _latency(self, start: float, end: float) -> dict[str, float | None]:
+        values = [
+            1000 * (o.end - o.start)
+            for o in self.history.ops
+            if o.kind == "read" and o.outcome == "ok" and start <= o.start < end
+        ]
+        p50, p99 = checker.percentile(values, 50), checker.percentile(values, 99)
+        return {
+            "p50_ms": round(p50, 1) if p50 is not None else None,
+            "p99_ms": round(p99, 1) if p99 is not None else None,
+        }
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def execute(self) -> Report:
+        settings = self.settings
+        print(f"fault run: seed {settings.seed}, {settings.duration}s", flush=True)
+        steps = plan(settings.seed, settings.nemeses, settings.duration, settings.gap)
+        print("schedule: " + ", ".join(f"{s.nemesis}({s.hold}s)" for s in steps), flush=True)
+        by_name = {n.name: n for n in settings.nemeses}
+        self.cluster = await self._start_cluster()
+        self.ctx = RunContext(
+            self.cluster, random.Random(settings.seed + 1), self.repos, self.history
+        )
+        await self._seed()
+        self.fleet = await Fleet(
+            [p.address for p in self.cluster.proxies],
+            self.repos,
+            self.chain,
+            self.history,
+            self.base / "clients",
+            settings.fleet,
+            settings.seed,
+        ).start()
+        if not await self.ctx.acknowledged(40, 90.0):
+            raise TimeoutError(f"the workload did not warm up: {self.history.summary()}")
+        monitor = asyncio.get_running_loop().create_task(self._monitor())
+        began = time.monotonic()
+        run_steps = 0
+        try:
+            for step in steps:
+                if settings.budget is not None and time.monotonic() - began > settings.budget:
+                    break
+                nemesis = by_name[step.nemesis]()
+                if not nemesis.applicable(self.ctx):
+                    continue
+                await self._step(step, nemesis)
+                run_steps += 1
+            await asyncio.sleep(settings.gap[0])
+            self.ctx.note("last fault healed")
+            await self._probe_writes()
+        finally:
+            await self.fleet.stop()
+            monitor.cancel()
+        ended = time.monotonic()
+        left = await self._until_converged(checker.CONVERGE_BOUND, "convergence")
+        now = time.monotonic()
+        self._violation(
+            [
+                Violation(checker.NOT_CONVERGED, r, "assigned replicas differ or lag", now)
+                for r in left
+            ]
+        )
+        if not left:
+            self._violation(await asyncio.to_thread(self._final_refs))
+        acks = checker.index(self.history.ops, self.chain)
+        reads = checker.check_reads(self.history, acks, self.chain, self.seed_refs)
+        self._violation(reads.violations)
+        faults = self.ctx.faults.faults
+        names = {p.address: p.name for p in self.cluster.proxies}
+        self._violation(checker.check_failed_reads(self.history, faults, names))
+        repairs = checker.verifier_repairs(
+            [p.log_path for p in self.cluster.proxies], self.wall_offset
+        )
+        self._violation(checker.check_repairs(repairs, faults))
+        first = min((f.start for f in faults), default=ended)
+        figures = {
+            "monitor_rounds": self.monitor_rounds,
+            "unreadable_replica_reads": self.unreadable,
+            "cross_proxy_lag_reads": reads.cross_proxy_lag,
+            "verifier_repairs": sum(len(r.nodes) for r in repairs),
+            "converged_within_s": round(time.monotonic() - ended, 1),
+            "reads_before_faults": self._latency(0.0, first),
+            "reads_after_faults": self._latency(
+                max((f.end or 0.0) for f in faults) if faults else ended, ended
+            ),
+            "run_s": round(ended - began, 1),
+        }
+        return Report(
+            settings.seed,
+            len(steps),
+            run_steps,
+            self.history.summary(),
+            self.violations,
+            [_describe(f) for f in faults],
+            self._table(faults, repairs),
+            figures,
+        )
+
+    # -- failure output --------------------------------------------------------------------
+
+    def explain(self, report: Report) -> str:
+        lines = [f"seed {report.seed}: {len(report.violations)} violation(s)"]
+        for violation in report.violations[:20]:
+            lines.append(str(violation))
+            around = [
+                o
+                for o in self.history.ops
+                if o.repo == violation.repo and abs(o.start - violation.at) < 5.0
+            ]
+            for op in around[-15:]:
+                lines.append(
+                    f"    {op.process} {op.kind} {op.key} {op.value[:10]} {op.outcome} "
+                    f"[{op.start:.2f}-{op.end:.2f}] via {op.proxy} {op.detail[:100]}"
+                )
+        for fault in report.faults:
+            lines.append(f"fault {json.dumps(fault)}")
+        if self.cluster is not None:
+            lines.append(self.cluster.log_tail())
+        return "\n".join(lines)
+
+    async def close(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.stop_quietly()
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.close)
+
+
+def write_report(report: Report, path: Path) -> None:
+    data = asdict(report)
+    data["violations"] = [str(v) for v in report.violations]
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))
+    results = os.environ.get("GITQUORUM_FAULTS_RESULTS")
+    if results:
+        with open(results, "a") as out:
+            out.write(json.dumps(data, sort_keys=True) + "\n")
+
+
+def seed_from_env() -> int:
+    value = os.environ.get("GITQUORUM_FAULTS_SEED")
+    return int(value) if value else random.SystemRandom().randrange(1 << 31)
+
+
+async def _once(request: ref_pb2.UpdateReferencesRequest):  # type: ignore[no-untyped-def]
+    yield request
