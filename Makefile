@@ -10,7 +10,7 @@ SETUP = VENV=$(VENV) bash scripts/setup
 ACTIVATE = $(if $(findstring /,$(PYTHON)),PATH="$(abspath $(dir $(PYTHON))):$$PATH")
 
 .PHONY: up deps deps-test install proto lint typecheck test test-floors test-unit \
-	test-integration test-faults test-through-proxy
+	test-integration test-faults test-long test-through-proxy
 
 # A whole local cluster (etcd, 3 nodes, proxy, HTTP gateway) until Ctrl-C.
 up: deps
@@ -60,6 +60,15 @@ test-integration: deps-test
 
 test-faults: deps-test
 	$(ACTIVATE) $(PYTHON) -m pytest -q tests/chaos tests/soak tests/integration/limits tests/integration/shutdown $(PYTEST_ARGS)
+
+# The long fault run, outside `make test`: every nemesis alone, then a randomized
+# schedule of all of them (docs/reliability.md). DURATION in seconds (default
+# 600), SEED to replay a schedule (printed by every run).
+DURATION ?= 600
+SEED ?=
+test-long: deps-test
+	$(ACTIVATE) GITQUORUM_FAULTS_DURATION=$(DURATION) GITQUORUM_FAULTS_SEED=$(SEED) \
+		$(PYTHON) -m pytest -q -p no:cacheprovider -m long -s tests/faults $(PYTEST_ARGS)
 
 # The storage-node suite alone, through a proxy in front of three nodes.
 test-through-proxy: deps-test

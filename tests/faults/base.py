@@ -49,8 +49,10 @@ class Fault:
     # Repositories left with no up-to-date replica alive by design of the fault
     # (their failed reads and writes are expected until it heals).
     repos_down: tuple[str, ...] = ()
-    # Copied from the nemesis: reads must stay available while it lasts.
+    # Copied from the nemesis: reads must stay available while it lasts, and
+    # for how long after its heal failures are still its own.
     reads_available: bool = True
+    recovery: float = 3.0
 
 
 @dataclass
@@ -71,6 +73,9 @@ class Nemesis(ABC):
     reads_available: ClassVar[bool] = True
     # How long the fault stays before it is healed (seconds, drawn by the schedule).
     hold: ClassVar[tuple[float, float]] = (4.0, 8.0)
+    # After the heal, how long failed reads are still the fault's (the cluster
+    # seeing the healed part again).
+    recovery: ClassVar[float] = 3.0
 
     def applicable(self, run: RunContext) -> bool:
         """Whether the cluster this run has can take this fault (e.g. 3 etcd members)."""

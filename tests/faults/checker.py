@@ -294,7 +294,7 @@ def excused(read: Op, faults: Sequence[Fault]) -> Fault | None:
     """The fault that excuses a failed read, if any."""
     for fault in faults:
         end = fault.end if fault.end is not None else float("inf")
-        if not (fault.start <= read.end and read.start <= end + HEAL_GRACE):
+        if not (fault.start <= read.end and read.start <= end + fault.recovery):
             continue
         if (
             not fault.reads_available
@@ -325,7 +325,7 @@ def check_failed_reads(
             during = [
                 f.nemesis
                 for f in named
-                if f.start <= read.end and read.start <= (f.end or float("inf")) + HEAL_GRACE
+                if f.start <= read.end and read.start <= (f.end or float("inf")) + f.recovery
             ]
             problems.append(
                 Violation(

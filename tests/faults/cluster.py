@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from tests.faults import disk, network
 from tests.harness.cluster import Cluster
 
-# The run's cluster differs from the harness defaults only where the suite
-# needs it: the verifier checks often (its repairs are counted), repairs start
-# within a second.
+# Health checks as in production (every second, 1 s timeout: a loaded machine
+# must not fail healthy nodes over); the verifier checks often (its repairs are
+# counted) and repairs start within a second.
 FAULT_PROXY_SETTINGS: dict[str, object] = {
+    "health": {"interval": "1s", "timeout": "1s"},
     "replication": {"reconcile_interval": "1s", "verify_interval": "5s"},
 }
 

@@ -69,6 +69,7 @@ class RunContext:
                 target,
                 time.monotonic(),
                 reads_available=nemesis.reads_available,
+                recovery=nemesis.recovery,
                 **details,
             )
         )

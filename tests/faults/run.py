@@ -434,6 +434,7 @@ class FaultRun:
             [p.log_path for p in self.cluster.proxies], self.wall_offset
         )
         self._violation(checker.check_repairs(repairs, faults))
+        write_history(self.history, faults, self.base / "history.jsonl")
         first = min((f.start for f in faults), default=ended)
         figures = {
             "monitor_rounds": self.monitor_rounds,
@@ -485,6 +486,15 @@ class FaultRun:
             await self.fleet.stop_quietly()
         if self.cluster is not None:
             await asyncio.to_thread(self.cluster.close)
+
+
+def write_history(history: History, faults: Sequence[Fault], path: Path) -> None:
+    """Every operation and fault, one JSON line each, next to the cluster's logs."""
+    with open(path, "w") as out:
+        for op in history.ops:
+            out.write(json.dumps(op.__dict__) + "\n")
+        for fault in faults:
+            out.write(json.dumps({"fault": _describe(fault)}) + "\n")
 
 
 def write_report(report: Report, path: Path) -> None:

@@ -31,8 +31,8 @@ class FleetSettings:
     push_ratio: float = 0.3
     cas_ratio: float = 0.25
     impatient_ratio: float = 0.05
-    write_pause: float = 0.6
-    read_pause: float = 0.4
+    write_pause: float = 2.0
+    read_pause: float = 1.0
     op_timeout: float = 10.0
 
 
