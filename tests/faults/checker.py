@@ -355,7 +355,7 @@ class Repair:
 
 def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Repair]:
     """Repairs and conflicts the verifier logged (JSON lines of every proxy)."""
-    from datetime import datetime
+    from datetime import UTC, datetime
 
     repairs: list[Repair] = []
     for path in logs:
@@ -371,7 +371,11 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
             except ValueError:
                 continue
             fields = entry.get("fields", entry)
-            wall = datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+            wall = (
+                datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+                .replace(tzinfo=UTC)
+                .timestamp()
+            )
             conflict = entry.get("msg") == NO_MAJORITY
             nodes = fields.get("replicas" if conflict else "demoted", ())
             repairs.append(

@@ -7,7 +7,9 @@ write, so each repository is written through every proxy; readers go round
 the proxies too. Some writers hang up mid-write (a deadline that expires while
 replicas vote), some repositories also take real ``git push`` over git-ssh.
 Writers pause between writes so that twenty repositories fit on a small
-machine without saturating it: the run measures faults, not overload.
+machine without saturating it (the run measures faults, not overload), except
+on a few hot repositories whose writers never pause: there replicas fall
+behind and catch up under a stream of writes, and repairs race writes.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class FleetSettings:
     write_pause: float = 2.0
     read_pause: float = 1.0
     op_timeout: float = 10.0
+    # Hot repositories (the last ones): more writers, no pause -- replicas fall
+    # behind and catch up while writes keep coming, repairs race writes.
+    hot_repos: int = 2
+    hot_writers: int = 3
 
 
 class Fleet:
@@ -50,6 +56,7 @@ class Fleet:
         rng = random.Random(seed)
         self.workloads: list[Workload] = []
         for i, repo in enumerate(repos):
+            hot = i >= len(repos) - settings.hot_repos
             directory = scratch / f"clients-{i}"
             directory.mkdir(parents=True, exist_ok=True)
             self.workloads.append(
@@ -60,13 +67,13 @@ class Fleet:
                     history,
                     directory,
                     Settings(
-                        writers=settings.writers_per_repo,
+                        writers=settings.hot_writers if hot else settings.writers_per_repo,
                         readers=settings.readers_per_repo,
                         cas_ratio=settings.cas_ratio,
                         push_ratio=settings.push_ratio if i < settings.pushing_repos else 0.0,
                         op_timeout=settings.op_timeout,
                         impatient_ratio=settings.impatient_ratio,
-                        write_pause=settings.write_pause,
+                        write_pause=0.0 if hot else settings.write_pause,
                         read_pause=settings.read_pause,
                         rotate=True,
                     ),

@@ -1,0 +1,205 @@
+"""The checker on its own: each named violation found in a history built to
+have it, and not found where the documented guarantee allows the behaviour."""
+
+from __future__ import annotations
+
+from datetime import UTC
+from pathlib import Path
+
+from gitquorum.cluster.repositories import RepositoryRecord
+from tests.chaos.workload import SHARED, Chain, History, Op
+from tests.faults import checker
+from tests.faults.base import Fault
+
+OIDS = tuple(f"{i:040x}" for i in range(1, 11))
+CHAIN = Chain(Path("/nonexistent"), OIDS, {oid: i for i, oid in enumerate(OIDS)})
+SEED = {SHARED: OIDS[0], "refs/heads/main": OIDS[9]}
+REPO = "r.git"
+
+
+def op(
+    kind: str,
+    key: str,
+    value: str,
+    start: float,
+    end: float,
+    outcome: str = "ok",
+    proxy: str = "p1",
+    expects: str = "",
+) -> Op:
+    return Op("c", kind, key, value, start, end, outcome, proxy, "", expects, REPO)
+
+
+def history(*ops: Op) -> History:
+    return History(list(ops))
+
+
+def record(generation: int, **replicas: int) -> RepositoryRecord:
+    return RepositoryRecord(
+        1,
+        "default",
+        REPO,
+        "n1",
+        tuple(sorted(replicas)),
+        generation,
+        tuple(sorted(replicas.items())),
+    )
+
+
+def test_an_up_to_date_replica_without_an_acknowledged_write_is_named() -> None:
+    h = history(op("create", "refs/heads/a", OIDS[3], 1.0, 2.0))
+    acks = checker.index(h.ops, CHAIN)
+    refs = {
+        (REPO, "n1"): {**SEED, "refs/heads/a": OIDS[3]},
+        (REPO, "n2"): dict(SEED),  # recorded up to date, lacks the write
+        (REPO, "n3"): dict(SEED),  # outdated: allowed to lack it
+    }
+    found = checker.check_up_to_date(
+        {REPO: record(5, n1=5, n2=5, n3=4)}, 3.0, refs, acks, CHAIN, SEED, (), 3.5
+    )
+    assert [(v.name, "n2" in v.detail) for v in found] == [(checker.UP_TO_DATE_MISSING, True)]
+
+
+def test_a_write_acknowledged_after_the_record_was_read_is_not_required() -> None:
+    h = history(op("create", "refs/heads/a", OIDS[3], 1.0, 4.0))
+    acks = checker.index(h.ops, CHAIN)
+    found = checker.check_up_to_date(
+        {REPO: record(5, n1=5)}, 3.0, {(REPO, "n1"): dict(SEED)}, acks, CHAIN, SEED, (), 5.0
+    )
+    assert found == []
+
+
+def test_a_disk_fault_exempts_its_node_and_an_unreadable_replica_waits() -> None:
+    h = history(op("create", "refs/heads/a", OIDS[3], 1.0, 2.0))
+    acks = checker.index(h.ops, CHAIN)
+    refs = {(REPO, "n1"): dict(SEED), (REPO, "n2"): None}
+    found = checker.check_up_to_date(
+        {REPO: record(5, n1=5, n2=5)}, 3.0, refs, acks, CHAIN, SEED, ("n1",), 3.5
+    )
+    assert found == []
+
+
+def test_the_shared_branch_below_an_acknowledged_position_is_a_lost_write() -> None:
+    h = history(
+        op("cas", SHARED, OIDS[4], 1.0, 2.0),
+        op("cas", SHARED, OIDS[2], 0.5, 1.5),
+        op("cas", SHARED, OIDS[3], 0.7, 1.8, outcome="unknown"),
+    )
+    lost, phantoms = checker.check_refs(
+        {**SEED, SHARED: OIDS[3]}, checker.index(h.ops, CHAIN)[REPO], CHAIN, SEED, None, "x"
+    )
+    assert len(lost) == 1 and "below acknowledged 4" in lost[0] and phantoms == []
+
+
+def test_a_value_from_a_definitely_failed_write_is_a_phantom_an_unknown_one_is_not() -> None:
+    h = history(
+        op("create", "refs/heads/f", OIDS[5], 1.0, 2.0, outcome="failed"),
+        op("create", "refs/heads/u", OIDS[6], 1.0, 2.0, outcome="unknown"),
+        op("create", "refs/heads/inflight", OIDS[7], 1.0, 0.0, outcome=""),
+    )
+    refs = {
+        **SEED,
+        "refs/heads/f": OIDS[5],
+        "refs/heads/u": OIDS[6],
+        "refs/heads/inflight": OIDS[7],
+        "refs/heads/nobody": OIDS[1],
+    }
+    lost, phantoms = checker.check_refs(
+        refs, checker.index(h.ops, CHAIN)[REPO], CHAIN, SEED, None, "x"
+    )
+    assert lost == []
+    assert sorted(p.split(": ")[1].split("=")[0] for p in phantoms) == [
+        "refs/heads/f",
+        "refs/heads/nobody",
+    ]
+
+
+def test_stale_reads_within_the_documented_bound_are_counted_not_violations() -> None:
+    h = history(
+        op("cas", SHARED, OIDS[2], 8.0, 9.0, proxy="p1"),
+        op("cas", SHARED, OIDS[3], 10.0, 11.0, proxy="p1"),
+        # Same proxy, after the ack: must see position 3.
+        op("read", SHARED, OIDS[2], 12.0, 12.1, proxy="p1"),
+        # Other proxy, 1 s after the ack: within the bound, allowed.
+        op("read", SHARED, OIDS[2], 12.0, 12.1, proxy="p2"),
+        # Other proxy, past the bound: stale.
+        op("read", SHARED, OIDS[2], 11.0 + checker.STALE_BOUND + 0.5, 17.0, proxy="p2"),
+    )
+    found = checker.check_reads(h, checker.index(h.ops, CHAIN), CHAIN, SEED)
+    assert [v.name for v in found.violations] == [checker.STALE, checker.STALE]
+    assert found.cross_proxy_lag == 1
+
+
+def test_a_read_of_an_acknowledged_create_must_find_it_through_its_proxy() -> None:
+    h = history(
+        op("create", "refs/heads/a", OIDS[3], 1.0, 2.0, proxy="p1"),
+        op("read", "refs/heads/a", "", 3.0, 3.1, proxy="p1", expects=OIDS[3]),
+        op("read", "refs/heads/a", OIDS[3], 3.0, 3.1, proxy="p2", expects=OIDS[3]),
+    )
+    found = checker.check_reads(h, checker.index(h.ops, CHAIN), CHAIN, SEED)
+    assert [v.name for v in found.violations] == [checker.STALE]
+
+
+def _fault(name: str, start: float, end: float, **kw: object) -> Fault:
+    return Fault(name, "process", "t", start, end, **kw)  # type: ignore[arg-type]
+
+
+def test_failed_reads_are_excused_only_by_what_the_fault_takes_away() -> None:
+    reads = [
+        # A node killed: the other replicas serve, a failed read is a violation.
+        op("read", SHARED, "", 5.0, 5.5, outcome="failed", proxy="addr1"),
+        # The client's own proxy was down: its path, not the cluster.
+        op("read", SHARED, "", 5.0, 5.5, outcome="failed", proxy="addr2"),
+        op("read", SHARED, "", 12.5, 12.6, outcome="failed", proxy="addr2"),  # within recovery
+        op("read", SHARED, "", 14.0, 14.1, outcome="failed", proxy="addr2"),  # past it
+        # etcd without quorum: refused by design, and for its recovery after the heal.
+        op("read", SHARED, "", 21.0, 21.5, outcome="failed", proxy="addr1"),
+        op("read", SHARED, "", 27.0, 27.5, outcome="failed", proxy="addr1"),
+        # Nothing going on.
+        op("read", SHARED, "", 40.0, 40.5, outcome="failed", proxy="addr1"),
+    ]
+    faults = [
+        _fault("kill-primary", 4.0, 10.0),
+        _fault("kill-proxy", 4.0, 10.0, proxies_down=("proxy2",)),
+        _fault("etcd-quorum-loss", 20.0, 25.0, reads_available=False, recovery=5.0),
+    ]
+    found = checker.check_failed_reads(
+        history(*reads), faults, {"addr1": "proxy1", "addr2": "proxy2"}
+    )
+    assert [v.at for v in found] == [5.5, 14.1, 40.5]
+
+
+def test_verifier_repairs_are_violations_unless_a_disk_fault_hit_the_node(tmp_path: Path) -> None:
+    log = tmp_path / "proxy1.log"
+    log.write_text(
+        '{"time": "2026-01-01T00:00:10.000Z", "msg": "' + checker.DEMOTED + '", '
+        '"relative_path": "r.git", "demoted": ["n2"]}\n'
+        '{"time": "2026-01-01T00:00:20.000Z", "msg": "' + checker.DEMOTED + '", '
+        '"relative_path": "r.git", "demoted": ["n3"]}\n'
+        '{"time": "2026-01-01T00:00:30.000Z", "msg": "' + checker.NO_MAJORITY + '", '
+        '"relative_path": "r.git", "replicas": ["n1", "n2"]}\n'
+    )
+    from datetime import datetime
+
+    offset = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    repairs = checker.verifier_repairs([log], offset)
+    assert [(r.nodes, r.at, r.conflict) for r in repairs] == [
+        (("n2",), 10.0, False),
+        (("n3",), 20.0, False),
+        (("n1", "n2"), 30.0, True),
+    ]
+    disk = Fault("rollback", "disk", "n3", 15.0, 18.0, disk_nodes=("n3",))
+    found = checker.check_repairs(repairs, [disk])
+    assert sorted((v.at, v.detail.split()[2]) for v in found) == [
+        (10.0, "n2"),
+        (30.0, "n1"),
+        (30.0, "n2"),
+    ]
+
+
+def test_the_longest_write_gap_spans_the_window_edges() -> None:
+    h = history(
+        op("create", "refs/heads/a", OIDS[1], 0.0, 3.0),
+        op("create", "refs/heads/b", OIDS[1], 0.0, 9.0),
+    )
+    assert checker.longest_write_gap(h, 2.0, 10.0) == 6.0
