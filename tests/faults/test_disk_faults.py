@@ -1,0 +1,291 @@
+"""Each disk nemesis does what it claims, against real nodes, git and etcd.
+
+One cluster (one etcd member, three nodes, one proxy, replication factor 3)
+serves every test of the module; each test heals its fault before it ends.
+
+* **full**: the node's filesystem has no byte left; a write whose primary is
+  that node is refused and lands nowhere, a write for which it is a secondary
+  is acknowledged by the others and leaves it outdated; no lock file stays;
+  once the filler is gone the node takes writes again and catches up.
+* **slow**: every fsync of that node's git sleeps, so its writes take longer;
+  the other nodes are not slowed.
+* **rolled back / wiped**: while the node is down its replica misses
+  acknowledged writes (or is gone); after it restarts the verifier puts the
+  replica back in line with the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gitquorum.cluster.repositories import RepositoryRecord
+from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
+from tests.chaos import checker
+from tests.chaos.workload import History, Op
+from tests.faults import disk
+from tests.faults.cluster import FaultCluster
+from tests.faults.context import RunContext, until
+from tests.harness import gitrepo
+
+SETTINGS: dict[str, object] = {
+    "replication": {"reconcile_interval": "1s", "verify_interval": "2s"},
+}
+REPOS = 3
+SLOW_MS = 300
+CONVERGE = 30.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
+    base = tmp_path_factory.mktemp("disk-faults")
+    source = gitrepo.make_repo(base / "source", commits=2)
+    started = FaultCluster(
+        base / "cluster",
+        etcd_size=1,
+        proxies_count=1,
+        replication_factor=3,
+        proxy_settings=SETTINGS,
+    )
+    with started.reporting():
+        started.start()
+        asyncio.run(_seed(started, source, base))
+        yield started
+
+
+async def _seed(cluster: FaultCluster, source: Path, scratch: Path) -> None:
+    async with grpc.aio.insecure_channel(cluster.proxies[0].address) as channel:
+        for i in range(REPOS):
+            await gitrepo.seed(channel, checker.repository(f"disk/r{i}.git"), source, scratch)
+    for i in range(REPOS):
+        await until(
+            lambda i=i: checker.converged(cluster, cluster.proxies[0].address, f"disk/r{i}.git"),
+            CONVERGE,
+            "the seeded repositories on every node",
+        )
+
+
+def _run(cluster: FaultCluster, repos: list[str], seed: int = 1) -> RunContext:
+    return RunContext(cluster, random.Random(seed), repos, History())
+
+
+def _head(cluster: FaultCluster) -> str:
+    return gitrepo.git("rev-parse", "main", cwd=cluster.base.parent / "source").strip()
+
+
+def _write(cluster: FaultCluster, repo: str, ref: str, oid: str) -> grpc.StatusCode:
+    """WriteRef through the proxy; the status code it ends with."""
+    with grpc.insecure_channel(cluster.proxies[0].address) as channel:
+        try:
+            repository_pb2_grpc.RepositoryServiceStub(channel).WriteRef(
+                repository_pb2.WriteRefRequest(
+                    repository=checker.repository(repo), ref=ref.encode(), revision=oid.encode()
+                ),
+                timeout=15,
+            )
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+def _write_on_node(cluster: FaultCluster, node: str, replica_path: str, ref: str, oid: str) -> None:
+    """WriteRef straight to one node (no transaction): what its own git costs."""
+    with grpc.insecure_channel(cluster.node(node).address) as channel:
+        repository_pb2_grpc.RepositoryServiceStub(channel).WriteRef(
+            repository_pb2.WriteRefRequest(
+                repository=shared_pb2.Repository(storage_name=node, relative_path=replica_path),
+                ref=ref.encode(),
+                revision=oid.encode(),
+            ),
+            timeout=30,
+        )
+
+
+def _disk_refs(cluster: FaultCluster, node: str, replica_path: str) -> dict[str, str]:
+    return gitrepo.refs(cluster.replica_dir(node, replica_path))
+
+
+def _locks(cluster: FaultCluster, node: str, replica_path: str) -> list[str]:
+    root = cluster.replica_dir(node, replica_path)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*.lock"))
+
+
+def _role(records: dict[str, RepositoryRecord], node: str, primary: bool) -> str:
+    for repo, record in sorted(records.items()):
+        if (record.primary == node) == primary:
+            return repo
+    raise AssertionError(f"no repository with {node} as {'primary' if primary else 'secondary'}")
+
+
+async def test_disk_full_refuses_writes_cleanly_and_heals(cluster: FaultCluster) -> None:
+    if not cluster.disks.mounts:
+        pytest.skip(cluster.disks.unavailable.get("full", "no small filesystem"))
+    run = _run(cluster, [f"disk/r{i}.git" for i in range(REPOS)])
+    nemesis = disk.DiskFull()
+    fault = await nemesis.inject(run)
+    node = fault.target
+    try:
+        assert fault.disk_nodes == (node,) and fault.kind == "disk"
+        home = cluster.disks.mounts[node]
+        assert disk.free_bytes(home) == 0, fault.detail
+        with pytest.raises(OSError) as full:
+            (cluster.disks.storage(node) / "probe").write_bytes(b"x" * 4096)
+        assert full.value.errno == errno.ENOSPC
+        records = run.records()
+        as_primary = _role(records, node, primary=True)
+        as_secondary = _role(records, node, primary=False)
+        oid = _head(cluster)
+
+        # Its primary's disk is full: refused, and on no replica.
+        code = await asyncio.to_thread(_write, cluster, as_primary, "refs/heads/full-p", oid)
+        assert code != grpc.StatusCode.OK
+        print(f"write with a full primary: {code}")
+        record = records[as_primary]
+        for replica in record.replica_nodes:
+            refs = _disk_refs(cluster, replica, record.replica_path)
+            assert "refs/heads/full-p" not in refs, f"refused write on {replica}"
+            assert not _locks(cluster, replica, record.replica_path)
+
+        # A secondary's disk is full: acknowledged by the others, it is outdated.
+        code = await asyncio.to_thread(_write, cluster, as_secondary, "refs/heads/full-s", oid)
+        assert code == grpc.StatusCode.OK
+        record = run.record(as_secondary)
+        if "refs/heads/full-s" not in _disk_refs(cluster, node, record.replica_path):
+            assert record.replica_generation(node) < record.generation, record
+        assert not _locks(cluster, node, record.replica_path)
+    finally:
+        await nemesis.heal(run)
+    assert disk.free_bytes(cluster.disks.mounts[node]) > 0
+
+    # Healed: the primary takes writes again and the secondary catches up.
+    await until(
+        lambda: _write(cluster, as_primary, "refs/heads/full-p", oid) == grpc.StatusCode.OK,
+        CONVERGE,
+        f"a write with {node} as primary after the disk was freed",
+    )
+    for repo in (as_primary, as_secondary):
+        final = await until(
+            lambda repo=repo: checker.converged(cluster, cluster.proxies[0].address, repo),
+            CONVERGE,
+            f"{repo} converged after the disk was freed",
+        )
+        path = run.record(repo).replica_path
+        for replica in final.replicas:
+            assert not _locks(cluster, replica.node, path), f"lock files on {replica.node}"
+    assert "refs/heads/full-s" in _disk_refs(cluster, node, run.record(as_secondary).replica_path)
+
+
+class FixedSlowDisk(disk.SlowDisk):
+    delays_ms = (SLOW_MS,)
+
+
+async def test_slow_disk_delays_only_that_nodes_fsyncs(cluster: FaultCluster) -> None:
+    if cluster.disks.control is None:
+        pytest.skip(cluster.disks.unavailable.get("slow", "no slow-fsync shim"))
+    run = _run(cluster, [f"disk/r{i}.git" for i in range(REPOS)])
+    record = run.record("disk/r0.git")
+    oid = _head(cluster)
+
+    def timed(node: str, ref: str) -> float:
+        started = time.monotonic()
+        _write_on_node(cluster, node, record.replica_path, ref, oid)
+        return time.monotonic() - started
+
+    nemesis = FixedSlowDisk()
+    fault = await nemesis.inject(run)
+    node = fault.target
+    other = next(n.name for n in cluster.nodes if n.name != node)
+    try:
+        assert fault.disk_nodes == (node,) and "+300 ms" in fault.detail
+        slow = await asyncio.to_thread(timed, node, f"refs/heads/slow-{node}")
+        fast = await asyncio.to_thread(timed, other, f"refs/heads/slow-{node}")
+        print(f"WriteRef on the slow node {slow:.2f}s, on {other} {fast:.2f}s")
+        # A ref update fsyncs at least the ref file (core.fsync=reference).
+        assert slow >= SLOW_MS / 1000
+        assert fast < SLOW_MS / 1000
+        # Writes through the proxy still go through.
+        code = await asyncio.to_thread(_write, cluster, "disk/r0.git", "refs/heads/slow", oid)
+        assert code == grpc.StatusCode.OK
+    finally:
+        await nemesis.heal(run)
+    healed = await asyncio.to_thread(timed, node, "refs/heads/slow-healed")
+    assert healed < SLOW_MS / 1000, healed
+    # The direct writes left the replicas different: the verifier settles it.
+    await until(
+        lambda: checker.converged(cluster, cluster.proxies[0].address, "disk/r0.git"),
+        CONVERGE,
+        "disk/r0.git converged after the slow disk",
+    )
+
+
+async def _writer(
+    cluster: FaultCluster, run: RunContext, repo: str, stop: asyncio.Event, oid: str
+) -> None:
+    """Acknowledged creates of new refs, recorded in the run's history."""
+    while not stop.is_set():
+        ref = f"refs/heads/w/{uuid.uuid4().hex[:8]}"
+        op = run.history.add(Op("test", "create", ref, oid, time.monotonic(), repo=repo))
+        code = await asyncio.to_thread(_write, cluster, repo, ref, oid)
+        op.end = time.monotonic()
+        op.outcome = "ok" if code == grpc.StatusCode.OK else "unknown"
+        await asyncio.sleep(0.05)
+
+
+def _acknowledged(run: RunContext) -> set[str]:
+    return {o.key for o in run.history.writes("ok")}
+
+
+@pytest.mark.parametrize("kind", [disk.ReplicaRollback, disk.ReplicaWipe])
+async def test_replica_loss_while_down_is_repaired(
+    cluster: FaultCluster, kind: type[disk.ReplicaLoss]
+) -> None:
+    repo = "disk/r1.git" if kind is disk.ReplicaRollback else "disk/r2.git"
+    run = _run(cluster, [repo], seed=7)
+    oid = _head(cluster)
+    stop = asyncio.Event()
+    writer = asyncio.create_task(_writer(cluster, run, repo, stop, oid))
+    nemesis = kind()
+    try:
+        assert await run.acknowledged(1, 20, repo)
+        # The writes stop once the node is down: the damaged replica then comes
+        # back at the generation etcd records for it.
+        fault = await nemesis.inject(run)
+        stop.set()
+        await writer
+        node = fault.target
+        assert fault.disk_nodes == (node,) and fault.kind == "disk"
+        assert not cluster.node(node).alive()
+        path = run.record(repo).replica_path
+        live = cluster.replica_dir(node, path)
+        acknowledged = _acknowledged(run)
+        if kind is disk.ReplicaWipe:
+            assert not live.exists()
+        else:
+            missing = acknowledged - set(_disk_refs(cluster, node, path))
+            assert missing, "the rolled-back replica holds every acknowledged write"
+            print(f"rolled back {node}: {len(missing)} acknowledged refs missing")
+    finally:
+        stop.set()
+        await writer
+        await nemesis.heal(run)
+    assert cluster.node(node).alive()
+
+    def repaired() -> bool:
+        if not live.is_dir():
+            return False
+        return acknowledged <= set(_disk_refs(cluster, node, path)) and bool(
+            checker.converged(cluster, cluster.proxies[0].address, repo)
+        )
+
+    started = time.monotonic()
+    await until(repaired, CONVERGE, f"{node}'s replica of {repo} repaired")
+    print(f"{kind.name}: {node} repaired {time.monotonic() - started:.1f}s after its restart")
+    assert not _locks(cluster, node, path)
