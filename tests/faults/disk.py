@@ -158,26 +158,27 @@ class Disks:
     def fill(self, node: str) -> int:
         """Fill ``node``'s filesystem; returns the bytes left (0 unless something freed some)."""
         home = self.mounts[node]
-        with open(home / FILLER, "ab") as filler:
+        fd = os.open(home / FILLER, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
             free = free_bytes(home)
             if free:
                 try:
-                    os.posix_fallocate(filler.fileno(), filler.tell(), free)
+                    os.posix_fallocate(fd, os.fstat(fd).st_size, free)
                 except OSError as exc:
                     if exc.errno != errno.ENOSPC:
                         raise
-            # Then byte-sized pieces up to the last page a reservation missed.
+            # Then smaller and smaller pieces, up to the last page a reservation missed.
             for size in (1 << 16, 4096, 1):
                 piece = b"\0" * size
                 while True:
                     try:
-                        filler.seek(0, os.SEEK_END)
-                        filler.write(piece)
-                        filler.flush()
+                        os.write(fd, piece)
                     except OSError as exc:
                         if exc.errno != errno.ENOSPC:
                             raise
                         break
+        finally:
+            os.close(fd)
         return free_bytes(home)
 
     def drain(self, node: str) -> None:
@@ -240,8 +241,11 @@ class DiskFull(Nemesis):
     def applicable(self, run: RunContext) -> bool:
         return bool(_disks(run).mounts)
 
+    def pick(self, run: RunContext) -> str:
+        return run.rng.choice(sorted(_disks(run).mounts))
+
     async def inject(self, run: RunContext) -> Fault:
-        self.target = run.rng.choice(sorted(_disks(run).mounts))
+        self.target = await asyncio.to_thread(self.pick, run)
         left = await asyncio.to_thread(_disks(run).fill, self.target)
         return run.fault(self, self.target, detail=f"{left} bytes left", disk_nodes=(self.target,))
 
@@ -262,8 +266,11 @@ class SlowDisk(Nemesis):
     def applicable(self, run: RunContext) -> bool:
         return _disks(run).control is not None
 
+    def pick(self, run: RunContext) -> str:
+        return run.rng.choice(sorted(n.name for n in run.cluster.nodes))
+
     async def inject(self, run: RunContext) -> Fault:
-        self.target = run.rng.choice(sorted(n.name for n in run.cluster.nodes))
+        self.target = await asyncio.to_thread(self.pick, run)
         delay = run.rng.choice(self.delays_ms)
         await asyncio.to_thread(_disks(run).slow, self.target, delay)
         return run.fault(

@@ -27,7 +27,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from gitquorum.cluster.repositories import RepositoryRecord
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
 from tests.chaos import checker
 from tests.chaos.workload import History, Op
@@ -118,69 +117,83 @@ def _locks(cluster: FaultCluster, node: str, replica_path: str) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*.lock"))
 
 
-def _role(records: dict[str, RepositoryRecord], node: str, primary: bool) -> str:
-    for repo, record in sorted(records.items()):
-        if (record.primary == node) == primary:
-            return repo
-    raise AssertionError(f"no repository with {node} as {'primary' if primary else 'secondary'}")
+class FullOn(disk.DiskFull):
+    """The disk-full nemesis on a node the test names."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    def pick(self, run: RunContext) -> str:
+        return self.node
+
+
+async def _fill(run: RunContext, node: str) -> tuple[disk.DiskFull, str]:
+    nemesis = FullOn(node)
+    fault = await nemesis.inject(run)
+    assert fault.target == node and fault.disk_nodes == (node,) and fault.kind == "disk"
+    home = run.cluster.disks.mounts[node]
+    assert disk.free_bytes(home) == 0, fault.detail
+    with pytest.raises(OSError) as full:
+        (run.cluster.disks.storage(node) / "probe").write_bytes(b"x" * 4096)
+    assert full.value.errno == errno.ENOSPC
+    return nemesis, node
 
 
 async def test_disk_full_refuses_writes_cleanly_and_heals(cluster: FaultCluster) -> None:
     if not cluster.disks.mounts:
         pytest.skip(cluster.disks.unavailable.get("full", "no small filesystem"))
-    run = _run(cluster, [f"disk/r{i}.git" for i in range(REPOS)])
-    nemesis = disk.DiskFull()
-    fault = await nemesis.inject(run)
-    node = fault.target
+    repo = "disk/r0.git"
+    run = _run(cluster, [repo])
+    record = run.record(repo)
+    path = record.replica_path
+    primary = record.primary
+    assert primary is not None
+    secondary = next(n for n in record.replica_nodes if n != primary)
+    oid = _head(cluster)
+
+    # The primary's disk is full: the write is refused and lands on no replica.
+    nemesis, _ = await _fill(run, primary)
     try:
-        assert fault.disk_nodes == (node,) and fault.kind == "disk"
-        home = cluster.disks.mounts[node]
-        assert disk.free_bytes(home) == 0, fault.detail
-        with pytest.raises(OSError) as full:
-            (cluster.disks.storage(node) / "probe").write_bytes(b"x" * 4096)
-        assert full.value.errno == errno.ENOSPC
-        records = run.records()
-        as_primary = _role(records, node, primary=True)
-        as_secondary = _role(records, node, primary=False)
-        oid = _head(cluster)
-
-        # Its primary's disk is full: refused, and on no replica.
-        code = await asyncio.to_thread(_write, cluster, as_primary, "refs/heads/full-p", oid)
-        assert code != grpc.StatusCode.OK
+        code = await asyncio.to_thread(_write, cluster, repo, "refs/heads/full-p", oid)
         print(f"write with a full primary: {code}")
-        record = records[as_primary]
+        assert code != grpc.StatusCode.OK
         for replica in record.replica_nodes:
-            refs = _disk_refs(cluster, replica, record.replica_path)
-            assert "refs/heads/full-p" not in refs, f"refused write on {replica}"
-            assert not _locks(cluster, replica, record.replica_path)
-
-        # A secondary's disk is full: acknowledged by the others, it is outdated.
-        code = await asyncio.to_thread(_write, cluster, as_secondary, "refs/heads/full-s", oid)
-        assert code == grpc.StatusCode.OK
-        record = run.record(as_secondary)
-        if "refs/heads/full-s" not in _disk_refs(cluster, node, record.replica_path):
-            assert record.replica_generation(node) < record.generation, record
-        assert not _locks(cluster, node, record.replica_path)
+            assert "refs/heads/full-p" not in _disk_refs(cluster, replica, path), replica
+            assert not _locks(cluster, replica, path), replica
+        assert run.record(repo).generation == record.generation
     finally:
         await nemesis.heal(run)
-    assert disk.free_bytes(cluster.disks.mounts[node]) > 0
-
-    # Healed: the primary takes writes again and the secondary catches up.
+    assert disk.free_bytes(cluster.disks.mounts[primary]) > 0
     await until(
-        lambda: _write(cluster, as_primary, "refs/heads/full-p", oid) == grpc.StatusCode.OK,
+        lambda: _write(cluster, repo, "refs/heads/full-p", oid) == grpc.StatusCode.OK,
         CONVERGE,
-        f"a write with {node} as primary after the disk was freed",
+        f"a write with {primary} as primary once its disk is freed",
     )
-    for repo in (as_primary, as_secondary):
-        final = await until(
-            lambda repo=repo: checker.converged(cluster, cluster.proxies[0].address, repo),
-            CONVERGE,
-            f"{repo} converged after the disk was freed",
+
+    # A secondary's disk is full: acknowledged by the others, it is outdated.
+    nemesis, _ = await _fill(run, secondary)
+    try:
+        code = await asyncio.to_thread(_write, cluster, repo, "refs/heads/full-s", oid)
+        assert code == grpc.StatusCode.OK
+        after = run.record(repo)
+        assert "refs/heads/full-s" not in _disk_refs(cluster, secondary, path)
+        assert after.replica_generation(secondary) < after.generation, after
+        assert after.replica_generation(primary) == after.generation, after
+        assert not _locks(cluster, secondary, path)
+    finally:
+        await nemesis.heal(run)
+
+    # Healed: the secondary catches up, no lock file anywhere.
+    final = await until(
+        lambda: checker.converged(cluster, cluster.proxies[0].address, repo),
+        CONVERGE,
+        f"{repo} converged after the disk was freed",
+    )
+    for replica in final.replicas:
+        assert not _locks(cluster, replica.node, path), f"lock files on {replica.node}"
+        assert {"refs/heads/full-p", "refs/heads/full-s"} <= set(
+            _disk_refs(cluster, replica.node, path)
         )
-        path = run.record(repo).replica_path
-        for replica in final.replicas:
-            assert not _locks(cluster, replica.node, path), f"lock files on {replica.node}"
-    assert "refs/heads/full-s" in _disk_refs(cluster, node, run.record(as_secondary).replica_path)
 
 
 class FixedSlowDisk(disk.SlowDisk):
@@ -218,7 +231,11 @@ async def test_slow_disk_delays_only_that_nodes_fsyncs(cluster: FaultCluster) ->
         await nemesis.heal(run)
     healed = await asyncio.to_thread(timed, node, "refs/heads/slow-healed")
     assert healed < SLOW_MS / 1000, healed
-    # The direct writes left the replicas different: the verifier settles it.
+    # The same direct writes on every node leave the replicas equal.
+    for name in sorted({n.name for n in cluster.nodes} - {node}):
+        await asyncio.to_thread(timed, name, "refs/heads/slow-healed")
+        if name != other:
+            await asyncio.to_thread(timed, name, f"refs/heads/slow-{node}")
     await until(
         lambda: checker.converged(cluster, cluster.proxies[0].address, "disk/r0.git"),
         CONVERGE,
