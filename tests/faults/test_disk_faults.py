@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import random
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,11 +31,12 @@ import pytest
 
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
 from tests.chaos import checker
-from tests.chaos.workload import History, Op
+from tests.chaos.workload import GIT_SSH, History, Op
 from tests.faults import disk
 from tests.faults.cluster import FaultCluster
 from tests.faults.context import RunContext, until
 from tests.harness import gitrepo
+from tests.harness.cluster import VIRTUAL_STORAGE
 
 SETTINGS: dict[str, object] = {
     "replication": {"reconcile_interval": "1s", "verify_interval": "2s"},
@@ -91,8 +94,40 @@ def _write(cluster: FaultCluster, repo: str, ref: str, oid: str) -> grpc.StatusC
                 timeout=15,
             )
         except grpc.RpcError as exc:
+            print(f"WriteRef {ref}: {exc.code()} {exc.details()}")
             return exc.code()  # type: ignore[no-any-return]
     return grpc.StatusCode.OK
+
+
+def _push(cluster: FaultCluster, repo: str, ref: str) -> subprocess.CompletedProcess[str]:
+    """A real git push (over the SSH front end) of a new commit holding 256 KiB of data."""
+    clone = cluster.base.parent / "source"
+    blob = gitrepo.git("hash-object", "-w", "--stdin", cwd=clone, input=os.urandom(1 << 18))
+    tree = gitrepo.git(
+        "mktree", cwd=clone, input=f"100644 blob {blob.strip()}\tdata.bin\n".encode()
+    )
+    commit = gitrepo.git("commit-tree", tree.strip(), "-m", ref, cwd=clone).strip()
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_SSH", "GIT_SSH_VARIANT")}
+    env.update(gitrepo.GIT_ENV, GIT_SSH_COMMAND=GIT_SSH, GITQUORUM_STORAGE=VIRTUAL_STORAGE)
+    return subprocess.run(
+        ["git", "push", "--quiet", f"ssh://{cluster.proxies[0].address}/{repo}", f"{commit}:{ref}"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _leftovers(cluster: FaultCluster, node: str, replica_path: str) -> list[str]:
+    """Scratch files a write left in the replica: lock files, quarantines, temporary packs."""
+    root = cluster.replica_dir(node, replica_path)
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.name.endswith(".lock") or p.name.startswith(("incoming-", "tmp_", "tmp-"))
+    )
 
 
 def _write_on_node(cluster: FaultCluster, node: str, replica_path: str, ref: str, oid: str) -> None:
@@ -161,6 +196,13 @@ async def test_disk_full_refuses_writes_cleanly_and_heals(cluster: FaultCluster)
             assert "refs/heads/full-p" not in _disk_refs(cluster, replica, path), replica
             assert not _locks(cluster, replica, path), replica
         assert run.record(repo).generation == record.generation
+        pushed = await asyncio.to_thread(_push, cluster, repo, "refs/heads/full-push-p")
+        print(f"push with a full primary: {pushed.returncode} {pushed.stderr.strip()[-400:]}")
+        assert pushed.returncode != 0
+        for replica in record.replica_nodes:
+            assert "refs/heads/full-push-p" not in _disk_refs(cluster, replica, path), replica
+            print(f"{replica} after the refused push: {_leftovers(cluster, replica, path)}")
+        assert run.record(repo).generation == record.generation
     finally:
         await nemesis.heal(run)
     assert disk.free_bytes(cluster.disks.mounts[primary]) > 0
@@ -180,6 +222,11 @@ async def test_disk_full_refuses_writes_cleanly_and_heals(cluster: FaultCluster)
         assert after.replica_generation(secondary) < after.generation, after
         assert after.replica_generation(primary) == after.generation, after
         assert not _locks(cluster, secondary, path)
+        pushed = await asyncio.to_thread(_push, cluster, repo, "refs/heads/full-push-s")
+        print(f"push with a full secondary: {pushed.returncode} {pushed.stderr.strip()[-400:]}")
+        assert pushed.returncode == 0
+        assert "refs/heads/full-push-s" not in _disk_refs(cluster, secondary, path)
+        print(f"{secondary} after the push: {_leftovers(cluster, secondary, path)}")
     finally:
         await nemesis.heal(run)
 
@@ -194,6 +241,10 @@ async def test_disk_full_refuses_writes_cleanly_and_heals(cluster: FaultCluster)
         assert {"refs/heads/full-p", "refs/heads/full-s"} <= set(
             _disk_refs(cluster, replica.node, path)
         )
+    # Copies refused for want of space left nothing behind on the node.
+    scratch = cluster.disks.storage(secondary) / "+gitquorum"
+    print(f"{secondary}'s +gitquorum: {sorted(str(p.relative_to(scratch)) for p in scratch.rglob('*'))}")
+    assert not [p for p in scratch.rglob("*.tmp")], "scratch files of failed writes"
 
 
 class FixedSlowDisk(disk.SlowDisk):
