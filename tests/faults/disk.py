@@ -273,9 +273,7 @@ class SlowDisk(Nemesis):
         self.target = await asyncio.to_thread(self.pick, run)
         delay = run.rng.choice(self.delays_ms)
         await asyncio.to_thread(_disks(run).slow, self.target, delay)
-        return run.fault(
-            self, self.target, detail=f"fsync +{delay} ms", disk_nodes=(self.target,)
-        )
+        return run.fault(self, self.target, detail=f"fsync +{delay} ms", disk_nodes=(self.target,))
 
     async def heal(self, run: RunContext) -> None:
         if self.target is not None:
