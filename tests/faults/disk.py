@@ -1,21 +1,361 @@
-"""Disks of the fault suite's nodes (placeholder until the disk faults land)."""
+"""Disk faults of the fault suite's nodes: full, slow, rolled back, wiped.
+
+:class:`Disks` prepares every node's disk before the nodes start:
+
+* **its own small filesystem**: a ``tmpfs`` of ``size_mb`` mounted on
+  ``<base>/nodeN`` (the node's storage is ``<base>/nodeN/storage``), so that
+  one node's disk can be filled without filling the machine's. Mounting needs
+  root (CAP_SYS_ADMIN); without it the storage stays on the ordinary disk and
+  :class:`DiskFull` is not applicable (``Disks.unavailable`` says why).
+* **a slow-fsync shim**: ``slowdisk.c`` compiled at start with ``cc`` and
+  preloaded (``LD_PRELOAD``) into every node, and so into every git it runs.
+  ``fsync``, ``fdatasync``, ``sync_file_range`` and ``syncfs`` of a file under
+  a path listed in the control file sleep first. The delay is per path, so
+  only the node whose storage is listed is slow. Without a C compiler
+  :class:`SlowDisk` is not applicable.
+
+Rolling a replica back (or wiping it) needs neither: the node is killed (-9,
+a power loss), its replica directory replaced by an older copy (a restore
+from backup) or deleted, and the node started again.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import errno
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
-from tests.faults.base import Nemesis
+from tests.faults.base import Fault, Nemesis
 
 if TYPE_CHECKING:
     from tests.faults.cluster import FaultCluster
+    from tests.faults.context import RunContext
+
+SHIM_SOURCE = Path(__file__).with_name("slowdisk.c")
+FILLER = "filler"
+SNAPSHOTS = "snapshots"
 
 
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _skip_locks(directory: str, names: list[str]) -> list[str]:
+    # A backup that copied a writer's lock file would restore a reference that
+    # stays locked for good: the copy skips them (as a careful backup would).
+    return [n for n in names if n.endswith(".lock")]
+
+
+def _copytree(source: Path, target: Path, ignore) -> None:  # type: ignore[no-untyped-def]
+    try:
+        shutil.copytree(source, target, symlinks=True, ignore=ignore, dirs_exist_ok=True)
+    except shutil.Error as exc:
+        # Files git renamed or removed while the copy ran: a live copy misses them.
+        vanished = [e for e in exc.args[0] if "No such file" in str(e[-1])]
+        if len(vanished) != len(exc.args[0]):
+            raise
+
+
+def copy_replica(source: Path, target: Path) -> None:
+    """Copy a live replica: references first, objects after.
+
+    git writes objects before the references that point to them and removes
+    objects only after repacking them, so a copy whose objects are taken after
+    its references holds every object its references need.
+    """
+
+    def first(directory: str, names: list[str]) -> list[str]:
+        skipped = _skip_locks(directory, names)
+        if Path(directory) == source:
+            skipped.append("objects")
+        return skipped
+
+    _copytree(source, target, first)
+    if (source / "objects").is_dir():
+        _copytree(source / "objects", target / "objects", _skip_locks)
+
+
+@dataclass
 class Disks:
+    """Every node's disk: a small filesystem to fill, an fsync delay to switch on."""
+
+    size_mb: int = 512
+    # node -> the mount point holding its storage (only when mounting worked).
+    mounts: dict[str, Path] = field(default_factory=dict)
+    shim: Path | None = None
+    control: Path | None = None
+    # fault ("full", "slow") -> why it cannot be injected on this machine.
+    unavailable: dict[str, str] = field(default_factory=dict)
+    snapshot_dir: Path | None = None
+    _delays: dict[str, int] = field(default_factory=dict)
+    _storage: dict[str, Path] = field(default_factory=dict)
+    _snapshots: int = 0
+
+    # -- set-up and tear-down -------------------------------------------------------------
+
     def prepare(self, cluster: FaultCluster) -> None:
-        pass
+        root = cluster.base / "disk"
+        root.mkdir(parents=True, exist_ok=True)
+        self.snapshot_dir = root / SNAPSHOTS
+        self.snapshot_dir.mkdir(exist_ok=True)
+        for i in range(1, cluster.nodes_count + 1):
+            name = f"node{i}"
+            home = cluster.base / name
+            self._storage[name] = home / "storage"
+            if "full" in self.unavailable:
+                continue
+            home.mkdir(parents=True, exist_ok=True)
+            mounted = _run(
+                "mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m,mode=0755", "tmpfs", str(home)
+            )
+            if mounted.returncode != 0:
+                self.unavailable["full"] = f"cannot mount a tmpfs: {mounted.stderr.strip()}"
+                continue
+            self.mounts[name] = home
+        self._build_shim(cluster, root)
+
+    def _build_shim(self, cluster: FaultCluster, root: Path) -> None:
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if compiler is None:
+            self.unavailable["slow"] = "no C compiler (cc) to build the slow-fsync shim"
+            return
+        shim = root / "slowdisk.so"
+        built = _run(compiler, "-shared", "-fPIC", "-O2", "-o", str(shim), str(SHIM_SOURCE), "-ldl")
+        if built.returncode != 0:
+            self.unavailable["slow"] = f"building the slow-fsync shim failed: {built.stderr}"
+            return
+        self.shim = shim
+        self.control = root / "slow"
+        preload = " ".join(p for p in (str(shim), os.environ.get("LD_PRELOAD", "")) if p)
+        cluster.node_env["LD_PRELOAD"] = preload
+        cluster.node_env["GITQUORUM_SLOW_DISK"] = str(self.control)
 
     def close(self, cluster: FaultCluster) -> None:
-        pass
+        self._delays.clear()
+        if self.control is not None:
+            self.control.unlink(missing_ok=True)
+        for home in self.mounts.values():
+            if _run("umount", str(home)).returncode != 0:
+                # Busy (a process of a failed start still holds a file): detach it.
+                _run("umount", "-l", str(home))
+        self.mounts.clear()
+
+    # -- full ------------------------------------------------------------------------------
+
+    def storage(self, node: str) -> Path:
+        return self._storage[node]
+
+    def fill(self, node: str) -> int:
+        """Fill ``node``'s filesystem; returns the bytes left (0 unless something freed some)."""
+        home = self.mounts[node]
+        fd = os.open(home / FILLER, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            free = free_bytes(home)
+            if free:
+                try:
+                    os.posix_fallocate(fd, os.fstat(fd).st_size, free)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+            # Then smaller and smaller pieces, up to the last page a reservation missed.
+            for size in (1 << 16, 4096, 1):
+                piece = b"\0" * size
+                while True:
+                    try:
+                        os.write(fd, piece)
+                    except OSError as exc:
+                        if exc.errno != errno.ENOSPC:
+                            raise
+                        break
+        finally:
+            os.close(fd)
+        return free_bytes(home)
+
+    def drain(self, node: str) -> None:
+        """Free what ``fill`` took."""
+        (self.mounts[node] / FILLER).unlink(missing_ok=True)
+
+    # -- slow ------------------------------------------------------------------------------
+
+    def slow(self, node: str, delay_ms: int) -> None:
+        """Every fsync under ``node``'s storage sleeps ``delay_ms`` first (0: none)."""
+        assert self.control is not None, self.unavailable.get("slow")
+        if delay_ms > 0:
+            self._delays[node] = delay_ms
+        else:
+            self._delays.pop(node, None)
+        lines = "".join(f"{ms} {self.storage(n)}/\n" for n, ms in sorted(self._delays.items()))
+        scratch = self.control.with_suffix(".new")
+        scratch.write_text(lines)
+        scratch.replace(self.control)
+
+    # -- rolled back, wiped ----------------------------------------------------------------
+
+    def snapshot(self, node: str, replica_path: str) -> Path:
+        """Copy (back up) ``node``'s replica as it is now; returns the copy."""
+        assert self.snapshot_dir is not None
+        self._snapshots += 1
+        target = self.snapshot_dir / f"{self._snapshots}-{node}"
+        copy_replica(self.storage(node) / replica_path, target)
+        return target
+
+    def restore(self, node: str, replica_path: str, snapshot: Path) -> None:
+        """Replace ``node``'s replica by ``snapshot`` (the node must be down)."""
+        live = self.storage(node) / replica_path
+        shutil.rmtree(live, ignore_errors=True)
+        shutil.copytree(snapshot, live, symlinks=True)
+
+    def wipe(self, node: str, replica_path: str) -> None:
+        """Delete ``node``'s replica (the node must be down)."""
+        shutil.rmtree(self.storage(node) / replica_path, ignore_errors=True)
 
 
-NEMESES: list[type[Nemesis]] = []
+# -- the nemeses ---------------------------------------------------------------------------
+
+
+def _disks(run: RunContext) -> Disks:
+    return run.cluster.disks
+
+
+def _live_nodes(run: RunContext) -> list[str]:
+    return sorted(n.name for n in run.cluster.nodes if n.alive())
+
+
+class DiskFull(Nemesis):
+    """One node's filesystem filled to the last byte; healed by deleting the filler."""
+
+    name = "disk-full"
+    kind = "disk"
+    target: str | None = None
+
+    def applicable(self, run: RunContext) -> bool:
+        return bool(_disks(run).mounts)
+
+    def pick(self, run: RunContext) -> str:
+        return run.rng.choice(sorted(_disks(run).mounts))
+
+    async def inject(self, run: RunContext) -> Fault:
+        self.target = await asyncio.to_thread(self.pick, run)
+        left = await asyncio.to_thread(_disks(run).fill, self.target)
+        return run.fault(self, self.target, detail=f"{left} bytes left", disk_nodes=(self.target,))
+
+    async def heal(self, run: RunContext) -> None:
+        if self.target is not None:
+            await asyncio.to_thread(_disks(run).drain, self.target)
+            self.target = None
+
+
+class SlowDisk(Nemesis):
+    """Every fsync on one node's storage takes ``delay_ms`` longer (git's and the node's)."""
+
+    name = "disk-slow"
+    kind = "disk"
+    delays_ms: ClassVar[tuple[int, ...]] = (50, 200, 500)
+    target: str | None = None
+
+    def applicable(self, run: RunContext) -> bool:
+        return _disks(run).control is not None
+
+    def pick(self, run: RunContext) -> str:
+        return run.rng.choice(sorted(n.name for n in run.cluster.nodes))
+
+    async def inject(self, run: RunContext) -> Fault:
+        self.target = await asyncio.to_thread(self.pick, run)
+        delay = run.rng.choice(self.delays_ms)
+        await asyncio.to_thread(_disks(run).slow, self.target, delay)
+        return run.fault(self, self.target, detail=f"fsync +{delay} ms", disk_nodes=(self.target,))
+
+    async def heal(self, run: RunContext) -> None:
+        if self.target is not None:
+            await asyncio.to_thread(_disks(run).slow, self.target, 0)
+            self.target = None
+
+
+class ReplicaLoss(Nemesis):
+    """A power loss on one node, and its replica of one repository comes back damaged.
+
+    The node is killed (-9) and stays down while the fault lasts; heal starts it
+    again on the same port. etcd still records the replica at the generation it
+    had: only the verifier (checksums against the other up-to-date replicas) can
+    find out, so its repairs of that replica are expected (``disk_nodes``).
+    """
+
+    kind = "disk"
+    # Acknowledged writes of the repository to wait for between the backup and the
+    # power loss (bounded by ``lag_s``): what the rolled-back replica will miss.
+    writes_missed: ClassVar[int] = 2
+    lag_s: ClassVar[float] = 4.0
+    target: str | None = None
+
+    def applicable(self, run: RunContext) -> bool:
+        return len(_live_nodes(run)) == len(run.cluster.nodes)
+
+    def _pick(self, run: RunContext) -> tuple[str, str, str]:
+        """(repository, node, replica path) among replicas present on a live node."""
+        records = run.records()
+        repos = sorted(r for r in run.repos if r in records)
+        repo = run.rng.choice(repos)
+        record = records[repo]
+        live = set(_live_nodes(run))
+        nodes = [
+            n
+            for n in record.replica_nodes
+            if n in live and (_disks(run).storage(n) / record.replica_path).is_dir()
+        ]
+        node = run.rng.choice(nodes)
+        return repo, node, record.replica_path
+
+    @staticmethod
+    def damage(disks: Disks, node: str, replica_path: str, snapshot: Path | None) -> None:
+        if snapshot is None:
+            disks.wipe(node, replica_path)
+        else:
+            disks.restore(node, replica_path, snapshot)
+
+    async def _backup(self, run: RunContext, node: str, replica_path: str) -> Path | None:
+        return None
+
+    async def inject(self, run: RunContext) -> Fault:
+        repo, node, replica_path = await asyncio.to_thread(self._pick, run)
+        self.target = node
+        snapshot = await self._backup(run, node, replica_path)
+        if snapshot is not None:
+            missed = await run.acknowledged(self.writes_missed, self.lag_s, repo)
+            run.note(f"{self.name}: {repo} on {node}: writes missed by the backup: {missed}")
+        await asyncio.to_thread(run.node(node).kill)
+        fault = run.fault(self, node, detail=f"{repo} ({replica_path})", disk_nodes=(node,))
+        await asyncio.to_thread(self.damage, _disks(run), node, replica_path, snapshot)
+        return fault
+
+    async def heal(self, run: RunContext) -> None:
+        if self.target is not None:
+            await asyncio.to_thread(run.node(self.target).start)
+            self.target = None
+
+
+class ReplicaRollback(ReplicaLoss):
+    """The replica restored from a backup taken a few acknowledged writes earlier."""
+
+    name = "replica-rollback"
+
+    async def _backup(self, run: RunContext, node: str, replica_path: str) -> Path | None:
+        return await asyncio.to_thread(_disks(run).snapshot, node, replica_path)
+
+
+class ReplicaWipe(ReplicaLoss):
+    """The replica's directory gone (a disk replaced, restored without it)."""
+
+    name = "replica-wipe"
+
+
+NEMESES: list[type[Nemesis]] = [DiskFull, SlowDisk, ReplicaRollback, ReplicaWipe]

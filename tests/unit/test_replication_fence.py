@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,29 @@ async def test_a_removed_replica_leaves_nothing_behind(tmp_path: Path) -> None:
     # Forgetting again, or a replica never copied, is fine.
     await fence.forget("r", record)
     await fence.forget("never", claim_file(tmp_path, "other"))
+
+
+async def test_a_claim_the_disk_could_not_take_is_written_by_the_next_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk fails the claim's write: no scratch file stays, and a second
+    copy of the same claim (a catch-up's next round) still makes it durable."""
+    record = claim_file(tmp_path, "@hashed/ab/cd/x.git")
+    real_fsync = os.fsync
+    failures = [OSError(errno.ENOSPC, "No space left on device")]
+
+    def fsync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    fence = ReplicationFence()
+    with pytest.raises(OSError, match="No space left"):
+        async with fence.copy("r", 7, record):
+            pytest.fail("a claim that is not on disk must not copy")
+    assert list(tmp_path.iterdir()) == []
+    async with fence.copy("r", 7, record):
+        pass
+    assert record.read_text().strip() == "7"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [record.name]

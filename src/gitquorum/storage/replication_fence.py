@@ -56,11 +56,16 @@ def _read(path: Path | None) -> int:
 def _write(path: Path, claim: int) -> None:
     # A name of its own: two writers must never share (and truncate) one file.
     staged = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    with staged.open("w") as handle:
-        handle.write(f"{claim}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    staged.replace(path)
+    try:
+        with staged.open("w") as handle:
+            handle.write(f"{claim}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        staged.replace(path)
+    except BaseException:
+        # A full disk fails the write: every failed attempt would leave a file.
+        staged.unlink(missing_ok=True)
+        raise
     fsync_path(path.parent)
 
 
@@ -99,11 +104,13 @@ class ReplicationFence:
             )
         if claim > highest:
             state.highest = claim
-            if record is not None:
-                async with state.io:
-                    if claim > state.persisted:
-                        await asyncio.to_thread(_write, record, claim)
-                        state.persisted = claim
+        # Also when the claim is known in memory already: an earlier copy of it
+        # may have failed to write it (a full disk).
+        if record is not None and claim > state.persisted:
+            async with state.io:
+                if claim > state.persisted:
+                    await asyncio.to_thread(_write, record, claim)
+                    state.persisted = claim
 
     async def forget(self, replica: str, record: Path | None = None) -> None:
         """The replica was removed: drop what is kept of its claims (bounded
