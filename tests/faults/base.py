@@ -43,6 +43,9 @@ class Fault:
     detail: str = ""
     # Nodes whose disks this fault touched (exempts their replicas' repairs).
     disk_nodes: tuple[str, ...] = ()
+    # Repositories whose replica on those disks went back in time: reads served
+    # from it are stale until the verifier finds it (counted, not violations).
+    disk_repos: tuple[str, ...] = ()
     # Proxies the clients could not reach while it lasted (their failed reads
     # are the client's path, not the cluster's availability).
     proxies_down: tuple[str, ...] = ()

@@ -216,12 +216,29 @@ class ReadFindings:
     # Reads that missed a write another proxy acknowledged before they began,
     # within the documented bound: allowed, counted.
     cross_proxy_lag: int = 0
+    # Stale reads of a repository whose replica a disk fault rolled back, before
+    # the verifier found it: the disk lost the write, the cluster could not know.
+    from_restored_replica: int = 0
+
+
+def _restored(read: Op, faults: Sequence[Fault]) -> bool:
+    return any(
+        read.repo in f.disk_repos
+        and f.start <= read.end
+        and read.start <= (f.end if f.end is not None else float("inf")) + DISK_EXEMPTION
+        for f in faults
+    )
 
 
 def check_reads(
-    history: History, acks: Mapping[str, Acks], chain: Chain, seed: Mapping[str, str]
+    history: History,
+    acks: Mapping[str, Acks],
+    chain: Chain,
+    seed: Mapping[str, str],
+    faults: Sequence[Fault] = (),
 ) -> ReadFindings:
     found = ReadFindings()
+    stale: list[tuple[Op, str]] = []
     by_proxy: dict[tuple[str, str], list[Op]] = {}
     for op in history.writes("ok"):
         by_proxy.setdefault((op.repo, op.proxy), []).append(op)
@@ -246,14 +263,8 @@ def check_reads(
                 continue
             needed = max(own.floor(read.start), entry.floor(read.start - STALE_BOUND))
             if position < needed:
-                found.violations.append(
-                    Violation(
-                        STALE,
-                        read.repo,
-                        f"read via {read.proxy} [{read.start:.2f}-{read.end:.2f}] "
-                        f"saw {SHARED} at {position}, {needed} was acknowledged before",
-                        read.end,
-                    )
+                stale.append(
+                    (read, f"saw {SHARED} at {position}, {needed} was acknowledged before")
                 )
             elif position < entry.floor(read.start):
                 found.cross_proxy_lag += 1
@@ -275,18 +286,27 @@ def check_reads(
         if write is None or write.end >= read.start or read.value == write.value:
             continue
         if write.proxy == read.proxy or write.end < read.start - STALE_BOUND:
-            found.violations.append(
-                Violation(
-                    STALE,
-                    read.repo,
-                    f"read via {read.proxy} [{read.start:.2f}-{read.end:.2f}] of "
+            stale.append(
+                (
+                    read,
                     f"{read.key} found {read.value[:10] or 'nothing'}, acknowledged at "
                     f"{write.end:.2f} via {write.proxy}",
-                    read.end,
                 )
             )
         else:
             found.cross_proxy_lag += 1
+    for read, what in stale:
+        if _restored(read, faults):
+            found.from_restored_replica += 1
+            continue
+        found.violations.append(
+            Violation(
+                STALE,
+                read.repo,
+                f"read via {read.proxy} [{read.start:.2f}-{read.end:.2f}]: {what}",
+                read.end,
+            )
+        )
     return found
 
 

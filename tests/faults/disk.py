@@ -333,7 +333,9 @@ class ReplicaLoss(Nemesis):
             missed = await run.acknowledged(self.writes_missed, self.lag_s, repo)
             run.note(f"{self.name}: {repo} on {node}: writes missed by the backup: {missed}")
         await asyncio.to_thread(run.node(node).kill)
-        fault = run.fault(self, node, detail=f"{repo} ({replica_path})", disk_nodes=(node,))
+        fault = run.fault(
+            self, node, detail=f"{repo} ({replica_path})", disk_nodes=(node,), disk_repos=(repo,)
+        )
         await asyncio.to_thread(self.damage, _disks(run), node, replica_path, snapshot)
         return fault
 

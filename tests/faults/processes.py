@@ -10,6 +10,7 @@ import subprocess
 import sys
 from typing import ClassVar
 
+from tests.chaos import nemesis as chaos_nemesis
 from tests.faults.base import Fault, Nemesis
 from tests.faults.context import RunContext
 from tests.harness.node import NodeProcess
@@ -176,6 +177,53 @@ class PauseLeaderProxyPastLease(_ProxyNemesis):
     async def inject(self, run: RunContext) -> Fault:
         self.proxy = await asyncio.to_thread(self._pick, run)
         fault = run.fault(self, self.proxy, proxies_down=(self.proxy,))
+        run.proxy(self.proxy).pause()
+        return fault
+
+    async def heal(self, run: RunContext) -> None:
+        run.proxy(self.proxy).resume()
+
+
+class PauseProxyMidRepair(Nemesis):
+    """A proxy stopped past its lease TTL while one of its replication workers
+    copies into a replica, then resumed: the job is taken over by another
+    proxy and the resumed worker must record nothing (its claim is gone).
+
+    To have copies to interrupt, a node is first paused long enough to miss
+    writes; the proxy paused is the one holding a replication job's lock."""
+
+    name = "pause-proxy-mid-repair"
+    kind = "process"
+    hold = (5.0, 8.0)
+
+    def __init__(self) -> None:
+        self.proxy = ""
+
+    async def inject(self, run: RunContext) -> Fault:
+        node = run.rng.choice(run.cluster.nodes)
+        node.pause()
+        try:
+            await run.acknowledged(8, 15.0)
+        finally:
+            node.resume()
+        holder = ""
+        deadline = asyncio.get_running_loop().time() + 15.0
+        while not holder and asyncio.get_running_loop().time() < deadline:
+            try:
+                workers = await asyncio.to_thread(chaos_nemesis.locks, run.cluster)
+            except RuntimeError:
+                workers = {}
+            holder = next((w.split("/")[0] for w in workers.values() if w), "")
+            if not holder:
+                await asyncio.sleep(0.05)
+        self.proxy = holder or (await asyncio.to_thread(run.leader)) or "proxy1"
+        fault = run.fault(
+            self,
+            self.proxy,
+            proxies_down=(self.proxy,),
+            detail=f"{node.name} paused to outdate replicas; "
+            + ("proxy held a replication job" if holder else "no job seen: leader paused"),
+        )
         run.proxy(self.proxy).pause()
         return fault
 
@@ -350,6 +398,7 @@ NEMESES: list[type[Nemesis]] = [
     KillLeaderProxy,
     KillFollowerProxy,
     PauseLeaderProxyPastLease,
+    PauseProxyMidRepair,
     KillEtcdMember,
     PauseEtcdMember,
     EtcdQuorumLoss,

@@ -425,9 +425,9 @@ class FaultRun:
         if not left:
             self._violation(await asyncio.to_thread(self._final_refs))
         acks = checker.index(self.history.ops, self.chain)
-        reads = checker.check_reads(self.history, acks, self.chain, self.seed_refs)
-        self._violation(reads.violations)
         faults = self.ctx.faults.faults
+        reads = checker.check_reads(self.history, acks, self.chain, self.seed_refs, faults)
+        self._violation(reads.violations)
         names = {p.address: p.name for p in self.cluster.proxies}
         self._violation(checker.check_failed_reads(self.history, faults, names))
         repairs = checker.verifier_repairs(
@@ -440,6 +440,7 @@ class FaultRun:
             "monitor_rounds": self.monitor_rounds,
             "unreadable_replica_reads": self.unreadable,
             "cross_proxy_lag_reads": reads.cross_proxy_lag,
+            "stale_reads_from_restored_replicas": reads.from_restored_replica,
             "verifier_repairs": sum(len(r.nodes) for r in repairs),
             "converged_within_s": round(time.monotonic() - ended, 1),
             "reads_before_faults": self._latency(0.0, first),

@@ -203,3 +203,17 @@ def test_the_longest_write_gap_spans_the_window_edges() -> None:
         op("create", "refs/heads/b", OIDS[1], 0.0, 9.0),
     )
     assert checker.longest_write_gap(h, 2.0, 10.0) == 6.0
+
+
+def test_stale_reads_of_a_replica_a_disk_fault_rolled_back_are_counted_apart() -> None:
+    h = history(
+        op("create", "refs/heads/a", OIDS[3], 1.0, 2.0, proxy="p1"),
+        op("read", "refs/heads/a", "", 10.0, 10.1, proxy="p1", expects=OIDS[3]),
+        op("read", "refs/heads/a", "", 200.0, 200.1, proxy="p1", expects=OIDS[3]),
+    )
+    rollback = Fault(
+        "replica-rollback", "disk", "n2", 5.0, 8.0, disk_nodes=("n2",), disk_repos=(REPO,)
+    )
+    found = checker.check_reads(h, checker.index(h.ops, CHAIN), CHAIN, SEED, [rollback])
+    assert [v.at for v in found.violations] == [200.1]
+    assert found.from_restored_replica == 1
