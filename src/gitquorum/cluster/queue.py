@@ -60,6 +60,7 @@ from typing import Protocol
 
 from gitquorum import log
 from gitquorum.cluster.cas import RETRY, Retry, compare_and_swap, conflict
+from gitquorum.cluster.clock_rules import job_due
 from gitquorum.cluster.errors import (
     ClaimLost,
     Compacted,
@@ -138,6 +139,11 @@ class ReplicationJob:
     created_at: float = 0.0
     not_before: float = 0.0
     correlation_id: str = ""
+    # Seconds the writer meant the job to wait from its write (``not_before``
+    # minus the writer's clock then): a claimer also counts it on its own
+    # monotonic clock, so a writer's skewed wall clock cannot delay the job
+    # further (``clock_rules.job_due``). None: written without one.
+    delay: float | None = None
     worker: str = ""
     last_error: str = ""
     # Store revisions: of the last change, and of creation (queue order).
@@ -168,6 +174,8 @@ def encode_job(job: ReplicationJob) -> bytes:
         "created_at": round(job.created_at, 3),
         "not_before": round(job.not_before, 3),
     }
+    if job.delay is not None:
+        value["delay"] = round(job.delay, 3)
     for name, item in (
         ("correlation_id", job.correlation_id),
         ("worker", job.worker),
@@ -193,6 +201,7 @@ def decode_job(keys: Keyspace, kv: KeyValue) -> ReplicationJob:
         attempts=int(data.get("attempts", 0)),
         created_at=float(data.get("created_at", 0.0)),
         not_before=float(data.get("not_before", 0.0)),
+        delay=float(data["delay"]) if "delay" in data else None,
         correlation_id=data.get("correlation_id", ""),
         worker=data.get("worker", ""),
         last_error=data.get("error", ""),
@@ -369,10 +378,12 @@ class ReplicationQueue:
         view: QueueView | None = None,
         dead_retry_base: float = DEAD_RETRY_BASE,
         dead_retry_cap: float = DEAD_RETRY_CAP,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``clock`` is wall time: ``not_before`` and ``created_at`` are shared by
-        proxies. With a started ``view``, claims pick candidates from it instead
-        of reading the backlog."""
+        proxies, whose clocks differ; ``monotonic`` measures how long this proxy
+        has seen a job wait (``clock_rules.job_due``). With a started ``view``,
+        claims pick candidates from it instead of reading the backlog."""
         self.store = store
         self.keys = keys
         self.max_attempts = max_attempts
@@ -381,6 +392,10 @@ class ReplicationQueue:
         self.dead_retry_base = dead_retry_base
         self.dead_retry_cap = dead_retry_cap
         self.clock = clock
+        self.monotonic = monotonic
+        # (job key, revision) -> when this proxy first saw that version of the
+        # job waiting (monotonic): its delay is counted from there.
+        self._waiting_since: dict[tuple[str, int], float] = {}
         self.rng = rng or random.Random()
         self.max_races = max_races
         self.view = view
@@ -478,6 +493,7 @@ class ReplicationQueue:
             source_node=source_node,
             created_at=now,
             not_before=now,
+            delay=0.0,
             correlation_id=correlation_id,
         )
 
@@ -598,6 +614,7 @@ class ReplicationQueue:
         target_filter: TargetFilter | None,
     ) -> list[ReplicationJob]:
         now = self.clock()
+        waited = self._waited(now)
         first: dict[tuple[str, str, int], ReplicationJob] = {}
         dead: dict[tuple[str, str, int], ReplicationJob] = {}
         busy = {self.keys.parse_lock(key) for key in locks}
@@ -617,11 +634,29 @@ class ReplicationQueue:
             job
             for replica, job in first.items()
             if replica not in busy
-            and job.not_before <= now
+            and waited(job)
             and (target_filter is None or target_filter(job.virtual_storage, job.target_node))
         ]
         runnable.sort(key=lambda j: j.created_revision)
         return runnable
+
+    def _waited(self, now: float) -> Callable[[ReplicationJob], bool]:
+        """Whether a job has waited out its delay, on the writer's wall clock
+        read here or on this proxy's monotonic clock since it first saw it."""
+        seen = self._waiting_since
+        mono = self.monotonic()
+        if len(seen) > 100_000:
+            # Forget what waited longer than any delay: it is due anyway.
+            horizon = 2 * max(self.dead_retry_cap, self.max_backoff)
+            self._waiting_since = seen = {k: t for k, t in seen.items() if mono - t < horizon}
+
+        def due(job: ReplicationJob) -> bool:
+            if job.not_before <= now:
+                return True
+            since = seen.setdefault((self._key(job), job.revision), mono)
+            return job_due(job.not_before, job.delay, now, mono - since)
+
+        return due
 
     async def _try_claim(self, job: ReplicationJob, worker: WorkerLease) -> ClaimedJob | None:
         lock_key = self.keys.lock(job.virtual_storage, job.target_node, job.repository_id)
@@ -782,6 +817,7 @@ class ReplicationQueue:
             attempts=attempts,
             created_at=min([job.created_at, *(o.created_at for o in others)]),
             not_before=self.clock() + self.dead_backoff_for(attempts),
+            delay=self.dead_backoff_for(attempts),
             last_error=error[:500],
             worker="",
         )
@@ -799,6 +835,7 @@ class ReplicationQueue:
                 job,
                 state=JobState.FAILED,
                 not_before=now + self.backoff_for(job.attempts),
+                delay=self.backoff_for(job.attempts),
                 last_error=error[:500],
                 worker="",
             )
@@ -898,7 +935,12 @@ class ReplicationQueue:
             compares.append(Compare.unchanged_since(prefix, current.revision))
         else:
             new = replace(
-                job, state=JobState.READY, worker="", not_before=self.clock(), last_error=reason
+                job,
+                state=JobState.READY,
+                worker="",
+                not_before=self.clock(),
+                delay=0.0,
+                last_error=reason,
             )
         result = await self.store.txn(
             compares,
@@ -916,7 +958,7 @@ class ReplicationQueue:
         False if it changed since it was read (claimed, absorbed, removed)."""
         if job.state is not JobState.DEAD:
             raise FailedPrecondition(f"job {job.job_id} is not dead")
-        due = replace(job, not_before=self.clock())
+        due = replace(job, not_before=self.clock(), delay=0.0)
         result = await self.store.txn(
             [Compare.mod_revision(self._key(job), job.revision)],
             [Op.put(self._key(job), encode_job(due))],

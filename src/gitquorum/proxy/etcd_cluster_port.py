@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from gitquorum import log
+from gitquorum.cluster.clock_rules import hold_wait
 from gitquorum.cluster.decisions import (
     Repair,
     WriteResult,
@@ -46,8 +47,8 @@ from gitquorum.proxy.routing import MutatorRoute
 
 logger = log.get("gitquorum.proxy.cluster")
 
-# A hold whose deadline passed this long ago by this proxy's clock is left
-# over by a worker that died holding it: no clock is that far off.
+# A hold first seen this long ago (this proxy's monotonic clock) has been
+# waited for: its entry may be forgotten.
 STALE_HOLD = 60.0
 
 
@@ -66,7 +67,6 @@ class EtcdClusterPort:
         paused: Callable[[], bool] = lambda: False,
         stale_read_limit: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
         history: History | None = None,
     ) -> None:
         self.history = history
@@ -82,7 +82,6 @@ class EtcdClusterPort:
         self._paused = paused
         self._stale_read_limit = stale_read_limit
         self._clock = clock
-        self._wall_clock = wall_clock
         # (repository id, hold's replica, hold's deadline) -> when first seen.
         self._holds_seen: dict[tuple[int, str | None, float], float] = {}
         metrics.state_age.follow(self.state_age)
@@ -215,14 +214,12 @@ class EtcdClusterPort:
         """Wait while a replica takes its last catch-up copy (``Replicator``).
 
         Measured on this proxy's own monotonic clock from when it first saw the
-        hold, at most ``HOLD_CAP``: the hold's wall-clock deadline was written
-        by another proxy, whose clock may differ by more than the cap. The
-        deadline only tells a long-dead hold (a worker that died holding it,
-        minutes ago by any clock) from a live one. The write then goes on with
-        the record as it is, joined by the caught-up replica when the hold was
-        released by its repair."""
-        if record.hold_until < self._wall_clock() - STALE_HOLD:
-            return record
+        hold, at most ``HOLD_CAP`` (``clock_rules.hold_wait``): the hold's
+        wall-clock deadline was written by another proxy, whose clock may run
+        minutes ahead or behind, so it is not consulted (a hold left by a worker
+        that died costs one wait of at most the cap). The write then goes on
+        with the record as it is, joined by the caught-up replica when the hold
+        was released by its repair."""
         key = (record.repository_id, record.hold_for, record.hold_until)
         now = time.monotonic()
         first_seen = self._holds_seen.setdefault(key, now)
@@ -230,7 +227,7 @@ class EtcdClusterPort:
             # Forget holds seen long ago (each is a few bytes; bounded anyway).
             for old in [k for k, t in self._holds_seen.items() if now - t > STALE_HOLD]:
                 del self._holds_seen[old]
-        wait = first_seen + HOLD_CAP - now
+        wait = hold_wait(first_seen, now, HOLD_CAP)
         if wait <= 0:
             return record
         repository_id = record.repository_id

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from gitquorum import log
+from gitquorum.cluster.clock_rules import due_everywhere
 from gitquorum.cluster.decisions import (
     choose_primary,
     choose_source,
@@ -292,7 +293,9 @@ def dead_jobs_to_retry(
     the target or an up-to-date replica among the nodes that ``came_back``."""
     due = []
     for job in jobs:
-        if job.state is not JobState.DEAD or job.type not in REPAIR_TYPES or job.not_before <= now:
+        if job.state is not JobState.DEAD or job.type not in REPAIR_TYPES:
+            continue
+        if due_everywhere(job.not_before, job.delay, now):
             continue
         record = records.get((job.virtual_storage, job.repository_id))
         if record is None or record.replica_generation(job.target_node) == record.generation:

@@ -39,6 +39,7 @@ from typing import Protocol
 import grpc
 
 from gitquorum import log
+from gitquorum.cluster.clock_rules import verification_due
 from gitquorum.cluster.decisions import (
     Settlement,
     primary_load,
@@ -192,7 +193,7 @@ class Verifier:
                 if node not in healthy:
                     continue
                 when = verified.get((record.virtual_storage, record.repository_id, node), 0.0)
-                if force or now - when >= self.interval:
+                if force or verification_due(when, now, self.interval):
                     due.append((when, record, node))
         due.sort(key=lambda item: item[0])
         return [(record, node) for _, record, node in due]

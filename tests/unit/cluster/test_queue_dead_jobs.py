@@ -250,7 +250,9 @@ async def test_a_success_removes_hundreds_of_legacy_dead_jobs(view: bool) -> Non
     await legacy_dead_jobs(queue)
     # Another replica's dead job, not due yet, stays.
     other = await queue.enqueue(JobType.UPDATE, "vs", 2, "r.git", "n2", source_node="n1")
-    other = replace(other, state=JobState.DEAD, attempts=3, not_before=clock.now() + 10**6)
+    other = replace(
+        other, state=JobState.DEAD, attempts=3, not_before=clock.now() + 10**6, delay=10**6
+    )
     await queue.store.put(queue._key(other), encode_job(other))
     clock.advance(1)
     claimed = await claim(queue, worker)

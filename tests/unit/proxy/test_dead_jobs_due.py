@@ -33,8 +33,11 @@ def dead(
     type: JobType = JobType.UPDATE,
     state: JobState = JobState.DEAD,
     not_before: float = NOW + 600,
+    delay: float | None = None,
 ) -> ReplicationJob:
-    return ReplicationJob("j", type, "vs", 1, "a.git", "n2", "n1", state, 4, not_before=not_before)
+    return ReplicationJob(
+        "j", type, "vs", 1, "a.git", "n2", "n1", state, 4, not_before=not_before, delay=delay
+    )
 
 
 @pytest.mark.parametrize(
@@ -49,6 +52,17 @@ def dead(
         pytest.param(dead(), CAUGHT_UP, ALL, {"n1"}, False, id="replica already up to date"),
         pytest.param(dead(), None, ALL, {"n1"}, False, id="repository gone"),
         pytest.param(dead(not_before=NOW), RECORD, ALL, {"n1"}, False, id="already due"),
+        pytest.param(
+            dead(not_before=NOW + 600, delay=0.0), RECORD, ALL, {"n1"}, False, id="made due already"
+        ),
+        pytest.param(
+            dead(not_before=NOW, delay=60.0),
+            RECORD,
+            ALL,
+            {"n1"},
+            True,
+            id="due on this clock, maybe not on a slower one",
+        ),
         pytest.param(dead(state=JobState.FAILED), RECORD, ALL, {"n1"}, False, id="not dead"),
         pytest.param(
             dead(type=JobType.DELETE_REPLICA), RECORD, ALL, {"n1"}, False, id="not a repair"

@@ -8,8 +8,9 @@ each proxy's wall clock.
   middle of the new holder's last copy, and the orphan changed the record
   although failover.md says a worker that lost its claim records nothing.
 * A proxy whose wall clock runs ahead of the worker's by more than the hold
-  (2 s) does not wait at all: failover.md says every proxy that sees a hold
-  waits, for at most ``HOLD_CAP`` "whatever the deadline says".
+  (2 s), or by minutes (the deadline looks long past), does not wait at all:
+  failover.md says every proxy that sees a hold waits, for at most
+  ``HOLD_CAP`` "whatever the deadline says".
 """
 
 from __future__ import annotations
@@ -105,10 +106,41 @@ async def test_a_proxy_whose_clock_runs_ahead_still_waits_for_a_hold() -> None:
             local_health=lambda _vs, _node: True,
             queue=ReplicationQueue(store, KEYS),
             metrics=ProxyMetrics(CollectorRegistry()),
-            # This proxy's clock is 3 s ahead of the replication worker's.
-            wall_clock=lambda: time.time() + 3.0,
         )
-        held = await repos.hold_writes(VS, rid, "n3", time.time(), HOLD_CAP)
+        # This proxy's clock is 3 s ahead of the replication worker's.
+        held = await repos.hold_writes(VS, rid, "n3", time.time() - 3.0, HOLD_CAP)
+        await asyncio.wait_for(cache.wait_for_revision(held.revision), 5)
+        started = time.monotonic()
+        write = asyncio.ensure_future(port.ensure_writable(held))
+        await asyncio.sleep(0.3)
+        waited = not write.done()
+        await repos.release_writes(VS, rid, "n3")
+        async with asyncio.timeout(HOLD_CAP + 1):
+            await write
+        assert waited, (
+            f"the write went on after {time.monotonic() - started:.3f}s while the "
+            "repository's writes were held"
+        )
+    finally:
+        await cache.close()
+
+
+async def test_a_proxy_waits_for_a_hold_set_by_a_worker_whose_clock_runs_behind() -> None:
+    store, _clock, repos, cache, rid = await _outdated_n3()
+    try:
+        port = EtcdClusterPort(
+            {VS: NODES},
+            {VS: 3},
+            repos,
+            cache,
+            health=AllHealthy(),  # type: ignore[arg-type]
+            local_health=lambda _vs, _node: True,
+            queue=ReplicationQueue(store, KEYS),
+            metrics=ProxyMetrics(CollectorRegistry()),
+        )
+        # The worker's clock runs ten minutes behind this proxy's: its live
+        # hold's deadline looks long past here.
+        held = await repos.hold_writes(VS, rid, "n3", time.time() - 600.0, HOLD_CAP)
         await asyncio.wait_for(cache.wait_for_revision(held.revision), 5)
         started = time.monotonic()
         write = asyncio.ensure_future(port.ensure_writable(held))
