@@ -46,6 +46,9 @@ class Fault:
     # Proxies the clients could not reach while it lasted (their failed reads
     # are the client's path, not the cluster's availability).
     proxies_down: tuple[str, ...] = ()
+    # (proxy, node) paths cut while it lasted: through that proxy the node's
+    # replicas were unreachable although the node ran.
+    unreachable: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
