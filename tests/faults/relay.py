@@ -232,7 +232,10 @@ class _Conn:
         if self.connecting:
             return
         self.connecting = True
-        self.relay.loop.create_task(self._connect())
+        task = self.relay.loop.create_task(self._connect())
+        # The loop keeps only a weak reference to a task: hold it until done.
+        self.relay.tasks.add(task)
+        task.add_done_callback(self.relay.tasks.discard)
 
     async def _connect(self) -> None:
         host, port = self.relay.upstream.rsplit(":", 1)
@@ -300,6 +303,7 @@ class Relay:
         self.rng = random.Random(name)
         self.address = ""
         self.conns: set[_Conn] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.accepted = 0
         self.forwarded = 0
         self.stalls = 0
