@@ -184,9 +184,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultCluster]:
     started = FaultCluster(
         base / "cluster", proxy_settings={"replication": {"reconcile_interval": "1s"}}
     )
-    with started.start().reporting() as c:
-        helpers.wait_all_healthy(c)
-        yield c
+    with started.start().reporting():
+        helpers.wait_all_healthy(started)
+        yield started
 
 
 @pytest.fixture
