@@ -56,6 +56,9 @@ class Fault:
     # for how long after its heal failures are still its own.
     reads_available: bool = True
     recovery: float = 3.0
+    # (proxy, node) paths cut while it lasted: through that proxy the node's
+    # replicas were unreachable although the node ran.
+    unreachable: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
