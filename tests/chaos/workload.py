@@ -49,6 +49,15 @@ SHARED = "refs/heads/shared"
 ZERO_OID = "0" * 40
 GIT_SSH = f"{shlex.quote(sys.executable)} -m gitquorum.cli.main git-ssh"
 
+# A client of a highly available service reconnects to a proxy that came back
+# within a second, rather than after gRPC's default backoff (up to minutes):
+# failures while the channel backs off would be the client's, not the cluster's.
+CLIENT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
 # Refused before anything could apply: a definite failure.
 DEFINITE_FAILURES = frozenset(
     {
@@ -215,7 +224,7 @@ class Workload:
 
     async def start(self) -> Workload:
         for address in self.proxies:
-            self._channels[address] = grpc.aio.insecure_channel(address)
+            self._channels[address] = grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS)
         loop = asyncio.get_running_loop()
         for i in range(self.settings.writers):
             self._tasks.append(loop.create_task(self._writer(i), name=f"writer-{i}"))

@@ -49,6 +49,8 @@ class Fault:
     # Proxies the clients could not reach while it lasted (their failed reads
     # are the client's path, not the cluster's availability).
     proxies_down: tuple[str, ...] = ()
+    # Nodes stopped (killed, paused) while it lasted: their replicas could not serve.
+    nodes_down: tuple[str, ...] = ()
     # Repositories left with no up-to-date replica alive by design of the fault
     # (their failed reads and writes are expected until it heals).
     repos_down: tuple[str, ...] = ()

@@ -310,23 +310,49 @@ def check_reads(
     return found
 
 
-def excused(read: Op, faults: Sequence[Fault]) -> Fault | None:
-    """The fault that excuses a failed read, if any."""
-    for fault in faults:
-        end = fault.end if fault.end is not None else float("inf")
-        if not (fault.start <= read.end and read.start <= end + fault.recovery):
-            continue
+# (time the records were read, repository -> nodes recorded up to date)
+Timeline = Sequence[tuple[float, Mapping[str, frozenset[str]]]]
+
+
+def excused(
+    read: Op, faults: Sequence[Fault], timeline: Timeline = (), proxy_name: str = ""
+) -> Fault | None:
+    """The fault that excuses a failed read, if any: one that takes away what
+    reads need by design, the client's own proxy, or every replica of the
+    repository recorded up to date around the read (stopped, or cut off from
+    the read's proxy)."""
+    active = [
+        f
+        for f in faults
+        if f.start <= read.end
+        and read.start <= (f.end if f.end is not None else float("inf")) + f.recovery
+    ]
+    for fault in active:
         if (
             not fault.reads_available
             or read.proxy in fault.proxies_down
             or read.repo in fault.repos_down
         ):
             return fault
+    if not active or not timeline:
+        return None
+    gone = {n for f in active for n in f.nodes_down}
+    gone |= {n for f in active for p, n in f.unreachable if p == proxy_name}
+    times = [t for t, _ in timeline]
+    first = max(bisect.bisect_right(times, read.start) - 1, 0)
+    last = min(bisect.bisect_left(times, read.end), len(times) - 1)
+    for i in range(first, last + 1):
+        up_to_date = timeline[i][1].get(read.repo)
+        if up_to_date is not None and up_to_date <= gone:
+            return next(f for f in active if f.nodes_down or f.unreachable)
     return None
 
 
 def check_failed_reads(
-    history: History, faults: Sequence[Fault], proxy_names: Mapping[str, str]
+    history: History,
+    faults: Sequence[Fault],
+    proxy_names: Mapping[str, str],
+    timeline: Timeline = (),
 ) -> list[Violation]:
     """Failed reads no fault excuses. ``proxy_names``: address -> proxy name."""
     problems: list[Violation] = []
@@ -341,7 +367,7 @@ def check_failed_reads(
     for read in history.ops:
         if read.kind != "read" or read.outcome != "failed":
             continue
-        if excused(read, named) is None:
+        if excused(read, named, timeline, proxy_names.get(read.proxy, "")) is None:
             during = [
                 f.nemesis
                 for f in named

@@ -334,7 +334,12 @@ class ReplicaLoss(Nemesis):
             run.note(f"{self.name}: {repo} on {node}: writes missed by the backup: {missed}")
         await asyncio.to_thread(run.node(node).kill)
         fault = run.fault(
-            self, node, detail=f"{repo} ({replica_path})", disk_nodes=(node,), disk_repos=(repo,)
+            self,
+            node,
+            detail=f"{repo} ({replica_path})",
+            disk_nodes=(node,),
+            disk_repos=(repo,),
+            nodes_down=(node,),
         )
         await asyncio.to_thread(self.damage, _disks(run), node, replica_path, snapshot)
         return fault

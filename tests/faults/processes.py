@@ -41,7 +41,7 @@ class KillPrimary(_NodeNemesis):
 
     async def inject(self, run: RunContext) -> Fault:
         self.node = await asyncio.to_thread(self._pick, run)
-        fault = run.fault(self, self.node)
+        fault = run.fault(self, self.node, nodes_down=(self.node,))
         await asyncio.to_thread(run.node(self.node).kill)
         return fault
 
@@ -59,7 +59,7 @@ class PausePrimary(_NodeNemesis):
 
     async def inject(self, run: RunContext) -> Fault:
         self.node = await asyncio.to_thread(self._pick, run)
-        fault = run.fault(self, self.node)
+        fault = run.fault(self, self.node, nodes_down=(self.node,))
         run.node(self.node).pause()
         return fault
 
@@ -91,7 +91,9 @@ class KillPrimaryWhileSecondaryOutdated(_NodeNemesis):
         assert record.primary is not None
         self.node = record.primary
         self.outdated = run.rng.choice([n for n in record.assigned if n != record.primary])
-        fault = run.fault(self, f"{self.node} (outdated: {self.outdated})")
+        fault = run.fault(
+            self, f"{self.node} (outdated: {self.outdated})", nodes_down=(self.node, self.outdated)
+        )
         run.node(self.outdated).pause()
         # Writes go on without it: it is outdated once some are acknowledged.
         await run.acknowledged(10, 20.0)
@@ -121,7 +123,7 @@ class RestartStorm(Nemesis):
     hold = (0.5, 1.0)
 
     async def inject(self, run: RunContext) -> Fault:
-        fault = run.fault(self, "every node")
+        fault = run.fault(self, "every node", nodes_down=tuple(n.name for n in run.cluster.nodes))
         for _ in range(2):
             for node in run.cluster.nodes:
                 await asyncio.to_thread(_restart_node, node)
@@ -201,6 +203,8 @@ class PauseProxyMidRepair(Nemesis):
 
     async def inject(self, run: RunContext) -> Fault:
         node = run.rng.choice(run.cluster.nodes)
+        # Open from the start: the node's pause is part of the fault.
+        fault = run.fault(self, "?", nodes_down=(node.name,))
         node.pause()
         try:
             await run.acknowledged(8, 15.0)
@@ -217,12 +221,10 @@ class PauseProxyMidRepair(Nemesis):
             if not holder:
                 await asyncio.sleep(0.05)
         self.proxy = holder or (await asyncio.to_thread(run.leader)) or "proxy1"
-        fault = run.fault(
-            self,
-            self.proxy,
-            proxies_down=(self.proxy,),
-            detail=f"{node.name} paused to outdate replicas; "
-            + ("proxy held a replication job" if holder else "no job seen: leader paused"),
+        fault.target = self.proxy
+        fault.proxies_down = (self.proxy,)
+        fault.detail = f"{node.name} paused to outdate replicas; " + (
+            "proxy held a replication job" if holder else "no job seen: leader paused"
         )
         run.proxy(self.proxy).pause()
         return fault

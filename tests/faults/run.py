@@ -45,7 +45,7 @@ class RunSettings:
     repos: int = 20
     fleet: FleetSettings = field(default_factory=FleetSettings)
     gap: tuple[float, float] = (3.0, 6.0)
-    monitor_interval: float = 3.0
+    monitor_interval: float = 2.0
     # Wall-clock cap on the schedule: steps left when it is reached are not run.
     budget: float | None = None
 
@@ -78,6 +78,7 @@ class FaultRun:
         self.seed_refs: dict[str, str] = {}
         self.violations: list[Violation] = []
         self.monitor_rounds = 0
+        self.timeline: list[tuple[float, dict[str, frozenset[str]]]] = []
         self.unreadable = 0
         self.ctx: RunContext | None = None
         # wall clock - monotonic clock, to place log lines on the run's clock.
@@ -193,6 +194,12 @@ class FaultRun:
             except RuntimeError:
                 continue  # etcd has no quorum now: nothing recorded to check against
             records = {r: rec for r, rec in records.items() if r in self.repos}
+            self.timeline.append(
+                (
+                    read_at,
+                    {r: frozenset(checker.up_to_date_replicas(rec)) for r, rec in records.items()},
+                )
+            )
             refs = await asyncio.to_thread(self._read_replicas, records)
             now = time.monotonic()
             exempt = {
@@ -429,7 +436,7 @@ class FaultRun:
         reads = checker.check_reads(self.history, acks, self.chain, self.seed_refs, faults)
         self._violation(reads.violations)
         names = {p.address: p.name for p in self.cluster.proxies}
-        self._violation(checker.check_failed_reads(self.history, faults, names))
+        self._violation(checker.check_failed_reads(self.history, faults, names, self.timeline))
         repairs = checker.verifier_repairs(
             [p.log_path for p in self.cluster.proxies], self.wall_offset
         )

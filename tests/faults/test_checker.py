@@ -217,3 +217,23 @@ def test_stale_reads_of_a_replica_a_disk_fault_rolled_back_are_counted_apart() -
     found = checker.check_reads(h, checker.index(h.ops, CHAIN), CHAIN, SEED, [rollback])
     assert [v.at for v in found.violations] == [200.1]
     assert found.from_restored_replica == 1
+
+
+def test_a_failed_read_is_excused_when_every_up_to_date_replica_was_down_or_cut_off() -> None:
+    reads = [
+        op("read", SHARED, "", 5.0, 5.2, outcome="failed", proxy="addr1"),
+        op("read", SHARED, "", 7.0, 7.2, outcome="failed", proxy="addr1"),
+        op("read", SHARED, "", 7.0, 7.2, outcome="failed", proxy="addr2"),
+    ]
+    faults = [
+        _fault("pause-secondary", 4.0, 10.0, nodes_down=("n2",)),
+        _fault("one-proxy-to-node-cut", 4.0, 10.0, unreachable=(("proxy1", "n3"),)),
+    ]
+    timeline = [
+        (4.5, {REPO: frozenset({"n2"})}),  # only the paused node was up to date
+        (6.5, {REPO: frozenset({"n2", "n3"})}),  # n3 caught up: cut off from proxy1 only
+        (8.0, {REPO: frozenset({"n2", "n3"})}),
+    ]
+    names = {"addr1": "proxy1", "addr2": "proxy2"}
+    found = checker.check_failed_reads(history(*reads), faults, names, timeline)
+    assert [(v.at, "addr2" in v.detail) for v in found] == [(7.2, True)]

@@ -40,6 +40,7 @@ class FleetSettings:
     # behind and catch up while writes keep coming, repairs race writes.
     hot_repos: int = 2
     hot_writers: int = 3
+    hot_write_pause: float = 0.1
 
 
 class Fleet:
@@ -73,7 +74,7 @@ class Fleet:
                         push_ratio=settings.push_ratio if i < settings.pushing_repos else 0.0,
                         op_timeout=settings.op_timeout,
                         impatient_ratio=settings.impatient_ratio,
-                        write_pause=0.0 if hot else settings.write_pause,
+                        write_pause=settings.hot_write_pause if hot else settings.write_pause,
                         read_pause=settings.read_pause,
                         rotate=True,
                     ),
