@@ -8,6 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from typing import ClassVar
 
 from tests.chaos import nemesis as chaos_nemesis
@@ -116,19 +117,24 @@ class KillPrimaryWhileSecondaryOutdated(_NodeNemesis):
 
 
 class RestartStorm(Nemesis):
-    """Every node restarted (kill -9, start) one after the other, twice."""
+    """Every node restarted (kill -9, start) one after the other, twice. Each
+    restart is its own fault (one node down at a time), logged under this name."""
 
     name = "node-restart-storm"
     kind = "process"
     hold = (0.5, 1.0)
 
     async def inject(self, run: RunContext) -> Fault:
-        fault = run.fault(self, "every node", nodes_down=tuple(n.name for n in run.cluster.nodes))
+        faults: list[Fault] = []
         for _ in range(2):
             for node in run.cluster.nodes:
+                fault = run.fault(self, node.name, nodes_down=(node.name,))
+                faults.append(fault)
                 await asyncio.to_thread(_restart_node, node)
+                fault.end = time.monotonic()
                 await asyncio.sleep(run.rng.uniform(0.2, 1.0))
-        return fault
+        # The last restart is the one the run closes at the heal.
+        return faults[-1]
 
     async def heal(self, run: RunContext) -> None:
         return None

@@ -33,14 +33,14 @@ class FleetSettings:
     push_ratio: float = 0.3
     cas_ratio: float = 0.25
     impatient_ratio: float = 0.05
-    write_pause: float = 2.0
-    read_pause: float = 1.0
+    write_pause: float = 3.0
+    read_pause: float = 1.5
     op_timeout: float = 10.0
     # Hot repositories (the last ones): more writers, no pause -- replicas fall
     # behind and catch up while writes keep coming, repairs race writes.
     hot_repos: int = 2
     hot_writers: int = 3
-    hot_write_pause: float = 0.1
+    hot_write_pause: float = 0.3
 
 
 class Fleet:
