@@ -61,14 +61,16 @@ test-integration: deps-test
 test-faults: deps-test
 	$(ACTIVATE) $(PYTHON) -m pytest -q tests/chaos tests/soak tests/integration/limits tests/integration/shutdown $(PYTEST_ARGS)
 
-# The long fault run, outside `make test`: every nemesis alone, then a randomized
-# schedule of all of them (docs/reliability.md). DURATION in seconds (default
-# 600), SEED to replay a schedule (printed by every run).
+# The long fault run, outside `make test`: a randomized schedule of every
+# nemesis (docs/reliability.md). DURATION in seconds (default 600), SEED to
+# replay a schedule (every run prints its seed), NEMESES=a,b to run some alone.
 DURATION ?= 600
 SEED ?=
+NEMESES ?=
 test-long: deps-test
 	$(ACTIVATE) GITQUORUM_FAULTS_DURATION=$(DURATION) GITQUORUM_FAULTS_SEED=$(SEED) \
-		$(PYTHON) -m pytest -q -p no:cacheprovider -m long -s tests/faults $(PYTEST_ARGS)
+		GITQUORUM_FAULTS_NEMESES=$(NEMESES) \
+		$(PYTHON) -m pytest -q -p no:cacheprovider -m long -s tests/faults/test_long.py $(PYTEST_ARGS)
 
 # The storage-node suite alone, through a proxy in front of three nodes.
 test-through-proxy: deps-test
