@@ -49,7 +49,7 @@ test-floors: deps-test
 # soak), then the storage-node suite again through a proxy in front of three
 # nodes.
 test: deps-test lint typecheck test-floors
-	$(ACTIVATE) $(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(ACTIVATE) $(PYTHON) -m pytest -q -p no:cacheprovider --durations=30 $(PYTEST_ARGS)
 	$(ACTIVATE) GITQUORUM_TEST_THROUGH_PROXY=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration/node $(PYTEST_ARGS)
 
 test-unit: deps-test
@@ -59,10 +59,11 @@ test-integration: deps-test
 	$(ACTIVATE) $(PYTHON) -m pytest -q tests/integration tests/acceptance $(PYTEST_ARGS)
 
 test-faults: deps-test
-	$(ACTIVATE) $(PYTHON) -m pytest -q tests/chaos tests/soak tests/integration/limits tests/integration/shutdown $(PYTEST_ARGS)
+	$(ACTIVATE) $(PYTHON) -m pytest -q tests/chaos tests/faults tests/soak tests/integration/limits tests/integration/shutdown $(PYTEST_ARGS)
 
-# The long fault run, outside `make test`: a randomized schedule of every
-# nemesis (docs/reliability.md). DURATION in seconds (default 600), SEED to
+# The long fault run, outside `make test`: the proofs that each network and
+# disk nemesis does what it names, then a randomized schedule of every nemesis
+# (docs/reliability.md). DURATION in seconds (default 600), SEED to
 # replay a schedule (every run prints its seed), NEMESES=a,b to run some alone.
 DURATION ?= 600
 SEED ?=
@@ -70,7 +71,7 @@ NEMESES ?=
 test-long: deps-test
 	$(ACTIVATE) GITQUORUM_FAULTS_DURATION=$(DURATION) GITQUORUM_FAULTS_SEED=$(SEED) \
 		GITQUORUM_FAULTS_NEMESES=$(NEMESES) \
-		$(PYTHON) -m pytest -q -p no:cacheprovider -m long -s tests/faults/test_long.py $(PYTEST_ARGS)
+		$(PYTHON) -m pytest -q -p no:cacheprovider -m long -s tests/faults $(PYTEST_ARGS)
 
 # The storage-node suite alone, through a proxy in front of three nodes.
 test-through-proxy: deps-test

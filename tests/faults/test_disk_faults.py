@@ -41,6 +41,10 @@ from tests.harness.cluster import VIRTUAL_STORAGE
 SETTINGS: dict[str, object] = {
     "replication": {"reconcile_interval": "1s", "verify_interval": "2s"},
 }
+# Proofs that each disk nemesis does what it names: run by make test-long (the
+# randomized run of make test uses the same nemeses).
+pytestmark = pytest.mark.long
+
 REPOS = 3
 SLOW_MS = 300
 CONVERGE = 30.0

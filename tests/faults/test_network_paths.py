@@ -41,7 +41,9 @@ from tests.harness import gitrepo
 from tests.harness.cluster import HARNESS_PROXY_SETTINGS
 from tests.integration.proxy import helpers
 
-pytestmark = pytest.mark.timeout(180)
+# Proofs that each network nemesis does what it names: run by make test-long
+# (the randomized run of make test uses the same nemeses).
+pytestmark = [pytest.mark.long, pytest.mark.timeout(180)]
 
 ZERO_OID = "0" * 40
 STALE_READ_LIMIT = ProxyConfig.stale_read_limit

@@ -3,7 +3,7 @@ over twenty repositories, three proxies and three etcd members, checked during
 the run and at its end (tests/faults/checker.py names every violation).
 
 ``GITQUORUM_FAULTS_SEED`` replays a schedule; ``GITQUORUM_FAULTS_DURATION``
-sets its length (default 150 s). The long run (``make test-long``) is
+sets its length (default 120 s). The long run (``make test-long``) is
 tests/faults/long.py.
 """
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(900)
 
 async def test_randomized_schedule(tmp_path: Path, chain: Chain) -> None:
     seed = seed_from_env()
-    duration = float(os.environ.get("GITQUORUM_FAULTS_DURATION", "150"))
+    duration = float(os.environ.get("GITQUORUM_FAULTS_DURATION", "120"))
     run = FaultRun(tmp_path, chain, RunSettings(seed, duration, all_nemeses()))
     try:
         report = await run.execute()
