@@ -10,6 +10,7 @@ either order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from pathlib import Path
 
@@ -106,3 +107,44 @@ async def test_a_slow_first_read_of_the_file_does_not_lower_the_fence(
     # 5 may copy before 7 (7's copy overwrites it), never after it.
     assert log[-1] == "copy 7", f"the superseded claim 5 copied after claim 7 did: {log}"
     assert old_result == ("copied" if log == ["copy 5", "copy 7"] else "refused")
+
+
+async def test_a_cancelled_copy_cannot_lower_the_claim_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The io lock is released when the awaiting copy is cancelled, but the
+    thread writing its claim runs on: a slow fsync lands it after a later
+    claim's write, and a restarted node admits the superseded claim."""
+    real = replication_fence._write
+    gate, entered = threading.Event(), threading.Event()
+
+    def slow(path: Path, claim: int) -> None:
+        if claim == 2:
+            entered.set()
+            gate.wait(5)
+        real(path, claim)
+
+    monkeypatch.setattr(replication_fence, "_write", slow)
+    record = tmp_path / "claim"
+    fence = ReplicationFence()
+
+    async def copy(claim: int) -> None:
+        async with fence.copy("r", claim, record):
+            pass
+
+    old = asyncio.ensure_future(copy(2))
+    await asyncio.to_thread(entered.wait, 5)
+    old.cancel()  # the superseded worker's RPC is cancelled during its fsync
+    with contextlib.suppress(asyncio.CancelledError):
+        await old
+    await copy(3)  # the new holder's copy: claim 3 is durable, the copy admitted
+    assert record.read_text().strip() == "3"
+    gate.set()
+    for _ in range(100):
+        if record.read_text().strip() != "3":
+            break
+        await asyncio.sleep(0.02)
+    restarted = ReplicationFence()  # the node restarts
+    with pytest.raises(Aborted):
+        async with restarted.copy("r", 2, record):
+            pass

@@ -109,7 +109,7 @@ class ReplicationFence:
         if record is not None and claim > state.persisted:
             async with state.io:
                 if claim > state.persisted:
-                    await asyncio.to_thread(_write, record, claim)
+                    await _write_holding_lock(record, claim)
                     state.persisted = claim
 
     async def forget(self, replica: str, record: Path | None = None) -> None:
@@ -122,6 +122,26 @@ class ReplicationFence:
         self._replicas.pop(replica, None)
         if record is not None:
             await asyncio.to_thread(_unlink, record)
+
+
+async def _write_holding_lock(record: Path, claim: int) -> None:
+    """Write ``claim`` in a thread; a cancelled caller still waits for the thread
+    to end before it gives up the io lock: otherwise the thread writing an older
+    claim runs on and can replace a later claim's file after it was written
+    (and a restarted node would admit the superseded claim)."""
+    task = asyncio.ensure_future(asyncio.to_thread(_write, record, claim))
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()
 
 
 def _unlink(path: Path) -> None:
