@@ -41,11 +41,16 @@ class Fault:
     start: float
     end: float | None = None
     detail: str = ""
-    # Nodes whose disks this fault touched (exempts their replicas' repairs).
+    # A replica this fault rolled back or wiped on its node's disk: the node in
+    # ``disk_nodes``, the repository in ``disk_repos``. Only that replica is
+    # exempt from the up-to-date and repair checks, and reads of that
+    # repository served from it are stale until the verifier finds it (counted
+    # apart, not violations).
     disk_nodes: tuple[str, ...] = ()
-    # Repositories whose replica on those disks went back in time: reads served
-    # from it are stale until the verifier finds it (counted, not violations).
     disk_repos: tuple[str, ...] = ()
+    # Seconds after the start before the fault excuses failed reads (etcd lost:
+    # the proxies serve from their cache up to the stale-read limit first).
+    excuse_after: float = 0.0
     # Proxies the clients could not reach while it lasted (their failed reads
     # are the client's path, not the cluster's availability).
     proxies_down: tuple[str, ...] = ()

@@ -37,6 +37,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -54,6 +55,9 @@ STUCK = "stuck-repository"
 NOT_CONVERGED = "not-converged"
 REPAIR = "repair-of-up-to-date-replica"
 UNAVAILABLE_READ = "failed-read-while-available"
+# The during-run check ran less than half as often as it should: the run saw too
+# little to vouch for anything.
+BLIND = "checker-blind"
 
 # The documented bound on cross-proxy staleness (docs/failover.md, "Reads
 # across proxies": stale_read_limit, 5 s by default).
@@ -182,7 +186,7 @@ def check_up_to_date(
     acks: Mapping[str, Acks],
     chain: Chain,
     seed: Mapping[str, str],
-    exempt: Iterable[str],
+    exempt: Iterable[tuple[str, str]],
     now: float,
 ) -> list[Violation]:
     """Every replica recorded up to date (records read at ``read_at``) holds every
@@ -194,7 +198,7 @@ def check_up_to_date(
     for repo, record in records.items():
         entry = acks.get(repo, Acks())
         for node in up_to_date_replicas(record):
-            if node in exempted:
+            if (repo, node) in exempted:
                 continue
             refs = replica_refs.get((repo, node))
             if refs is None:
@@ -328,6 +332,8 @@ def excused(
         and read.start <= (f.end if f.end is not None else float("inf")) + f.recovery
     ]
     for fault in active:
+        if read.end < fault.start + fault.excuse_after:
+            continue
         if (
             not fault.reads_available
             or read.proxy in fault.proxies_down
@@ -397,6 +403,25 @@ class Repair:
     nodes: tuple[str, ...]
     at: float  # monotonic
     conflict: bool
+    proxy: str = ""  # whose log (its file's stem)
+
+
+def unskew(repairs: Sequence[Repair], faults: Sequence[Fault]) -> list[Repair]:
+    """Repairs logged by a proxy whose wall clock a clock fault shifted, put
+    back on the run's clock (the fault's detail says the skew: "wall clock +600s")."""
+    fixed: list[Repair] = []
+    for repair in repairs:
+        at = repair.at
+        for fault in faults:
+            match = re.search(r"wall clock ([+-]\d+)s", fault.detail)
+            if fault.kind != "clock" or fault.target != repair.proxy or match is None:
+                continue
+            candidate = repair.at - float(match.group(1))
+            end = fault.end if fault.end is not None else float("inf")
+            if fault.start <= candidate <= end:
+                at = candidate
+        fixed.append(replace(repair, at=at))
+    return fixed
 
 
 def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Repair]:
@@ -430,6 +455,7 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
                     tuple(nodes),
                     wall - wall_to_monotonic,
                     conflict,
+                    path.stem,
                 )
             )
     return repairs
@@ -441,6 +467,7 @@ def check_repairs(repairs: Sequence[Repair], faults: Sequence[Fault]) -> list[Vi
         for node in repair.nodes:
             exempt = any(
                 node in f.disk_nodes
+                and repair.repo in f.disk_repos
                 and f.start <= repair.at
                 and repair.at <= (f.end if f.end is not None else float("inf")) + DISK_EXEMPTION
                 for f in faults

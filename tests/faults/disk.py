@@ -247,7 +247,8 @@ class DiskFull(Nemesis):
     async def inject(self, run: RunContext) -> Fault:
         self.target = await asyncio.to_thread(self.pick, run)
         left = await asyncio.to_thread(_disks(run).fill, self.target)
-        return run.fault(self, self.target, detail=f"{left} bytes left", disk_nodes=(self.target,))
+        # A full disk loses nothing the cluster was told about: no exemption.
+        return run.fault(self, self.target, detail=f"{left} bytes left")
 
     async def heal(self, run: RunContext) -> None:
         if self.target is not None:
@@ -273,7 +274,8 @@ class SlowDisk(Nemesis):
         self.target = await asyncio.to_thread(self.pick, run)
         delay = run.rng.choice(self.delays_ms)
         await asyncio.to_thread(_disks(run).slow, self.target, delay)
-        return run.fault(self, self.target, detail=f"fsync +{delay} ms", disk_nodes=(self.target,))
+        # A slow disk loses nothing: no exemption.
+        return run.fault(self, self.target, detail=f"fsync +{delay} ms")
 
     async def heal(self, run: RunContext) -> None:
         if self.target is not None:

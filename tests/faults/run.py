@@ -9,6 +9,8 @@ each and the logs of the processes involved, and fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
 import os
 import random
@@ -78,6 +80,7 @@ class FaultRun:
         self.seed_refs: dict[str, str] = {}
         self.violations: list[Violation] = []
         self.monitor_rounds = 0
+        self.monitor_errors = 0
         self.timeline: list[tuple[float, dict[str, frozenset[str]]]] = []
         self.unreadable = 0
         self.ctx: RunContext | None = None
@@ -191,8 +194,11 @@ class FaultRun:
             read_at = time.monotonic()
             try:
                 records = await asyncio.to_thread(read_records, self.cluster)
-            except RuntimeError:
-                continue  # etcd has no quorum now: nothing recorded to check against
+            except (RuntimeError, OSError, ValueError, http.client.HTTPException):
+                # etcd has no quorum, or a member died mid-answer: nothing
+                # recorded to check against this round (rounds are counted).
+                self.monitor_errors += 1
+                continue
             records = {r: rec for r, rec in records.items() if r in self.repos}
             self.timeline.append(
                 (
@@ -203,9 +209,10 @@ class FaultRun:
             refs = await asyncio.to_thread(self._read_replicas, records)
             now = time.monotonic()
             exempt = {
-                n
+                (repo, node)
                 for f in self.ctx.faults.faults
-                for n in f.disk_nodes
+                for node in f.disk_nodes
+                for repo in f.disk_repos
                 if f.start <= now and (f.end is None or now <= f.end + checker.DISK_EXEMPTION)
             }
             acks = checker.index(list(self.history.ops), self.chain)
@@ -420,7 +427,24 @@ class FaultRun:
         finally:
             await self.fleet.stop()
             monitor.cancel()
+            # A monitor that died on its own must fail the run, not go unnoticed.
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
         ended = time.monotonic()
+        expected = (ended - began) / settings.monitor_interval
+        if self.monitor_rounds < expected / 2:
+            self._violation(
+                [
+                    Violation(
+                        checker.BLIND,
+                        "*",
+                        f"{self.monitor_rounds} rounds of the during-run check in "
+                        f"{ended - began:.0f}s (expected about {expected:.0f}; "
+                        f"{self.monitor_errors} could not read etcd)",
+                        ended,
+                    )
+                ]
+            )
         left = await self._until_converged(checker.CONVERGE_BOUND, "convergence")
         now = time.monotonic()
         self._violation(
@@ -437,14 +461,16 @@ class FaultRun:
         self._violation(reads.violations)
         names = {p.address: p.name for p in self.cluster.proxies}
         self._violation(checker.check_failed_reads(self.history, faults, names, self.timeline))
-        repairs = checker.verifier_repairs(
-            [p.log_path for p in self.cluster.proxies], self.wall_offset
+        repairs = checker.unskew(
+            checker.verifier_repairs([p.log_path for p in self.cluster.proxies], self.wall_offset),
+            faults,
         )
         self._violation(checker.check_repairs(repairs, faults))
         write_history(self.history, faults, self.base / "history.jsonl")
         first = min((f.start for f in faults), default=ended)
         figures = {
             "monitor_rounds": self.monitor_rounds,
+            "monitor_errors": self.monitor_errors,
             "unreadable_replica_reads": self.unreadable,
             "cross_proxy_lag_reads": reads.cross_proxy_lag,
             "stale_reads_from_restored_replicas": reads.from_restored_replica,

@@ -74,7 +74,7 @@ def test_a_disk_fault_exempts_its_node_and_an_unreadable_replica_waits() -> None
     acks = checker.index(h.ops, CHAIN)
     refs = {(REPO, "n1"): dict(SEED), (REPO, "n2"): None}
     found = checker.check_up_to_date(
-        {REPO: record(5, n1=5, n2=5)}, 3.0, refs, acks, CHAIN, SEED, ("n1",), 3.5
+        {REPO: record(5, n1=5, n2=5)}, 3.0, refs, acks, CHAIN, SEED, ((REPO, "n1"),), 3.5
     )
     assert found == []
 
@@ -183,12 +183,12 @@ def test_verifier_repairs_are_violations_unless_a_disk_fault_hit_the_node(tmp_pa
 
     offset = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
     repairs = checker.verifier_repairs([log], offset)
-    assert [(r.nodes, r.at, r.conflict) for r in repairs] == [
-        (("n2",), 10.0, False),
-        (("n3",), 20.0, False),
-        (("n1", "n2"), 30.0, True),
+    assert [(r.nodes, r.at, r.conflict, r.proxy) for r in repairs] == [
+        (("n2",), 10.0, False, "proxy1"),
+        (("n3",), 20.0, False, "proxy1"),
+        (("n1", "n2"), 30.0, True, "proxy1"),
     ]
-    disk = Fault("rollback", "disk", "n3", 15.0, 18.0, disk_nodes=("n3",))
+    disk = Fault("rollback", "disk", "n3", 15.0, 18.0, disk_nodes=("n3",), disk_repos=(REPO,))
     found = checker.check_repairs(repairs, [disk])
     assert sorted((v.at, v.detail.split()[2]) for v in found) == [
         (10.0, "n2"),
@@ -237,3 +237,36 @@ def test_a_failed_read_is_excused_when_every_up_to_date_replica_was_down_or_cut_
     names = {"addr1": "proxy1", "addr2": "proxy2"}
     found = checker.check_failed_reads(history(*reads), faults, names, timeline)
     assert [(v.at, "addr2" in v.detail) for v in found] == [(7.2, True)]
+
+
+def test_a_disk_fault_of_another_repository_exempts_nothing() -> None:
+    h = history(op("create", "refs/heads/a", OIDS[3], 1.0, 2.0))
+    acks = checker.index(h.ops, CHAIN)
+    found = checker.check_up_to_date(
+        {REPO: record(5, n1=5)},
+        3.0,
+        {(REPO, "n1"): dict(SEED)},
+        acks,
+        CHAIN,
+        SEED,
+        (("other.git", "n1"),),
+        3.5,
+    )
+    assert [v.name for v in found] == [checker.UP_TO_DATE_MISSING]
+
+
+def test_reads_refused_before_the_stale_read_limit_are_not_excused_by_losing_etcd() -> None:
+    reads = [
+        op("read", SHARED, "", 21.0, 21.5, outcome="failed", proxy="addr1"),  # 1.5 s in
+        op("read", SHARED, "", 24.0, 24.5, outcome="failed", proxy="addr1"),  # 4.5 s in
+    ]
+    faults = [_fault("etcd-quorum-loss", 20.0, 25.0, reads_available=False, excuse_after=3.0)]
+    found = checker.check_failed_reads(history(*reads), faults, {"addr1": "proxy1"})
+    assert [v.at for v in found] == [21.5]
+
+
+def test_repairs_logged_by_a_proxy_with_a_skewed_clock_go_back_on_the_run_clock() -> None:
+    repairs = [checker.Repair(REPO, ("n2",), 640.0, False, "proxy2")]
+    skew = Fault("clock-skew", "clock", "proxy2", 30.0, 60.0, detail="wall clock +600s")
+    assert [r.at for r in checker.unskew(repairs, [skew])] == [40.0]
+    assert [r.at for r in checker.unskew(repairs, [])] == [640.0]
