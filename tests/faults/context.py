@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gitquorum.cluster.repositories import RepositoryRecord, decode_record
 from tests.chaos import nemesis as chaos_nemesis
+from tests.chaos.conftest import until
 from tests.chaos.workload import History
 from tests.faults.base import Fault, FaultLog
 from tests.harness.cluster import VIRTUAL_STORAGE, ProxyProcess
@@ -25,18 +26,6 @@ from tests.harness.node import NodeProcess
 if TYPE_CHECKING:
     from tests.faults.base import Nemesis
     from tests.faults.cluster import FaultCluster
-
-
-async def until(predicate: Callable[[], Any], within: float, what: str) -> Any:
-    """Poll ``predicate`` (run in a thread) until truthy, or fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await asyncio.to_thread(predicate)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def read_records(cluster: FaultCluster) -> dict[str, RepositoryRecord]:

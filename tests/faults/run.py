@@ -548,3 +548,23 @@ def seed_from_env() -> int:
 
 async def _once(request: ref_pb2.UpdateReferencesRequest):  # type: ignore[no-untyped-def]
     yield request
+
+
+async def run_and_check(base: Path, chain: Chain, settings: RunSettings) -> Report:
+    """One run, its report written and printed; fails on any violation."""
+    run = FaultRun(base, chain, settings)
+    try:
+        report = await run.execute()
+        write_report(report, base / "report.json")
+        print(f"report: {base / 'report.json'}")
+        for row in report.table:
+            print(row)
+        print(report.figures)
+        if report.violations:
+            print(run.explain(report))
+        assert not report.violations, f"seed {settings.seed}: " + "; ".join(
+            str(v) for v in report.violations[:10]
+        )
+        return report
+    finally:
+        await run.close()

@@ -15,7 +15,7 @@ import pytest
 
 from tests.chaos.workload import Chain
 from tests.faults.base import Nemesis
-from tests.faults.run import FaultRun, RunSettings, seed_from_env, write_report
+from tests.faults.run import RunSettings, run_and_check, seed_from_env
 from tests.faults.schedule import all_nemeses, nemesis_by_name
 
 pytestmark = [pytest.mark.long, pytest.mark.timeout(24 * 3600)]
@@ -34,18 +34,4 @@ def chosen() -> list[type[Nemesis]]:
 async def test_long_randomized_schedule(tmp_path: Path, chain: Chain) -> None:
     seed = seed_from_env()
     duration = float(os.environ.get("GITQUORUM_FAULTS_DURATION") or "600")
-    run = FaultRun(tmp_path, chain, RunSettings(seed, duration, chosen()))
-    try:
-        report = await run.execute()
-        write_report(report, tmp_path / "report.json")
-        print(f"report: {tmp_path / 'report.json'}")
-        for row in report.table:
-            print(row)
-        print(report.figures)
-        if report.violations:
-            print(run.explain(report))
-        assert not report.violations, f"seed {seed}: " + "; ".join(
-            str(v) for v in report.violations[:10]
-        )
-    finally:
-        await run.close()
+    await run_and_check(tmp_path, chain, RunSettings(seed, duration, chosen()))
