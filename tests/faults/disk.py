@@ -361,10 +361,46 @@ class ReplicaRollback(ReplicaLoss):
         return await asyncio.to_thread(_disks(run).snapshot, node, replica_path)
 
 
+class PrimaryRollback(ReplicaRollback):
+    """A repository's primary restored from a backup and back at once: a power
+    loss short enough that the primary keeps its role. The verifier must settle
+    by majority -- repair the primary from the others -- not copy the primary's
+    old state over the replicas that hold the acknowledged writes."""
+
+    name = "primary-rollback"
+    hold = (0.0, 0.3)
+    # More writes missed: the verifier's repair in the wrong direction loses them.
+    writes_missed = 3
+
+    def _pick(self, run: RunContext) -> tuple[str, str, str]:
+        records = run.records()
+        # Cold repositories: a hot one's next compare-and-swap outdates the
+        # rolled-back primary before the verifier looks.
+        repos = sorted(r for r in run.repos[: max(1, len(run.repos) - 2)] if r in records)
+        live = set(_live_nodes(run))
+        candidates = [r for r in repos if records[r].primary in live] or repos
+        repo = run.rng.choice(candidates)
+        record = records[repo]
+        assert record.primary is not None
+        return repo, record.primary, record.replica_path
+
+    async def inject(self, run: RunContext) -> Fault:
+        fault = await super().inject(run)
+        # Back before the health checks fail it over (they need two missed checks).
+        await self.heal(run)
+        return fault
+
+
 class ReplicaWipe(ReplicaLoss):
     """The replica's directory gone (a disk replaced, restored without it)."""
 
     name = "replica-wipe"
 
 
-NEMESES: list[type[Nemesis]] = [DiskFull, SlowDisk, ReplicaRollback, ReplicaWipe]
+NEMESES: list[type[Nemesis]] = [
+    DiskFull,
+    SlowDisk,
+    ReplicaRollback,
+    PrimaryRollback,
+    ReplicaWipe,
+]

@@ -48,8 +48,13 @@ class RunSettings:
     fleet: FleetSettings = field(default_factory=FleetSettings)
     gap: tuple[float, float] = (3.0, 6.0)
     monitor_interval: float = 2.0
-    # Wall-clock cap on the schedule: steps left when it is reached are not run.
+    # Wall-clock cap on the schedule (default: the duration): steps left when it
+    # is reached are not run.
     budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.budget is None:
+            self.budget = self.duration
 
 
 @dataclass
