@@ -71,6 +71,8 @@ HEAL_GRACE = 3.0
 # A disk fault excuses repairs of its node's replicas until this long after it healed
 # (the verifier needs a round or two to find and repair them).
 DISK_EXEMPTION = 60.0
+# A rolled-back replica's backup is taken at most this long before the fault.
+BACKUP_AGE = 10.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,10 @@ class Violation:
 
 
 # -- the history, per repository -------------------------------------------------------------
+
+
+# (time the records were read, repository -> nodes recorded up to date)
+Timeline = Sequence[tuple[float, Mapping[str, frozenset[str]]]]
 
 
 @dataclass
@@ -170,6 +176,41 @@ def check_refs(
             continue
         phantoms.append(f"{missing}: {name}={value[:10]} never written by a client")
     return lost, phantoms
+
+
+def lost_to_disk(ops: Iterable[Op], faults: Sequence[Fault], timeline: Timeline) -> set[int]:
+    """Acknowledged writes whose every holder lost them to a disk fault: the
+    replicas recorded up to date right after the acknowledgement (the first
+    record read after it) were all rolled back or wiped afterwards. An
+    acknowledged write held by one replica only (its secondaries outdated at
+    that moment) is lost when that disk goes back in time: the disk lost it,
+    not the cluster (counted, not a violation; docs/reliability.md). Returns
+    the ``id()`` of those operations."""
+    damaged = [f for f in faults if f.disk_repos and f.disk_nodes]
+    if not damaged or not timeline:
+        return set()
+    times = [t for t, _ in timeline]
+    lost: set[int] = set()
+    for op in ops:
+        if not op.is_write or op.outcome != "ok":
+            continue
+        i = bisect.bisect_left(times, op.end)
+        if i >= len(timeline):
+            continue
+        holders = timeline[i][1].get(op.repo)
+        if not holders:
+            continue
+        rolled = {
+            n
+            for f in damaged
+            # Acknowledged between the backup (taken at most a few seconds
+            # before the power loss) and the power loss.
+            if op.repo in f.disk_repos and f.start - BACKUP_AGE <= op.end <= f.start
+            for n in f.disk_nodes
+        }
+        if holders <= rolled:
+            lost.add(id(op))
+    return lost
 
 
 # -- during the run --------------------------------------------------------------------------
@@ -312,10 +353,6 @@ def check_reads(
             )
         )
     return found
-
-
-# (time the records were read, repository -> nodes recorded up to date)
-Timeline = Sequence[tuple[float, Mapping[str, frozenset[str]]]]
 
 
 def excused(

@@ -86,6 +86,7 @@ class FaultRun:
         self.violations: list[Violation] = []
         self.monitor_rounds = 0
         self.monitor_errors = 0
+        self.lost_to_disk = 0
         self.timeline: list[tuple[float, dict[str, frozenset[str]]]] = []
         self.unreadable = 0
         self.ctx: RunContext | None = None
@@ -173,6 +174,14 @@ class FaultRun:
 
     # -- during the run --------------------------------------------------------------------
 
+    def _kept_ops(self) -> list[Op]:
+        """The history without the writes a disk fault took from every holder."""
+        assert self.ctx is not None
+        ops = list(self.history.ops)
+        lost = checker.lost_to_disk(ops, self.ctx.faults.faults, self.timeline)
+        self.lost_to_disk = max(self.lost_to_disk, len(lost))
+        return [o for o in ops if id(o) not in lost]
+
     def _violation(self, found: Sequence[Violation]) -> None:
         for violation in found:
             print(f"VIOLATION (seed {self.settings.seed}): {violation}", flush=True)
@@ -220,7 +229,7 @@ class FaultRun:
                 for repo in f.disk_repos
                 if f.start <= now and (f.end is None or now <= f.end + checker.DISK_EXEMPTION)
             }
-            acks = checker.index(list(self.history.ops), self.chain)
+            acks = checker.index(self._kept_ops(), self.chain)
             self._violation(
                 checker.check_up_to_date(
                     records, read_at, refs, acks, self.chain, self.seed_refs, exempt, now
@@ -314,7 +323,7 @@ class FaultRun:
     def _final_refs(self) -> list[Violation]:
         assert self.cluster is not None
         found: list[Violation] = []
-        acks = checker.index(self.history.ops, self.chain)
+        acks = checker.index(self._kept_ops(), self.chain)
         records = read_records(self.cluster)
         now = time.monotonic()
         for repo in self.repos:
@@ -460,7 +469,7 @@ class FaultRun:
         )
         if not left:
             self._violation(await asyncio.to_thread(self._final_refs))
-        acks = checker.index(self.history.ops, self.chain)
+        acks = checker.index(self._kept_ops(), self.chain)
         faults = self.ctx.faults.faults
         reads = checker.check_reads(self.history, acks, self.chain, self.seed_refs, faults)
         self._violation(reads.violations)
@@ -476,6 +485,7 @@ class FaultRun:
         figures = {
             "monitor_rounds": self.monitor_rounds,
             "monitor_errors": self.monitor_errors,
+            "acknowledged_writes_lost_to_disk_faults": self.lost_to_disk,
             "unreadable_replica_reads": self.unreadable,
             "cross_proxy_lag_reads": reads.cross_proxy_lag,
             "stale_reads_from_restored_replicas": reads.from_restored_replica,

@@ -270,3 +270,18 @@ def test_repairs_logged_by_a_proxy_with_a_skewed_clock_go_back_on_the_run_clock(
     skew = Fault("clock-skew", "clock", "proxy2", 30.0, 60.0, detail="wall clock +600s")
     assert [r.at for r in checker.unskew(repairs, [skew])] == [40.0]
     assert [r.at for r in checker.unskew(repairs, [])] == [640.0]
+
+
+def test_a_write_whose_only_holder_a_disk_fault_rolled_back_is_lost_to_the_disk() -> None:
+    sole = op("create", "refs/heads/a", OIDS[3], 1.0, 2.0)  # held by n1 alone
+    kept = op("create", "refs/heads/b", OIDS[4], 1.0, 4.5)  # held by n1 and n2
+    timeline = [(2.5, {REPO: frozenset({"n1"})}), (5.0, {REPO: frozenset({"n1", "n2"})})]
+    rollback = Fault(
+        "replica-rollback", "disk", "n1", 6.0, 8.0, disk_nodes=("n1",), disk_repos=(REPO,)
+    )
+    lost = checker.lost_to_disk([sole, kept], [rollback], timeline)
+    assert lost == {id(sole)}
+    other = Fault(
+        "replica-rollback", "disk", "n1", 6.0, 8.0, disk_nodes=("n1",), disk_repos=("other.git",)
+    )
+    assert checker.lost_to_disk([sole, kept], [other], timeline) == set()
