@@ -481,6 +481,7 @@ class FaultRun:
         )
         self._violation(checker.check_repairs(repairs, faults))
         write_history(self.history, faults, self.base / "history.jsonl")
+        write_timeline(self.timeline, self.base / "timeline.jsonl")
         first = min((f.start for f in faults), default=ended)
         figures = {
             "monitor_rounds": self.monitor_rounds,
@@ -544,6 +545,14 @@ def write_history(history: History, faults: Sequence[Fault], path: Path) -> None
             out.write(json.dumps(op.__dict__) + "\n")
         for fault in faults:
             out.write(json.dumps({"fault": _describe(fault)}) + "\n")
+
+
+def write_timeline(timeline: Sequence[tuple[float, dict[str, frozenset[str]]]], path: Path) -> None:
+    """The replicas recorded up to date at every round of the during-run check."""
+    with open(path, "w") as out:
+        for at, sets in timeline:
+            entry = {"at": at, "up_to_date": {r: sorted(n) for r, n in sets.items()}}
+            out.write(json.dumps(entry) + "\n")
 
 
 def write_report(report: Report, path: Path) -> None:
