@@ -20,7 +20,10 @@ Writes:
   chain with ``old_object_id`` set (compare-and-swap): the chain position is
   the branch's monotonic counter, so reads can be ordered against writes;
 * **push**: a real ``git push`` over ``gitquorum git-ssh`` of a new commit to
-  ``refs/heads/p<client>/<seq>``.
+  ``refs/heads/p<client>/<seq>``;
+* **writeref / branch / tag** (``other_kinds_ratio``): a ref nobody else writes
+  created with ``WriteRef``, ``UserCreateBranch`` or a lightweight
+  ``UserCreateTag``.
 
 Reads (``FindBranch``) of the shared branch and of unique refs acknowledged
 earlier feed the stale-read check.
@@ -41,7 +44,15 @@ from pathlib import Path
 
 import grpc
 
-from gitquorum.gitaly import ref_pb2, ref_pb2_grpc, shared_pb2
+from gitquorum.gitaly import (
+    operations_pb2,
+    operations_pb2_grpc,
+    ref_pb2,
+    ref_pb2_grpc,
+    repository_pb2,
+    repository_pb2_grpc,
+    shared_pb2,
+)
 from tests.harness import gitrepo
 from tests.harness.cluster import VIRTUAL_STORAGE
 
@@ -57,6 +68,10 @@ CLIENT_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+USER = shared_pb2.User(
+    gl_id="user-1", name=b"Cy Committer", email=b"cy@example.com", gl_username="cy"
+)
 
 # Refused before anything could apply: a definite failure.
 DEFINITE_FAILURES = frozenset(
@@ -189,6 +204,9 @@ class Settings:
     write_pause: float = 0.0
     # Each write goes to the next proxy (else a writer stays on one until it fails).
     rotate: bool = False
+    # Share of writes made with WriteRef, UserCreateBranch or UserCreateTag (a
+    # third each) instead of UpdateReferences, each creating a ref nobody else writes.
+    other_kinds_ratio: float = 0.0
 
 
 class Workload:
@@ -274,6 +292,13 @@ class Workload:
                 op = await self._push(name, seq, address, clone, rng)
             elif roll < self.settings.push_ratio + self.settings.cas_ratio:
                 op = await self._cas(name, address)
+            elif (
+                roll
+                < self.settings.push_ratio
+                + self.settings.cas_ratio
+                + self.settings.other_kinds_ratio
+            ):
+                op = await self._other_kind(name, seq, address, rng)
             else:
                 op = await self._create(name, seq, address, rng)
             if op.outcome != "ok" or self.settings.rotate:
@@ -337,6 +362,60 @@ class Workload:
             Op(name, "cas", SHARED, new, time.monotonic(), proxy=address, repo=self.relative_path)
         )
         return await self._update(op, address, SHARED, new, read.value)
+
+    async def _other_kind(self, name: str, seq: int, address: str, rng: random.Random) -> Op:
+        """A unique ref created by WriteRef, UserCreateBranch or a lightweight
+        UserCreateTag: the checker treats it as a create (its ref, its value)."""
+        kind = rng.choice(("writeref", "branch", "tag"))
+        value = rng.choice(self.chain.oids)
+        channel = self._channels[address]
+        if kind == "writeref":
+            ref = f"refs/heads/{name}/r{seq}"
+        elif kind == "branch":
+            ref = f"refs/heads/{name}/b{seq}"
+        else:
+            ref = f"refs/tags/{name}-t{seq}"
+        op = self.history.add(
+            Op(name, kind, ref, value, time.monotonic(), proxy=address, repo=self.relative_path)
+        )
+        timeout = self.settings.op_timeout
+        try:
+            if kind == "writeref":
+                await repository_pb2_grpc.RepositoryServiceStub(channel).WriteRef(
+                    repository_pb2.WriteRefRequest(
+                        repository=self.repository, ref=ref.encode(), revision=value.encode()
+                    ),
+                    timeout=timeout,
+                )
+            elif kind == "branch":
+                await operations_pb2_grpc.OperationServiceStub(channel).UserCreateBranch(
+                    operations_pb2.UserCreateBranchRequest(
+                        repository=self.repository,
+                        branch_name=ref.removeprefix("refs/heads/").encode(),
+                        user=USER,
+                        start_point=value.encode(),
+                    ),
+                    timeout=timeout,
+                )
+            else:
+                await operations_pb2_grpc.OperationServiceStub(channel).UserCreateTag(
+                    operations_pb2.UserCreateTagRequest(
+                        repository=self.repository,
+                        tag_name=ref.removeprefix("refs/tags/").encode(),
+                        user=USER,
+                        target_revision=value.encode(),
+                    ),
+                    timeout=timeout,
+                )
+            op.outcome = "ok"
+        except grpc.aio.AioRpcError as exc:
+            op.outcome = classify(exc)
+            op.detail = f"{exc.code().name}: {exc.details()}"
+        op.end = time.monotonic()
+        if op.outcome == "ok" and ref.startswith("refs/heads/"):
+            # Readers read branches (FindBranch); tags are checked on the replicas.
+            self._acked_creates.append(op)
+        return op
 
     def _clone(self, name: str) -> Path:
         clone = self.scratch / f"clone-{name}"

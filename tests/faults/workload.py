@@ -33,6 +33,8 @@ class FleetSettings:
     push_ratio: float = 0.3
     cas_ratio: float = 0.25
     impatient_ratio: float = 0.05
+    # WriteRef, UserCreateBranch and UserCreateTag.
+    other_kinds_ratio: float = 0.2
     write_pause: float = 3.0
     read_pause: float = 1.5
     op_timeout: float = 10.0
@@ -74,6 +76,7 @@ class Fleet:
                         push_ratio=settings.push_ratio if i < settings.pushing_repos else 0.0,
                         op_timeout=settings.op_timeout,
                         impatient_ratio=settings.impatient_ratio,
+                        other_kinds_ratio=settings.other_kinds_ratio,
                         write_pause=settings.hot_write_pause if hot else settings.write_pause,
                         read_pause=settings.read_pause,
                         rotate=True,
