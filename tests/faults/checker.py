@@ -55,6 +55,12 @@ STUCK = "stuck-repository"
 NOT_CONVERGED = "not-converged"
 REPAIR = "repair-of-up-to-date-replica"
 UNAVAILABLE_READ = "failed-read-while-available"
+# Not a violation, counted and reported: two up-to-date replicas that differ
+# only by writes whose clients were told "outcome unknown" (a client hung up,
+# a proxy died or stopped mid-write), with no third up-to-date replica to make
+# a majority: the verifier refuses to pick a side and the repository waits for
+# an operator (docs/reliability.md, "Not guaranteed").
+KNOWN_CONFLICT = "conflict-after-abandoned-write"
 # The during-run check ran less than half as often as it should: the run saw too
 # little to vouch for anything.
 BLIND = "checker-blind"
@@ -496,6 +502,33 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
                 )
             )
     return repairs
+
+
+def abandoned_only(
+    replicas: Mapping[str, Mapping[str, str]], acks: Acks, chain: Chain, seed: Mapping[str, str]
+) -> bool:
+    """Whether replicas in a verifier conflict differ only by writes of unknown
+    outcome: each holds every acknowledged write, and every ref on which they
+    differ has, on each side, a seed value, nothing, or a value only an
+    unknown (or unfinished) write wrote."""
+    acked = {(o.key, o.value) for o in acks.creates}
+    for refs in replicas.values():
+        lost, phantoms = check_refs(refs, acks, chain, seed, None, "")
+        if lost or phantoms:
+            return False
+    names = {name for refs in replicas.values() for name in refs}
+    for name in names:
+        values = {refs.get(name, "") for refs in replicas.values()}
+        if len(values) == 1:
+            continue
+        for value in values - {"", seed.get(name, "")}:
+            if (name, value) in acked:
+                return False
+            if name == SHARED and chain.counter(value) is not None:
+                # A shared-branch position beyond the highest acknowledged one.
+                if (chain.counter(value) or 0) <= acks.floor(None):
+                    return False
+    return True
 
 
 def check_repairs(repairs: Sequence[Repair], faults: Sequence[Fault]) -> list[Violation]:

@@ -16,7 +16,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,13 +320,37 @@ class FaultRun:
 
         await asyncio.gather(*(probe(i, r) for i, r in enumerate(self.repos)))
 
-    def _final_refs(self) -> list[Violation]:
+    def _known_conflicts(self, left: Sequence[str], repairs: Sequence[checker.Repair]) -> set[str]:
+        """Repositories left unconverged by a verifier conflict between replicas
+        that differ only by writes of unknown outcome (``checker.KNOWN_CONFLICT``)."""
+        assert self.cluster is not None
+        acks = checker.index(self._kept_ops(), self.chain)
+        records = read_records(self.cluster)
+        known: set[str] = set()
+        for repo in left:
+            nodes = {n for r in repairs if r.conflict and r.repo == repo for n in r.nodes}
+            record = records.get(repo)
+            if not nodes or record is None or record.conflict == ():
+                continue
+            replicas = {
+                n: gitrepo.refs(self.cluster.replica_dir(n, record.replica_path))
+                for n in record.conflict
+            }
+            if checker.abandoned_only(
+                replicas, acks.get(repo, checker.Acks()), self.chain, self.seed_refs
+            ):
+                known.add(repo)
+        return known
+
+    def _final_refs(self, skip: Collection[str] = ()) -> list[Violation]:
         assert self.cluster is not None
         found: list[Violation] = []
         acks = checker.index(self._kept_ops(), self.chain)
         records = read_records(self.cluster)
         now = time.monotonic()
         for repo in self.repos:
+            if repo in skip:
+                continue
             record = records[repo]
             entry = acks.get(repo, checker.Acks())
             places: list[tuple[str, dict[str, str]]] = []
@@ -460,25 +484,31 @@ class FaultRun:
                 ]
             )
         left = await self._until_converged(checker.CONVERGE_BOUND, "convergence")
-        now = time.monotonic()
-        self._violation(
-            [
-                Violation(checker.NOT_CONVERGED, r, "assigned replicas differ or lag", now)
-                for r in left
-            ]
-        )
-        if not left:
-            self._violation(await asyncio.to_thread(self._final_refs))
-        acks = checker.index(self._kept_ops(), self.chain)
         faults = self.ctx.faults.faults
-        reads = checker.check_reads(self.history, acks, self.chain, self.seed_refs, faults)
-        self._violation(reads.violations)
-        names = {p.address: p.name for p in self.cluster.proxies}
-        self._violation(checker.check_failed_reads(self.history, faults, names, self.timeline))
         repairs = checker.unskew(
             checker.verifier_repairs([p.log_path for p in self.cluster.proxies], self.wall_offset),
             faults,
         )
+        known = await asyncio.to_thread(self._known_conflicts, left, repairs)
+        now = time.monotonic()
+        for repo in sorted(known):
+            print(f"{checker.KNOWN_CONFLICT} (counted, not a violation): {repo}", flush=True)
+        self._violation(
+            [
+                Violation(checker.NOT_CONVERGED, r, "assigned replicas differ or lag", now)
+                for r in left
+                if r not in known
+            ]
+        )
+        # Unconverged repositories are checked only when a known conflict is why.
+        unchecked = set(left) - known
+        self._violation(await asyncio.to_thread(self._final_refs, unchecked))
+        acks = checker.index(self._kept_ops(), self.chain)
+        reads = checker.check_reads(self.history, acks, self.chain, self.seed_refs, faults)
+        self._violation(reads.violations)
+        names = {p.address: p.name for p in self.cluster.proxies}
+        self._violation(checker.check_failed_reads(self.history, faults, names, self.timeline))
+        repairs = [r for r in repairs if not (r.conflict and r.repo in known)]
         self._violation(checker.check_repairs(repairs, faults))
         write_history(self.history, faults, self.base / "history.jsonl")
         write_timeline(self.timeline, self.base / "timeline.jsonl")
@@ -491,6 +521,7 @@ class FaultRun:
             "cross_proxy_lag_reads": reads.cross_proxy_lag,
             "stale_reads_from_restored_replicas": reads.from_restored_replica,
             "verifier_repairs": sum(len(r.nodes) for r in repairs),
+            "known_conflicts_after_abandoned_writes": sorted(known),
             "converged_within_s": round(time.monotonic() - ended, 1),
             "reads_before_faults": self._latency(0.0, first),
             "reads_after_faults": self._latency(

@@ -285,3 +285,17 @@ def test_a_write_whose_only_holder_a_disk_fault_rolled_back_is_lost_to_the_disk(
         "replica-rollback", "disk", "n1", 6.0, 8.0, disk_nodes=("n1",), disk_repos=("other.git",)
     )
     assert checker.lost_to_disk([sole, kept], [other], timeline) == set()
+
+
+def test_a_conflict_is_known_only_when_the_replicas_differ_by_unknown_writes_alone() -> None:
+    h = history(
+        op("create", "refs/heads/a", OIDS[3], 1.0, 2.0),
+        op("create", "refs/heads/u", OIDS[4], 1.0, 2.0, outcome="unknown"),
+    )
+    acks = checker.index(h.ops, CHAIN)[REPO]
+    both = {**SEED, "refs/heads/a": OIDS[3]}
+    abandoned = {"n1": {**both, "refs/heads/u": OIDS[4]}, "n2": dict(both)}
+    assert checker.abandoned_only(abandoned, acks, CHAIN, SEED)
+    # One side lacks an acknowledged write: a loss, not a known conflict.
+    rolled_back = {"n1": dict(both), "n2": dict(SEED)}
+    assert not checker.abandoned_only(rolled_back, acks, CHAIN, SEED)

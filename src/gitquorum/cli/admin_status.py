@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
+import signal
 import sys
 from typing import Any
 
@@ -198,6 +200,13 @@ def run(args: argparse.Namespace) -> int:
         if selected is not None and not nodes:
             raise common.UsageError(f"virtual storage {selected!r} is not configured")
         store = await admin.store()
+        # Ctrl-C ends a watch between two refreshes: handled on the event loop,
+        # since a KeyboardInterrupt raised inside a gRPC callback can be lost
+        # and leave the watch running.
+        interrupted = asyncio.Event()
+        if args.watch is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupted.set)
         while True:
             view = await read_view(store, admin.keys)
             status = build_status(view, nodes, admin.config.etcd.cluster)
@@ -213,7 +222,10 @@ def run(args: argparse.Namespace) -> int:
                     status["read_at"]
                 )
                 print(f"{clear}{stamp}\n{render_status(status)}\n", flush=True)
-            await asyncio.sleep(args.watch)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(interrupted.wait(), args.watch)
+            if interrupted.is_set():
+                return common.EXIT_OK
 
     code = common.run(args, body)
     # Ctrl-C is how a watch ends: not a failure.
