@@ -332,10 +332,13 @@ class FaultRun:
             record = records.get(repo)
             if not nodes or record is None or record.conflict == ():
                 continue
-            replicas = {
-                n: gitrepo.refs(self.cluster.replica_dir(n, record.replica_path))
-                for n in record.conflict
-            }
+            try:
+                replicas = {
+                    n: gitrepo.refs(self.cluster.replica_dir(n, record.replica_path))
+                    for n in record.conflict
+                }
+            except (OSError, RuntimeError):
+                continue  # a replica gone from its disk: not a known conflict
             if checker.abandoned_only(
                 replicas, acks.get(repo, checker.Acks()), self.chain, self.seed_refs
             ):
