@@ -39,7 +39,7 @@ import itertools
 import json
 import re
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -124,7 +124,9 @@ class Acks:
         return self.creates[: bisect.bisect_left(self.ends, before)]
 
 
-def index(ops: Iterable[Op], chain: Chain) -> dict[str, Acks]:
+def index(ops: Iterable[Op], chain: Chain, lost: Collection[int] = ()) -> dict[str, Acks]:
+    """``lost``: ``id()`` of acknowledged writes a disk fault took from every
+    holder (:func:`lost_to_disk`): no longer required anywhere, still allowed."""
     acks: dict[str, Acks] = {}
     for op in ops:
         if not op.is_write:
@@ -133,7 +135,7 @@ def index(ops: Iterable[Op], chain: Chain) -> dict[str, Acks]:
         # In flight ("") or unknown: it may be on the replicas.
         if op.outcome != "failed":
             entry.written.setdefault(op.key, set()).add(op.value)
-        if op.outcome != "ok":
+        if op.outcome != "ok" or id(op) in lost:
             continue
         if op.kind == "cas":
             entry.shared.append((op.end, chain.counter(op.value) or 0))

@@ -174,13 +174,14 @@ class FaultRun:
 
     # -- during the run --------------------------------------------------------------------
 
-    def _kept_ops(self) -> list[Op]:
-        """The history without the writes a disk fault took from every holder."""
+    def _acks(self) -> dict[str, checker.Acks]:
+        """The history indexed, writes a disk fault took from every holder no
+        longer required (still allowed: they are no phantoms)."""
         assert self.ctx is not None
         ops = list(self.history.ops)
         lost = checker.lost_to_disk(ops, self.ctx.faults.faults, self.timeline)
         self.lost_to_disk = max(self.lost_to_disk, len(lost))
-        return [o for o in ops if id(o) not in lost]
+        return checker.index(ops, self.chain, lost)
 
     def _violation(self, found: Sequence[Violation]) -> None:
         for violation in found:
@@ -229,7 +230,7 @@ class FaultRun:
                 for repo in f.disk_repos
                 if f.start <= now and (f.end is None or now <= f.end + checker.DISK_EXEMPTION)
             }
-            acks = checker.index(self._kept_ops(), self.chain)
+            acks = self._acks()
             self._violation(
                 checker.check_up_to_date(
                     records, read_at, refs, acks, self.chain, self.seed_refs, exempt, now
@@ -324,7 +325,7 @@ class FaultRun:
         """Repositories left unconverged by a verifier conflict between replicas
         that differ only by writes of unknown outcome (``checker.KNOWN_CONFLICT``)."""
         assert self.cluster is not None
-        acks = checker.index(self._kept_ops(), self.chain)
+        acks = self._acks()
         records = read_records(self.cluster)
         known: set[str] = set()
         for repo in left:
@@ -348,7 +349,7 @@ class FaultRun:
     def _final_refs(self, skip: Collection[str] = ()) -> list[Violation]:
         assert self.cluster is not None
         found: list[Violation] = []
-        acks = checker.index(self._kept_ops(), self.chain)
+        acks = self._acks()
         records = read_records(self.cluster)
         now = time.monotonic()
         for repo in self.repos:
@@ -506,7 +507,7 @@ class FaultRun:
         # Unconverged repositories are checked only when a known conflict is why.
         unchecked = set(left) - known
         self._violation(await asyncio.to_thread(self._final_refs, unchecked))
-        acks = checker.index(self._kept_ops(), self.chain)
+        acks = self._acks()
         reads = checker.check_reads(self.history, acks, self.chain, self.seed_refs, faults)
         self._violation(reads.violations)
         names = {p.address: p.name for p in self.cluster.proxies}

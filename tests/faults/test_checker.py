@@ -299,3 +299,10 @@ def test_a_conflict_is_known_only_when_the_replicas_differ_by_unknown_writes_alo
     # One side lacks an acknowledged write: a loss, not a known conflict.
     rolled_back = {"n1": dict(both), "n2": dict(SEED)}
     assert not checker.abandoned_only(rolled_back, acks, CHAIN, SEED)
+
+
+def test_a_write_lost_to_a_disk_is_not_required_but_still_no_phantom() -> None:
+    sole = op("create", "refs/heads/a", OIDS[3], 1.0, 2.0)
+    acks = checker.index([sole], CHAIN, {id(sole)})[REPO]
+    for refs in (dict(SEED), {**SEED, "refs/heads/a": OIDS[3]}):
+        assert checker.check_refs(refs, acks, CHAIN, SEED, None, "x") == ([], [])
