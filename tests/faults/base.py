@@ -76,9 +76,6 @@ class FaultLog:
         self.faults.append(fault)
         return fault
 
-    def active(self, at: float) -> list[Fault]:
-        return [f for f in self.faults if f.start <= at and (f.end is None or at <= f.end)]
-
 
 class Nemesis(ABC):
     name: ClassVar[str]

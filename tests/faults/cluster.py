@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tests.faults import disk, network
-from tests.harness.cluster import Cluster
+from tests.harness.cluster import Cluster, ProxyProcess
 
 # Health checks as in production (every second, 1 s timeout: a loaded machine
 # must not fail healthy nodes over); the verifier checks often (its repairs are
@@ -40,7 +40,7 @@ class FaultCluster(Cluster):
     def proxy_config(self, name: str, port: int) -> dict[str, object]:
         return self.paths.proxy_config(self, name, super().proxy_config(name, port))
 
-    def proxy(self, name: str):  # type: ignore[no-untyped-def]
+    def proxy(self, name: str) -> ProxyProcess:
         return next(p for p in self.proxies if p.name == name)
 
     def close(self) -> None:

@@ -86,7 +86,7 @@ class RunContext:
         return self.cluster.node(name)
 
     def proxy(self, name: str) -> ProxyProcess:
-        return next(p for p in self.cluster.proxies if p.name == name)
+        return self.cluster.proxy(name)
 
     def leader(self) -> str | None:
         return chaos_nemesis.leader(self.cluster)
