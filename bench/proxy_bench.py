@@ -88,6 +88,8 @@ from gitquorum.gitaly import (  # noqa: E402
     commit_pb2_grpc,
     praefect_pb2,
     praefect_pb2_grpc,
+    ref_pb2,
+    ref_pb2_grpc,
     repository_pb2,
     repository_pb2_grpc,
     shared_pb2,
@@ -111,6 +113,16 @@ PROXY_SETTINGS: dict[str, Any] = {
 PHASES = ("unary", "throughput", "clone", "push")
 SIDES = ("direct", "hop", "proxy")
 SIDE_TITLES = {"direct": "direct", "hop": "bare grpc.aio hop", "proxy": "proxy"}
+# Hot unary accessors measured side by side: FindCommit first (the headline figure).
+UNARY_RPCS = ("FindCommit", "RefExists")
+UNARY_RPC_TITLES = {
+    "FindCommit": "CommitService/FindCommit (revision main)",
+    "RefExists": "RefService/RefExists (refs/heads/main)",
+}
+# The proxy's own work may add this much p50 latency above the bare hop's, and
+# use this many times the bare hop's CPU per call (background left out).
+FLOOR_P50_MARGIN_MS = 0.3
+FLOOR_CPU_FACTOR = 1.25
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,7 @@ class Settings:
     pushes: int = 25  # per side and per method
     push_commits: int = 3  # new commits in each push
     proxy_log_level: str = "info"
+    idle_seconds: float = 10.0  # no calls: the processes' background CPU
 
     @classmethod
     def quick(cls) -> Settings:
@@ -139,6 +152,7 @@ class Settings:
             git_clone_rounds=1,
             pushes=3,
             push_commits=1,
+            idle_seconds=2.0,
         )
 
 
@@ -163,6 +177,25 @@ def checks(results: dict[str, Any]) -> list[Check]:
                 "<= 0.5 ms",
                 f"{added:.2f} ms",
                 added <= 0.5,
+            )
+        )
+    for rpc, floor in results.get("unary", {}).get("by_rpc", {}).items():
+        over = floor["proxy_over_hop_p50_ms"]
+        out.append(
+            Check(
+                f"{rpc} p50 at concurrency 1: proxy's addition above the bare hop's",
+                f"<= {FLOOR_P50_MARGIN_MS} ms",
+                f"{over:.2f} ms",
+                over <= FLOOR_P50_MARGIN_MS,
+            )
+        )
+        factor = floor["proxy_cpu_vs_hop"]
+        out.append(
+            Check(
+                f"{rpc} CPU per call, background left out: proxy / bare hop",
+                f"<= {FLOOR_CPU_FACTOR}x",
+                f"{factor:.2f}x",
+                factor <= FLOOR_CPU_FACTOR,
             )
         )
     if "throughput" in results:
@@ -201,22 +234,32 @@ def serve_hop(target: str) -> None:
 
     async def serve() -> None:
         channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        # One method handler per method, built on its first call: the cheapest
+        # forwarder a generic handler allows, so that the floor is a floor.
+        handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+        def handler_for(method: str) -> grpc.RpcMethodHandler:
+            if method.startswith("/gitaly.SSHService/"):
+                relay_stream = channel.stream_stream(method)
+
+                async def stream(requests: Any, context: Any) -> Any:
+                    async for response in relay_stream(requests):
+                        yield response
+
+                return grpc.stream_stream_rpc_method_handler(stream)
+            relay = channel.unary_unary(method)
+
+            async def unary(request: bytes, context: Any) -> Any:
+                return await relay(request)
+
+            return grpc.unary_unary_rpc_method_handler(unary)
 
         class Forward(grpc.GenericRpcHandler):
             def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-                method = details.method
-                if method.startswith("/gitaly.SSHService/"):
-
-                    async def stream(requests: Any, context: Any) -> Any:
-                        async for response in channel.stream_stream(method)(requests):
-                            yield response
-
-                    return grpc.stream_stream_rpc_method_handler(stream)
-
-                async def unary(request: bytes, context: Any) -> Any:
-                    return await channel.unary_unary(method)(request)
-
-                return grpc.unary_unary_rpc_method_handler(unary)
+                handler = handlers.get(details.method)
+                if handler is None:
+                    handler = handlers[details.method] = handler_for(details.method)
+                return handler
 
         server = grpc.aio.server(options=CHANNEL_OPTIONS)
         server.add_generic_rpc_handlers((Forward(),))
@@ -289,6 +332,7 @@ class Bench:
     _channels: dict[str, grpc.Channel] = field(default_factory=dict)
     _hops: dict[str, Hop] = field(default_factory=dict)
     _read_target: Target | None = None
+    _idle_rates: dict[str, float] = field(default_factory=dict)
 
     def start(self) -> None:
         from gitquorum.localcluster import LocalCluster
@@ -428,53 +472,89 @@ class Bench:
 
     # -- 1. unary latency --------------------------------------------------------------------
 
+    def idle_cpu(self, target: Target, seconds: float) -> dict[str, float]:
+        """CPU seconds per wall second of each process while no call is made.
+
+        What the proxy spends on its own (health checks, lease keep-alives,
+        watches, replication workers) goes on whether calls come or not; a
+        phase bills it to its calls. Measured over a quiet stretch, it is
+        subtracted from a phase's CPU per call to leave the request path's.
+        """
+        meter = CpuMeter(self.pids(target)).start()
+        started = time.perf_counter()
+        time.sleep(seconds)
+        used = meter.stop()
+        wall = time.perf_counter() - started
+        return {name: value / wall for name, value in used.items()}
+
+    def background(self, target: Target) -> dict[str, float]:
+        """Idle CPU rates, measured once per run (before the first read phase)."""
+        if "background" not in self.results:
+            self._idle_rates = self.idle_cpu(target, self.settings.idle_seconds)
+            self.results["background"] = {
+                "idle_seconds": self.settings.idle_seconds,
+                "cpu_ms_per_s": {
+                    name: round(1000 * rate, 2) for name, rate in self._idle_rates.items()
+                },
+            }
+        return self._idle_rates
+
     def unary(self) -> None:
         s = self.settings
         target = self.read_target()
         sides = self.sides(target)
-        calls = {
-            side.name: commit_pb2_grpc.CommitServiceStub(self.channel(side.address)).FindCommit
-            for side in sides
-        }
-        requests = {
-            side.name: commit_pb2.FindCommitRequest(repository=side.repository, revision=b"main")
-            for side in sides
-        }
-        answers = set()
-        for side in sides:
-            for _ in range(200):  # warm connections, caches and cat-file processes
-                response = calls[side.name](requests[side.name], metadata=side.metadata)
-                answers.add(response.commit.id)
-        if len(answers) != 1:
-            raise RuntimeError(f"the sides disagree on FindCommit: {answers}")
-        samples: dict[str, list[float]] = {side.name: [] for side in sides}
+        for rpc in UNARY_RPCS:
+            answers = set()
+            for side in sides:
+                call, request = _accessor(self.channel(side.address), rpc, side)
+                for _ in range(200):  # warm connections, caches and cat-file processes
+                    answers.add(_answer(rpc, call(request, metadata=side.metadata)))
+            if len(answers) != 1:
+                raise RuntimeError(f"the sides disagree on {rpc}: {answers}")
+        rates = self.background(target)
+        samples = {(rpc, side.name): [] for rpc in UNARY_RPCS for side in sides}
         meter = CpuMeter(self.pids(target))
-        cpu = {side.name: dict.fromkeys(meter.pids, 0.0) for side in sides}
+        cpu = {key: dict.fromkeys(meter.pids, 0.0) for key in samples}
+        wall = dict.fromkeys(samples, 0.0)
+        calls = {
+            (rpc, side.name): _accessor(self.channel(side.address), rpc, side)
+            for rpc in UNARY_RPCS
+            for side in sides
+        }
         with self.profiled("unary", self.hop(target.node_address)):
             done = 0
             while done < s.unary_calls:
                 batch = min(s.unary_batch, s.unary_calls - done)
-                for side in sides:
-                    call, request, out = calls[side.name], requests[side.name], samples[side.name]
-                    meter.start()
-                    for _ in range(batch):
-                        started = time.perf_counter()
-                        call(request, metadata=side.metadata)
-                        out.append(time.perf_counter() - started)
-                    _add(cpu[side.name], meter.stop())
+                for rpc in UNARY_RPCS:
+                    for side in sides:
+                        key = (rpc, side.name)
+                        (call, request), out = calls[key], samples[key]
+                        meter.start()
+                        batch_started = time.perf_counter()
+                        for _ in range(batch):
+                            started = time.perf_counter()
+                            call(request, metadata=side.metadata)
+                            out.append(time.perf_counter() - started)
+                        wall[key] += time.perf_counter() - batch_started
+                        _add(cpu[key], meter.stop())
                 done += batch
-        latency = {name: Latency.of(values) for name, values in samples.items()}
-        direct, hop, proxy = latency["direct"], latency["hop"], latency["proxy"]
+        by_rpc = {}
+        for rpc in UNARY_RPCS:
+            latency = {side.name: Latency.of(samples[(rpc, side.name)]) for side in sides}
+            used = {side.name: cpu[(rpc, side.name)] for side in sides}
+            seconds = {side.name: wall[(rpc, side.name)] for side in sides}
+            by_rpc[rpc] = _floor_summary(
+                latency, used, seconds, dict.fromkeys(used, s.unary_calls), rates
+            )
+        # FindCommit's figures stay at the top level, as earlier reports had them.
+        main = by_rpc[UNARY_RPCS[0]]
         self.results["unary"] = {
             "rpc": "CommitService/FindCommit (revision main), sync client",
+            "rpcs": {rpc: UNARY_RPC_TITLES[rpc] for rpc in UNARY_RPCS},
             "node": target.node,
             "calls_per_side": s.unary_calls,
-            "latency": {name: value.as_dict() for name, value in latency.items()},
-            "proxy_added_p50_ms": round(proxy.p50_ms - direct.p50_ms, 3),
-            "proxy_added_p99_ms": round(proxy.p99_ms - direct.p99_ms, 3),
-            "hop_added_p50_ms": round(hop.p50_ms - direct.p50_ms, 3),
-            "hop_added_p99_ms": round(hop.p99_ms - direct.p99_ms, 3),
-            "cpu_us_per_call": _per_call(cpu, dict.fromkeys(cpu, s.unary_calls)),
+            **{key: main[key] for key in _TOP_LEVEL_KEYS},
+            "by_rpc": by_rpc,
         }
 
     # -- 2. throughput -----------------------------------------------------------------------
@@ -483,8 +563,10 @@ class Bench:
         s = self.settings
         target = self.read_target()
         sides = self.sides(target)
+        rates = self.background(target)
         calls = dict.fromkeys(SIDES, 0)
         seconds = dict.fromkeys(SIDES, 0.0)
+        wall = dict.fromkeys(SIDES, 0.0)
         latencies: dict[str, list[float]] = {name: [] for name in SIDES}
         meter = CpuMeter(self.pids(target))
         cpu = {name: dict.fromkeys(meter.pids, 0.0) for name in SIDES}
@@ -492,14 +574,23 @@ class Bench:
             for _ in range(s.throughput_rounds):
                 for side in sides:
                     meter.start()
+                    segment_started = time.perf_counter()
                     n, elapsed, lat = asyncio.run(
                         _drive_concurrently(side, s.concurrency, s.throughput_seconds)
                     )
+                    wall[side.name] += time.perf_counter() - segment_started
                     _add(cpu[side.name], meter.stop())
                     calls[side.name] += n
                     seconds[side.name] += elapsed
                     latencies[side.name] += lat
         rate = {name: calls[name] / seconds[name] for name in SIDES}
+        floor = _floor_summary(
+            {name: Latency.of(values) for name, values in latencies.items()},
+            cpu,
+            wall,
+            calls,
+            rates,
+        )
         self.results["throughput"] = {
             "rpc": "CommitService/FindCommit (revision main), grpc.aio client, one channel",
             "concurrency": s.concurrency,
@@ -507,8 +598,8 @@ class Bench:
             "calls_per_s": {name: round(value, 1) for name, value in rate.items()},
             "proxy_vs_direct": ratio(rate["proxy"], rate["direct"]),
             "hop_vs_direct": ratio(rate["hop"], rate["direct"]),
-            "latency": {name: Latency.of(values).as_dict() for name, values in latencies.items()},
-            "cpu_us_per_call": _per_call(cpu, calls),
+            "proxy_vs_hop": ratio(rate["proxy"], rate["hop"]),
+            **{key: floor[key] for key in _TOP_LEVEL_KEYS},
             # A ceiling that the load of other processes cannot move: with the machine to
             # itself, the calls could go no faster than the shared cores allow, nor than the
             # busiest single-threaded process (one core) allows.
@@ -796,6 +887,85 @@ async def _drive_concurrently(
         return len(latencies), time.perf_counter() - started, latencies
 
 
+def _accessor(channel: grpc.Channel, rpc: str, side: Side) -> tuple[Callable[..., Any], Any]:
+    """The stub method and request of one unary accessor, as one side names the repository."""
+    if rpc == "FindCommit":
+        stub = commit_pb2_grpc.CommitServiceStub(channel)
+        return stub.FindCommit, commit_pb2.FindCommitRequest(
+            repository=side.repository, revision=b"main"
+        )
+    if rpc == "RefExists":
+        ref_stub = ref_pb2_grpc.RefServiceStub(channel)
+        return ref_stub.RefExists, ref_pb2.RefExistsRequest(
+            repository=side.repository, ref=b"refs/heads/main"
+        )
+    raise ValueError(f"unknown accessor {rpc}")
+
+
+def _answer(rpc: str, response: Any) -> object:
+    return response.commit.id if rpc == "FindCommit" else response.value
+
+
+# Keys of a floor summary that the unary phase also keeps at its top level (FindCommit's).
+_TOP_LEVEL_KEYS = (
+    "latency",
+    "proxy_added_p50_ms",
+    "proxy_added_p99_ms",
+    "hop_added_p50_ms",
+    "hop_added_p99_ms",
+    "proxy_over_hop_p50_ms",
+    "proxy_over_hop_p99_ms",
+    "cpu_us_per_call",
+    "background_us_per_call",
+    "own_cpu_us_per_call",
+    "proxy_cpu_vs_hop",
+    "proxy_cpu_vs_hop_raw",
+)
+
+
+def _floor_summary(
+    latency: dict[str, Latency],
+    cpu: dict[str, dict[str, float]],
+    wall: dict[str, float],
+    calls: dict[str, int],
+    idle_rates: dict[str, float],
+) -> dict[str, Any]:
+    """One accessor's sides against each other: what the proxy adds over direct,
+    over the bare hop (the floor), and its CPU per call against the hop's.
+
+    Background CPU billed to a side's calls is each process's idle rate times
+    the side's wall time, spread over its calls; ``own`` is what is left: the
+    request path's CPU.
+    """
+    direct, hop, proxy = latency["direct"], latency["hop"], latency["proxy"]
+    raw = _per_call(cpu, calls)
+    background = {
+        side: {
+            name: round(1e6 * idle_rates.get(name, 0.0) * wall[side] / max(1, calls[side]), 1)
+            for name in per
+        }
+        for side, per in cpu.items()
+    }
+    own = {
+        side: {name: round(raw[side][name] - background[side][name], 1) for name in per}
+        for side, per in cpu.items()
+    }
+    return {
+        "latency": {name: value.as_dict() for name, value in latency.items()},
+        "proxy_added_p50_ms": round(proxy.p50_ms - direct.p50_ms, 3),
+        "proxy_added_p99_ms": round(proxy.p99_ms - direct.p99_ms, 3),
+        "hop_added_p50_ms": round(hop.p50_ms - direct.p50_ms, 3),
+        "hop_added_p99_ms": round(hop.p99_ms - direct.p99_ms, 3),
+        "proxy_over_hop_p50_ms": round(proxy.p50_ms - hop.p50_ms, 3),
+        "proxy_over_hop_p99_ms": round(proxy.p99_ms - hop.p99_ms, 3),
+        "cpu_us_per_call": raw,
+        "background_us_per_call": background,
+        "own_cpu_us_per_call": own,
+        "proxy_cpu_vs_hop": ratio(own["proxy"]["proxy"], own["hop"]["hop"]),
+        "proxy_cpu_vs_hop_raw": ratio(raw["proxy"]["proxy"], raw["hop"]["hop"]),
+    }
+
+
 def _ssh_env(side: Side) -> dict[str, str]:
     return {
         "GIT_SSH_COMMAND": f"{sys.executable} -m gitquorum.cli.main git-ssh",
@@ -918,6 +1088,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             markdown_table(("target", "goal", "measured", "met"), target_rows),
             "",
         ]
+    parts += _floor_section(r)
     parts += _cpu_section(r)
     parts += ["### Details", "", *_details(report), ""]
     for phase, prof in r.get("profile", {}).items():
@@ -928,6 +1099,63 @@ def render_markdown(report: dict[str, Any]) -> str:
             mine = [(v, f) for f, v in prof["focus"]]
             parts += [markdown_table(("inclusive %", "gitquorum function (file)"), mine), ""]
     return "\n".join(parts)
+
+
+def _floor_section(r: dict[str, Any]) -> list[str]:
+    """Each accessor through the proxy against the bare hop, the floor of its stack."""
+    summaries: list[tuple[str, dict[str, Any]]] = [
+        (f"{rpc}, concurrency 1", floor)
+        for rpc, floor in r.get("unary", {}).get("by_rpc", {}).items()
+    ]
+    if "own_cpu_us_per_call" in r.get("throughput", {}):
+        t = r["throughput"]
+        summaries.append((f"FindCommit, concurrency {t['concurrency']}", t))
+    if not summaries:
+        return []
+    rows = []
+    for label, f in summaries:
+        lat, own, bg = f["latency"], f["own_cpu_us_per_call"], f["background_us_per_call"]
+        rows.append(
+            (
+                label,
+                " / ".join(f"{lat[side]['p50_ms']:.2f}" for side in SIDES),
+                " / ".join(f"{lat[side]['p99_ms']:.2f}" for side in SIDES),
+                f"+{f['hop_added_p50_ms']:.2f} / +{f['proxy_added_p50_ms']:.2f}",
+                f"{f['proxy_over_hop_p50_ms']:+.2f} ({f['proxy_over_hop_p99_ms']:+.2f})",
+                f"{own['hop']['hop']:.0f} / {own['proxy']['proxy']:.0f}",
+                f"{f['proxy_cpu_vs_hop']:.2f}x ({f['proxy_cpu_vs_hop_raw']:.2f}x)",
+                f"{bg['proxy']['proxy']:.0f}",
+            )
+        )
+    headers = (
+        "accessor",
+        "p50 ms: direct / hop / proxy",
+        "p99 ms: direct / hop / proxy",
+        "p50 added vs direct: hop / proxy",
+        "proxy above hop, p50 (p99) ms",
+        "own CPU µs per call: hop / proxy",
+        "CPU proxy / hop (with background)",
+        "proxy background µs per call",
+    )
+    parts = ["### Against the floor: bare grpc.aio hop", "", markdown_table(headers, rows), ""]
+    bg_rates = r.get("background", {}).get("cpu_ms_per_s")
+    if bg_rates:
+        rates = ", ".join(f"{name} {value} ms/s" for name, value in bg_rates.items())
+        parts += [
+            f"Idle CPU over {r['background']['idle_seconds']} s without calls: {rates}; "
+            "billed to each side's calls by its wall time and subtracted for the own CPU.",
+            "",
+        ]
+    if "proxy_vs_hop" in r.get("throughput", {}):
+        t = r["throughput"]
+        calls = t["calls_per_s"]
+        parts += [
+            f"Calls/s at concurrency {t['concurrency']}: direct {calls['direct']}, "
+            f"hop {calls['hop']}, proxy {calls['proxy']} (proxy / hop "
+            f"{t['proxy_vs_hop']:.0%}).",
+            "",
+        ]
+    return parts
 
 
 def _cpu_section(r: dict[str, Any]) -> list[str]:
