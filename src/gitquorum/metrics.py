@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,10 +34,23 @@ class RpcMetrics:
             registry=registry,
         )
         self.component = component
+        # Labelled children, looked up once per label set: ``labels()`` validates
+        # and locks on every call, and the set of methods and codes is small.
+        self._counted: dict[tuple[str, str, str], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
 
     def observe(self, method: str, op_type: str, code: str, seconds: float) -> None:
-        self.requests.labels(self.component, method, op_type, code).inc()
-        self.latency.labels(self.component, method, op_type).observe(seconds)
+        key = (method, op_type, code)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self.requests.labels(
+                self.component, method, op_type, code
+            )
+        counter.inc()
+        timed = self._timed.get(key[:2])
+        if timed is None:
+            timed = self._timed[key[:2]] = self.latency.labels(self.component, method, op_type)
+        timed.observe(seconds)
 
 
 class MetricsServer:

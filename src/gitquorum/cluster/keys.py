@@ -8,6 +8,7 @@ this module is the only place key strings are built.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -24,12 +25,14 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=8192)
 def replica_path(repository_id: int) -> str:
     """Where replicas of a repository live on the nodes.
 
     ``@cluster/repositories/<hh>/<hh>/<id>``: the two levels are the first two
     bytes of sha256 of the decimal id, which spreads repositories evenly over
-    directories without any global registry.
+    directories without any global registry. Pure, and asked for on every
+    routed call: the busy repositories' paths are kept.
     """
     digest = hashlib.sha256(str(repository_id).encode()).hexdigest()
     return f"@cluster/repositories/{digest[:2]}/{digest[2:4]}/{repository_id}"

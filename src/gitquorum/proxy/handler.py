@@ -62,10 +62,26 @@ REMOVE_REPOSITORY = "/gitaly.RepositoryService/RemoveRepository"
 PRIMARY_CONNECT_WAIT = 1.0
 
 
-def rewrite(info: MethodInfo, request: _message.Message, storage: str, replica_path: str) -> bytes:
-    """The first message as one node must see it: physical storage and replica path."""
-    copy = type(request)()
-    copy.CopyFrom(request)
+def rewrite(
+    info: MethodInfo,
+    request: _message.Message,
+    storage: str,
+    replica_path: str,
+    *,
+    in_place: bool = False,
+) -> bytes:
+    """The first message as one node must see it: physical storage and replica path.
+
+    ``in_place``: the request was decoded for this call only and nothing reads
+    its virtual names afterwards (a read's payloads): rewrite it without a copy.
+    Rewriting it again for another node gives that node's payload, since only
+    the storage name changes between nodes.
+    """
+    if in_place:
+        copy = request
+    else:
+        copy = type(request)()
+        copy.CopyFrom(request)
     target = info.target_repository(copy)
     # Another repository field in the virtual storage (UserCommitFiles' start
     # repository) names the target (``_check_other_repositories``): it must name
@@ -117,22 +133,31 @@ class ProxyHandler(grpc.GenericRpcHandler):
         self.admission = admission or Admission(what="proxy")
         # Latencies and outliers seen by this proxy's reads (hedging, ejection).
         self.read_health = read_health or ReadHealth(ReadsConfig(), metrics)
+        # Method handlers by method name, built on first use (``service``).
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     # -- grpc plumbing -------------------------------------------------------------
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        info = self.registry.get(handler_call_details.method)
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is not None:
+            return handler
+        info = self.registry.get(method)
         if info is None or info.op is Op.INTERCEPTED:
             return None  # UNIMPLEMENTED, or served by a registered servicer
+        # Built once per method, on its first call: it depends on nothing else.
+        # Only known methods are kept, so unknown names cannot grow the dict.
+        handler = self._handlers[method] = self._method_handler(info)
+        return handler
+
+    def _method_handler(self, info: MethodInfo) -> grpc.RpcMethodHandler:
         if info.shape is Shape.UNARY_UNARY:
 
             async def unary_unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-                result = b""
-                async for response in self._guarded(info, _single(request), context):
-                    result = response
-                return result
+                return await self._guarded_unary(info, request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary)
         if info.shape is Shape.UNARY_STREAM:
@@ -168,6 +193,18 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
         return grpc.stream_stream_rpc_method_handler(stream_stream)
 
+    async def _guarded_unary(
+        self, info: MethodInfo, request: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        """``_guarded`` for a unary call: awaited, no async generator on the way."""
+        metadata = context.invocation_metadata()
+        call = RpcCall(
+            info.full_name, op_label(info), context, metadata, self.metrics.rpc, public=True
+        )
+        async with call:
+            with self.admission.gate.enter():
+                return await self._serve_unary(info, request, context, metadata or (), call.fields)
+
     async def _guarded(
         self, info: MethodInfo, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[bytes, None]:
@@ -200,6 +237,73 @@ class ProxyHandler(grpc.GenericRpcHandler):
             first = await iterator.__anext__()
         except StopAsyncIteration:
             raise InvalidArgument("empty request stream") from None
+        request, virtual_storage, relative_path = self._target(info, first, fields)
+        # Per-repository concurrency limit, held until the call (and for a
+        # mutator its finalizer) is over: a bounded queue, then RESOURCE_EXHAUSTED.
+        async with self.admission.slot(
+            info.full_name,
+            info.op is Op.MUTATOR,
+            (virtual_storage, relative_path),
+            context.time_remaining(),
+        ):
+            call = self._call(
+                info,
+                request,
+                iterator,
+                context.invocation_metadata() or (),
+                context.time_remaining(),
+                fields,
+                virtual_storage,
+                relative_path,
+            )
+            async for response in self._route(call):
+                yield response
+
+    async def _serve_unary(
+        self,
+        info: MethodInfo,
+        first: bytes,
+        context: grpc.aio.ServicerContext,
+        metadata: Sequence[tuple[str, str | bytes]],
+        fields: dict[str, object],
+    ) -> bytes:
+        """``_serve`` for a unary call; a unary read is awaited, not iterated."""
+        request, virtual_storage, relative_path = self._target(info, first, fields)
+        timeout = context.time_remaining()
+        limiter = self.admission.limiter(info.full_name, info.op is Op.MUTATOR)
+        if limiter is None:  # no per-repository limit on this method
+            return await self._unary_route(
+                self._call(
+                    info,
+                    request,
+                    _NO_MORE_REQUESTS,
+                    metadata,
+                    timeout,
+                    fields,
+                    virtual_storage,
+                    relative_path,
+                )
+            )
+        # As in ``_serve``: held until the call (and a mutator's finalizer) is
+        # over; the record is looked up once the slot is ours.
+        async with limiter.slot((virtual_storage, relative_path), timeout):
+            return await self._unary_route(
+                self._call(
+                    info,
+                    request,
+                    _NO_MORE_REQUESTS,
+                    metadata,
+                    context.time_remaining(),
+                    fields,
+                    virtual_storage,
+                    relative_path,
+                )
+            )
+
+    def _target(
+        self, info: MethodInfo, first: bytes, fields: dict[str, object]
+    ) -> tuple[_message.Message, str, str]:
+        """The decoded first message and the repository it names, checked."""
         request = info.decode(first)
         target = info.target_repository(request)
         virtual_storage = target.storage_name
@@ -210,44 +314,44 @@ class ProxyHandler(grpc.GenericRpcHandler):
         relative_path = validate_repository_path(target.relative_path)
         fields.update(virtual_storage=virtual_storage, relative_path=relative_path)
         _check_other_repositories(info, request, virtual_storage, relative_path)
-        # Per-repository concurrency limit, held until the call (and for a
-        # mutator its finalizer) is over: a bounded queue, then RESOURCE_EXHAUSTED.
-        async with self.admission.slot(
-            info.full_name,
-            info.op is Op.MUTATOR,
-            (virtual_storage, relative_path),
-            context.time_remaining(),
-        ):
-            async for response in self._route(
-                info, request, iterator, context, fields, virtual_storage, relative_path
-            ):
-                yield response
+        return request, virtual_storage, relative_path
 
-    def _route(
+    def _call(
         self,
         info: MethodInfo,
         request: _message.Message,
-        iterator: AsyncIterator[bytes],
-        context: grpc.aio.ServicerContext,
+        rest: AsyncIterator[bytes],
+        metadata: Sequence[tuple[str, str | bytes]],
+        timeout: float | None,
         fields: dict[str, object],
         virtual_storage: str,
         relative_path: str,
-    ) -> AsyncIterator[bytes]:
-        """The route function of this RPC: by name for the RPCs the proxy treats
-        on its own, else by op type. Returned, not iterated here: one async
-        generator less per call."""
-        call = _Call(
+    ) -> _Call:
+        return _Call(
             info=info,
             request=request,
-            rest=iterator,
-            metadata=context.invocation_metadata() or (),
-            timeout=context.time_remaining(),
+            rest=rest,
+            metadata=metadata,
+            timeout=timeout,
             fields=fields,
             virtual_storage=virtual_storage,
             relative_path=relative_path,
             repo=self.cluster.lookup(virtual_storage, relative_path),
         )
-        route = _SPECIAL_ROUTES.get(info.full_name) or _ROUTES_BY_OP[info.op]
+
+    async def _unary_route(self, call: _Call) -> bytes:
+        if call.info.op is Op.ACCESSOR and call.info.full_name not in _SPECIAL_ROUTES:
+            return await self._read_unary(call)
+        result = b""
+        async for response in self._route(call):
+            result = response
+        return result
+
+    def _route(self, call: _Call) -> AsyncIterator[bytes]:
+        """The route function of this RPC: by name for the RPCs the proxy treats
+        on its own, else by op type. Returned, not iterated here: one async
+        generator less per call."""
+        route = _SPECIAL_ROUTES.get(call.info.full_name) or _ROUTES_BY_OP[call.info.op]
         return route(self, call)
 
     # -- routes: one per op type, and the RPCs the proxy treats on its own ---------------
@@ -261,6 +365,14 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
     def _read(self, call: _Call) -> AsyncIterator[bytes]:
         """Returned, not iterated: one async generator less per call."""
+        reader, candidates, payload_for = self._plan_read(call)
+        return reader.run(candidates, payload_for, call.rest, call.metadata, call.timeout)
+
+    async def _read_unary(self, call: _Call) -> bytes:
+        reader, candidates, payload_for = self._plan_read(call)
+        return await reader.unary(candidates, payload_for, call.metadata, call.timeout)
+
+    def _plan_read(self, call: _Call) -> tuple[Reader, Sequence[str], Callable[[str], bytes]]:
         repo = call.existing("repository not found")
         primary_only = (
             any(k == routing.PRIMARY_ONLY_HEADER and v == "primary-only" for k, v in call.metadata)
@@ -275,14 +387,15 @@ class ProxyHandler(grpc.GenericRpcHandler):
             ejected=self.read_health.ejected(),
         )
         _describe(call.fields, route)
-        self.metrics.reads.labels(call.virtual_storage, route.node).inc()
+        self.metrics.read_served(call.virtual_storage, route.node)
         info, request, replica_path = call.info, call.request, route.replica_path
 
         def payload_for(node: str) -> bytes:
-            return rewrite(info, request, node, replica_path)
+            # The decoded request is this read's own: rewritten in place per node.
+            return rewrite(info, request, node, replica_path, in_place=True)
 
         reader = Reader(self.channels, info, self.read_health, call.fields)
-        return reader.run(route.candidates, payload_for, call.rest, call.metadata, call.timeout)
+        return reader, route.candidates, payload_for
 
     async def _maintain(self, call: _Call) -> AsyncIterator[bytes]:
         repo = call.existing("repository not found")
@@ -479,6 +592,19 @@ def _pin_timestamps(request: _message.Message) -> None:
 
 async def _single(request: bytes) -> AsyncIterator[bytes]:
     yield request
+
+
+class _NoMoreRequests:
+    """The requests after a unary call's only one: none."""
+
+    def __aiter__(self) -> _NoMoreRequests:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+
+_NO_MORE_REQUESTS = _NoMoreRequests()
 
 
 # Closing tasks of cancelled calls, referenced until done (the loop keeps weak ones).

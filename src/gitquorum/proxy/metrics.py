@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -20,6 +21,7 @@ class ProxyMetrics:
             ["virtual_storage", "node"],
             registry=registry,
         )
+        self._reads: dict[tuple[str, str], Any] = {}
         self.transactions = Counter(
             "gitquorum_transactions_total",
             "Mutator transactions by outcome (committed, secondaries-outdated, "
@@ -93,6 +95,14 @@ class ProxyMetrics:
             ["virtual_storage", "result"],
             registry=registry,
         )
+
+    def read_served(self, virtual_storage: str, node: str) -> None:
+        """Count an accessor routed to ``node``: its labelled child looked up once."""
+        key = (virtual_storage, node)
+        child = self._reads.get(key)
+        if child is None:
+            child = self._reads[key] = self.reads.labels(virtual_storage, node)
+        child.inc()
 
     def observe_immediate_probe(
         self, virtual_storage: str, node: str, trigger: str, ok: bool

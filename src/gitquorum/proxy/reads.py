@@ -17,6 +17,7 @@ another replica can be sent the same stream; after that the log keeps nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,16 @@ class Reader:
         metadata: Metadata,
         timeout: float | None,
     ) -> AsyncIterator[bytes]:
+        yield await self.unary(candidates, payload_for, metadata, timeout)
+
+    async def unary(
+        self,
+        candidates: Sequence[str],
+        payload_for: PayloadFor,
+        metadata: Metadata,
+        timeout: float | None,
+    ) -> bytes:
+        """A unary read, awaited: the answer of the first replica that gives one."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         outgoing = self.channels.forward_metadata(metadata)
@@ -105,7 +116,6 @@ class Reader:
             call = self.channels.channel(node).unary_unary(self.info.full_name)(
                 payload_for(node), metadata=outgoing, timeout=left
             )
-            call.add_done_callback(signal)
             running.append(_Attempt(node, call, loop.time()))
 
         def plan_hedge(attempt: _Attempt) -> float | None:
@@ -142,9 +152,18 @@ class Reader:
                         hedge_at = plan_hedge(running[0])
                         continue
                     self._answered(attempt, running, loop.time())
-                    yield response
-                    return
+                    return response
+                if hedge_at is None and len(running) == 1:
+                    # No hedge planned and one call out: wait for it alone, without
+                    # a wake-up future and the loop turns its done-callback costs.
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await running[0].call
+                    continue
                 wake = loop.create_future()
+                for attempt in running:
+                    if not attempt.watched:  # told of its end from now on
+                        attempt.call.add_done_callback(signal)
+                        attempt.watched = True
                 if any(a.call.done() for a in running):
                     continue  # finished before the new future: no signal for it
                 if hedge_at is not None and untried:
@@ -274,6 +293,7 @@ class _Attempt:
     node: str
     call: grpc.aio.UnaryUnaryCall
     started: float
+    watched: bool = False  # its done-callback wakes the read up
 
 
 # -- request streams kept for a replay -----------------------------------------------------
