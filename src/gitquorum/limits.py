@@ -21,7 +21,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Hashable, Iterator
+from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass, field
 
 from gitquorum import log
@@ -196,19 +196,22 @@ class DrainGate:
     def inflight(self) -> int:
         return self._inflight
 
-    @contextlib.contextmanager
-    def enter(self) -> Iterator[None]:
+    def enter(self) -> _Entered:
+        """``with gate.enter():`` around one call (a plain class: on every call's path)."""
+        return _Entered(self)
+
+    def _enter(self) -> None:
         if self._draining:
             # UNAVAILABLE: the call did nothing and may be retried elsewhere.
             raise Unavailable(f"{self.what} is shutting down: retry on another {self.what}")
         self._inflight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
+        if self._inflight == 1:
+            self._idle.clear()
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
 
     def drain(self) -> None:
         self._draining = True
@@ -216,6 +219,21 @@ class DrainGate:
     async def wait_idle(self) -> None:
         """Return once no call is in flight (callers bound the wait with a timeout)."""
         await self._idle.wait()
+
+
+class _Entered:
+    """One call counted in flight by its gate, from ``__enter__`` to ``__exit__``."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: DrainGate) -> None:
+        self._gate = gate
+
+    def __enter__(self) -> None:
+        self._gate._enter()
+
+    def __exit__(self, *_exc: object) -> None:
+        self._gate._leave()
 
 
 class Admission:

@@ -55,6 +55,7 @@ class NodeChannels:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._watches: list[asyncio.Task[None]] = []
         self._nodes_by_address: dict[str, str] = {}
+        self._unary: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable] = {}
         self.on_unreachable: Unreachable | None = None
 
     def unreachable(self, node: str, trigger: str = TRIGGER_RPC_FAILED) -> None:
@@ -114,6 +115,15 @@ class NodeChannels:
                 )
         return channel
 
+    def unary_unary(self, node: str, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        """The node's callable for one unary method, made once: grpc builds a new
+        one (and looks up its plugins) on every ``channel.unary_unary``."""
+        key = (node, method)
+        callable_ = self._unary.get(key)
+        if callable_ is None:
+            callable_ = self._unary[key] = self.channel(node).unary_unary(method)
+        return callable_
+
     def forward_metadata(
         self,
         incoming: Sequence[tuple[str, str | bytes]] | None,
@@ -140,6 +150,7 @@ class NodeChannels:
         for task in watches:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._unary.clear()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()

@@ -199,7 +199,13 @@ class ProxyHandler(grpc.GenericRpcHandler):
         """``_guarded`` for a unary call: awaited, no async generator on the way."""
         metadata = context.invocation_metadata()
         call = RpcCall(
-            info.full_name, op_label(info), context, metadata, self.metrics.rpc, public=True
+            info.full_name,
+            op_label(info),
+            context,
+            metadata,
+            self.metrics.rpc,
+            public=True,
+            log_after=True,
         )
         async with call:
             with self.admission.gate.enter():
@@ -374,10 +380,11 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
     def _plan_read(self, call: _Call) -> tuple[Reader, Sequence[str], Callable[[str], bytes]]:
         repo = call.existing("repository not found")
-        primary_only = (
-            any(k == routing.PRIMARY_ONLY_HEADER and v == "primary-only" for k, v in call.metadata)
-            or call.info.full_name in routing.FORCE_PRIMARY
-        )
+        primary_only = call.info.full_name in routing.FORCE_PRIMARY
+        for key, value in call.metadata:
+            if key == routing.PRIMARY_ONLY_HEADER and value == "primary-only":
+                primary_only = True
+                break
         route = routing.route_accessor(
             repo,
             self.cluster.healthy(call.virtual_storage),
@@ -523,7 +530,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
         return fanout.run(payloads, call.rest, call.metadata, call.timeout, finalize)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Call:
     """One routed call: its decoded first message and the repository it names."""
 

@@ -113,7 +113,7 @@ class Reader:
 
         def start(node: str) -> None:
             left = None if deadline is None else max(0.0, deadline - loop.time())
-            call = self.channels.channel(node).unary_unary(self.info.full_name)(
+            call = self.channels.unary_unary(node, self.info.full_name)(
                 payload_for(node), metadata=outgoing, timeout=left
             )
             running.append(_Attempt(node, call, loop.time()))

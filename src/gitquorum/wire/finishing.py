@@ -210,10 +210,14 @@ class RpcCall:
         metrics: RpcMetrics | None,
         *,
         public: bool = False,
+        log_after: bool = False,
     ) -> None:
         self.method = method
         # The proxy: failures reach clients through ``public_status``.
         self.public = public
+        # Write the log line on the event loop's next turn, once grpc has the
+        # answer to send: formatting and writing it is then off the call's path.
+        self.log_after = log_after
         self.op_type = op_type
         self.context = context
         self.metadata = metadata
@@ -261,9 +265,17 @@ class RpcCall:
             self.metrics.observe(self.method, self.op_type, code, elapsed)
         self.fields.update(code=code, duration_ms=round(elapsed * 1000, 2))
         level = log_level(self.method, code)
-        logger.log(
-            level,
-            "rpc finished" if level < logging.WARNING else "rpc failed",
-            extra={"fields": self.fields},
-            exc_info=self._error if code == "INTERNAL" else None,
-        )
+        if not logger.isEnabledFor(level):
+            return
+        if self.log_after:
+            # The callback runs in a copy of this context: same correlation id.
+            asyncio.get_running_loop().call_soon(self._log, level, code)
+        else:
+            self._log(level, code)
+
+    def _log(self, level: int, code: str) -> None:
+        message = "rpc finished" if level < logging.WARNING else "rpc failed"
+        if code == "INTERNAL":
+            logger.log(level, message, extra={"fields": self.fields}, exc_info=self._error)
+        else:
+            log.emit(logger, level, message, self.fields)

@@ -8,6 +8,7 @@ exactly what a node refuses, so a client gets the same answer either way.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from gitquorum.errors import InvalidArgument
@@ -30,8 +31,13 @@ def validate_relative(relative: str, what: str = "relative path") -> str:
     return "/".join(parts)
 
 
+@functools.lru_cache(maxsize=4096)
 def validate_repository_path(relative: str, what: str = "repository path") -> str:
-    """A repository's relative path, normalized; also refuses the storage's internal directory."""
+    """A repository's relative path, normalized; also refuses the storage's internal directory.
+
+    Pure, and asked on every call: the answers for busy repositories are kept
+    (a refusal raises, and is never kept).
+    """
     cleaned = validate_relative(relative, what)
     if names_internal_dir(cleaned):
         raise InvalidArgument("relative path names the storage's internal directory")

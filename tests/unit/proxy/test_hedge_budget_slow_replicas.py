@@ -61,13 +61,7 @@ class _Channels:
     def forward_metadata(self, metadata: object, extra: object = ()) -> list[Any]:
         return []
 
-    def channel(self, node: str) -> _Channels:
-        self._node = node
-        return self
-
-    def unary_unary(self, method: str) -> Callable[..., _Call]:
-        node = self._node
-
+    def unary_unary(self, node: str, method: str) -> Callable[..., _Call]:
         def invoke(payload: bytes, metadata: object = None, timeout: object = None) -> _Call:
             self.calls[node] = self.calls.get(node, 0) + 1
 
