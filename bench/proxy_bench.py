@@ -4,7 +4,8 @@ Starts a real cluster (one etcd member, three storage nodes, one proxy: the
 launcher behind ``gitquorum up``, without its HTTP gateway) and measures,
 switching sides every batch so that drift on the machine hits every side alike:
 
-1. unary accessor latency: FindCommit at concurrency 1, p50/p99;
+1. unary accessor latency: FindCommit and RefExists at concurrency 1,
+   p50/p99, and CPU per call of each process;
 2. accessor throughput: FindCommit calls/s at concurrency 16;
 3. clone of a >= 50 MB repository of incompressible blobs over SSHUploadPack,
    driven by a gRPC client with a canned upload-pack request (want every ref,
@@ -28,7 +29,14 @@ outside the cluster's records, so the cluster state stays true.
 
 Each phase also reads the CPU time of the client, hop, proxy and node
 processes from /proc and reports CPU per call: steadier than latency on a
-shared machine. docs/benchmarks.md records results and how to read them.
+shared machine. The bare hop is the floor of the proxy's stack: for each
+accessor the report gives what the proxy adds over direct and over the hop
+(p50, p99) and its CPU per call against the hop's. Background work (health
+checks, lease keep-alives, watches) goes on whether calls come or not: its
+rate is measured over a quiet stretch without calls (``idle_seconds``),
+billed to each side's calls by wall time, reported on its own and left out
+of the "own" CPU per call. docs/benchmarks.md records results and how to
+read them.
 
     python bench/proxy_bench.py            # full run, markdown on stdout (~4 min)
     python bench/proxy_bench.py --quick    # smoke run (< 60 s, small clone)
