@@ -11,7 +11,7 @@ pending jobs and what a write's calls and votes did are inputs.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 
@@ -515,6 +515,9 @@ class Settlement:
     # The up-to-date replicas disagree and no majority holds one checksum:
     # nothing is demoted or repaired, and the record reports the conflict.
     conflict: bool
+    # No majority, but an unfinished write explains the difference: the
+    # replica ``agreed`` names was taken as the reference.
+    reference: str | None = None
 
 
 def settle_mismatch(
@@ -524,6 +527,7 @@ def settle_mismatch(
     *,
     load: Mapping[str, int],
     draining: AbstractSet[str] = frozenset(),
+    unfinished: Sequence[str] = (),
 ) -> Settlement:
     """Settle the checksums of ``record``'s up-to-date replicas by majority.
 
@@ -548,6 +552,15 @@ def settle_mismatch(
       record's ``conflict`` names the up-to-date replicas that answered: an
       operator decides (``accept-dataloss``), or a later check that finds a
       majority settles it.
+    * Unless writes whose outcome is not recorded stand (``unfinished``: the
+      primaries their intents name, ``cluster.intents``): every up-to-date
+      replica still holds every acknowledged write, and they may differ by
+      such a write, which nobody acknowledged; either side is then a correct
+      state. The reference is the first of ``unfinished`` that answered (the
+      replica such a write's outcome rules keep), else the record's primary,
+      else the first by name; those differing from it are demoted and
+      repaired from it as from a majority. What this cannot tell apart: a
+      disk that lost acknowledged writes at the same time (docs/reliability.md).
     * Answers that agree without being a majority (too few answered) decide
       nothing and change nothing.
     """
@@ -558,6 +571,10 @@ def settle_mismatch(
     everyone = bool(voters) and answers.keys() == voters
     if agreed is None and everyone and len(present) == 1:
         (agreed,) = present
+    reference = None
+    if agreed is None and unfinished and len(set(answers.values())) > 1:
+        reference = _reference_replica(record, answers, unfinished)
+        agreed = answers[reference] if reference is not None else None
     if agreed is None:
         disagree = len(set(answers.values())) > 1 or everyone
         conflict = tuple(sorted(answers)) if disagree else record.conflict
@@ -584,7 +601,28 @@ def settle_mismatch(
             continue
         missing = new.replica_generation(node) == MISSING
         found.append(Repair(JobType.CREATE if missing else JobType.UPDATE, node, source))
-    return Settlement(new, new != record, agreed, majority, demoted, tuple(found), conflict=False)
+    return Settlement(
+        new,
+        new != record,
+        agreed,
+        majority,
+        demoted,
+        tuple(found),
+        conflict=False,
+        reference=reference,
+    )
+
+
+def _reference_replica(
+    record: RepositoryRecord, answers: Mapping[str, str | None], unfinished: Sequence[str]
+) -> str | None:
+    """The side taken when an unfinished write explains a mismatch: a replica
+    that exists on disk, preferring the writes' primaries, then the record's."""
+    holders = sorted(node for node, checksum in answers.items() if checksum is not None)
+    for node in (*unfinished, record.primary):
+        if node in holders:
+            return node
+    return holders[0] if holders else None
 
 
 # -- a write whose primary could not be reached ------------------------------------------

@@ -45,6 +45,9 @@ class Case:
     recorded_conflict: tuple[str, ...] = ()
     changed: bool = False
     healthy: frozenset[str] = ALL
+    # Primaries of unfinished writes (intents) standing for the repository.
+    unfinished: tuple[str, ...] = ()
+    reference: str | None = None
 
 
 CASES = {
@@ -177,12 +180,96 @@ CASES = {
         conflict=True,
         recorded_conflict=("n1", "n2"),
     ),
+    # -- an unfinished write explains a difference without a majority ----------
+    "two that differ beside an unfinished write: its primary is the reference": Case(
+        N3_BEHIND,
+        {"n1": "with-write", "n2": "without"},
+        unfinished=("n1",),
+        reference="n1",
+        demoted=frozenset({"n2"}),
+        repairs=(Repair(UPDATE, "n2", "n1"),),
+        changed=True,
+    ),
+    "the unfinished write's primary may be the secondary now": Case(
+        N3_BEHIND,
+        {"n1": "a", "n2": "b"},
+        unfinished=("n2",),
+        reference="n2",
+        demoted=frozenset({"n1"}),
+        primary="n2",
+        repairs=(Repair(UPDATE, "n1", "n2"),),
+        changed=True,
+    ),
+    "a writer's primary that did not answer: the record's primary": Case(
+        N3_BEHIND,
+        {"n1": "a", "n2": "b"},
+        unfinished=("n3",),
+        reference="n1",
+        demoted=frozenset({"n2"}),
+        repairs=(Repair(UPDATE, "n2", "n1"),),
+        changed=True,
+    ),
+    "an unfinished write settles an earlier conflict": Case(
+        replace(TWO, conflict=("n1", "n2")),
+        {"n1": "a", "n2": "b"},
+        unfinished=("n1",),
+        reference="n1",
+        demoted=frozenset({"n2"}),
+        repairs=(Repair(UPDATE, "n2", "n1"),),
+        changed=True,
+    ),
+    "a missing writer's primary is never the reference": Case(
+        THREE,
+        {"n1": None, "n2": "a", "n3": "b"},
+        unfinished=("n1",),
+        reference="n2",
+        demoted=frozenset({"n1", "n3"}),
+        primary="n2",
+        repairs=(Repair(UPDATE, "n1", "n2"), Repair(UPDATE, "n3", "n2")),
+        changed=True,
+    ),
+    "three all different with an unfinished write: one reference": Case(
+        THREE,
+        {"n1": "a", "n2": "b", "n3": "c"},
+        unfinished=("n2",),
+        reference="n2",
+        demoted=frozenset({"n1", "n3"}),
+        primary="n2",
+        repairs=(Repair(UPDATE, "n1", "n2"), Repair(UPDATE, "n3", "n2")),
+        changed=True,
+    ),
+    "a majority still decides with an unfinished write standing": Case(
+        THREE,
+        {"n1": "a", "n2": "b", "n3": "b"},
+        unfinished=("n1",),
+        demoted=frozenset({"n1"}),
+        primary="n2",
+        repairs=(Repair(UPDATE, "n1", "n2"),),
+        changed=True,
+    ),
+    "agreeing replicas with an unfinished write standing: nothing to do": Case(
+        N3_BEHIND, {"n1": "a", "n2": "a"}, unfinished=("n1",)
+    ),
+    "one answer with an unfinished write standing decides nothing": Case(
+        THREE, {"n2": "a"}, unfinished=("n1",)
+    ),
+    "every replica missing with an unfinished write: still a conflict": Case(
+        TWO,
+        {"n1": None, "n2": None},
+        unfinished=("n1",),
+        conflict=True,
+        recorded_conflict=("n1", "n2"),
+        changed=True,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_settle_mismatch(case: Case) -> None:
-    settled = settle_mismatch(case.record, case.checksums, case.healthy, load={"n1": 2})
+    settled = settle_mismatch(
+        case.record, case.checksums, case.healthy, load={"n1": 2}, unfinished=case.unfinished
+    )
+    assert settled.reference == case.reference
     assert settled.demoted == case.demoted
     assert settled.record.primary == case.primary
     assert settled.repairs == case.repairs
