@@ -16,6 +16,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 
 from gitquorum.cluster.errors import WriteToOutdatedReplicas
+from gitquorum.cluster.intents import StoredIntent
 from gitquorum.cluster.queue import JobState, JobType, ReplicationJob
 from gitquorum.cluster.repositories import MISSING, RepositoryRecord
 
@@ -232,6 +233,9 @@ class VoteTally:
     # Every decided vote was the zero vote: no reference moved anywhere.
     changed_nothing: bool
     voters: Mapping[str, VoterTally]
+    # The write's intent could not be recorded before its first COMMIT
+    # (``cluster.intents``): every voter was told ABORT, nothing applied.
+    refused_commit: bool = False
 
     @property
     def had_votes(self) -> bool:
@@ -299,6 +303,9 @@ def write_outcome(write: WriteState) -> WriteResult:
         # Every ref change on a node is voted on: no vote (or only the
         # closing zero vote) means nothing changed.
         return WriteResult(frozenset(), frozenset(), "no-votes")
+    if votes.refused_commit and votes.decided == 0:
+        # No COMMIT that changes a reference went out: nothing applied anywhere.
+        return WriteResult(frozenset(), frozenset(), "intent-not-recorded")
     committed = votes.committed_nodes()
     secondaries = frozenset(write.secondaries)
     if write.primary not in committed:
@@ -552,15 +559,18 @@ def settle_mismatch(
       record's ``conflict`` names the up-to-date replicas that answered: an
       operator decides (``accept-dataloss``), or a later check that finds a
       majority settles it.
-    * Unless writes whose outcome is not recorded stand (``unfinished``: the
-      primaries their intents name, ``cluster.intents``): every up-to-date
-      replica still holds every acknowledged write, and they may differ by
-      such a write, which nobody acknowledged; either side is then a correct
-      state. The reference is the first of ``unfinished`` that answered (the
+    * Unless writes whose outcome is not recorded explain the difference
+      (``unfinished``: the primaries of the intents ``explaining_writes``
+      keeps, ``cluster.intents``), every up-to-date replica answered, and
+      there are at most ``len(unfinished) + 1`` different answers: every
+      up-to-date replica still holds every acknowledged write, and they differ
+      by writes nobody acknowledged; either side is then a correct state. The
+      reference is the first of ``unfinished`` that exists on disk (the
       replica such a write's outcome rules keep), else the record's primary,
       else the first by name; those differing from it are demoted and
       repaired from it as from a majority. What this cannot tell apart: a
-      disk that lost acknowledged writes at the same time (docs/reliability.md).
+      disk that lost acknowledged writes while such a write stood
+      (docs/failover.md "Unfinished writes").
     * Answers that agree without being a majority (too few answered) decide
       nothing and change nothing.
     """
@@ -572,7 +582,11 @@ def settle_mismatch(
     if agreed is None and everyone and len(present) == 1:
         (agreed,) = present
     reference = None
-    if agreed is None and unfinished and len(set(answers.values())) > 1:
+    # Every up-to-date replica answered (a silent one may hold what the others
+    # lost), and the writes can account for the states seen: each one is
+    # applied or not, so n of them explain at most n + 1 different replicas.
+    states = len(set(answers.values()))
+    if agreed is None and everyone and 1 < states <= len(unfinished) + 1:
         reference = _reference_replica(record, answers, unfinished)
         agreed = answers[reference] if reference is not None else None
     if agreed is None:
@@ -611,6 +625,23 @@ def settle_mismatch(
         conflict=False,
         reference=reference,
     )
+
+
+def explaining_writes(
+    intents: Sequence[StoredIntent],
+    answered: AbstractSet[str],
+    members: Mapping[str, float],
+) -> tuple[str, ...]:
+    """The primaries of the intents that may explain a mismatch between the
+    ``answered`` replicas, newest first: writes that are over (finished by
+    their finalizer, or their proxy incarnation is not among ``members``,
+    name -> incarnation; a write still in flight is its own proxy's to
+    account for) and that went to every replica that answered (a write can
+    only explain a difference on replicas it was sent to)."""
+    over = [
+        i for i in intents if i.is_evidence(members) and answered <= i.participants and i.primary
+    ]
+    return tuple(i.primary for i in sorted(over, key=lambda i: i.create_revision, reverse=True))
 
 
 def _reference_replica(

@@ -12,19 +12,22 @@ and would leave the repository for an operator.
 So before the first COMMIT of a write that changes references goes out, its
 proxy puts an *intent* (no lease: it outlives the proxy). The finalizer
 removes it in the same txn as the outcome when the outcome accounts for every
-replica, and leaves it otherwise. While one stands, every up-to-date replica
-still holds every acknowledged write (the outcome rules guarantee it), and a
-difference between them can be that write: the verifier may then take one
-side (``decisions.settle_mismatch``) without an operator, and removes the
-intent with its verdict.
+replica, and marks it finished otherwise. An intent is *evidence* for the
+verifier only once its write can no longer be finished by its own proxy: the
+finalizer marked it, or that proxy incarnation is no longer a member (dead,
+or paused past its lease). The verifier may then take one side of a mismatch
+its participants explain (``decisions.settle_mismatch``) without an operator,
+and removes the intent with its verdict.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
+from gitquorum.cluster.election import FencingToken, fenced_txn
+from gitquorum.cluster.errors import FailedPrecondition
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.store import Compare, KeyValue, Op, Store
 
@@ -37,25 +40,32 @@ class WriteIntent:
     repository_id: int
     intent_id: str  # unique per write (random)
     proxy: str
+    # The writing proxy's membership ``started_at``: its incarnation. While a
+    # member with this name and incarnation lives, the write may still be
+    # finishing and its own finalizer will account for it.
+    incarnation: float
     generation: int  # the repository's generation the write was routed at
     primary: str  # the write's primary: the reference its outcome rules keep
     participants: tuple[str, ...]
+    # Put again by a finalizer whose outcome left replicas unaccounted for.
+    finished: bool = False
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "proxy": self.proxy,
-                "generation": self.generation,
-                "primary": self.primary,
-                "participants": list(self.participants),
-            },
-            sort_keys=True,
-        ).encode()
+        value: dict[str, object] = {
+            "proxy": self.proxy,
+            "incarnation": self.incarnation,
+            "generation": self.generation,
+            "primary": self.primary,
+            "participants": list(self.participants),
+        }
+        if self.finished:
+            value["finished"] = True
+        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True, slots=True)
 class StoredIntent:
-    """An intent as read back: its key, when it was put, and what it says."""
+    """An intent as read back: its key, its revisions, and what it says."""
 
     key: str
     create_revision: int
@@ -63,11 +73,18 @@ class StoredIntent:
     primary: str
     generation: int
     proxy: str
+    incarnation: float
+    participants: frozenset[str]
+    finished: bool
+
+    def is_evidence(self, members: Mapping[str, float]) -> bool:
+        """Whether its write is over: finished by its finalizer, or its proxy
+        incarnation is gone (``members``: live proxy -> incarnation)."""
+        return self.finished or members.get(self.proxy) != self.incarnation
 
 
 def decode_intent(kv: KeyValue) -> StoredIntent | None:
-    """The intent ``kv`` holds; None for a value this version cannot read (it
-    is still an unfinished write: the caller counts it, with no primary)."""
+    """The intent ``kv`` holds; None for a value this version cannot read."""
     try:
         data = json.loads(kv.value)
         return StoredIntent(
@@ -77,6 +94,9 @@ def decode_intent(kv: KeyValue) -> StoredIntent | None:
             str(data["primary"]),
             int(data["generation"]),
             str(data["proxy"]),
+            float(data.get("incarnation", 0.0)),
+            frozenset(str(n) for n in data["participants"]),
+            bool(data.get("finished", False)),
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -91,11 +111,20 @@ class IntentStore:
         return self.keys.intent(intent.virtual_storage, intent.repository_id, intent.intent_id)
 
     async def put(self, intent: WriteIntent) -> None:
-        await self.store.put(self.key(intent), intent.encode())
+        """Put ``intent`` while its repository exists (a write racing the
+        repository's removal would leave an intent nobody ever removes)."""
+        record = self.keys.repository(intent.virtual_storage, intent.repository_id)
+        result = await self.store.txn(
+            [Compare.version(record, 0, ">")], [Op.put(self.key(intent), intent.encode())]
+        )
+        if not result.succeeded:
+            raise FailedPrecondition(f"repository {intent.repository_id} was removed")
 
     def keep_op(self, intent: WriteIntent) -> Op:
-        """Put again in an outcome's txn: the verifier may have removed it meanwhile."""
-        return Op.put(self.key(intent), intent.encode())
+        """For an outcome's txn: the write is over but replicas it names were
+        left up to date; put again (marked finished), even if the verifier
+        removed it meanwhile: what the replicas hold changed since."""
+        return Op.put(self.key(intent), replace(intent, finished=True).encode())
 
     def forget_op(self, intent: WriteIntent) -> Op:
         return Op.delete(self.key(intent))
@@ -104,25 +133,20 @@ class IntentStore:
         await self.store.delete(self.key(intent))
 
     async def of_repository(self, virtual_storage: str, repository_id: int) -> list[StoredIntent]:
+        """Its intents; one this version cannot read is left out (and never removed)."""
         result = await self.store.get_prefix(self.keys.intents(virtual_storage, repository_id))
-        found = []
-        for kv in result.kvs:
-            intent = decode_intent(kv)
-            found.append(
-                intent or StoredIntent(kv.key, kv.create_revision, kv.mod_revision, "", 0, "")
-            )
-        return found
+        return [i for i in map(decode_intent, result.kvs) if i is not None]
 
     def forget_ops(self, intents: Sequence[StoredIntent]) -> tuple[Op, ...]:
         return tuple(Op.delete(i.key) for i in intents)
 
-    async def forget_unchanged(self, intent: StoredIntent) -> bool:
-        """Remove ``intent`` unless it was put again since it was read (an
-        outcome that keeps it puts it again: that newer word stands)."""
-        result = await self.store.txn(
-            [Compare.mod_revision(intent.key, intent.mod_revision)], [Op.delete(intent.key)]
+    async def forget_unchanged(self, intent: StoredIntent, fence: FencingToken) -> bool:
+        """Remove ``intent`` (the leader's verifier, fenced) unless it was put
+        again since it was read: that newer word stands."""
+        result = await fenced_txn(
+            self.store,
+            fence,
+            [Compare.mod_revision(intent.key, intent.mod_revision)],
+            [Op.delete(intent.key)],
         )
         return result.succeeded
-
-    def forget_repository_op(self, virtual_storage: str, repository_id: int) -> Op:
-        return Op.delete(self.keys.intents(virtual_storage, repository_id), prefix=True)

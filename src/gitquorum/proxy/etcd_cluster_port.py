@@ -72,10 +72,12 @@ class EtcdClusterPort:
         history: History | None = None,
         intents: IntentStore | None = None,
         proxy_name: str = "",
+        incarnation: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.history = history
         self.intents = intents
         self.proxy_name = proxy_name
+        self.incarnation = incarnation
         self._nodes = {vs: list(members) for vs, members in nodes.items()}
         self._replication_factors = dict(replication_factors)
         self.repositories = repositories
@@ -277,6 +279,7 @@ class EtcdClusterPort:
             route.repository_id,
             secrets.token_hex(8),
             self.proxy_name,
+            self.incarnation(),
             route.generation,
             route.primary,
             tuple(route.participants),

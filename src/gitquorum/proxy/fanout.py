@@ -456,8 +456,9 @@ class _Write:
 def _tally(tx: Transaction) -> VoteTally:
     return VoteTally(
         subtransactions=len(tx.subtransactions),
-        decided=sum(1 for sub in tx.subtransactions if sub.winner is not None),
+        decided=tx.decided,
         changed_nothing=tx.changed_nothing,
+        refused_commit=tx.gate_failed,
         voters={
             node: VoterTally(
                 committed=state.committed,

@@ -434,8 +434,14 @@ class ProxyServer(Assembled):
             history=views.history,
             intents=views.intents,
             proxy_name=config.name,
+            incarnation=self._incarnation,
         )
         return self.port_api
+
+    def _incarnation(self) -> float:
+        """This process's membership ``started_at``, as other proxies read it."""
+        membership = self.membership
+        return round(membership.started_at, 3) if membership is not None else 0.0
 
     def _add_services(
         self,
@@ -545,6 +551,7 @@ class ProxyServer(Assembled):
             paused=views.operator.paused,
             interval=config.verify_interval,
             intents=views.intents,
+            members=views.health.incarnations,
         )
         election.run_while_leader("verifier", self.verifier.run)
         # A node the consensus turns unhealthy stops holding up in-flight writes: they

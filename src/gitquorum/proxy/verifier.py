@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import grpc
@@ -42,6 +42,7 @@ from gitquorum import log
 from gitquorum.cluster.clock_rules import verification_due
 from gitquorum.cluster.decisions import (
     Settlement,
+    explaining_writes,
     primary_load,
     settle_mismatch,
     up_to_date_replicas,
@@ -165,6 +166,7 @@ class Verifier:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         intents: IntentStore | None = None,
         intent_grace: float = INTENT_GRACE,
+        members: Callable[[], Mapping[str, float]] = dict,
     ) -> None:
         self.repositories = repositories
         self.cache = cache
@@ -184,6 +186,8 @@ class Verifier:
         self.passes = 0
         self.intents = intents
         self.intent_grace = intent_grace
+        # Live proxies and their incarnations: whose writes may still finish.
+        self.members = members
         # When this verifier first saw each standing intent (its monotonic
         # clock: a writer's wall clock may be skewed).
         self._intents_seen: dict[str, float] = {}
@@ -261,14 +265,13 @@ class Verifier:
         self, record: RepositoryRecord, checksums: Checksums, standing: Sequence[StoredIntent]
     ) -> Settlement:
         vs = record.virtual_storage
-        newest_first = sorted(standing, key=lambda i: i.create_revision, reverse=True)
         return settle_mismatch(
             record,
             checksums,
             self.healthy(vs),
             load=primary_load(self.cache.records(vs)),
             draining=self.draining(vs),
-            unfinished=tuple(i.primary for i in newest_first),
+            unfinished=explaining_writes(standing, frozenset(checksums), self.members()),
         )
 
     async def _standing(self, record: RepositoryRecord) -> list[StoredIntent]:
@@ -278,7 +281,9 @@ class Verifier:
             return []
         return await self.intents.of_repository(record.virtual_storage, record.repository_id)
 
-    async def _forget_finished(self, standing: Sequence[StoredIntent], agreed: bool) -> None:
+    async def _forget_finished(
+        self, standing: Sequence[StoredIntent], agreed: bool, fence: FencingToken
+    ) -> None:
         """Remove intents the replicas no longer differ by. A write still in
         flight may not have committed anywhere yet, so an intent goes only once
         every up-to-date replica agreed after it had stood ``intent_grace``
@@ -290,7 +295,7 @@ class Verifier:
         for intent in standing:
             first = self._intents_seen.setdefault(intent.key, now)
             if agreed and now - first >= self.intent_grace:
-                await self.intents.forget_unchanged(intent)
+                await self.intents.forget_unchanged(intent, fence)
                 self._intents_seen.pop(intent.key, None)
         if len(self._intents_seen) > MAX_SEEN_INTENTS:
             # Intents removed by their finalizers are never seen again here.
@@ -333,7 +338,7 @@ class Verifier:
         elif standing:
             everyone = set(first) == set(up_to_date_replicas(record))
             agreed = everyone and len(set(first.values())) == 1
-            await self._forget_finished(standing, agreed)
+            await self._forget_finished(standing, agreed, fence)
         for node in due:
             await self.verification.record(vs, rid, node)
         return True

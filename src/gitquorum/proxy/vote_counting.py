@@ -82,6 +82,7 @@ class Transaction:
         # voter is told ABORT and nothing is applied.
         self._before_commit = before_commit
         self._gate: asyncio.Future[None] | None = None
+        self.gate_failed = False
         # Per-transaction secret the nodes use to authenticate their votes.
         self.token = secrets.token_hex(16)
         self.voters = {v.node: VoterState(v) for v in voters}
@@ -175,10 +176,24 @@ class Transaction:
             await asyncio.shield(self._gate)
         except Exception:
             # No COMMIT went out: the decision is taken back, nothing applies.
+            self.gate_failed = True
             sub.winner = None
             sub.failed = True
             return False
         return True
+
+    @property
+    def decided(self) -> int:
+        """Subtransactions decided for the nodes: a winner whose COMMIT may have
+        gone out (not one still waiting on, or refused by, the gate)."""
+        gate_open = (
+            self._before_commit is None or (self._gate is not None and self._gate.done())
+        ) and not self.gate_failed
+        return sum(
+            1
+            for sub in self.subtransactions
+            if sub.winner is not None and (sub.winner == ZERO_HASH or gate_open)
+        )
 
     def cancel_voter(self, node: str) -> None:
         """A voter whose stream failed: it can no longer help reach quorum."""

@@ -11,21 +11,32 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
 from gitquorum.cluster.clock import ManualClock
+from gitquorum.cluster.errors import FailedPrecondition, NotLeader
 from gitquorum.cluster.intents import IntentStore, WriteIntent
 from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.queue import ReplicationQueue
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
 from gitquorum.proxy.verifier import VerificationStore, Verifier
-from tests.unit.proxy.test_verifier import KEYS, VS, FakeChecksums, Leadership, Parts, generations
+from tests.unit.proxy.test_verifier import (
+    KEYS,
+    VS,
+    FakeChecksums,
+    Leadership,
+    Parts,
+    generations,
+)
 
 NODES = ("n1", "n2", "n3")
 
 
-async def _build(grace: float = 120.0) -> tuple[Parts, IntentStore]:
+async def _build(
+    grace: float = 120.0, members: dict[str, float] | None = None
+) -> tuple[Parts, IntentStore]:
     store = MemoryStore(ManualClock())
     repos = RepositoryStore(store, KEYS, rng=random.Random(1))
     record = await repos.create(VS, "a.git", nodes=NODES, healthy=set(NODES))
@@ -52,6 +63,7 @@ async def _build(grace: float = 120.0) -> tuple[Parts, IntentStore]:
         recheck_delay=0.0,
         intents=intents,
         intent_grace=grace,
+        members=lambda: members or {},
     )
     return Parts(store, repos, cache, queue, checksums, leadership, verifier, record), intents
 
@@ -65,7 +77,7 @@ async def built() -> AsyncIterator[tuple[Parts, IntentStore]]:
 
 def _intent(parts: Parts, primary: str = "n1", intent_id: str = "w1") -> WriteIntent:
     return WriteIntent(
-        VS, parts.record.repository_id, intent_id, "proxy-a", 2, primary, ("n1", "n2")
+        VS, parts.record.repository_id, intent_id, "proxy-a", 5.0, 2, primary, ("n1", "n2")
     )
 
 
@@ -113,6 +125,43 @@ async def test_the_reference_follows_the_writes_primary_even_if_it_is_not_primar
     assert after.primary == "n2"
 
 
+async def test_a_write_its_live_proxy_may_still_finish_settles_nothing() -> None:
+    parts, intents = await _build(members={"proxy-a": 5.0})
+    try:
+        await intents.put(_intent(parts))
+        parts.checksums.values["n2"] = "without the write"
+        await parts.verifier.verify_once(force=True)
+        after = await parts.get()
+        assert after.conflict == ("n1", "n2") and not await parts.jobs()
+        assert len(await _standing(parts, intents)) == 1
+    finally:
+        await parts.cache.close()
+
+
+async def test_a_finished_intent_of_a_live_proxy_settles() -> None:
+    parts, intents = await _build(members={"proxy-a": 5.0})
+    try:
+        intent = _intent(parts)
+        await parts.store.put(intents.key(intent), replace(intent, finished=True).encode())
+        parts.checksums.values["n2"] = "without the write"
+        await parts.verifier.verify_once(force=True)
+        after = await parts.get()
+        assert after.conflict == () and generations(after)["n2"] == 1
+        assert await _standing(parts, intents) == []
+    finally:
+        await parts.cache.close()
+
+
+async def test_an_intent_is_not_put_for_a_removed_repository(
+    built: tuple[Parts, IntentStore],
+) -> None:
+    parts, intents = built
+    await parts.repos.delete(VS, parts.record.repository_id)
+    with pytest.raises(FailedPrecondition):
+        await intents.put(_intent(parts))
+    assert await _standing(parts, intents) == []
+
+
 async def test_a_deposed_leader_settles_nothing_and_keeps_the_intent(
     built: tuple[Parts, IntentStore],
 ) -> None:
@@ -136,6 +185,20 @@ async def test_intents_go_once_the_replicas_agree_after_the_grace() -> None:
         await parts.cache.close()
 
 
+async def test_a_deposed_leader_removes_no_intent() -> None:
+    parts, intents = await _build(grace=0.0)
+    try:
+        await intents.put(_intent(parts))
+        (stored,) = await intents.of_repository(VS, parts.record.repository_id)
+        fence = parts.leadership.current("p1")()
+        await parts.leadership.depose()
+        with pytest.raises(NotLeader):
+            await intents.forget_unchanged(stored, fence)
+        assert len(await _standing(parts, intents)) == 1
+    finally:
+        await parts.cache.close()
+
+
 async def test_intents_stay_while_the_replicas_disagree_or_within_the_grace(
     built: tuple[Parts, IntentStore],
 ) -> None:
@@ -154,7 +217,8 @@ async def test_an_intent_put_again_after_it_was_read_is_not_removed() -> None:
         (stored,) = await intents.of_repository(VS, parts.record.repository_id)
         # The write's finalizer keeps it (put again) between the read and the removal.
         await parts.store.put(intents.key(intent), intent.encode())
-        assert not await intents.forget_unchanged(stored)
+        fence = parts.leadership.current("p1")()
+        assert not await intents.forget_unchanged(stored, fence)
         assert len(await _standing(parts, intents)) == 1
     finally:
         await parts.cache.close()

@@ -193,3 +193,15 @@ async def test_a_voter_hanging_up_does_not_cancel_the_gate_for_the_others() -> N
     gate.release.set()
     assert await asyncio.wait_for(secondary, 2) is Outcome.COMMIT
     assert gate.calls == 1
+
+
+async def test_a_subtransaction_waiting_on_the_gate_is_not_decided_for_the_nodes() -> None:
+    gate = Gate()
+    tx = TransactionManager(vote_timeout=5).register("p", ["s1"], gate)
+    vote = asyncio.ensure_future(tx.vote("p", A))
+    await asyncio.sleep(0.05)
+    assert tx.subtransactions[0].winner == A and tx.decided == 0
+    gate.error = RuntimeError("etcd unavailable")
+    gate.release.set()
+    assert await asyncio.wait_for(vote, 2) is Outcome.ABORT
+    assert tx.gate_failed and tx.decided == 0
