@@ -55,11 +55,12 @@ STUCK = "stuck-repository"
 NOT_CONVERGED = "not-converged"
 REPAIR = "repair-of-up-to-date-replica"
 UNAVAILABLE_READ = "failed-read-while-available"
-# Not a violation, counted and reported: two up-to-date replicas that differ
-# only by writes whose clients were told "outcome unknown" (a client hung up,
-# a proxy died or stopped mid-write), with no third up-to-date replica to make
-# a majority: the verifier refuses to pick a side and the repository waits for
-# an operator (docs/reliability.md, "Not guaranteed").
+# A repository left unconverged by a verifier conflict between replicas that
+# differ only by writes whose clients were told "outcome unknown" (a client
+# hung up, a proxy died or stopped mid-write): the unfinished write's intent
+# lets the verifier settle that (docs/failover.md, "Unfinished writes"), so it
+# is a violation of its own, named apart from ``not-converged`` because the
+# replicas lost nothing acknowledged.
 KNOWN_CONFLICT = "conflict-after-abandoned-write"
 # The during-run check ran less than half as often as it should: the run saw too
 # little to vouch for anything.

@@ -495,13 +495,12 @@ class FaultRun:
         )
         known = await asyncio.to_thread(self._known_conflicts, left, repairs)
         now = time.monotonic()
-        for repo in sorted(known):
-            print(f"{checker.KNOWN_CONFLICT} (counted, not a violation): {repo}", flush=True)
         self._violation(
             [
-                Violation(checker.NOT_CONVERGED, r, "assigned replicas differ or lag", now)
+                Violation(checker.KNOWN_CONFLICT, r, "verifier conflict of unknown writes", now)
+                if r in known
+                else Violation(checker.NOT_CONVERGED, r, "assigned replicas differ or lag", now)
                 for r in left
-                if r not in known
             ]
         )
         # Unconverged repositories are checked only when a known conflict is why.
