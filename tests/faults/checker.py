@@ -441,6 +441,11 @@ def check_failed_reads(
 
 DEMOTED = "verification failed: replicas differing from the majority demoted"
 NO_MAJORITY = "replicas disagree with no majority: nothing repaired, see gitquorum dataloss"
+# The verifier took a side because writes nobody acknowledged explain the
+# difference (docs/failover.md "Unfinished writes"): counted with the repairs,
+# not a violation — the side taken holds every acknowledged write, which the
+# lost-write and up-to-date-missing-write checks hold it to.
+SETTLED = "replicas differing by an unfinished write settled"
 
 
 @dataclass(frozen=True)
@@ -450,6 +455,7 @@ class Repair:
     at: float  # monotonic
     conflict: bool
     proxy: str = ""  # whose log (its file's stem)
+    unfinished: bool = False  # settled on an unfinished write's intent (``SETTLED``)
 
 
 def unskew(repairs: Sequence[Repair], faults: Sequence[Fault]) -> list[Repair]:
@@ -481,7 +487,7 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
         except OSError:
             continue
         for line in lines:
-            if DEMOTED not in line and NO_MAJORITY not in line:
+            if DEMOTED not in line and NO_MAJORITY not in line and SETTLED not in line:
                 continue
             try:
                 entry = json.loads(line)
@@ -502,6 +508,7 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
                     wall - wall_to_monotonic,
                     conflict,
                     path.stem,
+                    unfinished=entry.get("msg") == SETTLED,
                 )
             )
     return repairs
@@ -537,6 +544,8 @@ def abandoned_only(
 def check_repairs(repairs: Sequence[Repair], faults: Sequence[Fault]) -> list[Violation]:
     problems: list[Violation] = []
     for repair in repairs:
+        if repair.unfinished:
+            continue
         for node in repair.nodes:
             exempt = any(
                 node in f.disk_nodes

@@ -524,6 +524,7 @@ class FaultRun:
             "cross_proxy_lag_reads": reads.cross_proxy_lag,
             "stale_reads_from_restored_replicas": reads.from_restored_replica,
             "verifier_repairs": sum(len(r.nodes) for r in repairs),
+            "unfinished_write_settlements": sum(1 for r in repairs if r.unfinished),
             "known_conflicts_after_abandoned_writes": sorted(known),
             "converged_within_s": round(time.monotonic() - ended, 1),
             "reads_before_faults": self._latency(0.0, first),
