@@ -562,7 +562,8 @@ def settle_mismatch(
     * Unless writes whose outcome is not recorded explain the difference
       (``unfinished``: the primaries of the intents ``explaining_writes``
       keeps, ``cluster.intents``), every up-to-date replica answered, and
-      there are at most ``len(unfinished) + 1`` different answers: every
+      there are at most ``len(unfinished) + 1`` different checksums (a
+      missing replica is none: it is recreated from the reference): every
       up-to-date replica still holds every acknowledged write, and they differ
       by writes nobody acknowledged; either side is then a correct state. The
       reference is the first of ``unfinished`` that exists on disk (the
@@ -585,8 +586,15 @@ def settle_mismatch(
     # Every up-to-date replica answered (a silent one may hold what the others
     # lost), and the writes can account for the states seen: each one is
     # applied or not, so n of them explain at most n + 1 different replicas.
-    states = len(set(answers.values()))
-    if agreed is None and everyone and 1 < states <= len(unfinished) + 1:
+    # A replica missing on disk is no state to explain: it holds nothing a
+    # repair could destroy (a wiped disk beside an unfinished write).
+    states = len({c for c in answers.values() if c is not None})
+    if (
+        agreed is None
+        and everyone
+        and len(set(answers.values())) > 1
+        and 0 < states <= len(unfinished) + 1
+    ):
         reference = _reference_replica(record, answers, unfinished)
         agreed = answers[reference] if reference is not None else None
     if agreed is None:

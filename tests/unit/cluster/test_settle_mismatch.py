@@ -235,6 +235,15 @@ CASES = {
         repairs=(Repair(UPDATE, "n1", "n3"), Repair(UPDATE, "n2", "n3")),
         changed=True,
     ),
+    "a wiped replica beside two that differ by an unfinished write": Case(
+        THREE,
+        {"n1": "with-write", "n2": "without", "n3": None},
+        unfinished=("n1",),
+        reference="n1",
+        demoted=frozenset({"n2", "n3"}),
+        repairs=(Repair(UPDATE, "n2", "n1"), Repair(UPDATE, "n3", "n1")),
+        changed=True,
+    ),
     "three all different, one unfinished write explains at most two: conflict": Case(
         THREE,
         {"n1": "a", "n2": "b", "n3": "c"},
