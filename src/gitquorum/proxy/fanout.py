@@ -138,7 +138,7 @@ class Fanout:
                     self.vote_address
                     if "://" in self.vote_address
                     else f"tcp://{self.vote_address}",
-                    tx.token,
+                    tx.voter_token(node),
                 )
             )
         return self.channels.forward_metadata(incoming, extra)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
+import hmac
 import itertools
 import secrets
 from collections.abc import Awaitable, Callable
@@ -98,6 +100,12 @@ class Transaction:
         # answered, the fan-out drops them instead of waiting ``write_timeout``.
         self.lost_secondaries: set[str] = set()
         self.secondary_lost = asyncio.Event()
+
+    def voter_token(self, node: str) -> str:
+        """The secret only ``node`` is told (in its transaction metadata) and
+        signs its votes with: a node can vote as itself only, not as another
+        voter of the transaction."""
+        return hmac.new(self.token.encode(), node.encode(), hashlib.sha256).hexdigest()[:32]
 
     def _sub(self, index: int) -> _Subtransaction:
         while len(self.subtransactions) <= index:
