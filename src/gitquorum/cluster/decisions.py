@@ -652,6 +652,15 @@ def explaining_writes(
     return tuple(i.primary for i in sorted(over, key=lambda i: i.create_revision, reverse=True))
 
 
+def write_in_flight(intents: Sequence[StoredIntent], members: Mapping[str, float]) -> bool:
+    """Whether a write of the repository may still be committing: an intent
+    its live proxy has not finished. Replicas differ for a moment while its
+    COMMITs land (longer when one of its replicas is cut off and its proxy
+    waits out ``write_timeout`` before recording the outcome), so no verdict
+    is taken on checksums read meanwhile."""
+    return any(not i.is_evidence(members) for i in intents)
+
+
 def _reference_replica(
     record: RepositoryRecord, answers: Mapping[str, str | None], unfinished: Sequence[str]
 ) -> str | None:

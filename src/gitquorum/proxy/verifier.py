@@ -46,6 +46,7 @@ from gitquorum.cluster.decisions import (
     primary_load,
     settle_mismatch,
     up_to_date_replicas,
+    write_in_flight,
 )
 from gitquorum.cluster.election import FencingToken
 from gitquorum.cluster.errors import Conflict, NotLeader
@@ -315,6 +316,14 @@ class Verifier:
         standing = await self._standing(record)
         first = await self._round(record, voters)
         settled = self._settle(record, first, standing)
+        if (settled.demoted or settled.conflict) and write_in_flight(standing, self.members()):
+            # Its outcome will say who holds it; a verdict now would demote a
+            # replica its COMMIT has not reached yet, or mark a conflict.
+            logger.info(
+                "a write is in flight; checking again later",
+                extra=log.fields(repository_id=rid),
+            )
+            return False
         if settled.changed and (settled.demoted or settled.conflict):
             # Read again: a write between its commit and its outcome changes
             # the checksums of its replicas within milliseconds.

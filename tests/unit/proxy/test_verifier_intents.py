@@ -35,7 +35,7 @@ NODES = ("n1", "n2", "n3")
 
 
 async def _build(
-    grace: float = 120.0, members: dict[str, float] | None = None
+    grace: float = 120.0, members: dict[str, float] | None = None, third_outdated: bool = True
 ) -> tuple[Parts, IntentStore]:
     store = MemoryStore(ManualClock())
     repos = RepositoryStore(store, KEYS, rng=random.Random(1))
@@ -43,7 +43,8 @@ async def _build(
     record = await repos.set_primary(VS, record.repository_id, "n1")
     record = await repos.increment_generation(VS, record.repository_id, NODES)
     # n3 missed a write: only n1 and n2 are up to date.
-    record = await repos.increment_generation(VS, record.repository_id, ("n1", "n2"))
+    moved = ("n1", "n2") if third_outdated else NODES
+    record = await repos.increment_generation(VS, record.repository_id, moved)
     cache = RepositoryCache(store, KEYS)
     await cache.start()
     await cache.wait_for_revision(record.revision)
@@ -131,8 +132,8 @@ async def test_a_write_its_live_proxy_may_still_finish_settles_nothing() -> None
         await intents.put(_intent(parts))
         parts.checksums.values["n2"] = "without the write"
         await parts.verifier.verify_once(force=True)
-        after = await parts.get()
-        assert after.conflict == ("n1", "n2") and not await parts.jobs()
+        # Its proxy will record the outcome: no verdict, not even a conflict.
+        assert await parts.get() == parts.record and not await parts.jobs()
         assert len(await _standing(parts, intents)) == 1
     finally:
         await parts.cache.close()
@@ -220,5 +221,24 @@ async def test_an_intent_put_again_after_it_was_read_is_not_removed() -> None:
         fence = parts.leadership.current("p1")()
         assert not await intents.forget_unchanged(stored, fence)
         assert len(await _standing(parts, intents)) == 1
+    finally:
+        await parts.cache.close()
+
+
+async def test_no_verdict_while_a_write_is_in_flight_then_the_majority_decides() -> None:
+    # Three up-to-date replicas; a write through a live proxy has committed on
+    # n1 and n2 and not yet reached n3 (its proxy waits for n3's leg).
+    members = {"proxy-a": 5.0}
+    parts, intents = await _build(members=members, third_outdated=False)
+    try:
+        await intents.put(_intent(parts))
+        parts.checksums.values["n3"] = "not reached yet"
+        await parts.verifier.verify_once(force=True)
+        assert await parts.get() == parts.record, "a replica demoted for a write in flight"
+        # The proxy is gone (its outcome never came): the majority decides.
+        members.clear()
+        await parts.verifier.verify_once(force=True)
+        after = await parts.get()
+        assert generations(after)["n3"] == 1 and generations(after)["n1"] == 2
     finally:
         await parts.cache.close()
