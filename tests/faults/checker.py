@@ -55,11 +55,12 @@ STUCK = "stuck-repository"
 NOT_CONVERGED = "not-converged"
 REPAIR = "repair-of-up-to-date-replica"
 UNAVAILABLE_READ = "failed-read-while-available"
-# Not a violation, counted and reported: two up-to-date replicas that differ
-# only by writes whose clients were told "outcome unknown" (a client hung up,
-# a proxy died or stopped mid-write), with no third up-to-date replica to make
-# a majority: the verifier refuses to pick a side and the repository waits for
-# an operator (docs/reliability.md, "Not guaranteed").
+# A repository left unconverged by a verifier conflict between replicas that
+# differ only by writes whose clients were told "outcome unknown" (a client
+# hung up, a proxy died or stopped mid-write): the unfinished write's intent
+# lets the verifier settle that (docs/failover.md, "Unfinished writes"), so it
+# is a violation of its own, named apart from ``not-converged`` because the
+# replicas lost nothing acknowledged.
 KNOWN_CONFLICT = "conflict-after-abandoned-write"
 # The during-run check ran less than half as often as it should: the run saw too
 # little to vouch for anything.
@@ -440,6 +441,11 @@ def check_failed_reads(
 
 DEMOTED = "verification failed: replicas differing from the majority demoted"
 NO_MAJORITY = "replicas disagree with no majority: nothing repaired, see gitquorum dataloss"
+# The verifier took a side because writes nobody acknowledged explain the
+# difference (docs/failover.md "Unfinished writes"): counted with the repairs,
+# not a violation — the side taken holds every acknowledged write, which the
+# lost-write and up-to-date-missing-write checks hold it to.
+SETTLED = "replicas differing by an unfinished write settled"
 
 
 @dataclass(frozen=True)
@@ -449,6 +455,7 @@ class Repair:
     at: float  # monotonic
     conflict: bool
     proxy: str = ""  # whose log (its file's stem)
+    unfinished: bool = False  # settled on an unfinished write's intent (``SETTLED``)
 
 
 def unskew(repairs: Sequence[Repair], faults: Sequence[Fault]) -> list[Repair]:
@@ -480,7 +487,7 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
         except OSError:
             continue
         for line in lines:
-            if DEMOTED not in line and NO_MAJORITY not in line:
+            if DEMOTED not in line and NO_MAJORITY not in line and SETTLED not in line:
                 continue
             try:
                 entry = json.loads(line)
@@ -501,6 +508,7 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
                     wall - wall_to_monotonic,
                     conflict,
                     path.stem,
+                    unfinished=entry.get("msg") == SETTLED,
                 )
             )
     return repairs
@@ -536,6 +544,8 @@ def abandoned_only(
 def check_repairs(repairs: Sequence[Repair], faults: Sequence[Fault]) -> list[Violation]:
     problems: list[Violation] = []
     for repair in repairs:
+        if repair.unfinished:
+            continue
         for node in repair.nodes:
             exempt = any(
                 node in f.disk_nodes

@@ -495,13 +495,12 @@ class FaultRun:
         )
         known = await asyncio.to_thread(self._known_conflicts, left, repairs)
         now = time.monotonic()
-        for repo in sorted(known):
-            print(f"{checker.KNOWN_CONFLICT} (counted, not a violation): {repo}", flush=True)
         self._violation(
             [
-                Violation(checker.NOT_CONVERGED, r, "assigned replicas differ or lag", now)
+                Violation(checker.KNOWN_CONFLICT, r, "verifier conflict of unknown writes", now)
+                if r in known
+                else Violation(checker.NOT_CONVERGED, r, "assigned replicas differ or lag", now)
                 for r in left
-                if r not in known
             ]
         )
         # Unconverged repositories are checked only when a known conflict is why.
@@ -525,6 +524,7 @@ class FaultRun:
             "cross_proxy_lag_reads": reads.cross_proxy_lag,
             "stale_reads_from_restored_replicas": reads.from_restored_replica,
             "verifier_repairs": sum(len(r.nodes) for r in repairs),
+            "unfinished_write_settlements": sum(1 for r in repairs if r.unfinished),
             "known_conflicts_after_abandoned_writes": sorted(known),
             "converged_within_s": round(time.monotonic() - ended, 1),
             "reads_before_faults": self._latency(0.0, first),

@@ -178,6 +178,8 @@ def test_verifier_repairs_are_violations_unless_a_disk_fault_hit_the_node(tmp_pa
         '"relative_path": "r.git", "demoted": ["n3"]}\n'
         '{"time": "2026-01-01T00:00:30.000Z", "msg": "' + checker.NO_MAJORITY + '", '
         '"relative_path": "r.git", "replicas": ["n1", "n2"]}\n'
+        '{"time": "2026-01-01T00:00:40.000Z", "msg": "' + checker.SETTLED + '", '
+        '"relative_path": "r.git", "demoted": ["n2"], "reference": "n1"}\n'
     )
     from datetime import datetime
 
@@ -187,7 +189,10 @@ def test_verifier_repairs_are_violations_unless_a_disk_fault_hit_the_node(tmp_pa
         (("n2",), 10.0, False, "proxy1"),
         (("n3",), 20.0, False, "proxy1"),
         (("n1", "n2"), 30.0, True, "proxy1"),
+        (("n2",), 40.0, False, "proxy1"),
     ]
+    # Settled on an unfinished write: counted with the repairs, not a violation.
+    assert [r.unfinished for r in repairs] == [False, False, False, True]
     disk = Fault("rollback", "disk", "n3", 15.0, 18.0, disk_nodes=("n3",), disk_repos=(REPO,))
     found = checker.check_repairs(repairs, [disk])
     assert sorted((v.at, v.detail.split()[2]) for v in found) == [

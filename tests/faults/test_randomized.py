@@ -1,5 +1,5 @@
-"""The randomized fault run of ``make test``: the nemeses (all but those of
-the open findings below) in a seeded schedule over twenty repositories, three
+"""The randomized fault run of ``make test``: the nemeses (all but the disk
+rollbacks below) in a seeded schedule over twenty repositories, three
 proxies and three etcd members, checked during the run and at its end
 (tests/faults/checker.py names every violation).
 
@@ -19,11 +19,11 @@ from tests.chaos.workload import Chain
 from tests.faults.run import RunSettings, run_and_check, seed_from_env
 from tests.faults.schedule import all_nemeses
 
-# Left out of the CI run, kept in the long run (make test-long): faults after
-# which the suite finds an open hole -- a verifier conflict between two
-# up-to-date replicas that a later fault's outdated third replica leaves
-# without a majority (docs/reliability.md, "Open findings").
-OPEN_FINDINGS = {"pause-proxy-mid-repair", "replica-rollback", "primary-rollback", "replica-wipe"}
+# Left out of the CI run, kept in the long run (make test-long): disks sent
+# back in time. What they can cost is beyond the guarantee (docs/reliability.md,
+# "Not guaranteed": a write held by one replica only, a rollback while an
+# unfinished write's intent stands), and CI must stay a regression gate.
+LONG_ONLY = {"replica-rollback", "primary-rollback", "replica-wipe"}
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(900)
 async def test_randomized_schedule(tmp_path: Path, chain: Chain) -> None:
     seed = seed_from_env()
     duration = float(os.environ.get("GITQUORUM_FAULTS_DURATION", "120"))
-    nemeses = [n for n in all_nemeses() if n.name not in OPEN_FINDINGS]
+    nemeses = [n for n in all_nemeses() if n.name not in LONG_ONLY]
     report = await run_and_check(tmp_path, chain, RunSettings(seed, duration, nemeses))
     # The schedule ran (a run that injected almost nothing proves nothing).
     assert report.steps_run >= min(report.steps_planned, 5), report

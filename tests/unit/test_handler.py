@@ -20,6 +20,7 @@ import pytest
 from google.protobuf import message as _message
 
 from gitquorum.cluster.decisions import WriteResult
+from gitquorum.cluster.intents import WriteIntent
 from gitquorum.cluster.repositories import CreationPlan, RepositoryRecord
 from gitquorum.gitaly import (
     operations_pb2,
@@ -107,9 +108,22 @@ class FakeCluster:
         self.creations.append((relative_path, plan, result))
 
     async def record_write(
-        self, virtual_storage: str, route: MutatorRoute, result: WriteResult
+        self,
+        virtual_storage: str,
+        route: MutatorRoute,
+        result: WriteResult,
+        intent: WriteIntent | None = None,
     ) -> None:
         self.writes.append((route, result))
+
+    def intent_for(self, virtual_storage: str, route: MutatorRoute) -> WriteIntent | None:
+        return None
+
+    async def record_intent(self, intent: WriteIntent) -> None:
+        raise AssertionError("no intents without intent_for")
+
+    async def forget_intent(self, intent: WriteIntent) -> None:
+        raise AssertionError("no intents without intent_for")
 
     async def remove(self, virtual_storage: str, repo: RepositoryRecord) -> None:
         self.removed.append(repo.repository_id)

@@ -276,3 +276,19 @@ def test_committed_nodes_needs_a_vote_and_every_subtransaction() -> None:
     assert votes(subs=0).committed_nodes() == frozenset()
     tally = votes(s1=VoterTally(committed=1, votes_cast=2), s2=PRIMARY_GONE)
     assert tally.committed_nodes() == frozenset({P})
+
+
+def test_a_write_whose_intent_was_not_recorded_changed_nothing() -> None:
+    # The gate failed: every voter was told ABORT, so nobody committed, and a
+    # primary whose call still ended OK (a push reports per-ref failures in
+    # its stream) outdates nobody.
+    refused = VoteTally(
+        subtransactions=1,
+        decided=0,
+        changed_nothing=False,
+        voters={n: VoterTally(votes_cast=1, failed=True) for n in (P, S1)},
+        refused_commit=True,
+    )
+    assert write_outcome(write(refused, secondaries=(S1,))) == result(
+        set(), set(), "intent-not-recorded"
+    )

@@ -11,11 +11,12 @@ pending jobs and what a write's calls and votes did are inputs.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, replace
 
 from gitquorum.cluster.errors import WriteToOutdatedReplicas
+from gitquorum.cluster.intents import StoredIntent
 from gitquorum.cluster.queue import JobState, JobType, ReplicationJob
 from gitquorum.cluster.repositories import MISSING, RepositoryRecord
 
@@ -232,6 +233,9 @@ class VoteTally:
     # Every decided vote was the zero vote: no reference moved anywhere.
     changed_nothing: bool
     voters: Mapping[str, VoterTally]
+    # The write's intent could not be recorded before its first COMMIT
+    # (``cluster.intents``): every voter was told ABORT, nothing applied.
+    refused_commit: bool = False
 
     @property
     def had_votes(self) -> bool:
@@ -299,6 +303,9 @@ def write_outcome(write: WriteState) -> WriteResult:
         # Every ref change on a node is voted on: no vote (or only the
         # closing zero vote) means nothing changed.
         return WriteResult(frozenset(), frozenset(), "no-votes")
+    if votes.refused_commit and votes.decided == 0:
+        # No COMMIT that changes a reference went out: nothing applied anywhere.
+        return WriteResult(frozenset(), frozenset(), "intent-not-recorded")
     committed = votes.committed_nodes()
     secondaries = frozenset(write.secondaries)
     if write.primary not in committed:
@@ -515,6 +522,9 @@ class Settlement:
     # The up-to-date replicas disagree and no majority holds one checksum:
     # nothing is demoted or repaired, and the record reports the conflict.
     conflict: bool
+    # No majority, but an unfinished write explains the difference: the
+    # replica ``agreed`` names was taken as the reference.
+    reference: str | None = None
 
 
 def settle_mismatch(
@@ -524,6 +534,7 @@ def settle_mismatch(
     *,
     load: Mapping[str, int],
     draining: AbstractSet[str] = frozenset(),
+    unfinished: Sequence[str] = (),
 ) -> Settlement:
     """Settle the checksums of ``record``'s up-to-date replicas by majority.
 
@@ -548,6 +559,19 @@ def settle_mismatch(
       record's ``conflict`` names the up-to-date replicas that answered: an
       operator decides (``accept-dataloss``), or a later check that finds a
       majority settles it.
+    * Unless writes whose outcome is not recorded explain the difference
+      (``unfinished``: the primaries of the intents ``explaining_writes``
+      keeps, ``cluster.intents``), every up-to-date replica answered, and
+      there are at most ``len(unfinished) + 1`` different checksums (a
+      missing replica is none: it is recreated from the reference): every
+      up-to-date replica still holds every acknowledged write, and they differ
+      by writes nobody acknowledged; either side is then a correct state. The
+      reference is the first of ``unfinished`` that exists on disk (the
+      replica such a write's outcome rules keep), else the record's primary,
+      else the first by name; those differing from it are demoted and
+      repaired from it as from a majority. What this cannot tell apart: a
+      disk that lost acknowledged writes while such a write stood
+      (docs/failover.md "Unfinished writes").
     * Answers that agree without being a majority (too few answered) decide
       nothing and change nothing.
     """
@@ -558,6 +582,21 @@ def settle_mismatch(
     everyone = bool(voters) and answers.keys() == voters
     if agreed is None and everyone and len(present) == 1:
         (agreed,) = present
+    reference = None
+    # Every up-to-date replica answered (a silent one may hold what the others
+    # lost), and the writes can account for the states seen: each one is
+    # applied or not, so n of them explain at most n + 1 different replicas.
+    # A replica missing on disk is no state to explain: it holds nothing a
+    # repair could destroy (a wiped disk beside an unfinished write).
+    states = len({c for c in answers.values() if c is not None})
+    if (
+        agreed is None
+        and everyone
+        and len(set(answers.values())) > 1
+        and 0 < states <= len(unfinished) + 1
+    ):
+        reference = _reference_replica(record, answers, unfinished)
+        agreed = answers[reference] if reference is not None else None
     if agreed is None:
         disagree = len(set(answers.values())) > 1 or everyone
         conflict = tuple(sorted(answers)) if disagree else record.conflict
@@ -584,7 +623,54 @@ def settle_mismatch(
             continue
         missing = new.replica_generation(node) == MISSING
         found.append(Repair(JobType.CREATE if missing else JobType.UPDATE, node, source))
-    return Settlement(new, new != record, agreed, majority, demoted, tuple(found), conflict=False)
+    return Settlement(
+        new,
+        new != record,
+        agreed,
+        majority,
+        demoted,
+        tuple(found),
+        conflict=False,
+        reference=reference,
+    )
+
+
+def explaining_writes(
+    intents: Sequence[StoredIntent],
+    answered: AbstractSet[str],
+    members: Mapping[str, float],
+) -> tuple[str, ...]:
+    """The primaries of the intents that may explain a mismatch between the
+    ``answered`` replicas, newest first: writes that are over (finished by
+    their finalizer, or their proxy incarnation is not among ``members``,
+    name -> incarnation; a write still in flight is its own proxy's to
+    account for) and that went to every replica that answered (a write can
+    only explain a difference on replicas it was sent to)."""
+    over = [
+        i for i in intents if i.is_evidence(members) and answered <= i.participants and i.primary
+    ]
+    return tuple(i.primary for i in sorted(over, key=lambda i: i.create_revision, reverse=True))
+
+
+def write_in_flight(intents: Sequence[StoredIntent], members: Mapping[str, float]) -> bool:
+    """Whether a write of the repository may still be committing: an intent
+    its live proxy has not finished. Replicas differ for a moment while its
+    COMMITs land (longer when one of its replicas is cut off and its proxy
+    waits out ``write_timeout`` before recording the outcome), so no verdict
+    is taken on checksums read meanwhile."""
+    return any(not i.is_evidence(members) for i in intents)
+
+
+def _reference_replica(
+    record: RepositoryRecord, answers: Mapping[str, str | None], unfinished: Sequence[str]
+) -> str | None:
+    """The side taken when an unfinished write explains a mismatch: a replica
+    that exists on disk, preferring the writes' primaries, then the record's."""
+    holders = sorted(node for node, checksum in answers.items() if checksum is not None)
+    for node in (*unfinished, record.primary):
+        if node in holders:
+            return node
+    return holders[0] if holders else None
 
 
 # -- a write whose primary could not be reached ------------------------------------------

@@ -123,6 +123,18 @@ class Keyspace:
             return key
         return f"{key}{check_name('node', target)}/"
 
+    # Unfinished writes: one key per write that may have committed on some
+    # replica and whose outcome is not recorded yet (no lease: it must outlive
+    # a proxy that dies mid-write). ``cluster.intents``.
+    def intents(self, virtual_storage: str, repository_id: int | None = None) -> str:
+        key = f"{self.prefix}intents/{check_name('virtual storage', virtual_storage)}/"
+        if repository_id is None:
+            return key
+        return f"{key}{int(repository_id)}/"
+
+    def intent(self, virtual_storage: str, repository_id: int, intent_id: str) -> str:
+        return f"{self.intents(virtual_storage, repository_id)}{check_name('intent', intent_id)}"
+
     # When each replica was last verified (the leader's verifier).
     def verifications(
         self, virtual_storage: str | None = None, repository_id: int | None = None

@@ -53,6 +53,14 @@ def encode_member(
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+def decode_incarnation(value: bytes) -> float:
+    """A member's ``started_at``: tells a restarted proxy from its earlier self."""
+    try:
+        return float(json.loads(value).get("started_at", 0.0))
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
+
+
 def decode_member(value: bytes) -> tuple[str, HealthMap]:
     data = json.loads(value)
     health = {
@@ -188,6 +196,7 @@ class HealthView:
     def __init__(self, store: Store, keys: Keyspace, *, clock: Clock | None = None) -> None:
         self.keys = keys
         self._members: dict[str, tuple[str, HealthMap]] = {}
+        self._incarnations: dict[str, float] = {}
         self._consensus = Consensus({}, frozenset())
         self._listeners: list[ConsensusListener] = []
         self._suspicion_listeners: list[SuspicionListener] = []
@@ -222,6 +231,10 @@ class HealthView:
         """Live proxies and their addresses."""
         return {name: address for name, (address, _) in self._members.items()}
 
+    def incarnations(self) -> dict[str, float]:
+        """Live proxies and their ``started_at``: which process holds each name."""
+        return dict(self._incarnations)
+
     def add_listener(self, callback: ConsensusListener) -> None:
         """``callback(old, new)`` whenever the consensus changes."""
         self._listeners.append(callback)
@@ -252,6 +265,11 @@ class HealthView:
             with contextlib.suppress(ValueError):
                 members[self._name(kv.key)] = decode_member(kv.value)
         self._members = members
+        self._incarnations = {
+            self._name(kv.key): decode_incarnation(kv.value)
+            for kv in kvs
+            if self._name(kv.key) in members
+        }
         self._recompute()
 
     def _apply(self, events: Sequence[WatchEvent], _revision: int) -> None:
@@ -259,6 +277,7 @@ class HealthView:
             name = self._name(event.kv.key)
             if event.type is EventType.DELETE:
                 self._members.pop(name, None)
+                self._incarnations.pop(name, None)
             else:
                 try:
                     member = decode_member(event.kv.value)
@@ -267,6 +286,7 @@ class HealthView:
                     continue
                 previous = self._members.get(name)
                 self._members[name] = member
+                self._incarnations[name] = decode_incarnation(event.kv.value)
                 self._tell_suspicions(name, previous[1] if previous else None, member[1])
         self._recompute()
 

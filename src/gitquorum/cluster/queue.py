@@ -363,6 +363,10 @@ class QueueView:
                 self._locks.pop(event.kv.key, None)
 
 
+# Entries of the first-seen map kept before it is pruned to the jobs that exist.
+WAITING_SEEN_MIN = 10_000
+
+
 class ReplicationQueue:
     def __init__(
         self,
@@ -614,7 +618,7 @@ class ReplicationQueue:
         target_filter: TargetFilter | None,
     ) -> list[ReplicationJob]:
         now = self.clock()
-        waited = self._waited(now)
+        waited = self._waited(now, jobs)
         first: dict[tuple[str, str, int], ReplicationJob] = {}
         dead: dict[tuple[str, str, int], ReplicationJob] = {}
         busy = {self.keys.parse_lock(key) for key in locks}
@@ -640,15 +644,19 @@ class ReplicationQueue:
         runnable.sort(key=lambda j: j.created_revision)
         return runnable
 
-    def _waited(self, now: float) -> Callable[[ReplicationJob], bool]:
+    def _waited(
+        self, now: float, jobs: Sequence[ReplicationJob]
+    ) -> Callable[[ReplicationJob], bool]:
         """Whether a job has waited out its delay, on the writer's wall clock
         read here or on this proxy's monotonic clock since it first saw it."""
         seen = self._waiting_since
         mono = self.monotonic()
-        if len(seen) > 100_000:
-            # Forget what waited longer than any delay: it is due anyway.
-            horizon = 2 * max(self.dead_retry_cap, self.max_backoff)
-            self._waiting_since = seen = {k: t for k, t in seen.items() if mono - t < horizon}
+        if len(seen) > max(WAITING_SEEN_MIN, 2 * len(jobs)):
+            # Forget the versions of jobs that are gone or changed (acked,
+            # claimed, failed again: a new version is a new wait). Never a
+            # job still waiting: forgetting it would start its delay again.
+            current = {(self._key(job), job.revision) for job in jobs}
+            self._waiting_since = seen = {k: t for k, t in seen.items() if k in current}
 
         def due(job: ReplicationJob) -> bool:
             if job.not_before <= now:

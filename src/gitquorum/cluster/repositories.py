@@ -926,8 +926,10 @@ class RepositoryStore:
         *,
         fence: FencingToken | None = None,
     ) -> RepositoryRecord:
-        """Remove the record and its path entry (removing replicas from disk is the caller's)."""
+        """Remove the record, its path entry and its unfinished writes' intents
+        (removing replicas from disk is the caller's)."""
         key = self.keys.repository(virtual_storage, repository_id)
+        intents = self.keys.intents(virtual_storage, repository_id)
 
         async def attempt(_number: int) -> RepositoryRecord | Retry:
             current = await self.get(virtual_storage, repository_id)
@@ -935,7 +937,7 @@ class RepositoryStore:
             result = await self._txn(
                 fence,
                 [Compare.mod_revision(key, current.revision)],
-                [Op.delete(key), Op.delete(path_key)],
+                [Op.delete(key), Op.delete(path_key), Op.delete(intents, prefix=True)],
             )
             return current if result.succeeded else RETRY
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from gitquorum.cluster.decisions import WriteResult
+from gitquorum.cluster.intents import WriteIntent
 from gitquorum.cluster.repositories import CreationPlan, RepositoryRecord
 from gitquorum.proxy.routing import MutatorRoute
 
@@ -45,9 +46,27 @@ class ClusterPort(Protocol):
         ...
 
     async def record_write(
-        self, virtual_storage: str, route: MutatorRoute, result: WriteResult
+        self,
+        virtual_storage: str,
+        route: MutatorRoute,
+        result: WriteResult,
+        intent: WriteIntent | None = None,
     ) -> None:
-        """Bump the generation of ``updated``; mark ``outdated`` and queue their repair."""
+        """Bump the generation of ``updated``; mark ``outdated`` and queue their
+        repair; remove ``intent`` in the same txn if the outcome accounts for
+        every replica (``cluster.intents``)."""
+        ...
+
+    def intent_for(self, virtual_storage: str, route: MutatorRoute) -> WriteIntent | None:
+        """The intent a write on ``route`` puts before its first COMMIT (None: none)."""
+        ...
+
+    async def record_intent(self, intent: WriteIntent) -> None:
+        """Put ``intent``; raising refuses the write's COMMIT (nothing applied)."""
+        ...
+
+    async def forget_intent(self, intent: WriteIntent) -> None:
+        """Remove the intent of a write that changed nothing (best effort)."""
         ...
 
     async def remove(self, virtual_storage: str, repo: RepositoryRecord) -> None: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -28,6 +29,7 @@ from gitquorum.cluster.decisions import (
 )
 from gitquorum.cluster.errors import Conflict, FailedPrecondition, StoreUnavailable
 from gitquorum.cluster.history import FAILOVER, History
+from gitquorum.cluster.intents import IntentStore, WriteIntent
 from gitquorum.cluster.membership import HealthView
 from gitquorum.cluster.queue import ReplicationQueue
 from gitquorum.cluster.repair_jobs import prepare_repairs, queue_repairs
@@ -68,8 +70,14 @@ class EtcdClusterPort:
         stale_read_limit: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         history: History | None = None,
+        intents: IntentStore | None = None,
+        proxy_name: str = "",
+        incarnation: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.history = history
+        self.intents = intents
+        self.proxy_name = proxy_name
+        self.incarnation = incarnation
         self._nodes = {vs: list(members) for vs, members in nodes.items()}
         self._replication_factors = dict(replication_factors)
         self.repositories = repositories
@@ -263,8 +271,44 @@ class EtcdClusterPort:
         await self._queue_repairs(record, repairs(record, self.health.healthy(virtual_storage)))
         await self._until_cached(record.revision)
 
+    def intent_for(self, virtual_storage: str, route: MutatorRoute) -> WriteIntent | None:
+        if self.intents is None:
+            return None
+        return WriteIntent(
+            virtual_storage,
+            route.repository_id,
+            secrets.token_hex(8),
+            self.proxy_name,
+            self.incarnation(),
+            route.generation,
+            route.primary,
+            tuple(route.participants),
+        )
+
+    async def record_intent(self, intent: WriteIntent) -> None:
+        assert self.intents is not None
+        started = self._clock()
+        await self.intents.put(intent)
+        self.metrics.intent_latency.observe(max(0.0, self._clock() - started))
+
+    async def forget_intent(self, intent: WriteIntent) -> None:
+        assert self.intents is not None
+        try:
+            await self.intents.forget(intent)
+        except StoreUnavailable as exc:
+            # Harmless while it stands (the verifier removes it once the
+            # replicas agree): it only widens what the verifier may settle.
+            logger.warning(
+                "intent of a write that changed nothing not removed",
+                extra=log.fields(repository_id=intent.repository_id, error=str(exc)),
+            )
+
     async def record_write(
-        self, virtual_storage: str, route: MutatorRoute, result: WriteResult
+        self,
+        virtual_storage: str,
+        route: MutatorRoute,
+        result: WriteResult,
+        intent: WriteIntent | None = None,
     ) -> None:
         """Record a write's outcome and the repairs it needs in one etcd txn.
 
@@ -275,6 +319,11 @@ class EtcdClusterPort:
         lands in between makes the txn fail, and the whole round is read and
         computed again. Raises WriteToOutdatedReplicas when none of the
         replicas that took the write is up to date any more (nothing recorded).
+
+        The write's ``intent`` goes in the same txn when the outcome accounts
+        for every replica. It is put again instead when replicas named
+        outdated were left up to date (``spared``): they may differ from the
+        others by this write, and the verifier needs to know.
         """
         healthy = self.health.healthy(virtual_storage)
         correlation_id = log.correlation_id.get()
@@ -296,7 +345,13 @@ class EtcdClusterPort:
                     ),
                 )
             needed = repairs(outcome.record, healthy, targets=result.outdated)
-            return outcome.record, await self._repair_extras(outcome.record, needed, correlation_id)
+            extras = await self._repair_extras(outcome.record, needed, correlation_id)
+            if intent is None or self.intents is None:
+                return outcome.record, extras
+            settled = (
+                self.intents.keep_op(intent) if outcome.spared else self.intents.forget_op(intent)
+            )
+            return outcome.record, TxnExtras(extras.compares, (*extras.ops, settled))
 
         try:
             record = await self.repositories.update_with(virtual_storage, route.repository_id, plan)

@@ -35,7 +35,7 @@ from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.passthrough import Metadata, backend_error
 from gitquorum.proxy.routing import MutatorRoute
-from gitquorum.proxy.vote_counting import Transaction, TransactionManager
+from gitquorum.proxy.vote_counting import CommitGate, Transaction, TransactionManager
 from gitquorum.wire.callstatus import StatusWatch
 from gitquorum.wire.finishing import OutcomeUnknown, is_outcome_unknown
 from gitquorum.wire.registry import MethodInfo
@@ -138,7 +138,7 @@ class Fanout:
                     self.vote_address
                     if "://" in self.vote_address
                     else f"tcp://{self.vote_address}",
-                    tx.token,
+                    tx.voter_token(node),
                 )
             )
         return self.channels.forward_metadata(incoming, extra)
@@ -150,9 +150,12 @@ class Fanout:
         metadata: Metadata,
         timeout: float | None,
         finalize: Finalize,
+        before_commit: CommitGate | None = None,
     ) -> AsyncIterator[bytes]:
         tx = (
-            self.transactions.register(self.route.primary, list(self.route.secondaries))
+            self.transactions.register(
+                self.route.primary, list(self.route.secondaries), before_commit
+            )
             if self.route.transactional
             else None
         )
@@ -235,8 +238,9 @@ class _Write:
             result = write_outcome(state)
             self.outcome_known = True
             self.fanout.count(result)
-            if result.updated or result.outdated:
-                await _record(self.finalize, result)
+            # Also for a write that changed nothing: its finalizer removes the
+            # intent it may have put.
+            await _record(self.finalize, result)
             for response in held:
                 yield response
             if primary.code is not grpc.StatusCode.OK:
@@ -444,8 +448,6 @@ class _Write:
                 outdated=sorted(result.outdated),
             ),
         )
-        if not (result.updated or result.outdated):
-            return
         task = asyncio.ensure_future(_record_in_background(self.finalize, result))
         _BACKGROUND.add(task)
         task.add_done_callback(_BACKGROUND.discard)
@@ -454,8 +456,9 @@ class _Write:
 def _tally(tx: Transaction) -> VoteTally:
     return VoteTally(
         subtransactions=len(tx.subtransactions),
-        decided=sum(1 for sub in tx.subtransactions if sub.winner is not None),
+        decided=tx.decided,
         changed_nothing=tx.changed_nothing,
+        refused_commit=tx.gate_failed,
         voters={
             node: VoterTally(
                 committed=state.committed,

@@ -41,7 +41,7 @@ from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.read_health import ReadHealth
 from gitquorum.proxy.reads import Reader
 from gitquorum.proxy.routing import MutatorRoute, Route
-from gitquorum.proxy.vote_counting import TransactionManager
+from gitquorum.proxy.vote_counting import CommitGate, TransactionManager
 from gitquorum.wire.finishing import RpcCall, op_label
 from gitquorum.wire.paths import validate_repository_path
 from gitquorum.wire.registry import MethodInfo, MethodRegistry, Op, Shape
@@ -456,13 +456,26 @@ class ProxyHandler(grpc.GenericRpcHandler):
     async def _mutate(self, call: _Call) -> AsyncIterator[bytes]:
         repo = await self.cluster.ensure_writable(call.existing("repository not found"))
         route = await self._route_reachable(call, repo)
+        intent = self.cluster.intent_for(call.virtual_storage, route)
+        put = False  # whether the write reached a COMMIT decision (and put its intent)
+
+        async def before_commit() -> None:
+            nonlocal put
+            assert intent is not None
+            put = True
+            await self.cluster.record_intent(intent)
 
         async def finalize(result: WriteResult) -> None:
             call.fields["outcome"] = result.reason
             if result.updated or result.outdated:
-                await self.cluster.record_write(call.virtual_storage, route, result)
+                await self.cluster.record_write(
+                    call.virtual_storage, route, result, intent if put else None
+                )
+            elif put and intent is not None:
+                await self.cluster.forget_intent(intent)
 
-        async for response in self._write(call, route, finalize):
+        gate = before_commit if intent is not None else None
+        async for response in self._write(call, route, finalize, gate):
             yield response
 
     def _route_mutator(self, call: _Call, repo: RepositoryRecord) -> MutatorRoute:
@@ -513,7 +526,13 @@ class ProxyHandler(grpc.GenericRpcHandler):
         call.fields["retried_on"] = route.primary
         return route
 
-    def _write(self, call: _Call, route: MutatorRoute, finalize: Finalize) -> AsyncIterator[bytes]:
+    def _write(
+        self,
+        call: _Call,
+        route: MutatorRoute,
+        finalize: Finalize,
+        before_commit: CommitGate | None = None,
+    ) -> AsyncIterator[bytes]:
         """The fan-out of a write (returned, not iterated: one async generator less)."""
         _describe(call.fields, route)
         _pin_timestamps(call.request)
@@ -527,7 +546,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
             write_timeout=self.write_timeout,
         )
         payloads = call.payloads(route.participants, route.replica_path)
-        return fanout.run(payloads, call.rest, call.metadata, call.timeout, finalize)
+        return fanout.run(payloads, call.rest, call.metadata, call.timeout, finalize, before_commit)
 
 
 @dataclass(slots=True)

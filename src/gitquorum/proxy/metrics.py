@@ -55,6 +55,13 @@ class ProxyMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.intent_latency = Histogram(
+            "gitquorum_write_intent_seconds",
+            "Time a write's first COMMIT waited for its intent to be put in etcd "
+            "(the record that lets the verifier settle what an unfinished write leaves).",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.state_age = StateAge(registry)
         self.read_retries = Counter(
             "gitquorum_read_retries_total",

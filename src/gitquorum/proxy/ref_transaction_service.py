@@ -8,7 +8,7 @@ import time
 import grpc
 
 from gitquorum import tokens
-from gitquorum.errors import InvalidArgument
+from gitquorum.errors import InvalidArgument, PermissionDenied
 from gitquorum.gitaly import transaction_pb2, transaction_pb2_grpc
 from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.vote_counting import Outcome, TransactionManager
@@ -35,6 +35,16 @@ def _check_vote_token(context: grpc.aio.ServicerContext, secret: str) -> None:
     tokens.check(_authorization(context), secret.encode(), skew=math.inf)
 
 
+def _check_any_voter(context: grpc.aio.ServicerContext, secrets: list[str]) -> None:
+    for secret in secrets[:-1]:
+        try:
+            _check_vote_token(context, secret)
+            return
+        except PermissionDenied:
+            continue
+    _check_vote_token(context, secrets[-1])
+
+
 class RefTransactionService(transaction_pb2_grpc.RefTransactionServicer):
     def __init__(self, manager: TransactionManager, metrics: ProxyMetrics) -> None:
         self.manager = manager
@@ -46,8 +56,9 @@ class RefTransactionService(transaction_pb2_grpc.RefTransactionServicer):
         if len(request.reference_updates_hash) != 20:
             raise InvalidArgument("reference_updates_hash must be a 20-byte SHA-1")
         tx = self.manager.get(request.transaction_id)
-        # Only the nodes this proxy told the transaction's secret may vote in it.
-        _check_vote_token(context, tx.token)
+        # Only the node this proxy told its own secret of this transaction may
+        # vote as that node.
+        _check_vote_token(context, tx.voter_token(request.node))
         started = time.perf_counter()
         outcome = await tx.vote(request.node, request.reference_updates_hash, request.phase)
         self.metrics.vote_latency.observe(time.perf_counter() - started)
@@ -57,6 +68,7 @@ class RefTransactionService(transaction_pb2_grpc.RefTransactionServicer):
         self, request: transaction_pb2.StopTransactionRequest, context: grpc.aio.ServicerContext
     ) -> transaction_pb2.StopTransactionResponse:
         tx = self.manager.get(request.transaction_id)
-        _check_vote_token(context, tx.token)
+        # Any of its voters may stop it (the request names no node).
+        _check_any_voter(context, [tx.voter_token(node) for node in tx.voters])
         tx.stop()
         return transaction_pb2.StopTransactionResponse()

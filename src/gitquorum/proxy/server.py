@@ -31,6 +31,7 @@ from gitquorum.cluster.health import (
     HealthChecker,
 )
 from gitquorum.cluster.history import History
+from gitquorum.cluster.intents import IntentStore
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.membership import HealthView, ProxyMembership
 from gitquorum.cluster.metrics import ClusterMetrics
@@ -274,7 +275,10 @@ class ProxyServer(Assembled):
             store, keys, max_attempts=self.config.replication_attempts, view=queue_view
         )
         history = History(store, keys, writer=self.config.name)
-        return _Views(self.repositories, cache, health_view, operator_view, self.queue, history)
+        intents = IntentStore(store, keys)
+        return _Views(
+            self.repositories, cache, health_view, operator_view, self.queue, history, intents
+        )
 
     def _open_server(
         self,
@@ -428,8 +432,16 @@ class ProxyServer(Assembled):
             paused=views.operator.paused,
             stale_read_limit=config.stale_read_limit,
             history=views.history,
+            intents=views.intents,
+            proxy_name=config.name,
+            incarnation=self._incarnation,
         )
         return self.port_api
+
+    def _incarnation(self) -> float:
+        """This process's membership ``started_at``, as other proxies read it."""
+        membership = self.membership
+        return round(membership.started_at, 3) if membership is not None else 0.0
 
     def _add_services(
         self,
@@ -538,6 +550,8 @@ class ProxyServer(Assembled):
             draining=views.operator.draining,
             paused=views.operator.paused,
             interval=config.verify_interval,
+            intents=views.intents,
+            members=views.health.incarnations,
         )
         election.run_while_leader("verifier", self.verifier.run)
         # A node the consensus turns unhealthy stops holding up in-flight writes: they
@@ -608,6 +622,7 @@ class _Views:
     operator: OperatorStateView
     queue: ReplicationQueue
     history: History
+    intents: IntentStore
 
 
 class _Health(health_pb2_grpc.HealthServicer):

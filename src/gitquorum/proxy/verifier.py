@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import grpc
@@ -42,12 +42,15 @@ from gitquorum import log
 from gitquorum.cluster.clock_rules import verification_due
 from gitquorum.cluster.decisions import (
     Settlement,
+    explaining_writes,
     primary_load,
     settle_mismatch,
     up_to_date_replicas,
+    write_in_flight,
 )
 from gitquorum.cluster.election import FencingToken
 from gitquorum.cluster.errors import Conflict, NotLeader
+from gitquorum.cluster.intents import IntentStore, StoredIntent
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.periodic import run_periodically, warn
 from gitquorum.cluster.queue import ReplicationQueue
@@ -133,6 +136,13 @@ class VerificationStore:
         return len(keys)
 
 
+# How long an intent stands before the verifier may remove it once the
+# replicas agree: longer than a node waits for a vote (60 s by default), so
+# its write can no longer commit anywhere.
+INTENT_GRACE = 120.0
+MAX_SEEN_INTENTS = 10_000
+
+
 class RecordMoved(Conflict):
     """The record changed since the checksums were read: their verdict is void."""
 
@@ -155,6 +165,9 @@ class Verifier:
         tick: float = 2.0,
         recheck_delay: float = 1.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        intents: IntentStore | None = None,
+        intent_grace: float = INTENT_GRACE,
+        members: Callable[[], Mapping[str, float]] = dict,
     ) -> None:
         self.repositories = repositories
         self.cache = cache
@@ -172,6 +185,13 @@ class Verifier:
         self.recheck_delay = recheck_delay
         self.sleep = sleep
         self.passes = 0
+        self.intents = intents
+        self.intent_grace = intent_grace
+        # Live proxies and their incarnations: whose writes may still finish.
+        self.members = members
+        # When this verifier first saw each standing intent (its monotonic
+        # clock: a writer's wall clock may be skewed).
+        self._intents_seen: dict[str, float] = {}
 
     async def run(self) -> None:
         """Leader task: verify continuously until cancelled."""
@@ -242,7 +262,9 @@ class Verifier:
                 result[node] = answer
         return result
 
-    def _settle(self, record: RepositoryRecord, checksums: Checksums) -> Settlement:
+    def _settle(
+        self, record: RepositoryRecord, checksums: Checksums, standing: Sequence[StoredIntent]
+    ) -> Settlement:
         vs = record.virtual_storage
         return settle_mismatch(
             record,
@@ -250,7 +272,36 @@ class Verifier:
             self.healthy(vs),
             load=primary_load(self.cache.records(vs)),
             draining=self.draining(vs),
+            unfinished=explaining_writes(standing, frozenset(checksums), self.members()),
         )
+
+    async def _standing(self, record: RepositoryRecord) -> list[StoredIntent]:
+        """The repository's unfinished writes, read before its checksums: only
+        those can explain what the checksums show."""
+        if self.intents is None:
+            return []
+        return await self.intents.of_repository(record.virtual_storage, record.repository_id)
+
+    async def _forget_finished(
+        self, standing: Sequence[StoredIntent], agreed: bool, fence: FencingToken
+    ) -> None:
+        """Remove intents the replicas no longer differ by. A write still in
+        flight may not have committed anywhere yet, so an intent goes only once
+        every up-to-date replica agreed after it had stood ``intent_grace``
+        (longer than a node waits for a vote): its write can change nothing
+        any more, and its finalizer, had it lived, would have removed it."""
+        if self.intents is None:
+            return
+        now = time.monotonic()
+        for intent in standing:
+            first = self._intents_seen.setdefault(intent.key, now)
+            if agreed and now - first >= self.intent_grace:
+                await self.intents.forget_unchanged(intent, fence)
+                self._intents_seen.pop(intent.key, None)
+        if len(self._intents_seen) > MAX_SEEN_INTENTS:
+            # Intents removed by their finalizers are never seen again here.
+            cutoff = now - 2 * self.intent_grace
+            self._intents_seen = {k: t for k, t in self._intents_seen.items() if t >= cutoff}
 
     async def verify_repository(self, record: RepositoryRecord, due: Sequence[str]) -> bool:
         """Check ``record``'s up-to-date replicas and act on a verdict; records
@@ -262,8 +313,17 @@ class Verifier:
         vs, rid = record.virtual_storage, record.repository_id
         healthy = self.healthy(vs)
         voters = sorted(up_to_date_replicas(record) & healthy)
+        standing = await self._standing(record)
         first = await self._round(record, voters)
-        settled = self._settle(record, first)
+        settled = self._settle(record, first, standing)
+        if (settled.demoted or settled.conflict) and write_in_flight(standing, self.members()):
+            # Its outcome will say who holds it; a verdict now would demote a
+            # replica its COMMIT has not reached yet, or mark a conflict.
+            logger.info(
+                "a write is in flight; checking again later",
+                extra=log.fields(repository_id=rid),
+            )
+            return False
         if settled.changed and (settled.demoted or settled.conflict):
             # Read again: a write between its commit and its outcome changes
             # the checksums of its replicas within milliseconds.
@@ -277,24 +337,38 @@ class Verifier:
                 return False
         if settled.changed:
             try:
-                await self._write(record, settled, fence)
+                await self._write(record, settled, fence, standing)
             except RecordMoved:
                 logger.info(
                     "repository changed while being verified; checking again later",
                     extra=log.fields(repository_id=rid),
                 )
                 return False
+        elif standing:
+            everyone = set(first) == set(up_to_date_replicas(record))
+            agreed = everyone and len(set(first.values())) == 1
+            await self._forget_finished(standing, agreed, fence)
         for node in due:
             await self.verification.record(vs, rid, node)
         return True
 
     async def _write(
-        self, record: RepositoryRecord, settled: Settlement, fence: FencingToken
+        self,
+        record: RepositoryRecord,
+        settled: Settlement,
+        fence: FencingToken,
+        standing: Sequence[StoredIntent],
     ) -> None:
         """Store the settlement and its repairs in one txn, fenced with the
         leader's token and conditional on the record being the one read
-        before the checksums."""
+        before the checksums. A verdict taken on unfinished writes removes
+        their intents in the same txn: they are settled."""
         vs, rid = record.virtual_storage, record.repository_id
+        settled_intents = (
+            self.intents.forget_ops(standing)
+            if self.intents is not None and settled.reference is not None
+            else ()
+        )
 
         async def plan(current: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
             if current.revision != record.revision:
@@ -302,10 +376,24 @@ class Verifier:
                     f"repository {rid} moved from revision {record.revision} to {current.revision}"
                 )
             jobs = await prepare_repairs(self.queue, settled.record, settled.repairs)
-            return settled.record, TxnExtras(jobs.compares, jobs.ops)
+            return settled.record, TxnExtras(jobs.compares, (*jobs.ops, *settled_intents))
 
         await self.repositories.update_with(vs, rid, plan, fence=fence)
-        if settled.conflict:
+        if settled.reference is not None:
+            logger.warning(
+                "replicas differing by an unfinished write settled",
+                extra=log.fields(
+                    repository_id=rid,
+                    relative_path=record.relative_path,
+                    reference=settled.reference,
+                    demoted=sorted(settled.demoted),
+                    old_primary=record.primary,
+                    new_primary=settled.record.primary,
+                    unfinished_writes=len(standing),
+                    sources={r.target: r.source for r in settled.repairs},
+                ),
+            )
+        elif settled.conflict:
             logger.error(
                 "replicas disagree with no majority: nothing repaired, see gitquorum dataloss",
                 extra=log.fields(

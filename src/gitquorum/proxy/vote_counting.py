@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
+import hmac
 import itertools
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gitquorum.errors import InvalidArgument, NotFound
 
 ZERO_HASH = b"\x00" * 20
+
+
+# Run before a transaction's first COMMIT that changes a reference.
+CommitGate = Callable[[], Awaitable[None]]
 
 
 class Outcome(enum.Enum):
@@ -64,9 +71,20 @@ class VoterState:
 
 class Transaction:
     def __init__(
-        self, tx_id: int, voters: list[Voter], threshold: int, vote_timeout: float
+        self,
+        tx_id: int,
+        voters: list[Voter],
+        threshold: int,
+        vote_timeout: float,
+        before_commit: CommitGate | None = None,
     ) -> None:
         self.id = tx_id
+        # Awaited once, before the first COMMIT that changes a reference goes
+        # out (the write's intent, ``cluster.intents``); if it fails, every
+        # voter is told ABORT and nothing is applied.
+        self._before_commit = before_commit
+        self._gate: asyncio.Future[None] | None = None
+        self.gate_failed = False
         # Per-transaction secret the nodes use to authenticate their votes.
         self.token = secrets.token_hex(16)
         self.voters = {v.node: VoterState(v) for v in voters}
@@ -82,6 +100,12 @@ class Transaction:
         # answered, the fan-out drops them instead of waiting ``write_timeout``.
         self.lost_secondaries: set[str] = set()
         self.secondary_lost = asyncio.Event()
+
+    def voter_token(self, node: str) -> str:
+        """The secret only ``node`` is told (in its transaction metadata) and
+        signs its votes with: a node can vote as itself only, not as another
+        voter of the transaction."""
+        return hmac.new(self.token.encode(), node.encode(), hashlib.sha256).hexdigest()[:32]
 
     def _sub(self, index: int) -> _Subtransaction:
         while len(self.subtransactions) <= index:
@@ -139,10 +163,45 @@ class Transaction:
         if self.stopped:
             return Outcome.STOP
         if sub.winner is not None and sub.winner == digest:
+            if sub.winner != ZERO_HASH and not await self._pass_gate(sub):
+                state.failed = True
+                return Outcome.ABORT
+            if self.stopped:
+                return Outcome.STOP
             state.committed = index + 1
             return Outcome.COMMIT
         state.failed = True
         return Outcome.ABORT
+
+    async def _pass_gate(self, sub: _Subtransaction) -> bool:
+        """Whether the COMMIT of ``sub`` may go out (the gate ran, or there is none)."""
+        if self._before_commit is None:
+            return True
+        if self._gate is None:
+            self._gate = asyncio.ensure_future(self._before_commit())
+        try:
+            # Shielded: a voter that hangs up must not cancel it for the others.
+            await asyncio.shield(self._gate)
+        except Exception:
+            # No COMMIT went out: the decision is taken back, nothing applies.
+            self.gate_failed = True
+            sub.winner = None
+            sub.failed = True
+            return False
+        return True
+
+    @property
+    def decided(self) -> int:
+        """Subtransactions decided for the nodes: a winner whose COMMIT may have
+        gone out (not one still waiting on, or refused by, the gate)."""
+        gate_open = (
+            self._before_commit is None or (self._gate is not None and self._gate.done())
+        ) and not self.gate_failed
+        return sum(
+            1
+            for sub in self.subtransactions
+            if sub.winner is not None and (sub.winner == ZERO_HASH or gate_open)
+        )
 
     def cancel_voter(self, node: str) -> None:
         """A voter whose stream failed: it can no longer help reach quorum."""
@@ -188,9 +247,11 @@ class TransactionManager:
         self._ids = itertools.count(secrets.randbits(40) + 1)
         self._transactions: dict[int, Transaction] = {}
 
-    def register(self, primary: str, secondaries: list[str]) -> Transaction:
+    def register(
+        self, primary: str, secondaries: list[str], before_commit: CommitGate | None = None
+    ) -> Transaction:
         voters, threshold = quorum(primary, secondaries)
-        tx = Transaction(next(self._ids), voters, threshold, self.vote_timeout)
+        tx = Transaction(next(self._ids), voters, threshold, self.vote_timeout, before_commit)
         self._transactions[tx.id] = tx
         return tx
 

@@ -17,7 +17,14 @@ from typing import Any
 from gitquorum.cluster.clock import ManualClock
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
-from gitquorum.cluster.queue import ClaimedJob, JobState, JobType, ReplicationQueue
+from gitquorum.cluster.queue import (
+    WAITING_SEEN_MIN,
+    ClaimedJob,
+    JobState,
+    JobType,
+    ReplicationJob,
+    ReplicationQueue,
+)
 
 KEYS = Keyspace("unit")
 SKEW = 600.0
@@ -93,3 +100,23 @@ async def test_a_dead_job_made_due_by_a_leader_whose_clock_runs_ahead_is_due_eve
     assert await ahead.retry_now(dead)
     claimed = await on_time.claim_next(worker)
     assert claimed is not None, "the retry waits for the leader's clock: ten minutes"
+
+
+async def test_pruning_the_first_seen_map_never_restarts_a_waiting_jobs_delay() -> None:
+    # A proxy whose wall clock runs far behind: the job below is due here only
+    # by its delay counted on this proxy's monotonic clock since first seen.
+    store = MemoryStore(ManualClock())
+    mono = [0.0]
+    behind = ReplicationQueue(
+        store, KEYS, clock=lambda: time.time() - SKEW, monotonic=lambda: mono[0]
+    )
+    job = ReplicationJob(
+        "j1", JobType.UPDATE, "vs", 1, "r.git", "n3", "n1", not_before=time.time() + 5, delay=5.0
+    )
+    now = time.time() - SKEW
+    assert not behind._waited(now, [job])(job)  # first seen at 0
+    # Many versions of other jobs seen since, all gone now, and a long time passed.
+    behind._waiting_since.update({(f"gone/{i}", 1): 0.0 for i in range(WAITING_SEEN_MIN + 1)})
+    mono[0] = 10_000.0
+    assert behind._waited(now, [job])(job), "the prune forgot a waiting job: its delay restarted"
+    assert len(behind._waiting_since) == 1

@@ -7,7 +7,14 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from gitquorum.cluster.decisions import Repair, choose_source, repairs, settle_mismatch
+from gitquorum.cluster.decisions import (
+    Repair,
+    choose_source,
+    explaining_writes,
+    repairs,
+    settle_mismatch,
+)
+from gitquorum.cluster.intents import StoredIntent
 from gitquorum.cluster.queue import JobType
 from gitquorum.cluster.repositories import MISSING, RepositoryRecord, decode_record, encode_record
 
@@ -45,6 +52,9 @@ class Case:
     recorded_conflict: tuple[str, ...] = ()
     changed: bool = False
     healthy: frozenset[str] = ALL
+    # Primaries of unfinished writes (intents) standing for the repository.
+    unfinished: tuple[str, ...] = ()
+    reference: str | None = None
 
 
 CASES = {
@@ -177,12 +187,121 @@ CASES = {
         conflict=True,
         recorded_conflict=("n1", "n2"),
     ),
+    # -- an unfinished write explains a difference without a majority ----------
+    "two that differ beside an unfinished write: its primary is the reference": Case(
+        N3_BEHIND,
+        {"n1": "with-write", "n2": "without"},
+        unfinished=("n1",),
+        reference="n1",
+        demoted=frozenset({"n2"}),
+        repairs=(Repair(UPDATE, "n2", "n1"),),
+        changed=True,
+    ),
+    "the unfinished write's primary may be the secondary now": Case(
+        N3_BEHIND,
+        {"n1": "a", "n2": "b"},
+        unfinished=("n2",),
+        reference="n2",
+        demoted=frozenset({"n1"}),
+        primary="n2",
+        repairs=(Repair(UPDATE, "n1", "n2"),),
+        changed=True,
+    ),
+    "a writer's primary that did not answer: the record's primary": Case(
+        N3_BEHIND,
+        {"n1": "a", "n2": "b"},
+        unfinished=("n3",),
+        reference="n1",
+        demoted=frozenset({"n2"}),
+        repairs=(Repair(UPDATE, "n2", "n1"),),
+        changed=True,
+    ),
+    "an unfinished write settles an earlier conflict": Case(
+        replace(TWO, conflict=("n1", "n2")),
+        {"n1": "a", "n2": "b"},
+        unfinished=("n1",),
+        reference="n1",
+        demoted=frozenset({"n2"}),
+        repairs=(Repair(UPDATE, "n2", "n1"),),
+        changed=True,
+    ),
+    "a missing writer's primary is never the reference": Case(
+        THREE,
+        {"n1": None, "n2": "a", "n3": "b"},
+        unfinished=("n1", "n3"),
+        reference="n3",
+        demoted=frozenset({"n1", "n2"}),
+        primary="n3",
+        repairs=(Repair(UPDATE, "n1", "n3"), Repair(UPDATE, "n2", "n3")),
+        changed=True,
+    ),
+    "a wiped replica beside two that differ by an unfinished write": Case(
+        THREE,
+        {"n1": "with-write", "n2": "without", "n3": None},
+        unfinished=("n1",),
+        reference="n1",
+        demoted=frozenset({"n2", "n3"}),
+        repairs=(Repair(UPDATE, "n2", "n1"), Repair(UPDATE, "n3", "n1")),
+        changed=True,
+    ),
+    "three all different, one unfinished write explains at most two: conflict": Case(
+        THREE,
+        {"n1": "a", "n2": "b", "n3": "c"},
+        unfinished=("n2",),
+        conflict=True,
+        recorded_conflict=("n1", "n2", "n3"),
+        changed=True,
+    ),
+    "three all different with two unfinished writes: one reference": Case(
+        THREE,
+        {"n1": "a", "n2": "b", "n3": "c"},
+        unfinished=("n2", "n1"),
+        reference="n2",
+        demoted=frozenset({"n1", "n3"}),
+        primary="n2",
+        repairs=(Repair(UPDATE, "n1", "n2"), Repair(UPDATE, "n3", "n2")),
+        changed=True,
+    ),
+    "a silent up-to-date replica: an unfinished write settles nothing": Case(
+        THREE,
+        {"n1": "a", "n2": "b"},
+        unfinished=("n1",),
+        conflict=True,
+        recorded_conflict=("n1", "n2"),
+        changed=True,
+    ),
+    "a majority still decides with an unfinished write standing": Case(
+        THREE,
+        {"n1": "a", "n2": "b", "n3": "b"},
+        unfinished=("n1",),
+        demoted=frozenset({"n1"}),
+        primary="n2",
+        repairs=(Repair(UPDATE, "n1", "n2"),),
+        changed=True,
+    ),
+    "agreeing replicas with an unfinished write standing: nothing to do": Case(
+        N3_BEHIND, {"n1": "a", "n2": "a"}, unfinished=("n1",)
+    ),
+    "one answer with an unfinished write standing decides nothing": Case(
+        THREE, {"n2": "a"}, unfinished=("n1",)
+    ),
+    "every replica missing with an unfinished write: still a conflict": Case(
+        TWO,
+        {"n1": None, "n2": None},
+        unfinished=("n1",),
+        conflict=True,
+        recorded_conflict=("n1", "n2"),
+        changed=True,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_settle_mismatch(case: Case) -> None:
-    settled = settle_mismatch(case.record, case.checksums, case.healthy, load={"n1": 2})
+    settled = settle_mismatch(
+        case.record, case.checksums, case.healthy, load={"n1": 2}, unfinished=case.unfinished
+    )
+    assert settled.reference == case.reference
     assert settled.demoted == case.demoted
     assert settled.record.primary == case.primary
     assert settled.repairs == case.repairs
@@ -232,3 +351,53 @@ def test_the_conflict_is_stored_with_the_record_and_only_when_set() -> None:
     marked = replace(THREE, conflict=("n1", "n2"))
     assert decode_record("vs", 1, encode_record(marked)).conflict == ("n1", "n2")
     assert decode_record("vs", 1, plain).conflict == ()
+
+
+# -- which intents may explain a mismatch (decisions.explaining_writes) ---------------
+
+
+def _intent(
+    revision: int,
+    primary: str,
+    *,
+    proxy: str = "p1",
+    incarnation: float = 1.0,
+    participants: tuple[str, ...] = ("n1", "n2"),
+    finished: bool = False,
+) -> StoredIntent:
+    return StoredIntent(
+        f"k{revision}",
+        revision,
+        revision,
+        primary,
+        5,
+        proxy,
+        incarnation,
+        frozenset(participants),
+        finished,
+    )
+
+
+ANSWERED = frozenset({"n1", "n2"})
+
+
+@pytest.mark.parametrize(
+    ("intents", "members", "expected"),
+    [
+        # The writer's incarnation is a live member: still its own to finish.
+        ([_intent(1, "n1")], {"p1": 1.0}, ()),
+        # Dead writer, or the same name restarted (another incarnation).
+        ([_intent(1, "n1")], {}, ("n1",)),
+        ([_intent(1, "n1")], {"p1": 2.0}, ("n1",)),
+        # Finished by its finalizer (outcome left replicas unaccounted for).
+        ([_intent(1, "n1", finished=True)], {"p1": 1.0}, ("n1",)),
+        # Not sent to every replica that answered: explains nothing there.
+        ([_intent(1, "n1", participants=("n1", "n3"))], {}, ()),
+        # Newest first.
+        ([_intent(1, "n1"), _intent(7, "n2")], {}, ("n2", "n1")),
+    ],
+)
+def test_explaining_writes(
+    intents: list[StoredIntent], members: dict[str, float], expected: tuple[str, ...]
+) -> None:
+    assert explaining_writes(intents, ANSWERED, members) == expected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from gitquorum.cluster.intents import IntentStore
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.queue import ReplicationQueue
@@ -28,6 +29,7 @@ def memory_port(
     cache: RepositoryCache,
     queue: ReplicationQueue | None = None,
     virtual_storage: str = "vs",
+    intents: IntentStore | None = None,
 ) -> EtcdClusterPort:
     """The etcd cluster port over ``store``, every node healthy and reachable."""
     return EtcdClusterPort(
@@ -39,4 +41,6 @@ def memory_port(
         local_health=lambda _vs, _node: True,
         queue=queue if queue is not None else ReplicationQueue(store, KEYS),
         metrics=ProxyMetrics(CollectorRegistry()),
+        intents=intents,
+        proxy_name="p1",
     )

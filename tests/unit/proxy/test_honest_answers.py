@@ -22,6 +22,7 @@ import pytest
 
 from gitquorum.cluster.decisions import WriteResult
 from gitquorum.cluster.errors import WriteToOutdatedReplicas
+from gitquorum.cluster.intents import WriteIntent
 from gitquorum.errors import FailedPrecondition
 from gitquorum.gitaly import repository_pb2, transaction_pb2
 from gitquorum.proxy.routing import MutatorRoute
@@ -121,7 +122,11 @@ class RecordingCluster(FakeCluster):
         self.record_error: Exception | None = None
 
     async def record_write(
-        self, virtual_storage: str, route: MutatorRoute, result: WriteResult
+        self,
+        virtual_storage: str,
+        route: MutatorRoute,
+        result: WriteResult,
+        intent: WriteIntent | None = None,
     ) -> None:
         await super().record_write(virtual_storage, route, result)
         if self.record_error is not None:

@@ -77,6 +77,15 @@ class FakeCluster:
     async def record_write(self, *args: object) -> None:
         raise AssertionError("reads only")
 
+    def intent_for(self, *args: object) -> None:
+        raise AssertionError("reads only")
+
+    async def record_intent(self, *args: object) -> None:
+        raise AssertionError("reads only")
+
+    async def forget_intent(self, *args: object) -> None:
+        raise AssertionError("reads only")
+
     async def remove(self, *args: object) -> None:
         raise AssertionError("reads only")
 

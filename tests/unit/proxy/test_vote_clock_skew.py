@@ -34,11 +34,11 @@ class Context:
         return [("authorization", f"Bearer {self.token}")]
 
 
-async def vote(offset: float, secret: str | None = None) -> Any:
+async def vote(offset: float, secret: str | None = None, node: str = "n1") -> Any:
     manager = TransactionManager(vote_timeout=5)
-    tx = manager.register("n1", [])
+    tx = manager.register("n1", ["n2"])
     service = RefTransactionService(manager, ProxyMetrics(CollectorRegistry()))
-    token = tokens.v2_token((secret or tx.token).encode(), now=time.time() + offset)
+    token = tokens.v2_token((secret or tx.voter_token(node)).encode(), now=time.time() + offset)
     request = transaction_pb2.VoteTransactionRequest(
         transaction_id=tx.id, node="n1", reference_updates_hash=DIGEST
     )
@@ -54,3 +54,9 @@ async def test_a_vote_signed_on_a_skewed_clock_counts(offset: float) -> None:
 async def test_a_vote_signed_with_another_secret_is_refused() -> None:
     with pytest.raises(PermissionDenied):
         await vote(0.0, secret="not the transaction's")
+
+
+async def test_a_vote_signed_with_another_voters_secret_is_refused() -> None:
+    # n2 was told its own secret only: it cannot vote as the primary n1.
+    with pytest.raises(PermissionDenied):
+        await vote(0.0, node="n2")

@@ -122,3 +122,86 @@ async def test_only_the_zero_vote_means_nothing_changed() -> None:
     await asyncio.gather(moved.vote("p", A), moved.vote("s1", A))
     await asyncio.gather(moved.vote("p", zero), moved.vote("s1", zero))
     assert not moved.changed_nothing
+
+
+# -- the gate before the first COMMIT (a write's intent, cluster.intents) -------------
+
+
+class Gate:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.calls = 0
+        self.error = error
+        self.release = asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+
+
+async def test_no_commit_goes_out_before_the_gate_passes_and_it_runs_once() -> None:
+    gate = Gate()
+    tx = TransactionManager(vote_timeout=5).register("p", ["s1", "s2"], gate)
+    votes = asyncio.gather(tx.vote("p", A), tx.vote("s1", A), tx.vote("s2", A))
+    await asyncio.sleep(0.05)
+    assert not votes.done() and gate.calls == 1
+    gate.release.set()
+    assert await asyncio.wait_for(votes, 2) == [Outcome.COMMIT] * 3
+    # A later subtransaction does not wait again.
+    second = await asyncio.gather(tx.vote("p", B), tx.vote("s1", B), tx.vote("s2", B))
+    assert second == [Outcome.COMMIT] * 3 and gate.calls == 1
+
+
+async def test_a_failed_gate_aborts_every_voter_and_decides_nothing() -> None:
+    gate = Gate(RuntimeError("etcd unavailable"))
+    gate.release.set()
+    tx = TransactionManager(vote_timeout=5).register("p", ["s1"], gate)
+    results = await asyncio.gather(tx.vote("p", A), tx.vote("s1", A))
+    assert results == [Outcome.ABORT] * 2
+    assert tx.committed_nodes() == set()
+    assert all(sub.winner is None for sub in tx.subtransactions)
+
+
+async def test_the_zero_vote_and_aborts_pass_no_gate() -> None:
+    gate = Gate()  # never released: a vote that waited on it would time out
+    tx = TransactionManager(vote_timeout=5).register("p", ["s1", "s2"], gate)
+    zero = b"\x00" * 20
+    assert (
+        await asyncio.wait_for(
+            asyncio.gather(tx.vote("p", zero), tx.vote("s1", zero), tx.vote("s2", zero)), 2
+        )
+        == [Outcome.COMMIT] * 3
+    )
+    other = TransactionManager(vote_timeout=5).register("p", ["s1", "s2"], gate)
+    assert (
+        await asyncio.wait_for(
+            asyncio.gather(other.vote("p", A), other.vote("s1", B), other.vote("s2", B)), 2
+        )
+        == [Outcome.ABORT] * 3
+    )
+    assert gate.calls == 0
+
+
+async def test_a_voter_hanging_up_does_not_cancel_the_gate_for_the_others() -> None:
+    gate = Gate()
+    tx = TransactionManager(vote_timeout=5).register("p", ["s1"], gate)
+    primary = asyncio.ensure_future(tx.vote("p", A))
+    secondary = asyncio.ensure_future(tx.vote("s1", A))
+    await asyncio.sleep(0.05)
+    primary.cancel()
+    gate.release.set()
+    assert await asyncio.wait_for(secondary, 2) is Outcome.COMMIT
+    assert gate.calls == 1
+
+
+async def test_a_subtransaction_waiting_on_the_gate_is_not_decided_for_the_nodes() -> None:
+    gate = Gate()
+    tx = TransactionManager(vote_timeout=5).register("p", ["s1"], gate)
+    vote = asyncio.ensure_future(tx.vote("p", A))
+    await asyncio.sleep(0.05)
+    assert tx.subtransactions[0].winner == A and tx.decided == 0
+    gate.error = RuntimeError("etcd unavailable")
+    gate.release.set()
+    assert await asyncio.wait_for(vote, 2) is Outcome.ABORT
+    assert tx.gate_failed and tx.decided == 0

@@ -1,0 +1,244 @@
+"""The verifier and unfinished writes' intents, over the in-memory store.
+
+Two up-to-date replicas that differ, with no majority, are a conflict for an
+operator — unless an intent says a write whose outcome is not recorded stands:
+then its primary is the reference, the other replica is demoted and repaired
+from it, and the intent goes in the same txn. Intents of writes that can no
+longer change anything are removed once the replicas agree.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from gitquorum.cluster.clock import ManualClock
+from gitquorum.cluster.errors import FailedPrecondition, NotLeader
+from gitquorum.cluster.intents import IntentStore, WriteIntent
+from gitquorum.cluster.memory_store import MemoryStore
+from gitquorum.cluster.queue import ReplicationQueue
+from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
+from gitquorum.proxy.verifier import VerificationStore, Verifier
+from tests.unit.proxy.test_verifier import (
+    KEYS,
+    VS,
+    FakeChecksums,
+    Leadership,
+    Parts,
+    generations,
+)
+
+NODES = ("n1", "n2", "n3")
+
+
+async def _build(
+    grace: float = 120.0, members: dict[str, float] | None = None, third_outdated: bool = True
+) -> tuple[Parts, IntentStore]:
+    store = MemoryStore(ManualClock())
+    repos = RepositoryStore(store, KEYS, rng=random.Random(1))
+    record = await repos.create(VS, "a.git", nodes=NODES, healthy=set(NODES))
+    record = await repos.set_primary(VS, record.repository_id, "n1")
+    record = await repos.increment_generation(VS, record.repository_id, NODES)
+    # n3 missed a write: only n1 and n2 are up to date.
+    moved = ("n1", "n2") if third_outdated else NODES
+    record = await repos.increment_generation(VS, record.repository_id, moved)
+    cache = RepositoryCache(store, KEYS)
+    await cache.start()
+    await cache.wait_for_revision(record.revision)
+    queue = ReplicationQueue(store, KEYS)
+    checksums = FakeChecksums(dict.fromkeys(NODES, "a"))
+    leadership = Leadership(store)
+    await leadership.acquire("p1")
+    intents = IntentStore(store, KEYS)
+    verifier = Verifier(
+        repos,
+        cache,
+        queue,
+        checksums,
+        VerificationStore(store, KEYS),
+        lambda _vs: frozenset(NODES),
+        fence=leadership.current("p1"),
+        recheck_delay=0.0,
+        intents=intents,
+        intent_grace=grace,
+        members=lambda: members or {},
+    )
+    return Parts(store, repos, cache, queue, checksums, leadership, verifier, record), intents
+
+
+@pytest.fixture
+async def built() -> AsyncIterator[tuple[Parts, IntentStore]]:
+    parts, intents = await _build()
+    yield parts, intents
+    await parts.cache.close()
+
+
+def _intent(parts: Parts, primary: str = "n1", intent_id: str = "w1") -> WriteIntent:
+    return WriteIntent(
+        VS, parts.record.repository_id, intent_id, "proxy-a", 5.0, 2, primary, ("n1", "n2")
+    )
+
+
+async def _standing(parts: Parts, intents: IntentStore) -> list[str]:
+    return [i.key for i in await intents.of_repository(VS, parts.record.repository_id)]
+
+
+async def test_without_an_intent_two_that_differ_are_a_conflict(
+    built: tuple[Parts, IntentStore],
+) -> None:
+    parts, _ = built
+    parts.checksums.values["n2"] = "without the write"
+    await parts.verifier.verify_once(force=True)
+    after = await parts.get()
+    assert after.conflict == ("n1", "n2")
+    assert generations(after) == generations(parts.record)
+    assert not await parts.jobs()
+
+
+async def test_an_unfinished_write_settles_toward_its_primary_and_goes(
+    built: tuple[Parts, IntentStore],
+) -> None:
+    parts, intents = built
+    await intents.put(_intent(parts, primary="n1"))
+    parts.checksums.values["n2"] = "without the write"
+    await parts.verifier.verify_once(force=True)
+    after = await parts.get()
+    assert after.conflict == ()
+    assert generations(after) == {"n1": 2, "n2": 1, "n3": 1}
+    assert after.primary == "n1"
+    jobs = {(j.target_node, j.source_node) for j in await parts.jobs()}
+    assert ("n2", "n1") in jobs
+    assert await _standing(parts, intents) == []
+
+
+async def test_the_reference_follows_the_writes_primary_even_if_it_is_not_primary_now(
+    built: tuple[Parts, IntentStore],
+) -> None:
+    parts, intents = built
+    await intents.put(_intent(parts, primary="n2"))
+    parts.checksums.values["n1"] = "without the write"
+    await parts.verifier.verify_once(force=True)
+    after = await parts.get()
+    assert generations(after) == {"n1": 1, "n2": 2, "n3": 1}
+    assert after.primary == "n2"
+
+
+async def test_a_write_its_live_proxy_may_still_finish_settles_nothing() -> None:
+    parts, intents = await _build(members={"proxy-a": 5.0})
+    try:
+        await intents.put(_intent(parts))
+        parts.checksums.values["n2"] = "without the write"
+        await parts.verifier.verify_once(force=True)
+        # Its proxy will record the outcome: no verdict, not even a conflict.
+        assert await parts.get() == parts.record and not await parts.jobs()
+        assert len(await _standing(parts, intents)) == 1
+    finally:
+        await parts.cache.close()
+
+
+async def test_a_finished_intent_of_a_live_proxy_settles() -> None:
+    parts, intents = await _build(members={"proxy-a": 5.0})
+    try:
+        intent = _intent(parts)
+        await parts.store.put(intents.key(intent), replace(intent, finished=True).encode())
+        parts.checksums.values["n2"] = "without the write"
+        await parts.verifier.verify_once(force=True)
+        after = await parts.get()
+        assert after.conflict == () and generations(after)["n2"] == 1
+        assert await _standing(parts, intents) == []
+    finally:
+        await parts.cache.close()
+
+
+async def test_an_intent_is_not_put_for_a_removed_repository(
+    built: tuple[Parts, IntentStore],
+) -> None:
+    parts, intents = built
+    await parts.repos.delete(VS, parts.record.repository_id)
+    with pytest.raises(FailedPrecondition):
+        await intents.put(_intent(parts))
+    assert await _standing(parts, intents) == []
+
+
+async def test_a_deposed_leader_settles_nothing_and_keeps_the_intent(
+    built: tuple[Parts, IntentStore],
+) -> None:
+    parts, intents = built
+    await intents.put(_intent(parts))
+    parts.checksums.values["n2"] = "without the write"
+    await parts.leadership.depose()
+    await parts.verifier.verify_once(force=True)
+    assert await parts.get() == parts.record
+    assert len(await _standing(parts, intents)) == 1
+
+
+async def test_intents_go_once_the_replicas_agree_after_the_grace() -> None:
+    parts, intents = await _build(grace=0.0)
+    try:
+        await intents.put(_intent(parts))
+        await parts.verifier.verify_once(force=True)
+        assert await _standing(parts, intents) == []
+        assert await parts.get() == parts.record
+    finally:
+        await parts.cache.close()
+
+
+async def test_a_deposed_leader_removes_no_intent() -> None:
+    parts, intents = await _build(grace=0.0)
+    try:
+        await intents.put(_intent(parts))
+        (stored,) = await intents.of_repository(VS, parts.record.repository_id)
+        fence = parts.leadership.current("p1")()
+        await parts.leadership.depose()
+        with pytest.raises(NotLeader):
+            await intents.forget_unchanged(stored, fence)
+        assert len(await _standing(parts, intents)) == 1
+    finally:
+        await parts.cache.close()
+
+
+async def test_intents_stay_while_the_replicas_disagree_or_within_the_grace(
+    built: tuple[Parts, IntentStore],
+) -> None:
+    parts, intents = built
+    await intents.put(_intent(parts))
+    # Agreeing, but first seen just now: its write may still commit somewhere.
+    await parts.verifier.verify_once(force=True)
+    assert len(await _standing(parts, intents)) == 1
+
+
+async def test_an_intent_put_again_after_it_was_read_is_not_removed() -> None:
+    parts, intents = await _build(grace=0.0)
+    try:
+        intent = _intent(parts)
+        await intents.put(intent)
+        (stored,) = await intents.of_repository(VS, parts.record.repository_id)
+        # The write's finalizer keeps it (put again) between the read and the removal.
+        await parts.store.put(intents.key(intent), intent.encode())
+        fence = parts.leadership.current("p1")()
+        assert not await intents.forget_unchanged(stored, fence)
+        assert len(await _standing(parts, intents)) == 1
+    finally:
+        await parts.cache.close()
+
+
+async def test_no_verdict_while_a_write_is_in_flight_then_the_majority_decides() -> None:
+    # Three up-to-date replicas; a write through a live proxy has committed on
+    # n1 and n2 and not yet reached n3 (its proxy waits for n3's leg).
+    members = {"proxy-a": 5.0}
+    parts, intents = await _build(members=members, third_outdated=False)
+    try:
+        await intents.put(_intent(parts))
+        parts.checksums.values["n3"] = "not reached yet"
+        await parts.verifier.verify_once(force=True)
+        assert await parts.get() == parts.record, "a replica demoted for a write in flight"
+        # The proxy is gone (its outcome never came): the majority decides.
+        members.clear()
+        await parts.verifier.verify_once(force=True)
+        after = await parts.get()
+        assert generations(after)["n3"] == 1 and generations(after)["n1"] == 2
+    finally:
+        await parts.cache.close()
