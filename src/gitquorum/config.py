@@ -513,6 +513,9 @@ class ProxyConfig:
     # TLS of the client-facing listener, and of the channels to nodes (docs/security.md).
     tls: TlsSettings = TlsSettings()
     node_tls: TlsSettings | None = None
+    # Processes serving the one listen address (SO_REUSEPORT); 1: one process,
+    # as before (docs/configuration.md, "Proxy workers", on why 1 is the default).
+    workers: int = 1
 
 
 # The etcd watch hears from etcd every second (progress notifications) and
@@ -562,6 +565,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
             "reads",
             "tls",
             "node_tls",
+            "workers",
         },
         "",
         PRAEFECT_PROXY_RENAMES,
@@ -676,6 +680,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
             listener=True,
         ),
         # Present (even empty: the system's roots verify the nodes) means TLS to every node.
+        workers=reader.integer(top, "workers", "", 1, 1),
         node_tls=None
         if top.get("node_tls") is None
         else _tls(
@@ -686,9 +691,26 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
             listener=False,
         ),
     )
+    if config.workers > 1:
+        _check_worker_limits(reader, config.workers, config.limits)
     if reader.problems:
         raise ConfigError(reader.problems)
     return config
+
+
+def _check_worker_limits(reader: _Reader, workers: int, limits: LimitsConfig) -> None:
+    """Each worker gets its share of a per-repository limit: every share must be one at least.
+
+    A share of 0 would mean "no limit" in that worker (limits.worker_limits).
+    """
+    for key in ("mutator_concurrency", "read_concurrency"):
+        value = getattr(limits, key)
+        if 0 < value < workers:
+            reader.problem(
+                f"limits.{key}",
+                f"{value} is less than workers ({workers}): each worker process gets an "
+                "equal share of the limit, which must be 1 at least (or 0: no limit)",
+            )
 
 
 def load_proxy_config(path: str | Path) -> ProxyConfig:

@@ -22,7 +22,7 @@ import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gitquorum import log
 from gitquorum.config import LimitsConfig
@@ -172,6 +172,40 @@ class RepositoryLimiter:
             del self._slots[key]
 
 
+def share(total: int, workers: int, index: int) -> int:
+    """Worker ``index``'s part of ``total`` split among ``workers``: the shares add up to it.
+
+    The remainder goes to the first workers (10 among 3: 4, 3, 3). A total
+    below ``workers`` leaves some workers a share of 0; for a concurrency limit
+    that would mean "no limit", which configuration validation refuses.
+    """
+    base, remainder = divmod(total, workers)
+    return base + (1 if index < remainder else 0)
+
+
+def worker_limits(limits: LimitsConfig, workers: int, index: int) -> LimitsConfig:
+    """The limits one of ``workers`` processes of a server enforces on its own.
+
+    Each process counts only its own calls, and the kernel spreads connections
+    over the processes, so the configured per-repository limits are divided
+    among them: the processes together never run more than the configured number
+    of mutators (or expensive reads) on one repository, nor queue more calls.
+    0 (no limit) stays 0. The message size is per call and stays as it is.
+    """
+    if workers <= 1:
+        return limits
+
+    def part(total: int) -> int:
+        return share(total, workers, index) if total > 0 else 0
+
+    return replace(
+        limits,
+        mutator_concurrency=part(limits.mutator_concurrency),
+        read_concurrency=part(limits.read_concurrency),
+        max_queued=part(limits.max_queued),
+    )
+
+
 def _describe(key: Hashable) -> str:
     if isinstance(key, tuple):
         return repr("/".join(str(part) for part in key[1:]) or str(key))
@@ -280,4 +314,6 @@ __all__ = [
     "Admission",
     "DrainGate",
     "RepositoryLimiter",
+    "share",
+    "worker_limits",
 ]

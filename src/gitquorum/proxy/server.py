@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from gitquorum.config_settings import cluster_settings
 from gitquorum.errors import ConfigError
 from gitquorum.gitaly import praefect_pb2_grpc, server_pb2_grpc, transaction_pb2_grpc
 from gitquorum.lifecycle import Assembled, ListenError, bind_port, run_until_signalled
-from gitquorum.limits import Admission, DrainGate
+from gitquorum.limits import Admission, DrainGate, worker_limits
 from gitquorum.metrics import MetricsServer
 from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.etcd_cluster_port import EtcdClusterPort
@@ -65,6 +66,7 @@ from gitquorum.proxy.vote_counting import TransactionManager
 from gitquorum.wire.interceptor import ErrorInterceptor
 from gitquorum.wire.options import server_options
 from gitquorum.wire.registry import MethodRegistry, Op
+from gitquorum.worker_pool import SINGLE, WorkerSlot, join_address
 
 logger = log.get("gitquorum.proxy")
 
@@ -104,6 +106,14 @@ class ProxyServer(Assembled):
     ``AsyncExitStack`` at once, so a start that fails half-way (a port already
     taken, etcd unreachable) closes its watches, leases and tasks before the
     error propagates. The last entry is the graceful drain, which close() runs first.
+
+    ``worker``: which of the proxy's worker processes this is (``workers``,
+    docs/architecture.md "Proxy workers"). Worker 0 is the proxy as the cluster
+    sees it: membership, health publishing, leader election (failover,
+    reconciler, verifier) and replication workers. Every worker serves clients
+    from its own watch-fed caches, checks the nodes for its own routing, and
+    has its own address for votes, since a transaction lives in the process
+    that started it.
     """
 
     def __init__(
@@ -112,14 +122,21 @@ class ProxyServer(Assembled):
         registry: CollectorRegistry | None = None,
         *,
         secrets: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None,
+        worker: WorkerSlot = SINGLE,
     ) -> None:
         super().__init__(config.graceful_timeout)
         self.config = config
+        self.worker = worker
         self.registry = registry or CollectorRegistry()
         # (client, node) secrets; None: read from the configuration at start.
         self.secrets = secrets
         self.port = 0
         self.metrics_port = 0
+        # Pooled workers: the port of this worker's own listener, for votes.
+        self.vote_port = 0
+        self.vote_address = ""
+        # Pooled workers but the first: worker 0's membership incarnation.
+        self._first_incarnation = 0.0
         # Pure parts: built here, nothing to release.
         self.registry_methods = MethodRegistry.from_descriptors()  # refuses unannotated methods
         self.metrics = ProxyMetrics(self.registry)
@@ -131,8 +148,11 @@ class ProxyServer(Assembled):
             for result in ("retried", "gave-up"):
                 self.metrics.write_retries.labels(name, result)
         self.transactions = TransactionManager(vote_timeout=config.vote_timeout)
-        # Drain gate and per-repository concurrency limits (config.limits).
-        self.admission = Admission(config.limits, what="proxy")
+        # Drain gate and per-repository concurrency limits (config.limits),
+        # divided among the worker processes.
+        self.admission = Admission(
+            worker_limits(config.limits, worker.count, worker.index), what="proxy"
+        )
         # What reads learn about the nodes: hedge delays and outlier ejection.
         self.read_health = ReadHealth(config.reads, self.metrics)
         self.read_health.known(n for members in self.nodes.values() for n in members)
@@ -188,14 +208,24 @@ class ProxyServer(Assembled):
             checker = await self._open_health(stack, store, keys, node_tls, views)
             port_api = self._open_port_api(views, checker)
             self._add_services(server, port_api, channels, store, keys, views, server_tls)
-            workers, election = self._plan_replication(
-                store, keys, channels, port_api, views, node_secret
+            # A health listener every worker needs: in-flight writes stop
+            # waiting for a node the consensus turns unhealthy.
+            views.health.add_listener(self._release_unhealthy_nodes)
+            # What must run once per proxy runs in worker 0 only.
+            planned = (
+                self._plan_replication(store, keys, channels, port_api, views, node_secret)
+                if self.worker.first
+                else None
             )
+            if planned is None:
+                self._first_incarnation = await self._wait_first_incarnation(views.health)
             await server.start()
-            stack.push_async_callback(workers.close, 0.0)
-            await workers.start()
-            stack.push_async_callback(election.close)
-            await election.start()
+            if planned is not None:
+                workers, election = planned
+                stack.push_async_callback(workers.close, 0.0)
+                await workers.start()
+                stack.push_async_callback(election.close)
+                await election.start()
             await self._open_metrics(stack)
             # Last in, first out: close() drains before anything else is released.
             stack.push_async_callback(self._drain)
@@ -206,6 +236,9 @@ class ProxyServer(Assembled):
                 name=config.name,
                 listen=self.address,
                 metrics_port=self.metrics_port,
+                worker=self.worker.index,
+                workers=self.worker.count,
+                vote_address=self.vote_address or None,
                 virtual_storages=sorted(self.nodes),
                 # Whether, never with what: secrets stay out of logs.
                 client_authentication=bool(client_secrets),
@@ -311,15 +344,19 @@ class ProxyServer(Assembled):
                     public=True,
                 ),
             ],
-            options=server_options(config.limits.max_message_size),
+            options=server_options(config.limits.max_message_size, reuse_port=self.worker.pooled),
         )
         server = self.server
         # Without grace: the drain step, above it on the stack, is the graceful part.
         stack.push_async_callback(server.stop, 0)
         self.tls = tls.ReloadableServerTLS(server_tls) if server_tls is not None else None
-        self.port = bind_port(
-            server, config.listen, self.tls.credentials() if self.tls is not None else None
-        )
+        credentials = self.tls.credentials() if self.tls is not None else None
+        self.port = bind_port(server, config.listen, credentials)
+        if self.worker.pooled:
+            # The shared port may hand a node's vote to any worker; this
+            # worker's own port reaches the process that holds the transaction.
+            host, _ = parse_address(config.listen)
+            self.vote_port = bind_port(server, join_address(host, 0), credentials)
         return server
 
     def reload(self) -> None:
@@ -352,16 +389,22 @@ class ProxyServer(Assembled):
         node_tls: tls.ClientTLS | None,
         views: _Views,
     ) -> HealthChecker:
-        """Register this proxy (its membership lease) and start checking the nodes."""
+        """Register this proxy (its membership lease) and start checking the nodes.
+
+        Pooled workers but the first check the nodes for their own routing and
+        publish nothing: the proxy is one member, with worker 0's view.
+        """
         config = self.config
-        self.membership = membership = ProxyMembership(
-            store,
-            keys,
-            config.name,
-            address=self.address,
-            ttl=config.election_ttl,
-            settings=cluster_settings(config),
-        )
+        membership: ProxyMembership | None = None
+        if self.worker.first:
+            self.membership = membership = ProxyMembership(
+                store,
+                keys,
+                config.name,
+                address=self.address,
+                ttl=config.election_ttl,
+                settings=cluster_settings(config),
+            )
         node_map = {
             vs.name: {n.storage: n.address for n in vs.nodes} for vs in config.virtual_storages
         }
@@ -375,17 +418,19 @@ class ProxyServer(Assembled):
         stack.push_async_callback(probe.close)
         self.checker = checker = HealthChecker(
             node_map,
-            publish=membership.publish_health,
+            publish=membership.publish_health if membership is not None else None,
             interval=config.health_interval,
             timeout=config.health_timeout,
             probe=probe,
             observe_probe=self.metrics.observe_immediate_probe,
         )
         # The checker closes first: it publishes through the membership.
-        stack.push_async_callback(membership.close)
+        if membership is not None:
+            stack.push_async_callback(membership.close)
         stack.push_async_callback(checker.close)
         await checker.check_once()
-        await membership.start(checker.local_view)
+        if membership is not None:
+            await membership.start(checker.local_view)
         await checker.start()
         cluster_metrics, nodes, health_view = self.cluster_metrics, self.nodes, views.health
         checker.add_listener(lambda view: cluster_metrics.update_health(local=view))
@@ -439,9 +484,30 @@ class ProxyServer(Assembled):
         return self.port_api
 
     def _incarnation(self) -> float:
-        """This process's membership ``started_at``, as other proxies read it."""
+        """This proxy's membership ``started_at``, as other proxies read it.
+
+        A pooled worker other than the first writes worker 0's: the verifier
+        reads an intent as evidence once its proxy incarnation is gone, and the
+        proxy's writes live as long as worker 0 (the parent stops every worker
+        when one ends).
+        """
         membership = self.membership
-        return round(membership.started_at, 3) if membership is not None else 0.0
+        if membership is not None:
+            return round(membership.started_at, 3)
+        return self._first_incarnation
+
+    async def _wait_first_incarnation(self, health: HealthView) -> float:
+        """Worker 0's membership ``started_at``, once this worker's view has it.
+
+        Worker 0 registers before it serves, and the parent starts the other
+        workers after that: the wait is normally none.
+        """
+        name = self.config.name
+        async with asyncio.timeout(max(10.0, 3 * self.config.election_ttl)):
+            # Polled: the view signals consensus changes, not a member's arrival.
+            while (found := health.incarnations().get(name)) is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        return round(found, 3)
 
     def _add_services(
         self,
@@ -456,8 +522,11 @@ class ProxyServer(Assembled):
         config = self.config
         # Nodes dial back to vote: tls:// tells them to use TLS (storage/transaction.py).
         advertise = config.advertise or self.address
+        if self.vote_port:
+            advertise = with_port(advertise, self.vote_port)
         if "://" not in advertise:
             advertise = tls.url(advertise, server_tls is not None)
+        self.vote_address = advertise
         handler = ProxyHandler(
             self.registry_methods,
             port_api,
@@ -554,9 +623,6 @@ class ProxyServer(Assembled):
             members=views.health.incarnations,
         )
         election.run_while_leader("verifier", self.verifier.run)
-        # A node the consensus turns unhealthy stops holding up in-flight writes: they
-        # end now instead of after the vote (primary) or write (secondary) timeout.
-        views.health.add_listener(self._release_unhealthy_nodes)
         # Wake the workers when a node comes back: its jobs become runnable.
         views.health.add_listener(lambda _old, _new: workers.wake.set())
         # ... and when an operator resumes a paused cluster: held-back jobs become claimable.
@@ -565,6 +631,9 @@ class ProxyServer(Assembled):
 
     async def _open_metrics(self, stack: contextlib.AsyncExitStack) -> None:
         host, port = parse_address(self.config.metrics_listen)
+        if port and self.worker.pooled:
+            # One /metrics per worker: worker I on the configured port + I.
+            port += self.worker.index
         self.metrics_server = metrics_server = MetricsServer(self.registry, host, port)
         stack.push_async_callback(metrics_server.close)
         try:
@@ -591,14 +660,16 @@ class ProxyServer(Assembled):
         RefTransaction service for their votes, which a stopped server refuses.
         The server stops once they are done, or when the grace period is over.
         """
-        assert self.server is not None and self.workers is not None
+        assert self.server is not None
         grace = self._grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         self.admission.gate.drain()
         # Workers stop claiming now and finish their running jobs meanwhile;
         # closing revokes their lease, so a job cut short is re-claimed at once.
-        workers = asyncio.ensure_future(self.workers.close(grace))
+        workers = asyncio.ensure_future(
+            self.workers.close(grace) if self.workers is not None else asyncio.sleep(0)
+        )
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
@@ -610,6 +681,13 @@ class ProxyServer(Assembled):
             # Cut short: the workers' own cleanup, further down the stack, stops them now.
             workers.cancel()
         logger.info("drained", extra=log.fields(calls_cut_short=cut))
+
+
+def with_port(address: str, port: int) -> str:
+    """``address`` (``host:port``, maybe with a ``scheme://``) with its port replaced."""
+    scheme, sep, rest = address.rpartition("://")
+    host, _ = parse_address(rest)
+    return f"{scheme}{sep}{join_address(host, port)}"
 
 
 @dataclass(frozen=True)
@@ -642,13 +720,17 @@ async def serve(
     config: ProxyConfig,
     ready_file: Path | None = None,
     secrets: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None,
+    worker: WorkerSlot = SINGLE,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain gracefully; a second signal stops at once."""
-    proxy = ProxyServer(config, secrets=secrets)
+    proxy = ProxyServer(config, secrets=secrets, worker=worker)
 
     def ready() -> None:
         if ready_file is not None:
-            ready_file.write_text(f"{proxy.address} {proxy.metrics_port}\n")
+            line = f"{proxy.address} {proxy.metrics_port}"
+            if worker.pooled:
+                line += f" {proxy.vote_address} {os.getpid()}"
+            ready_file.write_text(line + "\n")
 
     await run_until_signalled(
         proxy,

@@ -56,11 +56,16 @@ def node_channel_options() -> Options:
     ]
 
 
-def server_options(max_receive: int = MAX_MESSAGE_SIZE) -> Options:
-    """A node's or proxy's server: a larger request fails RESOURCE_EXHAUSTED."""
+def server_options(max_receive: int = MAX_MESSAGE_SIZE, *, reuse_port: bool = False) -> Options:
+    """A node's or proxy's server: a larger request fails RESOURCE_EXHAUSTED.
+
+    ``reuse_port``: several worker processes listen on one address (SO_REUSEPORT).
+    Off otherwise, so that a second server started on a taken port fails
+    instead of silently sharing its clients.
+    """
     return [
         *message_size_options(receive=max_receive),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
         # Clients ping every KEEPALIVE_TIME_MS; grpc's default policy would
         # answer that with GOAWAY "too many pings".
         ("grpc.http2.min_recv_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
