@@ -1,0 +1,123 @@
+"""Proxy workers: the setting, the limits each worker enforces, addresses and options."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from gitquorum.config import ConfigError, LimitsConfig, proxy_config_from_dict
+from gitquorum.lifecycle import ListenError
+from gitquorum.limits import share, worker_limits
+from gitquorum.proxy.server import with_port
+from gitquorum.wire.options import server_options
+from gitquorum.worker_pool import WorkerSlot, join_address, reserve_address
+from tests.unit.test_config import GOOD_PROXY
+
+
+def test_one_worker_by_default() -> None:
+    assert proxy_config_from_dict(dict(GOOD_PROXY)).workers == 1
+
+
+@pytest.mark.parametrize("value", [0, -1, "2", 1.5, True])
+def test_workers_must_be_a_positive_integer(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"workers: expected an integer >= 1"):
+        proxy_config_from_dict({**GOOD_PROXY, "workers": value})
+
+
+def test_a_limit_below_the_workers_is_refused() -> None:
+    data = {**GOOD_PROXY, "workers": 4, "limits": {"mutator_concurrency": 3}}
+    with pytest.raises(ConfigError, match=r"limits.mutator_concurrency: 3 is less than workers"):
+        proxy_config_from_dict(data)
+
+
+@pytest.mark.parametrize("limits", [{"mutator_concurrency": 4}, {"mutator_concurrency": 0}])
+def test_a_limit_of_at_least_the_workers_or_none_is_accepted(limits: dict[str, int]) -> None:
+    data = {**GOOD_PROXY, "workers": 4, "limits": limits}
+    assert proxy_config_from_dict(data).workers == 4
+
+
+@pytest.mark.parametrize(
+    ("total", "workers", "shares"),
+    [
+        (10, 1, [10]),
+        (10, 2, [5, 5]),
+        (10, 3, [4, 3, 3]),
+        (7, 4, [2, 2, 2, 1]),
+        (2, 2, [1, 1]),
+        (1, 2, [1, 0]),
+        (0, 3, [0, 0, 0]),
+    ],
+)
+def test_shares_add_up_to_the_total(total: int, workers: int, shares: list[int]) -> None:
+    assert [share(total, workers, i) for i in range(workers)] == shares
+    assert sum(shares) == total
+
+
+def test_each_worker_enforces_its_share_of_the_limits() -> None:
+    limits = LimitsConfig(
+        max_message_size=1 << 20, mutator_concurrency=10, read_concurrency=0, max_queued=5
+    )
+    first, second = (worker_limits(limits, 2, i) for i in range(2))
+    assert (first.mutator_concurrency, second.mutator_concurrency) == (5, 5)
+    # 0 means no limit, in every worker.
+    assert first.read_concurrency == second.read_concurrency == 0
+    assert (first.max_queued, second.max_queued) == (3, 2)
+    assert first.max_message_size == second.max_message_size == 1 << 20
+    assert first.queue_timeout == limits.queue_timeout
+    assert worker_limits(limits, 1, 0) is limits
+
+
+def test_worker_slot() -> None:
+    assert not WorkerSlot().pooled and WorkerSlot().first
+    assert WorkerSlot(0, 2).pooled and WorkerSlot(0, 2).first
+    assert not WorkerSlot(1, 2).first
+
+
+@pytest.mark.parametrize(
+    ("address", "port", "expected"),
+    [
+        ("127.0.0.1:2305", 4000, "127.0.0.1:4000"),
+        ("tls://proxy1.example:2305", 4001, "tls://proxy1.example:4001"),
+        ("tcp://[::1]:2305", 4002, "tcp://[::1]:4002"),
+    ],
+)
+def test_a_workers_vote_address_keeps_host_and_scheme(
+    address: str, port: int, expected: str
+) -> None:
+    assert with_port(address, port) == expected
+
+
+def test_join_address_brackets_ipv6() -> None:
+    assert join_address("::1", 5) == "[::1]:5"
+    assert join_address("127.0.0.1", 5) == "127.0.0.1:5"
+
+
+def test_so_reuseport_only_for_workers() -> None:
+    assert dict(server_options())["grpc.so_reuseport"] == 0
+    assert dict(server_options(reuse_port=True))["grpc.so_reuseport"] == 1
+
+
+def test_reserving_a_taken_port_fails() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ListenError, match=f"127.0.0.1:{port}"):
+            reserve_address("127.0.0.1", port)
+
+
+def test_a_reserved_port_cannot_be_shared_by_a_second_pool() -> None:
+    holder = reserve_address("127.0.0.1", 0)
+    try:
+        port = holder.getsockname()[1]
+        assert port != 0
+        # Workers bind it with SO_REUSEPORT ...
+        with socket.socket() as worker:
+            worker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            worker.bind(("127.0.0.1", port))
+        # ... but another pooled server asking for the same port is refused.
+        with pytest.raises(ListenError):
+            reserve_address("127.0.0.1", port)
+    finally:
+        holder.close()
