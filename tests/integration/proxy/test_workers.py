@@ -42,6 +42,12 @@ SETTINGS: dict[str, object] = {
 CONNECTIONS = 16
 
 
+def connect(address: str) -> grpc.aio.Channel:
+    """A channel with its own connection: grpc shares one between channels of a
+    process by default, which would send them all to one worker."""
+    return grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
 @dataclass(frozen=True)
 class Worker:
     address: str
@@ -118,7 +124,7 @@ async def test_writes_through_the_shared_port_all_commit(pooled: Cluster, source
     repo = helpers.repository(relative_path)
     before = helpers.generations(helpers.metadata(proxy.address, relative_path))
     for i in range(CONNECTIONS):
-        async with grpc.aio.insecure_channel(proxy.address) as channel:
+        async with connect(proxy.address) as channel:
             await repository_pb2_grpc.RepositoryServiceStub(channel).WriteRef(
                 repository_pb2.WriteRefRequest(
                     repository=repo, ref=f"refs/heads/w{i}".encode(), revision=head.encode()
@@ -179,7 +185,7 @@ async def test_a_counter_of_worker_1_is_on_its_metrics_port(pooled: Cluster) -> 
 
     start = served()
     for _ in range(CONNECTIONS * 4):
-        async with grpc.aio.insecure_channel(proxy.address) as channel:
+        async with connect(proxy.address) as channel:
             await server_pb2_grpc.ServerServiceStub(channel).ServerInfo(
                 server_pb2.ServerInfoRequest(), timeout=10
             )
@@ -193,7 +199,7 @@ async def test_the_per_repository_limit_holds_across_workers(pooled: Cluster, so
     proxy = pooled.proxies[0]
     relative_path, _ = _new_repository(pooled, source)
     repo = helpers.repository(relative_path)
-    channels = [grpc.aio.insecure_channel(proxy.address) for _ in range(CONNECTIONS)]
+    channels = [connect(proxy.address) for _ in range(CONNECTIONS)]
     try:
         held = []
         refused = []
@@ -224,7 +230,7 @@ async def test_sigterm_drains_every_worker(pooled: Cluster, source: Path) -> Non
     try:
         workers = workers_of(proxy)
         # Eight: within each worker's share (10) of the 20 expensive reads allowed.
-        channels = [grpc.aio.insecure_channel(proxy.address) for _ in range(8)]
+        channels = [connect(proxy.address) for _ in range(8)]
         held = [await hold_upload_pack(channel, repo, deadline=60) for channel in channels]
         assert proxy.proc is not None
         proxy.proc.terminate()
