@@ -197,6 +197,7 @@ class HealthView:
         self.keys = keys
         self._members: dict[str, tuple[str, HealthMap]] = {}
         self._incarnations: dict[str, float] = {}
+        self._own: tuple[str, HealthMap] | None = None
         self._consensus = Consensus({}, frozenset())
         self._listeners: list[ConsensusListener] = []
         self._suspicion_listeners: list[SuspicionListener] = []
@@ -223,9 +224,25 @@ class HealthView:
         return self._consensus.healthy(virtual_storage)
 
     def snapshot(self) -> HealthSnapshot:
-        return HealthSnapshot(
-            frozenset(self._members), {name: view for name, (_, view) in self._members.items()}
-        )
+        members = frozenset(self._members)
+        views = {name: view for name, (_, view) in self._members.items()}
+        own = self._own
+        if own is not None and own[0] not in members:
+            # This proxy is live whatever etcd says about its key: while its
+            # lease is being replaced (lost to a paused etcd member, a slow
+            # keep-alive) its own checks still count. Without it, every proxy
+            # losing its lease at once left a consensus of no live proxy and
+            # no healthy node, and every read failed for that moment.
+            members |= {own[0]}
+            views[own[0]] = own[1]
+        return HealthSnapshot(members, views)
+
+    def own_view(self, proxy: str, view: HealthMap) -> None:
+        """This proxy's latest view of node health (what it publishes):
+        counted for it while its membership key is missing."""
+        self._own = (proxy, view)
+        if proxy not in self._members:
+            self._recompute()
 
     def proxies(self) -> dict[str, str]:
         """Live proxies and their addresses."""

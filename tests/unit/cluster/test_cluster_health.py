@@ -270,3 +270,31 @@ async def test_membership_re_registers_after_losing_its_lease() -> None:
     assert kv is not None and b'"n1":false' in kv.value
     await member.close()
     assert await store.get(KEYS.proxy("p")) is None
+
+
+async def test_a_proxy_counts_itself_while_every_membership_key_is_gone() -> None:
+    # Every proxy's lease lost at once (their keep-alives all went to a paused
+    # etcd member): each one's consensus must still see the nodes its own
+    # checks see, not "no live proxy, no healthy node".
+    clock = ManualClock()
+    store = MemoryStore(clock)
+    own = HealthView(store, KEYS, clock=clock)
+    await own.start()
+    own.own_view("p0", view(n1=True, n2=False))
+    members = [ProxyMembership(store, KEYS, f"p{i}", ttl=4, clock=clock) for i in range(2)]
+    await members[0].start(view(n1=True, n2=False))
+    await members[1].start(view(n1=True, n2=True))
+    async with asyncio.timeout(5):
+        await own.wait_for(lambda c: len(c.proxies) == 2)
+    for member in members:
+        assert member.keeper is not None
+        await store.revoke(member.keeper.lease_id)
+    async with asyncio.timeout(5):
+        gone = await own.wait_for(lambda c: "p1" not in c.proxies)
+    assert gone.proxies == {"p0"} and gone.healthy("vs") == {"n1"}
+    # Its own checks change while its key is still missing: counted at once.
+    own.own_view("p0", view(n1=False, n2=True))
+    assert own.consensus.healthy("vs") == {"n2"}
+    for member in members:
+        await member.close()
+    await own.close()
