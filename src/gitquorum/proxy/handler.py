@@ -277,34 +277,25 @@ class ProxyHandler(grpc.GenericRpcHandler):
         request, virtual_storage, relative_path = self._target(info, first, fields)
         timeout = context.time_remaining()
         limiter = self.admission.limiter(info.full_name, info.op is Op.MUTATOR)
-        if limiter is None:  # no per-repository limit on this method
-            return await self._unary_route(
-                self._call(
-                    info,
-                    request,
-                    _NO_MORE_REQUESTS,
-                    metadata,
-                    timeout,
-                    fields,
-                    virtual_storage,
-                    relative_path,
-                )
+
+        def call(remaining: float | None) -> _Call:
+            return self._call(
+                info,
+                request,
+                _NO_MORE_REQUESTS,
+                metadata,
+                remaining,
+                fields,
+                virtual_storage,
+                relative_path,
             )
+
+        if limiter is None:  # no per-repository limit on this method
+            return await self._unary_route(call(timeout))
         # As in ``_serve``: held until the call (and a mutator's finalizer) is
         # over; the record is looked up once the slot is ours.
         async with limiter.slot((virtual_storage, relative_path), timeout):
-            return await self._unary_route(
-                self._call(
-                    info,
-                    request,
-                    _NO_MORE_REQUESTS,
-                    metadata,
-                    context.time_remaining(),
-                    fields,
-                    virtual_storage,
-                    relative_path,
-                )
-            )
+            return await self._unary_route(call(context.time_remaining()))
 
     def _target(
         self, info: MethodInfo, first: bytes, fields: dict[str, object]
