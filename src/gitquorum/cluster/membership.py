@@ -36,6 +36,11 @@ from gitquorum.cluster.store_retry import StoreRetry, report, store_failure
 log = logging.getLogger(__name__)
 
 
+# How long a health consensus outlives every membership key vanishing at
+# once: about a lease's lifetime, the time the proxies take to register again.
+EMPTY_HOLD = 10.0
+
+
 def encode_member(
     address: str,
     started_at: float,
@@ -193,11 +198,24 @@ class HealthView:
     :meth:`wait_for` waiters re-check their predicate.
     """
 
-    def __init__(self, store: Store, keys: Keyspace, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keys: Keyspace,
+        *,
+        clock: Clock | None = None,
+        empty_hold: float = EMPTY_HOLD,
+    ) -> None:
         self.keys = keys
+        self._clock: Clock = clock or REAL_CLOCK
         self._members: dict[str, tuple[str, HealthMap]] = {}
         self._incarnations: dict[str, float] = {}
-        self._own: tuple[str, HealthMap] | None = None
+        # Every membership key gone at once: the last consensus (and who was
+        # live) is kept for ``empty_hold`` seconds from then (see _recompute).
+        self.empty_hold = empty_hold
+        self._emptied_at: float | None = None
+        self._held_incarnations: dict[str, float] = {}
+        self._hold_task: asyncio.Task[None] | None = None
         self._consensus = Consensus({}, frozenset())
         self._listeners: list[ConsensusListener] = []
         self._suspicion_listeners: list[SuspicionListener] = []
@@ -224,33 +242,25 @@ class HealthView:
         return self._consensus.healthy(virtual_storage)
 
     def snapshot(self) -> HealthSnapshot:
-        members = frozenset(self._members)
-        views = {name: view for name, (_, view) in self._members.items()}
-        own = self._own
-        if own is not None and own[0] not in members:
-            # This proxy is live whatever etcd says about its key: while its
-            # lease is being replaced (lost to a paused etcd member, a slow
-            # keep-alive) its own checks still count. Without it, every proxy
-            # losing its lease at once left a consensus of no live proxy and
-            # no healthy node, and every read failed for that moment.
-            members |= {own[0]}
-            views[own[0]] = own[1]
-        return HealthSnapshot(members, views)
-
-    def own_view(self, proxy: str, view: HealthMap) -> None:
-        """This proxy's latest view of node health (what it publishes):
-        counted for it while its membership key is missing."""
-        self._own = (proxy, view)
-        if proxy not in self._members:
-            self._recompute()
+        return HealthSnapshot(
+            frozenset(self._members), {name: view for name, (_, view) in self._members.items()}
+        )
 
     def proxies(self) -> dict[str, str]:
         """Live proxies and their addresses."""
         return {name: address for name, (address, _) in self._members.items()}
 
     def incarnations(self) -> dict[str, float]:
-        """Live proxies and their ``started_at``: which process holds each name."""
+        """Live proxies and their ``started_at``: which process holds each name
+        (while every key is gone and the consensus is held, those of then)."""
+        if not self._incarnations and self._holding():
+            return dict(self._held_incarnations)
         return dict(self._incarnations)
+
+    def _holding(self) -> bool:
+        return (
+            self._emptied_at is not None and self._clock.now() - self._emptied_at < self.empty_hold
+        )
 
     def add_listener(self, callback: ConsensusListener) -> None:
         """``callback(old, new)`` whenever the consensus changes."""
@@ -265,7 +275,15 @@ class HealthView:
         await self._mirror.start()
 
     async def close(self) -> None:
+        if self._hold_task is not None:
+            self._hold_task.cancel()
         await self._mirror.close()
+
+    async def _end_hold(self) -> None:
+        """Recompute once the hold is over (nothing else may change meanwhile)."""
+        await self._clock.sleep(self.empty_hold)
+        self._hold_task = None
+        self._recompute()
 
     async def wait_for(self, predicate: Callable[[Consensus], bool]) -> Consensus:
         """Wait until the consensus satisfies ``predicate`` (bound it with ``asyncio.timeout``)."""
@@ -318,7 +336,25 @@ class HealthView:
                 log.exception("suspicion listener failed")
 
     def _recompute(self) -> None:
-        new = consensus(self.snapshot())
+        snapshot = self.snapshot()
+        if snapshot.proxies:
+            self._emptied_at = None
+            self._held_incarnations = dict(self._incarnations)
+        elif self._consensus.proxies:
+            # Every membership key gone at once: the proxies' leases were all
+            # lost together (their keep-alives went to a paused etcd member)
+            # and are being replaced. A consensus of no live proxy would call
+            # every node unhealthy and refuse every read for that moment; the
+            # last one stands for ``empty_hold`` seconds instead. No single
+            # proxy's view takes over: one proxy must never fail a node over
+            # on its own (its blind spot).
+            if self._emptied_at is None:
+                self._emptied_at = self._clock.now()
+                with contextlib.suppress(RuntimeError):  # no loop: nothing to end it
+                    self._hold_task = asyncio.get_running_loop().create_task(self._end_hold())
+            if self._holding():
+                return
+        new = consensus(snapshot)
         old = self._consensus
         if new == old:
             return

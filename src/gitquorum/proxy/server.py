@@ -435,11 +435,6 @@ class ProxyServer(Assembled):
         cluster_metrics, nodes, health_view = self.cluster_metrics, self.nodes, views.health
         checker.add_listener(lambda view: cluster_metrics.update_health(local=view))
         cluster_metrics.update_health(local=checker.local_view)
-        # This proxy counts in its own consensus even while its membership
-        # key is being replaced (HealthView.snapshot).
-        own_name = config.name
-        health_view.own_view(own_name, checker.local_view)
-        checker.add_listener(lambda view: health_view.own_view(own_name, view))
         health_view.add_listener(
             lambda _old, new: cluster_metrics.update_health(
                 consensus={vs: new.healthy(vs) for vs in nodes}, nodes=nodes

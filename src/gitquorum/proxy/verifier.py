@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 import grpc
@@ -140,6 +141,8 @@ class VerificationStore:
 # replicas agree: longer than a node waits for a vote (60 s by default), so
 # its write can no longer commit anywhere.
 INTENT_GRACE = 120.0
+# How long a repository whose check met a write in flight waits for the next.
+IN_FLIGHT_DEFER = 10.0
 MAX_SEEN_INTENTS = 10_000
 
 
@@ -192,6 +195,8 @@ class Verifier:
         # When this verifier first saw each standing intent (its monotonic
         # clock: a writer's wall clock may be skewed).
         self._intents_seen: dict[str, float] = {}
+        # Repositories skipped until then (monotonic) because a write was in flight.
+        self._deferred: dict[int, float] = {}
 
     async def run(self) -> None:
         """Leader task: verify continuously until cancelled."""
@@ -207,7 +212,11 @@ class Verifier:
         self, verified: dict[tuple[str, int, str], float], now: float, force: bool
     ) -> list[tuple[RepositoryRecord, str]]:
         due: list[tuple[float, RepositoryRecord, str]] = []
+        mono = time.monotonic()
+        self._deferred = {rid: t for rid, t in self._deferred.items() if t > mono}
         for record in self.cache.records():
+            if not force and record.repository_id in self._deferred:
+                continue
             healthy = self.healthy(record.virtual_storage)
             for node in record.replica_nodes:
                 if node not in healthy:
@@ -277,10 +286,23 @@ class Verifier:
 
     async def _standing(self, record: RepositoryRecord) -> list[StoredIntent]:
         """The repository's unfinished writes, read before its checksums: only
-        those can explain what the checksums show."""
+        those can explain what the checksums show.
+
+        One this verifier has seen for ``intent_grace`` counts as over even if
+        its proxy lives and never finished it (its finalizer could not reach
+        etcd, or gave up): by then no node can still commit it (they wait at
+        most their vote timeout), and a live proxy's lost intent must not keep
+        the repository from being verified for good."""
         if self.intents is None:
             return []
-        return await self.intents.of_repository(record.virtual_storage, record.repository_id)
+        found = await self.intents.of_repository(record.virtual_storage, record.repository_id)
+        now = time.monotonic()
+        return [
+            replace(i, finished=True)
+            if now - self._intents_seen.setdefault(i.key, now) >= self.intent_grace
+            else i
+            for i in found
+        ]
 
     async def _forget_finished(
         self, standing: Sequence[StoredIntent], agreed: bool, fence: FencingToken
@@ -318,11 +340,14 @@ class Verifier:
         settled = self._settle(record, first, standing)
         if (settled.demoted or settled.conflict) and write_in_flight(standing, self.members()):
             # Its outcome will say who holds it; a verdict now would demote a
-            # replica its COMMIT has not reached yet, or mark a conflict.
+            # replica its COMMIT has not reached yet, or mark a conflict. The
+            # repository waits a while before its next check, so that it does
+            # not hold the head of every pass.
             logger.info(
                 "a write is in flight; checking again later",
                 extra=log.fields(repository_id=rid),
             )
+            self._deferred[rid] = time.monotonic() + IN_FLIGHT_DEFER
             return False
         if settled.changed and (settled.demoted or settled.conflict):
             # Read again: a write between its commit and its outcome changes

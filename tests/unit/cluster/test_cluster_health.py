@@ -272,29 +272,40 @@ async def test_membership_re_registers_after_losing_its_lease() -> None:
     assert await store.get(KEYS.proxy("p")) is None
 
 
-async def test_a_proxy_counts_itself_while_every_membership_key_is_gone() -> None:
+async def test_the_consensus_outlives_every_membership_key_vanishing_at_once() -> None:
     # Every proxy's lease lost at once (their keep-alives all went to a paused
-    # etcd member): each one's consensus must still see the nodes its own
-    # checks see, not "no live proxy, no healthy node".
+    # etcd member): the consensus must not turn into "no live proxy, no
+    # healthy node" while they register again — nor into one proxy's view.
     clock = ManualClock()
     store = MemoryStore(clock)
-    own = HealthView(store, KEYS, clock=clock)
-    await own.start()
-    own.own_view("p0", view(n1=True, n2=False))
+    observer = HealthView(store, KEYS, clock=clock, empty_hold=10.0)
+    await observer.start()
     members = [ProxyMembership(store, KEYS, f"p{i}", ttl=4, clock=clock) for i in range(2)]
     await members[0].start(view(n1=True, n2=False))
     await members[1].start(view(n1=True, n2=True))
     async with asyncio.timeout(5):
-        await own.wait_for(lambda c: len(c.proxies) == 2)
-    for member in members:
-        assert member.keeper is not None
-        await store.revoke(member.keeper.lease_id)
+        await observer.wait_for(lambda c: len(c.proxies) == 2)
+    # The leases expire one after the other: the last consensus with a live
+    # proxy is the one held.
+    first, second = members
+    assert first.keeper is not None and second.keeper is not None
+    await store.revoke(first.keeper.lease_id)
     async with asyncio.timeout(5):
-        gone = await own.wait_for(lambda c: "p1" not in c.proxies)
-    assert gone.proxies == {"p0"} and gone.healthy("vs") == {"n1"}
-    # Its own checks change while its key is still missing: counted at once.
-    own.own_view("p0", view(n1=False, n2=True))
-    assert own.consensus.healthy("vs") == {"n2"}
-    for member in members:
+        before = await observer.wait_for(lambda c: c.proxies == {"p1"})
+    incarnations = observer.incarnations()
+    await store.revoke(second.keeper.lease_id)
+    for member in members:  # and they do not come back in this test
         await member.close()
-    await own.close()
+    async with asyncio.timeout(5):
+        while observer.proxies():  # noqa: ASYNC110 (the mirror applies the deletions)
+            await asyncio.sleep(0.01)
+    # Held: the same consensus, the same live incarnations (no write of theirs
+    # counts as abandoned meanwhile).
+    assert observer.consensus == before and before.healthy("vs") == {"n1", "n2"}
+    assert observer.incarnations() == incarnations == {"p1": incarnations["p1"]}
+    # Nobody came back within the hold: no live proxy, no healthy node, as before.
+    clock.advance(10.5)
+    async with asyncio.timeout(5):
+        after = await observer.wait_for(lambda c: not c.proxies)
+    assert after.healthy("vs") == frozenset() and observer.incarnations() == {}
+    await observer.close()

@@ -242,3 +242,31 @@ async def test_no_verdict_while_a_write_is_in_flight_then_the_majority_decides()
         assert generations(after)["n3"] == 1 and generations(after)["n1"] == 2
     finally:
         await parts.cache.close()
+
+
+async def test_a_live_proxys_intent_seen_for_the_grace_counts_as_over() -> None:
+    # Its finalizer never reached etcd: the intent would block every verdict
+    # for as long as its proxy lives. After the grace it is evidence.
+    parts, intents = await _build(grace=0.0, members={"proxy-a": 5.0})
+    try:
+        await intents.put(_intent(parts))
+        parts.checksums.values["n2"] = "without the write"
+        await parts.verifier.verify_once(force=True)
+        after = await parts.get()
+        assert after.conflict == () and generations(after)["n2"] == 1
+    finally:
+        await parts.cache.close()
+
+
+async def test_a_repository_with_a_write_in_flight_waits_before_its_next_check() -> None:
+    parts, intents = await _build(members={"proxy-a": 5.0})
+    try:
+        await intents.put(_intent(parts))
+        parts.checksums.values["n2"] = "without the write"
+        assert await parts.verifier.verify_once() == 3  # every replica was due
+        calls = len(parts.checksums.calls)
+        # Deferred: the next pass does not read its checksums again at once.
+        assert await parts.verifier.verify_once() == 0
+        assert len(parts.checksums.calls) == calls
+    finally:
+        await parts.cache.close()
