@@ -30,6 +30,7 @@ from gitquorum.cluster.election import FencingToken, fenced_txn
 from gitquorum.cluster.errors import FailedPrecondition
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.store import Compare, KeyValue, Op, Store
+from gitquorum.cluster.store_retry import StoreRetry, backoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,21 +103,32 @@ def decode_intent(kv: KeyValue) -> StoredIntent | None:
         return None
 
 
+# How long a write's intent is retried while etcd is unavailable (its
+# replicas wait in their hooks meanwhile, up to the nodes' vote timeout).
+PUT_DEADLINE = 10.0
+
+
 class IntentStore:
-    def __init__(self, store: Store, keys: Keyspace) -> None:
+    def __init__(self, store: Store, keys: Keyspace, *, retry: StoreRetry | None = None) -> None:
         self.store = store
         self.keys = keys
+        self.retry = retry or StoreRetry(deadline=PUT_DEADLINE, wait=backoff(0.1, 1.0))
 
     def key(self, intent: WriteIntent) -> str:
         return self.keys.intent(intent.virtual_storage, intent.repository_id, intent.intent_id)
 
     async def put(self, intent: WriteIntent) -> None:
         """Put ``intent`` while its repository exists (a write racing the
-        repository's removal would leave an intent nobody ever removes)."""
+        repository's removal would leave an intent nobody ever removes).
+
+        Retried while etcd is unavailable, up to ``PUT_DEADLINE``: the put is
+        idempotent, and an etcd leader election (a member lost) times txns
+        out for a second or two while the replicas wait in their hooks — the
+        write goes on instead of failing (seen in the chaos tests)."""
         record = self.keys.repository(intent.virtual_storage, intent.repository_id)
-        result = await self.store.txn(
-            [Compare.version(record, 0, ">")], [Op.put(self.key(intent), intent.encode())]
-        )
+        compares = [Compare.version(record, 0, ">")]
+        ops = [Op.put(self.key(intent), intent.encode())]
+        result = await self.retry(self.store.txn, compares, ops)
         if not result.succeeded:
             raise FailedPrecondition(f"repository {intent.repository_id} was removed")
 

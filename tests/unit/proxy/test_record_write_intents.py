@@ -12,9 +12,11 @@ import pytest
 
 from gitquorum.cluster.clock import ManualClock
 from gitquorum.cluster.decisions import WriteResult
+from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.intents import IntentStore
 from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.repositories import RepositoryCache, RepositoryRecord, RepositoryStore
+from gitquorum.cluster.store_retry import StoreRetry
 from gitquorum.proxy.etcd_cluster_port import EtcdClusterPort
 from gitquorum.proxy.routing import MutatorRoute
 from tests.unit.proxy.finalizer_parts import KEYS, NODES, memory_port
@@ -106,4 +108,36 @@ async def test_removing_the_repository_removes_its_intents(parts: Parts) -> None
     assert intent is not None
     await parts.port.record_intent(intent)
     await parts.repos.delete("vs", parts.record.repository_id)
+    assert await parts.standing() == 0
+
+
+async def test_an_intent_put_is_retried_through_a_brief_etcd_outage(parts: Parts) -> None:
+    # An etcd leader election times requests out for a moment while the
+    # replicas wait in their hooks: the write goes on rather than failing.
+    store = parts.intents.store
+    assert isinstance(store, MemoryStore)
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        store.set_available(True)  # the new leader is elected
+
+    parts.intents.retry = StoreRetry(deadline=10.0, sleep=sleep)
+    intent = parts.port.intent_for("vs", parts.route())
+    assert intent is not None
+    store.set_available(False)
+    await parts.port.record_intent(intent)
+    assert waits and await parts.standing() == 1
+
+
+async def test_an_intent_put_gives_up_after_its_deadline(parts: Parts) -> None:
+    store = parts.intents.store
+    assert isinstance(store, MemoryStore)
+    parts.intents.retry = StoreRetry(attempts=3, sleep=lambda _s: asyncio.sleep(0))
+    intent = parts.port.intent_for("vs", parts.route())
+    assert intent is not None
+    store.set_available(False)
+    with pytest.raises(StoreUnavailable):
+        await parts.port.record_intent(intent)
+    store.set_available(True)
     assert await parts.standing() == 0
