@@ -60,7 +60,7 @@ from gitquorum.cluster.store import (
     TxnResult,
     WatchEvent,
 )
-from gitquorum.cluster.store_retry import StoreRetry
+from gitquorum.cluster.store_retry import StoreRetry, backoff
 
 # A replica that does not exist has generation -1 (as in Praefect).
 MISSING = -1
@@ -69,6 +69,8 @@ MISSING = -1
 HOLD_CAP = 2.0
 # Attempts of a record update after a txn that timed out without applying,
 # and the waits before them (0.1 s, 0.2 s, 0.3 s).
+# How long the record is re-read to settle a txn whose answer was lost.
+READ_BACK_DEADLINE = 10.0
 UNAVAILABLE_RETRIES = 3
 UNAVAILABLE_WAIT = wait_incrementing(start=0.1, increment=0.1)
 
@@ -316,6 +318,7 @@ class RepositoryStore:
         self.max_attempts = max_attempts
         # Between lost races: jitter spreads racing writers so one of them wins each round.
         self._backoff = jittered_backoff(self.rng)
+        self._read_back_retry = StoreRetry(deadline=READ_BACK_DEADLINE, wait=backoff(0.1, 1.0))
 
     async def _txn(
         self,
@@ -548,7 +551,7 @@ class RepositoryStore:
                 # that is gone and must be taken again on the new one. Planning
                 # again is safe: jobs that did land are pending, and the next
                 # plan leaves them out. A failed read raises: nothing is known.
-                kv = await self.store.get(key)
+                kv = await self._read_back(key)
                 if kv is None or kv.mod_revision != current.revision:
                     return RETRY
                 raise ExtrasUncertain(str(exc), current) from exc
@@ -559,7 +562,7 @@ class RepositoryStore:
             raise
         except StoreUnavailable as exc:
             # Unknown outcome: applied iff the record now holds exactly our value.
-            kv = await self.store.get(key)
+            kv = await self._read_back(key)
             if kv is not None and kv.value == value and kv.mod_revision != current.revision:
                 return replace(new, revision=kv.mod_revision)
             if kv is not None and kv.mod_revision == current.revision:
@@ -568,6 +571,14 @@ class RepositoryStore:
         if result.succeeded:
             return replace(new, revision=result.revision)
         return RETRY
+
+    async def _read_back(self, key: str) -> KeyValue | None:
+        """The record after a txn whose answer was lost, read as soon as etcd
+        answers again (up to ``READ_BACK_DEADLINE``): an etcd leader election
+        times the txn out and the first reads too, and a write's finalizer
+        must learn whether its outcome was recorded rather than tell the
+        client "outcome unknown" (seen in the chaos tests, one etcd member lost)."""
+        return await self._read_back_retry(self.store.get, key)
 
     async def increment_generation(
         self,
