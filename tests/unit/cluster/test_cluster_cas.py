@@ -21,6 +21,7 @@ from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.repositories import RepositoryRecord, RepositoryStore, TxnNotApplied
 from gitquorum.cluster.store import Compare, Op, TxnResult
+from gitquorum.cluster.store_retry import StoreRetry
 
 KEYS = Keyspace("unit")
 NODES = ("n1", "n2", "n3")
@@ -368,6 +369,9 @@ async def test_lost_extras_answer_and_a_failed_read_raises_unavailable() -> None
         return await (real_get(key) if reads == 1 else unreachable(key))
 
     store.get = get  # type: ignore[method-assign]
+    # The read back is given up at once here (it retries for 10 s by default:
+    # tests/unit/cluster/test_read_back.py).
+    repos._read_back_retry = StoreRetry(attempts=1)
     with pytest.raises(StoreUnavailable) as raised:
         await repos.update_with("vs", record.repository_id, _extras_planner([]))
     assert not isinstance(raised.value, repositories.ExtrasUncertain)
