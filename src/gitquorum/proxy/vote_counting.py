@@ -84,7 +84,6 @@ class Transaction:
         # voter is told ABORT and nothing is applied.
         self._before_commit = before_commit
         self._gate: asyncio.Future[None] | None = None
-        self.gate_failed = False
         # Per-transaction secret the nodes use to authenticate their votes.
         self.token = secrets.token_hex(16)
         self.voters = {v.node: VoterState(v) for v in voters}
@@ -175,28 +174,39 @@ class Transaction:
 
     async def _pass_gate(self, sub: _Subtransaction) -> bool:
         """Whether the COMMIT of ``sub`` may go out (the gate ran, or there is none)."""
-        if self._before_commit is None:
+        if self._gate_passed:
             return True
         if self._gate is None:
+            assert self._before_commit is not None
             self._gate = asyncio.ensure_future(self._before_commit())
         try:
             # Shielded: a voter that hangs up must not cancel it for the others.
             await asyncio.shield(self._gate)
         except Exception:
             # No COMMIT went out: the decision is taken back, nothing applies.
-            self.gate_failed = True
             sub.winner = None
             sub.failed = True
             return False
         return True
 
     @property
+    def _gate_passed(self) -> bool:
+        gate = self._gate
+        if self._before_commit is None:
+            return True
+        return gate is not None and gate.done() and not gate.cancelled() and not gate.exception()
+
+    @property
+    def gate_failed(self) -> bool:
+        """The gate ran and failed: every voter was told ABORT."""
+        gate = self._gate
+        return gate is not None and gate.done() and not self._gate_passed
+
+    @property
     def decided(self) -> int:
         """Subtransactions decided for the nodes: a winner whose COMMIT may have
         gone out (not one still waiting on, or refused by, the gate)."""
-        gate_open = (
-            self._before_commit is None or (self._gate is not None and self._gate.done())
-        ) and not self.gate_failed
+        gate_open = self._gate_passed
         return sum(
             1
             for sub in self.subtransactions
