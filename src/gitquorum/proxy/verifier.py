@@ -192,8 +192,7 @@ class Verifier:
         self.intent_grace = intent_grace
         # Live proxies and their incarnations: whose writes may still finish.
         self.members = members
-        # When this verifier first saw each standing intent (its monotonic
-        # clock: a writer's wall clock may be skewed).
+        # When this verifier first saw each standing intent (``_stood``).
         self._intents_seen: dict[str, float] = {}
         # Repositories skipped until then (monotonic) because a write was in flight.
         self._deferred: dict[int, float] = {}
@@ -297,12 +296,12 @@ class Verifier:
             return []
         found = await self.intents.of_repository(record.virtual_storage, record.repository_id)
         now = time.monotonic()
-        return [
-            replace(i, finished=True)
-            if now - self._intents_seen.setdefault(i.key, now) >= self.intent_grace
-            else i
-            for i in found
-        ]
+        return [replace(i, finished=True) if self._stood(i, now) else i for i in found]
+
+    def _stood(self, intent: StoredIntent, now: float) -> bool:
+        """Whether this verifier has seen ``intent`` for ``intent_grace`` (its
+        monotonic clock: a writer's wall clock may be skewed)."""
+        return now - self._intents_seen.setdefault(intent.key, now) >= self.intent_grace
 
     async def _forget_finished(
         self, standing: Sequence[StoredIntent], agreed: bool, fence: FencingToken
@@ -316,8 +315,7 @@ class Verifier:
             return
         now = time.monotonic()
         for intent in standing:
-            first = self._intents_seen.setdefault(intent.key, now)
-            if agreed and now - first >= self.intent_grace:
+            if self._stood(intent, now) and agreed:
                 await self.intents.forget_unchanged(intent, fence)
                 self._intents_seen.pop(intent.key, None)
         if len(self._intents_seen) > MAX_SEEN_INTENTS:
