@@ -11,10 +11,7 @@ so each test opens many channels, each its own connection.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +26,7 @@ from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, server_pb2, se
 from gitquorum.launch.process import free_ports, wait_for
 from tests.harness import gitrepo
 from tests.harness.cluster import Cluster, ProxyProcess
+from tests.integration.cli.ops import cli
 from tests.integration.limits.calls import hold_receive_pack, hold_upload_pack, status_of
 from tests.integration.proxy import helpers
 
@@ -146,22 +144,9 @@ async def test_writes_through_the_shared_port_all_commit(pooled: Cluster, source
 
 def test_the_cluster_sees_one_proxy_and_one_leader_candidate(pooled: Cluster) -> None:
     proxy = pooled.proxies[0]
-    status = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gitquorum.cli.main",
-            "status",
-            "--config",
-            str(proxy.config_path),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    proxies = json.loads(status.stdout)["proxies"]
+    status = cli(pooled, "status", "--json")
+    assert status.code == 0, status
+    proxies = status.json()["proxies"]
     assert [p["name"] for p in proxies] == ["proxy1"], proxies
     first, second = workers_of(proxy)
     # Worker 0 runs the election (and leads: it is the only proxy); worker 1 never runs it.
