@@ -118,13 +118,19 @@ async def build(
     nodes: tuple[str, ...] = NODES,
     primary: str = "n1",
     healthy: frozenset[str] = frozenset(NODES),
+    then: tuple[str, ...] = (),
+    **verifier_options: Any,
 ) -> Parts:
+    """``then``: the replicas that take a second write (the others fall behind);
+    ``verifier_options`` go to the Verifier."""
     store = store or MemoryStore(ManualClock())
     repos = RepositoryStore(store, KEYS, rng=random.Random(1))
     record = await repos.create(VS, "a.git", nodes=nodes, healthy=set(nodes))
     record = await repos.set_primary(VS, record.repository_id, primary)
     # Generation 1: a demoted replica drops to 0 and stays in the record.
     record = await repos.increment_generation(VS, record.repository_id, nodes)
+    if then:
+        record = await repos.increment_generation(VS, record.repository_id, then)
     cache = RepositoryCache(store, KEYS)
     await cache.start()
     await asyncio.wait_for(cache.wait_for_revision(record.revision), 5)
@@ -141,6 +147,7 @@ async def build(
         lambda _vs: healthy,
         fence=leadership.current("p1"),
         recheck_delay=0.0,
+        **verifier_options,
     )
     return Parts(store, repos, cache, queue, checksums, leadership, verifier, record)
 

@@ -9,7 +9,6 @@ longer change anything are removed once the replicas agree.
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -19,15 +18,11 @@ from gitquorum.cluster.clock import ManualClock
 from gitquorum.cluster.errors import FailedPrecondition, NotLeader
 from gitquorum.cluster.intents import IntentStore, WriteIntent
 from gitquorum.cluster.memory_store import MemoryStore
-from gitquorum.cluster.queue import ReplicationQueue
-from gitquorum.cluster.repositories import RepositoryCache, RepositoryStore
-from gitquorum.proxy.verifier import VerificationStore, Verifier
 from tests.unit.proxy.test_verifier import (
     KEYS,
     VS,
-    FakeChecksums,
-    Leadership,
     Parts,
+    build,
     generations,
 )
 
@@ -38,35 +33,16 @@ async def _build(
     grace: float = 120.0, members: dict[str, float] | None = None, third_outdated: bool = True
 ) -> tuple[Parts, IntentStore]:
     store = MemoryStore(ManualClock())
-    repos = RepositoryStore(store, KEYS, rng=random.Random(1))
-    record = await repos.create(VS, "a.git", nodes=NODES, healthy=set(NODES))
-    record = await repos.set_primary(VS, record.repository_id, "n1")
-    record = await repos.increment_generation(VS, record.repository_id, NODES)
-    # n3 missed a write: only n1 and n2 are up to date.
-    moved = ("n1", "n2") if third_outdated else NODES
-    record = await repos.increment_generation(VS, record.repository_id, moved)
-    cache = RepositoryCache(store, KEYS)
-    await cache.start()
-    await cache.wait_for_revision(record.revision)
-    queue = ReplicationQueue(store, KEYS)
-    checksums = FakeChecksums(dict.fromkeys(NODES, "a"))
-    leadership = Leadership(store)
-    await leadership.acquire("p1")
     intents = IntentStore(store, KEYS)
-    verifier = Verifier(
-        repos,
-        cache,
-        queue,
-        checksums,
-        VerificationStore(store, KEYS),
-        lambda _vs: frozenset(NODES),
-        fence=leadership.current("p1"),
-        recheck_delay=0.0,
+    parts = await build(
+        store,
+        # n3 missed a write: only n1 and n2 are up to date.
+        then=("n1", "n2") if third_outdated else NODES,
         intents=intents,
         intent_grace=grace,
         members=lambda: members or {},
     )
-    return Parts(store, repos, cache, queue, checksums, leadership, verifier, record), intents
+    return parts, intents
 
 
 @pytest.fixture
