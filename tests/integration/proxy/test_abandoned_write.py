@@ -121,6 +121,15 @@ def test_a_write_abandoned_by_a_dead_proxy_is_settled(cluster: Cluster, tmp_path
         cluster.node(secondary).resume()
         client.wait(timeout=60)
     assert client.returncode != 0  # the write was never acknowledged
+    # The verifier settles the two up-to-date replicas once the dead proxy's
+    # write is over (its membership gone). The third replica stays down until
+    # then: repaired earlier from one side, it would make a majority instead.
+    lines = wait_for(
+        lambda: [s for s in _settlements(cluster) if s.get("relative_path") == path],
+        60,
+        0.1,
+        "the verifier's settlement line",
+    )
     cluster.node(outdated).start()
     wait_for(
         lambda: outdated in _consensus(survivor.metrics_port),
@@ -138,7 +147,7 @@ def test_a_write_abandoned_by_a_dead_proxy_is_settled(cluster: Cluster, tmp_path
     (vs,) = report["virtual_storages"]
     assert not [r for r in vs["repositories"] if r["relative_path"] == path]
     # The verifier said why it chose a side.
-    (settled,) = [s for s in _settlements(cluster) if s.get("relative_path") == path]
+    (settled,) = lines
     assert settled["reference"] == primary
     assert settled["demoted"] == [secondary]
     assert after.generation >= meta.generation + 1
