@@ -238,9 +238,21 @@ class ReadsConfig:
     # read set, and for how long.
     outlier_failures: int = 5
     outlier_ejection_time: float = 10.0
+    # A read with no healthy up-to-date replica goes to the up-to-date ones the
+    # health consensus calls unhealthy, which must answer (the first response
+    # message) within the timeout; off: such reads are refused at once.
+    last_resort: bool = True
+    last_resort_timeout: float = 2.0
 
 
-_READS_KEYS = {"hedging", "hedge_delay_floor", "outlier_failures", "outlier_ejection_time"}
+_READS_KEYS = {
+    "hedging",
+    "hedge_delay_floor",
+    "outlier_failures",
+    "outlier_ejection_time",
+    "last_resort",
+    "last_resort_timeout",
+}
 
 
 def _reads(reader: _Reader, data: Any) -> ReadsConfig:
@@ -256,6 +268,10 @@ def _reads(reader: _Reader, data: Any) -> ReadsConfig:
     if not 0.1 <= ejection <= 600.0:
         reader.problem("reads.outlier_ejection_time", "expected a duration from 100ms to 10m")
         ejection = default.outlier_ejection_time
+    last_resort = reader.duration(raw, "last_resort_timeout", "reads.", "2s")
+    if not 0.1 <= last_resort <= 60.0:
+        reader.problem("reads.last_resort_timeout", "expected a duration from 100ms to 1m")
+        last_resort = default.last_resort_timeout
     return ReadsConfig(
         hedging=reader.boolean(raw, "hedging", "reads.", default.hedging),
         hedge_delay_floor=floor,
@@ -263,6 +279,8 @@ def _reads(reader: _Reader, data: Any) -> ReadsConfig:
             raw, "outlier_failures", "reads.", default.outlier_failures, 1
         ),
         outlier_ejection_time=ejection,
+        last_resort=reader.boolean(raw, "last_resort", "reads.", default.last_resort),
+        last_resort_timeout=last_resort,
     )
 
 

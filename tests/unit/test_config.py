@@ -471,9 +471,16 @@ def test_proxy_reads_section() -> None:
         "hedge_delay_floor": "50ms",
         "outlier_failures": 5,
         "outlier_ejection_time": "30s",
+        "last_resort": False,
+        "last_resort_timeout": "500ms",
     }
     assert proxy_config_from_dict({**base, "reads": reads}).reads == ReadsConfig(
-        hedging=False, hedge_delay_floor=0.05, outlier_failures=5, outlier_ejection_time=30.0
+        hedging=False,
+        hedge_delay_floor=0.05,
+        outlier_failures=5,
+        outlier_ejection_time=30.0,
+        last_resort=False,
+        last_resort_timeout=0.5,
     )
     bad = {
         "hedging": "yes",
@@ -481,6 +488,8 @@ def test_proxy_reads_section() -> None:
         "outlier_failures": 0,
         "outlier_ejection_time": "1h",
         "hedge": True,
+        "last_resort": "no",
+        "last_resort_timeout": "10ms",
     }
     with pytest.raises(ConfigError) as failed:
         proxy_config_from_dict({**base, "reads": bad})
@@ -488,6 +497,8 @@ def test_proxy_reads_section() -> None:
         "reads.hedge",
         "reads.hedge_delay_floor",
         "reads.hedging",
+        "reads.last_resort",
+        "reads.last_resort_timeout",
         "reads.outlier_ejection_time",
         "reads.outlier_failures",
     ]

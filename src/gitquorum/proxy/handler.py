@@ -383,6 +383,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
             primary_only=primary_only,
             draining=self.cluster.draining(call.virtual_storage),
             ejected=self.read_health.ejected(),
+            last_resort=self.read_health.settings.last_resort,
         )
         _describe(call.fields, route)
         self.metrics.read_served(call.virtual_storage, route.node)
@@ -393,6 +394,13 @@ class ProxyHandler(grpc.GenericRpcHandler):
             return rewrite(info, request, node, replica_path, in_place=True)
 
         reader = Reader(self.channels, info, self.read_health, call.fields)
+        if route.last_resort:
+            self.read_health.metrics.read_last_resort.inc()
+            reader.last_resort(
+                self.read_health.settings.last_resort_timeout,
+                "repository unavailable: no healthy, up-to-date replica of "
+                f"{call.relative_path!r} (its unhealthy up-to-date replicas did not answer)",
+            )
         return reader, route.candidates, payload_for
 
     async def _maintain(self, call: _Call) -> AsyncIterator[bytes]:

@@ -69,6 +69,12 @@ class ProxyMetrics:
             "failed before any response message went to the client.",
             registry=registry,
         )
+        self.read_last_resort = Counter(
+            "gitquorum_read_last_resort_total",
+            "Accessor RPCs routed to up-to-date replicas the health consensus calls unhealthy, "
+            "because no healthy up-to-date replica was left (reads.last_resort).",
+            registry=registry,
+        )
         self.read_hedges = Counter(
             "gitquorum_read_hedges_total",
             "Unary accessor RPCs sent to a second replica because the first had not answered "

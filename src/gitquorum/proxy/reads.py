@@ -29,6 +29,7 @@ from gitquorum.cluster.read_rules import (
     read_timed_out,
     retryable_read_failure,
 )
+from gitquorum.errors import Unavailable
 from gitquorum.proxy.channels import NodeChannels
 from gitquorum.proxy.passthrough import Metadata, PassThrough, backend_error
 from gitquorum.proxy.read_health import ReadHealth
@@ -57,6 +58,25 @@ class Reader:
         self.info = info
         self.health = health
         self.fields = fields  # the call's log line
+        # A last-resort read (replicas the health consensus calls unhealthy):
+        # how long they may take to send the first response, and what the
+        # client is told when none does.
+        self.first_answer_within: float | None = None
+        self.refusal = ""
+
+    def last_resort(self, within: float, refusal: str) -> None:
+        """Bound the read as a last resort: a node that cannot answer fails it
+        within ``within`` seconds, with ``refusal`` as an UNAVAILABLE status."""
+        self.first_answer_within = within
+        self.refusal = refusal
+
+    def _failure(self, code: grpc.StatusCode, details: str) -> Exception:
+        """What the client is told when the read ends with a node's failure."""
+        if self.refusal and (
+            retryable_read_failure(code.name, details) or read_timed_out(code.name)
+        ):
+            return Unavailable(self.refusal)
+        return backend_error(code, details)
 
     def run(
         self,
@@ -97,6 +117,9 @@ class Reader:
         """A unary read, awaited: the answer of the first replica that gives one."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        if self.first_answer_within is not None:
+            bound = loop.time() + self.first_answer_within
+            deadline = bound if deadline is None else min(deadline, bound)
         outgoing = self.channels.forward_metadata(metadata)
         untried = list(candidates)
         running: list[_Attempt] = []
@@ -141,12 +164,12 @@ class Reader:
                         code, details = exc.code(), exc.details() or ""
                         if not retryable_read_failure(code.name, details):
                             self._node_answered(attempt.node, code.name)
-                            raise backend_error(code, details) from None
+                            raise self._failure(code, details) from None
                         self.health.failed(attempt.node, code.name)
                         if running:
                             continue  # the hedge (or the first call) may still answer
                         if not untried or (deadline is not None and loop.time() >= deadline):
-                            raise backend_error(code, details) from None
+                            raise self._failure(code, details) from None
                         self._retried(attempt.node)
                         start(untried.pop(0))
                         hedge_at = plan_hedge(running[0])
@@ -240,6 +263,10 @@ class Reader:
     ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        # A last-resort read: the first response must come by then (None: no bound).
+        first_by = (
+            None if self.first_answer_within is None else loop.time() + self.first_answer_within
+        )
         requests = RequestLog(rest) if self.info.shape.value.startswith("stream") else None
         passthrough = PassThrough(self.channels, self.info)
         last = len(candidates) - 1
@@ -248,18 +275,23 @@ class Reader:
             left = None if deadline is None else max(0.0, deadline - loop.time())
             responded = False
             try:
-                async for response in passthrough.call(
-                    node, payload_for(node), replay, metadata, left
-                ):
-                    if not responded:
-                        responded = True
-                        if requests is not None:
-                            requests.forwarded_response()
-                    yield response
+                # Disarmed before the first response is yielded: the bound never
+                # fires while the client's side of the stream is running.
+                async with asyncio.timeout_at(first_by) as bound:
+                    async for response in passthrough.call(
+                        node, payload_for(node), replay, metadata, left
+                    ):
+                        if not responded:
+                            responded = True
+                            bound.reschedule(None)
+                            if requests is not None:
+                                requests.forwarded_response()
+                        yield response
             except BackendError as exc:
                 if responded or not retryable_read_failure(exc.code.name, exc.details):
                     if not responded:
                         self._node_answered(node, exc.code.name)
+                        raise self._failure(exc.code, exc.details) from None
                     raise
                 self.health.failed(node, exc.code.name)
                 if (
@@ -267,9 +299,13 @@ class Reader:
                     or (deadline is not None and loop.time() >= deadline)
                     or (requests is not None and not requests.replayable)
                 ):
-                    raise
+                    raise self._failure(exc.code, exc.details) from None
                 self._retried(node)
                 continue
+            except TimeoutError:
+                # Only the last resort's bound raises it: no time is left for another node.
+                self.health.failed(node, "DEADLINE_EXCEEDED")
+                raise Unavailable(self.refusal) from None
             except (asyncio.CancelledError, GeneratorExit):
                 if not responded and _at_deadline(loop, deadline):
                     self.health.failed(node, "DEADLINE_EXCEEDED")  # as for unary reads

@@ -18,6 +18,7 @@ from gitquorum.errors import FailedPrecondition, Unavailable
 PRIMARY_ONLY_HEADER = "gitaly-route-repository-accessor-policy"
 # Reads that must see the primary's view (sizes differ between packings).
 FORCE_PRIMARY = frozenset({"/gitaly.RepositoryService/RepositorySize"})
+LAST_RESORT = "last-resort"
 
 
 # -- route values ----------------------------------------------------------------------
@@ -31,8 +32,13 @@ class AccessorRoute:
     repository_id: int
     replica_path: str
     node: str
-    reason: str  # "distributed" or "primary-only"
+    reason: str  # "distributed", "primary-only" or "last-resort"
     fallbacks: tuple[str, ...] = ()
+
+    @property
+    def last_resort(self) -> bool:
+        """Served by up-to-date replicas the health consensus calls unhealthy."""
+        return self.reason == LAST_RESORT
 
     @property
     def candidates(self) -> tuple[str, ...]:
@@ -118,15 +124,27 @@ def route_accessor(
     choose: Callable[[Sequence[str]], str] = random.choice,
     draining: frozenset[str] = frozenset(),
     ejected: frozenset[str] = frozenset(),
+    last_resort: bool = False,
 ) -> AccessorRoute:
     """One healthy, up-to-date replica, and the others as fallbacks.
 
     Drained nodes and nodes this proxy ejected from its read set (outliers)
     serve only when no other replica can: they come last among the fallbacks,
     so that a read still finds them when every other replica fails.
+
+    With ``last_resort``, a read that has no healthy up-to-date replica goes
+    to the up-to-date ones the health consensus calls unhealthy (reason
+    "last-resort"; the reader bounds how long they may take to answer).
+    Health decides where writes go and who may become primary; a read only
+    needs a replica that holds every acknowledged write, and a replica
+    recorded up to date does, whatever the checks say about its liveness: a
+    node slow to answer checks under load, or one the other proxies cannot
+    reach, still serves it instead of the read being refused.
     """
     up_to_date = up_to_date_replicas(repo)
     if repo.conflict:
+        # No last resort: proxies whose views differ could read different sides.
+        last_resort = False
         # Replicas disagree with no majority (the verifier): read one side only,
         # so that a write does not seem to come and go between reads: the
         # primary's, or while it cannot serve, always the same replica (the
@@ -139,16 +157,25 @@ def route_accessor(
             draining = ejected = frozenset()
     if primary_only:
         primary = repo.primary
+        if primary is not None and primary in up_to_date and last_resort:
+            reason = "primary-only" if primary in healthy else LAST_RESORT
+            return AccessorRoute(repo.repository_id, repo.replica_path, primary, reason)
         if primary is None or primary not in healthy:
             raise Unavailable(f"repository unavailable: primary {primary or ''} is not healthy")
         if primary not in up_to_date:
             raise Unavailable("repository unavailable: primary is not up to date")
         return AccessorRoute(repo.repository_id, repo.replica_path, primary, "primary-only")
-    candidates = [n for n in _assigned(repo, configured) if n in healthy and n in up_to_date]
+    assigned = _assigned(repo, configured)
+    candidates = [n for n in assigned if n in healthy and n in up_to_date]
     if not candidates:
-        raise Unavailable(
-            f"repository unavailable: no healthy, up-to-date replica of {repo.relative_path!r}"
-        )
+        last = [n for n in assigned if n in up_to_date] if last_resort else []
+        if not last:
+            raise Unavailable(
+                f"repository unavailable: no healthy, up-to-date replica of {repo.relative_path!r}"
+            )
+        node = choose([n for n in last if n not in ejected] or last)
+        rest = tuple(sorted((n for n in last if n != node), key=lambda n: n in ejected))
+        return AccessorRoute(repo.repository_id, repo.replica_path, node, LAST_RESORT, rest)
     avoided = draining | ejected if ejected else draining
     preferred = [n for n in candidates if n not in avoided]
     if not preferred:

@@ -214,3 +214,77 @@ def test_route_accessor_falls_back_to_every_up_to_date_replica(
 def test_route_accessor_primary_only_has_no_fallback() -> None:
     route = routing.route_accessor(CURRENT, ALL, NODES, primary_only=True, choose=first)
     assert route.candidates == ("n1",)
+
+
+@pytest.mark.parametrize(
+    ("record", "healthy", "primary_only", "expected"),
+    [
+        pytest.param(
+            CURRENT, frozenset(), False, ("n1", ("n2", "n3")), id="no node healthy: every replica"
+        ),
+        pytest.param(
+            rec(2, {"n1": 1, "n2": 2, "n3": 2}),
+            frozenset({"n1"}),
+            False,
+            ("n2", ("n3",)),
+            id="only an outdated replica healthy: the up-to-date ones",
+        ),
+        pytest.param(
+            rec(2, {"n1": 2, "n2": 1, "n3": 1}),
+            frozenset({"n2", "n3"}),
+            False,
+            ("n1", ()),
+            id="the lone up-to-date replica",
+        ),
+        pytest.param(CURRENT, frozenset({"n2"}), True, ("n1", ()), id="primary only"),
+    ],
+)
+def test_route_accessor_last_resort(
+    record: RepositoryRecord,
+    healthy: frozenset[str],
+    primary_only: bool,
+    expected: tuple[str, tuple[str, ...]],
+) -> None:
+    route = routing.route_accessor(
+        record, healthy, NODES, primary_only=primary_only, choose=first, last_resort=True
+    )
+    assert (route.node, route.fallbacks) == expected
+    assert route.last_resort and route.reason == "last-resort"
+    # Without the last resort the same read is refused.
+    with pytest.raises(Unavailable):
+        routing.route_accessor(record, healthy, NODES, primary_only=primary_only, choose=first)
+
+
+@pytest.mark.parametrize(
+    ("record", "healthy", "primary_only"),
+    [
+        pytest.param(rec(2, {"n1": 1, "n2": 1}), ALL, False, id="nothing up to date"),
+        pytest.param(
+            rec(2, {"n1": 1, "n9": 2}), frozenset(), False, id="up to date only unassigned"
+        ),
+        pytest.param(rec(2, {"n1": 1, "n2": 2}), ALL, True, id="primary only: primary outdated"),
+        pytest.param(
+            replace(CURRENT, primary="n2", conflict=("n1", "n2")),
+            frozenset(),
+            False,
+            id="replicas in conflict: proxies could pick different sides",
+        ),
+    ],
+)
+def test_route_accessor_last_resort_never_reads_what_may_be_stale(
+    record: RepositoryRecord, healthy: frozenset[str], primary_only: bool
+) -> None:
+    with pytest.raises(Unavailable):
+        routing.route_accessor(
+            record, healthy, NODES, primary_only=primary_only, choose=first, last_resort=True
+        )
+
+
+def test_route_accessor_last_resort_only_when_no_healthy_replica_is_up_to_date() -> None:
+    healthy = frozenset({"n3"})
+    route = routing.route_accessor(CURRENT, healthy, NODES, choose=first, last_resort=True)
+    assert (route.node, route.reason, route.fallbacks) == ("n3", "distributed", ())
+    ejected = routing.route_accessor(
+        CURRENT, frozenset(), NODES, choose=first, ejected=frozenset({"n1"}), last_resort=True
+    )
+    assert (ejected.node, ejected.fallbacks) == ("n2", ("n3", "n1"))
