@@ -174,6 +174,13 @@ def channel_target(endpoints: Sequence[str]) -> tuple[str, str | None, bool]:
     return "ipv4:" + ",".join(addresses), hostname, any_tls
 
 
+def member_targets(target: str) -> list[str]:
+    """One gRPC target per member of a balanced ``ipv4:a,b,c`` target."""
+    if not target.startswith("ipv4:"):
+        return [target]
+    return [f"ipv4:{address}" for address in target[len("ipv4:") :].split(",")]
+
+
 def _kv(pb: Any) -> KeyValue:
     return KeyValue(
         pb.key.decode("utf-8", "surrogateescape"),
@@ -243,8 +250,7 @@ class EtcdStore(Store):
         self.config = config
         self.observer = observer
         target, hostname, tls_implied = channel_target(config.endpoints)
-        options: list[tuple[str, Any]] = [
-            ("grpc.lb_policy_name", "round_robin"),
+        self._options: list[tuple[str, Any]] = [
             ("grpc.keepalive_time_ms", 5_000),
             ("grpc.keepalive_timeout_ms", 3_000),
             ("grpc.keepalive_permit_without_calls", 1),
@@ -254,17 +260,25 @@ class EtcdStore(Store):
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2_000),
         ]
+        self._credentials: grpc.ChannelCredentials | None = None
         if config.ca_file or tls_implied:
             ca = Path(config.ca_file).read_bytes() if config.ca_file else None
             key = Path(config.key_file).read_bytes() if config.key_file else None
             cert = Path(config.cert_file).read_bytes() if config.cert_file else None
-            credentials = grpc.ssl_channel_credentials(ca, key, cert)
+            self._credentials = grpc.ssl_channel_credentials(ca, key, cert)
             server_name = config.tls_server_name or hostname
             if server_name:
-                options.append(("grpc.ssl_target_name_override", server_name))
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
+                self._options.append(("grpc.ssl_target_name_override", server_name))
+        self._channel = self._open_channel(target, balanced=True)
+        # Watches run on one channel per member (opened when first used), so
+        # that a watch that goes silent moves to another member: on the
+        # balanced channel a paused member's connection stays up until its
+        # keep-alive fails (5 s + 3 s), and the re-opened stream can land on
+        # it again, longer than ``stale_read_limit`` without word from etcd.
+        members = member_targets(target)
+        self._watch_targets = members if len(members) > 1 else []
+        self._watch_channels: dict[int, tuple[grpc.aio.Channel, WatchStub]] = {}
+        self._watches_opened = 0
         # Our own retry loop decides what is safe to repeat, so etcd3aio's is off.
         self._kv = KVService(self._channel, max_attempts=1)
         self._lease = LeaseService(self._channel, max_attempts=1)
@@ -274,6 +288,25 @@ class EtcdStore(Store):
         self._token: str | None = None
         self._token_task: asyncio.Task[None] | None = None
         self._closed = False
+
+    def _open_channel(self, target: str, *, balanced: bool) -> grpc.aio.Channel:
+        options = [*self._options]
+        if balanced:
+            options.append(("grpc.lb_policy_name", "round_robin"))
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(target, self._credentials, options=options)
+        return grpc.aio.insecure_channel(target, options=options)
+
+    def _watch_stream(self, member: int) -> WatchStub:
+        """The watch stub of member ``member`` (an index; the balanced channel's
+        with one member)."""
+        if not self._watch_targets:
+            return self._watch_stub
+        opened = self._watch_channels.get(member)
+        if opened is None:
+            channel = self._open_channel(self._watch_targets[member], balanced=False)
+            opened = self._watch_channels[member] = (channel, WatchStub(channel))
+        return opened[1]
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -296,6 +329,8 @@ class EtcdStore(Store):
             self._token_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._token_task
+        for channel, _ in self._watch_channels.values():
+            await channel.close()
         await self._channel.close()
 
     async def _authenticate(self) -> None:
@@ -569,7 +604,13 @@ class EtcdStore(Store):
         raw_end = encode_key(prefix_end(key)) if prefix else b""
         next_revision = start_revision
         backoff = 0.05
+        # Watches start spread over the members; each moves to the next member
+        # whenever its stream fails, ends or stays silent.
+        member = self._watches_opened
+        self._watches_opened += 1
         while not self._closed:
+            if self._watch_targets:
+                member %= len(self._watch_targets)
             requests: asyncio.Queue[Any] = asyncio.Queue()
             requests.put_nowait(
                 rpc_pb2.WatchRequest(
@@ -586,7 +627,7 @@ class EtcdStore(Store):
                         return
                     yield item
 
-            call = self._watch_stub.Watch(request_stream(), metadata=self._metadata())
+            call = self._watch_stream(member).Watch(request_stream(), metadata=self._metadata())
             pinger = asyncio.get_running_loop().create_task(self._ask_progress(requests))
             try:
                 while True:
@@ -631,6 +672,7 @@ class EtcdStore(Store):
                 pinger.cancel()
                 requests.put_nowait(None)
                 call.cancel()
+            member += 1
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
 

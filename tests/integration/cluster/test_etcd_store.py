@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 
@@ -107,3 +108,52 @@ async def test_three_members_keep_working_when_one_is_killed(
     task.cancel()
     await keeper.close()
     assert (await store.range(f"{keys.prefix}w/", prefix=True)).kvs == ()
+
+
+async def test_watches_whose_member_is_paused_move_to_other_members(
+    etcd3: EtcdCluster, make_store: StoreFactory, keys: Keyspace
+) -> None:
+    """A silent stream is replaced on another member, so every watch hears from
+    etcd again well within ``stale_read_limit`` (5 s by default) while one
+    member of three is paused. A proxy has several watches (repositories,
+    proxies, jobs, ...): on the balanced channel the streams the paused member
+    held were re-opened together and spread over every member, the paused one
+    included, and a proxy heard nothing from etcd for more than 5 s and refused
+    reads as stale (docs/reliability.md, finding 3)."""
+    store = make_store(etcd3)
+    writer = make_store(etcd3)
+    start = await writer.put(f"{keys.prefix}before", b"")
+    watches = 12
+    heard: list[list[float]] = [[] for _ in range(watches)]
+    events: list[list[WatchEvent]] = [[] for _ in range(watches)]
+
+    async def follow(index: int) -> None:
+        async for batch in store.watch(keys.prefix, prefix=True, start_revision=start):
+            heard[index].append(time.monotonic())
+            events[index].extend(batch.events)
+
+    tasks = [asyncio.ensure_future(follow(i)) for i in range(watches)]
+    try:
+        await eventually(lambda: all(len(e) == 1 for e in events), 10, "the first event")
+        paused_at = time.monotonic()
+        etcd3.pause(0)
+        try:
+            await writer.put(f"{keys.prefix}during", b"")
+            await eventually(
+                lambda: time.monotonic() > paused_at + 9, 15, "nine seconds of the pause"
+            )
+        finally:
+            etcd3.resume(0)
+        for index in range(watches):
+            window = [paused_at, *(t for t in heard[index] if t > paused_at)]
+            gaps = [later - earlier for earlier, later in itertools.pairwise(window)]
+            # Silence for the idle timeout (3 s), then progress from another
+            # member every second; 4.5 s leaves the limit half a second.
+            assert max(gaps) < 4.5, (index, gaps)
+            assert [e.kv.key for e in events[index]] == [
+                f"{keys.prefix}before",
+                f"{keys.prefix}during",
+            ]
+    finally:
+        for task in tasks:
+            task.cancel()

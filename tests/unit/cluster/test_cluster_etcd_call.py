@@ -8,7 +8,7 @@ import pytest
 from etcd3aio.errors import EtcdConnectionError, EtcdTransientError, EtcdUnauthenticatedError
 
 from gitquorum.cluster.errors import LeaseExpired, StoreUnavailable
-from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
+from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore, channel_target, member_targets
 
 
 class Observer:
@@ -123,3 +123,20 @@ async def test_without_credentials_a_rejected_call_fails_at_once(
     await store.close()
     assert authentications == [] and fn.calls == 1
     assert observer.seen == [("range", "unauthenticated")]
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "members"),
+    [
+        pytest.param(
+            ("127.0.0.1:1", "http://127.0.0.1:2", "localhost:3"),
+            ["ipv4:127.0.0.1:1", "ipv4:127.0.0.1:2", "ipv4:127.0.0.1:3"],
+            id="one target per member",
+        ),
+        pytest.param(("127.0.0.1:1",), ["ipv4:127.0.0.1:1"], id="one member"),
+        pytest.param(("etcd.example:2379",), ["dns:///etcd.example:2379"], id="a name"),
+    ],
+)
+def test_watches_get_one_target_per_member(endpoints: tuple[str, ...], members: list[str]) -> None:
+    target, _, _ = channel_target(endpoints)
+    assert member_targets(target) == members
