@@ -62,6 +62,15 @@ class ProxyMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.verifier_verdicts = Counter(
+            "gitquorum_verifier_verdicts_total",
+            "Verdicts the verifier stored, by virtual storage and kind: majority (replicas "
+            "differing from the majority demoted and repaired), unfinished-write (replicas "
+            "differing by unfinished writes settled), conflict (no majority: nothing "
+            "repaired), conflict-cleared.",
+            ["virtual_storage", "verdict"],
+            registry=registry,
+        )
         self.state_age = StateAge(registry)
         self.read_retries = Counter(
             "gitquorum_read_retries_total",

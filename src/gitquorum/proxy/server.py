@@ -61,7 +61,7 @@ from gitquorum.proxy.replication import (
     healthy_targets,
 )
 from gitquorum.proxy.server_info import ServerInfoService
-from gitquorum.proxy.verifier import NodeChecksums, VerificationStore, Verifier
+from gitquorum.proxy.verifier import VERDICTS, NodeChecksums, VerificationStore, Verifier
 from gitquorum.proxy.vote_counting import TransactionManager
 from gitquorum.wire.interceptor import ErrorInterceptor
 from gitquorum.wire.options import server_options
@@ -621,7 +621,11 @@ class ProxyServer(Assembled):
             interval=config.verify_interval,
             intents=views.intents,
             members=views.health.incarnations,
+            on_verdict=lambda vs, verdict: self.metrics.verifier_verdicts.labels(vs, verdict).inc(),
         )
+        for vs in self.nodes:
+            for verdict in VERDICTS:  # every series exists from the start, at 0
+                self.metrics.verifier_verdicts.labels(vs, verdict)
         election.run_while_leader("verifier", self.verifier.run)
         # Wake the workers when a node comes back: its jobs become runnable.
         views.health.add_listener(lambda _old, _new: workers.wake.set())

@@ -171,6 +171,7 @@ class Verifier:
         intents: IntentStore | None = None,
         intent_grace: float = INTENT_GRACE,
         members: Callable[[], Mapping[str, float]] = dict,
+        on_verdict: Callable[[str, str], None] = lambda _vs, _verdict: None,
     ) -> None:
         self.repositories = repositories
         self.cache = cache
@@ -192,6 +193,8 @@ class Verifier:
         self.intent_grace = intent_grace
         # Live proxies and their incarnations: whose writes may still finish.
         self.members = members
+        # (virtual storage, verdict) for each verdict stored: a metric.
+        self.on_verdict = on_verdict
         # When this verifier first saw each standing intent (``_stood``).
         self._intents_seen: dict[str, float] = {}
         # Repositories skipped until then (monotonic) because a write was in flight.
@@ -402,6 +405,7 @@ class Verifier:
             return settled.record, TxnExtras(jobs.compares, (*jobs.ops, *settled_intents))
 
         await self.repositories.update_with(vs, rid, plan, fence=fence)
+        self.on_verdict(vs, verdict_of(settled))
         if settled.reference is not None:
             logger.warning(
                 "replicas differing by an unfinished write settled",
@@ -443,6 +447,20 @@ class Verifier:
                 "replicas agree again: conflict cleared",
                 extra=log.fields(repository_id=rid, relative_path=record.relative_path),
             )
+
+
+VERDICTS = ("majority", "unfinished-write", "conflict", "conflict-cleared")
+
+
+def verdict_of(settled: Settlement) -> str:
+    """The verdict's label in ``gitquorum_verifier_verdicts_total``."""
+    if settled.reference is not None:
+        return "unfinished-write"
+    if settled.conflict:
+        return "conflict"
+    if settled.demoted:
+        return "majority"
+    return "conflict-cleared"
 
 
 def nodes_of(nodes: dict[str, Sequence[str]]) -> list[tuple[str, str]]:

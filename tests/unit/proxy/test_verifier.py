@@ -232,6 +232,34 @@ async def test_without_a_majority_nothing_is_overwritten_and_dataloss_reports_it
         await parts.cache.close()
 
 
+async def test_every_stored_verdict_is_reported_by_kind() -> None:
+    verdicts: list[tuple[str, str]] = []
+    parts = await build(on_verdict=lambda vs, verdict: verdicts.append((vs, verdict)))
+    try:
+        await parts.verifier.verify_once(force=True)
+        assert verdicts == []  # agreement stores nothing
+        parts.checksums.values["n3"] = "rolled back"
+        await parts.verifier.verify_once(force=True)
+        assert verdicts == [(VS, "majority")]
+    finally:
+        await parts.cache.close()
+    verdicts.clear()
+    parts = await build(
+        nodes=("n1", "n2"),
+        healthy=frozenset({"n1", "n2"}),
+        on_verdict=lambda vs, verdict: verdicts.append((vs, verdict)),
+    )
+    try:
+        parts.checksums.values["n2"] = "b"
+        await parts.verifier.verify_once(force=True)
+        await parts.settle_cache()
+        parts.checksums.values["n2"] = "a"
+        await parts.verifier.verify_once(force=True)
+        assert verdicts == [(VS, "conflict"), (VS, "conflict-cleared")]
+    finally:
+        await parts.cache.close()
+
+
 async def test_an_operator_choosing_the_replica_to_keep_clears_the_conflict() -> None:
     parts = await build(nodes=("n1", "n2"), healthy=frozenset({"n1", "n2"}))
     try:

@@ -30,10 +30,14 @@ NODES = ("n1", "n2", "n3")
 
 
 async def _build(
-    grace: float = 120.0, members: dict[str, float] | None = None, third_outdated: bool = True
+    grace: float = 120.0,
+    members: dict[str, float] | None = None,
+    third_outdated: bool = True,
+    verdicts: list[str] | None = None,
 ) -> tuple[Parts, IntentStore]:
     store = MemoryStore(ManualClock())
     intents = IntentStore(store, KEYS)
+    reported = verdicts if verdicts is not None else []
     parts = await build(
         store,
         # n3 missed a write: only n1 and n2 are up to date.
@@ -41,6 +45,7 @@ async def _build(
         intents=intents,
         intent_grace=grace,
         members=lambda: members or {},
+        on_verdict=lambda _vs, verdict: reported.append(verdict),
     )
     return parts, intents
 
@@ -88,6 +93,18 @@ async def test_an_unfinished_write_settles_toward_its_primary_and_goes(
     jobs = {(j.target_node, j.source_node) for j in await parts.jobs()}
     assert ("n2", "n1") in jobs
     assert await _standing(parts, intents) == []
+
+
+async def test_a_settlement_is_reported_as_an_unfinished_write_verdict() -> None:
+    verdicts: list[str] = []
+    parts, intents = await _build(verdicts=verdicts)
+    try:
+        await intents.put(_intent(parts, primary="n1"))
+        parts.checksums.values["n2"] = "without the write"
+        await parts.verifier.verify_once(force=True)
+        assert verdicts == ["unfinished-write"]
+    finally:
+        await parts.cache.close()
 
 
 async def test_the_reference_follows_the_writes_primary_even_if_it_is_not_primary_now(
