@@ -239,8 +239,8 @@ class ReadsConfig:
     outlier_failures: int = 5
     outlier_ejection_time: float = 10.0
     # A read with no healthy up-to-date replica goes to the up-to-date ones the
-    # health consensus calls unhealthy, which must answer (the first response
-    # message) within the timeout; off: such reads are refused at once.
+    # health consensus calls unhealthy: the first that answers a health check
+    # within the timeout serves it; off: such reads are refused at once.
     last_resort: bool = True
     last_resort_timeout: float = 2.0
 

@@ -334,7 +334,9 @@ class ReplicaLoss(Nemesis):
         if snapshot is not None:
             missed = await run.acknowledged(self.writes_missed, self.lag_s, repo)
             run.note(f"{self.name}: {repo} on {node}: writes missed by the backup: {missed}")
-        await asyncio.to_thread(run.node(node).kill)
+        # Opened before the kill, as every nemesis does: a read the kill breaks
+        # must fall within the fault (opened after, it was counted as a failed
+        # read during no fault: seed 71242770).
         fault = run.fault(
             self,
             node,
@@ -343,6 +345,7 @@ class ReplicaLoss(Nemesis):
             disk_repos=(repo,),
             nodes_down=(node,),
         )
+        await asyncio.to_thread(run.node(node).kill)
         await asyncio.to_thread(self.damage, _disks(run), node, replica_path, snapshot)
         return fault
 

@@ -21,9 +21,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -174,6 +175,20 @@ def channel_target(endpoints: Sequence[str]) -> tuple[str, str | None, bool]:
     return "ipv4:" + ",".join(addresses), hostname, any_tls
 
 
+# How long watches avoid a member on which a stream went silent.
+SILENT_MEMBER_AVOIDED = 10.0
+
+
+def next_member(start: int, count: int, silent_until: Mapping[int, float], now: float) -> int:
+    """The member a watch stream goes to: ``start`` (mod ``count``) or the next
+    one after it that no stream found silent lately; ``start`` when all were."""
+    for step in range(count):
+        member = (start + step) % count
+        if silent_until.get(member, 0.0) <= now:
+            return member
+    return start % count
+
+
 def member_targets(target: str) -> list[str]:
     """One gRPC target per member of a balanced ``ipv4:a,b,c`` target."""
     if not target.startswith("ipv4:"):
@@ -278,7 +293,13 @@ class EtcdStore(Store):
         members = member_targets(target)
         self._watch_targets = members if len(members) > 1 else []
         self._watch_channels: dict[int, tuple[grpc.aio.Channel, WatchStub]] = {}
-        self._watches_opened = 0
+        # Watches start spread over the members, from a random one: not every
+        # proxy's first (repository) watch on the first member.
+        self._watches_opened = random.randrange(len(self._watch_targets) or 1)
+        # Members whose stream went silent, and until when (monotonic) watches
+        # avoid them: while a paused leader is replaced, the others refuse
+        # streams at once (no leader) and a watch moving on would come back.
+        self._silent_until: dict[int, float] = {}
         # Our own retry loop decides what is safe to repeat, so etcd3aio's is off.
         self._kv = KVService(self._channel, max_attempts=1)
         self._lease = LeaseService(self._channel, max_attempts=1)
@@ -610,7 +631,9 @@ class EtcdStore(Store):
         self._watches_opened += 1
         while not self._closed:
             if self._watch_targets:
-                member %= len(self._watch_targets)
+                member = next_member(
+                    member, len(self._watch_targets), self._silent_until, time.monotonic()
+                )
             requests: asyncio.Queue[Any] = asyncio.Queue()
             requests.put_nowait(
                 rpc_pb2.WatchRequest(
@@ -665,6 +688,8 @@ class EtcdStore(Store):
                         # 3.4 releases could send it ahead of pending events).
                         yield WatchBatch((), next_revision - 1)
             except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):
+                    self._silent_until[member] = time.monotonic() + SILENT_MEMBER_AVOIDED
                 log.info(
                     "etcd watch on %s interrupted (%s); resuming at %d", key, exc, next_revision
                 )

@@ -362,14 +362,46 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
     def _read(self, call: _Call) -> AsyncIterator[bytes]:
         """Returned, not iterated: one async generator less per call."""
-        reader, candidates, payload_for = self._plan_read(call)
-        return reader.run(candidates, payload_for, call.rest, call.metadata, call.timeout)
+        reader, route, payload_for = self._plan_read(call)
+        if route.last_resort:
+            return self._read_last_resort(call, reader, route, payload_for)
+        return reader.run(route.candidates, payload_for, call.rest, call.metadata, call.timeout)
+
+    async def _read_last_resort(
+        self,
+        call: _Call,
+        reader: Reader,
+        route: routing.AccessorRoute,
+        payload_for: Callable[[str], bytes],
+    ) -> AsyncIterator[bytes]:
+        candidates = await self._answering(call, reader, route)
+        async for response in reader.run(
+            candidates, payload_for, call.rest, call.metadata, call.timeout
+        ):
+            yield response
 
     async def _read_unary(self, call: _Call) -> bytes:
-        reader, candidates, payload_for = self._plan_read(call)
+        reader, route, payload_for = self._plan_read(call)
+        candidates: Sequence[str] = route.candidates
+        if route.last_resort:
+            candidates = await self._answering(call, reader, route)
         return await reader.unary(candidates, payload_for, call.metadata, call.timeout)
 
-    def _plan_read(self, call: _Call) -> tuple[Reader, Sequence[str], Callable[[str], bytes]]:
+    async def _answering(
+        self, call: _Call, reader: Reader, route: routing.AccessorRoute
+    ) -> Sequence[str]:
+        """A last-resort read's candidates, the first one answering (docs/failover.md)."""
+        self.read_health.metrics.read_last_resort.inc()
+        return await reader.answering(
+            route.candidates,
+            self.read_health.settings.last_resort_timeout,
+            "repository unavailable: no healthy, up-to-date replica of "
+            f"{call.relative_path!r} (its unhealthy up-to-date replicas did not answer)",
+        )
+
+    def _plan_read(
+        self, call: _Call
+    ) -> tuple[Reader, routing.AccessorRoute, Callable[[str], bytes]]:
         repo = call.existing("repository not found")
         primary_only = call.info.full_name in routing.FORCE_PRIMARY
         for key, value in call.metadata:
@@ -394,14 +426,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
             return rewrite(info, request, node, replica_path, in_place=True)
 
         reader = Reader(self.channels, info, self.read_health, call.fields)
-        if route.last_resort:
-            self.read_health.metrics.read_last_resort.inc()
-            reader.last_resort(
-                self.read_health.settings.last_resort_timeout,
-                "repository unavailable: no healthy, up-to-date replica of "
-                f"{call.relative_path!r} (its unhealthy up-to-date replicas did not answer)",
-            )
-        return reader, route.candidates, payload_for
+        return reader, route, payload_for
 
     async def _maintain(self, call: _Call) -> AsyncIterator[bytes]:
         repo = call.existing("repository not found")

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gitquorum.cluster.read_rules import (
     late_hedge_delay,
@@ -59,16 +60,30 @@ class Reader:
         self.health = health
         self.fields = fields  # the call's log line
         # A last-resort read (replicas the health consensus calls unhealthy):
-        # how long they may take to send the first response, and what the
-        # client is told when none does.
-        self.first_answer_within: float | None = None
+        # what the client is told when none of them answers.
         self.refusal = ""
 
-    def last_resort(self, within: float, refusal: str) -> None:
-        """Bound the read as a last resort: a node that cannot answer fails it
-        within ``within`` seconds, with ``refusal`` as an UNAVAILABLE status."""
-        self.first_answer_within = within
+    async def answering(self, candidates: Sequence[str], within: float, refusal: str) -> list[str]:
+        """A last-resort read's candidates from the first that answers a health
+        check within ``within`` seconds (tried in order, so that every proxy
+        reads the same replica), the others after it as fallbacks.
+
+        The check, not a bound on the read, is what tells a live node from a
+        paused or unreachable one: the read itself then runs under the client's
+        deadline, however long its work takes. ``refusal`` is the UNAVAILABLE
+        status when no candidate answers, or when the read fails on them."""
         self.refusal = refusal
+        metadata = self.channels.forward_metadata(())
+        request = health_pb2.HealthCheckRequest()
+        for index, node in enumerate(candidates):
+            stub = health_pb2_grpc.HealthStub(self.channels.channel(node))
+            try:
+                answer = await stub.Check(request, metadata=metadata, timeout=within)
+            except grpc.aio.AioRpcError:
+                continue
+            if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                return [*candidates[index:], *candidates[:index]]
+        raise Unavailable(refusal)
 
     def _failure(self, code: grpc.StatusCode, details: str) -> Exception:
         """What the client is told when the read ends with a node's failure."""
@@ -117,9 +132,6 @@ class Reader:
         """A unary read, awaited: the answer of the first replica that gives one."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        if self.first_answer_within is not None:
-            bound = loop.time() + self.first_answer_within
-            deadline = bound if deadline is None else min(deadline, bound)
         outgoing = self.channels.forward_metadata(metadata)
         untried = list(candidates)
         running: list[_Attempt] = []
@@ -263,10 +275,6 @@ class Reader:
     ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        # A last-resort read: the first response must come by then (None: no bound).
-        first_by = (
-            None if self.first_answer_within is None else loop.time() + self.first_answer_within
-        )
         requests = RequestLog(rest) if self.info.shape.value.startswith("stream") else None
         passthrough = PassThrough(self.channels, self.info)
         last = len(candidates) - 1
@@ -275,18 +283,14 @@ class Reader:
             left = None if deadline is None else max(0.0, deadline - loop.time())
             responded = False
             try:
-                # Disarmed before the first response is yielded: the bound never
-                # fires while the client's side of the stream is running.
-                async with asyncio.timeout_at(first_by) as bound:
-                    async for response in passthrough.call(
-                        node, payload_for(node), replay, metadata, left
-                    ):
-                        if not responded:
-                            responded = True
-                            bound.reschedule(None)
-                            if requests is not None:
-                                requests.forwarded_response()
-                        yield response
+                async for response in passthrough.call(
+                    node, payload_for(node), replay, metadata, left
+                ):
+                    if not responded:
+                        responded = True
+                        if requests is not None:
+                            requests.forwarded_response()
+                    yield response
             except BackendError as exc:
                 if responded or not retryable_read_failure(exc.code.name, exc.details):
                     if not responded:
@@ -302,10 +306,6 @@ class Reader:
                     raise self._failure(exc.code, exc.details) from None
                 self._retried(node)
                 continue
-            except TimeoutError:
-                # Only the last resort's bound raises it: no time is left for another node.
-                self.health.failed(node, "DEADLINE_EXCEEDED")
-                raise Unavailable(self.refusal) from None
             except (asyncio.CancelledError, GeneratorExit):
                 if not responded and _at_deadline(loop, deadline):
                     self.health.failed(node, "DEADLINE_EXCEEDED")  # as for unary reads

@@ -173,9 +173,13 @@ def route_accessor(
             raise Unavailable(
                 f"repository unavailable: no healthy, up-to-date replica of {repo.relative_path!r}"
             )
-        node = choose([n for n in last if n not in ejected] or last)
-        rest = tuple(sorted((n for n in last if n != node), key=lambda n: n in ejected))
-        return AccessorRoute(repo.repository_id, repo.replica_path, node, LAST_RESORT, rest)
+        # The same order on every proxy, whatever each one ejected: replicas no
+        # check vouches for are not verified either, and two of them that differ
+        # would otherwise be read by turns. The primary first, then by name.
+        last.sort(key=lambda n: (n != repo.primary, n))
+        return AccessorRoute(
+            repo.repository_id, repo.replica_path, last[0], LAST_RESORT, tuple(last[1:])
+        )
     avoided = draining | ejected if ejected else draining
     preferred = [n for n in candidates if n not in avoided]
     if not preferred:

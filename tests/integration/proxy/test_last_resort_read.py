@@ -44,8 +44,9 @@ from tests.integration.proxy.helpers import (
     wait_all_healthy,
 )
 
-# Shorter than the client's deadline of the bounded read below, so that the
-# read ending with UNAVAILABLE rather than DEADLINE_EXCEEDED shows the bound.
+# Each replica's health check within it; far shorter than the client's deadline
+# of the bounded read below, so that the read ending with UNAVAILABLE rather
+# than DEADLINE_EXCEEDED shows the bound.
 SETTINGS = {"reads": {"last_resort_timeout": "1s"}}
 CLIENT_DEADLINE = 20.0
 OUTVOTERS = ("outvoter-a", "outvoter-b")
@@ -168,7 +169,7 @@ def test_a_last_resort_read_of_replicas_that_cannot_answer_fails_fast(
     try:
         with pytest.raises(grpc.RpcError) as failed:
             _find_commit(address, relative_path)
-        # A streaming read: its first response never comes.
+        # A streaming read too.
         clone = run_git("clone", "-q", url(address, relative_path), str(tmp_path / "clone"))
     finally:
         for node in outvoted.nodes:

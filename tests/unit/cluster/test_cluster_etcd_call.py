@@ -8,7 +8,13 @@ import pytest
 from etcd3aio.errors import EtcdConnectionError, EtcdTransientError, EtcdUnauthenticatedError
 
 from gitquorum.cluster.errors import LeaseExpired, StoreUnavailable
-from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore, channel_target, member_targets
+from gitquorum.cluster.etcd_store import (
+    EtcdConfig,
+    EtcdStore,
+    channel_target,
+    member_targets,
+    next_member,
+)
 
 
 class Observer:
@@ -140,3 +146,19 @@ async def test_without_credentials_a_rejected_call_fails_at_once(
 def test_watches_get_one_target_per_member(endpoints: tuple[str, ...], members: list[str]) -> None:
     target, _, _ = channel_target(endpoints)
     assert member_targets(target) == members
+
+
+@pytest.mark.parametrize(
+    ("start", "silent_until", "expected"),
+    [
+        pytest.param(4, {}, 1, id="the next member, round"),
+        pytest.param(1, {1: 20.0}, 2, id="a member silent lately is skipped"),
+        pytest.param(2, {2: 20.0, 0: 20.0}, 1, id="and the one after"),
+        pytest.param(1, {1: 5.0}, 1, id="no longer avoided after its time"),
+        pytest.param(0, {0: 20.0, 1: 20.0, 2: 20.0}, 0, id="all silent: in turn"),
+    ],
+)
+def test_a_watch_moves_past_members_found_silent(
+    start: int, silent_until: dict[int, float], expected: int
+) -> None:
+    assert next_member(start, 3, silent_until, now=10.0) == expected

@@ -1,9 +1,10 @@
 """Last-resort reads: the real handler in front of scripted nodes, none of
 them healthy by consensus (docs/failover.md).
 
-The repository's up-to-date replicas are n1 and n2 (n3 is outdated); the
-consensus calls every node unhealthy, so each read goes to n1 or n2 as a last
-resort, bounded by ``reads.last_resort_timeout`` until its first response.
+The repository's up-to-date replicas are n1 (primary) and n2 (n3 is
+outdated); the consensus calls every node unhealthy, so each read goes to the
+first of n1, n2 that answers a health check within ``reads.last_resort_timeout``.
+Each scripted node serves the health service: a hung node hangs there too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
 
 from gitquorum.config import ReadsConfig
@@ -33,12 +35,6 @@ from tests.unit.proxy.test_read_availability import (
 
 BOUND = 0.3
 
-
-class NoneHealthy(FakeCluster):
-    def healthy(self, virtual_storage: str) -> frozenset[str]:
-        return frozenset()
-
-
 Behaviour = Callable[[], AsyncIterator[bytes]]
 
 
@@ -47,21 +43,40 @@ async def _hang() -> AsyncIterator[bytes]:
     yield b""
 
 
-async def _slow_stream() -> AsyncIterator[bytes]:
-    """A first message at once, the second long after the bound."""
-    yield b"first"
+async def _slow() -> AsyncIterator[bytes]:
+    """A live node whose read takes longer than the bound."""
     await asyncio.sleep(BOUND * 3)
-    yield b"second"
+    yield b"slow answer"
 
 
 async def _answer() -> AsyncIterator[bytes]:
     yield b"answer"
 
 
-def _nodes(behaviour: Behaviour) -> Callable[[str], grpc.GenericRpcHandler]:
+class NoneHealthy(FakeCluster):
+    def healthy(self, virtual_storage: str) -> frozenset[str]:
+        return frozenset()
+
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+
+def _nodes(script: dict[str, Behaviour]) -> Callable[[str], grpc.GenericRpcHandler]:
     def handler(node: str) -> grpc.GenericRpcHandler:
+        behaviour = script.get(node, _answer)
+
         class Handler(grpc.GenericRpcHandler):
             def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+                if details.method == HEALTH_CHECK:
+
+                    async def check(request: bytes, context: object) -> bytes:
+                        if behaviour is _hang:
+                            await asyncio.Event().wait()
+                        return health_pb2.HealthCheckResponse(
+                            status=health_pb2.HealthCheckResponse.SERVING
+                        ).SerializeToString()
+
+                    return grpc.unary_unary_rpc_method_handler(check)
                 info = REGISTRY.get(details.method)
                 if info is None:
                     return None
@@ -83,28 +98,26 @@ def _nodes(behaviour: Behaviour) -> Callable[[str], grpc.GenericRpcHandler]:
 
 
 async def _read(
-    behaviour: Behaviour, method: str, settings: ReadsConfig
+    script: dict[str, Behaviour], method: str, settings: ReadsConfig
 ) -> tuple[list[bytes] | grpc.aio.AioRpcError, float]:
     """What a client reading through the proxy gets, and the proxy's counter."""
     registry = CollectorRegistry()
     metrics = ProxyMetrics(registry)
     health = ReadHealth(settings, metrics)
     async with running_proxy(
-        _nodes(behaviour), NODES, NoneHealthy(), metrics=metrics, read_health=health
+        _nodes(script), NODES, NoneHealthy(), metrics=metrics, read_health=health
     ) as running:
-        if method == FIND_COMMIT:
-            request = commit_pb2.FindCommitRequest(repository=repository(), revision=b"main")
-            call: object = running.channel.unary_unary(method)(
-                request.SerializeToString(), timeout=WAIT
-            )
-        else:
-            request = blob_pb2.GetBlobsRequest(repository=repository())
-            call = running.channel.unary_stream(method)(request.SerializeToString(), timeout=WAIT)
         try:
             if method == FIND_COMMIT:
-                got: list[bytes] | grpc.aio.AioRpcError = [await call]  # type: ignore[misc]
+                request = commit_pb2.FindCommitRequest(repository=repository(), revision=b"main")
+                unary = running.channel.unary_unary(method)
+                got: list[bytes] | grpc.aio.AioRpcError = [
+                    await unary(request.SerializeToString(), timeout=WAIT)
+                ]
             else:
-                got = [m async for m in call]  # type: ignore[attr-defined]
+                blobs = blob_pb2.GetBlobsRequest(repository=repository())
+                stream = running.channel.unary_stream(method)
+                got = [m async for m in stream(blobs.SerializeToString(), timeout=WAIT)]
         except grpc.aio.AioRpcError as exc:
             got = exc
         served = registry.get_sample_value("gitquorum_read_last_resort_total") or 0.0
@@ -112,32 +125,42 @@ async def _read(
 
 
 SETTINGS = ReadsConfig(hedging=False, last_resort_timeout=BOUND)
+BOTH = pytest.mark.parametrize("method", [FIND_COMMIT, GET_BLOBS])
 
 
-@pytest.mark.parametrize("method", [FIND_COMMIT, GET_BLOBS])
+@BOTH
 async def test_replicas_no_proxy_calls_healthy_still_serve_reads(method: str) -> None:
-    got, served = await _read(_answer, method, SETTINGS)
+    got, served = await _read({}, method, SETTINGS)
     assert got == [b"answer"]
     assert served == 1
 
 
-@pytest.mark.parametrize("method", [FIND_COMMIT, GET_BLOBS])
-async def test_a_last_resort_read_of_a_hung_node_fails_at_the_bound(method: str) -> None:
-    got, _ = await _read(_hang, method, SETTINGS)
+@BOTH
+async def test_the_first_replica_answering_its_check_serves_the_read(method: str) -> None:
+    got, _ = await _read({"n1": _hang, "n2": _answer}, method, SETTINGS)
+    assert got == [b"answer"]
+
+
+@BOTH
+async def test_with_no_replica_answering_its_check_the_read_fails_at_the_bound(
+    method: str,
+) -> None:
+    got, _ = await _read({"n1": _hang, "n2": _hang}, method, SETTINGS)
     assert isinstance(got, grpc.aio.AioRpcError)
     # UNAVAILABLE, not the client's DEADLINE_EXCEEDED (WAIT is far longer).
     assert got.code() is grpc.StatusCode.UNAVAILABLE
-    assert "no healthy, up-to-date replica" in (got.details() or "")
+    assert "did not answer" in (got.details() or "")
 
 
-async def test_the_bound_ends_with_the_first_response_of_a_stream() -> None:
-    got, _ = await _read(_slow_stream, GET_BLOBS, SETTINGS)
-    assert got == [b"first", b"second"]
+@BOTH
+async def test_a_live_replica_slower_than_the_bound_still_answers(method: str) -> None:
+    got, _ = await _read({"n1": _slow, "n2": _hang}, method, SETTINGS)
+    assert got == [b"slow answer"]
 
 
 async def test_with_the_last_resort_off_such_reads_are_refused() -> None:
     settings = ReadsConfig(hedging=False, last_resort=False)
-    got, served = await _read(_answer, GET_BLOBS, settings)
+    got, served = await _read({}, GET_BLOBS, settings)
     assert isinstance(got, grpc.aio.AioRpcError)
     assert got.code() is grpc.StatusCode.UNAVAILABLE
     assert served == 0

@@ -284,7 +284,13 @@ def test_route_accessor_last_resort_only_when_no_healthy_replica_is_up_to_date()
     healthy = frozenset({"n3"})
     route = routing.route_accessor(CURRENT, healthy, NODES, choose=first, last_resort=True)
     assert (route.node, route.reason, route.fallbacks) == ("n3", "distributed", ())
-    ejected = routing.route_accessor(
-        CURRENT, frozenset(), NODES, choose=first, ejected=frozenset({"n1"}), last_resort=True
-    )
-    assert (ejected.node, ejected.fallbacks) == ("n2", ("n3", "n1"))
+
+
+def test_route_accessor_last_resort_reads_in_the_same_order_on_every_proxy() -> None:
+    # Whatever the proxy ejected or would pick at random: primary first, then by name.
+    record = replace(CURRENT, primary="n2")
+    for ejected in (frozenset(), frozenset({"n2"}), frozenset({"n1", "n3"})):
+        route = routing.route_accessor(
+            record, frozenset(), NODES, ejected=ejected, last_resort=True
+        )
+        assert route.candidates == ("n2", "n1", "n3")
