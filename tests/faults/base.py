@@ -48,6 +48,9 @@ class Fault:
     # apart, not violations).
     disk_nodes: tuple[str, ...] = ()
     disk_repos: tuple[str, ...] = ()
+    # When such a node lost power (killed, just after the fault opened): writes
+    # acknowledged until then may be on the disk that went back in time.
+    power_loss: float | None = None
     # Seconds after the start before the fault excuses failed reads (etcd lost:
     # the proxies serve from their cache up to the stale-read limit first).
     excuse_after: float = 0.0

@@ -213,8 +213,10 @@ def lost_to_disk(ops: Iterable[Op], faults: Sequence[Fault], timeline: Timeline)
             n
             for f in damaged
             # Acknowledged between the backup (taken at most a few seconds
-            # before the power loss) and the power loss.
-            if op.repo in f.disk_repos and f.start - BACKUP_AGE <= op.end <= f.start
+            # before the power loss) and the power loss (the fault opens just
+            # before it).
+            if op.repo in f.disk_repos
+            and f.start - BACKUP_AGE <= op.end <= (f.power_loss or f.start)
             for n in f.disk_nodes
         }
         if holders <= rolled:
@@ -508,7 +510,14 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
                     wall - wall_to_monotonic,
                     conflict,
                     path.stem,
-                    unfinished=entry.get("msg") == SETTLED,
+                    # A majority verdict where unfinished writes went to every
+                    # demoted replica: a write left committed on the majority
+                    # by a proxy paused or killed mid-write (what its outcome
+                    # would have recorded), not a disk losing writes.
+                    unfinished=entry.get("msg") == SETTLED
+                    or (
+                        entry.get("msg") == DEMOTED and int(fields.get("unfinished_writes", 0)) > 0
+                    ),
                 )
             )
     return repairs

@@ -26,6 +26,7 @@ import errno
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -346,6 +347,7 @@ class ReplicaLoss(Nemesis):
             nodes_down=(node,),
         )
         await asyncio.to_thread(run.node(node).kill)
+        fault.power_loss = time.monotonic()
         await asyncio.to_thread(self.damage, _disks(run), node, replica_path, snapshot)
         return fault
 

@@ -180,6 +180,8 @@ def test_verifier_repairs_are_violations_unless_a_disk_fault_hit_the_node(tmp_pa
         '"relative_path": "r.git", "replicas": ["n1", "n2"]}\n'
         '{"time": "2026-01-01T00:00:40.000Z", "msg": "' + checker.SETTLED + '", '
         '"relative_path": "r.git", "demoted": ["n2"], "reference": "n1"}\n'
+        '{"time": "2026-01-01T00:00:50.000Z", "msg": "' + checker.DEMOTED + '", '
+        '"relative_path": "r.git", "demoted": ["n1"], "unfinished_writes": 1}\n'
     )
     from datetime import datetime
 
@@ -190,9 +192,11 @@ def test_verifier_repairs_are_violations_unless_a_disk_fault_hit_the_node(tmp_pa
         (("n3",), 20.0, False, "proxy1"),
         (("n1", "n2"), 30.0, True, "proxy1"),
         (("n2",), 40.0, False, "proxy1"),
+        (("n1",), 50.0, False, "proxy1"),
     ]
-    # Settled on an unfinished write: counted with the repairs, not a violation.
-    assert [r.unfinished for r in repairs] == [False, False, False, True]
+    # Settled on an unfinished write, or a majority verdict on replicas every
+    # one of which an unfinished write went to: counted, not a violation.
+    assert [r.unfinished for r in repairs] == [False, False, False, True, True]
     disk = Fault("rollback", "disk", "n3", 15.0, 18.0, disk_nodes=("n3",), disk_repos=(REPO,))
     found = checker.check_repairs(repairs, [disk])
     assert sorted((v.at, v.detail.split()[2]) for v in found) == [
@@ -290,6 +294,19 @@ def test_a_write_whose_only_holder_a_disk_fault_rolled_back_is_lost_to_the_disk(
         "replica-rollback", "disk", "n1", 6.0, 8.0, disk_nodes=("n1",), disk_repos=("other.git",)
     )
     assert checker.lost_to_disk([sole, kept], [other], timeline) == set()
+
+
+def test_a_write_acknowledged_between_the_faults_start_and_the_power_loss_is_the_disks() -> None:
+    # The fault opens just before the kill (seed 1441900215: an acknowledgement
+    # 10 ms after the fault opened, on the primary rolled back right after).
+    late = op("writeref", "refs/heads/a", OIDS[3], 5.9, 6.01)
+    timeline = [(6.02, {REPO: frozenset({"n1"})})]
+    rollback = Fault(
+        "primary-rollback", "disk", "n1", 6.0, 8.0, disk_nodes=("n1",), disk_repos=(REPO,)
+    )
+    assert checker.lost_to_disk([late], [rollback], timeline) == set()
+    rollback.power_loss = 6.05
+    assert checker.lost_to_disk([late], [rollback], timeline) == {id(late)}
 
 
 def test_a_conflict_is_known_only_when_the_replicas_differ_by_unknown_writes_alone() -> None:

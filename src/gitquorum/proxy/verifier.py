@@ -430,6 +430,14 @@ class Verifier:
                 ),
             )
         elif settled.demoted:
+            # Writes nobody finished that went to every demoted replica: the
+            # demoted may differ by one of those (a write its paused or dead
+            # proxy left committed on the majority only) rather than by a
+            # disk that lost writes.
+            members = self.members()
+            unfinished = sum(
+                1 for i in standing if i.is_evidence(members) and settled.demoted <= i.participants
+            )
             logger.warning(
                 "verification failed: replicas differing from the majority demoted",
                 extra=log.fields(
@@ -437,6 +445,7 @@ class Verifier:
                     relative_path=record.relative_path,
                     demoted=sorted(settled.demoted),
                     majority=sorted(settled.majority),
+                    unfinished_writes=unfinished,
                     old_primary=record.primary,
                     new_primary=settled.record.primary,
                     sources={r.target: r.source for r in settled.repairs},

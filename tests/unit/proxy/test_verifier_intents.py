@@ -263,3 +263,42 @@ async def test_a_repository_with_a_write_in_flight_waits_before_its_next_check()
         assert len(parts.checksums.calls) == calls
     finally:
         await parts.cache.close()
+
+
+async def test_a_majority_verdict_says_when_unfinished_writes_went_to_the_demoted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # All three up to date; n1 lacks what n2 and n3 hold: the write of a proxy
+    # that died (not among the members) before recording its outcome.
+    parts, intents = await _build(third_outdated=False)
+    try:
+        await intents.put(
+            WriteIntent(VS, parts.record.repository_id, "w1", "proxy-a", 5.0, 2, "n2", NODES)
+        )
+        parts.checksums.values["n1"] = "without the write"
+        with caplog.at_level("WARNING", logger="gitquorum.verifier"):
+            await parts.verifier.verify_once(force=True)
+        after = generations(await parts.get())
+        assert after["n1"] < after["n2"] == after["n3"] == 2
+        (line,) = [r for r in caplog.records if "majority demoted" in r.getMessage()]
+        assert line.fields["unfinished_writes"] == 1  # type: ignore[attr-defined]
+    finally:
+        await parts.cache.close()
+
+
+async def test_a_majority_verdict_without_unfinished_writes_says_none(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    parts, intents = await _build(third_outdated=False)
+    try:
+        # A write that did not go to n1 explains nothing about n1.
+        await intents.put(
+            WriteIntent(VS, parts.record.repository_id, "w1", "proxy-a", 5.0, 2, "n2", ("n2", "n3"))
+        )
+        parts.checksums.values["n1"] = "rolled back"
+        with caplog.at_level("WARNING", logger="gitquorum.verifier"):
+            await parts.verifier.verify_once(force=True)
+        (line,) = [r for r in caplog.records if "majority demoted" in r.getMessage()]
+        assert line.fields["unfinished_writes"] == 0  # type: ignore[attr-defined]
+    finally:
+        await parts.cache.close()
