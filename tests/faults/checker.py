@@ -458,6 +458,9 @@ class Repair:
     conflict: bool
     proxy: str = ""  # whose log (its file's stem)
     unfinished: bool = False  # settled on an unfinished write's intent (``SETTLED``)
+    # A majority verdict whose demoted replicas unfinished writes of gone
+    # proxies went to: excused only next to a write of unknown outcome.
+    majority_unfinished: bool = False
 
 
 def unskew(repairs: Sequence[Repair], faults: Sequence[Fault]) -> list[Repair]:
@@ -510,14 +513,9 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
                     wall - wall_to_monotonic,
                     conflict,
                     path.stem,
-                    # A majority verdict where unfinished writes went to every
-                    # demoted replica: a write left committed on the majority
-                    # by a proxy paused or killed mid-write (what its outcome
-                    # would have recorded), not a disk losing writes.
-                    unfinished=entry.get("msg") == SETTLED
-                    or (
-                        entry.get("msg") == DEMOTED and int(fields.get("unfinished_writes", 0)) > 0
-                    ),
+                    unfinished=entry.get("msg") == SETTLED,
+                    majority_unfinished=entry.get("msg") == DEMOTED
+                    and bool(int(fields.get("unfinished_writes", 0))),
                 )
             )
     return repairs
@@ -550,10 +548,32 @@ def abandoned_only(
     return True
 
 
-def check_repairs(repairs: Sequence[Repair], faults: Sequence[Fault]) -> list[Violation]:
+# How long before a majority verdict the write of unknown outcome that
+# excuses it may have started: the verifier's grace for intents (120 s), and a
+# little more.
+UNFINISHED_WINDOW = 130.0
+
+
+def explained_by_unknown_write(repair: Repair, ops: Iterable[Op]) -> bool:
+    """A majority verdict on replicas that unfinished writes of proxies now gone
+    went to (a write left committed on the majority by a proxy paused or killed
+    mid-write: what its outcome would have recorded), with a write of that
+    repository whose outcome its client never learnt, started shortly before."""
+    return repair.majority_unfinished and any(
+        op.is_write
+        and op.outcome == "unknown"
+        and op.repo == repair.repo
+        and repair.at - UNFINISHED_WINDOW <= op.start <= repair.at
+        for op in ops
+    )
+
+
+def check_repairs(
+    repairs: Sequence[Repair], faults: Sequence[Fault], ops: Sequence[Op] = ()
+) -> list[Violation]:
     problems: list[Violation] = []
     for repair in repairs:
-        if repair.unfinished:
+        if repair.unfinished or explained_by_unknown_write(repair, ops):
             continue
         for node in repair.nodes:
             exempt = any(

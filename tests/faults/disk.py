@@ -346,8 +346,8 @@ class ReplicaLoss(Nemesis):
             disk_repos=(repo,),
             nodes_down=(node,),
         )
+        fault.power_loss = time.monotonic()  # stamped before: a kill takes a moment
         await asyncio.to_thread(run.node(node).kill)
-        fault.power_loss = time.monotonic()
         await asyncio.to_thread(self.damage, _disks(run), node, replica_path, snapshot)
         return fault
 

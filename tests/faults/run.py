@@ -512,7 +512,7 @@ class FaultRun:
         names = {p.address: p.name for p in self.cluster.proxies}
         self._violation(checker.check_failed_reads(self.history, faults, names, self.timeline))
         repairs = [r for r in repairs if not (r.conflict and r.repo in known)]
-        self._violation(checker.check_repairs(repairs, faults))
+        self._violation(checker.check_repairs(repairs, faults, self.history.ops))
         write_history(self.history, faults, self.base / "history.jsonl")
         write_timeline(self.timeline, self.base / "timeline.jsonl")
         first = min((f.start for f in faults), default=ended)
@@ -524,7 +524,11 @@ class FaultRun:
             "cross_proxy_lag_reads": reads.cross_proxy_lag,
             "stale_reads_from_restored_replicas": reads.from_restored_replica,
             "verifier_repairs": sum(len(r.nodes) for r in repairs),
-            "unfinished_write_settlements": sum(1 for r in repairs if r.unfinished),
+            "unfinished_write_settlements": sum(
+                1
+                for r in repairs
+                if r.unfinished or checker.explained_by_unknown_write(r, self.history.ops)
+            ),
             "known_conflicts_after_abandoned_writes": sorted(known),
             "converged_within_s": round(time.monotonic() - ended, 1),
             "reads_before_faults": self._latency(0.0, first),

@@ -3,6 +3,7 @@ have it, and not found where the documented guarantee allows the behaviour."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC
 from pathlib import Path
 
@@ -194,16 +195,27 @@ def test_verifier_repairs_are_violations_unless_a_disk_fault_hit_the_node(tmp_pa
         (("n2",), 40.0, False, "proxy1"),
         (("n1",), 50.0, False, "proxy1"),
     ]
-    # Settled on an unfinished write, or a majority verdict on replicas every
-    # one of which an unfinished write went to: counted, not a violation.
-    assert [r.unfinished for r in repairs] == [False, False, False, True, True]
+    # Settled on an unfinished write: counted with the repairs, not a violation.
+    assert [r.unfinished for r in repairs] == [False, False, False, True, False]
+    # A majority verdict on replicas unfinished writes went to.
+    assert [r.majority_unfinished for r in repairs] == [False, False, False, False, True]
     disk = Fault("rollback", "disk", "n3", 15.0, 18.0, disk_nodes=("n3",), disk_repos=(REPO,))
     found = checker.check_repairs(repairs, [disk])
     assert sorted((v.at, v.detail.split()[2]) for v in found) == [
         (10.0, "n2"),
         (30.0, "n1"),
         (30.0, "n2"),
+        (50.0, "n1"),  # no write of unknown outcome beside it
     ]
+    # With a write of unknown outcome to the repository shortly before: excused;
+    # one that is acknowledged, or of another repository, or long before, not.
+    unknown = op("writeref", "refs/heads/x", OIDS[1], 45.0, 46.0, outcome="unknown")
+    acked = op("writeref", "refs/heads/y", OIDS[2], 45.0, 46.0)
+    elsewhere = replace(unknown, repo="other.git")
+    early = replace(unknown, start=-100.0, end=-99.0)
+    for ops, excused in (([unknown], True), ([acked, elsewhere, early], False)):
+        found = checker.check_repairs(repairs, [disk], ops)
+        assert ((50.0, "n1") not in [(v.at, v.detail.split()[2]) for v in found]) is excused
 
 
 def test_the_longest_write_gap_spans_the_window_edges() -> None:

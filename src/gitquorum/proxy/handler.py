@@ -374,30 +374,37 @@ class ProxyHandler(grpc.GenericRpcHandler):
         route: routing.AccessorRoute,
         payload_for: Callable[[str], bytes],
     ) -> AsyncIterator[bytes]:
-        candidates = await self._answering(call, reader, route)
-        async for response in reader.run(
-            candidates, payload_for, call.rest, call.metadata, call.timeout
-        ):
+        candidates, left = await self._answering(call, reader, route)
+        async for response in reader.run(candidates, payload_for, call.rest, call.metadata, left):
             yield response
 
     async def _read_unary(self, call: _Call) -> bytes:
         reader, route, payload_for = self._plan_read(call)
         candidates: Sequence[str] = route.candidates
+        timeout = call.timeout
         if route.last_resort:
-            candidates = await self._answering(call, reader, route)
-        return await reader.unary(candidates, payload_for, call.metadata, call.timeout)
+            candidates, timeout = await self._answering(call, reader, route)
+        return await reader.unary(candidates, payload_for, call.metadata, timeout)
 
     async def _answering(
         self, call: _Call, reader: Reader, route: routing.AccessorRoute
-    ) -> Sequence[str]:
-        """A last-resort read's candidates, the first one answering (docs/failover.md)."""
-        self.read_health.metrics.read_last_resort.inc()
-        return await reader.answering(
+    ) -> tuple[Sequence[str], float | None]:
+        """A last-resort read's candidates from the first that answers its check,
+        and what is left of the client's deadline after the checks (docs/failover.md)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if call.timeout is None else loop.time() + call.timeout
+        candidates = await reader.answering(
             route.candidates,
             self.read_health.settings.last_resort_timeout,
             "repository unavailable: no healthy, up-to-date replica of "
             f"{call.relative_path!r} (its unhealthy up-to-date replicas did not answer)",
+            deadline,
         )
+        self.read_health.metrics.read_last_resort.inc()
+        self.metrics.read_served(call.virtual_storage, candidates[0])
+        if candidates[0] != route.node:
+            call.fields["served_by"] = candidates[0]
+        return candidates, None if deadline is None else max(0.0, deadline - loop.time())
 
     def _plan_read(
         self, call: _Call
@@ -418,7 +425,8 @@ class ProxyHandler(grpc.GenericRpcHandler):
             last_resort=self.read_health.settings.last_resort,
         )
         _describe(call.fields, route)
-        self.metrics.read_served(call.virtual_storage, route.node)
+        if not route.last_resort:  # counted once a replica answered its check
+            self.metrics.read_served(call.virtual_storage, route.node)
         info, request, replica_path = call.info, call.request, route.replica_path
 
         def payload_for(node: str) -> bytes:

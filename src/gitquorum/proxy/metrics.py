@@ -80,8 +80,8 @@ class ProxyMetrics:
         )
         self.read_last_resort = Counter(
             "gitquorum_read_last_resort_total",
-            "Accessor RPCs routed to up-to-date replicas the health consensus calls unhealthy, "
-            "because no healthy up-to-date replica was left (reads.last_resort).",
+            "Accessor RPCs served by an up-to-date replica that is not healthy for this proxy, "
+            "because no up-to-date replica was (reads.last_resort).",
             registry=registry,
         )
         self.read_hedges = Counter(

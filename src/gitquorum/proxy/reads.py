@@ -60,36 +60,52 @@ class Reader:
         self.health = health
         self.fields = fields  # the call's log line
         # A last-resort read (replicas the health consensus calls unhealthy):
-        # what the client is told when none of them answers.
+        # what the client is told when none of them answers; no hedging.
         self.refusal = ""
+        self.hedging = True
 
-    async def answering(self, candidates: Sequence[str], within: float, refusal: str) -> list[str]:
+    async def answering(
+        self,
+        candidates: Sequence[str],
+        within: float,
+        refusal: str,
+        deadline: float | None = None,
+    ) -> list[str]:
         """A last-resort read's candidates from the first that answers a health
         check within ``within`` seconds (tried in order, so that every proxy
-        reads the same replica), the others after it as fallbacks.
+        reads the same replica), the ones not checked yet after it as
+        fallbacks; those that failed their check are left out.
 
         The check, not a bound on the read, is what tells a live node from a
         paused or unreachable one: the read itself then runs under the client's
-        deadline, however long its work takes. ``refusal`` is the UNAVAILABLE
-        status when no candidate answers, or when the read fails on them."""
+        deadline (``deadline``, loop time, also bounds the checks), however
+        long its work takes. It is not hedged: the replicas no check vouches
+        for are not verified either, and a hedge could read the other of two
+        that differ. ``refusal`` is the UNAVAILABLE status when no candidate
+        answers, or when the read's node goes away before answering."""
         self.refusal = refusal
+        self.hedging = False
+        loop = asyncio.get_running_loop()
         metadata = self.channels.forward_metadata(())
         request = health_pb2.HealthCheckRequest()
         for index, node in enumerate(candidates):
+            timeout = within if deadline is None else min(within, deadline - loop.time())
+            if timeout <= 0:
+                break
             stub = health_pb2_grpc.HealthStub(self.channels.channel(node))
             try:
-                answer = await stub.Check(request, metadata=metadata, timeout=within)
+                answer = await stub.Check(request, metadata=metadata, timeout=timeout)
             except grpc.aio.AioRpcError:
                 continue
             if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                return [*candidates[index:], *candidates[:index]]
+                return list(candidates[index:])
         raise Unavailable(refusal)
 
     def _failure(self, code: grpc.StatusCode, details: str) -> Exception:
-        """What the client is told when the read ends with a node's failure."""
-        if self.refusal and (
-            retryable_read_failure(code.name, details) or read_timed_out(code.name)
-        ):
+        """What the client is told when the read ends with a node's failure: a
+        last-resort read whose node went away before answering gets the
+        refusal, anything else the node's own status."""
+        if self.refusal and retryable_read_failure(code.name, details):
             return Unavailable(self.refusal)
         return backend_error(code, details)
 
@@ -157,7 +173,7 @@ class Reader:
             """When to hedge the attempt that is now alone (None: never)."""
             nonlocal delay, over_budget
             over_budget = False
-            if hedged or not untried:
+            if hedged or not untried or not self.hedging:
                 return None
             delay = self.health.hedge_delay(self.info.full_name, attempt.node)
             if delay is None or (deadline is not None and attempt.started + delay >= deadline):

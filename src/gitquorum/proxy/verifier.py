@@ -430,13 +430,17 @@ class Verifier:
                 ),
             )
         elif settled.demoted:
-            # Writes nobody finished that went to every demoted replica: the
-            # demoted may differ by one of those (a write its paused or dead
-            # proxy left committed on the majority only) rather than by a
-            # disk that lost writes.
+            # Writes whose proxy is gone (paused past its lease, or dead)
+            # before it finished them, that went to every demoted replica: the
+            # demoted may differ by one of those (left committed on the
+            # majority only: what the write's outcome would have recorded)
+            # rather than by a disk that lost writes. For the record; the
+            # verdict is the majority's either way.
             members = self.members()
             unfinished = sum(
-                1 for i in standing if i.is_evidence(members) and settled.demoted <= i.participants
+                1
+                for i in standing
+                if members.get(i.proxy) != i.incarnation and settled.demoted <= i.participants
             )
             logger.warning(
                 "verification failed: replicas differing from the majority demoted",

@@ -44,9 +44,19 @@ async def _hang() -> AsyncIterator[bytes]:
 
 
 async def _slow() -> AsyncIterator[bytes]:
-    """A live node whose read takes longer than the bound."""
-    await asyncio.sleep(BOUND * 3)
+    """A live node whose read takes longer than the bound (and than the
+    longest hedge delay, 1 s)."""
+    await asyncio.sleep(BOUND * 5)
     yield b"slow answer"
+
+
+class Gone(Exception):
+    """The node answers its health check, then goes away mid-read."""
+
+
+async def _gone() -> AsyncIterator[bytes]:
+    raise Gone
+    yield b""
 
 
 async def _answer() -> AsyncIterator[bytes]:
@@ -81,12 +91,21 @@ def _nodes(script: dict[str, Behaviour]) -> Callable[[str], grpc.GenericRpcHandl
                 if info is None:
                     return None
 
-                async def stream(request: bytes, context: object) -> AsyncIterator[bytes]:
-                    async for message in behaviour():
-                        yield message
+                async def stream(
+                    request: bytes, context: grpc.aio.ServicerContext
+                ) -> AsyncIterator[bytes]:
+                    try:
+                        async for message in behaviour():
+                            yield message
+                    except Gone:
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, "node going away")
 
-                async def unary(request: bytes, context: object) -> bytes:
-                    return [m async for m in behaviour()][-1]
+                async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                    try:
+                        return [m async for m in behaviour()][-1]
+                    except Gone:
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, "node going away")
+                        raise
 
                 if info.shape is Shape.UNARY_UNARY:
                     return grpc.unary_unary_rpc_method_handler(unary)
@@ -164,3 +183,21 @@ async def test_with_the_last_resort_off_such_reads_are_refused() -> None:
     assert isinstance(got, grpc.aio.AioRpcError)
     assert got.code() is grpc.StatusCode.UNAVAILABLE
     assert served == 0
+
+
+@BOTH
+async def test_a_replica_that_failed_its_check_is_no_fallback(method: str) -> None:
+    # n1 (checked first) hangs; n2 answers its check, then goes away mid-read:
+    # the read must not fall back to n1 and wait for the client's deadline.
+    got, _ = await _read({"n1": _hang, "n2": _gone}, method, SETTINGS)
+    assert isinstance(got, grpc.aio.AioRpcError)
+    assert got.code() is grpc.StatusCode.UNAVAILABLE
+    assert "did not answer" in (got.details() or "")
+
+
+async def test_a_last_resort_read_is_not_hedged() -> None:
+    # With hedging on, a read slower than the longest hedge delay would go to
+    # n2 as well; replicas no check vouches for are not verified either.
+    settings = ReadsConfig(hedging=True, last_resort_timeout=BOUND)
+    got, _ = await _read({"n1": _slow, "n2": _answer}, FIND_COMMIT, settings)
+    assert got == [b"slow answer"]
