@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from gitquorum.cluster.decisions import up_to_date_replicas
+from gitquorum.cluster.repositories import RepositoryRecord
 from tests.faults.base import Fault, Nemesis
 
 if TYPE_CHECKING:
@@ -304,19 +306,38 @@ class ReplicaLoss(Nemesis):
         return len(_live_nodes(run)) == len(run.cluster.nodes)
 
     def _pick(self, run: RunContext) -> tuple[str, str, str]:
-        """(repository, node, replica path) among replicas present on a live node."""
+        """(repository, node, replica path) among replicas present on a live
+        node, preferring those whose repository has another up-to-date replica.
+
+        A disk that loses a repository's only up-to-date copy loses what only
+        it held: a rollback its last writes (counted apart), a wipe the whole
+        repository, which stays unavailable until an operator accepts the
+        loss (``gitquorum dataloss``; seed 465149497 wiped a hot repository's
+        lone up-to-date replica: stuck for good, by design). The guarantee is
+        about the cluster, not about a disk losing the last copy; such a pick
+        is made only when no other is possible."""
         records = run.records()
-        repos = sorted(r for r in run.repos if r in records)
-        repo = run.rng.choice(repos)
-        record = records[repo]
         live = set(_live_nodes(run))
-        nodes = [
-            n
-            for n in record.replica_nodes
-            if n in live and (_disks(run).storage(n) / record.replica_path).is_dir()
-        ]
-        node = run.rng.choice(nodes)
-        return repo, node, record.replica_path
+        storage = _disks(run).storage
+
+        def present(record: RepositoryRecord) -> list[str]:
+            return [
+                n
+                for n in record.replica_nodes
+                if n in live and (storage(n) / record.replica_path).is_dir()
+            ]
+
+        def spare(record: RepositoryRecord, node: str) -> bool:
+            return len(up_to_date_replicas(record) - {node}) >= 1
+
+        repos = sorted(r for r in run.repos if r in records)
+        pairs = [(r, n) for r in repos for n in present(records[r]) if spare(records[r], n)]
+        if pairs:
+            repo, node = run.rng.choice(pairs)
+        else:
+            repo = run.rng.choice(repos)
+            node = run.rng.choice(present(records[repo]))
+        return repo, node, records[repo].replica_path
 
     @staticmethod
     def damage(disks: Disks, node: str, replica_path: str, snapshot: Path | None) -> None:
@@ -383,7 +404,17 @@ class PrimaryRollback(ReplicaRollback):
         # rolled-back primary before the verifier looks.
         repos = sorted(r for r in run.repos[: max(1, len(run.repos) - 2)] if r in records)
         live = set(_live_nodes(run))
-        candidates = [r for r in repos if records[r].primary in live] or repos
+        # A primary with another up-to-date replica, as for every replica loss.
+        candidates = (
+            [
+                r
+                for r in repos
+                if records[r].primary in live
+                and up_to_date_replicas(records[r]) - {records[r].primary}
+            ]
+            or [r for r in repos if records[r].primary in live]
+            or repos
+        )
         repo = run.rng.choice(candidates)
         record = records[repo]
         assert record.primary is not None
