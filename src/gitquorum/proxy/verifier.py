@@ -430,17 +430,19 @@ class Verifier:
                 ),
             )
         elif settled.demoted:
-            # Writes whose proxy is gone (paused past its lease, or dead)
-            # before it finished them, that went to every demoted replica: the
-            # demoted may differ by one of those (left committed on the
-            # majority only: what the write's outcome would have recorded)
-            # rather than by a disk that lost writes. For the record; the
-            # verdict is the majority's either way.
+            # Writes whose proxy is gone (paused past its lease, cut off from
+            # etcd, or dead) before it finished them, that went to every
+            # demoted replica or to the whole majority: the replicas may
+            # differ by one of those (committed where it went, its outcome
+            # never recorded: what that outcome would have recorded is this
+            # verdict) rather than by a disk that lost writes. For the
+            # record; the verdict is the majority's either way.
             members = self.members()
             unfinished = sum(
                 1
                 for i in standing
-                if members.get(i.proxy) != i.incarnation and settled.demoted <= i.participants
+                if members.get(i.proxy) != i.incarnation
+                and (settled.demoted <= i.participants or settled.majority <= i.participants)
             )
             logger.warning(
                 "verification failed: replicas differing from the majority demoted",

@@ -286,14 +286,39 @@ async def test_a_majority_verdict_says_when_unfinished_writes_went_to_the_demote
         await parts.cache.close()
 
 
-async def test_a_majority_verdict_without_unfinished_writes_says_none(
+async def test_a_majority_verdict_says_when_an_unfinished_write_went_to_the_majority(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # n3 was a replication target of the write (repaired meanwhile, recorded
+    # up to date): the write of a proxy now gone committed on n1 and n2 only.
     parts, intents = await _build(third_outdated=False)
     try:
-        # A write that did not go to n1 explains nothing about n1.
         await intents.put(
-            WriteIntent(VS, parts.record.repository_id, "w1", "proxy-a", 5.0, 2, "n2", ("n2", "n3"))
+            WriteIntent(VS, parts.record.repository_id, "w1", "proxy-a", 5.0, 2, "n1", ("n1", "n2"))
+        )
+        parts.checksums.values["n3"] = "without the write"
+        with caplog.at_level("WARNING", logger="gitquorum.verifier"):
+            await parts.verifier.verify_once(force=True)
+        (line,) = [r for r in caplog.records if "majority demoted" in r.getMessage()]
+        assert line.fields["unfinished_writes"] == 1  # type: ignore[attr-defined]
+    finally:
+        await parts.cache.close()
+
+
+@pytest.mark.parametrize(
+    ("participants", "members"),
+    [
+        pytest.param(("n2",), {}, id="a write to neither the demoted nor the whole majority"),
+        pytest.param(NODES, {"proxy-a": 5.0}, id="a write its live proxy may still finish"),
+    ],
+)
+async def test_a_majority_verdict_without_such_writes_says_none(
+    caplog: pytest.LogCaptureFixture, participants: tuple[str, ...], members: dict[str, float]
+) -> None:
+    parts, intents = await _build(third_outdated=False, members=members, grace=0.0)
+    try:
+        await intents.put(
+            WriteIntent(VS, parts.record.repository_id, "w1", "proxy-a", 5.0, 2, "n2", participants)
         )
         parts.checksums.values["n1"] = "rolled back"
         with caplog.at_level("WARNING", logger="gitquorum.verifier"):
