@@ -265,6 +265,26 @@ async def test_a_repository_with_a_write_in_flight_waits_before_its_next_check()
         await parts.cache.close()
 
 
+async def _unfinished_in_majority_verdict(
+    parts: Parts,
+    intents: IntentStore,
+    caplog: pytest.LogCaptureFixture,
+    write: tuple[str, tuple[str, ...]],
+    differing: str,
+) -> object:
+    """Put the intent of a write (primary, participants) of proxy-a, make
+    ``differing`` the minority, verify; the majority line's ``unfinished_writes``."""
+    primary, participants = write
+    await intents.put(
+        WriteIntent(VS, parts.record.repository_id, "w1", "proxy-a", 5.0, 2, primary, participants)
+    )
+    parts.checksums.values[differing] = "different"
+    with caplog.at_level("WARNING", logger="gitquorum.verifier"):
+        await parts.verifier.verify_once(force=True)
+    (line,) = [r for r in caplog.records if "majority demoted" in r.getMessage()]
+    return line.fields["unfinished_writes"]  # type: ignore[attr-defined]
+
+
 async def test_a_majority_verdict_says_when_unfinished_writes_went_to_the_demoted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -272,16 +292,10 @@ async def test_a_majority_verdict_says_when_unfinished_writes_went_to_the_demote
     # that died (not among the members) before recording its outcome.
     parts, intents = await _build(third_outdated=False)
     try:
-        await intents.put(
-            WriteIntent(VS, parts.record.repository_id, "w1", "proxy-a", 5.0, 2, "n2", NODES)
-        )
-        parts.checksums.values["n1"] = "without the write"
-        with caplog.at_level("WARNING", logger="gitquorum.verifier"):
-            await parts.verifier.verify_once(force=True)
+        found = await _unfinished_in_majority_verdict(parts, intents, caplog, ("n2", NODES), "n1")
         after = generations(await parts.get())
         assert after["n1"] < after["n2"] == after["n3"] == 2
-        (line,) = [r for r in caplog.records if "majority demoted" in r.getMessage()]
-        assert line.fields["unfinished_writes"] == 1  # type: ignore[attr-defined]
+        assert found == 1
     finally:
         await parts.cache.close()
 
@@ -293,14 +307,8 @@ async def test_a_majority_verdict_says_when_an_unfinished_write_went_to_the_majo
     # up to date): the write of a proxy now gone committed on n1 and n2 only.
     parts, intents = await _build(third_outdated=False)
     try:
-        await intents.put(
-            WriteIntent(VS, parts.record.repository_id, "w1", "proxy-a", 5.0, 2, "n1", ("n1", "n2"))
-        )
-        parts.checksums.values["n3"] = "without the write"
-        with caplog.at_level("WARNING", logger="gitquorum.verifier"):
-            await parts.verifier.verify_once(force=True)
-        (line,) = [r for r in caplog.records if "majority demoted" in r.getMessage()]
-        assert line.fields["unfinished_writes"] == 1  # type: ignore[attr-defined]
+        write = ("n1", ("n1", "n2"))
+        assert await _unfinished_in_majority_verdict(parts, intents, caplog, write, "n3") == 1
     finally:
         await parts.cache.close()
 
@@ -317,13 +325,7 @@ async def test_a_majority_verdict_without_such_writes_says_none(
 ) -> None:
     parts, intents = await _build(third_outdated=False, members=members, grace=0.0)
     try:
-        await intents.put(
-            WriteIntent(VS, parts.record.repository_id, "w1", "proxy-a", 5.0, 2, "n2", participants)
-        )
-        parts.checksums.values["n1"] = "rolled back"
-        with caplog.at_level("WARNING", logger="gitquorum.verifier"):
-            await parts.verifier.verify_once(force=True)
-        (line,) = [r for r in caplog.records if "majority demoted" in r.getMessage()]
-        assert line.fields["unfinished_writes"] == 0  # type: ignore[attr-defined]
+        write = ("n2", participants)
+        assert await _unfinished_in_majority_verdict(parts, intents, caplog, write, "n1") == 0
     finally:
         await parts.cache.close()
