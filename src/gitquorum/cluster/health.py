@@ -243,13 +243,16 @@ class HealthChecker:
         unhealthy_after: int = 2,
         confirm_delay: float = 0.1,
         observe_probe: ProbeObserver | None = None,
+        answered: Callable[[str], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``nodes``: virtual storage -> node -> address.
 
         ``confirm_delay``: the gap between the checks made out of turn for a
         suspected node (:meth:`suspect`). ``observe_probe(vs, node, trigger,
-        healthy)`` counts each of them.
+        healthy)`` counts each of them. ``answered(node)`` is told of every
+        check a node answered, before the view it changes is told to anyone
+        (the proxy revives its channel to the node: ``NodeChannels.revive``).
         """
         self.nodes = {vs: dict(members) for vs, members in nodes.items()}
         self.publish = publish
@@ -262,6 +265,7 @@ class HealthChecker:
         self.unhealthy_after = max(1, unhealthy_after)
         self.confirm_delay = confirm_delay
         self.observe_probe = observe_probe
+        self.answered = answered
         self._clock = clock
         self._failures: dict[tuple[str, str], int] = {}
         # When the check whose result the view holds started: a slower, older
@@ -314,6 +318,8 @@ class HealthChecker:
         self, view: dict[str, dict[str, bool]], vs: str, node: str, ok: bool, started: float
     ) -> None:
         key = (vs, node)
+        if ok and self.answered is not None:
+            self.answered(node)
         if started < self._checked_at.get(key, float("-inf")):
             return  # a newer check of this node already decided
         self._checked_at[key] = started

@@ -33,6 +33,16 @@ class Reach(enum.Enum):
     UNDECIDED = "undecided"  # still connecting when the wait ended (a hung node)
 
 
+# Connectivity states in which a connection attempt has decided.
+_SETTLED = frozenset(
+    {
+        grpc.ChannelConnectivity.READY,
+        grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+        grpc.ChannelConnectivity.SHUTDOWN,
+    }
+)
+
+
 class NodeChannels:
     """One long-lived channel per node (keyed by storage name).
 
@@ -53,10 +63,15 @@ class NodeChannels:
         self.client_tls = client_tls
         self._credentials = client_tls.credentials() if client_tls is not None else None
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._watches: list[asyncio.Task[None]] = []
+        self._watches: dict[str, asyncio.Task[None]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._nodes_by_address: dict[str, str] = {}
         self._unary: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable] = {}
         self.on_unreachable: Unreachable | None = None
+        # Whether the node answers this proxy's health checks (its local view):
+        # a refused channel of a node that answers is only waiting out its
+        # reconnect backoff (``connect``).
+        self.answering: Callable[[str], bool] = lambda _node: False
 
     def unreachable(self, node: str, trigger: str = TRIGGER_RPC_FAILED) -> None:
         """A call could not reach ``node``: have it checked now."""
@@ -72,17 +87,34 @@ class NodeChannels:
         """Connect the node's channel (a no-op when it is connected already).
 
         REFUSED means the channel's connection attempt failed, so a call made
-        now would be failed by grpc before anything of it is sent.
+        now would be failed by grpc before anything of it is sent. A refused
+        channel of a node that answers its health checks is replaced and tried
+        once more (``revive``): it was refused before the node came back.
         """
+        deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
+        reach = await self._settle(node, deadline)
+        if reach is Reach.REFUSED and self.answering(node) and self.revive(node):
+            reach = await self._settle(node, deadline)
+        return reach
+
+    async def _settle(self, node: str, deadline: float) -> Reach:
+        """Wait until the node's channel is connected or refused (or the deadline)."""
         channel = self.channel(node)
         state = channel.get_state(try_to_connect=True)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, timeout)):
-                while state not in (
-                    grpc.ChannelConnectivity.READY,
-                    grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-                    grpc.ChannelConnectivity.SHUTDOWN,
-                ):
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    current = self._channels.get(node)
+                    if (
+                        state is grpc.ChannelConnectivity.SHUTDOWN
+                        and current is not None
+                        and current is not channel
+                    ):
+                        # Replaced (``revive``) while we waited: wait on the new one.
+                        channel = current
+                        state = channel.get_state(try_to_connect=True)
+                    if state in _SETTLED:
+                        break
                     await channel.wait_for_state_change(state)
                     state = channel.get_state(try_to_connect=True)
         if state is grpc.ChannelConnectivity.READY:
@@ -90,6 +122,33 @@ class NodeChannels:
         if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
             return Reach.REFUSED
         return Reach.UNDECIDED
+
+    def revive(self, node: str) -> bool:
+        """The node answered a health check: a channel of ours that is still
+        waiting out its reconnect backoff is replaced by one that connects now.
+
+        grpc fails every call on a channel in TRANSIENT_FAILURE at once, until
+        its backoff (up to ``reconnect_options``' maximum) ends, even after the
+        node came back; the health checker's own channel reconnects sooner, so
+        without this a node seen healthy again fails the first calls routed to
+        it ("failed to connect to all addresses", seen after a restart). A
+        channel in that state has no call in flight: nothing is cut short.
+        Whether it was replaced.
+        """
+        channel = self._channels.get(node)
+        if channel is None or channel.get_state() is not grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            return False
+        del self._channels[node]
+        for key in [key for key in self._unary if key[0] == node]:
+            del self._unary[key]
+        watch = self._watches.pop(node, None)
+        if watch is not None:
+            watch.cancel()
+        closing = asyncio.ensure_future(channel.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+        self.channel(node).get_state(try_to_connect=True)
+        return True
 
     def url(self, node: str) -> str:
         """The node's address as other nodes dial it (gitaly-servers): tls:// or tcp://."""
@@ -108,10 +167,8 @@ class NodeChannels:
             self._channels[node] = channel
             self._nodes_by_address[self.addresses[node]] = node
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to watch with
-                self._watches.append(
-                    asyncio.get_running_loop().create_task(
-                        watch_connection(channel, self.addresses[node], self._connection_lost)
-                    )
+                self._watches[node] = asyncio.get_running_loop().create_task(
+                    watch_connection(channel, self.addresses[node], self._connection_lost)
                 )
         return channel
 
@@ -144,12 +201,13 @@ class NodeChannels:
         return out
 
     async def close(self) -> None:
-        watches, self._watches = self._watches, []
+        watches, self._watches = list(self._watches.values()), {}
         for task in watches:
             task.cancel()
         for task in watches:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.gather(*self._closing, return_exceptions=True)
         self._unary.clear()
         for channel in self._channels.values():
             await channel.close()

@@ -423,6 +423,7 @@ class ProxyServer(Assembled):
             timeout=config.health_timeout,
             probe=probe,
             observe_probe=self.metrics.observe_immediate_probe,
+            answered=self.channels.revive if self.channels is not None else None,
         )
         # The checker closes first: it publishes through the membership.
         if membership is not None:
@@ -460,6 +461,7 @@ class ProxyServer(Assembled):
         channels = self.channels
         if channels is not None:
             channels.on_unreachable = checker.suspect
+            channels.answering = lambda node: any(checker.is_healthy(vs, node) for vs in node_map)
         return checker
 
     def _open_port_api(self, views: _Views, checker: HealthChecker) -> EtcdClusterPort:

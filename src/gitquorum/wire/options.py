@@ -53,6 +53,10 @@ def node_channel_options() -> Options:
         *message_size_options(),
         *keepalive_options(),
         *reconnect_options(100, 1_000),
+        # Its own connection, not one from grpc's process-wide pool: a channel
+        # made to replace one stuck in reconnect backoff (NodeChannels.revive)
+        # would otherwise share that connection, and its backoff.
+        ("grpc.use_local_subchannel_pool", 1),
     ]
 
 

@@ -51,6 +51,7 @@ def test_one_limit_of_64_mib() -> None:
                 "grpc.keepalive_timeout_ms": 5_000,
                 "grpc.initial_reconnect_backoff_ms": 100,
                 "grpc.max_reconnect_backoff_ms": 1_000,
+                "grpc.use_local_subchannel_pool": 1,
             },
         ),
         (
