@@ -40,6 +40,22 @@ def retryable_read_failure(code: str, details: str) -> bool:
     return code == _STOPPED and details in _STOPPED_DETAILS
 
 
+# A node's answer for a repository it does not hold (storage/locator.py).
+REPLICA_MISSING_DETAILS = "repository not found"
+
+
+def replica_missing(code: str, details: str) -> bool:
+    """Whether a node's answer says that its replica is missing on disk.
+
+    The proxy sends reads only for repositories the cluster records, to
+    replicas recorded up to date: this answer is then a fault of that replica
+    (wiped, lost with a disk, removed by hand), not the answer to the client.
+    Another up-to-date replica may hold the repository; with none, the
+    repository is unavailable, not absent.
+    """
+    return code == "NOT_FOUND" and details == REPLICA_MISSING_DETAILS
+
+
 def read_timed_out(code: str) -> bool:
     """A read that ended at its deadline: not retried (the client's time is up),
     but a strike against the node, which said nothing in all that time."""

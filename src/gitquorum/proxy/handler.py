@@ -434,6 +434,17 @@ class ProxyHandler(grpc.GenericRpcHandler):
             return rewrite(info, request, node, replica_path, in_place=True)
 
         reader = Reader(self.channels, info, self.read_health, call.fields)
+        vs, relative_path = call.virtual_storage, call.relative_path
+
+        def missing(nodes: Sequence[str]) -> Exception:
+            if self.cluster.lookup(vs, relative_path) is None:
+                return NotFound("repository not found")  # removed meanwhile: absent
+            return Unavailable(
+                f"repository unavailable: its up-to-date replica of {relative_path!r} is "
+                f"missing on disk on {', '.join(sorted(set(nodes)))}"
+            )
+
+        reader.on_missing = missing
         return reader, route, payload_for
 
     async def _maintain(self, call: _Call) -> AsyncIterator[bytes]:

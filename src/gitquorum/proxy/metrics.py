@@ -84,6 +84,14 @@ class ProxyMetrics:
             "because no up-to-date replica was (reads.last_resort).",
             registry=registry,
         )
+        self.read_replicas_missing = Counter(
+            "gitquorum_read_replicas_missing_total",
+            "Accessor RPCs whose replica, recorded up to date, was missing on its node's disk "
+            "(the node answered 'repository not found'); the read went to the next up-to-date "
+            "replica, or was refused UNAVAILABLE when none was left.",
+            ["storage"],
+            registry=registry,
+        )
         self.read_hedges = Counter(
             "gitquorum_read_hedges_total",
             "Unary accessor RPCs sent to a second replica because the first had not answered "

@@ -5,9 +5,11 @@ any response message went to the client (``read_rules.retryable_read_failure``:
 a refused or reset connection, the node going away), the same read goes to
 the route's next replica, within the client's deadline; a unary read not
 answered within its hedge delay also goes to the next replica, and the first
-answer wins (the other call is cancelled). Never tried again: anything after
-a response message was forwarded, and every answer a node gave itself
-(NOT_FOUND, INVALID_ARGUMENT, ...). Mutators never come here.
+answer wins (the other call is cancelled). A node that answers that its
+replica is missing on disk (``read_rules.replica_missing``) sends the read to
+the next replica too. Never tried again: anything after a response message
+was forwarded, and every other answer a node gave itself (NOT_FOUND,
+INVALID_ARGUMENT, ...). Mutators never come here.
 
 Payloads still pass as bytes. A request-streaming read keeps the requests it
 forwarded in a ``RequestLog`` until its first response went out, so that
@@ -28,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gitquorum.cluster.read_rules import (
     late_hedge_delay,
     read_timed_out,
+    replica_missing,
     retryable_read_failure,
 )
 from gitquorum.errors import Unavailable
@@ -63,6 +66,10 @@ class Reader:
         # what the client is told when none of them answers; no hedging.
         self.refusal = ""
         self.hedging = True
+        # What the client is told when the last replica tried was missing on
+        # disk (given the nodes whose replicas were); None: the node's answer.
+        self.on_missing: Callable[[Sequence[str]], Exception] | None = None
+        self.missing: list[str] = []
 
     async def answering(
         self,
@@ -104,10 +111,29 @@ class Reader:
     def _failure(self, code: grpc.StatusCode, details: str) -> Exception:
         """What the client is told when the read ends with a node's failure: a
         last-resort read whose node went away before answering gets the
-        refusal, anything else the node's own status."""
+        refusal, a replica missing on disk what ``on_missing`` says, anything
+        else the node's own status."""
         if self.refusal and retryable_read_failure(code.name, details):
             return Unavailable(self.refusal)
+        if self.on_missing is not None and replica_missing(code.name, details):
+            return self.on_missing(self.missing)
         return backend_error(code, details)
+
+    def _movable(self, node: str, code: grpc.StatusCode, details: str) -> bool:
+        """Whether a read that failed on ``node`` may go to the next replica:
+        the node failed (``retryable_read_failure``, a strike against it), or
+        it answered that its replica is missing on disk (an answer: the node
+        is fine, its replica is not)."""
+        if retryable_read_failure(code.name, details):
+            self.health.failed(node, code.name)
+            return True
+        if self.on_missing is None or not replica_missing(code.name, details):
+            return False
+        self.health.succeeded(node)
+        self.health.metrics.read_replicas_missing.labels(node).inc()
+        self.missing.append(node)
+        self.fields["replica_missing"] = list(self.missing)
+        return True
 
     def run(
         self,
@@ -190,10 +216,9 @@ class Reader:
                         response: bytes = await attempt.call
                     except grpc.aio.AioRpcError as exc:
                         code, details = exc.code(), exc.details() or ""
-                        if not retryable_read_failure(code.name, details):
+                        if not self._movable(attempt.node, code, details):
                             self._node_answered(attempt.node, code.name)
                             raise self._failure(code, details) from None
-                        self.health.failed(attempt.node, code.name)
                         if running:
                             continue  # the hedge (or the first call) may still answer
                         if not untried or (deadline is not None and loop.time() >= deadline):
@@ -308,12 +333,11 @@ class Reader:
                             requests.forwarded_response()
                     yield response
             except BackendError as exc:
-                if responded or not retryable_read_failure(exc.code.name, exc.details):
-                    if not responded:
-                        self._node_answered(node, exc.code.name)
-                        raise self._failure(exc.code, exc.details) from None
+                if responded:
                     raise
-                self.health.failed(node, exc.code.name)
+                if not self._movable(node, exc.code, exc.details):
+                    self._node_answered(node, exc.code.name)
+                    raise self._failure(exc.code, exc.details) from None
                 if (
                     index == last
                     or (deadline is not None and loop.time() >= deadline)

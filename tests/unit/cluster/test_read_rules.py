@@ -33,6 +33,23 @@ def test_which_read_failures_go_to_another_replica(
 
 
 @pytest.mark.parametrize(
+    ("code", "details", "missing"),
+    [
+        pytest.param("NOT_FOUND", "repository not found", True, id="the node's own words"),
+        pytest.param("NOT_FOUND", "commit not found", False, id="an answer about the content"),
+        pytest.param("NOT_FOUND", "repository not found: x", False, id="other words"),
+        pytest.param("FAILED_PRECONDITION", "repository not found", False, id="another code"),
+        pytest.param("UNAVAILABLE", "repository not found", False, id="a node failure"),
+    ],
+)
+def test_which_answers_say_the_replica_is_missing_on_disk(
+    code: str, details: str, missing: bool
+) -> None:
+    assert read_rules.replica_missing(code, details) is missing
+    assert not (missing and read_rules.retryable_read_failure(code, details))
+
+
+@pytest.mark.parametrize(
     ("recent_p95", "floor", "delay"),
     [
         pytest.param(None, 0.02, HEDGE_DELAY_CEILING, id="no history: the ceiling"),

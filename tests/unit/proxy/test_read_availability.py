@@ -98,6 +98,7 @@ ANSWER, UNAVAILABLE, NOT_FOUND, HANG, ONE_THEN_FAIL = (
     "hang",
     "one-then-fail",
 )
+MISSING = "missing"  # the replica is missing on the node's disk
 
 
 @dataclass
@@ -131,6 +132,8 @@ class Nodes:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "node going away")
         if behaviour == NOT_FOUND:
             await context.abort(grpc.StatusCode.NOT_FOUND, "commit not found")
+        if behaviour == MISSING:  # what storage/locator.py answers
+            await context.abort(grpc.StatusCode.NOT_FOUND, "repository not found")
         if behaviour == HANG:
             try:
                 await asyncio.Event().wait()
@@ -195,6 +198,7 @@ class Proxy:
     registry: CollectorRegistry
     clock: Clock
     health: ReadHealth
+    cluster: FakeCluster
 
     async def find_commit(self) -> bytes:
         request = commit_pb2.FindCommitRequest(repository=repository(), revision=b"main")
@@ -220,10 +224,11 @@ async def proxy() -> AsyncIterator[Proxy]:
     metrics = ProxyMetrics(registry)
     clock = Clock()
     health = ReadHealth(SETTINGS, metrics, clock=clock)
+    cluster = FakeCluster()
     async with running_proxy(
-        nodes.handler, NODES, FakeCluster(), metrics=metrics, read_health=health
+        nodes.handler, NODES, cluster, metrics=metrics, read_health=health
     ) as running:
-        yield Proxy(nodes, running.servers, running.channel, registry, clock, health)
+        yield Proxy(nodes, running.servers, running.channel, registry, clock, health, cluster)
 
 
 # -- a node that fails before answering: the read goes to another replica -----------------
@@ -306,6 +311,72 @@ async def test_when_every_replica_fails_the_last_failure_is_answered(proxy: Prox
         await proxy.find_commit()
     assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
     assert (proxy.nodes.calls("n1"), proxy.nodes.calls("n2"), proxy.nodes.calls("n3")) == (1, 1, 0)
+
+
+# -- a replica missing on disk: a fault of that replica, not the answer -------------------
+# (a wiped replica answered reads NOT_FOUND "repository not found" for a repository
+# the cluster records: finding 7 of docs/reliability.md)
+
+
+async def test_a_unary_read_whose_replica_is_missing_on_disk_is_served_by_another(
+    proxy: Proxy,
+) -> None:
+    proxy.nodes.script["n1"] = MISSING
+    assert await proxy.find_commit() == b"from n2"
+    assert proxy.metric("gitquorum_read_replicas_missing_total", storage="n1") == 1
+    assert proxy.metric("gitquorum_read_retries_total") == 1
+    # The node answered: no strike against it (its other replicas are fine).
+    assert "n1" not in proxy.health.ejected()
+
+
+async def test_a_streaming_read_whose_replica_is_missing_on_disk_is_served_by_another(
+    proxy: Proxy,
+) -> None:
+    proxy.nodes.script["n1"] = MISSING
+    request = blob_pb2.GetBlobsRequest(repository=repository())
+    call = proxy.channel.unary_stream(GET_BLOBS)(request.SerializeToString(), timeout=WAIT)
+    assert [message async for message in call] == [b"from n2", b"from n2"]
+    assert proxy.metric("gitquorum_read_replicas_missing_total", storage="n1") == 1
+
+
+async def test_a_repository_whose_up_to_date_replicas_are_all_missing_is_unavailable(
+    proxy: Proxy,
+) -> None:
+    """Recorded, so not absent: UNAVAILABLE naming the replicas, not NOT_FOUND."""
+    proxy.nodes.script["n1"] = proxy.nodes.script["n2"] = MISSING
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await proxy.find_commit()
+    assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+    details = failed.value.details() or ""
+    assert details.startswith(
+        f"repository unavailable: its up-to-date replica of {PATH!r} is missing on disk on n1, n2"
+    )
+    request = blob_pb2.GetBlobsRequest(repository=repository())
+    call = proxy.channel.unary_stream(GET_BLOBS)(request.SerializeToString(), timeout=WAIT)
+    with pytest.raises(grpc.aio.AioRpcError) as streamed:
+        [message async for message in call]
+    assert streamed.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "missing on disk on n1, n2" in (streamed.value.details() or "")
+    assert proxy.nodes.calls("n3") == 0  # never the outdated replica
+
+
+async def test_a_repository_removed_meanwhile_is_not_found(proxy: Proxy) -> None:
+    """Routed from the record, removed before the nodes answered: absent after all."""
+    proxy.nodes.script["n1"] = proxy.nodes.script["n2"] = MISSING
+    cluster = proxy.cluster
+    lookups = 0
+    record = cluster.record
+
+    def lookup(virtual_storage: str, relative_path: str) -> RepositoryRecord | None:
+        nonlocal lookups
+        lookups += 1
+        return record if lookups == 1 else None
+
+    cluster.lookup = lookup  # type: ignore[method-assign]
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await proxy.find_commit()
+    assert failed.value.code() is grpc.StatusCode.NOT_FOUND
+    assert failed.value.details() == "repository not found"
 
 
 # -- a stalled node: hedging and outlier ejection ----------------------------------------
