@@ -319,7 +319,10 @@ class HealthChecker:
     ) -> None:
         key = (vs, node)
         if ok and self.answered is not None:
-            self.answered(node)
+            try:
+                self.answered(node)
+            except Exception:  # the view must still be applied and published
+                log.exception("telling that node %s answered its check failed", node)
         if started < self._checked_at.get(key, float("-inf")):
             return  # a newer check of this node already decided
         self._checked_at[key] = started

@@ -42,6 +42,14 @@ _SETTLED = frozenset(
     }
 )
 
+# A channel replaced by ``revive`` still carries the calls begun on it (a
+# stream a draining node still serves on its old connection, a call begun in
+# the same loop turn, a repair holding its stub): it stays open this long for
+# new calls of those holding it, then closes with the grace after it for the
+# calls still running (a long clone), then cancels what is left.
+RETIRED_OPEN = 60.0
+RETIRED_GRACE = 600.0
+
 
 class NodeChannels:
     """One long-lived channel per node (keyed by storage name).
@@ -64,14 +72,15 @@ class NodeChannels:
         self._credentials = client_tls.credentials() if client_tls is not None else None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._watches: dict[str, asyncio.Task[None]] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        # Channels ``revive`` replaced, each closed by its task when its time is up.
+        self._retired: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+        # Set when a node's channel is replaced, then made anew: wakes those
+        # waiting on the channel it replaced.
+        self._replaced: dict[str, asyncio.Event] = {}
+        self._closed = False
         self._nodes_by_address: dict[str, str] = {}
         self._unary: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable] = {}
         self.on_unreachable: Unreachable | None = None
-        # Whether the node answers this proxy's health checks (its local view):
-        # a refused channel of a node that answers is only waiting out its
-        # reconnect backoff (``connect``).
-        self.answering: Callable[[str], bool] = lambda _node: False
 
     def unreachable(self, node: str, trigger: str = TRIGGER_RPC_FAILED) -> None:
         """A call could not reach ``node``: have it checked now."""
@@ -87,41 +96,58 @@ class NodeChannels:
         """Connect the node's channel (a no-op when it is connected already).
 
         REFUSED means the channel's connection attempt failed, so a call made
-        now would be failed by grpc before anything of it is sent. A refused
-        channel of a node that answers its health checks is replaced and tried
-        once more (``revive``): it was refused before the node came back.
+        now would be failed by grpc before anything of it is sent. A channel
+        replaced while we wait (``revive``) is followed: the answer is about
+        the node's current channel.
         """
         deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
-        reach = await self._settle(node, deadline)
-        if reach is Reach.REFUSED and self.answering(node) and self.revive(node):
-            reach = await self._settle(node, deadline)
-        return reach
+        state = await self._wait(node, deadline, _SETTLED)
+        if state is grpc.ChannelConnectivity.READY:
+            return Reach.CONNECTED
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            return Reach.REFUSED
+        return Reach.UNDECIDED
 
-    async def _settle(self, node: str, deadline: float) -> Reach:
-        """Wait until the node's channel is connected or refused (or the deadline)."""
+    async def wait_connected(self, node: str, timeout: float) -> bool:
+        """Whether the node's channel, followed across ``revive``, is connected
+        within ``timeout`` (a refused channel keeps retrying meanwhile)."""
+        deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
+        ready = frozenset({grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.SHUTDOWN})
+        return await self._wait(node, deadline, ready) is grpc.ChannelConnectivity.READY
+
+    async def _wait(
+        self, node: str, deadline: float, until: frozenset[grpc.ChannelConnectivity]
+    ) -> grpc.ChannelConnectivity:
+        """The state of the node's current channel once it is in ``until`` (or
+        at the deadline). Woken by the channel's state changes and by its
+        replacement, so a waiter never decides on a channel already retired."""
         channel = self.channel(node)
         state = channel.get_state(try_to_connect=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(deadline):
                 while True:
                     current = self._channels.get(node)
-                    if (
-                        state is grpc.ChannelConnectivity.SHUTDOWN
-                        and current is not None
-                        and current is not channel
-                    ):
-                        # Replaced (``revive``) while we waited: wait on the new one.
+                    if current is not None and current is not channel:
                         channel = current
                         state = channel.get_state(try_to_connect=True)
-                    if state in _SETTLED:
-                        break
-                    await channel.wait_for_state_change(state)
+                        continue
+                    if state in until:
+                        return state
+                    replaced = asyncio.ensure_future(self._replacement(node).wait())
+                    changed = asyncio.ensure_future(channel.wait_for_state_change(state))
+                    try:
+                        await asyncio.wait({replaced, changed}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        replaced.cancel()
+                        changed.cancel()
                     state = channel.get_state(try_to_connect=True)
-        if state is grpc.ChannelConnectivity.READY:
-            return Reach.CONNECTED
-        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
-            return Reach.REFUSED
-        return Reach.UNDECIDED
+        return state
+
+    def _replacement(self, node: str) -> asyncio.Event:
+        event = self._replaced.get(node)
+        if event is None:
+            event = self._replaced[node] = asyncio.Event()
+        return event
 
     def revive(self, node: str) -> bool:
         """The node answered a health check: a channel of ours that is still
@@ -130,13 +156,17 @@ class NodeChannels:
         grpc fails every call on a channel in TRANSIENT_FAILURE at once, until
         its backoff (up to ``reconnect_options``' maximum) ends, even after the
         node came back; the health checker's own channel reconnects sooner, so
-        without this a node seen healthy again fails the first calls routed to
-        it ("failed to connect to all addresses", seen after a restart). A
-        channel in that state has no call in flight: nothing is cut short.
-        Whether it was replaced.
+        without this a node seen healthy again failed the first calls routed
+        to it ("failed to connect to all addresses", seen after a restart).
+        The replaced channel is retired, not closed: calls may still run on it
+        (``RETIRED_OPEN``). Whether the channel was replaced.
         """
         channel = self._channels.get(node)
-        if channel is None or channel.get_state() is not grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+        if (
+            self._closed
+            or channel is None
+            or channel.get_state() is not grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        ):
             return False
         del self._channels[node]
         for key in [key for key in self._unary if key[0] == node]:
@@ -144,11 +174,17 @@ class NodeChannels:
         watch = self._watches.pop(node, None)
         if watch is not None:
             watch.cancel()
-        closing = asyncio.ensure_future(channel.close())
-        self._closing.add(closing)
-        closing.add_done_callback(self._closing.discard)
+        retiring = asyncio.get_running_loop().create_task(_retire(channel))
+        self._retired[retiring] = channel
+        retiring.add_done_callback(self._retired_closed)
         self.channel(node).get_state(try_to_connect=True)
+        event = self._replaced.pop(node, None)
+        if event is not None:
+            event.set()
         return True
+
+    def _retired_closed(self, task: asyncio.Task[None]) -> None:
+        self._retired.pop(task, None)
 
     def url(self, node: str) -> str:
         """The node's address as other nodes dial it (gitaly-servers): tls:// or tcp://."""
@@ -201,14 +237,21 @@ class NodeChannels:
         return out
 
     async def close(self) -> None:
+        self._closed = True  # no channel is made or replaced from now on
         watches, self._watches = list(self._watches.values()), {}
-        for task in watches:
+        retired, self._retired = dict(self._retired), {}
+        for task in [*watches, *retired]:
             task.cancel()
-        for task in watches:
+        for task in [*watches, *retired]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.gather(*self._closing, return_exceptions=True)
         self._unary.clear()
-        for channel in self._channels.values():
+        channels, self._channels = [*self._channels.values(), *retired.values()], {}
+        for channel in channels:
             await channel.close()
-        self._channels.clear()
+
+
+async def _retire(channel: grpc.aio.Channel) -> None:
+    """Close a replaced channel once those who hold it are done with it."""
+    await asyncio.sleep(RETIRED_OPEN)
+    await channel.close(grace=RETIRED_GRACE)

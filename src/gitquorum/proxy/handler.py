@@ -534,8 +534,12 @@ class ProxyHandler(grpc.GenericRpcHandler):
         A primary whose connection attempt fails has received nothing of the
         write, and no other node has either (no call is opened before this):
         the write waits for the failover, bounded by the client's deadline, and
-        goes to the new primary, once. Anything that fails after a call was
-        opened keeps the fan-out's honest answer.
+        goes to the new primary, once — or, when the primary's connection
+        comes up first (a node back from a restart before any failover: the
+        check this refusal asks for replaces a channel still in its reconnect
+        backoff, ``NodeChannels.revive``), to the primary of the record as it
+        is then. Anything that fails after a call was opened keeps the
+        fan-out's honest answer.
         """
         route = self._route_mutator(call, repo)
         started = time.monotonic()
@@ -548,7 +552,7 @@ class ProxyHandler(grpc.GenericRpcHandler):
         self.channels.unreachable(unreachable)
         vs = call.virtual_storage
         remaining = budget - (time.monotonic() - started)
-        moved = await self.cluster.wait_for_failover(repo, unreachable, remaining)
+        moved = await self._failover_or_back(repo, unreachable, remaining)
         if moved is not None:
             if self.cluster.lookup(vs, call.relative_path) is None:
                 raise NotFound("repository not found")
@@ -568,6 +572,25 @@ class ProxyHandler(grpc.GenericRpcHandler):
         self.metrics.write_retries.labels(vs, "retried").inc()
         call.fields["retried_on"] = route.primary
         return route
+
+    async def _failover_or_back(
+        self, repo: RepositoryRecord, unreachable: str, timeout: float
+    ) -> RepositoryRecord | None:
+        """The record once a failover moved the write on or ``unreachable``'s
+        connection came up again, whichever first; None when neither did in time."""
+        failover = asyncio.ensure_future(self.cluster.wait_for_failover(repo, unreachable, timeout))
+        back = asyncio.ensure_future(self.channels.wait_connected(unreachable, timeout))
+        try:
+            await asyncio.wait({failover, back}, return_when=asyncio.FIRST_COMPLETED)
+            if failover.done() and failover.result() is not None:
+                return failover.result()
+            if back.done() and back.result():
+                return self.cluster.lookup(repo.virtual_storage, repo.relative_path) or repo
+            return await failover  # the reconnection gave up first: the failover's turn
+        finally:
+            for task in (failover, back):
+                task.cancel()
+            await asyncio.gather(failover, back, return_exceptions=True)
 
     def _write(
         self,

@@ -121,7 +121,8 @@ class ProxyMetrics:
             "gitquorum_write_retries_total",
             "Writes whose primary could not be connected to before anything was sent, "
             "by virtual storage and result: retried (sent to the primary after the "
-            "failover), gave-up (no new primary within the deadline; answered UNAVAILABLE).",
+            "failover, or to the same primary once its connection came back), gave-up (neither "
+            "within the deadline; answered UNAVAILABLE).",
             ["virtual_storage", "result"],
             registry=registry,
         )

@@ -334,6 +334,10 @@ class Reader:
                     yield response
             except BackendError as exc:
                 if responded:
+                    # The client got part of an answer: no other replica can
+                    # finish it (said on the log line: the one failure of a
+                    # read that a retry cannot hide).
+                    self.fields["cut_mid_stream"] = True
                     raise
                 if not self._movable(node, exc.code, exc.details):
                     self._node_answered(node, exc.code.name)

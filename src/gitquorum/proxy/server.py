@@ -461,7 +461,6 @@ class ProxyServer(Assembled):
         channels = self.channels
         if channels is not None:
             channels.on_unreachable = checker.suspect
-            channels.answering = lambda node: any(checker.is_healthy(vs, node) for vs in node_map)
         return checker
 
     def _open_port_api(self, views: _Views, checker: HealthChecker) -> EtcdClusterPort:

@@ -24,6 +24,8 @@ REGISTRY = MethodRegistry.from_descriptors()
 class RunningProxy:
     channel: grpc.aio.Channel  # to the proxy
     servers: dict[str, grpc.aio.Server]  # the nodes', by name
+    channels: NodeChannels  # the proxy's, to the nodes
+    addresses: dict[str, str]  # the nodes', by name
 
 
 @asynccontextmanager
@@ -71,7 +73,7 @@ async def running_proxy(
         port = front.add_insecure_port("127.0.0.1:0")
         await front.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        yield RunningProxy(channel, servers)
+        yield RunningProxy(channel, servers, channels, addresses)
     finally:
         if channel is not None:
             await channel.close()

@@ -9,7 +9,7 @@ failed (a CreateRepository whose primary had just restarted failed with
 "failed to connect to all addresses ... Connection refused" in CI and in 2 of
 8 local runs of tests/integration/proxy/test_read_availability.py on
 d94f7e9). The health checker now tells ``NodeChannels.revive`` of every check
-a node answered, and ``connect`` revives the channel of a node that answers.
+a node answered; those waiting on the replaced channel follow the new one.
 """
 
 from __future__ import annotations
@@ -115,34 +115,71 @@ async def test_a_connected_channel_is_not_replaced(node: Node) -> None:
         await channels.close()
 
 
-async def test_connect_revives_the_channel_of_a_node_that_answers_its_checks(node: Node) -> None:
-    """A write's primary that restarted before the health checker saw it down."""
-    channels = NodeChannels({NODE: node.address})
-    try:
-        await _down_with_backoff(node, channels)
-        await node.start()
-        channels.answering = lambda name: name == NODE
-        assert await channels.connect(NODE, 2.0) is Reach.CONNECTED
-        assert (await _check(channels)).status == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        await channels.close()
-
-
-async def test_connect_still_refuses_a_down_node_that_answers_no_checks(node: Node) -> None:
+async def test_a_refused_channel_is_not_replaced_while_the_node_is_down(node: Node) -> None:
+    """Only a check the node answered revives: a down node stays refused."""
     channels = NodeChannels({NODE: node.address})
     try:
         await _down_with_backoff(node, channels)
         channel = channels.channel(NODE)
         assert await channels.connect(NODE, 2.0) is Reach.REFUSED
-        assert channels.channel(NODE) is channel  # no revival: it answers no checks
-        # Said to answer, but down: a fresh attempt is refused too, quickly.
-        channels.answering = lambda _name: True
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        assert await channels.connect(NODE, 2.0) is Reach.REFUSED
-        assert loop.time() - started < 1.0
+        assert channels.channel(NODE) is channel
     finally:
         await channels.close()
+
+
+async def test_waiters_follow_the_channel_that_replaced_theirs(node: Node) -> None:
+    """A write waiting on a refused channel is told of the revived one, not of
+    the old one's refusal (it would wait for a failover that never comes)."""
+    channels = NodeChannels({NODE: node.address})
+    try:
+        await _down_with_backoff(node, channels)
+        waiting = asyncio.ensure_future(channels.wait_connected(NODE, 10.0))
+        await node.start()
+        assert channels.revive(NODE)
+        assert await asyncio.wait_for(waiting, 5.0) is True
+        # Asked after the revival, with the old channel still refused: the current one.
+        assert await channels.connect(NODE, 2.0) is Reach.CONNECTED
+    finally:
+        await channels.close()
+
+
+async def test_a_retired_channel_still_carries_calls_until_it_is_closed(node: Node) -> None:
+    """Calls begun on the replaced channel (a stream a draining node still
+    serves, a repair holding its stub) are not cut by the revival."""
+    channels = NodeChannels({NODE: node.address})
+    try:
+        await _down_with_backoff(node, channels)
+        old = channels.channel(NODE)
+        await node.start()
+        assert channels.revive(NODE)
+        assert old.get_state() is not grpc.ChannelConnectivity.SHUTDOWN
+        stub = health_pb2_grpc.HealthStub(old)
+        # Refused (its backoff) or answered once it reconnects: never cancelled.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while True:
+            try:
+                answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() is grpc.StatusCode.UNAVAILABLE
+                assert loop.time() < deadline, "the old channel never reconnected"
+                await asyncio.sleep(0.05)
+                continue
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            break
+    finally:
+        await channels.close()
+    assert old.get_state() is grpc.ChannelConnectivity.SHUTDOWN  # closed with the rest
+
+
+async def test_nothing_is_revived_once_the_channels_are_closed(node: Node) -> None:
+    channels = NodeChannels({NODE: node.address})
+    await _down_with_backoff(node, channels)
+    channel = channels.channel(NODE)
+    await channels.close()
+    await node.start()
+    assert not channels.revive(NODE)
+    assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
 
 
 async def test_the_health_checker_revives_the_channel_before_its_view_says_healthy(

@@ -291,7 +291,9 @@ async def test_an_answer_of_the_node_itself_is_not_retried(proxy: Proxy) -> None
     assert proxy.metric("gitquorum_read_retries_total") == 0
 
 
-async def test_a_stream_that_sent_a_response_then_fails_is_not_retried(proxy: Proxy) -> None:
+async def test_a_stream_that_sent_a_response_then_fails_is_not_retried(
+    proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
     proxy.nodes.script["n1"] = ONE_THEN_FAIL
     request = blob_pb2.GetBlobsRequest(repository=repository())
     call = proxy.channel.unary_stream(GET_BLOBS)(request.SerializeToString(), timeout=WAIT)
@@ -303,6 +305,21 @@ async def test_a_stream_that_sent_a_response_then_fails_is_not_retried(proxy: Pr
     assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
     assert proxy.nodes.calls("n2") == 0
     assert proxy.metric("gitquorum_read_retries_total") == 0
+    # The log line says the client got part of an answer.
+    [line] = [r for r in caplog.records if r.getMessage() == "rpc failed"]
+    assert line.fields["cut_mid_stream"] is True  # type: ignore[attr-defined]
+
+
+async def test_a_stream_retried_before_its_first_response_is_not_cut(
+    proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy.nodes.script["n1"] = proxy.nodes.script["n2"] = UNAVAILABLE
+    request = blob_pb2.GetBlobsRequest(repository=repository())
+    call = proxy.channel.unary_stream(GET_BLOBS)(request.SerializeToString(), timeout=WAIT)
+    with pytest.raises(grpc.aio.AioRpcError):
+        [message async for message in call]
+    [line] = [r for r in caplog.records if r.getMessage() == "rpc failed"]
+    assert "cut_mid_stream" not in line.fields  # type: ignore[attr-defined]
 
 
 async def test_when_every_replica_fails_the_last_failure_is_answered(proxy: Proxy) -> None:
