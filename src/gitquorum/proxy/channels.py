@@ -44,10 +44,12 @@ _SETTLED = frozenset(
 
 # A channel replaced by ``revive`` still carries the calls begun on it (a
 # stream a draining node still serves on its old connection, a call begun in
-# the same loop turn, a repair holding its stub): it stays open this long for
-# new calls of those holding it, then closes with the grace after it for the
-# calls still running (a long clone), then cancels what is left.
-RETIRED_OPEN = 60.0
+# the same loop turn, a verification holding its stub): it stays open this
+# long for new calls of those holding it, then closes with the grace after it
+# for the calls still running (a long clone), then cancels what is left. One
+# per node at most: retiring another closes the one before (with the grace),
+# so a flapping node does not gather channels that all reconnect to it.
+RETIRED_OPEN = 10.0
 RETIRED_GRACE = 600.0
 
 
@@ -72,8 +74,11 @@ class NodeChannels:
         self._credentials = client_tls.credentials() if client_tls is not None else None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._watches: dict[str, asyncio.Task[None]] = {}
-        # Channels ``revive`` replaced, each closed by its task when its time is up.
-        self._retired: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+        # The channel ``revive`` last replaced, per node, with the task that
+        # closes it when its time is up.
+        self._retired: dict[str, tuple[asyncio.Task[None], grpc.aio.Channel]] = {}
+        # Retired channels closing with their grace (another one was retired).
+        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}
         # Set when a node's channel is replaced, then made anew: wakes those
         # waiting on the channel it replaced.
         self._replaced: dict[str, asyncio.Event] = {}
@@ -140,6 +145,9 @@ class NodeChannels:
                     finally:
                         replaced.cancel()
                         changed.cancel()
+                        await asyncio.gather(replaced, changed, return_exceptions=True)
+                    if self._channels.get(node, channel) is not channel:
+                        continue  # retired: not asked to connect again
                     state = channel.get_state(try_to_connect=True)
         return state
 
@@ -174,17 +182,20 @@ class NodeChannels:
         watch = self._watches.pop(node, None)
         if watch is not None:
             watch.cancel()
-        retiring = asyncio.get_running_loop().create_task(_retire(channel))
-        self._retired[retiring] = channel
-        retiring.add_done_callback(self._retired_closed)
+        loop = asyncio.get_running_loop()
+        earlier = self._retired.pop(node, None)
+        if earlier is not None:
+            task, old = earlier
+            task.cancel()
+            closing = loop.create_task(old.close(grace=RETIRED_GRACE))
+            self._closing[closing] = old
+            closing.add_done_callback(lambda done: self._closing.pop(done, None))
+        self._retired[node] = (loop.create_task(_retire(channel)), channel)
         self.channel(node).get_state(try_to_connect=True)
         event = self._replaced.pop(node, None)
         if event is not None:
             event.set()
         return True
-
-    def _retired_closed(self, task: asyncio.Task[None]) -> None:
-        self._retired.pop(task, None)
 
     def url(self, node: str) -> str:
         """The node's address as other nodes dial it (gitaly-servers): tls:// or tcp://."""
@@ -237,16 +248,19 @@ class NodeChannels:
         return out
 
     async def close(self) -> None:
-        self._closed = True  # no channel is made or replaced from now on
+        self._closed = True  # no channel is replaced from now on
         watches, self._watches = list(self._watches.values()), {}
-        retired, self._retired = dict(self._retired), {}
-        for task in [*watches, *retired]:
+        retired = [*self._retired.values(), *((task, ch) for task, ch in self._closing.items())]
+        self._retired, self._closing = {}, {}
+        tasks = [*watches, *(task for task, _ in retired)]
+        for task in tasks:
             task.cancel()
-        for task in [*watches, *retired]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._unary.clear()
-        channels, self._channels = [*self._channels.values(), *retired.values()], {}
+        channels = [*self._channels.values(), *(channel for _, channel in retired)]
+        self._channels = {}
         for channel in channels:
             await channel.close()
 

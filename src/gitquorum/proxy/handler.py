@@ -60,6 +60,9 @@ REMOVE_REPOSITORY = "/gitaly.RepositoryService/RemoveRepository"
 # milliseconds; a node that accepts but never answers (paused) is left to the
 # write's own timeouts after this.
 PRIMARY_CONNECT_WAIT = 1.0
+# How often a write whose primary's connection came back looks whether this
+# proxy counts it healthy again (a rare path, bounded by the write's budget).
+BACK_HEALTH_POLL = 0.1
 
 
 def rewrite(
@@ -435,9 +438,11 @@ class ProxyHandler(grpc.GenericRpcHandler):
 
         reader = Reader(self.channels, info, self.read_health, call.fields)
         vs, relative_path = call.virtual_storage, call.relative_path
+        repository_id = repo.repository_id
 
         def missing(nodes: Sequence[str]) -> Exception:
-            if self.cluster.lookup(vs, relative_path) is None:
+            now = self.cluster.lookup(vs, relative_path)
+            if now is None or now.repository_id != repository_id:
                 return NotFound("repository not found")  # removed meanwhile: absent
             return Unavailable(
                 f"repository unavailable: its up-to-date replica of {relative_path!r} is "
@@ -580,12 +585,23 @@ class ProxyHandler(grpc.GenericRpcHandler):
         connection came up again, whichever first; None when neither did in time."""
         failover = asyncio.ensure_future(self.cluster.wait_for_failover(repo, unreachable, timeout))
         back = asyncio.ensure_future(self.channels.wait_connected(unreachable, timeout))
+        vs = repo.virtual_storage
         try:
             await asyncio.wait({failover, back}, return_when=asyncio.FIRST_COMPLETED)
-            if failover.done() and failover.result() is not None:
+            if back.done() and back.result():
+                # Connected, but the write routes only to a primary healthy for
+                # this proxy too: a node refusing both checks the refusal asked
+                # for left this proxy's view while the others still count it
+                # (no failover comes). Its next answered check brings it back.
+                while not failover.done() and unreachable not in self.cluster.healthy(vs):
+                    await asyncio.wait({failover}, timeout=BACK_HEALTH_POLL)
+            if failover.done():
                 return failover.result()
             if back.done() and back.result():
-                return self.cluster.lookup(repo.virtual_storage, repo.relative_path) or repo
+                now = self.cluster.lookup(vs, repo.relative_path)
+                if now is None or now.repository_id != repo.repository_id:
+                    raise NotFound("repository not found")  # removed meanwhile
+                return now
             return await failover  # the reconnection gave up first: the failover's turn
         finally:
             for task in (failover, back):

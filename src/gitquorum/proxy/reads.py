@@ -122,14 +122,14 @@ class Reader:
     def _movable(self, node: str, code: grpc.StatusCode, details: str) -> bool:
         """Whether a read that failed on ``node`` may go to the next replica:
         the node failed (``retryable_read_failure``, a strike against it), or
-        it answered that its replica is missing on disk (an answer: the node
-        is fine, its replica is not)."""
+        it answered that its replica is missing on disk."""
         if retryable_read_failure(code.name, details):
             self.health.failed(node, code.name)
             return True
         if self.on_missing is None or not replica_missing(code.name, details):
             return False
-        self.health.succeeded(node)
+        # Counted neither way for the node's outlier strikes: it answered, but
+        # a node whose disk is gone (not mounted) answers this for everything.
         self.health.metrics.read_replicas_missing.labels(node).inc()
         self.missing.append(node)
         self.fields["replica_missing"] = list(self.missing)

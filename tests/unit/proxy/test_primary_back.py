@@ -126,3 +126,30 @@ async def test_a_write_whose_primary_stays_refused_still_gives_up() -> None:
     assert "its primary cannot be reached" in (failed.value.details() or "")
     assert nodes.cast == {}  # nothing was sent to any node
     assert cluster.failover_waits == 1
+
+
+async def test_a_write_waits_until_its_reconnected_primary_is_healthy_here_too(
+    proxy_and_parts: tuple[Proxy, RunningProxy, ProxyMetrics],
+) -> None:
+    """The checks the refusal asked for failed (n1 was still down): this proxy's
+    view dropped n1 while the consensus kept it (no failover). The connection
+    comes back first; the write goes on once this proxy sees n1 healthy again,
+    instead of failing at once with "primary n1 is not healthy"."""
+    proxy, running, _ = proxy_and_parts
+    cluster = proxy.cluster
+    assert isinstance(cluster, NoFailover)
+    await _refused_then_back(running, proxy.nodes)
+    running.channels.on_unreachable = lambda node, trigger: cluster.unhealthy.add(node)
+    write = asyncio.ensure_future(proxy.write())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while cluster.failover_waits == 0:
+        assert loop.time() < deadline, "the write never waited"
+        await asyncio.sleep(0.01)
+    assert await running.channels.wait_connected(PRIMARY, 5.0)  # back, by its own backoff
+    # It keeps waiting while n1 is unhealthy here (it failed at once before).
+    finished, _ = await asyncio.wait({write}, timeout=0.3)
+    assert not finished, write.result()
+    cluster.unhealthy.discard(PRIMARY)  # the next check n1 answers
+    assert await asyncio.wait_for(write, 5.0) is None
+    assert proxy.nodes.cast.get(PRIMARY, 0) >= 1

@@ -11,7 +11,8 @@ to n1 first and to n2 only if n1 fails, is hedged or is ejected.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -111,6 +112,8 @@ class Nodes:
     cancel_seen: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when a node failed a call: lets a client send its next request only then.
     failed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Run by a node just before it answers that its replica is missing.
+    before_missing: Callable[[], None] = lambda: None
 
     def handler(self, node: str) -> grpc.GenericRpcHandler:
         nodes = self
@@ -133,6 +136,7 @@ class Nodes:
         if behaviour == NOT_FOUND:
             await context.abort(grpc.StatusCode.NOT_FOUND, "commit not found")
         if behaviour == MISSING:  # what storage/locator.py answers
+            self.before_missing()
             await context.abort(grpc.StatusCode.NOT_FOUND, "repository not found")
         if behaviour == HANG:
             try:
@@ -377,19 +381,18 @@ async def test_a_repository_whose_up_to_date_replicas_are_all_missing_is_unavail
     assert proxy.nodes.calls("n3") == 0  # never the outdated replica
 
 
-async def test_a_repository_removed_meanwhile_is_not_found(proxy: Proxy) -> None:
-    """Routed from the record, removed before the nodes answered: absent after all."""
+@pytest.mark.parametrize("now", ["removed", "created again"])
+async def test_a_repository_removed_meanwhile_is_not_found(proxy: Proxy, now: str) -> None:
+    """Routed from the record, removed (and maybe created again under its path,
+    as another repository) before the nodes answered: absent after all."""
     proxy.nodes.script["n1"] = proxy.nodes.script["n2"] = MISSING
     cluster = proxy.cluster
-    lookups = 0
-    record = cluster.record
+    again = dataclasses.replace(cluster.record, repository_id=cluster.record.repository_id + 1)
 
-    def lookup(virtual_storage: str, relative_path: str) -> RepositoryRecord | None:
-        nonlocal lookups
-        lookups += 1
-        return record if lookups == 1 else None
+    def removed() -> None:
+        cluster.record = None if now == "removed" else again  # type: ignore[assignment]
 
-    cluster.lookup = lookup  # type: ignore[method-assign]
+    proxy.nodes.before_missing = removed
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await proxy.find_commit()
     assert failed.value.code() is grpc.StatusCode.NOT_FOUND
