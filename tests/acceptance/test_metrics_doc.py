@@ -1,11 +1,12 @@
 """docs/metrics.md against what a real cluster exposes, in both directions.
 
 A real cluster (etcd, three nodes, one proxy) and an HTTP gateway go through
-the situations that make every conditional metric appear: traffic, a drained
-node, a node down while writes continue (replication queue, outdated replicas, health
-consensus), the primary down (failover), every node down (unavailable
-repositories), all back (replication jobs run), etcd frozen (etcd errors).
-Every component's /metrics is scraped along the way. Then, per component,
+the situations that make every conditional metric appear: traffic, a replica
+missing on disk, a drained node, a node down while writes continue
+(replication queue, outdated replicas, health consensus), the primary down
+(failover), every node down (unavailable repositories), all back
+(replication jobs run), etcd frozen (etcd errors). Every component's
+/metrics is scraped along the way. Then, per component,
 the documented metric names must equal the exposed ones, and every documented
 metric must have had samples with exactly the documented labels and type.
 """
@@ -13,6 +14,7 @@ metric must have had samples with exactly the documented labels and type.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from tests.harness import gitrepo
 from tests.harness.cluster import VIRTUAL_STORAGE, Cluster
 
 RELATIVE_PATH = "metrics/doc.git"
+MISSING_PATH = "metrics/missing.git"
 
 
 @pytest.fixture
@@ -87,6 +90,20 @@ async def test_documented_metrics_are_exactly_the_exposed_ones(
         url = f"http://{gateway.address}/{RELATIVE_PATH}/info/refs?service=git-upload-pack"
         assert await asyncio.to_thread(_http_status, url) == 200
         observer.everything()
+
+        # A replica of another repository gone from its node's disk: reads
+        # routed to it move on to the other replicas.
+        other = shared_pb2.Repository(storage_name=VIRTUAL_STORAGE, relative_path=MISSING_PATH)
+        (tmp_path / "missing").mkdir()
+        await gitrepo.seed(channel, other, source, tmp_path / "missing")
+        meta = await metadata(channel, MISSING_PATH)
+        victim = next(r.storage for r in meta.replicas if r.storage != meta.primary)
+        shutil.rmtree(cluster.replica_dir(victim, meta.replica_path))
+        deadline = asyncio.get_running_loop().time() + 30
+        while not observer.proxy_sampled("gitquorum_read_replicas_missing_total"):
+            assert asyncio.get_running_loop().time() < deadline, "no read found the replica gone"
+            request = ref_pb2.FindDefaultBranchNameRequest(repository=other)
+            await refs.FindDefaultBranchName(request, timeout=10)  # never fails
 
         # An operator drains a node for a moment.
         assert cluster.etcd is not None
