@@ -57,6 +57,10 @@ class Fault:
     # Proxies the clients could not reach while it lasted (their failed reads
     # are the client's path, not the cluster's availability).
     proxies_down: tuple[str, ...] = ()
+    # When set, the windows (monotonic start, end) in which those proxies were
+    # down; the rest of the fault they served (a proxy restarted into a skewed
+    # clock is down only while it restarts).
+    proxies_down_during: list[tuple[float, float]] = field(default_factory=list)
     # Nodes stopped (killed, paused) while it lasted: their replicas could not serve.
     nodes_down: tuple[str, ...] = ()
     # Repositories left with no up-to-date replica alive by design of the fault

@@ -384,7 +384,7 @@ def excused(
             continue
         if (
             not fault.reads_available
-            or read.proxy in fault.proxies_down
+            or (read.proxy in fault.proxies_down and _proxy_down_at(fault, read))
             or read.repo in fault.repos_down
         ):
             return fault
@@ -400,6 +400,12 @@ def excused(
         if up_to_date is not None and up_to_date <= gone:
             return next(f for f in active if f.nodes_down or f.unreachable)
     return None
+
+
+def _proxy_down_at(fault: Fault, op: Op) -> bool:
+    """Whether ``fault``'s down proxies were down at some moment of ``op``."""
+    windows = fault.proxies_down_during
+    return not windows or any(op.start <= end and op.end >= start for start, end in windows)
 
 
 def check_failed_reads(

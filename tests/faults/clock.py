@@ -73,17 +73,25 @@ def clock_offset(proxy: ProxyProcess) -> float:
     return parsedate_to_datetime(header).timestamp() - (sent + received) / 2
 
 
+# A client's channel to a restarted proxy reconnects within its longest
+# reconnect backoff (tests/chaos/workload.py: 1 s, with 20 % jitter).
+CLIENT_RECONNECT = 1.2
+
+
 class ClockSkew(Nemesis):
     name: ClassVar[str] = "clock-skew"
     kind: ClassVar[str] = "clock"
-    # The restart takes the proxy away for a moment: its clients' failed reads
-    # are their path, not the cluster's availability (``proxies_down``).
+    # The restarts take the proxy away for a moment: its clients' failed reads
+    # then are their path, not the cluster's availability (``proxies_down``,
+    # only while it restarts: ``proxies_down_during``). While it runs skewed
+    # its reads must succeed.
     reads_available: ClassVar[bool] = True
 
     def __init__(self, skew: int | None = None, proxy: str | None = None) -> None:
         self.skew = skew
         self.target = proxy
         self._skewed: str | None = None
+        self._fault: Fault | None = None
 
     def applicable(self, run: RunContext) -> bool:
         return faketime_library() is not None and len(run.cluster.proxies) >= 2
@@ -95,8 +103,10 @@ class ClockSkew(Nemesis):
         skew = self.skew if self.skew is not None else run.rng.choice(SKEWS)
         proxy = run.proxy(name)
         fault = run.fault(self, name, detail=f"wall clock {skew:+d}s", proxies_down=(name,))
+        down = time.monotonic()
         await asyncio.to_thread(restart, proxy, skewed_environment(skew, library))
-        self._skewed = name
+        fault.proxies_down_during.append((down, time.monotonic() + CLIENT_RECONNECT))
+        self._skewed, self._fault = name, fault
         run.note(f"{name} restarted with its wall clock {skew:+d}s off")
         return fault
 
@@ -104,9 +114,12 @@ class ClockSkew(Nemesis):
         if self._skewed is None:
             return
         proxy = run.proxy(self._skewed)
+        down = time.monotonic()
         await asyncio.to_thread(restart, proxy, None)
+        if self._fault is not None:
+            self._fault.proxies_down_during.append((down, time.monotonic() + CLIENT_RECONNECT))
         run.note(f"{self._skewed} restarted on the real clock")
-        self._skewed = None
+        self._skewed, self._fault = None, None
 
 
 NEMESES: list[type[Nemesis]] = [ClockSkew]

@@ -170,6 +170,30 @@ def test_failed_reads_are_excused_only_by_what_the_fault_takes_away() -> None:
     assert [v.at for v in found] == [5.5, 14.1, 40.5]
 
 
+def test_a_proxy_down_only_while_it_restarts_excuses_only_those_windows() -> None:
+    """clock-skew restarts its proxy twice; in between the proxy runs skewed and
+    its reads must succeed (the excuse covered the whole fault before)."""
+    skew = _fault(
+        "clock-skew",
+        10.0,
+        30.0,
+        proxies_down=("proxy2",),
+        proxies_down_during=[(10.0, 15.0), (25.0, 29.0)],
+    )
+    reads = [
+        op("read", SHARED, "", 12.0, 12.1, outcome="failed", proxy="addr2"),  # restarting
+        op("read", SHARED, "", 14.9, 15.2, outcome="failed", proxy="addr2"),  # overlaps the end
+        op("read", SHARED, "", 20.0, 20.1, outcome="failed", proxy="addr2"),  # running skewed
+        op("read", SHARED, "", 26.0, 26.1, outcome="failed", proxy="addr2"),  # restarting again
+        op("read", SHARED, "", 20.0, 20.1, outcome="failed", proxy="addr1"),  # another proxy
+    ]
+    found = checker.check_failed_reads(
+        history(*reads), [skew], {"addr1": "proxy1", "addr2": "proxy2"}
+    )
+    # The read through the skewed proxy while it ran, and the one through the other.
+    assert [v.at for v in found] == [20.1, 20.1]
+
+
 def test_verifier_repairs_are_violations_unless_a_disk_fault_hit_the_node(tmp_path: Path) -> None:
     log = tmp_path / "proxy1.log"
     log.write_text(
