@@ -366,9 +366,32 @@ def check_reads(
     return found
 
 
+# Why a failed read was excused (the table's columns).
+EXCUSE_BY_DESIGN = "by_design"  # the fault takes reads away (etcd without quorum)
+EXCUSE_OWN_PROXY = "own_proxy"  # the client's own proxy was down
+EXCUSE_NO_REPLICA = "no_replica"  # no up-to-date replica alive and reachable
+EXCUSES = (EXCUSE_BY_DESIGN, EXCUSE_OWN_PROXY, EXCUSE_NO_REPLICA)
+
+
 def excused(
     read: Op, faults: Sequence[Fault], timeline: Timeline = (), proxy_name: str = ""
 ) -> Fault | None:
+    """The fault that excuses a failed read, if any (``_excuse``)."""
+    found = _excuse(read, faults, timeline, proxy_name)
+    return found[0] if found is not None else None
+
+
+def excuse_reason(
+    read: Op, faults: Sequence[Fault], timeline: Timeline = (), proxy_name: str = ""
+) -> str | None:
+    """Why a failed read is excused (one of ``EXCUSES``), or None."""
+    found = _excuse(read, faults, timeline, proxy_name)
+    return found[1] if found is not None else None
+
+
+def _excuse(
+    read: Op, faults: Sequence[Fault], timeline: Timeline = (), proxy_name: str = ""
+) -> tuple[Fault, str] | None:
     """The fault that excuses a failed read, if any: one that takes away what
     reads need by design, the client's own proxy, or every replica of the
     repository recorded up to date around the read (stopped, or cut off from
@@ -382,12 +405,12 @@ def excused(
     for fault in active:
         if read.end < fault.start + fault.excuse_after:
             continue
-        if (
-            not fault.reads_available
-            or (read.proxy in fault.proxies_down and _proxy_down_at(fault, read))
-            or read.repo in fault.repos_down
-        ):
-            return fault
+        if not fault.reads_available:
+            return fault, EXCUSE_BY_DESIGN
+        if read.proxy in fault.proxies_down and _proxy_down_at(fault, read):
+            return fault, EXCUSE_OWN_PROXY
+        if read.repo in fault.repos_down:
+            return fault, EXCUSE_NO_REPLICA
     if not active or not timeline:
         return None
     gone = {n for f in active for n in f.nodes_down}
@@ -398,7 +421,7 @@ def excused(
     for i in range(first, last + 1):
         up_to_date = timeline[i][1].get(read.repo)
         if up_to_date is not None and up_to_date <= gone:
-            return next(f for f in active if f.nodes_down or f.unreachable)
+            return next(f for f in active if f.nodes_down or f.unreachable), EXCUSE_NO_REPLICA
     return None
 
 
@@ -406,6 +429,18 @@ def _proxy_down_at(fault: Fault, op: Op) -> bool:
     """Whether ``fault``'s down proxies were down at some moment of ``op``."""
     windows = fault.proxies_down_during
     return not windows or any(op.start <= end and op.end >= start for start, end in windows)
+
+
+def with_proxy_addresses(faults: Sequence[Fault], proxy_names: Mapping[str, str]) -> list[Fault]:
+    """The faults with their down proxies named by address too (reads record addresses)."""
+    return [
+        replace(
+            f,
+            proxies_down=tuple(a for a, n in proxy_names.items() if n in f.proxies_down)
+            + f.proxies_down,
+        )
+        for f in faults
+    ]
 
 
 def check_failed_reads(
@@ -416,14 +451,7 @@ def check_failed_reads(
 ) -> list[Violation]:
     """Failed reads no fault excuses. ``proxy_names``: address -> proxy name."""
     problems: list[Violation] = []
-    named = [
-        replace(
-            f,
-            proxies_down=tuple(a for a, n in proxy_names.items() if n in f.proxies_down)
-            + f.proxies_down,
-        )
-        for f in faults
-    ]
+    named = with_proxy_addresses(faults, proxy_names)
     for read in history.ops:
         if read.kind != "read" or read.outcome != "failed":
             continue

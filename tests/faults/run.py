@@ -16,7 +16,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,9 @@ from tests.harness import gitrepo
 
 START_ATTEMPTS = 3
 SEED_CONCURRENCY = 4
+# The window before and after each fault whose reads the table's latency
+# columns take (successful reads only).
+LATENCY_WINDOW = 10.0
 
 
 @dataclass
@@ -88,6 +91,7 @@ class FaultRun:
         self.monitor_errors = 0
         self.lost_to_disk = 0
         self.timeline: list[tuple[float, dict[str, frozenset[str]]]] = []
+        self.skipped: set[str] = set()  # nemeses not applicable on this machine
         self.unreadable = 0
         self.ctx: RunContext | None = None
         # wall clock - monotonic clock, to place log lines on the run's clock.
@@ -374,17 +378,26 @@ class FaultRun:
         return found
 
     def _table(
-        self, faults: Sequence[Fault], repairs: Sequence[checker.Repair]
+        self,
+        faults: Sequence[Fault],
+        repairs: Sequence[checker.Repair],
+        proxy_names: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
+        """One row per nemesis: its operations from each fault's start to
+        ``HEAL_GRACE`` after its end, its failed reads by the excuse that took
+        them (``failed_reads_<excuse>``; any left over are violations), and
+        read latency (successful reads) in the ``LATENCY_WINDOW`` before each
+        fault, during it, and in the window after it."""
+        names = proxy_names or {}
+        named = checker.with_proxy_addresses(faults, names)
         rows: dict[str, dict[str, Any]] = {}
+        latencies: dict[str, dict[str, list[float]]] = {}
         for fault in faults:
             end = fault.end or fault.start
-            window = [
-                o for o in self.history.ops if fault.start <= o.start <= end + checker.HEAL_GRACE
-            ]
+            healed = end + checker.HEAL_GRACE
+            window = [o for o in self.history.ops if fault.start <= o.start <= healed]
             writes = [o for o in window if o.is_write]
             reads = [o for o in window if o.kind == "read"]
-            latencies = [1000 * (o.end - o.start) for o in reads if o.outcome == "ok"]
             row = rows.setdefault(
                 fault.nemesis,
                 {
@@ -395,6 +408,7 @@ class FaultRun:
                     "unknown": 0,
                     "failed_writes": 0,
                     "failed_reads": 0,
+                    **{f"failed_reads_{e}": 0 for e in (*checker.EXCUSES, "unexcused")},
                     "read_p99_ms": 0.0,
                     "longest_write_gap_s": 0.0,
                     "repairs": 0,
@@ -405,14 +419,36 @@ class FaultRun:
             row["acknowledged"] += sum(1 for o in writes if o.outcome == "ok")
             row["unknown"] += sum(1 for o in writes if o.outcome in ("unknown", ""))
             row["failed_writes"] += sum(1 for o in writes if o.outcome == "failed")
-            row["failed_reads"] += sum(1 for o in reads if o.outcome == "failed")
-            p99 = checker.percentile(latencies, 99)
-            row["read_p99_ms"] = round(max(row["read_p99_ms"], p99 or 0.0), 1)
-            gap = checker.longest_write_gap(self.history, fault.start, end + checker.HEAL_GRACE)
+            for read in reads:
+                if read.outcome != "failed":
+                    continue
+                row["failed_reads"] += 1
+                reason = checker.excuse_reason(
+                    read, named, self.timeline, names.get(read.proxy, "")
+                )
+                row[f"failed_reads_{reason or 'unexcused'}"] += 1
+            spans = latencies.setdefault(fault.nemesis, {"before": [], "during": [], "after": []})
+            for span, (start, until) in {
+                "before": (fault.start - LATENCY_WINDOW, fault.start),
+                "during": (fault.start, healed),
+                "after": (healed, healed + LATENCY_WINDOW),
+            }.items():
+                spans[span] += [
+                    1000 * (o.end - o.start)
+                    for o in self.history.ops
+                    if o.kind == "read" and o.outcome == "ok" and start <= o.start < until
+                ]
+            gap = checker.longest_write_gap(self.history, fault.start, healed)
             row["longest_write_gap_s"] = round(max(row["longest_write_gap_s"], gap), 2)
             row["repairs"] += sum(
                 len(r.nodes) for r in repairs if fault.start <= r.at <= end + 30.0
             )
+        for nemesis, row in rows.items():
+            for span, values in latencies[nemesis].items():
+                for q in (50, 99):
+                    value = checker.percentile(values, q)
+                    row[f"read_p{q}_{span}_ms"] = round(value, 1) if value is not None else None
+            row["read_p99_ms"] = row["read_p99_during_ms"] or 0.0
         return sorted(rows.values(), key=lambda r: str(r["nemesis"]))
 
     def _latency(self, start: float, end: float) -> dict[str, float | None]:
@@ -460,6 +496,10 @@ class FaultRun:
                     break
                 nemesis = by_name[step.nemesis]()
                 if not nemesis.applicable(self.ctx):
+                    # Said, not silent: a machine without what a nemesis needs
+                    # (root for tmpfs, cc, libfaketime) runs without it.
+                    print(f"skipped (not applicable here): {step.nemesis}", flush=True)
+                    self.skipped.add(step.nemesis)
                     continue
                 await self._step(step, nemesis)
                 run_steps += 1
@@ -536,6 +576,8 @@ class FaultRun:
                 max((f.end or 0.0) for f in faults) if faults else ended, ended
             ),
             "run_s": round(ended - began, 1),
+            "nemeses_run": sorted({f.nemesis for f in faults}),
+            "nemeses_skipped": sorted(self.skipped),
         }
         return Report(
             settings.seed,
@@ -544,7 +586,7 @@ class FaultRun:
             self.history.summary(),
             self.violations,
             [_describe(f) for f in faults],
-            self._table(faults, repairs),
+            self._table(faults, repairs, names),
             figures,
         )
 

@@ -364,3 +364,27 @@ def test_a_write_lost_to_a_disk_is_not_required_but_still_no_phantom() -> None:
     acks = checker.index([sole], CHAIN, {id(sole)})[REPO]
     for refs in (dict(SEED), {**SEED, "refs/heads/a": OIDS[3]}):
         assert checker.check_refs(refs, acks, CHAIN, SEED, None, "x") == ([], [])
+
+
+def test_the_table_splits_failed_reads_by_excuse_and_reports_latency_around_each_fault() -> None:
+    from types import SimpleNamespace
+
+    from tests.faults.run import LATENCY_WINDOW, FaultRun
+
+    fault = _fault("kill-proxy", 100.0, 110.0, proxies_down=("proxy2",))
+    ops = [
+        op("read", SHARED, "", 95.0, 95.010),  # before: 10 ms
+        op("read", SHARED, "", 105.0, 105.050),  # during: 50 ms
+        op("read", SHARED, "", 105.0, 105.1, outcome="failed", proxy="addr2"),  # own proxy down
+        op("read", SHARED, "", 106.0, 106.1, outcome="failed", proxy="addr1"),  # nothing excuses
+        op("read", SHARED, "", 110.0 + checker.HEAL_GRACE + 1.0, 114.5 + 0.020),  # after
+        op("read", SHARED, "", 100.0 - LATENCY_WINDOW - 1.0, 89.5),  # outside every window
+    ]
+    run = SimpleNamespace(history=history(*ops), timeline=[])
+    [row] = FaultRun._table(run, [fault], [], {"addr1": "proxy1", "addr2": "proxy2"})  # type: ignore[arg-type]
+    assert row["failed_reads"] == 2
+    assert (row["failed_reads_own_proxy"], row["failed_reads_unexcused"]) == (1, 1)
+    assert row["failed_reads_by_design"] == row["failed_reads_no_replica"] == 0
+    assert (row["read_p50_before_ms"], row["read_p50_during_ms"]) == (10.0, 50.0)
+    assert row["read_p99_during_ms"] == row["read_p99_ms"] == 50.0
+    assert row["read_p50_after_ms"] is not None
