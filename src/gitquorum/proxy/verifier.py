@@ -430,18 +430,19 @@ class Verifier:
                 ),
             )
         elif settled.demoted:
-            # Writes whose proxy is gone (paused past its lease, cut off from
-            # etcd, or dead) before it finished them, that went to every
-            # demoted replica or to the whole majority: the replicas may
-            # differ by one of those (committed where it went, its outcome
-            # never recorded: what that outcome would have recorded is this
-            # verdict) rather than by a disk that lost writes. For the
-            # record; the verdict is the majority's either way.
+            # Writes that are over without an outcome that says who holds
+            # them — their proxy gone (paused past its lease, cut off from
+            # etcd, or dead) before it finished them, or finished with the
+            # replicas it named outdated spared (the repository had moved on:
+            # a client that hung up mid-write) — that went to every demoted
+            # replica or to the whole majority: the replicas may differ by one
+            # of those rather than by a disk that lost writes. For the record;
+            # the verdict is the majority's either way.
             members = self.members()
             unfinished = sum(
                 1
                 for i in standing
-                if members.get(i.proxy) != i.incarnation
+                if i.is_evidence(members)
                 and (settled.demoted <= i.participants or settled.majority <= i.participants)
             )
             logger.warning(
