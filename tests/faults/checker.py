@@ -589,10 +589,14 @@ UNFINISHED_WINDOW = 130.0
 
 
 def explained_by_unknown_write(repair: Repair, ops: Iterable[Op]) -> bool:
-    """A majority verdict on replicas that unfinished writes of proxies now gone
-    went to (a write left committed on the majority by a proxy paused or killed
-    mid-write: what its outcome would have recorded), with a write of that
-    repository whose outcome its client never learnt, started shortly before."""
+    """A majority verdict on replicas that writes over without an outcome saying
+    who holds them went to (their proxy gone, or finished with the replicas
+    they named outdated spared, or standing past the intent grace: a write left
+    committed on some replicas by a proxy paused or killed mid-write, or by a
+    client that hung up), with a write of that repository whose outcome its
+    client never learnt, started shortly before. No acknowledged write leaves
+    such an intent; a real loss is still caught by `up-to-date-missing-write`
+    during the run and `lost-write` at the end."""
     return repair.majority_unfinished and any(
         op.is_write
         and op.outcome == "unknown"

@@ -322,7 +322,9 @@ async def test_a_majority_verdict_counts_a_finished_write_whose_outcome_spared_r
     # but spared them (the repository had moved on): its live proxy finished
     # it, and n1 may hold it where the others do not (CI seed 1628891992: the
     # checker called such a majority verdict a repair of an up-to-date replica).
-    parts, intents = await _build(third_outdated=False, members={"proxy-a": 5.0}, grace=0.0)
+    # A long grace: the finished flag, not the grace, makes it count (unfinished,
+    # its live proxy's write would hold every verdict back).
+    parts, intents = await _build(third_outdated=False, members={"proxy-a": 5.0}, grace=1000.0)
     try:
         found = await _unfinished_in_majority_verdict(
             parts, intents, caplog, ("n2", NODES), "n1", finished=True
