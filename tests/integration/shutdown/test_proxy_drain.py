@@ -169,25 +169,33 @@ def test_jobs_of_a_draining_proxy_are_reclaimed(
         write_ref(b.address, relative, "refs/heads/missed", oid)
     target.start()
 
-    def claimed_by_a() -> list[str]:
+    def claimed_by(proxy: ProxyProcess) -> list[str]:
         return [
             j.job_id
             for j in jobs(cluster)
-            if j.state is JobState.IN_PROGRESS and j.worker.startswith(f"{a.name}/")
+            if j.state is JobState.IN_PROGRESS and j.worker.startswith(f"{proxy.name}/")
         ]
 
-    # Freeze the target as soon as A works on one of its jobs: that job hangs
-    # on A until A is told to stop. (Should A finish it just before the
-    # freeze, thaw and wait for the next one.)
+    # Freeze the target as soon as a proxy works on one of its jobs: that job
+    # hangs on that proxy (the holder) until it is told to stop. (Should the
+    # job finish just before the freeze, thaw and wait for the next one.)
+    # Either proxy may be the first: the one that sees the target back first
+    # can do every job before the other looks (its copies no longer fail on a
+    # channel still backing off from the outage).
     held: list[str] = []
+    holder = a
     for _ in range(5):
-        wait_for(claimed_by_a, 30, 0.02, "proxy A to claim a replication job")
+        wait_for(lambda: claimed_by(a) or claimed_by(b), 30, 0.02, "a proxy to claim a job")
         target.pause()
-        held = claimed_by_a()
+        for proxy in (a, b):
+            held, holder = claimed_by(proxy), proxy
+            if held:
+                break
         if held:
             break
         target.resume()
-    assert held, "A never held a job while the target was frozen"
+    assert held, "no proxy held a job while the target was frozen"
+    survivor = b if holder is a else a
 
     def released() -> bool:
         by_id = {j.job_id: j for j in jobs(cluster)}
@@ -198,24 +206,24 @@ def test_jobs_of_a_draining_proxy_are_reclaimed(
         )
 
     try:
-        sigterm(a)
-        # A waits out its grace period for the hung job, cancels it and revokes
-        # its lease on the way out; it still exits cleanly.
-        assert exit_code(a, GRACE + 20) == 0
-        # Nothing stays claimed by A: released with its lease and re-readied
-        # by the leader (B now) while the target is still frozen.
-        wait_for(released, 15, 0.1, "A's claims to be released and re-readied")
+        sigterm(holder)
+        # The holder waits out its grace period for the hung job, cancels it
+        # and revokes its lease on the way out; it still exits cleanly.
+        assert exit_code(holder, GRACE + 20) == 0
+        # Nothing stays claimed by the holder: released with its lease and
+        # re-readied by the leader (the survivor now) while the target is frozen.
+        wait_for(released, 15, 0.1, "the holder's claims to be released and re-readied")
     finally:
         target.resume()
-    wait_for(lambda: _healthy_on(b, target.name), 30, 0.1, "B to see the target healthy")
+    wait_for(lambda: _healthy_on(survivor, target.name), 30, 0.1, "the survivor to see it healthy")
     wait_for(
         lambda: not [j for j in jobs(cluster) if j.state is not JobState.DEAD],
         90,
         0.2,
-        "every replication job to be done (B re-claims A's)",
+        "every replication job to be done (the survivor re-claims the holder's)",
     )
-    assert not [j for j in jobs(cluster) if j.job_id in held], "A's job was dropped"
+    assert not [j for j in jobs(cluster) if j.job_id in held], "the holder's job was dropped"
     for relative in repos:
-        helpers.wait_converged(b.address, relative, timeout=60)
-        refs = helpers.replica_refs(cluster, b.address, relative)
+        helpers.wait_converged(survivor.address, relative, timeout=60)
+        refs = helpers.replica_refs(cluster, survivor.address, relative)
         assert refs[target.name].get("refs/heads/missed") == oid
