@@ -41,6 +41,8 @@ _SETTLED = frozenset(
         grpc.ChannelConnectivity.SHUTDOWN,
     }
 )
+# States in which waiting for a connection ends: connected, or closed for good.
+_CONNECTED = frozenset({grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.SHUTDOWN})
 
 # A channel replaced by ``revive`` still carries the calls begun on it (a
 # stream a draining node still serves on its old connection, a call begun in
@@ -117,8 +119,7 @@ class NodeChannels:
         """Whether the node's channel, followed across ``revive``, is connected
         within ``timeout`` (a refused channel keeps retrying meanwhile)."""
         deadline = asyncio.get_running_loop().time() + max(0.0, timeout)
-        ready = frozenset({grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.SHUTDOWN})
-        return await self._wait(node, deadline, ready) is grpc.ChannelConnectivity.READY
+        return await self._wait(node, deadline, _CONNECTED) is grpc.ChannelConnectivity.READY
 
     async def _wait(
         self, node: str, deadline: float, until: frozenset[grpc.ChannelConnectivity]

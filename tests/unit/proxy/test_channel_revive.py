@@ -88,13 +88,20 @@ async def _down_with_backoff(node: Node, channels: NodeChannels) -> None:
         await asyncio.sleep(0.01)
 
 
+async def _back_and_revived(node: Node, channels: NodeChannels) -> grpc.aio.Channel:
+    """Down until its channel backs off, started again, its channel revived:
+    the channel it replaced."""
+    await _down_with_backoff(node, channels)
+    old = channels.channel(NODE)
+    await node.start()
+    assert channels.revive(NODE)
+    return old
+
+
 async def test_a_revived_channel_reaches_the_node_at_once(node: Node) -> None:
     channels = NodeChannels({NODE: node.address})
     try:
-        await _down_with_backoff(node, channels)
-        old = channels.channel(NODE)
-        await node.start()
-        assert channels.revive(NODE)
+        old = await _back_and_revived(node, channels)
         assert channels.channel(NODE) is not old
         assert (await _check(channels)).status == health_pb2.HealthCheckResponse.SERVING
         # Connected now: nothing more to revive.
@@ -148,10 +155,7 @@ async def test_a_retired_channel_still_carries_calls_until_it_is_closed(node: No
     serves, a repair holding its stub) are not cut by the revival."""
     channels = NodeChannels({NODE: node.address})
     try:
-        await _down_with_backoff(node, channels)
-        old = channels.channel(NODE)
-        await node.start()
-        assert channels.revive(NODE)
+        old = await _back_and_revived(node, channels)
         assert old.get_state() is not grpc.ChannelConnectivity.SHUTDOWN
         stub = health_pb2_grpc.HealthStub(old)
         # Refused (its backoff) or answered once it reconnects: never cancelled.
