@@ -145,6 +145,9 @@ class Op:
     expects: str = ""
     # The repository's relative path (runs over many repositories).
     repo: str = ""
+    # A write's correlation id, sent with it: its log lines, and the intent a
+    # verdict settled on (the fault suite matches the two).
+    correlation: str = field(default_factory=lambda: os.urandom(8).hex())
 
     @property
     def is_write(self) -> bool:
@@ -176,6 +179,10 @@ class History:
         """Seconds from ``at`` to the first acknowledged write that started after it."""
         ends = [o.end for o in self.writes("ok") if o.start >= at]
         return min(ends) - at if ends else None
+
+
+def _tagged(op: Op) -> tuple[tuple[str, str]]:
+    return (("x-gitquorum-correlation-id", op.correlation),)
 
 
 def classify(exc: grpc.aio.AioRpcError) -> str:
@@ -328,7 +335,7 @@ class Workload:
 
         try:
             await self._stub(address).UpdateReferences(
-                requests(), timeout=deadline or self.settings.op_timeout
+                requests(), timeout=deadline or self.settings.op_timeout, metadata=_tagged(op)
             )
             op.outcome = "ok"
         except grpc.aio.AioRpcError as exc:
@@ -386,6 +393,7 @@ class Workload:
                         repository=self.repository, ref=ref.encode(), revision=value.encode()
                     ),
                     timeout=timeout,
+                    metadata=_tagged(op),
                 )
             elif kind == "branch":
                 await operations_pb2_grpc.OperationServiceStub(channel).UserCreateBranch(
@@ -396,6 +404,7 @@ class Workload:
                         start_point=value.encode(),
                     ),
                     timeout=timeout,
+                    metadata=_tagged(op),
                 )
             else:
                 await operations_pb2_grpc.OperationServiceStub(channel).UserCreateTag(
@@ -406,6 +415,7 @@ class Workload:
                         target_revision=value.encode(),
                     ),
                     timeout=timeout,
+                    metadata=_tagged(op),
                 )
             op.outcome = "ok"
         except grpc.aio.AioRpcError as exc:
@@ -441,7 +451,12 @@ class Workload:
             Op(name, "push", ref, commit, time.monotonic(), proxy=address, repo=self.relative_path)
         )
         env = {k: v for k, v in os.environ.items() if k not in ("GIT_SSH", "GIT_SSH_VARIANT")}
-        env.update(gitrepo.GIT_ENV, GIT_SSH_COMMAND=GIT_SSH, GITQUORUM_STORAGE=VIRTUAL_STORAGE)
+        env.update(
+            gitrepo.GIT_ENV,
+            GIT_SSH_COMMAND=GIT_SSH,
+            GITQUORUM_STORAGE=VIRTUAL_STORAGE,
+            GITQUORUM_CORRELATION_ID=op.correlation,
+        )
         proc = await asyncio.create_subprocess_exec(
             "git",
             "push",

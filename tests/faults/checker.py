@@ -26,6 +26,9 @@ its end (the rest), over the recorded :class:`~tests.chaos.workload.History`
 ``repair-of-up-to-date-replica``
     the verifier found an up-to-date replica differing from the majority (or
     no majority) and no disk fault hit its node;
+``replica-missing``
+    a read found a replica etcd recorded up to date (before and after) missing
+    on the node's disk, and no disk fault hit it;
 ``failed-read-while-available``
     a read failed while no active fault excused it (one that takes away what
     reads need by design, the client's own proxy, or every up-to-date replica
@@ -39,9 +42,10 @@ import itertools
 import json
 import re
 import statistics
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gitquorum.cluster.repositories import RepositoryRecord
 from tests.chaos.workload import SHARED, Chain, History, Op
@@ -55,6 +59,7 @@ STUCK = "stuck-repository"
 NOT_CONVERGED = "not-converged"
 REPAIR = "repair-of-up-to-date-replica"
 UNAVAILABLE_READ = "failed-read-while-available"
+MISSING_REPLICA = "replica-missing"
 # A repository left unconverged by a verifier conflict between replicas that
 # differ only by writes whose clients were told "outcome unknown" (a client
 # hung up, a proxy died or stopped mid-write): the unfinished write's intent
@@ -495,63 +500,87 @@ class Repair:
     # A majority verdict whose demoted replicas unfinished writes of gone
     # proxies went to: excused only next to a write of unknown outcome.
     majority_unfinished: bool = False
+    # The correlation ids of the unfinished writes the verdict names (their
+    # intents'): each must be a write whose client was never told an outcome.
+    correlation_ids: tuple[str, ...] = ()
 
 
-def unskew(repairs: Sequence[Repair], faults: Sequence[Fault]) -> list[Repair]:
-    """Repairs logged by a proxy whose wall clock a clock fault shifted, put
-    back on the run's clock (the fault's detail says the skew: "wall clock +600s")."""
-    fixed: list[Repair] = []
-    for repair in repairs:
-        at = repair.at
+# What a proxy logged, with its time and the proxy's name.
+Logged = TypeVar("Logged", "Repair", "MissingReplica")
+
+
+def unskew(logged: Sequence[Logged], faults: Sequence[Fault]) -> list[Logged]:
+    """Repairs (or missing replicas) logged by a proxy whose wall clock a clock
+    fault shifted, put back on the run's clock (the fault's detail says the
+    skew: "wall clock +600s")."""
+    fixed: list[Logged] = []
+    for item in logged:
+        at = item.at
         for fault in faults:
             match = re.search(r"wall clock ([+-]\d+)s", fault.detail)
-            if fault.kind != "clock" or fault.target != repair.proxy or match is None:
+            if fault.kind != "clock" or fault.target != item.proxy or match is None:
                 continue
-            candidate = repair.at - float(match.group(1))
+            candidate = item.at - float(match.group(1))
             end = fault.end if fault.end is not None else float("inf")
             if fault.start <= candidate <= end:
                 at = candidate
-        fixed.append(replace(repair, at=at))
+        fixed.append(replace(item, at=at))
     return fixed
 
 
-def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Repair]:
-    """Repairs and conflicts the verifier logged (JSON lines of every proxy)."""
+def log_entries(
+    logs: Iterable[Path], needles: Sequence[str], wall_to_monotonic: float
+) -> Iterator[tuple[str, str, Mapping[str, Any], float]]:
+    """(log's stem, message, fields, monotonic time) of every JSON line of
+    ``logs`` that contains one of ``needles``."""
     from datetime import UTC, datetime
 
-    repairs: list[Repair] = []
     for path in logs:
         try:
             lines = path.read_text(errors="replace").splitlines()
         except OSError:
             continue
         for line in lines:
-            if DEMOTED not in line and NO_MAJORITY not in line and SETTLED not in line:
+            if not any(n in line for n in needles):
                 continue
             try:
                 entry = json.loads(line)
-            except ValueError:
-                continue
-            fields = entry.get("fields", entry)
-            wall = (
-                datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
-                .replace(tzinfo=UTC)
-                .timestamp()
-            )
-            conflict = entry.get("msg") == NO_MAJORITY
-            nodes = fields.get("replicas" if conflict else "demoted", ())
-            repairs.append(
-                Repair(
-                    fields.get("relative_path", "?"),
-                    tuple(nodes),
-                    wall - wall_to_monotonic,
-                    conflict,
-                    path.stem,
-                    unfinished=entry.get("msg") == SETTLED,
-                    majority_unfinished=entry.get("msg") == DEMOTED
-                    and bool(int(fields.get("unfinished_writes", 0))),
+                wall = (
+                    datetime.strptime(entry["time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+                    .replace(tzinfo=UTC)
+                    .timestamp()
                 )
+            except (ValueError, KeyError):
+                continue  # torn by a concurrent write, or not a log line
+            yield (
+                path.stem,
+                str(entry.get("msg", "")),
+                entry.get("fields", entry),
+                (wall - wall_to_monotonic),
             )
+
+
+def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Repair]:
+    """Repairs and conflicts the verifier logged (JSON lines of every proxy)."""
+    repairs: list[Repair] = []
+    for proxy, msg, fields, at in log_entries(
+        logs, (DEMOTED, NO_MAJORITY, SETTLED), wall_to_monotonic
+    ):
+        conflict = msg == NO_MAJORITY
+        nodes = fields.get("replicas" if conflict else "demoted", ())
+        repairs.append(
+            Repair(
+                fields.get("relative_path", "?"),
+                tuple(nodes),
+                at,
+                conflict,
+                proxy,
+                unfinished=msg == SETTLED,
+                majority_unfinished=msg == DEMOTED
+                and bool(int(fields.get("unfinished_writes", 0))),
+                correlation_ids=tuple(fields.get("unfinished_correlation_ids", ())),
+            )
+        )
     return repairs
 
 
@@ -582,26 +611,26 @@ def abandoned_only(
     return True
 
 
-# How long before a majority verdict the write of unknown outcome that
-# excuses it may have started: the verifier's grace for intents (120 s), and a
-# little more.
-UNFINISHED_WINDOW = 130.0
-
-
 def explained_by_unknown_write(repair: Repair, ops: Iterable[Op]) -> bool:
-    """A majority verdict on replicas that writes over without an outcome saying
-    who holds them went to (their proxy gone, or finished with the replicas
-    they named outdated spared, or standing past the intent grace: a write left
-    committed on some replicas by a proxy paused or killed mid-write, or by a
-    client that hung up), with a write of that repository whose outcome its
-    client never learnt, started shortly before. No acknowledged write leaves
-    such an intent; a real loss is still caught by `up-to-date-missing-write`
-    during the run and `lost-write` at the end."""
-    return repair.majority_unfinished and any(
+    """A verdict taken on writes that are over without an outcome saying who
+    holds them (their proxy gone, or finished with the replicas they named
+    outdated spared, or standing past the intent grace: a write left committed
+    on some replicas by a proxy paused or killed mid-write, or by a client that
+    hung up) -- settled on their intents, or a majority verdict whose demoted
+    replicas or whole majority they went to -- is excused only when one of
+    them, matched by the correlation id its intent carries, is a write of that
+    repository whose client was never told an outcome: the replicas then
+    differ by a write nobody acknowledged, not by a disk that lost one. No
+    acknowledged write leaves an intent; a real loss is still caught by
+    `up-to-date-missing-write` during the run and `lost-write` at the end."""
+    if not (repair.unfinished or repair.majority_unfinished) or not repair.correlation_ids:
+        return False
+    wanted = set(repair.correlation_ids)
+    return any(
         op.is_write
         and op.outcome == "unknown"
         and op.repo == repair.repo
-        and repair.at - UNFINISHED_WINDOW <= op.start <= repair.at
+        and op.correlation in wanted
         for op in ops
     )
 
@@ -611,7 +640,7 @@ def check_repairs(
 ) -> list[Violation]:
     problems: list[Violation] = []
     for repair in repairs:
-        if repair.unfinished or explained_by_unknown_write(repair, ops):
+        if explained_by_unknown_write(repair, ops):
             continue
         for node in repair.nodes:
             exempt = any(
@@ -635,6 +664,74 @@ def check_repairs(
                         repair.at,
                     )
                 )
+    return problems
+
+
+# -- replicas missing on disk ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MissingReplica:
+    """A read that found a replica missing on its node's disk (the proxy's
+    log line of the read names it in ``replica_missing``)."""
+
+    repo: str
+    node: str
+    at: float  # monotonic
+    proxy: str = ""
+
+
+def missing_replicas(logs: Iterable[Path], wall_to_monotonic: float) -> list[MissingReplica]:
+    """The replicas the proxies' reads found missing (JSON lines of every proxy)."""
+    return [
+        MissingReplica(str(fields.get("relative_path", "?")), str(node), at, proxy)
+        for proxy, _msg, fields, at in log_entries(logs, ('"replica_missing"',), wall_to_monotonic)
+        for node in fields.get("replica_missing", ())
+    ]
+
+
+def check_missing_replicas(
+    found: Sequence[MissingReplica], faults: Sequence[Fault], timeline: Timeline
+) -> list[Violation]:
+    """A replica recorded up to date (in the during-run records read just
+    before and just after the read) that a read found missing on disk, with no
+    disk fault on that replica: the cluster lost a replica it vouched for
+    (the during-run check only counts such a replica unreadable). Reads that
+    met it went on to another replica; this is about the replica, not them.
+
+    Not counted: a disk fault's own replica (wiped, or its node's disk sent
+    back to before the repository existed) until the verifier's repair is
+    due; a replica that left the records around the read (a replication
+    factor lowered: the proxy read its cache just before the change)."""
+    problems: list[Violation] = []
+    times = [t for t, _ in timeline]
+    for miss in found:
+        disk = any(
+            miss.node in f.disk_nodes
+            and miss.repo in f.disk_repos
+            and f.start
+            <= miss.at
+            <= (f.end if f.end is not None else float("inf")) + DISK_EXEMPTION
+            for f in faults
+        )
+        if disk:
+            continue
+        i = bisect.bisect_right(times, miss.at)
+        if i == 0 or i >= len(timeline):
+            continue  # not bracketed by two records: nothing to hold it to
+        before = timeline[i - 1][1].get(miss.repo, frozenset())
+        after = timeline[i][1].get(miss.repo, frozenset())
+        if miss.node in before and miss.node in after:
+            problems.append(
+                Violation(
+                    MISSING_REPLICA,
+                    miss.repo,
+                    f"replica on {miss.node} recorded up to date (records at "
+                    f"{timeline[i - 1][0]:.2f} and {timeline[i][0]:.2f}) missing on disk "
+                    f"for a read via {miss.proxy}",
+                    miss.at,
+                )
+            )
     return problems
 
 

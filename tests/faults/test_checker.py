@@ -204,9 +204,11 @@ def test_verifier_repairs_are_violations_unless_a_disk_fault_hit_the_node(tmp_pa
         '{"time": "2026-01-01T00:00:30.000Z", "msg": "' + checker.NO_MAJORITY + '", '
         '"relative_path": "r.git", "replicas": ["n1", "n2"]}\n'
         '{"time": "2026-01-01T00:00:40.000Z", "msg": "' + checker.SETTLED + '", '
-        '"relative_path": "r.git", "demoted": ["n2"], "reference": "n1"}\n'
+        '"relative_path": "r.git", "demoted": ["n2"], "reference": "n1", '
+        '"unfinished_correlation_ids": ["cid-s"]}\n'
         '{"time": "2026-01-01T00:00:50.000Z", "msg": "' + checker.DEMOTED + '", '
-        '"relative_path": "r.git", "demoted": ["n1"], "unfinished_writes": 1}\n'
+        '"relative_path": "r.git", "demoted": ["n1"], "unfinished_writes": 1, '
+        '"unfinished_correlation_ids": ["cid-m"]}\n'
     )
     from datetime import datetime
 
@@ -224,22 +226,33 @@ def test_verifier_repairs_are_violations_unless_a_disk_fault_hit_the_node(tmp_pa
     # A majority verdict on replicas unfinished writes went to.
     assert [r.majority_unfinished for r in repairs] == [False, False, False, False, True]
     disk = Fault("rollback", "disk", "n3", 15.0, 18.0, disk_nodes=("n3",), disk_repos=(REPO,))
+    assert [r.correlation_ids for r in repairs][3:] == [("cid-s",), ("cid-m",)]
     found = checker.check_repairs(repairs, [disk])
     assert sorted((v.at, v.detail.split()[2]) for v in found) == [
         (10.0, "n2"),
         (30.0, "n1"),
         (30.0, "n2"),
-        (50.0, "n1"),  # no write of unknown outcome beside it
+        (40.0, "n2"),  # no write of unknown outcome matches its intents
+        (50.0, "n1"),
     ]
-    # With a write of unknown outcome to the repository shortly before: excused;
-    # one that is acknowledged, or of another repository, or long before, not.
+    # Excused by the write its intent names (by correlation id) when that
+    # write's client was never told an outcome; not by an acknowledged or
+    # definitely failed write with that id, one of another repository, or
+    # another write of unknown outcome to the repository.
+    settled = op("writeref", "refs/heads/s", OIDS[1], 35.0, 36.0, outcome="unknown")
     unknown = op("writeref", "refs/heads/x", OIDS[1], 45.0, 46.0, outcome="unknown")
-    acked = op("writeref", "refs/heads/y", OIDS[2], 45.0, 46.0)
-    elsewhere = replace(unknown, repo="other.git")
-    early = replace(unknown, start=-100.0, end=-99.0)
-    for ops, excused in (([unknown], True), ([acked, elsewhere, early], False)):
+    settled, unknown = replace(settled, correlation="cid-s"), replace(unknown, correlation="cid-m")
+    cases = (
+        ([settled, unknown], True),
+        ([replace(unknown, outcome="ok"), replace(settled, outcome="failed")], False),
+        ([replace(unknown, repo="other.git"), replace(settled, repo="other.git")], False),
+        ([replace(unknown, correlation="other"), replace(settled, correlation="x")], False),
+    )
+    for ops, excused in cases:
         found = checker.check_repairs(repairs, [disk], ops)
-        assert ((50.0, "n1") not in [(v.at, v.detail.split()[2]) for v in found]) is excused
+        named = [(v.at, v.detail.split()[2]) for v in found]
+        assert ((50.0, "n1") not in named) is excused, ops
+        assert ((40.0, "n2") not in named) is excused, ops
 
 
 def test_the_longest_write_gap_spans_the_window_edges() -> None:
@@ -388,3 +401,49 @@ def test_the_table_splits_failed_reads_by_excuse_and_reports_latency_around_each
     assert (row["read_p50_before_ms"], row["read_p50_during_ms"]) == (10.0, 50.0)
     assert row["read_p99_during_ms"] == row["read_p99_ms"] == 50.0
     assert row["read_p50_after_ms"] is not None
+
+
+def test_a_replica_recorded_up_to_date_found_missing_on_disk_is_named(tmp_path: Path) -> None:
+    log = tmp_path / "proxy2.log"
+    log.write_text(
+        '{"time": "2026-01-01T00:00:11.000Z", "msg": "rpc", "relative_path": "r.git", '
+        '"replica_missing": ["n2"]}\n'
+        "not json\n"
+        '{"time": "2026-01-01T00:00:21.000Z", "msg": "rpc", "relative_path": "r.git", '
+        '"replica_missing": ["n3"]}\n'
+        '{"time": "2026-01-01T00:00:31.000Z", "msg": "rpc", "relative_path": "r.git", '
+        '"replica_missing": ["n2"]}\n'
+    )
+    from datetime import datetime
+
+    offset = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    found = checker.missing_replicas([log], offset)
+    assert [(m.repo, m.node, m.at, m.proxy) for m in found] == [
+        (REPO, "n2", 11.0, "proxy2"),
+        (REPO, "n3", 21.0, "proxy2"),
+        (REPO, "n2", 31.0, "proxy2"),
+    ]
+    every = frozenset({"n1", "n2", "n3"})
+    timeline = [
+        (10.0, {REPO: every}),
+        (12.0, {REPO: every}),
+        # n3 leaves the records around 21 (a replication factor lowered).
+        (20.0, {REPO: every}),
+        (22.0, {REPO: frozenset({"n1", "n2"})}),
+        (30.0, {REPO: every}),
+        (32.0, {REPO: every}),
+    ]
+    named = checker.check_missing_replicas(found, [], timeline)
+    assert [(v.name, v.at) for v in named] == [
+        (checker.MISSING_REPLICA, 11.0),
+        (checker.MISSING_REPLICA, 31.0),
+    ]
+    # A disk fault on n2's replica of the repository excuses it (until the
+    # verifier's repair is due); one on another node or repository does not.
+    wipe = Fault("wipe", "disk", "n2", 5.0, 25.0, disk_nodes=("n2",), disk_repos=(REPO,))
+    assert [v.at for v in checker.check_missing_replicas(found, [wipe], timeline)] == []
+    other = replace(wipe, disk_nodes=("n1",))
+    elsewhere = replace(wipe, disk_repos=("other.git",))
+    assert len(checker.check_missing_replicas(found, [other, elsewhere], timeline)) == 2
+    # Outside the records read during the run: nothing to hold it to.
+    assert checker.check_missing_replicas(found, [], timeline[2:4]) == []

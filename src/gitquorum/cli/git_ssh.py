@@ -15,7 +15,9 @@ one SSHService call on HOST:PORT (or ``GITQUORUM_ADDRESS``):
   plaintext whatever else is set; ``GITQUORUM_TLS_CERT``/``GITQUORUM_TLS_KEY``
   a client certificate for endpoints that require one;
 * ``GL_ID``/``GL_USERNAME``/``GL_REPOSITORY`` who is pushing (``GL_ID``
-  defaults to ``user-1``); ``GIT_PROTOCOL`` (set by git) selects protocol v2.
+  defaults to ``user-1``); ``GIT_PROTOCOL`` (set by git) selects protocol v2;
+* ``GITQUORUM_CORRELATION_ID`` the call's correlation id (else the endpoint
+  makes one): the push's log lines on every proxy and node carry it.
 
 It exits with git's exit status on the server, or prints the gRPC error and
 exits 128 like ssh does when the remote command cannot be run. git first
@@ -187,6 +189,9 @@ def run(args: argparse.Namespace) -> int:
         from gitquorum import tokens
 
         metadata.append(tokens.bearer(secret))
+    correlation = os.environ.get("GITQUORUM_CORRELATION_ID", "")
+    if correlation:
+        metadata.append(("x-gitquorum-correlation-id", correlation))
 
     repository = shared_pb2.Repository(storage_name=storage, relative_path=relative)
     protocol = os.environ.get("GIT_PROTOCOL", "")

@@ -50,6 +50,9 @@ class WriteIntent:
     participants: tuple[str, ...]
     # Put again by a finalizer whose outcome left replicas unaccounted for.
     finished: bool = False
+    # The request's correlation id: ties the intent (and the verdict that
+    # settles on it) to the write's log lines and to the client that sent it.
+    correlation_id: str = ""
 
     def encode(self) -> bytes:
         value: dict[str, object] = {
@@ -61,6 +64,8 @@ class WriteIntent:
         }
         if self.finished:
             value["finished"] = True
+        if self.correlation_id:
+            value["correlation_id"] = self.correlation_id
         return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -77,6 +82,7 @@ class StoredIntent:
     incarnation: float
     participants: frozenset[str]
     finished: bool
+    correlation_id: str = ""
 
     def is_evidence(self, members: Mapping[str, float]) -> bool:
         """Whether its write is over: finished by its finalizer, or its proxy
@@ -98,6 +104,7 @@ def decode_intent(kv: KeyValue) -> StoredIntent | None:
             float(data.get("incarnation", 0.0)),
             frozenset(str(n) for n in data["participants"]),
             bool(data.get("finished", False)),
+            str(data.get("correlation_id", "")),
         )
     except (ValueError, KeyError, TypeError):
         return None

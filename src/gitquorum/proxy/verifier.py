@@ -417,6 +417,9 @@ class Verifier:
                     old_primary=record.primary,
                     new_primary=settled.record.primary,
                     unfinished_writes=len(standing),
+                    unfinished_correlation_ids=sorted(
+                        i.correlation_id for i in standing if i.correlation_id
+                    ),
                     sources={r.target: r.source for r in settled.repairs},
                 ),
             )
@@ -439,12 +442,12 @@ class Verifier:
             # of those rather than by a disk that lost writes. For the record;
             # the verdict is the majority's either way.
             members = self.members()
-            unfinished = sum(
-                1
+            unfinished = [
+                i
                 for i in standing
                 if i.is_evidence(members)
                 and (settled.demoted <= i.participants or settled.majority <= i.participants)
-            )
+            ]
             logger.warning(
                 "verification failed: replicas differing from the majority demoted",
                 extra=log.fields(
@@ -452,7 +455,12 @@ class Verifier:
                     relative_path=record.relative_path,
                     demoted=sorted(settled.demoted),
                     majority=sorted(settled.majority),
-                    unfinished_writes=unfinished,
+                    unfinished_writes=len(unfinished),
+                    # Which writes: their requests' log lines, and the clients
+                    # that were never told an outcome.
+                    unfinished_correlation_ids=sorted(
+                        i.correlation_id for i in unfinished if i.correlation_id
+                    ),
                     old_primary=record.primary,
                     new_primary=settled.record.primary,
                     sources={r.target: r.source for r in settled.repairs},

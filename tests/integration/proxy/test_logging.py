@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import grpc
@@ -60,3 +61,36 @@ async def test_a_call_without_correlation_id_is_joined_across_proxy_and_node(
         )
 
     wait_for(node_has_it, 10, what=f"the node's log line with correlation id {correlation}")
+
+
+def test_a_push_tagged_by_the_ssh_helper_is_logged_under_its_correlation_id(
+    healthy: Cluster, source: Path, relative_path: str
+) -> None:
+    # GITQUORUM_CORRELATION_ID: what ties a push to its log lines on the proxy
+    # and the nodes, and to its write intent (the fault suite matches the
+    # verifier's verdicts to the client's writes by it).
+    address = healthy.proxies[0].address
+    helpers.create(address, relative_path)
+    proc = subprocess.run(
+        ["git", "push", "--quiet", helpers.url(address, relative_path), "main:refs/heads/main"],
+        cwd=source,
+        env=helpers.git_env(GITQUORUM_CORRELATION_ID="push-test-7"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    helpers.ok(proc)
+
+    def logged(path: Path) -> bool:
+        return any(
+            e.get("correlation_id") == "push-test-7"
+            and e.get("method") == "/gitaly.SSHService/SSHReceivePack"
+            for e in _lines(path)
+        )
+
+    wait_for(lambda: logged(healthy.proxies[0].log_path), 10, what="the proxy's log line")
+    wait_for(
+        lambda: any(logged(n.log_path) for n in healthy.nodes),
+        10,
+        what="a node's log line with the push's correlation id",
+    )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from gitquorum import log
 from gitquorum.cluster.clock import ManualClock
 from gitquorum.cluster.decisions import WriteResult
 from gitquorum.cluster.errors import StoreUnavailable
@@ -71,6 +72,28 @@ async def test_a_committed_write_removes_its_intent_with_its_outcome(parts: Part
         await parts.port.record_write("vs", route, result, intent)
     assert await parts.standing() == 0
     assert (await parts.repos.get("vs", route.repository_id)).generation == route.generation + 1
+
+
+async def test_an_intent_carries_the_requests_correlation_id(parts: Parts) -> None:
+    # What ties a verdict settled on the intent to the write's log lines and
+    # to the client never told an outcome (the fault suite's checker matches it).
+    token = log.correlation_id.set("push-42")
+    try:
+        intent = parts.port.intent_for("vs", parts.route())
+    finally:
+        log.correlation_id.reset(token)
+    assert intent is not None
+    await parts.port.record_intent(intent)
+    (stored,) = await parts.intents.of_repository("vs", parts.record.repository_id)
+    assert stored.correlation_id == "push-42"
+    await parts.port.forget_intent(intent)
+    token = log.correlation_id.set("x" * 5000)
+    try:
+        long = parts.port.intent_for("vs", parts.route())
+    finally:
+        log.correlation_id.reset(token)
+    # From the client's metadata: bounded before it goes to etcd.
+    assert long is not None and long.correlation_id == "x" * 128
 
 
 async def test_an_outcome_that_spares_replicas_keeps_the_intent(parts: Parts) -> None:
