@@ -63,15 +63,27 @@ test-faults: deps-test
 
 # The long fault run, outside `make test`: the proofs that each network and
 # disk nemesis does what it names, then a randomized schedule of every nemesis
-# (docs/reliability.md). DURATION in seconds (default 600), SEED to
-# replay a schedule (every run prints its seed), NEMESES=a,b to run some alone.
+# (docs/reliability.md). DURATION in seconds (default 600) of wall clock the
+# schedule runs, SEED to replay a schedule (every run prints its seed),
+# NEMESES=a,b to run some alone. Each nemesis alone is `make test-nemeses`.
 DURATION ?= 600
 SEED ?=
 NEMESES ?=
 test-long: deps-test
 	$(ACTIVATE) GITQUORUM_FAULTS_DURATION=$(DURATION) GITQUORUM_FAULTS_SEED=$(SEED) \
 		GITQUORUM_FAULTS_NEMESES=$(NEMESES) \
-		$(PYTHON) -m pytest -q -p no:cacheprovider -m long -s tests/faults $(PYTEST_ARGS)
+		$(PYTHON) -m pytest -q -p no:cacheprovider -m long -s tests/faults \
+		--ignore=tests/faults/test_each_alone.py $(PYTEST_ARGS)
+
+# Each nemesis of the suite alone, one fault run after another
+# (tests/faults/test_each_alone.py), DURATION_EACH seconds each (default 60);
+# SEED replays them; PYTEST_ARGS='-k clock-skew' runs one.
+.PHONY: test-nemeses
+DURATION_EACH ?= 60
+test-nemeses: deps-test
+	$(ACTIVATE) GITQUORUM_FAULTS_EACH_DURATION=$(DURATION_EACH) GITQUORUM_FAULTS_SEED=$(SEED) \
+		$(PYTHON) -m pytest -q -p no:cacheprovider -m long -s tests/faults/test_each_alone.py \
+		$(PYTEST_ARGS)
 
 # The storage-node suite alone, through a proxy in front of three nodes.
 test-through-proxy: deps-test

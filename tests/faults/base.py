@@ -17,6 +17,12 @@ The class attributes tell the checker what the fault allows:
   count as violations). False for faults that take away what reads need by
   design: etcd past the stale-read limit, every proxy path, the client's own
   proxy.
+
+What a fault took, and when, is on its :class:`Fault`: the nodes, proxies and
+paths it took away, for the whole fault unless it says when (a proxy or node
+brought back before the heal: ``proxies_down_during``, ``nodes_down_during``),
+and for a disk fault the replica it damaged, when its node lost power
+(``power_loss``) and which writes the replica came back with (``backup_at``).
 """
 
 from __future__ import annotations
@@ -45,12 +51,27 @@ class Fault:
     # ``disk_nodes``, the repository in ``disk_repos``. Only that replica is
     # exempt from the up-to-date and repair checks, and reads of that
     # repository served from it are stale until the verifier finds it (counted
-    # apart, not violations).
+    # apart, not violations: those begun after ``power_loss`` that missed only
+    # writes acknowledged after ``backup_at``).
     disk_nodes: tuple[str, ...] = ()
     disk_repos: tuple[str, ...] = ()
     # When such a node lost power (killed, just after the fault opened): writes
     # acknowledged until then may be on the disk that went back in time.
     power_loss: float | None = None
+    # What the damaged replica came back with: every write acknowledged before
+    # ``backup_at`` is in it, writes acknowledged from then to ``power_loss``
+    # may be missing. A rollback stamps it when the records are read just
+    # before the backup copy is made, if the replica is up to date in them (a
+    # replica recorded up to date holds every write acknowledged before the
+    # record was read, and its copy taken after keeps them). A wipe keeps
+    # nothing, nor does a copy of a replica that was outdated (which writes it
+    # held is unknown): ``-inf``, every write acknowledged before the power
+    # loss may be gone from that replica; whether the cluster lost it is
+    # whether another replica held it (``checker.lost_to_disk`` then looks at
+    # every replica recorded up to date from the acknowledgement to the power
+    # loss). None: not known, the checker assumes a backup at most
+    # ``checker.BACKUP_AGE`` before the fault.
+    backup_at: float | None = None
     # Seconds after the start before the fault excuses failed reads (etcd lost:
     # the proxies serve from their cache up to the stale-read limit first).
     excuse_after: float = 0.0
@@ -63,6 +84,12 @@ class Fault:
     proxies_down_during: list[tuple[float, float]] = field(default_factory=list)
     # Nodes stopped (killed, paused) while it lasted: their replicas could not serve.
     nodes_down: tuple[str, ...] = ()
+    # For a node of ``nodes_down`` brought back before the heal (resumed or
+    # restarted mid-fault), the windows (monotonic start, end) it was stopped
+    # in; each counts it down until the fault's ``recovery`` after its end (the
+    # proxies seeing it back), the rest of the fault it served. A node absent
+    # (or with no window) is down for the whole fault.
+    nodes_down_during: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     # Repositories left with no up-to-date replica alive by design of the fault
     # (their failed reads and writes are expected until it heals).
     repos_down: tuple[str, ...] = ()

@@ -80,10 +80,12 @@ STUCK_BOUND = 30.0
 CONVERGE_BOUND = 90.0
 # A failed read this soon after a fault healed is still the fault's.
 HEAL_GRACE = 3.0
-# A disk fault excuses repairs of its node's replicas until this long after it healed
-# (the verifier needs a round or two to find and repair them).
+# A disk fault excuses repairs of its node's replicas, and stale reads of its
+# replica, until this long after it healed (the verifier needs a round or two
+# to find and repair them).
 DISK_EXEMPTION = 60.0
-# A rolled-back replica's backup is taken at most this long before the fault.
+# A rolled-back replica's backup, when the fault does not say when it was taken
+# (``Fault.backup_at``), is assumed taken at most this long before the fault.
 BACKUP_AGE = 10.0
 
 
@@ -194,38 +196,66 @@ def check_refs(
 
 def lost_to_disk(ops: Iterable[Op], faults: Sequence[Fault], timeline: Timeline) -> set[int]:
     """Acknowledged writes whose every holder lost them to a disk fault: the
-    replicas recorded up to date right after the acknowledgement (the first
-    record read after it) were all rolled back or wiped afterwards. An
-    acknowledged write held by one replica only (its secondaries outdated at
-    that moment) is lost when that disk goes back in time: the disk lost it,
-    not the cluster (counted, not a violation; docs/reliability.md). Returns
-    the ``id()`` of those operations."""
-    damaged = [f for f in faults if f.disk_repos and f.disk_nodes]
+    write was acknowledged after the damaged replica's backup (``backup_at``:
+    the copy it was restored from holds every write acknowledged before) and
+    before its node's power loss, and every replica recorded up to date from
+    the acknowledgement to the power loss (those hold it) was rolled back or
+    wiped. An acknowledged write held by one replica only (its secondaries
+    outdated at that moment) is lost when that disk goes back in time: the
+    disk lost it, not the cluster (counted, not a violation;
+    docs/reliability.md). A write acknowledged before the backup is in the
+    copy: still required.
+
+    A fault without ``backup_at`` is judged as before: writes acknowledged
+    from :data:`BACKUP_AGE` before its start, their holders those of the
+    first record read after the acknowledgement. Returns the ``id()`` of
+    those operations."""
+    damaged = sorted(
+        (f for f in faults if f.disk_repos and f.disk_nodes),
+        key=lambda f: f.power_loss if f.power_loss is not None else f.start,
+    )
     if not damaged or not timeline:
         return set()
     times = [t for t, _ in timeline]
+    # (fault, repository) -> for each record index k up to the fault's power
+    # loss, the nodes recorded up to date in any record from k to it.
+    held: dict[tuple[int, str], list[frozenset[str]]] = {}
+
+    def holders(number: int, fault: Fault, repo: str, first: int) -> frozenset[str]:
+        recorded = timeline[first][1].get(repo, frozenset())
+        if fault.backup_at is None:
+            return recorded
+        if (number, repo) not in held:
+            lost_at = fault.power_loss if fault.power_loss is not None else fault.start
+            last = bisect.bisect_right(times, lost_at) - 1
+            union: list[frozenset[str]] = [frozenset()] * (last + 1)
+            since: frozenset[str] = frozenset()
+            for k in range(last, -1, -1):
+                since = since | timeline[k][1].get(repo, frozenset())
+                union[k] = since
+            held[(number, repo)] = union
+        union = held[(number, repo)]
+        # No record between the acknowledgement and the power loss: the first after.
+        return union[first] if first < len(union) else recorded
+
     lost: set[int] = set()
     for op in ops:
         if not op.is_write or op.outcome != "ok":
             continue
         i = bisect.bisect_left(times, op.end)
-        if i >= len(timeline):
+        if i >= len(timeline) or not timeline[i][1].get(op.repo):
             continue
-        holders = timeline[i][1].get(op.repo)
-        if not holders:
-            continue
-        rolled = {
-            n
-            for f in damaged
-            # Acknowledged between the backup (taken at most a few seconds
-            # before the power loss) and the power loss (the fault opens just
-            # before it).
-            if op.repo in f.disk_repos
-            and f.start - BACKUP_AGE <= op.end <= (f.power_loss or f.start)
-            for n in f.disk_nodes
-        }
-        if holders <= rolled:
-            lost.add(id(op))
+        rolled: set[str] = set()
+        # In the order of the power losses: once every holder is gone, it is gone.
+        for number, f in enumerate(damaged):
+            lost_at = f.power_loss if f.power_loss is not None else f.start
+            since = f.backup_at if f.backup_at is not None else f.start - BACKUP_AGE
+            if op.repo not in f.disk_repos or not since <= op.end <= lost_at:
+                continue
+            rolled |= set(f.disk_nodes)
+            if holders(number, f, op.repo, i) <= rolled:
+                lost.add(id(op))
+                break
     return lost
 
 
@@ -282,13 +312,37 @@ class ReadFindings:
     from_restored_replica: int = 0
 
 
-def _restored(read: Op, faults: Sequence[Fault]) -> bool:
-    return any(
-        read.repo in f.disk_repos
-        and f.start <= read.end
-        and read.start <= (f.end if f.end is not None else float("inf")) + DISK_EXEMPTION
-        for f in faults
-    )
+def _restored(read: Op, faults: Sequence[Fault], acks: Acks, chain: Chain) -> bool:
+    """Whether a stale read may have been served by a replica a disk fault
+    rolled back or wiped, before the verifier could repair it (``acks``: the
+    repository's acknowledged writes, to see which the read missed).
+
+    With the fault's ``backup_at`` known: the read began after the power loss
+    (the replica came back only then) and at most :data:`DISK_EXEMPTION`
+    after the heal, and the oldest write it missed was acknowledged after the
+    backup (one older is in the restored copy: the read came from elsewhere).
+    A read that missed only writes lost to the disk (not in ``acks``) is the
+    disk's. Without ``backup_at``: any read of the repository from the fault's
+    start to :data:`DISK_EXEMPTION` after its heal."""
+    if read.key == SHARED:
+        # The first shared-branch write acknowledged above the position it saw.
+        first = bisect.bisect_right(acks.shared_max, chain.counter(read.value) or 0)
+        missed = acks.shared[first][0] if first < len(acks.shared) else None
+    else:
+        write = next((o for o in acks.creates if o.key == read.key), None)
+        missed = write.end if write is not None else None
+    for f in faults:
+        if read.repo not in f.disk_repos:
+            continue
+        until = (f.end if f.end is not None else float("inf")) + DISK_EXEMPTION
+        if f.backup_at is None:
+            if f.start <= read.end and read.start <= until:
+                return True
+            continue
+        lost_at = f.power_loss if f.power_loss is not None else f.start
+        if lost_at <= read.start <= until and (missed is None or missed >= f.backup_at):
+            return True
+    return False
 
 
 def check_reads(
@@ -357,7 +411,7 @@ def check_reads(
         else:
             found.cross_proxy_lag += 1
     for read, what in stale:
-        if _restored(read, faults):
+        if _restored(read, faults, acks.get(read.repo, Acks()), chain):
             found.from_restored_replica += 1
             continue
         found.violations.append(
@@ -399,8 +453,8 @@ def _excuse(
 ) -> tuple[Fault, str] | None:
     """The fault that excuses a failed read, if any: one that takes away what
     reads need by design, the client's own proxy, or every replica of the
-    repository recorded up to date around the read (stopped, or cut off from
-    the read's proxy)."""
+    repository recorded up to date around the read (stopped at some moment of
+    the read, or cut off from the read's proxy)."""
     active = [
         f
         for f in faults
@@ -418,15 +472,28 @@ def _excuse(
             return fault, EXCUSE_NO_REPLICA
     if not active or not timeline:
         return None
-    gone = {n for f in active for n in f.nodes_down}
-    gone |= {n for f in active for p, n in f.unreachable if p == proxy_name}
+    # What each fault took from this read: its nodes down at some moment of the
+    # read (a node brought back mid-fault only in its windows, ``_node_down_at``)
+    # and those cut off from the read's proxy.
+    took = [
+        (
+            f,
+            {n for n in f.nodes_down if _node_down_at(f, n, read)}
+            | {n for p, n in f.unreachable if p == proxy_name},
+        )
+        for f in active
+    ]
+    gone = {n for _, nodes in took for n in nodes}
+    if not gone:
+        return None
     times = [t for t, _ in timeline]
     first = max(bisect.bisect_right(times, read.start) - 1, 0)
     last = min(bisect.bisect_left(times, read.end), len(times) - 1)
     for i in range(first, last + 1):
         up_to_date = timeline[i][1].get(read.repo)
         if up_to_date is not None and up_to_date <= gone:
-            return next(f for f in active if f.nodes_down or f.unreachable), EXCUSE_NO_REPLICA
+            culprit = next((f for f, nodes in took if nodes & up_to_date), None)
+            return culprit or next(f for f, nodes in took if nodes), EXCUSE_NO_REPLICA
     return None
 
 
@@ -434,6 +501,16 @@ def _proxy_down_at(fault: Fault, op: Op) -> bool:
     """Whether ``fault``'s down proxies were down at some moment of ``op``."""
     windows = fault.proxies_down_during
     return not windows or any(op.start <= end and op.end >= start for start, end in windows)
+
+
+def _node_down_at(fault: Fault, node: str, op: Op) -> bool:
+    """Whether ``node`` of ``fault``'s down nodes was down at some moment of
+    ``op``: in one of its windows, each until the fault's recovery after its end
+    (the proxies seeing it back); without windows, the whole fault."""
+    windows = fault.nodes_down_during.get(node)
+    return not windows or any(
+        op.start <= end + fault.recovery and op.end >= start for start, end in windows
+    )
 
 
 def with_proxy_addresses(faults: Sequence[Fault], proxy_names: Mapping[str, str]) -> list[Fault]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import math
 import os
 import shutil
 import subprocess
@@ -346,13 +347,18 @@ class ReplicaLoss(Nemesis):
         else:
             disks.restore(node, replica_path, snapshot)
 
-    async def _backup(self, run: RunContext, node: str, replica_path: str) -> Path | None:
-        return None
+    async def _backup(
+        self, run: RunContext, repo: str, node: str, replica_path: str
+    ) -> tuple[Path | None, float]:
+        """(the copy the replica will be restored from, ``Fault.backup_at``).
+        A wipe keeps nothing: no copy, and every write acknowledged before the
+        power loss may be gone from the replica (``-inf``)."""
+        return None, -math.inf
 
     async def inject(self, run: RunContext) -> Fault:
         repo, node, replica_path = await asyncio.to_thread(self._pick, run)
         self.target = node
-        snapshot = await self._backup(run, node, replica_path)
+        snapshot, backup_at = await self._backup(run, repo, node, replica_path)
         if snapshot is not None:
             missed = await run.acknowledged(self.writes_missed, self.lag_s, repo)
             run.note(f"{self.name}: {repo} on {node}: writes missed by the backup: {missed}")
@@ -366,6 +372,7 @@ class ReplicaLoss(Nemesis):
             disk_nodes=(node,),
             disk_repos=(repo,),
             nodes_down=(node,),
+            backup_at=backup_at,
         )
         fault.power_loss = time.monotonic()  # stamped before: a kill takes a moment
         await asyncio.to_thread(run.node(node).kill)
@@ -383,8 +390,27 @@ class ReplicaRollback(ReplicaLoss):
 
     name = "replica-rollback"
 
-    async def _backup(self, run: RunContext, node: str, replica_path: str) -> Path | None:
-        return await asyncio.to_thread(_disks(run).snapshot, node, replica_path)
+    async def _backup(
+        self, run: RunContext, repo: str, node: str, replica_path: str
+    ) -> tuple[Path | None, float]:
+        """The copy, and when the records were read just before it was made.
+
+        A replica recorded up to date holds every write acknowledged before the
+        record was read, so the copy made after holds them too: ``backup_at``
+        is the moment before that read (a write acknowledged between it and the
+        copy is counted as possibly missing, never the other way). A replica
+        outdated in that record holds an unknown older state (it may catch up
+        before the power loss and come back without writes older than the
+        copy): ``-inf``, as for a wipe."""
+        read_at = time.monotonic()
+        try:
+            record: RepositoryRecord | None = await asyncio.to_thread(run.record, repo)
+        except Exception:  # etcd unreachable for a moment: nothing to vouch for the copy
+            record = None
+        snapshot = await asyncio.to_thread(_disks(run).snapshot, node, replica_path)
+        if record is None or node not in up_to_date_replicas(record):
+            return snapshot, -math.inf
+        return snapshot, read_at
 
 
 class PrimaryRollback(ReplicaRollback):
@@ -422,8 +448,11 @@ class PrimaryRollback(ReplicaRollback):
 
     async def inject(self, run: RunContext) -> Fault:
         fault = await super().inject(run)
-        # Back before the health checks fail it over (they need two missed checks).
+        # Back before the health checks fail it over (they need two missed checks):
+        # down from the power loss to its restart, not for the whole fault.
         await self.heal(run)
+        assert fault.power_loss is not None
+        fault.nodes_down_during[fault.target] = [(fault.power_loss, time.monotonic())]
         return fault
 
 

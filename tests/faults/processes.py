@@ -85,6 +85,8 @@ class KillPrimaryWhileSecondaryOutdated(_NodeNemesis):
     def __init__(self) -> None:
         super().__init__()
         self.outdated = ""
+        self._fault: Fault | None = None
+        self._killed = 0.0
 
     async def inject(self, run: RunContext) -> Fault:
         repo = run.pick_repo()
@@ -95,11 +97,18 @@ class KillPrimaryWhileSecondaryOutdated(_NodeNemesis):
         fault = run.fault(
             self, f"{self.node} (outdated: {self.outdated})", nodes_down=(self.node, self.outdated)
         )
+        # Each node is down only while it is stopped (``nodes_down_during``):
+        # the secondary while paused, the primary from its kill to the heal.
+        paused = time.monotonic()
         run.node(self.outdated).pause()
-        # Writes go on without it: it is outdated once some are acknowledged.
-        await run.acknowledged(10, 20.0)
-        run.node(self.outdated).resume()
+        try:
+            # Writes go on without it: it is outdated once some are acknowledged.
+            await run.acknowledged(10, 20.0)
+        finally:
+            run.node(self.outdated).resume()
+            fault.nodes_down_during[self.outdated] = [(paused, time.monotonic())]
         await run.acknowledged(2, 10.0)
+        self._fault, self._killed = fault, time.monotonic()
         await asyncio.to_thread(run.node(self.node).kill)
         # Repositories whose only up-to-date replica left alive is not the third
         # node cannot serve until the primary is back: expected, not a violation.
@@ -114,6 +123,10 @@ class KillPrimaryWhileSecondaryOutdated(_NodeNemesis):
 
     async def heal(self, run: RunContext) -> None:
         await asyncio.to_thread(run.node(self.node).start, 60)
+        if self._fault is not None:
+            # Until then (a start that failed) the primary is down for the whole fault.
+            self._fault.nodes_down_during[self.node] = [(self._killed, time.monotonic())]
+            self._fault = None
 
 
 class RestartStorm(Nemesis):
@@ -209,13 +222,16 @@ class PauseProxyMidRepair(Nemesis):
 
     async def inject(self, run: RunContext) -> Fault:
         node = run.rng.choice(run.cluster.nodes)
-        # Open from the start: the node's pause is part of the fault.
+        # Open from the start: the node's pause is part of the fault, and the
+        # node is down only while paused (``nodes_down_during``).
         fault = run.fault(self, "?", nodes_down=(node.name,))
+        paused = time.monotonic()
         node.pause()
         try:
             await run.acknowledged(8, 15.0)
         finally:
             node.resume()
+            fault.nodes_down_during[node.name] = [(paused, time.monotonic())]
         holder = ""
         deadline = asyncio.get_running_loop().time() + 15.0
         while not holder and asyncio.get_running_loop().time() < deadline:

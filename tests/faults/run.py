@@ -1,9 +1,12 @@
 """One fault run: a cluster, twenty repositories, the workload, a schedule of
 faults, the checker during the run and at its end, and the report.
 
-:func:`fault_run` is what the tests call. The run prints its seed first; on a
-violation it prints the seed again, every violation, the operations around
-each and the logs of the processes involved, and fails.
+:func:`run_and_check` is what the tests call. The run prints its seed first; on
+a violation it prints the seed again, every violation with the operations and
+faults around its cause and the log lines about it (:mod:`tests.faults.explain`),
+the tails of the processes' logs, and fails. A run that raises (a recovery
+that timed out) prints its seed, its faults so far, its last operations and the
+logs' tails before the exception goes on.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ import grpc
 from gitquorum.gitaly import ref_pb2, ref_pb2_grpc
 from tests.chaos import checker as chaos_checker
 from tests.chaos.workload import ZERO_OID, Chain, History, Op
-from tests.faults import checker
+from tests.faults import checker, explain
 from tests.faults.base import Fault, Nemesis
 from tests.faults.checker import Violation
 from tests.faults.cluster import FAULT_PROXY_SETTINGS, FaultCluster
 from tests.faults.context import RunContext, read_records
-from tests.faults.schedule import Step, plan
+from tests.faults.schedule import Step, expected_steps, fits, plan
 from tests.faults.workload import Fleet, FleetSettings
 from tests.harness import gitrepo
 
@@ -51,8 +54,8 @@ class RunSettings:
     fleet: FleetSettings = field(default_factory=FleetSettings)
     gap: tuple[float, float] = (3.0, 6.0)
     monitor_interval: float = 2.0
-    # Wall-clock cap on the schedule (default: the duration): steps left when it
-    # is reached are not run.
+    # The schedule's wall-clock time (default: the duration): steps are taken
+    # from a plan longer than it until it is spent.
     budget: float | None = None
 
     def __post_init__(self) -> None:
@@ -63,8 +66,10 @@ class RunSettings:
 @dataclass
 class Report:
     seed: int
+    # The steps the budget holds at the planned recovery time
+    # (``schedule.expected_steps``); a run whose recoveries are faster runs more.
     steps_planned: int
-    steps_run: int
+    steps_run: int  # faults injected before the budget was spent
     operations: dict[str, int]
     violations: list[Violation]
     faults: list[dict[str, Any]]
@@ -135,41 +140,67 @@ class FaultRun:
         self.seed_refs = gitrepo.refs(self.chain.path)
         await self._until_converged(90.0, "the seeded repositories on every node")
 
-    def _unconverged(self) -> list[str]:
+    def _unconverged(self) -> dict[str, str]:
+        """Repositories not converged, each with why (``_divergence``)."""
         assert self.cluster is not None
         records = read_records(self.cluster)
-        left = []
+        left = {}
         for repo in self.repos:
             record = records.get(repo)
-            if record is None or not self._converged(record):
-                left.append(repo)
+            why = "no record" if record is None else self._divergence(record)
+            if why:
+                left[repo] = why
         return left
 
-    def _converged(self, record: Any) -> bool:
+    def _divergence(self, record: Any) -> str:
+        """Why the assigned replicas of ``record`` are not converged ("" if
+        they are): generations behind, checksums that differ (with the refs
+        that differ), or lock files left behind."""
         assert self.cluster is not None
-        assigned = set(record.assigned)
-        if any(record.replica_generation(n) != record.generation for n in assigned):
-            return False
-        sums = set()
+        assigned = sorted(record.assigned)
+        behind = [
+            f"{n} at generation {record.replica_generation(n)} of {record.generation}"
+            for n in assigned
+            if record.replica_generation(n) != record.generation
+        ]
+        if behind:
+            return "; ".join(behind)
+        sums: dict[str, str] = {}
         for node in assigned:
             replica = chaos_checker.Replica(
                 node, self.cluster.node(node).address, record.replica_path, 0, True
             )
             try:
-                sums.add(chaos_checker.checksum(replica))
-            except grpc.RpcError:
-                return False
-        if len(sums) != 1:
-            return False
+                sums[node] = chaos_checker.checksum(replica)
+            except grpc.RpcError as exc:
+                return f"checksum of {node} unreadable ({exc.code().name})"
+        if len(set(sums.values())) != 1:
+            return "checksums differ: " + self._refs_differing(record, assigned)
         for node in assigned:
             root = self.cluster.replica_dir(node, record.replica_path)
-            if any(root.rglob("*.lock")):
-                return False
-        return True
+            locks = sorted(str(p.relative_to(root)) for p in root.rglob("*.lock"))
+            if locks:
+                return f"lock files on {node}: {', '.join(locks[:5])}"
+        return ""
 
-    async def _until_converged(self, within: float, what: str) -> list[str]:
+    def _refs_differing(self, record: Any, nodes: Sequence[str]) -> str:
+        assert self.cluster is not None
+        try:
+            refs = {
+                n: gitrepo.refs(self.cluster.replica_dir(n, record.replica_path)) for n in nodes
+            }
+        except (OSError, RuntimeError) as exc:
+            return f"refs unreadable ({exc})"
+        names = sorted({name for r in refs.values() for name in r})
+        differing = [n for n in names if len({r.get(n, "") for r in refs.values()}) > 1]
+        shown = [
+            n + " " + " ".join(f"{node}={refs[node].get(n, '-')[:10]}" for node in nodes)
+            for n in differing[:5]
+        ]
+        return f"{len(differing)} refs, e.g. " + "; ".join(shown) if differing else "no ref"
+
+    async def _until_converged(self, within: float, what: str) -> dict[str, str]:
         deadline = time.monotonic() + within
-        left = self.repos
         while True:
             left = await asyncio.to_thread(self._unconverged)
             if not left or time.monotonic() > deadline:
@@ -325,7 +356,9 @@ class FaultRun:
 
         await asyncio.gather(*(probe(i, r) for i, r in enumerate(self.repos)))
 
-    def _known_conflicts(self, left: Sequence[str], repairs: Sequence[checker.Repair]) -> set[str]:
+    def _known_conflicts(
+        self, left: Collection[str], repairs: Sequence[checker.Repair]
+    ) -> set[str]:
         """Repositories left unconverged by a verifier conflict between replicas
         that differ only by writes of unknown outcome (``checker.KNOWN_CONFLICT``)."""
         assert self.cluster is not None
@@ -468,8 +501,14 @@ class FaultRun:
     async def execute(self) -> Report:
         settings = self.settings
         print(f"fault run: seed {settings.seed}, {settings.duration}s", flush=True)
-        steps = plan(settings.seed, settings.nemeses, settings.duration, settings.gap)
-        print("schedule: " + ", ".join(f"{s.nemesis}({s.hold}s)" for s in steps), flush=True)
+        budget = settings.budget if settings.budget is not None else settings.duration
+        # More steps than the budget can take: the run stops when it is spent.
+        steps = plan(settings.seed, settings.nemeses, budget, settings.gap)
+        print(
+            f"schedule (taken until {budget:.0f}s have passed): "
+            + ", ".join(f"{s.nemesis}({s.hold}s)" for s in steps),
+            flush=True,
+        )
         by_name = {n.name: n for n in settings.nemeses}
         self.cluster = await self._start_cluster()
         self.ctx = RunContext(
@@ -492,7 +531,10 @@ class FaultRun:
         run_steps = 0
         try:
             for step in steps:
-                if settings.budget is not None and time.monotonic() - began > settings.budget:
+                # The wall clock, not an estimate of recoveries, ends the
+                # schedule: a step starts only if its gap and hold end within
+                # the budget (the first always does).
+                if run_steps and not fits(step, time.monotonic() - began, budget):
                     break
                 nemesis = by_name[step.nemesis]()
                 if not nemesis.applicable(self.ctx):
@@ -539,8 +581,8 @@ class FaultRun:
             [
                 Violation(checker.KNOWN_CONFLICT, r, "verifier conflict of unknown writes", now)
                 if r in known
-                else Violation(checker.NOT_CONVERGED, r, "assigned replicas differ or lag", now)
-                for r in left
+                else Violation(checker.NOT_CONVERGED, r, why, now)
+                for r, why in left.items()
             ]
         )
         # Unconverged repositories are checked only when a known conflict is why.
@@ -553,6 +595,11 @@ class FaultRun:
         self._violation(checker.check_failed_reads(self.history, faults, names, self.timeline))
         repairs = [r for r in repairs if not (r.conflict and r.repo in known)]
         self._violation(checker.check_repairs(repairs, faults, self.history.ops))
+        missing = checker.unskew(
+            checker.missing_replicas([p.log_path for p in self.cluster.proxies], self.wall_offset),
+            faults,
+        )
+        self._violation(checker.check_missing_replicas(missing, faults, self.timeline))
         write_history(self.history, faults, self.base / "history.jsonl")
         write_timeline(self.timeline, self.base / "timeline.jsonl")
         first = min((f.start for f in faults), default=ended)
@@ -564,6 +611,7 @@ class FaultRun:
             "cross_proxy_lag_reads": reads.cross_proxy_lag,
             "stale_reads_from_restored_replicas": reads.from_restored_replica,
             "verifier_repairs": sum(len(r.nodes) for r in repairs),
+            "replicas_found_missing": len(missing),
             "unfinished_write_settlements": sum(
                 1
                 for r in repairs
@@ -581,7 +629,7 @@ class FaultRun:
         }
         return Report(
             settings.seed,
-            len(steps),
+            expected_steps(steps, budget),
             run_steps,
             self.history.summary(),
             self.violations,
@@ -592,25 +640,50 @@ class FaultRun:
 
     # -- failure output --------------------------------------------------------------------
 
+    def _logs(self, repos: Collection[str]) -> explain.Logs | None:
+        """The log lines of every proxy and node about ``repos``."""
+        if self.cluster is None:
+            return None
+        paths = {p.name: p.log_path for p in [*self.cluster.proxies, *self.cluster.nodes]}
+        try:
+            return explain.Logs.read(paths, repos, self.wall_offset)
+        except Exception as exc:  # the output must not hide the failure it explains
+            print(f"log lines not read: {exc!r}", flush=True)
+            return None
+
     def explain(self, report: Report) -> str:
+        """Each violation with the operations and faults around its cause
+        (:mod:`tests.faults.explain`) and the log lines about it, then every
+        fault and the tail of every process's log."""
         lines = [f"seed {report.seed}: {len(report.violations)} violation(s)"]
-        for violation in report.violations[:20]:
+        shown = report.violations[:20]
+        faults = self.ctx.faults.faults if self.ctx is not None else []
+        logs = self._logs({v.repo for v in shown})
+        for violation in shown:
             lines.append(str(violation))
-            around = [
-                o
-                for o in self.history.ops
-                if o.repo == violation.repo and abs(o.start - violation.at) < 5.0
-            ]
-            for op in around[-15:]:
-                lines.append(
-                    f"    {op.process} {op.kind} {op.key} {op.value[:10]} {op.outcome} "
-                    f"[{op.start:.2f}-{op.end:.2f}] via {op.proxy} {op.detail[:100]}"
-                )
+            found = explain.cause(violation, self.history.ops, faults)
+            lines += explain.around(violation, self.history.ops, faults, found)
+            if logs is not None:
+                entries = logs.around(violation.repo, found)
+                lines.append(f"  log lines about it ({len(entries)}):")
+                lines += explain.log_lines(entries)
         for fault in report.faults:
             lines.append(f"fault {json.dumps(fault)}")
         if self.cluster is not None:
             lines.append(self.cluster.log_tail())
         return "\n".join(lines)
+
+    def interrupted(self, error: BaseException) -> str:
+        """The seed, the faults injected so far, the last operations and the
+        tail of every process's log, for a run that raised."""
+        try:
+            faults = self.ctx.faults.faults if self.ctx is not None else []
+            lines = explain.interrupted(self.settings.seed, error, faults, self.history.ops)
+            if self.cluster is not None:
+                lines.append(self.cluster.log_tail())
+            return "\n".join(lines)
+        except Exception as exc:  # never hide the exception this reports
+            return f"seed {self.settings.seed}: the run stopped on {error!r} ({exc!r})"
 
     async def close(self) -> None:
         if self.fleet is not None:
@@ -659,7 +732,13 @@ async def run_and_check(base: Path, chain: Chain, settings: RunSettings) -> Repo
     """One run, its report written and printed; fails on any violation."""
     run = FaultRun(base, chain, settings)
     try:
-        report = await run.execute()
+        try:
+            report = await run.execute()
+        except BaseException as exc:
+            # A run that raised (a recovery that timed out) says what it had
+            # done, then fails with its exception.
+            print(run.interrupted(exc), flush=True)
+            raise
         write_report(report, base / "report.json")
         print(f"report: {base / 'report.json'}")
         for row in report.table:

@@ -5,7 +5,9 @@ long the cluster runs undisturbed before it -- drawn from one seed. The same
 seed gives the same steps; which node or proxy a nemesis hits is drawn at run
 time from the run's own seeded generator and the cluster's state then (the
 primary of a repository depends on earlier failovers), so a replay repeats the
-schedule and, state permitting, the targets.
+schedule and, state permitting, the targets. A run takes steps from the plan
+until its wall-clock budget is spent: how far it gets depends on how fast the
+cluster recovers, not on an estimate of it.
 """
 
 from __future__ import annotations
@@ -38,15 +40,25 @@ class Step:
     gap: float  # undisturbed running before the fault
 
 
-# The cluster's recovery after a heal is part of a step's budget.
+# What a heal and the cluster's recovery after it take, on average: only to
+# say how many steps a budget should hold (:func:`expected_steps`). The run
+# itself keeps going until its wall-clock budget is spent, however fast it
+# recovers.
 RECOVERY_ESTIMATE = 8.0
 
 
 def plan(
     seed: int, nemeses: Sequence[type[Nemesis]], duration: float, gap: tuple[float, float]
 ) -> list[Step]:
-    """Steps until their planned time (gap + hold + recovery) fills ``duration``.
-    Every nemesis comes once before any comes twice (shuffled rounds)."""
+    """Steps whose undisturbed gaps and holds alone cover ``duration``: more
+    than a run with that budget can take, as every step lasts at least its gap
+    and hold, so the run stops at its budget, not at the end of the plan.
+
+    Every nemesis comes once before any comes twice (shuffled rounds). The
+    steps are drawn one after another from ``seed``: the same seed gives the
+    same sequence, and a longer duration only adds steps at its end."""
+    if not nemeses:
+        return []
     rng = random.Random(seed)
     steps: list[Step] = []
     spent = 0.0
@@ -54,13 +66,30 @@ def plan(
         round_ = list(nemeses)
         rng.shuffle(round_)
         for nemesis in round_:
+            if spent >= duration and steps:
+                return steps
             step = Step(
                 nemesis.name,
                 round(rng.uniform(*nemesis.hold), 2),
                 round(rng.uniform(*gap), 2),
             )
-            cost = step.gap + step.hold + RECOVERY_ESTIMATE
-            if steps and spent + cost > duration:
-                return steps
             steps.append(step)
-            spent += cost
+            spent += step.gap + step.hold
+
+
+def expected_steps(steps: Sequence[Step], budget: float) -> int:
+    """How many of ``steps``, from the first, fit in ``budget`` seconds when
+    each takes its gap, its hold and ``RECOVERY_ESTIMATE`` (at least one)."""
+    spent = 0.0
+    for count, step in enumerate(steps):
+        spent += step.gap + step.hold + RECOVERY_ESTIMATE
+        if spent > budget:
+            return max(count, 1)
+    return len(steps)
+
+
+def fits(step: Step, elapsed: float, budget: float) -> bool:
+    """Whether ``step`` may start ``elapsed`` seconds into a schedule of
+    ``budget`` seconds: its gap and hold end within the budget (its recovery
+    may run past it), so a run takes about its budget, not a step more."""
+    return elapsed + step.gap + step.hold <= budget

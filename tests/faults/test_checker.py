@@ -8,27 +8,10 @@ from datetime import UTC
 from pathlib import Path
 
 from gitquorum.cluster.repositories import RepositoryRecord
-from tests.chaos.workload import SHARED, Chain, History, Op
+from tests.chaos.workload import SHARED, History, Op
 from tests.faults import checker
 from tests.faults.base import Fault
-
-OIDS = tuple(f"{i:040x}" for i in range(1, 11))
-CHAIN = Chain(Path("/nonexistent"), OIDS, {oid: i for i, oid in enumerate(OIDS)})
-SEED = {SHARED: OIDS[0], "refs/heads/main": OIDS[9]}
-REPO = "r.git"
-
-
-def op(
-    kind: str,
-    key: str,
-    value: str,
-    start: float,
-    end: float,
-    outcome: str = "ok",
-    proxy: str = "p1",
-    expects: str = "",
-) -> Op:
-    return Op("c", kind, key, value, start, end, outcome, proxy, "", expects, REPO)
+from tests.faults.histories import CHAIN, OIDS, REPO, SEED, op
 
 
 def history(*ops: Op) -> History:

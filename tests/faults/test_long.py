@@ -1,9 +1,11 @@
 """The long fault run (``make test-long``; deselected from ``make test``).
 
 The randomized schedule of every nemesis -- or of the ones named in
-``GITQUORUM_FAULTS_NEMESES`` (comma-separated, e.g. one nemesis alone) -- for
-``GITQUORUM_FAULTS_DURATION`` seconds (600 by default). The seed is printed;
-``GITQUORUM_FAULTS_SEED`` replays it.
+``GITQUORUM_FAULTS_NEMESES`` (comma-separated) -- for
+``GITQUORUM_FAULTS_DURATION`` seconds of wall clock (600 by default: steps are
+taken until they have passed, however fast the cluster recovers). The seed is
+printed; ``GITQUORUM_FAULTS_SEED`` replays it. Each nemesis alone, one run
+each, is ``make test-nemeses`` (tests/faults/test_each_alone.py).
 """
 
 from __future__ import annotations
