@@ -688,6 +688,12 @@ def abandoned_only(
     return True
 
 
+# How far apart a verdict's log time and a client's acknowledgement may look
+# on the run's clock although the acknowledgement came after (the verdict's
+# time is read from a proxy's wall clock).
+VERDICT_CLOCK_SLACK = 1.0
+
+
 def explained_by_unknown_write(repair: Repair, ops: Iterable[Op]) -> bool:
     """A verdict taken on writes that are over without an outcome saying who
     holds them (their proxy gone, or finished with the replicas they named
@@ -696,18 +702,25 @@ def explained_by_unknown_write(repair: Repair, ops: Iterable[Op]) -> bool:
     hung up) -- settled on their intents, or a majority verdict whose demoted
     replicas or whole majority they went to -- is excused only when one of
     them, matched by the correlation id its intent carries, is a write of that
-    repository whose client was never told an outcome: the replicas then
-    differ by a write nobody acknowledged, not by a disk that lost one. No
-    acknowledged write leaves an intent; a real loss is still caught by
-    `up-to-date-missing-write` during the run and `lost-write` at the end."""
+    repository whose client was not told it succeeded before the verdict: an
+    outcome never told (unknown), or an acknowledgement after the verdict (a
+    proxy paused past its lease that resumed and finished the write: its
+    outcome removes the intent, so the verdict cannot have come after it).
+    The replicas then differ by a write nobody had acknowledged, not by a disk
+    that lost one. A definitely failed write applied nothing and explains
+    nothing. A real loss is still caught by `up-to-date-missing-write` during
+    the run and `lost-write` at the end."""
     if not (repair.unfinished or repair.majority_unfinished) or not repair.correlation_ids:
         return False
     wanted = set(repair.correlation_ids)
     return any(
         op.is_write
-        and op.outcome == "unknown"
         and op.repo == repair.repo
         and op.correlation in wanted
+        and (
+            op.outcome == "unknown"
+            or (op.outcome == "ok" and op.end >= repair.at - VERDICT_CLOCK_SLACK)
+        )
         for op in ops
     )
 

@@ -225,9 +225,15 @@ def test_verifier_repairs_are_violations_unless_a_disk_fault_hit_the_node(tmp_pa
     settled = op("writeref", "refs/heads/s", OIDS[1], 35.0, 36.0, outcome="unknown")
     unknown = op("writeref", "refs/heads/x", OIDS[1], 45.0, 46.0, outcome="unknown")
     settled, unknown = replace(settled, correlation="cid-s"), replace(unknown, correlation="cid-m")
+    # A write its paused proxy resumed and finished after the verdict (seed
+    # 463895817): acknowledged after it, so not before: it explains it too.
+    late = [replace(settled, outcome="ok", end=41.5), replace(unknown, outcome="ok", end=51.0)]
+    early = [replace(unknown, outcome="ok", end=48.0), replace(settled, outcome="ok", end=38.0)]
     cases = (
         ([settled, unknown], True),
-        ([replace(unknown, outcome="ok"), replace(settled, outcome="failed")], False),
+        (late, True),
+        (early, False),
+        ([replace(unknown, outcome="failed"), replace(settled, outcome="failed")], False),
         ([replace(unknown, repo="other.git"), replace(settled, repo="other.git")], False),
         ([replace(unknown, correlation="other"), replace(settled, correlation="x")], False),
     )
