@@ -5,7 +5,9 @@ with its grace period, during which calls in flight finish. A second signal
 stops at once: the drain is cancelled, which makes the server's close skip
 what is left of the grace period and release the rest without waiting.
 SIGHUP, for a server that has a ``reload``, re-reads what can change without
-a restart (token files, TLS certificates) and keeps serving.
+a restart (token files, TLS certificates) and keeps serving. SIGUSR1 logs
+what every task of the process waits on (``gitquorum.task_dump``) and keeps
+serving.
 
 Under systemd (``Type=notify``) the process says when it serves, reloads and
 stops, and pings the watchdog from its event loop (``gitquorum.sdnotify``).
@@ -28,7 +30,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from gitquorum import log, sdnotify
+from gitquorum import log, sdnotify, task_dump
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
 
@@ -161,7 +163,7 @@ async def run_until_signalled(
     loop = asyncio.get_running_loop()
     received: asyncio.Queue[int] = asyncio.Queue()
     handled = (*signals, signal.SIGHUP) if reload is not None else tuple(signals)
-    with _signals_to(loop, handled, received):
+    with _signals_to(loop, handled, received), _task_dumps(loop):
         starting = asyncio.ensure_future(server.start())
         sig = await _first(starting, received)
         # A reload before serving has nothing to do: the start reads every file anyway.
@@ -203,6 +205,18 @@ async def run_until_signalled(
             await _cancel(closing)
             return
         closing.result()
+
+
+@contextlib.contextmanager
+def _task_dumps(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """SIGUSR1 logs every task's await chain while the block runs."""
+    previous = signal.getsignal(signal.SIGUSR1)
+    loop.add_signal_handler(signal.SIGUSR1, task_dump.log_task_dump)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+        signal.signal(signal.SIGUSR1, previous if previous is not None else signal.SIG_DFL)
 
 
 def _start_watchdog(loop: asyncio.AbstractEventLoop) -> asyncio.Task[None] | None:

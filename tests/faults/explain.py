@@ -17,6 +17,7 @@ Everything here is pure: operations, faults and log lines in, lines of text out.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -333,3 +334,24 @@ def interrupted(
         *[op_line(o) for o in list(ops)[-last:]],
     ]
     return lines
+
+
+# Tasks of a process that a repository left unconverged may be waiting on.
+STUCK_TASK_WORDS = ("replication", "verifier", "catch", "hold")
+
+
+def dumped_tasks(line: str, words: Sequence[str] = STUCK_TASK_WORDS) -> list[str]:
+    """From a process's ``task dump`` log line (SIGUSR1), the tasks whose name
+    or await chain mentions one of ``words``, one line each (innermost last)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return []
+    tasks = entry.get("fields", entry).get("tasks", [])
+    shown = []
+    for task in tasks:
+        chain = [str(frame) for frame in task.get("waits", [])]
+        text = " ".join([str(task.get("task", "")), *chain])
+        if any(word in text for word in words):
+            shown.append(f"    {task.get('task')}: " + " > ".join(chain))
+    return shown

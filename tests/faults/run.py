@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import random
+import signal
 import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
@@ -92,6 +93,8 @@ class FaultRun:
         self.repos = [f"faults/{uuid.uuid4().hex[:8]}-{i:02d}.git" for i in range(settings.repos)]
         self.seed_refs: dict[str, str] = {}
         self.violations: list[Violation] = []
+        # Each process's task dump, asked for when repositories did not converge.
+        self.task_dumps: dict[str, str] = {}
         self.monitor_rounds = 0
         self.monitor_errors = 0
         self.lost_to_disk = 0
@@ -570,6 +573,9 @@ class FaultRun:
                 ]
             )
         left = await self._until_converged(checker.CONVERGE_BOUND, "convergence")
+        if left:
+            # What every process waits on, while the cluster is still up.
+            self.task_dumps = await asyncio.to_thread(self._ask_task_dumps)
         faults = self.ctx.faults.faults
         repairs = checker.unskew(
             checker.verifier_repairs([p.log_path for p in self.cluster.proxies], self.wall_offset),
@@ -640,6 +646,25 @@ class FaultRun:
 
     # -- failure output --------------------------------------------------------------------
 
+    def _ask_task_dumps(self, within: float = 5.0) -> dict[str, str]:
+        """SIGUSR1 to every live proxy and node; each one's ``task dump`` log
+        line (``gitquorum.task_dump``), by process name."""
+        assert self.cluster is not None
+        processes = [p for p in [*self.cluster.proxies, *self.cluster.nodes] if p.alive()]
+        before = {p.name: _dump_lines(p.log_path) for p in processes}
+        for process in processes:
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGUSR1)
+        dumps: dict[str, str] = {}
+        deadline = time.monotonic() + within
+        while len(dumps) < len(processes) and time.monotonic() < deadline:
+            for process in processes:
+                lines = _dump_lines(process.log_path)
+                if len(lines) > len(before[process.name]):
+                    dumps[process.name] = lines[-1]
+            time.sleep(0.1)
+        return dumps
+
     def _logs(self, repos: Collection[str]) -> explain.Logs | None:
         """The log lines of every proxy and node about ``repos``."""
         if self.cluster is None:
@@ -667,6 +692,10 @@ class FaultRun:
                 entries = logs.around(violation.repo, found)
                 lines.append(f"  log lines about it ({len(entries)}):")
                 lines += explain.log_lines(entries)
+        for name, dump in sorted(self.task_dumps.items()):
+            tasks = explain.dumped_tasks(dump)
+            lines.append(f"{name}: {len(tasks)} task(s) of repairs and verification at the end")
+            lines += tasks
         for fault in report.faults:
             lines.append(f"fault {json.dumps(fault)}")
         if self.cluster is not None:
@@ -690,6 +719,14 @@ class FaultRun:
             await self.fleet.stop_quietly()
         if self.cluster is not None:
             await asyncio.to_thread(self.cluster.close)
+
+
+def _dump_lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if '"task dump"' in line]
 
 
 def write_history(history: History, faults: Sequence[Fault], path: Path) -> None:

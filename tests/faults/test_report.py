@@ -278,3 +278,23 @@ def test_explain_prints_each_violation_with_what_is_around_its_cause() -> None:
     assert str(violation) in text
     assert f"  > w1 create {ref} " in text
     assert "kill-primary (process) on node2 [99.00-104.00]" in text
+
+
+def test_a_task_dump_shows_the_tasks_of_repairs_and_what_they_wait_on() -> None:
+    line = json.dumps(
+        {
+            "time": "2026-01-01T00:00:00.000Z",
+            "msg": "task dump",
+            "tasks": [
+                {"task": "replication-0", "waits": ["proxy/replication.py:420 _process", "Future"]},
+                {"task": "Task-7", "waits": ["proxy/verifier.py:88 run", "FutureIter"]},
+                {"task": "health", "waits": ["proxy/health.py:10 loop"]},
+            ],
+        }
+    )
+    shown = explain.dumped_tasks(line)
+    assert shown == [
+        "    replication-0: proxy/replication.py:420 _process > Future",
+        "    Task-7: proxy/verifier.py:88 run > FutureIter",
+    ]
+    assert explain.dumped_tasks("not json") == []
