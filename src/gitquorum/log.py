@@ -7,6 +7,7 @@ import contextvars
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -21,11 +22,23 @@ def new_correlation_id() -> str:
     return os.urandom(16).hex()
 
 
+# What a caller's correlation id may be: it goes into every log line, into
+# replication jobs and write intents in etcd, and into clients' error messages.
+CORRELATION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}\Z")
+
+
+def valid_correlation_id(value: str) -> bool:
+    return CORRELATION_ID.match(value) is not None
+
+
 def correlation_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
-    """The caller's correlation id, or a fresh one so every log line has one."""
+    """The caller's correlation id, or a fresh one so every log line has one
+    (also instead of one that is too long or has other characters than
+    letters, digits and ``._-``)."""
     for key, value in metadata or ():
         if key in CORRELATION_METADATA_KEYS and value:
-            return value.decode() if isinstance(value, bytes) else value
+            text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            return text if valid_correlation_id(text) else new_correlation_id()
     return new_correlation_id()
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import math
 import re
 import statistics
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -196,67 +197,54 @@ def check_refs(
 
 def lost_to_disk(ops: Iterable[Op], faults: Sequence[Fault], timeline: Timeline) -> set[int]:
     """Acknowledged writes whose every holder lost them to a disk fault: the
-    write was acknowledged after the damaged replica's backup (``backup_at``:
-    the copy it was restored from holds every write acknowledged before) and
-    before its node's power loss, and every replica recorded up to date from
-    the acknowledgement to the power loss (those hold it) was rolled back or
-    wiped. An acknowledged write held by one replica only (its secondaries
+    replicas recorded up to date right after the acknowledgement (the first
+    record read after it) were all rolled back or wiped, and the write was
+    acknowledged between the damaged replica's backup and its node's power
+    loss. An acknowledged write held by one replica only (its secondaries
     outdated at that moment) is lost when that disk goes back in time: the
     disk lost it, not the cluster (counted, not a violation;
-    docs/reliability.md). A write acknowledged before the backup is in the
-    copy: still required.
+    docs/reliability.md).
 
-    A fault without ``backup_at`` is judged as before: writes acknowledged
-    from :data:`BACKUP_AGE` before its start, their holders those of the
-    first record read after the acknowledgement. Returns the ``id()`` of
-    those operations."""
-    damaged = sorted(
-        (f for f in faults if f.disk_repos and f.disk_nodes),
-        key=lambda f: f.power_loss if f.power_loss is not None else f.start,
-    )
+    The backup: ``Fault.backup_at`` when the rollback could vouch for its
+    copy (the replica was up to date in the record read just before it: the
+    copy holds every write acknowledged before); otherwise (a wipe, a copy of
+    an outdated replica) from :data:`BACKUP_AGE` before the fault's start,
+    as the backup is taken at most that long before. Returns the ``id()``
+    of those operations."""
+    damaged = [f for f in faults if f.disk_repos and f.disk_nodes]
     if not damaged or not timeline:
         return set()
     times = [t for t, _ in timeline]
-    # (fault, repository) -> for each record index k up to the fault's power
-    # loss, the nodes recorded up to date in any record from k to it.
-    held: dict[tuple[int, str], list[frozenset[str]]] = {}
-
-    def holders(number: int, fault: Fault, repo: str, first: int) -> frozenset[str]:
-        recorded = timeline[first][1].get(repo, frozenset())
-        if fault.backup_at is None:
-            return recorded
-        if (number, repo) not in held:
-            lost_at = fault.power_loss if fault.power_loss is not None else fault.start
-            last = bisect.bisect_right(times, lost_at) - 1
-            union: list[frozenset[str]] = [frozenset()] * (last + 1)
-            since: frozenset[str] = frozenset()
-            for k in range(last, -1, -1):
-                since = since | timeline[k][1].get(repo, frozenset())
-                union[k] = since
-            held[(number, repo)] = union
-        union = held[(number, repo)]
-        # No record between the acknowledgement and the power loss: the first after.
-        return union[first] if first < len(union) else recorded
-
     lost: set[int] = set()
     for op in ops:
         if not op.is_write or op.outcome != "ok":
             continue
         i = bisect.bisect_left(times, op.end)
-        if i >= len(timeline) or not timeline[i][1].get(op.repo):
+        if i >= len(timeline):
             continue
-        rolled: set[str] = set()
-        # In the order of the power losses: once every holder is gone, it is gone.
-        for number, f in enumerate(damaged):
-            lost_at = f.power_loss if f.power_loss is not None else f.start
-            since = f.backup_at if f.backup_at is not None else f.start - BACKUP_AGE
-            if op.repo not in f.disk_repos or not since <= op.end <= lost_at:
-                continue
-            rolled |= set(f.disk_nodes)
-            if holders(number, f, op.repo, i) <= rolled:
-                lost.add(id(op))
-                break
+        holders = timeline[i][1].get(op.repo)
+        if not holders:
+            continue
+        rolled = {
+            n
+            for f in damaged
+            if op.repo in f.disk_repos and _backup_time(f) <= op.end <= _power_loss(f)
+            for n in f.disk_nodes
+        }
+        if holders <= rolled:
+            lost.add(id(op))
     return lost
+
+
+def _backup_time(fault: Fault) -> float:
+    """From when writes may be missing from the damaged replica's backup."""
+    if fault.backup_at is not None and math.isfinite(fault.backup_at):
+        return fault.backup_at
+    return fault.start - BACKUP_AGE
+
+
+def _power_loss(fault: Fault) -> float:
+    return fault.power_loss if fault.power_loss is not None else fault.start
 
 
 # -- during the run --------------------------------------------------------------------------
@@ -322,7 +310,9 @@ def _restored(read: Op, faults: Sequence[Fault], acks: Acks, chain: Chain) -> bo
     after the heal, and the oldest write it missed was acknowledged after the
     backup (one older is in the restored copy: the read came from elsewhere).
     A read that missed only writes lost to the disk (not in ``acks``) is the
-    disk's. Without ``backup_at``: any read of the repository from the fault's
+    disk's. A wipe, or a copy of an outdated replica, holds nothing to vouch
+    for: the backup is then taken :data:`BACKUP_AGE` before the fault
+    (``_backup_time``). Without ``backup_at``: any read of the repository from the fault's
     start to :data:`DISK_EXEMPTION` after its heal."""
     if read.key == SHARED:
         # The first shared-branch write acknowledged above the position it saw.
@@ -339,8 +329,7 @@ def _restored(read: Op, faults: Sequence[Fault], acks: Acks, chain: Chain) -> bo
             if f.start <= read.end and read.start <= until:
                 return True
             continue
-        lost_at = f.power_loss if f.power_loss is not None else f.start
-        if lost_at <= read.start <= until and (missed is None or missed >= f.backup_at):
+        if _power_loss(f) <= read.start <= until and (missed is None or missed >= _backup_time(f)):
             return True
     return False
 
@@ -580,6 +569,8 @@ class Repair:
     # The correlation ids of the unfinished writes the verdict names (their
     # intents'): each must be a write whose client was never told an outcome.
     correlation_ids: tuple[str, ...] = ()
+    # Replicas the verifier found missing on disk (``missing_on_disk``).
+    missing: tuple[str, ...] = ()
 
 
 # What a proxy logged, with its time and the proxy's name.
@@ -656,6 +647,7 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
                 majority_unfinished=msg == DEMOTED
                 and bool(int(fields.get("unfinished_writes", 0))),
                 correlation_ids=tuple(fields.get("unfinished_correlation_ids", ())),
+                missing=tuple(fields.get("missing_on_disk", ())),
             )
         )
     return repairs
@@ -718,7 +710,8 @@ def explained_by_unknown_write(repair: Repair, ops: Iterable[Op]) -> bool:
         and op.repo == repair.repo
         and op.correlation in wanted
         and (
-            op.outcome == "unknown"
+            # "": still in flight when its writer was stopped.
+            op.outcome in ("unknown", "")
             or (op.outcome == "ok" and op.end >= repair.at - VERDICT_CLOCK_SLACK)
         )
         for op in ops
@@ -730,9 +723,11 @@ def check_repairs(
 ) -> list[Violation]:
     problems: list[Violation] = []
     for repair in repairs:
-        if explained_by_unknown_write(repair, ops):
-            continue
+        explained = explained_by_unknown_write(repair, ops)
         for node in repair.nodes:
+            # A replica gone from disk is no state a write explains.
+            if explained and node not in repair.missing:
+                continue
             exempt = any(
                 node in f.disk_nodes
                 and repair.repo in f.disk_repos
@@ -744,8 +739,10 @@ def check_repairs(
                 what = (
                     "no majority among the up-to-date replicas"
                     if repair.conflict
-                    else ("demoted by the verifier")
+                    else "demoted by the verifier"
                 )
+                if node in repair.missing:
+                    what += " (missing on disk)"
                 problems.append(
                     Violation(
                         REPAIR,
@@ -783,16 +780,19 @@ def missing_replicas(logs: Iterable[Path], wall_to_monotonic: float) -> list[Mis
 def check_missing_replicas(
     found: Sequence[MissingReplica], faults: Sequence[Fault], timeline: Timeline
 ) -> list[Violation]:
-    """A replica recorded up to date (in the during-run records read just
-    before and just after the read) that a read found missing on disk, with no
-    disk fault on that replica: the cluster lost a replica it vouched for
-    (the during-run check only counts such a replica unreadable). Reads that
-    met it went on to another replica; this is about the replica, not them.
+    """A replica recorded up to date (in the during-run record read just
+    before the read) that a read found missing on disk, with no disk fault
+    on that replica: the cluster lost a replica it vouched for (the
+    during-run check only counts such a replica unreadable). Reads that met
+    it went on to another replica; this is about the replica, not them.
+    Nothing in the cluster removes an up-to-date replica's directory
+    (repairs fetch in place; a lowered replication factor leaves the replica
+    on disk), so whether a later record still lists it does not matter: the
+    verifier may have demoted it already.
 
     Not counted: a disk fault's own replica (wiped, or its node's disk sent
     back to before the repository existed) until the verifier's repair is
-    due; a replica that left the records around the read (a replication
-    factor lowered: the proxy read its cache just before the change)."""
+    due; a read before the first record."""
     problems: list[Violation] = []
     times = [t for t, _ in timeline]
     for miss in found:
@@ -807,18 +807,15 @@ def check_missing_replicas(
         if disk:
             continue
         i = bisect.bisect_right(times, miss.at)
-        if i == 0 or i >= len(timeline):
-            continue  # not bracketed by two records: nothing to hold it to
-        before = timeline[i - 1][1].get(miss.repo, frozenset())
-        after = timeline[i][1].get(miss.repo, frozenset())
-        if miss.node in before and miss.node in after:
+        if i == 0:
+            continue  # before the first record: nothing to hold it to
+        if miss.node in timeline[i - 1][1].get(miss.repo, frozenset()):
             problems.append(
                 Violation(
                     MISSING_REPLICA,
                     miss.repo,
-                    f"replica on {miss.node} recorded up to date (records at "
-                    f"{timeline[i - 1][0]:.2f} and {timeline[i][0]:.2f}) missing on disk "
-                    f"for a read via {miss.proxy}",
+                    f"replica on {miss.node} recorded up to date (record at "
+                    f"{timeline[i - 1][0]:.2f}) missing on disk for a read via {miss.proxy}",
                     miss.at,
                 )
             )

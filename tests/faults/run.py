@@ -334,7 +334,12 @@ class FaultRun:
                 async with grpc.aio.insecure_channel(address) as channel:
                     stub = ref_pb2_grpc.RefServiceStub(channel)
                     try:
-                        await stub.UpdateReferences(_once(request), timeout=5)
+                        await stub.UpdateReferences(
+                            _once(request),
+                            timeout=5,
+                            # Its intent carries it: a verdict taken on it is matched.
+                            metadata=(("x-gitquorum-correlation-id", op.correlation),),
+                        )
                         op.outcome = "ok"
                     except grpc.aio.AioRpcError as exc:
                         op.outcome = "unknown"

@@ -416,11 +416,11 @@ def test_a_replica_recorded_up_to_date_found_missing_on_disk_is_named(tmp_path: 
     timeline = [
         (10.0, {REPO: every}),
         (12.0, {REPO: every}),
-        # n3 leaves the records around 21 (a replication factor lowered).
-        (20.0, {REPO: every}),
-        (22.0, {REPO: frozenset({"n1", "n2"})}),
+        # n3 outdated before the read at 21: not vouched for then.
+        (20.0, {REPO: frozenset({"n1", "n2"})}),
+        # Demoted by the time of the next record: it was vouched for.
         (30.0, {REPO: every}),
-        (32.0, {REPO: every}),
+        (32.0, {REPO: frozenset({"n1", "n3"})}),
     ]
     named = checker.check_missing_replicas(found, [], timeline)
     assert [(v.name, v.at) for v in named] == [
@@ -434,5 +434,24 @@ def test_a_replica_recorded_up_to_date_found_missing_on_disk_is_named(tmp_path: 
     other = replace(wipe, disk_nodes=("n1",))
     elsewhere = replace(wipe, disk_repos=("other.git",))
     assert len(checker.check_missing_replicas(found, [other, elsewhere], timeline)) == 2
-    # Outside the records read during the run: nothing to hold it to.
-    assert checker.check_missing_replicas(found, [], timeline[2:4]) == []
+    # Before the first record read during the run: nothing to hold it to.
+    assert checker.check_missing_replicas(found, [], timeline[4:]) == []
+
+
+def test_a_replica_missing_on_disk_is_never_excused_by_an_unfinished_write(tmp_path: Path) -> None:
+    log = tmp_path / "proxy1.log"
+    log.write_text(
+        '{"time": "2026-01-01T00:00:50.000Z", "msg": "' + checker.DEMOTED + '", '
+        '"relative_path": "r.git", "demoted": ["n1", "n2"], "unfinished_writes": 1, '
+        '"unfinished_correlation_ids": ["cid-m"], "missing_on_disk": ["n2"]}\n'
+    )
+    from datetime import datetime
+
+    repairs = checker.verifier_repairs([log], datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+    assert [r.missing for r in repairs] == [("n2",)]
+    unknown = op("create", "refs/heads/x", OIDS[1], 45.0, 46.0, outcome="unknown")
+    found = checker.check_repairs(repairs, [], [replace(unknown, correlation="cid-m")])
+    # n1 differs by the unknown write; n2's replica is gone: named.
+    assert [v.detail for v in found] == [
+        "replica on n2 recorded up to date: demoted by the verifier (missing on disk)"
+    ]

@@ -33,5 +33,9 @@ async def test_randomized_schedule(tmp_path: Path, chain: Chain) -> None:
     duration = float(os.environ.get("GITQUORUM_FAULTS_DURATION", "120"))
     nemeses = [n for n in all_nemeses() if n.name not in LONG_ONLY]
     report = await run_and_check(tmp_path, chain, RunSettings(seed, duration, nemeses))
-    # The schedule ran (a run that injected almost nothing proves nothing).
-    assert report.steps_run >= min(report.steps_planned, 5), report
+    # The schedule ran (a run that injected almost nothing proves nothing):
+    # several faults, holding a good part of the run. Not a step count from
+    # an estimate: how many fit depends on how long injects and recoveries
+    # take on the machine.
+    held = sum(f["end"] - f["start"] for f in report.faults if f.get("end") is not None)
+    assert report.steps_run >= 3 and held >= 0.25 * duration, (report.steps_run, held)

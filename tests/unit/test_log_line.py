@@ -47,3 +47,24 @@ def test_emit_goes_through_logging_when_another_handler_is_installed(
     with caplog.at_level(logging.INFO):
         log.emit(log.get("gitquorum.rpc"), logging.WARNING, "rpc failed", {"code": "INTERNAL"})
     assert [r.getMessage() for r in caplog.records] == ["rpc failed"]
+
+
+@pytest.mark.parametrize(
+    ("offered", "kept"),
+    [
+        ("01HX4Z7Q.req-1_a", True),
+        (b"abc123", True),
+        ("x" * 128, True),
+        ("x" * 129, False),  # it goes into etcd (jobs, intents) and every line
+        ("with space", False),
+        ("new\nline", False),
+        ("ünïcode", False),
+    ],
+)
+def test_a_callers_correlation_id_is_kept_only_when_short_and_plain(
+    offered: str | bytes, kept: bool
+) -> None:
+    found = log.correlation_from_metadata([("x-gitquorum-correlation-id", offered)])
+    text = offered.decode() if isinstance(offered, bytes) else offered
+    assert (found == text) is kept
+    assert log.valid_correlation_id(found)  # a fresh one otherwise

@@ -191,6 +191,14 @@ def run(args: argparse.Namespace) -> int:
         metadata.append(tokens.bearer(secret))
     correlation = os.environ.get("GITQUORUM_CORRELATION_ID", "")
     if correlation:
+        from gitquorum.log import valid_correlation_id
+
+        if not valid_correlation_id(correlation):
+            print(
+                "fatal: GITQUORUM_CORRELATION_ID must be 1 to 128 letters, digits, '.', '_' or '-'",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
         metadata.append(("x-gitquorum-correlation-id", correlation))
 
     repository = shared_pb2.Repository(storage_name=storage, relative_path=relative)

@@ -58,7 +58,6 @@ NO_CACHE = {
 # Values git sends in Git-Protocol ("version=2", "version=2:object-format=sha1").
 _GIT_PROTOCOL = re.compile(r"[A-Za-z0-9=:._-]{0,256}\Z")
 # Correlation ids a client may choose; anything else gets a fresh one.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}\Z")
 _CORRELATION_KEY = web.RequestKey("correlation_id", str)
 
 
@@ -215,7 +214,7 @@ class GatewayServer(Assembled):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         offered = request.headers.get("X-Request-Id", "")
-        correlation = offered if _REQUEST_ID.match(offered) else log.new_correlation_id()
+        correlation = offered if log.valid_correlation_id(offered) else log.new_correlation_id()
         request[_CORRELATION_KEY] = correlation
         token = log.correlation_id.set(correlation)
         exchange = _Exchange()

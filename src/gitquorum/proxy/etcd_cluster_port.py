@@ -283,8 +283,8 @@ class EtcdClusterPort:
             route.generation,
             route.primary,
             tuple(route.participants),
-            # Bounded: it comes from the client's metadata.
-            correlation_id=log.correlation_id.get()[:128],
+            # Bounded and plain (``log.correlation_from_metadata``).
+            correlation_id=log.correlation_id.get(),
         )
 
     async def record_intent(self, intent: WriteIntent) -> None:

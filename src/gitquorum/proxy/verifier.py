@@ -363,7 +363,8 @@ class Verifier:
                 return False
         if settled.changed:
             try:
-                await self._write(record, settled, fence, standing)
+                missing = sorted(n for n, checksum in first.items() if checksum is None)
+                await self._write(record, settled, fence, standing, missing)
             except RecordMoved:
                 logger.info(
                     "repository changed while being verified; checking again later",
@@ -384,6 +385,7 @@ class Verifier:
         settled: Settlement,
         fence: FencingToken,
         standing: Sequence[StoredIntent],
+        missing: Sequence[str] = (),
     ) -> None:
         """Store the settlement and its repairs in one txn, fenced with the
         leader's token and conditional on the record being the one read
@@ -414,6 +416,9 @@ class Verifier:
                     relative_path=record.relative_path,
                     reference=settled.reference,
                     demoted=sorted(settled.demoted),
+                    # Demoted because their replica is gone from disk (not
+                    # a state any write explains).
+                    missing_on_disk=list(missing),
                     old_primary=record.primary,
                     new_primary=settled.record.primary,
                     unfinished_writes=len(standing),
@@ -430,6 +435,7 @@ class Verifier:
                     repository_id=rid,
                     relative_path=record.relative_path,
                     replicas=list(settled.record.conflict),
+                    missing_on_disk=list(missing),
                 ),
             )
         elif settled.demoted:
@@ -455,6 +461,7 @@ class Verifier:
                     relative_path=record.relative_path,
                     demoted=sorted(settled.demoted),
                     majority=sorted(settled.majority),
+                    missing_on_disk=list(missing),
                     unfinished_writes=len(unfinished),
                     # Which writes: their requests' log lines, and the clients
                     # that were never told an outcome.

@@ -377,3 +377,20 @@ async def test_a_majority_verdict_without_such_writes_says_none(
         assert line.fields["unfinished_correlation_ids"] == []  # type: ignore[attr-defined]
     finally:
         await parts.cache.close()
+
+
+async def test_a_verdict_names_the_replicas_it_found_missing_on_disk(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The fault suite never excuses those by an unfinished write: a replica
+    # gone from disk is no state a write explains.
+    parts, _intents = await _build(third_outdated=False)
+    try:
+        parts.checksums.values["n1"] = None
+        with caplog.at_level("WARNING", logger="gitquorum.verifier"):
+            await parts.verifier.verify_once(force=True)
+        (line,) = [r for r in caplog.records if "majority demoted" in r.getMessage()]
+        assert line.fields["demoted"] == ["n1"]  # type: ignore[attr-defined]
+        assert line.fields["missing_on_disk"] == ["n1"]  # type: ignore[attr-defined]
+    finally:
+        await parts.cache.close()
