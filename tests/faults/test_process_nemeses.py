@@ -40,6 +40,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
@@ -76,6 +77,7 @@ ELECTION_TTL = float(str(HARNESS_PROXY_SETTINGS["election"]["ttl"]).removesuffix
 RESTART = 60.0  # a process started again (a loaded machine)
 SETTLE = 60.0  # the cluster seen whole again after a heal
 WRITE_TIMEOUT = 5.0
+STOP_DEADLINE = 2.0  # a SIGSTOP delivered to every thread
 SAMPLE_INTERVAL = 0.05
 PROBE_KEY = "process-nemeses/probe"  # outside the cluster's keyspace
 
@@ -366,7 +368,8 @@ async def assert_killed(child: ChildProcess, pid: int) -> None:
 async def assert_paused(child: ChildProcess, pid: int) -> None:
     """``pid`` is ``child``'s process, stopped: connections accepted, no answer."""
     assert child.pid == pid, f"{child.name} was restarted, not paused"
-    assert proc_state(pid) == "T", f"{child.name} (pid {pid}) is {proc_state(pid)!r}, not stopped"
+    # SIGSTOP takes effect once every thread of the process has stopped: soon, not at once.
+    await until(lambda: proc_state(pid) == "T", STOP_DEADLINE, f"{child.name} (pid {pid}) stopped")
     assert await asyncio.to_thread(accepts, child.address), f"{child.name}'s port refuses"
     started = time.monotonic()
     answer = await asyncio.to_thread(health, child.address)
@@ -766,7 +769,8 @@ async def test_pause_etcd_member_stops_the_named_member(
         assert fault.target == f"etcd{index}" and nemesis.members == [index], fault
         assert fault.kind == "etcd"
         assert_no_process_taken(fault)
-        assert member.pid == before[index] and proc_state(member.pid) == "T"
+        assert member.pid == before[index], f"{member.name} was restarted, not paused"
+        await run.until(lambda: proc_state(member.pid) == "T", STOP_DEADLINE, "etcd stopped")
         assert await asyncio.to_thread(accepts, member.endpoint)
         assert not await asyncio.to_thread(etcd_healthy, member.client_url, None, ANSWER_DEADLINE)
         assert not await asyncio.to_thread(etcd_put, member, ANSWER_DEADLINE)
@@ -811,7 +815,7 @@ async def test_etcd_quorum_loss_kills_two_members_and_puts_fail(
         member = etcd.members[index]
         assert member.pid != before[index] and running(member.pid), member.name
     for member in etcd.members:
-        await run.until(lambda m=member: etcd_healthy(m.client_url), 30, f"{member.name} healthy")
+        await run.until(partial(etcd_healthy, member.client_url), 30, f"{member.name} healthy")
     await run.until(lambda: etcd_put(etcd.members[killed[0]], 2.0), 30, "a put with quorum back")
 
 
