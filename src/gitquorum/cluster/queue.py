@@ -695,25 +695,57 @@ class ReplicationQueue:
         )
 
     async def _resolve_uncertain(self, worker: WorkerLease) -> ClaimedJob | None:
-        """Adopt a claim whose txn answer was lost, if it did go through."""
+        """Adopt a claim whose txn answer was lost, if it did go through.
+
+        A claim not found may still be applied later: a txn whose answer timed
+        out can sit in an etcd member (paused, or partitioned from its
+        leader) and reach the leader afterwards. Applied then, it would lock
+        the job on this worker's live lease with no one running it, and the
+        replica would wait for as long as this worker lives (seen in the
+        fault suite: a paused etcd member, seed 1920727581). So a claim not
+        found is fenced: the job is written again unchanged, which moves its
+        ``mod_revision`` past the one the lost txn compares."""
         pending = self._uncertain.pop(worker.name, [])
         while pending:
             # Taken off the list before the await: nothing else can resolve it twice.
             job, lock_key = pending.pop(0)
             try:
-                result = await self.store.txn([], [Op.get(lock_key), Op.get(self._key(job))])
+                adopted = await self._adopt_or_fence(job, lock_key, worker)
             except StoreUnavailable:
                 # Still unknown: keep it (and the rest) for the next call.
                 self._uncertain.setdefault(worker.name, [])[:0] = [(job, lock_key), *pending]
                 raise
+            if adopted is not None:
+                if pending:
+                    self._uncertain.setdefault(worker.name, []).extend(pending)
+                return adopted
+        return None
+
+    async def _adopt_or_fence(
+        self, job: ReplicationJob, lock_key: str, worker: WorkerLease
+    ) -> ClaimedJob | None:
+        """The claim of ``job`` if this worker holds it; else make sure the lost
+        claim txn can never apply (None)."""
+        for _look in range(2):
+            result = await self.store.txn([], [Op.get(lock_key), Op.get(self._key(job))])
             locks, jobs = result.range(0).kvs, result.range(1).kvs
             if locks and jobs and locks[0].lease == worker.lease_id:
                 holder = json.loads(locks[0].value)
                 if holder.get("job") == job.job_id and holder.get("worker") == worker.name:
-                    if pending:
-                        self._uncertain.setdefault(worker.name, []).extend(pending)
                     current = decode_job(self.keys, jobs[0])
                     return ClaimedJob(current, lock_key, locks[0].create_revision, worker.lease_id)
+            if not jobs or jobs[0].mod_revision != job.revision:
+                # The job changed since the claim read it (or is gone): the lost
+                # txn, which compares that revision, can no longer apply.
+                return None
+            fenced = await self.store.txn(
+                [Compare.mod_revision(self._key(job), job.revision)],
+                [Op.put(self._key(job), jobs[0].value)],
+            )
+            if fenced.succeeded:
+                return None
+            # The job changed between the read and the fence: perhaps the lost
+            # claim just landed. Look once more.
         return None
 
     def _guard(self, claim: ClaimedJob) -> list[Compare]:

@@ -18,9 +18,11 @@ from gitquorum.cluster.queue import (
     JobState,
     JobType,
     QueueView,
+    ReplicationJob,
     ReplicationQueue,
     queue_stats,
 )
+from gitquorum.cluster.store import OpKind
 
 KEYS = Keyspace("unit")
 MAX_ATTEMPTS = 3
@@ -393,3 +395,62 @@ async def test_concurrent_workers_drain_everything_once(with_view: bool) -> None
     await asyncio.gather(*(work(f"w{i}") for i in range(3)))
     assert len(done) == 60 and set(done.values()) == {1}
     assert await queue.jobs() == []
+
+
+class LateStore(MemoryStore):
+    """A store whose next writing txn times out unapplied and can be applied later, as
+    a txn held by a paused etcd member reaches the leader once it resumes."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock)
+        self.hold_next = False
+        self.held: list[tuple[object, object, object]] = []
+
+    async def txn(self, compares, success, failure=()):  # type: ignore[no-untyped-def]
+        # The next write (the claim), not a read.
+        if self.hold_next and any(op.kind is OpKind.PUT for op in success):
+            self.hold_next = False
+            self.held.append((compares, success, failure))
+            raise StoreUnavailable("etcd txn: timed out after 3.0s (held, not applied yet)")
+        return await super().txn(compares, success, failure)
+
+    async def apply_held(self) -> bool:
+        compares, success, failure = self.held.pop(0)
+        return (await super().txn(compares, success, failure)).succeeded  # type: ignore[arg-type]
+
+
+async def _claim_answer_lost() -> tuple[LateStore, ReplicationQueue, Worker, ReplicationJob]:
+    """A queued job whose claim timed out unapplied (held by the store)."""
+    clock = ManualClock()
+    store = LateStore(clock)
+    queue = ReplicationQueue(store, KEYS, max_attempts=MAX_ATTEMPTS, clock=clock)
+    worker = Worker("w", (await store.grant(1000)).id)
+    job = await queue.enqueue(JobType.UPDATE, "vs", 1, "r.git", "n1", source_node="n2")
+    store.hold_next = True
+    with pytest.raises(StoreUnavailable):
+        await queue.claim_next(worker)
+    return store, queue, worker, job
+
+
+async def test_a_claim_applied_after_its_answer_was_lost_never_locks_a_job_for_good() -> None:
+    # CI seed 1920727581: a worker's claim timed out while an etcd member was
+    # paused, was not found when the worker looked, then reached the leader:
+    # the job stayed locked by that worker's live lease and never ran.
+    store, queue, worker, job = await _claim_answer_lost()
+    # The worker looks for the lost claim (nothing yet) and claims elsewhere.
+    assert await queue.claim_next(worker, targets=[("vs", "n3")]) is None
+    # The held claim arrives now: it must not apply (the job was fenced).
+    assert await store.apply_held() is False
+    await queue.recover_orphans()
+    claim = await queue.claim_next(worker)
+    assert claim is not None and claim.job.job_id == job.job_id
+    await queue.ack(claim)
+    assert await queue.jobs() == []
+
+
+async def test_a_lost_claim_that_lands_while_it_is_looked_for_is_adopted() -> None:
+    store, queue, worker, job = await _claim_answer_lost()
+    assert await store.apply_held() is True  # landed before the worker looked
+    adopted = await queue.claim_next(worker, targets=[("vs", "n3")])
+    assert adopted is not None and adopted.job.job_id == job.job_id
+    assert adopted.job.state is JobState.IN_PROGRESS
