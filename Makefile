@@ -61,8 +61,8 @@ test-integration: deps-test
 test-faults: deps-test
 	$(ACTIVATE) $(PYTHON) -m pytest -q tests/chaos tests/faults tests/soak tests/integration/limits tests/integration/shutdown $(PYTEST_ARGS)
 
-# The long fault run, outside `make test`: the proofs that each network and
-# disk nemesis does what it names, then a randomized schedule of every nemesis
+# The long fault run, outside `make test`: the proofs that each nemesis does
+# what it names, then a randomized schedule of every nemesis
 # (docs/reliability.md). DURATION in seconds (default 600) of wall clock the
 # schedule runs, SEED to replay a schedule (every run prints its seed),
 # NEMESES=a,b to run some alone. Each nemesis alone is `make test-nemeses`.
