@@ -668,18 +668,8 @@ class ReplicationQueue:
 
     async def _try_claim(self, job: ReplicationJob, worker: WorkerLease) -> ClaimedJob | None:
         lock_key = self.keys.lock(job.virtual_storage, job.target_node, job.repository_id)
-        claimed = replace(
-            job, state=JobState.IN_PROGRESS, attempts=job.attempts + 1, worker=worker.name
-        )
-        lock_value = json.dumps({"job": job.job_id, "worker": worker.name}).encode()
         try:
-            result = await self.store.txn(
-                [Compare.absent(lock_key), Compare.mod_revision(self._key(job), job.revision)],
-                [
-                    Op.put(lock_key, lock_value, lease=worker.lease_id),
-                    Op.put(self._key(job), encode_job(claimed)),
-                ],
-            )
+            return await self._claim_txn(job, lock_key, worker)
         except (LeaseExpired, Compacted):
             raise
         except StoreUnavailable:
@@ -688,6 +678,23 @@ class ReplicationQueue:
             # find out before claiming anything else.
             self._uncertain.setdefault(worker.name, []).append((job, lock_key))
             raise
+
+    async def _claim_txn(
+        self, job: ReplicationJob, lock_key: str, worker: WorkerLease
+    ) -> ClaimedJob | None:
+        """One claim: the lock created if absent on the worker's lease and the
+        job moved to ``in_progress``, if the job is still at the revision read."""
+        claimed = replace(
+            job, state=JobState.IN_PROGRESS, attempts=job.attempts + 1, worker=worker.name
+        )
+        lock_value = json.dumps({"job": job.job_id, "worker": worker.name}).encode()
+        result = await self.store.txn(
+            [Compare.absent(lock_key), Compare.mod_revision(self._key(job), job.revision)],
+            [
+                Op.put(lock_key, lock_value, lease=worker.lease_id),
+                Op.put(self._key(job), encode_job(claimed)),
+            ],
+        )
         if not result.succeeded:
             return None
         return ClaimedJob(
@@ -703,14 +710,17 @@ class ReplicationQueue:
         the job on this worker's live lease with no one running it, and the
         replica would wait for as long as this worker lives (seen in the
         fault suite: a paused etcd member, seed 1920727581). So a claim not
-        found is fenced: the job is written again unchanged, which moves its
-        ``mod_revision`` past the one the lost txn compares."""
+        found, on a job still as it was read, is sent again: the same txn,
+        whose success makes the job this worker's and leaves the lost one
+        nothing to apply to (its compares fail on the lock and the job's
+        revision); an unchanged job is not rewritten, so its wait and
+        revision stay what every proxy saw."""
         pending = self._uncertain.pop(worker.name, [])
         while pending:
             # Taken off the list before the await: nothing else can resolve it twice.
             job, lock_key = pending.pop(0)
             try:
-                adopted = await self._adopt_or_fence(job, lock_key, worker)
+                adopted = await self._adopt_or_claim_again(job, lock_key, worker)
             except StoreUnavailable:
                 # Still unknown: keep it (and the rest) for the next call.
                 self._uncertain.setdefault(worker.name, [])[:0] = [(job, lock_key), *pending]
@@ -721,11 +731,11 @@ class ReplicationQueue:
                 return adopted
         return None
 
-    async def _adopt_or_fence(
+    async def _adopt_or_claim_again(
         self, job: ReplicationJob, lock_key: str, worker: WorkerLease
     ) -> ClaimedJob | None:
-        """The claim of ``job`` if this worker holds it; else make sure the lost
-        claim txn can never apply (None)."""
+        """The claim of ``job`` if this worker holds it or takes it now; None
+        once the lost claim txn can no longer apply."""
         for _look in range(2):
             result = await self.store.txn([], [Op.get(lock_key), Op.get(self._key(job))])
             locks, jobs = result.range(0).kvs, result.range(1).kvs
@@ -734,19 +744,17 @@ class ReplicationQueue:
                 if holder.get("job") == job.job_id and holder.get("worker") == worker.name:
                     current = decode_job(self.keys, jobs[0])
                     return ClaimedJob(current, lock_key, locks[0].create_revision, worker.lease_id)
-            if not jobs or jobs[0].mod_revision != job.revision:
-                # The job changed since the claim read it (or is gone): the lost
-                # txn, which compares that revision, can no longer apply.
+            if not jobs or jobs[0].mod_revision != job.revision or locks:
+                # The job changed since the claim read it, is gone, or another
+                # claim holds it: the lost txn, which compares that revision
+                # and the lock's absence, can no longer apply.
                 return None
-            fenced = await self.store.txn(
-                [Compare.mod_revision(self._key(job), job.revision)],
-                [Op.put(self._key(job), jobs[0].value)],
-            )
-            if fenced.succeeded:
-                return None
-            # The job changed between the read and the fence: perhaps the lost
-            # claim just landed. Look once more.
-        return None
+            claim = await self._claim_txn(job, lock_key, worker)
+            if claim is not None:
+                return claim
+            # Changed between the read and the claim: perhaps the lost claim
+            # just landed. Look once more.
+        raise StoreUnavailable(f"job {job.job_id}: its lost claim is still unresolved")
 
     def _guard(self, claim: ClaimedJob) -> list[Compare]:
         return [

@@ -352,6 +352,9 @@ class ReplicationWorkers:
         self._stopping = asyncio.Event()
         self._running = 0
         self._idle = asyncio.Condition()
+        # Claims given back whose release etcd could not confirm: released
+        # again before any new claim.
+        self._unsettled: list[tuple[ClaimedJob, str]] = []
 
     async def start(self) -> None:
         self._tasks = [
@@ -379,6 +382,7 @@ class ReplicationWorkers:
         while not self._stopping.is_set():
             try:
                 keeper = await self._lease()
+                await self._settle()
                 targets = [] if self.paused() else list(self.targets())
                 claim = (
                     await self.queue.claim_next(
@@ -434,10 +438,33 @@ class ReplicationWorkers:
             self.metrics.latency.labels(str(job.type), "error").observe(time.time() - started)
             error = _describe(exc)
             logger.warning("replication job failed", extra=log.fields(error=error, **fields))
-            with contextlib.suppress(Exception):
-                await self.queue.fail(claim, error)
+            await self._release(claim, error)
         finally:
             self._running -= 1
+
+    async def _release(self, claim: ClaimedJob, error: str) -> bool:
+        """Give a claim back as failed (retried with backoff). Whether its
+        outcome is known: if etcd cannot say, the claim is kept and released
+        again before the next claim (``_settle``), or its lock would stay on
+        this live lease with the job never running (an ack and its fail both
+        lost while etcd stalled)."""
+        try:
+            await self.queue.fail(claim, error)
+        except StoreUnavailable:
+            if all(kept is not claim for kept, _error in self._unsettled):
+                self._unsettled.append((claim, error))
+            return False
+        except Exception:  # taken over, or released meanwhile: nothing left to do
+            pass
+        return True
+
+    async def _settle(self) -> None:
+        """Release the claims whose release was not acknowledged (oldest first)."""
+        while self._unsettled:
+            claim, error = self._unsettled[0]
+            if not await self._release(claim, error):
+                return
+            self._unsettled.pop(0)
 
     async def _run_while_held(self, claim: ClaimedJob, keeper: LeaseKeeper) -> str | None:
         """The job's outcome, or None if the lease behind the claim was lost first

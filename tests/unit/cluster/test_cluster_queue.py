@@ -437,15 +437,17 @@ async def test_a_claim_applied_after_its_answer_was_lost_never_locks_a_job_for_g
     # paused, was not found when the worker looked, then reached the leader:
     # the job stayed locked by that worker's live lease and never ran.
     store, queue, worker, job = await _claim_answer_lost()
-    # The worker looks for the lost claim (nothing yet) and claims elsewhere.
-    assert await queue.claim_next(worker, targets=[("vs", "n3")]) is None
-    # The held claim arrives now: it must not apply (the job was fenced).
-    assert await store.apply_held() is False
-    await queue.recover_orphans()
-    claim = await queue.claim_next(worker)
+    revision = (await queue.jobs())[0].revision
+    # The worker looks for the lost claim, finds nothing, and sends the same
+    # claim again: the job is its own now, whatever targets it asks for.
+    claim = await queue.claim_next(worker, targets=[("vs", "n3")])
     assert claim is not None and claim.job.job_id == job.job_id
+    assert claim.job.state is JobState.IN_PROGRESS and claim.job.attempts == 1
+    # The held claim arrives now: it must not apply.
+    assert await store.apply_held() is False
     await queue.ack(claim)
     assert await queue.jobs() == []
+    assert revision < claim.claim_revision
 
 
 async def test_a_lost_claim_that_lands_while_it_is_looked_for_is_adopted() -> None:
@@ -454,3 +456,14 @@ async def test_a_lost_claim_that_lands_while_it_is_looked_for_is_adopted() -> No
     adopted = await queue.claim_next(worker, targets=[("vs", "n3")])
     assert adopted is not None and adopted.job.job_id == job.job_id
     assert adopted.job.state is JobState.IN_PROGRESS
+
+
+async def test_a_lost_claim_on_a_job_taken_meanwhile_is_dropped_and_cannot_apply() -> None:
+    store, queue, worker, job = await _claim_answer_lost()
+    other = Worker("other", (await store.grant(1000)).id)
+    taken = await queue.claim_next(other)  # another worker's claim changes the job
+    assert taken is not None and taken.job.job_id == job.job_id
+    assert await queue.claim_next(worker) is None  # nothing to adopt, nothing to claim
+    assert await store.apply_held() is False
+    await queue.ack(taken)
+    assert await queue.jobs() == []

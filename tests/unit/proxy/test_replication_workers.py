@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
-from gitquorum.cluster.queue import ReplicationQueue
+from gitquorum.cluster.queue import JobState, JobType, ReplicationQueue
 from gitquorum.cluster.store import Lease
 from gitquorum.proxy.replication import ReplicationMetrics, ReplicationWorkers, Replicator
 
@@ -57,3 +57,42 @@ async def test_workers_starting_together_take_one_lease_and_release_it() -> None
         await workers.close(0)
     assert len(store.granted) == 1, f"{len(store.granted)} leases for one pool of workers"
     assert await store.time_to_live(store.granted[0]) == -1, "close() left the lease alive"
+
+
+class _Holder:
+    def __init__(self, name: str, lease_id: int) -> None:
+        self.name = name
+        self.lease_id = lease_id
+
+
+async def test_a_claim_whose_release_etcd_could_not_confirm_is_released_again() -> None:
+    # A job's copy failed and its release (fail) timed out, as its ack may
+    # have: the lock stayed on the pool's live lease, so neither orphan
+    # recovery nor any worker ran that replica's jobs again while the proxy
+    # lived (the review of the lost-claim fix). The pool keeps such a claim
+    # and releases it again before its next claim (``_settle``).
+    store = MemoryStore()
+    queue = ReplicationQueue(store, Keyspace("t"), backoff=0.0)
+    workers = ReplicationWorkers(
+        "p1",
+        queue,
+        cast(Replicator, cast(Any, None)),
+        list,
+        ReplicationMetrics(CollectorRegistry()),
+    )
+    job = await queue.enqueue(JobType.UPDATE, "vs", 1, "r.git", "n1", source_node="n2")
+    lease = (await store.grant(1000)).id
+    claim = await queue.claim_next(_Holder("p1/0", lease))
+    assert claim is not None
+    store.set_available(False)
+    assert await workers._release(claim, "copy failed") is False
+    store.set_available(True)
+    # Still locked on the live lease: orphan recovery leaves it, nothing runs.
+    assert await queue.recover_orphans() == 0
+    assert await queue.claim_next(_Holder("p2/0", (await store.grant(1000)).id)) is None
+    await workers._settle()
+    (after,) = await queue.jobs()
+    assert after.job_id == job.job_id and after.state is JobState.FAILED
+    assert store.dump(Keyspace("t").locks()) == {}
+    again = await queue.claim_next(_Holder("p2/0", (await store.grant(1000)).id))
+    assert again is not None and again.job.job_id == job.job_id
