@@ -713,8 +713,10 @@ class ReplicationQueue:
         found, on a job still as it was read, is sent again: the same txn,
         whose success makes the job this worker's and leaves the lost one
         nothing to apply to (its compares fail on the lock and the job's
-        revision); an unchanged job is not rewritten, so its wait and
-        revision stay what every proxy saw."""
+        revision); the job is not rewritten, so its wait and revision stay
+        what every proxy saw. Only when another job of the replica holds the
+        lock (which the lost txn would outlive) is the job written again
+        unchanged, to move its revision past the lost txn's compare."""
         pending = self._uncertain.pop(worker.name, [])
         while pending:
             # Taken off the list before the await: nothing else can resolve it twice.
@@ -744,11 +746,22 @@ class ReplicationQueue:
                 if holder.get("job") == job.job_id and holder.get("worker") == worker.name:
                     current = decode_job(self.keys, jobs[0])
                     return ClaimedJob(current, lock_key, locks[0].create_revision, worker.lease_id)
-            if not jobs or jobs[0].mod_revision != job.revision or locks:
-                # The job changed since the claim read it, is gone, or another
-                # claim holds it: the lost txn, which compares that revision
-                # and the lock's absence, can no longer apply.
+            if not jobs or jobs[0].mod_revision != job.revision:
+                # The job changed since the claim read it, or is gone: the lost
+                # txn, which compares that revision, can no longer apply.
                 return None
+            if locks:
+                # Another job of the replica holds its lock. The lost txn could
+                # still apply once that lock goes (the job unchanged): rewrite
+                # the job as it is, so that its revision moves past the one the
+                # lost txn compares.
+                fenced = await self.store.txn(
+                    [Compare.mod_revision(self._key(job), job.revision)],
+                    [Op.put(self._key(job), jobs[0].value)],
+                )
+                if fenced.succeeded:
+                    return None
+                continue  # changed meanwhile: look again
             claim = await self._claim_txn(job, lock_key, worker)
             if claim is not None:
                 return claim

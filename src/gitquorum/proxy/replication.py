@@ -35,6 +35,7 @@ from gitquorum.cluster.errors import (
     ClaimLost,
     Conflict,
     DowngradeAttempted,
+    LeaseExpired,
     RepositoryNotFound,
     SourceRuledOut,
     StoreUnavailable,
@@ -355,6 +356,7 @@ class ReplicationWorkers:
         # Claims given back whose release etcd could not confirm: released
         # again before any new claim.
         self._unsettled: list[tuple[ClaimedJob, str]] = []
+        self._settling = asyncio.Lock()
 
     async def start(self) -> None:
         self._tasks = [
@@ -450,21 +452,28 @@ class ReplicationWorkers:
         lost while etcd stalled)."""
         try:
             await self.queue.fail(claim, error)
-        except StoreUnavailable:
+        except (ClaimLost, LeaseExpired):
+            return True  # taken over, released meanwhile, or gone with its lease
+        except Exception as exc:  # unknown outcome (etcd), or a race to retry
             if all(kept is not claim for kept, _error in self._unsettled):
                 self._unsettled.append((claim, error))
+            if not isinstance(exc, StoreUnavailable):
+                logger.warning(
+                    "replication job not released; trying again",
+                    extra=log.fields(job_id=claim.job.job_id, error=_describe(exc)),
+                )
             return False
-        except Exception:  # taken over, or released meanwhile: nothing left to do
-            pass
         return True
 
     async def _settle(self) -> None:
-        """Release the claims whose release was not acknowledged (oldest first)."""
-        while self._unsettled:
-            claim, error = self._unsettled[0]
-            if not await self._release(claim, error):
-                return
-            self._unsettled.pop(0)
+        """Release the claims whose release was not acknowledged, oldest
+        first; one worker at a time, each removed by identity once released
+        (a slow release of one worker must not drop another's entry)."""
+        async with self._settling:
+            for claim, error in list(self._unsettled):
+                if not await self._release(claim, error):
+                    return
+                self._unsettled = [(c, e) for c, e in self._unsettled if c is not claim]
 
     async def _run_while_held(self, claim: ClaimedJob, keeper: LeaseKeeper) -> str | None:
         """The job's outcome, or None if the lease behind the claim was lost first

@@ -467,3 +467,37 @@ async def test_a_lost_claim_on_a_job_taken_meanwhile_is_dropped_and_cannot_apply
     assert await store.apply_held() is False
     await queue.ack(taken)
     assert await queue.jobs() == []
+
+
+async def test_a_lost_claim_outlives_another_jobs_lock_only_if_fenced() -> None:
+    # The review of the re-claim: the lock is the replica's, not the job's. A
+    # lost claim of a dead job D, a pending job P of the same replica claimed
+    # meanwhile by another worker: once P's lock goes, the lost txn (lock
+    # absent, D unchanged) would apply and lock D on the first worker's live
+    # lease for good. D is written again unchanged instead.
+    clock = ManualClock()
+    store = LateStore(clock)
+    queue = ReplicationQueue(
+        store, KEYS, max_attempts=2, clock=clock, dead_retry_base=10.0, backoff=0.0
+    )
+    first = Worker("w1", (await store.grant(1000)).id)
+    second = Worker("w2", (await store.grant(1000)).id)
+    dead = await queue.enqueue(JobType.UPDATE, "vs", 1, "r.git", "n1", source_node="n2")
+    for _attempt in range(2):
+        claim = await queue.claim_next(first)
+        assert claim is not None
+        await queue.fail(claim, "boom")
+    assert [j.state for j in await queue.jobs()] == [JobState.DEAD]
+    clock.advance(11.0)  # the dead job is due again
+    store.hold_next = True
+    with pytest.raises(StoreUnavailable):
+        await queue.claim_next(first)
+    pending = await queue.enqueue(JobType.UPDATE, "vs", 1, "r.git", "n1", source_node="n3")
+    taken = await queue.claim_next(second)  # pending jobs go before a dead one
+    assert taken is not None and taken.job.job_id == pending.job_id
+    assert await queue.claim_next(first) is None  # looks for its lost claim
+    await queue.fail(taken, "boom")  # releases the lock; P failed, D untouched
+    assert await store.apply_held() is False
+    states = {j.job_id: j.state for j in await queue.jobs()}
+    assert states[dead.job_id] is JobState.DEAD
+    assert store.dump(KEYS.locks()) == {}

@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
+from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.queue import JobState, JobType, ReplicationQueue
@@ -96,3 +97,50 @@ async def test_a_claim_whose_release_etcd_could_not_confirm_is_released_again() 
     assert store.dump(Keyspace("t").locks()) == {}
     again = await queue.claim_next(_Holder("p2/0", (await store.grant(1000)).id))
     assert again is not None and again.job.job_id == job.job_id
+
+
+class _SlowQueue:
+    """``fail`` of claim "c1" waits for a gate; others are unavailable until opened."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.available = False
+        self.released: list[str] = []
+
+    async def fail(self, claim: Any, _error: str) -> None:
+        if claim.job.job_id == "c1":
+            await self.gate.wait()
+        elif not self.available:
+            raise StoreUnavailable("etcd txn: timed out")
+        self.released.append(claim.job.job_id)
+
+
+def _claim(job_id: str) -> Any:
+    return cast(Any, type("Claim", (), {"job": type("Job", (), {"job_id": job_id})()})())
+
+
+async def test_two_workers_settling_at_once_release_each_kept_claim_once() -> None:
+    # The review: with two workers, one's slow release of c1 ended after the
+    # other had settled c1 and kept c2, and removing "the first entry" dropped
+    # c2, whose lock then stayed on the live lease for good.
+    queue = _SlowQueue()
+    workers = ReplicationWorkers(
+        "p1",
+        cast(ReplicationQueue, queue),
+        cast(Replicator, cast(Any, None)),
+        list,
+        ReplicationMetrics(CollectorRegistry()),
+    )
+    c1, c2 = _claim("c1"), _claim("c2")
+    workers._unsettled.append((c1, "boom"))
+    first = asyncio.create_task(workers._settle())
+    second = asyncio.create_task(workers._settle())
+    await asyncio.sleep(0)
+    assert await workers._release(c2, "boom") is False  # kept meanwhile
+    queue.gate.set()
+    await asyncio.gather(first, second)
+    assert queue.released == ["c1"]
+    assert [c.job.job_id for c, _e in workers._unsettled] == ["c2"]
+    queue.available = True
+    await workers._settle()
+    assert queue.released == ["c1", "c2"] and workers._unsettled == []
