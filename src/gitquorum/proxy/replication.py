@@ -354,7 +354,8 @@ class ReplicationWorkers:
         self._running = 0
         self._idle = asyncio.Condition()
         # Claims given back whose release etcd could not confirm: released
-        # again before any new claim.
+        # again before each claim attempt (a failed settle does not stop the
+        # attempt: the kept lock only keeps its own replica busy).
         self._unsettled: list[tuple[ClaimedJob, str]] = []
         self._settling = asyncio.Lock()
 
@@ -447,7 +448,7 @@ class ReplicationWorkers:
     async def _release(self, claim: ClaimedJob, error: str) -> bool:
         """Give a claim back as failed (retried with backoff). Whether its
         outcome is known: if etcd cannot say, the claim is kept and released
-        again before the next claim (``_settle``), or its lock would stay on
+        again before each claim attempt (``_settle``), or its lock would stay on
         this live lease with the job never running (an ack and its fail both
         lost while etcd stalled)."""
         try:
