@@ -145,6 +145,15 @@ class IntentStore:
         removed it meanwhile: what the replicas hold changed since."""
         return Op.put(self.key(intent), replace(intent, finished=True).encode())
 
+    async def finish_if_standing(self, intent: WriteIntent) -> bool:
+        """Mark ``intent`` finished if it still stands (one that an outcome or
+        the verifier removed meanwhile is not brought back). Whether it was."""
+        key = self.key(intent)
+        result = await self.store.txn(
+            [Compare.version(key, 0, ">")], [Op.put(key, replace(intent, finished=True).encode())]
+        )
+        return result.succeeded
+
     def forget_op(self, intent: WriteIntent) -> Op:
         return Op.delete(self.key(intent))
 
