@@ -394,6 +394,19 @@ async def assert_resumed(child: ChildProcess, pid: int) -> None:
 # -- nodes ----------------------------------------------------------------------------------------
 
 
+def _names_its_replica(kind: type[Nemesis], fault: Fault, record: Any) -> None:
+    """The fault of a node nemesis names the node of the role it claims, down
+    for the whole fault, and no proxy."""
+    node = fault.target
+    if getattr(kind, "role", "") == "primary":
+        assert node == record.primary, (node, record)
+    else:
+        assert node in record.assigned and node != record.primary, (node, record)
+    assert fault.kind == "process" and fault.nemesis == kind.name
+    assert fault.nodes_down == (node,) and fault.nodes_down_during == {}, fault
+    assert fault.proxies_down == (), fault
+
+
 @pytest.mark.parametrize(
     "kind", [processes.KillPrimary, processes.KillSecondary], ids=lambda k: k.name
 )
@@ -407,13 +420,7 @@ async def test_a_node_kill_takes_the_named_replica_away_until_the_heal(
     fault = await nemesis.inject(run)
     node = fault.target
     try:
-        if kind.role == "primary":
-            assert node == record.primary, (node, record)
-        else:
-            assert node in record.assigned and node != record.primary, (node, record)
-        assert fault.kind == "process" and fault.nemesis == kind.name
-        assert fault.nodes_down == (node,) and fault.nodes_down_during == {}, fault
-        assert fault.proxies_down == (), fault
+        _names_its_replica(kind, fault, record)
         await assert_killed(cluster.node(node), before[node])
         for other in cluster.nodes:
             if other.name != node:
@@ -438,13 +445,7 @@ async def test_a_node_pause_stops_the_named_replica_until_the_heal(
     fault = await nemesis.inject(run)
     node = fault.target
     try:
-        if kind.role == "primary":
-            assert node == record.primary, (node, record)
-        else:
-            assert node in record.assigned and node != record.primary, (node, record)
-        assert fault.kind == "process" and fault.nemesis == kind.name
-        assert fault.nodes_down == (node,) and fault.nodes_down_during == {}, fault
-        assert fault.proxies_down == (), fault
+        _names_its_replica(kind, fault, record)
         await assert_paused(cluster.node(node), before[node])
         for other in cluster.nodes:
             if other.name != node:
