@@ -67,10 +67,14 @@ MISSING = -1
 # The longest a catch-up may hold a repository's writes; proxies never wait
 # longer than this for one hold, whatever its deadline says (clocks differ).
 HOLD_CAP = 2.0
-# Attempts of a record update after a txn that timed out without applying,
-# and the waits before them (0.1 s, 0.2 s, 0.3 s).
 # How long the record is re-read to settle a txn whose answer was lost.
 READ_BACK_DEADLINE = 10.0
+# How many of a record's past versions are read to find the change that
+# followed a txn whose answer was lost (each is one read; a busy repository
+# makes a few changes a second).
+READ_BACK_VERSIONS = 50
+# Attempts of a record update after a txn that timed out without applying,
+# and the waits before them (0.1 s, 0.2 s, 0.3 s).
 UNAVAILABLE_RETRIES = 3
 UNAVAILABLE_WAIT = wait_incrementing(start=0.1, increment=0.1)
 
@@ -561,13 +565,24 @@ class RepositoryStore:
         except (LeaseExpired, Compacted):
             raise
         except StoreUnavailable as exc:
-            # Unknown outcome: applied iff the record now holds exactly our value.
+            # Unknown outcome. The txn compares the record's revision with the
+            # one read, so it can only have applied as the record's first
+            # change after that read: the change that followed the read says
+            # whether it did, even when other changes landed since (a busy
+            # repository's other writes, recorded while etcd elected a leader;
+            # seen in the chaos tests: one etcd member lost, an acknowledged
+            # write reported "outcome unknown").
             kv = await self._read_back(key)
-            if kv is not None and kv.value == value and kv.mod_revision != current.revision:
-                return replace(new, revision=kv.mod_revision)
             if kv is not None and kv.mod_revision == current.revision:
                 raise TxnNotApplied(str(exc)) from exc
-            raise
+            first = await self._change_after(key, current.revision, kv)
+            if first is None:
+                raise
+            if first.value == value:
+                return replace(new, revision=first.mod_revision)
+            # Another change came first and our txn failed its compare: plan
+            # again on the record as it is now, as after any lost race.
+            return RETRY
         if result.succeeded:
             return replace(new, revision=result.revision)
         return RETRY
@@ -579,6 +594,30 @@ class RepositoryStore:
         must learn whether its outcome was recorded rather than tell the
         client "outcome unknown" (seen in the chaos tests, one etcd member lost)."""
         return await self._read_back_retry(self.store.get, key)
+
+    async def _change_after(
+        self, key: str, revision: int, latest: KeyValue | None
+    ) -> KeyValue | None:
+        """The first version of ``key`` written after ``revision``, found by
+        reading back from ``latest``; None when that cannot be known (the key
+        was deleted in between, the history was compacted, or it is longer
+        than ``READ_BACK_VERSIONS``)."""
+        kv = latest
+        for _ in range(READ_BACK_VERSIONS):
+            if kv is None:
+                return None
+            try:
+                older = await self._read_back_retry(self._get_at, key, kv.mod_revision - 1)
+            except StoreUnavailable:
+                return None
+            if older is not None and older.mod_revision <= revision:
+                return kv
+            kv = older
+        return None
+
+    async def _get_at(self, key: str, revision: int) -> KeyValue | None:
+        result = await self.store.range(key, revision=revision)
+        return result.kvs[0] if result.kvs else None
 
     async def increment_generation(
         self,

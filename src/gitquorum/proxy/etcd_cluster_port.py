@@ -329,6 +329,13 @@ class EtcdClusterPort:
                         extra=log.fields(repository_id=intent.repository_id, error=str(exc)),
                     )
                     return
+            except Exception:
+                # A background task: nobody else would see the error.
+                logger.exception(
+                    "intent of an unrecorded write not marked finished",
+                    extra=log.fields(repository_id=intent.repository_id),
+                )
+                return
             await asyncio.sleep(delay)
             delay = min(2.0, delay * 2)
 
@@ -407,7 +414,10 @@ class EtcdClusterPort:
                 extra=log.fields(repository_id=route.repository_id, error=str(exc)),
             )
             record = exc.record
-        except BaseException:
+            if intent is not None:
+                # The intent's removal went in the txn whose answer was lost.
+                self._finish_later(intent)
+        except (Exception, asyncio.CancelledError):
             if intent is not None:
                 self._finish_later(intent)
             raise

@@ -252,10 +252,15 @@ async def test_update_after_a_lost_answer(
     assert fake.calls == txns
 
 
-async def test_update_after_a_lost_answer_and_a_change_is_not_retried() -> None:
+async def test_update_after_a_lost_answer_behind_another_change_is_planned_again() -> None:
+    # Another change landed before the txn, which failed its compare, and the
+    # answer was lost: the record's history shows the change after the read
+    # is not ours, so the update is planned again on the new record (not
+    # reported unknown, not applied twice).
     store = MemoryStore(ManualClock())
     repos, record = await _created(store)
     key = KEYS.repository("vs", record.repository_id)
+    real_txn = store.txn
     calls = 0
 
     async def lost_while_someone_wrote(
@@ -263,17 +268,21 @@ async def test_update_after_a_lost_answer_and_a_change_is_not_retried() -> None:
     ) -> TxnResult:
         nonlocal calls
         calls += 1
+        if calls > 1:
+            return await real_txn(compares, success, failure)
         await store.put(
             key,
             repositories.encode_record(record.with_replicas(dict.fromkeys(NODES, 1), generation=1)),
         )
+        result = await real_txn(compares, success, failure)
+        assert not result.succeeded
         raise StoreUnavailable("etcd txn: timed out")
 
     store.txn = lost_while_someone_wrote  # type: ignore[method-assign]
-    with pytest.raises(StoreUnavailable) as raised:
-        await repos.update("vs", record.repository_id, _demote_n3)
-    assert not isinstance(raised.value, TxnNotApplied)
-    assert calls == 1
+    updated = await repos.update("vs", record.repository_id, _demote_n3)
+    assert calls == 2
+    assert updated.generation == 1 and updated.replica_generation("n3") == 0
+    assert (await repos.get("vs", record.repository_id)) == updated
 
 
 # -- update_with: a txn that carries only extras and loses its answer ------------------

@@ -67,3 +67,82 @@ async def test_an_outage_longer_than_the_read_back_still_says_it_is_unknown() ->
     store.armed = 5
     with pytest.raises(StoreUnavailable):
         await repos.increment_generation("vs", rid, NODES)
+
+
+class BusyStore(ElectingStore):
+    """Around the next record txn, another proxy records a failover of the
+    same repository to n2 on the record as it finds it, before or after the
+    txn; the txn's answer is lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.other_key: str | None = None
+        self.other_first = False
+
+    async def _failover(self, key: str) -> None:
+        kv = await super().get(key)
+        assert kv is not None
+        await super().put(key, kv.value.replace(b'"primary":"n1"', b'"primary":"n2"'))
+
+    async def txn(self, compares: Any, success: Any, failure: Any = ()) -> Any:
+        key, self.other_key = self.other_key, None
+        if key is None:
+            return await super().txn(compares, success, failure)
+        if self.other_first:
+            await self._failover(key)
+        result = await super().txn(compares, success, failure)
+        if not self.other_first:
+            await self._failover(key)
+        raise StoreUnavailable(f"etcd txn: timed out after 3.0s (applied: {result.succeeded})")
+
+
+async def _busy(other_first: bool) -> tuple[BusyStore, RepositoryStore, int, str]:
+    store = BusyStore()
+    repos = RepositoryStore(store, KEYS, rng=random.Random(1))
+    record = await repos.create("vs", "a.git", nodes=NODES, healthy=set(NODES))
+    key = KEYS.repository("vs", record.repository_id)
+    assert record.primary == "n1"
+    store.other_key = key
+    store.other_first = other_first
+    return store, repos, record.repository_id, key
+
+
+async def test_a_lost_answer_followed_by_another_change_is_known_applied() -> None:
+    """The txn applied, then another change of the record landed before the
+    read back: the change after the txn's read is ours, so the update is
+    known to be applied, once."""
+    _store, repos, rid, _key = await _busy(other_first=False)
+    after = await repos.increment_generation("vs", rid, NODES)
+    assert after.generation == 1
+    now = await repos.get("vs", rid)
+    assert (now.generation, now.primary) == (1, "n2")
+
+
+async def test_a_lost_answer_after_another_change_is_planned_again() -> None:
+    """Another change landed first and the txn failed its compare: nothing of
+    ours applied, so the update is planned again on the new record and
+    applied once."""
+    store, repos, rid, key = await _busy(other_first=True)
+    after = await repos.increment_generation("vs", rid, NODES)
+    assert after.generation == 1
+    kv = await store.get(key)
+    assert kv is not None and kv.mod_revision == after.revision
+    now = await repos.get("vs", rid)
+    assert (now.generation, now.primary) == (1, "n2")
+
+
+async def test_a_lost_answer_whose_history_is_compacted_stays_unknown() -> None:
+    """When the versions in between are compacted away nothing can be known:
+    the outcome stays unknown rather than guessed."""
+    store, repos, rid, _key = await _busy(other_first=False)
+    real_txn = store.txn
+
+    async def txn_then_compact(compares: Any, success: Any, failure: Any = ()) -> Any:
+        try:
+            return await real_txn(compares, success, failure)
+        finally:
+            await store.compact(store.revision)
+
+    store.txn = txn_then_compact  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await repos.increment_generation("vs", rid, NODES)

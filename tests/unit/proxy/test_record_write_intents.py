@@ -16,7 +16,12 @@ from gitquorum.cluster.decisions import WriteResult
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.intents import IntentStore
 from gitquorum.cluster.memory_store import MemoryStore
-from gitquorum.cluster.repositories import RepositoryCache, RepositoryRecord, RepositoryStore
+from gitquorum.cluster.repositories import (
+    ExtrasUncertain,
+    RepositoryCache,
+    RepositoryRecord,
+    RepositoryStore,
+)
 from gitquorum.cluster.store_retry import StoreRetry
 from gitquorum.proxy.etcd_cluster_port import EtcdClusterPort
 from gitquorum.proxy.routing import MutatorRoute
@@ -159,29 +164,36 @@ async def test_an_intent_put_gives_up_after_its_deadline(parts: Parts) -> None:
     assert await parts.standing() == 0
 
 
+@pytest.mark.parametrize("lost", ["record", "jobs"])
 async def test_a_write_whose_outcome_was_not_recorded_marks_its_intent_finished(
-    parts: Parts, monkeypatch: pytest.MonkeyPatch
+    parts: Parts, monkeypatch: pytest.MonkeyPatch, lost: str
 ) -> None:
-    # The finalizer could not reach etcd: the client hears "outcome unknown",
-    # and the intent of this live proxy, left unfinished, would read as a
-    # write in flight and hold the verifier off the repository for the intent
-    # grace (120 s; the CI tier and the etcd quorum-loss chaos test left a
-    # repository unconverged past their bounds). It is marked finished once
-    # etcd answers.
+    # record: the finalizer could not reach etcd; the client hears "outcome
+    # unknown", and the intent of this live proxy, left unfinished, would read
+    # as a write in flight and hold the verifier off the repository for the
+    # intent grace (120 s; the CI tier and the etcd quorum-loss chaos test left
+    # a repository unconverged past their bounds). jobs: the record already
+    # said what the outcome says and the txn that was to remove the intent
+    # (with the repair jobs) lost its answer; the intent may stand the same.
+    # Either way it is marked finished once etcd answers.
     route = parts.route()
     intent = parts.port.intent_for("vs", route)
     assert intent is not None
     await parts.port.record_intent(intent)
 
     async def unreachable(*_args: object, **_kwargs: object) -> RepositoryRecord:
+        if lost == "jobs":
+            raise ExtrasUncertain("etcd txn: timed out after 3.0s", parts.record)
         raise StoreUnavailable("etcd txn: timed out after 3.0s")
 
     monkeypatch.setattr(parts.repos, "update_with", unreachable)
-    with pytest.raises(StoreUnavailable):
-        await parts.port.record_write(
-            "vs", route, WriteResult(frozenset(NODES), frozenset(), "committed"), intent
-        )
+    result = WriteResult(frozenset(NODES), frozenset(), "committed")
     async with asyncio.timeout(5):
+        if lost == "jobs":
+            await parts.port.record_write("vs", route, result, intent)
+        else:
+            with pytest.raises(StoreUnavailable):
+                await parts.port.record_write("vs", route, result, intent)
         await asyncio.gather(*parts.port._finishing)
     (stored,) = await parts.intents.of_repository("vs", route.repository_id)
     assert stored.finished and stored.primary == route.primary
