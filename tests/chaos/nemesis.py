@@ -229,12 +229,25 @@ PREFIX = "/gitquorum/default/"
 
 def etcd_range(cluster: Cluster, prefix: str) -> dict[str, bytes]:
     """Every key under ``prefix`` (relative to the cluster's keyspace) and its value."""
+    found, _revision = etcd_range_at(cluster, prefix)
+    return {key: value for key, (value, _mod) in found.items()}
+
+
+def etcd_range_at(
+    cluster: Cluster, prefix: str, *, revision: int = 0, one_key: bool = False
+) -> tuple[dict[str, tuple[bytes, int]], int]:
+    """Every key under ``prefix`` (or the one key ``prefix``), as of
+    ``revision`` (0: now), with its value and mod_revision, and the revision
+    the answer was read at."""
     assert cluster.etcd is not None
     key = (PREFIX + prefix).encode()
-    end = key[:-1] + bytes([key[-1] + 1])
-    body = json.dumps(
-        {"key": base64.b64encode(key).decode(), "range_end": base64.b64encode(end).decode()}
-    ).encode()
+    request_body: dict[str, object] = {"key": base64.b64encode(key).decode()}
+    if not one_key:
+        end = key[:-1] + bytes([key[-1] + 1])
+        request_body["range_end"] = base64.b64encode(end).decode()
+    if revision:
+        request_body["revision"] = revision
+    body = json.dumps(request_body).encode()
     for member in cluster.etcd.members:
         if not member.alive() or member.paused:
             continue
@@ -246,12 +259,16 @@ def etcd_range(cluster: Cluster, prefix: str) -> dict[str, bytes]:
                 answer = json.loads(response.read())
         except (OSError, ValueError):
             continue
-        return {
-            base64.b64decode(kv["key"]).decode()[len(PREFIX) :]: base64.b64decode(
-                kv.get("value", "")
+        if "kvs" not in answer and "header" not in answer:
+            raise RuntimeError(f"etcd range: {answer}")  # e.g. a compacted revision
+        found = {
+            base64.b64decode(kv["key"]).decode()[len(PREFIX) :]: (
+                base64.b64decode(kv.get("value", "")),
+                int(kv.get("mod_revision", 0)),
             )
             for kv in answer.get("kvs", [])
         }
+        return found, int(answer["header"]["revision"])
     raise RuntimeError("no etcd member answered")
 
 

@@ -106,6 +106,30 @@ class Violation:
 
 # (time the records were read, repository -> nodes recorded up to date)
 Timeline = Sequence[tuple[float, Mapping[str, frozenset[str]]]]
+# Record versions that lived between two samples of the timeline (read back
+# from etcd's history): repository -> (sample before, sample after, nodes up
+# to date), each current at some moment between the two samples.
+Transients = Mapping[str, Sequence[tuple[float, float, frozenset[str]]]]
+
+
+def transients(
+    repo: str,
+    times: Sequence[float],
+    revisions: Sequence[int],
+    versions: Iterable[tuple[int, RepositoryRecord]],
+) -> list[tuple[float, float, frozenset[str]]]:
+    """Where each version of ``repo``'s record (its mod_revision and record)
+    lies between the samples taken at ``times`` and etcd ``revisions``: a
+    version written after the sample at revision r_k and at or before the one
+    at r_k+1 was current at some moment between t_k and t_k+1 (perhaps only
+    for milliseconds, perhaps from t_k on). Versions outside the samples are
+    left out."""
+    found = []
+    for mod_revision, record in versions:
+        k = bisect.bisect_left(revisions, mod_revision)  # revisions[k - 1] < mod <= revisions[k]
+        if 0 < k < len(revisions):
+            found.append((times[k - 1], times[k], frozenset(up_to_date_replicas(record))))
+    return found
 
 
 @dataclass
@@ -422,28 +446,43 @@ EXCUSES = (EXCUSE_BY_DESIGN, EXCUSE_OWN_PROXY, EXCUSE_NO_REPLICA)
 
 
 def excused(
-    read: Op, faults: Sequence[Fault], timeline: Timeline = (), proxy_name: str = ""
+    read: Op,
+    faults: Sequence[Fault],
+    timeline: Timeline = (),
+    proxy_name: str = "",
+    between: Transients | None = None,
 ) -> Fault | None:
     """The fault that excuses a failed read, if any (``_excuse``)."""
-    found = _excuse(read, faults, timeline, proxy_name)
+    found = _excuse(read, faults, timeline, proxy_name, between)
     return found[0] if found is not None else None
 
 
 def excuse_reason(
-    read: Op, faults: Sequence[Fault], timeline: Timeline = (), proxy_name: str = ""
+    read: Op,
+    faults: Sequence[Fault],
+    timeline: Timeline = (),
+    proxy_name: str = "",
+    between: Transients | None = None,
 ) -> str | None:
     """Why a failed read is excused (one of ``EXCUSES``), or None."""
-    found = _excuse(read, faults, timeline, proxy_name)
+    found = _excuse(read, faults, timeline, proxy_name, between)
     return found[1] if found is not None else None
 
 
 def _excuse(
-    read: Op, faults: Sequence[Fault], timeline: Timeline = (), proxy_name: str = ""
+    read: Op,
+    faults: Sequence[Fault],
+    timeline: Timeline = (),
+    proxy_name: str = "",
+    between: Transients | None = None,
 ) -> tuple[Fault, str] | None:
     """The fault that excuses a failed read, if any: one that takes away what
     reads need by design, the client's own proxy, or every replica of the
     repository recorded up to date around the read (stopped at some moment of
-    the read, or cut off from the read's proxy)."""
+    the read, or cut off from the read's proxy). Recorded up to date: in a
+    sample of the records around the read, or in a version of the record
+    that lived between two of them (``between``: a replica demoted and
+    repaired within one sampling interval leaves a window no sample shows)."""
     active = [
         f
         for f in faults
@@ -476,14 +515,27 @@ def _excuse(
     if not gone:
         return None
     times = [t for t, _ in timeline]
-    first = max(bisect.bisect_right(times, read.start) - 1, 0)
-    last = min(bisect.bisect_left(times, read.end), len(times) - 1)
-    for i in range(first, last + 1):
-        up_to_date = timeline[i][1].get(read.repo)
+    first, last = sample_window(times, read.start, read.end)
+    candidates = [timeline[i][1].get(read.repo) for i in range(first, last + 1)]
+    if between:
+        candidates += [
+            nodes
+            for before, after, nodes in between.get(read.repo, ())
+            if times[first] <= before and after <= times[last]
+        ]
+    for up_to_date in candidates:
         if up_to_date is not None and up_to_date <= gone:
             culprit = next((f for f, nodes in took if nodes & up_to_date), None)
             return culprit or next(f for f, nodes in took if nodes), EXCUSE_NO_REPLICA
     return None
+
+
+def sample_window(times: Sequence[float], start: float, end: float) -> tuple[int, int]:
+    """The samples around ``[start, end]``: the last taken at or before
+    ``start`` and the first at or after ``end`` (clamped to the timeline)."""
+    first = max(bisect.bisect_right(times, start) - 1, 0)
+    last = min(bisect.bisect_left(times, end), len(times) - 1)
+    return first, last
 
 
 def _proxy_down_at(fault: Fault, op: Op) -> bool:
@@ -519,6 +571,7 @@ def check_failed_reads(
     faults: Sequence[Fault],
     proxy_names: Mapping[str, str],
     timeline: Timeline = (),
+    between: Transients | None = None,
 ) -> list[Violation]:
     """Failed reads no fault excuses. ``proxy_names``: address -> proxy name."""
     problems: list[Violation] = []
@@ -526,7 +579,7 @@ def check_failed_reads(
     for read in history.ops:
         if read.kind != "read" or read.outcome != "failed":
             continue
-        if excused(read, named, timeline, proxy_names.get(read.proxy, "")) is None:
+        if excused(read, named, timeline, proxy_names.get(read.proxy, ""), between) is None:
             during = [
                 f.nemesis
                 for f in named

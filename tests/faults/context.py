@@ -30,12 +30,45 @@ if TYPE_CHECKING:
 
 def read_records(cluster: FaultCluster) -> dict[str, RepositoryRecord]:
     """Every repository record of the virtual storage, by relative path."""
+    return read_records_at(cluster)[0]
+
+
+def read_records_at(cluster: FaultCluster) -> tuple[dict[str, RepositoryRecord], int]:
+    """Every repository record of the virtual storage, by relative path, and
+    the etcd revision they were read at."""
+    found, revision = chaos_nemesis.etcd_range_at(cluster, f"repositories/{VIRTUAL_STORAGE}/")
     records: dict[str, RepositoryRecord] = {}
-    for key, value in chaos_nemesis.etcd_range(cluster, f"repositories/{VIRTUAL_STORAGE}/").items():
+    for key, (value, mod_revision) in found.items():
         rid = int(key.rsplit("/", 1)[1])
-        record = decode_record(VIRTUAL_STORAGE, rid, value)
+        record = decode_record(VIRTUAL_STORAGE, rid, value, mod_revision)
         records[record.relative_path] = record
-    return records
+    return records, revision
+
+
+# The most versions of one record read back for one window of a failed read.
+VERSIONS_PER_WINDOW = 500
+
+
+def record_versions(
+    cluster: FaultCluster, record: RepositoryRecord, after: int, upto: int
+) -> list[tuple[int, RepositoryRecord]]:
+    """The versions of ``record``'s key written after revision ``after`` and
+    at or before ``upto`` (mod_revision, record), newest first, walked back
+    through etcd's history (the test clusters never compact it)."""
+    key = f"repositories/{VIRTUAL_STORAGE}/{record.repository_id}"
+    versions = []
+    revision = upto
+    for _ in range(VERSIONS_PER_WINDOW):
+        found, _at = chaos_nemesis.etcd_range_at(cluster, key, revision=revision, one_key=True)
+        if key not in found:
+            break
+        value, mod_revision = found[key]
+        if mod_revision <= after:
+            break
+        rid = record.repository_id
+        versions.append((mod_revision, decode_record(VIRTUAL_STORAGE, rid, value, mod_revision)))
+        revision = mod_revision - 1
+    return versions
 
 
 @dataclass

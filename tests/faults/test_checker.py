@@ -286,6 +286,44 @@ def test_a_failed_read_is_excused_when_every_up_to_date_replica_was_down_or_cut_
     assert [(v.at, "addr2" in v.detail) for v in found] == [(7.2, True)]
 
 
+def test_a_failed_read_is_judged_by_the_record_versions_between_two_samples() -> None:
+    # Seed 569553780's false red: a client hung up mid-write, its outcome
+    # demoted the secondary n1, and the primary n3 was the only up-to-date
+    # replica until n2's repair, all between two samples. proxy1, cut off
+    # from n3, had nothing to read from; the samples ({n1, n3} and {n2, n3})
+    # never showed n3 alone, the versions read back from etcd's history do.
+    read = op("read", SHARED, "", 7.0, 7.2, outcome="failed", proxy="addr1")
+    faults = [_fault("one-proxy-to-node-cut", 4.0, 20.0, unreachable=(("proxy1", "n3"),))]
+    timeline = [
+        (4.5, {REPO: frozenset({"n1", "n3"})}),
+        (6.5, {REPO: frozenset({"n1", "n3"})}),
+        (8.5, {REPO: frozenset({"n2", "n3"})}),
+        (10.5, {REPO: frozenset({"n2", "n3"})}),
+    ]
+    names = {"addr1": "proxy1"}
+    revisions = [100, 110, 130, 140]
+    versions = [
+        (120, record(6, n1=5, n2=5, n3=6)),  # the demotion's write: n3 alone
+        (125, record(6, n1=5, n2=6, n3=6)),  # n2 repaired
+        (105, record(5, n1=5, n2=4, n3=5)),  # before the read's window
+        (99, record(5, n1=5, n2=5, n3=5)),  # before the first sample: left out
+    ]
+    between = {REPO: checker.transients(REPO, [t for t, _ in timeline], revisions, versions)}
+    assert between[REPO] == [
+        (6.5, 8.5, frozenset({"n3"})),
+        (6.5, 8.5, frozenset({"n2", "n3"})),
+        (4.5, 6.5, frozenset({"n1", "n3"})),
+    ]
+    assert len(checker.check_failed_reads(history(read), faults, names, timeline)) == 1
+    assert checker.check_failed_reads(history(read), faults, names, timeline, between) == []
+    # A version that lived only outside the read's samples excuses nothing.
+    early = {REPO: [(4.5, 6.5, frozenset({"n3"}))]}
+    assert len(checker.check_failed_reads(history(read), faults, names, timeline, early)) == 1
+    # Nor one where some up-to-date replica stayed reachable.
+    served = {REPO: [(6.5, 8.5, frozenset({"n2", "n3"}))]}
+    assert len(checker.check_failed_reads(history(read), faults, names, timeline, served)) == 1
+
+
 def test_a_disk_fault_of_another_repository_exempts_nothing() -> None:
     h = history(op("create", "refs/heads/a", OIDS[3], 1.0, 2.0))
     acks = checker.index(h.ops, CHAIN)
@@ -382,7 +420,7 @@ def test_the_table_splits_failed_reads_by_excuse_and_reports_latency_around_each
         op("read", SHARED, "", 110.0 + checker.HEAL_GRACE + 1.0, 114.5 + 0.020),  # after
         op("read", SHARED, "", 100.0 - LATENCY_WINDOW - 1.0, 89.5),  # outside every window
     ]
-    run = SimpleNamespace(history=history(*ops), timeline=[])
+    run = SimpleNamespace(history=history(*ops), timeline=[], between={})
     [row] = FaultRun._table(run, [fault], [], {"addr1": "proxy1", "addr2": "proxy2"})  # type: ignore[arg-type]
     assert row["failed_reads"] == 2
     assert (row["failed_reads_own_proxy"], row["failed_reads_unexcused"]) == (1, 1)
