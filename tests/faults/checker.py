@@ -624,6 +624,12 @@ class Repair:
     correlation_ids: tuple[str, ...] = ()
     # Replicas the verifier found missing on disk (``missing_on_disk``).
     missing: tuple[str, ...] = ()
+    # The references the repair changes (``differing_refs``, at most the
+    # first 20 of ``refs_count``); None when the verifier could not read them.
+    refs: tuple[str, ...] | None = None
+    refs_count: int | None = None
+    # Where it was read: "history" (etcd, in the verdict's txn) or "log".
+    source: str = "log"
 
 
 # What a proxy logged, with its time and the proxy's name.
@@ -689,6 +695,7 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
     ):
         conflict = msg == NO_MAJORITY
         nodes = fields.get("replicas" if conflict else "demoted", ())
+        refs = fields.get("differing_refs")
         repairs.append(
             Repair(
                 fields.get("relative_path", "?"),
@@ -701,9 +708,69 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
                 and bool(int(fields.get("unfinished_writes", 0))),
                 correlation_ids=tuple(fields.get("unfinished_correlation_ids", ())),
                 missing=tuple(fields.get("missing_on_disk", ())),
+                refs=tuple(refs) if isinstance(refs, list) else None,
+                refs_count=fields.get("differing_refs_count"),
             )
         )
     return repairs
+
+
+def history_repairs(entries: Iterable[Mapping[str, Any]], wall_to_monotonic: float) -> list[Repair]:
+    """Repairs and conflicts of the verifier's verdicts recorded in etcd's
+    ``history/`` (each in its verdict's txn: present even when the leader
+    died before its log line). ``entries``: the decoded JSON values."""
+    repairs: list[Repair] = []
+    for entry in entries:
+        if entry.get("kind") != "verdict":
+            continue
+        details = entry.get("details") or {}
+        conflict = entry.get("reason") == "conflict"
+        nodes = details.get("conflict" if conflict else "demoted") or []
+        if not nodes:
+            continue  # a conflict cleared: nothing repaired
+        refs = details.get("differing_refs")
+        ids = details.get("unfinished_correlation_ids") or []
+        repairs.append(
+            Repair(
+                str(entry.get("path", "?")),
+                tuple(nodes),
+                float(entry["at"]) - wall_to_monotonic,
+                conflict,
+                str(entry.get("by", "")),
+                unfinished=entry.get("reason") == "unfinished-write",
+                majority_unfinished=entry.get("reason") == "majority" and bool(ids),
+                correlation_ids=tuple(ids),
+                missing=tuple(details.get("missing_on_disk") or ()),
+                refs=tuple(refs) if isinstance(refs, list) else None,
+                refs_count=details.get("differing_refs_count"),
+                source="history",
+            )
+        )
+    return repairs
+
+
+# How far apart a verdict's history entry and its log line may be stamped
+# (both from the leader's wall clock; the line is written after the txn).
+SAME_VERDICT_WITHIN = 5.0
+
+
+def merge_repairs(recorded: Sequence[Repair], logged: Sequence[Repair]) -> list[Repair]:
+    """The verdicts recorded in etcd, and those only logged (an entry trimmed
+    from the bounded history): a logged verdict of the same repository and
+    replicas stamped within ``SAME_VERDICT_WITHIN`` of a recorded one is that
+    one."""
+    merged = list(recorded)
+    for repair in logged:
+        same = any(
+            r.repo == repair.repo
+            and set(r.nodes) == set(repair.nodes)
+            and r.conflict == repair.conflict
+            and abs(r.at - repair.at) <= SAME_VERDICT_WITHIN
+            for r in recorded
+        )
+        if not same:
+            merged.append(repair)
+    return merged
 
 
 def abandoned_only(
@@ -758,8 +825,10 @@ def explained_by_unknown_write(repair: Repair, ops: Iterable[Op]) -> bool:
     if not (repair.unfinished or repair.majority_unfinished) or not repair.correlation_ids:
         return False
     wanted = set(repair.correlation_ids)
-    return any(
-        op.is_write
+    explaining = [
+        op
+        for op in ops
+        if op.is_write
         and op.repo == repair.repo
         and op.correlation in wanted
         and (
@@ -767,8 +836,16 @@ def explained_by_unknown_write(repair: Repair, ops: Iterable[Op]) -> bool:
             op.outcome in ("unknown", "")
             or (op.outcome == "ok" and op.end >= repair.at - VERDICT_CLOCK_SLACK)
         )
-        for op in ops
-    )
+    ]
+    if not explaining:
+        return False
+    if not repair.refs:
+        # The verifier could not say which references differed (or none
+        # did by name): one such write is all there is to go on.
+        return True
+    # Causal: every reference the repair changes is one of those writes'. An
+    # unrelated client that hung up on the same repository explains nothing.
+    return set(repair.refs) <= {op.key for op in explaining}
 
 
 def check_repairs(

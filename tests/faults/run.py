@@ -29,6 +29,7 @@ import grpc
 
 from gitquorum.gitaly import ref_pb2, ref_pb2_grpc
 from tests.chaos import checker as chaos_checker
+from tests.chaos import nemesis as chaos_nemesis
 from tests.chaos.workload import ZERO_OID, Chain, History, Op
 from tests.faults import checker, explain
 from tests.faults.base import Fault, Nemesis
@@ -103,6 +104,9 @@ class FaultRun:
         self.timeline_revisions: list[int] = []
         # Record versions between samples, read back for failed reads.
         self.between: dict[str, list[tuple[float, float, frozenset[str]]]] = {}
+        # Verdicts found in etcd's history and in the proxies' logs.
+        self.verdicts_recorded = 0
+        self.verdicts_logged = 0
         self.skipped: set[str] = set()  # nemeses not applicable on this machine
         self.unreadable = 0
         self.ctx: RunContext | None = None
@@ -423,6 +427,17 @@ class FaultRun:
                 found += [Violation(checker.PHANTOM, repo, d, now) for d in phantoms]
         return found
 
+    def _history_entries(self) -> list[dict[str, Any]]:
+        """The history log's entries in etcd (primary changes and verdicts)."""
+        assert self.cluster is not None
+        entries = []
+        for value in chaos_nemesis.etcd_range(self.cluster, "history/").values():
+            try:
+                entries.append(json.loads(value))
+            except ValueError:
+                continue
+        return entries
+
     def _read_back_between(self, faults: Sequence[Fault], names: Mapping[str, str]) -> None:
         """For each failed read the samples alone do not excuse, the versions
         of its repository's record between the samples around it, from etcd's
@@ -628,10 +643,17 @@ class FaultRun:
             # What every process waits on, while the cluster is still up.
             self.task_dumps = await asyncio.to_thread(self._ask_task_dumps)
         faults = self.ctx.faults.faults
-        repairs = checker.unskew(
-            checker.verifier_repairs([p.log_path for p in self.cluster.proxies], self.wall_offset),
-            faults,
+        logged = checker.verifier_repairs(
+            [p.log_path for p in self.cluster.proxies], self.wall_offset
         )
+        try:
+            entries = await asyncio.to_thread(self._history_entries)
+        except (RuntimeError, OSError, ValueError) as exc:
+            print(f"verdicts not read from etcd's history: {exc}", flush=True)
+            entries = []
+        recorded = checker.history_repairs(entries, self.wall_offset)
+        repairs = checker.unskew(checker.merge_repairs(recorded, logged), faults)
+        self.verdicts_recorded, self.verdicts_logged = len(recorded), len(logged)
         known = await asyncio.to_thread(self._known_conflicts, left, repairs)
         now = time.monotonic()
         self._violation(
@@ -675,6 +697,10 @@ class FaultRun:
             "cross_proxy_lag_reads": reads.cross_proxy_lag,
             "stale_reads_from_restored_replicas": reads.from_restored_replica,
             "verifier_repairs": sum(len(r.nodes) for r in repairs),
+            # Every logged verdict should be in etcd's history (its txn): a
+            # difference is a line without an entry (a trimmed entry).
+            "verdicts_recorded_in_etcd": self.verdicts_recorded,
+            "verdicts_logged": self.verdicts_logged,
             "replicas_found_missing": len(missing),
             "unfinished_write_settlements": sum(
                 1

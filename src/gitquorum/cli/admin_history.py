@@ -1,9 +1,11 @@
-"""``gitquorum history``: when primaries changed, from what, to what, and why.
+"""``gitquorum history``: when primaries changed, from what, to what, and why,
+and what the verifier decided.
 
 Reads the bounded history log in etcd (``history/``, see
 ``gitquorum.cluster.history``): every failover by the leader, every lazy
-failover at write time, and every move by ``switchover``, ``drain`` and
-``track-repository``, oldest first, like Patroni's ``patronictl history``.
+failover at write time, every move by ``switchover``, ``drain`` and
+``track-repository``, and every verdict of the verifier (replicas demoted
+and repaired, conflicts), oldest first, like Patroni's ``patronictl history``.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import argparse
 from collections.abc import Sequence
 
 from gitquorum.cli import admin_common as common
-from gitquorum.cluster.history import Event, History
+from gitquorum.cluster.history import VERDICT, Event, History
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_common_arguments(parser)
     common.add_repository_argument(parser, required=False)
-    parser.add_argument("--node", metavar="NODE", help="only changes from or to this node")
+    parser.add_argument(
+        "--node", metavar="NODE", help="only changes from or to this node, and its demotions"
+    )
     parser.add_argument(
         "--limit",
         type=int,
@@ -41,15 +45,28 @@ def select(
         for e in events
         if (virtual_storage is None or e.virtual_storage == virtual_storage)
         and (repository is None or e.relative_path == repository)
-        and (node is None or node in (e.old, e.new))
+        and (node is None or node in (e.old, e.new) or node in _demoted(e))
     ]
     chosen.sort(key=lambda e: e.at)
     return chosen[-limit:] if limit > 0 else chosen
 
 
+def _demoted(event: Event) -> list[str]:
+    demoted = event.details.get("demoted")
+    return [str(n) for n in demoted] if isinstance(demoted, list) else []
+
+
+def _reason(event: Event) -> str | None:
+    """A verdict's reason says whom it demoted (the rest is in ``--json``)."""
+    demoted = _demoted(event)
+    if event.kind == VERDICT and demoted:
+        return f"{event.reason}: demoted {', '.join(demoted)}"
+    return event.reason or None
+
+
 def render(events: Sequence[Event]) -> str:
     if not events:
-        return "no primary change recorded"
+        return "nothing recorded"
     rows = [
         [
             common.format_time(e.at),
@@ -59,7 +76,7 @@ def render(events: Sequence[Event]) -> str:
             e.old,
             e.new,
             e.by or None,
-            e.reason or None,
+            _reason(e),
         ]
         for e in events
     ]

@@ -24,7 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "admin_list_storages",
         "virtual storages and their nodes: address, health, drain, primaries, replicas",
     ),
-    "history": ("admin_history", "failovers and switchovers: when primaries changed, and why"),
+    "history": (
+        "admin_history",
+        "failovers, switchovers and verifier verdicts: when primaries changed, and why",
+    ),
     "check": ("admin_check", "check etcd, proxies, nodes, disks and clocks; exit 1 on failure"),
     "dataloss": ("admin_dataloss", "list repositories without a healthy, up-to-date replica"),
     "accept-dataloss": (

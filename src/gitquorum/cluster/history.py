@@ -1,16 +1,24 @@
-"""The history of primary changes: failovers and switchovers, in etcd, bounded.
+"""The history of primary changes and verifier verdicts, in etcd, bounded.
 
 Keys (under the cluster prefix, see ``docs/keyspace.md``; no lease)::
 
     history/<unix microseconds, 17 digits>-<8 hex>  ->  {"at":..,"kind":..,"vs":..,"id":..,
-                                               "path":..,"from":..,"to":..,"by":..,"reason":..}
+                                               "path":..,"from":..,"to":..,"by":..,"reason":..,
+                                               "details":{..}}
 
-Written after the primary change it describes is recorded (the compare-and-swap
-on the repository record), by the leader's failover, by a proxy's lazy failover
-at write time, and by ``gitquorum switchover``/``drain``/``track-repository``.
-The record is what makes the change; an entry is its account, written best
-effort: a lost entry never undoes or blocks a change, and an entry never
-exists for a change that did not happen.
+A primary change (``failover``, ``switchover``) is written after the change it
+describes is recorded (the compare-and-swap on the repository record), by the
+leader's failover, by a proxy's lazy failover at write time, and by
+``gitquorum switchover``/``drain``/``track-repository``. The record is what
+makes the change; such an entry is its account, written best effort: a lost
+entry never undoes or blocks a change, and an entry never exists for a change
+that did not happen.
+
+A ``verdict`` of the verifier goes in the same txn as the settlement it
+describes (:meth:`History.op`): it exists exactly when the verdict was stored,
+even if the leader died before it could log a line. Its ``details`` say which
+replicas were demoted, from which sources they are repaired, and which
+references differed.
 
 Keys sort by the writer's wall clock; the log keeps the newest :data:`LIMIT`
 entries: each writer trims on its first entry and every :data:`TRIM_EVERY`
@@ -24,8 +32,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from gitquorum.cluster.keys import Keyspace
@@ -39,6 +47,7 @@ TRIM_EVERY = 50
 
 FAILOVER = "failover"
 SWITCHOVER = "switchover"
+VERDICT = "verdict"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +63,11 @@ class Event:
     new: str | None
     by: str = ""
     reason: str = ""
+    # What else a verdict says (demoted replicas, sources, differing references).
+    details: Mapping[str, Any] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        value = {
+        value: dict[str, Any] = {
             "at": round(self.at, 3),
             "kind": self.kind,
             "vs": self.virtual_storage,
@@ -67,6 +78,8 @@ class Event:
             "by": self.by,
             "reason": self.reason,
         }
+        if self.details:
+            value["details"] = dict(self.details)
         return json.dumps(value, separators=(",", ":")).encode()
 
     @classmethod
@@ -84,8 +97,9 @@ class Event:
                 _node(data.get("to")),
                 str(data.get("by", "")),
                 str(data.get("reason", "")),
+                dict(data.get("details") or {}),
             )
-        except (TypeError, KeyError, AttributeError) as exc:
+        except (TypeError, KeyError, AttributeError, ValueError) as exc:
             raise ValueError(f"not a history entry: {value[:80]!r}") from exc
 
     def data(self) -> dict[str, Any]:
@@ -100,6 +114,7 @@ class Event:
             "to": self.new,
             "by": self.by,
             "reason": self.reason,
+            "details": dict(self.details),
         }
 
 
@@ -147,10 +162,26 @@ class History:
 
     async def record(self, event: Event) -> None:
         """Append ``event``; trims now and then. Raises what the store raises."""
-        name = entry_name(event.at, secrets.token_hex(4))
-        await self.store.put(self.keys.history() + name, event.encode())
+        await self.store.put(self._key(event), event.encode())
         if self._written % self.trim_every == 0:
             await self.trim()
+        self._written += 1
+
+    def op(self, event: Event) -> Op:
+        """``event`` as an op of another txn: the entry exists iff the txn applies."""
+        return Op.put(self._key(event), event.encode())
+
+    def _key(self, event: Event) -> str:
+        return self.keys.history() + entry_name(event.at, secrets.token_hex(4))
+
+    async def written_in_txn(self) -> None:
+        """Count an entry written by :meth:`op`'s txn; trims now and then, quietly
+        (the entry is stored; a trim left for later only delays the bound)."""
+        if self._written % self.trim_every == 0:
+            try:
+                await self.trim()
+            except Exception as exc:
+                log.warning("history not trimmed: %s", exc)
         self._written += 1
 
     async def record_quietly(self, event: Event) -> None:

@@ -61,7 +61,13 @@ from gitquorum.proxy.replication import (
     healthy_targets,
 )
 from gitquorum.proxy.server_info import ServerInfoService
-from gitquorum.proxy.verifier import VERDICTS, NodeChecksums, VerificationStore, Verifier
+from gitquorum.proxy.verifier import (
+    VERDICTS,
+    NodeChecksums,
+    NodeRefs,
+    VerificationStore,
+    Verifier,
+)
 from gitquorum.proxy.vote_counting import TransactionManager
 from gitquorum.wire.interceptor import ErrorInterceptor
 from gitquorum.wire.options import server_options
@@ -623,6 +629,8 @@ class ProxyServer(Assembled):
             intents=views.intents,
             members=views.health.incarnations,
             on_verdict=lambda vs, verdict: self.metrics.verifier_verdicts.labels(vs, verdict).inc(),
+            refs=NodeRefs(channels),
+            history=views.history,
         )
         for vs in self.nodes:
             for verdict in VERDICTS:  # every series exists from the start, at 0

@@ -51,6 +51,7 @@ from gitquorum.cluster.decisions import (
 )
 from gitquorum.cluster.election import FencingToken
 from gitquorum.cluster.errors import Conflict, NotLeader
+from gitquorum.cluster.history import VERDICT, History
 from gitquorum.cluster.intents import IntentStore, StoredIntent
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.periodic import run_periodically, warn
@@ -62,8 +63,8 @@ from gitquorum.cluster.repositories import (
     RepositoryStore,
     TxnExtras,
 )
-from gitquorum.cluster.store import Store
-from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
+from gitquorum.cluster.store import Op, Store
+from gitquorum.gitaly import ref_pb2, ref_pb2_grpc, repository_pb2, repository_pb2_grpc, shared_pb2
 from gitquorum.proxy.channels import NodeChannels
 
 logger = log.get("gitquorum.verifier")
@@ -97,6 +98,56 @@ class NodeChecksums:
             repository_pb2.CalculateChecksumRequest(repository=repo), metadata=metadata, timeout=60
         )
         return str(response.checksum)
+
+
+# How many differing references a verdict names (in its log line and history
+# entry); ``differing_refs_count`` says how many there were.
+DIFFERING_REFS_SHOWN = 20
+# How long a verdict waits for its replicas' references before it is taken
+# without them (they only explain it; the checksums decided it).
+REFS_TIMEOUT = 10.0
+
+# node -> reference name -> object id; None: the replica does not exist.
+References = dict[str, str] | None
+
+
+class RefSource(Protocol):
+    async def __call__(self, node: str, replica_path: str) -> References:
+        """The replica's references; None when it does not exist. Raises
+        ``grpc.aio.AioRpcError`` when the node cannot answer."""
+
+
+class NodeRefs:
+    """References listed by the storage nodes (``ListRefs``)."""
+
+    def __init__(self, channels: NodeChannels) -> None:
+        self.channels = channels
+
+    async def __call__(self, node: str, replica_path: str) -> References:
+        stub = ref_pb2_grpc.RefServiceStub(self.channels.channel(node))
+        repo = shared_pb2.Repository(storage_name=node, relative_path=replica_path)
+        refs: dict[str, str] = {}
+        call = stub.ListRefs(
+            ref_pb2.ListRefsRequest(repository=repo),
+            metadata=self.channels.forward_metadata(()),
+            timeout=REFS_TIMEOUT,
+        )
+        try:
+            async for response in call:
+                for ref in response.references:
+                    refs[ref.name.decode("utf-8", "surrogateescape")] = ref.target
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return refs
+
+
+def differing_references(target: References, source: References) -> list[str]:
+    """The names whose object differs between two replicas (present on one
+    side only included), sorted."""
+    a, b = target or {}, source or {}
+    return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
 
 
 class VerificationStore:
@@ -172,6 +223,8 @@ class Verifier:
         intent_grace: float = INTENT_GRACE,
         members: Callable[[], Mapping[str, float]] = dict,
         on_verdict: Callable[[str, str], None] = lambda _vs, _verdict: None,
+        refs: RefSource | None = None,
+        history: History | None = None,
     ) -> None:
         self.repositories = repositories
         self.cache = cache
@@ -195,6 +248,10 @@ class Verifier:
         self.members = members
         # (virtual storage, verdict) for each verdict stored: a metric.
         self.on_verdict = on_verdict
+        # Which references a demoted replica differs by (for the record).
+        self.refs = refs
+        # Where each verdict is recorded, in the verdict's own txn.
+        self.history = history
         # When this verifier first saw each standing intent (``_stood``).
         self._intents_seen: dict[str, float] = {}
         # Repositories skipped until then (monotonic) because a write was in flight.
@@ -350,7 +407,12 @@ class Verifier:
             )
             self._deferred[rid] = time.monotonic() + IN_FLIGHT_DEFER
             return False
+        differing = None
         if settled.changed and (settled.demoted or settled.conflict):
+            # Which references the repairs would change, read between the two
+            # rounds: if the second round matches the first, no write landed
+            # in between, so these are the references the checksums cover.
+            differing = await self._differing(record, settled)
             # Read again: a write between its commit and its outcome changes
             # the checksums of its replicas within milliseconds.
             await self.sleep(self.recheck_delay)
@@ -364,7 +426,7 @@ class Verifier:
         if settled.changed:
             try:
                 missing = sorted(n for n, checksum in first.items() if checksum is None)
-                await self._write(record, settled, fence, standing, missing)
+                await self._write(record, settled, fence, standing, missing, differing)
             except RecordMoved:
                 logger.info(
                     "repository changed while being verified; checking again later",
@@ -379,6 +441,37 @@ class Verifier:
             await self.verification.record(vs, rid, node)
         return True
 
+    async def _differing(
+        self, record: RepositoryRecord, settled: Settlement
+    ) -> tuple[list[str], int] | None:
+        """The references each demoted replica differs from its repair source
+        by (the first ``DIFFERING_REFS_SHOWN`` names, and how many there are):
+        what the repair will change, so what an unfinished write must explain.
+        None when there is nothing to compare or a replica could not be read
+        in time (the verdict stands on its checksums either way)."""
+        if self.refs is None or not settled.repairs:
+            return None
+        nodes = sorted({n for r in settled.repairs for n in (r.target, r.source)})
+        refs = self.refs
+        try:
+            async with asyncio.timeout(REFS_TIMEOUT):
+                listed = await asyncio.gather(*(refs(n, record.replica_path) for n in nodes))
+        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+            logger.info(
+                "references of a verdict not read",
+                extra=log.fields(repository_id=record.repository_id, error=repr(exc)),
+            )
+            return None
+        by_node = dict(zip(nodes, listed, strict=True))
+        names = sorted(
+            {
+                name
+                for r in settled.repairs
+                for name in differing_references(by_node[r.target], by_node[r.source])
+            }
+        )
+        return names[:DIFFERING_REFS_SHOWN], len(names)
+
     async def _write(
         self,
         record: RepositoryRecord,
@@ -386,17 +479,43 @@ class Verifier:
         fence: FencingToken,
         standing: Sequence[StoredIntent],
         missing: Sequence[str] = (),
+        differing: tuple[list[str], int] | None = None,
     ) -> None:
         """Store the settlement and its repairs in one txn, fenced with the
         leader's token and conditional on the record being the one read
         before the checksums. A verdict taken on unfinished writes removes
-        their intents in the same txn: they are settled."""
+        their intents in the same txn: they are settled. The verdict's
+        history entry goes in the same txn: it exists iff the verdict does,
+        whatever happens to this proxy before its log line."""
         vs, rid = record.virtual_storage, record.repository_id
         settled_intents = (
             self.intents.forget_ops(standing)
             if self.intents is not None and settled.reference is not None
             else ()
         )
+        verdict = verdict_of(settled)
+        unfinished = self._explaining(settled, standing)
+        details: dict[str, object] = {
+            "demoted": sorted(settled.demoted),
+            "majority": sorted(settled.majority),
+            "reference": settled.reference,
+            "conflict": list(settled.record.conflict) if settled.conflict else [],
+            "missing_on_disk": list(missing),
+            "unfinished_correlation_ids": sorted(
+                i.correlation_id for i in unfinished if i.correlation_id
+            ),
+            "sources": {r.target: r.source for r in settled.repairs},
+            # Unknown (None) when the replicas could not be read in time.
+            "differing_refs": differing[0] if differing is not None else None,
+            "differing_refs_count": differing[1] if differing is not None else None,
+        }
+        history_ops: tuple[Op, ...] = ()
+        if self.history is not None:
+            entry = self.history.event(
+                VERDICT, vs, rid, record.relative_path, record.primary, settled.record.primary,
+                reason=verdict,
+            )  # fmt: skip
+            history_ops = (self.history.op(replace(entry, details=details)),)
 
         async def plan(current: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
             if current.revision != record.revision:
@@ -404,10 +523,47 @@ class Verifier:
                     f"repository {rid} moved from revision {record.revision} to {current.revision}"
                 )
             jobs = await prepare_repairs(self.queue, settled.record, settled.repairs)
-            return settled.record, TxnExtras(jobs.compares, (*jobs.ops, *settled_intents))
+            return settled.record, TxnExtras(
+                jobs.compares, (*jobs.ops, *settled_intents, *history_ops)
+            )
 
         await self.repositories.update_with(vs, rid, plan, fence=fence)
-        self.on_verdict(vs, verdict_of(settled))
+        self.on_verdict(vs, verdict)
+        if self.history is not None:
+            await self.history.written_in_txn()
+        self._log_verdict(record, settled, details, unfinished)
+
+    def _explaining(
+        self, settled: Settlement, standing: Sequence[StoredIntent]
+    ) -> list[StoredIntent]:
+        """The unfinished writes a verdict names: every standing one for a
+        verdict settled on them; for a majority verdict, those that are over
+        without an outcome saying who holds them (their proxy gone before it
+        finished them, or finished with the replicas it named outdated
+        spared: a client that hung up mid-write) and that went to every
+        demoted replica or to the whole majority: the replicas may differ by
+        one of those rather than by a disk that lost writes."""
+        if settled.reference is not None:
+            return list(standing)
+        if not settled.demoted:
+            return []
+        members = self.members()
+        return [
+            i
+            for i in standing
+            if i.is_evidence(members)
+            and (settled.demoted <= i.participants or settled.majority <= i.participants)
+        ]
+
+    def _log_verdict(
+        self,
+        record: RepositoryRecord,
+        settled: Settlement,
+        details: Mapping[str, object],
+        unfinished: Sequence[StoredIntent],
+    ) -> None:
+        rid = record.repository_id
+        missing = details["missing_on_disk"]
         if settled.reference is not None:
             logger.warning(
                 "replicas differing by an unfinished write settled",
@@ -418,14 +574,14 @@ class Verifier:
                     demoted=sorted(settled.demoted),
                     # Demoted because their replica is gone from disk (not
                     # a state any write explains).
-                    missing_on_disk=list(missing),
+                    missing_on_disk=missing,
                     old_primary=record.primary,
                     new_primary=settled.record.primary,
-                    unfinished_writes=len(standing),
-                    unfinished_correlation_ids=sorted(
-                        i.correlation_id for i in standing if i.correlation_id
-                    ),
-                    sources={r.target: r.source for r in settled.repairs},
+                    unfinished_writes=len(unfinished),
+                    unfinished_correlation_ids=details["unfinished_correlation_ids"],
+                    sources=details["sources"],
+                    differing_refs=details["differing_refs"],
+                    differing_refs_count=details["differing_refs_count"],
                 ),
             )
         elif settled.conflict:
@@ -435,25 +591,12 @@ class Verifier:
                     repository_id=rid,
                     relative_path=record.relative_path,
                     replicas=list(settled.record.conflict),
-                    missing_on_disk=list(missing),
+                    missing_on_disk=missing,
                 ),
             )
         elif settled.demoted:
-            # Writes that are over without an outcome that says who holds
-            # them — their proxy gone (paused past its lease, cut off from
-            # etcd, or dead) before it finished them, or finished with the
-            # replicas it named outdated spared (the repository had moved on:
-            # a client that hung up mid-write) — that went to every demoted
-            # replica or to the whole majority: the replicas may differ by one
-            # of those rather than by a disk that lost writes. For the record;
-            # the verdict is the majority's either way.
-            members = self.members()
-            unfinished = [
-                i
-                for i in standing
-                if i.is_evidence(members)
-                and (settled.demoted <= i.participants or settled.majority <= i.participants)
-            ]
+            # The unfinished writes named are for the record; the verdict is
+            # the majority's either way.
             logger.warning(
                 "verification failed: replicas differing from the majority demoted",
                 extra=log.fields(
@@ -461,16 +604,17 @@ class Verifier:
                     relative_path=record.relative_path,
                     demoted=sorted(settled.demoted),
                     majority=sorted(settled.majority),
-                    missing_on_disk=list(missing),
+                    missing_on_disk=missing,
                     unfinished_writes=len(unfinished),
                     # Which writes: their requests' log lines, and the clients
                     # that were never told an outcome.
-                    unfinished_correlation_ids=sorted(
-                        i.correlation_id for i in unfinished if i.correlation_id
-                    ),
+                    unfinished_correlation_ids=details["unfinished_correlation_ids"],
                     old_primary=record.primary,
                     new_primary=settled.record.primary,
-                    sources={r.target: r.source for r in settled.repairs},
+                    sources=details["sources"],
+                    # What the repair changes: what those writes must explain.
+                    differing_refs=details["differing_refs"],
+                    differing_refs_count=details["differing_refs_count"],
                 ),
             )
         else:

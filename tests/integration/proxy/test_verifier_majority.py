@@ -150,6 +150,15 @@ def test_the_rolled_back_replica_is_the_one_repaired(
         assert after.primary == before.primary
     # Nothing was held against the replicas that kept the write afterwards either.
     assert _demotions(cluster)[seen:] == demoted
+    # What the repair changed: the one reference the rollback moved.
+    assert demoted[0]["differing_refs"] == ["refs/heads/main"]
+    assert demoted[0]["differing_refs_count"] == 1
+    # The verdict is in the history, stored with the demotion itself.
+    shown = cli(cluster, "history", "--repository", path, "--json")
+    assert shown.code == 0
+    (verdict,) = [e for e in json.loads(shown.out)["events"] if e["kind"] == "verdict"]
+    assert verdict["reason"] == "majority" and verdict["details"]["demoted"] == [victim]
+    assert verdict["details"]["differing_refs"] == ["refs/heads/main"]
 
 
 def test_two_replicas_that_disagree_are_reported_and_left_alone(

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from gitquorum.cluster.history import FAILOVER, SWITCHOVER, Event, History, entry_name, overflow
+from gitquorum.cli import admin_history
+from gitquorum.cluster.history import (
+    FAILOVER,
+    SWITCHOVER,
+    VERDICT,
+    Event,
+    History,
+    entry_name,
+    overflow,
+)
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
 
@@ -40,7 +51,19 @@ def test_event_round_trips_and_rejects_garbage() -> None:
     assert Event.decode(event.encode()) == event
     no_primary = Event(1.0, SWITCHOVER, "default", 1, "x.git", None, "n3")
     assert Event.decode(no_primary.encode()) == no_primary
-    for garbage in (b"{}", b"[]", b'{"at":1}', b"not json"):
+    verdict = Event(
+        3.0, VERDICT, "default", 2, "y.git", "n1", "n2", "p1", "majority",
+        {"demoted": ["n1"], "differing_refs": ["refs/heads/a"], "differing_refs_count": 1},
+    )  # fmt: skip
+    assert Event.decode(verdict.encode()) == verdict
+    assert b"details" not in event.encode()  # primary changes stay as they were
+    for garbage in (
+        b"{}",
+        b"[]",
+        b'{"at":1}',
+        b"not json",
+        b'{"at":1,"kind":"verdict","vs":"d","id":1,"details":[1]}',
+    ):
         with pytest.raises(ValueError):
             Event.decode(garbage)
 
@@ -76,3 +99,19 @@ async def test_unreadable_entries_are_skipped_and_failures_are_quiet() -> None:
             raise OSError("etcd is gone")
 
     await History(Broken(), keys).record_quietly(event)  # logs, does not raise
+
+
+async def test_verdicts_are_kept_and_shown_with_whom_they_demoted() -> None:
+    store, keys = MemoryStore(), Keyspace(cluster="c")
+    history = History(store, keys, limit=3, trim_every=2, writer="p1")
+    for i in range(6):
+        event = history.event(VERDICT, "default", i, f"r{i}.git", "n1", "n1", reason="majority")
+        await store.txn([], [history.op(event)])
+        await history.written_in_txn()
+    assert len(await history.events()) <= 3 + 2  # the txn-written entries are trimmed too
+    demoting = history.event(VERDICT, "default", 9, "z.git", "n1", "n2", reason="majority")
+    demoting = replace(demoting, details={"demoted": ["n3"]})
+    await store.txn([], [history.op(demoting)])
+    events = await history.events()
+    assert [e.repository_id for e in admin_history.select(events, None, None, "n3", 0)] == [9]
+    assert "majority: demoted n3" in admin_history.render([demoting])

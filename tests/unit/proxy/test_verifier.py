@@ -19,6 +19,7 @@ import pytest
 from gitquorum.cluster.clock import ManualClock
 from gitquorum.cluster.election import FencingToken
 from gitquorum.cluster.errors import NotLeader
+from gitquorum.cluster.history import VERDICT, Event, History
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.queue import ReplicationJob, ReplicationQueue
@@ -30,7 +31,12 @@ from gitquorum.cluster.repositories import (
     decode_record,
 )
 from gitquorum.cluster.store import OpKind
-from gitquorum.proxy.verifier import VerificationStore, Verifier
+from gitquorum.proxy.verifier import (
+    DIFFERING_REFS_SHOWN,
+    VerificationStore,
+    Verifier,
+    differing_references,
+)
 
 KEYS = Keyspace("unit")
 NODES = ("n1", "n2", "n3")
@@ -394,3 +400,105 @@ async def test_demotion_new_primary_and_repair_job_are_one_fenced_txn(parts: Par
     (put,) = [op for op in success if "/repositories/" in op.key]
     stored = decode_record(VS, parts.record.repository_id, put.value)
     assert stored.primary != "n1" and stored.replica_generation("n1") == 0
+
+
+class FakeRefs:
+    """Replica references as the test sets them; an exception value is raised."""
+
+    def __init__(self, values: dict[str, dict[str, str] | BaseException | None]) -> None:
+        self.values = values
+
+    async def __call__(self, node: str, _replica_path: str) -> dict[str, str] | None:
+        value = self.values[node]
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+
+SAME = {"refs/heads/main": "1" * 40, "refs/heads/a": "2" * 40}
+
+
+async def _verdicts(parts: Parts) -> list[Event]:
+    return [e for e in await History(parts.store, KEYS).events() if e.kind == VERDICT]
+
+
+async def test_a_verdict_is_recorded_in_its_own_txn_with_the_references_it_repairs() -> None:
+    # The verdict's account cannot be lost with a leader that dies before its
+    # log line: it is stored with the demotion, in the same fenced txn, and
+    # names what the repair will change (what an unfinished write would have
+    # to explain).
+    lost = {"refs/heads/main": "1" * 40}  # n3 lost refs/heads/a and has one nobody wrote
+    lost["refs/heads/phantom"] = "3" * 40
+    refs = FakeRefs({"n1": dict(SAME), "n2": dict(SAME), "n3": lost})
+    store = MemoryStore(ManualClock())
+    parts = await build(store, refs=refs, history=History(store, KEYS, writer="p1"))
+    try:
+        seen: list[tuple[Any, ...]] = []
+        txn = parts.store.txn
+
+        async def spy(compares: Any, success: Any, failure: Any = ()) -> Any:
+            seen.append(tuple(success))
+            return await txn(compares, success, failure)
+
+        parts.store.txn = spy  # type: ignore[method-assign]
+        parts.checksums.values["n3"] = "rolled back"
+        await parts.verifier.verify_once(force=True)
+        (verdict,) = await _verdicts(parts)
+        assert verdict.reason == "majority" and verdict.by == "p1"
+        assert verdict.details["demoted"] == ["n3"]
+        assert verdict.details["majority"] == ["n1", "n2"]
+        assert verdict.details["sources"] == {"n3": "n1"}
+        assert verdict.details["differing_refs"] == ["refs/heads/a", "refs/heads/phantom"]
+        assert verdict.details["differing_refs_count"] == 2
+        (with_record,) = [s for s in seen if any("/repositories/" in op.key for op in s)]
+        assert any("/history/" in op.key for op in with_record), "not in the verdict's txn"
+    finally:
+        await parts.cache.close()
+
+
+async def test_a_verdict_whose_references_cannot_be_read_is_taken_without_them() -> None:
+    # The checksums decided it; the references only explain it.
+    many = {f"refs/heads/b{i:02d}": "4" * 40 for i in range(DIFFERING_REFS_SHOWN + 5)}
+    for unreadable, expected in ((Unreachable(), None), (many, DIFFERING_REFS_SHOWN + 5)):
+        store = MemoryStore(ManualClock())
+        refs = FakeRefs({"n1": dict(SAME), "n2": dict(SAME), "n3": unreadable})
+        parts = await build(store, refs=refs, history=History(store, KEYS))
+        try:
+            parts.checksums.values["n3"] = "rolled back"
+            await parts.verifier.verify_once(force=True)
+            assert (await parts.get()).replica_generation("n3") == 0
+            (verdict,) = await _verdicts(parts)
+            assert verdict.details["differing_refs_count"] == (
+                None if expected is None else expected + len(SAME)
+            )
+            shown = verdict.details["differing_refs"]
+            assert shown is None if expected is None else len(shown) == DIFFERING_REFS_SHOWN
+        finally:
+            await parts.cache.close()
+
+
+async def test_a_deposed_leaders_verdict_leaves_no_history_entry() -> None:
+    store = MemoryStore(ManualClock())
+    parts = await build(store, history=History(store, KEYS))
+    try:
+        parts.checksums.values["n1"] = "rolled back"
+        original = parts.checksums.__call__
+
+        async def deposed_meanwhile(node: str, path: str) -> str | None:
+            await parts.leadership.depose()
+            return await original(node, path)
+
+        parts.verifier.checksum = deposed_meanwhile
+        await parts.verifier.verify_once(force=True)
+        assert await parts.get() == parts.record
+        assert await _verdicts(parts) == []
+    finally:
+        await parts.cache.close()
+
+
+def test_differing_references_include_those_on_one_side_only() -> None:
+    a = {"refs/heads/x": "1", "refs/heads/y": "2"}
+    b = {"refs/heads/x": "1", "refs/heads/y": "3", "refs/heads/z": "4"}
+    assert differing_references(a, b) == ["refs/heads/y", "refs/heads/z"]
+    assert differing_references(None, b) == sorted(b)
+    assert differing_references(a, dict(a)) == []
