@@ -414,10 +414,17 @@ class ReplicaRollback(ReplicaLoss):
 
 
 class PrimaryRollback(ReplicaRollback):
-    """A repository's primary restored from a backup and back at once: a power
-    loss short enough that the primary keeps its role. The verifier must settle
-    by majority -- repair the primary from the others -- not copy the primary's
-    old state over the replicas that hold the acknowledged writes."""
+    """A repository's primary restored from a backup and back at once. The
+    verifier must settle by majority -- repair the rolled-back replica from
+    the others -- not copy its old state over the replicas that hold the
+    acknowledged writes.
+
+    The kill is seen at once (the proxies' connections drop and a check out
+    of turn confirms it within 0.1 s), so the primary role moves away before
+    the node is back, in every run seen: what the verifier meets is a former
+    primary recorded up to date without the writes. The verdict against a
+    primary that kept its role is proven with an operator pause instead
+    (tests/integration/proxy/test_verifier_majority.py)."""
 
     name = "primary-rollback"
     hold = (0.0, 0.3)
@@ -448,8 +455,8 @@ class PrimaryRollback(ReplicaRollback):
 
     async def inject(self, run: RunContext) -> Fault:
         fault = await super().inject(run)
-        # Back before the health checks fail it over (they need two missed checks):
-        # down from the power loss to its restart, not for the whole fault.
+        # Back at once: down from the power loss to its restart, not for the
+        # whole fault.
         await self.heal(run)
         assert fault.power_loss is not None
         fault.nodes_down_during[fault.target] = [(fault.power_loss, time.monotonic())]

@@ -7,6 +7,9 @@ the proxy that queued it dies, the other one is left to run it. Before the
 queue counted a job's delay on the claimer's own clock, the job waited for
 the skew (``not_before`` ten minutes in the future on the other clock, or the
 slow clock never reaching the others' ``not_before``).
+
+And the nemesis's heal undoes it: the proxy comes back on the real clock,
+healthy, and a write through it goes through.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gitquorum.gitaly import ref_pb2, ref_pb2_grpc
 from tests.chaos.workload import History
@@ -25,6 +29,7 @@ from tests.faults.clock import ClockSkew, clock_offset, faketime_library
 from tests.faults.cluster import FAULT_PROXY_SETTINGS, FaultCluster
 from tests.faults.context import RunContext
 from tests.harness import gitrepo
+from tests.harness.cluster import ProxyProcess
 from tests.harness.node import wait_for
 from tests.integration.proxy import helpers
 
@@ -92,6 +97,18 @@ def branch(address: str, relative_path: str, name: str, oid: str) -> None:
         )
 
 
+def pushed_through(
+    proxy: ProxyProcess, other: ProxyProcess, source: Path, prefix: str
+) -> tuple[str, str]:
+    """A new repository created and pushed through ``proxy``, converged as
+    ``other`` sees it: its relative path and the pushed head."""
+    relative_path = f"{prefix}/{uuid.uuid4().hex}.git"
+    helpers.create(proxy.address, relative_path)
+    helpers.push(proxy.address, relative_path, source, "main")
+    helpers.wait_converged(other.address, relative_path, timeout=30)
+    return relative_path, gitrepo.refs(source)["refs/heads/main"]
+
+
 @pytest.mark.parametrize("skew", [600, -600], ids=["ahead", "behind"])
 async def test_a_repair_queued_on_one_clock_runs_on_the_other(
     healthy: FaultCluster, source: Path, skew: int
@@ -108,11 +125,7 @@ async def test_a_repair_queued_on_one_clock_runs_on_the_other(
         helpers.wait_all_healthy(cluster, timeout=60)
 
         # Writes through the skewed proxy go through (gRPC, etcd, the vote dial-back).
-        relative_path = f"skew/{uuid.uuid4().hex}.git"
-        helpers.create(skewed.address, relative_path)
-        helpers.push(skewed.address, relative_path, source, "main")
-        oid = gitrepo.refs(source)["refs/heads/main"]
-        helpers.wait_converged(other.address, relative_path, timeout=30)
+        relative_path, oid = pushed_through(skewed, other, source, "skew")
 
         # The ahead proxy queues the repair and dies; the behind one is left
         # to run the other's repair.
@@ -136,3 +149,57 @@ async def test_a_repair_queued_on_one_clock_runs_on_the_other(
         assert refs[victim.name].get("refs/heads/while-down") == oid
     finally:
         await nemesis.heal(run)
+
+
+def serving(address: str) -> str:
+    """One ``grpc.health.v1`` Check of a proxy: SERVING, NOT_SERVING, or the code."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        except grpc.RpcError as exc:
+            return str(exc.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+@pytest.mark.parametrize("skew", [600, -600], ids=["ahead", "behind"])
+async def test_heal_puts_the_proxy_back_on_the_real_clock_and_serving(
+    healthy: FaultCluster, source: Path, skew: int
+) -> None:
+    cluster = healthy
+    run = RunContext(cluster, random.Random(skew), [], History())  # type: ignore[arg-type]
+    # The nemesis picks the proxy itself (run.rng), as in a fault run.
+    nemesis = ClockSkew(skew)
+    fault = await nemesis.inject(run)
+    try:
+        name = fault.target
+        proxy = cluster.proxy(name)
+        other = next(p for p in cluster.proxies if p.name != name)
+        assert fault.kind == "clock" and fault.proxies_down == (name,), fault
+        # Injected: that proxy's wall clock is off by the skew, the other's is not
+        # (so the difference is the proxy's, not the test's own clock).
+        assert abs(clock_offset(proxy) - skew) < 3, clock_offset(proxy)
+        assert abs(clock_offset(other)) < 3, clock_offset(other)
+        skewed_pid = proxy.pid
+    finally:
+        await nemesis.heal(run)
+
+    # Healed: a new process (the skewed one is gone), on the real clock.
+    assert proxy.alive() and proxy.pid != skewed_pid, (proxy.pid, skewed_pid)
+    assert abs(clock_offset(proxy)) < 3, clock_offset(proxy)
+    # Down only while each restart ran: one window for the inject, one for the heal.
+    assert len(fault.proxies_down_during) == 2, fault.proxies_down_during
+    # Serving: its own health check, and its view of the nodes back in the
+    # consensus every proxy routes by.
+    assert serving(proxy.address) == "SERVING"
+    helpers.wait_all_healthy(cluster, timeout=60)
+
+    # A write through the healed proxy goes through (gRPC, etcd, the vote
+    # dial-back) and lands on every replica.
+    relative_path, oid = pushed_through(proxy, other, source, "skew-healed")
+    refs = helpers.replica_refs(cluster, other.address, relative_path)
+    assert len(refs) == len(cluster.nodes), refs
+    assert {node: r.get("refs/heads/main") for node, r in refs.items()} == dict.fromkeys(
+        refs, oid
+    ), refs

@@ -12,6 +12,10 @@ serves every test of the module; each test heals its fault before it ends.
 * **rolled back / wiped**: while the node is down its replica misses
   acknowledged writes (or is gone); after it restarts the verifier puts the
   replica back in line with the others.
+* **primary rolled back**: the repository's primary comes back at once from
+  a backup without acknowledged writes; the verifier settles by majority, so
+  every replica ends with every acknowledged write (none is lost to a repair
+  copying the primary's old state over the others).
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ import random
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from gitquorum.cluster.decisions import up_to_date_replicas
+from gitquorum.cluster.repositories import RepositoryRecord
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
 from tests.chaos import checker
 from tests.chaos.workload import GIT_SSH, History, Op
@@ -45,7 +51,7 @@ SETTINGS: dict[str, object] = {
 # randomized run of make test uses the same nemeses).
 pytestmark = pytest.mark.long
 
-REPOS = 3
+REPOS = 4
 SLOW_MS = 300
 CONVERGE = 30.0
 
@@ -302,10 +308,16 @@ async def test_slow_disk_delays_only_that_nodes_fsyncs(cluster: FaultCluster) ->
 
 
 async def _writer(
-    cluster: FaultCluster, run: RunContext, repo: str, stop: asyncio.Event, oid: str
+    cluster: FaultCluster,
+    run: RunContext,
+    repo: str,
+    stop: asyncio.Event,
+    oid: str,
+    quiet: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Acknowledged creates of new refs, recorded in the run's history."""
-    while not stop.is_set():
+    """Acknowledged creates of new refs, recorded in the run's history, until
+    ``stop`` is set or ``quiet()`` says no more are wanted."""
+    while not stop.is_set() and not quiet():
         ref = f"refs/heads/w/{uuid.uuid4().hex[:8]}"
         op = run.history.add(Op("test", "create", ref, oid, time.monotonic(), repo=repo))
         code = await asyncio.to_thread(_write, cluster, repo, ref, oid)
@@ -318,33 +330,117 @@ def _acknowledged(run: RunContext) -> set[str]:
     return {o.key for o in run.history.writes("ok")}
 
 
-@pytest.mark.parametrize("kind", [disk.ReplicaRollback, disk.ReplicaWipe])
+class _Observed(disk.ReplicaLoss):
+    """A replica-loss nemesis that also reads the damaged replica right after
+    the damage, while its node is still down.
+
+    primary-rollback restarts the node before ``inject`` returns, so this is
+    the only moment the restored replica can be seen as the backup left it,
+    before any write or repair touches it again. It also keeps the record the
+    pick was made from and when the backup was taken. Nothing the nemesis does
+    changes."""
+
+    # The repository's record read at the pick (what "the primary" meant then).
+    picked: RepositoryRecord | None = None
+    # When the backup was taken: the nemesis then waits for ``writes_missed``
+    # writes acknowledged after it before the power loss.
+    backed_up: float | None = None
+    # The damaged replica's refs right after the damage; None: no directory.
+    damaged_refs: dict[str, str] | None = None
+
+    def _pick(self, run: RunContext) -> tuple[str, str, str]:
+        repo, node, replica_path = super()._pick(run)
+        self.picked = run.record(repo)
+        return repo, node, replica_path
+
+    async def _backup(
+        self, run: RunContext, repo: str, node: str, replica_path: str
+    ) -> tuple[Path | None, float]:
+        taken = await super()._backup(run, repo, node, replica_path)
+        self.backed_up = time.monotonic()
+        return taken
+
+    def damage(  # type: ignore[override]
+        self, disks: disk.Disks, node: str, replica_path: str, snapshot: Path | None
+    ) -> None:
+        super().damage(disks, node, replica_path, snapshot)
+        live = disks.storage(node) / replica_path
+        self.damaged_refs = gitrepo.refs(live) if live.is_dir() else None
+
+
+def _observed(kind: type[disk.ReplicaLoss]) -> _Observed:
+    return type(f"Observed{kind.__name__}", (_Observed, kind), {})()  # type: ignore[no-any-return]
+
+
+LOSS_REPOS = {
+    disk.ReplicaRollback: "disk/r1.git",
+    disk.ReplicaWipe: "disk/r2.git",
+    disk.PrimaryRollback: "disk/r3.git",
+}
+
+
+@pytest.mark.parametrize("kind", list(LOSS_REPOS), ids=lambda kind: kind.name)
 async def test_replica_loss_while_down_is_repaired(
     cluster: FaultCluster, kind: type[disk.ReplicaLoss]
 ) -> None:
-    repo = "disk/r1.git" if kind is disk.ReplicaRollback else "disk/r2.git"
+    repo = LOSS_REPOS[kind]
     run = _run(cluster, [repo], seed=7)
     oid = _head(cluster)
     stop = asyncio.Event()
-    writer = asyncio.create_task(_writer(cluster, run, repo, stop, oid))
-    nemesis = kind()
+    nemesis = _observed(kind)
+
+    def cold() -> bool:
+        """Whether the nemesis has the writes it waits for after its backup."""
+        if nemesis.backed_up is None:
+            return False
+        after = [o for o in run.history.writes("ok") if o.start >= nemesis.backed_up]
+        return len(after) >= nemesis.writes_missed
+
+    # primary-rollback is meant for a cold repository: a write while the
+    # primary is down or just back outdates it in etcd, and the ordinary
+    # catch-up repairs it before the verifier has to choose a side. So the
+    # writes stop once the backup misses enough of them, before the power loss.
+    quiet = cold if kind is disk.PrimaryRollback else (lambda: False)
+    writer = asyncio.create_task(_writer(cluster, run, repo, stop, oid, quiet))
     try:
         assert await run.acknowledged(1, 20, repo)
-        # The writes stop once the node is down: the damaged replica then comes
-        # back at the generation etcd records for it.
+        # The writes stop once the node is down (primary-rollback's before its
+        # power loss): the damaged replica then comes back at the generation
+        # etcd records for it.
         fault = await nemesis.inject(run)
         stop.set()
         await writer
         node = fault.target
-        assert fault.disk_nodes == (node,) and fault.kind == "disk"
-        assert not cluster.node(node).alive()
-        path = run.record(repo).replica_path
+        assert fault.disk_nodes == (node,) and fault.disk_repos == (repo,)
+        assert fault.kind == "disk" and fault.power_loss is not None
+        picked = nemesis.picked
+        assert picked is not None
+        path = picked.replica_path
         live = cluster.replica_dir(node, path)
-        acknowledged = _acknowledged(run)
-        if kind is disk.ReplicaWipe:
-            assert not live.exists()
+        if kind is disk.PrimaryRollback:
+            # The fault must hit the node etcd named the repository's primary
+            # when the nemesis chose, the node whose word a repair must not take.
+            assert node == picked.primary, f"{node} rolled back, {picked.primary} was primary"
+            # Back before inject returns, and down only for the power loss.
+            assert cluster.node(node).alive()
+            ((down, up),) = fault.nodes_down_during[node]
+            assert down == fault.power_loss < up, fault.nodes_down_during
+            # Back with etcd still recording it up to date (no write while it
+            # was down): only the verifier's checksums can find what it lost,
+            # and it has to choose which side to repair.
+            after = run.record(repo)
+            print(f"{node} down {up - down:.2f}s, then {after.primary} primary: {after}")
+            assert node in up_to_date_replicas(after), after
         else:
-            missing = acknowledged - set(_disk_refs(cluster, node, path))
+            assert not cluster.node(node).alive()
+        # What the replica lost: writes acknowledged before its power loss that
+        # the disk, as the restore (or the wipe) left it, does not hold.
+        before_loss = {o.key for o in run.history.writes("ok") if o.end < fault.power_loss}
+        if kind is disk.ReplicaWipe:
+            assert nemesis.damaged_refs is None and not live.exists()
+        else:
+            assert nemesis.damaged_refs is not None
+            missing = before_loss - set(nemesis.damaged_refs)
             assert missing, "the rolled-back replica holds every acknowledged write"
             print(f"rolled back {node}: {len(missing)} acknowledged refs missing")
     finally:
@@ -352,6 +448,7 @@ async def test_replica_loss_while_down_is_repaired(
         await writer
         await nemesis.heal(run)
     assert cluster.node(node).alive()
+    acknowledged = _acknowledged(run)
     # What the checker has to expect: etcd cannot know the disk went back, so
     # the replica may be recorded up to date without the writes until the
     # verifier compares it (reads routed to it meanwhile are stale).
@@ -359,18 +456,34 @@ async def test_replica_loss_while_down_is_repaired(
     on_disk = set(_disk_refs(cluster, node, path)) if live.is_dir() else set()
     print(
         f"{kind.name}: after the restart {node} is recorded at generation "
-        f"{record.replica_generation(node)} of {record.generation}, "
-        f"{len(acknowledged - on_disk)} acknowledged refs missing on its disk"
+        f"{record.replica_generation(node)} of {record.generation} (primary "
+        f"{record.primary}), {len(acknowledged - on_disk)} acknowledged refs missing on its disk"
     )
 
-    def repaired() -> bool:
-        if not live.is_dir():
-            return False
-        return acknowledged <= set(_disk_refs(cluster, node, path)) and bool(
-            checker.converged(cluster, cluster.proxies[0].address, repo)
-        )
+    # The other replicas hold the acknowledged writes; a repair in the wrong
+    # direction (the damaged replica's state copied over them) would take
+    # some away. Every poll checks that none of them loses a ref it was seen
+    # holding.
+    others = [n for n in picked.replica_nodes if n != node]
+    held: dict[str, set[str]] = {n: set() for n in others}
+    lost: dict[str, set[str]] = {}
+
+    def settled() -> object:
+        for other in others:
+            now = acknowledged & set(_disk_refs(cluster, other, path))
+            if held[other] - now:
+                lost.setdefault(other, set()).update(held[other] - now)
+            held[other] |= now
+        return checker.converged(cluster, cluster.proxies[0].address, repo)
 
     started = time.monotonic()
-    await until(repaired, CONVERGE, f"{node}'s replica of {repo} repaired")
-    print(f"{kind.name}: {node} repaired {time.monotonic() - started:.1f}s after its restart")
+    final = await until(settled, CONVERGE, f"{repo} converged after {node}'s replica was damaged")
+    print(f"{kind.name}: {repo} converged {time.monotonic() - started:.1f}s after the restart")
+    assert not lost, f"acknowledged refs removed from the replicas that held them: {lost}"
+    # Converged means every replica is equal: they must be equal on the
+    # majority's state, the one with every acknowledged write, not on the
+    # damaged replica's.
+    for replica in sorted(r.node for r in final.replicas if r.assigned):
+        gone = acknowledged - set(_disk_refs(cluster, replica, path))
+        assert not gone, f"{len(gone)} acknowledged refs missing on {replica}: {sorted(gone)}"
     assert not _locks(cluster, node, path)
