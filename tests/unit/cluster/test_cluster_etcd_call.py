@@ -9,11 +9,13 @@ from etcd3aio.errors import EtcdConnectionError, EtcdTransientError, EtcdUnauthe
 
 from gitquorum.cluster.errors import LeaseExpired, StoreUnavailable
 from gitquorum.cluster.etcd_store import (
+    NEXT_MEMBER_DELAY,
     EtcdConfig,
     EtcdStore,
     channel_target,
     member_targets,
     next_member,
+    watch_retry_delay,
 )
 
 
@@ -162,3 +164,21 @@ def test_a_watch_moves_past_members_found_silent(
     start: int, silent_until: dict[int, float], expected: int
 ) -> None:
     assert next_member(start, 3, silent_until, now=10.0) == expected
+
+
+def test_a_failed_watch_tries_every_member_before_it_backs_off() -> None:
+    # After an outage, the members that were down reconnect slowly; the one
+    # that stayed up serves at once. A watch tries each member in turn almost
+    # at once, and backs off only after a whole round failed.
+    backoff, delays = 0.05, []
+    for failures in range(1, 10):
+        delay, backoff = watch_retry_delay(failures, 3, backoff)
+        delays.append(delay)
+    step = NEXT_MEMBER_DELAY
+    assert delays == [step, step, 0.05, step, step, 0.1, step, step, 0.2]
+    # One endpoint: every failure backs off, up to 1 s.
+    backoff, one = 0.05, []
+    for failures in range(1, 8):
+        delay, backoff = watch_retry_delay(failures, 1, backoff)
+        one.append(delay)
+    assert one == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
