@@ -117,18 +117,22 @@ def transients(
     times: Sequence[float],
     revisions: Sequence[int],
     versions: Iterable[tuple[int, RepositoryRecord]],
+    answered: Sequence[float] | None = None,
 ) -> list[tuple[float, float, frozenset[str]]]:
     """Where each version of ``repo``'s record (its mod_revision and record)
-    lies between the samples taken at ``times`` and etcd ``revisions``: a
-    version written after the sample at revision r_k and at or before the one
-    at r_k+1 was current at some moment between t_k and t_k+1 (perhaps only
-    for milliseconds, perhaps from t_k on). Versions outside the samples are
-    left out."""
+    lies between the samples asked for at ``times``, answered at
+    ``answered`` (default: the same) at etcd ``revisions``: a version written
+    after the sample at revision r_k and at or before the one at r_k+1 was
+    written after t_k (sample k was served after it was asked for) and
+    before sample k+1 was answered, so it was current at some moment in
+    between (perhaps only for milliseconds). Versions outside the samples
+    are left out."""
+    ends = answered if answered is not None else times
     found = []
     for mod_revision, record in versions:
         k = bisect.bisect_left(revisions, mod_revision)  # revisions[k - 1] < mod <= revisions[k]
         if 0 < k < len(revisions):
-            found.append((times[k - 1], times[k], frozenset(up_to_date_replicas(record))))
+            found.append((times[k - 1], ends[k], frozenset(up_to_date_replicas(record))))
     return found
 
 
@@ -518,10 +522,11 @@ def _excuse(
     first, last = sample_window(times, read.start, read.end)
     candidates = [timeline[i][1].get(read.repo) for i in range(first, last + 1)]
     if between:
+        # A version that may have been current at some moment of the read.
         candidates += [
             nodes
             for before, after, nodes in between.get(read.repo, ())
-            if times[first] <= before and after <= times[last]
+            if before < read.end and after > read.start
         ]
     for up_to_date in candidates:
         if up_to_date is not None and up_to_date <= gone:
@@ -628,8 +633,14 @@ class Repair:
     # first 20 of ``refs_count``); None when the verifier could not read them.
     refs: tuple[str, ...] | None = None
     refs_count: int | None = None
-    # Where it was read: "history" (etcd, in the verdict's txn) or "log".
+    # Each of those references' object on each compared replica ("": absent).
+    values: Mapping[str, Mapping[str, str]] | None = None
+    # Each demoted replica's repair source.
+    sources: Mapping[str, str] = field(default_factory=dict)
+    # Where it was read: "history" (etcd, in the verdict's txn) or "log", and
+    # the name of its history entry (a log line names its own).
     source: str = "log"
+    entry: str = ""
 
 
 # What a proxy logged, with its time and the proxy's name.
@@ -695,7 +706,6 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
     ):
         conflict = msg == NO_MAJORITY
         nodes = fields.get("replicas" if conflict else "demoted", ())
-        refs = fields.get("differing_refs")
         repairs.append(
             Repair(
                 fields.get("relative_path", "?"),
@@ -708,17 +718,30 @@ def verifier_repairs(logs: Iterable[Path], wall_to_monotonic: float) -> list[Rep
                 and bool(int(fields.get("unfinished_writes", 0))),
                 correlation_ids=tuple(fields.get("unfinished_correlation_ids", ())),
                 missing=tuple(fields.get("missing_on_disk", ())),
-                refs=tuple(refs) if isinstance(refs, list) else None,
-                refs_count=fields.get("differing_refs_count"),
+                entry=str(fields.get("history_entry") or ""),
+                **_differing(fields),
             )
         )
     return repairs
 
 
+def _differing(details: Mapping[str, Any]) -> dict[str, Any]:
+    """The differing references of a verdict's log line or history entry."""
+    refs = details.get("differing_refs")
+    values = details.get("differing_values")
+    return {
+        "refs": tuple(refs) if isinstance(refs, list) else None,
+        "refs_count": details.get("differing_refs_count"),
+        "values": values if isinstance(values, dict) else None,
+        "sources": dict(details.get("sources") or {}),
+    }
+
+
 def history_repairs(entries: Iterable[Mapping[str, Any]], wall_to_monotonic: float) -> list[Repair]:
     """Repairs and conflicts of the verifier's verdicts recorded in etcd's
     ``history/`` (each in its verdict's txn: present even when the leader
-    died before its log line). ``entries``: the decoded JSON values."""
+    died before its log line). ``entries``: the decoded JSON values, each
+    with its key's last segment as ``entry``."""
     repairs: list[Repair] = []
     for entry in entries:
         if entry.get("kind") != "verdict":
@@ -728,7 +751,6 @@ def history_repairs(entries: Iterable[Mapping[str, Any]], wall_to_monotonic: flo
         nodes = details.get("conflict" if conflict else "demoted") or []
         if not nodes:
             continue  # a conflict cleared: nothing repaired
-        refs = details.get("differing_refs")
         ids = details.get("unfinished_correlation_ids") or []
         repairs.append(
             Repair(
@@ -741,9 +763,9 @@ def history_repairs(entries: Iterable[Mapping[str, Any]], wall_to_monotonic: flo
                 majority_unfinished=entry.get("reason") == "majority" and bool(ids),
                 correlation_ids=tuple(ids),
                 missing=tuple(details.get("missing_on_disk") or ()),
-                refs=tuple(refs) if isinstance(refs, list) else None,
-                refs_count=details.get("differing_refs_count"),
                 source="history",
+                entry=str(entry.get("entry", "")),
+                **_differing(details),
             )
         )
     return repairs
@@ -756,18 +778,23 @@ SAME_VERDICT_WITHIN = 5.0
 
 def merge_repairs(recorded: Sequence[Repair], logged: Sequence[Repair]) -> list[Repair]:
     """The verdicts recorded in etcd, and those only logged (an entry trimmed
-    from the bounded history): a logged verdict of the same repository and
-    replicas stamped within ``SAME_VERDICT_WITHIN`` of a recorded one is that
-    one."""
+    from the bounded history): a log line is its entry's verdict (it names
+    it); a line that names none (an older proxy) is a recorded verdict of the
+    same repository and replicas stamped within ``SAME_VERDICT_WITHIN``."""
     merged = list(recorded)
+    entries = {r.entry for r in recorded if r.entry}
     for repair in logged:
-        same = any(
-            r.repo == repair.repo
-            and set(r.nodes) == set(repair.nodes)
-            and r.conflict == repair.conflict
-            and abs(r.at - repair.at) <= SAME_VERDICT_WITHIN
-            for r in recorded
-        )
+        if repair.entry:
+            # The line names its entry: the same verdict iff that entry is there.
+            same = repair.entry in entries
+        else:
+            same = any(
+                r.repo == repair.repo
+                and set(r.nodes) == set(repair.nodes)
+                and r.conflict == repair.conflict
+                and abs(r.at - repair.at) <= SAME_VERDICT_WITHIN
+                for r in recorded
+            )
         if not same:
             merged.append(repair)
     return merged
@@ -806,7 +833,9 @@ def abandoned_only(
 VERDICT_CLOCK_SLACK = 1.0
 
 
-def explained_by_unknown_write(repair: Repair, ops: Iterable[Op]) -> bool:
+def explained_by_unknown_write(
+    repair: Repair, ops: Sequence[Op], chain: Chain | None = None
+) -> bool:
     """A verdict taken on writes that are over without an outcome saying who
     holds them (their proxy gone, or finished with the replicas they named
     outdated spared, or standing past the intent grace: a write left committed
@@ -821,7 +850,12 @@ def explained_by_unknown_write(repair: Repair, ops: Iterable[Op]) -> bool:
     The replicas then differ by a write nobody had acknowledged, not by a disk
     that lost one. A definitely failed write applied nothing and explains
     nothing. A real loss is still caught by `up-to-date-missing-write` during
-    the run and `lost-write` at the end."""
+    the run and `lost-write` at the end.
+
+    Causal when the verifier named the references its repair changes (with
+    each side's object): every one of them must be such a write's, and the
+    demoted replica must lack no write to it acknowledged before the verdict
+    (``_ref_explained``)."""
     if not (repair.unfinished or repair.majority_unfinished) or not repair.correlation_ids:
         return False
     wanted = set(repair.correlation_ids)
@@ -839,21 +873,71 @@ def explained_by_unknown_write(repair: Repair, ops: Iterable[Op]) -> bool:
     ]
     if not explaining:
         return False
-    if not repair.refs:
-        # The verifier could not say which references differed (or none
-        # did by name): one such write is all there is to go on.
+    if repair.refs is None:
+        # The verifier could not list the references in time: one such write
+        # is all there is to go on (counted apart in the report).
         return True
-    # Causal: every reference the repair changes is one of those writes'. An
-    # unrelated client that hung up on the same repository explains nothing.
-    return set(repair.refs) <= {op.key for op in explaining}
+    if not repair.refs or (repair.refs_count or 0) > len(repair.refs):
+        # Checksums that differ with no reference differing (HEAD, say), or
+        # more references than were named: nothing shows the writes explain it.
+        return False
+    if repair.values is None:
+        # An older line without the objects: every reference must be one of
+        # those writes'.
+        return set(repair.refs) <= {op.key for op in explaining}
+    acked = [
+        op
+        for op in ops
+        if op.is_write
+        and op.repo == repair.repo
+        and op.outcome == "ok"
+        and op.end < repair.at - VERDICT_CLOCK_SLACK
+    ]
+    return all(
+        _ref_explained(name, repair.values.get(name, {}), repair, explaining, acked, chain)
+        for name in repair.refs
+    )
+
+
+def _ref_explained(
+    name: str,
+    values: Mapping[str, str],
+    repair: Repair,
+    explaining: Sequence[Op],
+    acked: Sequence[Op],
+    chain: Chain | None,
+) -> bool:
+    """Whether each demoted replica's difference from its source on reference
+    ``name`` is one of the explaining writes: one side holds that write's
+    object, and the demoted side lacks no write to the reference acknowledged
+    before the verdict (on the shared branch: it is not behind the source
+    along the chain). A replica that lost an acknowledged write is not
+    excused because an unknown write touched the same reference."""
+    written = {op.value for op in explaining if op.key == name}
+    for node in repair.nodes:
+        mine, theirs = values.get(node, ""), values.get(repair.sources.get(node, ""), "")
+        if mine == theirs:
+            continue
+        if not written & {mine, theirs}:
+            return False
+        if any(op.key == name and op.value == theirs for op in acked):
+            if name != SHARED or chain is None:
+                return False
+            position, source = chain.counter(mine), chain.counter(theirs)
+            if position is None or (source is not None and position < source):
+                return False
+    return True
 
 
 def check_repairs(
-    repairs: Sequence[Repair], faults: Sequence[Fault], ops: Sequence[Op] = ()
+    repairs: Sequence[Repair],
+    faults: Sequence[Fault],
+    ops: Sequence[Op] = (),
+    chain: Chain | None = None,
 ) -> list[Violation]:
     problems: list[Violation] = []
     for repair in repairs:
-        explained = explained_by_unknown_write(repair, ops)
+        explained = explained_by_unknown_write(repair, ops, chain)
         for node in repair.nodes:
             # A replica gone from disk is no state a write explains.
             if explained and node not in repair.missing:

@@ -100,8 +100,9 @@ class FaultRun:
         self.monitor_errors = 0
         self.lost_to_disk = 0
         self.timeline: list[tuple[float, dict[str, frozenset[str]]]] = []
-        # The etcd revision of each sample of the timeline.
+        # The etcd revision of each sample of the timeline, and when it came.
         self.timeline_revisions: list[int] = []
+        self.timeline_answered: list[float] = []
         # Record versions between samples, read back for failed reads.
         self.between: dict[str, list[tuple[float, float, frozenset[str]]]] = {}
         # Verdicts found in etcd's history and in the proxies' logs.
@@ -255,6 +256,7 @@ class FaultRun:
             read_at = time.monotonic()
             try:
                 records, revision = await asyncio.to_thread(read_records_at, self.cluster)
+                answered_at = time.monotonic()
             except (RuntimeError, OSError, ValueError, http.client.HTTPException):
                 # etcd has no quorum, or a member died mid-answer: nothing
                 # recorded to check against this round (rounds are counted).
@@ -268,6 +270,7 @@ class FaultRun:
                 )
             )
             self.timeline_revisions.append(revision)
+            self.timeline_answered.append(answered_at)
             refs = await asyncio.to_thread(self._read_replicas, records)
             now = time.monotonic()
             exempt = {
@@ -431,11 +434,13 @@ class FaultRun:
         """The history log's entries in etcd (primary changes and verdicts)."""
         assert self.cluster is not None
         entries = []
-        for value in chaos_nemesis.etcd_range(self.cluster, "history/").values():
+        for key, value in chaos_nemesis.etcd_range(self.cluster, "history/").items():
             try:
-                entries.append(json.loads(value))
+                entry = json.loads(value)
             except ValueError:
                 continue
+            if isinstance(entry, dict):
+                entries.append({**entry, "entry": key.rsplit("/", 1)[-1]})
         return entries
 
     def _read_back_between(self, faults: Sequence[Fault], names: Mapping[str, str]) -> None:
@@ -456,6 +461,9 @@ class FaultRun:
             if checker.excused(read, named, self.timeline, names.get(read.proxy, "")):
                 continue
             first, last = checker.sample_window(times, read.start, read.end)
+            # From the sample before: a version written while the read's first
+            # sample was being answered lies between that one and the one before.
+            first = max(first - 1, 0)
             if first < last:
                 windows.add((read.repo, first, last))
         if not windows:
@@ -476,7 +484,9 @@ class FaultRun:
             fresh = [(mod, rec) for mod, rec in versions if mod not in known]
             known.update(mod for mod, _ in fresh)
             self.between.setdefault(repo, []).extend(
-                checker.transients(repo, times, self.timeline_revisions, fresh)
+                checker.transients(
+                    repo, times, self.timeline_revisions, fresh, self.timeline_answered
+                )
             )
 
     def _table(
@@ -680,7 +690,7 @@ class FaultRun:
             checker.check_failed_reads(self.history, faults, names, self.timeline, self.between)
         )
         repairs = [r for r in repairs if not (r.conflict and r.repo in known)]
-        self._violation(checker.check_repairs(repairs, faults, self.history.ops))
+        self._violation(checker.check_repairs(repairs, faults, self.history.ops, self.chain))
         missing = checker.unskew(
             checker.missing_replicas([p.log_path for p in self.cluster.proxies], self.wall_offset),
             faults,
@@ -705,7 +715,13 @@ class FaultRun:
             "unfinished_write_settlements": sum(
                 1
                 for r in repairs
-                if r.unfinished or checker.explained_by_unknown_write(r, self.history.ops)
+                if r.unfinished
+                or checker.explained_by_unknown_write(r, self.history.ops, self.chain)
+            ),
+            # Verdicts whose references the verifier could not list: excused
+            # by one unacknowledged write, without the reference check.
+            "verdicts_without_references": sum(
+                1 for r in repairs if r.refs is None and not r.conflict
             ),
             "known_conflicts_after_abandoned_writes": sorted(known),
             "converged_within_s": round(time.monotonic() - ended, 1),

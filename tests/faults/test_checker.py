@@ -248,21 +248,58 @@ def test_a_verdict_is_excused_only_by_writes_of_every_reference_it_repairs() -> 
     # Open item 13: one unacknowledged write to the repository excused a
     # verdict whatever references differed, so an unrelated client that hung
     # up could excuse a replica that lost an acknowledged write. With the
-    # references the repair changes known, each must be one of those writes'.
-    unknown = replace(
-        op("writeref", "refs/heads/x", OIDS[1], 45.0, 46.0, outcome="unknown"), correlation="c1"
+    # references the repair changes known, with each side's object, each
+    # difference must be one of those writes' and the demoted replica must
+    # lack no write acknowledged before the verdict.
+    unknown = op(
+        "writeref", "refs/heads/x", OIDS[1], 45.0, 46.0, outcome="unknown", correlation="c1"
     )
     verdict = checker.Repair(
-        "r.git", ("n1",), 50.0, False, "proxy1", majority_unfinished=True, correlation_ids=("c1",)
+        REPO, ("n1",), 50.0, False, "proxy1", majority_unfinished=True, correlation_ids=("c1",),
+        refs=("refs/heads/x",), refs_count=1, sources={"n1": "n2"},
+        values={"refs/heads/x": {"n1": OIDS[1], "n2": ""}},
+    )  # fmt: skip
+
+    def excused(repair: checker.Repair, *ops: Op) -> bool:
+        return checker.explained_by_unknown_write(repair, [unknown, *ops], CHAIN)
+
+    # The demoted replica holds the unknown write the majority lacks.
+    assert excused(verdict)
+    # Or lacks it (the majority holds it).
+    assert excused(replace(verdict, values={"refs/heads/x": {"n1": "", "n2": OIDS[1]}}))
+    # Another reference differs too, one an acknowledged write made: a loss.
+    acked = op("writeref", "refs/heads/acked", OIDS[2], 30.0, 31.0)
+    lost = replace(
+        verdict,
+        refs=("refs/heads/acked", "refs/heads/x"),
+        refs_count=2,
+        values={**verdict.values, "refs/heads/acked": {"n1": "", "n2": OIDS[2]}},  # type: ignore[dict-item]
     )
-    verdict = replace(verdict, repo=unknown.repo)
-    assert checker.explained_by_unknown_write(replace(verdict, refs=("refs/heads/x",)), [unknown])
-    # An acknowledged write's reference differs too: a real loss, not excused.
-    lost = replace(verdict, refs=("refs/heads/x", "refs/heads/acked"))
-    assert not checker.explained_by_unknown_write(lost, [unknown])
-    assert checker.check_repairs([lost], [], [unknown])
-    # Unknown references (not read in time): the old rule, one such write.
-    assert checker.explained_by_unknown_write(replace(verdict, refs=None), [unknown])
+    assert not excused(lost, acked)
+    assert checker.check_repairs([lost], [], [unknown, acked], CHAIN)
+    # More references than were named, or checksums that differ with none
+    # named: nothing shows the writes explain it.
+    assert not excused(replace(verdict, refs_count=21))
+    assert not excused(replace(verdict, refs=(), refs_count=0, values={}))
+    # Not listed in time: one such write is all there is (the old rule).
+    assert excused(replace(verdict, refs=None, refs_count=None, values=None))
+
+    # The shared branch (every compare-and-swap writes it): n1 holds an
+    # unknown write's position but lost a later acknowledged one.
+    cas_unknown = op("cas", SHARED, OIDS[3], 40.0, 41.0, outcome="unknown", correlation="c2")
+    cas_acked = op("cas", SHARED, OIDS[4], 42.0, 43.0)
+    shared = replace(
+        verdict, correlation_ids=("c2",), refs=(SHARED,),
+        values={SHARED: {"n1": OIDS[3], "n2": OIDS[4]}},
+    )  # fmt: skip
+    assert not checker.explained_by_unknown_write(shared, [cas_unknown, cas_acked], CHAIN)
+    # Ahead of the majority by the unknown write (built on the acknowledged
+    # position): it lacks nothing acknowledged.
+    ahead = replace(
+        shared, values={SHARED: {"n1": OIDS[5], "n2": OIDS[4]}}, correlation_ids=("c3",)
+    )
+    cas_ahead = op("cas", SHARED, OIDS[5], 44.0, 45.0, outcome="unknown", correlation="c3")
+    assert checker.explained_by_unknown_write(ahead, [cas_ahead, cas_acked], CHAIN)
 
 
 def test_verdicts_are_read_from_etcds_history_and_merged_with_the_log() -> None:
@@ -295,6 +332,12 @@ def test_verdicts_are_read_from_etcds_history_and_merged_with_the_log() -> None:
     same = checker.Repair("r.git", ("n3",), 10.4, False, "proxy2")
     trimmed = checker.Repair("r.git", ("n2",), 2.0, False, "proxy1")
     assert checker.merge_repairs(recorded, [same, trimmed]) == [*recorded, trimmed]
+    # A line that names its entry is matched by it, however late it came
+    # (the txn's retries), and never taken for another verdict.
+    named = [replace(recorded[0], entry="e1"), recorded[1]]
+    late = replace(same, at=25.0, entry="e1")
+    other = replace(same, entry="e2")
+    assert checker.merge_repairs(named, [late, other]) == [*named, other]
 
 
 def test_the_longest_write_gap_spans_the_window_edges() -> None:

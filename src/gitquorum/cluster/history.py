@@ -171,6 +171,10 @@ class History:
         """``event`` as an op of another txn: the entry exists iff the txn applies."""
         return Op.put(self._key(event), event.encode())
 
+    def entry_of(self, op: Op) -> str:
+        """The entry name (the key's last segment) an :meth:`op` writes."""
+        return op.key[len(self.keys.history()) :]
+
     def _key(self, event: Event) -> str:
         return self.keys.history() + entry_name(event.at, secrets.token_hex(4))
 

@@ -56,6 +56,7 @@ from gitquorum.cluster.store import (
     EventType,
     KeyValue,
     Op,
+    OpKind,
     Store,
     TxnResult,
     WatchEvent,
@@ -578,7 +579,10 @@ class RepositoryStore:
             first = await self._change_after(key, current.revision, kv)
             if first is None:
                 raise
-            if first.value == value:
+            ours = first.value == value and await self._wrote_extras(extras.ops, first.mod_revision)
+            if ours is None:
+                raise
+            if ours:
                 return replace(new, revision=first.mod_revision)
             # Another change came first and our txn failed its compare: plan
             # again on the record as it is now, as after any lost race.
@@ -613,6 +617,37 @@ class RepositoryStore:
             if older is not None and older.mod_revision <= revision:
                 return kv
             kv = older
+        return None
+
+    async def _wrote_extras(self, ops: Sequence[Op], revision: int) -> bool | None:
+        """Whether the txn that wrote the record at ``revision`` was the one
+        carrying ``ops``; None when they cannot tell.
+
+        Two writers can compute the same record from the same read (two
+        writes routed at one generation that reached the same replicas): the
+        value alone does not say whose txn applied, and taking the other's
+        for ours would leave our extras (a write's intent removal, its repair
+        jobs, a verdict's history entry) undone. Every op of a txn is written
+        at the txn's revision: one of our puts at that revision, or one of our
+        deletes of a key that existed just before it, is proof. Without
+        extras there is nothing to leave undone: equal values are enough."""
+        if not ops:
+            return True
+        for op in ops:
+            if op.range_end is not None:
+                continue
+            try:
+                if op.kind is OpKind.PUT:
+                    kv = await self._read_back_retry(self._get_at, op.key, revision)
+                    return kv is not None and kv.mod_revision == revision
+                if op.kind is OpKind.DELETE:
+                    before = await self._read_back_retry(self._get_at, op.key, revision - 1)
+                    if before is None:
+                        continue  # already gone: its delete proves nothing
+                    after = await self._read_back_retry(self._get_at, op.key, revision)
+                    return after is None
+            except StoreUnavailable:
+                return None
         return None
 
     async def _get_at(self, key: str, revision: int) -> KeyValue | None:

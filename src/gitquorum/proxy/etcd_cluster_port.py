@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from gitquorum import log
 from gitquorum.cluster.clock_rules import hold_wait
@@ -297,6 +297,17 @@ class EtcdClusterPort:
         await self.intents.put(intent)
         self.metrics.intent_latency.observe(max(0.0, self._clock() - started))
 
+    def _settle_intent_later(self, intent: WriteIntent, *, forget: bool) -> None:
+        """The outcome is recorded, but the txn that was to settle its intent
+        lost its answer: remove it (or mark it finished, if it still stands)
+        once etcd answers. Left as it was, a live proxy's intent would hold
+        the verifier off for the intent grace; marked finished when it should
+        be gone, an acknowledged write would read as one nobody was told of."""
+        if forget:
+            self._later(intent, "removed", self._forget)
+        else:
+            self._finish_later(intent)
+
     def _finish_later(self, intent: WriteIntent) -> None:
         """The write is over but its outcome was not recorded (etcd could not
         be reached, or the replicas moved on): mark its intent finished once
@@ -305,34 +316,56 @@ class EtcdClusterPort:
         flight and hold every verdict on the repository back for the intent
         grace (120 s; seen in the fault suite and the etcd chaos test: a
         repository left unconverged past its bound)."""
+        self._later(intent, "marked finished", self._finish)
+
+    async def _finish(self, intent: WriteIntent) -> None:
+        assert self.intents is not None
+        await self.intents.finish_if_standing(intent)
+
+    async def _forget(self, intent: WriteIntent) -> None:
+        assert self.intents is not None
+        await self.intents.forget(intent)
+
+    def _later(
+        self,
+        intent: WriteIntent,
+        what: str,
+        step: Callable[[WriteIntent], Awaitable[None]],
+    ) -> None:
+        """Run ``step`` on ``intent`` in the background, again while etcd is
+        unavailable, for up to ``FINISH_DEADLINE``."""
         if self.intents is None:
             return
         task = asyncio.get_running_loop().create_task(
-            self._finish(intent), name=f"finish-intent-{intent.intent_id}"
+            self._retrying(intent, what, step), name=f"intent-{intent.intent_id}"
         )
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
-    async def _finish(self, intent: WriteIntent) -> None:
-        assert self.intents is not None
+    async def _retrying(
+        self,
+        intent: WriteIntent,
+        what: str,
+        step: Callable[[WriteIntent], Awaitable[None]],
+    ) -> None:
         deadline = self._clock() + FINISH_DEADLINE
         delay = 0.1
         while True:
             try:
-                await self.intents.finish_if_standing(intent)
+                await step(intent)
                 return
             except StoreUnavailable as exc:
                 if self._clock() + delay > deadline:
                     # The verifier counts it over after the intent grace anyway.
                     logger.warning(
-                        "intent of an unrecorded write not marked finished",
+                        f"intent of a write not {what}",
                         extra=log.fields(repository_id=intent.repository_id, error=str(exc)),
                     )
                     return
             except Exception:
                 # A background task: nobody else would see the error.
                 logger.exception(
-                    "intent of an unrecorded write not marked finished",
+                    f"intent of a write not {what}",
                     extra=log.fields(repository_id=intent.repository_id),
                 )
                 return
@@ -375,6 +408,8 @@ class EtcdClusterPort:
         """
         healthy = self.health.healthy(virtual_storage)
         correlation_id = log.correlation_id.get()
+        # Whether the last plan kept the intent (finished) or removed it.
+        kept = False
 
         async def plan(current: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
             outcome = record_outcome(
@@ -396,9 +431,9 @@ class EtcdClusterPort:
             extras = await self._repair_extras(outcome.record, needed, correlation_id)
             if intent is None or self.intents is None:
                 return outcome.record, extras
-            settled = (
-                self.intents.keep_op(intent) if outcome.spared else self.intents.forget_op(intent)
-            )
+            nonlocal kept
+            kept = bool(outcome.spared)
+            settled = self.intents.keep_op(intent) if kept else self.intents.forget_op(intent)
             return outcome.record, TxnExtras(extras.compares, (*extras.ops, settled))
 
         try:
@@ -415,8 +450,9 @@ class EtcdClusterPort:
             )
             record = exc.record
             if intent is not None:
-                # The intent's removal went in the txn whose answer was lost.
-                self._finish_later(intent)
+                # The intent's removal (or its keeping, finished) went in the
+                # txn whose answer was lost: done again on its own.
+                self._settle_intent_later(intent, forget=not kept)
         except (Exception, asyncio.CancelledError):
             if intent is not None:
                 self._finish_later(intent)

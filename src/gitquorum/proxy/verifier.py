@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import grpc
@@ -104,8 +104,9 @@ class NodeChecksums:
 # entry); ``differing_refs_count`` says how many there were.
 DIFFERING_REFS_SHOWN = 20
 # How long a verdict waits for its replicas' references before it is taken
-# without them (they only explain it; the checksums decided it).
-REFS_TIMEOUT = 10.0
+# without them (they only explain it; the checksums decided it). Listed while
+# the verifier waits ``recheck_delay`` between its two rounds.
+REFS_TIMEOUT = 5.0
 
 # node -> reference name -> object id; None: the replica does not exist.
 References = dict[str, str] | None
@@ -141,6 +142,17 @@ class NodeRefs:
                 return None
             raise
         return refs
+
+
+@dataclass(frozen=True)
+class Differing:
+    """What the repairs of a verdict change: the references whose object
+    differs between each demoted replica and its source (the first
+    ``DIFFERING_REFS_SHOWN`` names, each with every compared replica's object
+    id, "" where it is absent), and how many there are in all."""
+
+    values: dict[str, dict[str, str]]
+    count: int
 
 
 def differing_references(target: References, source: References) -> list[str]:
@@ -409,13 +421,18 @@ class Verifier:
             return False
         differing = None
         if settled.changed and (settled.demoted or settled.conflict):
-            # Which references the repairs would change, read between the two
-            # rounds: if the second round matches the first, no write landed
-            # in between, so these are the references the checksums cover.
-            differing = await self._differing(record, settled)
-            # Read again: a write between its commit and its outcome changes
-            # the checksums of its replicas within milliseconds.
-            await self.sleep(self.recheck_delay)
+            # Which references the repairs would change, listed between the
+            # two rounds (while the first waits): if the second round matches
+            # the first, no write landed in between, so these are the
+            # references the checksums covered.
+            listing = asyncio.ensure_future(self._differing(record, settled))
+            try:
+                # Read again: a write between its commit and its outcome
+                # changes the checksums of its replicas within milliseconds.
+                await self.sleep(self.recheck_delay)
+                differing = await listing
+            finally:
+                listing.cancel()
             second = await self._round(record, voters)
             if second != first:
                 logger.info(
@@ -441,28 +458,31 @@ class Verifier:
             await self.verification.record(vs, rid, node)
         return True
 
-    async def _differing(
-        self, record: RepositoryRecord, settled: Settlement
-    ) -> tuple[list[str], int] | None:
+    async def _differing(self, record: RepositoryRecord, settled: Settlement) -> Differing | None:
         """The references each demoted replica differs from its repair source
-        by (the first ``DIFFERING_REFS_SHOWN`` names, and how many there are):
-        what the repair will change, so what an unfinished write must explain.
-        None when there is nothing to compare or a replica could not be read
-        in time (the verdict stands on its checksums either way)."""
+        by: what the repair will change, so what an unfinished write must
+        explain. None when there is nothing to compare or a replica could not
+        be listed within ``REFS_TIMEOUT`` (the verdict stands on its
+        checksums either way)."""
         if self.refs is None or not settled.repairs:
             return None
         nodes = sorted({n for r in settled.repairs for n in (r.target, r.source)})
         refs = self.refs
         try:
             async with asyncio.timeout(REFS_TIMEOUT):
-                listed = await asyncio.gather(*(refs(n, record.replica_path) for n in nodes))
-        except (grpc.aio.AioRpcError, TimeoutError) as exc:
+                listed = await asyncio.gather(
+                    *(refs(n, record.replica_path) for n in nodes), return_exceptions=True
+                )
+        except TimeoutError as exc:
+            listed = [exc]
+        failed = [answer for answer in listed if isinstance(answer, BaseException)]
+        if failed:
             logger.info(
-                "references of a verdict not read",
-                extra=log.fields(repository_id=record.repository_id, error=repr(exc)),
+                "references of a verdict not listed",
+                extra=log.fields(repository_id=record.repository_id, error=repr(failed[0])),
             )
             return None
-        by_node = dict(zip(nodes, listed, strict=True))
+        by_node: dict[str, References] = dict(zip(nodes, listed, strict=True))  # type: ignore[arg-type]
         names = sorted(
             {
                 name
@@ -470,7 +490,11 @@ class Verifier:
                 for name in differing_references(by_node[r.target], by_node[r.source])
             }
         )
-        return names[:DIFFERING_REFS_SHOWN], len(names)
+        values = {
+            name: {node: (by_node[node] or {}).get(name, "") for node in nodes}
+            for name in names[:DIFFERING_REFS_SHOWN]
+        }
+        return Differing(values, len(names))
 
     async def _write(
         self,
@@ -479,7 +503,7 @@ class Verifier:
         fence: FencingToken,
         standing: Sequence[StoredIntent],
         missing: Sequence[str] = (),
-        differing: tuple[list[str], int] | None = None,
+        differing: Differing | None = None,
     ) -> None:
         """Store the settlement and its repairs in one txn, fenced with the
         leader's token and conditional on the record being the one read
@@ -505,9 +529,10 @@ class Verifier:
                 i.correlation_id for i in unfinished if i.correlation_id
             ),
             "sources": {r.target: r.source for r in settled.repairs},
-            # Unknown (None) when the replicas could not be read in time.
-            "differing_refs": differing[0] if differing is not None else None,
-            "differing_refs_count": differing[1] if differing is not None else None,
+            # Unknown (None) when the replicas could not be listed in time.
+            "differing_refs": sorted(differing.values) if differing is not None else None,
+            "differing_refs_count": differing.count if differing is not None else None,
+            "differing_values": differing.values if differing is not None else None,
         }
         history_ops: tuple[Op, ...] = ()
         if self.history is not None:
@@ -516,6 +541,9 @@ class Verifier:
                 reason=verdict,
             )  # fmt: skip
             history_ops = (self.history.op(replace(entry, details=details)),)
+            # The log line names its entry: one verdict, however far apart
+            # their times (the line comes after the txn and its retries).
+            details["history_entry"] = self.history.entry_of(history_ops[0])
 
         async def plan(current: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
             if current.revision != record.revision:
@@ -582,6 +610,8 @@ class Verifier:
                     sources=details["sources"],
                     differing_refs=details["differing_refs"],
                     differing_refs_count=details["differing_refs_count"],
+                    differing_values=details["differing_values"],
+                    history_entry=details.get("history_entry"),
                 ),
             )
         elif settled.conflict:
@@ -615,6 +645,8 @@ class Verifier:
                     # What the repair changes: what those writes must explain.
                     differing_refs=details["differing_refs"],
                     differing_refs_count=details["differing_refs_count"],
+                    differing_values=details["differing_values"],
+                    history_entry=details.get("history_entry"),
                 ),
             )
         else:

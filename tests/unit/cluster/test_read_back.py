@@ -13,7 +13,14 @@ from gitquorum.cluster.clock import ManualClock
 from gitquorum.cluster.errors import StoreUnavailable
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
-from gitquorum.cluster.repositories import RepositoryStore
+from gitquorum.cluster.repositories import (
+    RepositoryRecord,
+    RepositoryStore,
+    TxnExtras,
+    decode_record,
+    encode_record,
+)
+from gitquorum.cluster.store import Op
 from gitquorum.cluster.store_retry import StoreRetry
 
 KEYS = Keyspace("unit")
@@ -146,3 +153,45 @@ async def test_a_lost_answer_whose_history_is_compacted_stays_unknown() -> None:
     store.txn = txn_then_compact  # type: ignore[method-assign]
     with pytest.raises(StoreUnavailable):
         await repos.increment_generation("vs", rid, NODES)
+
+
+async def test_an_identical_change_by_another_writer_is_not_taken_for_ours() -> None:
+    """Two writes routed at one generation that reached the same replicas
+    compute the same record. The other's txn applied first, ours failed its
+    compare and its answer was lost: the value after our read is the one we
+    wrote, but not our txn's (its extras, here a marker key, are not at that
+    revision), so ours is planned again rather than taken as applied with its
+    extras never written."""
+    store = ElectingStore()
+    repos = RepositoryStore(store, KEYS, rng=random.Random(1))
+    record = await repos.create("vs", "a.git", nodes=NODES, healthy=set(NODES))
+    rid = record.repository_id
+    key = KEYS.repository("vs", rid)
+    real_txn = store.txn
+    rounds: list[int] = []
+
+    def bump(current: RepositoryRecord) -> RepositoryRecord:
+        return current.with_replicas(
+            {n: current.generation + 1 for n in NODES}, generation=current.generation + 1
+        )
+
+    async def plan(current: RepositoryRecord) -> tuple[RepositoryRecord, TxnExtras]:
+        rounds.append(current.generation)
+        return bump(current), TxnExtras(ops=(Op.put("unit/ours", str(len(rounds)).encode()),))
+
+    async def other_first(compares: Any, success: Any, failure: Any = ()) -> Any:
+        store.txn = real_txn  # type: ignore[method-assign]
+        kv = await store.get(key)
+        assert kv is not None
+        same = encode_record(bump(decode_record("vs", rid, kv.value, kv.mod_revision)))
+        await store.txn([], [Op.put(key, same), Op.put("unit/theirs", b"1")])
+        result = await real_txn(compares, success, failure)
+        assert not result.succeeded
+        raise StoreUnavailable("etcd txn: timed out after 3.0s")
+
+    store.txn = other_first  # type: ignore[method-assign]
+    after = await repos.update_with("vs", rid, plan)
+    assert rounds == [0, 1]  # planned again on the other's record
+    assert after.generation == 2
+    ours = await store.get("unit/ours")
+    assert ours is not None and ours.mod_revision == after.revision

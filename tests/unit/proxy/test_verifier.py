@@ -450,6 +450,11 @@ async def test_a_verdict_is_recorded_in_its_own_txn_with_the_references_it_repai
         assert verdict.details["sources"] == {"n3": "n1"}
         assert verdict.details["differing_refs"] == ["refs/heads/a", "refs/heads/phantom"]
         assert verdict.details["differing_refs_count"] == 2
+        # Each side's object: what the fault suite matches to the writes.
+        assert verdict.details["differing_values"] == {
+            "refs/heads/a": {"n1": "2" * 40, "n3": ""},
+            "refs/heads/phantom": {"n1": "", "n3": "3" * 40},
+        }
         (with_record,) = [s for s in seen if any("/repositories/" in op.key for op in s)]
         assert any("/history/" in op.key for op in with_record), "not in the verdict's txn"
     finally:
@@ -502,3 +507,34 @@ def test_differing_references_include_those_on_one_side_only() -> None:
     assert differing_references(a, b) == ["refs/heads/y", "refs/heads/z"]
     assert differing_references(None, b) == sorted(b)
     assert differing_references(a, dict(a)) == []
+
+
+async def test_references_are_listed_while_the_verifier_waits_between_its_rounds() -> None:
+    # Listed after the wait they would stretch the gap between the rounds
+    # (a write landing in it voids the verdict); listed while it waits they
+    # cost nothing more than the wait.
+    events: list[str] = []
+    refs = FakeRefs({"n1": dict(SAME), "n2": dict(SAME), "n3": {}})
+    listed = refs.__call__
+
+    async def listing(node: str, path: str) -> dict[str, str] | None:
+        events.append(f"list {node}")
+        return await listed(node, path)
+
+    async def wait(_seconds: float) -> None:
+        for _ in range(100):  # the wait is long enough for a concurrent listing
+            if "list n3" in events:
+                break
+            await asyncio.sleep(0)
+        events.append("waited")
+
+    store = MemoryStore(ManualClock())
+    parts = await build(store, refs=listing, history=History(store, KEYS), sleep=wait)
+    try:
+        parts.checksums.values["n3"] = "rolled back"
+        await parts.verifier.verify_once(force=True)
+        assert events.index("waited") > events.index("list n3")
+        (verdict,) = await _verdicts(parts)
+        assert verdict.details["differing_refs"] == sorted(SAME)
+    finally:
+        await parts.cache.close()
