@@ -287,6 +287,13 @@ class SlowDisk(Nemesis):
             self.target = None
 
 
+# How long the record must stay unchanged after a replica loss's kill before
+# the damage (the outcomes of the writes the kill cut short recorded), and the
+# longest wait for that.
+SETTLE_S = 1.0
+SETTLE_MAX_S = 5.0
+
+
 class ReplicaLoss(Nemesis):
     """A power loss on one node, and its replica of one repository comes back damaged.
 
@@ -376,8 +383,40 @@ class ReplicaLoss(Nemesis):
         )
         fault.power_loss = time.monotonic()  # stamped before: a kill takes a moment
         await asyncio.to_thread(run.node(node).kill)
+        if snapshot is None and not await self._still_spare(run, repo, node):
+            # The writes in flight at the kill left this replica the only up-to-date
+            # one (an outcome that demoted the other; seed 745480504 on f15b172):
+            # wiping it now would destroy the last copy and leave the repository
+            # stuck until an operator accepts the loss, beyond the guarantee (a
+            # rollback of it only loses its last writes, counted apart). The fault
+            # stays a plain power loss, and nothing is excused.
+            run.note(f"{self.name}: {repo} on {node} became its only up-to-date copy: not damaged")
+            fault.detail += ", not damaged: the only up-to-date copy"
+            fault.disk_nodes, fault.disk_repos = (), ()
+            return fault
         await asyncio.to_thread(self.damage, _disks(run), node, replica_path, snapshot)
         return fault
+
+    @staticmethod
+    async def _still_spare(run: RunContext, repo: str, node: str) -> bool:
+        """Whether ``repo`` still has an up-to-date replica besides ``node``'s,
+        once the writes the kill cut short have recorded their outcomes (the
+        record unchanged for ``SETTLE_S``, polled for at most ``SETTLE_MAX_S``);
+        True when etcd cannot say (the pick's word stands)."""
+        deadline = time.monotonic() + SETTLE_MAX_S
+        last: RepositoryRecord | None = None
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                record: RepositoryRecord | None = await asyncio.to_thread(run.record, repo)
+            except Exception:  # etcd unreachable for a moment
+                record = None
+            if record is not None and record != last:
+                last, stable_since = record, time.monotonic()
+            elif record is not None and time.monotonic() - stable_since >= SETTLE_S:
+                break
+            await asyncio.sleep(0.2)
+        return last is None or bool(up_to_date_replicas(last) - {node})
 
     async def heal(self, run: RunContext) -> None:
         if self.target is not None:
