@@ -120,6 +120,12 @@ WRITE_CASES: dict[str, tuple[WriteState, WriteResult]] = {
         write(votes(), p=FAILED, s1=FAILED),
         result({P, S1}, {S2, T}, "secondaries-outdated"),
     ),
+    "primary seen unhealthy after its call ended ok, a secondary still running": (
+        # node_unhealthy cancels the primary as a voter; its call had already
+        # succeeded, having applied every decided update (seed 745480504).
+        write(votes(p=PRIMARY_GONE)),
+        result({P, S1, S2}, {T}, "committed"),
+    ),
     "primary outvoted, its call ok": (
         write(votes(p=VoterTally(committed=0, votes_cast=2, failed=True))),
         result(set(), {S1, S2, T}, "primary-not-committed"),

@@ -307,6 +307,14 @@ def write_outcome(write: WriteState) -> WriteResult:
         # No COMMIT that changes a reference went out: nothing applied anywhere.
         return WriteResult(frozenset(), frozenset(), "intent-not-recorded")
     committed = votes.committed_nodes()
+    if primary.status == OK and holds_decided_update(votes, write.primary):
+        # Its call succeeded after it applied every decided update. Cancelled
+        # as a voter afterwards (its node seen unhealthy while a secondary's
+        # call still ran), it holds the write all the same: counted out, the
+        # outcome named nobody and demoted a secondary that held the
+        # acknowledged write too (long seed 745480504: one copy where there
+        # were two, then that one was lost with its disk).
+        committed = committed | {write.primary}
     secondaries = frozenset(write.secondaries)
     if write.primary not in committed:
         if primary.status != OK:
