@@ -65,7 +65,8 @@ def _ids(cases: Mapping[str, object]) -> list[str]:
     return list(cases)
 
 
-# A primary whose call failed is cancelled as a voter: it never counts as committed.
+# A primary cancelled as a voter after committing everything: it counts as
+# committed only if its call ended OK (cases below), never when it failed.
 PRIMARY_GONE = VoterTally(committed=2, votes_cast=2, last_vote_committed=True, failed=True)
 PREPARED_ONLY = VoterTally(committed=2, votes_cast=2, last_vote_committed=False)
 
@@ -125,6 +126,28 @@ WRITE_CASES: dict[str, tuple[WriteState, WriteResult]] = {
         # succeeded, having applied every decided update (seed 745480504).
         write(votes(p=PRIMARY_GONE)),
         result({P, S1, S2}, {T}, "committed"),
+    ),
+    "primary seen unhealthy after its call ended ok, one secondary": (
+        write(votes(p=PRIMARY_GONE), secondaries=(S1,)),
+        result({P, S1}, {T}, "committed"),
+    ),
+    "primary timed out by a secondary's later vote after its call ended ok": (
+        # The secondary opened a third subtransaction nobody decided.
+        write(
+            VoteTally(
+                subtransactions=3,
+                decided=2,
+                changed_nothing=False,
+                voters={P: PRIMARY_GONE, S1: VoterTally(committed=2, votes_cast=3), S2: held(2)},
+            )
+        ),
+        # The primary counts; the secondaries are judged by the tally as before
+        # (the undecided subtransaction counts them out).
+        result({P}, {S1, S2, T}, "secondaries-outdated"),
+    ),
+    "primary cancelled after a prepared-phase last vote, its call ok": (
+        write(votes(p=VoterTally(committed=2, votes_cast=2, failed=True))),
+        result(set(), {S1, S2, T}, "primary-not-committed"),
     ),
     "primary outvoted, its call ok": (
         write(votes(p=VoterTally(committed=0, votes_cast=2, failed=True))),

@@ -290,6 +290,22 @@ def may_hold_decided_update(votes: VoteTally | None, node: str) -> bool:
     return votes.voters[node].committed >= votes.decided
 
 
+def _ok_primary_holds(votes: VoteTally, primary: str) -> bool:
+    """Whether a primary whose call ended OK applied every decided update. A
+    node's transactional call ends OK only if every vote it cast was answered
+    COMMIT (``storage/voting.py``), and no subtransaction is decided without
+    the primary's vote: so it committed each one it voted in, those are the
+    decided ones, and a last vote in the committed phase was cast after
+    applying. Subtransactions only secondaries opened later are never
+    decided and say nothing about it."""
+    state = votes.voters[primary]
+    return (
+        votes.decided > 0
+        and state.committed == votes.decided == state.votes_cast
+        and state.last_vote_committed
+    )
+
+
 def write_outcome(write: WriteState) -> WriteResult:
     """The outcome of a write whose primary's call is over."""
     targets = frozenset(write.replication_targets)
@@ -307,13 +323,14 @@ def write_outcome(write: WriteState) -> WriteResult:
         # No COMMIT that changes a reference went out: nothing applied anywhere.
         return WriteResult(frozenset(), frozenset(), "intent-not-recorded")
     committed = votes.committed_nodes()
-    if primary.status == OK and holds_decided_update(votes, write.primary):
-        # Its call succeeded after it applied every decided update. Cancelled
-        # as a voter afterwards (its node seen unhealthy while a secondary's
-        # call still ran), it holds the write all the same: counted out, the
-        # outcome named nobody and demoted a secondary that held the
-        # acknowledged write too (long seed 745480504: one copy where there
-        # were two, then that one was lost with its disk).
+    if primary.status == OK and _ok_primary_holds(votes, write.primary):
+        # Only matters when the tally marks the primary failed: cancelled as a
+        # voter after its call succeeded (its node seen unhealthy while a
+        # secondary's call still ran, or timed out by a secondary's later
+        # vote), it holds the write all the same. Counted out, the outcome
+        # named nobody and demoted a secondary that held the acknowledged
+        # write too (long seed 745480504: one copy where there were two,
+        # then that one was lost with its disk).
         committed = committed | {write.primary}
     secondaries = frozenset(write.secondaries)
     if write.primary not in committed:

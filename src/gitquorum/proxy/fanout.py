@@ -324,7 +324,11 @@ class _Write:
         try:
             await asyncio.wait_for(leg.queue.put(item), self.write_timeout)
         except TimeoutError:
-            self.drop(leg, "not reading its requests")
+            # A call that ended meanwhile (it stopped reading because it was
+            # done) holds what it did: dropping it would count it out of a
+            # write it may have committed.
+            if leg.code is None:
+                self.drop(leg, "not reading its requests")
 
     async def drive_secondary(self, leg: _Leg) -> None:
         """Read a secondary's responses (the client never sees them) until its call ends."""
