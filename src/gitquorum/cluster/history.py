@@ -222,6 +222,7 @@ class History:
         *,
         by: str | None = None,
         reason: str = "",
+        details: Mapping[str, Any] | None = None,
     ) -> Event:
         """An event now, by ``by`` (default: this writer)."""
         return Event(
@@ -234,6 +235,7 @@ class History:
             new,
             self.writer if by is None else by,
             reason,
+            dict(details or {}),
         )
 
     async def trim(self) -> int:

@@ -43,6 +43,7 @@ from gitquorum.cluster.repositories import (
     RepositoryStore,
     TxnExtras,
 )
+from gitquorum.cluster.store_retry import StoreRetry, backoff
 from gitquorum.errors import Unavailable
 from gitquorum.proxy.metrics import ProxyMetrics
 from gitquorum.proxy.routing import MutatorRoute
@@ -94,6 +95,7 @@ class EtcdClusterPort:
         self._stale_read_limit = stale_read_limit
         self._clock = clock
         self._finishing: set[asyncio.Task[None]] = set()
+        self._intent_retry = StoreRetry(deadline=FINISH_DEADLINE, wait=backoff(0.1, 2.0))
         # (repository id, hold's replica, hold's deadline) -> when first seen.
         self._holds_seen: dict[tuple[int, str | None, float], float] = {}
         metrics.state_age.follow(self.state_age)
@@ -304,7 +306,8 @@ class EtcdClusterPort:
         the verifier off for the intent grace; marked finished when it should
         be gone, an acknowledged write would read as one nobody was told of."""
         if forget:
-            self._later(intent, "removed", self._forget)
+            if self.intents is not None:
+                self._later(intent, "removed", self.intents.forget)
         else:
             self._finish_later(intent)
 
@@ -316,26 +319,14 @@ class EtcdClusterPort:
         flight and hold every verdict on the repository back for the intent
         grace (120 s; seen in the fault suite and the etcd chaos test: a
         repository left unconverged past its bound)."""
-        self._later(intent, "marked finished", self._finish)
-
-    async def _finish(self, intent: WriteIntent) -> None:
-        assert self.intents is not None
-        await self.intents.finish_if_standing(intent)
-
-    async def _forget(self, intent: WriteIntent) -> None:
-        assert self.intents is not None
-        await self.intents.forget(intent)
+        if self.intents is not None:
+            self._later(intent, "marked finished", self.intents.finish_if_standing)
 
     def _later(
-        self,
-        intent: WriteIntent,
-        what: str,
-        step: Callable[[WriteIntent], Awaitable[None]],
+        self, intent: WriteIntent, what: str, step: Callable[[WriteIntent], Awaitable[object]]
     ) -> None:
         """Run ``step`` on ``intent`` in the background, again while etcd is
         unavailable, for up to ``FINISH_DEADLINE``."""
-        if self.intents is None:
-            return
         task = asyncio.get_running_loop().create_task(
             self._retrying(intent, what, step), name=f"intent-{intent.intent_id}"
         )
@@ -343,34 +334,22 @@ class EtcdClusterPort:
         task.add_done_callback(self._finishing.discard)
 
     async def _retrying(
-        self,
-        intent: WriteIntent,
-        what: str,
-        step: Callable[[WriteIntent], Awaitable[None]],
+        self, intent: WriteIntent, what: str, step: Callable[[WriteIntent], Awaitable[object]]
     ) -> None:
-        deadline = self._clock() + FINISH_DEADLINE
-        delay = 0.1
-        while True:
-            try:
-                await step(intent)
-                return
-            except StoreUnavailable as exc:
-                if self._clock() + delay > deadline:
-                    # The verifier counts it over after the intent grace anyway.
-                    logger.warning(
-                        f"intent of a write not {what}",
-                        extra=log.fields(repository_id=intent.repository_id, error=str(exc)),
-                    )
-                    return
-            except Exception:
-                # A background task: nobody else would see the error.
-                logger.exception(
-                    f"intent of a write not {what}",
-                    extra=log.fields(repository_id=intent.repository_id),
-                )
-                return
-            await asyncio.sleep(delay)
-            delay = min(2.0, delay * 2)
+        try:
+            await self._intent_retry(step, intent)
+        except StoreUnavailable as exc:
+            # The verifier counts it over after the intent grace anyway.
+            logger.warning(
+                f"intent of a write not {what}",
+                extra=log.fields(repository_id=intent.repository_id, error=str(exc)),
+            )
+        except Exception:
+            # A background task: nobody else would see the error.
+            logger.exception(
+                f"intent of a write not {what}",
+                extra=log.fields(repository_id=intent.repository_id),
+            )
 
     async def forget_intent(self, intent: WriteIntent) -> None:
         assert self.intents is not None

@@ -474,15 +474,16 @@ class Verifier:
                     *(refs(n, record.replica_path) for n in nodes), return_exceptions=True
                 )
         except TimeoutError as exc:
-            listed = [exc]
-        failed = [answer for answer in listed if isinstance(answer, BaseException)]
-        if failed:
-            logger.info(
-                "references of a verdict not listed",
-                extra=log.fields(repository_id=record.repository_id, error=repr(failed[0])),
-            )
-            return None
-        by_node: dict[str, References] = dict(zip(nodes, listed, strict=True))  # type: ignore[arg-type]
+            listed = [exc] * len(nodes)
+        by_node: dict[str, References] = {}
+        for node, answer in zip(nodes, listed, strict=True):
+            if isinstance(answer, BaseException):
+                logger.info(
+                    "references of a verdict not listed",
+                    extra=log.fields(repository_id=record.repository_id, error=repr(answer)),
+                )
+                return None
+            by_node[node] = answer
         names = sorted(
             {
                 name
@@ -538,9 +539,9 @@ class Verifier:
         if self.history is not None:
             entry = self.history.event(
                 VERDICT, vs, rid, record.relative_path, record.primary, settled.record.primary,
-                reason=verdict,
+                reason=verdict, details=details,
             )  # fmt: skip
-            history_ops = (self.history.op(replace(entry, details=details)),)
+            history_ops = (self.history.op(entry),)
             # The log line names its entry: one verdict, however far apart
             # their times (the line comes after the txn and its retries).
             details["history_entry"] = self.history.entry_of(history_ops[0])
