@@ -305,21 +305,31 @@ def serve_hop(target: str) -> None:
 
             return grpc.unary_unary_rpc_method_handler(unary)
 
-        class Forward(grpc.GenericRpcHandler):
-            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-                handler = handlers.get(details.method)
-                if handler is None:
-                    handler = handlers[details.method] = handler_for(details.method)
-                return handler
+        def cached(method: str) -> grpc.RpcMethodHandler:
+            handler = handlers.get(method)
+            if handler is None:
+                handler = handlers[method] = handler_for(method)
+            return handler
 
-        server = grpc.aio.server(options=CHANNEL_OPTIONS)
-        server.add_generic_rpc_handlers((Forward(),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        print(port, flush=True)
-        await server.wait_for_termination()
+        await serve_generic(cached)
 
     asyncio.run(serve())
+
+
+async def serve_generic(handler_for: Callable[[str], grpc.RpcMethodHandler]) -> None:
+    """A grpc.aio server on a free loopback port that answers every method with
+    ``handler_for(method)``; prints the port, then serves until killed."""
+
+    class Generic(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+            return handler_for(details.method)
+
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server.add_generic_rpc_handlers((Generic(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
 
 
 class Hop:
