@@ -49,7 +49,7 @@ billed to each side's calls by wall time, reported on its own and left out
 of the "own" CPU per call. docs/benchmarks.md records results and how to
 read them.
 
-    python bench/proxy_bench.py            # full run, markdown on stdout (~4 min)
+    python bench/proxy_bench.py            # full run, markdown on stdout (~6 min)
     python bench/proxy_bench.py --quick    # smoke run (< 60 s, small clone)
     python bench/proxy_bench.py --json     # JSON instead of markdown
     python bench/proxy_bench.py --profile /tmp/prof   # + py-spy of the proxy per phase
