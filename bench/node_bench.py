@@ -380,6 +380,11 @@ class Bench:
     settings: Settings
     workdir: Path
     profile_dir: Path | None = None
+    only: Sequence[str] = ()
+
+    @property
+    def accessors(self) -> list[Accessor]:
+        return [a for a in ACCESSORS if not self.only or a.name in self.only]
 
     def run(self) -> dict[str, Any]:
         s = self.settings
@@ -395,18 +400,11 @@ class Bench:
         try:
             node_channel = grpc.insecure_channel(node.address, options=CHANNEL_OPTIONS)
             channels.append(node_channel)
-            node_calls = {
-                a.name: a.make(
-                    node_channel,
-                    shared_pb2.Repository(storage_name=STORAGE, relative_path=a.repo),
-                    facts,
-                )
-                for a in ACCESSORS
-            }
+            node_calls = self._calls(node_channel, facts)
             # The node's answers, once warm, become the echo server's.
             canned: dict[str, Any] = {}
             answers: dict[str, list[bytes]] = {}
-            for a in ACCESSORS:
+            for a in self.accessors:
                 warmup = s.warmup if a.small else 3
                 for _ in range(warmup):
                     answer = node_calls[a.name]()
@@ -420,15 +418,8 @@ class Bench:
             echo = start_echo(canned_file)
             echo_channel = grpc.insecure_channel(echo.address, options=CHANNEL_OPTIONS)
             channels.append(echo_channel)
-            echo_calls = {
-                a.name: a.make(
-                    echo_channel,
-                    shared_pb2.Repository(storage_name=STORAGE, relative_path=a.repo),
-                    facts,
-                )
-                for a in ACCESSORS
-            }
-            for a in ACCESSORS:
+            echo_calls = self._calls(echo_channel, facts)
+            for a in self.accessors:
                 for _ in range(s.warmup if a.small else 2):
                     answer = echo_calls[a.name]()
                 if _serialized(answer) != answers[a.name]:
@@ -438,7 +429,7 @@ class Bench:
                     "messages": len(answers[a.name]),
                     "bytes": sum(len(m) for m in answers[a.name]),
                 }
-                for a in ACCESSORS
+                for a in self.accessors
             }
             spy = None
             if self.profile_dir is not None:
@@ -457,6 +448,15 @@ class Bench:
             node.close()
         return results
 
+    def _calls(self, channel: grpc.Channel, facts: dict[str, str]) -> dict[str, Callable[[], Any]]:
+        """One ready-made call per accessor on ``channel``."""
+        return {
+            a.name: a.make(
+                channel, shared_pb2.Repository(storage_name=STORAGE, relative_path=a.repo), facts
+            )
+            for a in self.accessors
+        }
+
     def _measure(
         self,
         node: Child,
@@ -467,7 +467,7 @@ class Bench:
         s = self.settings
         sides = {"node": node_calls, "echo": echo_calls}
         out: dict[str, Any] = {}
-        for a in ACCESSORS:
+        for a in self.accessors:
             total = s.calls if a.small else s.large_calls
             batch = s.batch if a.small else s.large_batch
             samples: dict[str, list[float]] = {side: [] for side in sides}
@@ -527,9 +527,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     rows = []
     for name, a in r["accessors"].items():
         cpu = a["cpu_us_per_call"]
-        target = (
-            ("met" if a["met"] else "**missed**") if a["small"] else "n/a (large answer)"
-        )
+        target = ("met" if a["met"] else "**missed**") if a["small"] else "n/a (large answer)"
         rows.append(
             [
                 name,
@@ -583,6 +581,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small smoke run (< 40 s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of markdown")
     parser.add_argument("--calls", type=int, help="calls per small accessor and side")
+    parser.add_argument(
+        "--only", help=f"comma-separated subset of {','.join(a.name for a in ACCESSORS)}"
+    )
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the node into DIR")
     parser.add_argument(
         "--node-log-level", default="info", help="the node's log level (default info)"
@@ -595,6 +596,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.calls is not None and args.calls < 1:
         parser.error("--calls must be at least 1")
+    names = {a.name for a in ACCESSORS}
+    args.only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else []
+    unknown = [n for n in args.only if n not in names]
+    if unknown:
+        parser.error(f"unknown accessor(s): {', '.join(unknown)}")
     return args
 
 
@@ -616,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": machine_info(), "settings": asdict(settings)}
     started = time.perf_counter()
     try:
-        report["results"] = Bench(settings, workdir, args.profile).run()
+        report["results"] = Bench(settings, workdir, args.profile, args.only).run()
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

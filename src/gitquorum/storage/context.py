@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from gitquorum.storage.catfile import CatFileCache
 from gitquorum.storage.locator import StorageLocator
+from gitquorum.storage.refread import PackedRefs
 from gitquorum.storage.replication_fence import ReplicationFence
 from gitquorum.storage.voting import VoteCoordinator
 from gitquorum.tls import ClientTLS
@@ -21,3 +22,5 @@ class NodeContext:
     client_tls: ClientTLS | None = None
     # One copy at a time into a replica, none from a superseded claim.
     replication_fence: ReplicationFence = field(default_factory=ReplicationFence)
+    # Single refs read from the files (RefExists, FindDefaultBranchName), not by spawning git.
+    packed_refs: PackedRefs = field(default_factory=PackedRefs)

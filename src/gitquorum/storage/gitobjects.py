@@ -460,9 +460,19 @@ async def read_commit(
 async def read_commits(
     catfile: CatFileCache, repo: RepoPath, revisions: Sequence[bytes]
 ) -> list[shared_pb2.GitCommit | None]:
-    """Several commits under one hold of the repository's cat-file process."""
+    """Several commits under one hold of the repository's cat-file process, asked together."""
+    names = [rev + b"^{commit}" if safe_object_name(rev) else b"" for rev in revisions]
+    asked = [name for name in names if name]
     async with catfile.batch(repo) as batch:
-        return [await read_commit(batch, rev) for rev in revisions]
+        answers = iter(await batch.read_many(asked))
+    commits: list[shared_pb2.GitCommit | None] = []
+    for name in names:
+        answer = next(answers) if name else None
+        if answer is None or answer[0].type != "commit":
+            commits.append(None)
+        else:
+            commits.append(parse_commit(answer[0].oid, answer[1]))
+    return commits
 
 
 async def read_tree(batch: BatchProcess, revision: bytes, path: bytes) -> list[TreeItem] | None:

@@ -1,0 +1,110 @@
+"""Reading one reference from the files backend without starting git.
+
+A hot accessor that only needs to know where one ref points (RefExists,
+FindDefaultBranchName) would otherwise spawn ``git show-ref`` or
+``git for-each-ref``: milliseconds, where reading a file takes microseconds.
+This reads the way git's files backend does: the loose file
+``<repo>/<refname>`` first, then ``packed-refs``. Anything out of the ordinary
+(a symbolic ref, a file git would call broken, an unreadable file) raises
+``Unsure`` and the caller asks git, so answers stay git's.
+
+``packed-refs`` is parsed once per version of the file: a version is its
+inode, size and modification time, which every rewrite (a new file renamed
+into place) changes, as git itself judges it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+_OID = re.compile(rb"[0-9a-f]{40}\Z")
+# (inode, size, mtime in ns) of a packed-refs file.
+_Version = tuple[int, int, int]
+
+
+class Unsure(Exception):
+    """The files say something only git should interpret: ask git."""
+
+
+def _loose(path: Path) -> bytes | None:
+    """The object id in a loose ref file; None when there is no such file."""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        # No file, or a directory of refs under that name: not a loose ref.
+        return None
+    except OSError as exc:
+        raise Unsure(str(exc)) from exc
+    oid = data[:-1] if data.endswith(b"\n") else data
+    if not _OID.match(oid):
+        # "ref: ..." (symbolic) or content git reports as broken.
+        raise Unsure("not a plain loose ref")
+    return oid
+
+
+def parse_packed_refs(data: bytes) -> dict[bytes, bytes]:
+    """refname -> object id of a packed-refs file (peeled lines skipped)."""
+    refs: dict[bytes, bytes] = {}
+    for line in data.split(b"\n"):
+        if not line or line.startswith((b"#", b"^")):
+            continue
+        oid, sep, name = line.partition(b" ")
+        if not sep or not _OID.match(oid) or not name:
+            raise Unsure("unexpected line in packed-refs")
+        refs[name] = oid
+    return refs
+
+
+class PackedRefs:
+    """Parsed ``packed-refs`` files, one per repository, re-read when the file changes."""
+
+    def __init__(self, max_repositories: int = 64) -> None:
+        self.max_repositories = max_repositories
+        self._files: OrderedDict[Path, tuple[_Version, dict[bytes, bytes]]] = OrderedDict()
+
+    def refs(self, repo: Path) -> dict[bytes, bytes]:
+        path = repo / "packed-refs"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._files.pop(repo, None)
+            return {}
+        except OSError as exc:
+            raise Unsure(str(exc)) from exc
+        version = _version(st)
+        cached = self._files.get(repo)
+        if cached is not None and cached[0] == version:
+            self._files.move_to_end(repo)
+            return cached[1]
+        try:
+            with open(path, "rb") as f:
+                # The version of what is read: the file may be replaced meanwhile.
+                version = _version(os.fstat(f.fileno()))
+                data = f.read()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise Unsure(str(exc)) from exc
+        refs = parse_packed_refs(data)
+        self._files[repo] = (version, refs)
+        self._files.move_to_end(repo)
+        while len(self._files) > self.max_repositories:
+            self._files.popitem(last=False)
+        return refs
+
+    def resolve(self, repo: Path, refname: bytes) -> bytes | None:
+        """The object id ``refname`` (well formed, under ``refs/``) points to; None: no such ref.
+
+        Raises ``Unsure`` when git must decide (see the module docstring).
+        """
+        oid = _loose(repo / os.fsdecode(refname))
+        if oid is not None:
+            return oid
+        return self.refs(repo).get(refname)
+
+
+def _version(st: os.stat_result) -> _Version:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)

@@ -1,0 +1,102 @@
+"""Single refs read from the files, checked against git on real repositories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from gitquorum.storage.refread import PackedRefs, Unsure, parse_packed_refs
+from tests.harness.gitrepo import git, make_repo
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A bare repository with loose branches and tags."""
+    source = make_repo(tmp_path / "src", commits=3, branches=("feature", "dev"))
+    bare = tmp_path / "repo.git"
+    git("clone", "-q", "--bare", str(source), str(bare))
+    # A clone packs what it fetched: loosen main and feature again.
+    for name in ("refs/heads/main", "refs/heads/feature"):
+        git("update-ref", name, rev(bare, name), cwd=bare)
+    return bare
+
+
+def rev(repo: Path, name: str) -> str:
+    return git("rev-parse", "--verify", "--quiet", f"{name}^{{}}", cwd=repo).strip()
+
+
+def git_says(repo: Path, name: str) -> bytes | None:
+    out = git("for-each-ref", "--format=%(objectname)", name, cwd=repo).strip()
+    return out.encode() if out else None
+
+
+def test_loose_and_packed_refs_read_as_git_reads_them(repo: Path) -> None:
+    git("pack-refs", "--all", cwd=repo)
+    git("update-ref", "refs/heads/main", rev(repo, "refs/heads/main~1"), cwd=repo)
+    packed = PackedRefs()
+    for name in ("refs/heads/main", "refs/heads/feature", "refs/heads/dev", "refs/tags/v1.1"):
+        assert packed.resolve(repo, name.encode()) == git_says(repo, name), name
+    # Loose main shadows its stale packed entry.
+    assert packed.refs(repo)[b"refs/heads/main"] != packed.resolve(repo, b"refs/heads/main")
+
+
+def test_absent_refs_and_ref_directories_are_none(repo: Path) -> None:
+    packed = PackedRefs()
+    assert packed.resolve(repo, b"refs/heads/nope") is None
+    # A directory of refs is not a ref (refs/heads holds main, feature, ...).
+    assert packed.resolve(repo, b"refs/heads") is None
+    # Below a file: no such ref either.
+    assert packed.resolve(repo, b"refs/heads/main/sub") is None
+
+
+def test_a_rewritten_packed_refs_is_read_again(repo: Path) -> None:
+    packed = PackedRefs()
+    git("pack-refs", "--all", cwd=repo)
+    first = packed.resolve(repo, b"refs/heads/dev")
+    assert first == git_says(repo, "refs/heads/dev")
+    older = rev(repo, "refs/heads/main~2")
+    # Moved, then packed again: git rewrites packed-refs and drops the loose file.
+    git("update-ref", "refs/heads/dev", older, cwd=repo)
+    git("pack-refs", "--all", cwd=repo)
+    assert not (repo / "refs" / "heads" / "dev").exists()
+    assert packed.resolve(repo, b"refs/heads/dev") == older.encode() != first
+    git("update-ref", "-d", "refs/heads/dev", cwd=repo)
+    assert packed.resolve(repo, b"refs/heads/dev") is None
+    (repo / "packed-refs").unlink()
+    assert packed.refs(repo) == {}
+
+
+def test_what_only_git_should_read_is_unsure(repo: Path) -> None:
+    packed = PackedRefs()
+    git("symbolic-ref", "refs/heads/alias", "refs/heads/main", cwd=repo)
+    with pytest.raises(Unsure):
+        packed.resolve(repo, b"refs/heads/alias")
+    (repo / "refs" / "heads" / "garbage").write_bytes(b"not an object id\n")
+    with pytest.raises(Unsure):
+        packed.resolve(repo, b"refs/heads/garbage")
+    (repo / "refs" / "heads" / "garbage").unlink()
+    (repo / "packed-refs").write_bytes(b"# pack-refs with: peeled\nnonsense line\n")
+    with pytest.raises(Unsure):
+        packed.resolve(repo, b"refs/heads/elsewhere")
+
+
+def test_packed_refs_parsing_skips_comments_and_peeled_lines() -> None:
+    a, b = "a" * 40, "b" * 40
+    data = f"# pack-refs with: peeled fully-peeled sorted \n{a} refs/tags/t\n^{b}\n{b} refs/x\n"
+    assert parse_packed_refs(data.encode()) == {b"refs/tags/t": a.encode(), b"refs/x": b.encode()}
+
+
+def test_the_cache_is_bounded(tmp_path: Path) -> None:
+    packed = PackedRefs(max_repositories=2)
+    repos = []
+    for i in range(3):
+        path = tmp_path / f"r{i}.git"
+        path.mkdir()
+        (path / "packed-refs").write_bytes(f"{'c' * 40} refs/heads/r{i}\n".encode())
+        repos.append(path)
+        assert packed.resolve(path, f"refs/heads/r{i}".encode()) == b"c" * 40
+    assert len(packed._files) == 2
+    os.utime(repos[0] / "packed-refs")
+    assert packed.resolve(repos[0], b"refs/heads/r0") == b"c" * 40
