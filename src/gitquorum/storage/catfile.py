@@ -161,6 +161,14 @@ class CatFileCache:
 
     async def _get(self, repo: RepoPath, mode: str) -> BatchProcess:
         key = (mode, str(repo.path), repo.env)
+        proc = self._procs.get(key)
+        if proc is not None and not proc.broken and proc.process.proc.returncode is None:
+            # A healthy process: no spawn can be under way for this key (a
+            # replacement is removed from the table first), so no lock needed.
+            self._procs.move_to_end(key)
+            proc.users += 1
+            self._evict()
+            return proc
         async with self._spawn_lock:
             proc = self._procs.get(key)
             if proc is not None and (proc.broken or proc.process.proc.returncode is not None):
@@ -231,10 +239,8 @@ class CatFileCache:
             proc.lock.release()
             self._release(proc)
 
-    @contextlib.asynccontextmanager
-    async def batch(self, repo: RepoPath) -> AsyncIterator[BatchProcess]:
-        async with self._use(repo, "batch") as proc:
-            yield proc
+    def batch(self, repo: RepoPath) -> contextlib.AbstractAsyncContextManager[BatchProcess]:
+        return self._use(repo, "batch")
 
     @contextlib.asynccontextmanager
     async def batch_check(self, repo: RepoPath) -> AsyncIterator[BatchCheckProcess]:

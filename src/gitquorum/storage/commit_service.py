@@ -200,11 +200,11 @@ class CommitService(commit_pb2_grpc.CommitServiceServicer):
                 type=commit_pb2.TreeEntryResponse.COMMIT, oid=entry.oid, mode=entry.mode
             )
             return
-        try:
-            info = await self.node.catfile.info(repo, entry.oid.encode())
-        except ObjectNotFound as exc:
-            raise NotFound("tree entry not found") from exc
         if entry.kind == "tree":
+            try:
+                info = await self.node.catfile.info(repo, entry.oid.encode())
+            except ObjectNotFound as exc:
+                raise NotFound("tree entry not found") from exc
             yield commit_pb2.TreeEntryResponse(
                 type=commit_pb2.TreeEntryResponse.TREE,
                 oid=entry.oid,
@@ -212,22 +212,23 @@ class CommitService(commit_pb2_grpc.CommitServiceServicer):
                 mode=entry.mode,
             )
             return
-        if request.max_size > 0 and info.size > request.max_size:
-            raise FailedPrecondition(
-                f"object size ({info.size}) is bigger than the maximum allowed size"
-                f" ({request.max_size})"
-            )
-        first = commit_pb2.TreeEntryResponse(
-            type=commit_pb2.TreeEntryResponse.BLOB, oid=info.oid, size=info.size, mode=entry.mode
-        )
-        length = min(request.limit, info.size) if request.limit > 0 else info.size
-        if length == 0:
-            yield first
-            return
-        async with gitobjects.open_blob(self.node.catfile, repo, info.oid.encode(), length) as blob:
+        # The blob's header tells its size: no separate batch-check round trip.
+        limit = request.limit if request.limit > 0 else -1
+        async with gitobjects.open_blob(self.node.catfile, repo, entry.oid.encode(), limit) as blob:
             if blob is None:
                 raise NotFound("tree entry not found")
-            message: commit_pb2.TreeEntryResponse | None = first
+            info = blob.info
+            if request.max_size > 0 and info.size > request.max_size:
+                raise FailedPrecondition(
+                    f"object size ({info.size}) is bigger than the maximum allowed size"
+                    f" ({request.max_size})"
+                )
+            message: commit_pb2.TreeEntryResponse | None = commit_pb2.TreeEntryResponse(
+                type=commit_pb2.TreeEntryResponse.BLOB,
+                oid=info.oid,
+                size=info.size,
+                mode=entry.mode,
+            )
             async for data in blob.chunks:
                 if message is None:
                     message = commit_pb2.TreeEntryResponse()
@@ -411,10 +412,21 @@ class CommitService(commit_pb2_grpc.CommitServiceServicer):
     ) -> commit_pb2.FindCommitResponse:
         repo = self.node.locator.repository(request.repository)
         gitobjects.validate_revision(request.revision)
+        answers = self.node.commit_answers
+        # The object a plain ref name points to, read from the files: its
+        # answer never changes (see storage/commitcache.py).
+        oid = None if repo.env else answers.target(repo.path, request.revision)
+        if oid is not None:
+            known = answers.get(repo.path, oid, request.trailers)
+            if known is not None:
+                return known
         async with self.node.catfile.batch(repo) as batch:
             commit = await gitobjects.read_commit(
-                batch, request.revision, trailers=request.trailers
+                batch, request.revision if oid is None else oid, trailers=request.trailers
             )
         if commit is None:
             return commit_pb2.FindCommitResponse()
-        return commit_pb2.FindCommitResponse(commit=commit)
+        response = commit_pb2.FindCommitResponse(commit=commit)
+        if oid is not None:
+            answers.put(repo.path, oid, request.trailers, response)
+        return response

@@ -156,7 +156,7 @@ class StorageLocator:
         # A quarantine directory that is not there makes every git command fail
         # with "not a git repository" (INTERNAL): refuse it as the bad argument
         # it is (found by tests/fuzz/test_proxy_fuzz.py).
-        objects = located.git_env().get("GIT_OBJECT_DIRECTORY")
+        objects = located.git_env().get("GIT_OBJECT_DIRECTORY") if located.env else None
         if objects is not None and not Path(objects).is_dir():
             raise InvalidArgument("object directory does not exist")
         return located

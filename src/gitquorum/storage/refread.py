@@ -18,9 +18,12 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 _OID = re.compile(rb"[0-9a-f]{40}\Z")
+# More than a loose ref holding an object id (41 bytes) ever needs.
+_LOOSE_MAX = 256
 # (inode, size, mtime in ns) of a packed-refs file.
 _Version = tuple[int, int, int]
 
@@ -29,10 +32,13 @@ class Unsure(Exception):
     """The files say something only git should interpret: ask git."""
 
 
-def _loose(path: Path) -> bytes | None:
+def _loose(path: str) -> bytes | None:
     """The object id in a loose ref file; None when there is no such file."""
     try:
-        data = path.read_bytes()
+        # os.path strings and an unbuffered read: asked on every call, where
+        # pathlib's objects cost more than the system calls.
+        with open(path, "rb", buffering=0) as f:
+            data = f.read(_LOOSE_MAX)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         # No file, or a directory of refs under that name: not a loose ref.
         return None
@@ -63,21 +69,21 @@ class PackedRefs:
 
     def __init__(self, max_repositories: int = 64) -> None:
         self.max_repositories = max_repositories
-        self._files: OrderedDict[Path, tuple[_Version, dict[bytes, bytes]]] = OrderedDict()
+        self._files: OrderedDict[str, tuple[_Version, dict[bytes, bytes]]] = OrderedDict()
 
-    def refs(self, repo: Path) -> dict[bytes, bytes]:
-        path = repo / "packed-refs"
+    def refs(self, repo: Path | str) -> dict[bytes, bytes]:
+        key = str(repo)
+        path = key + "/packed-refs"
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            self._files.pop(repo, None)
+            self._files.pop(key, None)
             return {}
         except OSError as exc:
             raise Unsure(str(exc)) from exc
-        version = _version(st)
-        cached = self._files.get(repo)
-        if cached is not None and cached[0] == version:
-            self._files.move_to_end(repo)
+        cached = self._files.get(key)
+        if cached is not None and cached[0] == _version(st):
+            self._files.move_to_end(key)
             return cached[1]
         try:
             with open(path, "rb") as f:
@@ -89,21 +95,33 @@ class PackedRefs:
         except OSError as exc:
             raise Unsure(str(exc)) from exc
         refs = parse_packed_refs(data)
-        self._files[repo] = (version, refs)
-        self._files.move_to_end(repo)
+        self._files[key] = (version, refs)
+        self._files.move_to_end(key)
         while len(self._files) > self.max_repositories:
             self._files.popitem(last=False)
         return refs
 
-    def resolve(self, repo: Path, refname: bytes) -> bytes | None:
-        """The object id ``refname`` (well formed, under ``refs/``) points to; None: no such ref.
+    def resolve(self, repo: Path | str, refname: bytes) -> bytes | None:
+        """The object id ``refname`` (well formed) points to; None: no such ref.
 
         Raises ``Unsure`` when git must decide (see the module docstring).
         """
-        oid = _loose(repo / os.fsdecode(refname))
-        if oid is not None:
-            return oid
-        return self.refs(repo).get(refname)
+        return self.first(repo, (refname,))
+
+    def first(self, repo: Path | str, refnames: Sequence[bytes]) -> bytes | None:
+        """``resolve`` of each name in turn, the first that exists; packed-refs read once."""
+        root = str(repo) + "/"
+        packed: dict[bytes, bytes] | None = None
+        for refname in refnames:
+            oid = _loose(root + os.fsdecode(refname))
+            if oid is not None:
+                return oid
+            if packed is None:
+                packed = self.refs(repo)
+            oid = packed.get(refname)
+            if oid is not None:
+                return oid
+        return None
 
 
 def _version(st: os.stat_result) -> _Version:
