@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gitquorum.gitaly import commit_pb2, shared_pb2
-from gitquorum.storage.commitcache import CommitAnswers, dwim
+from gitquorum.storage.commitcache import ReachableAnswers, dwim
 from gitquorum.storage.refread import PackedRefs
 from tests.harness.gitrepo import git, make_repo
 
@@ -76,19 +76,19 @@ def test_everything_else_is_left_to_cat_file(repo: Path, revision: str) -> None:
 
 def test_a_whole_object_id_is_never_read_as_a_ref(repo: Path, tmp_path: Path) -> None:
     oid = git("rev-parse", "main", cwd=repo).strip()
-    answers = CommitAnswers(PackedRefs())
+    answers = ReachableAnswers(PackedRefs())
     assert answers.target(repo, oid.encode()) is None
     assert answers.target(repo, b"main") == oid.encode()
 
 
-def test_answers_are_kept_by_repository_object_and_trailers(tmp_path: Path) -> None:
-    answers = CommitAnswers(PackedRefs(), max_entries=2)
+def test_answers_are_kept_by_key_and_bounded(tmp_path: Path) -> None:
+    answers = ReachableAnswers(PackedRefs(), max_entries=2)
     one = commit_pb2.FindCommitResponse(commit=shared_pb2.GitCommit(id="1" * 40))
-    answers.put(tmp_path, b"1" * 40, False, one)
-    assert answers.get(tmp_path, b"1" * 40, False) is one
-    assert answers.get(tmp_path, b"1" * 40, True) is None
-    assert answers.get(tmp_path / "other", b"1" * 40, False) is None
-    answers.put(tmp_path, b"2" * 40, False, one)
-    answers.put(tmp_path, b"3" * 40, False, one)
-    assert answers.get(tmp_path, b"1" * 40, False) is None
-    assert answers.get(tmp_path, b"3" * 40, False) is one
+    answers.put(("commit", tmp_path, b"1" * 40, False), one)
+    assert answers.get(("commit", tmp_path, b"1" * 40, False)) is one
+    assert answers.get(("commit", tmp_path, b"1" * 40, True)) is None
+    assert answers.get(("commit", tmp_path / "other", b"1" * 40, False)) is None
+    answers.put(("exists", tmp_path, b"2" * 40), True)
+    answers.put(("exists", tmp_path, b"3" * 40), True)
+    assert answers.get(("commit", tmp_path, b"1" * 40, False)) is None
+    assert answers.get(("exists", tmp_path, b"3" * 40)) is True

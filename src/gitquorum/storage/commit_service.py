@@ -27,6 +27,7 @@ import base64
 import binascii
 import json
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import grpc
 
@@ -191,8 +192,7 @@ class CommitService(commit_pb2_grpc.CommitServiceServicer):
             raise InvalidArgument("negative Limit")
         if request.max_size < 0:
             raise InvalidArgument("negative MaxSize")
-        async with self.node.catfile.batch(repo) as batch:
-            entry = await gitobjects.find_entry(batch, request.revision, request.path)
+        entry = await self._find_entry(repo, request.revision, request.path)
         if entry is None:
             raise NotFound("tree entry not found")
         if entry.kind == "commit":
@@ -237,6 +237,21 @@ class CommitService(commit_pb2_grpc.CommitServiceServicer):
                 message = None
             if message is not None:
                 yield message
+
+    async def _find_entry(self, repo: RepoPath, revision: bytes, path: bytes) -> TreeItem | None:
+        """``gitobjects.find_entry``; kept per object when the revision names a ref."""
+        answers = self.node.reachable
+        oid = None if repo.env else answers.target(repo.path, revision)
+        key = ("entry", repo.path, oid, path)
+        if oid is not None:
+            known = answers.get(key)
+            if known is not None:
+                return cast(TreeItem, known)
+        async with self.node.catfile.batch(repo) as batch:
+            entry = await gitobjects.find_entry(batch, revision if oid is None else oid, path)
+        if entry is not None and oid is not None:
+            answers.put(key, entry)
+        return entry
 
     async def CountCommits(
         self, request: commit_pb2.CountCommitsRequest, context: grpc.aio.ServicerContext
@@ -412,14 +427,15 @@ class CommitService(commit_pb2_grpc.CommitServiceServicer):
     ) -> commit_pb2.FindCommitResponse:
         repo = self.node.locator.repository(request.repository)
         gitobjects.validate_revision(request.revision)
-        answers = self.node.commit_answers
+        answers = self.node.reachable
         # The object a plain ref name points to, read from the files: its
         # answer never changes (see storage/commitcache.py).
         oid = None if repo.env else answers.target(repo.path, request.revision)
+        key = ("commit", repo.path, oid, request.trailers)
         if oid is not None:
-            known = answers.get(repo.path, oid, request.trailers)
+            known = answers.get(key)
             if known is not None:
-                return known
+                return cast(commit_pb2.FindCommitResponse, known)
         async with self.node.catfile.batch(repo) as batch:
             commit = await gitobjects.read_commit(
                 batch, request.revision if oid is None else oid, trailers=request.trailers
@@ -428,5 +444,5 @@ class CommitService(commit_pb2_grpc.CommitServiceServicer):
             return commit_pb2.FindCommitResponse()
         response = commit_pb2.FindCommitResponse(commit=commit)
         if oid is not None:
-            answers.put(repo.path, oid, request.trailers, response)
+            answers.put(key, response)
         return response

@@ -1,7 +1,8 @@
-"""FindCommit answers for revisions that name a ref, without asking cat-file each time.
+"""Answers for revisions that name a ref, without asking cat-file each time.
 
 A FindCommit of ``main`` costs a round trip to the repository's cat-file
-process, a good part of the call. Here the ref is resolved from the files the
+process, a good part of the call (TreeEntry's tree lookup and RefExists's
+object check likewise). Here the ref is resolved from the files the
 way git's revision parser resolves a plain name (``refdwim``: the name itself,
 then under ``refs/``, ``refs/tags/``, ``refs/heads/``, ``refs/remotes/``,
 ``refs/remotes/<name>/HEAD``; the first that exists wins, as with
@@ -22,8 +23,8 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
-from gitquorum.gitaly import commit_pb2
 from gitquorum.storage.refread import PackedRefs, Unsure
 from gitquorum.storage.refs import valid_refname
 
@@ -55,15 +56,21 @@ def dwim(packed: PackedRefs, repo: Path, revision: bytes) -> bytes | None:
         return None
 
 
-class CommitAnswers:
-    """FindCommit responses by (repository, object id, trailers), bounded."""
+class ReachableAnswers:
+    """Answers about objects reached through a ref, bounded, most recently used kept.
 
-    def __init__(self, packed: PackedRefs, max_entries: int = 2048) -> None:
+    Keys start with what the answer is and the repository, then the object id:
+    ``("commit", repo, oid, trailers)`` a FindCommitResponse, ``("exists",
+    repo, oid)`` True once cat-file found the object (RefExists), ``("entry",
+    repo, oid, path)`` the tree entry at ``path`` (TreeEntry). An object id
+    names the same content forever, and an object a ref points to is never
+    pruned: only the ref has to be read again.
+    """
+
+    def __init__(self, packed: PackedRefs, max_entries: int = 4096) -> None:
         self.packed = packed
         self.max_entries = max_entries
-        self._answers: OrderedDict[tuple[Path, bytes, bool], commit_pb2.FindCommitResponse] = (
-            OrderedDict()
-        )
+        self._answers: OrderedDict[tuple[object, ...], Any] = OrderedDict()
 
     def target(self, repo: Path, revision: bytes) -> bytes | None:
         """The object a revision names through a ref (None: ask cat-file)."""
@@ -72,17 +79,14 @@ class CommitAnswers:
             return None
         return dwim(self.packed, repo, revision)
 
-    def get(self, repo: Path, oid: bytes, trailers: bool) -> commit_pb2.FindCommitResponse | None:
-        key = (repo, oid, trailers)
+    def get(self, key: tuple[object, ...]) -> Any:
         answer = self._answers.get(key)
         if answer is not None:
             self._answers.move_to_end(key)
         return answer
 
-    def put(
-        self, repo: Path, oid: bytes, trailers: bool, answer: commit_pb2.FindCommitResponse
-    ) -> None:
-        self._answers[(repo, oid, trailers)] = answer
-        self._answers.move_to_end((repo, oid, trailers))
+    def put(self, key: tuple[object, ...], answer: Any) -> None:
+        self._answers[key] = answer
+        self._answers.move_to_end(key)
         while len(self._answers) > self.max_entries:
             self._answers.popitem(last=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gitquorum.storage.catfile import CatFileCache
-from gitquorum.storage.commitcache import CommitAnswers
+from gitquorum.storage.commitcache import ReachableAnswers
 from gitquorum.storage.locator import StorageLocator
 from gitquorum.storage.refread import PackedRefs
 from gitquorum.storage.replication_fence import ReplicationFence
@@ -25,8 +25,8 @@ class NodeContext:
     replication_fence: ReplicationFence = field(default_factory=ReplicationFence)
     # Single refs read from the files (RefExists, FindDefaultBranchName), not by spawning git.
     packed_refs: PackedRefs = field(default_factory=PackedRefs)
-    # FindCommit answers by the object a ref points to (the ref is read on every call).
-    commit_answers: CommitAnswers = field(init=False)
+    # Answers by the object a ref points to (the ref is read on every call).
+    reachable: ReachableAnswers = field(init=False)
 
     def __post_init__(self) -> None:
-        self.commit_answers = CommitAnswers(self.packed_refs)
+        self.reachable = ReachableAnswers(self.packed_refs)

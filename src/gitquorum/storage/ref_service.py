@@ -184,10 +184,16 @@ class RefService(ref_pb2_grpc.RefServiceServicer):
             return False
         if not to_object:
             return True
+        # Found once, an object a ref points to stays (git prunes only unreachable ones).
+        key = ("exists", repo.path, oid)
+        if not repo.env and self.node.reachable.get(key):
+            return True
         try:
             await self.node.catfile.info(repo, oid)
         except ObjectNotFound:
             return None
+        if not repo.env:
+            self.node.reachable.put(key, True)
         return True
 
     async def _default_branch(self, repo: RepoPath) -> str:

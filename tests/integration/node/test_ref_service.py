@@ -397,8 +397,9 @@ async def test_ref_exists_follows_the_refs_as_they_change(stub: Any, fresh: Seed
 async def test_reads_follow_a_ref_updated_between_two_calls(
     stub: Any, fresh: Seeded, channel: grpc.aio.Channel
 ) -> None:
-    """The node's long-lived readers (cat-file, the parsed packed-refs) see a ref
-    move at once: FindCommit, RefExists and FindLocalBranches answer anew."""
+    """The node's long-lived readers (cat-file, the parsed packed-refs, answers
+    kept per object) see a ref move at once: FindCommit, TreeEntry, RefExists
+    and FindLocalBranches answer anew."""
     repo, path = fresh
     commits = commit_pb2_grpc.CommitServiceStub(channel)
     main = disk(path, "rev-parse", "refs/heads/main").strip().decode()
@@ -416,9 +417,19 @@ async def test_reads_follow_a_ref_updated_between_two_calls(
                     return str(branch.target_commit.id)
         return ""
 
+    async def readme(revision: bytes) -> bytes:
+        request = commit_pb2.TreeEntryRequest(repository=repo, revision=revision, path=b"README.md")
+        return b"".join(r.data for r in await collect(commits.TreeEntry(request)))
+
+    def readme_at(commit: str) -> bytes:
+        return disk(path, "cat-file", "blob", f"{commit}:README.md")
+
+    assert readme_at(main) != readme_at(parent)
     assert await find(b"main") == await branch_target(b"refs/heads/main") == main
+    assert await readme(b"main") == readme_at(main)
     await stub.UpdateReferences(updates_stream(repo, [("refs/heads/main", main, parent)]))
     assert await find(b"main") == await branch_target(b"refs/heads/main") == parent
+    assert await readme(b"main") == readme_at(parent)
     request = ref_pb2.RefExistsRequest(repository=repo, ref=b"refs/heads/later")
     assert not (await stub.RefExists(request)).value
     await stub.UpdateReferences(updates_stream(repo, [("refs/heads/later", ZERO, main)]))
