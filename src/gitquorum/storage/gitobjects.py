@@ -119,9 +119,14 @@ def normalize_path(path: bytes) -> bytes | None:
 # --- commits and signatures -------------------------------------------------------------------
 
 
-def parse_author(value: bytes) -> shared_pb2.CommitAuthor:
-    """``Name <email> <seconds> <offset>`` as a CommitAuthor, tolerating damage like Gitaly."""
-    author = shared_pb2.CommitAuthor()
+def parse_author(
+    value: bytes, into: shared_pb2.CommitAuthor | None = None
+) -> shared_pb2.CommitAuthor:
+    """``Name <email> <seconds> <offset>`` as a CommitAuthor, tolerating damage like Gitaly.
+
+    ``into``: fill that (empty) message instead of a new one.
+    """
+    author = shared_pb2.CommitAuthor() if into is None else into
     name, sep, rest = value.partition(b"<")
     author.name = name.removesuffix(b" ")
     if not sep:
@@ -150,9 +155,16 @@ def subject_of(message: bytes) -> bytes:
     return message.split(b"\n", 1)[0].rstrip(b"\r\n")
 
 
-def parse_commit(oid: str, data: bytes, *, trailers: bool = False) -> shared_pb2.GitCommit:
-    """A raw commit object as a GitCommit (see the module docstring for the rules)."""
-    commit = shared_pb2.GitCommit(id=oid)
+def parse_commit(
+    oid: str, data: bytes, *, trailers: bool = False, into: shared_pb2.GitCommit | None = None
+) -> shared_pb2.GitCommit:
+    """A raw commit object as a GitCommit (see the module docstring for the rules).
+
+    ``into``: fill that (empty) message, e.g. a field of a response, instead
+    of building one to copy there.
+    """
+    commit = shared_pb2.GitCommit() if into is None else into
+    commit.id = oid
     # Continuation lines of multi-line headers (gpgsig) start with a space, so
     # the first empty line always ends the header.
     header, _sep, message = data.partition(b"\n\n")
@@ -165,9 +177,9 @@ def parse_commit(oid: str, data: bytes, *, trailers: bool = False) -> shared_pb2
         if key == b"parent":
             commit.parent_ids.append(value.decode(errors="replace"))
         elif key == b"author":
-            commit.author.CopyFrom(parse_author(value))
+            parse_author(value, commit.author)
         elif key == b"committer":
-            commit.committer.CopyFrom(parse_author(value))
+            parse_author(value, commit.committer)
         elif key == b"gpgsig":
             commit.signature_type = _signature_type(value)  # type: ignore[assignment]
         elif key == b"tree":
@@ -457,22 +469,32 @@ async def read_commit(
     return parse_commit(info.oid, data, trailers=trailers)
 
 
-async def read_commits(
+async def read_commit_objects(
     catfile: CatFileCache, repo: RepoPath, revisions: Sequence[bytes]
-) -> list[shared_pb2.GitCommit | None]:
-    """Several commits under one hold of the repository's cat-file process, asked together."""
+) -> list[tuple[str, bytes] | None]:
+    """(id, raw commit) each revision peels to, or None; under one hold, asked together."""
     names = [rev + b"^{commit}" if safe_object_name(rev) else b"" for rev in revisions]
     asked = [name for name in names if name]
     async with catfile.batch(repo) as batch:
         answers = iter(await batch.read_many(asked))
-    commits: list[shared_pb2.GitCommit | None] = []
+    found: list[tuple[str, bytes] | None] = []
     for name in names:
         answer = next(answers) if name else None
         if answer is None or answer[0].type != "commit":
-            commits.append(None)
+            found.append(None)
         else:
-            commits.append(parse_commit(answer[0].oid, answer[1]))
-    return commits
+            found.append((answer[0].oid, answer[1]))
+    return found
+
+
+async def read_commits(
+    catfile: CatFileCache, repo: RepoPath, revisions: Sequence[bytes]
+) -> list[shared_pb2.GitCommit | None]:
+    """Several commits under one hold of the repository's cat-file process, asked together."""
+    return [
+        None if found is None else parse_commit(*found)
+        for found in await read_commit_objects(catfile, repo, revisions)
+    ]
 
 
 async def read_tree(batch: BatchProcess, revision: bytes, path: bytes) -> list[TreeItem] | None:

@@ -148,12 +148,15 @@ class RefService(ref_pb2_grpc.RefServiceServicer):
     async def _branches(
         self, repo: RepoPath, batch: list[tuple[bytes, bytes]]
     ) -> ref_pb2.FindLocalBranchesResponse:
-        commits = await gitobjects.read_commits(self.node.catfile, repo, [oid for _, oid in batch])
+        objects = await gitobjects.read_commit_objects(
+            self.node.catfile, repo, [oid for _, oid in batch]
+        )
         response = ref_pb2.FindLocalBranchesResponse()
-        for (name, _oid), commit in zip(batch, commits, strict=True):
+        for (name, _oid), found in zip(batch, objects, strict=True):
             branch = response.local_branches.add(name=name)
-            if commit is not None:
-                branch.target_commit.CopyFrom(commit)
+            if found is not None:
+                # Parsed in place: no commit message built only to be copied.
+                gitobjects.parse_commit(*found, into=branch.target_commit)
         return response
 
     async def RefExists(
