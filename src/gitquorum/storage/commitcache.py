@@ -62,7 +62,10 @@ class ReachableAnswers:
     Keys start with what the answer is and the repository, then the object id:
     ``("commit", repo, oid, trailers)`` a FindCommitResponse, ``("exists",
     repo, oid)`` True once cat-file found the object (RefExists), ``("entry",
-    repo, oid, path)`` the tree entry at ``path`` (TreeEntry). An object id
+    repo, oid, path)`` the tree entry at ``path`` (TreeEntry), ``("blob", repo,
+    oid)`` a small blob's header and content (TreeEntry, at most
+    ``commit_service.KEPT_BLOB_SIZE`` bytes: with the bound on entries, 16 MiB
+    at most). An object id
     names the same content forever, and an object a ref points to is never
     pruned: only the ref has to be read again.
     """

@@ -593,8 +593,10 @@ async def open_blob(
                 await stream.aclose()
             return
 
-    async def replay() -> AsyncIterator[bytes]:
-        for offset in range(0, len(buffered), chunk):
-            yield buffered[offset : offset + chunk]
+    yield BlobRead(first_info, chunked(buffered, chunk))
 
-    yield BlobRead(first_info, replay())
+
+async def chunked(data: bytes, chunk: int = git.CHUNK) -> AsyncIterator[bytes]:
+    """``data`` in pieces of at most ``chunk`` bytes (none for empty data)."""
+    for offset in range(0, len(data), chunk):
+        yield data[offset : offset + chunk]

@@ -549,6 +549,32 @@ async def test_tree_entry_binary_is_chunked(stub: Any, seeded: Seeded) -> None:
     assert fits[0].type == commit_pb2.TreeEntryResponse.BLOB
 
 
+async def test_tree_entry_of_a_kept_small_blob_honours_limit_and_max_size(
+    stub: Any, seeded: Seeded
+) -> None:
+    """A small blob of a commit a ref names is kept whole after its first read:
+    later calls, limits and size checks answer from it exactly as from git."""
+    repo, path = seeded
+    data = disk(path, "cat-file", "blob", "main:README.md")
+    assert 10 < len(data) <= 4096
+    oid = disk(path, "rev-parse", "main:README.md").strip().decode()
+
+    async def entry(**fields: Any) -> list[commit_pb2.TreeEntryResponse]:
+        request = commit_pb2.TreeEntryRequest(
+            repository=repo, revision=b"main", path=b"README.md", **fields
+        )
+        return await collect(stub.TreeEntry(request))
+
+    for _ in range(2):
+        whole = await entry()
+        assert b"".join(r.data for r in whole) == data
+        assert (whole[0].oid, whole[0].size, whole[0].mode) == (oid, len(data), 0o100644)
+        limited = await entry(limit=5)
+        assert b"".join(r.data for r in limited) == data[:5] and limited[0].size == len(data)
+        assert await status_of(entry(max_size=len(data) - 1)) == grpc.StatusCode.FAILED_PRECONDITION
+        assert b"".join(r.data for r in await entry(max_size=len(data))) == data
+
+
 async def test_tree_entry_tree_and_submodule(stub: Any, seeded: Seeded) -> None:
     repo, path = seeded
     for request_path in (b"src", b"src/", b"deep/a"):
