@@ -92,21 +92,14 @@ def _check_size(info: ObjectInfo, max_size: int) -> None:
         )
 
 
-async def _blob_messages(
+def _blob_messages(
     info: ObjectInfo, mode: int, chunks: AsyncIterator[bytes]
 ) -> AsyncIterator[commit_pb2.TreeEntryResponse]:
     """TreeEntry's answer for a blob: the header in the first message, data in chunks."""
-    message: commit_pb2.TreeEntryResponse | None = commit_pb2.TreeEntryResponse(
+    first = commit_pb2.TreeEntryResponse(
         type=commit_pb2.TreeEntryResponse.BLOB, oid=info.oid, size=info.size, mode=mode
     )
-    async for data in chunks:
-        if message is None:
-            message = commit_pb2.TreeEntryResponse()
-        message.data = data
-        yield message
-        message = None
-    if message is not None:
-        yield message
+    return gitobjects.data_messages(first, chunks, commit_pb2.TreeEntryResponse)
 
 
 class CommitService(commit_pb2_grpc.CommitServiceServicer):

@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, TypeVar, cast
 
 from gitquorum.errors import InvalidArgument
 from gitquorum.gitaly import shared_pb2
@@ -594,6 +594,31 @@ async def open_blob(
             return
 
     yield BlobRead(first_info, chunked(buffered, chunk))
+
+
+class _DataMessage(Protocol):
+    data: bytes
+
+
+M = TypeVar("M", bound=_DataMessage)
+
+
+async def data_messages(
+    first: M, chunks: AsyncIterator[bytes], new: Callable[[], M]
+) -> AsyncIterator[M]:
+    """A blob's answer: ``first`` (its header) carries the first chunk, ``new()`` the others.
+
+    ``first`` goes out even when there is no data.
+    """
+    message: M | None = first
+    async for data in chunks:
+        if message is None:
+            message = new()
+        message.data = data
+        yield message
+        message = None
+    if message is not None:
+        yield message
 
 
 async def chunked(data: bytes, chunk: int = git.CHUNK) -> AsyncIterator[bytes]:
