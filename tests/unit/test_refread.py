@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gitquorum.storage import refread
 from gitquorum.storage.refread import PackedRefs, Unsure, parse_packed_refs
 from tests.harness.gitrepo import git, make_repo
 
@@ -100,3 +101,25 @@ def test_the_cache_is_bounded(tmp_path: Path) -> None:
     assert len(packed._files) == 2
     os.utime(repos[0] / "packed-refs")
     assert packed.resolve(repos[0], b"refs/heads/r0") == b"c" * 40
+
+
+def test_a_ref_packed_between_two_names_is_still_found(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # refs/heads/foo packed, refs/tags/foo loose: "foo" is the tag for git.
+    git("update-ref", "refs/heads/foo", rev(repo, "refs/heads/main~1"), cwd=repo)
+    git("pack-refs", "--all", cwd=repo)
+    tag = rev(repo, "refs/heads/main")
+    git("update-ref", "refs/tags/foo", tag, cwd=repo)
+    names = [b"foo", b"refs/foo", b"refs/tags/foo", b"refs/heads/foo"]
+    loose = refread._loose
+
+    def packing_before_the_tag(path: str) -> bytes | None:
+        if path.endswith("/refs/tags/foo"):
+            # A concurrent pack-refs: the tag moves into a new packed-refs.
+            git("pack-refs", "--all", cwd=repo)
+            assert not (repo / "refs" / "tags" / "foo").exists()
+        return loose(path)
+
+    monkeypatch.setattr(refread, "_loose", packing_before_the_tag)
+    assert PackedRefs().first(repo, names) == tag.encode()

@@ -109,16 +109,19 @@ class PackedRefs:
         return self.first(repo, (refname,))
 
     def first(self, repo: Path | str, refnames: Sequence[bytes]) -> bytes | None:
-        """``resolve`` of each name in turn, the first that exists; packed-refs read once."""
+        """``resolve`` of each name in turn, the first that exists.
+
+        packed-refs is looked at again after each loose miss (a stat while it
+        is unchanged): a ``git pack-refs`` between two names moves a ref from
+        its loose file into a new packed-refs, and a copy read before that
+        would miss it and answer a later name git never reaches.
+        """
         root = str(repo) + "/"
-        packed: dict[bytes, bytes] | None = None
         for refname in refnames:
             oid = _loose(root + os.fsdecode(refname))
             if oid is not None:
                 return oid
-            if packed is None:
-                packed = self.refs(repo)
-            oid = packed.get(refname)
+            oid = self.refs(repo).get(refname)
             if oid is not None:
                 return oid
         return None
