@@ -575,6 +575,53 @@ async def test_tree_entry_of_a_kept_small_blob_honours_limit_and_max_size(
         assert b"".join(r.data for r in await entry(max_size=len(data))) == data
 
 
+@pytest.mark.parametrize("replace_first", [True, False], ids=["replaced-before", "replaced-after"])
+async def test_replace_refs_do_not_change_what_objects_read_as(
+    stub: Any,
+    channel: grpc.aio.Channel,
+    target: Target,
+    source: Path,
+    workdir: Path,
+    replace_first: bool,
+) -> None:
+    """Answers are kept per object id, and an object id names one content: the
+    node ignores ``refs/replace/*`` (which clients can push), whether the
+    replace ref appears after answers were kept or before anything was read."""
+    if target.cluster is not None:
+        pytest.skip("changes one replica's files directly")
+    repo = target.repository(f"commit/replace-{uuid.uuid4().hex}.git")
+    await gitrepo.seed(channel, repo, source, workdir)
+    path = _disk(target, repo)
+    commit = disk(path, "rev-parse", "main").strip().decode()
+    blob = disk(path, "rev-parse", "main:README.md").strip().decode()
+    expected = expected_commit(path, "main")
+    readme = disk(path, "cat-file", "blob", blob)
+
+    def replace() -> None:
+        for name, other in ((commit, "main~1"), (blob, "main:docs/guide.md")):
+            git("replace", name, disk(path, "rev-parse", other).strip().decode(), cwd=path)
+        # A git honouring replace refs now reads something else.
+        assert disk(path, "rev-parse", "main^{tree}") != disk(
+            path, "--no-replace-objects", "rev-parse", "main^{tree}"
+        )
+
+    async def check() -> None:
+        for revision in (b"main", commit.encode()):
+            request = commit_pb2.FindCommitRequest(repository=repo, revision=revision)
+            assert (await stub.FindCommit(request)).commit == expected, revision
+        request = commit_pb2.TreeEntryRequest(repository=repo, revision=b"main", path=b"README.md")
+        entry = await collect(stub.TreeEntry(request))
+        assert entry[0].oid == blob and b"".join(r.data for r in entry) == readme
+
+    if replace_first:
+        replace()
+    # Answers kept, cat-file processes started.
+    await check()
+    if not replace_first:
+        replace()
+    await check()
+
+
 async def test_tree_entry_tree_and_submodule(stub: Any, seeded: Seeded) -> None:
     repo, path = seeded
     for request_path in (b"src", b"src/", b"deep/a"):
