@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,7 @@ def test_the_cache_is_bounded(tmp_path: Path) -> None:
     for i in range(3):
         path = tmp_path / f"r{i}.git"
         path.mkdir()
+        (path / "config").write_bytes(b"")
         (path / "packed-refs").write_bytes(f"{'c' * 40} refs/heads/r{i}\n".encode())
         repos.append(path)
         assert packed.resolve(path, f"refs/heads/r{i}".encode()) == b"c" * 40
@@ -123,3 +125,37 @@ def test_a_ref_packed_between_two_names_is_still_found(
 
     monkeypatch.setattr(refread, "_loose", packing_before_the_tag)
     assert PackedRefs().first(repo, names) == tag.encode()
+
+
+def _as_reftable(repo: Path, *, config: bool, directory: bool) -> None:
+    """The layout of a reftable repository, made by hand: ``refs/heads`` a file."""
+    shutil.rmtree(repo / "refs" / "heads")
+    (repo / "packed-refs").unlink(missing_ok=True)
+    (repo / "refs" / "heads").write_bytes(b"this repository uses the reftable format\n")
+    if directory:
+        (repo / "reftable").mkdir()
+        (repo / "reftable" / "tables.list").write_bytes(b"")
+    if config:
+        git("config", "core.repositoryformatversion", "1", cwd=repo)
+        git("config", "extensions.refStorage", "reftable", cwd=repo)
+
+
+@pytest.mark.parametrize(("config", "directory"), [(True, True), (True, False), (False, True)])
+def test_a_repository_not_in_the_files_backend_is_unsure(
+    repo: Path, config: bool, directory: bool
+) -> None:
+    packed = PackedRefs()
+    assert packed.resolve(repo, b"refs/heads/main") is not None
+    _as_reftable(repo, config=config, directory=directory)
+    for name in (b"refs/heads/main", b"refs/tags/v1.1", b"refs/heads/nope"):
+        with pytest.raises(Unsure):
+            packed.resolve(repo, name)
+    with pytest.raises(Unsure):
+        packed.first(repo, [b"main", b"refs/heads/main"])
+
+
+def test_a_files_backend_named_in_the_config_is_read(repo: Path) -> None:
+    main = git_says(repo, "refs/heads/main")
+    git("config", "core.repositoryformatversion", "1", cwd=repo)
+    git("config", "extensions.refStorage", "files", cwd=repo)
+    assert main is not None and PackedRefs().resolve(repo, b"refs/heads/main") == main

@@ -24,6 +24,8 @@ from pathlib import Path
 _OID = re.compile(rb"[0-9a-f]{40}\Z")
 # More than a loose ref holding an object id (41 bytes) ever needs.
 _LOOSE_MAX = 256
+# A repository config larger than this is left to git.
+_CONFIG_MAX = 64 * 1024
 # (inode, size, mtime in ns) of a packed-refs file.
 _Version = tuple[int, int, int]
 
@@ -70,6 +72,34 @@ class PackedRefs:
     def __init__(self, max_repositories: int = 64) -> None:
         self.max_repositories = max_repositories
         self._files: OrderedDict[str, tuple[_Version, dict[bytes, bytes]]] = OrderedDict()
+        # Whether a repository keeps its refs in files, per version of its config.
+        self._backends: OrderedDict[str, tuple[_Version, bool]] = OrderedDict()
+
+    def check_files_backend(self, repo: Path | str) -> None:
+        """Raises ``Unsure`` unless the repository's refs live in the files backend.
+
+        A reftable repository keeps ``refs/heads`` as a file and its refs in
+        ``reftable/``: a missing loose file says nothing there. Judged from
+        the ``reftable`` directory (looked for on every call) and ``config``
+        (``extensions.refStorage``, read once per version of the file).
+        """
+        key = str(repo)
+        if os.path.lexists(key + "/reftable"):
+            raise Unsure("a reftable directory")
+        try:
+            st = os.stat(key + "/config")
+        except OSError as exc:
+            raise Unsure(str(exc)) from exc
+        version = _version(st)
+        cached = self._backends.get(key)
+        if cached is None or cached[0] != version:
+            cached = (version, _uses_files_backend(key))
+            self._backends[key] = cached
+            while len(self._backends) > self.max_repositories:
+                self._backends.popitem(last=False)
+        self._backends.move_to_end(key)
+        if not cached[1]:
+            raise Unsure("refs not in the files backend")
 
     def refs(self, repo: Path | str) -> dict[bytes, bytes]:
         key = str(repo)
@@ -116,6 +146,7 @@ class PackedRefs:
         its loose file into a new packed-refs, and a copy read before that
         would miss it and answer a later name git never reaches.
         """
+        self.check_files_backend(repo)
         root = str(repo) + "/"
         for refname in refnames:
             oid = _loose(root + os.fsdecode(refname))
@@ -125,6 +156,23 @@ class PackedRefs:
             if oid is not None:
                 return oid
         return None
+
+
+_REF_STORAGE = re.compile(rb"^\s*refstorage\s*=\s*(\S*)", re.IGNORECASE | re.MULTILINE)
+
+
+def _uses_files_backend(repo: str) -> bool:
+    """Whether ``repo``'s config leaves its refs in the files backend (False also when unsure)."""
+    try:
+        with open(repo + "/config", "rb") as f:
+            config = f.read(_CONFIG_MAX + 1)
+    except OSError:
+        return False
+    if len(config) > _CONFIG_MAX:
+        return False
+    # Any refStorage setting other than "files" (in any section: a cheap,
+    # cautious reading) leaves the answer to git.
+    return all(value.lower() == b"files" for value in _REF_STORAGE.findall(config))
 
 
 def _version(st: os.stat_result) -> _Version:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -348,6 +349,31 @@ async def test_ref_exists(stub: Any, seeded: Seeded) -> None:
             await status_of(stub.RefExists(ref_pb2.RefExistsRequest(repository=repo, ref=ref)))
             == INVALID
         )
+
+
+async def test_ref_exists_in_a_reftable_repository_is_gits_answer(stub: Any, fresh: Seeded) -> None:
+    """In a reftable repository ``refs/heads`` is a file and no loose ref exists:
+    that says nothing about the refs, so git answers, not the files."""
+    if THROUGH_PROXY:
+        pytest.skip("changes one replica's files directly")
+    repo, path = fresh
+    ref = b"refs/heads/main"
+    request = ref_pb2.RefExistsRequest(repository=repo, ref=ref)
+    assert (await stub.RefExists(request)).value is True
+    # The layout of a reftable repository (the refs themselves live in reftable/).
+    disk(path, "config", "core.repositoryformatversion", "1")
+    disk(path, "config", "extensions.refStorage", "reftable")
+    shutil.rmtree(path / "refs" / "heads")
+    (path / "refs" / "heads").write_bytes(b"this repository uses the reftable format\n")
+    (path / "packed-refs").unlink(missing_ok=True)
+    (path / "reftable").mkdir()
+    (path / "reftable" / "tables.list").write_bytes(b"")
+    rc = disk_rc(path, "show-ref", "--verify", "--quiet", ref.decode())
+    if rc in (0, 1):
+        assert (await stub.RefExists(request)).value is (rc == 0)
+    else:
+        # A git that cannot read the repository: an error, never "no such ref".
+        assert await status_of(stub.RefExists(request)) == grpc.StatusCode.INTERNAL
 
 
 async def test_ref_exists_follows_the_refs_as_they_change(stub: Any, fresh: Seeded) -> None:
