@@ -92,3 +92,16 @@ def test_answers_are_kept_by_key_and_bounded(tmp_path: Path) -> None:
     answers.put(("exists", tmp_path, b"3" * 40), True)
     assert answers.get(("commit", tmp_path, b"1" * 40, False)) is None
     assert answers.get(("exists", tmp_path, b"3" * 40)) is True
+
+
+def test_forget_drops_the_answers_of_one_repository(tmp_path: Path) -> None:
+    answers = ReachableAnswers(PackedRefs())
+    kept, other = tmp_path / "a.git", tmp_path / "b.git"
+    for repo in (kept, other):
+        answers.put(("exists", repo, b"1" * 40), True)
+        answers.put(("entry", repo, b"1" * 40, b"README.md"), "entry")
+    answers.forget(other)
+    assert answers.get(("exists", kept, b"1" * 40)) is True
+    assert answers.get(("entry", kept, b"1" * 40, b"README.md")) == "entry"
+    assert answers.get(("exists", other, b"1" * 40)) is None
+    assert answers.get(("entry", other, b"1" * 40, b"README.md")) is None

@@ -159,3 +159,35 @@ def test_a_files_backend_named_in_the_config_is_read(repo: Path) -> None:
     git("config", "core.repositoryformatversion", "1", cwd=repo)
     git("config", "extensions.refStorage", "files", cwd=repo)
     assert main is not None and PackedRefs().resolve(repo, b"refs/heads/main") == main
+
+
+def test_a_packed_refs_rewritten_in_place_is_read_again(tmp_path: Path) -> None:
+    """Same inode, same size, modification time put back: the change time
+    still tells the new content from the one read before."""
+    repo = tmp_path / "r.git"
+    repo.mkdir()
+    (repo / "config").write_bytes(b"")
+    packed_refs = repo / "packed-refs"
+    packed_refs.write_bytes(f"{'c' * 40} refs/heads/main\n".encode())
+    packed = PackedRefs()
+    assert packed.resolve(repo, b"refs/heads/main") == b"c" * 40
+    before = os.stat(packed_refs)
+    with open(packed_refs, "r+b") as f:
+        f.write(f"{'d' * 40} refs/heads/main\n".encode())
+    os.utime(packed_refs, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(packed_refs)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    assert packed.resolve(repo, b"refs/heads/main") == b"d" * 40
+
+
+def test_forget_drops_what_is_kept_for_a_repository(repo: Path, tmp_path: Path) -> None:
+    packed = PackedRefs()
+    git("pack-refs", "--all", cwd=repo)
+    assert packed.resolve(repo, b"refs/heads/dev") is not None
+    assert str(repo) in packed._files and str(repo) in packed._backends
+    packed.forget(repo)
+    assert str(repo) not in packed._files and str(repo) not in packed._backends

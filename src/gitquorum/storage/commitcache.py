@@ -88,6 +88,13 @@ class ReachableAnswers:
             self._answers.move_to_end(key)
         return answer
 
+    def forget(self, repo: Path) -> None:
+        """Drop the answers of a repository removed or replaced (a repair may
+        put a different repository at the same path)."""
+        where = str(repo)
+        for key in [k for k in self._answers if str(k[1]) == where]:
+            del self._answers[key]
+
     def put(self, key: tuple[object, ...], answer: Any) -> None:
         self._answers[key] = answer
         self._answers.move_to_end(key)

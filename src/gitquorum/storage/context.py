@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gitquorum.storage.catfile import CatFileCache
 from gitquorum.storage.commitcache import ReachableAnswers
@@ -30,3 +31,10 @@ class NodeContext:
 
     def __post_init__(self) -> None:
         self.reachable = ReachableAnswers(self.packed_refs)
+
+    def forget_repository(self, path: Path) -> None:
+        """Drop everything kept for the repository at ``path``: it was removed,
+        or replaced by another (a repair), and nothing read from it holds."""
+        self.catfile.invalidate(str(path))
+        self.packed_refs.forget(path)
+        self.reachable.forget(path)

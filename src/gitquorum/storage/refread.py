@@ -9,8 +9,11 @@ This reads the way git's files backend does: the loose file
 ``Unsure`` and the caller asks git, so answers stay git's.
 
 ``packed-refs`` is parsed once per version of the file: a version is its
-inode, size and modification time, which every rewrite (a new file renamed
-into place) changes, as git itself judges it.
+device, inode, size, modification and change times. Every rewrite (a new file
+renamed into place) changes it; the change time also tells a file rewritten in
+place or a repository removed and re-created (an inode number reused) from the
+one read before. Repairs and removals drop what is kept for a repository
+(``forget``) all the same.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ _OID = re.compile(rb"[0-9a-f]{40}\Z")
 _LOOSE_MAX = 256
 # A repository config larger than this is left to git.
 _CONFIG_MAX = 64 * 1024
-# (inode, size, mtime in ns) of a packed-refs file.
-_Version = tuple[int, int, int]
+# (device, inode, size, mtime in ns, ctime in ns) of a file.
+_Version = tuple[int, int, int, int, int]
 
 
 class Unsure(Exception):
@@ -74,6 +77,12 @@ class PackedRefs:
         self._files: OrderedDict[str, tuple[_Version, dict[bytes, bytes]]] = OrderedDict()
         # Whether a repository keeps its refs in files, per version of its config.
         self._backends: OrderedDict[str, tuple[_Version, bool]] = OrderedDict()
+
+    def forget(self, repo: Path | str) -> None:
+        """Drop what is kept for a repository removed or replaced."""
+        key = str(repo)
+        self._files.pop(key, None)
+        self._backends.pop(key, None)
 
     def check_files_backend(self, repo: Path | str) -> None:
         """Raises ``Unsure`` unless the repository's refs live in the files backend.
@@ -176,4 +185,4 @@ def _uses_files_backend(repo: str) -> bool:
 
 
 def _version(st: os.stat_result) -> _Version:
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -15,7 +15,15 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gitquorum.gitaly import commit_pb2, commit_pb2_grpc, shared_pb2
+from gitquorum.gitaly import (
+    commit_pb2,
+    commit_pb2_grpc,
+    ref_pb2,
+    ref_pb2_grpc,
+    repository_pb2,
+    repository_pb2_grpc,
+    shared_pb2,
+)
 from tests.conftest import Target
 from tests.harness import gitrepo
 from tests.harness.gitrepo import git
@@ -620,6 +628,58 @@ async def test_replace_refs_do_not_change_what_objects_read_as(
     if not replace_first:
         replace()
     await check()
+
+
+async def test_a_repository_replaced_at_the_same_path_answers_anew(
+    stub: Any, channel: grpc.aio.Channel, target: Target, source: Path, workdir: Path
+) -> None:
+    """Removed and created again with another history at the same path (what a
+    repair does): nothing kept from the old repository answers for the new one."""
+    repo = target.repository(f"commit/replaced-{uuid.uuid4().hex}.git")
+    refs_stub = ref_pb2_grpc.RefServiceStub(channel)
+    ghost = b"refs/heads/ghost"
+
+    async def answers() -> tuple[str, bytes, bool]:
+        found = await stub.FindCommit(
+            commit_pb2.FindCommitRequest(repository=repo, revision=b"main")
+        )
+        entry = await collect(
+            stub.TreeEntry(
+                commit_pb2.TreeEntryRequest(repository=repo, revision=b"main", path=b"README.md")
+            )
+        )
+        exists = await refs_stub.RefExists(
+            ref_pb2.RefExistsRequest(repository=repo, ref=b"refs/heads/feature")
+        )
+        return found.commit.id, b"".join(r.data for r in entry), exists.value
+
+    await gitrepo.seed(channel, repo, source, workdir)
+    path = _disk(target, repo)
+    old_main = disk(path, "rev-parse", "main").strip().decode()
+    assert await answers() == (old_main, disk(path, "show", "main:README.md"), True)
+    if target.cluster is None:
+        git("update-ref", ghost.decode(), old_main, cwd=path)
+        assert (
+            await refs_stub.RefExists(ref_pb2.RefExistsRequest(repository=repo, ref=ghost))
+        ).value
+
+    await repository_pb2_grpc.RepositoryServiceStub(channel).RemoveRepository(
+        repository_pb2.RemoveRepositoryRequest(repository=repo)
+    )
+    other = gitrepo.make_repo(workdir / "other", commits=2, branches=(), tags=(), annotated_tags=())
+    (other / "README.md").write_text("another history\n")
+    git("commit", "-q", "-am", "another history", cwd=other)
+    await gitrepo.seed(channel, repo, other, workdir)
+    path = _disk(target, repo)
+    new_main = disk(path, "rev-parse", "main").strip().decode()
+    assert new_main != old_main
+    assert await answers() == (new_main, b"another history\n", False)
+    if target.cluster is None:
+        # The same ref to an object this repository does not have: git's
+        # answer (an error), not the one kept for the old repository.
+        (path / ghost.decode()).write_text(old_main + "\n")
+        request = ref_pb2.RefExistsRequest(repository=repo, ref=ghost)
+        assert await status_of(refs_stub.RefExists(request)) == grpc.StatusCode.INTERNAL
 
 
 async def test_tree_entry_tree_and_submodule(stub: Any, seeded: Seeded) -> None:
