@@ -242,7 +242,16 @@ class CommitService(commit_pb2_grpc.CommitServiceServicer):
             async for message in _blob_messages(info, entry.mode, chunks):
                 yield message
             return
-        # The blob's header tells its size: no separate batch-check round trip.
+        if request.max_size > 0:
+            # Judged from the header alone, before the blob is read: once its
+            # body is under way, a refusal would read (or break off) all of it.
+            try:
+                info = await self.node.catfile.info(repo, entry.oid.encode())
+            except ObjectNotFound as exc:
+                raise NotFound("tree entry not found") from exc
+            _check_size(info, request.max_size)
+        # Without max_size, the blob's header tells its size: no separate
+        # batch-check round trip.
         async with gitobjects.open_blob(self.node.catfile, repo, entry.oid.encode(), limit) as blob:
             if blob is None:
                 raise NotFound("tree entry not found")
