@@ -191,3 +191,15 @@ def test_forget_drops_what_is_kept_for_a_repository(repo: Path, tmp_path: Path) 
     assert str(repo) in packed._files and str(repo) in packed._backends
     packed.forget(repo)
     assert str(repo) not in packed._files and str(repo) not in packed._backends
+
+
+def test_a_name_outside_refs_is_left_to_git(repo: Path) -> None:
+    main = git_says(repo, "refs/heads/main")
+    assert main is not None
+    (repo / "worktrees" / "x").mkdir(parents=True)
+    (repo / "worktrees" / "x" / "ORIG_HEAD").write_bytes(main + b"\n")
+    (repo / "ORIG_HEAD").write_bytes(main + b"\n")
+    packed = PackedRefs()
+    for name in (b"worktrees/x/ORIG_HEAD", b"ORIG_HEAD", b"HEAD"):
+        with pytest.raises(Unsure):
+            packed.resolve(repo, name)

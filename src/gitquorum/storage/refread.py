@@ -143,8 +143,13 @@ class PackedRefs:
     def resolve(self, repo: Path | str, refname: bytes) -> bytes | None:
         """The object id ``refname`` (well formed) points to; None: no such ref.
 
-        Raises ``Unsure`` when git must decide (see the module docstring).
+        Raises ``Unsure`` when git must decide (see the module docstring), and
+        for a name outside ``refs/``: any file of the repository could be read
+        as one (``worktrees/x/ORIG_HEAD``), where ``git show-ref --verify``
+        knows only refs.
         """
+        if not refname.startswith(b"refs/"):
+            raise Unsure("not a name under refs/")
         return self.first(repo, (refname,))
 
     def first(self, repo: Path | str, refnames: Sequence[bytes]) -> bytes | None:
