@@ -203,3 +203,70 @@ def test_a_name_outside_refs_is_left_to_git(repo: Path) -> None:
     for name in (b"worktrees/x/ORIG_HEAD", b"ORIG_HEAD", b"HEAD"):
         with pytest.raises(Unsure):
             packed.resolve(repo, name)
+
+
+def _counting_parser(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    parse = refread.parse_packed_refs
+
+    def counted(data: bytes) -> dict[bytes, bytes]:
+        calls.append(len(data))
+        return parse(data)
+
+    monkeypatch.setattr(refread, "parse_packed_refs", counted)
+    return calls
+
+
+def test_a_large_packed_refs_is_left_to_git_unread(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    git("pack-refs", "--all", cwd=repo)
+    main = git_says(repo, "refs/heads/main")
+    assert main is not None
+    lines = [f"{main.decode()} refs/heads/many/{i:06}\n" for i in range(25_000)]
+    with open(repo / "packed-refs", "a") as f:
+        f.writelines(lines)
+    assert os.path.getsize(repo / "packed-refs") > refread.MAX_FILE_BYTES
+    calls = _counting_parser(monkeypatch)
+    packed = PackedRefs()
+    for _ in range(2):
+        for name in ("refs/heads/many/012345", "refs/heads/dev", "refs/heads/nope"):
+            with pytest.raises(Unsure):
+                packed.resolve(repo, name.encode())
+    assert calls == []
+    # What git answers instead, for the record: the file is a valid one.
+    assert git_says(repo, "refs/heads/many/012345") == main
+    # A loose ref is found before packed-refs is looked at.
+    older = rev(repo, "refs/heads/main~1")
+    git("update-ref", "refs/heads/main", older, cwd=repo)
+    assert packed.resolve(repo, b"refs/heads/main") == older.encode()
+
+
+def test_a_packed_refs_left_to_git_is_judged_once_per_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "sha256.git"
+    repo.mkdir()
+    (repo / "config").write_bytes(b"")
+    (repo / "packed-refs").write_bytes(f"{'e' * 64} refs/heads/main\n".encode())
+    calls = _counting_parser(monkeypatch)
+    packed = PackedRefs()
+    for _ in range(3):
+        with pytest.raises(Unsure):
+            packed.resolve(repo, b"refs/heads/main")
+    assert len(calls) == 1
+    (repo / "packed-refs").write_bytes(f"{'e' * 40} refs/heads/main\n".encode())
+    assert packed.resolve(repo, b"refs/heads/main") == b"e" * 40
+    assert len(calls) == 2
+
+
+def test_the_bytes_kept_are_bounded(tmp_path: Path) -> None:
+    packed = PackedRefs(max_file_bytes=100, max_bytes=120)
+    for i in range(3):
+        path = tmp_path / f"r{i}.git"
+        path.mkdir()
+        (path / "config").write_bytes(b"")
+        (path / "packed-refs").write_bytes(f"{'c' * 40} refs/heads/r{i}\n".encode())
+        assert packed.resolve(path, f"refs/heads/r{i}".encode()) == b"c" * 40
+    assert list(packed._files) == [str(tmp_path / "r1.git"), str(tmp_path / "r2.git")]
+    assert packed._bytes == 2 * os.path.getsize(tmp_path / "r2.git" / "packed-refs")

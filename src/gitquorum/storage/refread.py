@@ -6,7 +6,10 @@ FindDefaultBranchName) would otherwise spawn ``git show-ref`` or
 This reads the way git's files backend does: the loose file
 ``<repo>/<refname>`` first, then ``packed-refs``. Anything out of the ordinary
 (a symbolic ref, a file git would call broken, an unreadable file) raises
-``Unsure`` and the caller asks git, so answers stay git's.
+``Unsure`` and the caller asks git, so answers stay git's. So do a repository
+whose refs are not in the files backend (reftable), a name outside ``refs/``
+for a single-ref lookup, and a ``packed-refs`` larger than ``MAX_FILE_BYTES``
+(not read at all) or with lines this parser does not take.
 
 ``packed-refs`` is parsed once per version of the file: a version is its
 device, inode, size, modification and change times. Every rewrite (a new file
@@ -31,6 +34,12 @@ _LOOSE_MAX = 256
 _CONFIG_MAX = 64 * 1024
 # (device, inode, size, mtime in ns, ctime in ns) of a file.
 _Version = tuple[int, int, int, int, int]
+# A packed-refs version, its refs (None: left to git) and the bytes they came from.
+_Parsed = tuple[_Version, dict[bytes, bytes] | None, int]
+# packed-refs files larger than this are left to git (a 36 MB file of 500k refs
+# took seconds to parse, on the event loop); the parsed files kept, in all.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_BYTES = 8 * 1024 * 1024
 
 
 class Unsure(Exception):
@@ -72,16 +81,25 @@ def parse_packed_refs(data: bytes) -> dict[bytes, bytes]:
 class PackedRefs:
     """Parsed ``packed-refs`` files, one per repository, re-read when the file changes."""
 
-    def __init__(self, max_repositories: int = 64) -> None:
+    def __init__(
+        self,
+        max_repositories: int = 64,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        max_bytes: int = MAX_BYTES,
+    ) -> None:
         self.max_repositories = max_repositories
-        self._files: OrderedDict[str, tuple[_Version, dict[bytes, bytes]]] = OrderedDict()
+        self.max_file_bytes = max_file_bytes
+        # Bytes of packed-refs files kept parsed, all repositories together.
+        self.max_bytes = max(max_bytes, max_file_bytes)
+        self._files: OrderedDict[str, _Parsed] = OrderedDict()
+        self._bytes = 0
         # Whether a repository keeps its refs in files, per version of its config.
         self._backends: OrderedDict[str, tuple[_Version, bool]] = OrderedDict()
 
     def forget(self, repo: Path | str) -> None:
         """Drop what is kept for a repository removed or replaced."""
         key = str(repo)
-        self._files.pop(key, None)
+        self._drop(key)
         self._backends.pop(key, None)
 
     def check_files_backend(self, repo: Path | str) -> None:
@@ -111,34 +129,61 @@ class PackedRefs:
             raise Unsure("refs not in the files backend")
 
     def refs(self, repo: Path | str) -> dict[bytes, bytes]:
+        """refname -> object id of the repository's packed-refs ({} without one).
+
+        Raises ``Unsure`` for a file larger than ``max_file_bytes`` (not read:
+        parsing it would hold the event loop and take memory; git decides) or
+        one with lines this parser does not take (SHA-256 ids, say); the verdict
+        is kept for that version of the file like a parsed one.
+        """
         key = str(repo)
         path = key + "/packed-refs"
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            self._files.pop(key, None)
+            self._drop(key)
             return {}
         except OSError as exc:
             raise Unsure(str(exc)) from exc
         cached = self._files.get(key)
-        if cached is not None and cached[0] == _version(st):
-            self._files.move_to_end(key)
-            return cached[1]
-        try:
-            with open(path, "rb") as f:
-                # The version of what is read: the file may be replaced meanwhile.
-                version = _version(os.fstat(f.fileno()))
-                data = f.read()
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            raise Unsure(str(exc)) from exc
-        refs = parse_packed_refs(data)
-        self._files[key] = (version, refs)
+        if cached is None or cached[0] != _version(st):
+            cached = self._read(key, path, st)
         self._files.move_to_end(key)
-        while len(self._files) > self.max_repositories:
-            self._files.popitem(last=False)
-        return refs
+        if cached[1] is None:
+            raise Unsure("packed-refs left to git")
+        return cached[1]
+
+    def _read(self, key: str, path: str, st: os.stat_result) -> _Parsed:
+        self._drop(key)
+        if st.st_size > self.max_file_bytes:
+            parsed: _Parsed = (_version(st), None, 0)
+        else:
+            try:
+                with open(path, "rb") as f:
+                    # The version of what is read: the file may be replaced meanwhile.
+                    version = _version(os.fstat(f.fileno()))
+                    data = f.read(self.max_file_bytes + 1)
+            except FileNotFoundError:
+                return (_version(st), {}, 0)
+            except OSError as exc:
+                raise Unsure(str(exc)) from exc
+            try:
+                if len(data) > self.max_file_bytes:
+                    raise Unsure("packed-refs too large")
+                parsed = (version, parse_packed_refs(data), len(data))
+            except Unsure:
+                parsed = (version, None, 0)
+        self._files[key] = parsed
+        self._bytes += parsed[2]
+        while len(self._files) > self.max_repositories or self._bytes > self.max_bytes:
+            _, (_, _, size) = self._files.popitem(last=False)
+            self._bytes -= size
+        return parsed
+
+    def _drop(self, key: str) -> None:
+        dropped = self._files.pop(key, None)
+        if dropped is not None:
+            self._bytes -= dropped[2]
 
     def resolve(self, repo: Path | str, refname: bytes) -> bytes | None:
         """The object id ``refname`` (well formed) points to; None: no such ref.

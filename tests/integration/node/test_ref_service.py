@@ -376,6 +376,22 @@ async def test_ref_exists_in_a_reftable_repository_is_gits_answer(stub: Any, fre
         assert await status_of(stub.RefExists(request)) == grpc.StatusCode.INTERNAL
 
 
+async def test_ref_exists_with_a_large_packed_refs_is_gits_answer(stub: Any, fresh: Seeded) -> None:
+    """A packed-refs too large to parse on the node is left to git: same answers."""
+    if THROUGH_PROXY:
+        pytest.skip("changes one replica's files directly")
+    repo, path = fresh
+    disk(path, "pack-refs", "--all")
+    main = disk(path, "rev-parse", "refs/heads/main").strip().decode()
+    many = "".join(f"{main} refs/heads/many/{i:06}\n" for i in range(25_000))
+    (path / "packed-refs").write_text((path / "packed-refs").read_text() + many)
+    assert (path / "packed-refs").stat().st_size > 1024 * 1024
+    for ref in (b"refs/heads/many/024999", b"refs/heads/main", b"refs/heads/many/nope"):
+        expected = disk_rc(path, "show-ref", "--verify", "--quiet", ref.decode()) == 0
+        response = await stub.RefExists(ref_pb2.RefExistsRequest(repository=repo, ref=ref))
+        assert response.value is expected, ref
+
+
 async def test_ref_exists_follows_the_refs_as_they_change(stub: Any, fresh: Seeded) -> None:
     """RefExists reads refs from the files (packed-refs kept parsed): every
     change between two calls shows, and what git alone reads is git's answer."""
