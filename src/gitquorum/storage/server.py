@@ -221,9 +221,18 @@ class _Finishing:
         self.registry = registry
         self.admission = admission
         self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        # Services registered in generic form; each must come in registered form too.
+        self.generic: set[str] = set()
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        """The generic form of what ``add_registered_method_handlers`` registers: rebuilt."""
+        """The generic form of what ``add_registered_method_handlers`` registers
+        (generated code calls both): rebuilt from the registered form in
+        ``register``, which refuses a service that only came in this form."""
+        for handler in handlers:
+            service_name = getattr(handler, "service_name", None)
+            if service_name is None:
+                raise TypeError(f"cannot wrap a generic handler without a service: {handler!r}")
+            self.generic.add(service_name())
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
@@ -246,6 +255,10 @@ class _Finishing:
         return finishing_handler(limited, call)
 
     def register(self, server: grpc.aio.Server) -> None:
+        missing = sorted(self.generic - self.services.keys())
+        if missing:
+            # Served unwrapped (no status mapping, log line, metrics or limit), or not at all.
+            raise TypeError(f"services given only as generic handlers: {', '.join(missing)}")
         for service, handlers in self.services.items():
             server.add_generic_rpc_handlers(
                 (grpc.method_handlers_generic_handler(service, handlers),)
