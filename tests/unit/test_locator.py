@@ -411,3 +411,20 @@ def test_plain_alternates_are_not_quoted(locator: StorageLocator, root: Path) ->
     assert env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] == (
         f"{root}/plain.git/objects:{root}/plain.git/objects/x"
     )
+
+
+def test_a_symlinked_repository_is_judged_on_every_call(
+    locator: StorageLocator, root: Path, tmp_path: Path
+) -> None:
+    # The directory a link leads to, moved out of the storage (same inode) and
+    # the link pointed at it there: the address now escapes the storage.
+    real = make_git_dir(root / "real" / "project.git")
+    (root / "alias.git").symlink_to(real)
+    assert locator.repository(repo("alias.git")).path == root / "alias.git"
+    (tmp_path / "out").mkdir()
+    moved = tmp_path / "out" / "project.git"
+    os.rename(real, moved)
+    (root / "alias.git").unlink()
+    (root / "alias.git").symlink_to(moved)
+    with pytest.raises(InvalidArgument, match="escapes"):
+        locator.repository(repo("alias.git"))

@@ -62,8 +62,11 @@ class StorageLocator:
         self.storages = {name: Path(root) for name, root in storages.items()}
         # Addresses already judged (no quarantine), with the identity of the
         # directory judged: resolving symlinks takes a system call per path
-        # component, twice, while one stat tells whether the same directory is
+        # component, twice, while one lstat tells whether the same directory is
         # still there (a directory has one real path: same inode, same verdict).
+        # A path that is itself a symlink is judged on every call: the
+        # directory it leads to may be moved out of the storage and the link
+        # pointed at it there, the same inode.
         self.max_located = max_located
         self._located: OrderedDict[tuple[str, str], tuple[RepoPath, tuple[int, int]]] = (
             OrderedDict()
@@ -95,7 +98,7 @@ class StorageLocator:
         if known is not None:
             located, identity = known
             try:
-                st = os.stat(located.path)
+                st = os.lstat(located.path)
             except OSError:
                 st = None
             if st is not None and (st.st_dev, st.st_ino) == identity:
@@ -104,7 +107,7 @@ class StorageLocator:
             del self._located[key]
         try:
             # Before judging: a directory swapped in meanwhile fails the next check.
-            st = os.stat(self.storages[repo.storage_name] / repo.relative_path)
+            st = os.lstat(self.storages[repo.storage_name] / repo.relative_path)
         except (KeyError, OSError, ValueError):
             st = None
         located = self._locate(repo)
