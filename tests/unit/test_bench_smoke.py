@@ -231,3 +231,39 @@ def test_read_availability_bench_arguments_and_report() -> None:
     }
     text = bench.report(results)
     assert "4.00% of accessor RPCs" in text and "0 failed reads: NOT met" in text
+
+
+def test_node_bench_arguments_and_report() -> None:
+    from bench import node_bench
+
+    args = node_bench.parse_args(["--quick", "--only", "FindCommit,GetBlob", "--calls", "9"])
+    assert args.only == ["FindCommit", "GetBlob"]
+    for argv in (["--only", "FindNothing"], ["--calls", "0"]):
+        with pytest.raises(SystemExit):
+            node_bench.parse_args(argv)
+    latency = {"count": 3, "p50_ms": 1.0, "p90_ms": 1.5, "p99_ms": 2.0, "mean_ms": 1.1}
+    echo = {**latency, "p50_ms": 0.5}
+    accessor = {
+        "title": "t",
+        "calls_per_side": 3,
+        "node": latency,
+        "echo": echo,
+        "ratio_p50": 2.0,
+        "ratio_p99": 1.0,
+        "cpu_us_per_call": {"node": 900.0, "node_with_git": 950.0, "echo": 400.0},
+    }
+    report = {
+        "machine": {"nproc": 2},
+        "settings": {},
+        "total_s": 1.0,
+        "results": {
+            "answers": {"FindCommit": {"messages": 1, "bytes": 250}},
+            "accessors": {
+                "FindCommit": {**accessor, "small": True, "met": False},
+                "FindLocalBranches": {**accessor, "small": False, "met": None},
+            },
+        },
+    }
+    text = node_bench.render_markdown(report)
+    assert "| FindCommit | 3 | 1.000 / 2.000 | 0.500 / 2.000 | 2.00 | 1.00 | **missed** |" in text
+    assert "n/a (large answer)" in text

@@ -91,6 +91,28 @@ async def test_read_matches_git(cache: CatFileCache, template: Path) -> None:
     assert data == (template / "blob.bin").read_bytes()
 
 
+async def test_read_many_answers_each_revision_as_read_does(
+    cache: CatFileCache, template: Path
+) -> None:
+    repo = repo_path(template)
+    revisions = [b"HEAD", MISSING, b"HEAD:blob.bin", b"bad\nname", b"v1.1", b"nope^{commit}"]
+    # Many more than one group of requests: later groups stay in step.
+    revisions += [b"HEAD~1", b"HEAD^{tree}", MISSING] * 3000
+    async with cache.batch(repo) as proc:
+        answers = await proc.read_many(revisions)
+    assert len(answers) == len(revisions)
+    for revision, answer in zip(revisions[:9], answers, strict=False):
+        try:
+            expected = await cache.read(repo, revision)
+        except ObjectNotFound:
+            assert answer is None, revision
+        else:
+            assert answer == expected, revision
+    assert answers[6:] == answers[6:9] * 3000
+    # The process is still in step afterwards.
+    assert (await cache.read(repo, b"HEAD"))[0].oid == rev(template, "HEAD")
+
+
 async def test_info_matches_git(cache: CatFileCache, template: Path) -> None:
     repo = repo_path(template)
     for revision in ("HEAD", "v1.1", "HEAD:blob.bin", "HEAD^{tree}"):

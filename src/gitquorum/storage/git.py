@@ -45,6 +45,10 @@ _BASE_ENV = {
     "GIT_CONFIG_GLOBAL": "/dev/null",
     "LC_ALL": "C",
     "LANG": "C",
+    # Objects read as what they are, never through refs/replace/* (which a
+    # client can push and replication copies): answers are kept per object id
+    # and long-lived cat-file processes would load replace refs only once.
+    "GIT_NO_REPLACE_OBJECTS": "1",
     # Passed as environment configuration so that every git the node runs gets
     # it, including those git itself starts (hooks, pack-objects, index-pack).
     "GIT_CONFIG_COUNT": str(len(DURABILITY_CONFIG)),

@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, TypeVar, cast
 
 from gitquorum.errors import InvalidArgument
 from gitquorum.gitaly import shared_pb2
@@ -119,9 +119,14 @@ def normalize_path(path: bytes) -> bytes | None:
 # --- commits and signatures -------------------------------------------------------------------
 
 
-def parse_author(value: bytes) -> shared_pb2.CommitAuthor:
-    """``Name <email> <seconds> <offset>`` as a CommitAuthor, tolerating damage like Gitaly."""
-    author = shared_pb2.CommitAuthor()
+def parse_author(
+    value: bytes, into: shared_pb2.CommitAuthor | None = None
+) -> shared_pb2.CommitAuthor:
+    """``Name <email> <seconds> <offset>`` as a CommitAuthor, tolerating damage like Gitaly.
+
+    ``into``: fill that (empty) message instead of a new one.
+    """
+    author = shared_pb2.CommitAuthor() if into is None else into
     name, sep, rest = value.partition(b"<")
     author.name = name.removesuffix(b" ")
     if not sep:
@@ -150,9 +155,16 @@ def subject_of(message: bytes) -> bytes:
     return message.split(b"\n", 1)[0].rstrip(b"\r\n")
 
 
-def parse_commit(oid: str, data: bytes, *, trailers: bool = False) -> shared_pb2.GitCommit:
-    """A raw commit object as a GitCommit (see the module docstring for the rules)."""
-    commit = shared_pb2.GitCommit(id=oid)
+def parse_commit(
+    oid: str, data: bytes, *, trailers: bool = False, into: shared_pb2.GitCommit | None = None
+) -> shared_pb2.GitCommit:
+    """A raw commit object as a GitCommit (see the module docstring for the rules).
+
+    ``into``: fill that (empty) message, e.g. a field of a response, instead
+    of building one to copy there.
+    """
+    commit = shared_pb2.GitCommit() if into is None else into
+    commit.id = oid
     # Continuation lines of multi-line headers (gpgsig) start with a space, so
     # the first empty line always ends the header.
     header, _sep, message = data.partition(b"\n\n")
@@ -165,9 +177,9 @@ def parse_commit(oid: str, data: bytes, *, trailers: bool = False) -> shared_pb2
         if key == b"parent":
             commit.parent_ids.append(value.decode(errors="replace"))
         elif key == b"author":
-            commit.author.CopyFrom(parse_author(value))
+            parse_author(value, commit.author)
         elif key == b"committer":
-            commit.committer.CopyFrom(parse_author(value))
+            parse_author(value, commit.committer)
         elif key == b"gpgsig":
             commit.signature_type = _signature_type(value)  # type: ignore[assignment]
         elif key == b"tree":
@@ -457,12 +469,32 @@ async def read_commit(
     return parse_commit(info.oid, data, trailers=trailers)
 
 
+async def read_commit_objects(
+    catfile: CatFileCache, repo: RepoPath, revisions: Sequence[bytes]
+) -> list[tuple[str, bytes] | None]:
+    """(id, raw commit) each revision peels to, or None; under one hold, asked together."""
+    names = [rev + b"^{commit}" if safe_object_name(rev) else b"" for rev in revisions]
+    asked = [name for name in names if name]
+    async with catfile.batch(repo) as batch:
+        answers = iter(await batch.read_many(asked))
+    found: list[tuple[str, bytes] | None] = []
+    for name in names:
+        answer = next(answers) if name else None
+        if answer is None or answer[0].type != "commit":
+            found.append(None)
+        else:
+            found.append((answer[0].oid, answer[1]))
+    return found
+
+
 async def read_commits(
     catfile: CatFileCache, repo: RepoPath, revisions: Sequence[bytes]
 ) -> list[shared_pb2.GitCommit | None]:
-    """Several commits under one hold of the repository's cat-file process."""
-    async with catfile.batch(repo) as batch:
-        return [await read_commit(batch, rev) for rev in revisions]
+    """Several commits under one hold of the repository's cat-file process, asked together."""
+    return [
+        None if found is None else parse_commit(*found)
+        for found in await read_commit_objects(catfile, repo, revisions)
+    ]
 
 
 async def read_tree(batch: BatchProcess, revision: bytes, path: bytes) -> list[TreeItem] | None:
@@ -561,8 +593,35 @@ async def open_blob(
                 await stream.aclose()
             return
 
-    async def replay() -> AsyncIterator[bytes]:
-        for offset in range(0, len(buffered), chunk):
-            yield buffered[offset : offset + chunk]
+    yield BlobRead(first_info, chunked(buffered, chunk))
 
-    yield BlobRead(first_info, replay())
+
+class _DataMessage(Protocol):
+    data: bytes
+
+
+M = TypeVar("M", bound=_DataMessage)
+
+
+async def data_messages(
+    first: M, chunks: AsyncIterator[bytes], new: Callable[[], M]
+) -> AsyncIterator[M]:
+    """A blob's answer: ``first`` (its header) carries the first chunk, ``new()`` the others.
+
+    ``first`` goes out even when there is no data.
+    """
+    message: M | None = first
+    async for data in chunks:
+        if message is None:
+            message = new()
+        message.data = data
+        yield message
+        message = None
+    if message is not None:
+        yield message
+
+
+async def chunked(data: bytes, chunk: int = git.CHUNK) -> AsyncIterator[bytes]:
+    """``data`` in pieces of at most ``chunk`` bytes (none for empty data)."""
+    for offset in range(0, len(data), chunk):
+        yield data[offset : offset + chunk]

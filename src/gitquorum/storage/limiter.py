@@ -59,13 +59,26 @@ class LimitInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        info = self.registry.get(handler_call_details.method)
-        if handler is None or info is None or info.op is Op.INTERCEPTED:
+        if handler is None:
             return handler
-        limiter = self.admission.limiter(info.full_name, info.op is Op.MUTATOR)
-        if limiter is None or limiter.limit <= 0:
-            return handler
-        return _limited(handler, info, limiter)
+        return limited_handler(handler, handler_call_details.method, self.admission, self.registry)
+
+
+def limited_handler(
+    handler: grpc.RpcMethodHandler, method: str, admission: Admission, registry: MethodRegistry
+) -> grpc.RpcMethodHandler:
+    """``handler`` under the limit ``method`` is subject to (itself when none).
+
+    Depends on the method alone: the node applies it once per method at
+    start-up, ``LimitInterceptor`` on every call.
+    """
+    info = registry.get(method)
+    if info is None or info.op is Op.INTERCEPTED:
+        return handler
+    limiter = admission.limiter(info.full_name, info.op is Op.MUTATOR)
+    if limiter is None or limiter.limit <= 0:
+        return handler
+    return _limited(handler, info, limiter)
 
 
 def _limited(
