@@ -111,11 +111,29 @@ class BatchProcess:
             raise
         return data[:-1]
 
+    async def header(self, revision: bytes) -> ObjectInfo:
+        """Ask for an object: its header. Its content must follow, read by
+        ``body`` or ``stream(..., info=)``, before anything else is asked."""
+        return await self._header(revision)
+
+    async def body(self, info: ObjectInfo) -> bytes:
+        """The whole content of the object whose header was just read."""
+        return await self._body(info)
+
     async def stream(
-        self, revision: bytes, limit: int = -1, chunk: int = git.CHUNK
+        self,
+        revision: bytes,
+        limit: int = -1,
+        chunk: int = git.CHUNK,
+        *,
+        info: ObjectInfo | None = None,
     ) -> AsyncIterator[tuple[ObjectInfo, bytes]]:
-        """Yield (info, chunk) pairs; the first pair may carry an empty chunk."""
-        info = await self._header(revision)
+        """Yield (info, chunk) pairs; the first pair may carry an empty chunk.
+
+        ``info``: the header, already read by ``header``.
+        """
+        if info is None:
+            info = await self._header(revision)
         remaining = info.size + 1  # trailing LF
         wanted = info.size if limit < 0 else min(limit, info.size)
         sent = 0

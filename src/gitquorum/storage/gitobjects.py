@@ -554,44 +554,58 @@ async def open_blob(
         yield None
         return
     async with catfile.batch(repo) as batch:
-        # BatchProcess.stream is an async generator; closing it early marks the
-        # process out of step (broken) instead of leaving unread bytes behind.
-        stream = cast(
-            AsyncGenerator[tuple[ObjectInfo, bytes], None], batch.stream(name, limit, chunk)
-        )
         try:
-            first_info, first_chunk = await stream.__anext__()
-        except (ObjectNotFound, StopAsyncIteration):
+            first_info = await batch.header(name)
+        except ObjectNotFound:
             yield None
             return
-        if want is not None and first_info.type != want:
-            # Drain so the process stays in step for the next reader.
-            async for _ in stream:
-                pass
-            yield None
-            return
-        wanted = first_info.size if limit < 0 else min(limit, first_info.size)
-        if wanted <= BUFFERED_BLOB_LIMIT:
-            parts = [first_chunk]
-            async for _info, data in stream:
-                parts.append(data)
-            buffered = b"".join(parts)
+        if first_info.size <= BUFFERED_BLOB_LIMIT:
+            # Small: read in one go, no chunk by chunk loop.
+            data = await batch.body(first_info)
+            if want is not None and first_info.type != want:
+                yield None
+                return
+            buffered = data if limit < 0 else data[:limit]
         else:
-
-            async def held() -> AsyncIterator[bytes]:
-                if first_chunk:
-                    yield first_chunk
-                async for _info, data in stream:
-                    if data:
-                        yield data
-
+            # BatchProcess.stream is an async generator; closing it early marks the
+            # process out of step (broken) instead of leaving unread bytes behind.
+            stream = cast(
+                AsyncGenerator[tuple[ObjectInfo, bytes], None],
+                batch.stream(name, limit, chunk, info=first_info),
+            )
             try:
-                yield BlobRead(first_info, held())
-            finally:
-                # Marks the process broken if the caller stopped before the end,
-                # before the lock is released to the next reader.
-                await stream.aclose()
-            return
+                _info, first_chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                yield None
+                return
+            if want is not None and first_info.type != want:
+                # Drain so the process stays in step for the next reader.
+                async for _ in stream:
+                    pass
+                yield None
+                return
+            wanted = first_info.size if limit < 0 else min(limit, first_info.size)
+            if wanted <= BUFFERED_BLOB_LIMIT:
+                parts = [first_chunk]
+                async for _info, data in stream:
+                    parts.append(data)
+                buffered = b"".join(parts)
+            else:
+
+                async def held() -> AsyncIterator[bytes]:
+                    if first_chunk:
+                        yield first_chunk
+                    async for _info, data in stream:
+                        if data:
+                            yield data
+
+                try:
+                    yield BlobRead(first_info, held())
+                finally:
+                    # Marks the process broken if the caller stopped before the end,
+                    # before the lock is released to the next reader.
+                    await stream.aclose()
+                return
 
     yield BlobRead(first_info, chunked(buffered, chunk))
 
