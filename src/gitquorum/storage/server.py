@@ -221,9 +221,14 @@ class _Finishing:
         self.registry = registry
         self.admission = admission
         self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        self.generic: list[str] = []
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        """The generic form of what ``add_registered_method_handlers`` registers: rebuilt."""
+        """The generic form of what ``add_registered_method_handlers`` registers: rebuilt
+        by ``register``, which checks that nothing was offered only this way."""
+        for handler in handlers:
+            name = getattr(handler, "service_name", None)
+            self.generic.append(name() if callable(name) else repr(handler))
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
@@ -246,6 +251,10 @@ class _Finishing:
         return finishing_handler(limited, call)
 
     def register(self, server: grpc.aio.Server) -> None:
+        unwrapped = [name for name in self.generic if name not in self.services]
+        if unwrapped:
+            # Generated code that only offers a generic handler would be served unwrapped.
+            raise RuntimeError(f"services registered without their methods: {unwrapped}")
         for service, handlers in self.services.items():
             server.add_generic_rpc_handlers(
                 (grpc.method_handlers_generic_handler(service, handlers),)
