@@ -469,22 +469,36 @@ async def read_commit(
     return parse_commit(info.oid, data, trailers=trailers)
 
 
+def _commit_names(revisions: Sequence[bytes]) -> list[bytes]:
+    # A name cat-file cannot be given is asked as b"", which names nothing.
+    return [rev + b"^{commit}" if safe_object_name(rev) else b"" for rev in revisions]
+
+
+def _commit_found(answer: tuple[ObjectInfo, bytes] | None) -> tuple[str, bytes] | None:
+    if answer is None or answer[0].type != "commit":
+        return None
+    return answer[0].oid, answer[1]
+
+
 async def read_commit_objects(
     catfile: CatFileCache, repo: RepoPath, revisions: Sequence[bytes]
 ) -> list[tuple[str, bytes] | None]:
     """(id, raw commit) each revision peels to, or None; under one hold, asked together."""
-    names = [rev + b"^{commit}" if safe_object_name(rev) else b"" for rev in revisions]
-    asked = [name for name in names if name]
+    names = _commit_names(revisions)
     async with catfile.batch(repo) as batch:
-        answers = iter(await batch.read_many(asked))
-    found: list[tuple[str, bytes] | None] = []
-    for name in names:
-        answer = next(answers) if name else None
-        if answer is None or answer[0].type != "commit":
-            found.append(None)
-        else:
-            found.append((answer[0].oid, answer[1]))
-    return found
+        answers = await batch.read_many([name or b"\n" for name in names])
+    return [_commit_found(answer) for answer in answers]
+
+
+async def each_commit_object(
+    batch: BatchProcess, revisions: Sequence[bytes]
+) -> AsyncGenerator[tuple[str, bytes] | None, None]:
+    """``read_commit_objects`` one by one as git answers (see ``BatchProcess.read_each``);
+    close it (``contextlib.aclosing``) before releasing ``batch``."""
+    names = [name or b"\n" for name in _commit_names(revisions)]
+    async with contextlib.aclosing(batch.read_each(names)) as answers:
+        async for answer in answers:
+            yield _commit_found(answer)
 
 
 async def read_commits(
