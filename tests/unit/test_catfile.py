@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -111,6 +112,22 @@ async def test_read_many_answers_each_revision_as_read_does(
     assert answers[6:] == answers[6:9] * 3000
     # The process is still in step afterwards.
     assert (await cache.read(repo, b"HEAD"))[0].oid == rev(template, "HEAD")
+
+
+async def test_read_each_stopped_early_leaves_no_process_out_of_step(
+    cache: CatFileCache, template: Path
+) -> None:
+    repo = repo_path(template)
+    pid = await batch_pid(cache, repo)
+    async with cache.batch(repo) as proc:
+        async with contextlib.aclosing(proc.read_each([b"HEAD", b"HEAD~1", b"HEAD~2"])) as each:
+            first = await anext(each)
+        assert first is not None and first[0].oid == rev(template, "HEAD")
+        assert proc.broken
+    # The next reader gets a process in step (a new one), not HEAD~1's answer.
+    info, _ = await cache.read(repo, b"HEAD^{tree}")
+    assert info.oid == rev(template, "HEAD^{tree}")
+    assert await batch_pid(cache, repo) != pid
 
 
 async def test_info_matches_git(cache: CatFileCache, template: Path) -> None:

@@ -469,22 +469,36 @@ async def read_commit(
     return parse_commit(info.oid, data, trailers=trailers)
 
 
+def _commit_names(revisions: Sequence[bytes]) -> list[bytes]:
+    # A name cat-file cannot be given is asked as b"", which names nothing.
+    return [rev + b"^{commit}" if safe_object_name(rev) else b"" for rev in revisions]
+
+
+def _commit_found(answer: tuple[ObjectInfo, bytes] | None) -> tuple[str, bytes] | None:
+    if answer is None or answer[0].type != "commit":
+        return None
+    return answer[0].oid, answer[1]
+
+
 async def read_commit_objects(
     catfile: CatFileCache, repo: RepoPath, revisions: Sequence[bytes]
 ) -> list[tuple[str, bytes] | None]:
     """(id, raw commit) each revision peels to, or None; under one hold, asked together."""
-    names = [rev + b"^{commit}" if safe_object_name(rev) else b"" for rev in revisions]
-    asked = [name for name in names if name]
+    names = _commit_names(revisions)
     async with catfile.batch(repo) as batch:
-        answers = iter(await batch.read_many(asked))
-    found: list[tuple[str, bytes] | None] = []
-    for name in names:
-        answer = next(answers) if name else None
-        if answer is None or answer[0].type != "commit":
-            found.append(None)
-        else:
-            found.append((answer[0].oid, answer[1]))
-    return found
+        answers = await batch.read_many([name or b"\n" for name in names])
+    return [_commit_found(answer) for answer in answers]
+
+
+async def each_commit_object(
+    batch: BatchProcess, revisions: Sequence[bytes]
+) -> AsyncGenerator[tuple[str, bytes] | None, None]:
+    """``read_commit_objects`` one by one as git answers (see ``BatchProcess.read_each``);
+    close it (``contextlib.aclosing``) before releasing ``batch``."""
+    names = [name or b"\n" for name in _commit_names(revisions)]
+    async with contextlib.aclosing(batch.read_each(names)) as answers:
+        async for answer in answers:
+            yield _commit_found(answer)
 
 
 async def read_commits(
@@ -554,44 +568,58 @@ async def open_blob(
         yield None
         return
     async with catfile.batch(repo) as batch:
-        # BatchProcess.stream is an async generator; closing it early marks the
-        # process out of step (broken) instead of leaving unread bytes behind.
-        stream = cast(
-            AsyncGenerator[tuple[ObjectInfo, bytes], None], batch.stream(name, limit, chunk)
-        )
         try:
-            first_info, first_chunk = await stream.__anext__()
-        except (ObjectNotFound, StopAsyncIteration):
+            first_info = await batch.header(name)
+        except ObjectNotFound:
             yield None
             return
-        if want is not None and first_info.type != want:
-            # Drain so the process stays in step for the next reader.
-            async for _ in stream:
-                pass
-            yield None
-            return
-        wanted = first_info.size if limit < 0 else min(limit, first_info.size)
-        if wanted <= BUFFERED_BLOB_LIMIT:
-            parts = [first_chunk]
-            async for _info, data in stream:
-                parts.append(data)
-            buffered = b"".join(parts)
+        if first_info.size <= BUFFERED_BLOB_LIMIT:
+            # Small: read in one go, no chunk by chunk loop.
+            data = await batch.body(first_info)
+            if want is not None and first_info.type != want:
+                yield None
+                return
+            buffered = data if limit < 0 else data[:limit]
         else:
-
-            async def held() -> AsyncIterator[bytes]:
-                if first_chunk:
-                    yield first_chunk
-                async for _info, data in stream:
-                    if data:
-                        yield data
-
+            # BatchProcess.stream is an async generator; closing it early marks the
+            # process out of step (broken) instead of leaving unread bytes behind.
+            stream = cast(
+                AsyncGenerator[tuple[ObjectInfo, bytes], None],
+                batch.stream(name, limit, chunk, info=first_info),
+            )
             try:
-                yield BlobRead(first_info, held())
-            finally:
-                # Marks the process broken if the caller stopped before the end,
-                # before the lock is released to the next reader.
-                await stream.aclose()
-            return
+                _info, first_chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                yield None
+                return
+            if want is not None and first_info.type != want:
+                # Drain so the process stays in step for the next reader.
+                async for _ in stream:
+                    pass
+                yield None
+                return
+            wanted = first_info.size if limit < 0 else min(limit, first_info.size)
+            if wanted <= BUFFERED_BLOB_LIMIT:
+                parts = [first_chunk]
+                async for _info, data in stream:
+                    parts.append(data)
+                buffered = b"".join(parts)
+            else:
+
+                async def held() -> AsyncIterator[bytes]:
+                    if first_chunk:
+                        yield first_chunk
+                    async for _info, data in stream:
+                        if data:
+                            yield data
+
+                try:
+                    yield BlobRead(first_info, held())
+                finally:
+                    # Marks the process broken if the caller stopped before the end,
+                    # before the lock is released to the next reader.
+                    await stream.aclose()
+                return
 
     yield BlobRead(first_info, chunked(buffered, chunk))
 

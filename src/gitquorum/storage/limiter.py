@@ -1,4 +1,4 @@
-"""The node's per-repository concurrency limits, as a server interceptor.
+"""The node's per-repository concurrency limits, around a method's handler.
 
 Mutators and expensive reads (``gitquorum.limits.EXPENSIVE_READS``) of one
 repository share a bounded number of slots; a call over the limit waits in a
@@ -6,8 +6,11 @@ bounded queue, then fails with RESOURCE_EXHAUSTED. The repository is read from
 the request's ``target_repository`` field (the proto annotations), in the
 first message of a client stream, and keyed by storage and relative path.
 
-Install it inside ``ErrorInterceptor`` (after it in the interceptor list), so
-its ResourceExhausted becomes a status and is logged like any other error.
+The node applies ``limited_handler`` to each method once, at start-up,
+inside the finishing layer (``storage.server``), so its ResourceExhausted
+becomes a status and is logged like any other error. ``LimitInterceptor`` does
+the same per call, installed inside ``ErrorInterceptor`` (after it in the
+interceptor list).
 """
 
 from __future__ import annotations

@@ -148,15 +148,17 @@ class RefService(ref_pb2_grpc.RefServiceServicer):
     async def _branches(
         self, repo: RepoPath, batch: list[tuple[bytes, bytes]]
     ) -> ref_pb2.FindLocalBranchesResponse:
-        objects = await gitobjects.read_commit_objects(
-            self.node.catfile, repo, [oid for _, oid in batch]
-        )
         response = ref_pb2.FindLocalBranchesResponse()
-        for (name, _oid), found in zip(batch, objects, strict=True):
-            branch = response.local_branches.add(name=name)
-            if found is not None:
-                # Parsed in place: no commit message built only to be copied.
-                gitobjects.parse_commit(*found, into=branch.target_commit)
+        names = iter(name for name, _oid in batch)
+        async with self.node.catfile.batch(repo) as process:
+            # Each commit is parsed while git prepares the next ones.
+            commits = gitobjects.each_commit_object(process, [oid for _name, oid in batch])
+            async with contextlib.aclosing(commits) as found_each:
+                async for found in found_each:
+                    branch = response.local_branches.add(name=next(names))
+                    if found is not None:
+                        # Parsed in place: no commit message built only to be copied.
+                        gitobjects.parse_commit(*found, into=branch.target_commit)
         return response
 
     async def RefExists(
