@@ -30,7 +30,7 @@ For each accessor the report gives p50/p99 of both, the ratio node/echo
 node process (its own, and with the git commands it waited for) and of the
 echo server, read from /proc.
 
-    python bench/node_bench.py             # full run, markdown on stdout (~70 s)
+    python bench/node_bench.py             # full run, markdown on stdout (~1 min)
     python bench/node_bench.py --quick     # smoke run (< 40 s)
     python bench/node_bench.py --json      # JSON instead of markdown
     python bench/node_bench.py --render report.json   # markdown of a saved --json run
