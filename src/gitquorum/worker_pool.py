@@ -15,7 +15,9 @@ SO_REUSEPORT, so the kernel spreads incoming connections over them. The parent:
   (reload) to every worker, and exits 0 only when every worker did;
 * stops every worker when one of them ends on its own, and exits 1: a
   supervisor (systemd) restarts the whole server, whose workers share one
-  identity that a lone restarted worker would not have.
+  identity that a lone restarted worker would not have;
+* serves the server's metrics address itself, as the merge of the workers'
+  own pages (``worker_metrics``), so one scrape shows the whole server.
 
 Workers run in their own session, so a Ctrl-C in a terminal reaches the parent
 only, which turns it into one orderly drain. This module knows nothing of
@@ -37,6 +39,7 @@ from pathlib import Path
 from gitquorum import log
 from gitquorum.launch.process import describe_exit, die_with_parent, parse_ready
 from gitquorum.lifecycle import ListenError
+from gitquorum.worker_metrics import MergedMetricsServer
 
 logger = log.get("gitquorum.workers")
 
@@ -122,6 +125,8 @@ class WorkerPool:
         ready_base: Path | None,
         env: Mapping[str, str],
         grace: float,
+        metrics_listen: tuple[str, int] | None = None,
+        worst_gauges: tuple[str, ...] = (),
     ) -> None:
         self.count = count
         self._argv = argv
@@ -137,6 +142,18 @@ class WorkerPool:
         self.failed = False
         self._closing = False
         self._watch: asyncio.Task[None] | None = None
+        # The server's own metrics address, merging the workers' pages.
+        self.metrics: MergedMetricsServer | None = None
+        if metrics_listen is not None:
+            self.metrics = MergedMetricsServer(
+                *metrics_listen, self.metrics_ports, worst=worst_gauges
+            )
+        self.metrics_port = 0
+
+    def metrics_ports(self) -> list[int]:
+        """Each worker's private metrics port, by index (0: not serving yet)."""
+        ports = [port for _address, port in self.ready]
+        return ports + [0] * (self.count - len(ports))
 
     def ready_file(self, index: int) -> Path:
         return self._ready_base.with_name(f"{self._ready_base.name}.worker{index}")
@@ -146,6 +163,13 @@ class WorkerPool:
         return [w.process.pid for w in self.workers]
 
     async def start(self) -> None:
+        if self.metrics is not None:
+            # Before any worker runs: a taken metrics port fails at once.
+            try:
+                self.metrics_port = await self.metrics.start()
+            except OSError as exc:
+                host, port = self.metrics.host, self.metrics.port
+                raise ListenError(join_address(host, port), exc.strerror or exc) from exc
         try:
             first = await self._spawn(0)
             self.ready = [await self._until_ready(first)]
@@ -153,6 +177,7 @@ class WorkerPool:
             self.ready += await asyncio.gather(*(self._until_ready(w) for w in others))
         except BaseException:
             await self._stop_all(grace=0.0)
+            await self._close_metrics()
             raise
         self._watch = asyncio.get_running_loop().create_task(self._watch_workers())
         logger.info(
@@ -213,8 +238,14 @@ class WorkerPool:
         try:
             await self._stop_all(self._grace if grace is None else grace)
         finally:
+            # Last: the workers' metrics stay readable while they drain.
+            await self._close_metrics()
             if self._tmp is not None:
                 self._tmp.cleanup()
+
+    async def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
 
     async def _stop_all(self, grace: float) -> None:
         self._closing = True

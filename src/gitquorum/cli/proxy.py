@@ -23,6 +23,9 @@ from gitquorum.worker_pool import (
     reserve_address,
 )
 
+# Reads are refused per worker once its cache is this old: the oldest one counts.
+STATE_AGE = "gitquorum_cluster_state_age_seconds"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML configuration file")
@@ -101,13 +104,19 @@ def _run_pool(args: argparse.Namespace, config: ProxyConfig) -> int:
         ]
 
     pool = WorkerPool(
-        config.workers, argv, ready_base=args.ready_file, env=env, grace=config.graceful_timeout
+        config.workers,
+        argv,
+        ready_base=args.ready_file,
+        env=env,
+        grace=config.graceful_timeout,
+        # This process serves the proxy's metrics address: every worker's page, merged.
+        metrics_listen=parse_address(config.metrics_listen),
+        worst_gauges=(STATE_AGE,),
     )
 
     def ready() -> None:
         if args.ready_file is not None:
-            # Worker 0's metrics port: the one with the proxy-wide metrics (leader, replication).
-            args.ready_file.write_text(f"{listen} {pool.ready[0][1]}\n")
+            args.ready_file.write_text(f"{listen} {pool.metrics_port}\n")
 
     logger = log.get("gitquorum.proxy")
     try:
