@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -531,8 +532,8 @@ class ProxyConfig:
     # TLS of the client-facing listener, and of the channels to nodes (docs/security.md).
     tls: TlsSettings = TlsSettings()
     node_tls: TlsSettings | None = None
-    # Processes serving the one listen address (SO_REUSEPORT); 1: one process,
-    # as before (docs/configuration.md, "Proxy workers", on why 1 is the default).
+    # Processes serving the one listen address (SO_REUSEPORT); 1: one process.
+    # A configuration file without it gets default_workers() (docs/workers.md).
     workers: int = 1
 
 
@@ -665,6 +666,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
     )
     auth = reader.mapping(top.get("auth"), "auth")
     reader.unknown(auth, {"token_file", "node_token_file"}, "auth.", SECTION_RENAMES["auth"])
+    limits = _limits(reader, top.get("limits"), PROXY_LIMITS)
     config = ProxyConfig(
         listen=listen,
         name=name,
@@ -688,7 +690,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
         advertise=reader.optional_string(top, "advertise", ""),
         auth_token_file=reader.optional_string(auth, "token_file", "auth."),
         node_token_file=reader.optional_string(auth, "node_token_file", "auth."),
-        limits=_limits(reader, top.get("limits"), PROXY_LIMITS),
+        limits=limits,
         reads=_reads(reader, top.get("reads")),
         tls=_tls(
             reader,
@@ -698,7 +700,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
             listener=True,
         ),
         # Present (even empty: the system's roots verify the nodes) means TLS to every node.
-        workers=reader.integer(top, "workers", "", 1, 1),
+        workers=reader.integer(top, "workers", "", default_workers(limits), 1),
         node_tls=None
         if top.get("node_tls") is None
         else _tls(
@@ -714,6 +716,25 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
     if reader.problems:
         raise ConfigError(reader.problems)
     return config
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(limits: LimitsConfig) -> int:
+    """``workers`` when the file does not say: one process per usable core.
+
+    No more than the smallest non-zero per-repository concurrency limit, since
+    each worker enforces its share of it and a share must be 1 at least: a
+    configuration valid before workers existed stays valid.
+    """
+    caps = [v for v in (limits.mutator_concurrency, limits.read_concurrency) if v > 0]
+    return max(1, min([usable_cores(), *caps]))
 
 
 def _check_worker_limits(reader: _Reader, workers: int, limits: LimitsConfig) -> None:

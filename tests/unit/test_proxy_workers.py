@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
-from gitquorum.config import ConfigError, LimitsConfig, proxy_config_from_dict
+from gitquorum.cli import main as cli_main
+from gitquorum.config import (
+    ConfigError,
+    LimitsConfig,
+    default_workers,
+    proxy_config_from_dict,
+    usable_cores,
+)
 from gitquorum.lifecycle import ListenError
 from gitquorum.limits import share, worker_limits
 from gitquorum.proxy.server import with_port
@@ -15,8 +27,66 @@ from gitquorum.worker_pool import WorkerSlot, join_address, reserve_address
 from tests.unit.test_config import GOOD_PROXY
 
 
-def test_one_worker_by_default() -> None:
-    assert proxy_config_from_dict(dict(GOOD_PROXY)).workers == 1
+def test_one_worker_per_usable_core_by_default() -> None:
+    assert "workers" not in GOOD_PROXY
+    assert proxy_config_from_dict(dict(GOOD_PROXY)).workers == len(os.sched_getaffinity(0))
+
+
+def test_the_default_follows_the_cpu_affinity() -> None:
+    """A proxy started under ``taskset -c 0`` may use one core: one worker."""
+    code = (
+        "from gitquorum.config import proxy_config_from_dict; "
+        "from tests.unit.test_config import GOOD_PROXY; "
+        "print(proxy_config_from_dict(dict(GOOD_PROXY)).workers)"
+    )
+    done = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == "1", done.stderr
+
+
+def test_the_default_stays_within_the_smallest_concurrency_limit() -> None:
+    """A file valid before workers existed stays valid: every worker gets a share of 1 at least."""
+    data = {**GOOD_PROXY, "limits": {"mutator_concurrency": 1, "read_concurrency": 8}}
+    config = proxy_config_from_dict(data)
+    assert config.workers == 1
+    assert default_workers(config.limits) == 1
+    unlimited = LimitsConfig(mutator_concurrency=0, read_concurrency=0)
+    assert default_workers(unlimited) == usable_cores()
+
+
+def test_one_worker_when_the_file_says_so() -> None:
+    assert proxy_config_from_dict({**GOOD_PROXY, "workers": 1}).workers == 1
+
+
+@pytest.mark.parametrize("value", [0, "many"])
+def test_config_validate_reports_bad_workers(
+    value: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump({**GOOD_PROXY, "workers": value}))
+    with pytest.raises(SystemExit) as exited:
+        cli_main.main(["config", "validate", "--kind", "proxy", str(path)])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "workers: expected an integer >= 1" in err, err
+
+
+def test_config_validate_reports_a_limit_below_the_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "proxy.yaml"
+    data = {**GOOD_PROXY, "workers": 3, "limits": {"read_concurrency": 2}}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SystemExit) as exited:
+        cli_main.main(["config", "validate", "--kind", "proxy", str(path)])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "limits.read_concurrency: 2 is less than workers (3)" in err, err
 
 
 @pytest.mark.parametrize("value", [0, -1, "2", 1.5, True])
