@@ -11,24 +11,22 @@ so each test opens many channels, each its own connection.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, server_pb2, server_pb2_grpc
-from gitquorum.launch.process import free_ports, wait_for
+from gitquorum.launch.process import wait_for
 from tests.harness import gitrepo
-from tests.harness.cluster import Cluster, ProxyProcess
+from tests.harness.cluster import Cluster
 from tests.integration.cli.ops import cli
 from tests.integration.limits.calls import hold_receive_pack, hold_upload_pack, status_of
 from tests.integration.proxy import helpers
+from tests.integration.proxy.pooled import Worker, alive, connect, extra_proxy, workers_of
 
 # The proxy allows two mutators per repository: one per worker, no queue.
 SETTINGS: dict[str, object] = {
@@ -38,40 +36,6 @@ SETTINGS: dict[str, object] = {
 }
 # Fresh connections per test: the chance that all of them land on one worker is 2 / 2**N.
 CONNECTIONS = 16
-
-
-def connect(address: str) -> grpc.aio.Channel:
-    """A channel with its own connection: grpc shares one between channels of a
-    process by default, which would send them all to one worker."""
-    return grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-
-
-@dataclass(frozen=True)
-class Worker:
-    address: str
-    metrics_port: int
-    vote_address: str
-    pid: int
-
-
-def workers_of(proxy: ProxyProcess, count: int = 2) -> list[Worker]:
-    """Each worker's ready file: ``ADDRESS METRICS_PORT VOTE_ADDRESS PID``."""
-    assert proxy.ready_file is not None
-    found = []
-    for index in range(count):
-        words = Path(f"{proxy.ready_file}.worker{index}").read_text().split()
-        found.append(Worker(words[0], int(words[1]), words[2], int(words[3])))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone as far as serving goes: its parent has not reaped it yet.
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def draining(worker: Worker) -> bool:
@@ -225,11 +189,7 @@ async def test_sigterm_drains_every_worker(pooled: Cluster, source: Path) -> Non
     """Calls in flight on both workers finish after SIGTERM; then parent and workers exit 0."""
     relative_path, _ = _new_repository(pooled, source)
     repo = helpers.repository(relative_path)
-    port = free_ports(1)[0]
-    config = pooled.proxy_config("proxy2", port)
-    path = pooled.base / "proxy2.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proxy = ProxyProcess("proxy2", path, pooled.base / "logs").start()
+    proxy = extra_proxy(pooled, "proxy2").start()
     try:
         workers = workers_of(proxy)
         # Eight: within each worker's share (10) of the 20 expensive reads allowed.
