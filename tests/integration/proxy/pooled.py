@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import yaml
 
 from gitquorum.launch.process import free_ports
 from tests.harness.cluster import Cluster, ProxyProcess
+from tests.integration.proxy import helpers
 
 
 def connect(address: str) -> grpc.aio.Channel:
@@ -57,3 +60,12 @@ def extra_proxy(cluster: Cluster, name: str, **settings: object) -> ProxyProcess
     path = cluster.base / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return ProxyProcess(name, path, cluster.base / "logs")
+
+
+@contextmanager
+def pooled_cluster(base: Path, settings: dict[str, object]) -> Iterator[Cluster]:
+    """Three nodes and one proxy with ``settings`` (its workers), every node healthy."""
+    cluster = Cluster(base, nodes_count=3, proxy_settings=settings).start()
+    with cluster.reporting():
+        helpers.wait_all_healthy(cluster)
+        yield cluster

@@ -26,7 +26,14 @@ from tests.harness.cluster import Cluster
 from tests.integration.cli.ops import cli
 from tests.integration.limits.calls import hold_receive_pack, hold_upload_pack, status_of
 from tests.integration.proxy import helpers
-from tests.integration.proxy.pooled import Worker, alive, connect, extra_proxy, workers_of
+from tests.integration.proxy.pooled import (
+    Worker,
+    alive,
+    connect,
+    extra_proxy,
+    pooled_cluster,
+    workers_of,
+)
 
 # The proxy allows two mutators per repository: one per worker, no queue.
 SETTINGS: dict[str, object] = {
@@ -53,11 +60,7 @@ def draining(worker: Worker) -> bool:
 
 @pytest.fixture(scope="module")
 def pooled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = Cluster(
-        tmp_path_factory.mktemp("workers"), nodes_count=3, proxy_settings=SETTINGS
-    ).start()
-    with cluster.reporting():
-        helpers.wait_all_healthy(cluster)
+    with pooled_cluster(tmp_path_factory.mktemp("workers"), SETTINGS) as cluster:
         yield cluster
 
 

@@ -24,7 +24,7 @@ from gitquorum.cluster.keys import Keyspace
 from tests.harness import gitrepo
 from tests.harness.cluster import Cluster
 from tests.integration.proxy import helpers
-from tests.integration.proxy.pooled import alive, extra_proxy, workers_of
+from tests.integration.proxy.pooled import alive, extra_proxy, pooled_cluster, workers_of
 
 SETTINGS: dict[str, object] = {"workers": 2}
 RECEIVE_PACK = "/gitaly.SSHService/SSHReceivePack"
@@ -35,11 +35,7 @@ MAX_PUSHES = 24
 
 @pytest.fixture(scope="module")
 def pooled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = Cluster(
-        tmp_path_factory.mktemp("workers-process"), nodes_count=3, proxy_settings=SETTINGS
-    ).start()
-    with cluster.reporting():
-        helpers.wait_all_healthy(cluster)
+    with pooled_cluster(tmp_path_factory.mktemp("workers-process"), SETTINGS) as cluster:
         yield cluster
 
 
