@@ -14,12 +14,18 @@ The highest claim of each replica is also kept on disk (``+gitquorum/
 replication-claims/<sha256 of the relative path>``, written and fsynced before
 the copy is admitted): a node restarted between the new holder's copy and the
 late arrival of the old one still refuses it.
+
+A node of several worker processes (``workers``) shares one fence through
+the disk (``across_processes``): each copy also holds an exclusive ``flock``
+on the claim file's ``.lock`` beside it, and reads the highest claim from the
+file under that lock, since another worker may have admitted a later one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
@@ -70,8 +76,10 @@ def _write(path: Path, claim: int) -> None:
 
 
 class ReplicationFence:
-    def __init__(self) -> None:
+    def __init__(self, *, across_processes: bool = False) -> None:
         self._replicas: dict[str, _Replica] = {}
+        # Several worker processes serve this node's storages (module docstring).
+        self.across_processes = across_processes
 
     @contextlib.asynccontextmanager
     async def copy(
@@ -86,10 +94,26 @@ class ReplicationFence:
             async with state.io:
                 if state.highest is None:
                     state.highest = state.persisted = await asyncio.to_thread(_read, record)
-        await self._admit(replica, state, claim, record)
-        async with state.lock:
+        if not self.across_processes:
+            # Refused early, without waiting its turn. Not with other processes:
+            # this one's memory may be behind the file, which it must not overwrite.
+            await self._admit(replica, state, claim, record)
+        async with state.lock, self._other_processes(state, record):
             # A later claim may have arrived while this one waited.
             await self._admit(replica, state, claim, record)
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _other_processes(self, state: _Replica, record: Path | None) -> AsyncIterator[None]:
+        """Hold the replica against copies in other worker processes, and take
+        the highest claim any of them recorded."""
+        if not self.across_processes or record is None:
+            yield
+            return
+        async with _file_lock(record.with_name(f"{record.name}.lock")):
+            on_disk = await asyncio.to_thread(_read, record)
+            state.highest = max(-1 if state.highest is None else state.highest, on_disk)
+            state.persisted = max(state.persisted, on_disk)
             yield
 
     @staticmethod
@@ -142,6 +166,35 @@ async def _write_holding_lock(record: Path, claim: int) -> None:
     if cancelled:
         raise asyncio.CancelledError
     task.result()
+
+
+# How often a copy waiting for another process's copy of the same replica looks again.
+_LOCK_POLL = 0.02
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing), released on exit.
+
+    Polled without blocking, so that a cancelled copy stops waiting at once;
+    closing the descriptor releases the lock, also when the process dies.
+    """
+    fd = await asyncio.to_thread(_open_lock, path)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(_LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
 def _unlink(path: Path) -> None:
