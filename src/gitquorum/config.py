@@ -340,6 +340,9 @@ class NodeConfig:
     tls: TlsSettings = TlsSettings()
     # How long one transaction vote waits for the proxy's answer.
     vote_timeout: float = 60.0
+    # Processes serving the one listen address (SO_REUSEPORT); 1 unless set
+    # (docs/workers.md, "The storage node").
+    workers: int = 1
 
 
 LOG_LEVELS = {"debug", "info", "warning", "error"}
@@ -362,6 +365,7 @@ def node_config_from_dict(data: Any) -> NodeConfig:
             "limits",
             "tls",
             "vote_timeout",
+            "workers",
         },
         "",
         GITALY_NODE_RENAMES,
@@ -401,6 +405,9 @@ def node_config_from_dict(data: Any) -> NodeConfig:
         {"cert_file", "key_file", "client_ca_file", "ca_file"},
         listener=True,
     )
+    workers = reader.integer(top, "workers", "", 1, 1)
+    if workers > 1:
+        _check_worker_limits(reader, workers, limits)
     if reader.problems:
         raise ConfigError(reader.problems)
     return NodeConfig(
@@ -413,6 +420,7 @@ def node_config_from_dict(data: Any) -> NodeConfig:
         limits=limits,
         tls=tls,
         vote_timeout=vote_timeout,
+        workers=workers,
     )
 
 

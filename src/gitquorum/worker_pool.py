@@ -87,9 +87,14 @@ def reserve_address(host: str, port: int) -> socket.socket:
     try:
         if port:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
+                # SO_REUSEADDR, as grpc sets on its own listeners: connections of
+                # a server that just stopped (TIME_WAIT) must not hold the port,
+                # while any socket still listening on it does.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((host, port))
         holder = socket.socket(family, socket.SOCK_STREAM)
         try:
+            # No SO_REUSEADDR here: a second server's probe must fail on it.
             holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             holder.bind((host, port))
         except BaseException:

@@ -11,9 +11,6 @@ in which tests differ from ``gitquorum up`` passed as overrides.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,27 +22,19 @@ import grpc
 import yaml
 
 from gitquorum.launch.etcd import EtcdCluster
-from gitquorum.launch.process import ChildProcess, free_ports
+from gitquorum.launch.process import free_ports
 from gitquorum.launch.proxy_config import VIRTUAL_STORAGE, proxy_config
 from tests.harness.node import NodeProcess
+from tests.harness.pooled import PooledChild, workers_from_env
 
 __all__ = ["HARNESS_PROXY_SETTINGS", "VIRTUAL_STORAGE", "Cluster", "ProxyProcess"]
 
 # Where tests differ from gitquorum up's defaults: failures are seen within a
 # second, leadership moves after 3 s, a stuck write fails after 5 s, and a
 # proxy drains for as long as a production one (10 s).
-# SIGKILL, SIGSTOP and SIGCONT reach every process of a pooled proxy.
-_WHOLE_PROXY_SIGNALS = frozenset({signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT})
 # GITQUORUM_TEST_PROXY_WORKERS=N runs every proxy of the harness with N worker
 # processes (the fault tests with workers > 1); unset: one process each.
 WORKERS_ENV = "GITQUORUM_TEST_PROXY_WORKERS"
-
-
-def proxy_workers() -> int:
-    value = os.environ.get(WORKERS_ENV, "1")
-    if not value.isdigit() or int(value) < 1:
-        raise ValueError(f"{WORKERS_ENV}: expected an integer >= 1, got {value!r}")
-    return int(value)
 
 
 HARNESS_PROXY_SETTINGS: dict[str, Any] = {
@@ -58,7 +47,7 @@ HARNESS_PROXY_SETTINGS: dict[str, Any] = {
 }
 
 
-class ProxyProcess(ChildProcess):
+class ProxyProcess(PooledChild):
     """``gitquorum proxy --config CONFIG_PATH`` with its log and ready file in ``workdir``."""
 
     def __init__(self, name: str, config_path: Path, workdir: Path) -> None:
@@ -86,41 +75,7 @@ class ProxyProcess(ChildProcess):
         return super().log_tail(lines)
 
     def terminate(self, timeout: float = 30.0) -> int:
-        # Paused workers could not act on the SIGTERM their parent passes on.
-        self._to_workers(signal.SIGCONT)
         return super().terminate(timeout)
-
-    # A pooled proxy (``workers`` > 1) is a parent and its worker processes,
-    # each in a session of its own. The parent passes SIGTERM, SIGINT and
-    # SIGHUP on to its workers: those go to it alone (twice, a worker would
-    # stop at once instead of draining). SIGKILL, SIGSTOP and SIGCONT cannot
-    # be passed on: they go to every process, so a fault hits the whole proxy.
-    def worker_pids(self) -> list[int]:
-        """The pids in the workers' ready files (none for a single-process proxy)."""
-        assert self.ready_file is not None
-        pids = []
-        for path in self.ready_file.parent.glob(f"{self.ready_file.name}.worker*"):
-            words = path.read_text().split()
-            if len(words) >= 4 and words[3].isdigit():
-                pids.append(int(words[3]))
-        return pids
-
-    def _to_workers(self, sig: int) -> None:
-        for pid in self.worker_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-
-    def signal(self, sig: int) -> None:
-        if sig in _WHOLE_PROXY_SIGNALS and self.alive():
-            self._to_workers(sig)
-        super().signal(sig)
-
-    def kill(self) -> None:
-        if self.alive():
-            # Workers first: killed after their parent, they would get its
-            # death signal (SIGTERM) and drain instead of dying.
-            self._to_workers(signal.SIGKILL)
-        super().kill()
 
     def channel(self) -> grpc.aio.Channel:
         return grpc.aio.insecure_channel(self.address)
@@ -185,7 +140,7 @@ class Cluster:
             replication_factor=self.replication_factor,
             overrides={
                 **HARNESS_PROXY_SETTINGS,
-                "workers": proxy_workers(),
+                "workers": workers_from_env(WORKERS_ENV),
                 **self.proxy_settings,
             },
         )

@@ -1,4 +1,4 @@
-"""Proxy workers: the setting, the limits each worker enforces, addresses and options."""
+"""Proxy and node workers: the setting, the limits each worker enforces, addresses and options."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from gitquorum.config import (
     ConfigError,
     LimitsConfig,
     default_workers,
+    node_config_from_dict,
     proxy_config_from_dict,
     usable_cores,
 )
@@ -24,7 +25,7 @@ from gitquorum.limits import share, worker_limits
 from gitquorum.proxy.server import with_port
 from gitquorum.wire.options import server_options
 from gitquorum.worker_pool import WorkerSlot, join_address, reserve_address
-from tests.unit.test_config import GOOD_PROXY
+from tests.unit.test_config import GOOD_NODE, GOOD_PROXY
 
 
 def test_one_worker_per_usable_core_by_default() -> None:
@@ -36,7 +37,7 @@ def test_the_default_follows_the_cpu_affinity() -> None:
     """A proxy started under ``taskset -c 0`` may use one core: one worker."""
     code = (
         "from gitquorum.config import proxy_config_from_dict; "
-        "from tests.unit.test_config import GOOD_PROXY; "
+        "from tests.unit.test_config import GOOD_NODE, GOOD_PROXY; "
         "print(proxy_config_from_dict(dict(GOOD_PROXY)).workers)"
     )
     done = subprocess.run(
@@ -191,3 +192,24 @@ def test_a_reserved_port_cannot_be_shared_by_a_second_pool() -> None:
             reserve_address("127.0.0.1", port)
     finally:
         holder.close()
+
+
+# -- the storage node's workers ----------------------------------------------------------
+
+
+def test_a_node_runs_one_process_unless_told() -> None:
+    assert "workers" not in GOOD_NODE
+    assert node_config_from_dict(dict(GOOD_NODE)).workers == 1
+    assert node_config_from_dict({**GOOD_NODE, "workers": 3}).workers == 3
+
+
+@pytest.mark.parametrize("value", [0, "2", True])
+def test_node_workers_must_be_a_positive_integer(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"workers: expected an integer >= 1"):
+        node_config_from_dict({**GOOD_NODE, "workers": value})
+
+
+def test_a_node_limit_below_its_workers_is_refused() -> None:
+    data = {**GOOD_NODE, "workers": 4, "limits": {"read_concurrency": 2}}
+    with pytest.raises(ConfigError, match=r"limits.read_concurrency: 2 is less than workers"):
+        node_config_from_dict(data)

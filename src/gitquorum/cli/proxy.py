@@ -11,17 +11,11 @@ from pathlib import Path
 
 from gitquorum import log, tls
 from gitquorum.authentication import NODE_TOKEN_ENV, TOKEN_ENV
-from gitquorum.config import ProxyConfig, load_proxy_config, parse_address
+from gitquorum.cli.pooled import run_pool
+from gitquorum.config import ProxyConfig, load_proxy_config
 from gitquorum.errors import ConfigError
-from gitquorum.lifecycle import ListenError, run_until_signalled
-from gitquorum.worker_pool import (
-    SINGLE,
-    WorkerFailed,
-    WorkerPool,
-    WorkerSlot,
-    join_address,
-    reserve_address,
-)
+from gitquorum.lifecycle import ListenError
+from gitquorum.worker_pool import SINGLE, WorkerSlot
 
 # Reads are refused per worker once its cache is this old: the oldest one counts.
 STATE_AGE = "gitquorum_cluster_state_age_seconds"
@@ -77,61 +71,17 @@ def _worker_slot(args: argparse.Namespace, config: ProxyConfig) -> WorkerSlot:
 
 
 def _run_pool(args: argparse.Namespace, config: ProxyConfig) -> int:
-    """Reserve the listen address, start the workers on it, supervise them until signalled."""
-    host, port = parse_address(config.listen)
-    holder = reserve_address(host, port)
-    listen = join_address(host, holder.getsockname()[1])
+    """Start the workers on the listen address, supervise them until signalled."""
     env = dict(os.environ)
     # The workers read the secrets from the environment; this process and
     # whatever it might start do not keep them.
     for name in (TOKEN_ENV, NODE_TOKEN_ENV):
         os.environ.pop(name, None)
-
-    def argv(index: int, ready_file: Path) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "gitquorum.cli.main",
-            "proxy",
-            "--config",
-            str(args.config),
-            "--ready-file",
-            str(ready_file),
-            "--worker-index",
-            str(index),
-            "--worker-listen",
-            listen,
-        ]
-
-    pool = WorkerPool(
-        config.workers,
-        argv,
-        ready_base=args.ready_file,
+    return run_pool(
+        ["proxy", "--config", str(args.config)],
+        config,
+        ready_file=args.ready_file,
         env=env,
-        grace=config.graceful_timeout,
-        # This process serves the proxy's metrics address: every worker's page, merged.
-        metrics_listen=parse_address(config.metrics_listen),
+        logger_name=log.get("gitquorum.proxy").name,
         worst_gauges=(STATE_AGE,),
     )
-
-    def ready() -> None:
-        if args.ready_file is not None:
-            args.ready_file.write_text(f"{listen} {pool.metrics_port}\n")
-
-    logger = log.get("gitquorum.proxy")
-    try:
-        asyncio.run(
-            run_until_signalled(
-                pool,
-                grace=config.graceful_timeout,
-                ready=ready,
-                logger_name=logger.name,
-                reload=pool.reload,
-            )
-        )
-    except WorkerFailed as exc:
-        print(f"proxy: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        holder.close()
-    return 1 if pool.failed else 0

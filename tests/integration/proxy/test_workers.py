@@ -23,17 +23,11 @@ from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, server_pb2, se
 from gitquorum.launch.process import wait_for
 from tests.harness import gitrepo
 from tests.harness.cluster import Cluster
+from tests.harness.pooled import Worker, alive, workers_of
 from tests.integration.cli.ops import cli
 from tests.integration.limits.calls import hold_receive_pack, hold_upload_pack, status_of
 from tests.integration.proxy import helpers
-from tests.integration.proxy.pooled import (
-    Worker,
-    alive,
-    connect,
-    extra_proxy,
-    pooled_cluster,
-    workers_of,
-)
+from tests.integration.proxy.pooled import connect, extra_proxy, pooled_cluster
 
 # The proxy allows two mutators per repository: one per worker, no queue.
 SETTINGS: dict[str, object] = {

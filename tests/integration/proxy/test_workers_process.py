@@ -23,8 +23,9 @@ from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
 from gitquorum.cluster.keys import Keyspace
 from tests.harness import gitrepo
 from tests.harness.cluster import Cluster
+from tests.harness.pooled import alive, workers_of
 from tests.integration.proxy import helpers
-from tests.integration.proxy.pooled import alive, extra_proxy, pooled_cluster, workers_of
+from tests.integration.proxy.pooled import extra_proxy, pooled_cluster
 
 SETTINGS: dict[str, object] = {"workers": 2}
 RECEIVE_PACK = "/gitaly.SSHService/SSHReceivePack"
