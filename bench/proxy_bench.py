@@ -1,8 +1,9 @@
 """What the proxy costs: the same node, directly and through the proxy, in one run.
 
 Starts a real cluster (one etcd member, three storage nodes, one proxy: the
-launcher behind ``gitquorum up``, without its HTTP gateway) and measures,
-switching sides every batch so that drift on the machine hits every side alike:
+launcher behind ``gitquorum up``, with its HTTP gateway only when the bulk
+phase runs) and measures, switching sides every batch so that drift on the
+machine hits every side alike:
 
 1. unary accessor latency: FindCommit and RefExists at concurrency 1,
    p50/p99, and CPU per call of each process;
@@ -13,7 +14,17 @@ switching sides every batch so that drift on the machine hits every side alike:
    ``gitquorum git-ssh``;
 4. push: ``git push`` of a few small commits through the proxy (three
    replicas, voting) against ``git push`` straight to one node; and the same
-   push as one SSHReceivePack call with a canned command and pack.
+   push as one SSHReceivePack call with a canned command and pack;
+5. bulk: the same large repository cloned with the real ``git`` CLI three
+   ways, interleaved, after an untimed warm-up round: ``git clone --bare
+   --no-local`` of the primary's replica directory on disk (git's own speed,
+   the reference), through the proxy with ``gitquorum git-ssh``, and through
+   the HTTP gateway; each clone is checked (ref tips equal to the source's,
+   ``git fsck`` clean). Then ``git push`` via ``git-ssh`` to three voting
+   replicas against one node alone. CPU of the client (git and what it runs)
+   and of every server process (the proxy's workers and the nodes' git
+   children included) per clone and per push. ``--proxy-workers N`` runs the
+   proxy with N worker processes.
 
 Sides. ``direct``: the repository's primary node, called with its storage
 name and replica path (from PraefectInfoService.GetRepositoryMetadata).
@@ -38,10 +49,11 @@ billed to each side's calls by wall time, reported on its own and left out
 of the "own" CPU per call. docs/benchmarks.md records results and how to
 read them.
 
-    python bench/proxy_bench.py            # full run, markdown on stdout (~4 min)
+    python bench/proxy_bench.py            # full run, markdown on stdout (~6 min)
     python bench/proxy_bench.py --quick    # smoke run (< 60 s, small clone)
     python bench/proxy_bench.py --json     # JSON instead of markdown
     python bench/proxy_bench.py --profile /tmp/prof   # + py-spy of the proxy per phase
+    python bench/proxy_bench.py --phases bulk         # bulk transfer against git (~2 min)
 
 Progress goes to stderr. Figures from a ``--profile`` run include the
 sampler's overhead: record figures from a run without it.
@@ -54,6 +66,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -118,7 +131,7 @@ PROXY_SETTINGS: dict[str, Any] = {
     "write_timeout": "5s",
     "replication": {"reconcile_interval": "2s"},
 }
-PHASES = ("unary", "throughput", "clone", "push")
+PHASES = ("unary", "throughput", "clone", "push", "bulk")
 SIDES = ("direct", "hop", "proxy")
 SIDE_TITLES = {"direct": "direct", "hop": "bare grpc.aio hop", "proxy": "proxy"}
 # Hot unary accessors measured side by side: FindCommit first (the headline figure).
@@ -131,6 +144,12 @@ UNARY_RPC_TITLES = {
 # use this many times the bare hop's CPU per call (background left out).
 FLOOR_P50_MARGIN_MS = 0.3
 FLOOR_CPU_FACTOR = 1.25
+# Bulk transfer: a whole clone through either front end keeps this share of
+# git's own speed on the same replica; a git push to three voting replicas takes
+# at most this many times as long as one to a single node.
+BULK_CLONE_SHARE = 0.85
+BULK_PUSH_FACTOR = 1.3
+BULK_WAY_TITLES = {"ssh": "proxy (git-ssh)", "http": "HTTP gateway"}
 
 
 @dataclass(frozen=True)
@@ -145,7 +164,9 @@ class Settings:
     git_clone_rounds: int = 2
     pushes: int = 25  # per side and per method
     push_commits: int = 3  # new commits in each push
+    bulk_rounds: int = 4  # timed git clones per way (after one untimed warm-up each)
     proxy_log_level: str = "info"
+    proxy_workers: int = 1  # the proxy's worker processes (its ``workers`` setting)
     idle_seconds: float = 10.0  # no calls: the processes' background CPU
 
     @classmethod
@@ -160,6 +181,7 @@ class Settings:
             git_clone_rounds=1,
             pushes=3,
             push_commits=1,
+            bulk_rounds=1,
             idle_seconds=2.0,
         )
 
@@ -231,6 +253,27 @@ def checks(results: dict[str, Any]) -> list[Check]:
                 factor <= 2.0,
             )
         )
+    if "bulk" in results:
+        b = results["bulk"]
+        for way, share in b["clone"]["vs_git"].items():
+            out.append(
+                Check(
+                    f"git clone of {b['pack_mb']:.0f} MB through the {BULK_WAY_TITLES[way]}: "
+                    "MB/s / git clone --no-local of the replica",
+                    f">= {BULK_CLONE_SHARE:.0%}",
+                    f"{share:.0%}",
+                    share >= BULK_CLONE_SHARE,
+                )
+            )
+        factor = b["push"]["proxy_vs_direct_p50"]
+        out.append(
+            Check(
+                "git push p50 via git-ssh (bulk phase): 3 voting replicas / one node",
+                f"<= {BULK_PUSH_FACTOR}x",
+                f"{factor:.2f}x",
+                factor <= BULK_PUSH_FACTOR,
+            )
+        )
     return out
 
 
@@ -262,21 +305,31 @@ def serve_hop(target: str) -> None:
 
             return grpc.unary_unary_rpc_method_handler(unary)
 
-        class Forward(grpc.GenericRpcHandler):
-            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-                handler = handlers.get(details.method)
-                if handler is None:
-                    handler = handlers[details.method] = handler_for(details.method)
-                return handler
+        def cached(method: str) -> grpc.RpcMethodHandler:
+            handler = handlers.get(method)
+            if handler is None:
+                handler = handlers[method] = handler_for(method)
+            return handler
 
-        server = grpc.aio.server(options=CHANNEL_OPTIONS)
-        server.add_generic_rpc_handlers((Forward(),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        print(port, flush=True)
-        await server.wait_for_termination()
+        await serve_generic(cached)
 
     asyncio.run(serve())
+
+
+async def serve_generic(handler_for: Callable[[str], grpc.RpcMethodHandler]) -> None:
+    """A grpc.aio server on a free loopback port that answers every method with
+    ``handler_for(method)``; prints the port, then serves until killed."""
+
+    class Generic(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+            return handler_for(details.method)
+
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server.add_generic_rpc_handlers((Generic(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
 
 
 class Hop:
@@ -320,6 +373,30 @@ class Target:
 
 
 @dataclass(frozen=True)
+class LargeRepo:
+    """The clone phases' repository: its source on disk and its copy in the cluster."""
+
+    source: Path
+    target: Target
+    tips: dict[str, str]
+    build_s: float
+    seed_s: float
+    bundle_bytes: int
+
+
+@dataclass(frozen=True)
+class CloneWay:
+    """One way of cloning with the real git CLI: a URL, and how to tag the clone so that
+    the cluster's log lines of it can be found."""
+
+    title: str
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+    correlation_env: str = ""
+    correlation_header: str = ""
+
+
+@dataclass(frozen=True)
 class Side:
     """One way of reaching a repository."""
 
@@ -335,25 +412,31 @@ class Bench:
     workdir: Path
     profile_dir: Path | None = None
     profile_native: bool = False
+    # The HTTP gateway, as ``gitquorum up`` starts it: only the bulk phase uses it.
+    gateway: bool = False
     cluster: Any = None
     results: dict[str, Any] = field(default_factory=dict)
     _channels: dict[str, grpc.Channel] = field(default_factory=dict)
     _hops: dict[str, Hop] = field(default_factory=dict)
     _read_target: Target | None = None
     _idle_rates: dict[str, float] = field(default_factory=dict)
+    _large: LargeRepo | None = None
 
     def start(self) -> None:
         from gitquorum.localcluster import LocalCluster
         from gitquorum.localcluster import Settings as ClusterSettings
 
         started = time.perf_counter()
+        proxy_settings = {**PROXY_SETTINGS, "log_level": self.settings.proxy_log_level}
+        if self.settings.proxy_workers > 1:
+            proxy_settings["workers"] = self.settings.proxy_workers
         cluster = LocalCluster(
             ClusterSettings(
                 nodes=3,
                 proxies=1,
                 replication_factor=3,
-                http=False,
-                proxy_settings={**PROXY_SETTINGS, "log_level": self.settings.proxy_log_level},
+                http=self.gateway,
+                proxy_settings=proxy_settings,
             ),
             self.workdir / "cluster",
         )
@@ -365,6 +448,8 @@ class Bench:
             "proxies": 1,
             "replication_factor": 3,
             "proxy_log_level": self.settings.proxy_log_level,
+            "proxy_workers": self.settings.proxy_workers,
+            "http_gateway": self.gateway,
             "start_s": round(time.perf_counter() - started, 2),
         }
 
@@ -618,14 +703,22 @@ class Bench:
 
     # -- 3. clone --------------------------------------------------------------------------
 
+    def large_repo(self) -> LargeRepo:
+        """The repository of incompressible blobs that the clone phases read, built once."""
+        if self._large is None:
+            source = self.workdir / "clone-src.git"
+            started = time.perf_counter()
+            build_large_repo(source, self.settings.clone_mb)
+            build_s = time.perf_counter() - started
+            target, seed_s, bundle_bytes = self.seed_through_proxy("bench/clone.git", source)
+            self._large = LargeRepo(source, target, ref_tips(source), build_s, seed_s, bundle_bytes)
+        return self._large
+
     def clone(self) -> None:
         s = self.settings
-        source = self.workdir / "clone-src.git"
-        started = time.perf_counter()
-        build_large_repo(source, s.clone_mb)
-        build_s = time.perf_counter() - started
-        target, seed_s, bundle_bytes = self.seed_through_proxy("bench/clone.git", source)
-        tips = ref_tips(source)
+        large = self.large_repo()
+        target, tips = large.target, large.tips
+        build_s, seed_s, bundle_bytes = large.build_s, large.seed_s, large.bundle_bytes
         request = upload_pack_request(list(tips.values()))
         sides = self.sides(target)
         rates: dict[str, list[float]] = {name: [] for name in SIDES}
@@ -716,26 +809,33 @@ class Bench:
 
     # -- 4. push --------------------------------------------------------------------------
 
-    def push(self) -> None:
-        s = self.settings
-        source = self.workdir / "push-src"
+    def push_pair(self, name: str) -> tuple[Target, tuple[Side, Side], dict[str, Path]]:
+        """A small repository through the proxy (three replicas) and alone on its primary
+        node, and a work tree of each whose origin is that side over ``git-ssh``."""
+        source = self.workdir / f"{name}-src"
         build_small_repo(source)
-        target, _, _ = self.seed_through_proxy("bench/push.git", source)
+        target, _, _ = self.seed_through_proxy(f"bench/{name}.git", source)
         # One node alone: a repository of its own on the same node, outside the cluster's records.
         alone = shared_pb2.Repository(
-            storage_name=target.node, relative_path="bench-direct/push.git"
+            storage_name=target.node, relative_path=f"bench-direct/{name}.git"
         )
-        self.seed(target.node_address, alone, make_bundle(source, self.workdir / "alone.bundle"))
+        bundle = make_bundle(source, self.workdir / f"{name}-alone.bundle")
+        self.seed(target.node_address, alone, bundle)
         pair = (
             Side("direct", target.node_address, alone),
             Side("proxy", self.proxy_address, target.via_proxy),
         )
         clones: dict[str, Path] = {}
         for side in pair:
-            clones[side.name] = self.workdir / f"push-{side.name}"
+            clones[side.name] = self.workdir / f"{name}-{side.name}"
             git("clone", "-q", str(source), str(clones[side.name]))
             url = f"ssh://{side.address}/{side.repository.relative_path}"
             git("remote", "set-url", "origin", url, cwd=clones[side.name])
+        return target, pair, clones
+
+    def push(self) -> None:
+        s = self.settings
+        target, pair, clones = self.push_pair("push")
         git_samples: dict[str, list[float]] = {side.name: [] for side in pair}
         grpc_samples: dict[str, list[float]] = {side.name: [] for side in pair}
         # Server-side CPU of the gRPC pushes, git children of the nodes included.
@@ -759,17 +859,7 @@ class Bench:
                     meter.start()
                     grpc_samples[side.name].append(self._receive_pack(side, work, old, tag))
                     _add(cpu[side.name], meter.stop())
-        md = self.metadata(target.relative_path)
-        up_to_date = sum(1 for r in md.replicas if r.generation == md.generation)
-        checksums = {
-            r.storage: self._checksum(
-                self.cluster.node(r.storage).address,
-                shared_pb2.Repository(storage_name=r.storage, relative_path=md.replica_path),
-            )
-            for r in md.replicas
-        }
-        if len(set(checksums.values())) != 1:
-            raise RuntimeError(f"replicas differ after the pushes: {checksums}")
+        md, up_to_date = self.replicas_agree(target)
         results: dict[str, Any] = {
             "node": target.node,
             "pushes_per_side_and_method": s.pushes,
@@ -803,26 +893,59 @@ class Bench:
         }
         self.results["push"] = results
 
-    def _push_breakdown(self, primary: str, client: dict[str, list[float]]) -> dict[str, Any]:
-        """Median milliseconds per process for the gRPC pushes, from the cluster's logs."""
-        durations: dict[str, dict[str, float]] = {}
+    def logged_durations(
+        self, marker: str, messages: Sequence[str] = ("rpc finished",)
+    ) -> dict[str, dict[str, list[float]]]:
+        """Milliseconds of each logged request whose correlation id holds ``marker``:
+        by correlation id, then by process (the log file's name)."""
+        durations: dict[str, dict[str, list[float]]] = {}
         for path in self.cluster.logs_dir.glob("*.log"):
             for line in path.read_text(errors="replace").splitlines():
-                if "bench-push-" not in line:
+                if marker not in line:
                     continue
                 try:
                     entry = json.loads(line)
                 except ValueError:
                     continue
-                if "duration_ms" in entry and entry.get("msg") == "rpc finished":
-                    per_push = durations.setdefault(entry.get("correlation_id", ""), {})
-                    per_push[path.stem] = float(entry["duration_ms"])
+                if "duration_ms" in entry and entry.get("msg") in messages:
+                    per = durations.setdefault(entry.get("correlation_id", ""), {})
+                    per.setdefault(path.stem, []).append(float(entry["duration_ms"]))
+        return durations
+
+    def replicas_agree(
+        self, target: Target
+    ) -> tuple[praefect_pb2.GetRepositoryMetadataResponse, int]:
+        """The repository's metadata and how many replicas are up to date; raises
+        unless every replica has the same checksum."""
+        md = self.metadata(target.relative_path)
+        up_to_date = sum(1 for r in md.replicas if r.generation == md.generation)
+        checksums = {
+            r.storage: self._checksum(
+                self.cluster.node(r.storage).address,
+                shared_pb2.Repository(storage_name=r.storage, relative_path=md.replica_path),
+            )
+            for r in md.replicas
+        }
+        if len(set(checksums.values())) != 1:
+            raise RuntimeError(f"replicas differ after the pushes: {checksums}")
+        return md, up_to_date
+
+    def _push_breakdown(
+        self, primary: str, client: dict[str, list[float]], prefix: str = "bench-push-"
+    ) -> dict[str, Any]:
+        """Median milliseconds per process for the pushes, from the cluster's logs."""
+        # The push's own call is the longest line a process logs under its id (the
+        # votes the nodes make while it runs may carry the same id).
+        durations = {
+            cid: {name: max(values) for name, values in per.items()}
+            for cid, per in self.logged_durations(prefix).items()
+        }
 
         def p50(side: str, pick: Callable[[dict[str, float]], float | None]) -> float:
             values = [
                 v
                 for cid, per in durations.items()
-                if cid.startswith(f"bench-push-{side}-") and (v := pick(per)) is not None
+                if cid.startswith(f"{prefix}{side}-") and (v := pick(per)) is not None
             ]
             return round(percentile(values, 50), 1) if values else float("nan")
 
@@ -870,6 +993,201 @@ class Bench:
         stub = repository_pb2_grpc.RepositoryServiceStub(self.channel(address))
         request = repository_pb2.CalculateChecksumRequest(repository=repository)
         return str(stub.CalculateChecksum(request, timeout=30).checksum)
+
+    # -- 5. bulk transfer against git's own speed ------------------------------------------
+
+    def bulk(self) -> None:
+        """Whole clones with the real git CLI three ways, and git pushes to three voting
+        replicas against one node, each against git's own figure in the same run."""
+        s = self.settings
+        load_start = _loadavg()
+        large = self.large_repo()
+        ways = self._clone_ways(large.target)
+        samples: dict[str, list[float]] = {way: [] for way in ways}
+        rates: dict[str, list[float]] = {way: [] for way in ways}
+        servers = self._bulk_servers()
+        meter = CpuMeter(servers, children=True)
+        cpu = {way: dict.fromkeys([*servers, "client"], 0.0) for way in ways}
+        pack_bytes = 0
+        names = list(ways)
+        # Round 0 warms every way (page cache, connections, the nodes' first upload-pack)
+        # and is not counted; the rounds after it rotate the order of the ways.
+        for i in range(s.bulk_rounds + 1):
+            order = names[i % len(names) :] + names[: i % len(names)]
+            for way in order:
+                dest = self.workdir / f"bulk-clone-{way}-{i}.git"
+                correlation = f"bulk-clone-{way}-{i}" if i else f"bulk-warm-up-clone-{way}"
+                meter.start()
+                seconds, client_cpu = self._timed_clone(ways[way], dest, correlation)
+                # The nodes reap their git children just after the last byte went out.
+                time.sleep(0.2)
+                used = meter.stop()
+                size = self._verified_clone(dest, large.tips, way)
+                shutil.rmtree(dest)
+                if i == 0:
+                    continue
+                pack_bytes = size
+                samples[way].append(seconds)
+                rates[way].append(size / seconds / 1e6)
+                _add(cpu[way], {**used, "client": client_cpu})
+        rate = {way: _harmonic(values) for way, values in rates.items()}
+        logged = self._clone_logs(ways)
+        clone_results = {
+            "ways": {way: spec.title for way, spec in ways.items()},
+            "rounds": s.bulk_rounds,
+            "rate": "total bytes / total seconds over the rounds (warm-up round left out)",
+            "mb_per_s": {way: round(value, 1) for way, value in rate.items()},
+            "vs_git": {way: ratio(rate[way], rate["git"]) for way in ways if way != "git"},
+            "samples_mb_per_s": {way: [round(v, 1) for v in vs] for way, vs in rates.items()},
+            "samples_s": {way: [round(v, 3) for v in vs] for way, vs in samples.items()},
+            # Per round: the way's seconds against git's in the same round.
+            "round_vs_git": {
+                way: [round(g / t, 3) for g, t in zip(samples["git"], vs, strict=True)]
+                for way, vs in samples.items()
+                if way != "git"
+            },
+            "cpu_ms_per_clone": {
+                way: _cpu_summary(per, s.bulk_rounds, self._node_names())
+                for way, per in cpu.items()
+            },
+            "logged_ms_p50": logged,
+            "checked": "ref tips equal to the source's and git fsck clean, every clone",
+        }
+        push_results = self._bulk_pushes()
+        self.results["bulk"] = {
+            "pack_mb": round(pack_bytes / 1e6, 1),
+            "refs": len(large.tips),
+            "node": large.target.node,
+            "loadavg_start": load_start,
+            "loadavg_end": _loadavg(),
+            "clone": clone_results,
+            "push": push_results,
+        }
+
+    def _clone_ways(self, target: Target) -> dict[str, CloneWay]:
+        """git's own clone of the primary's replica on disk, and the two front ends."""
+        replica = Path(self.cluster.node(target.node).extra["storage_path"]) / target.replica_path
+        proxy = Side("proxy", self.proxy_address, target.via_proxy)
+        ways = {
+            "git": CloneWay("git clone --no-local of the replica directory", str(replica)),
+            "ssh": CloneWay(
+                "git clone through the proxy with gitquorum git-ssh",
+                f"ssh://{self.proxy_address}/{target.relative_path}",
+                env=_ssh_env(proxy),
+                correlation_env="GITQUORUM_CORRELATION_ID",
+            ),
+        }
+        if self.cluster.http is not None:
+            ways["http"] = CloneWay(
+                "git clone through the HTTP gateway",
+                f"http://{self.cluster.http.address}/{target.relative_path}",
+                correlation_header="X-Request-Id",
+            )
+        return ways
+
+    def _bulk_servers(self) -> dict[str, int]:
+        """Every server process a clone or a push can use (the proxy's workers too)."""
+        proxy = self.cluster.proxies[0].proc.pid
+        servers = {"proxy": proxy}
+        servers |= {f"proxy worker {n}": pid for n, pid in enumerate(_children(proxy), 1)}
+        servers |= {n.name: n.proc.pid for n in self.cluster.nodes}
+        if self.cluster.http is not None:
+            servers["http"] = self.cluster.http.proc.pid
+        servers["etcd"] = self.cluster.etcd.pid
+        return servers
+
+    def _node_names(self) -> list[str]:
+        return [n.name for n in self.cluster.nodes]
+
+    def _timed_clone(self, way: CloneWay, dest: Path, correlation: str) -> tuple[float, float]:
+        """Seconds of one ``git clone``, and the CPU seconds of git and what it ran."""
+        env = dict(way.env)
+        options: list[str] = []
+        if way.correlation_env:
+            env[way.correlation_env] = correlation
+        if way.correlation_header:
+            options = ["-c", f"http.extraHeader={way.correlation_header}: {correlation}"]
+        before = _children_cpu()
+        started = time.perf_counter()
+        git(*options, "clone", "-q", "--bare", "--no-local", way.url, str(dest), env=env)
+        seconds = time.perf_counter() - started
+        return seconds, _children_cpu() - before
+
+    @staticmethod
+    def _verified_clone(dest: Path, tips: dict[str, str], way: str) -> int:
+        """The clone's pack bytes, once its refs and objects are checked."""
+        if ref_tips(dest) != tips:
+            raise RuntimeError(f"bulk clone {way}: refs differ from the source")
+        git("fsck", "--no-progress", "--no-dangling", cwd=dest)
+        packs = list((dest / "objects" / "pack").glob("*.pack"))
+        if len(packs) != 1:
+            raise RuntimeError(f"bulk clone {way}: {len(packs)} packs, expected one")
+        return packs[0].stat().st_size
+
+    def _clone_logs(self, ways: dict[str, CloneWay]) -> dict[str, dict[str, float]]:
+        """Median milliseconds per process and clone, from the cluster's logs: the
+        requests of one HTTP clone are summed, the RPCs of one process too."""
+        durations = self.logged_durations("bulk-clone-", ("rpc finished", "http request"))
+        out: dict[str, dict[str, float]] = {}
+        for way in ways:
+            per_process: dict[str, list[float]] = {}
+            for cid, per in durations.items():
+                if not cid.startswith(f"bulk-clone-{way}-"):
+                    continue
+                for name, values in per.items():
+                    per_process.setdefault(name, []).append(sum(values))
+            out[way] = {
+                name: round(_median(values), 1) for name, values in sorted(per_process.items())
+            }
+        return out
+
+    def _bulk_pushes(self) -> dict[str, Any]:
+        """git push via git-ssh: three voting replicas through the proxy, one node alone."""
+        s = self.settings
+        target, pair, clones = self.push_pair("bulk-push")
+        servers = self._bulk_servers()
+        meter = CpuMeter(servers, children=True)
+        latency: dict[str, list[float]] = {side.name: [] for side in pair}
+        cpu = {side.name: dict.fromkeys([*servers, "client"], 0.0) for side in pair}
+        # Push 0 of each side warms connections and caches and is not counted.
+        for i in range(s.pushes + 1):
+            for side in pair if i % 2 == 0 else pair[::-1]:
+                work = clones[side.name]
+                _commit(work, f"bulk-{i}", s.push_commits)
+                correlation = f"bulk-push-{side.name}-{i}" if i else f"bulk-warm-up-{side.name}"
+                env = {**_ssh_env(side), "GITQUORUM_CORRELATION_ID": correlation}
+                meter.start()
+                before = _children_cpu()
+                started = time.perf_counter()
+                git("push", "-q", "origin", "HEAD:main", cwd=work, env=env)
+                seconds = time.perf_counter() - started
+                client_cpu = _children_cpu() - before
+                time.sleep(0.05)
+                used = meter.stop()
+                if i == 0:
+                    continue
+                latency[side.name].append(seconds)
+                _add(cpu[side.name], {**used, "client": client_cpu})
+        md, up_to_date = self.replicas_agree(target)
+        direct, proxy = Latency.of(latency["direct"]), Latency.of(latency["proxy"])
+        return {
+            "method": "git push via gitquorum git-ssh",
+            "node": target.node,
+            "pushes_per_side": s.pushes,
+            "commits_per_push": s.push_commits,
+            "latency": {"direct": direct.as_dict(), "proxy": proxy.as_dict()},
+            "proxy_vs_direct_p50": ratio(proxy.p50_ms, direct.p50_ms),
+            "proxy_vs_direct_p99": ratio(proxy.p99_ms, direct.p99_ms),
+            "proxy_vs_direct_mean": ratio(proxy.mean_ms, direct.mean_ms),
+            "cpu_ms_per_push": {
+                side: _cpu_summary(per, s.pushes, self._node_names(), primary=target.node)
+                for side, per in cpu.items()
+            },
+            "breakdown_p50_ms": self._push_breakdown(target.node, latency, "bulk-push-"),
+            "generation_after": md.generation,
+            "replicas_up_to_date": f"{up_to_date}/{len(md.replicas)}",
+            "replica_checksums_equal": True,
+        }
 
 
 async def _drive_concurrently(
@@ -1010,6 +1328,49 @@ def _ceiling(cpu: dict[str, float], calls: int) -> float:
     return min(cores / sum(per_call), 1 / max(per_call))
 
 
+def _loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (a pooled proxy's workers)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(word) for word in (task / "children").read_text().split()]
+    return found
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's children that have been waited for: the git
+    commands the benchmark runs and everything they ran."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_summary(
+    per: dict[str, float], count: int, nodes: Sequence[str], primary: str = ""
+) -> dict[str, float]:
+    """Milliseconds per clone or push: client, proxy (workers included), nodes, the rest."""
+
+    def ms(seconds: float) -> float:
+        return round(1e3 * seconds / max(1, count), 1)
+
+    proxy = sum(v for name, v in per.items() if name.startswith("proxy"))
+    out = {"client": ms(per.get("client", 0.0)), "proxy": ms(proxy)}
+    if primary:
+        out["primary node"] = ms(per.get(primary, 0.0))
+        out["other nodes"] = ms(sum(per.get(n, 0.0) for n in nodes if n != primary))
+    else:
+        out["nodes"] = ms(sum(per.get(n, 0.0) for n in nodes))
+    for name in ("http", "etcd"):
+        if name in per:
+            out[name] = ms(per[name])
+    server = sum(v for name, v in per.items() if name != "client")
+    out["servers"] = ms(server)
+    return out
+
+
 def _harmonic(values: Sequence[float]) -> float:
     return len(values) / sum(1 / v for v in values) if values and all(values) else float("nan")
 
@@ -1083,7 +1444,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 )
     headers = ["measurement", *(SIDE_TITLES[name] for name in SIDES), "proxy vs direct"]
     parts = ["### Machine", "", machine_table(report["machine"]), ""]
-    parts += ["### Results", "", markdown_table(headers, rows), ""]
+    if rows:
+        parts += ["### Results", "", markdown_table(headers, rows), ""]
     targets = report["targets"]
     if targets:
         target_rows = [
@@ -1096,6 +1458,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             markdown_table(("target", "goal", "measured", "met"), target_rows),
             "",
         ]
+    parts += _bulk_section(r)
     parts += _floor_section(r)
     parts += _cpu_section(r)
     parts += ["### Details", "", *_details(report), ""]
@@ -1107,6 +1470,118 @@ def render_markdown(report: dict[str, Any]) -> str:
             mine = [(v, f) for f, v in prof["focus"]]
             parts += [markdown_table(("inclusive %", "gitquorum function (file)"), mine), ""]
     return "\n".join(parts)
+
+
+def _bulk_section(r: dict[str, Any]) -> list[str]:
+    """Whole clones and pushes with the real git CLI against git's own figures."""
+    if "bulk" not in r:
+        return []
+    b = r["bulk"]
+    c, p = b["clone"], b["push"]
+    rows: list[Sequence[object]] = []
+    for way, title in c["ways"].items():
+        samples = ", ".join(f"{v}" for v in c["samples_mb_per_s"][way])
+        if way == "git":
+            rows.append((title, c["mb_per_s"][way], samples, "100% (reference)", "", ""))
+            continue
+        share = c["vs_git"][way]
+        rounds = ", ".join(f"{v:.0%}" for v in c["round_vs_git"][way])
+        rows.append(
+            (
+                title,
+                c["mb_per_s"][way],
+                samples,
+                f"{share:.0%} (rounds: {rounds})",
+                f">= {BULK_CLONE_SHARE:.0%}",
+                "yes" if share >= BULK_CLONE_SHARE else "**no**",
+            )
+        )
+    clone_headers = ("clone", "MB/s", "MB/s per round", "vs git", "target", "met")
+    parts = [
+        f"### Bulk transfer against git's own speed ({b['pack_mb']} MB pack, "
+        f"{c['rounds']} rounds after a warm-up, load average {b['loadavg_start']} at the "
+        f"start of the phase, {b['loadavg_end']} at its end)",
+        "",
+        markdown_table(clone_headers, rows),
+        "",
+    ]
+    factor = p["proxy_vs_direct_p50"]
+    push_rows = []
+    for side, title in (("direct", "one node"), ("proxy", "3 voting replicas (proxy)")):
+        lat = p["latency"][side]
+        cells = [title, lat["p50_ms"], lat["p90_ms"], lat["p99_ms"], lat["mean_ms"]]
+        if side == "direct":
+            push_rows.append((*cells, "", "", ""))
+        else:
+            met = "yes" if factor <= BULK_PUSH_FACTOR else "**no**"
+            push_rows.append((*cells, f"{factor:.2f}x", f"<= {BULK_PUSH_FACTOR}x", met))
+    push_headers = (
+        "git push",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "mean ms",
+        "p50 vs one node",
+        "target",
+        "met",
+    )
+    parts += [markdown_table(push_headers, push_rows), ""]
+    cpu_rows: list[Sequence[object]] = []
+    for way, per in c["cpu_ms_per_clone"].items():
+        cpu_rows.append(
+            (
+                f"clone: {c['ways'][way]}",
+                per["client"],
+                per["proxy"],
+                per["nodes"],
+                per.get("http", ""),
+                per.get("etcd", ""),
+                per["servers"],
+            )
+        )
+    for side, per in p["cpu_ms_per_push"].items():
+        nodes = f"{per['primary node']} + {per['other nodes']}"
+        cpu_rows.append(
+            (
+                f"push: {'one node' if side == 'direct' else '3 voting replicas'}",
+                per["client"],
+                per["proxy"],
+                nodes,
+                per.get("http", ""),
+                per.get("etcd", ""),
+                per["servers"],
+            )
+        )
+    cpu_headers = (
+        "CPU ms per clone or push",
+        "client (git, git-ssh)",
+        "proxy",
+        "nodes (git included; push: primary + others)",
+        "HTTP gateway",
+        "etcd",
+        "all servers",
+    )
+    parts += [markdown_table(cpu_headers, cpu_rows), ""]
+    logged = "; ".join(
+        f"{c['ways'][way]}: " + ", ".join(f"{name} {ms}" for name, ms in per.items())
+        for way, per in c["logged_ms_p50"].items()
+        if per
+    )
+    bd = p["breakdown_p50_ms"]
+    parts += [
+        f"- clone, median ms per process from the cluster's logs (summed over a clone's "
+        f"requests): {logged or 'none logged'}",
+        f"- push, p50 ms from the logs: one node alone: client {bd['direct']['client']}, node "
+        f"{bd['direct']['node']}; 3 replicas: client {bd['proxy']['client']}, proxy "
+        f"{bd['proxy']['proxy']}, primary {bd['proxy']['primary']}, slowest secondary "
+        f"{bd['proxy']['slowest_secondary']}",
+        f"- {p['pushes_per_side']} pushes per side of {p['commits_per_push']} commits "
+        f"after a warm-up push; afterwards generation {p['generation_after']}, "
+        f"{p['replicas_up_to_date']} replicas up to date, replica checksums equal; "
+        f"every clone checked: {c['checked']}",
+        "",
+    ]
+    return parts
 
 
 def _floor_section(r: dict[str, Any]) -> list[str]:
@@ -1198,7 +1673,9 @@ def _details(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"- cluster: {c['etcd_members']} etcd member, {c['nodes']} nodes, "
             f"{c['proxies']} proxy, replication factor {c['replication_factor']}, "
-            f"proxy log level {c['proxy_log_level']} "
+            f"proxy log level {c['proxy_log_level']}, "
+            f"proxy workers {c.get('proxy_workers', 1)}, "
+            f"HTTP gateway {'on' if c.get('http_gateway') else 'off'} "
             f"(PROXY_SETTINGS of bench/proxy_bench.py otherwise); started in {c['start_s']} s"
         )
     if "unary" in r:
@@ -1265,6 +1742,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clone-mb", type=int, help="size of the clone repository in MB")
     parser.add_argument("--pushes", type=int, help="pushes per side and method")
     parser.add_argument(
+        "--proxy-workers", type=int, default=1, help="the proxy's worker processes (default 1)"
+    )
+    parser.add_argument(
         "--render", type=Path, metavar="JSON", help="print the markdown of a saved --json report"
     )
     parser.add_argument("--serve-hop", metavar="TARGET", help=argparse.SUPPRESS)
@@ -1277,13 +1757,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--clone-mb must be at least 1")
     if args.pushes is not None and args.pushes < 1:
         parser.error("--pushes must be at least 1")
+    if args.proxy_workers < 1:
+        parser.error("--proxy-workers must be at least 1")
     args.phases = phases
     return args
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     base = Settings.quick() if args.quick else Settings()
-    overrides: dict[str, Any] = {"proxy_log_level": args.proxy_log_level}
+    overrides: dict[str, Any] = {
+        "proxy_log_level": args.proxy_log_level,
+        "proxy_workers": args.proxy_workers,
+    }
     if args.clone_mb:
         overrides["clone_mb"] = args.clone_mb
     if args.pushes:
@@ -1303,16 +1788,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gitquorum-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"machine": machine_info(), "settings": asdict(settings)}
-    bench = Bench(settings, workdir, args.profile, args.profile_native)
+    bench = Bench(settings, workdir, args.profile, args.profile_native, "bulk" in args.phases)
     started = time.perf_counter()
     steps: dict[str, Callable[[], None]] = {
         "unary": bench.unary,
         "throughput": bench.throughput,
         "clone": bench.clone,
         "push": bench.push,
+        "bulk": bench.bulk,
     }
     try:
-        _progress("starting the cluster: etcd, 3 nodes, 1 proxy")
+        gateway = ", HTTP gateway" if bench.gateway else ""
+        _progress(f"starting the cluster: etcd, 3 nodes, 1 proxy{gateway}")
         bench.start()
         for phase in args.phases:
             phase_started = time.perf_counter()

@@ -43,7 +43,8 @@ def correlation_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None
 
 
 # One encoder for every line: ``json.dumps(entry, default=str)`` builds a new one per call.
-_ENCODER = json.JSONEncoder(default=str)
+# A line's fields are flat values, never a cycle: no id bookkeeping per value.
+_ENCODER = json.JSONEncoder(default=str, check_circular=False)
 
 
 class JsonFormatter(logging.Formatter):

@@ -107,6 +107,109 @@ def test_report_renders_every_measured_phase() -> None:
     assert "| test cpu |" in text
 
 
+def test_bulk_phase_and_proxy_workers_are_selectable() -> None:
+    args = proxy_bench.parse_args(["--quick", "--phases", "bulk", "--proxy-workers", "2"])
+    settings = proxy_bench.settings_from(args)
+    assert args.phases == ["bulk"]
+    assert (settings.proxy_workers, settings.bulk_rounds) == (2, 1)
+    full = proxy_bench.settings_from(proxy_bench.parse_args(["--phases", "bulk"]))
+    assert full.clone_mb >= 50 and full.bulk_rounds >= 2 and full.proxy_workers == 1
+    with pytest.raises(SystemExit):
+        proxy_bench.parse_args(["--proxy-workers", "0"])
+
+
+def _bulk_results(ssh_share: float, http_share: float, push_factor: float) -> dict[str, object]:
+    lat = {"count": 3, "p50_ms": 10.0, "p90_ms": 11.0, "p99_ms": 12.0, "mean_ms": 10.5}
+    clone_cpu = {"client": 1.0, "proxy": 2.0, "nodes": 3.0, "http": 4.0, "etcd": 5.0}
+    push_cpu = {"client": 1.0, "proxy": 2.0, "primary node": 3.0, "other nodes": 4.0}
+    ways = {"git": "git's own", "ssh": "through git-ssh", "http": "through the gateway"}
+    return {
+        "bulk": {
+            "pack_mb": 54.5,
+            "loadavg_start": "1.00 1.00 1.00",
+            "loadavg_end": "2.00 2.00 2.00",
+            "clone": {
+                "ways": ways,
+                "rounds": 2,
+                "mb_per_s": {"git": 100.0, "ssh": 100 * ssh_share, "http": 100 * http_share},
+                "vs_git": {"ssh": ssh_share, "http": http_share},
+                "samples_mb_per_s": {way: [1.0, 2.0] for way in ways},
+                "round_vs_git": {"ssh": [ssh_share] * 2, "http": [http_share] * 2},
+                "cpu_ms_per_clone": {way: {**clone_cpu, "servers": 14.0} for way in ways},
+                "logged_ms_p50": {"git": {}, "ssh": {"proxy1": 9.0}, "http": {"http": 8.0}},
+                "checked": "refs and fsck",
+            },
+            "push": {
+                "latency": {"direct": lat, "proxy": lat},
+                "proxy_vs_direct_p50": push_factor,
+                "cpu_ms_per_push": {
+                    "direct": {**push_cpu, "servers": 9.0},
+                    "proxy": {**push_cpu, "servers": 9.0},
+                },
+                "breakdown_p50_ms": {
+                    "direct": {"client": 1.0, "node": 2.0},
+                    "proxy": {"client": 1.0, "proxy": 2.0, "primary": 3.0, "slowest_secondary": 4},
+                },
+                "pushes_per_side": 3,
+                "commits_per_push": 1,
+                "generation_after": 4,
+                "replicas_up_to_date": "3/3",
+            },
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("ssh", "http", "push", "met"),
+    [
+        (0.85, 0.9, 1.3, [True, True, True]),
+        (0.849, 0.9, 1.31, [False, True, False]),
+        (1.2, 0.5, 1.0, [True, False, True]),
+    ],
+)
+def test_bulk_targets_are_judged_against_the_issue_thresholds(
+    ssh: float, http: float, push: float, met: list[bool]
+) -> None:
+    checks = proxy_bench.checks(_bulk_results(ssh, http, push))
+    assert [check.met for check in checks] == met
+    assert "git-ssh" in checks[0].name and "HTTP gateway" in checks[1].name
+
+
+def test_bulk_report_has_targets_and_its_own_tables() -> None:
+    results = _bulk_results(0.5, 0.9, 1.25)
+    report = {
+        "machine": {"nproc": 2},
+        "settings": {},
+        "results": results,
+        "targets": [vars(c) for c in proxy_bench.checks(results)],
+        "total_s": 1.0,
+    }
+    text = proxy_bench.render_markdown(report)
+    # Only the bulk phase ran: no empty table of the other phases.
+    assert "### Results" not in text
+    assert "### Bulk transfer against git's own speed (54.5 MB pack" in text
+    assert (
+        "| through git-ssh | 50.0 | 1.0, 2.0 | 50% (rounds: 50%, 50%) | >= 85% | **no** |" in text
+    )
+    assert (
+        "| through the gateway | 90.0 | 1.0, 2.0 | 90% (rounds: 90%, 90%) | >= 85% | yes |" in text
+    )
+    assert "1.25x | <= 1.3x | yes |" in text
+    assert "push: 3 voting replicas | 1.0 | 2.0 | 3.0 + 4.0 |" in text
+
+
+def test_cpu_summary_counts_the_proxy_workers_with_the_proxy() -> None:
+    used = {"client": 0.1, "proxy": 0.2, "proxy worker 1": 0.3, "node1": 0.4, "node2": 0.5}
+    per = proxy_bench._cpu_summary(used, 2, ["node1", "node2"], primary="node1")
+    assert per == {
+        "client": 50.0,
+        "proxy": 250.0,
+        "primary node": 200.0,
+        "other nodes": 250.0,
+        "servers": 700.0,
+    }
+
+
 def test_read_availability_bench_arguments_and_report() -> None:
     from bench import read_availability_bench as bench
 
@@ -128,3 +231,39 @@ def test_read_availability_bench_arguments_and_report() -> None:
     }
     text = bench.report(results)
     assert "4.00% of accessor RPCs" in text and "0 failed reads: NOT met" in text
+
+
+def test_node_bench_arguments_and_report() -> None:
+    from bench import node_bench
+
+    args = node_bench.parse_args(["--quick", "--only", "FindCommit,GetBlob", "--calls", "9"])
+    assert args.only == ["FindCommit", "GetBlob"]
+    for argv in (["--only", "FindNothing"], ["--calls", "0"]):
+        with pytest.raises(SystemExit):
+            node_bench.parse_args(argv)
+    latency = {"count": 3, "p50_ms": 1.0, "p90_ms": 1.5, "p99_ms": 2.0, "mean_ms": 1.1}
+    echo = {**latency, "p50_ms": 0.5}
+    accessor = {
+        "title": "t",
+        "calls_per_side": 3,
+        "node": latency,
+        "echo": echo,
+        "ratio_p50": 2.0,
+        "ratio_p99": 1.0,
+        "cpu_us_per_call": {"node": 900.0, "node_with_git": 950.0, "echo": 400.0},
+    }
+    report = {
+        "machine": {"nproc": 2},
+        "settings": {},
+        "total_s": 1.0,
+        "results": {
+            "answers": {"FindCommit": {"messages": 1, "bytes": 250}},
+            "accessors": {
+                "FindCommit": {**accessor, "small": True, "met": False},
+                "FindLocalBranches": {**accessor, "small": False, "met": None},
+            },
+        },
+    }
+    text = node_bench.render_markdown(report)
+    assert "| FindCommit | 3 | 1.000 / 2.000 | 0.500 / 2.000 | 2.00 | 1.00 | **missed** |" in text
+    assert "n/a (large answer)" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -89,6 +90,44 @@ async def test_read_matches_git(cache: CatFileCache, template: Path) -> None:
     info, data = await cache.read(repo, b"HEAD:blob.bin")
     assert info.size == BLOB_SIZE
     assert data == (template / "blob.bin").read_bytes()
+
+
+async def test_read_many_answers_each_revision_as_read_does(
+    cache: CatFileCache, template: Path
+) -> None:
+    repo = repo_path(template)
+    revisions = [b"HEAD", MISSING, b"HEAD:blob.bin", b"bad\nname", b"v1.1", b"nope^{commit}"]
+    # Many more than one group of requests: later groups stay in step.
+    revisions += [b"HEAD~1", b"HEAD^{tree}", MISSING] * 3000
+    async with cache.batch(repo) as proc:
+        answers = await proc.read_many(revisions)
+    assert len(answers) == len(revisions)
+    for revision, answer in zip(revisions[:9], answers, strict=False):
+        try:
+            expected = await cache.read(repo, revision)
+        except ObjectNotFound:
+            assert answer is None, revision
+        else:
+            assert answer == expected, revision
+    assert answers[6:] == answers[6:9] * 3000
+    # The process is still in step afterwards.
+    assert (await cache.read(repo, b"HEAD"))[0].oid == rev(template, "HEAD")
+
+
+async def test_read_each_stopped_early_leaves_no_process_out_of_step(
+    cache: CatFileCache, template: Path
+) -> None:
+    repo = repo_path(template)
+    pid = await batch_pid(cache, repo)
+    async with cache.batch(repo) as proc:
+        async with contextlib.aclosing(proc.read_each([b"HEAD", b"HEAD~1", b"HEAD~2"])) as each:
+            first = await anext(each)
+        assert first is not None and first[0].oid == rev(template, "HEAD")
+        assert proc.broken
+    # The next reader gets a process in step (a new one), not HEAD~1's answer.
+    info, _ = await cache.read(repo, b"HEAD^{tree}")
+    assert info.oid == rev(template, "HEAD^{tree}")
+    assert await batch_pid(cache, repo) != pid
 
 
 async def test_info_matches_git(cache: CatFileCache, template: Path) -> None:

@@ -259,3 +259,16 @@ def test_config_args_rejects(bad: str) -> None:
 )
 def test_protocol_env(protocol: str, env: dict[str, str]) -> None:
     assert git.protocol_env(protocol) == env
+
+
+async def test_read_chunks_sends_fuller_messages_than_blob_chunks_by_default() -> None:
+    # Git's streamed output (a clone's pack) goes out in messages of up to
+    # STREAM_CHUNK: every hop pays per message, so fuller ones cost less.
+    assert git.STREAM_CHUNK > git.CHUNK
+    reader = asyncio.StreamReader(limit=git.STREAM_CHUNK * 4)
+    data = os.urandom(git.STREAM_CHUNK + 1000)
+    reader.feed_data(data)
+    reader.feed_eof()
+    chunks = [chunk async for chunk in git.read_chunks(reader)]
+    assert [len(chunk) for chunk in chunks] == [git.STREAM_CHUNK, 1000]
+    assert b"".join(chunks) == data

@@ -198,6 +198,25 @@ def test_signature_type(first_line: bytes, expected: int) -> None:
     assert commit.subject == b"signed" and commit.body == b"signed\n"
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"tree " + b"1" * 40 + b"\nparent " + b"2" * 40 + b"\nauthor A <a@x> 1700000000 +0100\n"
+        b"committer C <c@x> 1700000001 -0500\nencoding latin1\n\nsubject\n\nbody\n",
+        b"tree " + b"1" * 40 + b"\nauthor \ncommitter broken\n\n",
+        b"tree " + b"1" * 40 + b"\nauthor A <a@x> notanumber +0000\ngpgsig -----BEGIN PGP "
+        b"SIGNATURE-----\n line\n\nmsg",
+    ],
+)
+def test_parsing_into_a_field_gives_the_same_message(data: bytes) -> None:
+    """FindLocalBranches parses each commit into its response in place."""
+    alone = gitobjects.parse_commit("3" * 40, data, trailers=True)
+    branch = shared_pb2.Branch(name=b"refs/heads/x")
+    gitobjects.parse_commit("3" * 40, data, trailers=True, into=branch.target_commit)
+    assert branch.target_commit.SerializeToString() == alone.SerializeToString()
+    assert branch.target_commit == alone
+
+
 def test_long_body_is_cut_but_sized() -> None:
     message = b"subject\n\n" + b"x" * 20000 + b"\n"
     commit = gitobjects.parse_commit("0" * 40, _commit_object(b"", message))

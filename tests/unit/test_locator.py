@@ -264,6 +264,44 @@ def test_repository_not_found_and_invalid(locator: StorageLocator, root: Path) -
     assert locator.repository(repo("ok.git")).path == root / "ok.git"
 
 
+def test_a_located_repository_is_judged_again_when_its_directory_changes(
+    locator: StorageLocator, root: Path, tmp_path: Path
+) -> None:
+    # Located once (the verdict is kept), then swapped for a symlink out of the
+    # storage, into the internal directory, or removed: each is seen at once.
+    outside = make_git_dir(tmp_path / "outside.git")
+    (root / INTERNAL_DIR / "tmp").mkdir(parents=True)
+    for target, error in ((outside, "escapes"), (root / INTERNAL_DIR / "tmp", "internal")):
+        real = make_git_dir(root / "group" / "swapped.git")
+        assert locator.repository(repo("group/swapped.git")).path == real
+        os.rename(real, tmp_path / f"moved-{error}.git")
+        real.symlink_to(target)
+        with pytest.raises(InvalidArgument, match=error):
+            locator.repository(repo("group/swapped.git"))
+        real.unlink()
+    # A parent directory swapped for a link out of the storage.
+    make_git_dir(root / "parent" / "p.git")
+    assert locator.repository(repo("parent/p.git")).path == root / "parent" / "p.git"
+    os.rename(root / "parent", tmp_path / "parent-moved")
+    make_git_dir(tmp_path / "elsewhere" / "p.git")
+    (root / "parent").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InvalidArgument, match="escapes"):
+        locator.repository(repo("parent/p.git"))
+    make_git_dir(root / "gone.git")
+    locator.repository(repo("gone.git"))
+    os.rename(root / "gone.git", tmp_path / "gone.git")
+    with pytest.raises(NotFound):
+        locator.repository(repo("gone.git"))
+
+
+def test_the_located_verdicts_are_bounded(root: Path) -> None:
+    locator = StorageLocator({STORAGE: root}, max_located=3)
+    for i in range(5):
+        make_git_dir(root / f"r{i}.git")
+        locator.repository(repo(f"r{i}.git"))
+    assert len(locator._located) == 3
+
+
 def test_locate_does_not_require_existence(locator: StorageLocator, root: Path) -> None:
     located = locator.locate(repo("new/project.git"))
     assert located.path == root / "new" / "project.git"
@@ -373,3 +411,20 @@ def test_plain_alternates_are_not_quoted(locator: StorageLocator, root: Path) ->
     assert env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] == (
         f"{root}/plain.git/objects:{root}/plain.git/objects/x"
     )
+
+
+def test_a_symlinked_repository_is_judged_on_every_call(
+    locator: StorageLocator, root: Path, tmp_path: Path
+) -> None:
+    # The directory a link leads to, moved out of the storage (same inode) and
+    # the link pointed at it there: the address now escapes the storage.
+    real = make_git_dir(root / "real" / "project.git")
+    (root / "alias.git").symlink_to(real)
+    assert locator.repository(repo("alias.git")).path == root / "alias.git"
+    (tmp_path / "out").mkdir()
+    moved = tmp_path / "out" / "project.git"
+    os.rename(real, moved)
+    (root / "alias.git").unlink()
+    (root / "alias.git").symlink_to(moved)
+    with pytest.raises(InvalidArgument, match="escapes"):
+        locator.repository(repo("alias.git"))

@@ -210,9 +210,15 @@ class ProxyHandler(grpc.GenericRpcHandler):
             public=True,
             log_after=True,
         )
-        async with call:
+        call.begin()
+        try:
             with self.admission.gate.enter():
                 return await self._serve_unary(info, request, context, metadata or (), call.fields)
+        except BaseException as exc:
+            await call.fail(exc)
+            raise
+        finally:
+            call.finish()
 
     async def _guarded(
         self, info: MethodInfo, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
@@ -294,6 +300,8 @@ class ProxyHandler(grpc.GenericRpcHandler):
             )
 
         if limiter is None:  # no per-repository limit on this method
+            if info.op is Op.ACCESSOR and info.full_name not in _SPECIAL_ROUTES:
+                return await self._read_unary(call(timeout))  # one frame less
             return await self._unary_route(call(timeout))
         # As in ``_serve``: held until the call (and a mutator's finalizer) is
         # over; the record is looked up once the slot is ours.

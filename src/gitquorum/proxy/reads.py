@@ -172,6 +172,8 @@ class Reader:
         timeout: float | None,
     ) -> bytes:
         """A unary read, awaited: the answer of the first replica that gives one."""
+        if len(candidates) == 1:
+            return await self._alone(candidates[0], payload_for, metadata, timeout)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         outgoing = self.channels.forward_metadata(metadata)
@@ -278,6 +280,32 @@ class Reader:
                     # (the proxy's call is cancelled before the node's own
                     # DEADLINE_EXCEEDED arrives): a timeout strike.
                     self.health.failed(attempt.node, "DEADLINE_EXCEEDED")
+
+    async def _alone(
+        self, node: str, payload_for: PayloadFor, metadata: Metadata, timeout: float | None
+    ) -> bytes:
+        """``unary`` with one replica to go to (a ``primary-only`` read, a
+        repository with one up-to-date replica): nothing to retry on or hedge
+        to, so the same outcome as the general loop without its machinery."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        call = self.channels.unary_unary(node, self.info.full_name)(
+            payload_for(node), metadata=self.channels.forward_metadata(metadata), timeout=timeout
+        )
+        try:
+            response: bytes = await call
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            if not self._movable(node, code, details):
+                self._node_answered(node, code.name)
+            raise self._failure(code, details) from None
+        except BaseException:
+            call.cancel()
+            if _at_deadline(loop, None if timeout is None else started + timeout):
+                self.health.failed(node, "DEADLINE_EXCEEDED")  # as in ``unary``
+            raise
+        self._answered(_Attempt(node, call, started), [], loop.time())
+        return response
 
     def _node_answered(self, node: str, code: str) -> None:
         """A node's own status: an answer, except a timeout (the node said nothing)."""

@@ -46,16 +46,10 @@ class BlobService(blob_pb2_grpc.BlobServiceServicer):
             if blob is None:
                 yield blob_pb2.GetBlobResponse()
                 return
-            message: blob_pb2.GetBlobResponse | None = blob_pb2.GetBlobResponse(
-                size=blob.info.size, oid=blob.info.oid
-            )
-            async for data in blob.chunks:
-                if message is None:
-                    message = blob_pb2.GetBlobResponse()
-                message.data = data
-                yield message
-                message = None
-            if message is not None:
+            first = blob_pb2.GetBlobResponse(size=blob.info.size, oid=blob.info.oid)
+            async for message in gitobjects.data_messages(
+                first, blob.chunks, blob_pb2.GetBlobResponse
+            ):
                 yield message
 
     async def GetBlobs(
@@ -125,12 +119,7 @@ class BlobService(blob_pb2_grpc.BlobServiceServicer):
             if blob is None:
                 yield response
                 return
-            message: blob_pb2.GetBlobsResponse | None = response
-            async for data in blob.chunks:
-                if message is None:
-                    message = blob_pb2.GetBlobsResponse()
-                message.data = data
-                yield message
-                message = None
-            if message is not None:
+            async for message in gitobjects.data_messages(
+                response, blob.chunks, blob_pb2.GetBlobsResponse
+            ):
                 yield message

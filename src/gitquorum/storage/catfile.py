@@ -11,14 +11,18 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from gitquorum.errors import Internal
 from gitquorum.storage import git
 from gitquorum.storage.locator import RepoPath
 
 # SIGKILLed processes exit at once; this only bounds a stuck reaper.
 _REAP_TIMEOUT = 5.0
+# Requests written at once by ``read_many``: far below a pipe's 64 KiB, so
+# writing them never waits for git, which may be blocked writing answers.
+_PIPELINE_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class BatchProcess:
             raise ObjectNotFound(revision.decode(errors="replace"))
         self.process.stdin.write(revision + b"\n")
         await self.process.stdin.drain()
+        return await self._answer(revision)
+
+    async def _answer(self, revision: bytes) -> ObjectInfo:
+        """The header line answering ``revision`` (already written)."""
         line = await self.process.stdout.readline()
         if not line:
             self.broken = True
@@ -67,18 +75,90 @@ class BatchProcess:
 
     async def read(self, revision: bytes) -> tuple[ObjectInfo, bytes]:
         info = await self._header(revision)
+        return info, await self._body(info)
+
+    async def read_many(self, revisions: Sequence[bytes]) -> list[tuple[ObjectInfo, bytes] | None]:
+        """``read`` of each revision (None where it names no object), with the
+        requests written together: one round trip per group instead of one per object."""
+        async with contextlib.aclosing(self.read_each(revisions)) as answers:
+            return [answer async for answer in answers]
+
+    async def read_each(
+        self, revisions: Sequence[bytes]
+    ) -> AsyncGenerator[tuple[ObjectInfo, bytes] | None, None]:
+        """``read_many``'s answers one by one, in order, as they come: the caller
+        works on one while git prepares the next. A caller that stops early must
+        close the generator (``contextlib.aclosing``) before letting the process go:
+        it is then marked out of step."""
+        wanted = [i for i, rev in enumerate(revisions) if b"\n" not in rev and b"\x00" not in rev]
+        position = 0  # index of the next answer to give
+        finished = False
+        try:
+            start = 0
+            while start < len(wanted):
+                # Groups small enough that git's answers never wait on unread requests.
+                end, size = start, 0
+                while end < len(wanted) and (end == start or size < _PIPELINE_BYTES):
+                    size += len(revisions[wanted[end]]) + 1
+                    end += 1
+                group = wanted[start:end]
+                self.process.stdin.write(b"".join(revisions[i] + b"\n" for i in group))
+                await self.process.stdin.drain()
+                for i in group:
+                    while position < i:  # names never asked: no object
+                        yield None
+                        position += 1
+                    try:
+                        info = await self._answer(revisions[i])
+                    except ObjectNotFound as exc:
+                        if self.broken:
+                            raise Internal("cat-file stopped answering") from exc
+                        answer = None
+                    else:
+                        answer = (info, await self._body(info))
+                    yield answer
+                    position += 1
+                start = end
+            while position < len(revisions):
+                yield None
+                position += 1
+            finished = True
+        finally:
+            if not finished:
+                # Stopped between a request and its answer: out of step.
+                self.broken = True
+
+    async def _body(self, info: ObjectInfo) -> bytes:
         try:
             data = await self.process.stdout.readexactly(info.size + 1)
         except asyncio.IncompleteReadError:
             self.broken = True
             raise
-        return info, data[:-1]
+        return data[:-1]
+
+    async def header(self, revision: bytes) -> ObjectInfo:
+        """Ask for an object: its header. Its content must follow, read by
+        ``body`` or ``stream(..., info=)``, before anything else is asked."""
+        return await self._header(revision)
+
+    async def body(self, info: ObjectInfo) -> bytes:
+        """The whole content of the object whose header was just read."""
+        return await self._body(info)
 
     async def stream(
-        self, revision: bytes, limit: int = -1, chunk: int = git.CHUNK
+        self,
+        revision: bytes,
+        limit: int = -1,
+        chunk: int = git.CHUNK,
+        *,
+        info: ObjectInfo | None = None,
     ) -> AsyncIterator[tuple[ObjectInfo, bytes]]:
-        """Yield (info, chunk) pairs; the first pair may carry an empty chunk."""
-        info = await self._header(revision)
+        """Yield (info, chunk) pairs; the first pair may carry an empty chunk.
+
+        ``info``: the header, already read by ``header``.
+        """
+        if info is None:
+            info = await self._header(revision)
         remaining = info.size + 1  # trailing LF
         wanted = info.size if limit < 0 else min(limit, info.size)
         sent = 0
@@ -124,6 +204,14 @@ class CatFileCache:
 
     async def _get(self, repo: RepoPath, mode: str) -> BatchProcess:
         key = (mode, str(repo.path), repo.env)
+        proc = self._procs.get(key)
+        if proc is not None and not proc.broken and proc.process.proc.returncode is None:
+            # A healthy process: no spawn can be under way for this key (a
+            # replacement is removed from the table first), so no lock needed.
+            self._procs.move_to_end(key)
+            proc.users += 1
+            self._evict()
+            return proc
         async with self._spawn_lock:
             proc = self._procs.get(key)
             if proc is not None and (proc.broken or proc.process.proc.returncode is not None):
@@ -194,10 +282,8 @@ class CatFileCache:
             proc.lock.release()
             self._release(proc)
 
-    @contextlib.asynccontextmanager
-    async def batch(self, repo: RepoPath) -> AsyncIterator[BatchProcess]:
-        async with self._use(repo, "batch") as proc:
-            yield proc
+    def batch(self, repo: RepoPath) -> contextlib.AbstractAsyncContextManager[BatchProcess]:
+        return self._use(repo, "batch")
 
     @contextlib.asynccontextmanager
     async def batch_check(self, repo: RepoPath) -> AsyncIterator[BatchCheckProcess]:

@@ -27,13 +27,14 @@ import base64
 import binascii
 import json
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import grpc
 
 from gitquorum.errors import FailedPrecondition, InvalidArgument, NotFound
 from gitquorum.gitaly import commit_pb2, commit_pb2_grpc, shared_pb2
 from gitquorum.storage import git, gitobjects
-from gitquorum.storage.catfile import ObjectNotFound
+from gitquorum.storage.catfile import ObjectInfo, ObjectNotFound
 from gitquorum.storage.context import NodeContext
 from gitquorum.storage.gitobjects import TreeItem
 from gitquorum.storage.locator import RepoPath
@@ -41,6 +42,8 @@ from gitquorum.storage.locator import RepoPath
 # Commits read per cat-file hold (and per ListCommits message: at most ~1 MiB of bodies).
 COMMITS_PER_MESSAGE = 100
 TREE_ENTRIES_PER_MESSAGE = 1000
+# TreeEntry keeps blobs up to this size whole when a ref names their commit.
+KEPT_BLOB_SIZE = 4096
 # Gitaly follows single-subtree chains this many levels deep for flat paths.
 FLAT_PATH_DEPTH = 10
 
@@ -80,6 +83,23 @@ def _decode_page_token(token: str) -> tuple[bytes, bool]:
     except (binascii.Error, ValueError, TypeError, KeyError):
         pass
     return token.encode(errors="surrogateescape"), False
+
+
+def _check_size(info: ObjectInfo, max_size: int) -> None:
+    if max_size > 0 and info.size > max_size:
+        raise FailedPrecondition(
+            f"object size ({info.size}) is bigger than the maximum allowed size ({max_size})"
+        )
+
+
+def _blob_messages(
+    info: ObjectInfo, mode: int, chunks: AsyncIterator[bytes]
+) -> AsyncIterator[commit_pb2.TreeEntryResponse]:
+    """TreeEntry's answer for a blob: the header in the first message, data in chunks."""
+    first = commit_pb2.TreeEntryResponse(
+        type=commit_pb2.TreeEntryResponse.BLOB, oid=info.oid, size=info.size, mode=mode
+    )
+    return gitobjects.data_messages(first, chunks, commit_pb2.TreeEntryResponse)
 
 
 class CommitService(commit_pb2_grpc.CommitServiceServicer):
@@ -191,8 +211,7 @@ class CommitService(commit_pb2_grpc.CommitServiceServicer):
             raise InvalidArgument("negative Limit")
         if request.max_size < 0:
             raise InvalidArgument("negative MaxSize")
-        async with self.node.catfile.batch(repo) as batch:
-            entry = await gitobjects.find_entry(batch, request.revision, request.path)
+        entry, reachable = await self._find_entry(repo, request.revision, request.path)
         if entry is None:
             raise NotFound("tree entry not found")
         if entry.kind == "commit":
@@ -200,11 +219,11 @@ class CommitService(commit_pb2_grpc.CommitServiceServicer):
                 type=commit_pb2.TreeEntryResponse.COMMIT, oid=entry.oid, mode=entry.mode
             )
             return
-        try:
-            info = await self.node.catfile.info(repo, entry.oid.encode())
-        except ObjectNotFound as exc:
-            raise NotFound("tree entry not found") from exc
         if entry.kind == "tree":
+            try:
+                info = await self.node.catfile.info(repo, entry.oid.encode())
+            except ObjectNotFound as exc:
+                raise NotFound("tree entry not found") from exc
             yield commit_pb2.TreeEntryResponse(
                 type=commit_pb2.TreeEntryResponse.TREE,
                 oid=entry.oid,
@@ -212,30 +231,57 @@ class CommitService(commit_pb2_grpc.CommitServiceServicer):
                 mode=entry.mode,
             )
             return
-        if request.max_size > 0 and info.size > request.max_size:
-            raise FailedPrecondition(
-                f"object size ({info.size}) is bigger than the maximum allowed size"
-                f" ({request.max_size})"
-            )
-        first = commit_pb2.TreeEntryResponse(
-            type=commit_pb2.TreeEntryResponse.BLOB, oid=info.oid, size=info.size, mode=entry.mode
-        )
-        length = min(request.limit, info.size) if request.limit > 0 else info.size
-        if length == 0:
-            yield first
+        limit = request.limit if request.limit > 0 else -1
+        # Small blobs of a commit a ref names are kept whole (storage/commitcache.py).
+        key = ("blob", repo.path, entry.oid)
+        kept = self.node.reachable.get(key) if reachable else None
+        if kept is not None:
+            info, data = kept
+            _check_size(info, request.max_size)
+            chunks = gitobjects.chunked(data if limit < 0 else data[:limit])
+            async for message in _blob_messages(info, entry.mode, chunks):
+                yield message
             return
-        async with gitobjects.open_blob(self.node.catfile, repo, info.oid.encode(), length) as blob:
+        if request.max_size > 0:
+            # Judged from the header alone, before the blob is read: once its
+            # body is under way, a refusal would read (or break off) all of it.
+            try:
+                info = await self.node.catfile.info(repo, entry.oid.encode())
+            except ObjectNotFound as exc:
+                raise NotFound("tree entry not found") from exc
+            _check_size(info, request.max_size)
+        # Without max_size, the blob's header tells its size: no separate
+        # batch-check round trip.
+        async with gitobjects.open_blob(self.node.catfile, repo, entry.oid.encode(), limit) as blob:
             if blob is None:
                 raise NotFound("tree entry not found")
-            message: commit_pb2.TreeEntryResponse | None = first
-            async for data in blob.chunks:
-                if message is None:
-                    message = commit_pb2.TreeEntryResponse()
-                message.data = data
+            _check_size(blob.info, request.max_size)
+            keep = reachable and limit < 0 and blob.info.size <= KEPT_BLOB_SIZE
+            parts: list[bytes] = []
+            async for message in _blob_messages(blob.info, entry.mode, blob.chunks):
+                if keep:
+                    parts.append(message.data)
                 yield message
-                message = None
-            if message is not None:
-                yield message
+        if keep:
+            self.node.reachable.put(key, (blob.info, b"".join(parts)))
+
+    async def _find_entry(
+        self, repo: RepoPath, revision: bytes, path: bytes
+    ) -> tuple[TreeItem | None, bool]:
+        """``gitobjects.find_entry``, and whether it was reached through a ref
+        (then it is kept per object)."""
+        answers = self.node.reachable
+        oid = None if repo.env else answers.target(repo.path, revision)
+        key = ("entry", repo.path, oid, path)
+        if oid is not None:
+            known = answers.get(key)
+            if known is not None:
+                return cast(TreeItem, known), True
+        async with self.node.catfile.batch(repo) as batch:
+            entry = await gitobjects.find_entry(batch, revision if oid is None else oid, path)
+        if entry is not None and oid is not None:
+            answers.put(key, entry)
+        return entry, oid is not None
 
     async def CountCommits(
         self, request: commit_pb2.CountCommitsRequest, context: grpc.aio.ServicerContext
@@ -411,10 +457,22 @@ class CommitService(commit_pb2_grpc.CommitServiceServicer):
     ) -> commit_pb2.FindCommitResponse:
         repo = self.node.locator.repository(request.repository)
         gitobjects.validate_revision(request.revision)
+        answers = self.node.reachable
+        # The object a plain ref name points to, read from the files: its
+        # answer never changes (see storage/commitcache.py).
+        oid = None if repo.env else answers.target(repo.path, request.revision)
+        key = ("commit", repo.path, oid, request.trailers)
+        if oid is not None:
+            known = answers.get(key)
+            if known is not None:
+                return cast(commit_pb2.FindCommitResponse, known)
         async with self.node.catfile.batch(repo) as batch:
             commit = await gitobjects.read_commit(
-                batch, request.revision, trailers=request.trailers
+                batch, request.revision if oid is None else oid, trailers=request.trailers
             )
         if commit is None:
             return commit_pb2.FindCommitResponse()
-        return commit_pb2.FindCommitResponse(commit=commit)
+        response = commit_pb2.FindCommitResponse(commit=commit)
+        if oid is not None:
+            answers.put(key, response)
+        return response

@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, TypeVar, cast
 
 from gitquorum.errors import InvalidArgument
 from gitquorum.gitaly import shared_pb2
@@ -119,9 +119,14 @@ def normalize_path(path: bytes) -> bytes | None:
 # --- commits and signatures -------------------------------------------------------------------
 
 
-def parse_author(value: bytes) -> shared_pb2.CommitAuthor:
-    """``Name <email> <seconds> <offset>`` as a CommitAuthor, tolerating damage like Gitaly."""
-    author = shared_pb2.CommitAuthor()
+def parse_author(
+    value: bytes, into: shared_pb2.CommitAuthor | None = None
+) -> shared_pb2.CommitAuthor:
+    """``Name <email> <seconds> <offset>`` as a CommitAuthor, tolerating damage like Gitaly.
+
+    ``into``: fill that (empty) message instead of a new one.
+    """
+    author = shared_pb2.CommitAuthor() if into is None else into
     name, sep, rest = value.partition(b"<")
     author.name = name.removesuffix(b" ")
     if not sep:
@@ -150,9 +155,16 @@ def subject_of(message: bytes) -> bytes:
     return message.split(b"\n", 1)[0].rstrip(b"\r\n")
 
 
-def parse_commit(oid: str, data: bytes, *, trailers: bool = False) -> shared_pb2.GitCommit:
-    """A raw commit object as a GitCommit (see the module docstring for the rules)."""
-    commit = shared_pb2.GitCommit(id=oid)
+def parse_commit(
+    oid: str, data: bytes, *, trailers: bool = False, into: shared_pb2.GitCommit | None = None
+) -> shared_pb2.GitCommit:
+    """A raw commit object as a GitCommit (see the module docstring for the rules).
+
+    ``into``: fill that (empty) message, e.g. a field of a response, instead
+    of building one to copy there.
+    """
+    commit = shared_pb2.GitCommit() if into is None else into
+    commit.id = oid
     # Continuation lines of multi-line headers (gpgsig) start with a space, so
     # the first empty line always ends the header.
     header, _sep, message = data.partition(b"\n\n")
@@ -165,9 +177,9 @@ def parse_commit(oid: str, data: bytes, *, trailers: bool = False) -> shared_pb2
         if key == b"parent":
             commit.parent_ids.append(value.decode(errors="replace"))
         elif key == b"author":
-            commit.author.CopyFrom(parse_author(value))
+            parse_author(value, commit.author)
         elif key == b"committer":
-            commit.committer.CopyFrom(parse_author(value))
+            parse_author(value, commit.committer)
         elif key == b"gpgsig":
             commit.signature_type = _signature_type(value)  # type: ignore[assignment]
         elif key == b"tree":
@@ -457,12 +469,46 @@ async def read_commit(
     return parse_commit(info.oid, data, trailers=trailers)
 
 
+def _commit_names(revisions: Sequence[bytes]) -> list[bytes]:
+    # A name cat-file cannot be given is asked as b"", which names nothing.
+    return [rev + b"^{commit}" if safe_object_name(rev) else b"" for rev in revisions]
+
+
+def _commit_found(answer: tuple[ObjectInfo, bytes] | None) -> tuple[str, bytes] | None:
+    if answer is None or answer[0].type != "commit":
+        return None
+    return answer[0].oid, answer[1]
+
+
+async def read_commit_objects(
+    catfile: CatFileCache, repo: RepoPath, revisions: Sequence[bytes]
+) -> list[tuple[str, bytes] | None]:
+    """(id, raw commit) each revision peels to, or None; under one hold, asked together."""
+    names = _commit_names(revisions)
+    async with catfile.batch(repo) as batch:
+        answers = await batch.read_many([name or b"\n" for name in names])
+    return [_commit_found(answer) for answer in answers]
+
+
+async def each_commit_object(
+    batch: BatchProcess, revisions: Sequence[bytes]
+) -> AsyncGenerator[tuple[str, bytes] | None, None]:
+    """``read_commit_objects`` one by one as git answers (see ``BatchProcess.read_each``);
+    close it (``contextlib.aclosing``) before releasing ``batch``."""
+    names = [name or b"\n" for name in _commit_names(revisions)]
+    async with contextlib.aclosing(batch.read_each(names)) as answers:
+        async for answer in answers:
+            yield _commit_found(answer)
+
+
 async def read_commits(
     catfile: CatFileCache, repo: RepoPath, revisions: Sequence[bytes]
 ) -> list[shared_pb2.GitCommit | None]:
-    """Several commits under one hold of the repository's cat-file process."""
-    async with catfile.batch(repo) as batch:
-        return [await read_commit(batch, rev) for rev in revisions]
+    """Several commits under one hold of the repository's cat-file process, asked together."""
+    return [
+        None if found is None else parse_commit(*found)
+        for found in await read_commit_objects(catfile, repo, revisions)
+    ]
 
 
 async def read_tree(batch: BatchProcess, revision: bytes, path: bytes) -> list[TreeItem] | None:
@@ -522,47 +568,88 @@ async def open_blob(
         yield None
         return
     async with catfile.batch(repo) as batch:
-        # BatchProcess.stream is an async generator; closing it early marks the
-        # process out of step (broken) instead of leaving unread bytes behind.
-        stream = cast(
-            AsyncGenerator[tuple[ObjectInfo, bytes], None], batch.stream(name, limit, chunk)
-        )
         try:
-            first_info, first_chunk = await stream.__anext__()
-        except (ObjectNotFound, StopAsyncIteration):
+            first_info = await batch.header(name)
+        except ObjectNotFound:
             yield None
             return
-        if want is not None and first_info.type != want:
-            # Drain so the process stays in step for the next reader.
-            async for _ in stream:
-                pass
-            yield None
-            return
-        wanted = first_info.size if limit < 0 else min(limit, first_info.size)
-        if wanted <= BUFFERED_BLOB_LIMIT:
-            parts = [first_chunk]
-            async for _info, data in stream:
-                parts.append(data)
-            buffered = b"".join(parts)
+        if first_info.size <= BUFFERED_BLOB_LIMIT:
+            # Small: read in one go, no chunk by chunk loop.
+            data = await batch.body(first_info)
+            if want is not None and first_info.type != want:
+                yield None
+                return
+            buffered = data if limit < 0 else data[:limit]
         else:
-
-            async def held() -> AsyncIterator[bytes]:
-                if first_chunk:
-                    yield first_chunk
-                async for _info, data in stream:
-                    if data:
-                        yield data
-
+            # BatchProcess.stream is an async generator; closing it early marks the
+            # process out of step (broken) instead of leaving unread bytes behind.
+            stream = cast(
+                AsyncGenerator[tuple[ObjectInfo, bytes], None],
+                batch.stream(name, limit, chunk, info=first_info),
+            )
             try:
-                yield BlobRead(first_info, held())
-            finally:
-                # Marks the process broken if the caller stopped before the end,
-                # before the lock is released to the next reader.
-                await stream.aclose()
-            return
+                _info, first_chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                yield None
+                return
+            if want is not None and first_info.type != want:
+                # Drain so the process stays in step for the next reader.
+                async for _ in stream:
+                    pass
+                yield None
+                return
+            wanted = first_info.size if limit < 0 else min(limit, first_info.size)
+            if wanted <= BUFFERED_BLOB_LIMIT:
+                parts = [first_chunk]
+                async for _info, data in stream:
+                    parts.append(data)
+                buffered = b"".join(parts)
+            else:
 
-    async def replay() -> AsyncIterator[bytes]:
-        for offset in range(0, len(buffered), chunk):
-            yield buffered[offset : offset + chunk]
+                async def held() -> AsyncIterator[bytes]:
+                    if first_chunk:
+                        yield first_chunk
+                    async for _info, data in stream:
+                        if data:
+                            yield data
 
-    yield BlobRead(first_info, replay())
+                try:
+                    yield BlobRead(first_info, held())
+                finally:
+                    # Marks the process broken if the caller stopped before the end,
+                    # before the lock is released to the next reader.
+                    await stream.aclose()
+                return
+
+    yield BlobRead(first_info, chunked(buffered, chunk))
+
+
+class _DataMessage(Protocol):
+    data: bytes
+
+
+M = TypeVar("M", bound=_DataMessage)
+
+
+async def data_messages(
+    first: M, chunks: AsyncIterator[bytes], new: Callable[[], M]
+) -> AsyncIterator[M]:
+    """A blob's answer: ``first`` (its header) carries the first chunk, ``new()`` the others.
+
+    ``first`` goes out even when there is no data.
+    """
+    message: M | None = first
+    async for data in chunks:
+        if message is None:
+            message = new()
+        message.data = data
+        yield message
+        message = None
+    if message is not None:
+        yield message
+
+
+async def chunked(data: bytes, chunk: int = git.CHUNK) -> AsyncIterator[bytes]:
+    """``data`` in pieces of at most ``chunk`` bytes (none for empty data)."""
+    for offset in range(0, len(data), chunk):
+        yield data[offset : offset + chunk]

@@ -1,4 +1,4 @@
-"""The node's per-repository concurrency limits, as a server interceptor.
+"""The node's per-repository concurrency limits, around a method's handler.
 
 Mutators and expensive reads (``gitquorum.limits.EXPENSIVE_READS``) of one
 repository share a bounded number of slots; a call over the limit waits in a
@@ -6,8 +6,11 @@ bounded queue, then fails with RESOURCE_EXHAUSTED. The repository is read from
 the request's ``target_repository`` field (the proto annotations), in the
 first message of a client stream, and keyed by storage and relative path.
 
-Install it inside ``ErrorInterceptor`` (after it in the interceptor list), so
-its ResourceExhausted becomes a status and is logged like any other error.
+The node applies ``limited_handler`` to each method once, at start-up,
+inside the finishing layer (``storage.server``), so its ResourceExhausted
+becomes a status and is logged like any other error. ``LimitInterceptor`` does
+the same per call, installed inside ``ErrorInterceptor`` (after it in the
+interceptor list).
 """
 
 from __future__ import annotations
@@ -59,13 +62,26 @@ class LimitInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        info = self.registry.get(handler_call_details.method)
-        if handler is None or info is None or info.op is Op.INTERCEPTED:
+        if handler is None:
             return handler
-        limiter = self.admission.limiter(info.full_name, info.op is Op.MUTATOR)
-        if limiter is None or limiter.limit <= 0:
-            return handler
-        return _limited(handler, info, limiter)
+        return limited_handler(handler, handler_call_details.method, self.admission, self.registry)
+
+
+def limited_handler(
+    handler: grpc.RpcMethodHandler, method: str, admission: Admission, registry: MethodRegistry
+) -> grpc.RpcMethodHandler:
+    """``handler`` under the limit ``method`` is subject to (itself when none).
+
+    Depends on the method alone: the node applies it once per method at
+    start-up, ``LimitInterceptor`` on every call.
+    """
+    info = registry.get(method)
+    if info is None or info.op is Op.INTERCEPTED:
+        return handler
+    limiter = admission.limiter(info.full_name, info.op is Op.MUTATOR)
+    if limiter is None or limiter.limit <= 0:
+        return handler
+    return _limited(handler, info, limiter)
 
 
 def _limited(

@@ -11,6 +11,8 @@ the repository.
 from __future__ import annotations
 
 import os
+import stat
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +58,19 @@ def _inside(root: Path, candidate: Path) -> bool:
 class StorageLocator:
     """Knows the configured storages and validates repository addresses."""
 
-    def __init__(self, storages: dict[str, Path]) -> None:
+    def __init__(self, storages: dict[str, Path], max_located: int = 4096) -> None:
         self.storages = {name: Path(root) for name, root in storages.items()}
+        # Addresses already judged (no quarantine), with the identity of the
+        # directory judged: resolving symlinks takes a system call per path
+        # component, twice, while one lstat tells whether the same directory is
+        # still there (a directory has one real path: same inode, same verdict).
+        # A path that is itself a symlink is judged on every call: the
+        # directory it leads to may be moved out of the storage and the link
+        # pointed at it there, the same inode.
+        self.max_located = max_located
+        self._located: OrderedDict[tuple[str, str], tuple[RepoPath, tuple[int, int]]] = (
+            OrderedDict()
+        )
 
     def storage_root(self, name: str) -> Path:
         if not name:
@@ -78,6 +91,33 @@ class StorageLocator:
         """Validate the address without requiring the repository to exist."""
         if repo is None or (not repo.storage_name and not repo.relative_path):
             raise InvalidArgument("repository not set")
+        if repo.git_object_directory or repo.git_alternate_object_directories:
+            return self._locate(repo)
+        key = (repo.storage_name, repo.relative_path)
+        known = self._located.get(key)
+        if known is not None:
+            located, identity = known
+            try:
+                st = os.lstat(located.path)
+            except OSError:
+                st = None
+            if st is not None and (st.st_dev, st.st_ino) == identity:
+                self._located.move_to_end(key)
+                return located
+            del self._located[key]
+        try:
+            # Before judging: a directory swapped in meanwhile fails the next check.
+            st = os.lstat(self.storages[repo.storage_name] / repo.relative_path)
+        except (KeyError, OSError, ValueError):
+            st = None
+        located = self._locate(repo)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            self._located[key] = (located, (st.st_dev, st.st_ino))
+            if len(self._located) > self.max_located:
+                self._located.popitem(last=False)
+        return located
+
+    def _locate(self, repo: shared_pb2.Repository) -> RepoPath:
         root = self.storage_root(repo.storage_name)
         if not repo.relative_path:
             raise InvalidArgument("repository path not set")
@@ -119,7 +159,7 @@ class StorageLocator:
         # A quarantine directory that is not there makes every git command fail
         # with "not a git repository" (INTERNAL): refuse it as the bad argument
         # it is (found by tests/fuzz/test_proxy_fuzz.py).
-        objects = located.git_env().get("GIT_OBJECT_DIRECTORY")
+        objects = located.git_env().get("GIT_OBJECT_DIRECTORY") if located.env else None
         if objects is not None and not Path(objects).is_dir():
             raise InvalidArgument("object directory does not exist")
         return located
@@ -130,8 +170,10 @@ def is_repository(path: Path) -> bool:
 
 
 def check_repository(path: Path) -> None:
-    if not path.is_dir():
+    # os.path on the string: asked on every call, pathlib's objects cost more than the stats.
+    where = str(path)
+    if not os.path.isdir(where):
         raise NotFound("repository not found")
     for entry in ("objects", "refs", "HEAD"):
-        if not (path / entry).exists():
+        if not os.path.exists(os.path.join(where, entry)):
             raise FailedPrecondition(f'repository not valid: "{entry}" does not exist')

@@ -35,6 +35,7 @@ from gitquorum.storage import gitobjects, refs
 from gitquorum.storage.catfile import ObjectNotFound
 from gitquorum.storage.context import NodeContext
 from gitquorum.storage.locator import RepoPath
+from gitquorum.storage.refread import Unsure
 from gitquorum.storage.refupdate import (
     ZERO_OID,
     RefLockedError,
@@ -116,7 +117,7 @@ class RefService(ref_pb2_grpc.RefServiceServicer):
         if request.head_only:
             name = refs.head_symref(repo) or ""
         else:
-            name = await refs.default_branch(repo)
+            name = await self._default_branch(repo)
         return ref_pb2.FindDefaultBranchNameResponse(name=name.encode(errors="surrogateescape"))
 
     async def FindLocalBranches(
@@ -147,12 +148,17 @@ class RefService(ref_pb2_grpc.RefServiceServicer):
     async def _branches(
         self, repo: RepoPath, batch: list[tuple[bytes, bytes]]
     ) -> ref_pb2.FindLocalBranchesResponse:
-        commits = await gitobjects.read_commits(self.node.catfile, repo, [oid for _, oid in batch])
         response = ref_pb2.FindLocalBranchesResponse()
-        for (name, _oid), commit in zip(batch, commits, strict=True):
-            branch = response.local_branches.add(name=name)
-            if commit is not None:
-                branch.target_commit.CopyFrom(commit)
+        names = iter(name for name, _oid in batch)
+        async with self.node.catfile.batch(repo) as process:
+            # Each commit is parsed while git prepares the next ones.
+            commits = gitobjects.each_commit_object(process, [oid for _name, oid in batch])
+            async with contextlib.aclosing(commits) as found_each:
+                async for found in found_each:
+                    branch = response.local_branches.add(name=next(names))
+                    if found is not None:
+                        # Parsed in place: no commit message built only to be copied.
+                        gitobjects.parse_commit(*found, into=branch.target_commit)
         return response
 
     async def RefExists(
@@ -164,7 +170,51 @@ class RefService(ref_pb2_grpc.RefServiceServicer):
         if not refs.valid_refname(request.ref):
             # A name git could never store cannot exist.
             return ref_pb2.RefExistsResponse(value=False)
-        return ref_pb2.RefExistsResponse(value=await refs.ref_exists(repo, request.ref))
+        exists = await self._resolves(repo, request.ref)
+        if exists is None:
+            exists = await refs.ref_exists(repo, request.ref)
+        return ref_pb2.RefExistsResponse(value=exists)
+
+    async def _resolves(self, repo: RepoPath, ref: bytes, *, to_object: bool = True) -> bool | None:
+        """Whether a well-formed ``ref`` exists (and points to an object), read from the files.
+
+        None when git must say: a symbolic ref, an unusual file, or, with
+        ``to_object``, an object that is not there (``show-ref`` fails on it).
+        """
+        try:
+            oid = self.node.packed_refs.resolve(repo.path, ref)
+        except Unsure:
+            return None
+        if oid is None:
+            return False
+        if not to_object:
+            return True
+        # Found once, an object a ref points to stays (git prunes only unreachable ones).
+        key = ("exists", repo.path, oid)
+        if not repo.env and self.node.reachable.get(key):
+            return True
+        try:
+            await self.node.catfile.info(repo, oid)
+        except ObjectNotFound:
+            return None
+        if not repo.env:
+            self.node.reachable.put(key, True)
+        return True
+
+    async def _default_branch(self, repo: RepoPath) -> str:
+        """``refs.default_branch``, without listing branches when HEAD's branch exists.
+
+        Whatever other branches there are, an existing HEAD branch is the
+        answer ``refs.default_branch`` gives (the only branch, or HEAD's).
+        Existing as ``for-each-ref --format=%(refname)`` lists it: whether
+        its object is there does not matter.
+        """
+        head = refs.head_symref(repo)
+        if head is not None and head.startswith(refs.HEADS):
+            name = head.encode(errors="surrogateescape")
+            if refs.valid_refname(name) and await self._resolves(repo, name, to_object=False):
+                return head
+        return await refs.default_branch(repo)
 
     async def FindBranch(
         self, request: ref_pb2.FindBranchRequest, context: grpc.aio.ServicerContext

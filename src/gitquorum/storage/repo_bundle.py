@@ -154,5 +154,5 @@ async def create_from_bundle(
         await asyncio.to_thread(sync_tree, staged)
         await node.voting.vote(tx, first.repository, digest, PREPARED)
         move_into_place(staged, repo.path)
-    node.catfile.invalidate(str(repo.path))
+    node.forget_repository(repo.path)
     await node.voting.vote(tx, first.repository, digest, COMMITTED)

@@ -104,7 +104,7 @@ async def create_repository(
         await asyncio.to_thread(sync_tree, staged)
         await node.voting.vote(tx, request.repository, digest, PREPARED)
         move_into_place(staged, repo.path)
-    node.catfile.invalidate(str(repo.path))
+    node.forget_repository(repo.path)
     await node.voting.vote(tx, request.repository, digest, COMMITTED)
 
 
@@ -141,7 +141,7 @@ async def remove_repository(
         except FileNotFoundError as exc:
             raise NotFound("repository does not exist") from exc
         try:
-            node.catfile.invalidate(str(repo.path))
+            node.forget_repository(repo.path)
             post = vote_digest(f"post-remove {relative}")
             await node.voting.vote(tx, request.repository, post, COMMITTED)
         finally:

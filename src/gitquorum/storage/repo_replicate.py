@@ -201,7 +201,7 @@ class Replication:
                 # A concurrent replication got there first; the fetch below
                 # brings whichever copy won up to date.
                 pass
-        self.node.catfile.invalidate(str(self.target.path))
+        self.node.forget_repository(self.target.path)
 
     def _ssh_env(self, scratch: Path) -> dict[str, str]:
         env = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,12 @@ from gitquorum.metrics import MetricsServer, RpcMetrics
 from gitquorum.storage import git
 from gitquorum.storage.catfile import CatFileCache
 from gitquorum.storage.context import NodeContext
-from gitquorum.storage.limiter import LimitInterceptor
+from gitquorum.storage.limiter import limited_handler
 from gitquorum.storage.locator import StorageLocator
 from gitquorum.storage.replication_fence import ReplicationFence
 from gitquorum.storage.voting import VoteCoordinator
-from gitquorum.wire.interceptor import ErrorInterceptor
+from gitquorum.wire.finishing import RpcCall, op_label
+from gitquorum.wire.interceptor import finishing_handler
 from gitquorum.wire.options import server_options
 from gitquorum.wire.registry import MethodRegistry
 from gitquorum.worker_pool import SINGLE, WorkerSlot
@@ -172,38 +174,34 @@ class NodeServer(Assembled):
         rpc_metrics = RpcMetrics(self.registry, "node")
         interceptors: list[grpc.aio.ServerInterceptor] = []
         if secrets:
-            # First: a refused call reaches no handler and no other interceptor.
+            # The only interceptor: a refused call reaches no handler, log line or limit.
             self.auth = AuthInterceptor(secrets, HEALTH_METHODS, role="node")
             interceptors.append(self.auth)
         # The op types the proxy routes by: metric labels and per-repository limits.
         registry = MethodRegistry.from_descriptors()
         self.server = grpc.aio.server(
-            # LimitInterceptor inside ErrorInterceptor: its RESOURCE_EXHAUSTED is
-            # mapped and logged like any other error (docs/limits.md).
-            interceptors=[
-                *interceptors,
-                ErrorInterceptor(rpc_metrics, registry),
-                LimitInterceptor(
-                    Admission(
-                        worker_limits(self.config.limits, self.worker.count, self.worker.index),
-                        what="node",
-                    ),
-                    registry,
-                ),
-            ],
+            interceptors=interceptors or None,
             options=server_options(
                 self.config.limits.max_message_size, reuse_port=self.worker.pooled
             ),
         )
         # Without grace: the drain step, above it on the stack, is the graceful part.
         stack.push_async_callback(self.server.stop, 0)
+        wrap = _Finishing(
+            rpc_metrics,
+            registry,
+            Admission(
+                worker_limits(self.config.limits, self.worker.count, self.worker.index),
+                what="node",
+            ),
+        )
         for module_name, class_name, add_name in SERVICES:
             module = importlib.import_module(f"gitquorum.storage.{module_name}")
             servicer = getattr(module, class_name)(self.context)
             grpc_module = importlib.import_module(f"gitquorum.gitaly.{_PB2_GRPC[class_name]}")
-            getattr(grpc_module, add_name)(servicer, self.server)
-        health_servicer = _HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, self.server)
+            getattr(grpc_module, add_name)(servicer, wrap)
+        health_pb2_grpc.add_HealthServicer_to_server(_HealthServicer(), wrap)
+        wrap.register(self.server)
         return self.server
 
     async def _open_metrics(self, stack: contextlib.AsyncExitStack) -> None:
@@ -228,6 +226,67 @@ class NodeServer(Assembled):
         at once when a second signal cancels the drain)."""
         if self.server is not None:
             await self.server.stop(self._grace)
+
+
+class _Finishing:
+    """Takes the place of the server while services register, to wrap each method once.
+
+    Every method handler goes under the RPC-finishing layer (status mapping,
+    log line, metrics) and, inside it, under the method's concurrency limit
+    (``docs/limits.md``): what ``ErrorInterceptor`` and ``LimitInterceptor``
+    would do, decided at start-up instead of on every call. A server with
+    interceptors runs them (and builds new handlers) for each call, which
+    costs a unary read a good part of its latency.
+    """
+
+    def __init__(self, metrics: RpcMetrics, registry: MethodRegistry, admission: Admission) -> None:
+        self.metrics = metrics
+        self.registry = registry
+        self.admission = admission
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+        # Services registered in generic form; each must come in registered form too.
+        self.generic: set[str] = set()
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        """The generic form of what ``add_registered_method_handlers`` registers
+        (generated code calls both): rebuilt from the registered form in
+        ``register``, which refuses a service that only came in this form."""
+        for handler in handlers:
+            service_name = getattr(handler, "service_name", None)
+            if service_name is None:
+                raise TypeError(f"cannot wrap a generic handler without a service: {handler!r}")
+            self.generic.add(service_name())
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.services[service] = {
+            name: self.wrap(f"/{service}/{name}", handler) for name, handler in handlers.items()
+        }
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        limited = limited_handler(handler, method, self.admission, self.registry)
+        op_type = op_label(self.registry.get(method))
+        metrics = self.metrics
+
+        def call(context: grpc.aio.ServicerContext) -> RpcCall:
+            # The log line is written once grpc has the answer to send.
+            return RpcCall(
+                method, op_type, context, context.invocation_metadata(), metrics, log_after=True
+            )
+
+        return finishing_handler(limited, call)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        missing = sorted(self.generic - self.services.keys())
+        if missing:
+            # Served unwrapped (no status mapping, log line, metrics or limit), or not at all.
+            raise TypeError(f"services given only as generic handlers: {', '.join(missing)}")
+        for service, handlers in self.services.items():
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service, handlers),)
+            )
+            server.add_registered_method_handlers(service, handlers)
 
 
 class _HealthServicer(health_pb2_grpc.HealthServicer):

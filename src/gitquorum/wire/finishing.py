@@ -228,8 +228,7 @@ class RpcCall:
         self._started = 0.0
 
     async def __aenter__(self) -> RpcCall:
-        log.correlation_id.set(log.correlation_from_metadata(self.metadata))
-        self._started = time.perf_counter()
+        self.begin()
         return self
 
     async def __aexit__(
@@ -239,26 +238,41 @@ class RpcCall:
         traceback: TracebackType | None,
     ) -> None:
         try:
-            if exc is None or is_abort(exc):
-                return
-            if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                # The client went away (or the drain's grace ran out): the
-                # context still says nothing, which would count it as OK.
-                self._code = "CANCELLED"
-                return
-            status, details = status_of(exc)
-            self._code, self._error = status.name, exc
-            if self.public:
-                shown = public_status(status, details, source_of(exc), log.correlation_id.get())[1]
-                if shown != details:
-                    # What the client no longer reads is on the log line, same id.
-                    self.fields["error_details"] = details
-                details = shown
-            await self.context.abort(status, details)
+            if exc is not None:
+                await self.fail(exc)
         finally:
-            self._finish()
+            self.finish()
 
-    def _finish(self) -> None:
+    # ``begin``, ``fail`` and ``finish`` are the context manager's halves, for a
+    # hot path that spares the two coroutines of ``async with`` (the proxy's
+    # unary calls): ``begin(); try: ... except BaseException as exc: await
+    # fail(exc); raise; finally: finish()``.
+
+    def begin(self) -> None:
+        log.correlation_id.set(log.correlation_from_metadata(self.metadata))
+        self._started = time.perf_counter()
+
+    async def fail(self, exc: BaseException) -> None:
+        """Map ``exc`` to the call's status and abort with it (raises), unless
+        the handler aborted itself or the call was cancelled (returns)."""
+        if is_abort(exc):
+            return
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            # The client went away (or the drain's grace ran out): the
+            # context still says nothing, which would count it as OK.
+            self._code = "CANCELLED"
+            return
+        status, details = status_of(exc)
+        self._code, self._error = status.name, exc
+        if self.public:
+            shown = public_status(status, details, source_of(exc), log.correlation_id.get())[1]
+            if shown != details:
+                # What the client no longer reads is on the log line, same id.
+                self.fields["error_details"] = details
+            details = shown
+        await self.context.abort(status, details)
+
+    def finish(self) -> None:
         code = self._code or _code_name(self.context)
         elapsed = time.perf_counter() - self._started
         if self.metrics is not None:

@@ -96,43 +96,53 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         def call(context: grpc.aio.ServicerContext) -> RpcCall:
             return RpcCall(method, op_type, context, metadata, self.metrics, public=self.public)
 
-        def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with call(context):
-                    return await behavior(_checked(request), context)
+        return finishing_handler(handler, call)
 
-            return wrapper
 
-        def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
-            async def wrapper(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                async with call(context):
-                    async for response in behavior(_checked(request), context):
-                        yield response
+def finishing_handler(
+    handler: grpc.RpcMethodHandler, call: Callable[[grpc.aio.ServicerContext], RpcCall]
+) -> grpc.RpcMethodHandler:
+    """``handler`` with every call inside ``call(context)`` and its request checked.
 
-            return wrapper
+    Built per call by ``ErrorInterceptor``; a server that knows its methods in
+    advance (the node) builds it once per method instead.
+    """
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                unary(handler.unary_unary),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                unary(handler.stream_unary),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                streaming(handler.unary_stream),
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            streaming(handler.stream_stream),
+    def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with call(context):
+                return await behavior(_checked(request), context)
+
+        return wrapper
+
+    def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with call(context):
+                async for response in behavior(_checked(request), context):
+                    yield response
+
+        return wrapper
+
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(handler.unary_unary),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            unary(handler.stream_unary),
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            streaming(handler.unary_stream),
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        streaming(handler.stream_stream),
+        request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )

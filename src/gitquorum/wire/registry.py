@@ -82,7 +82,15 @@ class MethodInfo:
 
     def target_repository(self, request: _message.Message) -> shared_pb2.Repository:
         """The single populated target repository of a (first) request message."""
-        found = [repo for repo in _populated(request, self.target_paths)]
+        paths = self.target_paths
+        if len(paths) == 1 and len(paths[0]) == 1:
+            # Almost every RPC: one top-level ``repository`` field. Looked up
+            # directly, on every call the proxy routes.
+            name = paths[0][0]
+            if not request.HasField(name):
+                raise InvalidArgument("repository not set")
+            return getattr(request, name)  # type: ignore[no-any-return]
+        found = [repo for repo in _populated(request, paths)]
         if not found:
             raise InvalidArgument("repository not set")
         if len(found) > 1:
@@ -91,6 +99,8 @@ class MethodInfo:
 
     def additional_repositories(self, request: _message.Message) -> list[shared_pb2.Repository]:
         """The populated Repository fields of a request besides its target (few RPCs have any)."""
+        if not self.additional_paths:
+            return []
         return list(_populated(request, self.additional_paths))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -446,3 +447,49 @@ async def test_malformed_requests(channel: grpc.aio.Channel) -> None:
     for method in ("GetBlob", "GetBlobs"):
         call = channel.unary_stream(f"/gitaly.BlobService/{method}")(b"\xff\xff\xff\xff")
         assert await status_of(call) == INVALID, method
+
+
+async def test_tree_entry_refuses_a_blob_over_max_size_before_reading_it(
+    channel: grpc.aio.Channel, target: Target, workdir: Path
+) -> None:
+    """A blob larger than max_size is refused from its header: its body is never
+    read, and the repository's cat-file process keeps serving afterwards."""
+    if target.storage_path is None or not target.nodes or target.nodes[0].proc is None:
+        pytest.skip("needs the node's process")
+    source = gitrepo.make_repo(workdir / "big-src", commits=1)
+    size = 9 * 1024 * 1024  # above what is buffered whole
+    (source / "big.bin").write_bytes(os.urandom(size))
+    git("add", "big.bin", cwd=source)
+    git("commit", "-q", "-m", "big", cwd=source)
+    repo = target.repository(f"blob/big-{uuid.uuid4().hex}.git")
+    await gitrepo.seed(channel, repo, source, workdir)
+    path = str(target.disk_path(repo))
+    commits = commit_pb2_grpc.CommitServiceStub(channel)
+    pid = target.nodes[0].proc.pid
+
+    def batch_processes() -> set[int]:
+        return {
+            p
+            for p, c in _git_children(pid).items()
+            if "cat-file --batch" in c and "batch-check" not in c and path in c
+        }
+
+    def entry(name: bytes, **fields: Any) -> Any:
+        request = commit_pb2.TreeEntryRequest(
+            repository=repo, revision=b"HEAD", path=name, **fields
+        )
+        return collect(commits.TreeEntry(request))
+
+    readme = await entry(b"README.md")
+    before = batch_processes()
+    assert len(before) == 1
+    for limit in (0, 1024):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await entry(b"big.bin", limit=limit, max_size=1024 * 1024)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"({size})" in (err.value.details() or "")
+    assert await entry(b"README.md") == readme
+    assert batch_processes() == before
+    # Within max_size the blob is answered as before.
+    limited = await entry(b"big.bin", limit=1024, max_size=size)
+    assert limited[0].size == size and len(b"".join(r.data for r in limited)) == 1024

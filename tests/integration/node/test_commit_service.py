@@ -15,7 +15,15 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gitquorum.gitaly import commit_pb2, commit_pb2_grpc, shared_pb2
+from gitquorum.gitaly import (
+    commit_pb2,
+    commit_pb2_grpc,
+    ref_pb2,
+    ref_pb2_grpc,
+    repository_pb2,
+    repository_pb2_grpc,
+    shared_pb2,
+)
 from tests.conftest import Target
 from tests.harness import gitrepo
 from tests.harness.gitrepo import git
@@ -547,6 +555,131 @@ async def test_tree_entry_binary_is_chunked(stub: Any, seeded: Seeded) -> None:
         )
     )
     assert fits[0].type == commit_pb2.TreeEntryResponse.BLOB
+
+
+async def test_tree_entry_of_a_kept_small_blob_honours_limit_and_max_size(
+    stub: Any, seeded: Seeded
+) -> None:
+    """A small blob of a commit a ref names is kept whole after its first read:
+    later calls, limits and size checks answer from it exactly as from git."""
+    repo, path = seeded
+    data = disk(path, "cat-file", "blob", "main:README.md")
+    assert 10 < len(data) <= 4096
+    oid = disk(path, "rev-parse", "main:README.md").strip().decode()
+
+    async def entry(**fields: Any) -> list[commit_pb2.TreeEntryResponse]:
+        request = commit_pb2.TreeEntryRequest(
+            repository=repo, revision=b"main", path=b"README.md", **fields
+        )
+        return await collect(stub.TreeEntry(request))
+
+    for _ in range(2):
+        whole = await entry()
+        assert b"".join(r.data for r in whole) == data
+        assert (whole[0].oid, whole[0].size, whole[0].mode) == (oid, len(data), 0o100644)
+        limited = await entry(limit=5)
+        assert b"".join(r.data for r in limited) == data[:5] and limited[0].size == len(data)
+        assert await status_of(entry(max_size=len(data) - 1)) == grpc.StatusCode.FAILED_PRECONDITION
+        assert b"".join(r.data for r in await entry(max_size=len(data))) == data
+
+
+@pytest.mark.parametrize("replace_first", [True, False], ids=["replaced-before", "replaced-after"])
+async def test_replace_refs_do_not_change_what_objects_read_as(
+    stub: Any,
+    channel: grpc.aio.Channel,
+    target: Target,
+    source: Path,
+    workdir: Path,
+    replace_first: bool,
+) -> None:
+    """Answers are kept per object id, and an object id names one content: the
+    node ignores ``refs/replace/*`` (which clients can push), whether the
+    replace ref appears after answers were kept or before anything was read."""
+    if target.cluster is not None:
+        pytest.skip("changes one replica's files directly")
+    repo = target.repository(f"commit/replace-{uuid.uuid4().hex}.git")
+    await gitrepo.seed(channel, repo, source, workdir)
+    path = _disk(target, repo)
+    commit = disk(path, "rev-parse", "main").strip().decode()
+    blob = disk(path, "rev-parse", "main:README.md").strip().decode()
+    expected = expected_commit(path, "main")
+    readme = disk(path, "cat-file", "blob", blob)
+
+    def replace() -> None:
+        for name, other in ((commit, "main~1"), (blob, "main:docs/guide.md")):
+            git("replace", name, disk(path, "rev-parse", other).strip().decode(), cwd=path)
+        # A git honouring replace refs now reads something else.
+        assert disk(path, "rev-parse", "main^{tree}") != disk(
+            path, "--no-replace-objects", "rev-parse", "main^{tree}"
+        )
+
+    async def check() -> None:
+        for revision in (b"main", commit.encode()):
+            request = commit_pb2.FindCommitRequest(repository=repo, revision=revision)
+            assert (await stub.FindCommit(request)).commit == expected, revision
+        request = commit_pb2.TreeEntryRequest(repository=repo, revision=b"main", path=b"README.md")
+        entry = await collect(stub.TreeEntry(request))
+        assert entry[0].oid == blob and b"".join(r.data for r in entry) == readme
+
+    if replace_first:
+        replace()
+    # Answers kept, cat-file processes started.
+    await check()
+    if not replace_first:
+        replace()
+    await check()
+
+
+async def test_a_repository_replaced_at_the_same_path_answers_anew(
+    stub: Any, channel: grpc.aio.Channel, target: Target, source: Path, workdir: Path
+) -> None:
+    """Removed and created again with another history at the same path (what a
+    repair does): nothing kept from the old repository answers for the new one."""
+    repo = target.repository(f"commit/replaced-{uuid.uuid4().hex}.git")
+    refs_stub = ref_pb2_grpc.RefServiceStub(channel)
+    ghost = b"refs/heads/ghost"
+
+    async def answers() -> tuple[str, bytes, bool]:
+        found = await stub.FindCommit(
+            commit_pb2.FindCommitRequest(repository=repo, revision=b"main")
+        )
+        entry = await collect(
+            stub.TreeEntry(
+                commit_pb2.TreeEntryRequest(repository=repo, revision=b"main", path=b"README.md")
+            )
+        )
+        exists = await refs_stub.RefExists(
+            ref_pb2.RefExistsRequest(repository=repo, ref=b"refs/heads/feature")
+        )
+        return found.commit.id, b"".join(r.data for r in entry), exists.value
+
+    await gitrepo.seed(channel, repo, source, workdir)
+    path = _disk(target, repo)
+    old_main = disk(path, "rev-parse", "main").strip().decode()
+    assert await answers() == (old_main, disk(path, "show", "main:README.md"), True)
+    if target.cluster is None:
+        git("update-ref", ghost.decode(), old_main, cwd=path)
+        assert (
+            await refs_stub.RefExists(ref_pb2.RefExistsRequest(repository=repo, ref=ghost))
+        ).value
+
+    await repository_pb2_grpc.RepositoryServiceStub(channel).RemoveRepository(
+        repository_pb2.RemoveRepositoryRequest(repository=repo)
+    )
+    other = gitrepo.make_repo(workdir / "other", commits=2, branches=(), tags=(), annotated_tags=())
+    (other / "README.md").write_text("another history\n")
+    git("commit", "-q", "-am", "another history", cwd=other)
+    await gitrepo.seed(channel, repo, other, workdir)
+    path = _disk(target, repo)
+    new_main = disk(path, "rev-parse", "main").strip().decode()
+    assert new_main != old_main
+    assert await answers() == (new_main, b"another history\n", False)
+    if target.cluster is None:
+        # The same ref to an object this repository does not have: git's
+        # answer (an error), not the one kept for the old repository.
+        (path / ghost.decode()).write_text(old_main + "\n")
+        request = ref_pb2.RefExistsRequest(repository=repo, ref=ghost)
+        assert await status_of(refs_stub.RefExists(request)) == grpc.StatusCode.INTERNAL
 
 
 async def test_tree_entry_tree_and_submodule(stub: Any, seeded: Seeded) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -13,6 +14,8 @@ import grpc
 import pytest
 
 from gitquorum.gitaly import (
+    commit_pb2,
+    commit_pb2_grpc,
     ref_pb2,
     ref_pb2_grpc,
     shared_pb2,
@@ -346,6 +349,172 @@ async def test_ref_exists(stub: Any, seeded: Seeded) -> None:
             await status_of(stub.RefExists(ref_pb2.RefExistsRequest(repository=repo, ref=ref)))
             == INVALID
         )
+
+
+async def test_ref_exists_in_a_reftable_repository_is_gits_answer(stub: Any, fresh: Seeded) -> None:
+    """In a reftable repository ``refs/heads`` is a file and no loose ref exists:
+    that says nothing about the refs, so git answers, not the files."""
+    if THROUGH_PROXY:
+        pytest.skip("changes one replica's files directly")
+    repo, path = fresh
+    ref = b"refs/heads/main"
+    request = ref_pb2.RefExistsRequest(repository=repo, ref=ref)
+    assert (await stub.RefExists(request)).value is True
+    # The layout of a reftable repository (the refs themselves live in reftable/).
+    disk(path, "config", "core.repositoryformatversion", "1")
+    disk(path, "config", "extensions.refStorage", "reftable")
+    shutil.rmtree(path / "refs" / "heads")
+    (path / "refs" / "heads").write_bytes(b"this repository uses the reftable format\n")
+    (path / "packed-refs").unlink(missing_ok=True)
+    (path / "reftable").mkdir()
+    (path / "reftable" / "tables.list").write_bytes(b"")
+    rc = disk_rc(path, "show-ref", "--verify", "--quiet", ref.decode())
+    if rc in (0, 1):
+        assert (await stub.RefExists(request)).value is (rc == 0)
+    else:
+        # A git that cannot read the repository: an error, never "no such ref".
+        assert await status_of(stub.RefExists(request)) == grpc.StatusCode.INTERNAL
+
+
+async def test_ref_exists_with_a_large_packed_refs_is_gits_answer(stub: Any, fresh: Seeded) -> None:
+    """A packed-refs too large to parse on the node is left to git: same answers."""
+    if THROUGH_PROXY:
+        pytest.skip("changes one replica's files directly")
+    repo, path = fresh
+    disk(path, "pack-refs", "--all")
+    main = disk(path, "rev-parse", "refs/heads/main").strip().decode()
+    many = "".join(f"{main} refs/heads/many/{i:06}\n" for i in range(25_000))
+    (path / "packed-refs").write_text((path / "packed-refs").read_text() + many)
+    assert (path / "packed-refs").stat().st_size > 1024 * 1024
+    for ref in (b"refs/heads/many/024999", b"refs/heads/main", b"refs/heads/many/nope"):
+        expected = disk_rc(path, "show-ref", "--verify", "--quiet", ref.decode()) == 0
+        response = await stub.RefExists(ref_pb2.RefExistsRequest(repository=repo, ref=ref))
+        assert response.value is expected, ref
+
+
+async def test_ref_exists_follows_the_refs_as_they_change(stub: Any, fresh: Seeded) -> None:
+    """RefExists reads refs from the files (packed-refs kept parsed): every
+    change between two calls shows, and what git alone reads is git's answer."""
+    if THROUGH_PROXY:
+        pytest.skip("changes one replica's files directly")
+    repo, path = fresh
+
+    async def exists(ref: bytes) -> bool:
+        return bool(
+            (await stub.RefExists(ref_pb2.RefExistsRequest(repository=repo, ref=ref))).value
+        )
+
+    def git_says(ref: bytes) -> bool:
+        return disk_rc(path, "show-ref", "--verify", "--quiet", ref.decode()) == 0
+
+    main = disk(path, "rev-parse", "refs/heads/main").strip().decode()
+    new = b"refs/heads/new"
+    assert await exists(new) is False
+    disk(path, "update-ref", new.decode(), main)
+    assert await exists(new) is True
+    disk(path, "pack-refs", "--all")
+    assert not (path / new.decode()).exists()
+    assert await exists(new) is True
+    disk(path, "update-ref", "-d", new.decode())
+    assert await exists(new) is False
+    disk(path, "update-ref", new.decode(), main)
+    disk(path, "pack-refs", "--all")
+    assert await exists(new) is True
+    # Symbolic refs, whole or dangling: what show-ref says.
+    disk(path, "symbolic-ref", "refs/heads/alias", "refs/heads/main")
+    disk(path, "symbolic-ref", "refs/heads/dangling", "refs/heads/nowhere")
+    assert await exists(b"refs/heads/alias") is git_says(b"refs/heads/alias") is True
+    assert await exists(b"refs/heads/dangling") is git_says(b"refs/heads/dangling") is False
+    # A ref to an object that is not there: show-ref fails, and so does the call.
+    (path / "refs" / "heads" / "broken").write_text("0123456789abcdef0123456789abcdef01234567\n")
+    assert disk_rc(path, "show-ref", "--verify", "--quiet", "refs/heads/broken") not in (0, 1)
+    assert (
+        await status_of(
+            stub.RefExists(ref_pb2.RefExistsRequest(repository=repo, ref=b"refs/heads/broken"))
+        )
+        == grpc.StatusCode.INTERNAL
+    )
+
+
+async def test_reads_follow_a_ref_updated_between_two_calls(
+    stub: Any, fresh: Seeded, channel: grpc.aio.Channel
+) -> None:
+    """The node's long-lived readers (cat-file, the parsed packed-refs, answers
+    kept per object) see a ref move at once: FindCommit, TreeEntry, RefExists
+    and FindLocalBranches answer anew."""
+    repo, path = fresh
+    commits = commit_pb2_grpc.CommitServiceStub(channel)
+    main = disk(path, "rev-parse", "refs/heads/main").strip().decode()
+    parent = disk(path, "rev-parse", "refs/heads/main~1").strip().decode()
+
+    async def find(revision: bytes) -> str:
+        request = commit_pb2.FindCommitRequest(repository=repo, revision=revision)
+        return str((await commits.FindCommit(request)).commit.id)
+
+    async def branch_target(name: bytes) -> str:
+        request = ref_pb2.FindLocalBranchesRequest(repository=repo)
+        for response in await collect(stub.FindLocalBranches(request)):
+            for branch in response.local_branches:
+                if branch.name == name:
+                    return str(branch.target_commit.id)
+        return ""
+
+    async def readme(revision: bytes) -> bytes:
+        request = commit_pb2.TreeEntryRequest(repository=repo, revision=revision, path=b"README.md")
+        return b"".join(r.data for r in await collect(commits.TreeEntry(request)))
+
+    def readme_at(commit: str) -> bytes:
+        return disk(path, "cat-file", "blob", f"{commit}:README.md")
+
+    assert readme_at(main) != readme_at(parent)
+    assert await find(b"main") == await branch_target(b"refs/heads/main") == main
+    assert await readme(b"main") == readme_at(main)
+    await stub.UpdateReferences(updates_stream(repo, [("refs/heads/main", main, parent)]))
+    assert await find(b"main") == await branch_target(b"refs/heads/main") == parent
+    assert await readme(b"main") == readme_at(parent)
+    request = ref_pb2.RefExistsRequest(repository=repo, ref=b"refs/heads/later")
+    assert not (await stub.RefExists(request)).value
+    await stub.UpdateReferences(updates_stream(repo, [("refs/heads/later", ZERO, main)]))
+    assert (await stub.RefExists(request)).value
+    assert await find(b"later") == main
+    await stub.DeleteRefs(ref_pb2.DeleteRefsRequest(repository=repo, refs=[b"refs/heads/later"]))
+    assert not (await stub.RefExists(request)).value
+    assert await find(b"later") == ""
+
+
+async def test_default_branch_follows_head_and_its_branch(stub: Any, fresh: Seeded) -> None:
+    """HEAD's branch, read from the files, is the answer while it exists, however
+    it is stored; otherwise the branch listing decides, as before."""
+    if THROUGH_PROXY:
+        pytest.skip("changes one replica's files directly")
+    repo, path = fresh
+
+    async def default() -> bytes:
+        request = ref_pb2.FindDefaultBranchNameRequest(repository=repo)
+        return bytes((await stub.FindDefaultBranchName(request)).name)
+
+    assert await default() == b"refs/heads/main"
+    disk(path, "symbolic-ref", "HEAD", "refs/heads/dev")
+    assert await default() == b"refs/heads/dev"
+    disk(path, "pack-refs", "--all")
+    assert await default() == b"refs/heads/dev"
+    main = disk(path, "rev-parse", "refs/heads/main").strip().decode()
+    disk(path, "update-ref", "-d", "refs/heads/dev")
+    assert await default() == b"refs/heads/main"
+    disk(path, "update-ref", "refs/heads/dev", main)
+    assert await default() == b"refs/heads/dev"
+    # HEAD's branch pointing at no object: for-each-ref lists its name all the same.
+    (path / "refs" / "heads" / "dev").write_text("0123456789abcdef0123456789abcdef01234567\n")
+    assert (
+        disk(path, "for-each-ref", "--format=%(refname)", "refs/heads/dev") == b"refs/heads/dev\n"
+    )
+    assert await default() == b"refs/heads/dev"
+    # HEAD's branch holding what git calls broken: skipped by the listing, so main.
+    (path / "refs" / "heads" / "dev").write_text("not an object id\n")
+    assert await default() == b"refs/heads/main"
+    # HEAD's branch a symbolic ref: listed by for-each-ref, so HEAD's.
+    disk(path, "symbolic-ref", "refs/heads/dev", "refs/heads/feature")
+    assert await default() == b"refs/heads/dev"
 
 
 # --- ListRefs ------------------------------------------------------------------------------------
