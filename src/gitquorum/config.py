@@ -541,7 +541,7 @@ class ProxyConfig:
     tls: TlsSettings = TlsSettings()
     node_tls: TlsSettings | None = None
     # Processes serving the one listen address (SO_REUSEPORT); 1: one process.
-    # A configuration file without it gets default_workers() (docs/workers.md).
+    # Absent means 1; `workers: auto` gets auto_workers() (docs/workers.md).
     workers: int = 1
 
 
@@ -708,7 +708,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
             listener=True,
         ),
         # Present (even empty: the system's roots verify the nodes) means TLS to every node.
-        workers=reader.integer(top, "workers", "", default_workers(limits), 1),
+        workers=_proxy_workers(reader, top, limits),
         node_tls=None
         if top.get("node_tls") is None
         else _tls(
@@ -734,15 +734,34 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers(limits: LimitsConfig) -> int:
-    """``workers`` when the file does not say: one process per usable core.
+def auto_workers(limits: LimitsConfig) -> int:
+    """``workers: auto``: one process per usable core, within the limits' shares.
 
-    No more than the smallest non-zero per-repository concurrency limit, since
-    each worker enforces its share of it and a share must be 1 at least: a
-    configuration valid before workers existed stays valid.
+    No more than the smallest non-zero per-repository concurrency limit, nor
+    than a non-zero ``max_queued``, since each worker enforces its share of
+    them and a share must be 1 at least (a share of 0 would mean "no limit"
+    for a concurrency limit, "never queue" for the queue).
     """
-    caps = [v for v in (limits.mutator_concurrency, limits.read_concurrency) if v > 0]
+    caps = [
+        v for v in (limits.mutator_concurrency, limits.read_concurrency, limits.max_queued) if v > 0
+    ]
     return max(1, min([usable_cores(), *caps]))
+
+
+def _proxy_workers(reader: _Reader, top: dict[str, Any], limits: LimitsConfig) -> int:
+    """Absent means 1, as before workers existed; ``auto`` is the opt-in to one per core.
+
+    Not one per core by default: on an upgrade that would silently move the
+    votes to per-worker ports (docs/workers.md), turn the per-repository
+    limits into per-worker shares and change which ports must be open.
+    """
+    if top.get("workers") == "auto":
+        return auto_workers(limits)
+    value = top.get("workers", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        reader.problem("workers", 'expected an integer >= 1 or "auto"')
+        return 1
+    return value
 
 
 def _check_worker_limits(reader: _Reader, workers: int, limits: LimitsConfig) -> None:

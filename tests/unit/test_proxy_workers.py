@@ -15,7 +15,7 @@ from gitquorum.cli import main as cli_main
 from gitquorum.config import (
     ConfigError,
     LimitsConfig,
-    default_workers,
+    auto_workers,
     node_config_from_dict,
     proxy_config_from_dict,
     usable_cores,
@@ -28,17 +28,24 @@ from gitquorum.worker_pool import WorkerSlot, join_address, reserve_address
 from tests.unit.test_config import GOOD_NODE, GOOD_PROXY
 
 
-def test_one_worker_per_usable_core_by_default() -> None:
+def test_one_worker_when_the_file_does_not_say() -> None:
+    """Absent is 1, as before workers existed: votes, limits and ports unchanged on upgrade."""
     assert "workers" not in GOOD_PROXY
-    assert proxy_config_from_dict(dict(GOOD_PROXY)).workers == len(os.sched_getaffinity(0))
+    assert proxy_config_from_dict(dict(GOOD_PROXY)).workers == 1
 
 
-def test_the_default_follows_the_cpu_affinity() -> None:
+def test_auto_is_one_worker_per_usable_core() -> None:
+    unlimited = {"mutator_concurrency": 0, "read_concurrency": 0, "max_queued": 0}
+    config = proxy_config_from_dict({**GOOD_PROXY, "workers": "auto", "limits": unlimited})
+    assert config.workers == len(os.sched_getaffinity(0)) == usable_cores()
+
+
+def test_auto_follows_the_cpu_affinity() -> None:
     """A proxy started under ``taskset -c 0`` may use one core: one worker."""
     code = (
         "from gitquorum.config import proxy_config_from_dict; "
         "from tests.unit.test_config import GOOD_NODE, GOOD_PROXY; "
-        "print(proxy_config_from_dict(dict(GOOD_PROXY)).workers)"
+        "print(proxy_config_from_dict({**GOOD_PROXY, 'workers': 'auto'}).workers)"
     )
     done = subprocess.run(
         ["taskset", "-c", "0", sys.executable, "-c", code],
@@ -50,14 +57,30 @@ def test_the_default_follows_the_cpu_affinity() -> None:
     assert done.stdout.strip() == "1", done.stderr
 
 
-def test_the_default_stays_within_the_smallest_concurrency_limit() -> None:
-    """A file valid before workers existed stays valid: every worker gets a share of 1 at least."""
-    data = {**GOOD_PROXY, "limits": {"mutator_concurrency": 1, "read_concurrency": 8}}
-    config = proxy_config_from_dict(data)
-    assert config.workers == 1
-    assert default_workers(config.limits) == 1
-    unlimited = LimitsConfig(mutator_concurrency=0, read_concurrency=0)
-    assert default_workers(unlimited) == usable_cores()
+def test_auto_stays_within_the_smallest_limit() -> None:
+    """Every worker gets a share of 1 at least of each limit, the queue included."""
+    data = {**GOOD_PROXY, "workers": "auto", "limits": {"mutator_concurrency": 1}}
+    assert proxy_config_from_dict(data).workers == 1
+    assert auto_workers(LimitsConfig(mutator_concurrency=1, read_concurrency=8)) == 1
+    assert auto_workers(LimitsConfig(mutator_concurrency=0, read_concurrency=0, max_queued=1)) == 1
+    unlimited = LimitsConfig(mutator_concurrency=0, read_concurrency=0, max_queued=0)
+    assert auto_workers(unlimited) == usable_cores()
+
+
+def test_auto_is_capped_by_a_max_queued_share_of_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gitquorum.config.usable_cores", lambda: 8)
+    limits = {"mutator_concurrency": 0, "read_concurrency": 0, "max_queued": 3}
+    config = proxy_config_from_dict({**GOOD_PROXY, "workers": "auto", "limits": limits})
+    assert config.workers == 3
+    assert all(worker_limits(config.limits, 3, i).max_queued >= 1 for i in range(3))
+
+
+def test_config_validate_accepts_auto(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump({**GOOD_PROXY, "workers": "auto"}))
+    with pytest.raises(SystemExit) as exited:
+        cli_main.main(["config", "validate", "--kind", "proxy", str(path)])
+    assert exited.value.code in (0, None), capsys.readouterr()
 
 
 def test_one_worker_when_the_file_says_so() -> None:
