@@ -8,15 +8,21 @@ merges them into what one process would have reported:
 * counters, histograms and summaries are summed series by series (same name,
   same labels): the server's totals, under the names and labels a single
   process exports, so rules and dashboards read a pooled server unchanged;
-* gauges are state, not sums: each series is taken from the lowest-numbered
-  worker that reports it (worker 0 is the one that runs what is single per
-  server, such as a proxy's leader tasks and cluster gauges), except the
-  names given as ``worst`` (the largest value wins: e.g. the age of the
-  oldest cache among the workers) and ``*_created`` timestamps (the earliest).
+* gauges are state, not sums: each series is taken from worker 0 (the one
+  that runs what is single per server, such as a proxy's leader tasks and
+  cluster gauges) and from no other worker, except the names given as
+  ``worst`` (the largest value among the workers wins: e.g. the age of the
+  oldest cache) and ``*_created`` timestamps (the earliest).
+
+A worker whose page cannot be read at a scrape is merged from its last page
+that could be: without it its counters would drop out of the sums, which
+Prometheus takes for a reset (and then counts everything again), and a
+gauge taken from another worker would say something else (the leader gauge
+of a worker that never leads) or vanish (resetting an alert's ``for:``).
 
 Two series per worker tell the workers apart: ``gitquorum_worker_up`` (its
-page was read) and ``gitquorum_worker_rpc_requests_total`` (the RPCs it
-handled), so one scrape also shows how the kernel spread the clients.
+page was read at this scrape) and ``gitquorum_worker_rpc_requests_total`` (the
+RPCs it handled), so one scrape also shows how the kernel spread the clients.
 
 prometheus-client's multiprocess mode was not taken: it needs a shared
 directory of memory-mapped files, does not carry custom collectors (computed
@@ -68,7 +74,7 @@ class _Family:
             self.samples[key] = sample.value
         elif combine is not None:
             self.samples[key] = combine(old, sample.value)
-        # combine None: the first worker's value stands.
+        # combine None: the first value (worker 0's) stands.
 
     def metric(self) -> Metric:
         metric = Metric(self.name, self.documentation, self.type)
@@ -89,15 +95,25 @@ def _combiner(
     return None
 
 
-def merge(pages: Sequence[str | None], *, worst: Iterable[str] = ()) -> list[Metric]:
-    """Worker pages (index = worker, None: unreadable) as one process's metric families."""
+def merge(
+    pages: Sequence[str | None],
+    *,
+    worst: Iterable[str] = (),
+    read: Sequence[bool] | None = None,
+) -> list[Metric]:
+    """Worker pages (index = worker, None: none ever read) as one process's metric families.
+
+    ``read``: whether each page was read at this scrape (``gitquorum_worker_up``);
+    by default, whether it is there.
+    """
     worst = frozenset(worst)
     families: dict[str, _Family] = {}
     up = Metric(WORKER_UP, "1 if the worker's metrics could be read in this scrape", "gauge")
     rpcs = Metric(WORKER_RPCS, "RPCs handled by each worker process of this server", "counter")
     for index, page in enumerate(pages):
         worker = {"worker": str(index)}
-        up.add_sample(WORKER_UP, worker, 0.0 if page is None else 1.0)
+        fresh = page is not None if read is None else read[index]
+        up.add_sample(WORKER_UP, worker, 1.0 if fresh else 0.0)
         if page is None:
             continue
         handled = 0.0
@@ -116,6 +132,8 @@ def merge(pages: Sequence[str | None], *, worst: Iterable[str] = ()) -> list[Met
                 )
                 continue
             combine = _combiner(parsed.name, parsed.type, worst)
+            if combine is None and index != 0:
+                continue  # a state gauge: worker 0's, never another worker's
             for sample in parsed.samples:
                 family.add(sample, combine)
             if parsed.name == RPC_COUNTER:
@@ -159,6 +177,8 @@ class MergedMetricsServer:
         self._worst = frozenset(worst)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
+        # Each worker's last page that could be read, by index: used when a read fails.
+        self._last: dict[int, str] = {}
 
     async def start(self) -> int:
         app = web.Application()
@@ -191,7 +211,12 @@ class MergedMetricsServer:
 
     async def _handle(self, _request: web.Request) -> web.Response:
         pages = await asyncio.gather(*(self._page(port) for port in self._ports()))
-        body = exposition(merge(pages, worst=self._worst))
+        read = [page is not None for page in pages]
+        for index, page in enumerate(pages):
+            if page is not None:
+                self._last[index] = page
+        kept = [self._last.get(index) for index in range(len(pages))]
+        body = exposition(merge(kept, worst=self._worst, read=read))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def close(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gitquorum.worker_metrics import exposition, merge
+from gitquorum.worker_metrics import MergedMetricsServer, exposition, merge
 
 AGE = "gitquorum_cluster_state_age_seconds"
 
@@ -74,9 +74,14 @@ def test_a_gauge_is_worker_0s_and_a_worst_gauge_the_largest() -> None:
     assert found[(AGE, ())] == 2.5
 
 
-def test_a_gauge_only_another_worker_has_is_kept() -> None:
+def test_a_gauge_is_never_taken_from_another_worker() -> None:
+    """A gauge worker 0 lacks is not filled in by another worker (which never leads)."""
     found = merged([page(calls=0, leader=1, age=0), page(calls=0, leader=0, age=0, only="x_g")])
-    assert found[("x_g", ())] == 7
+    assert ("x_g", ()) not in found
+    # Worker 0 unreadable (never read): its gauges are missing, not another worker's.
+    found = merged([None, page(calls=0, leader=0, age=0.5)])
+    assert ("gitquorum_leader", (("proxy", "p1"),)) not in found
+    assert found[(AGE, ())] == 0.5
 
 
 def test_each_worker_is_shown_with_its_calls_and_whether_it_was_read() -> None:
@@ -104,3 +109,40 @@ def test_created_timestamps_take_the_earliest() -> None:
     key = ("gitquorum_rpc_requests_created", (("code", "OK"), ("method", "/a")))
     earliest = min(samples(first)[key], samples(second)[key])
     assert merged([second, first])[key] == earliest
+
+
+async def test_a_worker_that_cannot_be_read_keeps_its_last_page() -> None:
+    """Sums never go down (a reset to Prometheus) and worker 0's gauges stay worker 0's."""
+    good: dict[int, str | None] = {
+        1: page(calls=3, leader=1, age=0.1, only="leader_only"),
+        2: page(calls=4, leader=0, age=0.2),
+    }
+    answers = dict(good)
+    server = MergedMetricsServer("127.0.0.1", 0, lambda: [1, 2])
+
+    async def read(port: int) -> str | None:
+        return answers[port]
+
+    server._page = read  # type: ignore[method-assign]
+
+    async def scrape() -> dict:  # type: ignore[type-arg]
+        response = await server._handle(None)  # type: ignore[arg-type]
+        assert response.body is not None
+        return samples(bytes(response.body).decode())  # type: ignore[arg-type]
+
+    calls = ("gitquorum_rpc_requests_total", (("code", "OK"), ("method", "/a")))
+    leader = ("gitquorum_leader", (("proxy", "p1"),))
+    up = "gitquorum_worker_up"
+    first = await scrape()
+    assert first[calls] == 7 and first[leader] == 1
+    for failing in (2, 1):  # another worker, then worker 0
+        answers = {**good, failing: None}
+        found = await scrape()
+        assert found[calls] == 7
+        assert found[leader] == 1
+        assert found[("leader_only", ())] == 7
+        assert found[("gitquorum_worker_rpc_requests_total", (("worker", "0"),))] == 4
+        assert found[("gitquorum_worker_rpc_requests_total", (("worker", "1"),))] == 5
+        worker = str(failing - 1)
+        assert found[(up, (("worker", worker),))] == 0
+        assert found[(up, (("worker", str(2 - failing)),))] == 1
