@@ -113,8 +113,9 @@ def test_every_node_flag_is_a_key() -> None:
         "--workers": "workers",
     }
     flags = {s for a in parser._actions for s in a.option_strings if s.startswith("--")}
-    # --worker-index and --worker-listen: set by a pooled node on its workers' command lines.
-    per_run = {"--help", "--config", "--ready-file", "--worker-index", "--worker-listen"}
+    # --worker-*: set by a pooled node on its workers' command lines.
+    per_run = {"--help", "--config", "--ready-file", "--worker-index", "--worker-count"}
+    per_run |= {"--worker-listen"}
     assert flags - per_run == set(flag_keys)
     # Each key is accepted in a file (an unknown one would be a problem).
     for key in flag_keys.values():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import subprocess
@@ -12,9 +13,12 @@ import pytest
 import yaml
 
 from gitquorum.cli import main as cli_main
+from gitquorum.cli.pooled import add_worker_arguments, worker_argv, worker_slot
 from gitquorum.config import (
     ConfigError,
     LimitsConfig,
+    NodeConfig,
+    ProxyConfig,
     auto_workers,
     node_config_from_dict,
     proxy_config_from_dict,
@@ -236,3 +240,52 @@ def test_a_node_limit_below_its_workers_is_refused() -> None:
     data = {**GOOD_NODE, "workers": 4, "limits": {"read_concurrency": 2}}
     with pytest.raises(ConfigError, match=r"limits.read_concurrency: 2 is less than workers"):
         node_config_from_dict(data)
+
+
+def test_the_parent_passes_its_worker_count_on_every_worker_command_line(tmp_path: Path) -> None:
+    argv = worker_argv(["proxy", "--config", "p.yml"], 1, 3, tmp_path / "r", "127.0.0.1:5")
+    assert argv[argv.index("--worker-index") + 1] == "1"
+    assert argv[argv.index("--worker-count") + 1] == "3"
+
+
+@pytest.mark.parametrize("kind", ["proxy", "node"])
+def test_a_worker_takes_the_parents_count_not_its_own_reading_of_the_file(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``workers: auto`` read by a worker under another CPU affinity must not change its count."""
+    served: list[tuple[ProxyConfig | NodeConfig, WorkerSlot]] = []
+
+    async def serve(config: ProxyConfig | NodeConfig, _ready: object, *rest: object) -> None:
+        worker = rest[-1]
+        assert isinstance(worker, WorkerSlot)
+        served.append((config, worker))
+
+    monkeypatch.setattr("gitquorum.config.usable_cores", lambda: 1)
+    path = tmp_path / f"{kind}.yaml"
+    if kind == "proxy":
+        monkeypatch.setattr("gitquorum.proxy.server.serve", serve)
+        path.write_text(yaml.safe_dump({**GOOD_PROXY, "workers": "auto"}))
+    else:
+        monkeypatch.setattr("gitquorum.storage.server.serve", serve)
+        node = {k: v for k, v in GOOD_NODE.items() if k != "auth"}
+        path.write_text(yaml.safe_dump({**node, "workers": 1}))
+    args = [kind, "--config", str(path), "--worker-index", "2", "--worker-count", "3"]
+    with pytest.raises(SystemExit) as exited:
+        cli_main.main([*args, "--worker-listen", "127.0.0.1:1"])
+    assert exited.value.code == 0
+    [(config, worker)] = served
+    assert (worker.index, worker.count) == (2, 3)
+    assert config.workers == 3
+
+
+def test_a_worker_index_needs_a_count_and_fits_in_it() -> None:
+    parser = argparse.ArgumentParser()
+    add_worker_arguments(parser)
+    assert worker_slot(parser.parse_args([])) is None
+    for argv, problem in [
+        (["--worker-index", "0"], "--worker-count"),
+        (["--worker-index", "3", "--worker-count", "3"], "--worker-index: expected 0 to 2"),
+    ]:
+        with pytest.raises(ConfigError) as refused:
+            worker_slot(parser.parse_args(argv))
+        assert problem in str(refused.value.problems)

@@ -12,7 +12,7 @@ from pathlib import Path
 from gitquorum import log, tls
 from gitquorum.authentication import NODE_TOKEN_ENV, take_secrets
 from gitquorum.cli.arguments import positive_duration
-from gitquorum.cli.pooled import run_pool
+from gitquorum.cli.pooled import add_worker_arguments, run_pool, worker_slot
 from gitquorum.config import load_node_config, node_config_from_dict
 from gitquorum.errors import ConfigError
 from gitquorum.lifecycle import ListenError
@@ -70,9 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="processes serving --listen together (default 1; without --config)",
     )
-    # Set by the parent of a pooled node on the command lines of its workers.
-    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-listen", help=argparse.SUPPRESS)
+    add_worker_arguments(parser)
 
 
 NO_ARGUMENTS = (
@@ -127,11 +125,12 @@ def run(args: argparse.Namespace) -> int:
                     assert isinstance(entry, dict)
                     entry[key] = str(Path(value).resolve())
             config = node_config_from_dict(data)
-        if args.worker_index is not None:
-            if not 0 <= args.worker_index < config.workers:
-                raise ConfigError([f"--worker-index: expected 0 to {config.workers - 1}"])
-            worker = WorkerSlot(args.worker_index, config.workers)
-            config = dataclasses.replace(config, listen=args.worker_listen or config.listen)
+        worker = worker_slot(args)
+        if worker is not None:
+            # The parent's count, so that every worker splits the limits alike.
+            config = dataclasses.replace(
+                config, listen=args.worker_listen or config.listen, workers=worker.count
+            )
         # Read now, so an unreadable file is a configuration error, not a crash;
         # the variable is then dropped so git and hooks do not inherit it.
         secrets = take_secrets(config.auth_token_file, NODE_TOKEN_ENV)

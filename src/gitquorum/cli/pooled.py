@@ -2,12 +2,13 @@
 
 Shared by ``gitquorum proxy`` and ``gitquorum node``: reserve the listen
 address, start the workers (the same command with ``--worker-index I
---worker-listen ADDRESS``) on it, serve the merged metrics, supervise them
+--worker-count N --worker-listen ADDRESS``) on it, serve the merged metrics, supervise them
 until signalled (``gitquorum.worker_pool``, docs/workers.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 from collections.abc import Mapping, Sequence
@@ -15,8 +16,15 @@ from pathlib import Path
 from typing import Protocol
 
 from gitquorum.config import parse_address
+from gitquorum.errors import ConfigError
 from gitquorum.lifecycle import run_until_signalled
-from gitquorum.worker_pool import WorkerFailed, WorkerPool, join_address, reserve_address
+from gitquorum.worker_pool import (
+    WorkerFailed,
+    WorkerPool,
+    WorkerSlot,
+    join_address,
+    reserve_address,
+)
 
 
 class PooledConfig(Protocol):
@@ -30,6 +38,47 @@ class PooledConfig(Protocol):
     def metrics_listen(self) -> str: ...
     @property
     def graceful_timeout(self) -> float: ...
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments the parent of a pooled ``command`` sets on its workers' command lines."""
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    # The parent's count: a worker re-deriving it (from the file and its own CPU
+    # affinity, for ``workers: auto``) could disagree with the parent and its peers.
+    parser.add_argument("--worker-count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-listen", help=argparse.SUPPRESS)
+
+
+def worker_slot(args: argparse.Namespace) -> WorkerSlot | None:
+    """This worker's place among the parent's workers; None when not started as a worker."""
+    if args.worker_index is None:
+        return None
+    count = args.worker_count
+    if count is None or count < 1:
+        raise ConfigError(["--worker-count: expected an integer >= 1 with --worker-index"])
+    if not 0 <= args.worker_index < count:
+        raise ConfigError([f"--worker-index: expected 0 to {count - 1}"])
+    return WorkerSlot(args.worker_index, count)
+
+
+def worker_argv(
+    command: Sequence[str], index: int, count: int, ready: Path, listen: str
+) -> list[str]:
+    """The command line of worker ``index`` of ``count``."""
+    return [
+        sys.executable,
+        "-m",
+        "gitquorum.cli.main",
+        *command,
+        "--ready-file",
+        str(ready),
+        "--worker-index",
+        str(index),
+        "--worker-count",
+        str(count),
+        "--worker-listen",
+        listen,
+    ]
 
 
 def run_pool(
@@ -52,18 +101,7 @@ def run_pool(
     shared = join_address(host, holder.getsockname()[1])
 
     def argv(index: int, worker_ready: Path) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "gitquorum.cli.main",
-            *command,
-            "--ready-file",
-            str(worker_ready),
-            "--worker-index",
-            str(index),
-            "--worker-listen",
-            shared,
-        ]
+        return worker_argv(command, index, config.workers, worker_ready, shared)
 
     pool = WorkerPool(
         config.workers,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gitquorum import log, tls
 from gitquorum.authentication import NODE_TOKEN_ENV, TOKEN_ENV
-from gitquorum.cli.pooled import run_pool
+from gitquorum.cli.pooled import add_worker_arguments, run_pool, worker_slot
 from gitquorum.config import ProxyConfig, load_proxy_config
 from gitquorum.errors import ConfigError
 from gitquorum.lifecycle import ListenError
@@ -24,9 +24,7 @@ STATE_AGE = "gitquorum_cluster_state_age_seconds"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML configuration file")
     parser.add_argument("--ready-file", type=Path, help="write 'ADDRESS METRICS_PORT' once serving")
-    # Set by the parent of a pooled proxy on the command lines of its workers.
-    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-listen", help=argparse.SUPPRESS)
+    add_worker_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,9 +33,12 @@ def run(args: argparse.Namespace) -> int:
     worker: WorkerSlot | None = None
     try:
         config = load_proxy_config(args.config)
-        if args.worker_index is not None:
-            worker = _worker_slot(args, config)
-            config = dataclasses.replace(config, listen=args.worker_listen or config.listen)
+        worker = worker_slot(args)
+        if worker is not None:
+            # The parent's count, not the file's: `workers: auto` depends on the CPU affinity.
+            config = dataclasses.replace(
+                config, listen=args.worker_listen or config.listen, workers=worker.count
+            )
         # Read now, so an unreadable file is a configuration error, not a crash.
         # The parent of workers leaves the variables to them (see _run_pool).
         pooled_parent = worker is None and config.workers > 1
@@ -62,12 +63,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"proxy: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _worker_slot(args: argparse.Namespace, config: ProxyConfig) -> WorkerSlot:
-    if not 0 <= args.worker_index < config.workers:
-        raise ConfigError([f"--worker-index: expected 0 to {config.workers - 1}"])
-    return WorkerSlot(args.worker_index, config.workers)
 
 
 def _run_pool(args: argparse.Namespace, config: ProxyConfig) -> int:
