@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,34 +77,65 @@ def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def reserve_address(host: str, port: int) -> socket.socket:
+# The kernel's TIME_WAIT: how long closed connections of a single-process
+# listener can keep the holder (SO_REUSEPORT) from binding a port the probe found free.
+HOLDER_BIND_WAIT = 60.0
+_HOLDER_BIND_RETRY = 0.25
+
+
+def _bind(sock: socket.socket, address: tuple[str, int]) -> None:
+    sock.bind(address)
+
+
+def reserve_address(host: str, port: int, *, wait: float = HOLDER_BIND_WAIT) -> socket.socket:
     """A socket bound to ``host:port`` with SO_REUSEPORT, not listening; ListenError if taken.
 
     A fixed port is first bound without SO_REUSEPORT: that fails when anything
     holds it, including another pooled server, which SO_REUSEPORT alone would
     let this one share.
+
+    When that probe succeeds but the holder's bind finds the address in use,
+    what holds it is closed connections in TIME_WAIT of a listener without
+    SO_REUSEPORT (a single-process server that just stopped): they conflict
+    with a SO_REUSEPORT socket that has no SO_REUSEADDR. The holder's bind is
+    then retried for up to ``wait`` seconds, the probe each time, so that a
+    port something really listens on still fails at once.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     address = join_address(host, port)
+    deadline = time.monotonic() + wait
+    logged = False
     try:
-        if port:
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                # SO_REUSEADDR, as grpc sets on its own listeners: connections of
-                # a server that just stopped (TIME_WAIT) must not hold the port,
-                # while any socket still listening on it does.
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind((host, port))
-        holder = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            # No SO_REUSEADDR here: a second server's probe must fail on it.
-            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            holder.bind((host, port))
-        except BaseException:
-            holder.close()
-            raise
+        while True:
+            if port:
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    # SO_REUSEADDR, as grpc sets on its own listeners: connections of
+                    # a server that just stopped (TIME_WAIT) must not hold the port,
+                    # while any socket still listening on it does.
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind((host, port))
+            holder = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                # No SO_REUSEADDR here: a second server's probe must fail on it.
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                _bind(holder, (host, port))
+                return holder
+            except OSError as exc:
+                holder.close()
+                if not port or exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    raise
+            except BaseException:
+                holder.close()
+                raise
+            if not logged:
+                logged = True
+                logger.warning(
+                    "address held by closed connections (TIME_WAIT); waiting for it",
+                    extra=log.fields(address=address, wait=wait),
+                )
+            time.sleep(_HOLDER_BIND_RETRY)
     except OSError as exc:
         raise ListenError(address, exc.strerror or exc) from exc
-    return holder
 
 
 class WorkerFailed(RuntimeError):

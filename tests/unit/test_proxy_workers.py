@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from gitquorum import worker_pool
 from gitquorum.cli import main as cli_main
 from gitquorum.cli.pooled import add_worker_arguments, worker_argv, worker_slot
 from gitquorum.config import (
@@ -289,3 +292,62 @@ def test_a_worker_index_needs_a_count_and_fits_in_it() -> None:
         with pytest.raises(ConfigError) as refused:
             worker_slot(parser.parse_args(argv))
         assert problem in str(refused.value.problems)
+
+
+def _port_in_time_wait() -> int:
+    """A closed listener's port (no SO_REUSEPORT), one connection it closed in TIME_WAIT."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port: int = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    served.close()  # the side that closes first keeps TIME_WAIT on the listen port
+    client.recv(1)
+    client.close()
+    listener.close()
+    return port
+
+
+def test_reserving_waits_out_time_wait_of_a_single_process_listener(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Switching from one process to workers: the holder's bind is retried, not failed at once."""
+    port = _port_in_time_wait()
+    started = time.monotonic()
+    with pytest.raises(ListenError):
+        reserve_address("127.0.0.1", port, wait=0.6)
+    assert time.monotonic() - started >= 0.6  # retried until the deadline
+    # Once TIME_WAIT ends the bind succeeds: here, after two refusals.
+    attempts: list[int] = []
+    real_bind = worker_pool._bind
+
+    def bind(sock: socket.socket, address: tuple[str, int]) -> None:
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+        real_bind(sock, address)
+
+    monkeypatch.setattr(worker_pool, "_bind", bind)
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    free_port = free.getsockname()[1]
+    free.close()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gitquorum.workers"):
+        holder = reserve_address("127.0.0.1", free_port, wait=30)
+    with holder:
+        assert holder.getsockname()[1] == free_port
+    assert len(attempts) == 3
+    assert sum("TIME_WAIT" in r.getMessage() for r in caplog.records) == 1  # logged once
+
+
+def test_reserving_a_port_something_listens_on_still_fails_at_once() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        started = time.monotonic()
+        with pytest.raises(ListenError):
+            reserve_address("127.0.0.1", taken.getsockname()[1], wait=30)
+        assert time.monotonic() - started < 5
