@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import subprocess
 import sys
 import textwrap
@@ -32,14 +34,20 @@ OTHER_WORKER = textwrap.dedent(
 )
 
 
+async def _worker_that_copied(tmp_path: Path, claim: int) -> tuple[Path, ReplicationFence]:
+    """A worker's fence that copied replica "r" under ``claim``, and the claim file."""
+    record = claim_file(tmp_path / "claims", "group/repo.git")
+    fence = ReplicationFence(across_processes=True)
+    async with fence.copy("r", claim, record):
+        pass
+    return record, fence
+
+
 async def test_a_copy_waits_for_another_processes_copy_and_takes_its_claim(
     tmp_path: Path,
 ) -> None:
-    record = claim_file(tmp_path / "claims", "group/repo.git")
-    fence = ReplicationFence(across_processes=True)
     # This worker has seen claim 3 of the replica.
-    async with fence.copy("r", 3, record):
-        pass
+    record, fence = await _worker_that_copied(tmp_path, 3)
     other = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -131,3 +139,21 @@ async def test_without_sharing_a_worker_would_admit_a_superseded_claim(tmp_path:
     with pytest.raises(Aborted, match="superseded"):
         async with shared.copy("r2", 5, record):
             pytest.fail("a claim older than another worker's must not copy")
+
+
+async def test_forgetting_a_replica_another_process_copies_into_keeps_its_claim(
+    tmp_path: Path,
+) -> None:
+    """The claim file is removed only under the replica's lock, never under another's copy."""
+    record, fence = await _worker_that_copied(tmp_path, 4)
+    # Another worker's copy holds the replica's lock (another descriptor: flock conflicts).
+    other = os.open(record.with_name(f"{record.name}.lock"), os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        await fence.forget("r", record)
+        assert record.read_text().strip() == "4"
+    finally:
+        os.close(other)
+    # Nobody copies any more: forgotten.
+    await fence.forget("r", record)
+    assert not record.exists()

@@ -139,13 +139,20 @@ class ReplicationFence:
     async def forget(self, replica: str, record: Path | None = None) -> None:
         """The replica was removed: drop what is kept of its claims (bounded
         state; repository ids are never reused, so no later copy needs it).
-        Kept while a copy into it runs or waits."""
+        Kept while a copy into it runs or waits, here or, with other worker
+        processes, in one of them (it holds the replica's file lock)."""
         state = self._replicas.get(replica)
         if state is not None and (state.lock.locked() or state.io.locked()):
             return
+        if record is None:
+            self._replicas.pop(replica, None)
+            return
+        if self.across_processes:
+            if await asyncio.to_thread(_unlink_unless_copying, record):
+                self._replicas.pop(replica, None)
+            return
         self._replicas.pop(replica, None)
-        if record is not None:
-            await asyncio.to_thread(_unlink, record)
+        await asyncio.to_thread(_unlink, record)
 
 
 async def _write_holding_lock(record: Path, claim: int) -> None:
@@ -195,6 +202,22 @@ async def _file_lock(path: Path) -> AsyncIterator[None]:
 def _open_lock(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _unlink_unless_copying(record: Path) -> bool:
+    """Remove ``record`` under its file lock, taken without waiting; False (kept)
+    when another process's copy holds it. The lock file itself stays: a process
+    that opened it before an unlink would lock a file the others no longer see."""
+    fd = _open_lock(record.with_name(f"{record.name}.lock"))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        _unlink(record)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _unlink(path: Path) -> None:
