@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gitquorum.errors import Aborted
+from gitquorum.storage import git
 from gitquorum.storage.replication_fence import ReplicationFence, claim_file
 
 # Another worker of the node: copies into the replica under ``claim`` and holds
@@ -157,3 +158,31 @@ async def test_forgetting_a_replica_another_process_copies_into_keeps_its_claim(
     # Nobody copies any more: forgotten.
     await fence.forget("r", record)
     assert not record.exists()
+
+
+async def test_a_copys_git_keeps_the_lock_after_its_worker_lets_go(tmp_path: Path) -> None:
+    """A worker killed mid-copy closes its descriptor; its git, still writing, holds the lock."""
+    record, fence = await _worker_that_copied(tmp_path, 1)
+    async with fence.copy("r", 2, record):
+        copying = await git.spawn(["hash-object", "--stdin"], stdin=True)
+        long_lived = await git.spawn(["hash-object", "--stdin"], stdin=True, inherit=False)
+
+    async def end(process: git.GitProcess) -> None:
+        assert process.proc.stdin is not None
+        process.proc.stdin.close()
+        async with asyncio.timeout(30):
+            await process.wait()
+
+    other = ReplicationFence(across_processes=True)
+    try:
+        # The copy's block ended (as the killed worker's descriptor closes) with git running.
+        await other.forget("r", record)
+        assert record.read_text().strip() == "2"
+        await end(copying)
+        # Its git has exited; a long-lived process that does not inherit never held it.
+        await other.forget("r", record)
+        assert not record.exists()
+    finally:
+        for process in (copying, long_lived):
+            if process.proc.returncode is None:
+                await end(process)

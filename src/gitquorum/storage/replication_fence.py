@@ -19,6 +19,9 @@ A node of several worker processes (``workers``) shares one fence through
 the disk (``across_processes``): each copy also holds an exclusive ``flock``
 on the claim file's ``.lock`` beside it, and reads the highest claim from the
 file under that lock, since another worker may have admitted a later one.
+The git processes a copy starts inherit that lock's descriptor: a worker
+killed mid-copy leaves its git running, and the lock is released only once
+the last of them has exited.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitquorum.errors import Aborted
+from gitquorum.storage import git
 from gitquorum.storage.durable import fsync_path
 
 
@@ -110,11 +114,15 @@ class ReplicationFence:
         if not self.across_processes or record is None:
             yield
             return
-        async with _file_lock(record.with_name(f"{record.name}.lock")):
+        async with _file_lock(record.with_name(f"{record.name}.lock")) as fd:
             on_disk = await asyncio.to_thread(_read, record)
             state.highest = max(-1 if state.highest is None else state.highest, on_disk)
             state.persisted = max(state.persisted, on_disk)
-            yield
+            # The copy's git processes share the lock: a worker killed mid-copy
+            # leaves it held until its git has exited too, not to another
+            # worker's copy of the same replica while that git still writes.
+            with git.inheriting(fd):
+                yield
 
     @staticmethod
     async def _admit(replica: str, state: _Replica, claim: int | None, record: Path | None) -> None:
@@ -180,8 +188,9 @@ _LOCK_POLL = 0.02
 
 
 @contextlib.asynccontextmanager
-async def _file_lock(path: Path) -> AsyncIterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing), released on exit.
+async def _file_lock(path: Path) -> AsyncIterator[int]:
+    """An exclusive ``flock`` on ``path`` (created if missing), released on exit;
+    yields the descriptor.
 
     Polled without blocking, so that a cancelled copy stops waiting at once;
     closing the descriptor releases the lock, also when the process dies.
@@ -194,7 +203,7 @@ async def _file_lock(path: Path) -> AsyncIterator[None]:
                 break
             except BlockingIOError:
                 await asyncio.sleep(_LOCK_POLL)
-        yield
+        yield fd
     finally:
         os.close(fd)
 
