@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -339,6 +340,9 @@ class NodeConfig:
     tls: TlsSettings = TlsSettings()
     # How long one transaction vote waits for the proxy's answer.
     vote_timeout: float = 60.0
+    # Processes serving the one listen address (SO_REUSEPORT); 1 unless set
+    # (docs/workers.md, "The storage node").
+    workers: int = 1
 
 
 LOG_LEVELS = {"debug", "info", "warning", "error"}
@@ -361,6 +365,7 @@ def node_config_from_dict(data: Any) -> NodeConfig:
             "limits",
             "tls",
             "vote_timeout",
+            "workers",
         },
         "",
         GITALY_NODE_RENAMES,
@@ -400,6 +405,9 @@ def node_config_from_dict(data: Any) -> NodeConfig:
         {"cert_file", "key_file", "client_ca_file", "ca_file"},
         listener=True,
     )
+    workers = reader.integer(top, "workers", "", 1, 1)
+    if workers > 1:
+        _check_worker_limits(reader, workers, limits)
     if reader.problems:
         raise ConfigError(reader.problems)
     return NodeConfig(
@@ -412,6 +420,7 @@ def node_config_from_dict(data: Any) -> NodeConfig:
         limits=limits,
         tls=tls,
         vote_timeout=vote_timeout,
+        workers=workers,
     )
 
 
@@ -531,8 +540,8 @@ class ProxyConfig:
     # TLS of the client-facing listener, and of the channels to nodes (docs/security.md).
     tls: TlsSettings = TlsSettings()
     node_tls: TlsSettings | None = None
-    # Processes serving the one listen address (SO_REUSEPORT); 1: one process,
-    # as before (docs/configuration.md, "Proxy workers", on why 1 is the default).
+    # Processes serving the one listen address (SO_REUSEPORT); 1: one process.
+    # Absent means 1; `workers: auto` gets auto_workers() (docs/workers.md).
     workers: int = 1
 
 
@@ -665,6 +674,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
     )
     auth = reader.mapping(top.get("auth"), "auth")
     reader.unknown(auth, {"token_file", "node_token_file"}, "auth.", SECTION_RENAMES["auth"])
+    limits = _limits(reader, top.get("limits"), PROXY_LIMITS)
     config = ProxyConfig(
         listen=listen,
         name=name,
@@ -688,7 +698,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
         advertise=reader.optional_string(top, "advertise", ""),
         auth_token_file=reader.optional_string(auth, "token_file", "auth."),
         node_token_file=reader.optional_string(auth, "node_token_file", "auth."),
-        limits=_limits(reader, top.get("limits"), PROXY_LIMITS),
+        limits=limits,
         reads=_reads(reader, top.get("reads")),
         tls=_tls(
             reader,
@@ -698,7 +708,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
             listener=True,
         ),
         # Present (even empty: the system's roots verify the nodes) means TLS to every node.
-        workers=reader.integer(top, "workers", "", 1, 1),
+        workers=_proxy_workers(reader, top, limits),
         node_tls=None
         if top.get("node_tls") is None
         else _tls(
@@ -714,6 +724,44 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
     if reader.problems:
         raise ConfigError(reader.problems)
     return config
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under taskset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(limits: LimitsConfig) -> int:
+    """``workers: auto``: one process per usable core, within the limits' shares.
+
+    No more than the smallest non-zero per-repository concurrency limit, nor
+    than a non-zero ``max_queued``, since each worker enforces its share of
+    them and a share must be 1 at least (a share of 0 would mean "no limit"
+    for a concurrency limit, "never queue" for the queue).
+    """
+    caps = [
+        v for v in (limits.mutator_concurrency, limits.read_concurrency, limits.max_queued) if v > 0
+    ]
+    return max(1, min([usable_cores(), *caps]))
+
+
+def _proxy_workers(reader: _Reader, top: dict[str, Any], limits: LimitsConfig) -> int:
+    """Absent means 1, as before workers existed; ``auto`` is the opt-in to one per core.
+
+    Not one per core by default: on an upgrade that would silently move the
+    votes to per-worker ports (docs/workers.md), turn the per-repository
+    limits into per-worker shares and change which ports must be open.
+    """
+    if top.get("workers") == "auto":
+        return auto_workers(limits)
+    value = top.get("workers", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        reader.problem("workers", 'expected an integer >= 1 or "auto"')
+        return 1
+    return value
 
 
 def _check_worker_limits(reader: _Reader, workers: int, limits: LimitsConfig) -> None:

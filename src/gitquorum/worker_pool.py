@@ -15,7 +15,9 @@ SO_REUSEPORT, so the kernel spreads incoming connections over them. The parent:
   (reload) to every worker, and exits 0 only when every worker did;
 * stops every worker when one of them ends on its own, and exits 1: a
   supervisor (systemd) restarts the whole server, whose workers share one
-  identity that a lone restarted worker would not have.
+  identity that a lone restarted worker would not have;
+* serves the server's metrics address itself, as the merge of the workers'
+  own pages (``worker_metrics``), so one scrape shows the whole server.
 
 Workers run in their own session, so a Ctrl-C in a terminal reaches the parent
 only, which turns it into one orderly drain. This module knows nothing of
@@ -26,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,7 @@ from pathlib import Path
 from gitquorum import log
 from gitquorum.launch.process import describe_exit, die_with_parent, parse_ready
 from gitquorum.lifecycle import ListenError
+from gitquorum.worker_metrics import MergedMetricsServer
 
 logger = log.get("gitquorum.workers")
 
@@ -72,29 +77,65 @@ def join_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def reserve_address(host: str, port: int) -> socket.socket:
+# The kernel's TIME_WAIT: how long closed connections of a single-process
+# listener can keep the holder (SO_REUSEPORT) from binding a port the probe found free.
+HOLDER_BIND_WAIT = 60.0
+_HOLDER_BIND_RETRY = 0.25
+
+
+def _bind(sock: socket.socket, address: tuple[str, int]) -> None:
+    sock.bind(address)
+
+
+def reserve_address(host: str, port: int, *, wait: float = HOLDER_BIND_WAIT) -> socket.socket:
     """A socket bound to ``host:port`` with SO_REUSEPORT, not listening; ListenError if taken.
 
     A fixed port is first bound without SO_REUSEPORT: that fails when anything
     holds it, including another pooled server, which SO_REUSEPORT alone would
     let this one share.
+
+    When that probe succeeds but the holder's bind finds the address in use,
+    what holds it is closed connections in TIME_WAIT of a listener without
+    SO_REUSEPORT (a single-process server that just stopped): they conflict
+    with a SO_REUSEPORT socket that has no SO_REUSEADDR. The holder's bind is
+    then retried for up to ``wait`` seconds, the probe each time, so that a
+    port something really listens on still fails at once.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     address = join_address(host, port)
+    deadline = time.monotonic() + wait
+    logged = False
     try:
-        if port:
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.bind((host, port))
-        holder = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            holder.bind((host, port))
-        except BaseException:
-            holder.close()
-            raise
+        while True:
+            if port:
+                with socket.socket(family, socket.SOCK_STREAM) as probe:
+                    # SO_REUSEADDR, as grpc sets on its own listeners: connections of
+                    # a server that just stopped (TIME_WAIT) must not hold the port,
+                    # while any socket still listening on it does.
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind((host, port))
+            holder = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                # No SO_REUSEADDR here: a second server's probe must fail on it.
+                holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                _bind(holder, (host, port))
+                return holder
+            except OSError as exc:
+                holder.close()
+                if not port or exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                    raise
+            except BaseException:
+                holder.close()
+                raise
+            if not logged:
+                logged = True
+                logger.warning(
+                    "address held by closed connections (TIME_WAIT); waiting for it",
+                    extra=log.fields(address=address, wait=wait),
+                )
+            time.sleep(_HOLDER_BIND_RETRY)
     except OSError as exc:
         raise ListenError(address, exc.strerror or exc) from exc
-    return holder
 
 
 class WorkerFailed(RuntimeError):
@@ -122,6 +163,8 @@ class WorkerPool:
         ready_base: Path | None,
         env: Mapping[str, str],
         grace: float,
+        metrics_listen: tuple[str, int] | None = None,
+        worst_gauges: tuple[str, ...] = (),
     ) -> None:
         self.count = count
         self._argv = argv
@@ -137,6 +180,18 @@ class WorkerPool:
         self.failed = False
         self._closing = False
         self._watch: asyncio.Task[None] | None = None
+        # The server's own metrics address, merging the workers' pages.
+        self.metrics: MergedMetricsServer | None = None
+        if metrics_listen is not None:
+            self.metrics = MergedMetricsServer(
+                *metrics_listen, self.metrics_ports, worst=worst_gauges
+            )
+        self.metrics_port = 0
+
+    def metrics_ports(self) -> list[int]:
+        """Each worker's private metrics port, by index (0: not serving yet)."""
+        ports = [port for _address, port in self.ready]
+        return ports + [0] * (self.count - len(ports))
 
     def ready_file(self, index: int) -> Path:
         return self._ready_base.with_name(f"{self._ready_base.name}.worker{index}")
@@ -146,6 +201,13 @@ class WorkerPool:
         return [w.process.pid for w in self.workers]
 
     async def start(self) -> None:
+        if self.metrics is not None:
+            # Before any worker runs: a taken metrics port fails at once.
+            try:
+                self.metrics_port = await self.metrics.start()
+            except OSError as exc:
+                host, port = self.metrics.host, self.metrics.port
+                raise ListenError(join_address(host, port), exc.strerror or exc) from exc
         try:
             first = await self._spawn(0)
             self.ready = [await self._until_ready(first)]
@@ -153,6 +215,7 @@ class WorkerPool:
             self.ready += await asyncio.gather(*(self._until_ready(w) for w in others))
         except BaseException:
             await self._stop_all(grace=0.0)
+            await self._close_metrics()
             raise
         self._watch = asyncio.get_running_loop().create_task(self._watch_workers())
         logger.info(
@@ -213,8 +276,14 @@ class WorkerPool:
         try:
             await self._stop_all(self._grace if grace is None else grace)
         finally:
+            # Last: the workers' metrics stay readable while they drain.
+            await self._close_metrics()
             if self._tmp is not None:
                 self._tmp.cleanup()
+
+    async def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
 
     async def _stop_all(self, grace: float) -> None:
         self._closing = True

@@ -22,15 +22,21 @@ import grpc
 import yaml
 
 from gitquorum.launch.etcd import EtcdCluster
-from gitquorum.launch.process import ChildProcess, free_ports
+from gitquorum.launch.process import free_ports
 from gitquorum.launch.proxy_config import VIRTUAL_STORAGE, proxy_config
 from tests.harness.node import NodeProcess
+from tests.harness.pooled import PooledChild, workers_from_env
 
 __all__ = ["HARNESS_PROXY_SETTINGS", "VIRTUAL_STORAGE", "Cluster", "ProxyProcess"]
 
 # Where tests differ from gitquorum up's defaults: failures are seen within a
 # second, leadership moves after 3 s, a stuck write fails after 5 s, and a
 # proxy drains for as long as a production one (10 s).
+# GITQUORUM_TEST_PROXY_WORKERS=N runs every proxy of the harness with N worker
+# processes (the fault tests with workers > 1); unset: one process each.
+WORKERS_ENV = "GITQUORUM_TEST_PROXY_WORKERS"
+
+
 HARNESS_PROXY_SETTINGS: dict[str, Any] = {
     "health": {"interval": "250ms", "timeout": "500ms"},
     "election": {"ttl": "3s"},
@@ -41,7 +47,7 @@ HARNESS_PROXY_SETTINGS: dict[str, Any] = {
 }
 
 
-class ProxyProcess(ChildProcess):
+class ProxyProcess(PooledChild):
     """``gitquorum proxy --config CONFIG_PATH`` with its log and ready file in ``workdir``."""
 
     def __init__(self, name: str, config_path: Path, workdir: Path) -> None:
@@ -132,7 +138,11 @@ class Cluster:
             etcd_endpoints=self.etcd.endpoints,
             nodes=[(n.name, n.address) for n in self.nodes],
             replication_factor=self.replication_factor,
-            overrides={**HARNESS_PROXY_SETTINGS, **self.proxy_settings},
+            overrides={
+                **HARNESS_PROXY_SETTINGS,
+                "workers": workers_from_env(WORKERS_ENV),
+                **self.proxy_settings,
+            },
         )
 
     def node(self, name: str) -> NodeProcess:

@@ -14,12 +14,16 @@ from pathlib import Path
 
 import grpc
 
-from gitquorum.launch.process import ChildProcess, wait_for
+from gitquorum.launch.process import wait_for
+from tests.harness.pooled import PooledChild, workers_from_env
 
-__all__ = ["NodeProcess", "wait_for"]
+__all__ = ["NODE_WORKERS_ENV", "NodeProcess", "wait_for"]
+
+# GITQUORUM_TEST_NODE_WORKERS=N runs every test node with N worker processes.
+NODE_WORKERS_ENV = "GITQUORUM_TEST_NODE_WORKERS"
 
 
-class NodeProcess(ChildProcess):
+class NodeProcess(PooledChild):
     def __init__(
         self,
         name: str,
@@ -56,8 +60,16 @@ class NodeProcess(ChildProcess):
             f"{self.name}={self.storage_path}",
             "--ready-file",
             str(self.ready_file),
+            *self.worker_args(),
             *self.extra_args,
         ]
+
+    def worker_args(self) -> list[str]:
+        """``--workers N`` from GITQUORUM_TEST_NODE_WORKERS (default: one process)."""
+        workers = workers_from_env(NODE_WORKERS_ENV)
+        if workers == 1 or "--config" in self.extra_args:
+            return []  # a node run from a file takes its workers from the file
+        return ["--workers", str(workers)]
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, **self.extra_env}

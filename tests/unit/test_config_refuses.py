@@ -110,14 +110,20 @@ def test_every_node_flag_is_a_key() -> None:
         "--tls-key": "tls.key_file",
         "--tls-client-ca": "tls.client_ca_file",
         "--tls-ca": "tls.ca_file",
+        "--workers": "workers",
     }
     flags = {s for a in parser._actions for s in a.option_strings if s.startswith("--")}
-    assert flags - {"--help", "--config", "--ready-file"} == set(flag_keys)
+    # --worker-*: set by a pooled node on its workers' command lines.
+    per_run = {"--help", "--config", "--ready-file", "--worker-index", "--worker-count"}
+    per_run |= {"--worker-listen"}
+    assert flags - per_run == set(flag_keys)
     # Each key is accepted in a file (an unknown one would be a problem).
     for key in flag_keys.values():
         value: Any = "/etc/gitquorum/f" if key.endswith("_file") else "5s"
         if key in ("listen", "metrics_listen"):
             value = "127.0.0.1:1"
+        if key == "workers":
+            value = 2
         if key == "storages":
             value = GOOD_NODE["storages"]
         data = with_option(GOOD_NODE, key, value)

@@ -11,25 +11,20 @@ from pathlib import Path
 
 from gitquorum import log, tls
 from gitquorum.authentication import NODE_TOKEN_ENV, TOKEN_ENV
-from gitquorum.config import ProxyConfig, load_proxy_config, parse_address
+from gitquorum.cli.pooled import add_worker_arguments, run_pool, worker_slot
+from gitquorum.config import ProxyConfig, load_proxy_config
 from gitquorum.errors import ConfigError
-from gitquorum.lifecycle import ListenError, run_until_signalled
-from gitquorum.worker_pool import (
-    SINGLE,
-    WorkerFailed,
-    WorkerPool,
-    WorkerSlot,
-    join_address,
-    reserve_address,
-)
+from gitquorum.lifecycle import ListenError
+from gitquorum.worker_pool import SINGLE, WorkerSlot
+
+# Reads are refused per worker once its cache is this old: the oldest one counts.
+STATE_AGE = "gitquorum_cluster_state_age_seconds"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML configuration file")
     parser.add_argument("--ready-file", type=Path, help="write 'ADDRESS METRICS_PORT' once serving")
-    # Set by the parent of a pooled proxy on the command lines of its workers.
-    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-listen", help=argparse.SUPPRESS)
+    add_worker_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,9 +33,12 @@ def run(args: argparse.Namespace) -> int:
     worker: WorkerSlot | None = None
     try:
         config = load_proxy_config(args.config)
-        if args.worker_index is not None:
-            worker = _worker_slot(args, config)
-            config = dataclasses.replace(config, listen=args.worker_listen or config.listen)
+        worker = worker_slot(args)
+        if worker is not None:
+            # The parent's count, not the file's: `workers: auto` depends on the CPU affinity.
+            config = dataclasses.replace(
+                config, listen=args.worker_listen or config.listen, workers=worker.count
+            )
         # Read now, so an unreadable file is a configuration error, not a crash.
         # The parent of workers leaves the variables to them (see _run_pool).
         pooled_parent = worker is None and config.workers > 1
@@ -67,62 +65,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker_slot(args: argparse.Namespace, config: ProxyConfig) -> WorkerSlot:
-    if not 0 <= args.worker_index < config.workers:
-        raise ConfigError([f"--worker-index: expected 0 to {config.workers - 1}"])
-    return WorkerSlot(args.worker_index, config.workers)
-
-
 def _run_pool(args: argparse.Namespace, config: ProxyConfig) -> int:
-    """Reserve the listen address, start the workers on it, supervise them until signalled."""
-    host, port = parse_address(config.listen)
-    holder = reserve_address(host, port)
-    listen = join_address(host, holder.getsockname()[1])
+    """Start the workers on the listen address, supervise them until signalled."""
     env = dict(os.environ)
     # The workers read the secrets from the environment; this process and
     # whatever it might start do not keep them.
     for name in (TOKEN_ENV, NODE_TOKEN_ENV):
         os.environ.pop(name, None)
-
-    def argv(index: int, ready_file: Path) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "gitquorum.cli.main",
-            "proxy",
-            "--config",
-            str(args.config),
-            "--ready-file",
-            str(ready_file),
-            "--worker-index",
-            str(index),
-            "--worker-listen",
-            listen,
-        ]
-
-    pool = WorkerPool(
-        config.workers, argv, ready_base=args.ready_file, env=env, grace=config.graceful_timeout
+    return run_pool(
+        ["proxy", "--config", str(args.config)],
+        config,
+        ready_file=args.ready_file,
+        env=env,
+        logger_name=log.get("gitquorum.proxy").name,
+        worst_gauges=(STATE_AGE,),
     )
-
-    def ready() -> None:
-        if args.ready_file is not None:
-            # Worker 0's metrics port: the one with the proxy-wide metrics (leader, replication).
-            args.ready_file.write_text(f"{listen} {pool.ready[0][1]}\n")
-
-    logger = log.get("gitquorum.proxy")
-    try:
-        asyncio.run(
-            run_until_signalled(
-                pool,
-                grace=config.graceful_timeout,
-                ready=ready,
-                logger_name=logger.name,
-                reload=pool.reload,
-            )
-        )
-    except WorkerFailed as exc:
-        print(f"proxy: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        holder.close()
-    return 1 if pool.failed else 0

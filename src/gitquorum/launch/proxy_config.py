@@ -22,6 +22,7 @@ LOCAL_HEALTH_TIMEOUT = "1s"
 LOCAL_ELECTION_TTL = "5s"
 LOCAL_RECONCILE_INTERVAL = "5s"
 LOCAL_GRACEFUL_TIMEOUT = "5s"
+LOCAL_WORKERS = 1
 
 
 def proxy_config(
@@ -60,6 +61,10 @@ def proxy_config(
         "replication": {"reconcile_interval": LOCAL_RECONCILE_INTERVAL},
         "graceful_timeout": LOCAL_GRACEFUL_TIMEOUT,
         "log_level": "info",
+        # One process per proxy, not one per core: a local cluster shares the
+        # machine's cores with its nodes and etcd, and the tests and benchmarks
+        # keep their timing. A caller wanting more passes "workers" in overrides.
+        "workers": LOCAL_WORKERS,
     }
     if token_file:
         config["auth"] = {"token_file": token_file, "node_token_file": node_token_file}

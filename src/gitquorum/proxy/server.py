@@ -644,9 +644,10 @@ class ProxyServer(Assembled):
 
     async def _open_metrics(self, stack: contextlib.AsyncExitStack) -> None:
         host, port = parse_address(self.config.metrics_listen)
-        if port and self.worker.pooled:
-            # One /metrics per worker: worker I on the configured port + I.
-            port += self.worker.index
+        if self.worker.pooled:
+            # The parent serves the configured address, merging every worker's
+            # page read from here (worker_metrics): a private loopback port.
+            host, port = "127.0.0.1", 0
         self.metrics_server = metrics_server = MetricsServer(self.registry, host, port)
         stack.push_async_callback(metrics_server.close)
         try:

@@ -230,6 +230,9 @@ class CatFileCache:
                     env=repo.git_env(),
                     stdin=True,
                     stderr=False,
+                    # Long-lived: started during a replication copy, it must
+                    # not keep the copy's lock (git.inheriting).
+                    inherit=False,
                 )
                 cls = BatchCheckProcess if mode == "batch-check" else BatchProcess
                 proc = cls(process)

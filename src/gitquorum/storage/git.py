@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,27 @@ CHUNK = 64 * 1024
 STREAM_CHUNK = 256 * 1024
 # How long git gets to clean up after SIGTERM before it is killed.
 _TERMINATE_GRACE = 2.0
+
+# Descriptors every git started in this context inherits (``inheriting``).
+_inherited: contextvars.ContextVar[tuple[int, ...]] = contextvars.ContextVar(
+    "gitquorum_git_inherited_fds", default=()
+)
+
+
+@contextlib.contextmanager
+def inheriting(fd: int) -> Iterator[None]:
+    """Every git started inside the block (and in tasks it creates) inherits ``fd``.
+
+    For a lock that must outlive this process while its git runs: a flock
+    belongs to the open file, shared with the children, so it is released
+    only when the last of them has closed it too (replication_fence).
+    """
+    token = _inherited.set((*_inherited.get(), fd))
+    try:
+        yield
+    finally:
+        _inherited.reset(token)
+
 
 # Durable before the committed vote: git's defaults fsync neither loose objects
 # nor references, and a node that lost power after voting "committed" could come
@@ -152,7 +174,10 @@ async def spawn(
     env: Mapping[str, str] | None = None,
     stdin: bool = False,
     stderr: bool = True,
+    inherit: bool = True,
 ) -> GitProcess:
+    """``inherit``: False for a process that outlives the operation starting it
+    (it must not hold that operation's locks, see ``inheriting``)."""
     cmd = [GIT]
     if git_dir is not None:
         cmd.append(f"--git-dir={git_dir}")
@@ -166,6 +191,7 @@ async def spawn(
         cwd=str(cwd) if cwd else None,
         start_new_session=True,
         limit=STREAM_CHUNK * 4,
+        pass_fds=_inherited.get() if inherit else (),
     )
     return GitProcess(proc)
 

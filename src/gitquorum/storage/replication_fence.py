@@ -14,12 +14,21 @@ The highest claim of each replica is also kept on disk (``+gitquorum/
 replication-claims/<sha256 of the relative path>``, written and fsynced before
 the copy is admitted): a node restarted between the new holder's copy and the
 late arrival of the old one still refuses it.
+
+A node of several worker processes (``workers``) shares one fence through
+the disk (``across_processes``): each copy also holds an exclusive ``flock``
+on the claim file's ``.lock`` beside it, and reads the highest claim from the
+file under that lock, since another worker may have admitted a later one.
+The git processes a copy starts inherit that lock's descriptor: a worker
+killed mid-copy leaves its git running, and the lock is released only once
+the last of them has exited.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import secrets
@@ -28,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gitquorum.errors import Aborted
+from gitquorum.storage import git
 from gitquorum.storage.durable import fsync_path
 
 
@@ -70,8 +80,10 @@ def _write(path: Path, claim: int) -> None:
 
 
 class ReplicationFence:
-    def __init__(self) -> None:
+    def __init__(self, *, across_processes: bool = False) -> None:
         self._replicas: dict[str, _Replica] = {}
+        # Several worker processes serve this node's storages (module docstring).
+        self.across_processes = across_processes
 
     @contextlib.asynccontextmanager
     async def copy(
@@ -86,11 +98,31 @@ class ReplicationFence:
             async with state.io:
                 if state.highest is None:
                     state.highest = state.persisted = await asyncio.to_thread(_read, record)
-        await self._admit(replica, state, claim, record)
-        async with state.lock:
+        if not self.across_processes:
+            # Refused early, without waiting its turn. Not with other processes:
+            # this one's memory may be behind the file, which it must not overwrite.
+            await self._admit(replica, state, claim, record)
+        async with state.lock, self._other_processes(state, record):
             # A later claim may have arrived while this one waited.
             await self._admit(replica, state, claim, record)
             yield
+
+    @contextlib.asynccontextmanager
+    async def _other_processes(self, state: _Replica, record: Path | None) -> AsyncIterator[None]:
+        """Hold the replica against copies in other worker processes, and take
+        the highest claim any of them recorded."""
+        if not self.across_processes or record is None:
+            yield
+            return
+        async with _file_lock(record.with_name(f"{record.name}.lock")) as fd:
+            on_disk = await asyncio.to_thread(_read, record)
+            state.highest = max(-1 if state.highest is None else state.highest, on_disk)
+            state.persisted = max(state.persisted, on_disk)
+            # The copy's git processes share the lock: a worker killed mid-copy
+            # leaves it held until its git has exited too, not to another
+            # worker's copy of the same replica while that git still writes.
+            with git.inheriting(fd):
+                yield
 
     @staticmethod
     async def _admit(replica: str, state: _Replica, claim: int | None, record: Path | None) -> None:
@@ -115,13 +147,20 @@ class ReplicationFence:
     async def forget(self, replica: str, record: Path | None = None) -> None:
         """The replica was removed: drop what is kept of its claims (bounded
         state; repository ids are never reused, so no later copy needs it).
-        Kept while a copy into it runs or waits."""
+        Kept while a copy into it runs or waits, here or, with other worker
+        processes, in one of them (it holds the replica's file lock)."""
         state = self._replicas.get(replica)
         if state is not None and (state.lock.locked() or state.io.locked()):
             return
+        if record is None:
+            self._replicas.pop(replica, None)
+            return
+        if self.across_processes:
+            if await asyncio.to_thread(_unlink_unless_copying, record):
+                self._replicas.pop(replica, None)
+            return
         self._replicas.pop(replica, None)
-        if record is not None:
-            await asyncio.to_thread(_unlink, record)
+        await asyncio.to_thread(_unlink, record)
 
 
 async def _write_holding_lock(record: Path, claim: int) -> None:
@@ -142,6 +181,52 @@ async def _write_holding_lock(record: Path, claim: int) -> None:
     if cancelled:
         raise asyncio.CancelledError
     task.result()
+
+
+# How often a copy waiting for another process's copy of the same replica looks again.
+_LOCK_POLL = 0.02
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[int]:
+    """An exclusive ``flock`` on ``path`` (created if missing), released on exit;
+    yields the descriptor.
+
+    Polled without blocking, so that a cancelled copy stops waiting at once;
+    closing the descriptor releases the lock, also when the process dies.
+    """
+    fd = await asyncio.to_thread(_open_lock, path)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(_LOCK_POLL)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_lock(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _unlink_unless_copying(record: Path) -> bool:
+    """Remove ``record`` under its file lock, taken without waiting; False (kept)
+    when another process's copy holds it. The lock file itself stays: a process
+    that opened it before an unlink would lock a file the others no longer see."""
+    fd = _open_lock(record.with_name(f"{record.name}.lock"))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        _unlink(record)
+        return True
+    finally:
+        os.close(fd)
 
 
 def _unlink(path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +17,20 @@ from gitquorum import log, tls
 from gitquorum.authentication import HEALTH_METHODS, NODE_TOKEN_ENV, AuthInterceptor, load_secrets
 from gitquorum.config import NodeConfig, parse_address
 from gitquorum.lifecycle import Assembled, ListenError, bind_port, run_until_signalled
-from gitquorum.limits import Admission
+from gitquorum.limits import Admission, worker_limits
 from gitquorum.metrics import MetricsServer, RpcMetrics
 from gitquorum.storage import git
 from gitquorum.storage.catfile import CatFileCache
 from gitquorum.storage.context import NodeContext
 from gitquorum.storage.limiter import limited_handler
 from gitquorum.storage.locator import StorageLocator
+from gitquorum.storage.replication_fence import ReplicationFence
 from gitquorum.storage.voting import VoteCoordinator
 from gitquorum.wire.finishing import RpcCall, op_label
 from gitquorum.wire.interceptor import finishing_handler
 from gitquorum.wire.options import server_options
 from gitquorum.wire.registry import MethodRegistry
+from gitquorum.worker_pool import SINGLE, WorkerSlot
 
 logger = log.get("gitquorum.node")
 
@@ -71,6 +74,10 @@ class NodeServer(Assembled):
     # Node secrets accepted from callers; None: from the configuration (or
     # $GITQUORUM_NODE_TOKEN). Empty: no authentication.
     secrets: tuple[bytes, ...] | None = None
+    # Which of the node's worker processes this is (docs/workers.md). Pooled:
+    # the port is shared (SO_REUSEPORT), the per-repository limits are split,
+    # the replication fence is shared through the disk, metrics go to the parent.
+    worker: WorkerSlot = SINGLE
 
     def __post_init__(self) -> None:
         super().__init__(self.config.graceful_timeout)
@@ -127,6 +134,8 @@ class NodeServer(Assembled):
             extra=log.fields(
                 listen=self.address,
                 metrics_port=self.metrics_port,
+                worker=self.worker.index,
+                workers=self.worker.count,
                 storages=sorted(storages),
                 # Whether, never with what: secrets stay out of logs.
                 authentication=bool(secrets),
@@ -153,6 +162,8 @@ class NodeServer(Assembled):
             voting=voting,
             git_version=await git.version(),
             client_tls=client_tls,
+            # Workers take turns on a replica through the claim files' locks.
+            replication_fence=ReplicationFence(across_processes=self.worker.pooled),
         )
 
     def _open_server(
@@ -170,11 +181,20 @@ class NodeServer(Assembled):
         registry = MethodRegistry.from_descriptors()
         self.server = grpc.aio.server(
             interceptors=interceptors or None,
-            options=server_options(self.config.limits.max_message_size),
+            options=server_options(
+                self.config.limits.max_message_size, reuse_port=self.worker.pooled
+            ),
         )
         # Without grace: the drain step, above it on the stack, is the graceful part.
         stack.push_async_callback(self.server.stop, 0)
-        wrap = _Finishing(rpc_metrics, registry, Admission(self.config.limits, what="node"))
+        wrap = _Finishing(
+            rpc_metrics,
+            registry,
+            Admission(
+                worker_limits(self.config.limits, self.worker.count, self.worker.index),
+                what="node",
+            ),
+        )
         for module_name, class_name, add_name in SERVICES:
             module = importlib.import_module(f"gitquorum.storage.{module_name}")
             servicer = getattr(module, class_name)(self.context)
@@ -186,6 +206,9 @@ class NodeServer(Assembled):
 
     async def _open_metrics(self, stack: contextlib.AsyncExitStack) -> None:
         host, port = parse_address(self.config.metrics_listen)
+        if self.worker.pooled:
+            # The parent serves the configured address, merging the workers' pages.
+            host, port = "127.0.0.1", 0
         self._metrics_server = metrics_server = MetricsServer(self.registry, host, port)
         stack.push_async_callback(metrics_server.close)
         try:
@@ -280,13 +303,18 @@ async def serve(
     ready_file: Path | None = None,
     vote_timeout: float = 60.0,
     secrets: tuple[bytes, ...] | None = None,
+    worker: WorkerSlot = SINGLE,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain gracefully; a second signal stops at once."""
-    node = NodeServer(config, CollectorRegistry(), vote_timeout, secrets)
+    node = NodeServer(config, CollectorRegistry(), vote_timeout, secrets, worker)
 
     def ready() -> None:
         if ready_file is not None:
-            ready_file.write_text(f"{node.address} {node.metrics_port}\n")
+            line = f"{node.address} {node.metrics_port}"
+            if worker.pooled:
+                # The same words as a proxy worker's: no vote address ("-"), the pid.
+                line += f" - {os.getpid()}"
+            ready_file.write_text(line + "\n")
 
     await run_until_signalled(
         node,

@@ -16,6 +16,7 @@ from gitquorum.gitaly import blob_pb2, blob_pb2_grpc, commit_pb2, commit_pb2_grp
 from tests.conftest import Target
 from tests.harness import gitrepo
 from tests.harness.gitrepo import git
+from tests.harness.node import NodeProcess
 
 BINARY_SIZE = 2 * 1024 * 1024 + 77
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -337,10 +338,12 @@ async def test_concurrent_reads_are_all_correct(
     assert results[len(revisions) :] == expected_blobs
 
 
-def _git_children(pid: int) -> dict[int, str]:
-    """pid -> command line of the node's git child processes (read from /proc)."""
+def _git_children(node: NodeProcess) -> dict[int, str]:
+    """pid -> command line of the node's git child processes (read from /proc);
+    a pooled node's are its workers' children."""
     children: dict[int, str] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    tasks = [t for pid in node.server_pids() for t in Path(f"/proc/{pid}/task").iterdir()]
+    for task in tasks:
         try:
             listed = (task / "children").read_text().split()
         except OSError:
@@ -357,6 +360,12 @@ def _git_children(pid: int) -> dict[int, str]:
     return children
 
 
+def _cat_files(node: NodeProcess, replica: Path) -> dict[int, str]:
+    return {
+        p: c for p, c in _git_children(node).items() if "cat-file" in c and str(Path(replica)) in c
+    }
+
+
 async def test_cat_file_process_is_reused(
     stub: Any, channel: grpc.aio.Channel, seeded: Seeded, target: Target
 ) -> None:
@@ -364,7 +373,7 @@ async def test_cat_file_process_is_reused(
         pytest.skip("needs the node's process")
     repo, _ = seeded
     commits = commit_pb2_grpc.CommitServiceStub(channel)
-    pid = target.nodes[0].proc.pid
+    node = target.nodes[0]
 
     async def round_of_reads() -> None:
         await commits.FindCommit(commit_pb2.FindCommitRequest(repository=repo, revision=b"HEAD"))
@@ -378,18 +387,14 @@ async def test_cat_file_process_is_reused(
         )
 
     await round_of_reads()
-    before = {
-        p: c for p, c in _git_children(pid).items() if "cat-file" in c and str(Path(seeded[1])) in c
-    }
+    before = _cat_files(node, seeded[1])
     assert before, "the reads left no cat-file process for the repository"
     for _ in range(30):
         await round_of_reads()
-    after = {
-        p: c for p, c in _git_children(pid).items() if "cat-file" in c and str(Path(seeded[1])) in c
-    }
+    after = _cat_files(node, seeded[1])
     assert after == before
     # Nothing else accumulates either: no git process is left behind per call.
-    assert len(_git_children(pid)) <= len(before) + 8
+    assert len(_git_children(node)) <= len(before) + 8
 
 
 # --- addressing and malformed requests -----------------------------------------------------------

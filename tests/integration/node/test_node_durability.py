@@ -40,9 +40,9 @@ async def test_a_created_repository_is_fsynced_before_it_is_placed(tmp_path: Pat
     assert node.proc is not None
     command = ["-f", "-y", "-e", "trace=fsync,fdatasync,rename", "-o", str(trace)]
     with errors.open("wb") as stderr:
-        tracer = await asyncio.create_subprocess_exec(
-            _strace(), *command, "-p", str(node.proc.pid), stderr=stderr
-        )
+        # A pooled node (GITQUORUM_TEST_NODE_WORKERS): its workers run the RPCs.
+        pids = [word for pid in node.server_pids() for word in ("-p", str(pid))]
+        tracer = await asyncio.create_subprocess_exec(_strace(), *command, *pids, stderr=stderr)
     final = storage / "group" / "durable.git"
     try:
         wait_for(lambda: "attached" in errors.read_text(), 10, what="strace to attach")

@@ -2,33 +2,32 @@
 
 What must stay single or whole across the workers: a vote reaches the worker
 holding its transaction, the cluster sees one proxy (one member, one leader
-candidate), each worker's metrics are scraped on its own port, the
-per-repository limits hold for the proxy as a whole, and SIGTERM drains every
-worker. Connections are spread over the workers by the kernel (SO_REUSEPORT),
+candidate), one scrape of the proxy's metrics address shows every worker's
+calls, the per-repository limits hold for the proxy as a whole, and SIGTERM
+drains every worker. Connections are spread over the workers by the kernel (SO_REUSEPORT),
 so each test opens many channels, each its own connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, server_pb2, server_pb2_grpc
-from gitquorum.launch.process import free_ports, wait_for
+from gitquorum.launch.process import wait_for
 from tests.harness import gitrepo
-from tests.harness.cluster import Cluster, ProxyProcess
+from tests.harness.cluster import Cluster
+from tests.harness.pooled import Worker, alive, workers_of
 from tests.integration.cli.ops import cli
 from tests.integration.limits.calls import hold_receive_pack, hold_upload_pack, status_of
 from tests.integration.proxy import helpers
+from tests.integration.proxy.pooled import connect, extra_proxy, pooled_cluster
 
 # The proxy allows two mutators per repository: one per worker, no queue.
 SETTINGS: dict[str, object] = {
@@ -38,40 +37,6 @@ SETTINGS: dict[str, object] = {
 }
 # Fresh connections per test: the chance that all of them land on one worker is 2 / 2**N.
 CONNECTIONS = 16
-
-
-def connect(address: str) -> grpc.aio.Channel:
-    """A channel with its own connection: grpc shares one between channels of a
-    process by default, which would send them all to one worker."""
-    return grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-
-
-@dataclass(frozen=True)
-class Worker:
-    address: str
-    metrics_port: int
-    vote_address: str
-    pid: int
-
-
-def workers_of(proxy: ProxyProcess, count: int = 2) -> list[Worker]:
-    """Each worker's ready file: ``ADDRESS METRICS_PORT VOTE_ADDRESS PID``."""
-    assert proxy.ready_file is not None
-    found = []
-    for index in range(count):
-        words = Path(f"{proxy.ready_file}.worker{index}").read_text().split()
-        found.append(Worker(words[0], int(words[1]), words[2], int(words[3])))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone as far as serving goes: its parent has not reaped it yet.
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def draining(worker: Worker) -> bool:
@@ -89,11 +54,7 @@ def draining(worker: Worker) -> bool:
 
 @pytest.fixture(scope="module")
 def pooled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = Cluster(
-        tmp_path_factory.mktemp("workers"), nodes_count=3, proxy_settings=SETTINGS
-    ).start()
-    with cluster.reporting():
-        helpers.wait_all_healthy(cluster)
+    with pooled_cluster(tmp_path_factory.mktemp("workers"), SETTINGS) as cluster:
         yield cluster
 
 
@@ -112,7 +73,9 @@ def test_workers_listen_on_one_address_and_vote_on_their_own(pooled: Cluster) ->
     assert {w.address for w in workers} == {proxy.address}
     votes = {w.vote_address for w in workers}
     assert len(votes) == 2 and proxy.address not in votes
-    assert len({w.metrics_port for w in workers}) == 2
+    # Each worker's own page on a private port; the proxy's address is the parent's.
+    ports = {w.metrics_port for w in workers}
+    assert len(ports) == 2 and proxy.metrics_port not in ports
 
 
 async def test_writes_through_the_shared_port_all_commit(pooled: Cluster, source: Path) -> None:
@@ -137,9 +100,18 @@ async def test_writes_through_the_shared_port_all_commit(pooled: Cluster, source
     for node, node_refs in refs.items():
         assert {f"refs/heads/w{i}" for i in range(CONNECTIONS)} <= set(node_refs), node
     # Both workers held transactions whose votes reached them.
+    committed = []
     for worker in workers_of(proxy):
         text = helpers.scrape(worker.metrics_port)
-        assert helpers.sample(text, "gitquorum_transactions_total", outcome="committed") > 0
+        committed.append(helpers.sample(text, "gitquorum_transactions_total", outcome="committed"))
+    assert all(count > 0 for count in committed), committed
+    # The proxy's own scrape counts both workers' transactions, and shows both served.
+    whole = helpers.scrape(proxy.metrics_port)
+    assert helpers.sample(whole, "gitquorum_transactions_total", outcome="committed") == sum(
+        committed
+    )
+    for index in ("0", "1"):
+        assert helpers.sample(whole, "gitquorum_worker_rpc_requests_total", worker=index) > 0
 
 
 def test_the_cluster_sees_one_proxy_and_one_leader_candidate(pooled: Cluster) -> None:
@@ -157,26 +129,33 @@ def test_the_cluster_sees_one_proxy_and_one_leader_candidate(pooled: Cluster) ->
         "worker 0 to lead",
     )
     assert helpers.sample(helpers.scrape(second.metrics_port), "gitquorum_leader") == 0.0
+    # The proxy's scrape: the proxy leads (worker 0's gauge, not a sum or worker 1's 0).
+    assert helpers.sample(helpers.scrape(proxy.metrics_port), "gitquorum_leader") == 1.0
 
 
-async def test_a_counter_of_worker_1_is_on_its_metrics_port(pooled: Cluster) -> None:
+async def test_one_scrape_of_the_proxy_shows_every_workers_calls(pooled: Cluster) -> None:
+    """The proxy's metrics address sums the workers' counters: nothing of worker 1 is missing."""
     proxy = pooled.proxies[0]
-    second = workers_of(proxy)[1]
+    workers = workers_of(proxy)
     method = "/gitaly.ServerService/ServerInfo"
 
-    def served() -> float:
-        text = helpers.scrape(second.metrics_port)
-        return helpers.sample(text, "gitquorum_rpc_requests_total", method=method)
+    def served(port: int) -> float:
+        return helpers.sample(helpers.scrape(port), "gitquorum_rpc_requests_total", method=method)
 
-    start = served()
+    start = [served(w.metrics_port) for w in workers]
     for _ in range(CONNECTIONS * 4):
         async with connect(proxy.address) as channel:
             await server_pb2_grpc.ServerServiceStub(channel).ServerInfo(
                 server_pb2.ServerInfoRequest(), timeout=10
             )
-        if served() > start:
-            return
-    pytest.fail("no ServerInfo call counted on worker 1's metrics port")
+        if all(served(w.metrics_port) > s for w, s in zip(workers, start, strict=True)):
+            break
+    else:
+        pytest.fail("ServerInfo calls never reached both workers")
+    each = [served(w.metrics_port) for w in workers]
+    assert served(proxy.metrics_port) == sum(each), each
+    whole = helpers.scrape(proxy.metrics_port)
+    assert helpers.sample(whole, "gitquorum_worker_up") == 2.0
 
 
 async def test_the_per_repository_limit_holds_across_workers(pooled: Cluster, source: Path) -> None:
@@ -207,11 +186,7 @@ async def test_sigterm_drains_every_worker(pooled: Cluster, source: Path) -> Non
     """Calls in flight on both workers finish after SIGTERM; then parent and workers exit 0."""
     relative_path, _ = _new_repository(pooled, source)
     repo = helpers.repository(relative_path)
-    port = free_ports(1)[0]
-    config = pooled.proxy_config("proxy2", port)
-    path = pooled.base / "proxy2.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proxy = ProxyProcess("proxy2", path, pooled.base / "logs").start()
+    proxy = extra_proxy(pooled, "proxy2").start()
     try:
         workers = workers_of(proxy)
         # Eight: within each worker's share (10) of the 20 expensive reads allowed.

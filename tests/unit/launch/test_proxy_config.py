@@ -42,6 +42,8 @@ UP_DEFAULTS: dict[str, Any] = {
     "replication": {"reconcile_interval": "5s"},
     "graceful_timeout": "5s",
     "log_level": "info",
+    # One process per local proxy, whatever the default of a configuration file.
+    "workers": 1,
 }
 
 
