@@ -220,6 +220,18 @@ def proxy_refs(proxy: str, relative_path: str) -> dict[str, str]:
     return found
 
 
+def serves_reads(proxies: Sequence[str], relative_path: str) -> bool:
+    """Whether every proxy answers a read of the repository (its cluster state is
+    fresh again: right after etcd regains quorum a proxy refuses reads until its
+    watches are back, by design)."""
+    try:
+        for proxy in proxies:
+            proxy_refs(proxy, relative_path)
+    except grpc.RpcError:
+        return False
+    return True
+
+
 def check_final(
     cluster: Cluster,
     proxies: Sequence[str],

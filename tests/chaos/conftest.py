@@ -56,6 +56,8 @@ VERIFYING: dict[str, object] = {
 }
 DIVERGED = "replica differs from the primary"
 CONVERGE_TIMEOUT = 45.0
+# After convergence, how long every proxy may take to serve reads again.
+SERVE_TIMEOUT = 15.0
 START_ATTEMPTS = 3
 STEADY_ATTEMPTS = 5
 
@@ -273,6 +275,15 @@ class Scenario:
             "every replica to be up to date with equal checksums",
         )
         self.measurements["converged_after_stop_s"] = round(time.monotonic() - started, 2)
+        # The final reads go through every proxy: each must serve again first. One
+        # whose watches are still reconnecting after an etcd outage refuses reads
+        # for a moment (stale state); one that never comes back fails here.
+        await until(
+            lambda: checker.serves_reads(proxies, self.relative_path),
+            SERVE_TIMEOUT,
+            "every proxy to serve reads again",
+        )
+        self.measurements["proxies_serving_after_stop_s"] = round(time.monotonic() - started, 2)
         problems = checker.check_reads(self.history, self.chain, self.seed_refs)
         problems += await asyncio.to_thread(
             checker.check_final,

@@ -465,12 +465,12 @@ async def test_tree_entry_refuses_a_blob_over_max_size_before_reading_it(
     await gitrepo.seed(channel, repo, source, workdir)
     path = str(target.disk_path(repo))
     commits = commit_pb2_grpc.CommitServiceStub(channel)
-    pid = target.nodes[0].proc.pid
+    node = target.nodes[0]
 
     def batch_processes() -> set[int]:
         return {
             p
-            for p, c in _git_children(pid).items()
+            for p, c in _git_children(node).items()
             if "cat-file --batch" in c and "batch-check" not in c and path in c
         }
 
