@@ -91,13 +91,28 @@ class ConfigError(GitquorumError):
         self.problems = problems
 
 
+# The longest status message sent. It travels in a trailer (percent-encoded
+# beyond ASCII, so up to three bytes a character), and a client refuses
+# trailers over its metadata limit (grpc's default hard limit is 16 KiB) with a
+# RESOURCE_EXHAUSTED of its own instead of the real status: a message quoting a
+# huge request field (a 2 MiB revision) must be cut to reach the client at all.
+MAX_DETAILS = 2048
+
+
+def bounded(message: str) -> str:
+    """``message``, cut to ``MAX_DETAILS`` characters with a mark saying so."""
+    if len(message) <= MAX_DETAILS:
+        return message
+    return f"{message[:MAX_DETAILS]}… ({len(message) - MAX_DETAILS} characters cut)"
+
+
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status an exception maps to; unknown exceptions are INTERNAL."""
     if isinstance(exc, GitquorumError):
-        return exc.code, exc.message
+        return exc.code, bounded(exc.message)
     if isinstance(exc, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED, "method not implemented"
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    return grpc.StatusCode.INTERNAL, bounded(f"internal error: {type(exc).__name__}: {exc}")
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:

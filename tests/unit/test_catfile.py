@@ -114,6 +114,21 @@ async def test_read_many_answers_each_revision_as_read_does(
     assert (await cache.read(repo, b"HEAD"))[0].oid == rev(template, "HEAD")
 
 
+async def test_read_many_takes_an_overlong_name_for_no_object(
+    cache: CatFileCache, template: Path
+) -> None:
+    repo = repo_path(template)
+    pid = await batch_pid(cache, repo)
+    async with cache.batch(repo) as proc:
+        answers = await proc.read_many([b"HEAD", b"x" * (2 << 20), b"HEAD~1"])
+    assert answers[1] is None
+    assert [a[0].oid for a in (answers[0], answers[2]) if a] == [
+        rev(template, "HEAD"),
+        rev(template, "HEAD~1"),
+    ]
+    assert await batch_pid(cache, repo) == pid
+
+
 async def test_read_each_stopped_early_leaves_no_process_out_of_step(
     cache: CatFileCache, template: Path
 ) -> None:
@@ -191,7 +206,11 @@ async def test_stream_empty_blob_yields_info(cache: CatFileCache, worktree: Path
         b"refs/heads/../../etc",
         b"-h",
         b"HEAD^{blob}",
+        # Longer than any name git could echo back within the reader's buffer.
+        b"x" * (2 << 20),
+        b"HEAD:" + b"a/" * 16 * 1024,
     ],
+    ids=lambda r: repr(r[:24]) + (f"+{len(r) - 24}" if len(r) > 24 else ""),
 )
 async def test_missing_objects_keep_the_process(
     cache: CatFileCache, template: Path, revision: bytes

@@ -105,3 +105,19 @@ async def test_abort_with_uses_the_mapping() -> None:
     with pytest.raises(asyncio.CancelledError):
         await errors.abort_with(context, errors.NotFound("repository not found"))  # type: ignore[arg-type]
     assert context.aborted == (grpc.StatusCode.NOT_FOUND, "repository not found")
+
+
+def test_a_long_message_is_cut_to_fit_a_trailer() -> None:
+    """A message quoting a huge request field would make the client refuse the
+    trailer (grpc's 16 KiB metadata limit) instead of reading the status."""
+    code, message = grpc_status(errors.InvalidArgument("revision not found: " + "x" * 2_000_000))
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("revision not found: xxx")
+    assert len(message) < errors.MAX_DETAILS + 64
+    cut = 2_000_000 + len("revision not found: ") - errors.MAX_DETAILS
+    assert message.endswith(f"… ({cut} characters cut)")
+    _, internal = grpc_status(ValueError("y" * 100_000))
+    assert internal.startswith("internal error: ValueError: yyy") and len(internal) < 2200
+    # A message that fits is untouched.
+    short = "x" * errors.MAX_DETAILS
+    assert grpc_status(errors.NotFound(short)) == (grpc.StatusCode.NOT_FOUND, short)

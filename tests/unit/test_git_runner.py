@@ -272,3 +272,11 @@ async def test_read_chunks_sends_fuller_messages_than_blob_chunks_by_default() -
     chunks = [chunk async for chunk in git.read_chunks(reader)]
     assert [len(chunk) for chunk in chunks] == [git.STREAM_CHUNK, 1000]
     assert b"".join(chunks) == data
+
+
+async def test_an_argument_over_the_kernels_limit_is_the_requests_fault(repo: Path) -> None:
+    with pytest.raises(InvalidArgument, match="too large for git's command line"):
+        await git.run(["rev-parse", "x" * 200_000], git_dir=repo)
+    # Other spawn failures stay what they are.
+    with pytest.raises(OSError):
+        await git.run(["rev-parse", "HEAD"], cwd=repo / "no-such-directory")

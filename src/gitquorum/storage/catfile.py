@@ -23,6 +23,16 @@ _REAP_TIMEOUT = 5.0
 # Requests written at once by ``read_many``: far below a pipe's 64 KiB, so
 # writing them never waits for git, which may be blocked writing answers.
 _PIPELINE_BYTES = 16 * 1024
+# The longest name asked of a batch process. git echoes a missing name back on
+# its answer line, and a line longer than the reader's buffer cannot be read
+# (the request would fail with an internal error); no ref name or tree path a
+# repository can hold comes near this, so a longer name names no object.
+MAX_NAME = 32 * 1024
+
+
+def _askable(revision: bytes) -> bool:
+    """Whether ``revision`` can be written to a batch process as one request."""
+    return len(revision) <= MAX_NAME and b"\n" not in revision and b"\x00" not in revision
 
 
 @dataclass(frozen=True)
@@ -50,8 +60,8 @@ class BatchProcess:
         self.users = 0
 
     async def _header(self, revision: bytes) -> ObjectInfo:
-        if b"\n" in revision or b"\x00" in revision:
-            raise ObjectNotFound(revision.decode(errors="replace"))
+        if not _askable(revision):
+            raise ObjectNotFound(revision[:MAX_NAME].decode(errors="replace"))
         self.process.stdin.write(revision + b"\n")
         await self.process.stdin.drain()
         return await self._answer(revision)
@@ -90,7 +100,7 @@ class BatchProcess:
         works on one while git prepares the next. A caller that stops early must
         close the generator (``contextlib.aclosing``) before letting the process go:
         it is then marked out of step."""
-        wanted = [i for i, rev in enumerate(revisions) if b"\n" not in rev and b"\x00" not in rev]
+        wanted = [i for i, rev in enumerate(revisions) if _askable(rev)]
         position = 0  # index of the next answer to give
         finished = False
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import errno
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -182,17 +183,24 @@ async def spawn(
     if git_dir is not None:
         cmd.append(f"--git-dir={git_dir}")
     cmd += list(args)
-    proc = await asyncio.create_subprocess_exec(
-        *cmd,
-        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE if stderr else asyncio.subprocess.DEVNULL,
-        env=base_env(env),
-        cwd=str(cwd) if cwd else None,
-        start_new_session=True,
-        limit=STREAM_CHUNK * 4,
-        pass_fds=_inherited.get() if inherit else (),
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE if stderr else asyncio.subprocess.DEVNULL,
+            env=base_env(env),
+            cwd=str(cwd) if cwd else None,
+            start_new_session=True,
+            limit=STREAM_CHUNK * 4,
+            pass_fds=_inherited.get() if inherit else (),
+        )
+    except OSError as exc:
+        if exc.errno == errno.E2BIG:
+            # A request field given to git as an argument (a revision, a path)
+            # over the kernel's 128 KiB per argument: the request's fault.
+            raise InvalidArgument("request too large for git's command line") from exc
+        raise
     return GitProcess(proc)
 
 

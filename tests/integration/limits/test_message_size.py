@@ -9,7 +9,13 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from gitquorum.gitaly import repository_pb2, repository_pb2_grpc, shared_pb2
+from gitquorum.gitaly import (
+    commit_pb2,
+    commit_pb2_grpc,
+    repository_pb2,
+    repository_pb2_grpc,
+    shared_pb2,
+)
 from tests.harness.cluster import Cluster
 from tests.harness.node import NodeProcess
 from tests.integration.limits.conftest import MAX_MESSAGE, new_repository
@@ -46,8 +52,10 @@ async def _limit_holds(address: str) -> None:
             await stub.CreateRepositoryFromBundle(bundle(), timeout=30)
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.value
 
-        # Just under the limit is accepted (judged on its merits), and the
-        # server still serves on the same channel.
+        # Just under the limit is accepted and judged on its merits: no such
+        # revision, said in a message cut short enough to reach the client
+        # (quoting the whole revision, it would not); the server still serves
+        # on the same channel.
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await stub.WriteRef(
                 repository_pb2.WriteRefRequest(
@@ -55,7 +63,20 @@ async def _limit_holds(address: str) -> None:
                 ),
                 timeout=30,
             )
-        assert error.value.code() != grpc.StatusCode.RESOURCE_EXHAUSTED, error.value
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value
+        details = error.value.details() or ""
+        assert details.startswith("revision not found") and "characters cut" in details
+        # A field git takes as an argument, over the kernel's limit for one
+        # (128 KiB): the request's fault, said as such.
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            commits = commit_pb2_grpc.CommitServiceStub(channel).ListCommits(
+                commit_pb2.ListCommitsRequest(repository=repo, revisions=["x" * 200_000]),
+                timeout=30,
+            )
+            async for _ in commits:
+                pass
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value
+        assert "too large for git's command line" in (error.value.details() or "")
         exists = await stub.RepositoryExists(
             repository_pb2.RepositoryExistsRequest(repository=repo), timeout=30
         )
