@@ -91,19 +91,27 @@ class ConfigError(GitquorumError):
         self.problems = problems
 
 
-# The longest status message sent. It travels in a trailer (percent-encoded
-# beyond ASCII, so up to three bytes a character), and a client refuses
-# trailers over its metadata limit (grpc's default hard limit is 16 KiB) with a
-# RESOURCE_EXHAUSTED of its own instead of the real status: a message quoting a
-# huge request field (a 2 MiB revision) must be cut to reach the client at all.
+# The longest status message sent, in UTF-8 bytes. It travels in a trailer,
+# percent-encoded beyond ASCII (up to three times as long), and a client
+# refuses trailers over its metadata limit (grpc's C core: 8 KiB soft, 16 KiB
+# hard; grpc-java: 8 KiB) with a RESOURCE_EXHAUSTED of its own instead of the
+# real status: a message quoting a huge request field (a 2 MiB revision) must
+# be cut to reach the client at all.
 MAX_DETAILS = 2048
+# What a cut message keeps of its end: the correlation id some messages end with.
+_KEPT_TAIL = 256
 
 
 def bounded(message: str) -> str:
-    """``message``, cut to ``MAX_DETAILS`` characters with a mark saying so."""
-    if len(message) <= MAX_DETAILS:
+    """``message`` cut to about ``MAX_DETAILS`` bytes: its start, a mark saying
+    how much was cut, and its end."""
+    raw = message.encode(errors="surrogatepass")
+    if len(raw) <= MAX_DETAILS:
         return message
-    return f"{message[:MAX_DETAILS]}… ({len(message) - MAX_DETAILS} characters cut)"
+    head = raw[: MAX_DETAILS - _KEPT_TAIL].decode(errors="ignore")
+    tail = raw[-_KEPT_TAIL:].decode(errors="ignore")
+    cut = len(raw) - MAX_DETAILS
+    return f"{head}… ({cut} bytes cut) …{tail}"
 
 
 def grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gitquorum.gitaly import shared_pb2
-from gitquorum.storage.catfile import CatFileCache, ObjectNotFound
+from gitquorum.storage.catfile import MAX_NAME, CatFileCache, ObjectNotFound
 from gitquorum.storage.locator import RepoPath, StorageLocator
 from tests.harness.gitrepo import git, make_repo
 
@@ -206,9 +206,12 @@ async def test_stream_empty_blob_yields_info(cache: CatFileCache, worktree: Path
         b"refs/heads/../../etc",
         b"-h",
         b"HEAD^{blob}",
-        # Longer than any name git could echo back within the reader's buffer.
+        # Over MAX_NAME: never asked (a 2 MiB name's echo would not fit the
+        # reader's buffer), a missing object all the same.
         b"x" * (2 << 20),
-        b"HEAD:" + b"a/" * 16 * 1024,
+        b"HEAD:" + b"a/" * (MAX_NAME // 2),
+        # Just at MAX_NAME: asked, and git's echo of it is read back.
+        b"y" * MAX_NAME,
     ],
     ids=lambda r: repr(r[:24]) + (f"+{len(r) - 24}" if len(r) > 24 else ""),
 )

@@ -109,15 +109,31 @@ async def test_abort_with_uses_the_mapping() -> None:
 
 def test_a_long_message_is_cut_to_fit_a_trailer() -> None:
     """A message quoting a huge request field would make the client refuse the
-    trailer (grpc's 16 KiB metadata limit) instead of reading the status."""
-    code, message = grpc_status(errors.InvalidArgument("revision not found: " + "x" * 2_000_000))
+    trailer (grpc's metadata limit) instead of reading the status: it is cut
+    by its encoded size, keeping its start and its end (a correlation id)."""
+    message = "revision not found: " + "x" * 2_000_000 + " (correlation id abc)"
+    code, shown = grpc_status(errors.InvalidArgument(message))
     assert code is grpc.StatusCode.INVALID_ARGUMENT
-    assert message.startswith("revision not found: xxx")
-    assert len(message) < errors.MAX_DETAILS + 64
-    cut = 2_000_000 + len("revision not found: ") - errors.MAX_DETAILS
-    assert message.endswith(f"… ({cut} characters cut)")
+    assert shown.startswith("revision not found: xxx")
+    assert shown.endswith("xxx (correlation id abc)")
+    cut = len(message) - errors.MAX_DETAILS
+    assert f"… ({cut} bytes cut) …" in shown
+    assert len(shown.encode()) < errors.MAX_DETAILS + 64
     _, internal = grpc_status(ValueError("y" * 100_000))
-    assert internal.startswith("internal error: ValueError: yyy") and len(internal) < 2200
+    assert internal.startswith("internal error: ValueError: yyy")
+    assert len(internal.encode()) < errors.MAX_DETAILS + 64
     # A message that fits is untouched.
     short = "x" * errors.MAX_DETAILS
     assert grpc_status(errors.NotFound(short)) == (grpc.StatusCode.NOT_FOUND, short)
+
+
+@pytest.mark.parametrize("char", ["é", "中", "😀", "\udcff", "\ud800"])
+def test_a_message_of_wide_characters_is_cut_by_its_bytes(char: str) -> None:
+    """Percent-encoded, each byte beyond ASCII takes three: counting characters
+    would let 2048 four-byte ones through as 24 KiB, over every client's limit."""
+    _, shown = grpc_status(errors.InvalidArgument("bad: " + char * 100_000))
+    assert shown.startswith("bad: ")
+    assert " bytes cut) " in shown
+    assert len(shown.encode(errors="surrogatepass")) < errors.MAX_DETAILS + 64
+    # Cut on character boundaries: whatever is kept is whole characters.
+    assert set(shown[len("bad: ") : shown.index("…")]) <= {char}

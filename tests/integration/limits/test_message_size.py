@@ -65,7 +65,7 @@ async def _limit_holds(address: str) -> None:
             )
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value
         details = error.value.details() or ""
-        assert details.startswith("revision not found") and "characters cut" in details
+        assert details.startswith("revision not found") and "bytes cut" in details
         # A field git takes as an argument, over the kernel's limit for one
         # (128 KiB): the request's fault, said as such.
         with pytest.raises(grpc.aio.AioRpcError) as error:
