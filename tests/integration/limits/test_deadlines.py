@@ -80,9 +80,12 @@ async def test_the_deadline_travels_to_the_node(cluster: Cluster) -> None:
 
 @pytest.fixture(scope="module")
 def big_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Incompressible, so the pack takes many messages to stream.
+    # Incompressible, so the pack takes many messages to stream, and far more
+    # than every buffer on the way holds (the node's queue of 16 messages of
+    # up to 256 KiB, two HTTP/2 windows that grow to several MiB, the proxy's
+    # relay): with 12 MiB git sometimes finished before the test looked.
     return gitrepo.make_repo(
-        tmp_path_factory.mktemp("big") / "source", commits=1, binary_size=12 * 1024 * 1024
+        tmp_path_factory.mktemp("big") / "source", commits=1, binary_size=64 * 1024 * 1024
     )
 
 
