@@ -543,6 +543,12 @@ class ProxyConfig:
     # Processes serving the one listen address (SO_REUSEPORT); 1: one process.
     # Absent means 1; `workers: auto` gets auto_workers() (docs/workers.md).
     workers: int = 1
+    # Pooled workers only, one entry per worker: where each worker takes the
+    # nodes' votes (absent: a free port on the host of listen), and the address
+    # the nodes dial for it (absent: the host of advertise, that port). For
+    # firewalls and NAT that must know the vote ports (docs/workers.md).
+    vote_listen: tuple[str, ...] = ()
+    vote_advertise: tuple[str, ...] = ()
 
 
 # The etcd watch hears from etcd every second (progress notifications) and
@@ -593,6 +599,8 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
             "tls",
             "node_tls",
             "workers",
+            "vote_listen",
+            "vote_advertise",
         },
         "",
         PRAEFECT_PROXY_RENAMES,
@@ -709,6 +717,8 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
         ),
         # Present (even empty: the system's roots verify the nodes) means TLS to every node.
         workers=_proxy_workers(reader, top, limits),
+        vote_listen=_address_list(reader, top, "vote_listen"),
+        vote_advertise=_address_list(reader, top, "vote_advertise", schemes=True),
         node_tls=None
         if top.get("node_tls") is None
         else _tls(
@@ -721,6 +731,7 @@ def proxy_config_from_dict(data: Any) -> ProxyConfig:
     )
     if config.workers > 1:
         _check_worker_limits(reader, config.workers, config.limits)
+    _check_vote_addresses(reader, config, top)
     if reader.problems:
         raise ConfigError(reader.problems)
     return config
@@ -777,6 +788,81 @@ def _check_worker_limits(reader: _Reader, workers: int, limits: LimitsConfig) ->
                 f"{value} is less than workers ({workers}): each worker process gets an "
                 "equal share of the limit, which must be 1 at least (or 0: no limit)",
             )
+
+
+def _address_list(
+    reader: _Reader, top: dict[str, Any], key: str, *, schemes: bool = False
+) -> tuple[str, ...]:
+    """An optional list of ``host:port`` strings (``schemes``: each may start ``tls://``)."""
+    value = top.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        reader.problem(key, "expected a non-empty list of host:port strings")
+        return ()
+    found: list[str] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            reader.problem(f"{key}.{index}", "expected a host:port string")
+            continue
+        scheme, sep, rest = item.rpartition("://")
+        try:
+            if sep and (not schemes or scheme not in ("tls", "tcp")):
+                raise ValueError(f"unexpected scheme {scheme + sep!r}")
+            parse_address(rest)
+        except ValueError as exc:
+            reader.problem(f"{key}.{index}", str(exc))
+            continue
+        found.append(item)
+    return tuple(found) if len(found) == len(value) else ()
+
+
+def _check_vote_addresses(reader: _Reader, config: ProxyConfig, top: dict[str, Any]) -> None:
+    """One vote address per worker, none shared: workers bind with ``SO_REUSEPORT``,
+    so two workers given one port would both get it, and the kernel would hand a
+    node's vote to a worker that does not hold its transaction.
+
+    A list with a bad entry was reported and dropped whole; the checks that
+    need it are skipped rather than reported a second time.
+    """
+    listen, advertise = config.vote_listen, config.vote_advertise
+    if top.get("vote_advertise") is not None and top.get("vote_listen") is None:
+        reader.problem(
+            "vote_advertise", "needs vote_listen: the ports it advertises are fixed there"
+        )
+        return
+    if top.get("vote_listen") is None:
+        return
+    if config.workers < 2:
+        reader.problem(
+            "vote_listen",
+            f"only with workers >= 2 (workers is {config.workers}): "
+            "a single process takes the votes on listen",
+        )
+        return
+    for key, entries in (("vote_listen", listen), ("vote_advertise", advertise)):
+        if entries and len(entries) != config.workers:
+            reader.problem(
+                key, f"{len(entries)} addresses for {config.workers} workers: give one per worker"
+            )
+    taken: dict[int, str] = {}
+    with contextlib.suppress(ValueError):
+        taken[parse_address(config.listen)[1]] = "listen"
+    for index, address in enumerate(listen):
+        port = parse_address(address)[1]
+        if port == 0:
+            if top.get("vote_advertise") is not None:
+                reader.problem(
+                    f"vote_listen.{index}",
+                    "port 0 cannot be advertised: give a port (or leave vote_advertise out)",
+                )
+            continue
+        if port in taken:
+            reader.problem(
+                f"vote_listen.{index}",
+                f"port {port} is also {taken[port]}'s: each worker needs a vote port of its own",
+            )
+        taken[port] = f"vote_listen.{index}"
 
 
 def load_proxy_config(path: str | Path) -> ProxyConfig:

@@ -361,8 +361,7 @@ class ProxyServer(Assembled):
         if self.worker.pooled:
             # The shared port may hand a node's vote to any worker; this
             # worker's own port reaches the process that holds the transaction.
-            host, _ = parse_address(config.listen)
-            self.vote_port = bind_port(server, join_address(host, 0), credentials)
+            self.vote_port = bind_port(server, vote_listen(config, self.worker.index), credentials)
         return server
 
     def reload(self) -> None:
@@ -529,7 +528,9 @@ class ProxyServer(Assembled):
         config = self.config
         # Nodes dial back to vote: tls:// tells them to use TLS (storage/transaction.py).
         advertise = config.advertise or self.address
-        if self.vote_port:
+        if config.vote_advertise:
+            advertise = config.vote_advertise[self.worker.index]
+        elif self.vote_port:
             advertise = with_port(advertise, self.vote_port)
         if "://" not in advertise:
             advertise = tls.url(advertise, server_tls is not None)
@@ -695,6 +696,15 @@ class ProxyServer(Assembled):
             # Cut short: the workers' own cleanup, further down the stack, stops them now.
             workers.cancel()
         logger.info("drained", extra=log.fields(calls_cut_short=cut))
+
+
+def vote_listen(config: ProxyConfig, index: int) -> str:
+    """Where pooled worker ``index`` takes votes: its ``vote_listen`` entry, else
+    any free port on the host of ``listen``."""
+    if config.vote_listen:
+        return config.vote_listen[index]
+    host, _ = parse_address(config.listen)
+    return join_address(host, 0)
 
 
 def with_port(address: str, port: int) -> str:

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gitquorum.cluster.etcd_store import EtcdConfig, EtcdStore
 from gitquorum.cluster.keys import Keyspace
+from gitquorum.launch.process import free_ports
 from tests.harness import gitrepo
 from tests.harness.cluster import Cluster
 from tests.harness.pooled import alive, workers_of
@@ -149,3 +150,34 @@ def test_no_other_process_binds_the_proxy_port(
             health_pb2.HealthCheckRequest(), timeout=10
         )
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_fixed_vote_addresses_are_bound_and_advertised(pooled: Cluster, source: Path) -> None:
+    """``vote_listen`` / ``vote_advertise``: each worker takes votes on its own fixed
+    port and tells the nodes the address given for it; writes vote through them."""
+    listen = free_ports(2)
+    proxy = extra_proxy(
+        pooled,
+        "proxy4",
+        vote_listen=[f"127.0.0.1:{port}" for port in listen],
+        vote_advertise=[f"localhost:{port}" for port in listen],
+    ).start()
+    try:
+        workers = workers_of(proxy)
+        assert [w.vote_address for w in workers] == [f"tcp://localhost:{p}" for p in listen]
+        for port in listen:
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass
+        relative_path = f"workers/{uuid.uuid4().hex}.git"
+        helpers.create(proxy.address, relative_path)
+        commit = gitrepo.git("rev-parse", "HEAD", cwd=source).strip()
+        for i in range(MAX_PUSHES):
+            helpers.push(proxy.address, relative_path, source, f"HEAD:refs/heads/v{i}")
+            if all(receive_packs(w.metrics_port) > 0 for w in workers):
+                break
+        else:
+            pytest.fail(f"{MAX_PUSHES} pushes, all taken by one worker")
+        for node, refs in helpers.replica_refs(pooled, proxy.address, relative_path).items():
+            assert {refs.get(f"refs/heads/v{j}") for j in range(i + 1)} == {commit}, node
+    finally:
+        proxy.terminate(10)
