@@ -10,7 +10,10 @@ proxy depends on, so that each can be hit alone:
   through it, because the proxy's ``advertise`` address (what it puts into a
   write's transaction metadata for the nodes' ``VoteTransaction`` calls) is
   this relay's. The nodes share one such path per proxy: the address is one
-  per proxy.
+  per proxy. A proxy of N worker processes (``workers``) has one per worker,
+  ``nodes-><proxy>/<i>``: each worker takes votes on a fixed port of its own
+  (``vote_listen``) and advertises this relay (``vote_advertise``); the
+  dial-back nemesis cuts them together.
 
 Clients reach the proxies directly, and etcd members reach each other
 directly. A path's condition is the sum of the layers put on it
@@ -30,6 +33,9 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from gitquorum.config import parse_address
+from gitquorum.launch.process import free_ports
+from gitquorum.worker_pool import join_address
 from tests.faults.base import Fault, Nemesis
 from tests.faults.relay import Hub, Shape, open_hub
 
@@ -48,8 +54,8 @@ def etcd_path(proxy: str, member: str) -> str:
     return f"{proxy}->{member}"
 
 
-def dialback_path(proxy: str) -> str:
-    return f"nodes->{proxy}"
+def dialback_path(proxy: str, worker: int | None = None) -> str:
+    return f"nodes->{proxy}" if worker is None else f"nodes->{proxy}/{worker}"
 
 
 def merge(layers: list[Shape]) -> Shape:
@@ -79,6 +85,7 @@ class Paths:
         self.addresses: dict[str, str] = {}  # path -> relay address
         self.proxies: dict[str, list[str]] = {}  # proxy -> its paths
         self.etcd: dict[str, list[str]] = {}  # proxy -> its paths to etcd members
+        self.dialback: dict[str, list[str]] = {}  # proxy -> its vote paths (one per worker)
         self._layers: dict[str, dict[str, Shape]] = {}  # path -> owner -> layer
         self._lock = threading.Lock()
 
@@ -106,7 +113,20 @@ class Paths:
             self._relay(own, name, endpoint)
             for name, endpoint in zip(self.etcd[proxy], etcd["endpoints"], strict=True)
         ]
-        config["advertise"] = self._relay(own, dialback_path(proxy), str(config["listen"]))
+        workers = config.get("workers", 1)
+        if isinstance(workers, int) and workers > 1:
+            # Fixed vote ports, known before the proxy starts, so each can be relayed.
+            host, _ = parse_address(str(config["listen"]))
+            votes = [join_address(host, port) for port in free_ports(workers)]
+            self.dialback[proxy] = [dialback_path(proxy, i) for i in range(workers)]
+            config["vote_listen"] = votes
+            config["vote_advertise"] = [
+                self._relay(own, name, vote)
+                for name, vote in zip(self.dialback[proxy], votes, strict=True)
+            ]
+        else:
+            self.dialback[proxy] = [dialback_path(proxy)]
+            config["advertise"] = self._relay(own, dialback_path(proxy), str(config["listen"]))
         return config
 
     def _relay(self, own: list[str], name: str, upstream: str) -> str:
@@ -124,6 +144,10 @@ class Paths:
         """The paths from ``proxies`` (default: every proxy) to ``node``."""
         names = [node_path(p, node) for p in (proxies if proxies is not None else self.proxies)]
         return [n for n in names if n in self.addresses]
+
+    def to_proxy(self, proxy: str) -> list[str]:
+        """The nodes' vote paths to ``proxy`` (one per worker process)."""
+        return list(self.dialback[proxy])
 
     def to_etcd(self, proxy: str) -> list[str]:
         """``proxy``'s paths to every etcd member."""
@@ -255,7 +279,7 @@ class DialBackCut(PathNemesis):
 
     async def inject(self, run: RunContext) -> Fault:
         proxy = _pick_proxy(run)
-        names = [dialback_path(proxy)]
+        names = run.cluster.paths.to_proxy(proxy)
         fault = run.fault(self, proxy, detail="votes from every node to this proxy blackholed")
         await self._apply(run, names, Shape(cut=True))
         return fault

@@ -753,8 +753,10 @@ class FaultRun:
         processes = [p for p in [*self.cluster.proxies, *self.cluster.nodes] if p.alive()]
         before = {p.name: _dump_lines(p.log_path) for p in processes}
         for process in processes:
-            with contextlib.suppress(OSError):
-                os.kill(process.pid, signal.SIGUSR1)
+            # Run with workers, each worker dumps its own tasks (the parent has none).
+            for pid in process.server_pids():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGUSR1)
         dumps: dict[str, str] = {}
         deadline = time.monotonic() + within
         while len(dumps) < len(processes) and time.monotonic() < deadline:

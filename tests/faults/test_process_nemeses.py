@@ -60,8 +60,9 @@ from tests.faults.base import Fault, Nemesis
 from tests.faults.cluster import FAULT_PROXY_SETTINGS, FaultCluster
 from tests.faults.context import RunContext, read_records, until
 from tests.harness import gitrepo
-from tests.harness.cluster import HARNESS_PROXY_SETTINGS
-from tests.harness.node import wait_for
+from tests.harness.cluster import HARNESS_PROXY_SETTINGS, WORKERS_ENV
+from tests.harness.node import NODE_WORKERS_ENV, NodeProcess, wait_for
+from tests.harness.pooled import PooledChild, workers_from_env
 from tests.integration.proxy import helpers
 
 # Proofs that each process nemesis does what it names: run by make test-long
@@ -94,6 +95,10 @@ def proc_state(pid: int) -> str:
     except (FileNotFoundError, ProcessLookupError):
         return ""
     return text.rsplit(")", 1)[1].split()[0]
+
+
+# What a killed process shows in /proc: nothing (reaped), or a zombie.
+DEAD = ("", "Z", "X")
 
 
 def running(pid: int) -> bool:
@@ -346,8 +351,23 @@ async def run(cluster: FaultCluster, source: Path, tmp_path: Path) -> AsyncItera
     await asyncio.to_thread(restore, cluster)
 
 
-def pids(children: Sequence[ChildProcess]) -> dict[str, int]:
-    return {c.name: c.pid for c in children}
+def server_pids(child: ChildProcess) -> tuple[int, ...]:
+    """``child``'s process and, run with workers, every worker's."""
+    return tuple(child.server_pids()) if isinstance(child, PooledChild) else (child.pid,)
+
+
+def pids(children: Sequence[ChildProcess]) -> dict[str, tuple[int, ...]]:
+    """Each child's processes: the parent first, then its workers (if any)."""
+    found = {c.name: server_pids(c) for c in children}
+    for child in children:
+        # Run with workers (GITQUORUM_TEST_*_WORKERS), every check below covers them too.
+        variable = NODE_WORKERS_ENV if isinstance(child, NodeProcess) else WORKERS_ENV
+        workers = workers_from_env(variable)
+        assert len(found[child.name]) == (1 + workers if workers > 1 else 1), (
+            child.name,
+            found[child.name],
+        )
+    return found
 
 
 async def answering(address: str, what: str) -> None:
@@ -359,17 +379,26 @@ def assert_no_process_taken(fault: Fault) -> None:
     assert fault.proxies_down == () and fault.proxies_down_during == [], fault
 
 
-async def assert_killed(child: ChildProcess, pid: int) -> None:
-    """``pid`` (``child`` before the fault) is gone and nothing listens on its port."""
-    assert proc_state(pid) == "", f"{child.name} (pid {pid}) still exists: {proc_state(pid)}"
-    assert await asyncio.to_thread(refuses, child.address), f"{child.name}'s port accepts"
+async def assert_killed(child: ChildProcess, pids: tuple[int, ...]) -> None:
+    """``pids`` (``child``'s processes before the fault) are gone; its port refuses."""
+    # SIGKILL takes effect when the process next runs: soon, not at once. A killed
+    # worker stays a zombie until whoever inherits it (its parent died first) reaps it.
+    for pid in pids:
+        await until(
+            lambda pid=pid: proc_state(pid) in DEAD, STOP_DEADLINE, f"{child.name} ({pid}) dead"
+        )
+    # A connect racing the listeners' teardown can fail otherwise than refused.
+    await until(lambda: refuses(child.address), STOP_DEADLINE, f"{child.name}'s port refusing")
 
 
-async def assert_paused(child: ChildProcess, pid: int) -> None:
-    """``pid`` is ``child``'s process, stopped: connections accepted, no answer."""
-    assert child.pid == pid, f"{child.name} was restarted, not paused"
+async def assert_paused(child: ChildProcess, pids: tuple[int, ...]) -> None:
+    """``pids`` are ``child``'s processes, every one stopped: connections accepted, no answer."""
+    assert child.pid == pids[0], f"{child.name} was restarted, not paused"
     # SIGSTOP takes effect once every thread of the process has stopped: soon, not at once.
-    await until(lambda: proc_state(pid) == "T", STOP_DEADLINE, f"{child.name} (pid {pid}) stopped")
+    for pid in pids:
+        await until(
+            lambda pid=pid: proc_state(pid) == "T", STOP_DEADLINE, f"{child.name} ({pid}) stopped"
+        )
     assert await asyncio.to_thread(accepts, child.address), f"{child.name}'s port refuses"
     started = time.monotonic()
     answer = await asyncio.to_thread(health, child.address)
@@ -377,18 +406,23 @@ async def assert_paused(child: ChildProcess, pid: int) -> None:
     assert time.monotonic() - started < ANSWER_DEADLINE + 1.0
 
 
-async def assert_restarted(child: ChildProcess, pid: int) -> None:
-    """A new process of ``child`` runs and answers on the old port."""
-    assert child.pid != pid and running(child.pid), (child.name, pid, child.pid)
-    assert proc_state(pid) == "", f"{child.name}'s old process {pid} is still there"
+async def assert_restarted(child: ChildProcess, pids: tuple[int, ...]) -> None:
+    """New processes of ``child`` (as many as before) run and answer on the old port."""
     await answering(child.address, f"{child.name} restarted")
+    now = server_pids(child)
+    assert len(now) == len(pids) and not set(now) & set(pids), (child.name, pids, now)
+    assert all(running(pid) for pid in now), (child.name, now)
+    for pid in pids:
+        assert proc_state(pid) in DEAD, f"{child.name}'s old process {pid} is still there"
 
 
-async def assert_resumed(child: ChildProcess, pid: int) -> None:
-    """The same process of ``child`` runs again and answers."""
-    assert child.pid == pid, f"{child.name} was restarted, not resumed"
-    await until(lambda: running(pid), 10, f"{child.name} running again")
+async def assert_resumed(child: ChildProcess, pids: tuple[int, ...]) -> None:
+    """The same processes of ``child`` run again and answer."""
+    assert child.pid == pids[0], f"{child.name} was restarted, not resumed"
+    for pid in pids:
+        await until(lambda pid=pid: running(pid), 10, f"{child.name} ({pid}) running again")
     await answering(child.address, f"{child.name} resumed")
+    assert server_pids(child) == pids, (child.name, pids)
 
 
 # -- nodes ----------------------------------------------------------------------------------------
@@ -424,7 +458,8 @@ async def test_a_node_kill_takes_the_named_replica_away_until_the_heal(
         await assert_killed(cluster.node(node), before[node])
         for other in cluster.nodes:
             if other.name != node:
-                assert other.pid == before[other.name] and running(other.pid), other.name
+                assert server_pids(other) == before[other.name], other.name
+                assert all(running(pid) for pid in before[other.name]), other.name
         await run.until(lambda: node not in helpers.healthy_nodes(cluster), 15, f"{node} unhealthy")
     finally:
         await nemesis.heal(run)
@@ -490,8 +525,8 @@ async def test_kill_primary_while_secondary_outdated(
         stopped = [at for at, (states, _, _) in samples if states[outdated] == "T"]
         assert stopped, f"{outdated} never seen stopped"
         assert paused - 0.2 <= min(stopped) and max(stopped) <= resumed + 0.2, (stopped, paused)
-        assert cluster.node(outdated).pid == before[outdated], f"{outdated} was restarted"
-        assert running(before[outdated]), f"{outdated} is not running at the kill"
+        assert server_pids(cluster.node(outdated)) == before[outdated], f"{outdated} restarted"
+        assert all(map(running, before[outdated])), f"{outdated} is not running at the kill"
         # It missed acknowledged writes: etcd recorded its replica behind.
         behind = [
             at for at, (_, gens, gen) in samples if at <= resumed and gens.get(outdated, -1) < gen
@@ -548,8 +583,10 @@ async def test_restart_storm_restarts_every_node_twice_one_at_a_time(
         refused = [states[name][2] for _, states in samples]
         windows = sum(1 for a, b in pairwise([False, *refused]) if b and not a)
         assert windows >= 2, f"{name}'s port refused in {windows} windows"
-        assert cluster.node(name).pid != before[name]
-        assert proc_state(before[name]) == "", f"{name}'s first process is still there"
+        assert cluster.node(name).pid not in before[name]
+        assert all(proc_state(pid) in DEAD for pid in before[name]), (
+            f"{name}'s first processes remain"
+        )
     # Never two nodes down at once.
     for at, states in samples:
         down = [name for name, (_, _, refusing) in states.items() if refusing]
@@ -630,7 +667,7 @@ async def test_pause_leader_proxy_outlasts_its_lease(
             f"a proxy other than the stopped {leader} to lead",
         )
         took = time.monotonic() - fault.start
-        assert proc_state(before[leader]) == "T", "resumed before another proxy led"
+        assert all(proc_state(pid) == "T" for pid in before[leader]), "resumed before another led"
         print(f"pause-leader-proxy: {successor} leads {took:.1f}s after {leader} stopped")
         # "Past its lease": even the shortest hold outlasts the lease.
         assert took < nemesis.hold[0], f"the lease outlived the shortest hold ({took:.1f}s)"
@@ -682,7 +719,8 @@ async def test_pause_proxy_mid_repair_stops_a_proxy_holding_a_replication_job(
         stopped = [at for at, (states, *_) in samples if states[node] == "T"]
         assert stopped, f"{node} never seen stopped"
         assert paused - 0.2 <= min(stopped) and max(stopped) <= resumed + 0.2, (stopped, paused)
-        assert cluster.node(node).pid == nodes_before[node] and running(nodes_before[node])
+        assert server_pids(cluster.node(node)) == nodes_before[node]
+        assert all(map(running, nodes_before[node])), node
         behind = [at for at, (_, _, gens, gen) in samples if gens.get(node, -1) < gen]
         assert behind, f"{node}'s replica never recorded behind: no repair to interrupt"
         await assert_paused(cluster.proxy(proxy), before[proxy])
@@ -737,7 +775,7 @@ async def test_kill_etcd_member_kills_the_named_member(
         assert_no_process_taken(fault)
         assert (index == leader) == raft_leader, (index, leader)
         assert fault.target == f"etcd{index}" + (" (raft leader)" if raft_leader else "")
-        await assert_killed(member, before[index])
+        await assert_killed(member, (before[index],))
         others = [m for i, m in enumerate(etcd.members) if i != index]
         for other in others:
             assert other.pid == before[etcd.members.index(other)] and running(other.pid)
@@ -800,7 +838,7 @@ async def test_etcd_quorum_loss_kills_two_members_and_puts_fail(
         assert fault.kind == "etcd" and not fault.reads_available and fault.excuse_after == 3.0
         assert_no_process_taken(fault)
         for index in killed:
-            await assert_killed(etcd.members[index], before[index])
+            await assert_killed(etcd.members[index], (before[index],))
         (left,) = [m for i, m in enumerate(etcd.members) if i not in killed]
         assert running(left.pid)
         started = time.monotonic()
