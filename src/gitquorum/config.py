@@ -820,10 +820,12 @@ def _address_list(
 def _check_vote_addresses(reader: _Reader, config: ProxyConfig, top: dict[str, Any]) -> None:
     """One vote address per worker, none shared: workers bind with ``SO_REUSEPORT``,
     so two workers given one port would both get it, and the kernel would hand a
-    node's vote to a worker that does not hold its transaction.
+    node's vote to a worker that does not hold its transaction; two workers
+    advertising one address would send one's votes to the other.
 
-    A list with a bad entry was reported and dropped whole; the checks that
-    need it are skipped rather than reported a second time.
+    A list with a bad entry was reported and dropped whole, and a bad
+    ``workers`` too: the checks that need them are skipped rather than
+    reported a second time.
     """
     listen, advertise = config.vote_listen, config.vote_advertise
     if top.get("vote_advertise") is not None and top.get("vote_listen") is None:
@@ -831,7 +833,13 @@ def _check_vote_addresses(reader: _Reader, config: ProxyConfig, top: dict[str, A
             "vote_advertise", "needs vote_listen: the ports it advertises are fixed there"
         )
         return
-    if top.get("vote_listen") is None:
+    if top.get("vote_listen") is None or any(p.startswith("workers:") for p in reader.problems):
+        return
+    if top.get("workers") == "auto":
+        reader.problem(
+            "vote_listen",
+            'cannot be used with workers: "auto" (one address per worker: give workers a number)',
+        )
         return
     if config.workers < 2:
         reader.problem(
@@ -863,6 +871,33 @@ def _check_vote_addresses(reader: _Reader, config: ProxyConfig, top: dict[str, A
                 f"port {port} is also {taken[port]}'s: each worker needs a vote port of its own",
             )
         taken[port] = f"vote_listen.{index}"
+    _check_vote_advertise(reader, config)
+
+
+def _check_vote_advertise(reader: _Reader, config: ProxyConfig) -> None:
+    """Distinct addresses with a port, in the scheme of the listener the vote ports share."""
+    listener_tls = bool(config.tls.cert_file)
+    seen: dict[tuple[str, int], int] = {}
+    for index, address in enumerate(config.vote_advertise):
+        scheme, sep, rest = address.rpartition("://")
+        host, port = parse_address(rest)
+        where = f"vote_advertise.{index}"
+        if port == 0:
+            reader.problem(where, "expected a port other than 0: the nodes dial it")
+        if sep and (scheme == "tls") != listener_tls:
+            reader.problem(
+                where,
+                f"{scheme}:// but the vote ports serve "
+                + ("TLS (tls.cert_file is set)" if listener_tls else "plaintext (no tls.cert_file)")
+                + ": leave the scheme out to take the listener's",
+            )
+        if (host.lower(), port) in seen:
+            reader.problem(
+                where,
+                f"{rest} is also vote_advertise.{seen[(host.lower(), port)]}: each worker "
+                "needs an address of its own, or its votes reach another worker",
+            )
+        seen.setdefault((host.lower(), port), index)
 
 
 def load_proxy_config(path: str | Path) -> ProxyConfig:

@@ -34,10 +34,10 @@ import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gitquorum.config import parse_address
-from gitquorum.launch.process import free_ports
 from gitquorum.worker_pool import join_address
 from tests.faults.base import Fault, Nemesis
 from tests.faults.relay import Hub, Shape, open_hub
+from tests.harness.pooled import fixed_ports
 
 if TYPE_CHECKING:
     from tests.faults.cluster import FaultCluster
@@ -115,9 +115,10 @@ class Paths:
         ]
         workers = config.get("workers", 1)
         if isinstance(workers, int) and workers > 1:
-            # Fixed vote ports, known before the proxy starts, so each can be relayed.
+            # Fixed vote ports, known before the proxy starts, so each can be
+            # relayed; below the ephemeral range, so a restart can bind them again.
             host, _ = parse_address(str(config["listen"]))
-            votes = [join_address(host, port) for port in free_ports(workers)]
+            votes = [join_address(host, port) for port in fixed_ports(workers)]
             self.dialback[proxy] = [dialback_path(proxy, i) for i in range(workers)]
             config["vote_listen"] = votes
             config["vote_advertise"] = [

@@ -39,6 +39,9 @@ from tests.faults.context import RunContext, read_records, read_records_at, reco
 from tests.faults.schedule import Step, expected_steps, fits, plan
 from tests.faults.workload import Fleet, FleetSettings
 from tests.harness import gitrepo
+from tests.harness.cluster import WORKERS_ENV
+from tests.harness.node import NODE_WORKERS_ENV
+from tests.harness.pooled import workers_from_env
 
 START_ATTEMPTS = 3
 SEED_CONCURRENCY = 4
@@ -579,7 +582,11 @@ class FaultRun:
 
     async def execute(self) -> Report:
         settings = self.settings
-        print(f"fault run: seed {settings.seed}, {settings.duration}s", flush=True)
+        print(
+            f"fault run: seed {settings.seed}, {settings.duration}s, workers per proxy "
+            f"{workers_from_env(WORKERS_ENV)}, per node {workers_from_env(NODE_WORKERS_ENV)}",
+            flush=True,
+        )
         budget = settings.budget if settings.budget is not None else settings.duration
         # More steps than the budget can take: the run stops when it is spent.
         steps = plan(settings.seed, settings.nemeses, budget, settings.gap)
@@ -732,6 +739,9 @@ class FaultRun:
             "run_s": round(ended - began, 1),
             "nemeses_run": sorted({f.nemesis for f in faults}),
             "nemeses_skipped": sorted(self.skipped),
+            # Processes per proxy and per node (GITQUORUM_TEST_*_WORKERS; 1: one process).
+            "proxy_workers": workers_from_env(WORKERS_ENV),
+            "node_workers": workers_from_env(NODE_WORKERS_ENV),
         }
         return Report(
             settings.seed,
@@ -747,24 +757,33 @@ class FaultRun:
     # -- failure output --------------------------------------------------------------------
 
     def _ask_task_dumps(self, within: float = 5.0) -> dict[str, str]:
-        """SIGUSR1 to every live proxy and node; each one's ``task dump`` log
-        line (``gitquorum.task_dump``), by process name."""
+        """SIGUSR1 to every live proxy and node (and each one's workers); the
+        ``task dump`` log lines (``gitquorum.task_dump``) they wrote, by
+        process name, one per process."""
         assert self.cluster is not None
         processes = [p for p in [*self.cluster.proxies, *self.cluster.nodes] if p.alive()]
-        before = {p.name: _dump_lines(p.log_path) for p in processes}
+        before = {p.name: len(_dump_lines(p.log_path)) for p in processes}
+        expected: dict[str, int] = {}
         for process in processes:
-            # Run with workers, each worker dumps its own tasks (the parent has none).
-            for pid in process.server_pids():
+            # Run with workers, the parent and each worker write a dump of their own.
+            pids = process.server_pids()
+            expected[process.name] = len(pids)
+            for pid in pids:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGUSR1)
         dumps: dict[str, str] = {}
         deadline = time.monotonic() + within
         while len(dumps) < len(processes) and time.monotonic() < deadline:
             for process in processes:
-                lines = _dump_lines(process.log_path)
-                if len(lines) > len(before[process.name]):
-                    dumps[process.name] = lines[-1]
+                lines = _dump_lines(process.log_path)[before[process.name] :]
+                if len(lines) >= expected[process.name]:
+                    dumps[process.name] = "\n".join(lines)
             time.sleep(0.1)
+        # Late or missing ones: what arrived is better than nothing.
+        for process in processes:
+            if process.name not in dumps:
+                if lines := _dump_lines(process.log_path)[before[process.name] :]:
+                    dumps[process.name] = "\n".join(lines)
         return dumps
 
     def _logs(self, repos: Collection[str]) -> explain.Logs | None:

@@ -38,7 +38,8 @@ from tests.faults.cluster import FaultCluster
 from tests.faults.context import RunContext
 from tests.faults.relay import Hub, Shape, open_hub
 from tests.harness import gitrepo
-from tests.harness.cluster import HARNESS_PROXY_SETTINGS
+from tests.harness.cluster import HARNESS_PROXY_SETTINGS, WORKERS_ENV
+from tests.harness.pooled import workers_from_env, workers_of
 from tests.integration.proxy import helpers
 
 # Proofs that each network nemesis does what it names: run by make test-long
@@ -50,6 +51,10 @@ STALE_READ_LIMIT = ProxyConfig.stale_read_limit
 # The proxy hears from etcd at least every second: reads are served at least
 # until LIMIT - 1 s after the cut (less a margin), refused by LIMIT + a margin.
 PROGRESS_INTERVAL = 1.0
+UPDATE_REFERENCES = "/gitaly.RefService/UpdateReferences"
+# Writes to the cut proxy when it runs workers: 16 connections all landing on
+# one of two workers has odds 2**-15.
+DIAL_BACK_WRITES = 16
 VOTE_TIMEOUT = float(str(HARNESS_PROXY_SETTINGS["vote_timeout"]).removesuffix("s"))
 
 
@@ -276,7 +281,9 @@ async def _create_ref(address: str, repo: str, oid: str, timeout: float) -> tupl
         yield request
 
     started = time.monotonic()
-    async with grpc.aio.insecure_channel(address) as channel:
+    # A connection of its own: with workers, each call may land on any of them.
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
         try:
             await ref_pb2_grpc.RefServiceStub(channel).UpdateReferences(requests(), timeout=timeout)
             code = "OK"
@@ -292,19 +299,35 @@ async def test_dial_back_cut_fails_that_proxys_writes_only(
     nemesis = network.DialBackCut()
     fault = await nemesis.inject(run)
     cut = fault.target
+    # With workers, every worker's vote path must be cut: enough writes, each on
+    # a connection of its own, that every worker takes some (checked below).
+    count = workers_from_env(WORKERS_ENV)
+    workers = workers_of(cluster.proxy(cut), count) if count > 1 else []
+    before = [_updates(w.metrics_port) for w in workers]
+    writes = DIAL_BACK_WRITES if workers else 1
+    others = [p for p in cluster.proxies if p.name != cut]
     try:
         results = await asyncio.gather(
-            *(_create_ref(p.address, repo, oid, VOTE_TIMEOUT + 3) for p in cluster.proxies)
+            *(_create_ref(p.address, repo, oid, VOTE_TIMEOUT + 3) for p in others),
+            *(
+                _create_ref(cluster.proxy(cut).address, repo, oid, VOTE_TIMEOUT + 3)
+                for _ in range(writes)
+            ),
         )
     finally:
         await nemesis.heal(run)
-    by_proxy = {p.name: r for p, r in zip(cluster.proxies, results, strict=True)}
+    by_proxy = {p.name: r for p, r in zip(others, results, strict=False)}
     # No vote reaches the proxy at all, so no vote starts its vote timeout: the
     # write holds until the client's deadline (DEADLINE_EXCEEDED), not UNAVAILABLE.
-    assert by_proxy[cut][0] != "OK", by_proxy
+    assert all(code != "OK" for code, _ in results[len(others) :]), results
     for name, (code, _) in by_proxy.items():
-        if name != cut:
-            assert code == "OK", by_proxy
+        assert code == "OK", (name, by_proxy)
+    for worker, counted in zip(workers, before, strict=True):
+        await run.until(
+            lambda w=worker, c=counted: _updates(w.metrics_port) > c,
+            10,
+            f"worker {worker.pid} of {cut} to have taken one of the {writes} writes",
+        )
     # Once healed the proxy gets its votes again.
     address = cluster.proxy(cut).address
 
@@ -315,6 +338,12 @@ async def test_dial_back_cut_fails_that_proxys_writes_only(
     while not await written():
         assert time.monotonic() < deadline, f"{cut} never wrote again after the heal"
         await asyncio.sleep(0.5)
+
+
+def _updates(metrics_port: int) -> float:
+    """UpdateReferences calls one proxy process has finished, whatever their status."""
+    text = helpers.scrape(metrics_port)
+    return helpers.sample(text, "gitquorum_rpc_requests_total", method=UPDATE_REFERENCES)
 
 
 def _read(address: str, repo: str) -> str:

@@ -48,6 +48,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gitquorum.gitaly import ref_pb2, ref_pb2_grpc
@@ -60,7 +61,7 @@ from tests.faults.base import Fault, Nemesis
 from tests.faults.cluster import FAULT_PROXY_SETTINGS, FaultCluster
 from tests.faults.context import RunContext, read_records, until
 from tests.harness import gitrepo
-from tests.harness.cluster import HARNESS_PROXY_SETTINGS, WORKERS_ENV
+from tests.harness.cluster import HARNESS_PROXY_SETTINGS, WORKERS_ENV, ProxyProcess
 from tests.harness.node import NODE_WORKERS_ENV, NodeProcess, wait_for
 from tests.harness.pooled import PooledChild, workers_from_env
 from tests.integration.proxy import helpers
@@ -356,6 +357,14 @@ def server_pids(child: ChildProcess) -> tuple[int, ...]:
     return tuple(child.server_pids()) if isinstance(child, PooledChild) else (child.pid,)
 
 
+def vote_addresses(child: ChildProcess) -> list[str]:
+    """A proxy's fixed vote ports (``vote_listen``: its workers'), none for others."""
+    if not isinstance(child, ProxyProcess):
+        return []
+    config = yaml.safe_load(child.config_path.read_text())
+    return list(config.get("vote_listen") or [])
+
+
 def pids(children: Sequence[ChildProcess]) -> dict[str, tuple[int, ...]]:
     """Each child's processes: the parent first, then its workers (if any)."""
     found = {c.name: server_pids(c) for c in children}
@@ -388,7 +397,10 @@ async def assert_killed(child: ChildProcess, pids: tuple[int, ...]) -> None:
             lambda pid=pid: proc_state(pid) in DEAD, STOP_DEADLINE, f"{child.name} ({pid}) dead"
         )
     # A connect racing the listeners' teardown can fail otherwise than refused.
-    await until(lambda: refuses(child.address), STOP_DEADLINE, f"{child.name}'s port refusing")
+    for address in (child.address, *vote_addresses(child)):
+        await until(
+            lambda a=address: refuses(a), STOP_DEADLINE, f"{child.name}'s {address} refusing"
+        )
 
 
 async def assert_paused(child: ChildProcess, pids: tuple[int, ...]) -> None:
@@ -409,6 +421,8 @@ async def assert_paused(child: ChildProcess, pids: tuple[int, ...]) -> None:
 async def assert_restarted(child: ChildProcess, pids: tuple[int, ...]) -> None:
     """New processes of ``child`` (as many as before) run and answer on the old port."""
     await answering(child.address, f"{child.name} restarted")
+    for address in vote_addresses(child):
+        assert await asyncio.to_thread(accepts, address), f"{child.name}'s {address} refuses"
     now = server_pids(child)
     assert len(now) == len(pids) and not set(now) & set(pids), (child.name, pids, now)
     assert all(running(pid) for pid in now), (child.name, now)

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.workload import Chain
-from tests.faults.run import RunSettings, run_and_check, seed_from_env
+from tests.faults.run import Report, RunSettings, run_and_check, seed_from_env
 from tests.faults.schedule import all_nemeses
+from tests.harness.cluster import WORKERS_ENV
+from tests.harness.node import NODE_WORKERS_ENV
 
 # Left out of the CI run, kept in the long run (make test-long): disks sent
 # back in time. What they can cost is beyond the guarantee (docs/reliability.md,
@@ -27,10 +29,28 @@ LONG_ONLY = {"replica-rollback", "primary-rollback", "replica-wipe"}
 
 pytestmark = pytest.mark.timeout(900)
 
+# The run with worker processes: a shorter schedule, every proxy and node of two.
+WORKERS_DURATION = 90.0
+
 
 async def test_randomized_schedule(tmp_path: Path, chain: Chain) -> None:
+    await _randomized(tmp_path, chain, float(os.environ.get("GITQUORUM_FAULTS_DURATION", "120")))
+
+
+async def test_randomized_schedule_with_worker_processes(
+    tmp_path: Path, chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every proxy and node runs as a parent of two workers (docs/workers.md): votes
+    reach the worker holding the transaction through a relay each, and the
+    process nemeses hit parents and workers alike."""
+    monkeypatch.setenv(WORKERS_ENV, "2")
+    monkeypatch.setenv(NODE_WORKERS_ENV, "2")
+    report = await _randomized(tmp_path, chain, WORKERS_DURATION)
+    assert (report.figures["proxy_workers"], report.figures["node_workers"]) == (2, 2)
+
+
+async def _randomized(tmp_path: Path, chain: Chain, duration: float) -> Report:
     seed = seed_from_env()
-    duration = float(os.environ.get("GITQUORUM_FAULTS_DURATION", "120"))
     nemeses = [n for n in all_nemeses() if n.name not in LONG_ONLY]
     report = await run_and_check(tmp_path, chain, RunSettings(seed, duration, nemeses))
     # The schedule ran (a run that injected almost nothing proves nothing):
@@ -39,3 +59,4 @@ async def test_randomized_schedule(tmp_path: Path, chain: Chain) -> None:
     # take on the machine.
     held = sum(f["end"] - f["start"] for f in report.faults if f.get("end") is not None)
     assert report.steps_run >= 3 and held >= 0.25 * duration, (report.steps_run, held)
+    return report

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
+import socket
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +51,8 @@ class PooledChild(ChildProcess):
             words = path.read_text().split()
             if len(words) >= 4 and words[3].isdigit() and _parent(int(words[3])) == self.pid:
                 pids.append(int(words[3]))
-        return pids
+        # In pid order, not the directory's: callers compare lists taken at two times.
+        return sorted(pids)
 
     def server_pids(self) -> list[int]:
         """This process and its workers: where the server's own children run."""
@@ -72,10 +76,58 @@ class PooledChild(ChildProcess):
         super().kill()
 
     def terminate(self, timeout: float = 20.0) -> int:
+        if not self.alive() or self.proc is None:
+            return super().terminate(timeout)
         # Paused workers could not act on the SIGTERM their parent passes on.
-        if self.alive():
-            self._to_workers(signal.SIGCONT)
-        return super().terminate(timeout)
+        self._to_workers(signal.SIGCONT)
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Workers first: a SIGKILL of the parent alone would leave them
+            # draining as orphans, holding the ports a restart needs.
+            self.kill()
+            return self.proc.wait(10)
+
+
+# Fixed ports are drawn below this when the kernel's range cannot be read.
+_EPHEMERAL_LOW = 32768
+_FIXED_LOW = 10000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _EPHEMERAL_LOW
+
+
+def fixed_ports(count: int, rng: random.Random | None = None) -> list[int]:
+    """Distinct loopback ports free now and below the kernel's ephemeral range.
+
+    For ports a server binds again after a restart (a proxy worker's
+    ``vote_listen``): a port from the ephemeral range (``free_ports``) can be
+    taken meanwhile as the local port of any outgoing connection, and the
+    restart would fail. Ports below the range are only ever taken by a bind
+    that names them.
+    """
+    rng = rng or random.SystemRandom()
+    high = _ephemeral_low()
+    chosen: list[int] = []
+    for _ in range(1000):
+        if len(chosen) == count:
+            return chosen
+        port = rng.randrange(_FIXED_LOW, high)
+        if port in chosen:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    raise RuntimeError(f"no {count} free ports between {_FIXED_LOW} and {high}")
 
 
 @dataclass(frozen=True)

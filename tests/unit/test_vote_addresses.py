@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,14 +15,14 @@ FIXED: dict[str, Any] = {
     **GOOD_PROXY,
     "workers": 2,
     "vote_listen": ["0.0.0.0:2311", "0.0.0.0:2312"],
-    "vote_advertise": ["proxy-a.example:9311", "tls://proxy-a.example:9312"],
+    "vote_advertise": ["proxy-a.example:9311", "tcp://proxy-a.example:9312"],
 }
 
 
 def test_each_worker_takes_its_own_entry() -> None:
     config = proxy_config_from_dict(dict(FIXED))
     assert config.vote_listen == ("0.0.0.0:2311", "0.0.0.0:2312")
-    assert config.vote_advertise == ("proxy-a.example:9311", "tls://proxy-a.example:9312")
+    assert config.vote_advertise == ("proxy-a.example:9311", "tcp://proxy-a.example:9312")
     assert [vote_listen(config, i) for i in range(2)] == ["0.0.0.0:2311", "0.0.0.0:2312"]
 
 
@@ -76,6 +77,30 @@ def test_vote_listen_alone_is_enough() -> None:
         ({"vote_advertise": ["a:1", 7]}, "vote_advertise.1", "expected a host:port string"),
         ({"vote_listen": "0.0.0.0:2311"}, "vote_listen", "expected a non-empty list"),
         ({"vote_listen": []}, "vote_listen", "expected a non-empty list"),
+        (
+            {
+                "workers": "auto",
+                "limits": {"mutator_concurrency": 0, "read_concurrency": 0, "max_queued": 0},
+            },
+            "vote_listen",
+            'cannot be used with workers: "auto"',
+        ),
+        (
+            {"vote_advertise": ["p:2311", "p:2311"]},
+            "vote_advertise.1",
+            "p:2311 is also vote_advertise.0",
+        ),
+        (
+            {"vote_advertise": ["P:2311", "tcp://p:2311"]},
+            "vote_advertise.1",
+            "is also vote_advertise.0",
+        ),
+        ({"vote_advertise": ["p:0", "p:2312"]}, "vote_advertise.0", "a port other than 0"),
+        (
+            {"vote_advertise": ["tls://p:2311", "p:2312"]},
+            "vote_advertise.0",
+            "tls:// but the vote ports serve plaintext",
+        ),
     ],
 )
 def test_bad_vote_addresses_are_refused(change: dict[str, Any], path: str, message: str) -> None:
@@ -104,3 +129,24 @@ def test_every_problem_is_reported_at_once() -> None:
     assert "vote_listen.1" in found and "not a host:port" in found["vote_listen.1"]
     # The list with a bad entry is dropped whole; the other list's count is still checked.
     assert "1 addresses for 2 workers" in found["vote_advertise"]
+
+
+def test_a_bad_worker_count_is_reported_once() -> None:
+    """Not a second, misleading problem about vote_listen."""
+    with pytest.raises(ConfigError) as exc:
+        proxy_config_from_dict({**FIXED, "workers": 0})
+    found = problems(exc)
+    assert "workers" in found and "vote_listen" not in found, found
+
+
+def test_tcp_with_a_tls_listener_is_refused(tmp_path: Path) -> None:
+    """The vote ports serve what the listener serves: a tcp:// entry would never answer."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    data = {**FIXED, "tls": {"cert_file": str(cert), "key_file": str(key)}}
+    with pytest.raises(ConfigError) as exc:
+        proxy_config_from_dict(data)
+    found = problems(exc)
+    assert "tcp:// but the vote ports serve TLS" in found["vote_advertise.1"], found
+    assert "vote_advertise.0" not in found, found

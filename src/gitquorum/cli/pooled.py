@@ -89,15 +89,29 @@ def run_pool(
     env: Mapping[str, str],
     logger_name: str,
     worst_gauges: tuple[str, ...] = (),
+    reserved: Sequence[str] = (),
 ) -> int:
     """Serve ``command`` (``gitquorum`` arguments) as ``config.workers`` processes; the exit status.
 
     ``env``: the workers' environment (with the secrets this process dropped
-    from its own). Raises ListenError when the address is taken.
+    from its own). ``reserved``: fixed addresses the workers will bind one each
+    (a proxy's ``vote_listen``), held like the listen address for as long as
+    this process runs. Raises ListenError when an address is taken.
     """
     grace = config.graceful_timeout
     host, port = parse_address(config.listen)
     holder = reserve_address(host, port)
+    holders = [holder]
+    try:
+        # The workers bind with SO_REUSEPORT: without this, another process
+        # could share a fixed port with one of them, unnoticed, and take part
+        # of its connections (for vote ports: votes for transactions it does
+        # not hold).
+        holders += [reserve_address(*parse_address(address)) for address in reserved]
+    except BaseException:
+        for each in holders:
+            each.close()
+        raise
     shared = join_address(host, holder.getsockname()[1])
 
     def argv(index: int, worker_ready: Path) -> list[str]:
@@ -128,5 +142,6 @@ def run_pool(
         print(f"{command[0]}: {exc}", file=sys.stderr)
         return 1
     finally:
-        holder.close()
+        for each in holders:
+            each.close()
     return 1 if pool.failed else 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from gitquorum import log, tls
 from gitquorum.authentication import NODE_TOKEN_ENV, TOKEN_ENV
 from gitquorum.cli.pooled import add_worker_arguments, run_pool, worker_slot
-from gitquorum.config import ProxyConfig, load_proxy_config
+from gitquorum.config import ProxyConfig, load_proxy_config, parse_address
 from gitquorum.errors import ConfigError
 from gitquorum.lifecycle import ListenError
 from gitquorum.worker_pool import SINGLE, WorkerSlot
@@ -79,4 +79,5 @@ def _run_pool(args: argparse.Namespace, config: ProxyConfig) -> int:
         env=env,
         logger_name=log.get("gitquorum.proxy").name,
         worst_gauges=(STATE_AGE,),
+        reserved=[a for a in config.vote_listen if parse_address(a)[1] != 0],
     )

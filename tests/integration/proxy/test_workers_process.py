@@ -24,7 +24,7 @@ from gitquorum.cluster.keys import Keyspace
 from gitquorum.launch.process import free_ports
 from tests.harness import gitrepo
 from tests.harness.cluster import Cluster
-from tests.harness.pooled import alive, workers_of
+from tests.harness.pooled import alive, fixed_ports, workers_of
 from tests.integration.proxy import helpers
 from tests.integration.proxy.pooled import extra_proxy, pooled_cluster
 
@@ -155,7 +155,7 @@ def test_no_other_process_binds_the_proxy_port(
 def test_fixed_vote_addresses_are_bound_and_advertised(pooled: Cluster, source: Path) -> None:
     """``vote_listen`` / ``vote_advertise``: each worker takes votes on its own fixed
     port and tells the nodes the address given for it; writes vote through them."""
-    listen = free_ports(2)
+    listen = fixed_ports(2)
     proxy = extra_proxy(
         pooled,
         "proxy4",
@@ -181,3 +181,23 @@ def test_fixed_vote_addresses_are_bound_and_advertised(pooled: Cluster, source: 
             assert {refs.get(f"refs/heads/v{j}") for j in range(i + 1)} == {commit}, node
     finally:
         proxy.terminate(10)
+
+
+def test_a_vote_port_another_process_holds_is_refused(pooled: Cluster, tmp_path: Path) -> None:
+    """Even one that listens with SO_REUSEPORT, as the workers do: sharing the port,
+    it would take part of a worker's votes, for transactions it does not hold."""
+    taken, free = fixed_ports(2)
+    with socket.socket() as intruder:
+        intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        intruder.bind(("127.0.0.1", taken))
+        intruder.listen()
+        config = {
+            **pooled.proxy_config("intruded", free_ports(1)[0]),
+            "workers": 2,
+            "vote_listen": [f"127.0.0.1:{free}", f"127.0.0.1:{taken}"],
+        }
+        path = tmp_path / "intruded.yaml"
+        path.write_text(yaml.safe_dump(config))
+        done = _run_proxy(path)
+    assert done.returncode == 1, done.stderr
+    assert f"proxy: cannot listen on 127.0.0.1:{taken}" in done.stderr, done.stderr
