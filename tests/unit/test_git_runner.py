@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from pathlib import Path
 
@@ -280,3 +281,49 @@ async def test_an_argument_over_the_kernels_limit_is_the_requests_fault(repo: Pa
     # Other spawn failures stay what they are.
     with pytest.raises(OSError):
         await git.run(["rev-parse", "HEAD"], cwd=repo / "no-such-directory")
+
+
+async def test_a_bulk_read_gathers_what_git_writes_next() -> None:
+    """A pack arrives in side-band packets of up to 65,520 bytes, each its own
+    write: a bulk read waits GATHER for the following ones, so a message carries
+    several packets instead of one (a 54 MB clone: about 230 messages, not 1,000)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=git.STREAM_CHUNK * 4)
+    packet = os.urandom(git.BULK_READ)
+    reader.feed_data(packet)
+    loop.call_later(git.GATHER / 4, reader.feed_data, packet)
+    loop.call_later(git.GATHER / 2, reader.feed_data, packet)
+    chunks = git.read_chunks(reader)
+    assert await anext(chunks) == packet * 3
+    reader.feed_eof()
+    assert [c async for c in chunks] == []
+
+
+async def test_a_small_read_does_not_wait_for_more() -> None:
+    """Progress, keep-alives and ref lines go out at once, as before."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"0010\x02progress")
+    loop.call_later(git.GATHER / 4, reader.feed_data, b"later")
+    chunks = git.read_chunks(reader)
+    assert await anext(chunks) == b"0010\x02progress"
+    assert await anext(chunks) == b"later"
+    reader.feed_eof()
+    assert [c async for c in chunks] == []
+
+
+def _stdout_pipe_size(proc: git.GitProcess) -> int:
+    transport = proc.proc._transport  # type: ignore[attr-defined]
+    pipe = transport.get_pipe_transport(1).get_extra_info("pipe")
+    return int(fcntl.fcntl(pipe.fileno(), fcntl.F_GETPIPE_SZ))
+
+
+async def test_a_streaming_gits_stdout_pipe_holds_a_whole_stream_chunk(repo: Path) -> None:
+    """The default 64 KiB pipe caps every read, and so every message, at 64 KiB."""
+    args = ["cat-file", "--batch"]
+    async with git.started(args, git_dir=repo / ".git", stdin=True, streams=True) as proc:
+        assert _stdout_pipe_size(proc) == git.STREAM_CHUNK
+    # Other git processes (long-lived cat-file ones among them) keep the
+    # default: a user's pipes share a soft limit of pages.
+    async with git.started(args, git_dir=repo / ".git", stdin=True) as proc:
+        assert _stdout_pipe_size(proc) < git.STREAM_CHUNK

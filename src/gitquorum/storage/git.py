@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import contextvars
 import errno
+import fcntl
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -26,8 +27,15 @@ CHUNK = 64 * 1024
 # pays per message, so fuller messages cost less CPU per byte. Measured with
 # `bench/proxy_bench.py --phases bulk`, a 54.5 MB clone: 256 KiB instead of
 # 64 KiB cut the servers' CPU per clone by 19% through git-ssh and 35% through
-# the gateway (docs/benchmarks.md). A read never waits to fill it.
+# the gateway (docs/benchmarks.md).
 STREAM_CHUNK = 256 * 1024
+# A read at least this large means git is streaming bulk data (its side-band
+# packets carry up to 65,520 bytes): the next message waits GATHER seconds to
+# take in git's following writes, so that packs leave in fewer, fuller
+# messages. git goes on writing meanwhile (into the pipe and the reader's
+# buffer), so a transfer's rate is unchanged and its end comes GATHER later.
+BULK_READ = 32 * 1024
+GATHER = 0.002
 # How long git gets to clean up after SIGTERM before it is killed.
 _TERMINATE_GRACE = 2.0
 
@@ -176,9 +184,12 @@ async def spawn(
     stdin: bool = False,
     stderr: bool = True,
     inherit: bool = True,
+    streams: bool = False,
 ) -> GitProcess:
     """``inherit``: False for a process that outlives the operation starting it
-    (it must not hold that operation's locks, see ``inheriting``)."""
+    (it must not hold that operation's locks, see ``inheriting``). ``streams``:
+    its stdout is relayed to a client in ``STREAM_CHUNK`` messages (a pack, a
+    bundle), and gets a pipe that holds one."""
     cmd = [GIT]
     if git_dir is not None:
         cmd.append(f"--git-dir={git_dir}")
@@ -201,7 +212,32 @@ async def spawn(
             # over the kernel's 128 KiB per argument: the request's fault.
             raise InvalidArgument("request too large for git's command line") from exc
         raise
+    if streams:
+        _enlarge_stdout_pipe(proc)
     return GitProcess(proc)
+
+
+def _enlarge_stdout_pipe(proc: asyncio.subprocess.Process) -> None:
+    """Let git's stdout pipe hold a whole ``STREAM_CHUNK``.
+
+    A pipe holds 64 KiB by default, so no read of it returns more, and a
+    54 MB pack left the node in 800 to 2,500 messages of at most 64 KiB, each
+    relayed at a cost by every hop. A pipe of ``STREAM_CHUNK`` lets a read
+    take what git wrote while the node was busy elsewhere, up to that size.
+    Best effort: without it the messages are only smaller.
+
+    Only for streamed output, never for long-lived processes (``cat-file``):
+    an unprivileged user's pipes share a soft limit of 64 MiB by default
+    (``/proc/sys/fs/pipe-user-pages-soft``), past which the kernel gives every
+    new pipe of the user a single page and refuses enlargements; a few hundred
+    clones at once stay well below it.
+    """
+    transport = getattr(proc, "_transport", None)
+    if transport is None or not hasattr(fcntl, "F_SETPIPE_SZ"):
+        return
+    with contextlib.suppress(Exception):
+        pipe = transport.get_pipe_transport(1).get_extra_info("pipe")
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, STREAM_CHUNK)
 
 
 @contextlib.asynccontextmanager
@@ -212,9 +248,10 @@ async def started(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     stdin: bool = False,
+    streams: bool = False,
 ) -> AsyncIterator[GitProcess]:
     """Start git and make sure it is dead when the block ends, however it ends."""
-    process = await spawn(args, git_dir=git_dir, cwd=cwd, env=env, stdin=stdin)
+    process = await spawn(args, git_dir=git_dir, cwd=cwd, env=env, stdin=stdin, streams=streams)
     try:
         yield process
     finally:
@@ -252,15 +289,19 @@ async def read_chunks(
     git writes a side-band packet's 5-byte header and its payload with separate
     ``write()``s, so a plain read often returns a few bytes, and every chunk
     becomes one gRPC message that every hop pays for. After a short read, one
-    turn of the event loop takes in what git has already written; it never
-    waits for output that is not there (progress and keep-alives go out at once).
+    turn of the event loop takes in what git has already written; after a bulk
+    read (``BULK_READ``), ``GATHER`` seconds. Small output (progress,
+    keep-alives) never waits for output that is not there.
     """
+
     while True:
         chunk = await reader.read(size)
         if not chunk:
             return
         if len(chunk) < size:
-            await asyncio.sleep(0)
+            # A bulk read (a pack, a bundle) gets a moment for git's next writes;
+            # anything smaller (progress, keep-alives, ref lines) one loop turn.
+            await asyncio.sleep(GATHER if len(chunk) >= BULK_READ else 0)
             waiting = _buffered(reader)
             if waiting:
                 chunk += await reader.read(min(waiting, size - len(chunk)))

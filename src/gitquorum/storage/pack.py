@@ -208,7 +208,9 @@ async def stream(
     """
     queue: asyncio.Queue[_Item] = asyncio.Queue(_QUEUE_DEPTH)
     tail = b""
-    async with git.started(args, env=env, cwd=cwd, stdin=stdin is not None) as process:
+    async with git.started(
+        args, env=env, cwd=cwd, stdin=stdin is not None, streams=True
+    ) as process:
         tasks = [
             asyncio.create_task(_read(process.stdout, STDOUT, queue)),
             asyncio.create_task(_read(process.stderr, STDERR, queue)),

@@ -26,7 +26,7 @@ _PREFERRED_HEADS = (f"refs/heads/{DEFAULT_BRANCH}", "refs/heads/master")
 async def stream_bundle(repo: RepoPath) -> AsyncIterator[bytes]:
     """``git bundle create - --all`` as chunks; FailedPrecondition for an empty repository."""
     args = ["bundle", "create", "--quiet", "-", "--all"]
-    async with git.started(args, git_dir=repo.path, env=repo.git_env()) as process:
+    async with git.started(args, git_dir=repo.path, env=repo.git_env(), streams=True) as process:
         # stderr is read concurrently so a chatty failure can never block stdout.
         stderr_task = asyncio.ensure_future(process.stderr.read())
         try:
