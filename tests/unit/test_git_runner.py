@@ -299,12 +299,53 @@ async def test_a_bulk_read_gathers_what_git_writes_next() -> None:
     assert [c async for c in chunks] == []
 
 
+async def test_a_bulk_read_goes_once_full_and_leaves_the_rest() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    packet = os.urandom(git.BULK_READ)
+    reader.feed_data(packet)
+    loop.call_later(git.GATHER / 4, reader.feed_data, packet + b"rest")
+    chunks = git.read_chunks(reader, 2 * git.BULK_READ)
+    assert await anext(chunks) == packet * 2
+    reader.feed_eof()
+    assert [c async for c in chunks] == [b"rest"]
+
+
+async def test_a_bulk_read_goes_at_the_end_of_gits_output() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    packet = os.urandom(git.BULK_READ)
+    reader.feed_data(packet)
+    loop.call_later(git.GATHER / 4, reader.feed_eof)
+    assert [c async for c in git.read_chunks(reader)] == [packet]
+
+
+async def test_a_bulk_read_goes_when_git_writes_nothing_more_for_a_moment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large reply after which git waits for the client (a long ref
+    advertisement) is not held for the whole GATHER."""
+    # Stretched so that a busy machine cannot reorder the two events.
+    monkeypatch.setattr(git, "GATHER", 60.0)
+    monkeypatch.setattr(git, "GATHER_IDLE", 0.02)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    packet = os.urandom(git.BULK_READ)
+    reader.feed_data(packet)
+    loop.call_later(0.5, reader.feed_data, b"later")
+    chunks = git.read_chunks(reader)
+    assert await anext(chunks) == packet
+    assert await anext(chunks) == b"later"
+    reader.feed_eof()
+    assert [c async for c in chunks] == []
+
+
 async def test_a_small_read_does_not_wait_for_more() -> None:
     """Progress, keep-alives and ref lines go out at once, as before."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     reader.feed_data(b"0010\x02progress")
-    loop.call_later(git.GATHER / 4, reader.feed_data, b"later")
+    loop.call_later(0.2, reader.feed_data, b"later")
     chunks = git.read_chunks(reader)
     assert await anext(chunks) == b"0010\x02progress"
     assert await anext(chunks) == b"later"
@@ -327,3 +368,20 @@ async def test_a_streaming_gits_stdout_pipe_holds_a_whole_stream_chunk(repo: Pat
     # default: a user's pipes share a soft limit of pages.
     async with git.started(args, git_dir=repo / ".git", stdin=True) as proc:
         assert _stdout_pipe_size(proc) < git.STREAM_CHUNK
+
+
+async def test_only_so_many_streaming_pipes_are_enlarged_at_once(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's pipes share a soft limit of pages: past it every new pipe of
+    the node (cat-file's, git's own) would get a single page."""
+    monkeypatch.setattr(git, "MAX_ENLARGED_PIPES", 1)
+    monkeypatch.setattr(git, "_enlarged", [])
+    args = ["cat-file", "--batch"]
+    async with git.started(args, git_dir=repo / ".git", stdin=True, streams=True) as first:
+        assert _stdout_pipe_size(first) == git.STREAM_CHUNK
+        async with git.started(args, git_dir=repo / ".git", stdin=True, streams=True) as second:
+            assert _stdout_pipe_size(second) < git.STREAM_CHUNK
+    # Both have exited: the next one is enlarged again.
+    async with git.started(args, git_dir=repo / ".git", stdin=True, streams=True) as third:
+        assert _stdout_pipe_size(third) == git.STREAM_CHUNK

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gitquorum import log
 from gitquorum.errors import InvalidArgument
 
 GIT = os.environ.get("GITQUORUM_GIT", "git")
@@ -30,14 +31,24 @@ CHUNK = 64 * 1024
 # the gateway (docs/benchmarks.md).
 STREAM_CHUNK = 256 * 1024
 # A read at least this large means git is streaming bulk data (its side-band
-# packets carry up to 65,520 bytes): the next message waits GATHER seconds to
-# take in git's following writes, so that packs leave in fewer, fuller
-# messages. git goes on writing meanwhile (into the pipe and the reader's
-# buffer), so a transfer's rate is unchanged and its end comes GATHER later.
+# packets carry up to 65,520 bytes): the message waits up to GATHER seconds for
+# git's following writes, so that packs leave in fewer, fuller messages. It
+# goes as soon as it is full, at git's end of output, or when git has written
+# nothing for GATHER_IDLE; git goes on writing meanwhile (into the pipe and the
+# reader's buffer), so a transfer's rate is unchanged. The cost is latency: a
+# bulk write after which git waits for the client (a ref advertisement of
+# several hundred refs) reaches it GATHER_IDLE later.
 BULK_READ = 32 * 1024
 GATHER = 0.002
+GATHER_IDLE = 0.001
+# Streaming git processes of this process whose stdout pipe was enlarged, and
+# how many at most at once (see _enlarge_stdout_pipe).
+_enlarged: list[asyncio.subprocess.Process] = []
+MAX_ENLARGED_PIPES = 32
 # How long git gets to clean up after SIGTERM before it is killed.
 _TERMINATE_GRACE = 2.0
+
+_log = log.get("gitquorum.storage.git")
 
 # Descriptors every git started in this context inherits (``inheriting``).
 _inherited: contextvars.ContextVar[tuple[int, ...]] = contextvars.ContextVar(
@@ -220,24 +231,30 @@ async def spawn(
 def _enlarge_stdout_pipe(proc: asyncio.subprocess.Process) -> None:
     """Let git's stdout pipe hold a whole ``STREAM_CHUNK``.
 
-    A pipe holds 64 KiB by default, so no read of it returns more, and a
-    54 MB pack left the node in 800 to 2,500 messages of at most 64 KiB, each
-    relayed at a cost by every hop. A pipe of ``STREAM_CHUNK`` lets a read
-    take what git wrote while the node was busy elsewhere, up to that size.
-    Best effort: without it the messages are only smaller.
+    A pipe holds 64 KiB by default, so no read of it returns more: git is
+    stopped whenever the node has not read for a moment, and a read cannot
+    take a whole message's worth. Best effort: without it the messages are
+    only smaller.
 
-    Only for streamed output, never for long-lived processes (``cat-file``):
-    an unprivileged user's pipes share a soft limit of 64 MiB by default
-    (``/proc/sys/fs/pipe-user-pages-soft``), past which the kernel gives every
-    new pipe of the user a single page and refuses enlargements; a few hundred
-    clones at once stay well below it.
+    At most ``MAX_ENLARGED_PIPES`` at once per process, never for long-lived
+    processes (``cat-file``): an unprivileged user's pipes share a soft limit
+    (``/proc/sys/fs/pipe-user-pages-soft``, 64 MiB by default) with every
+    worker, every git and its own pipes, past which the kernel gives every new
+    pipe of the user a single page, and the whole node slows down.
     """
+    _enlarged[:] = [p for p in _enlarged if p.returncode is None]
     transport = getattr(proc, "_transport", None)
-    if transport is None or not hasattr(fcntl, "F_SETPIPE_SZ"):
+    if len(_enlarged) >= MAX_ENLARGED_PIPES or transport is None:
         return
-    with contextlib.suppress(Exception):
+    try:
         pipe = transport.get_pipe_transport(1).get_extra_info("pipe")
         fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, STREAM_CHUNK)
+    except (AttributeError, OSError) as exc:
+        # Refused (past the user's limit, a lower pipe-max-size) or asyncio's
+        # internals changed: the messages are smaller, nothing else.
+        _log.debug("git's stdout pipe not enlarged", extra=log.fields(error=str(exc)))
+        return
+    _enlarged.append(proc)
 
 
 @contextlib.asynccontextmanager
@@ -290,8 +307,9 @@ async def read_chunks(
     ``write()``s, so a plain read often returns a few bytes, and every chunk
     becomes one gRPC message that every hop pays for. After a short read, one
     turn of the event loop takes in what git has already written; after a bulk
-    read (``BULK_READ``), ``GATHER`` seconds. Small output (progress,
-    keep-alives) never waits for output that is not there.
+    read (``BULK_READ``; stderr too, a burst of hook output), up to ``GATHER``
+    (see there). Small output (progress, keep-alives, negotiation) never waits
+    for output that is not there.
     """
 
     while True:
@@ -301,11 +319,34 @@ async def read_chunks(
         if len(chunk) < size:
             # A bulk read (a pack, a bundle) gets a moment for git's next writes;
             # anything smaller (progress, keep-alives, ref lines) one loop turn.
-            await asyncio.sleep(GATHER if len(chunk) >= BULK_READ else 0)
+            if len(chunk) >= BULK_READ:
+                await _gather(reader, size - len(chunk))
+            else:
+                await asyncio.sleep(0)
             waiting = _buffered(reader)
             if waiting:
                 chunk += await reader.read(min(waiting, size - len(chunk)))
         yield chunk
+
+
+async def _gather(reader: asyncio.StreamReader, wanted: int) -> None:
+    """Wait until ``wanted`` bytes are buffered, git's output ended, git wrote
+    nothing for ``GATHER_IDLE``, or ``GATHER`` passed, whichever comes first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + GATHER
+    while _buffered(reader) < wanted and not getattr(reader, "_eof", True):
+        left = min(deadline - loop.time(), GATHER_IDLE)
+        if left <= 0:
+            return
+        before = _buffered(reader)
+        try:
+            async with asyncio.timeout(left):
+                # Private, as _buffered: wakes at the next write (or the end).
+                await reader._wait_for_data("read_chunks")  # type: ignore[attr-defined]
+        except TimeoutError:
+            return
+        if _buffered(reader) == before:
+            return
 
 
 def _buffered(reader: asyncio.StreamReader) -> int:

@@ -24,8 +24,10 @@ _Request = TypeVar("_Request")
 
 STDOUT = 1
 STDERR = 2
-# Enough buffered output to keep git busy while the client catches up.
-_QUEUE_DEPTH = 16
+# Enough buffered output to keep git busy while the client catches up: with
+# messages of up to 256 KiB (git.STREAM_CHUNK), 1 MiB per RPC, besides the
+# reader's buffer (at most 2 MiB) and the pipe.
+_QUEUE_DEPTH = 4
 # How much stderr a failure message quotes.
 _STDERR_TAIL = 4096
 # git's message when the other side of the pack protocol went away mid-stream.
