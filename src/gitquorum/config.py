@@ -881,6 +881,7 @@ def _check_vote_advertise(reader: _Reader, config: ProxyConfig) -> None:
     for index, address in enumerate(config.vote_advertise):
         scheme, sep, rest = address.rpartition("://")
         host, port = parse_address(rest)
+        key = (host.lower(), port)
         where = f"vote_advertise.{index}"
         if port == 0:
             reader.problem(where, "expected a port other than 0: the nodes dial it")
@@ -891,13 +892,13 @@ def _check_vote_advertise(reader: _Reader, config: ProxyConfig) -> None:
                 + ("TLS (tls.cert_file is set)" if listener_tls else "plaintext (no tls.cert_file)")
                 + ": leave the scheme out to take the listener's",
             )
-        if (host.lower(), port) in seen:
+        if key in seen:
             reader.problem(
                 where,
-                f"{rest} is also vote_advertise.{seen[(host.lower(), port)]}: each worker "
+                f"{rest} is also vote_advertise.{seen[key]}: each worker "
                 "needs an address of its own, or its votes reach another worker",
             )
-        seen.setdefault((host.lower(), port), index)
+        seen.setdefault(key, index)
 
 
 def load_proxy_config(path: str | Path) -> ProxyConfig:

@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import socket
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,19 +75,12 @@ class PooledChild(ChildProcess):
         super().kill()
 
     def terminate(self, timeout: float = 20.0) -> int:
-        if not self.alive() or self.proc is None:
-            return super().terminate(timeout)
         # Paused workers could not act on the SIGTERM their parent passes on.
-        self._to_workers(signal.SIGCONT)
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            # Workers first: a SIGKILL of the parent alone would leave them
-            # draining as orphans, holding the ports a restart needs.
-            self.kill()
-            return self.proc.wait(10)
+        # Past the timeout, the base class calls kill(): workers first, not
+        # left draining as orphans holding the ports a restart needs.
+        if self.alive():
+            self._to_workers(signal.SIGCONT)
+        return super().terminate(timeout)
 
 
 # Fixed ports are drawn below this when the kernel's range cannot be read.

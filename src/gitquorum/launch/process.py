@@ -240,7 +240,8 @@ class ChildProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            # kill(), not the process alone: a subclass may have more to kill.
+            self.kill()
             return self.proc.wait(10)
 
 

@@ -311,7 +311,6 @@ async def read_chunks(
     (see there). Small output (progress, keep-alives, negotiation) never waits
     for output that is not there.
     """
-
     while True:
         chunk = await reader.read(size)
         if not chunk:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -24,7 +24,7 @@ from gitquorum.cluster.keys import Keyspace
 from gitquorum.launch.process import free_ports
 from tests.harness import gitrepo
 from tests.harness.cluster import Cluster
-from tests.harness.pooled import alive, fixed_ports, workers_of
+from tests.harness.pooled import Worker, alive, fixed_ports, workers_of
 from tests.integration.proxy import helpers
 from tests.integration.proxy.pooled import extra_proxy, pooled_cluster
 
@@ -46,6 +46,15 @@ def receive_packs(port: int) -> float:
     return helpers.sample(text, "gitquorum_rpc_requests_total", method=RECEIVE_PACK, code="OK")
 
 
+def push_until_every_worker_took_one(workers: list[Worker], push: Callable[[int], None]) -> int:
+    """``push(0)``, ``push(1)``, … until every worker has served a push; how many."""
+    for i in range(MAX_PUSHES):
+        push(i)
+        if all(receive_packs(w.metrics_port) > 0 for w in workers):
+            return i + 1
+    pytest.fail(f"{MAX_PUSHES} pushes, all taken by one worker")
+
+
 def test_the_git_cli_pushes_and_clones_through_both_workers(
     pooled: Cluster, source: Path, tmp_path: Path
 ) -> None:
@@ -57,13 +66,12 @@ def test_the_git_cli_pushes_and_clones_through_both_workers(
     work = tmp_path / "work"
     helpers.ok(helpers.run_git("clone", "-q", helpers.url(proxy.address, relative_path), str(work)))
     pushed: dict[str, str] = {}
-    for i in range(MAX_PUSHES):
+
+    def push(i: int) -> None:
         pushed[f"refs/heads/b{i}"] = helpers.commit(work, f"file{i}")
         helpers.push(proxy.address, relative_path, work, f"HEAD:refs/heads/b{i}")
-        if all(receive_packs(w.metrics_port) > 0 for w in workers):
-            break
-    else:
-        pytest.fail(f"{MAX_PUSHES} pushes, all taken by one worker")
+
+    push_until_every_worker_took_one(workers, push)
     # Every push committed on every replica (their votes reached their workers).
     for node, refs in helpers.replica_refs(pooled, proxy.address, relative_path).items():
         for ref, commit in pushed.items():
@@ -171,14 +179,13 @@ def test_fixed_vote_addresses_are_bound_and_advertised(pooled: Cluster, source: 
         relative_path = f"workers/{uuid.uuid4().hex}.git"
         helpers.create(proxy.address, relative_path)
         commit = gitrepo.git("rev-parse", "HEAD", cwd=source).strip()
-        for i in range(MAX_PUSHES):
+
+        def push(i: int) -> None:
             helpers.push(proxy.address, relative_path, source, f"HEAD:refs/heads/v{i}")
-            if all(receive_packs(w.metrics_port) > 0 for w in workers):
-                break
-        else:
-            pytest.fail(f"{MAX_PUSHES} pushes, all taken by one worker")
+
+        pushes = push_until_every_worker_took_one(workers, push)
         for node, refs in helpers.replica_refs(pooled, proxy.address, relative_path).items():
-            assert {refs.get(f"refs/heads/v{j}") for j in range(i + 1)} == {commit}, node
+            assert {refs.get(f"refs/heads/v{j}") for j in range(pushes)} == {commit}, node
     finally:
         proxy.terminate(10)
 
