@@ -202,6 +202,44 @@ def converged(cluster: Cluster, proxy: str, relative_path: str) -> State | None:
     return current
 
 
+# The verifier's log lines that say why a repository is not settled yet.
+VERIFIER_WAITS = (
+    "a write is in flight; checking again later",
+    "replicas changed while being verified; checking again later",
+    "repository changed while being verified; checking again later",
+    "replicas disagree with no majority",
+    "replica not verifiable now",
+)
+
+
+def explain_unconverged(cluster: Cluster, proxy: str, relative_path: str) -> str:
+    """What a convergence wait saw last: each replica's generation and checksum,
+    and how often the proxies' verifiers said why they did not settle it."""
+    try:
+        current = state(cluster, proxy, relative_path)
+    except grpc.RpcError as exc:
+        return f"metadata unreadable: {exc.code()}"  # type: ignore[attr-defined]
+    parts = [f"primary {current.primary} at generation {current.generation}"]
+    for replica in current.replicas:
+        try:
+            found = checksum(replica)[:12]
+        except grpc.RpcError as exc:
+            found = str(exc.code())  # type: ignore[attr-defined]
+        parts.append(
+            f"{replica.node}: generation {replica.generation}"
+            f"{'' if replica.assigned else ' (unassigned)'} checksum {found}"
+        )
+    for message in VERIFIER_WAITS:
+        seen = sum(
+            p.log_path.read_text(errors="replace").count(message)
+            for p in cluster.proxies
+            if p.log_path.exists()
+        )
+        if seen:
+            parts.append(f"verifier {seen}x: {message}")
+    return "; ".join(parts)
+
+
 def disk_refs(cluster: Cluster, replica: Replica) -> dict[str, str]:
     return gitrepo.refs(cluster.replica_dir(replica.node, replica.replica_path))
 

@@ -86,15 +86,23 @@ class ChaosCluster(Cluster):
             relay.close()
 
 
-async def until(predicate: Callable[[], Any], within: float, what: str) -> Any:
-    """Poll ``predicate`` (run in a thread) until truthy, or fail after ``within`` seconds."""
+async def until(
+    predicate: Callable[[], Any],
+    within: float,
+    what: str,
+    explain: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``predicate`` (run in a thread) until truthy, or fail after ``within``
+    seconds; ``explain`` says, in the failure, what was seen last (a CI log
+    keeps little else)."""
     deadline = time.monotonic() + within
     while True:
         value = await asyncio.to_thread(predicate)
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
+            seen = f": {await asyncio.to_thread(explain)}" if explain is not None else ""
+            raise TimeoutError(f"timed out after {within}s waiting for {what}{seen}")
         await asyncio.sleep(0.1)
 
 
@@ -273,6 +281,7 @@ class Scenario:
             lambda: checker.converged(self.cluster, proxies[0], self.relative_path),  # type: ignore[arg-type]
             CONVERGE_TIMEOUT,
             "every replica to be up to date with equal checksums",
+            lambda: checker.explain_unconverged(self.cluster, proxies[0], self.relative_path),  # type: ignore[arg-type]
         )
         self.measurements["converged_after_stop_s"] = round(time.monotonic() - started, 2)
         # The final reads go through every proxy: each must serve again first. One

@@ -119,6 +119,11 @@ def choose_source(
     return min(candidates, key=lambda n: (not record.is_assigned(n), n))
 
 
+# Why a repair fails while its replica has no healthy, up-to-date source
+# (``Replicator._source``; also while a verifier conflict stands).
+NO_SOURCE = "no healthy, up-to-date replica to replicate from"
+
+
 # -- repairs ----------------------------------------------------------------------------
 
 
@@ -664,16 +669,31 @@ def explaining_writes(
     intents: Sequence[StoredIntent],
     answered: AbstractSet[str],
     members: Mapping[str, float],
+    record: RepositoryRecord,
 ) -> tuple[str, ...]:
     """The primaries of the intents that may explain a mismatch between the
     ``answered`` replicas, newest first: writes that are over (finished by
     their finalizer, or their proxy incarnation is not among ``members``,
     name -> incarnation; a write still in flight is its own proxy's to
-    account for) and that went to every replica that answered (a write can
-    only explain a difference on replicas it was sent to)."""
-    over = [
-        i for i in intents if i.is_evidence(members) and answered <= i.participants and i.primary
-    ]
+    account for) and that reached every replica that answered (a write can
+    only explain a difference on replicas it reached).
+
+    A replica reached a write if it took part in it, or if a repair of it was
+    recorded against a revision of ``record`` at or after the one the write
+    was routed at: it holds a copy of a replica's state from some point of
+    the write, with or without it. (Counting participants alone, a replica
+    caught up while an abandoned write was in flight, that differs from a
+    participant by that write only, made a conflict nobody but an operator
+    could settle.)"""
+
+    def reached(intent: StoredIntent) -> bool:
+        return all(
+            node in intent.participants
+            or (intent.routed_revision > 0 and record.repaired_at(node) >= intent.routed_revision)
+            for node in answered
+        )
+
+    over = [i for i in intents if i.is_evidence(members) and reached(i) and i.primary]
     return tuple(i.primary for i in sorted(over, key=lambda i: i.create_revision, reverse=True))
 
 

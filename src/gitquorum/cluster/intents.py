@@ -53,6 +53,9 @@ class WriteIntent:
     # The request's correlation id: ties the intent (and the verdict that
     # settles on it) to the write's log lines and to the client that sent it.
     correlation_id: str = ""
+    # The record revision the write was routed from: a replica repaired at or
+    # after it holds a copy of some replica's state, which this write explains.
+    routed_revision: int = 0
 
     def encode(self) -> bytes:
         value: dict[str, object] = {
@@ -66,6 +69,8 @@ class WriteIntent:
             value["finished"] = True
         if self.correlation_id:
             value["correlation_id"] = self.correlation_id
+        if self.routed_revision:
+            value["routed_revision"] = self.routed_revision
         return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -83,6 +88,7 @@ class StoredIntent:
     participants: frozenset[str]
     finished: bool
     correlation_id: str = ""
+    routed_revision: int = 0
 
     def is_evidence(self, members: Mapping[str, float]) -> bool:
         """Whether its write is over: finished by its finalizer, or its proxy
@@ -105,6 +111,7 @@ def decode_intent(kv: KeyValue) -> StoredIntent | None:
             frozenset(str(n) for n in data["participants"]),
             bool(data.get("finished", False)),
             str(data.get("correlation_id", "")),
+            int(data.get("routed_revision", 0)),
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -164,6 +171,19 @@ class IntentStore:
         """Its intents; one this version cannot read is left out (and never removed)."""
         result = await self.store.get_prefix(self.keys.intents(virtual_storage, repository_id))
         return [i for i in map(decode_intent, result.kvs) if i is not None]
+
+    async def unchanged_guard(
+        self, virtual_storage: str, repository_id: int, read: Sequence[StoredIntent]
+    ) -> Compare | None:
+        """A compare that holds while the repository's intents stay as they are
+        now, or None when they already differ from ``read`` (a write put its
+        intent since, or an outcome put one again finished)."""
+        prefix = self.keys.intents(virtual_storage, repository_id)
+        result = await self.store.get_prefix(prefix)
+        now = {(kv.key, kv.mod_revision) for kv in result.kvs}
+        if now != {(i.key, i.mod_revision) for i in read}:
+            return None
+        return Compare.unchanged_since(prefix, result.revision)
 
     def forget_ops(self, intents: Sequence[StoredIntent]) -> tuple[Op, ...]:
         return tuple(Op.delete(i.key) for i in intents)

@@ -291,6 +291,7 @@ class EtcdClusterPort:
             tuple(route.participants),
             # Bounded and plain (``log.correlation_from_metadata``).
             correlation_id=log.correlation_id.get(),
+            routed_revision=route.revision,
         )
 
     async def record_intent(self, intent: WriteIntent) -> None:

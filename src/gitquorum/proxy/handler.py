@@ -514,14 +514,22 @@ class ProxyHandler(grpc.GenericRpcHandler):
         route = await self._route_reachable(call, repo)
         intent = self.cluster.intent_for(call.virtual_storage, route)
         put = False  # whether the write reached a COMMIT decision (and put its intent)
+        put_over = asyncio.Event()  # the put landed or failed: the intent may be settled
 
         async def before_commit() -> None:
             nonlocal put
             assert intent is not None
             put = True
-            await self.cluster.record_intent(intent)
+            try:
+                await self.cluster.record_intent(intent)
+            finally:
+                put_over.set()
 
         async def finalize(result: WriteResult) -> None:
+            if put:
+                # A client that hung up while the put was in flight: removing
+                # the intent before it lands would leave it standing.
+                await put_over.wait()
             call.fields["outcome"] = result.reason
             if result.updated or result.outdated:
                 await self.cluster.record_write(

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from gitquorum import log
 from gitquorum.cluster.clock_rules import due_everywhere
 from gitquorum.cluster.decisions import (
+    NO_SOURCE,
     choose_primary,
     choose_source,
     pending_repairs,
@@ -290,7 +291,11 @@ def dead_jobs_to_retry(
 ) -> list[ReplicationJob]:
     """The dead repairs to make due now: still backing off, their replica still
     outdated, the target healthy, a healthy up-to-date source available, and
-    the target or an up-to-date replica among the nodes that ``came_back``."""
+    the target or an up-to-date replica among the nodes that ``came_back`` —
+    or the job died for want of a source. That happens without any node going
+    down: while a verifier conflict stands no replica is a source, and the
+    conflict's end is no health change; left to its backoff, the replica
+    would wait a minute or more after the conflict cleared."""
     due = []
     for job in jobs:
         if job.state is not JobState.DEAD or job.type not in REPAIR_TYPES:
@@ -307,6 +312,8 @@ def dead_jobs_to_retry(
             continue
         back = came_back.get(job.virtual_storage, frozenset())
         if job.target_node in back or up_to_date_replicas(record) & back:
+            due.append(job)
+        elif NO_SOURCE in job.last_error:
             due.append(job)
     return due
 

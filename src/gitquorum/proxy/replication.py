@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gitquorum import log
 from gitquorum.cluster.clock import Clock
-from gitquorum.cluster.decisions import choose_source
+from gitquorum.cluster.decisions import NO_SOURCE, choose_source
 from gitquorum.cluster.errors import (
     ClaimLost,
     Conflict,
@@ -116,7 +116,7 @@ class Replicator:
             record, self.healthy(record.virtual_storage), target=target, preferred=preferred
         )
         if source is None:
-            raise RuntimeError("no healthy, up-to-date replica to replicate from")
+            raise RuntimeError(NO_SOURCE)
         return source
 
     async def run(self, claim: ClaimedJob) -> str:

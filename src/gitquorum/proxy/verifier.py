@@ -63,7 +63,7 @@ from gitquorum.cluster.repositories import (
     RepositoryStore,
     TxnExtras,
 )
-from gitquorum.cluster.store import Op, Store
+from gitquorum.cluster.store import Compare, Op, Store
 from gitquorum.gitaly import ref_pb2, ref_pb2_grpc, repository_pb2, repository_pb2_grpc, shared_pb2
 from gitquorum.proxy.channels import NodeChannels
 
@@ -352,7 +352,7 @@ class Verifier:
             self.healthy(vs),
             load=primary_load(self.cache.records(vs)),
             draining=self.draining(vs),
-            unfinished=explaining_writes(standing, frozenset(checksums), self.members()),
+            unfinished=explaining_writes(standing, frozenset(checksums), self.members(), record),
         )
 
     async def _standing(self, record: RepositoryRecord) -> list[StoredIntent]:
@@ -551,9 +551,20 @@ class Verifier:
                 raise RecordMoved(
                     f"repository {rid} moved from revision {record.revision} to {current.revision}"
                 )
+            guard: tuple[Compare, ...] = ()
+            if self.intents is not None:
+                # The intents were read before the checksums. A write that put
+                # its intent since (or an outcome that put one again finished,
+                # leaving the record as it was) may be what the checksums
+                # show, and it was not weighed: the verdict is void, and the
+                # txn is refused if one lands before it.
+                unchanged = await self.intents.unchanged_guard(vs, rid, standing)
+                if unchanged is None:
+                    raise RecordMoved(f"repository {rid}: its intents changed while verified")
+                guard = (unchanged,)
             jobs = await prepare_repairs(self.queue, settled.record, settled.repairs)
             return settled.record, TxnExtras(
-                jobs.compares, (*jobs.ops, *settled_intents, *history_ops)
+                (*jobs.compares, *guard), (*jobs.ops, *settled_intents, *history_ops)
             )
 
         await self.repositories.update_with(vs, rid, plan, fence=fence)

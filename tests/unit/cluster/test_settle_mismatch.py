@@ -364,6 +364,7 @@ def _intent(
     incarnation: float = 1.0,
     participants: tuple[str, ...] = ("n1", "n2"),
     finished: bool = False,
+    routed_revision: int = 0,
 ) -> StoredIntent:
     return StoredIntent(
         f"k{revision}",
@@ -375,10 +376,13 @@ def _intent(
         incarnation,
         frozenset(participants),
         finished,
+        routed_revision=routed_revision,
     )
 
 
 ANSWERED = frozenset({"n1", "n2"})
+# n2's last repair was recorded against revision 40 of the record.
+REPAIRED_N2 = replace(THREE, repaired=(("n2", 40),))
 
 
 @pytest.mark.parametrize(
@@ -395,9 +399,18 @@ ANSWERED = frozenset({"n1", "n2"})
         ([_intent(1, "n1", participants=("n1", "n3"))], {}, ()),
         # Newest first.
         ([_intent(1, "n1"), _intent(7, "n2")], {}, ("n2", "n1")),
+        # n2 took no part, but was repaired from a replica after the write was
+        # routed (revision 40 >= 30): it holds a state of the write's, with or
+        # without it.
+        ([_intent(1, "n1", participants=("n1", "n3"), routed_revision=30)], {}, ("n1",)),
+        ([_intent(1, "n1", participants=("n1", "n3"), routed_revision=40)], {}, ("n1",)),
+        # Repaired before the write was routed: its difference is not the write's.
+        ([_intent(1, "n1", participants=("n1", "n3"), routed_revision=41)], {}, ()),
+        # An intent of a version that did not say where it was routed.
+        ([_intent(1, "n1", participants=("n1", "n3"))], {}, ()),
     ],
 )
 def test_explaining_writes(
     intents: list[StoredIntent], members: dict[str, float], expected: tuple[str, ...]
 ) -> None:
-    assert explaining_writes(intents, ANSWERED, members) == expected
+    assert explaining_writes(intents, ANSWERED, members, REPAIRED_N2) == expected

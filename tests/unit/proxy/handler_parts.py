@@ -20,6 +20,19 @@ from gitquorum.wire.registry import MethodRegistry
 REGISTRY = MethodRegistry.from_descriptors()
 
 
+def unary_method(method: str, behaviour: Callable[..., object]) -> grpc.GenericRpcHandler:
+    """A node server's handler that answers one unary ``method`` with ``behaviour``
+    (request bytes, context -> response bytes) and nothing else."""
+
+    class Handler(grpc.GenericRpcHandler):
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+            if details.method != method:
+                return None
+            return grpc.unary_unary_rpc_method_handler(behaviour)
+
+    return Handler()
+
+
 @dataclass
 class RunningProxy:
     channel: grpc.aio.Channel  # to the proxy

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
 from gitquorum.cluster.clock import ManualClock
+from gitquorum.cluster.decisions import NO_SOURCE
 from gitquorum.cluster.keys import Keyspace
 from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.queue import (
@@ -34,10 +35,28 @@ def dead(
     state: JobState = JobState.DEAD,
     not_before: float = NOW + 600,
     delay: float | None = None,
+    last_error: str = "",
 ) -> ReplicationJob:
     return ReplicationJob(
-        "j", type, "vs", 1, "a.git", "n2", "n1", state, 4, not_before=not_before, delay=delay
+        "j",
+        type,
+        "vs",
+        1,
+        "a.git",
+        "n2",
+        "n1",
+        state,
+        4,
+        not_before=not_before,
+        delay=delay,
+        last_error=last_error,
     )
+
+
+# What the replication worker's attempts said while no replica could be a
+# source (a verifier conflict stood: no node went down, none came back).
+NO_SOURCE_ERROR = f"RuntimeError: {NO_SOURCE}"
+IN_CONFLICT = replace(RECORD, conflict=("n1", "n3"))
 
 
 @pytest.mark.parametrize(
@@ -49,6 +68,22 @@ def dead(
         pytest.param(dead(), RECORD, ALL, {"n3"}, False, id="an unrelated node came back"),
         pytest.param(dead(), RECORD, {"n2", "n3"}, {"n2"}, False, id="no source yet"),
         pytest.param(dead(), RECORD, {"n1", "n3"}, {"n1"}, False, id="target down"),
+        pytest.param(
+            dead(last_error=NO_SOURCE_ERROR),
+            RECORD,
+            ALL,
+            set(),
+            True,
+            id="died for want of a source",
+        ),
+        pytest.param(
+            dead(last_error=NO_SOURCE_ERROR),
+            IN_CONFLICT,
+            ALL,
+            set(),
+            False,
+            id="died for want of a source, still none",
+        ),
         pytest.param(dead(), CAUGHT_UP, ALL, {"n1"}, False, id="replica already up to date"),
         pytest.param(dead(), None, ALL, {"n1"}, False, id="repository gone"),
         pytest.param(dead(not_before=NOW), RECORD, ALL, {"n1"}, False, id="already due"),

@@ -28,7 +28,7 @@ from gitquorum.gitaly import repository_pb2, transaction_pb2
 from gitquorum.proxy.routing import MutatorRoute
 from gitquorum.proxy.vote_counting import ZERO_HASH, TransactionManager
 from gitquorum.wire.finishing import OUTCOME_UNKNOWN_CODE, OUTCOME_UNKNOWN_PREFIX
-from tests.unit.proxy.handler_parts import running_proxy
+from tests.unit.proxy.handler_parts import running_proxy, unary_method
 from tests.unit.test_handler import NODES, PATH, FakeCluster, record, repository
 
 WRITE_REF = "/gitaly.RepositoryService/WriteRef"
@@ -92,13 +92,7 @@ class ScriptedNodes:
                 await context.abort(script.status, script.details)
             return repository_pb2.WriteRefResponse().SerializeToString()
 
-        class Handler(grpc.GenericRpcHandler):
-            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-                if details.method != WRITE_REF:
-                    return None
-                return grpc.unary_unary_rpc_method_handler(write_ref)
-
-        return Handler()
+        return unary_method(WRITE_REF, write_ref)
 
     async def others_voted(self, node: str, votes: int) -> None:
         async with asyncio.timeout(5), self.voted:
