@@ -4,7 +4,8 @@ proxies and three etcd members, checked during the run and at its end
 (tests/faults/checker.py names every violation).
 
 ``GITQUORUM_FAULTS_SEED`` replays a schedule; ``GITQUORUM_FAULTS_DURATION``
-sets its length (default 120 s). The long run (``make test-long``,
+sets its length (default 75 s, bounded by the suite's time; the long run
+is where long schedules belong). The long run (``make test-long``,
 tests/faults/test_long.py) runs every nemesis.
 """
 
@@ -34,7 +35,7 @@ WORKERS_DURATION = 90.0
 
 
 async def test_randomized_schedule(tmp_path: Path, chain: Chain) -> None:
-    await _randomized(tmp_path, chain, float(os.environ.get("GITQUORUM_FAULTS_DURATION", "120")))
+    await _randomized(tmp_path, chain, float(os.environ.get("GITQUORUM_FAULTS_DURATION", "75")))
 
 
 async def test_randomized_schedule_with_worker_processes(

@@ -1,7 +1,7 @@
 """Soak: mixed traffic through two proxies while nodes restart one at a time.
 
 A real cluster (etcd, three nodes, two proxies). For ``GITQUORUM_SOAK_SECONDS``
-(default 120) writers create refs, readers check acknowledged refs (a read
+(default 75: each node restarted once; the suite's time is bounded) writers create refs, readers check acknowledged refs (a read
 must never miss an acknowledged write) and read commits, a cloner streams
 packs, all spread over both proxies, while a nemesis restarts the nodes one
 at a time (SIGTERM, start). Replication repairs each restarted node.
@@ -50,7 +50,7 @@ from tests.integration.limits.calls import FLUSH, pkt
 from tests.integration.proxy import helpers
 from tests.integration.shutdown.conftest import seed, write_ref
 
-SECONDS = float(os.environ.get("GITQUORUM_SOAK_SECONDS", "120"))
+SECONDS = float(os.environ.get("GITQUORUM_SOAK_SECONDS", "75"))
 WARM_UP = min(20.0, SECONDS / 5)
 RESTART_EVERY = 15.0
 REPOSITORIES = 4
