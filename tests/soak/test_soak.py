@@ -1,8 +1,9 @@
 """Soak: mixed traffic through two proxies while nodes restart one at a time.
 
 A real cluster (etcd, three nodes, two proxies). For ``GITQUORUM_SOAK_SECONDS``
-(default 75: each node restarted once; the suite's time is bounded) writers create refs, readers check acknowledged refs (a read
-must never miss an acknowledged write) and read commits, a cloner streams
+(default 75: each node restarted once, within the suite's time) writers
+create refs, readers check acknowledged refs (a read must never miss an
+acknowledged write) and read commits, a cloner streams
 packs, all spread over both proxies, while a nemesis restarts the nodes one
 at a time (SIGTERM, start). Replication repairs each restarted node.
 

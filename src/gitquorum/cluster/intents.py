@@ -177,10 +177,12 @@ class IntentStore:
     ) -> Compare | None:
         """A compare that holds while the repository's intents stay as they are
         now, or None when they already differ from ``read`` (a write put its
-        intent since, or an outcome put one again finished)."""
+        intent since, or an outcome put one again finished). Only the intents
+        this version reads count, as in ``of_repository``: one it cannot read
+        must not void every verdict for good."""
         prefix = self.keys.intents(virtual_storage, repository_id)
         result = await self.store.get_prefix(prefix)
-        now = {(kv.key, kv.mod_revision) for kv in result.kvs}
+        now = {(i.key, i.mod_revision) for i in map(decode_intent, result.kvs) if i is not None}
         if now != {(i.key, i.mod_revision) for i in read}:
             return None
         return Compare.unchanged_since(prefix, result.revision)

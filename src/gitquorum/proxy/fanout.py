@@ -234,6 +234,12 @@ class _Write:
                 if not self.given_up():
                     raise
             await self.settle()
+            if tx is not None:
+                # Every secondary has finished or been dropped: freeze who got a
+                # COMMIT before the outcome is read from it (as an abandoned
+                # write does). A vote still waiting, at the intent gate say,
+                # now gets STOP instead of a COMMIT the outcome would not know.
+                tx.stop()
             state = self.state()
             result = write_outcome(state)
             self.outcome_known = True

@@ -219,7 +219,12 @@ class LeaderTasks:
         healthy = {vs: self.health.healthy(vs) for vs in storages}
         came_back = {vs: healthy[vs] - self._seen_healthy.get(vs, frozenset()) for vs in storages}
         due = dead_jobs_to_retry(
-            await self.queue.jobs(), records, healthy, came_back, self.queue.clock()
+            await self.queue.jobs(),
+            records,
+            healthy,
+            came_back,
+            self.queue.clock(),
+            max_attempts=self.queue.max_attempts,
         )
         retried = 0
         for job in due:
@@ -282,12 +287,19 @@ class LeaderTasks:
             cluster_metrics.update_repositories((), {})
 
 
+# How many deaths of a repair for want of a source are made due as soon as a
+# source exists again (``dead_jobs_to_retry``); later ones wait their backoff.
+NO_SOURCE_EARLY_RETRIES = 3
+
+
 def dead_jobs_to_retry(
     jobs: Iterable[ReplicationJob],
     records: Mapping[tuple[str, int], RepositoryRecord],
     healthy: Mapping[str, frozenset[str]],
     came_back: Mapping[str, frozenset[str]],
     now: float,
+    *,
+    max_attempts: int = 3,
 ) -> list[ReplicationJob]:
     """The dead repairs to make due now: still backing off, their replica still
     outdated, the target healthy, a healthy up-to-date source available, and
@@ -295,7 +307,11 @@ def dead_jobs_to_retry(
     or the job died for want of a source. That happens without any node going
     down: while a verifier conflict stands no replica is a source, and the
     conflict's end is no health change; left to its backoff, the replica
-    would wait a minute or more after the conflict cleared."""
+    would wait a minute or more after the conflict cleared. Only for its first
+    ``NO_SOURCE_EARLY_RETRIES`` deaths (``max_attempts`` attempts make the
+    first): a worker whose own view finds no source where the leader's does
+    (it cannot reach the one source) would otherwise die and be made due again
+    on every pass."""
     due = []
     for job in jobs:
         if job.state is not JobState.DEAD or job.type not in REPAIR_TYPES:
@@ -313,7 +329,7 @@ def dead_jobs_to_retry(
         back = came_back.get(job.virtual_storage, frozenset())
         if job.target_node in back or up_to_date_replicas(record) & back:
             due.append(job)
-        elif NO_SOURCE in job.last_error:
+        elif NO_SOURCE in job.last_error and job.attempts - max_attempts < NO_SOURCE_EARLY_RETRIES:
             due.append(job)
     return due
 

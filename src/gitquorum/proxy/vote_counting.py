@@ -162,9 +162,16 @@ class Transaction:
         if self.stopped:
             return Outcome.STOP
         if sub.winner is not None and sub.winner == digest:
-            if sub.winner != ZERO_HASH and not await self._pass_gate(sub):
-                state.failed = True
-                return Outcome.ABORT
+            if sub.winner != ZERO_HASH:
+                if not await self._pass_gate(sub):
+                    state.failed = True
+                    return Outcome.ABORT
+                if state.failed:
+                    # Left the write while it waited at the gate (its call
+                    # failed, it was dropped or turned unhealthy): the fan-out
+                    # no longer counts it as holding the update, so it must not
+                    # apply it (a write told "failed" would stand on it).
+                    return Outcome.ABORT
             if self.stopped:
                 return Outcome.STOP
             state.committed = index + 1

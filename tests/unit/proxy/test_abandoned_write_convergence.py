@@ -26,7 +26,7 @@ from gitquorum.cluster.memory_store import MemoryStore
 from gitquorum.cluster.repositories import CopySource, RepositoryRecord
 from gitquorum.proxy.etcd_cluster_port import EtcdClusterPort
 from gitquorum.proxy.routing import MutatorRoute, route_mutator
-from gitquorum.proxy.vote_counting import TransactionManager
+from gitquorum.proxy.vote_counting import Outcome, Transaction, TransactionManager
 from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED
 from tests.unit.proxy.finalizer_parts import memory_port
 from tests.unit.proxy.handler_parts import running_proxy, unary_method
@@ -254,3 +254,80 @@ async def _poll(predicate: Callable[[], bool], *, within: float) -> bool:
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+# -- 4. a primary whose call fails while the intent's put is in flight ---------------------
+
+
+def _primary_call_dies_at_the_gate(
+    transactions: TransactionManager,
+    cluster: IntentCluster,
+    outcomes: dict[str, str],
+    seen: list[Transaction],
+):  # type: ignore[no-untyped-def]
+    """n1 (primary) and n2, n3 vote for the update; n1's call then fails (its
+    deadline, say) while the gate's put is in flight. Each node's hook keeps
+    waiting for its answer as a real node's would: what it gets is recorded."""
+    waiting: list[asyncio.Future[Outcome]] = []
+
+    def handler(node: str) -> grpc.GenericRpcHandler:
+        async def write_ref(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            metadata = dict(context.invocation_metadata() or ())
+            tx = json.loads(base64.b64decode(metadata[TRANSACTION_KEY]))
+            seen.append(transactions.get(tx["id"]))
+            vote = asyncio.ensure_future(transactions.vote(tx["id"], tx["node"], UPDATE, PREPARED))
+            vote.add_done_callback(lambda done: outcomes.__setitem__(node, done.result().value))
+            waiting.append(vote)
+            if node == "n1":
+                await cluster.put_started.wait()
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the node's deadline")
+            outcome = await asyncio.shield(vote)
+            if outcome.value != "commit":
+                await context.abort(grpc.StatusCode.ABORTED, outcome.value)
+            return b""
+
+        return unary_method(WRITE_REF, write_ref)
+
+    return handler
+
+
+async def test_a_write_whose_primary_failed_at_the_gate_commits_nowhere() -> None:
+    """The outcome (primary-failed-before-commit: nothing applied) is read while
+    the put is in flight; once it lands, no waiting vote may get a COMMIT. On
+    34faa11 every node got one: the client was told the write failed, and the
+    replicas recorded up to date held it."""
+    from gitquorum.gitaly import repository_pb2
+
+    transactions = TransactionManager(vote_timeout=5.0)
+    cluster = IntentCluster()
+    cluster.records[PATH] = record({"n1": 1, "n2": 1, "n3": 1}, primary="n1")
+    outcomes: dict[str, str] = {}
+    seen: list[Transaction] = []
+    async with running_proxy(
+        _primary_call_dies_at_the_gate(transactions, cluster, outcomes, seen),
+        NODES,
+        cluster,
+        transactions=transactions,
+    ) as running:
+        request = repository_pb2.WriteRefRequest(
+            repository=repository(), ref=b"refs/heads/w0/1", revision=b"1" * 40
+        )
+        call = running.channel.unary_unary(WRITE_REF)(request.SerializeToString(), timeout=20)
+        answer = asyncio.ensure_future(call)
+        await asyncio.wait_for(cluster.put_started.wait(), 5)
+        # The fan-out reads the outcome (it stops the transaction first; on
+        # 34faa11 it did not, and its finalizer removed the intent at once).
+        read = await _poll(
+            lambda: "forget" in cluster.events or any(t.stopped for t in seen), within=5.0
+        )
+        assert read, cluster.events
+        cluster.put_may_land.set()
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await answer
+        # The primary's own error: nothing was applied anywhere.
+        assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "the node's deadline" in (failed.value.details() or "")
+        assert await _poll(lambda: len(outcomes) == 3, within=5.0), outcomes
+        assert await _poll(lambda: "forget" in cluster.events, within=5.0), cluster.events
+    assert "commit" not in outcomes.values(), outcomes
+    assert cluster.standing == {}

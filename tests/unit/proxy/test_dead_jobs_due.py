@@ -36,6 +36,7 @@ def dead(
     not_before: float = NOW + 600,
     delay: float | None = None,
     last_error: str = "",
+    attempts: int = 4,
 ) -> ReplicationJob:
     return ReplicationJob(
         "j",
@@ -46,7 +47,7 @@ def dead(
         "n2",
         "n1",
         state,
-        4,
+        attempts,
         not_before=not_before,
         delay=delay,
         last_error=last_error,
@@ -83,6 +84,14 @@ IN_CONFLICT = replace(RECORD, conflict=("n1", "n3"))
             set(),
             False,
             id="died for want of a source, still none",
+        ),
+        pytest.param(
+            dead(last_error=NO_SOURCE_ERROR, attempts=6),
+            RECORD,
+            ALL,
+            set(),
+            False,
+            id="died for want of a source a fourth time: keeps its backoff",
         ),
         pytest.param(dead(), CAUGHT_UP, ALL, {"n1"}, False, id="replica already up to date"),
         pytest.param(dead(), None, ALL, {"n1"}, False, id="repository gone"),

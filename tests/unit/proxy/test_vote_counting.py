@@ -205,3 +205,25 @@ async def test_a_subtransaction_waiting_on_the_gate_is_not_decided_for_the_nodes
     gate.release.set()
     assert await asyncio.wait_for(vote, 2) is Outcome.ABORT
     assert tx.gate_failed and tx.decided == 0
+
+
+async def test_a_voter_dropped_while_it_waits_at_the_gate_gets_no_commit() -> None:
+    """Its call failed (or it was dropped) while the intent's put was in flight:
+    the fan-out, which read the tally then, counts it as holding nothing, so the
+    COMMIT must not reach it once the put lands (fails on 34faa11: COMMIT)."""
+    gate = Gate()
+    tx = TransactionManager(vote_timeout=5).register("p", ["s1", "s2"], gate)
+    votes = [asyncio.ensure_future(tx.vote(node, A)) for node in ("p", "s1", "s2")]
+    for _ in range(100):
+        if gate.calls:
+            break
+        await asyncio.sleep(0.01)
+    assert gate.calls == 1 and tx.decided == 0
+    tx.cancel_voter("s2")
+    gate.release.set()
+    assert await asyncio.wait_for(asyncio.gather(*votes), 2) == [
+        Outcome.COMMIT,
+        Outcome.COMMIT,
+        Outcome.ABORT,
+    ]
+    assert tx.committed_nodes() == {"p", "s1"}
