@@ -204,6 +204,26 @@ PRIMARY_FAILED_CASES: dict[str, tuple[WriteState, WriteResult | None]] = {
         write(votes(subs=1, decided=0), p=FAILED),
         result(set(), set(), "primary-failed-before-commit"),
     ),
+    "decided, but no COMMIT reached anyone": (
+        # The intent's gate opened after every voter had left the write (the
+        # primary's call failed, the secondaries were dropped): they got ABORT.
+        # On fe399bc every secondary was named outdated, the primary alone kept.
+        write(
+            votes(
+                subs=1,
+                decided=1,
+                p=VoterTally(votes_cast=1, failed=True),
+                s1=VoterTally(votes_cast=1, failed=True),
+                s2=VoterTally(votes_cast=1, failed=True),
+            ),
+            p=FAILED,
+        ),
+        result(set(), set(), "primary-failed-before-commit"),
+    ),
+    "only the zero vote decided": (
+        write(votes(subs=1, changed_nothing=True, p=PRIMARY_GONE), p=FAILED),
+        result(set(), set(), "primary-failed-before-commit"),
+    ),
     "decided, a holder": (
         write(votes(p=PRIMARY_GONE, s2=PREPARED_ONLY), p=FAILED),
         result({S1}, {P, S2, T}, "primary-failed-after-commit"),

@@ -361,8 +361,8 @@ def primary_failed_outcome(write: WriteState) -> WriteResult | None:
     repository whose primary died mid-write without any valid primary, i.e.
     unavailable until that node returns. Two cases are certain instead:
 
-    * no subtransaction was decided: the primary's vote is part of every
-      decision, so no replica received a COMMIT and none changed;
+    * no subtransaction was decided (the primary's vote is part of every
+      decision), or no voter received a COMMIT: none changed;
     * some were: a secondary whose call ended after it committed every
       decided subtransaction and whose last vote, in every subtransaction,
       was a committed-phase one (cast only after applying the update) holds
@@ -374,7 +374,14 @@ def primary_failed_outcome(write: WriteState) -> WriteResult | None:
     votes = write.votes
     if votes is None:
         return None
-    if votes.decided == 0:
+    if (
+        votes.decided == 0
+        or votes.changed_nothing
+        or not any(state.committed for state in votes.voters.values())
+    ):
+        # Nothing decided, only the zero vote, or no COMMIT reached anyone (the
+        # tally is frozen: a decision whose intent gate opened after every
+        # voter had left the write sent none).
         return WriteResult(frozenset(), frozenset(), "primary-failed-before-commit")
     holders = frozenset(
         node

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 from gitquorum import log
 from gitquorum.cluster.clock_rules import due_everywhere
@@ -106,6 +107,9 @@ class LeaderTasks:
         # Healthy nodes per virtual storage at the last dead-job pass of this
         # leadership: the nodes healthy now and not then are the ones that came back.
         self._seen_healthy: dict[str, frozenset[str]] = {}
+        # Dead repairs that had no source at the last pass (None: any, as at the
+        # start of a leadership); see ``dead_jobs_to_retry``.
+        self._sourceless: frozenset[str] | None = None
         health.add_listener(lambda _old, _new: self._on_health_change())
 
     def _on_health_change(self) -> None:
@@ -218,19 +222,23 @@ class LeaderTasks:
         storages = {vs for vs, _ in records}
         healthy = {vs: self.health.healthy(vs) for vs in storages}
         came_back = {vs: healthy[vs] - self._seen_healthy.get(vs, frozenset()) for vs in storages}
+        jobs = await self.queue.jobs()
+        sourceless = sourceless_repairs(jobs, records, healthy)
         due = dead_jobs_to_retry(
-            await self.queue.jobs(),
+            jobs,
             records,
             healthy,
             came_back,
             self.queue.clock(),
             max_attempts=self.queue.max_attempts,
+            sourceless_before=self._sourceless,
         )
         retried = 0
         for job in due:
             retried += int(await self.queue.retry_now(job))
         # Only after a pass that went through: a failed one is redone in full.
         self._seen_healthy = healthy
+        self._sourceless = sourceless
         if retried:
             self.wake()
             logger.info("dead jobs due again", extra=log.fields(count=retried))
@@ -240,6 +248,7 @@ class LeaderTasks:
         # A new leadership starts from "every node came back": a source that
         # returned during the change of leader is not missed.
         self._seen_healthy = {}
+        self._sourceless = None
         await run_periodically(
             self.retry_dead_jobs_once,
             self.reconcile_interval,
@@ -287,6 +296,26 @@ class LeaderTasks:
             cluster_metrics.update_repositories((), {})
 
 
+def sourceless_repairs(
+    jobs: Iterable[ReplicationJob],
+    records: Mapping[tuple[str, int], RepositoryRecord],
+    healthy: Mapping[str, frozenset[str]],
+) -> frozenset[str]:
+    """The ids of the dead repairs whose replica has no healthy, up-to-date
+    source now (a verifier conflict stands, or every source is down)."""
+    return frozenset(
+        job.job_id
+        for job in jobs
+        if job.state is JobState.DEAD
+        and job.type in REPAIR_TYPES
+        and (record := records.get((job.virtual_storage, job.repository_id))) is not None
+        and choose_source(
+            record, healthy.get(job.virtual_storage, frozenset()), target=job.target_node
+        )
+        is None
+    )
+
+
 # How many deaths of a repair for want of a source are made due as soon as a
 # source exists again (``dead_jobs_to_retry``); later ones wait their backoff.
 NO_SOURCE_EARLY_RETRIES = 3
@@ -300,6 +329,7 @@ def dead_jobs_to_retry(
     now: float,
     *,
     max_attempts: int = 3,
+    sourceless_before: AbstractSet[str] | None = frozenset(),
 ) -> list[ReplicationJob]:
     """The dead repairs to make due now: still backing off, their replica still
     outdated, the target healthy, a healthy up-to-date source available, and
@@ -307,11 +337,14 @@ def dead_jobs_to_retry(
     or the job died for want of a source. That happens without any node going
     down: while a verifier conflict stands no replica is a source, and the
     conflict's end is no health change; left to its backoff, the replica
-    would wait a minute or more after the conflict cleared. Only for its first
+    would wait a minute or more after the conflict cleared. It is made due
+    when the leader saw it without a source at its last pass
+    (``sourceless_before``, job ids; None: every job, as after a change of
+    leader), or, for a conflict shorter than a pass, on its first
     ``NO_SOURCE_EARLY_RETRIES`` deaths (``max_attempts`` attempts make the
-    first): a worker whose own view finds no source where the leader's does
-    (it cannot reach the one source) would otherwise die and be made due again
-    on every pass."""
+    first). Not on every pass: a worker whose own view finds no source where
+    the leader's does (it cannot reach the one source) would die and be made
+    due again each time."""
     due = []
     for job in jobs:
         if job.state is not JobState.DEAD or job.type not in REPAIR_TYPES:
@@ -329,7 +362,11 @@ def dead_jobs_to_retry(
         back = came_back.get(job.virtual_storage, frozenset())
         if job.target_node in back or up_to_date_replicas(record) & back:
             due.append(job)
-        elif NO_SOURCE in job.last_error and job.attempts - max_attempts < NO_SOURCE_EARLY_RETRIES:
+        elif NO_SOURCE in job.last_error and (
+            sourceless_before is None
+            or job.job_id in sourceless_before
+            or job.attempts - max_attempts < NO_SOURCE_EARLY_RETRIES
+        ):
             due.append(job)
     return due
 

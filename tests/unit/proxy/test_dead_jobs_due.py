@@ -19,7 +19,7 @@ from gitquorum.cluster.queue import (
     ReplicationQueue,
 )
 from gitquorum.cluster.repositories import RepositoryRecord
-from gitquorum.proxy.leader_tasks import LeaderTasks, dead_jobs_to_retry
+from gitquorum.proxy.leader_tasks import LeaderTasks, dead_jobs_to_retry, sourceless_repairs
 
 KEYS = Keyspace("unit")
 NOW = 1000.0
@@ -125,6 +125,43 @@ def test_dead_jobs_to_retry(
         [job], records, {"vs": frozenset(healthy)}, {"vs": frozenset(came_back)}, NOW
     )
     assert found == ([job] if due else [])
+
+
+LATE_NO_SOURCE = dead(last_error=NO_SOURCE_ERROR, attempts=6)  # its fourth death
+
+
+@pytest.mark.parametrize(
+    ("sourceless_before", "due"),
+    [
+        pytest.param(frozenset({"j"}), True, id="the leader saw it without a source last pass"),
+        pytest.param(frozenset(), False, id="it had a source at the last pass too"),
+        pytest.param(None, True, id="first pass of a leadership"),
+    ],
+)
+def test_a_long_conflict_ending_makes_its_repairs_due(
+    sourceless_before: frozenset[str] | None, due: bool
+) -> None:
+    """A conflict that outlived the early retries: its end (a source again
+    where the last pass saw none) makes the repair due, whatever its deaths."""
+    found = dead_jobs_to_retry(
+        [LATE_NO_SOURCE],
+        {("vs", 1): RECORD},
+        {"vs": ALL},
+        {"vs": frozenset()},
+        NOW,
+        sourceless_before=sourceless_before,
+    )
+    assert found == ([LATE_NO_SOURCE] if due else [])
+
+
+def test_sourceless_repairs_are_the_dead_repairs_with_no_source_now() -> None:
+    records = {("vs", 1): IN_CONFLICT}
+    assert sourceless_repairs([LATE_NO_SOURCE], records, {"vs": ALL}) == {"j"}
+    assert sourceless_repairs([LATE_NO_SOURCE], {("vs", 1): RECORD}, {"vs": ALL}) == frozenset()
+    # Its source down: none either.
+    source_down = {"vs": frozenset({"n2"})}
+    assert sourceless_repairs([LATE_NO_SOURCE], {("vs", 1): RECORD}, source_down) == {"j"}
+    assert sourceless_repairs([dead(state=JobState.FAILED)], records, {"vs": ALL}) == frozenset()
 
 
 class MutableHealth:
