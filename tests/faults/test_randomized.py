@@ -12,6 +12,7 @@ tests/faults/test_long.py) runs every nemesis.
 from __future__ import annotations
 
 import os
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,11 @@ pytestmark = pytest.mark.timeout(900)
 
 # The run with worker processes: a shorter schedule, every proxy and node of two.
 WORKERS_DURATION = 90.0
+# Left out of that run (kept in the single-process one and in the long run with
+# workers): six node restarts in a row take about 105 s with pooled nodes under
+# the suite's load, so a schedule that drew the storm first ran it alone
+# (CI of 7591eac, seed 2043640674: one step of the three the run requires).
+WORKERS_LEFT_OUT = {"node-restart-storm"}
 
 
 async def test_randomized_schedule(tmp_path: Path, chain: Chain) -> None:
@@ -46,13 +52,16 @@ async def test_randomized_schedule_with_worker_processes(
     process nemeses hit parents and workers alike."""
     monkeypatch.setenv(WORKERS_ENV, "2")
     monkeypatch.setenv(NODE_WORKERS_ENV, "2")
-    report = await _randomized(tmp_path, chain, WORKERS_DURATION)
+    report = await _randomized(tmp_path, chain, WORKERS_DURATION, left_out=WORKERS_LEFT_OUT)
     assert (report.figures["proxy_workers"], report.figures["node_workers"]) == (2, 2)
+    assert not set(report.figures["nemeses_run"]) & WORKERS_LEFT_OUT
 
 
-async def _randomized(tmp_path: Path, chain: Chain, duration: float) -> Report:
+async def _randomized(
+    tmp_path: Path, chain: Chain, duration: float, left_out: AbstractSet[str] = frozenset()
+) -> Report:
     seed = seed_from_env()
-    nemeses = [n for n in all_nemeses() if n.name not in LONG_ONLY]
+    nemeses = [n for n in all_nemeses() if n.name not in LONG_ONLY | left_out]
     report = await run_and_check(tmp_path, chain, RunSettings(seed, duration, nemeses))
     # The schedule ran (a run that injected almost nothing proves nothing):
     # several faults, holding a good part of the run. Not a step count from
