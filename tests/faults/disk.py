@@ -420,7 +420,10 @@ class ReplicaLoss(Nemesis):
 
     async def heal(self, run: RunContext) -> None:
         if self.target is not None:
-            await asyncio.to_thread(run.node(self.target).start)
+            # As the process nemeses: a pooled node (workers) can take more than
+            # the default 20 s to serve again under the run's load (the long run
+            # with workers of bbc7ae1, seed 739453146, stopped on it).
+            await asyncio.to_thread(run.node(self.target).start, 60)
             self.target = None
 
 
