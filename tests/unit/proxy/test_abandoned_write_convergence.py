@@ -12,8 +12,6 @@ each replica holds on disk (its checksum) is set by the test. Each fails on
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 from collections.abc import Callable
 
 import grpc
@@ -27,7 +25,8 @@ from gitquorum.cluster.repositories import CopySource, RepositoryRecord
 from gitquorum.proxy.etcd_cluster_port import EtcdClusterPort
 from gitquorum.proxy.routing import MutatorRoute, route_mutator
 from gitquorum.proxy.vote_counting import Outcome, Transaction, TransactionManager
-from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED
+from gitquorum.wire.transaction_metadata import COMMITTED, PREPARED, transaction_from_metadata
+from gitquorum.wire.transaction_metadata import Transaction as NodeTransaction
 from tests.unit.proxy.finalizer_parts import memory_port
 from tests.unit.proxy.handler_parts import running_proxy, unary_method
 from tests.unit.proxy.test_verifier import KEYS, VS, Parts, build
@@ -168,7 +167,6 @@ async def test_an_intent_put_after_the_verifier_read_the_intents_does_not_make_a
 # -- 3. a client hanging up while the gate's intent put is in flight ----------------------
 
 WRITE_REF = "/gitaly.RepositoryService/WriteRef"
-TRANSACTION_KEY = "gitaly-reference-transaction"
 UPDATE = b"\x01" * 20
 
 
@@ -200,13 +198,19 @@ class IntentCluster(FakeCluster):
         self.events.append("forget")
 
 
+def _transaction(context: grpc.aio.ServicerContext) -> NodeTransaction:
+    """The transaction the proxy attached to a node's call."""
+    tx = transaction_from_metadata(context.invocation_metadata())
+    assert tx is not None
+    return tx
+
+
 def _voting_node(transactions: TransactionManager):  # type: ignore[no-untyped-def]
     def handler(node: str) -> grpc.GenericRpcHandler:
         async def write_ref(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            metadata = dict(context.invocation_metadata() or ())
-            tx = json.loads(base64.b64decode(metadata[TRANSACTION_KEY]))
+            tx = _transaction(context)
             for phase in (PREPARED, COMMITTED):
-                outcome = await transactions.vote(tx["id"], tx["node"], UPDATE, phase)
+                outcome = await transactions.vote(tx.id, tx.node, UPDATE, phase)
                 if outcome.value != "commit":
                     await context.abort(grpc.StatusCode.ABORTED, outcome.value)
             return b""
@@ -268,14 +272,14 @@ def _primary_call_dies_at_the_gate(
     """n1 (primary) and n2, n3 vote for the update; n1's call then fails (its
     deadline, say) while the gate's put is in flight. Each node's hook keeps
     waiting for its answer as a real node's would: what it gets is recorded."""
+    # The votes' tasks, kept referenced while they wait (the loop holds weak ones).
     waiting: list[asyncio.Future[Outcome]] = []
 
     def handler(node: str) -> grpc.GenericRpcHandler:
         async def write_ref(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            metadata = dict(context.invocation_metadata() or ())
-            tx = json.loads(base64.b64decode(metadata[TRANSACTION_KEY]))
-            seen.append(transactions.get(tx["id"]))
-            vote = asyncio.ensure_future(transactions.vote(tx["id"], tx["node"], UPDATE, PREPARED))
+            tx = _transaction(context)
+            seen.append(transactions.get(tx.id))
+            vote = asyncio.ensure_future(transactions.vote(tx.id, tx.node, UPDATE, PREPARED))
             vote.add_done_callback(lambda done: outcomes.__setitem__(node, done.result().value))
             waiting.append(vote)
             if node == "n1":
