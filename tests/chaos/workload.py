@@ -471,9 +471,12 @@ class Workload:
         try:
             async with asyncio.timeout(self.settings.op_timeout * 2):
                 _, stderr = await proc.communicate()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        except BaseException as exc:
+            # Timed out, or cancelled by ``stop``: the push must not outlive its
+            # operation (a test's loop closed on its unread pipes warns later).
+            await _reap(proc)
+            if not isinstance(exc, TimeoutError):
+                raise
             op.outcome, op.detail = "unknown", "git push timed out"
         else:
             if proc.returncode == 0:
@@ -530,6 +533,16 @@ class Workload:
                 await asyncio.sleep(self.settings.retry_pause)
             else:
                 await asyncio.sleep(self.settings.read_pause)
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Kill ``proc`` and read its pipes to their end, within a bound: its
+    helper (``git-ssh``) may hold them a moment after git itself died."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(10):
+            await proc.communicate()
 
 
 async def _git(cwd: Path, *args: str) -> str:
