@@ -267,3 +267,27 @@ def test_node_bench_arguments_and_report() -> None:
     text = node_bench.render_markdown(report)
     assert "| FindCommit | 3 | 1.000 / 2.000 | 0.500 / 2.000 | 2.00 | 1.00 | **missed** |" in text
     assert "n/a (large answer)" in text
+
+
+def test_forwarder_costs_report_gives_each_duty_against_the_bare_hop() -> None:
+    from bench import forwarder_costs
+
+    result = {
+        "machine": {"nproc": 2},
+        "calls_per_variant": 6000,
+        "variants": {
+            "bare": {"cpu_us_per_call": 900.0, "p50_ms": 1.5},
+            "metadata": {"cpu_us_per_call": 945.0, "p50_ms": 1.55},
+            "log": {"cpu_us_per_call": 1010.0, "p50_ms": 1.56},
+            "bare-again": {"cpu_us_per_call": 890.0, "p50_ms": 1.49},
+        },
+    }
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in forwarder_costs.render(result).splitlines()
+        if line.startswith("| ") and " µs |" in line and not line.startswith("| variant")
+    }
+    assert set(rows) == set(forwarder_costs.VARIANTS)
+    assert "| 945 | +45 µs | 1.550 | +50 µs |" in rows["metadata"]
+    assert "| 1010 | +110 µs |" in rows["log"]
+    assert "| 890 | -10 µs |" in rows["bare-again"]
