@@ -48,6 +48,8 @@ SEED_CONCURRENCY = 4
 # The window before and after each fault whose reads the table's latency
 # columns take (successful reads only).
 LATENCY_WINDOW = 10.0
+# The during-run check pauses at least this share of its interval between rounds.
+MIN_PAUSE = 0.25
 
 
 @dataclass
@@ -101,6 +103,8 @@ class FaultRun:
         self.task_dumps: dict[str, str] = {}
         self.monitor_rounds = 0
         self.monitor_errors = 0
+        # How long each completed round of the during-run check took.
+        self.monitor_round_seconds: list[float] = []
         self.lost_to_disk = 0
         self.timeline: list[tuple[float, dict[str, frozenset[str]]]] = []
         # The etcd revision of each sample of the timeline, and when it came.
@@ -254,9 +258,17 @@ class FaultRun:
 
     async def _monitor(self) -> None:
         assert self.cluster is not None and self.ctx is not None
+        interval = self.settings.monitor_interval
+        started = time.monotonic()
         while True:
-            await asyncio.sleep(self.settings.monitor_interval)
-            read_at = time.monotonic()
+            # One round per interval, start to start: on a loaded machine a
+            # round's reads (etcd, git in every replica) take seconds, and a
+            # sleep of a whole interval after each made the check look blind
+            # (half as many rounds as due) while it looked all the time. A
+            # short pause is kept: the round's checks share the workload's loop.
+            took = time.monotonic() - started
+            await asyncio.sleep(max(interval * MIN_PAUSE, interval - took))
+            started = read_at = time.monotonic()
             try:
                 records, revision = await asyncio.to_thread(read_records_at, self.cluster)
                 answered_at = time.monotonic()
@@ -290,6 +302,7 @@ class FaultRun:
                 )
             )
             self.monitor_rounds += 1
+            self.monitor_round_seconds.append(time.monotonic() - started)
 
     async def _step(self, step: Step, nemesis: Nemesis) -> Fault | None:
         assert self.ctx is not None
@@ -650,7 +663,8 @@ class FaultRun:
                         "*",
                         f"{self.monitor_rounds} rounds of the during-run check in "
                         f"{ended - began:.0f}s (expected about {expected:.0f}; "
-                        f"{self.monitor_errors} could not read etcd)",
+                        f"{self.monitor_errors} could not read etcd; a round took "
+                        f"{_seconds_summary(self.monitor_round_seconds)})",
                         ended,
                     )
                 ]
@@ -709,6 +723,7 @@ class FaultRun:
         figures = {
             "monitor_rounds": self.monitor_rounds,
             "monitor_errors": self.monitor_errors,
+            "monitor_round_seconds": _seconds_summary(self.monitor_round_seconds),
             "acknowledged_writes_lost_to_disk_faults": self.lost_to_disk,
             "unreadable_replica_reads": self.unreadable,
             "cross_proxy_lag_reads": reads.cross_proxy_lag,
@@ -840,6 +855,14 @@ class FaultRun:
             await self.fleet.stop_quietly()
         if self.cluster is not None:
             await asyncio.to_thread(self.cluster.close)
+
+
+def _seconds_summary(seconds: Sequence[float]) -> str:
+    """'median 0.4 s, longest 2.1 s' of some durations, for a report line."""
+    if not seconds:
+        return "no round completed"
+    ordered = sorted(seconds)
+    return f"median {ordered[len(ordered) // 2]:.1f} s, longest {ordered[-1]:.1f} s"
 
 
 def _dump_lines(path: Path) -> list[str]:
