@@ -298,3 +298,8 @@ def test_a_task_dump_shows_the_tasks_of_repairs_and_what_they_wait_on() -> None:
         "    Task-7: proxy/verifier.py:88 run > FutureIter",
     ]
     assert explain.dumped_tasks("not json") == []
+
+
+def test_round_times_are_summarized_by_median_and_longest() -> None:
+    assert run._seconds_summary([]) == "no round completed"
+    assert run._seconds_summary([3.14, 0.5, 7.42, 1.0]) == "median 3.1 s, longest 7.4 s"
