@@ -36,6 +36,7 @@ import contextlib
 import os
 import random
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -467,11 +468,13 @@ class Workload:
             env=env,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            # A group of its own: git and its git-ssh helper are stopped together.
+            start_new_session=True,
         )
         try:
             async with asyncio.timeout(self.settings.op_timeout * 2):
                 _, stderr = await proc.communicate()
-        except BaseException as exc:
+        except (TimeoutError, asyncio.CancelledError) as exc:
             # Timed out, or cancelled by ``stop``: the push must not outlive its
             # operation (a test's loop closed on its unread pipes warns later).
             await _reap(proc)
@@ -536,10 +539,11 @@ class Workload:
 
 
 async def _reap(proc: asyncio.subprocess.Process) -> None:
-    """Kill ``proc`` and read its pipes to their end, within a bound: its
-    helper (``git-ssh``) may hold them a moment after git itself died."""
+    """Kill ``proc``'s process group (git and its ``git-ssh`` helper, whose
+    call to the proxy has no deadline: left alive, it could still apply the
+    push later) and read its pipes to their end, within a bound."""
     with contextlib.suppress(ProcessLookupError):
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(Exception):
         async with asyncio.timeout(10):
             await proc.communicate()

@@ -72,6 +72,12 @@ KNOWN_CONFLICT = "conflict-after-abandoned-write"
 # little to vouch for anything.
 BLIND = "checker-blind"
 
+# The longest the during-run check may go without a sample (a round that read
+# etcd), from the run's start to its end: a longer spell is blind, however
+# many rounds the rest of the run had. Above an etcd-quorum-loss hold plus a
+# failed round's timeout and the next round.
+BLIND_GAP = 30.0
+
 # The documented bound on cross-proxy staleness (docs/failover.md, "Reads
 # across proxies": stale_read_limit, 5 s by default).
 STALE_BOUND = 5.0
@@ -280,6 +286,30 @@ def _power_loss(fault: Fault) -> float:
 
 def up_to_date_replicas(record: RepositoryRecord) -> list[str]:
     return [n for n, g in record.replicas if g == record.generation]
+
+
+def check_blind(
+    began: float, ended: float, samples: Sequence[float], interval: float, detail: str
+) -> list[Violation]:
+    """``BLIND`` when the during-run check took fewer than half the samples
+    due (one per ``interval``), or went longer than ``BLIND_GAP`` without one.
+
+    ``samples``: when each round that read etcd began. ``detail`` is added to
+    the violation (what the rounds cost, how many could not read etcd).
+    """
+    expected = (ended - began) / interval
+    edges = [began, *sorted(samples), ended]
+    gap, gap_at = max((b - a, a) for a, b in itertools.pairwise(edges))
+    found = []
+    if len(samples) < expected / 2:
+        found.append(
+            f"{len(samples)} rounds in {ended - began:.0f}s (expected about {expected:.0f})"
+        )
+    if gap > BLIND_GAP:
+        found.append(f"no round for {gap:.0f}s from {gap_at - began:.0f}s into the run")
+    if not found:
+        return []
+    return [Violation(BLIND, "*", f"the during-run check: {'; '.join(found)}; {detail}", ended)]
 
 
 def check_up_to_date(
@@ -992,10 +1022,14 @@ def missing_replicas(logs: Iterable[Path], wall_to_monotonic: float) -> list[Mis
 
 
 def check_missing_replicas(
-    found: Sequence[MissingReplica], faults: Sequence[Fault], timeline: Timeline
+    found: Sequence[MissingReplica],
+    faults: Sequence[Fault],
+    timeline: Timeline,
+    answered: Sequence[float] | None = None,
 ) -> list[Violation]:
-    """A replica recorded up to date (in the during-run record read just
-    before the read) that a read found missing on disk, with no disk fault
+    """A replica recorded up to date (in the last during-run record answered
+    before the read; ``answered``: when each sample's answer came, its read
+    time if not given) that a read found missing on disk, with no disk fault
     on that replica: the cluster lost a replica it vouched for (the
     during-run check only counts such a replica unreadable). Reads that met
     it went on to another replica; this is about the replica, not them.
@@ -1008,7 +1042,10 @@ def check_missing_replicas(
     back to before the repository existed) until the verifier's repair is
     due; a read before the first record."""
     problems: list[Violation] = []
-    times = [t for t, _ in timeline]
+    # A record asked for before the miss and answered after it may already
+    # show the replica repaired and promoted again: it does not say what was
+    # recorded when the read met the replica missing.
+    times = list(answered) if answered is not None else [t for t, _ in timeline]
     for miss in found:
         disk = any(
             miss.node in f.disk_nodes

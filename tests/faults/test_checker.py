@@ -570,6 +570,13 @@ def test_a_replica_recorded_up_to_date_found_missing_on_disk_is_named(tmp_path: 
     assert len(checker.check_missing_replicas(found, [other, elsewhere], timeline)) == 2
     # Before the first record read during the run: nothing to hold it to.
     assert checker.check_missing_replicas(found, [], timeline[4:]) == []
+    # A record asked for before the miss at 31 and answered after it (n2
+    # repaired and promoted meanwhile) is not what was recorded at the miss:
+    # the one answered before it is, and it does not list n2.
+    late = [(10.0, {REPO: frozenset({"n1", "n3"})}), (30.5, {REPO: every})]
+    assert [v.at for v in checker.check_missing_replicas(found[2:], [], late)] == [31.0]
+    assert checker.check_missing_replicas(found[2:], [], late, [10.2, 31.5]) == []
+    assert len(checker.check_missing_replicas(found[2:], [], late, [10.2, 30.9])) == 1
 
 
 def test_a_replica_missing_on_disk_is_never_excused_by_an_unfinished_write(tmp_path: Path) -> None:
@@ -589,3 +596,24 @@ def test_a_replica_missing_on_disk_is_never_excused_by_an_unfinished_write(tmp_p
     assert [v.detail for v in found] == [
         "replica on n2 recorded up to date: demoted by the verifier (missing on disk)"
     ]
+
+
+def test_the_during_run_check_is_blind_with_too_few_samples_or_one_long_spell() -> None:
+    every_3s = [3.0 * i for i in range(1, 30)]  # 29 samples in a 90 s run
+    assert checker.check_blind(0.0, 90.0, every_3s, 3.0, "d") == []
+    # Half as many as due (one per 7 s): blind.
+    sparse = checker.check_blind(0.0, 90.0, [7.0 * i for i in range(1, 13)], 3.0, "d")
+    assert [v.name for v in sparse] == [checker.BLIND]
+    assert "12 rounds in 90s (expected about 30)" in sparse[0].detail
+    # Enough samples in all, but none for 36 s in the middle (or at the end).
+    hole = [t for t in every_3s if not 30.0 < t < 66.0] + [1.0 + t for t in range(0, 30, 3)]
+    middle = checker.check_blind(0.0, 90.0, hole, 3.0, "d")
+    assert [v.name for v in middle] == [checker.BLIND]
+    assert "no round for 36s from 30s into the run" in middle[0].detail
+    assert "rounds in" not in middle[0].detail
+    stopped = checker.check_blind(0.0, 90.0, [1.5 * i for i in range(1, 36)], 3.0, "d")
+    assert "no round for 38s from 52s into the run" in stopped[0].detail
+    # The longest spell allowed passes.
+    edge = [t for t in every_3s if not 30.0 < t < 60.0]
+    edge += [1.0 + t for t in range(0, 30, 3)]
+    assert checker.check_blind(0.0, 90.0, edge, 3.0, "d") == []

@@ -302,4 +302,5 @@ def test_a_task_dump_shows_the_tasks_of_repairs_and_what_they_wait_on() -> None:
 
 def test_round_times_are_summarized_by_median_and_longest() -> None:
     assert run._seconds_summary([]) == "no round completed"
-    assert run._seconds_summary([3.14, 0.5, 7.42, 1.0]) == "median 3.1 s, longest 7.4 s"
+    assert run._seconds_summary([3.14, 0.5, 7.42, 1.0]) == "median 2.1 s, longest 7.4 s"
+    assert run._seconds_summary([0.8, 3.04, 1.1]) == "median 1.1 s, longest 3.0 s"
