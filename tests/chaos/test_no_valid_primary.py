@@ -112,7 +112,16 @@ async def test_no_valid_primary_means_unavailable(scenario: Scenario) -> None:
     back = await asyncio.to_thread(nemesis.restart_node, cluster, primary, scenario.faults)
     await scenario.acknowledged(10, 30, "writes once the primary is back", after=back.at)
     assert scenario.primary() == primary
-    assert scenario.relative_path not in dataloss(address)
+    # Each proxy answers Dataloss from its own view of the nodes' health: the
+    # first proxy may still count the primary down for a health round after
+    # writes through another went on (a clean-clone run of cae58b2: 10 writes
+    # acknowledged through the second proxy within a second of the restart, the
+    # first still saying unavailable).
+    await until(
+        lambda: scenario.relative_path not in dataloss(address),
+        20,
+        "the repository to leave Dataloss on the first proxy",
+    )
     await scenario.finish()
 
 
