@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
 import grpc  # noqa: E402
 
 from bench.common import cpu_seconds, machine_info, machine_table, percentile  # noqa: E402
+from bench.proxy_bench import CHANNEL_OPTIONS, serve_generic  # noqa: E402
 
 VARIANTS = ("bare", "metadata", "log", "bare-again")
 METHOD = "/gitaly.CommitService/FindCommit"
@@ -65,19 +66,10 @@ LOG_FIELDS = {
 
 
 async def serve(handler_for: Callable[[], grpc.RpcMethodHandler]) -> None:
-    """Answer every method with one handler, built once; print the port."""
+    """proxy_bench's server, answering every method with one handler built
+    once, in the loop (a grpc.aio channel belongs to the loop it was made in)."""
     handler = handler_for()
-
-    class Generic(grpc.GenericRpcHandler):
-        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-            return handler
-
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((Generic(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(port, flush=True)
-    await server.wait_for_termination()
+    await serve_generic(lambda _method: handler)
 
 
 def echo() -> grpc.RpcMethodHandler:
@@ -89,7 +81,7 @@ def echo() -> grpc.RpcMethodHandler:
 
 def forwarder(target: str, variant: str) -> Callable[[], grpc.RpcMethodHandler]:
     def build() -> grpc.RpcMethodHandler:
-        relay = grpc.aio.insecure_channel(target).unary_unary(METHOD)
+        relay = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS).unary_unary(METHOD)
         if variant in ("bare", "bare-again"):
 
             async def bare(request: bytes, context: Any) -> Any:
@@ -220,8 +212,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.serve:
         role = args.serve[0]
-        handler_for = echo if role == "echo" else forwarder(args.serve[1], role)
-        asyncio.run(serve(handler_for))
+        asyncio.run(serve(echo if role == "echo" else forwarder(args.serve[1], role)))
         return 0
     with tempfile.TemporaryDirectory(prefix="forwarder-costs-") as tmp:
         result = measure(args.batches, args.batch, Path(tmp))
