@@ -37,7 +37,7 @@ from tests.faults.base import Fault, Nemesis
 from tests.faults.checker import Violation
 from tests.faults.cluster import FAULT_PROXY_SETTINGS, FaultCluster
 from tests.faults.context import RunContext, read_records, read_records_at, record_versions
-from tests.faults.schedule import Step, expected_steps, fits, plan
+from tests.faults.schedule import Step, expected_steps, fits, may_start, plan
 from tests.faults.workload import Fleet, FleetSettings
 from tests.harness import gitrepo
 from tests.harness.cluster import WORKERS_ENV
@@ -65,6 +65,10 @@ class RunSettings:
     # The schedule's wall-clock time (default: the duration): steps are taken
     # from a plan longer than it until it is spent.
     budget: float | None = None
+    # Steps the run takes even past its budget (by at most ``overrun`` seconds)
+    # when slow recoveries left fewer (``schedule.may_start``).
+    min_steps: int = 0
+    overrun: float = 0.0
 
     def __post_init__(self) -> None:
         if self.budget is None:
@@ -632,9 +636,19 @@ class FaultRun:
             for step in steps:
                 # The wall clock, not an estimate of recoveries, ends the
                 # schedule: a step starts only if its gap and hold end within
-                # the budget (the first always does).
-                if run_steps and not fits(step, time.monotonic() - began, budget):
+                # the budget (the first always does), or within the overrun
+                # while the run holds fewer than its ``min_steps``.
+                elapsed = time.monotonic() - began
+                if not may_start(
+                    step, elapsed, budget, run_steps, settings.min_steps, settings.overrun
+                ):
                     break
+                if run_steps and not fits(step, elapsed, budget):
+                    print(
+                        f"past the budget at {elapsed:.0f}s: step {run_steps + 1} of the "
+                        f"{settings.min_steps} the run must hold",
+                        flush=True,
+                    )
                 nemesis = by_name[step.nemesis]()
                 if not nemesis.applicable(self.ctx):
                     # Said, not silent: a machine without what a nemesis needs

@@ -93,3 +93,17 @@ def fits(step: Step, elapsed: float, budget: float) -> bool:
     ``budget`` seconds: its gap and hold end within the budget (its recovery
     may run past it), so a run takes about its budget, not a step more."""
     return elapsed + step.gap + step.hold <= budget
+
+
+def may_start(
+    step: Step, elapsed: float, budget: float, taken: int, at_least: int = 0, overrun: float = 0.0
+) -> bool:
+    """Whether a run that has taken ``taken`` steps in ``elapsed`` seconds takes
+    ``step``: the first always, then each that :func:`fits` the budget; and
+    past the budget, while fewer than ``at_least`` were taken, each whose gap
+    and hold end within ``overrun`` seconds more. A machine whose recoveries are
+    slow (interpreters starting on saturated cores) must not shrink the
+    schedule a run asks for to one or two faults."""
+    if taken == 0 or fits(step, elapsed, budget):
+        return True
+    return taken < at_least and fits(step, elapsed, budget + overrun)

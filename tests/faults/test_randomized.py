@@ -31,6 +31,12 @@ LONG_ONLY = {"replica-rollback", "primary-rollback", "replica-wipe"}
 
 pytestmark = pytest.mark.timeout(900)
 
+# Faults every run holds, the last ones past its budget if it must: on
+# saturated cores a pooled node's restart took 20-30 s, and a 90 s schedule
+# (seed 956123128) held two kills only, 79 s of faults between them.
+MIN_STEPS = 3
+OVERRUN = 60.0
+
 # The run with worker processes: a shorter schedule, every proxy and node of two.
 WORKERS_DURATION = 90.0
 # Left out of that run (kept in the single-process one and in the long run with
@@ -62,11 +68,12 @@ async def _randomized(
 ) -> Report:
     seed = seed_from_env()
     nemeses = [n for n in all_nemeses() if n.name not in LONG_ONLY | left_out]
-    report = await run_and_check(tmp_path, chain, RunSettings(seed, duration, nemeses))
+    settings = RunSettings(seed, duration, nemeses, min_steps=MIN_STEPS, overrun=OVERRUN)
+    report = await run_and_check(tmp_path, chain, settings)
     # The schedule ran (a run that injected almost nothing proves nothing):
     # several faults, holding a good part of the run. Not a step count from
     # an estimate: how many fit depends on how long injects and recoveries
-    # take on the machine.
+    # take on the machine, so the run goes past its budget for the third.
     held = sum(f["end"] - f["start"] for f in report.faults if f.get("end") is not None)
-    assert report.steps_run >= 3 and held >= 0.25 * duration, (report.steps_run, held)
+    assert report.steps_run >= MIN_STEPS and held >= 0.25 * duration, (report.steps_run, held)
     return report

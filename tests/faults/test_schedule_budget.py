@@ -11,7 +11,14 @@ import pytest
 from tests.faults import schedule
 from tests.faults.base import Nemesis
 from tests.faults.context import RunContext
-from tests.faults.schedule import RECOVERY_ESTIMATE, Step, expected_steps, fits, plan
+from tests.faults.schedule import (
+    RECOVERY_ESTIMATE,
+    Step,
+    expected_steps,
+    fits,
+    may_start,
+    plan,
+)
 
 GAP = (3.0, 6.0)
 SEEDS = (1, 71242770, 1637161381, 1916200104)
@@ -35,13 +42,15 @@ def nemesis(name: str, hold: tuple[float, float] = (4.0, 8.0)) -> type[Nemesis]:
 NEMESES = [nemesis(f"n{i}", (2.0 + i, 4.0 + i)) for i in range(7)]
 
 
-def taken(steps: list[Step], budget: float, recovery: float) -> tuple[int, float]:
+def taken(
+    steps: list[Step], budget: float, recovery: float, at_least: int = 0, overrun: float = 0.0
+) -> tuple[int, float]:
     """How many steps a run takes, and the schedule's time, when every heal
     and recovery takes ``recovery`` seconds (as ``FaultRun.execute`` does)."""
     elapsed = 0.0
     count = 0
     for step in steps:
-        if count and not fits(step, elapsed, budget):
+        if not may_start(step, elapsed, budget, count, at_least, overrun):
             break
         elapsed += step.gap + step.hold + recovery
         count += 1
@@ -120,3 +129,33 @@ def test_faster_recoveries_run_more_steps_than_the_estimate_expects() -> None:
     assert expected_steps(steps[:1], 1.0) == 1
     assert expected_steps([], 60.0) == 0
     assert plan(3, [], 60.0, GAP) == []
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("recovery", [0.5, RECOVERY_ESTIMATE, 30.0, 45.0])
+def test_slow_recoveries_cannot_shrink_a_run_below_its_least_steps(
+    seed: int, recovery: float
+) -> None:
+    budget, overrun = 90.0, 60.0
+    steps = plan(seed, NEMESES, budget, GAP)
+    alone, _ = taken(steps, budget, recovery)
+    count, elapsed = taken(steps, budget, recovery, at_least=3, overrun=overrun)
+    if alone >= 3:
+        # Fast enough: the least count changes nothing.
+        assert count == alone
+    else:
+        # Slow: the run takes steps past its budget until it holds three ...
+        assert count == 3 > alone
+        assert elapsed > budget
+    # ... and never starts one that ends past the overrun.
+    before_last = elapsed - (steps[count - 1].gap + steps[count - 1].hold + recovery)
+    assert count == 1 or fits(steps[count - 1], before_last, budget + overrun)
+
+
+def test_past_the_overrun_no_step_starts_however_few_were_taken() -> None:
+    step = Step(nemesis="n0", hold=5.0, gap=4.0)
+    assert may_start(step, 500.0, 90.0, 0, at_least=3, overrun=60.0)  # the first
+    assert may_start(step, 130.0, 90.0, 1, at_least=3, overrun=60.0)
+    assert not may_start(step, 142.0, 90.0, 1, at_least=3, overrun=60.0)
+    assert not may_start(step, 130.0, 90.0, 3, at_least=3, overrun=60.0)
+    assert not may_start(step, 85.0, 90.0, 1)  # no least count: the budget alone
