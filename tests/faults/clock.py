@@ -59,7 +59,9 @@ def restart(proxy: ProxyProcess, env: dict[str, str] | None) -> None:
     """Kill ``proxy`` and start it again with ``env`` (None: the caller's)."""
     proxy.kill()
     proxy.env = env
-    proxy.start()
+    # As the kill-proxy heals allow: a pooled proxy on saturated cores starts
+    # its interpreters one after another (20-30 s seen for a pooled node).
+    proxy.start(60)
 
 
 def clock_offset(proxy: ProxyProcess) -> float:

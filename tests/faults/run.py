@@ -81,7 +81,7 @@ class Report:
     # The steps the budget holds at the planned recovery time
     # (``schedule.expected_steps``); a run whose recoveries are faster runs more.
     steps_planned: int
-    steps_run: int  # faults injected before the budget was spent
+    steps_run: int  # faults injected (past the budget only to reach ``min_steps``)
     operations: dict[str, int]
     violations: list[Violation]
     faults: list[dict[str, Any]]
@@ -605,8 +605,9 @@ class FaultRun:
             flush=True,
         )
         budget = settings.budget if settings.budget is not None else settings.duration
-        # More steps than the budget can take: the run stops when it is spent.
-        steps = plan(settings.seed, settings.nemeses, budget, settings.gap)
+        # More steps than the budget (and its overrun) can take: the run stops
+        # when it is spent. A longer plan only adds steps at its end.
+        steps = plan(settings.seed, settings.nemeses, budget + settings.overrun, settings.gap)
         print(
             f"schedule (taken until {budget:.0f}s have passed): "
             + ", ".join(f"{s.nemesis}({s.hold}s)" for s in steps),
@@ -642,13 +643,15 @@ class FaultRun:
                 if not may_start(
                     step, elapsed, budget, run_steps, settings.min_steps, settings.overrun
                 ):
+                    if run_steps < settings.min_steps:
+                        print(
+                            f"stopped at {elapsed:.0f}s with {run_steps} of the "
+                            f"{settings.min_steps} steps the run must hold: the next "
+                            f"({step.nemesis}) would end past the {settings.overrun:.0f}s "
+                            "overrun",
+                            flush=True,
+                        )
                     break
-                if run_steps and not fits(step, elapsed, budget):
-                    print(
-                        f"past the budget at {elapsed:.0f}s: step {run_steps + 1} of the "
-                        f"{settings.min_steps} the run must hold",
-                        flush=True,
-                    )
                 nemesis = by_name[step.nemesis]()
                 if not nemesis.applicable(self.ctx):
                     # Said, not silent: a machine without what a nemesis needs
@@ -656,6 +659,12 @@ class FaultRun:
                     print(f"skipped (not applicable here): {step.nemesis}", flush=True)
                     self.skipped.add(step.nemesis)
                     continue
+                if run_steps and not fits(step, elapsed, budget):
+                    print(
+                        f"past the budget at {elapsed:.0f}s: step {run_steps + 1} of the "
+                        f"{settings.min_steps} the run must hold",
+                        flush=True,
+                    )
                 await self._step(step, nemesis)
                 run_steps += 1
             await asyncio.sleep(settings.gap[0])

@@ -6,7 +6,7 @@ create refs, readers check acknowledged refs (a read must never miss an
 acknowledged write) and read commits, a cloner streams
 packs, all spread over both proxies, while a nemesis restarts the nodes one
 at a time (SIGTERM, start), 15 s apart. The run goes on past its seconds (up
-to 120 s more) until the nemesis has made its planned restarts, so a slow
+to 120 s more) until the nemesis has restarted each node once, so a slow
 machine cannot shorten the fault schedule. Replication repairs each
 restarted node.
 
@@ -57,11 +57,13 @@ from tests.integration.shutdown.conftest import seed, write_ref
 SECONDS = float(os.environ.get("GITQUORUM_SOAK_SECONDS", "75"))
 WARM_UP = min(20.0, SECONDS / 5)
 RESTART_EVERY = 15.0
-# Restarts the run must hold: each node once by default, more in long runs.
-PLANNED_RESTARTS = max(3, int((SECONDS - WARM_UP) // RESTART_EVERY) - 1)
-# How long the workload may run past SECONDS for the nemesis to finish its
-# planned restarts: on a slow machine a restart and the wait for its health
-# take longer than the slot, and a short run must still restart every node.
+# Restarts every run holds: each node once. Long runs make more, one every
+# RESTART_EVERY seconds for as long as they last.
+MIN_RESTARTS = 3
+# How long the workload may run past SECONDS for the nemesis to reach
+# MIN_RESTARTS: the old schedule (15 s between the end of one restart and the
+# start of the next, 60 s of faults) fit three only if each restart and the
+# wait for its health took under 3 s, and CI's took longer.
 OVERRUN = 120.0
 REPOSITORIES = 4
 RETRYABLE = {
@@ -234,24 +236,34 @@ def test_soak(cluster: Cluster, tmp_path: Path) -> None:
                 ledger.unexpected.append(f"fd growth: {lifetimes[-1]}")
 
     restarts = 0
+    # Set once MIN_RESTARTS are made, or when the nemesis gave up.
+    settled = threading.Event()
 
     def nemesis() -> None:
         # Restarts start RESTART_EVERY apart (start to start), or back to back
-        # when one takes longer than that.
+        # when one takes longer than that; one under way when the run stops
+        # is finished.
         nonlocal restarts
         next_at = time.monotonic() + RESTART_EVERY
-        for turn in range(PLANNED_RESTARTS):
-            if stop.wait(max(0.0, next_at - time.monotonic())):
-                return
-            next_at = time.monotonic() + RESTART_EVERY
-            node = cluster.nodes[turn % len(cluster.nodes)]
-            end_of_life(node)
-            node.terminate()
-            node.start()
-            helpers.wait_healthy(cluster, node.name, timeout=60)
-            restarts += 1
-            time.sleep(3)  # let traffic reach it before its baseline
-            note_fds(node)
+        turn = 0
+        try:
+            while not stop.wait(max(0.0, next_at - time.monotonic())):
+                next_at = time.monotonic() + RESTART_EVERY
+                node = cluster.nodes[turn % len(cluster.nodes)]
+                turn += 1
+                end_of_life(node)
+                node.terminate()
+                node.start(60)
+                helpers.wait_healthy(cluster, node.name, timeout=60)
+                restarts += 1
+                if restarts >= MIN_RESTARTS:
+                    settled.set()
+                time.sleep(3)  # let traffic reach it before its baseline
+                note_fds(node)
+        except BaseException as exc:  # a thread's failure must reach the test
+            with ledger.lock:
+                ledger.unexpected.append(f"nemesis, restart {turn}: {exc!r}")
+            settled.set()
 
     workers = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
     workers += [threading.Thread(target=reader, args=(i,)) for i in range(2)]
@@ -259,6 +271,7 @@ def test_soak(cluster: Cluster, tmp_path: Path) -> None:
     started = time.monotonic()
     for thread in workers:
         thread.start()
+    chaos: threading.Thread | None = None
     try:
         time.sleep(WARM_UP)  # the workload itself is the warm-up: nothing to poll for
         rss_start = {p.name: procs.rss_mb(_pid(p)) for p in proxies}
@@ -268,13 +281,16 @@ def test_soak(cluster: Cluster, tmp_path: Path) -> None:
         chaos = threading.Thread(target=nemesis)
         chaos.start()
         stop.wait(max(0.0, SECONDS - (time.monotonic() - started)))
-        chaos.join(max(0.0, SECONDS + OVERRUN - (time.monotonic() - started)))
+        settled.wait(max(0.0, SECONDS + OVERRUN - (time.monotonic() - started)))
     finally:
         stop.set()
+        # Before the cluster fixture closes: no restart after it.
+        if chaos is not None:
+            chaos.join(120)
         for thread in workers:
             thread.join(60)
-    chaos.join(120)
     elapsed = time.monotonic() - started
+    assert chaos is not None and not chaos.is_alive(), "the nemesis did not stop"
 
     # Repair, then check every acknowledged write on every replica.
     helpers.wait_all_healthy(cluster, timeout=60)
@@ -306,7 +322,7 @@ def test_soak(cluster: Cluster, tmp_path: Path) -> None:
     assert not ledger.unexpected, ledger.unexpected[:20]
     # The cat-file cache is bounded (64 processes a node, fewer here: 4 repositories).
     assert all(count <= 4 * REPOSITORIES for count in catfiles.values()), catfiles
-    assert restarts == PLANNED_RESTARTS, (restarts, PLANNED_RESTARTS, f"{elapsed:.0f}s")
+    assert restarts >= MIN_RESTARTS, (restarts, f"{elapsed:.0f}s")
     for kind in ("write", "ref-exists", "find-commit", "clone"):
         assert ledger.ok[kind] >= 10, (kind, dict(ledger.ok))
     for name in rss_start:

@@ -133,6 +133,18 @@ class Readers:
                     self.http_clones += over == "http"
             shutil.rmtree(target, ignore_errors=True)
 
+    def wait_for_http_clone(self, timeout: float = 60.0) -> None:
+        """Until a clone over the HTTP gateway succeeded: the progress waits
+        count clones of either transport, and the slower one may not have
+        finished one by then."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if self.http_clones:
+                    return
+            self.stop.wait(0.05)
+        pytest.fail(f"no clone over HTTP succeeded: {self.failed_clones[:5]}")
+
     def counts(self) -> tuple[int, int]:
         with self.lock:
             return self.reads, self.clones
@@ -209,6 +221,7 @@ def test_reads_survive_the_primary_then_a_secondary_being_killed(
         readers.wait_for_progress()
         helpers.wait_unhealthy(faulty, secondary)
         readers.wait_for_progress()  # served by the one replica left
+        readers.wait_for_http_clone()
     assert readers.failures == []
     assert readers.clone_failures_not_at_a_kill() == []
     # At most the clone each cloner had in flight at each of the two kills.
@@ -238,6 +251,7 @@ def test_reads_survive_a_stalled_secondary(
             stalled.resume()
         helpers.wait_healthy(faulty, stalled.name)
         readers.wait_for_progress()
+        readers.wait_for_http_clone()
     assert readers.failures == []
     assert readers.failed_clones == []  # nothing was killed: no clone may fail
     assert readers.http_clones >= 1
