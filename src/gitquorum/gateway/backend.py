@@ -23,11 +23,14 @@ from gitquorum.wire.options import message_size_options, reconnect_options
 # Round robin: a target that resolves to several proxies (dns:///proxies:2305,
 # ipv4:10.0.0.11:2305,10.0.0.12:2305) spreads calls over the ones that connect;
 # one address behaves as before.
-# No BDP probing: with it, grpc grows the receive window of a clone's stream to
-# several MB while git reads slowly, and the gateway holds that much per clone
-# (peak RSS growth 5.7-8.2 MB in a 20 MB clone, 11 MB once on a loaded
-# machine); without it 1.5-3.2 MB, at the same throughput (bench: 71% of git's
-# own clone with it off, 72% on).
+# No BDP probing: with it, grpc advertises a receive window of about 4 MiB per
+# stream (its target at low memory pressure), and while git reads more slowly
+# than the proxy sends, the gateway buffers up to that much per clone (peak
+# RSS growth 5.7-8.2 MB in a 20 MB clone, 11 MB once on a loaded machine).
+# Off, the window stays at 64 KiB plus the message being read: 1.5-3.2 MB, at
+# the same loopback throughput. Over a link with a real round trip a clone
+# gets about one message (up to 256 KiB) plus 64 KiB per round trip, so the
+# gateway belongs next to its proxies.
 _CHANNEL_OPTIONS = [
     *message_size_options(),
     *reconnect_options(200, 2_000),
