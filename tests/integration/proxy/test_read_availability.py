@@ -33,7 +33,7 @@ from gitquorum.gitaly import commit_pb2, commit_pb2_grpc, ref_pb2, ref_pb2_grpc
 from tests.harness import gitrepo
 from tests.harness.cluster import Cluster
 from tests.harness.gateway import http_gateway as http_gateway_process
-from tests.harness.node import NodeProcess
+from tests.harness.node import NodeProcess, wait_for
 from tests.integration.proxy import helpers
 from tests.integration.proxy.helpers import repository
 
@@ -137,13 +137,7 @@ class Readers:
         """Until a clone over the HTTP gateway succeeded: the progress waits
         count clones of either transport, and the slower one may not have
         finished one by then."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if self.http_clones:
-                    return
-            self.stop.wait(0.05)
-        pytest.fail(f"no clone over HTTP succeeded: {self.failed_clones[:5]}")
+        wait_for(lambda: self.http_clones, timeout, 0.05, "a clone over HTTP to succeed")
 
     def counts(self) -> tuple[int, int]:
         with self.lock:
